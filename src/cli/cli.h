@@ -1,0 +1,22 @@
+/* Shared helpers for the CLI commands. Each command is `int cmd_<name>(int argc, char **argv)`
+ * (argv[0] is the command name), registered in cli/commands.def. */
+#ifndef XD_CLI_H
+#define XD_CLI_H
+#include "core/core.h"
+
+typedef struct {
+  const char *name;
+  int (*fn)(int argc, char **argv);
+  const char *help;
+} xd_command;
+
+#define XD_CMD(name, fn, help) int fn(int argc, char **argv);
+#include "cli/commands.def"
+#undef XD_CMD
+
+/* Print "xdistill: error: <msg>" and return 1 (the exit code for bad input). */
+int cli_fail(const xd_err *e);
+int cli_failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* True if argv holds --help or -h. */
+int cli_wants_help(int argc, char **argv);
+#endif

@@ -1,0 +1,22 @@
+#include <stdarg.h>
+#include <string.h>
+#include "cli/cli.h"
+
+int cli_fail(const xd_err *e) {
+  fprintf(stderr, "xdistill: error: %s\n", e->msg);
+  return 1;
+}
+int cli_failf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "xdistill: error: ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return 1;
+}
+int cli_wants_help(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+  return 0;
+}

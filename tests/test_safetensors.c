@@ -158,6 +158,13 @@ static void test_npy(void) {
   free(ids);
   xd_npy_free(&a);
   CHECK(xd_npy_parse((const uint8_t *)"garbage!!!!", 11, "g.npy", &a, &e) != 0 && strstr(e.msg, "g.npy"));
+  /* Regression (found by fuzz_npy): header ending right after "'shape': " was read past its end.
+   * Heap copy so ASan sees the exact bounds. */
+  const char hdr[] = "\x93NUMPY\x01\x00\x32\x00{'descr': '<i4', 'fortran_order': False, 'shape': ";
+  uint8_t *buf = malloc(sizeof hdr - 1);
+  memcpy(buf, hdr, sizeof hdr - 1);
+  CHECK(xd_npy_parse(buf, sizeof hdr - 1, "h.npy", &a, &e) != 0);
+  free(buf);
 }
 
 int main(void) {

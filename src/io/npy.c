@@ -50,7 +50,7 @@ int xd_npy_parse(const uint8_t *buf, size_t size, const char *name, xd_npy *out,
   else if (hend - d >= 5 && (memcmp(d + 1, "<i8", 3) == 0 || memcmp(d + 1, "=i8", 3) == 0)) out->type = XD_NPY_I64;
   else return xd_errf(e, "%s: unsupported .npy dtype (need little-endian int32, int64, float32 or float64)", name);
   if (hend - f >= 4 && memcmp(f, "True", 4) == 0) return xd_errf(e, "%s: Fortran-order arrays are not supported", name);
-  if (*s != '(') return xd_errf(e, "%s: malformed .npy shape", name);
+  if (s >= hend || *s != '(') return xd_errf(e, "%s: malformed .npy shape", name);
   s++;
   out->nelem = 1;
   while (s < hend && *s != ')') {

@@ -341,8 +341,15 @@ int xd_st_load_f32(const xd_safetensors *st, const char *name, int ndim, const i
   return xd_st_to_f32(t, out, t->nelem, file, e);
 }
 
-int xd_st_write(const char *path, const xd_st_entry *entries, int n, const char *const *meta_keys,
-                const char *const *meta_values, int nmeta, xd_err *e) {
+static size_t entry_nbytes(const xd_st_entry *t) {
+  size_t nelem = 1;
+  for (int d = 0; d < t->ndim; d++) nelem *= (size_t)t->shape[d];
+  return nelem * xd_dtype_size(t->dtype);
+}
+
+/* Header JSON padded with spaces so the data area starts 8-byte aligned. */
+static char *build_header(const xd_st_entry *entries, int n, const char *const *meta_keys, const char *const *meta_values,
+                          int nmeta, size_t *padded_len) {
   cJSON *root = cJSON_CreateObject();
   if (nmeta > 0) {
     cJSON *m = cJSON_AddObjectToObject(root, "__metadata__");
@@ -351,9 +358,7 @@ int xd_st_write(const char *path, const xd_st_entry *entries, int n, const char 
   size_t off = 0;
   for (int i = 0; i < n; i++) {
     const xd_st_entry *t = &entries[i];
-    size_t nelem = 1;
-    for (int d = 0; d < t->ndim; d++) nelem *= (size_t)t->shape[d];
-    size_t nbytes = nelem * xd_dtype_size(t->dtype);
+    size_t nbytes = entry_nbytes(t);
     cJSON *o = cJSON_AddObjectToObject(root, t->name);
     cJSON_AddStringToObject(o, "dtype", xd_dtype_name(t->dtype));
     cJSON *sh = cJSON_AddArrayToObject(o, "shape");
@@ -365,21 +370,43 @@ int xd_st_write(const char *path, const xd_st_entry *entries, int n, const char 
   }
   char *json = cJSON_PrintUnformatted(root);
   cJSON_Delete(root);
-  size_t hlen = strlen(json);
-  size_t padded = (hlen + 7) & ~(size_t)7; /* 8-byte alignment of the data area */
+  size_t hlen = strlen(json), padded = (hlen + 7) & ~(size_t)7;
+  json = xd_realloc(json, padded + 1);
+  memset(json + hlen, ' ', padded - hlen);
+  json[padded] = 0;
+  *padded_len = padded;
+  return json;
+}
+
+int xd_st_write_stream(const char *path, const xd_st_entry *entries, int n, const char *const *meta_keys,
+                       const char *const *meta_values, int nmeta, xd_st_fill_fn fill, void *ctx, xd_err *e) {
+  size_t hlen;
+  char *json = build_header(entries, n, meta_keys, meta_values, nmeta, &hlen);
   uint8_t len8[8];
-  for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(padded >> (8 * i));
+  for (int i = 0; i < 8; i++) len8[i] = (uint8_t)(hlen >> (8 * i));
   xd_atomic_file f;
   if (xd_atomic_open(&f, path, e) != 0) { free(json); return -1; }
   int rc = xd_atomic_write(&f, len8, 8, e);
   if (rc == 0) rc = xd_atomic_write(&f, json, hlen, e);
-  for (size_t i = hlen; rc == 0 && i < padded; i++) rc = xd_atomic_write(&f, " ", 1, e);
   free(json);
+  size_t cap = 0;
+  void *buf = NULL;
   for (int i = 0; rc == 0 && i < n; i++) {
-    size_t nelem = 1;
-    for (int d = 0; d < entries[i].ndim; d++) nelem *= (size_t)entries[i].shape[d];
-    rc = xd_atomic_write(&f, entries[i].data, nelem * xd_dtype_size(entries[i].dtype), e);
+    size_t nb = entry_nbytes(&entries[i]);
+    if (fill) {
+      if (nb > cap) { free(buf); buf = xd_malloc(nb); cap = nb; }
+      rc = fill(ctx, i, buf, nb, e);
+      if (rc == 0) rc = xd_atomic_write(&f, buf, nb, e);
+    } else {
+      rc = xd_atomic_write(&f, entries[i].data, nb, e);
+    }
   }
+  free(buf);
   if (rc != 0) { xd_atomic_abort(&f); return -1; }
   return xd_atomic_commit(&f, e);
+}
+
+int xd_st_write(const char *path, const xd_st_entry *entries, int n, const char *const *meta_keys,
+                const char *const *meta_values, int nmeta, xd_err *e) {
+  return xd_st_write_stream(path, entries, n, meta_keys, meta_values, nmeta, NULL, NULL, e);
 }

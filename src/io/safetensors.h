@@ -62,4 +62,10 @@ typedef struct {
 /* Write a safetensors file atomically. meta_keys/values may be NULL when nmeta == 0. */
 int xd_st_write(const char *path, const xd_st_entry *entries, int n, const char *const *meta_keys,
                 const char *const *meta_values, int nmeta, xd_err *e);
+/* Streaming write: the header is written from the entries (their data pointers are ignored),
+ * then fill(ctx, i, buf) is called for each tensor in order to produce its bytes into buf
+ * (nbytes of tensor i), so only one tensor is in memory at a time. Atomic like xd_st_write. */
+typedef int (*xd_st_fill_fn)(void *ctx, int index, void *buf, size_t nbytes, xd_err *e);
+int xd_st_write_stream(const char *path, const xd_st_entry *entries, int n, const char *const *meta_keys,
+                       const char *const *meta_values, int nmeta, xd_st_fill_fn fill, void *ctx, xd_err *e);
 #endif

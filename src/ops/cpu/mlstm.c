@@ -99,21 +99,25 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define SFX(x) x
 #define STATE mlstm_state
 #define GEMM cblas_sgemm
+#define EXPR expf
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
 #undef SFX
 #undef STATE
 #undef GEMM
+#undef EXPR
 
 #define R double
 #define SFX(x) x##_f64
 #define STATE mlstm_state_f64
 #define GEMM cblas_dgemm
+#define EXPR exp
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
 #undef SFX
 #undef STATE
 #undef GEMM
+#undef EXPR
 
 /* ---- reference ----------------------------------------------------------- */
 void mlstm_reference_forward_f64(const mlstm_cfg *c, const double *qf, const double *kf,

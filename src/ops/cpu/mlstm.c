@@ -100,24 +100,28 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define STATE mlstm_state
 #define GEMM cblas_sgemm
 #define EXPR expf
+#define BLAS(x) cblas_s##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
 #undef SFX
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef BLAS
 
 #define R double
 #define SFX(x) x##_f64
 #define STATE mlstm_state_f64
 #define GEMM cblas_dgemm
 #define EXPR exp
+#define BLAS(x) cblas_d##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
 #undef SFX
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef BLAS
 
 /* ---- reference ----------------------------------------------------------- */
 void mlstm_reference_forward_f64(const mlstm_cfg *c, const double *qf, const double *kf,

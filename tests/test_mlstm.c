@@ -322,8 +322,8 @@ static void test_split_and_decode(void) {
   }
 }
 
-static double loss_ref(const prob *pb, const double *dh, double *hbuf) {
-  mlstm_reference_forward_f64(&pb->c, pb->qf, pb->kf, pb->v, pb->ig, pb->fg, NULL, NULL, hbuf);
+static double loss_ref(const prob *pb, const mlstm_state_f64 *init, const double *dh, double *hbuf) {
+  mlstm_reference_forward_f64(&pb->c, pb->qf, pb->kf, pb->v, pb->ig, pb->fg, init, NULL, hbuf);
   double s = 0;
   for (size_t i = 0; i < pb->nh; i++) s += dh[i] * hbuf[i];
   return s;
@@ -331,17 +331,26 @@ static double loss_ref(const prob *pb, const double *dh, double *hbuf) {
 
 /* The chunkwise backward (double instantiation) equals central finite differences of the
  * reference loss sum(dh * h) for every element of every input; and the fp32 backward matches
- * the double one. Returns the worst FD relative error. */
-static double check_backward(mlstm_cfg c, uint64_t seed, int signed_) {
+ * the double one. with_init: start from a random (constant) state instead of zeros.
+ * Returns the worst FD relative error. */
+static double check_backward(mlstm_cfg c, uint64_t seed, int signed_, int with_init) {
   prob pb;
   prob_make(&pb, c, seed, signed_);
   xd_rng r;
   xd_rng_seed(&r, seed ^ 0xabcdef);
+  mlstm_state_f64 init0 = {xd_malloc(pb.ns_C * sizeof(double)), xd_malloc(pb.ns_n * sizeof(double)),
+                           xd_malloc(pb.ns_m * sizeof(double))};
+  for (size_t i = 0; i < pb.ns_C; i++) init0.C[i] = xd_rng_normal(&r);
+  for (size_t i = 0; i < pb.ns_n; i++) init0.n[i] = 0.5 + xd_rng_uniform(&r);
+  for (size_t i = 0; i < pb.ns_m; i++) init0.m[i] = -3 + 6 * xd_rng_uniform(&r);
+  const mlstm_state_f64 *init = with_init ? &init0 : NULL;
+  float *fi[3] = {to_f32(init0.C, pb.ns_C), to_f32(init0.n, pb.ns_n), to_f32(init0.m, pb.ns_m)};
+  mlstm_state initf = {fi[0], fi[1], fi[2]};
   double *dh = xd_malloc(pb.nh * sizeof(double)), *hbuf = xd_malloc(pb.nh * sizeof(double));
   for (size_t i = 0; i < pb.nh; i++) dh[i] = xd_rng_normal(&r);
   mlstm_ws *wd = mlstm_ws_create_f64(&c);
   double *bound = xd_malloc(mlstm_boundary_size(&c) * sizeof(double));
-  mlstm_chunkwise_forward_f64(&c, wd, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, NULL, bound, hbuf);
+  mlstm_chunkwise_forward_f64(&c, wd, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, init, NULL, bound, hbuf);
   double *g[5], *x[5] = {pb.qf, pb.kf, pb.v, pb.ig, pb.fg};
   const size_t n[5] = {pb.nq, pb.nk, pb.nv, pb.ng, pb.ng};
   const char *name[5] = {"dqf", "dkf", "dv", "dig", "dfg"};
@@ -349,7 +358,7 @@ static double check_backward(mlstm_cfg c, uint64_t seed, int signed_) {
     g[a] = xd_malloc(n[a] * sizeof(double));
     for (size_t i = 0; i < n[a]; i++) g[a][i] = 0.25; /* accumulation: result adds to this */
   }
-  mlstm_chunkwise_backward_f64(&c, wd, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, bound, dh, g[0],
+  mlstm_chunkwise_backward_f64(&c, wd, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, init, bound, dh, g[0],
                                g[1], g[2], g[3], g[4]);
   double worst = 0;
   for (int a = 0; a < 5; a++) {
@@ -357,9 +366,9 @@ static double check_backward(mlstm_cfg c, uint64_t seed, int signed_) {
     for (size_t i = 0; i < n[a]; i++) {
       const double x0 = x[a][i], st = 1e-6;
       x[a][i] = x0 + st;
-      const double lp = loss_ref(&pb, dh, hbuf);
+      const double lp = loss_ref(&pb, init, dh, hbuf);
       x[a][i] = x0 - st;
-      const double lm = loss_ref(&pb, dh, hbuf);
+      const double lm = loss_ref(&pb, init, dh, hbuf);
       x[a][i] = x0;
       fd[i] = (lp - lm) / (2 * st);
       an[i] = g[a][i] - 0.25;
@@ -384,8 +393,8 @@ static double check_backward(mlstm_cfg c, uint64_t seed, int signed_) {
   float *dhf = to_f32(dh, pb.nh), *hf = xd_malloc(pb.nh * sizeof(float));
   float *boundf = xd_malloc(mlstm_boundary_size(&c) * sizeof(float));
   mlstm_ws *w = mlstm_ws_create(&c);
-  mlstm_chunkwise_forward(&c, w, f32in[0], f32in[1], f32in[2], f32in[3], f32in[4], NULL, NULL, boundf, hf);
-  mlstm_chunkwise_backward(&c, w, f32in[0], f32in[1], f32in[2], f32in[3], f32in[4], NULL, boundf, dhf,
+  mlstm_chunkwise_forward(&c, w, f32in[0], f32in[1], f32in[2], f32in[3], f32in[4], with_init ? &initf : NULL, NULL, boundf, hf);
+  mlstm_chunkwise_backward(&c, w, f32in[0], f32in[1], f32in[2], f32in[3], f32in[4], with_init ? &initf : NULL, boundf, dhf,
                            gf[0], gf[1], gf[2], gf[3], gf[4]);
   for (int a = 0; a < 5; a++) {
     for (size_t i = 0; i < n[a]; i++) g[a][i] -= 0.25;
@@ -396,6 +405,7 @@ static double check_backward(mlstm_cfg c, uint64_t seed, int signed_) {
   free(dhf); free(hf); free(boundf);
   for (int a = 0; a < 5; a++) { free(f32in[a]); free(gf[a]); free(g[a]); }
   mlstm_ws_free(wd);
+  free(init0.C); free(init0.n); free(init0.m); free(fi[0]); free(fi[1]); free(fi[2]);
   free(bound); free(dh); free(hbuf);
   prob_free(&pb);
   return worst;
@@ -414,9 +424,10 @@ static void test_backward_finite_differences(void) {
       mlstm_cfg c = mlstm_cfg_make(sh[k].B, sh[k].T, sh[k].H, sh[k].G, sh[k].P, sh[k].D);
       c.chunk = sh[k].L;
       c.norm = (mlstm_norm)norm;
-      const double e1 = check_backward(c, 1000 + 17 * (uint64_t)k + (uint64_t)norm, 0);
-      const double e2 = check_backward(c, 2000 + 17 * (uint64_t)k + (uint64_t)norm, 1);
-      worst = fmax(worst, fmax(e1, e2));
+      const double e1 = check_backward(c, 1000 + 17 * (uint64_t)k + (uint64_t)norm, 0, 0);
+      const double e2 = check_backward(c, 2000 + 17 * (uint64_t)k + (uint64_t)norm, 1, 0);
+      const double e3 = check_backward(c, 3000 + 17 * (uint64_t)k + (uint64_t)norm, 0, 1);
+      worst = fmax(worst, fmax(e1, fmax(e2, e3)));
     }
   }
   fprintf(stderr, "  backward vs finite differences (double): max rel err %.2g\n", worst);
@@ -428,7 +439,7 @@ static void test_backward_large_eps(void) {
   mlstm_cfg c = mlstm_cfg_make(1, 12, 2, 1, 3, 3);
   c.chunk = 5;
   c.eps = 0.5;
-  const double e = check_backward(c, 31337, 0);
+  const double e = check_backward(c, 31337, 0, 0);
   fprintf(stderr, "  eps=0.5: FD max rel err %.2g\n", e);
 }
 

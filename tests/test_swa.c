@@ -1,18 +1,8 @@
 /* Sliding-window attention with sinks: forward vs a float64 masked full-attention reference,
  * W + S >= T equals plain causal attention, decode steps equal the forward, backward vs
  * finite differences (double) and fp32 backward vs the double backward. */
-#include "test.h"
-#include "core/core.h"
+#include "grad_check.h"
 #include "ops/cpu/swa.h"
-
-static void fill(xd_rng *r, float *x, size_t n, double sc) {
-  for (size_t i = 0; i < n; i++) x[i] = (float)(sc * xd_rng_normal(r));
-}
-static double *to_f64(const float *x, size_t n) {
-  double *y = xd_malloc(n * sizeof(double));
-  for (size_t i = 0; i < n; i++) y[i] = x[i];
-  return y;
-}
 
 /* Direct reference: a full T x T score matrix per (b,h), masked by the rule written the plain
  * way; window = 0 means plain causal attention (no window, no sinks). */
@@ -64,14 +54,11 @@ static void case_init(case_t *c, swa_shape sh, uint64_t seed, double qscale) {
   c->nq = (size_t)sh.B * sh.T * sh.H * sh.d;
   c->nk = (size_t)sh.B * sh.T * sh.G * sh.d;
   c->nl = (size_t)sh.B * sh.T * sh.H;
-  c->q = xd_malloc(c->nq * 4);
-  c->k = xd_malloc(c->nk * 4);
-  c->v = xd_malloc(c->nk * 4);
+  c->q = gc_randf(&r, c->nq, qscale);
+  c->k = gc_randf(&r, c->nk, 1.0);
+  c->v = gc_randf(&r, c->nk, 1.0);
   c->out = xd_malloc(c->nq * 4);
   c->lse = xd_malloc(c->nl * 4);
-  fill(&r, c->q, c->nq, qscale);
-  fill(&r, c->k, c->nk, 1.0);
-  fill(&r, c->v, c->nk, 1.0);
 }
 static void case_free(case_t *c) {
   free(c->q); free(c->k); free(c->v); free(c->out); free(c->lse);
@@ -133,39 +120,23 @@ static void test_decode_matches_forward(void) {
   case_free(&c);
 }
 
-/* loss = sum(out . R1) + sum(lse . R2) is not needed: the backward takes dout only, and lse is
- * a saved intermediate, so L = sum(out . R). */
-static double loss_f64(const double *q, const double *k, const double *v, const double *R,
-                       const swa_shape *sh, size_t nq, size_t nl) {
-  double *o = xd_malloc(nq * 8), *l = xd_malloc(nl * 8);
-  swa_forward_f64(o, l, q, k, v, sh);
-  double L = 0;
-  for (size_t i = 0; i < nq; i++) L += o[i] * R[i];
-  free(o); free(l);
-  return L;
-}
+/* Scalar loss L = sum(out . R) of the double forward (lse is a saved intermediate, not an
+ * output, so the backward takes dout only). */
+typedef struct {
+  swa_shape sh;
+  size_t nq, nl;
+  double *q, *k, *v, *R;
+} swa_ctx;
 
-static double fd_rel_err(double *x, size_t n, const double *grad, const double *q,
-                         const double *k, const double *v, const double *R,
-                         const swa_shape *sh, size_t nq, size_t nl) {
-  const double eps = 1e-5;
-  double *fd = xd_malloc(n * 8);
-  for (size_t i = 0; i < n; i++) {
-    const double x0 = x[i];
-    x[i] = x0 + eps;
-    const double lp = loss_f64(q, k, v, R, sh, nq, nl);
-    x[i] = x0 - eps;
-    const double lm = loss_f64(q, k, v, R, sh, nq, nl);
-    x[i] = x0;
-    fd[i] = (lp - lm) / (2 * eps);
-  }
-  double amax = 0, dmax = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (fabs(fd[i]) > amax) amax = fabs(fd[i]);
-    if (fabs(fd[i] - grad[i]) > dmax) dmax = fabs(fd[i] - grad[i]);
-  }
-  free(fd);
-  return dmax / amax;
+static double swa_loss(void *p) {
+  swa_ctx *c = p;
+  double *o = xd_malloc(c->nq * 8), *l = xd_malloc(c->nl * 8);
+  swa_forward_f64(o, l, c->q, c->k, c->v, &c->sh);
+  double L = 0;
+  for (size_t i = 0; i < c->nq; i++) L += o[i] * c->R[i];
+  free(o);
+  free(l);
+  return L;
 }
 
 static void check_backward(swa_shape sh, uint64_t seed) {
@@ -173,10 +144,10 @@ static void check_backward(swa_shape sh, uint64_t seed) {
   case_init(&c, sh, seed, 2.0);
   xd_rng r;
   xd_rng_seed(&r, seed + 100);
-  double *q = to_f64(c.q, c.nq), *k = to_f64(c.k, c.nk), *v = to_f64(c.v, c.nk);
-  double *R = xd_malloc(c.nq * 8);
-  float *Rf = xd_malloc(c.nq * 4);
-  for (size_t i = 0; i < c.nq; i++) { Rf[i] = (float)xd_rng_normal(&r); R[i] = Rf[i]; }
+  double *q = gc_f64(c.q, c.nq), *k = gc_f64(c.k, c.nk), *v = gc_f64(c.v, c.nk);
+  float *Rf = gc_randf(&r, c.nq, 1.0);
+  double *R = gc_f64(Rf, c.nq);
+  swa_ctx ctx = {.sh = sh, .nq = c.nq, .nl = c.nl, .q = q, .k = k, .v = v, .R = R};
   double *o = xd_malloc(c.nq * 8), *l = xd_malloc(c.nl * 8);
   double *dq = xd_malloc(c.nq * 8), *dk = xd_malloc(c.nk * 8), *dv = xd_malloc(c.nk * 8);
   swa_forward_f64(o, l, q, k, v, &sh);
@@ -187,9 +158,9 @@ static void check_backward(swa_shape sh, uint64_t seed) {
   memset(dv, 0, c.nk * 8);
   swa_backward_f64(dq, dk, dv, R, q, k, v, o, l, &sh);
   for (size_t i = 0; i < c.nq; i++) dq[i] -= base[i];
-  const double eq = fd_rel_err(q, c.nq, dq, q, k, v, R, &sh, c.nq, c.nl);
-  const double ek = fd_rel_err(k, c.nk, dk, q, k, v, R, &sh, c.nq, c.nl);
-  const double ev = fd_rel_err(v, c.nk, dv, q, k, v, R, &sh, c.nq, c.nl);
+  const double eq = gc_fd_err(swa_loss, &ctx, q, c.nq, dq, 1e-5);
+  const double ek = gc_fd_err(swa_loss, &ctx, k, c.nk, dk, 1e-5);
+  const double ev = gc_fd_err(swa_loss, &ctx, v, c.nk, dv, 1e-5);
   fprintf(stderr, "  T=%d W=%d S=%d: FD rel err dq %.2g dk %.2g dv %.2g\n", sh.T, sh.W, sh.S, eq, ek, ev);
   CHECKF(eq <= 1e-6 && ek <= 1e-6 && ev <= 1e-6, "FD rel err dq %.3g dk %.3g dv %.3g (W=%d S=%d)",
          eq, ek, ev, sh.W, sh.S);

@@ -1,0 +1,31 @@
+/* Feature map phi(x) = softmax(x P) (plain or hedgehog). See feature_map.h. */
+#include "ops/cpu/feature_map.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tgmath.h>
+
+#include "core/core.h"
+
+#define R float
+#define SFX(name) name
+#define GEMM cblas_sgemm
+#include "ops/cpu/feature_map_impl.inc"
+#undef R
+#undef SFX
+#undef GEMM
+#define R double
+#define SFX(name) name##_f64
+#define GEMM cblas_dgemm
+#include "ops/cpu/feature_map_impl.inc"
+#undef R
+#undef SFX
+#undef GEMM
+
+void feature_map_init_identity(float *P, const feature_map_shape *s) {
+  const int dp = feature_map_p_cols(s);
+  memset(P, 0, sizeof(float) * (size_t)s->Hx * s->d * dp);
+  for (int h = 0; h < s->Hx; h++)
+    for (int i = 0; i < s->d && i < dp; i++) P[((size_t)h * s->d + i) * dp + i] = 1;
+}

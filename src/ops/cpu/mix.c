@@ -1,0 +1,24 @@
+/* Mixing gate of the global (mLSTM) and local (SWA) branches. See mix.h. */
+#include "ops/cpu/mix.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <tgmath.h>
+
+#include "core/core.h"
+
+#define R float
+#define SFX(name) name
+#include "ops/cpu/mix_impl.inc"
+#undef R
+#undef SFX
+#define R double
+#define SFX(name) name##_f64
+#include "ops/cpu/mix_impl.inc"
+#undef R
+#undef SFX
+
+void mix_init(float *w_o, float *b_o, int H, int d) {
+  memset(w_o, 0, sizeof(float) * (size_t)H * 3 * d);
+  for (int h = 0; h < H; h++) b_o[h] = -2.0f;
+}

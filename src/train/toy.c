@@ -72,7 +72,7 @@ static int toy_step(void *ctx, xd_params *p, uint64_t step, int micro, int n_mic
   out->nmetrics = 1;
   out->metric_names[0] = "rmse";
   out->metric_values[0] = sqrt(out->loss);
-  if (t->nan_at_step == step + 1) out->loss = NAN;
+  if (t->nan_from && step + 1 >= t->nan_from && step + 1 <= t->nan_to) out->loss = NAN;
   if (t->inf_grad_at_step == step + 1 && micro == n_micro - 1) g1[0] = INFINITY;
   if (t->raise_at_step > 0 && (uint64_t)t->raise_at_step == step + 1 && micro == 0) raise(SIGINT);
   return 0;

@@ -17,7 +17,7 @@ typedef struct {
   uint64_t data_seed;
   double noise;
   uint64_t cursor;        /* next sample index: the loader state */
-  uint64_t nan_at_step;   /* test hook: 1-based step whose loss is NaN (0: never) */
+  uint64_t nan_from, nan_to; /* test hook: 1-based steps [from, to] have a NaN loss (0: never) */
   uint64_t inf_grad_at_step; /* test hook: 1-based step with an Inf gradient (0: never) */
   int raise_at_step;      /* test hook: raise(SIGINT) during this 1-based step (0: never) */
   int w1, b1, w2, b2, c;  /* tensor indices */

@@ -16,7 +16,8 @@ void xd_adamw_step(xd_params *p, const xd_adamw_cfg *c, double lr, uint64_t t) {
     const float step = (float)(lr * gr->lr_mult / bc1), sbc2 = (float)sqrt(bc2);
     float *w = p->data + ti->offset, *g = p->grad + ti->offset, *m = p->m + ti->offset, *v = p->v + ti->offset;
     const long n = (long)ti->numel;
-#pragma omp parallel for schedule(static) if (n > 32768)
+    /* below a few blocks, waking threads costs more than it saves */
+#pragma omp parallel for schedule(static) if (n > 4 * XD_PARAMS_BLOCK)
     for (long k = 0; k < n; k++) {
       float gk = g[k];
       m[k] = b1 * m[k] + (1.0f - b1) * gk;

@@ -107,7 +107,7 @@ void xd_params_zero_grad(xd_params *p) {
 void xd_params_scale_grad(xd_params *p, float s) {
   float *g = p->grad;
   const long n = (long)p->n_train;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 4 * XD_PARAMS_BLOCK)
   for (long i = 0; i < n; i++) g[i] *= s;
 }
 
@@ -117,7 +117,7 @@ double xd_params_grad_norm(xd_params *p) {
   const size_t n = p->n_train;
   double *bs = p->block_scratch;
   /* Each block is summed sequentially by one thread; which thread does not matter. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nb > 4)
   for (long b = 0; b < nb; b++) {
     size_t lo = (size_t)b * XD_PARAMS_BLOCK, hi = lo + XD_PARAMS_BLOCK < n ? lo + XD_PARAMS_BLOCK : n;
     double s = 0;

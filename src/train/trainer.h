@@ -1,0 +1,75 @@
+/* The training loop driver, generic over a parameter table and a user step function.
+ *
+ * Per optimiser step (cfg->batch / cfg->micro_batch = N micro-batches):
+ *   zero grads; for i in 0..N-1: hooks->step(ctx, i, ...) adds d(loss_i)/dw into p->grad,
+ *   where loss_i is the MEAN loss of micro-batch i; grads *= 1/N (so N micro-batches give
+ *   the gradient of one batch N times larger); grad norm (deterministic); if the loss or any
+ *   gradient is NaN/Inf the step is skipped (logged, never applied; after cfg->max_skips
+ *   consecutive skips the run fails with a "diverging" error); clip to cfg->grad_clip; AdamW
+ *   at the schedule's lr; metrics line; progress line; checkpoint every cfg->ckpt_every steps
+ *   and at the end; stop cleanly after the step in which SIGINT/SIGTERM arrived.
+ *
+ * Determinism: given the same config, initial weights and a step function that is itself
+ * deterministic given (its data-loader state, the run RNG), a run interrupted at any moment
+ * (even SIGKILL) and resumed with cfg->resume ends bit-identical to an uninterrupted run.
+ * The run RNG and the loader state (hooks->loader_save/restore, an opaque blob of
+ * hooks->loader_state_size bytes) live in the checkpoint.
+ *
+ * Files in cfg->out_dir: config.json (effective configuration), metrics.jsonl (one JSON
+ * object per step: step, loss, extra metrics, lr, grad_norm, tokens, tokens_per_s, time_s;
+ * or step, skipped, reason for a skipped step), step-NNNNNN.ckpt + latest. metrics.jsonl is
+ * an append-only log (not written atomically); on resume its lines past the checkpoint's step
+ * are dropped so the log matches the resumed run. */
+#ifndef XD_TRAIN_TRAINER_H
+#define XD_TRAIN_TRAINER_H
+#include "train/checkpoint.h"
+#include "train/config_train.h"
+#include "train/params.h"
+
+#define XD_STEP_MAX_METRICS 8
+
+/* What one micro-batch reports. */
+typedef struct {
+  double loss;      /* mean loss over the micro-batch */
+  uint64_t tokens;  /* tokens it processed */
+  int nmetrics;     /* extra named metrics (averaged over micro-batches in the log) */
+  const char *metric_names[XD_STEP_MAX_METRICS]; /* static strings, same every call */
+  double metric_values[XD_STEP_MAX_METRICS];
+} xd_step_result;
+
+typedef struct {
+  /* Forward + backward of micro-batch `micro` (0..n_micro-1) of optimiser step `step`:
+   * ADD gradients of its mean loss to p->grad (xd_params_grad), fill *out. The run RNG may
+   * be used (it is checkpointed). Return 0, or -1 with e filled to stop the run. */
+  int (*step)(void *ctx, xd_params *p, uint64_t step, int micro, int n_micro, xd_rng *rng,
+              xd_step_result *out, xd_err *e);
+  /* Data-loader state for checkpoints (may be NULL when loader_state_size == 0). */
+  size_t loader_state_size;
+  void (*loader_save)(void *ctx, void *buf);
+  int (*loader_restore)(void *ctx, const void *buf, xd_err *e);
+  void *ctx;
+} xd_trainer_hooks;
+
+typedef struct {
+  uint64_t steps_done;    /* step counter at exit */
+  uint64_t skipped_total;
+  double last_loss;       /* loss of the last applied step (NaN if none) */
+  int resumed;            /* 1 if the run continued from a checkpoint */
+} xd_train_result;
+
+/* Run (or resume, when cfg->resume) training to cfg->steps. p must be allocated and
+ * initialised (the initial weights; on resume the checkpoint replaces the trainable ones).
+ * Returns 0 when done, 128+signal (130 SIGINT, 143 SIGTERM) after saving a checkpoint when
+ * interrupted, -1 on error (e filled; "diverging" for too many NaN/Inf steps).
+ * `progress` receives the progress line (stderr in the CLI; NULL for none). */
+int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_hooks *hooks,
+                   FILE *progress, xd_train_result *res, xd_err *e);
+
+/* SIGINT/SIGTERM handlers that only record the signal (the one piece of global state, a
+ * volatile sig_atomic_t in trainer.c); the loop polls it after each step. SA_RESETHAND: a
+ * second Ctrl-C kills at once, which is safe because checkpoints are atomic. */
+void xd_train_install_signal_handlers(void);
+/* The signal received since install (0 if none); clear resets it (tests). */
+int xd_train_stop_signal(void);
+void xd_train_clear_stop_signal(void);
+#endif

@@ -55,10 +55,44 @@ static int cp_from_str(const char *s, uint32_t *cp) {
   return (size_t)k == n ? 0 : -1;
 }
 
-static pcre2_code *regex_compile(const char *pat, const char *path, const char *what, xd_err *e) {
+/* HF compiles these patterns with Oniguruma, whose \s is Unicode White_Space; PCRE2 (UCP)
+ * also counts U+180E as a space. Rewrite \s / \S (outside classes) and \s inside classes
+ * to the exact White_Space set so both engines split identically. Heap string. */
+#define WS_MEMBERS "\\t-\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+static char *regex_translate(const char *pat) {
+  size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
+  char *out = xd_malloc(cap);
+  int in_class = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (o + 128 > cap) { cap *= 2; out = xd_realloc(out, cap); }
+    char ch = pat[i];
+    if (ch == '\\' && i + 1 < n) {
+      char nx = pat[i + 1];
+      if (nx == 's') { o += (size_t)sprintf(out + o, in_class ? "%s" : "[%s]", WS_MEMBERS); i++; continue; }
+      if (nx == 'S' && !in_class) { o += (size_t)sprintf(out + o, "[^%s]", WS_MEMBERS); i++; continue; }
+      out[o++] = ch; out[o++] = nx; i++;
+      continue;
+    }
+    if (ch == '[' && !in_class) {
+      in_class = 1;
+      out[o++] = ch;
+      if (i + 1 < n && pat[i + 1] == '^') out[o++] = pat[++i];
+      if (i + 1 < n && pat[i + 1] == ']') out[o++] = pat[++i]; /* literal ] first in class */
+      continue;
+    }
+    if (ch == ']' && in_class) in_class = 0;
+    out[o++] = ch;
+  }
+  out[o] = 0;
+  return out;
+}
+
+static pcre2_code *regex_compile(const char *pat0, const char *path, const char *what, xd_err *e) {
   int code;
   PCRE2_SIZE off;
+  char *pat = regex_translate(pat0);
   pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &code, &off, NULL);
+  free(pat);
   if (!re) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(code, buf, sizeof buf);

@@ -345,6 +345,105 @@ static void test_tiny_model(void) {
   remove(path);
 }
 
+
+/* ---- chat templates ------------------------------------------------------------------ */
+typedef struct { char *fmt[8]; xd_tokenizer *t[8]; int n, rows, bad; } chat_state;
+static xd_tokenizer *chat_tok(chat_state *st, const char *fmt, const char *dir, int detect) {
+  for (int i = 0; i < st->n; i++) if (!strcmp(st->fmt[i], fmt)) return st->t[i];
+  char path[256];
+  snprintf(path, sizeof path, "../shared/tokenizers/%s", dir);
+  xd_err e;
+  xd_tokenizer *t;
+  if (xd_tokenizer_load(&t, path, &e)) { CHECKF(0, "%s", e.msg); return NULL; }
+  if (detect) {
+    CHECKF(xd_tokenizer_chat_format(t) && !strcmp(xd_tokenizer_chat_format(t), fmt), "%s: detected %s, want %s", dir,
+           xd_tokenizer_chat_format(t) ? xd_tokenizer_chat_format(t) : "(none)", fmt);
+  } else {
+    CHECKF(!xd_tokenizer_set_chat_format(t, fmt, &e), "%s", e.msg);
+  }
+  st->fmt[st->n] = strdup(fmt);
+  st->t[st->n++] = t;
+  return t;
+}
+static void check_chat(cJSON *j, void *arg) {
+  chat_state *st = arg;
+  const char *fmt = cJSON_GetObjectItem(j, "format")->valuestring;
+  xd_tokenizer *t = chat_tok(st, fmt, cJSON_GetObjectItem(j, "dir")->valuestring, cJSON_GetObjectItem(j, "detect")->valueint);
+  if (!t) return;
+  const cJSON *msgs = cJSON_GetObjectItem(j, "messages");
+  int n = cJSON_GetArraySize(msgs), k = 0;
+  xd_chat_message *m = calloc((size_t)n + 1, sizeof *m);
+  const cJSON *x;
+  cJSON_ArrayForEach(x, msgs) {
+    m[k].role = cJSON_GetObjectItem(x, "role")->valuestring;
+    m[k++].content = cJSON_GetObjectItem(x, "content")->valuestring;
+  }
+  int32_t *ids;
+  uint8_t *mask;
+  size_t len;
+  xd_err e;
+  st->rows++;
+  if (xd_chat_encode(t, m, n, cJSON_IsTrue(cJSON_GetObjectItem(j, "gen")), &ids, &mask, &len, &e)) {
+    CHECKF(0, "%s: %s", fmt, e.msg);
+    free(m);
+    return;
+  }
+  int ok = ids_equal(ids, len, cJSON_GetObjectItem(j, "ids"));
+  const cJSON *rm = cJSON_GetObjectItem(j, "mask");
+  int mok = ok && (size_t)cJSON_GetArraySize(rm) == len;
+  int n_masked = 0;
+  for (size_t i = 0; mok && i < len; i++) {
+    mok = mask[i] == (uint8_t)cJSON_GetArrayItem(rm, (int)i)->valueint;
+    n_masked += mask[i];
+  }
+  if (!ok || !mok) {
+    st->bad++;
+    fprintf(stderr, "  chat %s mismatch (%s): %.100s\n", fmt, ok ? "mask" : "ids", cJSON_GetObjectItem(j, "text")->valuestring);
+    print_ids("ours", ids, len);
+  }
+  free(ids);
+  free(mask);
+  free(m);
+}
+static void test_chat_templates(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  chat_state st = {0};
+  each_jsonl("tests/fixtures/tokenizer/chat.jsonl", check_chat, &st);
+  fprintf(stderr, "  %d/%d chat renderings exact (ids and loss mask)\n", st.rows - st.bad, st.rows);
+  CHECK(st.rows == 60 && st.bad == 0);
+  for (int i = 0; i < st.n; i++) { xd_tokenizer_free(st.t[i]); free(st.fmt[i]); }
+}
+static void test_chat_errors(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  xd_err e;
+  xd_tokenizer *t;
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/olmo2", &e), "%s", e.msg);
+  if (!t) return;
+  xd_chat_message m[2] = {{"user", "hi"}, {"assistant", "yo"}};
+  int32_t *ids;
+  uint8_t *mask;
+  size_t n;
+  /* no tokenizer_config.json: a clear error naming the way out */
+  CHECK(xd_chat_encode(t, m, 2, 0, &ids, &mask, &n, &e) == -1 && strstr(e.msg, "--chat-format") && strstr(e.msg, "olmo2"));
+  CHECK(xd_tokenizer_set_chat_format(t, "vicuna", &e) == -1 && strstr(e.msg, "vicuna") && strstr(e.msg, "chatml"));
+  CHECK(xd_tokenizer_set_chat_format(t, "olmo2", &e) == 0);
+  xd_chat_message bad[1] = {{"tool", "{}"}};
+  CHECK(xd_chat_encode(t, bad, 1, 0, &ids, &mask, &n, &e) == -1 && strstr(e.msg, "tool"));
+  CHECKF(!xd_chat_encode(t, m, 2, 1, &ids, &mask, &n, &e), "%s", e.msg);
+  /* mask covers exactly "yo" + eos */
+  int masked = 0;
+  for (size_t i = 0; i < n; i++) masked += mask[i];
+  char *s;
+  size_t sl;
+  int32_t *mids = malloc(n * sizeof *mids);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) if (mask[i]) mids[k++] = ids[i];
+  CHECK(!xd_tokenizer_decode(t, mids, k, 0, &s, &sl, &e) && !strcmp(s, "yo<|endoftext|>"));
+  CHECK(masked >= 2);
+  free(s); free(mids); free(ids); free(mask);
+  xd_tokenizer_free(t);
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -352,5 +451,7 @@ int main(void) {
   RUN(test_roundtrip_random);
   RUN(test_malformed);
   RUN(test_tiny_model);
+  RUN(test_chat_templates);
+  RUN(test_chat_errors);
   return test_finish();
 }

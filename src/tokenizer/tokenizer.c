@@ -412,7 +412,7 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   pre_free(t->pre); free(t->pre);
   post_free(t->post); free(t->post);
   dec_free(t->dec); free(t->dec);
-  free(t->eos_str); free(t->bos_str);
+  free(t->eos_str); free(t->bos_str); free(t->cfg_path);
   free(t->path);
   free(t);
 }
@@ -647,6 +647,7 @@ static char *config_token(const cJSON *cfg, const char *key) {
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always);
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
+  t->cfg_path = xd_strdup(cfg_path);
   if (xd_file_exists(cfg_path)) {
     char *text;
     size_t size;
@@ -663,7 +664,7 @@ static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
       const cJSON *x;
       cJSON_ArrayForEach(x, ct) if (json_str(x, "name") && !strcmp(json_str(x, "name"), "default")) tmpl = json_str(x, "template");
     }
-    if (tmpl) tok_detect_chat(tmpl, &t->chat, &t->chat_gen_always);
+    if (tmpl) { t->chat_template_seen = 1; tok_detect_chat(tmpl, &t->chat, &t->chat_gen_always); }
     cJSON_Delete(cfg);
   }
   if (t->bos_str) t->bos_id = xd_tokenizer_token_to_id(t, t->bos_str);

@@ -558,6 +558,8 @@ static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
 
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   *out = NULL;
+  if (!xd_file_exists(path) && !xd_is_dir(path))
+    return xd_errf(e, "%s: not found (expected a directory holding tokenizer.json, or a tokenizer.json file)", path);
   char *json_path, *cfg_path;
   if (xd_is_dir(path)) {
     json_path = xd_path_join(path, "tokenizer.json");

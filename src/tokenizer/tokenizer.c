@@ -741,6 +741,10 @@ static int regex_spans(tok_ctx *c, const pcre2_code *re, const char *s, size_t l
   size_t prev = 0, off = 0;
   while (off <= len) {
     int rc = pcre2_match(re, (PCRE2_SPTR)s, len, off, PCRE2_NO_UTF_CHECK, c->md, c->mctx);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !c->jit) { /* long input: give JIT a bigger stack, retry */
+      c->jit = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, NULL);
+      if (c->jit) { pcre2_jit_stack_assign(c->mctx, NULL, c->jit); continue; }
+    }
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR buf[128];
@@ -1080,8 +1084,6 @@ int xd_tokenizer_encode(const xd_tokenizer *t, const char *text, size_t len, int
   c.w = tok_work_new();
   c.md = pcre2_match_data_create(4, NULL);
   c.mctx = pcre2_match_context_create(NULL);
-  c.jit = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
-  if (c.jit) pcre2_jit_stack_assign(c.mctx, NULL, c.jit);
   char *fixed = NULL;
   if (!tok_utf8_valid(text, len)) { fixed = tok_utf8_lossy(text, len, &len); text = fixed; }
   tok_spans asp = {0};

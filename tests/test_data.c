@@ -1,6 +1,7 @@
 /* Data pipeline: shard format, corruption detection, packing, shuffling, rank sharding, resume,
  * and `data prepare` driven by a synthetic byte-level encoder (the real tokenizer is exercised
- * by tests/cli_data.sh). */
+ * in test_prepare_llama3 and by tests/cli_data.sh). */
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <zlib.h>
 
@@ -9,6 +10,7 @@
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "test.h"
+#include "tokenizer/tokenizer.h"
 
 static char *tmp_path(const char *dir, const char *name) { return xd_path_join(dir, name); }
 
@@ -388,6 +390,10 @@ static int byte_chat(void *ctx, const xd_chat_message *m, int n, int32_t **ids, 
   return 0;
 }
 
+static int test_tok_encode(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, xd_err *e) {
+  return xd_tokenizer_encode(ctx, text, len, 0, ids, n, e);
+}
+
 static xd_prepare_encoder byte_encoder(byte_enc *b) {
   xd_prepare_encoder enc = {.ctx = b, .encode = byte_encode, .chat = byte_chat, .vocab_size = 258, .eos_id = 256, .bos_id = 257,
                             .name = "bytes", .hash = "none"};
@@ -647,6 +653,100 @@ static void test_manifest_mismatch(void) {
   free(p0); free(p1); free(pt); free(jl); free(out);
 }
 
+/* The real pipeline on ../shared: C4 samples (.json.gz, one JSON object per line) and
+ * tinyshakespeare (.txt, one document, read in 1 MB pieces) with the Llama 3 tokenizer. The
+ * shards must hold exactly each document encoded whole by the tokenizer, then EOS; and the counts
+ * must equal Hugging Face `tokenizers` 0.23 (Tokenizer.from_file(...).encode(text,
+ * add_special_tokens=False)): 301,768 tokens for tinyshakespeare, 18,023 for the 40 C4 texts. */
+static int32_t *append_ids(int32_t *s, uint64_t *n, const int32_t *ids, size_t k) {
+  s = xd_realloc(s, (*n + k) * 4);
+  memcpy(s + *n, ids, k * 4);
+  *n += k;
+  return s;
+}
+
+static void test_prepare_llama3(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  const char *tokdir = "../shared/tokenizers/llama3";
+  const char *c4[4] = {"../shared/corpora/c4-samples/c4-sample.01.json.gz", "../shared/corpora/c4-samples/c4-sample.02.json.gz",
+                       "../shared/corpora/c4-samples/c4-sample.03.json.gz",
+                       "../shared/corpora/c4-samples/c4_100_domains_5_www.theguardian.com_00000000.jsonl.gz"};
+  const char *shakes = "../shared/corpora/tinyshakespeare/input.txt";
+  xd_tokenizer *t;
+  xd_err e = {{0}};
+  if (xd_tokenizer_load(&t, tokdir, &e) != 0) {
+    CHECKF(0, "%s", e.msg);
+    return;
+  }
+  const int32_t eos = xd_tokenizer_eos_id(t);
+  CHECK(eos == 128001 && xd_tokenizer_vocab_size(t) == 128256);
+  /* expected stream, by the tokenizer directly */
+  int32_t *want = NULL;
+  uint64_t nw = 0, c4_tokens = 0, sh_tokens = 0;
+  for (int f = 0; f < 4; f++) {
+    gzFile g = gzopen(c4[f], "rb");
+    CHECK(g != NULL);
+    static char line[1 << 20];
+    while (g && gzgets(g, line, sizeof line)) {
+      cJSON *o = cJSON_Parse(line);
+      const cJSON *tx = cJSON_GetObjectItemCaseSensitive(o, "text");
+      CHECK(cJSON_IsString(tx));
+      int32_t *ids;
+      size_t n;
+      CHECKF(xd_tokenizer_encode(t, tx->valuestring, strlen(tx->valuestring), 0, &ids, &n, &e) == 0, "%s", e.msg);
+      want = append_ids(want, &nw, ids, n);
+      want = append_ids(want, &nw, &eos, 1);
+      c4_tokens += n;
+      free(ids);
+      cJSON_Delete(o);
+    }
+    if (g) gzclose(g);
+  }
+  char *text;
+  size_t tn;
+  CHECK(xd_read_file(shakes, 1 << 24, &text, &tn, &e) == 0);
+  int32_t *ids;
+  size_t n;
+  CHECKF(xd_tokenizer_encode(t, text, tn, 0, &ids, &n, &e) == 0, "%s", e.msg);
+  want = append_ids(want, &nw, ids, n);
+  want = append_ids(want, &nw, &eos, 1);
+  sh_tokens = n;
+  free(ids);
+  free(text);
+  CHECKF(sh_tokens == 301768 && c4_tokens == 18023, "tokenizer gives %llu / %llu tokens, HF 301768 / 18023", (unsigned long long)sh_tokens, (unsigned long long)c4_tokens);
+
+  const char *dir = test_tmpdir("data-llama3");
+  char *out = tmp_path(dir, "out");
+  const char *inputs[5] = {c4[0], c4[1], c4[2], c4[3], shakes};
+  xd_prepare_encoder enc = {.ctx = t, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(t), .eos_id = eos, .bos_id = xd_tokenizer_bos_id(t), .name = tokdir, .hash = "test"};
+  enc.encode = test_tok_encode;
+  xd_prepare_opts o = {.out_dir = out, .inputs = inputs, .n_inputs = 5, .val_fraction = 0, .seed = 1, .shard_tokens = 100000};
+  xd_prepare_stats st;
+  CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
+  CHECK(st.docs[0] == 41 && st.tokens[0] == nw && st.shards[0] == 4);
+  uint64_t ng = 0;
+  uint8_t *mask = NULL;
+  int32_t *got = split_tokens(out, "train", &ng, &mask);
+  CHECK(got && ng == nw);
+  if (got && ng == nw) {
+    uint64_t first_bad = nw;
+    for (uint64_t i = 0; i < nw && first_bad == nw; i++)
+      if (got[i] != want[i]) first_bad = i;
+    CHECKF(first_bad == nw, "token %llu differs: %d vs %d", (unsigned long long)first_bad, got[first_bad], want[first_bad]);
+  }
+  /* with a validation split, the splits partition the documents */
+  o.val_fraction = 0.2;
+  o.force = 1;
+  CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
+  CHECK(st.docs[0] + st.docs[1] == 41 && st.docs[1] > 0 && st.tokens[0] + st.tokens[1] == nw);
+  free(got);
+  free(mask);
+  free(want);
+  rm_dir_files(out);
+  free(out);
+  xd_tokenizer_free(t);
+}
+
 int main(void) {
   RUN(test_shard_roundtrip);
   RUN(test_shard_corruption);
@@ -657,5 +757,6 @@ int main(void) {
   RUN(test_prepare_synthetic);
   RUN(test_prepare_bad_input);
   RUN(test_manifest_mismatch);
+  RUN(test_prepare_llama3);
   return test_finish();
 }

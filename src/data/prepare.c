@@ -247,16 +247,19 @@ static int doc_split(const prep *P) {
 
 static void report(prep *P, gzFile gz, int final) {
   if (!P->o->progress) return;
+  /* A terminal gets one line rewritten twice a second; a log gets a line every 10 s. */
+  const int tty = isatty(fileno(P->o->progress));
   double now = xd_now();
-  if (!final && now - P->last_report < 1.0) return;
+  if (!final && now - P->last_report < (tty ? 0.5 : 10.0)) return;
   P->last_report = now;
   uint64_t done = P->bytes_done + (gz ? (uint64_t)gzoffset(gz) : 0);
   double el = now - P->t0, mb = (double)done / 1e6, rate = el > 0 ? mb / el : 0;
   uint64_t tok = P->w[0].tokens + P->w[1].tokens;
-  fprintf(P->o->progress, "data prepare: %.1f / %.1f MB read, %.2f MB/s, %llu tokens", mb, (double)P->st->bytes_total / 1e6, rate,
+  fprintf(P->o->progress, "%sdata prepare: %.1f / %.1f MB read, %.2f MB/s, %llu tokens", tty ? "\r" : "", mb, (double)P->st->bytes_total / 1e6, rate,
           (unsigned long long)tok);
   if (!final && rate > 0) fprintf(P->o->progress, ", ETA %.0f s", ((double)P->st->bytes_total / 1e6 - mb) / rate);
-  fprintf(P->o->progress, final ? " (done in %.1f s)\n" : "\n", el);
+  if (final) fprintf(P->o->progress, " (done in %.1f s)\n", el);
+  else fprintf(P->o->progress, tty ? "\033[K" : "\n");
   fflush(P->o->progress);
 }
 

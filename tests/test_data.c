@@ -3,6 +3,7 @@
  * in test_prepare_llama3 and by tests/cli_data.sh). */
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <stdatomic.h>
 #include <zlib.h>
 
 #include "core/core.h"
@@ -358,7 +359,7 @@ static void test_resume(void) {
 
 /* ---- data prepare with a synthetic encoder: id = byte value, EOS 256, BOS 257 ---- */
 typedef struct {
-  int pieces, bad_cuts;
+  _Atomic int pieces, bad_cuts; /* the encoder runs on several threads */
   int fail_on_x; /* simulate a tokenizer failure on text containing "\x01" */
 } byte_enc;
 
@@ -481,7 +482,7 @@ static void test_prepare_synthetic(void) {
   const char *inputs[3] = {txt, jl, gz};
   byte_enc b = {0};
   xd_prepare_encoder enc = byte_encoder(&b);
-  xd_prepare_opts o = {.out_dir = out, .inputs = inputs, .n_inputs = 3, .val_fraction = 0.25, .seed = 1, .shard_tokens = 100000, .add_bos = 0};
+  xd_prepare_opts o = {.out_dir = out, .inputs = inputs, .n_inputs = 3, .val_fraction = 0.25, .seed = 1, .shard_tokens = 100000, .add_bos = 0, .threads = 1};
   xd_prepare_stats st;
   xd_err e = {{0}};
   CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
@@ -529,8 +530,10 @@ static void test_prepare_synthetic(void) {
   }
   free(s0); free(s1); free(m0); free(m1);
   /* deterministic: a second run, other shard size, gives the same document split and tokens */
+  /* and the same for any thread count */
   o.out_dir = out2;
   o.shard_tokens = 1 << 22;
+  o.threads = 3;
   xd_prepare_stats st2;
   CHECKF(xd_prepare_run(&o, &enc, &st2, &e) == 0, "%s", e.msg);
   CHECK(st2.docs[0] == st.docs[0] && st2.tokens[1] == st.tokens[1] && st2.shards[0] == 1);
@@ -538,6 +541,10 @@ static void test_prepare_synthetic(void) {
   uint8_t *ma = NULL, *mb = NULL;
   int32_t *va = split_tokens(out, "val", &a, &ma), *vb = split_tokens(out2, "val", &bb, &mb);
   CHECK(va && vb && a == bb && memcmp(va, vb, a * 4) == 0);
+  free(va); free(vb); free(ma); free(mb);
+  va = split_tokens(out, "train", &a, &ma);
+  vb = split_tokens(out2, "train", &bb, &mb);
+  CHECK(va && vb && a == bb && memcmp(va, vb, a * 4) == 0 && memcmp(ma, mb, a) == 0);
   free(va); free(vb); free(ma); free(mb);
   /* another seed: another split */
   o.seed = 2;

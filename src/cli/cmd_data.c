@@ -24,6 +24,7 @@ static const char *USAGE =
     "  --shard-tokens N tokens per shard (default 16777216; memory ~5 bytes per token)\n"
     "  --add-bos        start each text document with the tokenizer's BOS token\n"
     "  --force          replace a dataset already in --out\n"
+    "  --threads N      encoding threads (default: all cores; output is the same for any N)\n"
     "  --quiet          no progress lines on stderr\n"
     "Documents are joined with EOS. See docs/data-format.md.\n"
     "\n"
@@ -67,6 +68,10 @@ static int cmd_data_prepare(int argc, char **argv) {
       if (parse_u64(argv[++i], &o.seed)) rc = cli_failf("data prepare: --seed '%s' is not a non-negative integer", argv[i]);
     } else if (!strcmp(a, "--shard-tokens") && has) {
       if (parse_u64(argv[++i], &o.shard_tokens)) rc = cli_failf("data prepare: --shard-tokens '%s' is not a positive integer", argv[i]);
+    } else if (!strcmp(a, "--threads") && has) {
+      uint64_t t;
+      if (parse_u64(argv[++i], &t) || t < 1 || t > 4096) rc = cli_failf("data prepare: --threads '%s' is not a count in [1, 4096]", argv[i]);
+      o.threads = (int)t;
     } else if (!strcmp(a, "--add-bos")) o.add_bos = 1;
     else if (!strcmp(a, "--force")) o.force = 1;
     else if (!strcmp(a, "--quiet")) o.progress = NULL;

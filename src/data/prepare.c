@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <omp.h>
 #include <zlib.h>
 
 #include "data/shard.h"
@@ -234,6 +235,9 @@ typedef struct {
   uint64_t doc_index;
   uint64_t bytes_done; /* compressed bytes of finished inputs */
   double t0, last_report;
+  struct job *jobs;    /* the batch being queued */
+  size_t n_jobs, cap_jobs, batch_bytes;
+  int txt_started;     /* the current .txt document has tokens */
 } prep;
 
 static int doc_split(const prep *P) {
@@ -263,80 +267,186 @@ static void report(prep *P, gzFile gz, int final) {
   fflush(P->o->progress);
 }
 
-/* Begin a document in its split: BOS if asked. */
-static int doc_begin(prep *P, split_writer *w, xd_err *e) {
-  if (P->o->add_bos && P->enc->bos_id >= 0) return sw_append(w, &P->enc->bos_id, NULL, 1, e);
-  return 0;
+/* ---- encoding in parallel batches ----
+ * Documents (and .txt pieces) are queued as jobs; a full batch is encoded by OpenMP threads and
+ * then appended in input order, so the output does not depend on the thread count. */
+enum { JOB_TEXT, JOB_PIECE, JOB_CHAT };
+#define BATCH_BYTES ((size_t)16 << 20)
+#define BATCH_JOBS 8192
+
+typedef struct job {
+  int kind, split;
+  int first, last;       /* JOB_PIECE: starts / ends its document */
+  char *text;            /* owned copy (JOB_TEXT, JOB_PIECE) */
+  size_t len;
+  cJSON *obj;            /* JOB_CHAT: owns the strings msgs point to */
+  xd_chat_message *msgs;
+  int n_msgs;
+  const char *path;
+  uint64_t line_no;      /* 0 for .txt */
+  int32_t *ids;          /* results */
+  uint8_t *mask;
+  size_t n;
+  int rc;
+  xd_err err;
+} job;
+
+static void job_free(job *j) {
+  free(j->text);
+  cJSON_Delete(j->obj);
+  free(j->msgs);
+  free(j->ids);
+  free(j->mask);
 }
-static int doc_end(prep *P, split_writer *w, uint8_t eos_mask, xd_err *e) {
+
+static job *job_push(prep *P) {
+  if (P->n_jobs == P->cap_jobs) {
+    P->cap_jobs = P->cap_jobs ? P->cap_jobs * 2 : 256;
+    P->jobs = xd_realloc(P->jobs, sizeof(job) * P->cap_jobs);
+  }
+  job *j = &P->jobs[P->n_jobs++];
+  memset(j, 0, sizeof *j);
+  return j;
+}
+
+static int append_ids(prep *P, split_writer *w, const int32_t *ids, const uint8_t *mask, size_t n, int *started, xd_err *e) {
+  if (n > 0 && !*started) {
+    *started = 1;
+    if (P->o->add_bos && P->enc->bos_id >= 0 && sw_append(w, &P->enc->bos_id, NULL, 1, e) != 0) return -1;
+  }
+  return sw_append(w, ids, mask, n, e);
+}
+static int end_doc(prep *P, split_writer *w, int started, uint8_t eos_mask, xd_err *e) {
+  if (!started) {
+    P->st->skipped_empty++;
+    return 0;
+  }
   if (sw_append(w, &P->enc->eos_id, &eos_mask, 1, e) != 0) return -1;
   sw_end_doc(w);
   return 0;
 }
 
-static int encode_append(prep *P, split_writer *w, const char *text, size_t len, int *started, xd_err *e) {
-  int32_t *ids = NULL;
-  size_t n = 0;
-  if (P->enc->encode(P->enc->ctx, text, len, &ids, &n, e) != 0) return -1;
-  int rc = 0;
-  if (n > 0 && !*started) {
-    rc = doc_begin(P, w, e);
-    *started = 1;
+/* Encode every queued job, then append them in order; the first failure (in order) is reported. */
+static int run_batch(prep *P, xd_err *e) {
+  const xd_prepare_encoder *enc = P->enc;
+  const long n_jobs = (long)P->n_jobs;
+  const int threads = P->o->threads > 0 ? P->o->threads : 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads > 0 ? threads : omp_get_max_threads())
+  for (long i = 0; i < n_jobs; i++) {
+    job *j = &P->jobs[i];
+    j->err.msg[0] = 0;
+    if (j->kind == JOB_CHAT) j->rc = enc->chat(enc->ctx, j->msgs, j->n_msgs, &j->ids, &j->mask, &j->n, &j->err);
+    else j->rc = enc->encode(enc->ctx, j->text, j->len, &j->ids, &j->n, &j->err);
   }
-  if (rc == 0) rc = sw_append(w, ids, NULL, n, e);
-  free(ids);
+  int rc = 0;
+  for (size_t i = 0; i < P->n_jobs && rc == 0; i++) {
+    job *j = &P->jobs[i];
+    split_writer *w = &P->w[j->split];
+    if (j->rc != 0) {
+      *e = j->err;
+      if (j->line_no) rc = xd_err_prefix(e, "%s:%llu", j->path, (unsigned long long)j->line_no);
+      else rc = xd_err_prefix(e, "%s", j->path);
+    } else if (j->kind == JOB_TEXT) {
+      int started = 0;
+      rc = append_ids(P, w, j->ids, NULL, j->n, &started, e);
+      if (rc == 0) rc = end_doc(P, w, started, 1, e);
+    } else if (j->kind == JOB_PIECE) {
+      if (j->first) P->txt_started = 0;
+      rc = append_ids(P, w, j->ids, NULL, j->n, &P->txt_started, e);
+      if (rc == 0 && j->last) rc = end_doc(P, w, P->txt_started, 1, e);
+    } else {
+      /* The chat template carries its own BOS; the joining EOS is not a loss target. */
+      int started = 1;
+      rc = sw_append(w, j->ids, j->mask, j->n, e);
+      if (rc == 0) rc = end_doc(P, w, started, 0, e);
+    }
+  }
+  for (size_t i = 0; i < P->n_jobs; i++) job_free(&P->jobs[i]);
+  P->n_jobs = 0;
+  P->batch_bytes = 0;
   return rc;
+}
+
+static int maybe_run_batch(prep *P, size_t added, xd_err *e) {
+  P->batch_bytes += added;
+  if (P->batch_bytes < BATCH_BYTES && P->n_jobs < BATCH_JOBS) return 0;
+  return run_batch(P, e);
 }
 
 static int run_txt(prep *P, reader *r, xd_err *e) {
-  split_writer *w = &P->w[doc_split(P)];
+  const int split = doc_split(P);
   P->doc_index++;
-  int started = 0;
+  int first = 1;
   for (;;) {
     if (rd_fill(r, TXT_PIECE + 1, e) != 0) return -1;
-    size_t have = r->len - r->pos;
-    if (have == 0) break;
-    size_t k = (r->eof && have <= TXT_PIECE) ? have : txt_cut(r->buf + r->pos, have < TXT_PIECE ? have : TXT_PIECE);
-    if (encode_append(P, w, r->buf + r->pos, k, &started, e) != 0) return xd_err_prefix(e, "%s", r->path);
+    const size_t have = r->len - r->pos;
+    const size_t k = have == 0 ? 0 : (r->eof && have <= TXT_PIECE) ? have : txt_cut(r->buf + r->pos, have < TXT_PIECE ? have : TXT_PIECE);
+    job *j = job_push(P);
+    j->kind = JOB_PIECE;
+    j->split = split;
+    j->first = first;
+    j->last = r->eof && k == have;
+    j->path = r->path;
+    j->text = xd_malloc(k + 1);
+    memcpy(j->text, r->buf + r->pos, k);
+    j->text[k] = 0;
+    j->len = k;
     r->pos += k;
+    first = 0;
+    const int last = j->last;
+    if (maybe_run_batch(P, k, e) != 0) return -1;
     report(P, r->gz, 0);
+    if (last) return 0;
   }
-  if (!started) {
-    P->st->skipped_empty++;
-    return 0;
-  }
-  return doc_end(P, w, 1, e);
 }
 
-static int run_chat(prep *P, split_writer *w, const cJSON *msgs, const char *where, xd_err *e) {
-  if (!P->enc->chat) return xd_errf(e, "%s: \"messages\" given but the tokenizer has no chat template support", where);
-  int n = cJSON_GetArraySize(msgs);
-  if (n == 0) {
+/* Queue one JSON line as a document (or fail with the line number). */
+static int queue_json(prep *P, reader *r, char *line, size_t n, uint64_t line_no, xd_err *e) {
+  cJSON *obj = cJSON_ParseWithLength(line, n);
+  if (!obj || !cJSON_IsObject(obj)) {
+    cJSON_Delete(obj);
+    return xd_errf(e, "%s:%llu: not a JSON object", r->path, (unsigned long long)line_no);
+  }
+  const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text"), *msgs = cJSON_GetObjectItemCaseSensitive(obj, "messages");
+  if (!cJSON_IsString(text) && !cJSON_IsArray(msgs)) {
+    cJSON_Delete(obj);
+    return xd_errf(e, "%s:%llu: expected a string \"text\" or an array \"messages\"", r->path, (unsigned long long)line_no);
+  }
+  const int split = doc_split(P);
+  P->doc_index++;
+  if (cJSON_IsArray(msgs) && !cJSON_IsString(text) && cJSON_GetArraySize(msgs) == 0) {
+    cJSON_Delete(obj);
     P->st->skipped_empty++;
     return 0;
   }
-  xd_chat_message *m = xd_calloc((size_t)n, sizeof *m);
-  int i = 0, rc = 0;
+  if (!cJSON_IsString(text) && !P->enc->chat) {
+    cJSON_Delete(obj);
+    return xd_errf(e, "%s:%llu: \"messages\" given but the tokenizer has no chat template support", r->path, (unsigned long long)line_no);
+  }
+  job *j = job_push(P);
+  j->split = split;
+  j->path = r->path;
+  j->line_no = line_no;
+  if (cJSON_IsString(text)) {
+    j->kind = JOB_TEXT;
+    j->len = strlen(text->valuestring);
+    j->text = xd_strdup(text->valuestring);
+    cJSON_Delete(obj);
+    return maybe_run_batch(P, j->len, e);
+  }
+  j->kind = JOB_CHAT;
+  j->obj = obj;
+  j->n_msgs = cJSON_GetArraySize(msgs);
+  j->msgs = xd_calloc((size_t)j->n_msgs, sizeof(xd_chat_message));
+  int i = 0;
   const cJSON *it;
   cJSON_ArrayForEach(it, msgs) {
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(it, "role"), *content = cJSON_GetObjectItemCaseSensitive(it, "content");
-    if (!cJSON_IsString(role) || !cJSON_IsString(content)) {
-      rc = xd_errf(e, "%s: message %d needs string \"role\" and \"content\"", where, i);
-      break;
-    }
-    m[i++] = (xd_chat_message){role->valuestring, content->valuestring};
+    if (!cJSON_IsString(role) || !cJSON_IsString(content))
+      return xd_errf(e, "%s:%llu: message %d needs string \"role\" and \"content\"", r->path, (unsigned long long)line_no, i);
+    j->msgs[i++] = (xd_chat_message){role->valuestring, content->valuestring};
   }
-  int32_t *ids = NULL;
-  uint8_t *mask = NULL;
-  size_t len = 0;
-  if (rc == 0 && P->enc->chat(P->enc->ctx, m, n, &ids, &mask, &len, e) != 0) rc = xd_err_prefix(e, "%s", where);
-  /* The chat template carries its own BOS; the joining EOS is not a loss target. */
-  if (rc == 0) rc = sw_append(w, ids, mask, len, e);
-  if (rc == 0) rc = doc_end(P, w, 0, e);
-  free(ids);
-  free(mask);
-  free(m);
-  return rc;
+  return maybe_run_batch(P, n, e);
 }
 
 static int run_jsonl(prep *P, reader *r, xd_err *e) {
@@ -349,30 +459,7 @@ static int run_jsonl(prep *P, reader *r, xd_err *e) {
     size_t k = 0;
     while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
     if (k == n) continue; /* blank line */
-    char where[1200];
-    snprintf(where, sizeof where, "%s:%llu", r->path, (unsigned long long)line_no);
-    cJSON *obj = cJSON_ParseWithLength(line, n);
-    if (!obj || !cJSON_IsObject(obj)) {
-      cJSON_Delete(obj);
-      return xd_errf(e, "%s: not a JSON object", where);
-    }
-    const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text"), *msgs = cJSON_GetObjectItemCaseSensitive(obj, "messages");
-    split_writer *w = &P->w[doc_split(P)];
-    P->doc_index++;
-    int rc = 0;
-    if (cJSON_IsString(text)) {
-      int started = 0;
-      rc = encode_append(P, w, text->valuestring, strlen(text->valuestring), &started, e);
-      if (rc != 0) xd_err_prefix(e, "%s", where);
-      else if (started) rc = doc_end(P, w, 1, e);
-      else P->st->skipped_empty++;
-    } else if (cJSON_IsArray(msgs)) {
-      rc = run_chat(P, w, msgs, where, e);
-    } else {
-      rc = xd_errf(e, "%s: expected a string \"text\" or an array \"messages\"", where);
-    }
-    cJSON_Delete(obj);
-    if (rc != 0) return -1;
+    if (queue_json(P, r, line, n, line_no, e) != 0) return -1;
     report(P, r->gz, 0);
   }
   return got < 0 ? -1 : 0;
@@ -485,6 +572,17 @@ int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_p
     if (stat(o->inputs[i], &sb) == 0) P.bytes_done += (uint64_t)sb.st_size;
     rd_close(&r);
   }
+  if (P.n_jobs > 0) {
+    /* Encode what is queued: on success to finish, on a parse error to report an earlier
+     * document's encoding failure first (errors are reported in input order). */
+    xd_err e2;
+    if (run_batch(&P, &e2) != 0) {
+      *e = e2;
+      rc = -1;
+    }
+  }
+  for (size_t i = 0; i < P.n_jobs; i++) job_free(&P.jobs[i]);
+  free(P.jobs);
   for (int s = 0; s < 2 && rc == 0; s++) rc = sw_flush(&P.w[s], e);
   if (rc == 0 && P.w[SPLIT_TRAIN].tokens == 0)
     rc = xd_errf(e, "data prepare: the inputs hold no documents%s", P.w[SPLIT_VAL].tokens ? " for the train split" : "");

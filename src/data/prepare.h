@@ -16,6 +16,7 @@
 #include "core/core.h"
 #include "tokenizer/tokenizer.h"
 
+/* The callbacks are called from several threads at once: they must be thread-safe. */
 typedef struct {
   void *ctx;
   /* Encode text without special tokens; *ids heap-allocated. */
@@ -39,6 +40,7 @@ typedef struct {
   int add_bos;
   int force;            /* replace an existing dataset in out_dir */
   FILE *progress;       /* progress lines, or NULL */
+  int threads;          /* encoding threads; 0 = OpenMP's default (all cores) */
 } xd_prepare_opts;
 
 typedef struct {

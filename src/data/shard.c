@@ -109,7 +109,7 @@ int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
   const uint64_t stored_crc = get_u64(d + 56);
   if (s->version != XD_SHARD_VERSION) { rc = xd_errf(e, "%s: unsupported shard version %u (this build reads %u)", path, s->version, XD_SHARD_VERSION); goto done; }
   if (s->flags & ~XD_SHARD_HAS_MASK) { rc = xd_errf(e, "%s: unknown shard flags 0x%x", path, s->flags); goto done; }
-  if (get_u32(d + 20) != 0) { rc = xd_errf(e, "%s: reserved header field is not zero", path); goto done; }
+  if (get_u32(d + 20) != 0 || get_u64(d + 48) != 0) { rc = xd_errf(e, "%s: reserved header fields are not zero", path); goto done; }
   if (s->vocab_size == 0 || s->vocab_size > (uint64_t)INT32_MAX + 1) { rc = xd_errf(e, "%s: bad vocabulary size %llu", path, (unsigned long long)s->vocab_size); goto done; }
   if (s->token_bytes != xd_shard_token_bytes(s->vocab_size)) { rc = xd_errf(e, "%s: token width %u does not match vocabulary size %llu", path, s->token_bytes, (unsigned long long)s->vocab_size); goto done; }
   if (stored_crc > UINT32_MAX) { rc = xd_errf(e, "%s: bad checksum field", path); goto done; }

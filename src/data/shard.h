@@ -1,7 +1,8 @@
 /* Token shards: one versioned, checksummed binary file per slice of a tokenised corpus.
  * Layout (little-endian; docs/data-format.md is the reference):
  *   [0,64)  header: magic "XDSHARD\0", u32 version, u32 token bytes (2|4), u32 flags,
- *           u32 reserved (0), u64 n_tokens, u64 n_docs, u64 vocab_size, u64 checksum
+ *           u32 reserved (0), u64 n_tokens, u64 n_docs, u64 vocab_size, u64 reserved (0),
+ *           u64 checksum
  *   u64 doc_offsets[n_docs + 1]     doc_offsets[0] = 0, non-decreasing, last = n_tokens
  *   tokens[n_tokens]                uint16 when vocab_size <= 65536, else uint32
  *   u8 mask[n_tokens]               only when flags & XD_SHARD_HAS_MASK (1 = loss target)

@@ -419,7 +419,7 @@ void tok_bpe_word(const xd_tokenizer *t, tok_work *w, const char *s, size_t len,
     w->cache_ids_cap = w->cache_ids_cap ? w->cache_ids_cap * 2 : 4096;
     w->cache_ids = xd_realloc(w->cache_ids, w->cache_ids_cap * sizeof *w->cache_ids);
   }
-  memcpy(w->cache_ids + w->cache_ids_n, *out + start, cnt * sizeof **out);
+  if (cnt) memcpy(w->cache_ids + w->cache_ids_n, *out + start, cnt * sizeof **out);
   w->cache_off[w->cache_n] = (uint32_t)w->cache_ids_n;
   w->cache_cnt[w->cache_n] = (uint32_t)cnt;
   tok_strmap_put(&w->cache, s, len, (int32_t)w->cache_n);

@@ -103,7 +103,7 @@ typedef struct {
   int special, lstrip, rstrip, normalized, single_word;
 } tok_added;
 
-typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_OLMO2 } tok_chat_format;
+typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_QWEN3_NOTHINK, CHAT_OLMO2 } tok_chat_format;
 
 struct xd_tokenizer {
   char *path;                  /* tokenizer.json path, for messages */
@@ -137,6 +137,8 @@ struct xd_tokenizer {
   char *eos_str, *bos_str;
   tok_chat_format chat;
   int chat_gen_always;         /* template appends the generation prompt unconditionally */
+  int chat_template_seen;      /* tokenizer_config.json had a chat_template */
+  char *cfg_path;              /* tokenizer_config.json path, for messages */
 };
 
 /* BPE over one pre-token (bytes). Appends ids to *out. work: per-call scratch. */

@@ -55,10 +55,44 @@ static int cp_from_str(const char *s, uint32_t *cp) {
   return (size_t)k == n ? 0 : -1;
 }
 
-static pcre2_code *regex_compile(const char *pat, const char *path, const char *what, xd_err *e) {
+/* HF compiles these patterns with Oniguruma, whose \s is Unicode White_Space; PCRE2 (UCP)
+ * also counts U+180E as a space. Rewrite \s / \S (outside classes) and \s inside classes
+ * to the exact White_Space set so both engines split identically. Heap string. */
+#define WS_MEMBERS "\\t-\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+static char *regex_translate(const char *pat) {
+  size_t n = strlen(pat), cap = n * 8 + 64, o = 0;
+  char *out = xd_malloc(cap);
+  int in_class = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (o + 128 > cap) { cap *= 2; out = xd_realloc(out, cap); }
+    char ch = pat[i];
+    if (ch == '\\' && i + 1 < n) {
+      char nx = pat[i + 1];
+      if (nx == 's') { o += (size_t)sprintf(out + o, in_class ? "%s" : "[%s]", WS_MEMBERS); i++; continue; }
+      if (nx == 'S' && !in_class) { o += (size_t)sprintf(out + o, "[^%s]", WS_MEMBERS); i++; continue; }
+      out[o++] = ch; out[o++] = nx; i++;
+      continue;
+    }
+    if (ch == '[' && !in_class) {
+      in_class = 1;
+      out[o++] = ch;
+      if (i + 1 < n && pat[i + 1] == '^') out[o++] = pat[++i];
+      if (i + 1 < n && pat[i + 1] == ']') out[o++] = pat[++i]; /* literal ] first in class */
+      continue;
+    }
+    if (ch == ']' && in_class) in_class = 0;
+    out[o++] = ch;
+  }
+  out[o] = 0;
+  return out;
+}
+
+static pcre2_code *regex_compile(const char *pat0, const char *path, const char *what, xd_err *e) {
   int code;
   PCRE2_SIZE off;
+  char *pat = regex_translate(pat0);
   pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &code, &off, NULL);
+  free(pat);
   if (!re) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(code, buf, sizeof buf);
@@ -378,7 +412,7 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   pre_free(t->pre); free(t->pre);
   post_free(t->post); free(t->post);
   dec_free(t->dec); free(t->dec);
-  free(t->eos_str); free(t->bos_str);
+  free(t->eos_str); free(t->bos_str); free(t->cfg_path);
   free(t->path);
   free(t);
 }
@@ -524,6 +558,8 @@ static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
 
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   *out = NULL;
+  if (!xd_file_exists(path) && !xd_is_dir(path))
+    return xd_errf(e, "%s: not found (expected a directory holding tokenizer.json, or a tokenizer.json file)", path);
   char *json_path, *cfg_path;
   if (xd_is_dir(path)) {
     json_path = xd_path_join(path, "tokenizer.json");
@@ -613,6 +649,7 @@ static char *config_token(const cJSON *cfg, const char *key) {
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always);
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
+  t->cfg_path = xd_strdup(cfg_path);
   if (xd_file_exists(cfg_path)) {
     char *text;
     size_t size;
@@ -629,7 +666,7 @@ static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
       const cJSON *x;
       cJSON_ArrayForEach(x, ct) if (json_str(x, "name") && !strcmp(json_str(x, "name"), "default")) tmpl = json_str(x, "template");
     }
-    if (tmpl) tok_detect_chat(tmpl, &t->chat, &t->chat_gen_always);
+    if (tmpl) { t->chat_template_seen = 1; tok_detect_chat(tmpl, &t->chat, &t->chat_gen_always); }
     cJSON_Delete(cfg);
   }
   if (t->bos_str) t->bos_id = xd_tokenizer_token_to_id(t, t->bos_str);

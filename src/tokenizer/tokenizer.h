@@ -23,6 +23,12 @@ int xd_tokenizer_vocab_size(const xd_tokenizer *t); /* including added tokens */
 int32_t xd_tokenizer_token_to_id(const xd_tokenizer *t, const char *token); /* -1 if absent */
 int32_t xd_tokenizer_bos_id(const xd_tokenizer *t); /* -1 if none */
 int32_t xd_tokenizer_eos_id(const xd_tokenizer *t); /* -1 if none */
+/* Added (not in the original contract): the token string of an id as in tokenizer.json (an
+ * added token's content, or the model's vocab string, byte-level encoded for byte-level
+ * models); NULL if the id is unknown. Owned by t. */
+const char *xd_tokenizer_id_to_token(const xd_tokenizer *t, int32_t id);
+/* 1 if id is an added token marked "special" (what decode's skip_special drops). */
+int xd_tokenizer_is_special(const xd_tokenizer *t, int32_t id);
 
 /* Chat templates (Llama 3, ChatML for Qwen2.5/Qwen3, OLMo 2), recognised from
  * tokenizer_config.json's chat_template or named explicitly. */
@@ -32,6 +38,12 @@ typedef struct {
 } xd_chat_message;
 /* Render messages to ids; mask[i] = 1 for tokens of assistant replies (the loss mask), 0
  * otherwise. add_generation_prompt appends the assistant header. Both arrays heap-allocated. */
+/* Added: name the chat format explicitly when tokenizer_config.json has no template or one that
+ * is not recognised: "llama3", "chatml", "qwen2.5", "qwen3" or "olmo2" (CLI convention:
+ * a `--chat-format NAME` flag passed here). Returns -1 with a message listing the names. */
+int xd_tokenizer_set_chat_format(xd_tokenizer *t, const char *name, xd_err *e);
+/* The chat format in use ("llama3", ...), or NULL if none was recognised or set. */
+const char *xd_tokenizer_chat_format(const xd_tokenizer *t);
 int xd_chat_encode(const xd_tokenizer *t, const xd_chat_message *msgs, int n, int add_generation_prompt,
                    int32_t **ids, uint8_t **mask, size_t *len, xd_err *e);
 #endif

@@ -50,6 +50,11 @@ cmp -s "$T/ds/train-00000.xds" "$T/ds2/train-00000.xds" && cmp -s "$T/ds/val-000
 grep -q "MB read, .* MB/s, .* tokens" "$T/err.txt" && ok "progress" || bad "progress: $(cat "$T/err.txt")"
 expect_error "existing dataset" "--force" "$BIN" data prepare --tokenizer $TOK --out "$T/ds2" ../shared/corpora/c4-samples/c4-sample.01.json.gz
 
+# chat documents keep the template's loss mask
+printf '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}\n' | gzip >"$T/chat.jsonl.gz"
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/chat" --val-fraction 0 "$T/chat.jsonl.gz" >/dev/null 2>"$T/err.txt" \
+  && "$BIN" data info "$T/chat" | grep -q "train: .* with loss mask" && ok "chat with mask" || bad "chat: $(cat "$T/err.txt")"
+
 # bad inputs
 printf '{"text": "one"}\n{"text": "two"}\n{"text": oops}\n' >"$T/bad.jsonl"
 expect_error "bad json line" "bad.jsonl:3:" "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/o1" --shard-tokens 1000 ../shared/corpora/c4-samples/c4-sample.01.json.gz "$T/bad.jsonl"

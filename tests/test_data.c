@@ -754,6 +754,78 @@ static void test_prepare_llama3(void) {
   xd_tokenizer_free(t);
 }
 
+/* Chat documents through the real Llama 3 template: the shard holds exactly xd_chat_encode's ids
+ * and loss mask, then EOS with mask 0. */
+static int test_tok_chat(void *ctx, const xd_chat_message *m, int n, int32_t **ids, uint8_t **mask, size_t *len, xd_err *e) {
+  return xd_chat_encode(ctx, m, n, 0, ids, mask, len, e);
+}
+
+static void test_prepare_llama3_chat(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  xd_tokenizer *t;
+  xd_err e = {{0}};
+  if (xd_tokenizer_load(&t, "../shared/tokenizers/llama3", &e) != 0) {
+    CHECKF(0, "%s", e.msg);
+    return;
+  }
+  const char *dir = test_tmpdir("data-chat");
+  char *jl = tmp_path(dir, "chat.jsonl"), *out = tmp_path(dir, "out");
+  const char *lines =
+      "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"What is 2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n"
+      "{\"text\": \"Plain text between chats.\"}\n"
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi \\u00e9\"}, {\"role\": \"assistant\", \"content\": \"Hello!\"}, {\"role\": \"user\", \"content\": \"Bye\"}, {\"role\": \"assistant\", \"content\": \"Goodbye.\"}]}\n";
+  CHECK(write_bytes(jl, lines, strlen(lines)) == 0);
+  const int32_t eos = xd_tokenizer_eos_id(t);
+  /* expected */
+  int32_t *want = NULL;
+  uint8_t *wmask = NULL;
+  uint64_t nw = 0;
+  const xd_chat_message c1[3] = {{"system", "Be brief."}, {"user", "What is 2+2?"}, {"assistant", "4"}};
+  const xd_chat_message c2[4] = {{"user", "Hi \xc3\xa9"}, {"assistant", "Hello!"}, {"user", "Bye"}, {"assistant", "Goodbye."}};
+  for (int d = 0; d < 3; d++) {
+    int32_t *ids;
+    uint8_t *mask = NULL;
+    size_t n;
+    if (d == 1) {
+      const char *txt = "Plain text between chats.";
+      CHECK(xd_tokenizer_encode(t, txt, strlen(txt), 0, &ids, &n, &e) == 0);
+    } else {
+      CHECKF(xd_chat_encode(t, d == 0 ? c1 : c2, d == 0 ? 3 : 4, 0, &ids, &mask, &n, &e) == 0, "%s", e.msg);
+    }
+    want = xd_realloc(want, (nw + n + 1) * 4);
+    wmask = xd_realloc(wmask, nw + n + 1);
+    memcpy(want + nw, ids, n * 4);
+    if (mask) memcpy(wmask + nw, mask, n);
+    else memset(wmask + nw, 1, n);
+    want[nw + n] = eos;
+    wmask[nw + n] = d == 1; /* EOS after a chat is not a target */
+    nw += n + 1;
+    free(ids);
+    free(mask);
+  }
+  xd_prepare_encoder enc = {.ctx = t, .encode = test_tok_encode, .chat = test_tok_chat, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(t),
+                            .eos_id = eos, .bos_id = xd_tokenizer_bos_id(t), .name = "llama3", .hash = "test"};
+  xd_prepare_opts o = {.out_dir = out, .inputs = (const char *const[]){jl}, .n_inputs = 1, .val_fraction = 0, .seed = 1, .shard_tokens = 1000};
+  xd_prepare_stats st;
+  CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
+  uint64_t ng = 0;
+  uint8_t *gmask = NULL;
+  int32_t *got = split_tokens(out, "train", &ng, &gmask);
+  CHECK(got && ng == nw && st.docs[0] == 3);
+  if (got && ng == nw) {
+    CHECK(memcmp(got, want, nw * 4) == 0);
+    CHECK(memcmp(gmask, wmask, nw) == 0);
+    uint64_t ones = 0, zeros = 0;
+    for (uint64_t i = 0; i < nw; i++) { if (wmask[i]) ones++; else zeros++; }
+    CHECK(ones > 5 && zeros > 20); /* the mask is not trivial */
+  }
+  free(got); free(gmask); free(want); free(wmask);
+  rm_dir_files(out);
+  unlink(jl);
+  free(jl); free(out);
+  xd_tokenizer_free(t);
+}
+
 int main(void) {
   RUN(test_shard_roundtrip);
   RUN(test_shard_corruption);
@@ -765,5 +837,6 @@ int main(void) {
   RUN(test_prepare_bad_input);
   RUN(test_manifest_mismatch);
   RUN(test_prepare_llama3);
+  RUN(test_prepare_llama3_chat);
   return test_finish();
 }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# `xdistill data prepare|info` through the real binary: outputs, exit codes and one-line errors,
+# and that a failed run leaves no shards and no manifest in --out.
+set -u
+BIN=${XD_BIN:-build/xdistill}
+if [ ! -d ../shared/tokenizers/llama3 ]; then echo "skip: ../shared not found"; exit 0; fi
+TOK=../shared/tokenizers/llama3
+T=$(mktemp -d /tmp/xdistill-cli-data.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fail=1; }
+# expect_error NAME PATTERN CMD...: non-zero exit, exactly one stderr line "xdistill: error: ...PATTERN..."
+expect_error() {
+  local name=$1 pat=$2; shift 2
+  "$@" >"$T/out.txt" 2>"$T/err.txt"; local rc=$?
+  local lines; lines=$(grep -c . "$T/err.txt")
+  if [ $rc -ne 0 ] && [ "$lines" -eq 1 ] && grep -q "^xdistill: error: .*$pat" "$T/err.txt"; then ok "$name"
+  else bad "$name (rc=$rc): $(cat "$T/err.txt")"; fi
+}
+no_output() { # no shard or manifest left in the dir
+  if [ -z "$(ls "$1" 2>/dev/null | grep -E '\.xds|manifest\.json|\.tmp\.')" ]; then ok "$2: nothing left in --out"; else bad "$2: left $(ls "$1")"; fi
+}
+
+"$BIN" data --help | grep -q "data prepare --tokenizer DIR --out DIR" && ok "help" || bad "help"
+"$BIN" data prepare --help | grep -q -- "--val-fraction" && ok "prepare help" || bad "prepare help"
+
+# C4 samples + tinyshakespeare: 41 documents, 319,832 tokens (HF tokenizers: 18,023 + 301,768 + 41 EOS)
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/ds" --val-fraction 0.1 --seed 7 \
+  ../shared/corpora/c4-samples/*.gz ../shared/corpora/tinyshakespeare/input.txt >"$T/sum.txt" 2>"$T/err.txt" \
+  && ok "prepare" || bad "prepare: $(cat "$T/err.txt")"
+[ ! -s "$T/err.txt" ] && ok "--quiet prints nothing on stderr" || bad "--quiet: $(cat "$T/err.txt")"
+python3 - "$T/ds/manifest.json" <<'PY' && ok "manifest counts" || bad "manifest counts"
+import json, sys
+m = json.load(open(sys.argv[1]))
+s = m["splits"]
+assert s["train"]["documents"] + s["val"]["documents"] == 41, s
+assert s["train"]["tokens"] + s["val"]["tokens"] == 319832, s
+assert m["tokenizer"]["vocab_size"] == 128256 and m["token_bytes"] == 4
+assert m["tokenizer"]["hash"].startswith("fnv1a64:")
+PY
+"$BIN" data info "$T/ds" >"$T/info.txt" && grep -q "checksums ok" "$T/info.txt" && ok "info" || bad "info"
+# the same seed gives byte-identical shards
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/ds2" --val-fraction 0.1 --seed 7 \
+  ../shared/corpora/c4-samples/*.gz ../shared/corpora/tinyshakespeare/input.txt >/dev/null 2>&1
+cmp -s "$T/ds/train-00000.xds" "$T/ds2/train-00000.xds" && cmp -s "$T/ds/val-00000.xds" "$T/ds2/val-00000.xds" \
+  && ok "deterministic" || bad "deterministic"
+# progress line on stderr
+"$BIN" data prepare --force --tokenizer $TOK --out "$T/ds2" ../shared/corpora/c4-samples/c4-sample.01.json.gz >/dev/null 2>"$T/err.txt"
+grep -q "MB read, .* MB/s, .* tokens" "$T/err.txt" && ok "progress" || bad "progress: $(cat "$T/err.txt")"
+expect_error "existing dataset" "--force" "$BIN" data prepare --tokenizer $TOK --out "$T/ds2" ../shared/corpora/c4-samples/c4-sample.01.json.gz
+
+# chat documents keep the template's loss mask
+printf '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}\n' | gzip >"$T/chat.jsonl.gz"
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/chat" --val-fraction 0 "$T/chat.jsonl.gz" >/dev/null 2>"$T/err.txt" \
+  && "$BIN" data info "$T/chat" | grep -q "train: .* with loss mask" && ok "chat with mask" || bad "chat: $(cat "$T/err.txt")"
+
+# bad inputs
+printf '{"text": "one"}\n{"text": "two"}\n{"text": oops}\n' >"$T/bad.jsonl"
+expect_error "bad json line" "bad.jsonl:3:" "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/o1" --shard-tokens 1000 ../shared/corpora/c4-samples/c4-sample.01.json.gz "$T/bad.jsonl"
+no_output "$T/o1" "bad json"
+expect_error "missing input" "nope.jsonl: cannot open" "$BIN" data prepare --tokenizer $TOK --out "$T/o2" "$T/nope.jsonl"
+no_output "$T/o2" "missing input"
+: >"$T/empty.txt"
+expect_error "empty dataset" "no documents" "$BIN" data prepare --tokenizer $TOK --out "$T/o3" "$T/empty.txt"
+no_output "$T/o3" "empty dataset"
+expect_error "bad tokenizer" "" "$BIN" data prepare --tokenizer "$T/none" --out "$T/o4" "$T/bad.jsonl"
+expect_error "bad fraction" "val-fraction" "$BIN" data prepare --tokenizer $TOK --out "$T/o5" --val-fraction 1.5 "$T/bad.jsonl"
+expect_error "no inputs" "no input" "$BIN" data prepare --tokenizer $TOK --out "$T/o6"
+expect_error "unknown option" "--bogus" "$BIN" data prepare --bogus
+expect_error "unknown subcommand" "frobnicate" "$BIN" data frobnicate
+expect_error "info on unfinished dir" "manifest.json" "$BIN" data info "$T/o1"
+# a corrupted shard is caught by info
+cp -r "$T/ds" "$T/dsbad"
+printf '\x55' | dd of="$T/dsbad/train-00000.xds" bs=1 seek=5000 conv=notrunc 2>/dev/null
+expect_error "corrupt shard" "train-00000.xds: checksum mismatch" "$BIN" data info "$T/dsbad"
+exit $fail

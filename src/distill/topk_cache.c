@@ -5,7 +5,7 @@
 
 #define HEADER_SIZE 64
 
-uint64_t xd_fnv1a64(uint64_t h, const void *data, size_t n) {
+uint64_t xd_topk_fnv(uint64_t h, const void *data, size_t n) {
   const uint8_t *p = data;
   for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ull; }
   return h;
@@ -33,7 +33,7 @@ int xd_topk_writer_open(xd_topk_writer *w, const char *path, uint32_t k, uint32_
   memset(w, 0, sizeof *w);
   if (k == 0 || vocab == 0 || seq_len == 0 || k > vocab) return xd_errf(e, "%s: bad top-k cache shape (k %u, vocab %u, seq_len %u)", path, k, vocab, seq_len);
   w->info = (xd_topk_info){k, vocab, seq_len, 0, tokenizer_hash};
-  w->checksum = XD_FNV1A64_INIT;
+  w->checksum = XD_TOPK_FNV_INIT;
   if (xd_atomic_open(&w->f, path, e) != 0) return -1;
   uint8_t h[HEADER_SIZE];
   encode_header(h, &w->info, 0); /* placeholder, rewritten on close */
@@ -46,8 +46,8 @@ int xd_topk_writer_add(xd_topk_writer *w, const int32_t *ids, const float *logp,
   for (size_t i = 0; i < n; i++)
     if (ids[i] < 0 || (uint32_t)ids[i] >= w->info.vocab) return xd_errf(e, "%s: top-k id %d out of range", w->f.path, ids[i]);
   if (xd_atomic_write(&w->f, ids, n * 4, e) != 0 || xd_atomic_write(&w->f, logp, n * 4, e) != 0) return -1;
-  w->checksum = xd_fnv1a64(w->checksum, ids, n * 4);
-  w->checksum = xd_fnv1a64(w->checksum, logp, n * 4);
+  w->checksum = xd_topk_fnv(w->checksum, ids, n * 4);
+  w->checksum = xd_topk_fnv(w->checksum, logp, n * 4);
   w->rows_written++;
   return 0;
 }
@@ -87,7 +87,7 @@ int xd_topk_reader_open(xd_topk_reader *r, const char *path, xd_err *e) {
         payload != r->map.size - HEADER_SIZE)
       rc = xd_errf(e, "%s: top-k cache is truncated or its header is corrupt (%zu bytes for %llu rows)", path, r->map.size,
                    (unsigned long long)r->info.n_rows);
-    else if (xd_fnv1a64(XD_FNV1A64_INIT, p + HEADER_SIZE, payload) != sum)
+    else if (xd_topk_fnv(XD_TOPK_FNV_INIT, p + HEADER_SIZE, payload) != sum)
       rc = xd_errf(e, "%s: top-k cache checksum mismatch (corrupt file)", path);
   }
   if (rc != 0) { xd_mmap_close(&r->map); return -1; }

@@ -48,6 +48,6 @@ int xd_topk_reader_open(xd_topk_reader *r, const char *path, xd_err *e);
 int xd_topk_reader_row(const xd_topk_reader *r, uint64_t row, const int32_t **ids, const float **logp, xd_err *e);
 void xd_topk_reader_close(xd_topk_reader *r);
 
-uint64_t xd_fnv1a64(uint64_t h, const void *data, size_t n);
-#define XD_FNV1A64_INIT 0xcbf29ce484222325ull
+uint64_t xd_topk_fnv(uint64_t h, const void *data, size_t n);
+#define XD_TOPK_FNV_INIT 0xcbf29ce484222325ull
 #endif

@@ -1,0 +1,126 @@
+/* Stage I: teacher-forced layer-wise alignment. One teacher forward per micro-batch; at each
+ * layer the hook runs the student's hybrid core on the teacher's own x^l, q, k, v, compares
+ * its output with the teacher's attention output a^l (MSE over tokens and channels), and
+ * back-propagates into that layer's new parameters at once, so only one layer's activations
+ * exist at any time. Loss = sum over layers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "distill/stages.h"
+
+int xd_check_pair(const xd_teacher *t, const xd_student *s, const char *tdir, const char *sdir, xd_err *e) {
+  const xd_model_config *a = &t->cfg, *b = &s->cfg;
+  if (a->hidden != b->hidden || a->n_layers != b->n_layers || a->n_heads != b->n_heads || a->n_kv_heads != b->n_kv_heads ||
+      a->head_dim != b->head_dim || a->vocab != b->vocab || a->intermediate != b->intermediate || a->family != b->family)
+    return xd_errf(e, "%s: student does not fit teacher %s (family, layers, hidden, heads, head_dim, vocab or MLP size differ)",
+                   sdir, tdir);
+  return 0;
+}
+
+typedef struct {
+  xd_align_ctx *c;
+  int backward;
+} hook_ctx;
+
+static void align_hook(int layer, const float *x, const float *a, int N, void *user) {
+  hook_ctx *h = user;
+  xd_align_ctx *c = h->c;
+  const xd_student *s = c->student;
+  const size_t n = (size_t)N * s->cfg.n_heads * s->cfg.head_dim;
+  const xd_teacher_acts *ta = &c->ta;
+  xd_core_forward(s, layer, &c->ca, x, ta->q_raw, ta->k_raw, ta->v_raw, ta->q, ta->k, c->out);
+  double sum = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)c->out[i] - a[i];
+    sum += d * d;
+    c->dout[i] = (float)(2.0 * d / (double)n);
+  }
+  c->layer_loss[layer] = sum / (double)n;
+  if (h->backward)
+    xd_core_backward(s, layer, &c->ca, x, ta->q_raw, ta->k_raw, ta->v_raw, ta->q, ta->k, c->dout, NULL, NULL, NULL, NULL,
+                     NULL, NULL);
+}
+
+static double run_batch(xd_align_ctx *c, const int32_t *inputs, int backward) {
+  hook_ctx h = {c, backward};
+  xd_err e;
+  if (xd_teacher_forward(c->teacher, &c->ta, inputs, c->B, c->T, NULL, align_hook, &h, &e) != 0) return NAN;
+  double loss = 0;
+  for (int l = 0; l < c->student->cfg.n_layers; l++) loss += c->layer_loss[l];
+  return loss;
+}
+
+double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs) { return run_batch(c, inputs, 0); }
+
+static const char *const layer_metric[8] = {"loss_l0", "loss_l1", "loss_l2", "loss_l3",
+                                            "loss_l4", "loss_l5", "loss_l6", "loss_l7"};
+
+static int align_step(void *vctx, xd_params *p, uint64_t step, int micro, int n_micro, xd_rng *rng, xd_step_result *out,
+                      xd_err *e) {
+  xd_align_ctx *c = vctx;
+  (void)p; (void)step; (void)micro; (void)n_micro; (void)rng;
+  xd_loader_next(c->loader, c->tokens, NULL);
+  for (int b = 0; b < c->B; b++) memcpy(c->inputs + (size_t)b * c->T, c->tokens + (size_t)b * (c->T + 1), (size_t)c->T * sizeof(int32_t));
+  for (int i = 0; i < c->B * c->T; i++)
+    if (c->inputs[i] >= c->teacher->cfg.vocab)
+      return xd_errf(e, "data token id %d is outside the teacher's vocabulary (%d): data prepared with another tokenizer?",
+                     c->inputs[i], c->teacher->cfg.vocab);
+  out->loss = run_batch(c, c->inputs, 1);
+  out->tokens = (uint64_t)c->B * c->T;
+  const int L = c->student->cfg.n_layers;
+  out->nmetrics = L < 8 ? L : 8;
+  for (int l = 0; l < out->nmetrics; l++) {
+    out->metric_names[l] = layer_metric[l];
+    out->metric_values[l] = c->layer_loss[l];
+  }
+  return 0;
+}
+
+static void loader_save(void *vctx, void *buf) {
+  xd_align_ctx *c = vctx;
+  xd_loader_get_state(c->loader, (xd_loader_state *)buf);
+}
+static int loader_restore(void *vctx, const void *buf, xd_err *e) {
+  xd_align_ctx *c = vctx;
+  xd_loader_state st;
+  memcpy(&st, buf, sizeof st);
+  return xd_loader_set_state(c->loader, &st, e);
+}
+
+void xd_align_init(xd_align_ctx *c, const xd_teacher *t, xd_student *s, xd_loader *L, int B, int T,
+                   xd_trainer_hooks *hooks) {
+  memset(c, 0, sizeof *c);
+  c->teacher = t;
+  c->student = s;
+  c->loader = L;
+  c->B = B;
+  c->T = T;
+  xd_teacher_acts_alloc(&c->ta, &t->cfg, B * T, T);
+  xd_core_acts_alloc(&c->ca, s, B, T);
+  c->tokens = xd_malloc((size_t)B * (T + 1) * sizeof(int32_t));
+  c->inputs = xd_malloc((size_t)B * T * sizeof(int32_t));
+  const size_t n = (size_t)B * T * s->cfg.n_heads * s->cfg.head_dim;
+  c->out = xd_malloc(n * sizeof(float));
+  c->dout = xd_malloc(n * sizeof(float));
+  c->layer_loss = xd_calloc((size_t)s->cfg.n_layers, sizeof(double));
+  memset(hooks, 0, sizeof *hooks);
+  hooks->step = align_step;
+  hooks->ctx = c;
+  if (L) {
+    hooks->loader_state_size = sizeof(xd_loader_state);
+    hooks->loader_save = loader_save;
+    hooks->loader_restore = loader_restore;
+  }
+}
+
+void xd_align_free(xd_align_ctx *c) {
+  xd_teacher_acts_free(&c->ta);
+  xd_core_acts_free(&c->ca);
+  free(c->tokens);
+  free(c->inputs);
+  free(c->out);
+  free(c->dout);
+  free(c->layer_loss);
+  memset(c, 0, sizeof *c);
+}

@@ -7,6 +7,7 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
 #define R float
 #define SFX(name) name

@@ -90,6 +90,7 @@ static void test_full_window_is_causal(void) {
   check_vs_ref((swa_shape){.B = 2, .T = 24, .H = 4, .G = 2, .d = 16, .W = 24, .S = 0}, 5, 0);
   check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 4, .G = 2, .d = 16, .W = 20, .S = 4}, 6, 0);
   check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 4, .G = 1, .d = 8, .W = 100, .S = 7}, 7, 0);
+  check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 2, .G = 1, .d = 8, .W = 2147483647, .S = 3}, 17, 0);
 }
 
 static void check_decode(swa_shape sh, uint64_t seed) {

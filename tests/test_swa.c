@@ -196,6 +196,7 @@ static void test_backward(void) {
   check_backward((swa_shape){.B = 1, .T = 16, .H = 3, .G = 1, .d = 5, .W = 3, .S = 0}, 12, 1);
   check_backward((swa_shape){.B = 1, .T = 12, .H = 2, .G = 2, .d = 4, .W = 12, .S = 0}, 13, 1);
   check_backward((swa_shape){.B = 1, .T = 14, .H = 2, .G = 1, .d = 4, .W = 1, .S = 5}, 14, 1);
+  check_backward((swa_shape){.B = 1, .T = 10, .H = 2, .G = 1, .d = 4, .W = 2147483647, .S = 2}, 18, 1);
   check_backward((swa_shape){.B = 2, .T = 300, .H = 4, .G = 2, .d = 16, .W = 20, .S = 3}, 15, 0);
 }
 

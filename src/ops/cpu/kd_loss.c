@@ -8,16 +8,8 @@
 #include "core/core.h"
 #include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#include "ops/cpu/kd_loss_impl.inc"
-#undef R
-#undef SFX
-#define R double
-#define SFX(name) name##_f64
-#include "ops/cpu/kd_loss_impl.inc"
-#undef R
-#undef SFX
+#define XD_TWIN_BODY "ops/cpu/kd_loss_impl.inc"
+#include "ops/cpu/twin.h"
 
 kd_config kd_config_default(int N, int V) {
   kd_config c = {.N = N, .V = V, .k = KD_DEFAULT_TOPK < V ? KD_DEFAULT_TOPK : V,

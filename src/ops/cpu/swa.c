@@ -25,16 +25,8 @@ static int swa_max_keys(const swa_shape *sh) {
   return n < sh->T ? (int)n : sh->T;
 }
 
-#define R float
-#define SFX(name) name
-#include "ops/cpu/swa_impl.inc"
-#undef R
-#undef SFX
-#define R double
-#define SFX(name) name##_f64
-#include "ops/cpu/swa_impl.inc"
-#undef R
-#undef SFX
+#define XD_TWIN_BODY "ops/cpu/swa_impl.inc"
+#include "ops/cpu/twin.h"
 
 void swa_cache_init(swa_cache *c, int G, int d, int W, int S) {
   XD_CHECK(G > 0 && d > 0 && W >= 1 && S >= 0);

@@ -47,7 +47,9 @@ static void fm_reference(double *y, const float *x, const float *P, const featur
       }
 }
 
-static void check_feature_map(feature_map_shape s, uint64_t seed) {
+/* fd = 0: shapes big enough to take the OpenMP paths, checked against the reference and the
+ * double backward only (finite differences there would be slow). */
+static void check_feature_map(feature_map_shape s, uint64_t seed, int fd) {
   xd_rng r;
   xd_rng_seed(&r, seed);
   const int dp = feature_map_p_cols(&s);
@@ -77,9 +79,9 @@ static void check_feature_map(feature_map_shape s, uint64_t seed) {
   feature_map_backward_f64(dx2, dP2, c.R, c.x, c.P, y64, &s);
   feature_map_backward_f64(dx2, dP2, c.R, c.x, c.P, y64, &s);
   CHECK(gc_accum_err(dx, dx2, c.nx) <= 1e-12 && gc_accum_err(dP, dP2, c.nP) <= 1e-12);
-  const double ex = gc_fd_err(fm_loss, &c, c.x, c.nx, dx, 1e-5);
-  const double eP = gc_fd_err(fm_loss, &c, c.P, c.nP, dP, 1e-5);
-  fprintf(stderr, "  feature map (hedgehog=%d): fwd %.2g, FD dx %.2g dP %.2g", s.hedgehog, ef, ex, eP);
+  const double ex = fd ? gc_fd_err(fm_loss, &c, c.x, c.nx, dx, 1e-5) : 0;
+  const double eP = fd ? gc_fd_err(fm_loss, &c, c.P, c.nP, dP, 1e-5) : 0;
+  fprintf(stderr, "  feature map (N=%d hedgehog=%d): fwd %.2g, %s dx %.2g dP %.2g", s.N, s.hedgehog, ef, fd ? "FD" : "no FD", ex, eP);
   CHECKF(ex <= FD_TOL && eP <= FD_TOL, "FD rel err dx %.3g dP %.3g", ex, eP);
   /* fp32 backward vs double */
   float *dxf = xd_calloc(c.nx, 4), *dPf = xd_calloc(c.nP, 4);
@@ -92,9 +94,11 @@ static void check_feature_map(feature_map_shape s, uint64_t seed) {
 }
 
 static void test_feature_map(void) {
-  check_feature_map((feature_map_shape){.N = 9, .Hx = 3, .d = 5, .d_phi = 6, .hedgehog = 0}, 1);
-  check_feature_map((feature_map_shape){.N = 7, .Hx = 2, .d = 6, .d_phi = 8, .hedgehog = 1}, 2);
-  check_feature_map((feature_map_shape){.N = 33, .Hx = 4, .d = 16, .d_phi = 16, .hedgehog = 0}, 3);
+  check_feature_map((feature_map_shape){.N = 9, .Hx = 3, .d = 5, .d_phi = 6, .hedgehog = 0}, 1, 1);
+  check_feature_map((feature_map_shape){.N = 7, .Hx = 2, .d = 6, .d_phi = 8, .hedgehog = 1}, 2, 1);
+  check_feature_map((feature_map_shape){.N = 33, .Hx = 4, .d = 16, .d_phi = 16, .hedgehog = 0}, 3, 1);
+  check_feature_map((feature_map_shape){.N = 1100, .Hx = 4, .d = 16, .d_phi = 16, .hedgehog = 0}, 4, 0);
+  check_feature_map((feature_map_shape){.N = 1100, .Hx = 2, .d = 16, .d_phi = 32, .hedgehog = 1}, 5, 0);
 }
 
 /* P = identity, d_phi = d: phi(x) = softmax(x) per head. */
@@ -131,7 +135,7 @@ static double gate_loss(void *p) {
   return L;
 }
 
-static void check_gates(gates_shape s, double wscale, uint64_t seed) {
+static void check_gates(gates_shape s, double wscale, uint64_t seed, int fd) {
   xd_rng r;
   xd_rng_seed(&r, seed);
   const int N = s.N, D = s.D, H = s.H;
@@ -179,9 +183,9 @@ static void check_gates(gates_shape s, double wscale, uint64_t seed) {
   for (int i = 0; i < 5; i++) CHECK(gc_accum_err(g1[i], g2[i], len[i]) <= 1e-12);
   double *in[5] = {c.x, c.wi, c.bi, c.wf, c.bf};
   const char *names[5] = {"dx", "dw_i", "db_i", "dw_f", "db_f"};
-  fprintf(stderr, "  gates (cap=%g): fwd %.2g, FD", s.cap, ef);
+  fprintf(stderr, "  gates (N=%d cap=%g): fwd %.2g, %s", s.N, s.cap, ef, fd ? "FD" : "no FD");
   for (int i = 0; i < 5; i++) {
-    const double e = gc_fd_err(gate_loss, &c, in[i], len[i], g1[i], 1e-5);
+    const double e = fd ? gc_fd_err(gate_loss, &c, in[i], len[i], g1[i], 1e-5) : 0;
     fprintf(stderr, " %s %.2g", names[i], e);
     CHECKF(e <= FD_TOL, "FD rel err %s %.3g", names[i], e);
   }
@@ -202,9 +206,10 @@ static void check_gates(gates_shape s, double wscale, uint64_t seed) {
 }
 
 static void test_gates(void) {
-  check_gates((gates_shape){.N = 11, .D = 9, .H = 3, .cap = 0}, 0.5, 5);
-  check_gates((gates_shape){.N = 11, .D = 9, .H = 3, .cap = GATES_SOFT_CAP}, 6.0, 6);
-  check_gates((gates_shape){.N = 40, .D = 64, .H = 8, .cap = GATES_SOFT_CAP}, 1.5, 7);
+  check_gates((gates_shape){.N = 11, .D = 9, .H = 3, .cap = 0}, 0.5, 5, 1);
+  check_gates((gates_shape){.N = 11, .D = 9, .H = 3, .cap = GATES_SOFT_CAP}, 6.0, 6, 1);
+  check_gates((gates_shape){.N = 40, .D = 64, .H = 8, .cap = GATES_SOFT_CAP}, 1.5, 7, 1);
+  check_gates((gates_shape){.N = 700, .D = 64, .H = 8, .cap = GATES_SOFT_CAP}, 2.0, 8, 0);
 }
 
 static void test_gates_init(void) {
@@ -231,7 +236,7 @@ static double mix_loss(void *p) {
   return L;
 }
 
-static void check_mix(mix_shape s, uint64_t seed) {
+static void check_mix(mix_shape s, uint64_t seed, int fd) {
   xd_rng r;
   xd_rng_seed(&r, seed);
   const int N = s.N, H = s.H, G = s.G, d = s.d, rep = H / G;
@@ -276,9 +281,9 @@ static void check_mix(mix_shape s, uint64_t seed) {
   for (int t = 0; t < 2; t++)
     mix_backward_f64(g2[0], g2[1], g2[2], g2[3], g2[4], g2[5], g2[6], c.R, o64, c.q, c.k, c.v, c.w, c.hg, c.hl, &s);
   for (int i = 0; i < NG; i++) CHECKF(gc_accum_err(g1[i], g2[i], len[i]) <= 1e-12, "%s does not accumulate", names[i]);
-  fprintf(stderr, "  mix: fwd %.2g, FD", ef);
+  fprintf(stderr, "  mix (N=%d): fwd %.2g, %s", s.N, ef, fd ? "FD" : "no FD");
   for (int i = 0; i < NG; i++) {
-    const double e = gc_fd_err(mix_loss, &c, in[i], len[i], g1[i], 1e-5);
+    const double e = fd ? gc_fd_err(mix_loss, &c, in[i], len[i], g1[i], 1e-5) : 0;
     fprintf(stderr, " %s %.2g", names[i], e);
     CHECKF(e <= FD_TOL, "FD rel err %s %.3g", names[i], e);
   }
@@ -296,9 +301,10 @@ static void check_mix(mix_shape s, uint64_t seed) {
 }
 
 static void test_mix(void) {
-  check_mix((mix_shape){.N = 6, .H = 4, .G = 2, .d = 5}, 8);
-  check_mix((mix_shape){.N = 5, .H = 3, .G = 3, .d = 4}, 9);
-  check_mix((mix_shape){.N = 4, .H = 6, .G = 1, .d = 3}, 10);
+  check_mix((mix_shape){.N = 6, .H = 4, .G = 2, .d = 5}, 8, 1);
+  check_mix((mix_shape){.N = 5, .H = 3, .G = 3, .d = 4}, 9, 1);
+  check_mix((mix_shape){.N = 4, .H = 6, .G = 1, .d = 3}, 10, 1);
+  check_mix((mix_shape){.N = 900, .H = 8, .G = 2, .d = 16}, 11, 0);
 }
 
 static void test_mix_init(void) {

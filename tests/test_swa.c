@@ -90,34 +90,46 @@ static void test_full_window_is_causal(void) {
   check_vs_ref((swa_shape){.B = 2, .T = 24, .H = 4, .G = 2, .d = 16, .W = 24, .S = 0}, 5, 0);
   check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 4, .G = 2, .d = 16, .W = 20, .S = 4}, 6, 0);
   check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 4, .G = 1, .d = 8, .W = 100, .S = 7}, 7, 0);
+  check_vs_ref((swa_shape){.B = 1, .T = 24, .H = 2, .G = 1, .d = 8, .W = 2147483647, .S = 3}, 17, 0);
 }
 
-static void test_decode_matches_forward(void) {
-  const swa_shape sh = {.B = 1, .T = 71, .H = 4, .G = 2, .d = 16, .W = 9, .S = 3};
+static void check_decode(swa_shape sh, uint64_t seed) {
   case_t c;
-  case_init(&c, sh, 8, 2.0);
+  case_init(&c, sh, seed, 2.0);
   swa_forward(c.out, c.lse, c.q, c.k, c.v, &sh);
+  /* prefill without lse must give the same output */
+  float *out2 = xd_malloc(c.nq * 4);
+  swa_forward(out2, NULL, c.q, c.k, c.v, &sh);
+  CHECK(memcmp(out2, c.out, c.nq * 4) == 0);
+  free(out2);
   swa_cache cache;
   swa_cache_init(&cache, sh.G, sh.d, sh.W, sh.S);
-  float o[4 * 16], l[4];
+  const size_t hd = (size_t)sh.H * sh.d, gd = (size_t)sh.G * sh.d;
+  float *o = xd_malloc(hd * 4), *l = xd_malloc(sh.H * 4);
   for (int pass = 0; pass < 2; pass++) { /* second pass: reset must give a fresh sequence */
     swa_cache_reset(&cache);
-    double worst = 0;
+    double worst = 0, worst_l = 0;
     for (int t = 0; t < sh.T; t++) {
-      swa_decode_step(&cache, o, l, c.q + (size_t)t * sh.H * sh.d, c.k + (size_t)t * sh.G * sh.d,
-                      c.v + (size_t)t * sh.G * sh.d, sh.H);
-      for (int i = 0; i < sh.H * sh.d; i++) {
-        const double e = fabs(o[i] - c.out[(size_t)t * sh.H * sh.d + i]);
-        if (e > worst) worst = e;
-      }
-      for (int h = 0; h < sh.H; h++) CHECK(fabsf(l[h] - c.lse[(size_t)t * sh.H + h]) <= 1e-6f);
+      swa_decode_step(&cache, o, l, c.q + t * hd, c.k + t * gd, c.v + t * gd, sh.H);
+      for (size_t i = 0; i < hd; i++) worst = fmax(worst, fabs(o[i] - c.out[t * hd + i]));
+      for (int h = 0; h < sh.H; h++) worst_l = fmax(worst_l, fabs(l[h] - c.lse[(size_t)t * sh.H + h]));
     }
-    /* same code path and key order as the forward: expected to agree bit for bit */
-    CHECKF(worst <= 1e-6, "decode vs forward max abs diff %.3g", worst);
+    /* same row kernel and key order as the forward: expected to agree bit for bit */
+    CHECKF(worst <= 1e-6 && worst_l <= 1e-6, "decode vs forward (W=%d S=%d) max abs diff out %.3g lse %.3g",
+           sh.W, sh.S, worst, worst_l);
+    if (pass == 0) fprintf(stderr, "  W=%d S=%d T=%d: decode vs forward max abs diff %.3g\n", sh.W, sh.S, sh.T, worst);
   }
   CHECK(cache.pos == sh.T);
   swa_cache_free(&cache);
+  free(o); free(l);
   case_free(&c);
+}
+
+static void test_decode_matches_forward(void) {
+  check_decode((swa_shape){.B = 1, .T = 71, .H = 4, .G = 2, .d = 16, .W = 9, .S = 3}, 8);
+  check_decode((swa_shape){.B = 1, .T = 50, .H = 2, .G = 1, .d = 8, .W = 6, .S = 10}, 9);
+  check_decode((swa_shape){.B = 1, .T = 20, .H = 3, .G = 3, .d = 8, .W = 1, .S = 0}, 10);
+  check_decode((swa_shape){.B = 1, .T = 33, .H = 4, .G = 1, .d = 8, .W = 64, .S = 4}, 16);
 }
 
 /* Scalar loss L = sum(out . R) of the double forward (lse is a saved intermediate, not an
@@ -139,7 +151,8 @@ static double swa_loss(void *p) {
   return L;
 }
 
-static void check_backward(swa_shape sh, uint64_t seed) {
+/* fd = 0: a shape big enough for the OpenMP paths, fp32 vs double backward only. */
+static void check_backward(swa_shape sh, uint64_t seed, int fd) {
   case_t c;
   case_init(&c, sh, seed, 2.0);
   xd_rng r;
@@ -158,9 +171,9 @@ static void check_backward(swa_shape sh, uint64_t seed) {
   memset(dv, 0, c.nk * 8);
   swa_backward_f64(dq, dk, dv, R, q, k, v, o, l, &sh);
   for (size_t i = 0; i < c.nq; i++) dq[i] -= base[i];
-  const double eq = gc_fd_err(swa_loss, &ctx, q, c.nq, dq, 1e-5);
-  const double ek = gc_fd_err(swa_loss, &ctx, k, c.nk, dk, 1e-5);
-  const double ev = gc_fd_err(swa_loss, &ctx, v, c.nk, dv, 1e-5);
+  const double eq = fd ? gc_fd_err(swa_loss, &ctx, q, c.nq, dq, 1e-5) : 0;
+  const double ek = fd ? gc_fd_err(swa_loss, &ctx, k, c.nk, dk, 1e-5) : 0;
+  const double ev = fd ? gc_fd_err(swa_loss, &ctx, v, c.nk, dv, 1e-5) : 0;
   fprintf(stderr, "  T=%d W=%d S=%d: FD rel err dq %.2g dk %.2g dv %.2g\n", sh.T, sh.W, sh.S, eq, ek, ev);
   CHECKF(eq <= 1e-6 && ek <= 1e-6 && ev <= 1e-6, "FD rel err dq %.3g dk %.3g dv %.3g (W=%d S=%d)",
          eq, ek, ev, sh.W, sh.S);
@@ -179,10 +192,12 @@ static void check_backward(swa_shape sh, uint64_t seed) {
 }
 
 static void test_backward(void) {
-  check_backward((swa_shape){.B = 2, .T = 19, .H = 4, .G = 2, .d = 6, .W = 4, .S = 2}, 11);
-  check_backward((swa_shape){.B = 1, .T = 16, .H = 3, .G = 1, .d = 5, .W = 3, .S = 0}, 12);
-  check_backward((swa_shape){.B = 1, .T = 12, .H = 2, .G = 2, .d = 4, .W = 12, .S = 0}, 13);
-  check_backward((swa_shape){.B = 1, .T = 14, .H = 2, .G = 1, .d = 4, .W = 1, .S = 5}, 14);
+  check_backward((swa_shape){.B = 2, .T = 19, .H = 4, .G = 2, .d = 6, .W = 4, .S = 2}, 11, 1);
+  check_backward((swa_shape){.B = 1, .T = 16, .H = 3, .G = 1, .d = 5, .W = 3, .S = 0}, 12, 1);
+  check_backward((swa_shape){.B = 1, .T = 12, .H = 2, .G = 2, .d = 4, .W = 12, .S = 0}, 13, 1);
+  check_backward((swa_shape){.B = 1, .T = 14, .H = 2, .G = 1, .d = 4, .W = 1, .S = 5}, 14, 1);
+  check_backward((swa_shape){.B = 1, .T = 10, .H = 2, .G = 1, .d = 4, .W = 2147483647, .S = 2}, 18, 1);
+  check_backward((swa_shape){.B = 2, .T = 300, .H = 4, .G = 2, .d = 16, .W = 20, .S = 3}, 15, 0);
 }
 
 int main(void) {

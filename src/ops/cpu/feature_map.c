@@ -7,21 +7,10 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#define GEMM cblas_sgemm
-#include "ops/cpu/feature_map_impl.inc"
-#undef R
-#undef SFX
-#undef GEMM
-#define R double
-#define SFX(name) name##_f64
-#define GEMM cblas_dgemm
-#include "ops/cpu/feature_map_impl.inc"
-#undef R
-#undef SFX
-#undef GEMM
+#define XD_TWIN_BODY "ops/cpu/feature_map_impl.inc"
+#include "ops/cpu/twin.h"
 
 void feature_map_init_identity(float *P, const feature_map_shape *s) {
   const int dp = feature_map_p_cols(s);

@@ -7,21 +7,10 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#define GEMM cblas_sgemm
-#include "ops/cpu/gates_impl.inc"
-#undef R
-#undef SFX
-#undef GEMM
-#define R double
-#define SFX(name) name##_f64
-#define GEMM cblas_dgemm
-#include "ops/cpu/gates_impl.inc"
-#undef R
-#undef SFX
-#undef GEMM
+#define XD_TWIN_BODY "ops/cpu/gates_impl.inc"
+#include "ops/cpu/twin.h"
 
 void gates_init(float *w_i, float *b_i, float *w_f, float *b_f, int H, int D) {
   memset(w_i, 0, sizeof(float) * (size_t)H * D);

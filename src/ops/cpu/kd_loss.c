@@ -6,17 +6,10 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#include "ops/cpu/kd_loss_impl.inc"
-#undef R
-#undef SFX
-#define R double
-#define SFX(name) name##_f64
-#include "ops/cpu/kd_loss_impl.inc"
-#undef R
-#undef SFX
+#define XD_TWIN_BODY "ops/cpu/kd_loss_impl.inc"
+#include "ops/cpu/twin.h"
 
 kd_config kd_config_default(int N, int V) {
   kd_config c = {.N = N, .V = V, .k = KD_DEFAULT_TOPK < V ? KD_DEFAULT_TOPK : V,
@@ -58,7 +51,7 @@ int topk_logprobs(const float *logits, int N, int V, int k, int32_t *ids, float 
   if (N < 0 || V <= 0 || k < 1 || k > V)
     return xd_errf(e, "topk_logprobs: k=%d outside [1, V=%d]", k, V);
   int bad = -1; /* lowest row with a non-finite logit */
-#pragma omp parallel
+#pragma omp parallel if (XD_OMP_WORTH((double)N * V))
   {
     tk_item *heap = xd_malloc(sizeof(tk_item) * k);
 #pragma omp for schedule(static)

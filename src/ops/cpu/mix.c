@@ -6,17 +6,10 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#include "ops/cpu/mix_impl.inc"
-#undef R
-#undef SFX
-#define R double
-#define SFX(name) name##_f64
-#include "ops/cpu/mix_impl.inc"
-#undef R
-#undef SFX
+#define XD_TWIN_BODY "ops/cpu/mix_impl.inc"
+#include "ops/cpu/twin.h"
 
 void mix_init(float *w_o, float *b_o, int H, int d) {
   memset(w_o, 0, sizeof(float) * (size_t)H * 3 * d);

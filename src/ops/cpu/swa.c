@@ -6,17 +6,27 @@
 #include <tgmath.h>
 
 #include "core/core.h"
+#include "ops/cpu/parallel.h"
 
-#define R float
-#define SFX(name) name
-#include "ops/cpu/swa_impl.inc"
-#undef R
-#undef SFX
-#define R double
-#define SFX(name) name##_f64
-#include "ops/cpu/swa_impl.inc"
-#undef R
-#undef SFX
+/* Key positions of query t, in visiting order: sinks not already in the window, then the
+ * window ascending. pos: [swa_max_keys]. Returns the count (>= 1: t itself). */
+static int swa_keys(int64_t t, int W, int S, int64_t *pos) {
+  const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0; /* first window position */
+  const int64_t ns = ws < S ? ws : S;               /* sinks outside the window */
+  int n = 0;
+  for (int64_t s = 0; s < ns; s++) pos[n++] = s;
+  for (int64_t s = ws; s <= t; s++) pos[n++] = s;
+  return n;
+}
+
+/* Most keys any query sees: min(W + S, T), without overflow for a huge W ("no window"). */
+static int swa_max_keys(const swa_shape *sh) {
+  const int64_t n = (int64_t)sh->W + sh->S;
+  return n < sh->T ? (int)n : sh->T;
+}
+
+#define XD_TWIN_BODY "ops/cpu/swa_impl.inc"
+#include "ops/cpu/twin.h"
 
 void swa_cache_init(swa_cache *c, int G, int d, int W, int S) {
   XD_CHECK(G > 0 && d > 0 && W >= 1 && S >= 0);

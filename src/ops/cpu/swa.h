@@ -21,7 +21,8 @@ typedef struct {
   int W, S;          /* window (>= 1, counts the token itself) and number of sinks (>= 0) */
 } swa_shape;
 
-/* out [B,T,H,d]; lse [B,T,H] is the logsumexp of the scaled scores, kept for the backward. */
+/* out [B,T,H,d]; lse [B,T,H] is the logsumexp of the scaled scores, kept for the backward
+ * (NULL when no backward follows, e.g. prefill). */
 void swa_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                  const swa_shape *sh);
 /* Exact backward from the saved out and lse (scores recomputed). dout [B,T,H,d]. */

@@ -100,6 +100,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define STATE mlstm_state
 #define GEMM cblas_sgemm
 #define EXPR expf
+#define EXP_MIN -87.0f
 #define BLAS(x) cblas_s##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
@@ -107,6 +108,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef EXP_MIN
 #undef BLAS
 
 #define R double
@@ -114,6 +116,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define STATE mlstm_state_f64
 #define GEMM cblas_dgemm
 #define EXPR exp
+#define EXP_MIN -700.0
 #define BLAS(x) cblas_d##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
@@ -121,6 +124,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef EXP_MIN
 #undef BLAS
 
 /* ---- reference ----------------------------------------------------------- */

@@ -60,11 +60,11 @@ size_t mlstm_boundary_size(const mlstm_cfg *c) {
   return (size_t)c->B * c->H * (size_t)mlstm_num_chunks(c) * ((size_t)c->P * c->D + c->P + 1);
 }
 
-/* Per-thread scratch: doubles 4L + 3T, then elements 6L + 3L^2 + 4LD + 2LP + 2PD + 2P, then T
+/* Per-thread scratch: doubles 3L + 3T, then elements 6L + 3L^2 + 4LD + 2LP + 2PD + 2P, then T
  * branch bytes; see scr_view in mlstm_impl.inc (the two must agree). */
 static size_t mlstm_scratch_bytes(int T, int L, int P, int D, size_t esize) {
   const size_t l = (size_t)L, t = (size_t)T, p = (size_t)P, d = (size_t)D;
-  size_t n = (4 * l + 3 * t) * sizeof(double);
+  size_t n = (3 * l + 3 * t) * sizeof(double);
   n += (6 * l + 3 * l * l + 4 * l * d + 2 * l * p + 2 * p * d + 2 * p) * esize;
   n += t;
   return (n + 63) & ~(size_t)63;

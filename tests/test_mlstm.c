@@ -3,6 +3,8 @@
  * states; and the chunkwise backward against central finite differences of the float64
  * reference, in double, on gate ranges that move the stabiliser (i~ in [-10, 10], f~ in
  * [-8, 12]), both normalisers, GQA (H != G) and P != D. Fresh random inputs, never zeros. */
+#include <omp.h>
+
 #include "test.h"
 #include "core/core.h"
 #include "ops/cpu/mlstm.h"
@@ -443,6 +445,51 @@ static void test_backward_large_eps(void) {
   fprintf(stderr, "  eps=0.5: FD max rel err %.2g\n", e);
 }
 
+/* The backward's two GQA schedules (by KV group when there are at least as many groups as
+ * threads, else by head with private dK/dV slices summed afterwards) agree, and both match
+ * finite differences. The schedule follows the workspace's thread count, set here. */
+static void test_backward_schedules(void) {
+  const int saved = omp_get_max_threads();
+  mlstm_cfg c = mlstm_cfg_make(1, 37, 6, 2, 5, 4);
+  c.chunk = 8;
+  prob pb;
+  prob_make(&pb, c, 4242, 0);
+  xd_rng r;
+  xd_rng_seed(&r, 99);
+  double *dh = xd_malloc(pb.nh * sizeof(double)), *h = xd_malloc(pb.nh * sizeof(double));
+  for (size_t i = 0; i < pb.nh; i++) dh[i] = xd_rng_normal(&r);
+  double *bound = xd_malloc(mlstm_boundary_size(&c) * sizeof(double));
+  const size_t n[5] = {pb.nq, pb.nk, pb.nv, pb.ng, pb.ng};
+  double *gr[2][5];
+  const int threads[2] = {1, 4}; /* B*G = 2: by group with 1 thread, by head with 4 */
+  for (int k = 0; k < 2; k++) {
+    omp_set_num_threads(threads[k]);
+    mlstm_ws *w = mlstm_ws_create_f64(&c);
+    for (int a = 0; a < 5; a++) gr[k][a] = xd_calloc(n[a], sizeof(double));
+    for (int rep = 0; rep < 2; rep++) { /* twice: the by-head buffer is reused, sums double */
+      mlstm_chunkwise_forward_f64(&c, w, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, NULL, bound, h);
+      mlstm_chunkwise_backward_f64(&c, w, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, bound, dh,
+                                   gr[k][0], gr[k][1], gr[k][2], gr[k][3], gr[k][4]);
+    }
+    mlstm_ws_free(w);
+  }
+  omp_set_num_threads(saved);
+  for (int a = 0; a < 5; a++) {
+    const double err = max_rel_d(gr[1][a], gr[0][a], n[a]);
+    CHECKF(err <= 1e-13, "input %d: by-head vs by-group schedule rel diff %.3g", a, err);
+    free(gr[0][a]);
+    free(gr[1][a]);
+  }
+  free(dh); free(h); free(bound);
+  prob_free(&pb);
+  /* and the by-head schedule against finite differences */
+  omp_set_num_threads(4);
+  c.B = 1;
+  const double e = check_backward(c, 777, 0, 1);
+  omp_set_num_threads(saved);
+  fprintf(stderr, "  by-head schedule: FD max rel err %.2g\n", e);
+}
+
 static void test_cfg_check(void) {
   xd_err e;
   mlstm_cfg c = mlstm_cfg_make(1, 8, 6, 4, 8, 8);
@@ -467,5 +514,6 @@ int main(void) {
   RUN(test_split_and_decode);
   RUN(test_backward_finite_differences);
   RUN(test_backward_large_eps);
+  RUN(test_backward_schedules);
   return test_finish();
 }

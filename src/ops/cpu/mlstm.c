@@ -18,6 +18,8 @@ struct mlstm_ws {
   int nthreads;
   size_t stride; /* bytes of scratch per thread (a multiple of 64) */
   void *buf;
+  void *hbuf;       /* backward, GQA by-head schedule: per-head dK/dV, grown on first use */
+  size_t hbuf_size; /* bytes */
 };
 
 /* log sigmoid(x) = -log(1 + exp(-x)), computed without overflow for either sign. */
@@ -91,6 +93,7 @@ mlstm_ws *mlstm_ws_create_f64(const mlstm_cfg *c) { return mlstm_ws_new(c, sizeo
 void mlstm_ws_free(mlstm_ws *w) {
   if (!w) return;
   free(w->buf);
+  free(w->hbuf);
   free(w);
 }
 

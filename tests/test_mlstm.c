@@ -7,6 +7,7 @@
 
 #include "test.h"
 #include "core/core.h"
+#include "io/npy.h"
 #include "ops/cpu/mlstm.h"
 
 typedef struct {
@@ -490,6 +491,83 @@ static void test_backward_schedules(void) {
   fprintf(stderr, "  by-head schedule: FD max rel err %.2g\n", e);
 }
 
+/* Load tests/fixtures/mlstm/<name>.npy (float64) and check its element count. */
+static double *fixture_load(const char *name, size_t nelem) {
+  char path[256];
+  snprintf(path, sizeof path, "tests/fixtures/mlstm/%s.npy", name);
+  xd_npy a;
+  xd_err e;
+  if (xd_npy_read(path, &a, &e)) {
+    CHECKF(0, "%s", e.msg);
+    return NULL;
+  }
+  if (a.type != XD_NPY_F64 || a.nelem != nelem) {
+    CHECKF(0, "%s: expected %zu float64 values, got %zu (type %d)", path, nelem, a.nelem, (int)a.type);
+    xd_npy_free(&a);
+    return NULL;
+  }
+  return (double *)a.data; /* owned by the caller now */
+}
+
+/* Against an independent float64 PyTorch implementation with autograd gradients
+ * (tools/gen_mlstm_fixture.py; B=2 T=13 H=4 G=2 P=3 D=5, both normalisers). */
+static void test_pytorch_fixture(void) {
+  if (!xd_file_exists("tests/fixtures/mlstm/qf.npy")) SKIP("tests/fixtures/mlstm absent (run from the repo root)");
+  mlstm_cfg c = mlstm_cfg_make(2, 13, 4, 2, 3, 5);
+  const size_t BT = 26, n[5] = {BT * 4 * 3, BT * 2 * 3, BT * 2 * 5, BT * 4, BT * 4}, nh = BT * 4 * 5;
+  const char *in_names[5] = {"qf", "kf", "v", "ig", "fg"}, *g_names[5] = {"dqf", "dkf", "dv", "dig", "dfg"};
+  double *x[5], *dh = fixture_load("dh", nh);
+  int ok = dh != NULL;
+  for (int a = 0; a < 5; a++) ok &= (x[a] = fixture_load(in_names[a], n[a])) != NULL;
+  double worst_h = 0, worst_g = 0;
+  for (int norm = 0; ok && norm < 2; norm++) {
+    const char *nn = norm ? "max" : "paper";
+    char name[64];
+    snprintf(name, sizeof name, "h_%s", nn);
+    double *href = fixture_load(name, nh);
+    double *gref[5];
+    int gok = href != NULL;
+    for (int a = 0; a < 5; a++) {
+      snprintf(name, sizeof name, "%s_%s", g_names[a], nn);
+      gok &= (gref[a] = fixture_load(name, n[a])) != NULL;
+    }
+    c.norm = (mlstm_norm)norm;
+    for (int L = 1; gok && L <= 16; L *= 4) { /* L = 1, 4, 16 (one chunk longer than T) */
+      c.chunk = L;
+      mlstm_ws *w = mlstm_ws_create_f64(&c);
+      double *h = xd_malloc(nh * sizeof(double)), *bound = xd_malloc(mlstm_boundary_size(&c) * sizeof(double));
+      mlstm_chunkwise_forward_f64(&c, w, x[0], x[1], x[2], x[3], x[4], NULL, NULL, bound, h);
+      double err = max_rel_d(h, href, nh);
+      CHECKF(err <= 1e-12, "norm=%s L=%d: h vs PyTorch rel err %.3g", nn, L, err);
+      worst_h = fmax(worst_h, err);
+      double *g[5];
+      for (int a = 0; a < 5; a++) g[a] = xd_calloc(n[a], sizeof(double));
+      mlstm_chunkwise_backward_f64(&c, w, x[0], x[1], x[2], x[3], x[4], NULL, bound, dh, g[0], g[1], g[2], g[3], g[4]);
+      for (int a = 0; a < 5; a++) {
+        err = max_rel_d(g[a], gref[a], n[a]);
+        CHECKF(err <= 1e-10, "norm=%s L=%d: %s vs PyTorch autograd rel err %.3g", nn, L, g_names[a], err);
+        worst_g = fmax(worst_g, err);
+        free(g[a]);
+      }
+      free(h);
+      free(bound);
+      mlstm_ws_free(w);
+    }
+    if (gok) {
+      double *h = xd_malloc(nh * sizeof(double));
+      mlstm_parallel_forward_f64(&c, x[0], x[1], x[2], x[3], x[4], h);
+      const double err = max_rel_d(h, href, nh);
+      CHECKF(err <= 1e-12, "norm=%s: parallel h vs PyTorch rel err %.3g", nn, err);
+      free(h);
+    }
+    free(href);
+    for (int a = 0; a < 5; a++) free(gref[a]);
+  }
+  fprintf(stderr, "  vs PyTorch float64 + autograd: h %.2g, gradients %.2g\n", worst_h, worst_g);
+  free(dh);
+  for (int a = 0; a < 5; a++) free(x[a]);
+}
+
 static void test_cfg_check(void) {
   xd_err e;
   mlstm_cfg c = mlstm_cfg_make(1, 8, 6, 4, 8, 8);
@@ -515,5 +593,6 @@ int main(void) {
   RUN(test_backward_finite_differences);
   RUN(test_backward_large_eps);
   RUN(test_backward_schedules);
+  RUN(test_pytorch_fixture);
   return test_finish();
 }

@@ -22,6 +22,10 @@ struct mlstm_ws {
   size_t hbuf_size; /* bytes */
 };
 
+/* Below this much work (roughly multiply-adds) a call runs on one thread: forking a team costs
+ * microseconds, more on a loaded machine where idle threads spin, and decode steps are tiny. */
+#define MLSTM_PAR_MIN ((size_t)1 << 18)
+
 /* log sigmoid(x) = -log(1 + exp(-x)), computed without overflow for either sign. */
 static inline double mlstm_logsig(double x) {
   return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x));

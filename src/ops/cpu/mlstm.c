@@ -60,7 +60,7 @@ int mlstm_cfg_check(const mlstm_cfg *c, xd_err *e) {
   return 0;
 }
 
-int mlstm_num_chunks(const mlstm_cfg *c) { return (c->T + c->chunk - 1) / c->chunk; }
+int mlstm_num_chunks(const mlstm_cfg *c) { return c->T / c->chunk + (c->T % c->chunk != 0); }
 
 size_t mlstm_boundary_size(const mlstm_cfg *c) {
   return (size_t)c->B * c->H * (size_t)mlstm_num_chunks(c) * ((size_t)c->P * c->D + c->P + 1);

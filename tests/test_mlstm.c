@@ -74,15 +74,38 @@ static double max_rel_d(const double *x, const double *ref, size_t n) {
   return amax > 0 ? dmax / amax : dmax;
 }
 
-/* Run T recurrent steps (float), gathering the per-token slices; h [B,T,H,D]. If snap_every > 0,
- * after every snap_every tokens compare the state to the chunkwise boundary buffer. */
-static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *kf, const float *v,
-                              const float *ig, const float *fg, mlstm_state *st, float *h) {
+/* max |x - y| / max |y| over n floats */
+static double max_rel_f(const float *x, const float *y, size_t n) {
+  double amax = 0, dmax = 0;
+  for (size_t i = 0; i < n; i++) {
+    amax = fmax(amax, fabs((double)y[i]));
+    dmax = fmax(dmax, fabs((double)x[i] - (double)y[i]));
+  }
+  return amax > 0 ? dmax / amax : dmax;
+}
+
+/* Run T recurrent steps (float), gathering the per-token slices; h [B,T,H,D]. With bound
+ * (a chunkwise boundary buffer for c->chunk), before every token t = ci * L compare the state
+ * with the saved start state of chunk ci; the worst relative error goes to *worst. */
+static void run_recurrent_f32_check(const mlstm_cfg *c, const float *qf, const float *kf,
+                                    const float *v, const float *ig, const float *fg,
+                                    mlstm_state *st, float *h, const float *bound, double *worst) {
   const int B = c->B, T = c->T, H = c->H, G = c->G, P = c->P, D = c->D;
+  const size_t BH = (size_t)B * H, PD = (size_t)P * D, NC = bound ? (size_t)mlstm_num_chunks(c) : 0;
   float *q = xd_malloc((size_t)B * H * P * sizeof(float)), *k = xd_malloc((size_t)B * G * P * sizeof(float));
   float *vv = xd_malloc((size_t)B * G * D * sizeof(float)), *i1 = xd_malloc((size_t)B * H * sizeof(float));
   float *f1 = xd_malloc((size_t)B * H * sizeof(float)), *h1 = xd_malloc((size_t)B * H * D * sizeof(float));
   for (int t = 0; t < T; t++) {
+    if (bound && t % c->chunk == 0) {
+      const size_t ci = (size_t)(t / c->chunk);
+      for (size_t bh = 0; bh < BH; bh++) {
+        const double ec = max_rel_f(bound + (bh * NC + ci) * PD, st->C + bh * PD, PD);
+        const double en = max_rel_f(bound + BH * NC * PD + (bh * NC + ci) * P, st->n + bh * P, (size_t)P);
+        const float bm = bound[BH * NC * (PD + P) + bh * NC + ci];
+        const double em = fabs((double)bm - st->m[bh]) / fmax(1.0, fabs((double)st->m[bh]));
+        *worst = fmax(*worst, fmax(ec, fmax(en, em)));
+      }
+    }
     for (int b = 0; b < B; b++) {
       const size_t tok = (size_t)b * T + t;
       memcpy(q + (size_t)b * H * P, qf + tok * H * P, (size_t)H * P * sizeof(float));
@@ -96,6 +119,11 @@ static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *
       memcpy(h + ((size_t)b * T + t) * H * D, h1 + (size_t)b * H * D, (size_t)H * D * sizeof(float));
   }
   free(q); free(k); free(vv); free(i1); free(f1); free(h1);
+}
+
+static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *kf, const float *v,
+                              const float *ig, const float *fg, mlstm_state *st, float *h) {
+  run_recurrent_f32_check(c, qf, kf, v, ig, fg, st, h, NULL, NULL);
 }
 
 /* parallel vs chunkwise (every L) vs recurrent vs the float64 reference, fp32 within 1e-5. */
@@ -246,6 +274,18 @@ static void test_boundary_states(void) {
   }
   CHECKF(worst <= 1e-5, "boundary state rel err %.3g", worst);
   fprintf(stderr, "  boundary/final states vs f64 recurrence: max rel err %.2g\n", worst);
+
+  /* and against the fp32 recurrent step (mlstm_recurrent_step), token by token */
+  mlstm_state st = {xd_calloc(pb.ns_C, sizeof(float)), xd_calloc(pb.ns_n, sizeof(float)),
+                    xd_calloc(pb.ns_m, sizeof(float))};
+  double worst_rec = 0;
+  run_recurrent_f32_check(&c, qf, kf, v, ig, fg, &st, h, bound, &worst_rec);
+  worst_rec = fmax(worst_rec, max_rel_f(fC, st.C, pb.ns_C));
+  worst_rec = fmax(worst_rec, max_rel_f(fn, st.n, pb.ns_n));
+  for (size_t bh = 0; bh < BH; bh++) worst_rec = fmax(worst_rec, fabs(fm[bh] - st.m[bh]) / fmax(1.0, fabs(st.m[bh])));
+  CHECKF(worst_rec <= 1e-5, "boundary/final states vs recurrent steps: rel err %.3g", worst_rec);
+  fprintf(stderr, "  boundary/final states vs fp32 recurrent steps: max rel err %.2g\n", worst_rec);
+  free(st.C); free(st.n); free(st.m);
   mlstm_ws_free(w);
   free(rC); free(rn); free(rm); free(fC); free(fn); free(fm);
   free(bound); free(h);

@@ -193,6 +193,48 @@ static void test_forward_forms_agree(void) {
           "(fp32); f64 forms %.2g\n", worst_par, worst_chunk, worst_rec, worst_f64);
 }
 
+/* Gates far outside the soft-capped range (|i~|, |f~| up to 40: forget gates of exactly 1 in
+ * fp32, input gates of e^40): every form still agrees with the reference. */
+static void test_extreme_gates(void) {
+  for (int norm = 0; norm < 2; norm++) {
+    mlstm_cfg c = mlstm_cfg_make(1, 70, 2, 1, 4, 3);
+    c.chunk = 16;
+    c.norm = (mlstm_norm)norm;
+    prob pb;
+    prob_make(&pb, c, 808 + (uint64_t)norm, 0);
+    xd_rng r;
+    xd_rng_seed(&r, 909);
+    for (size_t i = 0; i < pb.ng; i++) pb.ig[i] = -40 + 80 * xd_rng_uniform(&r);
+    for (size_t i = 0; i < pb.ng; i++) pb.fg[i] = -40 + 80 * xd_rng_uniform(&r);
+    float *qf = to_f32(pb.qf, pb.nq), *kf = to_f32(pb.kf, pb.nk), *v = to_f32(pb.v, pb.nv);
+    float *ig = to_f32(pb.ig, pb.ng), *fg = to_f32(pb.fg, pb.ng);
+    double *ref = xd_malloc(pb.nh * sizeof(double));
+    double *qd = to_f64(qf, pb.nq), *kd = to_f64(kf, pb.nk), *vd = to_f64(v, pb.nv);
+    double *igd = to_f64(ig, pb.ng), *fgd = to_f64(fg, pb.ng);
+    mlstm_reference_forward_f64(&c, qd, kd, vd, igd, fgd, NULL, NULL, ref);
+    float *h = xd_malloc(pb.nh * sizeof(float));
+    mlstm_ws *w = mlstm_ws_create(&c);
+    mlstm_chunkwise_forward(&c, w, qf, kf, v, ig, fg, NULL, NULL, NULL, h);
+    double e1 = test_max_rel_err(h, ref, pb.nh);
+    mlstm_parallel_forward(&c, qf, kf, v, ig, fg, h);
+    double e2 = test_max_rel_err(h, ref, pb.nh);
+    mlstm_state st = {xd_calloc(pb.ns_C, sizeof(float)), xd_calloc(pb.ns_n, sizeof(float)),
+                      xd_calloc(pb.ns_m, sizeof(float))};
+    run_recurrent_f32(&c, qf, kf, v, ig, fg, &st, h);
+    double e3 = test_max_rel_err(h, ref, pb.nh);
+    int finite = 1;
+    for (size_t i = 0; i < pb.nh; i++) finite &= isfinite(h[i]) != 0;
+    CHECK(finite);
+    CHECKF(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5, "norm=%d: chunkwise %.3g parallel %.3g recurrent %.3g",
+           norm, e1, e2, e3);
+    free(st.C); free(st.n); free(st.m);
+    mlstm_ws_free(w);
+    free(h); free(ref); free(qd); free(kd); free(vd); free(igd); free(fgd);
+    free(qf); free(kf); free(v); free(ig); free(fg);
+    prob_free(&pb);
+  }
+}
+
 /* The boundary states the chunkwise forward saves, and its final state, equal the states of
  * the float64 reference recurrence after the same number of tokens. */
 static void test_boundary_states(void) {
@@ -628,6 +670,7 @@ static void test_cfg_check(void) {
 int main(void) {
   RUN(test_cfg_check);
   RUN(test_forward_forms_agree);
+  RUN(test_extreme_gates);
   RUN(test_boundary_states);
   RUN(test_split_and_decode);
   RUN(test_backward_finite_differences);

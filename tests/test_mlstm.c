@@ -3,8 +3,11 @@
  * states; and the chunkwise backward against central finite differences of the float64
  * reference, in double, on gate ranges that move the stabiliser (i~ in [-10, 10], f~ in
  * [-8, 12]), both normalisers, GQA (H != G) and P != D. Fresh random inputs, never zeros. */
+#include <omp.h>
+
 #include "test.h"
 #include "core/core.h"
+#include "io/npy.h"
 #include "ops/cpu/mlstm.h"
 
 typedef struct {
@@ -71,15 +74,38 @@ static double max_rel_d(const double *x, const double *ref, size_t n) {
   return amax > 0 ? dmax / amax : dmax;
 }
 
-/* Run T recurrent steps (float), gathering the per-token slices; h [B,T,H,D]. If snap_every > 0,
- * after every snap_every tokens compare the state to the chunkwise boundary buffer. */
-static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *kf, const float *v,
-                              const float *ig, const float *fg, mlstm_state *st, float *h) {
+/* max |x - y| / max |y| over n floats */
+static double max_rel_f(const float *x, const float *y, size_t n) {
+  double amax = 0, dmax = 0;
+  for (size_t i = 0; i < n; i++) {
+    amax = fmax(amax, fabs((double)y[i]));
+    dmax = fmax(dmax, fabs((double)x[i] - (double)y[i]));
+  }
+  return amax > 0 ? dmax / amax : dmax;
+}
+
+/* Run T recurrent steps (float), gathering the per-token slices; h [B,T,H,D]. With bound
+ * (a chunkwise boundary buffer for c->chunk), before every token t = ci * L compare the state
+ * with the saved start state of chunk ci; the worst relative error goes to *worst. */
+static void run_recurrent_f32_check(const mlstm_cfg *c, const float *qf, const float *kf,
+                                    const float *v, const float *ig, const float *fg,
+                                    mlstm_state *st, float *h, const float *bound, double *worst) {
   const int B = c->B, T = c->T, H = c->H, G = c->G, P = c->P, D = c->D;
+  const size_t BH = (size_t)B * H, PD = (size_t)P * D, NC = bound ? (size_t)mlstm_num_chunks(c) : 0;
   float *q = xd_malloc((size_t)B * H * P * sizeof(float)), *k = xd_malloc((size_t)B * G * P * sizeof(float));
   float *vv = xd_malloc((size_t)B * G * D * sizeof(float)), *i1 = xd_malloc((size_t)B * H * sizeof(float));
   float *f1 = xd_malloc((size_t)B * H * sizeof(float)), *h1 = xd_malloc((size_t)B * H * D * sizeof(float));
   for (int t = 0; t < T; t++) {
+    if (bound && t % c->chunk == 0) {
+      const size_t ci = (size_t)(t / c->chunk);
+      for (size_t bh = 0; bh < BH; bh++) {
+        const double ec = max_rel_f(bound + (bh * NC + ci) * PD, st->C + bh * PD, PD);
+        const double en = max_rel_f(bound + BH * NC * PD + (bh * NC + ci) * P, st->n + bh * P, (size_t)P);
+        const float bm = bound[BH * NC * (PD + P) + bh * NC + ci];
+        const double em = fabs((double)bm - st->m[bh]) / fmax(1.0, fabs((double)st->m[bh]));
+        *worst = fmax(*worst, fmax(ec, fmax(en, em)));
+      }
+    }
     for (int b = 0; b < B; b++) {
       const size_t tok = (size_t)b * T + t;
       memcpy(q + (size_t)b * H * P, qf + tok * H * P, (size_t)H * P * sizeof(float));
@@ -93,6 +119,11 @@ static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *
       memcpy(h + ((size_t)b * T + t) * H * D, h1 + (size_t)b * H * D, (size_t)H * D * sizeof(float));
   }
   free(q); free(k); free(vv); free(i1); free(f1); free(h1);
+}
+
+static void run_recurrent_f32(const mlstm_cfg *c, const float *qf, const float *kf, const float *v,
+                              const float *ig, const float *fg, mlstm_state *st, float *h) {
+  run_recurrent_f32_check(c, qf, kf, v, ig, fg, st, h, NULL, NULL);
 }
 
 /* parallel vs chunkwise (every L) vs recurrent vs the float64 reference, fp32 within 1e-5. */
@@ -160,6 +191,48 @@ static void test_forward_forms_agree(void) {
   }
   fprintf(stderr, "  max rel err vs f64 reference: parallel %.2g, chunkwise %.2g, recurrent %.2g "
           "(fp32); f64 forms %.2g\n", worst_par, worst_chunk, worst_rec, worst_f64);
+}
+
+/* Gates far outside the soft-capped range (|i~|, |f~| up to 40: forget gates of exactly 1 in
+ * fp32, input gates of e^40): every form still agrees with the reference. */
+static void test_extreme_gates(void) {
+  for (int norm = 0; norm < 2; norm++) {
+    mlstm_cfg c = mlstm_cfg_make(1, 70, 2, 1, 4, 3);
+    c.chunk = 16;
+    c.norm = (mlstm_norm)norm;
+    prob pb;
+    prob_make(&pb, c, 808 + (uint64_t)norm, 0);
+    xd_rng r;
+    xd_rng_seed(&r, 909);
+    for (size_t i = 0; i < pb.ng; i++) pb.ig[i] = -40 + 80 * xd_rng_uniform(&r);
+    for (size_t i = 0; i < pb.ng; i++) pb.fg[i] = -40 + 80 * xd_rng_uniform(&r);
+    float *qf = to_f32(pb.qf, pb.nq), *kf = to_f32(pb.kf, pb.nk), *v = to_f32(pb.v, pb.nv);
+    float *ig = to_f32(pb.ig, pb.ng), *fg = to_f32(pb.fg, pb.ng);
+    double *ref = xd_malloc(pb.nh * sizeof(double));
+    double *qd = to_f64(qf, pb.nq), *kd = to_f64(kf, pb.nk), *vd = to_f64(v, pb.nv);
+    double *igd = to_f64(ig, pb.ng), *fgd = to_f64(fg, pb.ng);
+    mlstm_reference_forward_f64(&c, qd, kd, vd, igd, fgd, NULL, NULL, ref);
+    float *h = xd_malloc(pb.nh * sizeof(float));
+    mlstm_ws *w = mlstm_ws_create(&c);
+    mlstm_chunkwise_forward(&c, w, qf, kf, v, ig, fg, NULL, NULL, NULL, h);
+    double e1 = test_max_rel_err(h, ref, pb.nh);
+    mlstm_parallel_forward(&c, qf, kf, v, ig, fg, h);
+    double e2 = test_max_rel_err(h, ref, pb.nh);
+    mlstm_state st = {xd_calloc(pb.ns_C, sizeof(float)), xd_calloc(pb.ns_n, sizeof(float)),
+                      xd_calloc(pb.ns_m, sizeof(float))};
+    run_recurrent_f32(&c, qf, kf, v, ig, fg, &st, h);
+    double e3 = test_max_rel_err(h, ref, pb.nh);
+    int finite = 1;
+    for (size_t i = 0; i < pb.nh; i++) finite &= isfinite(h[i]) != 0;
+    CHECK(finite);
+    CHECKF(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5, "norm=%d: chunkwise %.3g parallel %.3g recurrent %.3g",
+           norm, e1, e2, e3);
+    free(st.C); free(st.n); free(st.m);
+    mlstm_ws_free(w);
+    free(h); free(ref); free(qd); free(kd); free(vd); free(igd); free(fgd);
+    free(qf); free(kf); free(v); free(ig); free(fg);
+    prob_free(&pb);
+  }
 }
 
 /* The boundary states the chunkwise forward saves, and its final state, equal the states of
@@ -243,6 +316,18 @@ static void test_boundary_states(void) {
   }
   CHECKF(worst <= 1e-5, "boundary state rel err %.3g", worst);
   fprintf(stderr, "  boundary/final states vs f64 recurrence: max rel err %.2g\n", worst);
+
+  /* and against the fp32 recurrent step (mlstm_recurrent_step), token by token */
+  mlstm_state st = {xd_calloc(pb.ns_C, sizeof(float)), xd_calloc(pb.ns_n, sizeof(float)),
+                    xd_calloc(pb.ns_m, sizeof(float))};
+  double worst_rec = 0;
+  run_recurrent_f32_check(&c, qf, kf, v, ig, fg, &st, h, bound, &worst_rec);
+  worst_rec = fmax(worst_rec, max_rel_f(fC, st.C, pb.ns_C));
+  worst_rec = fmax(worst_rec, max_rel_f(fn, st.n, pb.ns_n));
+  for (size_t bh = 0; bh < BH; bh++) worst_rec = fmax(worst_rec, fabs(fm[bh] - st.m[bh]) / fmax(1.0, fabs(st.m[bh])));
+  CHECKF(worst_rec <= 1e-5, "boundary/final states vs recurrent steps: rel err %.3g", worst_rec);
+  fprintf(stderr, "  boundary/final states vs fp32 recurrent steps: max rel err %.2g\n", worst_rec);
+  free(st.C); free(st.n); free(st.m);
   mlstm_ws_free(w);
   free(rC); free(rn); free(rm); free(fC); free(fn); free(fm);
   free(bound); free(h);
@@ -443,6 +528,128 @@ static void test_backward_large_eps(void) {
   fprintf(stderr, "  eps=0.5: FD max rel err %.2g\n", e);
 }
 
+/* The backward's two GQA schedules (by KV group when there are at least as many groups as
+ * threads, else by head with private dK/dV slices summed afterwards) agree, and both match
+ * finite differences. The schedule follows the workspace's thread count, set here. */
+static void test_backward_schedules(void) {
+  const int saved = omp_get_max_threads();
+  mlstm_cfg c = mlstm_cfg_make(1, 37, 6, 2, 5, 4);
+  c.chunk = 8;
+  prob pb;
+  prob_make(&pb, c, 4242, 0);
+  xd_rng r;
+  xd_rng_seed(&r, 99);
+  double *dh = xd_malloc(pb.nh * sizeof(double)), *h = xd_malloc(pb.nh * sizeof(double));
+  for (size_t i = 0; i < pb.nh; i++) dh[i] = xd_rng_normal(&r);
+  double *bound = xd_malloc(mlstm_boundary_size(&c) * sizeof(double));
+  const size_t n[5] = {pb.nq, pb.nk, pb.nv, pb.ng, pb.ng};
+  double *gr[2][5];
+  const int threads[2] = {1, 4}; /* B*G = 2: by group with 1 thread, by head with 4 */
+  for (int k = 0; k < 2; k++) {
+    omp_set_num_threads(threads[k]);
+    mlstm_ws *w = mlstm_ws_create_f64(&c);
+    for (int a = 0; a < 5; a++) gr[k][a] = xd_calloc(n[a], sizeof(double));
+    for (int rep = 0; rep < 2; rep++) { /* twice: the by-head buffer is reused, sums double */
+      mlstm_chunkwise_forward_f64(&c, w, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, NULL, bound, h);
+      mlstm_chunkwise_backward_f64(&c, w, pb.qf, pb.kf, pb.v, pb.ig, pb.fg, NULL, bound, dh,
+                                   gr[k][0], gr[k][1], gr[k][2], gr[k][3], gr[k][4]);
+    }
+    mlstm_ws_free(w);
+  }
+  omp_set_num_threads(saved);
+  for (int a = 0; a < 5; a++) {
+    const double err = max_rel_d(gr[1][a], gr[0][a], n[a]);
+    CHECKF(err <= 1e-13, "input %d: by-head vs by-group schedule rel diff %.3g", a, err);
+    free(gr[0][a]);
+    free(gr[1][a]);
+  }
+  free(dh); free(h); free(bound);
+  prob_free(&pb);
+  /* and the by-head schedule against finite differences */
+  omp_set_num_threads(4);
+  c.B = 1;
+  const double e = check_backward(c, 777, 0, 1);
+  omp_set_num_threads(saved);
+  fprintf(stderr, "  by-head schedule: FD max rel err %.2g\n", e);
+}
+
+/* Load tests/fixtures/mlstm/<name>.npy (float64) and check its element count. */
+static double *fixture_load(const char *name, size_t nelem) {
+  char path[256];
+  snprintf(path, sizeof path, "tests/fixtures/mlstm/%s.npy", name);
+  xd_npy a;
+  xd_err e;
+  if (xd_npy_read(path, &a, &e)) {
+    CHECKF(0, "%s", e.msg);
+    return NULL;
+  }
+  if (a.type != XD_NPY_F64 || a.nelem != nelem) {
+    CHECKF(0, "%s: expected %zu float64 values, got %zu (type %d)", path, nelem, a.nelem, (int)a.type);
+    xd_npy_free(&a);
+    return NULL;
+  }
+  return (double *)a.data; /* owned by the caller now */
+}
+
+/* Against an independent float64 PyTorch implementation with autograd gradients
+ * (tools/gen_mlstm_fixture.py; B=2 T=13 H=4 G=2 P=3 D=5, both normalisers). */
+static void test_pytorch_fixture(void) {
+  if (!xd_file_exists("tests/fixtures/mlstm/qf.npy")) SKIP("tests/fixtures/mlstm absent (run from the repo root)");
+  mlstm_cfg c = mlstm_cfg_make(2, 13, 4, 2, 3, 5);
+  const size_t BT = 26, n[5] = {BT * 4 * 3, BT * 2 * 3, BT * 2 * 5, BT * 4, BT * 4}, nh = BT * 4 * 5;
+  const char *in_names[5] = {"qf", "kf", "v", "ig", "fg"}, *g_names[5] = {"dqf", "dkf", "dv", "dig", "dfg"};
+  double *x[5], *dh = fixture_load("dh", nh);
+  int ok = dh != NULL;
+  for (int a = 0; a < 5; a++) ok &= (x[a] = fixture_load(in_names[a], n[a])) != NULL;
+  double worst_h = 0, worst_g = 0;
+  for (int norm = 0; ok && norm < 2; norm++) {
+    const char *nn = norm ? "max" : "paper";
+    char name[64];
+    snprintf(name, sizeof name, "h_%s", nn);
+    double *href = fixture_load(name, nh);
+    double *gref[5];
+    int gok = href != NULL;
+    for (int a = 0; a < 5; a++) {
+      snprintf(name, sizeof name, "%s_%s", g_names[a], nn);
+      gok &= (gref[a] = fixture_load(name, n[a])) != NULL;
+    }
+    c.norm = (mlstm_norm)norm;
+    for (int L = 1; gok && L <= 16; L *= 4) { /* L = 1, 4, 16 (one chunk longer than T) */
+      c.chunk = L;
+      mlstm_ws *w = mlstm_ws_create_f64(&c);
+      double *h = xd_malloc(nh * sizeof(double)), *bound = xd_malloc(mlstm_boundary_size(&c) * sizeof(double));
+      mlstm_chunkwise_forward_f64(&c, w, x[0], x[1], x[2], x[3], x[4], NULL, NULL, bound, h);
+      double err = max_rel_d(h, href, nh);
+      CHECKF(err <= 1e-12, "norm=%s L=%d: h vs PyTorch rel err %.3g", nn, L, err);
+      worst_h = fmax(worst_h, err);
+      double *g[5];
+      for (int a = 0; a < 5; a++) g[a] = xd_calloc(n[a], sizeof(double));
+      mlstm_chunkwise_backward_f64(&c, w, x[0], x[1], x[2], x[3], x[4], NULL, bound, dh, g[0], g[1], g[2], g[3], g[4]);
+      for (int a = 0; a < 5; a++) {
+        err = max_rel_d(g[a], gref[a], n[a]);
+        CHECKF(err <= 1e-10, "norm=%s L=%d: %s vs PyTorch autograd rel err %.3g", nn, L, g_names[a], err);
+        worst_g = fmax(worst_g, err);
+        free(g[a]);
+      }
+      free(h);
+      free(bound);
+      mlstm_ws_free(w);
+    }
+    if (gok) {
+      double *h = xd_malloc(nh * sizeof(double));
+      mlstm_parallel_forward_f64(&c, x[0], x[1], x[2], x[3], x[4], h);
+      const double err = max_rel_d(h, href, nh);
+      CHECKF(err <= 1e-12, "norm=%s: parallel h vs PyTorch rel err %.3g", nn, err);
+      free(h);
+    }
+    free(href);
+    for (int a = 0; a < 5; a++) free(gref[a]);
+  }
+  fprintf(stderr, "  vs PyTorch float64 + autograd: h %.2g, gradients %.2g\n", worst_h, worst_g);
+  free(dh);
+  for (int a = 0; a < 5; a++) free(x[a]);
+}
+
 static void test_cfg_check(void) {
   xd_err e;
   mlstm_cfg c = mlstm_cfg_make(1, 8, 6, 4, 8, 8);
@@ -463,9 +670,12 @@ static void test_cfg_check(void) {
 int main(void) {
   RUN(test_cfg_check);
   RUN(test_forward_forms_agree);
+  RUN(test_extreme_gates);
   RUN(test_boundary_states);
   RUN(test_split_and_decode);
   RUN(test_backward_finite_differences);
   RUN(test_backward_large_eps);
+  RUN(test_backward_schedules);
+  RUN(test_pytorch_fixture);
   return test_finish();
 }

@@ -18,7 +18,13 @@ struct mlstm_ws {
   int nthreads;
   size_t stride; /* bytes of scratch per thread (a multiple of 64) */
   void *buf;
+  void *hbuf;       /* backward, GQA by-head schedule: per-head dK/dV, grown on first use */
+  size_t hbuf_size; /* bytes */
 };
+
+/* Below this much work (roughly multiply-adds) a call runs on one thread: forking a team costs
+ * microseconds, more on a loaded machine where idle threads spin, and decode steps are tiny. */
+#define MLSTM_PAR_MIN ((size_t)1 << 18)
 
 /* log sigmoid(x) = -log(1 + exp(-x)), computed without overflow for either sign. */
 static inline double mlstm_logsig(double x) {
@@ -54,17 +60,17 @@ int mlstm_cfg_check(const mlstm_cfg *c, xd_err *e) {
   return 0;
 }
 
-int mlstm_num_chunks(const mlstm_cfg *c) { return (c->T + c->chunk - 1) / c->chunk; }
+int mlstm_num_chunks(const mlstm_cfg *c) { return c->T / c->chunk + (c->T % c->chunk != 0); }
 
 size_t mlstm_boundary_size(const mlstm_cfg *c) {
   return (size_t)c->B * c->H * (size_t)mlstm_num_chunks(c) * ((size_t)c->P * c->D + c->P + 1);
 }
 
-/* Per-thread scratch: doubles 4L + 3T, then elements 6L + 3L^2 + 4LD + 2LP + 2PD + 2P, then T
+/* Per-thread scratch: doubles 3L + 3T, then elements 6L + 3L^2 + 4LD + 2LP + 2PD + 2P, then T
  * branch bytes; see scr_view in mlstm_impl.inc (the two must agree). */
 static size_t mlstm_scratch_bytes(int T, int L, int P, int D, size_t esize) {
   const size_t l = (size_t)L, t = (size_t)T, p = (size_t)P, d = (size_t)D;
-  size_t n = (4 * l + 3 * t) * sizeof(double);
+  size_t n = (3 * l + 3 * t) * sizeof(double);
   n += (6 * l + 3 * l * l + 4 * l * d + 2 * l * p + 2 * p * d + 2 * p) * esize;
   n += t;
   return (n + 63) & ~(size_t)63;
@@ -91,6 +97,7 @@ mlstm_ws *mlstm_ws_create_f64(const mlstm_cfg *c) { return mlstm_ws_new(c, sizeo
 void mlstm_ws_free(mlstm_ws *w) {
   if (!w) return;
   free(w->buf);
+  free(w->hbuf);
   free(w);
 }
 
@@ -100,6 +107,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define STATE mlstm_state
 #define GEMM cblas_sgemm
 #define EXPR expf
+#define EXP_MIN -87.0f
 #define BLAS(x) cblas_s##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
@@ -107,6 +115,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef EXP_MIN
 #undef BLAS
 
 #define R double
@@ -114,6 +123,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #define STATE mlstm_state_f64
 #define GEMM cblas_dgemm
 #define EXPR exp
+#define EXP_MIN -700.0
 #define BLAS(x) cblas_d##x
 #include "ops/cpu/mlstm_impl.inc"
 #undef R
@@ -121,6 +131,7 @@ void mlstm_ws_free(mlstm_ws *w) {
 #undef STATE
 #undef GEMM
 #undef EXPR
+#undef EXP_MIN
 #undef BLAS
 
 /* ---- reference ----------------------------------------------------------- */

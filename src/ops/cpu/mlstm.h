@@ -61,8 +61,10 @@ size_t mlstm_boundary_size(const mlstm_cfg *c);
 
 /* Workspace: per-thread scratch for the chunkwise forward/backward, allocated once per
  * (T, L, P, D) shape and reused; nothing is allocated inside the hot loops. It serves any cfg
- * with the same T, chunk, P, D (B, H, G may vary). The thread count is fixed at creation
- * (omp_get_max_threads()). A workspace is for one precision: _f64 functions need one made by
+ * with the same chunk, P, D and a T no larger than it was made for (B, H, G may vary). The
+ * thread count is fixed at creation (omp_get_max_threads()). The backward with GQA and fewer
+ * KV groups (B*G) than threads grows a per-head dK/dV buffer (B*H*T*(P+D) elements) on first
+ * use and keeps it. A workspace is for one precision: _f64 functions need one made by
  * mlstm_ws_create_f64. Not shareable between concurrent calls. */
 typedef struct mlstm_ws mlstm_ws;
 mlstm_ws *mlstm_ws_create(const mlstm_cfg *c);
@@ -85,7 +87,9 @@ void mlstm_chunkwise_forward_f64(const mlstm_cfg *c, mlstm_ws *w, const double *
  * (same cfg.chunk). Accumulates into dqf [B,T,H,P], dkf [B,T,G,P], dv [B,T,G,D],
  * dig [B,T,H], dfg [B,T,H]. Includes the gradient through the normaliser's abs / max (sign;
  * at a tie the branch the forward took) and through the stabiliser m (which matters only via
- * eps and the max normaliser). OpenMP over B*G (the heads of a KV group share dkf/dv rows). */
+ * eps and the max normaliser). OpenMP over B*G KV groups (the heads of a group share dkf/dv
+ * rows and run in sequence), or, when B*G < threads and H > G, over B*H heads with private
+ * dK/dV slices summed afterwards; both deterministic. */
 void mlstm_chunkwise_backward(const mlstm_cfg *c, mlstm_ws *w, const float *qf, const float *kf,
                               const float *v, const float *ig, const float *fg,
                               const mlstm_state *init, const float *bound, const float *dh,

@@ -6,6 +6,7 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "model/teacher/teacher.h"
+#include "ops/cpu/threads.h"
 
 #define FIX "tests/fixtures/teachers"
 static const char *const families[] = {"llama-gqa", "llama-mha-bias", "llama3-rope", "llama-dynamic",
@@ -364,6 +365,8 @@ static void test_cli_generate(void) {
 int main(void) {
   struct stat s;
   if (stat(FIX, &s) != 0) { fprintf(stderr, "[skip] fixtures %s absent\n", FIX); return 0; }
+  RUN(test_fp32_logits); /* default threading: OpenBLAS threads its own calls */
+  xd_set_threads(2);     /* then the CLI's policy: OpenMP threads, 1-thread BLAS per block */
   RUN(test_fp32_logits);
   RUN(test_bf16_logits);
   RUN(test_greedy);

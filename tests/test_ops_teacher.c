@@ -11,6 +11,7 @@
 #include "ops/cpu/rmsnorm.h"
 #include "ops/cpu/rope.h"
 #include "ops/cpu/swiglu.h"
+#include "ops/cpu/threads.h"
 
 #define TOL_FWD 2e-6 /* fp32 vs double, relative to max |ref| */
 #define TOL_BWD 1e-4 /* fp32 analytic vs double finite differences */
@@ -283,19 +284,24 @@ static double at_loss(void *p) {
   free(o);
   return L;
 }
-static void attention_case(int Tq, int Tk, int window) {
+static void attention_case(int Tq, int Tk, int window, int fd) {
   const int B = 2, H = 4, G = 2, d = 8;
   causal_attention_dims a = {.B = B, .Tq = Tq, .Tk = Tk, .H = H, .G = G, .d = d, .q_offset = Tk - Tq, .window = window,
                              .kv_bstride = (size_t)Tk * G * d};
   const size_t nq = (size_t)B * Tq * H * d, nk = (size_t)B * Tk * G * d;
   float *q = randf(nq, 1.5), *k = randf(nk, 1.5), *v = randf(nk, 1), *g = randf(nq, 1), *out = malloc(nq * sizeof(float));
-  float *scr = malloc(2 * causal_attention_scratch(&a) * sizeof(float));
+  const size_t ns = causal_attention_scratch(&a) > causal_attention_backward_scratch(&a) ? causal_attention_scratch(&a) : causal_attention_backward_scratch(&a);
+  float *scr = malloc(ns * sizeof(float));
   at_ctx c = {a, to_d(q, nq), to_d(k, nk), to_d(v, nk), to_d(g, nq)};
   double *ref = malloc(nq * sizeof(double));
   at_ref(&c, ref);
-  causal_attention_forward(out, q, k, v, &a, scr);
+  causal_attention_forward(out, q, k, v, &a, scr, ns);
   const double fe = test_max_rel_err(out, ref, nq);
   CHECKF(fe <= TOL_FWD, "attention Tq=%d Tk=%d window=%d: forward rel err %.3g", Tq, Tk, window, fe);
+  if (!fd) { /* forward only (large cases: finite differences would be slow) */
+    free(q); free(k); free(v); free(g); free(out); free(scr); free(ref); free(c.q); free(c.k); free(c.v); free(c.g);
+    return;
+  }
   float *dq = randf(nq, 1), *dk0 = randf(nk, 1), *dv0 = randf(nk, 1), *dk = copyf(dk0, nk), *dv = copyf(dv0, nk);
   causal_attention_backward(dq, dk, dv, g, q, k, v, &a, scr);
   double *fq = fd_grad(at_loss, &c, c.q, nq), *fk = fd_grad(at_loss, &c, c.k, nk), *fv = fd_grad(at_loss, &c, c.v, nk);
@@ -306,10 +312,12 @@ static void attention_case(int Tq, int Tk, int window) {
   free(fq); free(fk); free(fv); free(c.q); free(c.k); free(c.v); free(c.g);
 }
 static void test_attention(void) {
-  attention_case(6, 6, 0); /* full causal */
-  attention_case(7, 7, 3); /* sliding window */
-  attention_case(2, 7, 0); /* decoding: 2 new queries against 7 cached keys */
-  attention_case(1, 9, 4); /* one new query with a window */
+  attention_case(6, 6, 0, 1);    /* full causal */
+  attention_case(7, 7, 3, 1);    /* sliding window */
+  attention_case(2, 7, 0, 1);    /* decoding: 2 new queries against 7 cached keys */
+  attention_case(1, 9, 4, 1);    /* one new query with a window */
+  attention_case(150, 150, 0, 0); /* three query blocks (64 + 64 + 22) */
+  attention_case(70, 75, 9, 0);   /* blocks with an offset and a window */
 }
 
 /* The window mask matches transformers': key s visible from t iff t - W < s <= t. */
@@ -318,7 +326,7 @@ static void test_attention_window_mask(void) {
   causal_attention_dims a = {.B = 1, .Tq = T, .Tk = T, .H = 1, .G = 1, .d = d, .window = W, .kv_bstride = (size_t)T * d};
   float q[12] = {0}, k[12] = {0}, v[12], out[12], scr[36];
   for (int t = 0; t < T; t++) { v[t * d] = (float)t; v[t * d + 1] = 1; }
-  causal_attention_forward(out, q, k, v, &a, scr); /* equal scores: mean of visible v */
+  causal_attention_forward(out, q, k, v, &a, scr, 36); /* equal scores: mean of visible v (one thread's block) */
   for (int t = 0; t < T; t++) {
     const int lo = t - W + 1 > 0 ? t - W + 1 : 0;
     CHECK_REL(out[t * d], (lo + t) / 2.0, 1e-6, 1e-6);
@@ -333,6 +341,14 @@ int main(void) {
   RUN(test_rope);
   RUN(test_swiglu);
   RUN(test_embedding);
+  RUN(test_attention);
+  RUN(test_attention_window_mask);
+  /* again with the threading policy of the CLI: OpenMP threads each calling 1-thread BLAS on a
+   * block (matmul column blocks, attention (batch, head, query-block) items) */
+  xd_set_threads(2);
+  fprintf(stderr, "-- split-BLAS threading (%d threads)\n", xd_blas_split_threads());
+  CHECK(xd_blas_split_threads() == 2);
+  RUN(test_matmul);
   RUN(test_attention);
   RUN(test_attention_window_mask);
   return test_finish();

@@ -6,6 +6,7 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "model/teacher/teacher.h"
+#include "ops/cpu/threads.h"
 
 #define FIX "tests/fixtures/teachers"
 static const char *const families[] = {"llama-gqa", "llama-mha-bias", "llama3-rope", "llama-dynamic",
@@ -336,9 +337,36 @@ static void test_bad_checkpoints(void) {
   expect_load_error(d, "no model.safetensors", NULL);
 }
 
+/* `xdistill generate` prints the same continuation as transformers (via the real binary). */
+static void test_cli_generate(void) {
+  const char *bin = getenv("XD_BIN");
+  if (!bin) SKIP("XD_BIN not set");
+  xd_npy g;
+  xd_err e = {0};
+  CHECK(xd_npy_read(FIX "/olmo3/greedy.npy", &g, &e) == 0);
+  const int B = (int)g.shape[0], total = (int)g.shape[1], T = 12;
+  int32_t *want = ids32(&g);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "%s generate --model " FIX "/olmo3/fp32 --ids " FIX "/olmo3/ids.npy --max-new %d --ignore-eos", bin, total - T);
+  FILE *fp = popen(cmd, "r");
+  CHECK(fp != NULL);
+  int bad = 0, n = 0;
+  for (int b = 0; fp && b < B; b++)
+    for (int s = T; s < total; s++, n++) {
+      int v = -1;
+      if (fscanf(fp, "%d", &v) != 1 || v != want[b * total + s]) bad++;
+    }
+  CHECK(fp && pclose(fp) == 0);
+  CHECKF(bad == 0 && n == B * (total - T), "%d of %d generated ids differ", bad, n);
+  free(want);
+  xd_npy_free(&g);
+}
+
 int main(void) {
   struct stat s;
   if (stat(FIX, &s) != 0) { fprintf(stderr, "[skip] fixtures %s absent\n", FIX); return 0; }
+  RUN(test_fp32_logits); /* default threading: OpenBLAS threads its own calls */
+  xd_set_threads(2);     /* then the CLI's policy: OpenMP threads, 1-thread BLAS per block */
   RUN(test_fp32_logits);
   RUN(test_bf16_logits);
   RUN(test_greedy);
@@ -346,5 +374,6 @@ int main(void) {
   RUN(test_hooks_and_batch);
   RUN(test_config_dialects);
   RUN(test_bad_checkpoints);
+  RUN(test_cli_generate);
   return test_finish();
 }

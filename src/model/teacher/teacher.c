@@ -186,8 +186,10 @@ void xd_teacher_acts_alloc(xd_teacher_acts *a, const xd_model_config *c, int row
   a->tmp = xd_aligned_alloc(N * D * sizeof(float));
   a->gate = xd_aligned_alloc(N * F * sizeof(float));
   a->up = xd_aligned_alloc(N * F * sizeof(float));
-  /* one score matrix: at most `rows` queries against max_keys keys */
-  a->scores = xd_aligned_alloc(N * (size_t)max_keys * sizeof(float));
+  /* attention score blocks for up to `rows` queries against max_keys keys, one per thread */
+  const causal_attention_dims ad = {.B = 1, .Tq = rows, .Tk = max_keys, .H = c->n_heads, .G = c->n_kv_heads, .d = c->head_dim};
+  a->scores_floats = causal_attention_scratch(&ad);
+  a->scores = xd_aligned_alloc(a->scores_floats * sizeof(float));
   a->pos = xd_malloc(N * sizeof(int));
   xd_rope_tables_alloc(&a->rope, c, max_keys);
 }
@@ -291,7 +293,7 @@ static void forward_body(const xd_teacher *t, xd_teacher_acts *a, xd_kv_cache *k
     } else {
       ad.kv_bstride = (size_t)Tn * G * d;
     }
-    causal_attention_forward(a->att, a->q, K, Vv, &ad, a->scores);
+    causal_attention_forward(a->att, a->q, K, Vv, &ad, a->scores, a->scores_floats);
     if (hook) hook(l, a->x, a->att, N, user);
     xd_teacher_layer_out(c, L, N, a->att, a->h, a->tmp, a->gate, a->up);
   }

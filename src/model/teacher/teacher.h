@@ -62,7 +62,8 @@ void xd_rope_tables_update(xd_rope_tables *r, const xd_model_config *c, int seq_
 void xd_rope_tables_free(xd_rope_tables *r);
 
 /* Activations for up to `rows` = B*Tq tokens attending to up to `max_keys` keys. Allocated
- * once; nothing is allocated inside the layer loop. */
+ * once (after xd_set_threads: the attention scratch has one block per thread); nothing is
+ * allocated inside the layer loop. */
 typedef struct {
   int rows, max_keys;
   float *h;                    /* [N, D] residual stream */
@@ -72,7 +73,8 @@ typedef struct {
   float *att;                  /* [N, H*d] attention output before Wo */
   float *tmp;                  /* [N, D] */
   float *gate, *up;            /* [N, F] */
-  float *scores;               /* [Tq * max_keys] attention scratch */
+  float *scores;               /* attention scratch (causal_attention_scratch floats) */
+  size_t scores_floats;
   int *pos;                    /* [N] absolute positions */
   xd_rope_tables rope;         /* positions [0, max_keys) */
 } xd_teacher_acts;

@@ -16,13 +16,17 @@ typedef struct {
   size_t kv_bstride; /* floats */
 } causal_attention_dims;
 
-/* Floats of scratch the forward and backward need: Tq * Tk (one score matrix at a time). */
+/* Forward scratch in floats: one [64 x Tk] score block per thread that will run it (the
+ * forward works on blocks of 64 query rows, in parallel over (batch, head, block)). */
 size_t causal_attention_scratch(const causal_attention_dims *a);
+/* Backward scratch in floats: 2 * Tq * Tk (whole score matrices, one head at a time). */
+size_t causal_attention_backward_scratch(const causal_attention_dims *a);
 
+/* scratch_floats: the size of scratch; fewer threads run if it holds fewer blocks. */
 void causal_attention_forward(float *out, const float *q, const float *k, const float *v,
-                              const causal_attention_dims *a, float *scratch);
+                              const causal_attention_dims *a, float *scratch, size_t scratch_floats);
 /* Recomputes the probabilities; dq is overwritten, dk and dv ([B,*,G,d], same strides as k/v)
- * are accumulated (+=). scratch: 2 * causal_attention_scratch(a) floats. */
+ * are accumulated (+=). */
 void causal_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const causal_attention_dims *a, float *scratch);
 #endif

@@ -1,6 +1,15 @@
 #include "ops/cpu/matmul.h"
 #include <cblas.h>
 #include <stddef.h>
+#include "ops/cpu/threads.h"
+
+/* Columns [c0, c1) of a dimension of size n split into nt blocks, multiples of 16 where possible. */
+static void block_range(int n, int nt, int t, int *c0, int *c1) {
+  int per = (n + nt - 1) / nt;
+  per = (per + 15) / 16 * 16;
+  *c0 = t * per < n ? t * per : n;
+  *c1 = (t + 1) * per < n ? (t + 1) * per : n;
+}
 
 void matmul_forward(float *out, const float *x, const float *w, const float *b, int N, int Din, int Dout) {
   if (b) {
@@ -8,13 +17,46 @@ void matmul_forward(float *out, const float *x, const float *w, const float *b, 
     for (int n = 0; n < N; n++)
       for (int o = 0; o < Dout; o++) out[(size_t)n * Dout + o] = b[o];
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din, b ? 1.0f : 0.0f, out, Dout);
+  const float beta = b ? 1.0f : 0.0f;
+  const int nt = xd_blas_split_threads();
+  if (nt == 1) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, Dout, Din, 1.0f, x, Din, w, Din, beta, out, Dout);
+    return;
+  }
+  /* each thread: out[:, o0:o1] = x W[o0:o1]^T (it reads only its rows of W) */
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int t = 0; t < nt; t++) {
+    int o0, o1;
+    block_range(Dout, nt, t, &o0, &o1);
+    if (o1 > o0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, o1 - o0, Din, 1.0f, x, Din, w + (size_t)o0 * Din, Din, beta,
+                  out + o0, Dout);
+  }
 }
 
 void matmul_backward(float *dx, float *dw, float *db, const float *dout, const float *x, const float *w, int N, int Din,
                      int Dout) {
-  if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, Din, Dout, 1.0f, dout, Dout, w, Din, 1.0f, dx, Din);
-  if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Dout, Din, N, 1.0f, dout, Dout, x, Din, 1.0f, dw, Din);
+  const int nt = xd_blas_split_threads();
+  if (dx) { /* dx[:, i0:i1] += dout W[:, i0:i1] */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < nt; t++) {
+      int i0, i1;
+      block_range(Din, nt, t, &i0, &i1);
+      if (i1 > i0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, i1 - i0, Dout, 1.0f, dout, Dout, w + i0, Din, 1.0f,
+                    dx + i0, Din);
+    }
+  }
+  if (dw) { /* dw[o0:o1, :] += dout[:, o0:o1]^T x */
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int t = 0; t < nt; t++) {
+      int o0, o1;
+      block_range(Dout, nt, t, &o0, &o1);
+      if (o1 > o0)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, Din, N, 1.0f, dout + o0, Dout, x, Din, 1.0f,
+                    dw + (size_t)o0 * Din, Din);
+    }
+  }
   if (db) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < Dout; o++) {

@@ -73,7 +73,7 @@ int xd_compare_build(const xd_results *student, const xd_results *teacher, doubl
     if (!st) { add_skip(c, tt->task, "not in the student's results"); continue; }
     const xd_metric *tm = xd_task_result_metric(tt, tt->primary), *sm = xd_task_result_metric(st, tt->primary);
     if (!sm) { add_skip(c, tt->task, "the student's results lack the teacher's primary metric"); continue; }
-    if (!tm->higher_is_better) { add_skip(c, tt->task, "lower-is-better metric (reported, not in C_alpha)"); continue; }
+    if (!tm->higher_is_better) { add_skip(c, tt->task, "lower-is-better metric, reported but not counted"); continue; }
     xd_compare_row *r = &c->rows[c->n_rows++];
     r->task = xd_strdup(tt->task);
     r->metric = xd_strdup(tt->primary);

@@ -539,6 +539,142 @@ static void test_shared_benchmarks(void) {
   }
 }
 
+
+/* ---- a word-level tokenizer (GPT-2 style: spaces attach to the following word) ---------- */
+typedef struct {
+  char vocab[64][32];
+  int n_vocab;
+  char seen_ctx[16][128], seen_cont[16][128]; /* decoded requests, in call order */
+  size_t n_seen;
+} wordtok;
+
+static int32_t wt_id(wordtok *w, const char *s, size_t n) {
+  for (int i = 0; i < w->n_vocab; i++)
+    if (strlen(w->vocab[i]) == n && !strncmp(w->vocab[i], s, n)) return i;
+  if (w->n_vocab == 64 || n >= 32) return 63;
+  memcpy(w->vocab[w->n_vocab], s, n);
+  w->vocab[w->n_vocab][n] = 0;
+  return w->n_vocab++;
+}
+
+static int wt_encode(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, xd_err *e) {
+  (void)e;
+  wordtok *w = ctx;
+  *ids = malloc((len + 1) * sizeof **ids);
+  *n = 0;
+  size_t i = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && text[j] == ' ') j++;
+    while (j < len && text[j] != ' ') j++;
+    (*ids)[(*n)++] = wt_id(w, text + i, j - i);
+    i = j;
+  }
+  return 0;
+}
+
+static void wt_decode(const wordtok *w, const int32_t *ids, size_t n, char *out, size_t cap) {
+  out[0] = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char *t = ids[i] == 1000 ? "<s>" : w->vocab[ids[i]];
+    strncat(out, "|", cap - strlen(out) - 1);
+    strncat(out, t, cap - strlen(out) - 1);
+  }
+}
+
+static int wt_ll(void *ctx, const xd_ll_request *reqs, size_t n, xd_ll_result *out, xd_err *e) {
+  (void)e;
+  wordtok *w = ctx;
+  for (size_t r = 0; r < n; r++) {
+    if (w->n_seen < 16) {
+      wt_decode(w, reqs[r].context, reqs[r].n_context, w->seen_ctx[w->n_seen], 128);
+      wt_decode(w, reqs[r].continuation, reqs[r].n_continuation, w->seen_cont[w->n_seen], 128);
+      w->n_seen++;
+    }
+    out[r].logprob = -(double)reqs[r].n_continuation;
+    out[r].is_greedy = 0;
+  }
+  return 0;
+}
+
+/* lm-eval's _encode_pair: trailing space moves to the continuation; an empty context becomes
+ * the prefix token; a boundary merge falls back to encoding the continuation alone; long
+ * contexts are cut from the left. */
+static void test_encode_pair_semantics(void) {
+  wordtok *w = calloc(1, sizeof *w);
+  xd_lm lm = {w, wt_ll, NULL, wt_encode, 1000, 2048, 8, "wordtok"};
+  char *ctxs[3] = {"The cat ", "", "ab"};
+  char *conts[3][1] = {{"sat"}, {"Hello world"}, {"cd"}};
+  xd_task_doc docs[3];
+  memset(docs, 0, sizeof docs);
+  for (int i = 0; i < 3; i++) {
+    docs[i].context = ctxs[i];
+    docs[i].continuations = conts[i];
+    docs[i].n_choices = 1;
+  }
+  xd_task t = {0};
+  t.name = "pairs";
+  t.kind = XD_TASK_MULTIPLE_CHOICE;
+  t.docs = docs;
+  t.n_docs = 3;
+  snprintf(t.primary, sizeof t.primary, "acc");
+  xd_task_result r;
+  xd_err e = {{0}};
+  CHECKF(xd_eval_run(&t, &lm, NULL, &r, &e) == 0, "%s", e.msg);
+  xd_task_result_free(&r);
+  CHECK(w->n_seen == 3);
+  CHECKF(!strcmp(w->seen_ctx[0], "|The| cat") && !strcmp(w->seen_cont[0], "| sat"), "%s / %s", w->seen_ctx[0], w->seen_cont[0]);
+  CHECKF(!strcmp(w->seen_ctx[1], "|<s>") && !strcmp(w->seen_cont[1], "|Hello| world"), "%s / %s", w->seen_ctx[1], w->seen_cont[1]);
+  CHECKF(!strcmp(w->seen_ctx[2], "|ab") && !strcmp(w->seen_cont[2], "|cd"), "%s / %s", w->seen_ctx[2], w->seen_cont[2]);
+  /* max_length 4: "a b c d e f" + " g h" keeps the last 5 - 2 = 3 context tokens */
+  w->n_seen = 0;
+  lm.max_length = 4;
+  char *ctx2 = "a b c d e f", *cont2[1] = {" g h"};
+  docs[0].context = ctx2;
+  docs[0].continuations = cont2;
+  t.n_docs = 1;
+  CHECKF(xd_eval_run(&t, &lm, NULL, &r, &e) == 0, "%s", e.msg);
+  xd_task_result_free(&r);
+  CHECKF(!strcmp(w->seen_ctx[0], "| d| e| f") && !strcmp(w->seen_cont[0], "| g| h"), "%s / %s", w->seen_ctx[0], w->seen_cont[0]);
+  /* a continuation longer than the model is an error naming the task and doc */
+  lm.max_length = 2;
+  char *cont3[1] = {" g h i"};
+  docs[0].continuations = cont3;
+  CHECK(xd_eval_run(&t, &lm, NULL, &r, &e) == -1 && strstr(e.msg, "pairs doc 0"));
+  free(w);
+}
+
+/* The evaluator over the real benchmark files with the bigram mock: it runs end to end and the
+ * mock's scores sit near chance; prints the evaluator's own throughput. */
+static void test_shared_smoke(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  mock *m = malloc(sizeof *m);
+  mock_init(m, 0);
+  xd_lm lm = mock_lm(m, 1024, 64);
+  struct { const char *fmt, *path; double lo, hi; } cases[] = {
+    {"mc", "../shared/eval/arc/arc_easy_test.llm-foundry.jsonl", 0.15, 0.40},
+    {"winogrande", "../shared/eval/winogrande/winogrande_dev.llm-foundry.jsonl", 0.40, 0.60},
+    {"hellaswag_olmes", "../shared/eval/hellaswag/hellaswag_rc_5shot_1000.olmes.requests.jsonl.gz", 0.15, 0.40},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    xd_task *t = NULL;
+    xd_err e = {{0}};
+    if (xd_task_load(&t, cases[i].fmt, cases[i].path, NULL, NULL, NULL, &e)) { CHECKF(0, "%s", e.msg); continue; }
+    xd_task_result r;
+    double t0 = xd_now();
+    CHECKF(xd_eval_run(t, &lm, NULL, &r, &e) == 0, "%s", e.msg);
+    double dt = xd_now() - t0;
+    double acc = metric(&r, "acc");
+    CHECKF(acc >= cases[i].lo && acc <= cases[i].hi, "%s acc %g", cases[i].path, acc);
+    CHECK(!m->bad_request);
+    fprintf(stderr, "  %-16s %5zu docs  acc %.3f  acc_norm %.3f  %.2fs (%.0f docs/s, mock model)\n", cases[i].fmt, t->n_docs, acc,
+            metric(&r, "acc_norm"), dt, (double)t->n_docs / dt);
+    xd_task_result_free(&r);
+    xd_task_free(t);
+  }
+  free(m);
+}
+
 int main(void) {
   RUN(test_mock_matches_python);
   RUN(test_mc_acc_acc_norm);
@@ -553,6 +689,8 @@ int main(void) {
   RUN(test_malformed_inputs);
   RUN(test_mmlu_csv_prompt);
   RUN(test_results_round_trip);
+  RUN(test_encode_pair_semantics);
   RUN(test_shared_benchmarks);
+  RUN(test_shared_smoke);
   return test_finish();
 }

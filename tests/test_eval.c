@@ -388,6 +388,28 @@ static void test_task_definition(void) {
   CHECK(xd_task_load(&t, "def", def, NULL, NULL, NULL, &e) == -1 && strstr(e.msg, "arith.json"));
 }
 
+static void test_task_spec(void) {
+  xd_task *t = NULL;
+  xd_err e = {{0}};
+  CHECKF(xd_task_load_spec(&t, "mytask=mc:" FIX "/mc.jsonl", NULL, &e) == 0, "%s", e.msg);
+  CHECK(t && !strcmp(t->name, "mytask") && t->n_docs == 12 && t->kind == XD_TASK_MULTIPLE_CHOICE);
+  xd_task_free(t);
+  CHECKF(xd_task_load_spec(&t, "lambada:" FIX "/lambada.jsonl", NULL, &e) == 0, "%s", e.msg);
+  CHECK(t && !strcmp(t->name, "lambada") && t->kind == XD_TASK_LOGLIKELIHOOD);
+  xd_task_free(t);
+  xd_task_options o;
+  xd_task_options_default(&o);
+  o.num_fewshot = 2;
+  CHECKF(xd_task_load_spec(&t, "mc:" FIX "/mc.jsonl," FIX "/mc.jsonl", &o, &e) == 0, "%s", e.msg);
+  CHECK(t && count_sub(t->docs[0].context, "Question:") == 3);
+  xd_task_free(t);
+  t = NULL;
+  CHECK(xd_task_load_spec(&t, "mc", NULL, &e) == -1 && strstr(e.msg, "FORMAT:PATH"));
+  CHECK(xd_task_load_spec(&t, "a b=mc:x", NULL, &e) == -1 && strstr(e.msg, "name"));
+  CHECK(xd_task_load_spec(&t, "zz:x", NULL, &e) == -1 && strstr(e.msg, "unknown task format"));
+  CHECK(t == NULL);
+}
+
 static void test_malformed_inputs(void) {
   const char *dir = test_tmpdir("eval");
   char path[600];
@@ -686,6 +708,7 @@ int main(void) {
   RUN(test_generation_exact_match);
   RUN(test_fewshot_seeded);
   RUN(test_task_definition);
+  RUN(test_task_spec);
   RUN(test_malformed_inputs);
   RUN(test_mmlu_csv_prompt);
   RUN(test_results_round_trip);

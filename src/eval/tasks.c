@@ -1107,3 +1107,33 @@ int xd_task_load(xd_task **out, const char *format, const char *path, const char
   *out = t;
   return 0;
 }
+
+int xd_task_load_spec(xd_task **out, const char *spec, const xd_task_options *opt, xd_err *e) {
+  *out = NULL;
+  size_t n = strlen(spec);
+  if (n > 5 && !strcmp(spec + n - 5, ".json") && !strchr(spec, ':')) return xd_task_load(out, "def", spec, NULL, NULL, opt, e);
+  char *s = xd_strdup(spec), *name = NULL, *rest = s;
+  char *eq = strchr(s, '='), *colon = strchr(s, ':');
+  if (eq && colon && eq < colon) {
+    *eq = 0;
+    name = s;
+    rest = eq + 1;
+    int ok = *name != 0;
+    for (const char *p = name; *p; p++) ok &= isalnum((unsigned char)*p) || *p == '_' || *p == '.' || *p == '-';
+    if (!ok) {
+      free(s);
+      return xd_errf(e, "task spec '%s': name must be letters, digits, '_', '.', '-'", spec);
+    }
+  }
+  colon = strchr(rest, ':');
+  if (!colon || colon == rest || !colon[1]) {
+    free(s);
+    return xd_errf(e, "task spec '%s': expected [NAME=]FORMAT:PATH[,FEWSHOT_PATH] or FILE.json", spec);
+  }
+  *colon = 0;
+  char *path = colon + 1, *fs = strchr(path, ',');
+  if (fs) *fs++ = 0;
+  int rc = xd_task_load(out, rest, path, fs && *fs ? fs : NULL, name, opt, e);
+  free(s);
+  return rc;
+}

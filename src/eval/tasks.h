@@ -81,6 +81,14 @@ int xd_task_load(xd_task **out, const char *format, const char *path, const char
                  const char *name, const xd_task_options *opt, xd_err *e);
 void xd_task_free(xd_task *t);
 
+/* Load from a one-string spec (for command lines):
+ *   "FORMAT:PATH"              e.g. "mc:data/arc_easy.jsonl" (name = file name)
+ *   "NAME=FORMAT:PATH"         e.g. "arc_easy=mc:data/arc_easy.jsonl"
+ *   "...:PATH,FEWSHOT_PATH"    few-shot file or directory after a comma
+ *   "FILE.json"                a task definition (format "def")
+ * NAME is [A-Za-z0-9_.-]+. */
+int xd_task_load_spec(xd_task **out, const char *spec, const xd_task_options *opt, xd_err *e);
+
 /* Answer extraction with lm-evaluation-harness GSM8K semantics: strict "#### (-?[0-9.,]+)"
  * (first match); if none (or mode NUMBER), the last match of "(-?[$0-9.,]{2,})|(-?[0-9]+)";
  * then the harness's normalisation: remove ",", "$", a leading "#### " and one trailing ".".

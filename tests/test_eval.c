@@ -666,6 +666,31 @@ static void test_encode_pair_semantics(void) {
   free(w);
 }
 
+/* tasks/NAME.json: the standard suite as task definitions over ../shared/eval. */
+static void test_suite_definitions(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  static const char *const names[] = {"arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "lambada_openai", "mmlu", "gsm8k"};
+  xd_task_options o;
+  xd_task_options_default(&o);
+  o.limit = 50;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "tasks/%s.json", names[i]);
+    xd_task *t = NULL;
+    xd_err e = {{0}};
+    CHECKF(xd_task_load_spec(&t, path, &o, &e) == 0, "%s", e.msg);
+    if (!t) continue;
+    CHECK(!strcmp(t->name, names[i]) && t->n_docs == 50);
+    if (!strncmp(names[i], "arc", 3) || !strcmp(names[i], "piqa")) {
+      const char *c = t->docs[0].context;
+      size_t n = strlen(c);
+      CHECKF(!strncmp(c, "Question: ", 10) && n > 8 && !strcmp(c + n - 8, "\nAnswer:"), "%s: %s", names[i], c);
+      CHECK(t->docs[0].continuations[0][0] == ' ' && t->docs[0].continuations[0][1] != ' ');
+    }
+    xd_task_free(t);
+  }
+}
+
 /* The evaluator over the real benchmark files with the bigram mock: it runs end to end and the
  * mock's scores sit near chance; prints the evaluator's own throughput. */
 static void test_shared_smoke(void) {
@@ -714,6 +739,7 @@ int main(void) {
   RUN(test_results_round_trip);
   RUN(test_encode_pair_semantics);
   RUN(test_shared_benchmarks);
+  RUN(test_suite_definitions);
   RUN(test_shared_smoke);
   return test_finish();
 }

@@ -347,6 +347,10 @@ typedef struct {
   const char *path, *fewshot_path;
   const xd_task_options *opt;
   xd_rng rng;
+  /* prompt pieces of the built-in readers (a task definition may change them) */
+  const char *tdelim;       /* target delimiter before each continuation, default " " */
+  const char *fdelim;       /* between few-shot examples, default "\n\n" */
+  const char *query_suffix; /* appended to each query (mc), e.g. "\nAnswer:", default "" */
 } load_ctx;
 
 static size_t opt_fewshot(const load_ctx *c, int dflt) {
@@ -417,17 +421,19 @@ static int read_mc(xd_task *t, load_ctx *c, xd_err *e) {
       if (sq && !jint(so, "gold", &sg) && cJSON_IsArray(sch)) sgold = cJSON_GetArrayItem(sch, sg);
       if (!cJSON_IsString(sgold)) continue; /* a malformed shot is skipped, the pool is untrusted too */
       sb_puts(&ctx, sq);
-      sb_puts(&ctx, " ");
+      sb_puts(&ctx, c->query_suffix);
+      sb_puts(&ctx, c->tdelim);
       sb_puts(&ctx, sgold->valuestring);
-      sb_puts(&ctx, "\n\n");
+      sb_puts(&ctx, c->fdelim);
     }
     sb_puts(&ctx, q);
+    sb_puts(&ctx, c->query_suffix);
     xd_task_doc *d = task_push_doc(t, &cap);
     d->context = sb_take(&ctx);
     d->n_choices = nch;
     d->gold = gold;
     d->continuations = xd_calloc((size_t)nch, sizeof(char *));
-    for (int j = 0; j < nch; j++) d->continuations[j] = str_cat(" ", ch[j]);
+    for (int j = 0; j < nch; j++) d->continuations[j] = str_cat(c->tdelim, ch[j]);
     str_array_free(ch, nch);
   }
   pool_close(&pool);
@@ -465,9 +471,9 @@ static int read_winogrande(xd_task *t, load_ctx *c, xd_err *e) {
       if (scont && !jint(so, "gold", &sg) && cJSON_IsArray(sopts)) sopt = cJSON_GetArrayItem(sopts, sg);
       if (!cJSON_IsString(sopt)) continue;
       sb_puts(&pre, sopt->valuestring);
-      sb_puts(&pre, " ");
+      sb_puts(&pre, c->tdelim);
       sb_puts(&pre, scont);
-      sb_puts(&pre, "\n\n");
+      sb_puts(&pre, c->fdelim);
     }
     xd_task_doc *d = task_push_doc(t, &cap);
     d->n_choices = nopt;
@@ -476,7 +482,7 @@ static int read_winogrande(xd_task *t, load_ctx *c, xd_err *e) {
     d->continuations = xd_calloc((size_t)nopt, sizeof(char *));
     for (int j = 0; j < nopt; j++) {
       d->choice_contexts[j] = str_cat(pre.s ? pre.s : "", opts[j]);
-      d->continuations[j] = str_cat(" ", cont);
+      d->continuations[j] = str_cat(c->tdelim, cont);
     }
     free(pre.s);
     str_array_free(opts, nopt);
@@ -555,7 +561,7 @@ static int read_lambada(xd_task *t, load_ctx *c, xd_err *e) {
     d->n_choices = 1;
     d->context = xd_strdup(cx);
     d->continuations = xd_calloc(1, sizeof(char *));
-    d->continuations[0] = str_cat(" ", cn);
+    d->continuations[0] = str_cat(c->tdelim, cn);
   }
   jsonl_free(&rows);
   return rc;
@@ -1031,7 +1037,8 @@ static int read_def(xd_task *t, load_ctx *c, xd_err *e) {
   if (!rc && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "seed")) && opt.seed == 1234) opt.seed = (uint64_t)v->valuedouble;
   if (!rc) {
     char *dpath = resolve_rel(c->path, data), *fpath = fs ? resolve_rel(c->path, fs) : NULL;
-    load_ctx c2 = {dpath, fpath, &opt, {{0}}};
+    load_ctx c2 = {dpath, fpath, &opt, {{0}}, def_str(def, "target_delimiter", " "), def_str(def, "fewshot_delimiter", "\n\n"),
+                   def_str(def, "query_suffix", "")};
     xd_rng_seed(&c2.rng, opt.seed);
     free(t->name);
     t->name = xd_strdup(name);
@@ -1048,7 +1055,7 @@ static int read_def(xd_task *t, load_ctx *c, xd_err *e) {
 static void set_primary(xd_task *t, const char *m) { snprintf(t->primary, sizeof t->primary, "%s", m); }
 
 static int load_format(xd_task *t, const char *format, load_ctx *c, const cJSON *def, const char *defpath, xd_err *e) {
-  t->target_delim_len = 1;
+  t->target_delim_len = strlen(c->tdelim);
   if (!strcmp(format, "mc")) { t->kind = XD_TASK_MULTIPLE_CHOICE; set_primary(t, "acc_norm"); return read_mc(t, c, e); }
   if (!strcmp(format, "winogrande")) { t->kind = XD_TASK_MULTIPLE_CHOICE; set_primary(t, "acc"); return read_winogrande(t, c, e); }
   if (!strcmp(format, "hellaswag_olmes")) {
@@ -1063,7 +1070,6 @@ static int load_format(xd_task *t, const char *format, load_ctx *c, const cJSON 
   if (!strcmp(format, "perplexity")) { t->kind = XD_TASK_PERPLEXITY; set_primary(t, "bits_per_byte"); return read_perplexity(t, c, e); }
   if (!strcmp(format, "jsonl")) {
     if (!def) return xd_errf(e, "%s: format \"jsonl\" needs a task definition file (format \"def\")", c->path);
-    t->target_delim_len = strlen(def_str(def, "target_delimiter", " "));
     int rc = read_custom(t, c, def, defpath, e);
     set_primary(t, t->kind == XD_TASK_GENERATE ? "exact_match" : "acc");
     const char *pm = jstr(def, "primary");
@@ -1081,7 +1087,7 @@ int xd_task_load(xd_task **out, const char *format, const char *path, const char
   xd_task_options_default(&dflt);
   if (!opt) opt = &dflt;
   xd_task *t = xd_calloc(1, sizeof *t);
-  load_ctx c = {path, fewshot_path, opt, {{0}}};
+  load_ctx c = {path, fewshot_path, opt, {{0}}, " ", "\n\n", ""};
   xd_rng_seed(&c.rng, opt->seed);
   t->source = xd_strdup(path);
   if (load_format(t, format, &c, NULL, NULL, e)) {

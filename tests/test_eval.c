@@ -214,8 +214,20 @@ static void test_uniform_hand_computed(void) {
   CHECK(t->n_docs == 4 && !strcmp(t->name, "uni"));
   CHECK(!strcmp(t->docs[0].context, "Q1") && !strcmp(t->docs[0].continuations[1], " bb"));
   xd_task_result r;
-  xd_eval_options o = {0, NULL, 1};
+  FILE *prog = tmpfile();
+  xd_eval_options o = {0, prog, 1};
   CHECKF(xd_eval_run(t, &lm, &o, &r, &e) == 0, "%s", e.msg);
+  if (prog) { /* the progress line ends with the final count and a newline */
+    char line[256] = {0};
+    rewind(prog);
+    size_t got = fread(line, 1, sizeof line - 1, prog);
+    line[got] = 0;
+    CHECKF(strstr(line, "uni: 4/4 docs") && line[got - 1] == '\n', "progress: '%s'", line);
+    fclose(prog);
+  }
+  /* batch size 2 and docs of 3, 3, 2, 3 choices: a doc's choices are never split, so each doc
+   * is one call of 3, 3, 2, 3 requests */
+  CHECKF(m->max_batch == 3 && m->calls == 4, "max_batch %zu calls %zu", m->max_batch, m->calls);
   CHECK_REL(metric(&r, "acc"), 2.0 / 4, 1e-12, 1e-12);
   CHECK_REL(metric(&r, "acc_norm"), 3.0 / 4, 1e-12, 1e-12);
   CHECK(!strcmp(r.primary, "acc_norm") && r.items && r.items[0] == 0 && r.items[1] == 1 && r.items[3] == 1);

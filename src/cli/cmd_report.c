@@ -114,6 +114,8 @@ int cmd_report(int argc, char **argv) {
     const char *role = rl.r[i].role;
     if (role && !strcmp(role, "student") && !student) student = &rl.r[i];
     else if (role && !strcmp(role, "teacher") && !teacher) teacher = &rl.r[i];
+    else if (role && (!strcmp(role, "student") || !strcmp(role, "teacher")))
+      fprintf(stderr, "xdistill: warning: a second results file with role \"%s\" (model %s) is ignored\n", role, rl.r[i].model);
   }
   for (size_t i = 0; i < rl.n && !rc; i++) {
     const xd_results *r = &rl.r[i];

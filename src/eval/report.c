@@ -457,7 +457,7 @@ static void section_gates(hbuf *b, const xd_gates *g) {
       double v = g->gate[(size_t)l * (size_t)g->heads + (size_t)h];
       int r, gg, bb;
       colour(v, &r, &gg, &bb);
-      hb_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='rgb(%d,%d,%d)'><title>layer %d head %d: o = %.4f</title></rect>", left + cw * h, top + ch * l,
+      hb_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='rgb(%d,%d,%d)' shape-rendering='crispEdges'><title>layer %d head %d: o = %.4f</title></rect>", left + cw * h, top + ch * l,
                 cw, ch, r, gg, bb, l, h, v);
       if (show_vals)
         hb_printf(b, "<text x='%.1f' y='%.1f' class='cell' fill='%s' text-anchor='middle'>%.2f</text>", left + cw * (h + 0.5), top + ch * (l + 0.5) + 4, v > 0.6 ? "#111" : "#fff", v);

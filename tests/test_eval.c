@@ -262,6 +262,28 @@ static void test_extract_answer(void) {
   }
 }
 
+/* The same extraction computed with Python's re following lm-eval (tools/gen_eval_fixtures.py). */
+static void test_extract_matches_lm_eval(void) {
+  FILE *fp = fopen(FIX "/extract.json", "rb");
+  CHECK(fp != NULL);
+  if (!fp) return;
+  static char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf - 1, fp);
+  fclose(fp);
+  buf[n] = 0;
+  cJSON *rows = cJSON_Parse(buf);
+  CHECK(cJSON_GetArraySize(rows) >= 30);
+  const cJSON *r;
+  cJSON_ArrayForEach(r, rows) {
+    const char *text = cJSON_GetObjectItem(r, "text")->valuestring, *want = cJSON_GetObjectItem(r, "answer")->valuestring;
+    int want_strict = cJSON_IsTrue(cJSON_GetObjectItem(r, "strict")), strict = -1;
+    char *got = xd_extract_answer(text, XD_EXTRACT_GSM8K, &strict);
+    CHECKF(!strcmp(got, want) && strict == want_strict, "'%s': got '%s' (strict %d), lm-eval '%s' (strict %d)", text, got, strict, want, want_strict);
+    free(got);
+  }
+  cJSON_Delete(rows);
+}
+
 static const char *const GSM =
     "{\"question\": \"Tom has 3 apples and buys 4. How many?\", \"answer\": \"3+4=7\\n#### 7\"}\n"
     "{\"question\": \"A box holds 1,200 pens. How many pens?\", \"answer\": \"It holds 1200.\\n#### 1,200\"}\n"
@@ -742,6 +764,7 @@ int main(void) {
   RUN(test_rolling_perplexity);
   RUN(test_uniform_hand_computed);
   RUN(test_extract_answer);
+  RUN(test_extract_matches_lm_eval);
   RUN(test_generation_exact_match);
   RUN(test_fewshot_seeded);
   RUN(test_task_definition);

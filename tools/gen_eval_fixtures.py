@@ -11,6 +11,11 @@ acc_norm (log-likelihood / byte length of the choice without its " " delimiter),
 partial scoring, LAMBADA acc (greedy) and perplexity, and rolling-window perplexity (every token
 scored once given its predecessor; the first given the prefix token).
 
+It also writes extract.json: GSM8K answer extraction computed with Python's `re` following
+lm-evaluation-harness (RegexFilter "strict-match" `#### (\-?[0-9\.\,]+)` group 0 and
+"flexible-extract" `(-?[$0-9.,]{2,})|(-?[0-9]+)` group -1, then exact_match's
+regexes_to_ignore [",", "\\$", "(?s).*#### ", "\\.$"]), for xd_extract_answer to match.
+
 Rerun from the repo root:  python3 tools/gen_eval_fixtures.py
 """
 import json
@@ -98,6 +103,40 @@ PPL_TEXT = (
 )
 
 
+EXTRACT_TEXTS = [
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day.\n#### 18",
+    "#### 1,234", "#### -5.", "#### 12 and later #### 13", "It costs $1,000 then 25 more, so 1,025.",
+    "no digits here", "x is 5 and y 42", "####5 then 6", "#### ,", "The answer is $3.50.", "-7 degrees",
+    "1.2.3 versions", "costs 12,345,678 dollars.", "pi is 3.14159...", "1e5 or 7", "a 5", "5", "",
+    "Answer: 100%\nQuestion: next", "#### 0.5\n", "total = 2+2 = 4\n\n#### 4.0", "#### -0",
+    "we get $ 45", "..", "9. Then 10.", "\u00a3 12 and \u20ac 30", "#### 7\u00a0apples",
+    "the result is -3.", "3 - -2 = 5", "answer 1,000,000.\n#### 1000000",
+]
+
+
+def lm_eval_extract(text):
+    """lm-eval GSM8K filters + exact_match normalisation; returns (normalised, strict_matched)."""
+    import re
+
+    def regex_filter(pattern, group_select, resp):
+        match = re.compile(pattern).findall(resp)
+        if not match:
+            return None
+        match = match[group_select]
+        if isinstance(match, tuple):
+            match = [m for m in match if m]
+            match = match[0] if match else None
+        return match.strip() if match is not None else None
+
+    strict = regex_filter(r"#### (\-?[0-9\.\,]+)", 0, text)
+    got = strict if strict is not None else regex_filter(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1, text)
+    if got is None:
+        return "", False
+    for pat in [",", "\\$", "(?s).*#### ", "\\.$"]:
+        got = re.sub(pat, "", got)
+    return got.strip(), strict is not None
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
 
@@ -149,6 +188,13 @@ def main():
     }
     # a hand-checkable spot value of the model, so the C mock itself is pinned
     expected["model_check"] = {"logp_65_66": float(LOGP[65, 66]), "greedy_after_97": int(GREEDY[97])}
+    with open(os.path.join(OUT, "extract.json"), "w", encoding="utf-8") as f:
+        rows = []
+        for t in EXTRACT_TEXTS:
+            got, strict = lm_eval_extract(t)
+            rows.append({"text": t, "answer": got, "strict": strict})
+        json.dump(rows, f, indent=1, ensure_ascii=False)
+        f.write("\n")
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
         f.write("\n")

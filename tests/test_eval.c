@@ -371,6 +371,7 @@ static void test_fewshot_seeded(void) {
       CHECK(count_sub(s->docs[i].prompt, "Question: ") == 4);
     }
     CHECK(differ > 0); /* another seed draws other shots */
+    CHECK(a->num_fewshot == 5 && s->num_fewshot == 3);
     /* doc 0's question appears once in its own same-pool prompt (its own line only) */
     CHECK(count_sub(s->docs[0].prompt, "Tom has 3 apples") == 1);
   }
@@ -498,6 +499,12 @@ static void test_mmlu_csv_prompt(void) {
       "What is 1+1, \"roughly\"?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:";
   CHECKF(!strcmp(t->docs[0].context, want), "got:\n%s", t->docs[0].context);
   CHECK(!strcmp(t->docs[0].continuations[2], " C"));
+  xd_task_free(t);
+  /* one subject's test file with the dev directory: the subject's dev file is found */
+  snprintf(p, sizeof p, "%s/high_school_math_test.csv", test_dir);
+  t = NULL;
+  CHECKF(xd_task_load(&t, "mmlu", p, dev_dir, NULL, &o, &e) == 0, "%s", e.msg);
+  if (t) CHECK(t->n_docs == 2 && !strcmp(t->docs[0].context, want) && t->num_fewshot == 1);
   xd_task_free(t);
 }
 

@@ -215,15 +215,17 @@ static void ascii_lower(char *s) {
 
 static int run_generate(const xd_task *t, const xd_lm *lm, progress *pg, xd_task_result *res, int keep, xd_err *e) {
   double em = 0, em_strict = 0;
-  if ((size_t)t->max_new_tokens >= lm->max_length) return xd_errf(e, "%s: max_new_tokens %d does not fit the model's %zu", t->name, t->max_new_tokens, lm->max_length);
+  /* a small model (demo context lengths) keeps at least half its context for the prompt */
+  size_t max_new = (size_t)t->max_new_tokens;
+  if (max_new > lm->max_length / 2) max_new = lm->max_length / 2;
   for (size_t i = 0; i < t->n_docs; i++) {
     const xd_task_doc *d = &t->docs[i];
     int32_t *ids;
     size_t n;
     if (lm->encode(lm->ctx, d->prompt, strlen(d->prompt), &ids, &n, e)) return xd_err_prefix(e, "%s doc %zu", t->name, i);
-    size_t room = lm->max_length - (size_t)t->max_new_tokens, off = n > room ? n - room : 0;
+    size_t room = lm->max_length - max_new, off = n > room ? n - room : 0;
     char *out = NULL;
-    int rc = lm->generate_until(lm->ctx, ids + off, n - off, (const char *const *)t->until, t->n_until, t->max_new_tokens, &out, e);
+    int rc = lm->generate_until(lm->ctx, ids + off, n - off, (const char *const *)t->until, t->n_until, (int)max_new, &out, e);
     free(ids);
     if (rc) return xd_err_prefix(e, "%s doc %zu", t->name, i);
     /* cut at the first stop string, whether or not the model already did */
@@ -318,6 +320,7 @@ int xd_eval_run(const xd_task *task, const xd_lm *lm, const xd_eval_options *opt
   res->task = xd_strdup(task->name);
   res->kind = xd_strdup(xd_task_kind_name(task->kind));
   res->n = task->n_docs;
+  res->num_fewshot = task->num_fewshot;
   snprintf(res->primary, sizeof res->primary, "%s", task->primary);
   if (opt->keep_items) res->items = xd_calloc(task->n_docs, sizeof *res->items);
   progress pg = {opt->progress, task->name, task->n_docs, xd_now(), 0};

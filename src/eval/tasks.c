@@ -353,8 +353,10 @@ typedef struct {
   const char *query_suffix; /* appended to each query (mc), e.g. "\nAnswer:", default "" */
 } load_ctx;
 
-static size_t opt_fewshot(const load_ctx *c, int dflt) {
-  return (size_t)(c->opt->num_fewshot >= 0 ? c->opt->num_fewshot : dflt);
+/* Effective number of few-shot examples, recorded in the task for the results file. */
+static size_t opt_fewshot(xd_task *t, const load_ctx *c, int dflt) {
+  t->num_fewshot = c->opt->num_fewshot >= 0 ? c->opt->num_fewshot : dflt;
+  return (size_t)t->num_fewshot;
 }
 
 /* Few-shot pool: rows from fewshot_path when given, else the evaluation rows themselves
@@ -396,7 +398,7 @@ static int check_limit(const load_ctx *c, size_t i) { return c->opt->limit && i 
 static int read_mc(xd_task *t, load_ctx *c, xd_err *e) {
   jsonl rows;
   if (jsonl_read(&rows, c->path, e)) return -1;
-  size_t k = opt_fewshot(c, 0), cap = 0;
+  size_t k = opt_fewshot(t, c, 0), cap = 0;
   shot_pool pool;
   if (pool_open(&pool, c, &rows, k, e)) { jsonl_free(&rows); return -1; }
   int rc = 0;
@@ -446,7 +448,7 @@ static int read_mc(xd_task *t, load_ctx *c, xd_err *e) {
 static int read_winogrande(xd_task *t, load_ctx *c, xd_err *e) {
   jsonl rows;
   if (jsonl_read(&rows, c->path, e)) return -1;
-  size_t k = opt_fewshot(c, 0), cap = 0;
+  size_t k = opt_fewshot(t, c, 0), cap = 0;
   shot_pool pool;
   if (pool_open(&pool, c, &rows, k, e)) { jsonl_free(&rows); return -1; }
   int rc = 0;
@@ -590,7 +592,7 @@ static int gsm8k_fields(const cJSON *o, const char **q, char **full) {
 static int read_gsm8k(xd_task *t, load_ctx *c, xd_err *e) {
   jsonl rows;
   if (jsonl_read(&rows, c->path, e)) return -1;
-  size_t k = opt_fewshot(c, c->fewshot_path ? 5 : 0), cap = 0;
+  size_t k = opt_fewshot(t, c, c->fewshot_path ? 5 : 0), cap = 0;
   shot_pool pool;
   if (pool_open(&pool, c, &rows, k, e)) { jsonl_free(&rows); return -1; }
   static const char *const stops[] = {"Question:", "</s>", "<|im_end|>"};
@@ -826,10 +828,19 @@ static int list_dir(const char *dir, const char *suffix, char ***out, size_t *n,
 }
 
 static int read_mmlu(xd_task *t, load_ctx *c, xd_err *e) {
-  size_t k = opt_fewshot(c, c->fewshot_path ? 5 : 0), cap = 0;
+  size_t k = opt_fewshot(t, c, c->fewshot_path ? 5 : 0), cap = 0;
   if (!xd_is_dir(c->path)) {
-    const char *dev = c->fewshot_path && !xd_is_dir(c->fewshot_path) ? c->fewshot_path : NULL;
-    return mmlu_file(t, &cap, c->path, dev, k, c, e);
+    char *dev = NULL;
+    if (c->fewshot_path && xd_is_dir(c->fewshot_path)) { /* <dir>/<subject>_dev.csv */
+      const char *base = strrchr(c->path, '/');
+      char *f = xd_strdup(base ? base + 1 : c->path), *cut = strstr(f, "_test.csv");
+      if (cut) strcpy(cut, "_dev.csv");
+      dev = xd_path_join(c->fewshot_path, f);
+      free(f);
+    } else if (c->fewshot_path) dev = xd_strdup(c->fewshot_path);
+    int rc = mmlu_file(t, &cap, c->path, dev, k, c, e);
+    free(dev);
+    return rc;
   }
   char **files = NULL;
   size_t nf = 0;
@@ -920,7 +931,7 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
   }
   jsonl rows;
   if (jsonl_read(&rows, c->path, e)) return -1;
-  size_t k = opt_fewshot(c, 0), cap = 0;
+  size_t k = opt_fewshot(t, c, 0), cap = 0;
   shot_pool pool;
   if (pool_open(&pool, c, &rows, k, e)) { jsonl_free(&rows); return -1; }
   int rc = 0;

@@ -54,6 +54,7 @@ typedef struct {
   int ignore_case;
   size_t target_delim_len; /* MC: bytes of delimiter at the front of each continuation, left out
                               of acc_norm's length (lm-eval divides by len(choice)) */
+  int num_fewshot;         /* few-shot examples per prompt, as loaded */
   char primary[32];        /* metric `compare` uses: acc, acc_norm, exact_match, bits_per_byte */
   char *source; /* data file or directory the docs came from */
 } xd_task;

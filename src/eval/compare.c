@@ -2,6 +2,7 @@
 #include "eval/compare.h"
 
 #include <cjson/cJSON.h>
+#include "eval/strbuf.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,15 +145,7 @@ int xd_compare_write_json(const xd_compare *c, const char *path, xd_err *e) {
   }
   cJSON *sk = cJSON_AddArrayToObject(root, "skipped");
   for (size_t i = 0; i < c->n_skipped; i++) cJSON_AddItemToArray(sk, cJSON_CreateString(c->skipped[i]));
-  char *s = cJSON_Print(root);
-  cJSON_Delete(root);
-  size_t n = strlen(s);
-  s = xd_realloc(s, n + 2);
-  s[n] = '\n';
-  s[n + 1] = 0;
-  int rc = xd_write_file_atomic(path, s, n + 1, e);
-  free(s);
-  return rc;
+  return xd_json_write_file(root, path, e);
 }
 
 void xd_compare_print(const xd_compare *c, FILE *fp) {

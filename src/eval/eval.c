@@ -2,6 +2,7 @@
 #include "eval/eval.h"
 
 #include <cjson/cJSON.h>
+#include "eval/strbuf.h"
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -372,15 +373,7 @@ int xd_results_write(const xd_results *r, const char *path, xd_err *e) {
     }
     cJSON_AddItemToArray(tasks, o);
   }
-  char *s = cJSON_Print(root);
-  cJSON_Delete(root);
-  size_t n = strlen(s);
-  s = xd_realloc(s, n + 2);
-  s[n] = '\n';
-  s[n + 1] = 0;
-  int rc = xd_write_file_atomic(path, s, n + 1, e);
-  free(s);
-  return rc;
+  return xd_json_write_file(root, path, e);
 }
 
 void xd_results_free(xd_results *r) {

@@ -1,5 +1,6 @@
 /* HTML report: inline CSS + SVG charts, no script, every input string escaped. */
 #include "eval/report.h"
+#include "eval/strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -8,51 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- output buffer ----------------------------------------------------------------- */
-typedef struct {
-  char *s;
-  size_t n, cap;
-} hbuf;
-
-static void hb_putn(hbuf *b, const char *s, size_t n) {
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + n + 1) cap *= 2;
-    b->s = xd_realloc(b->s, cap);
-    b->cap = cap;
-  }
-  memcpy(b->s + b->n, s, n);
-  b->n += n;
-  b->s[b->n] = 0;
-}
-static void hb_puts(hbuf *b, const char *s) { hb_putn(b, s, strlen(s)); }
-__attribute__((format(printf, 2, 3))) static void hb_printf(hbuf *b, const char *fmt, ...) {
-  char tmp[2048];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (n < 0) return;
-  if ((size_t)n < sizeof tmp) { hb_putn(b, tmp, (size_t)n); return; }
-  char *big = xd_malloc((size_t)n + 1);
-  va_start(ap, fmt);
-  vsnprintf(big, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  hb_putn(b, big, (size_t)n);
-  free(big);
-}
 /* Escaped text (element content and attribute values). */
-static void hb_esc(hbuf *b, const char *s) {
+static void html_esc(xd_sbuf *b, const char *s) {
   for (; s && *s; s++) {
     switch (*s) {
-      case '&': hb_puts(b, "&amp;"); break;
-      case '<': hb_puts(b, "&lt;"); break;
-      case '>': hb_puts(b, "&gt;"); break;
-      case '"': hb_puts(b, "&quot;"); break;
-      case '\'': hb_puts(b, "&#39;"); break;
+      case '&': xd_sbuf_puts(b, "&amp;"); break;
+      case '<': xd_sbuf_puts(b, "&lt;"); break;
+      case '>': xd_sbuf_puts(b, "&gt;"); break;
+      case '"': xd_sbuf_puts(b, "&quot;"); break;
+      case '\'': xd_sbuf_puts(b, "&#39;"); break;
       default:
-        if ((unsigned char)*s < 0x20 && *s != '\n' && *s != '\t') hb_puts(b, "?");
-        else hb_putn(b, s, 1);
+        if ((unsigned char)*s < 0x20 && *s != '\n' && *s != '\t') xd_sbuf_puts(b, "?");
+        else xd_sbuf_putn(b, s, 1);
     }
   }
 }
@@ -199,36 +167,36 @@ static double fx(const frame *f, double x) { return f->px + (x - f->x0) / (f->x1
 static double fy(const frame *f, double y) { return f->py + f->ph - (y - f->y0) / (f->y1 - f->y0) * f->ph; }
 
 /* Axes with grid lines, tick labels and axis titles. */
-static void draw_axes(hbuf *b, const frame *f, const char *xlabel, const char *ylabel, int yticks_pct) {
+static void draw_axes(xd_sbuf *b, const frame *f, const char *xlabel, const char *ylabel, int yticks_pct) {
   const double ylab_dx = f->px > 75 ? 62 : 48; /* room for the widest tick labels */
   double xs = nice_step(f->x1 - f->x0, 6), ys = nice_step(f->y1 - f->y0, 5);
-  hb_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' class='plot'/>\n", f->px, f->py, f->pw, f->ph);
+  xd_sbuf_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' class='plot'/>\n", f->px, f->py, f->pw, f->ph);
   for (double y = ceil(f->y0 / ys - 1e-9) * ys; y <= f->y1 + 1e-9 * ys; y += ys) {
     char t[32];
     if (yticks_pct) snprintf(t, sizeof t, "%.0f%%", 100 * y);
     else fmt_num(t, sizeof t, fabs(y) < 1e-12 * ys ? 0 : y);
-    hb_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/>", f->px, f->px + f->pw, fy(f, y), fy(f, y));
-    hb_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>%s</text>\n", f->px - 6, fy(f, y) + 4, t);
+    xd_sbuf_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/>", f->px, f->px + f->pw, fy(f, y), fy(f, y));
+    xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>%s</text>\n", f->px - 6, fy(f, y) + 4, t);
   }
   for (double x = ceil(f->x0 / xs - 1e-9) * xs; x <= f->x1 + 1e-9 * xs; x += xs) {
     char t[32];
     fmt_num(t, sizeof t, fabs(x) < 1e-12 * xs ? 0 : x);
-    hb_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/>", fx(f, x), fx(f, x), f->py, f->py + f->ph);
-    hb_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%s</text>\n", fx(f, x), f->py + f->ph + 16, t);
+    xd_sbuf_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/>", fx(f, x), fx(f, x), f->py, f->py + f->ph);
+    xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%s</text>\n", fx(f, x), f->py + f->ph + 16, t);
   }
-  hb_printf(b, "<text x='%.1f' y='%.1f' class='axis' text-anchor='middle'>", f->px + f->pw / 2, f->py + f->ph + 36);
-  hb_esc(b, xlabel);
-  hb_printf(b, "</text><text class='axis' text-anchor='middle' transform='translate(%.1f %.1f) rotate(-90)'>", f->px - ylab_dx, f->py + f->ph / 2);
-  hb_esc(b, ylabel);
-  hb_puts(b, "</text>\n");
+  xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='axis' text-anchor='middle'>", f->px + f->pw / 2, f->py + f->ph + 36);
+  html_esc(b, xlabel);
+  xd_sbuf_printf(b, "</text><text class='axis' text-anchor='middle' transform='translate(%.1f %.1f) rotate(-90)'>", f->px - ylab_dx, f->py + f->ph / 2);
+  html_esc(b, ylabel);
+  xd_sbuf_puts(b, "</text>\n");
 }
 
 /* ---- sections ------------------------------------------------------------------------- */
 static double grid_alpha(int k, int n) { return (double)k / (double)n; }
 
-static void section_summary(hbuf *b, const xd_report_input *in) {
+static void section_summary(xd_sbuf *b, const xd_report_input *in) {
   const xd_compare *c = in->cmp;
-  hb_puts(b, "<section class='cards'>\n");
+  xd_sbuf_puts(b, "<section class='cards'>\n");
   if (c) {
     char as[32];
     if (c->k_star >= 0) snprintf(as, sizeof as, "%.4g", grid_alpha(c->k_star, c->n));
@@ -237,21 +205,21 @@ static void section_summary(hbuf *b, const xd_report_input *in) {
     size_t nr = 0;
     for (size_t i = 0; i < c->n_rows; i++)
       if (isfinite(c->rows[i].recovery)) { rec += c->rows[i].recovery; nr++; }
-    hb_printf(b, "<div class='card'><div class='k'>critical tolerance &alpha;*</div><div class='v'>%s</div><div class='s'>smallest &alpha; with C<sub>&alpha;</sub> &ge; 0.5</div></div>\n", as);
-    hb_printf(b, "<div class='card'><div class='k'>C<sub>0</sub> (win-and-tie at &alpha; = 0)</div><div class='v'>%.3f</div><div class='s'>%s</div></div>\n",
+    xd_sbuf_printf(b, "<div class='card'><div class='k'>critical tolerance &alpha;*</div><div class='v'>%s</div><div class='s'>smallest &alpha; with C<sub>&alpha;</sub> &ge; 0.5</div></div>\n", as);
+    xd_sbuf_printf(b, "<div class='card'><div class='k'>C<sub>0</sub> (win-and-tie at &alpha; = 0)</div><div class='v'>%.3f</div><div class='s'>%s</div></div>\n",
               c->curve[0], c->curve[0] >= 0.5 ? "lossless (C<sub>0</sub> &ge; 0.5)" : "not lossless");
-    hb_printf(b, "<div class='card'><div class='k'>mean recovery</div><div class='v'>%.1f%%</div><div class='s'>student / teacher over %zu tasks</div></div>\n",
+    xd_sbuf_printf(b, "<div class='card'><div class='k'>mean recovery</div><div class='v'>%.1f%%</div><div class='s'>student / teacher over %zu tasks</div></div>\n",
               nr ? 100 * rec / (double)nr : 0.0, nr);
     size_t wins = 0;
     for (size_t i = 0; i < c->n_rows; i++) wins += c->rows[i].min_k == 0;
-    hb_printf(b, "<div class='card'><div class='k'>tasks won or tied</div><div class='v'>%zu / %zu</div><div class='s'>at &alpha; = 0</div></div>\n", wins, c->n_rows);
+    xd_sbuf_printf(b, "<div class='card'><div class='k'>tasks won or tied</div><div class='v'>%zu / %zu</div><div class='s'>at &alpha; = 0</div></div>\n", wins, c->n_rows);
   } else {
-    hb_puts(b, "<div class='card wide'><div class='k'>comparison</div><div class='s'>needs a student and a teacher results file</div></div>\n");
+    xd_sbuf_puts(b, "<div class='card wide'><div class='k'>comparison</div><div class='s'>needs a student and a teacher results file</div></div>\n");
   }
-  hb_puts(b, "</section>\n");
+  xd_sbuf_puts(b, "</section>\n");
 }
 
-static void section_curve(hbuf *b, const xd_compare *c) {
+static void section_curve(xd_sbuf *b, const xd_compare *c) {
   /* x range: to where the curve reaches its maximum, with margin, at least 0.05 */
   int kmax = 0;
   for (size_t i = 0; i < c->n_rows; i++)
@@ -265,31 +233,31 @@ static void section_curve(hbuf *b, const xd_compare *c) {
   int kend = (int)floor(xmax * c->n + 0.5);
   if (kend > c->n) kend = c->n;
   frame f = {0, xmax, 0, 1.0, 70, 20, 880, 300};
-  hb_puts(b, "<section><h2>Win-and-Tie curve</h2>\n<p class='note'>C<sub>&alpha;</sub> = share of tasks where the student scores at least (1 &minus; &alpha;) &times; the teacher (ties win). "
+  xd_sbuf_puts(b, "<section><h2>Win-and-Tie curve</h2>\n<p class='note'>C<sub>&alpha;</sub> = share of tasks where the student scores at least (1 &minus; &alpha;) &times; the teacher (ties win). "
              "&alpha;* is the smallest &alpha; on the grid where C<sub>&alpha;</sub> reaches 0.5.</p>\n");
-  hb_puts(b, "<svg viewBox='0 0 980 370' class='chart' role='img' aria-label='C_alpha curve'>\n");
+  xd_sbuf_puts(b, "<svg viewBox='0 0 980 370' class='chart' role='img' aria-label='C_alpha curve'>\n");
   draw_axes(b, &f, "tolerance \xce\xb1", "C\xce\xb1", 0);
-  hb_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='half'/>", f.px, f.px + f.pw, fy(&f, 0.5), fy(&f, 0.5));
-  hb_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>C = 0.5</text>\n", f.px + f.pw - 4, fy(&f, 0.5) - 5);
+  xd_sbuf_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='half'/>", f.px, f.px + f.pw, fy(&f, 0.5), fy(&f, 0.5));
+  xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>C = 0.5</text>\n", f.px + f.pw - 4, fy(&f, 0.5) - 5);
   /* step function: C is right-continuous in alpha */
-  hb_printf(b, "<path class='curve' d='M%.1f %.1f", fx(&f, 0), fy(&f, c->curve[0]));
+  xd_sbuf_printf(b, "<path class='curve' d='M%.1f %.1f", fx(&f, 0), fy(&f, c->curve[0]));
   for (int k = 1; k <= kend; k++)
-    if (c->curve[k] != c->curve[k - 1]) hb_printf(b, " H%.1f V%.1f", fx(&f, grid_alpha(k, c->n)), fy(&f, c->curve[k]));
-  hb_printf(b, " H%.1f'/>\n", fx(&f, xmax));
+    if (c->curve[k] != c->curve[k - 1]) xd_sbuf_printf(b, " H%.1f V%.1f", fx(&f, grid_alpha(k, c->n)), fy(&f, c->curve[k]));
+  xd_sbuf_printf(b, " H%.1f'/>\n", fx(&f, xmax));
   if (c->k_star >= 0 && c->k_star <= kend) {
     double ax = fx(&f, grid_alpha(c->k_star, c->n)), ay = fy(&f, c->curve[c->k_star]);
-    hb_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='astar'/>", ax, ax, f.py, f.py + f.ph);
-    hb_printf(b, "<circle cx='%.1f' cy='%.1f' r='5' class='astar-dot'/>", ax, ay);
+    xd_sbuf_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='astar'/>", ax, ax, f.py, f.py + f.ph);
+    xd_sbuf_printf(b, "<circle cx='%.1f' cy='%.1f' r='5' class='astar-dot'/>", ax, ay);
     int right = ax > f.px + f.pw * 0.75;
-    hb_printf(b, "<text x='%.1f' y='%.1f' class='astar-label' text-anchor='%s'>\xce\xb1* = %.4g</text>\n", ax + (right ? -8 : 8), f.py + 16,
+    xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='astar-label' text-anchor='%s'>\xce\xb1* = %.4g</text>\n", ax + (right ? -8 : 8), f.py + 16,
               right ? "end" : "start", grid_alpha(c->k_star, c->n));
   }
-  hb_puts(b, "</svg>\n</section>\n");
+  xd_sbuf_puts(b, "</svg>\n</section>\n");
 }
 
-static void section_tasks(hbuf *b, const xd_report_input *in) {
+static void section_tasks(xd_sbuf *b, const xd_report_input *in) {
   const xd_compare *c = in->cmp;
-  hb_puts(b, "<section><h2>Per-task scores</h2>\n");
+  xd_sbuf_puts(b, "<section><h2>Per-task scores</h2>\n");
   if (c) {
     const double rowh = 34, top = 30, left = 200, w = 560;
     double h = top + rowh * (double)c->n_rows + 30;
@@ -297,48 +265,48 @@ static void section_tasks(hbuf *b, const xd_report_input *in) {
     for (size_t i = 0; i < c->n_rows; i++) vmax = fmax(vmax, fmax(c->rows[i].student, c->rows[i].teacher));
     if (vmax <= 0) vmax = 1;
     double scale = vmax <= 1 ? 1 : vmax;
-    hb_printf(b, "<svg viewBox='0 0 980 %.0f' class='chart' role='img' aria-label='per-task scores'>\n", h);
-    hb_printf(b, "<rect x='%.0f' y='6' width='12' height='12' class='bar-t'/><text x='%.0f' y='16' class='tick'>teacher</text>", left, left + 18);
-    hb_printf(b, "<rect x='%.0f' y='6' width='12' height='12' class='bar-s'/><text x='%.0f' y='16' class='tick'>student</text>", left + 90, left + 108);
-    hb_printf(b, "<text x='%.0f' y='16' class='tick' text-anchor='end'>recovery</text><text x='%.0f' y='16' class='tick' text-anchor='end'>&#945; needed</text>\n", left + w + 120, left + w + 200);
+    xd_sbuf_printf(b, "<svg viewBox='0 0 980 %.0f' class='chart' role='img' aria-label='per-task scores'>\n", h);
+    xd_sbuf_printf(b, "<rect x='%.0f' y='6' width='12' height='12' class='bar-t'/><text x='%.0f' y='16' class='tick'>teacher</text>", left, left + 18);
+    xd_sbuf_printf(b, "<rect x='%.0f' y='6' width='12' height='12' class='bar-s'/><text x='%.0f' y='16' class='tick'>student</text>", left + 90, left + 108);
+    xd_sbuf_printf(b, "<text x='%.0f' y='16' class='tick' text-anchor='end'>recovery</text><text x='%.0f' y='16' class='tick' text-anchor='end'>&#945; needed</text>\n", left + w + 120, left + w + 200);
     for (int g = 0; g <= 4; g++) {
       double x = left + w * g / 4.0;
-      hb_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/><text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%.3g</text>\n", x, x, top - 4,
+      xd_sbuf_printf(b, "<line x1='%.1f' x2='%.1f' y1='%.1f' y2='%.1f' class='grid'/><text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%.3g</text>\n", x, x, top - 4,
                 top + rowh * (double)c->n_rows, x, top + rowh * (double)c->n_rows + 16, scale * g / 4.0);
     }
     for (size_t i = 0; i < c->n_rows; i++) {
       const xd_compare_row *r = &c->rows[i];
       double y = top + rowh * (double)i;
-      hb_printf(b, "<text x='%.0f' y='%.1f' class='label' text-anchor='end'>", left - 10, y + 15);
-      hb_esc(b, r->task);
-      hb_printf(b, "</text><text x='%.0f' y='%.1f' class='sub' text-anchor='end'>", left - 10, y + 27);
-      hb_esc(b, r->metric);
-      hb_puts(b, "</text>");
+      xd_sbuf_printf(b, "<text x='%.0f' y='%.1f' class='label' text-anchor='end'>", left - 10, y + 15);
+      html_esc(b, r->task);
+      xd_sbuf_printf(b, "</text><text x='%.0f' y='%.1f' class='sub' text-anchor='end'>", left - 10, y + 27);
+      html_esc(b, r->metric);
+      xd_sbuf_puts(b, "</text>");
       double wt = fmax(0, r->teacher / scale * w), ws = fmax(0, r->student / scale * w);
-      hb_printf(b, "<rect x='%.0f' y='%.1f' width='%.1f' height='12' class='bar-t'><title>teacher %.4f</title></rect>", left, y + 3, fmin(wt, w), r->teacher);
-      hb_printf(b, "<rect x='%.0f' y='%.1f' width='%.1f' height='12' class='bar-s'><title>student %.4f</title></rect>", left, y + 16, fmin(ws, w), r->student);
-      hb_printf(b, "<text x='%.1f' y='%.1f' class='val'>%.3f</text><text x='%.1f' y='%.1f' class='val'>%.3f</text>", left + fmin(wt, w) + 5, y + 13, r->teacher,
+      xd_sbuf_printf(b, "<rect x='%.0f' y='%.1f' width='%.1f' height='12' class='bar-t'><title>teacher %.4f</title></rect>", left, y + 3, fmin(wt, w), r->teacher);
+      xd_sbuf_printf(b, "<rect x='%.0f' y='%.1f' width='%.1f' height='12' class='bar-s'><title>student %.4f</title></rect>", left, y + 16, fmin(ws, w), r->student);
+      xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='val'>%.3f</text><text x='%.1f' y='%.1f' class='val'>%.3f</text>", left + fmin(wt, w) + 5, y + 13, r->teacher,
                 left + fmin(ws, w) + 5, y + 26, r->student);
       char rec[32], am[32];
       if (isfinite(r->recovery)) snprintf(rec, sizeof rec, "%.1f%%", 100 * r->recovery);
       else snprintf(rec, sizeof rec, "&#8211;");
       if (r->min_k >= 0) snprintf(am, sizeof am, "%.4g", grid_alpha(r->min_k, c->n));
       else snprintf(am, sizeof am, "&#8211;");
-      hb_printf(b, "<text x='%.0f' y='%.1f' class='rec %s' text-anchor='end'>%s</text>", left + w + 120, y + 21, r->min_k == 0 ? "good" : "warn", rec);
-      hb_printf(b, "<text x='%.0f' y='%.1f' class='val' text-anchor='end'>%s</text>\n", left + w + 200, y + 21, am);
+      xd_sbuf_printf(b, "<text x='%.0f' y='%.1f' class='rec %s' text-anchor='end'>%s</text>", left + w + 120, y + 21, r->min_k == 0 ? "good" : "warn", rec);
+      xd_sbuf_printf(b, "<text x='%.0f' y='%.1f' class='val' text-anchor='end'>%s</text>\n", left + w + 200, y + 21, am);
     }
-    hb_puts(b, "</svg>\n");
+    xd_sbuf_puts(b, "</svg>\n");
     if (c->n_skipped) {
-      hb_puts(b, "<p class='note'>Not in C<sub>&alpha;</sub>: ");
+      xd_sbuf_puts(b, "<p class='note'>Not in C<sub>&alpha;</sub>: ");
       for (size_t i = 0; i < c->n_skipped; i++) {
-        if (i) hb_puts(b, "; ");
-        hb_esc(b, c->skipped[i]);
+        if (i) xd_sbuf_puts(b, "; ");
+        html_esc(b, c->skipped[i]);
       }
-      hb_puts(b, ".</p>\n");
+      xd_sbuf_puts(b, ".</p>\n");
     }
   }
   /* every metric of every task: teacher and student side by side */
-  hb_puts(b, "<table><thead><tr><th>task</th><th class='num'>n</th><th>metric</th><th class='num'>teacher</th><th class='num'>student</th></tr></thead><tbody>\n");
+  xd_sbuf_puts(b, "<table><thead><tr><th>task</th><th class='num'>n</th><th>metric</th><th class='num'>teacher</th><th class='num'>student</th></tr></thead><tbody>\n");
   const xd_results *base = in->teacher ? in->teacher : in->student;
   for (int pass = 0; pass < 2; pass++) {
     /* pass 0: tasks of the teacher (or the only file); pass 1: student-only tasks */
@@ -355,26 +323,26 @@ static void section_tasks(hbuf *b, const xd_report_input *in) {
       for (int m = 0; m < tr->n_metrics; m++) {
         const xd_metric *mt = &tr->metrics[m];
         const xd_metric *mv[2] = {te ? xd_task_result_metric(te, mt->name) : NULL, st ? xd_task_result_metric(st, mt->name) : NULL};
-        hb_puts(b, "<tr><td>");
-        if (m == 0) hb_esc(b, tr->task);
-        hb_puts(b, "</td><td class='num'>");
-        if (m == 0) hb_printf(b, "%zu", tr->n);
-        hb_puts(b, "</td><td>");
-        hb_esc(b, mt->name);
-        hb_printf(b, "%s%s</td>", !strcmp(mt->name, tr->primary) ? " &#9733;" : "", mt->higher_is_better ? "" : " <span class='sub2'>(lower is better)</span>");
+        xd_sbuf_puts(b, "<tr><td>");
+        if (m == 0) html_esc(b, tr->task);
+        xd_sbuf_puts(b, "</td><td class='num'>");
+        if (m == 0) xd_sbuf_printf(b, "%zu", tr->n);
+        xd_sbuf_puts(b, "</td><td>");
+        html_esc(b, mt->name);
+        xd_sbuf_printf(b, "%s%s</td>", !strcmp(mt->name, tr->primary) ? " &#9733;" : "", mt->higher_is_better ? "" : " <span class='sub2'>(lower is better)</span>");
         for (int f = 0; f < 2; f++) {
-          if (mv[f]) hb_printf(b, "<td class='num%s'>%.4f</td>", f ? " stu" : "", mv[f]->value);
-          else hb_puts(b, "<td class='num'>&#8211;</td>");
+          if (mv[f]) xd_sbuf_printf(b, "<td class='num%s'>%.4f</td>", f ? " stu" : "", mv[f]->value);
+          else xd_sbuf_puts(b, "<td class='num'>&#8211;</td>");
         }
-        hb_puts(b, "</tr>\n");
+        xd_sbuf_puts(b, "</tr>\n");
       }
     }
   }
-  hb_puts(b, "</tbody></table>\n<p class='note'>&#9733; primary metric (the one C<sub>&alpha;</sub> uses).</p>\n");
-  hb_puts(b, "</section>\n");
+  xd_sbuf_puts(b, "</tbody></table>\n<p class='note'>&#9733; primary metric (the one C<sub>&alpha;</sub> uses).</p>\n");
+  xd_sbuf_puts(b, "</section>\n");
 }
 
-static void chart_series(hbuf *b, const xd_series *s, const char *title) {
+static void chart_series(xd_sbuf *b, const xd_series *s, const char *title) {
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (size_t i = 0; i < s->n; i++) {
     x0 = fmin(x0, s->step[i]);
@@ -388,20 +356,20 @@ static void chart_series(hbuf *b, const xd_series *s, const char *title) {
   y0 = floor(y0 / ys) * ys;
   y1 = ceil(y1 / ys) * ys;
   frame f = {x0, x1, y0, y1, 80, 34, 360, 180};
-  hb_puts(b, "<figure class='mini'><svg viewBox='0 0 470 270' class='chart' role='img'>\n");
-  hb_puts(b, "<text x='70' y='20' class='ctitle'>");
-  hb_esc(b, title);
-  hb_puts(b, "</text>\n");
+  xd_sbuf_puts(b, "<figure class='mini'><svg viewBox='0 0 470 270' class='chart' role='img'>\n");
+  xd_sbuf_puts(b, "<text x='70' y='20' class='ctitle'>");
+  html_esc(b, title);
+  xd_sbuf_puts(b, "</text>\n");
   draw_axes(b, &f, "step", s->name, 0);
-  hb_puts(b, "<polyline class='series' points='");
-  for (size_t i = 0; i < s->n; i++) hb_printf(b, "%.1f,%.1f ", fx(&f, s->step[i]), fy(&f, s->value[i]));
-  hb_puts(b, "'/>\n");
-  if (s->n == 1) hb_printf(b, "<circle cx='%.1f' cy='%.1f' r='3' class='astar-dot'/>", fx(&f, s->step[0]), fy(&f, s->value[0]));
-  hb_puts(b, "</svg></figure>\n");
+  xd_sbuf_puts(b, "<polyline class='series' points='");
+  for (size_t i = 0; i < s->n; i++) xd_sbuf_printf(b, "%.1f,%.1f ", fx(&f, s->step[i]), fy(&f, s->value[i]));
+  xd_sbuf_puts(b, "'/>\n");
+  if (s->n == 1) xd_sbuf_printf(b, "<circle cx='%.1f' cy='%.1f' r='3' class='astar-dot'/>", fx(&f, s->step[0]), fy(&f, s->value[0]));
+  xd_sbuf_puts(b, "</svg></figure>\n");
 }
 
-static void section_logs(hbuf *b, const xd_report_input *in) {
-  hb_puts(b, "<section><h2>Training curves</h2>\n<div class='grid2'>\n");
+static void section_logs(xd_sbuf *b, const xd_report_input *in) {
+  xd_sbuf_puts(b, "<section><h2>Training curves</h2>\n<div class='grid2'>\n");
   for (size_t l = 0; l < in->n_logs; l++) {
     const xd_metrics_log *log = &in->logs[l];
     const char *base = strrchr(log->path, '/');
@@ -414,7 +382,7 @@ static void section_logs(hbuf *b, const xd_report_input *in) {
       free(t);
     }
   }
-  hb_puts(b, "</div></section>\n");
+  xd_sbuf_puts(b, "</div></section>\n");
 }
 
 /* Viridis-like colour map from 5 stops, t in [0, 1]. */
@@ -431,7 +399,7 @@ static void colour(double t, int *r, int *g, int *b) {
   *b = (int)lround(stops[i][2] + u * (stops[i + 1][2] - stops[i][2]));
 }
 
-static void section_gates(hbuf *b, const xd_gates *g) {
+static void section_gates(xd_sbuf *b, const xd_gates *g) {
   double mean = 0, lo = 1, hi = 0;
   size_t n = (size_t)g->layers * (size_t)g->heads;
   for (size_t i = 0; i < n; i++) {
@@ -440,42 +408,42 @@ static void section_gates(hbuf *b, const xd_gates *g) {
     hi = fmax(hi, g->gate[i]);
   }
   mean /= (double)n;
-  hb_printf(b, "<section><h2>Mixing gate o per layer and head</h2>\n<p class='note'>o = share of the global (mLSTM) branch in each head's output; 1 &minus; o goes to the local sliding-window attention. "
+  xd_sbuf_printf(b, "<section><h2>Mixing gate o per layer and head</h2>\n<p class='note'>o = share of the global (mLSTM) branch in each head's output; 1 &minus; o goes to the local sliding-window attention. "
                "%d layers &times; %d heads; mean %.3f, min %.3f, max %.3f. Colour scale fixed to [0, 1].</p>\n", g->layers, g->heads, mean, lo, hi);
   const double left = 80, top = 40, maxw = 800, maxh = 900;
   double cw = fmin(56, maxw / g->heads), ch = fmin(30, fmax(4, maxh / g->layers));
   double W = left + cw * g->heads + 120, H = top + ch * g->layers + 12;
   int show_vals = cw >= 34 && ch >= 16;
   int hstep = (int)ceil(24.0 / cw), lstep = (int)ceil(14.0 / ch);
-  hb_printf(b, "<svg viewBox='0 0 %.0f %.0f' class='chart heat' style='max-width:%.0fpx' role='img' aria-label='gate heat map'>\n", W, H, W);
+  xd_sbuf_printf(b, "<svg viewBox='0 0 %.0f %.0f' class='chart heat' style='max-width:%.0fpx' role='img' aria-label='gate heat map'>\n", W, H, W);
   for (int h = 0; h < g->heads; h += hstep)
-    hb_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%d</text>", left + cw * (h + 0.5), top - 8, h);
-  hb_printf(b, "<text x='%.1f' y='%.1f' class='axis' text-anchor='middle'>head</text>\n", left + cw * g->heads / 2, top - 24);
+    xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='middle'>%d</text>", left + cw * (h + 0.5), top - 8, h);
+  xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='axis' text-anchor='middle'>head</text>\n", left + cw * g->heads / 2, top - 24);
   for (int l = 0; l < g->layers; l++) {
-    if (l % lstep == 0) hb_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>%d</text>", left - 6, top + ch * (l + 0.5) + 4, l);
+    if (l % lstep == 0) xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick' text-anchor='end'>%d</text>", left - 6, top + ch * (l + 0.5) + 4, l);
     for (int h = 0; h < g->heads; h++) {
       double v = g->gate[(size_t)l * (size_t)g->heads + (size_t)h];
       int r, gg, bb;
       colour(v, &r, &gg, &bb);
-      hb_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='rgb(%d,%d,%d)' shape-rendering='crispEdges'><title>layer %d head %d: o = %.4f</title></rect>", left + cw * h, top + ch * l,
+      xd_sbuf_printf(b, "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='rgb(%d,%d,%d)' shape-rendering='crispEdges'><title>layer %d head %d: o = %.4f</title></rect>", left + cw * h, top + ch * l,
                 cw, ch, r, gg, bb, l, h, v);
       if (show_vals)
-        hb_printf(b, "<text x='%.1f' y='%.1f' class='cell' fill='%s' text-anchor='middle'>%.2f</text>", left + cw * (h + 0.5), top + ch * (l + 0.5) + 4, v > 0.6 ? "#111" : "#fff", v);
+        xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='cell' fill='%s' text-anchor='middle'>%.2f</text>", left + cw * (h + 0.5), top + ch * (l + 0.5) + 4, v > 0.6 ? "#111" : "#fff", v);
     }
-    hb_puts(b, "\n");
+    xd_sbuf_puts(b, "\n");
   }
-  hb_printf(b, "<text class='axis' text-anchor='middle' transform='translate(%.1f %.1f) rotate(-90)'>layer</text>\n", left - 40, top + ch * g->layers / 2);
+  xd_sbuf_printf(b, "<text class='axis' text-anchor='middle' transform='translate(%.1f %.1f) rotate(-90)'>layer</text>\n", left - 40, top + ch * g->layers / 2);
   /* legend: vertical gradient bar of 50 steps with ticks */
   double lx = left + cw * g->heads + 30, lh = fmin(ch * g->layers, 260);
   for (int i = 0; i < 50; i++) {
     int r, gg, bb;
     colour(1 - (i + 0.5) / 50, &r, &gg, &bb);
-    hb_printf(b, "<rect x='%.1f' y='%.2f' width='16' height='%.2f' fill='rgb(%d,%d,%d)'/>", lx, top + lh * i / 50, lh / 50 + 0.3, r, gg, bb);
+    xd_sbuf_printf(b, "<rect x='%.1f' y='%.2f' width='16' height='%.2f' fill='rgb(%d,%d,%d)'/>", lx, top + lh * i / 50, lh / 50 + 0.3, r, gg, bb);
   }
   for (int i = 0; i <= 4; i++)
-    hb_printf(b, "<text x='%.1f' y='%.1f' class='tick'>%.2f</text>", lx + 22, top + lh * (1 - i / 4.0) + 4, i / 4.0);
-  hb_printf(b, "<text x='%.1f' y='%.1f' class='tick'>o</text>\n", lx + 4, top - 8);
-  hb_puts(b, "</svg>\n</section>\n");
+    xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick'>%.2f</text>", lx + 22, top + lh * (1 - i / 4.0) + 4, i / 4.0);
+  xd_sbuf_printf(b, "<text x='%.1f' y='%.1f' class='tick'>o</text>\n", lx + 4, top - 8);
+  xd_sbuf_puts(b, "</svg>\n</section>\n");
 }
 
 static const char *CSS =
@@ -505,26 +473,26 @@ static const char *CSS =
     "svg.heat{margin:0 auto}footer{color:#9aa5b1;font-size:12px;text-align:center;margin-top:24px}";
 
 char *xd_report_render(const xd_report_input *in) {
-  hbuf b = {0};
+  xd_sbuf b = {0};
   const char *title = in->title ? in->title : "xdistill evaluation report";
-  hb_puts(&b, "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>");
-  hb_esc(&b, title);
-  hb_puts(&b, "</title>\n<style>");
-  hb_puts(&b, CSS);
-  hb_puts(&b, "</style></head>\n<body><main>\n<header><h1>");
-  hb_esc(&b, title);
-  hb_puts(&b, "</h1><div class='meta'>");
-  if (in->student) { hb_puts(&b, "student <b>"); hb_esc(&b, in->student->model); hb_puts(&b, "</b>"); }
-  if (in->student && in->teacher) hb_puts(&b, " &nbsp;vs&nbsp; ");
-  if (in->teacher) { hb_puts(&b, "teacher <b>"); hb_esc(&b, in->teacher->model); hb_puts(&b, "</b>"); }
-  if (in->cmp) hb_printf(&b, " &nbsp;&middot;&nbsp; %zu tasks, &alpha; grid %g", in->cmp->n_rows, 1.0 / in->cmp->n);
-  hb_puts(&b, "</div></header>\n");
+  xd_sbuf_puts(&b, "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n<meta name='viewport' content='width=device-width, initial-scale=1'>\n<title>");
+  html_esc(&b, title);
+  xd_sbuf_puts(&b, "</title>\n<style>");
+  xd_sbuf_puts(&b, CSS);
+  xd_sbuf_puts(&b, "</style></head>\n<body><main>\n<header><h1>");
+  html_esc(&b, title);
+  xd_sbuf_puts(&b, "</h1><div class='meta'>");
+  if (in->student) { xd_sbuf_puts(&b, "student <b>"); html_esc(&b, in->student->model); xd_sbuf_puts(&b, "</b>"); }
+  if (in->student && in->teacher) xd_sbuf_puts(&b, " &nbsp;vs&nbsp; ");
+  if (in->teacher) { xd_sbuf_puts(&b, "teacher <b>"); html_esc(&b, in->teacher->model); xd_sbuf_puts(&b, "</b>"); }
+  if (in->cmp) xd_sbuf_printf(&b, " &nbsp;&middot;&nbsp; %zu tasks, &alpha; grid %g", in->cmp->n_rows, 1.0 / in->cmp->n);
+  xd_sbuf_puts(&b, "</div></header>\n");
   if (in->student || in->teacher) section_summary(&b, in);
   if (in->cmp) section_curve(&b, in->cmp);
   if (in->student || in->teacher) section_tasks(&b, in);
   if (in->n_logs) section_logs(&b, in);
   if (in->gates) section_gates(&b, in->gates);
-  hb_printf(&b, "<footer>generated by xdistill %s &middot; self-contained: no scripts, no external resources</footer>\n</main></body></html>\n", xd_version());
+  xd_sbuf_printf(&b, "<footer>generated by xdistill %s &middot; self-contained: no scripts, no external resources</footer>\n</main></body></html>\n", xd_version());
   return b.s;
 }
 

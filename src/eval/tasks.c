@@ -1,6 +1,7 @@
 /* Task readers: benchmark files -> xd_task documents (text), lm-evaluation-harness prompts. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "eval/tasks.h"
+#include "eval/strbuf.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -14,36 +15,11 @@
 
 #define TASK_MAX_FILE ((size_t)1 << 31) /* 2 GiB: guards against reading a wrong huge file */
 
-/* ---- small string builder ------------------------------------------------ */
-typedef struct {
-  char *s;
-  size_t n, cap;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-  if (b->n + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->n + n + 1) cap *= 2;
-    b->s = xd_realloc(b->s, cap);
-    b->cap = cap;
-  }
-  memcpy(b->s + b->n, s, n);
-  b->n += n;
-  b->s[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
-static char *sb_take(sbuf *b) {
-  if (!b->s) return xd_strdup("");
-  char *s = b->s;
-  b->s = NULL;
-  b->n = b->cap = 0;
-  return s;
-}
 static char *str_cat(const char *a, const char *b) {
-  sbuf s = {0};
-  sb_puts(&s, a);
-  sb_puts(&s, b);
-  return sb_take(&s);
+  xd_sbuf s = {0};
+  xd_sbuf_puts(&s, a);
+  xd_sbuf_puts(&s, b);
+  return xd_sbuf_take(&s);
 }
 
 const char *xd_task_kind_name(xd_task_kind k) {
@@ -108,7 +84,7 @@ static int read_text(const char *path, char **out, size_t *len, xd_err *e) {
   *out = NULL;
   gzFile gz = gzopen(path, "rb");
   if (!gz) return xd_errf(e, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
-  sbuf b = {0};
+  xd_sbuf b = {0};
   char chunk[65536];
   for (;;) {
     int r = gzread(gz, chunk, sizeof chunk);
@@ -126,11 +102,11 @@ static int read_text(const char *path, char **out, size_t *len, xd_err *e) {
       free(b.s);
       return xd_errf(e, "%s: more than %zu bytes (decompressed)", path, TASK_MAX_FILE);
     }
-    sb_putn(&b, chunk, (size_t)r);
+    xd_sbuf_putn(&b, chunk, (size_t)r);
   }
   gzclose(gz);
   *len = b.n;
-  *out = sb_take(&b);
+  *out = xd_sbuf_take(&b);
   return 0;
 }
 
@@ -239,11 +215,11 @@ static size_t fewshot_sample(xd_rng *rng, size_t pool, long self, size_t k, size
 /* ---- templates for user-defined tasks --------------------------------------- */
 /* Render "{field}" placeholders from a JSON object; "{{" and "}}" are literal braces. */
 static int render(const char *tmpl, const cJSON *doc, char **out, const char *where, xd_err *e) {
-  sbuf b = {0};
+  xd_sbuf b = {0};
   for (const char *p = tmpl; *p;) {
-    if (p[0] == '{' && p[1] == '{') { sb_putn(&b, "{", 1); p += 2; continue; }
-    if (p[0] == '}' && p[1] == '}') { sb_putn(&b, "}", 1); p += 2; continue; }
-    if (*p != '{') { sb_putn(&b, p, 1); p++; continue; }
+    if (p[0] == '{' && p[1] == '{') { xd_sbuf_putn(&b, "{", 1); p += 2; continue; }
+    if (p[0] == '}' && p[1] == '}') { xd_sbuf_putn(&b, "}", 1); p += 2; continue; }
+    if (*p != '{') { xd_sbuf_putn(&b, p, 1); p++; continue; }
     const char *close = strchr(p, '}');
     if (!close || close - p > 200) {
       free(b.s);
@@ -253,19 +229,19 @@ static int render(const char *tmpl, const cJSON *doc, char **out, const char *wh
     memcpy(key, p + 1, (size_t)(close - p - 1));
     key[close - p - 1] = 0;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, key);
-    if (cJSON_IsString(v)) sb_puts(&b, v->valuestring);
+    if (cJSON_IsString(v)) xd_sbuf_puts(&b, v->valuestring);
     else if (cJSON_IsNumber(v)) {
       char num[64];
       if (v->valuedouble == (double)(long long)v->valuedouble) snprintf(num, sizeof num, "%lld", (long long)v->valuedouble);
       else snprintf(num, sizeof num, "%.17g", v->valuedouble);
-      sb_puts(&b, num);
+      xd_sbuf_puts(&b, num);
     } else {
       free(b.s);
       return xd_errf(e, "%s: template field '%s' missing or not a string/number", where, key);
     }
     p = close + 1;
   }
-  *out = sb_take(&b);
+  *out = xd_sbuf_take(&b);
   return 0;
 }
 
@@ -306,10 +282,10 @@ static char *normalise_number(const char *s) {
   const char *hash = NULL;
   for (const char *p = strstr(s, "#### "); p; p = strstr(p + 1, "#### ")) hash = p;
   if (hash) s = hash + 5;
-  sbuf b = {0};
+  xd_sbuf b = {0};
   for (const char *p = s; *p; p++)
-    if (*p != ',' && *p != '$') sb_putn(&b, p, 1);
-  char *r = sb_take(&b);
+    if (*p != ',' && *p != '$') xd_sbuf_putn(&b, p, 1);
+  char *r = xd_sbuf_take(&b);
   size_t n = strlen(r);
   if (n && r[n - 1] == '.') r[--n] = 0;
   size_t a = 0;
@@ -412,7 +388,7 @@ static int read_mc(xd_task *t, load_ctx *c, xd_err *e) {
       rc = xd_errf(e, "%s:%zu: expected {query: string, choices: [string...], gold: index into choices}", c->path, rows.lineno[i]);
       break;
     }
-    sbuf ctx = {0};
+    xd_sbuf ctx = {0};
     size_t got = pool_draw(&pool, c, k, i);
     for (size_t s = 0; s < got; s++) {
       const cJSON *so = pool.pool->rows[pool.pick[s]];
@@ -422,16 +398,16 @@ static int read_mc(xd_task *t, load_ctx *c, xd_err *e) {
       const cJSON *sgold = NULL;
       if (sq && !jint(so, "gold", &sg) && cJSON_IsArray(sch)) sgold = cJSON_GetArrayItem(sch, sg);
       if (!cJSON_IsString(sgold)) continue; /* a malformed shot is skipped, the pool is untrusted too */
-      sb_puts(&ctx, sq);
-      sb_puts(&ctx, c->query_suffix);
-      sb_puts(&ctx, c->tdelim);
-      sb_puts(&ctx, sgold->valuestring);
-      sb_puts(&ctx, c->fdelim);
+      xd_sbuf_puts(&ctx, sq);
+      xd_sbuf_puts(&ctx, c->query_suffix);
+      xd_sbuf_puts(&ctx, c->tdelim);
+      xd_sbuf_puts(&ctx, sgold->valuestring);
+      xd_sbuf_puts(&ctx, c->fdelim);
     }
-    sb_puts(&ctx, q);
-    sb_puts(&ctx, c->query_suffix);
+    xd_sbuf_puts(&ctx, q);
+    xd_sbuf_puts(&ctx, c->query_suffix);
     xd_task_doc *d = task_push_doc(t, &cap);
-    d->context = sb_take(&ctx);
+    d->context = xd_sbuf_take(&ctx);
     d->n_choices = nch;
     d->gold = gold;
     d->continuations = xd_calloc((size_t)nch, sizeof(char *));
@@ -462,7 +438,7 @@ static int read_winogrande(xd_task *t, load_ctx *c, xd_err *e) {
       rc = xd_errf(e, "%s:%zu: expected {context_options: [string...], continuation: string, gold: index}", c->path, rows.lineno[i]);
       break;
     }
-    sbuf pre = {0};
+    xd_sbuf pre = {0};
     size_t got = pool_draw(&pool, c, k, i);
     for (size_t s = 0; s < got; s++) {
       const cJSON *so = pool.pool->rows[pool.pick[s]];
@@ -472,10 +448,10 @@ static int read_winogrande(xd_task *t, load_ctx *c, xd_err *e) {
       const cJSON *sopt = NULL;
       if (scont && !jint(so, "gold", &sg) && cJSON_IsArray(sopts)) sopt = cJSON_GetArrayItem(sopts, sg);
       if (!cJSON_IsString(sopt)) continue;
-      sb_puts(&pre, sopt->valuestring);
-      sb_puts(&pre, c->tdelim);
-      sb_puts(&pre, scont);
-      sb_puts(&pre, c->fdelim);
+      xd_sbuf_puts(&pre, sopt->valuestring);
+      xd_sbuf_puts(&pre, c->tdelim);
+      xd_sbuf_puts(&pre, scont);
+      xd_sbuf_puts(&pre, c->fdelim);
     }
     xd_task_doc *d = task_push_doc(t, &cap);
     d->n_choices = nopt;
@@ -579,11 +555,11 @@ static int gsm8k_fields(const cJSON *o, const char **q, char **full) {
   *q = jstr(o, "context");
   const char *cot = jstr(o, "chain_of_thought");
   if (*q && a && cot) {
-    sbuf b = {0};
-    sb_puts(&b, cot);
-    sb_puts(&b, "\n#### ");
-    sb_puts(&b, a);
-    *full = sb_take(&b);
+    xd_sbuf b = {0};
+    xd_sbuf_puts(&b, cot);
+    xd_sbuf_puts(&b, "\n#### ");
+    xd_sbuf_puts(&b, a);
+    *full = xd_sbuf_take(&b);
     return 0;
   }
   return -1;
@@ -607,24 +583,24 @@ static int read_gsm8k(xd_task *t, load_ctx *c, xd_err *e) {
       rc = xd_errf(e, "%s:%zu: expected {question, answer} or {context, chain_of_thought, answer}", c->path, rows.lineno[i]);
       break;
     }
-    sbuf p = {0};
+    xd_sbuf p = {0};
     size_t got = pool_draw(&pool, c, k, i);
     for (size_t s = 0; s < got; s++) {
       const char *sq;
       char *sfull;
       if (gsm8k_fields(pool.pool->rows[pool.pick[s]], &sq, &sfull)) continue;
-      sb_puts(&p, "Question: ");
-      sb_puts(&p, sq);
-      sb_puts(&p, "\nAnswer: ");
-      sb_puts(&p, sfull);
-      sb_puts(&p, "\n\n");
+      xd_sbuf_puts(&p, "Question: ");
+      xd_sbuf_puts(&p, sq);
+      xd_sbuf_puts(&p, "\nAnswer: ");
+      xd_sbuf_puts(&p, sfull);
+      xd_sbuf_puts(&p, "\n\n");
       free(sfull);
     }
-    sb_puts(&p, "Question: ");
-    sb_puts(&p, q);
-    sb_puts(&p, "\nAnswer:");
+    xd_sbuf_puts(&p, "Question: ");
+    xd_sbuf_puts(&p, q);
+    xd_sbuf_puts(&p, "\nAnswer:");
     xd_task_doc *d = task_push_doc(t, &cap);
-    d->prompt = sb_take(&p);
+    d->prompt = xd_sbuf_take(&p);
     d->answer = xd_extract_answer(full, XD_EXTRACT_GSM8K, NULL);
     free(full);
   }
@@ -654,7 +630,7 @@ static int csv_parse(const char *path, const char *buf, size_t len, csv_row **ou
     csv_row r = {NULL, 0, line};
     int fcap = 0;
     for (;;) { /* one field */
-      sbuf f = {0};
+      xd_sbuf f = {0};
       if (i < len && buf[i] == '"') {
         size_t start_line = line;
         i++;
@@ -666,22 +642,22 @@ static int csv_parse(const char *path, const char *buf, size_t len, csv_row **ou
             return xd_errf(e, "%s:%zu: unterminated quoted field", path, start_line);
           }
           if (buf[i] == '"') {
-            if (i + 1 < len && buf[i + 1] == '"') { sb_putn(&f, "\"", 1); i += 2; continue; }
+            if (i + 1 < len && buf[i + 1] == '"') { xd_sbuf_putn(&f, "\"", 1); i += 2; continue; }
             i++;
             break;
           }
           if (buf[i] == '\n') line++;
-          sb_putn(&f, buf + i, 1);
+          xd_sbuf_putn(&f, buf + i, 1);
           i++;
         }
       } else {
-        while (i < len && buf[i] != ',' && buf[i] != '\n' && buf[i] != '\r') sb_putn(&f, buf + i++, 1);
+        while (i < len && buf[i] != ',' && buf[i] != '\n' && buf[i] != '\r') xd_sbuf_putn(&f, buf + i++, 1);
       }
       if (r.nf == fcap) {
         fcap = fcap ? fcap * 2 : 8;
         r.f = xd_realloc(r.f, (size_t)fcap * sizeof *r.f);
       }
-      r.f[r.nf++] = sb_take(&f);
+      r.f[r.nf++] = xd_sbuf_take(&f);
       if (r.nf > 64) {
         str_array_free(r.f, r.nf);
         csv_free(rows, n);
@@ -734,22 +710,22 @@ static int mmlu_read(const char *path, csv_row **rows, size_t *n, size_t *first,
   return 0;
 }
 
-static void mmlu_render(sbuf *b, const csv_row *r, int with_answer) {
+static void mmlu_render(xd_sbuf *b, const csv_row *r, int with_answer) {
   static const char letters[] = "ABCD";
   const char *q = r->f[0];
   size_t qa = 0, qn = strlen(q);
   while (q[qa] && isspace((unsigned char)q[qa])) qa++;
   while (qn > qa && isspace((unsigned char)q[qn - 1])) qn--;
-  sb_putn(b, q + qa, qn - qa);
+  xd_sbuf_putn(b, q + qa, qn - qa);
   for (int j = 0; j < 4; j++) {
     char l[4] = {'\n', letters[j], '.', ' '};
-    sb_putn(b, l, 4);
-    sb_puts(b, r->f[1 + j]);
+    xd_sbuf_putn(b, l, 4);
+    xd_sbuf_puts(b, r->f[1 + j]);
   }
-  sb_puts(b, "\nAnswer:");
+  xd_sbuf_puts(b, "\nAnswer:");
   if (with_answer) {
     char a[3] = {' ', letters[mmlu_answer(r->f[5])], 0};
-    sb_puts(b, a);
+    xd_sbuf_puts(b, a);
   }
 }
 
@@ -773,20 +749,20 @@ static int mmlu_file(xd_task *t, size_t *cap, const char *path, const char *dev_
   if (mmlu_read(path, &rows, &n, &first, e)) return -1;
   if (k && dev_path && mmlu_read(dev_path, &dev, &ndev, &dfirst, e)) { csv_free(rows, n); return -1; }
   char *subject = mmlu_subject(path);
-  sbuf pre = {0};
-  sb_puts(&pre, "The following are multiple choice questions (with answers) about ");
-  sb_puts(&pre, subject);
-  sb_puts(&pre, ".\n\n");
+  xd_sbuf pre = {0};
+  xd_sbuf_puts(&pre, "The following are multiple choice questions (with answers) about ");
+  xd_sbuf_puts(&pre, subject);
+  xd_sbuf_puts(&pre, ".\n\n");
   for (size_t s = dfirst; dev && s < ndev && s - dfirst < k; s++) { /* lm-eval: first k of dev */
     mmlu_render(&pre, &dev[s], 1);
-    sb_puts(&pre, "\n\n");
+    xd_sbuf_puts(&pre, "\n\n");
   }
   for (size_t i = first; i < n && !check_limit(c, t->n_docs); i++) {
     xd_task_doc *d = task_push_doc(t, cap);
-    sbuf ctx = {0};
-    sb_puts(&ctx, pre.s);
+    xd_sbuf ctx = {0};
+    xd_sbuf_puts(&ctx, pre.s);
     mmlu_render(&ctx, &rows[i], 0);
-    d->context = sb_take(&ctx);
+    d->context = xd_sbuf_take(&ctx);
     d->n_choices = 4;
     d->gold = mmlu_answer(rows[i].f[5]);
     d->continuations = xd_calloc(4, sizeof(char *));
@@ -940,7 +916,7 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
   for (size_t i = 0; i < rows.n && !check_limit(c, i) && !rc; i++) {
     const cJSON *o = rows.rows[i];
     snprintf(where, sizeof where, "%s:%zu", c->path, rows.lineno[i]);
-    sbuf p = {0};
+    xd_sbuf p = {0};
     size_t got = pool_draw(&pool, c, k, i);
     for (size_t s = 0; s < got && !rc; s++) {
       const cJSON *so = pool.pool->rows[pool.pick[s]];
@@ -959,15 +935,15 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
       }
       if (!tgt) continue;
       if (render(tmpl, so, &r, where, e)) { rc = -1; break; }
-      sb_puts(&p, r);
-      sb_puts(&p, tdelim);
-      sb_puts(&p, tgt);
-      sb_puts(&p, fdelim);
+      xd_sbuf_puts(&p, r);
+      xd_sbuf_puts(&p, tdelim);
+      xd_sbuf_puts(&p, tgt);
+      xd_sbuf_puts(&p, fdelim);
       free(r);
     }
     char *r = NULL;
     if (rc || render(tmpl, o, &r, where, e)) { free(p.s); rc = -1; break; }
-    sb_puts(&p, r);
+    xd_sbuf_puts(&p, r);
     free(r);
     if (mc) {
       char **ch = NULL;
@@ -979,7 +955,7 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
         break;
       }
       xd_task_doc *d = task_push_doc(t, &cap);
-      d->context = sb_take(&p);
+      d->context = xd_sbuf_take(&p);
       d->n_choices = nch;
       d->gold = g;
       d->continuations = xd_calloc((size_t)nch, sizeof(char *));
@@ -1001,7 +977,7 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
         break;
       }
       xd_task_doc *d = task_push_doc(t, &cap);
-      d->prompt = sb_take(&p);
+      d->prompt = xd_sbuf_take(&p);
       /* the reference goes through the same extraction/normalisation as the generation */
       d->answer = t->extract == XD_EXTRACT_NONE ? xd_extract_answer(ans, XD_EXTRACT_NONE, NULL) : normalise_number(ans);
     }

@@ -157,6 +157,7 @@ static void test_adamw(void) {
     }
   }
   double err = test_max_rel_err(p.data, w, n);
+  fprintf(stderr, "  AdamW vs double reference, 5 steps: max rel err %.2g\n", err);
   CHECKF(err < 1e-6, "AdamW vs double reference: max rel err %.3g", err);
   CHECK(memcmp(frozen0, xd_params_data(&p, fz), sizeof frozen0) == 0);
   free(w);
@@ -221,7 +222,7 @@ static void test_toy_backward_fd(void) {
   double maxg = 0, maxd = 0;
   for (size_t i = 0; i < p.n_train; i++) {
     float w0 = p.data[i];
-    double hstep = 1e-2 * fmax(1.0, fabs(w0)), lp, lm;
+    double hstep = 1e-3 * fmax(1.0, fabs(w0)), lp, lm;
     p.data[i] = (float)(w0 + hstep);
     double dp = (double)p.data[i] - w0;
     toy.cursor = 0;
@@ -237,7 +238,8 @@ static void test_toy_backward_fd(void) {
     maxg = fmax(maxg, fabs(fd));
     maxd = fmax(maxd, fabs(fd - g[i]));
   }
-  CHECKF(maxd / maxg < 1e-4, "toy backward vs finite differences: rel err %.3g", maxd / maxg);
+  fprintf(stderr, "  toy backward vs finite differences: max rel err %.2g\n", maxd / maxg);
+  CHECKF(maxd / maxg < 1e-5, "toy backward vs finite differences: rel err %.3g", maxd / maxg);
   CHECK(maxg > 1e-3);
   free(g);
   xd_toy_free(&toy);
@@ -265,12 +267,13 @@ static void test_accumulation(void) {
   double gref_norm = 0;
   float *g1 = NULL, *w1 = NULL;
   size_t n = 0;
-  int micros[3] = {16, 4, 1};
-  for (int k = 0; k < 3; k++) {
+  /* batch 12: N = 3 and 12 are not powers of two, so the 1/N scaling is not exact */
+  int micros[4] = {12, 4, 3, 1};
+  for (int k = 0; k < 4; k++) {
     char sub[600];
     snprintf(sub, sizeof sub, "%s/m%d", dir, micros[k]);
     xd_train_config c;
-    toy_cfg(&c, sub, 4, 16, micros[k]);
+    toy_cfg(&c, sub, 4, 12, micros[k]);
     c.grad_clip = 0; /* compare raw gradients */
     toy_run t;
     toy_run_init(&t, micros[k], 42);
@@ -290,8 +293,9 @@ static void test_accumulation(void) {
       double *gr = malloc(n * sizeof *gr), *wr = malloc(n * sizeof *wr);
       for (size_t i = 0; i < n; i++) { gr[i] = g1[i]; wr[i] = w1[i]; }
       double eg = test_max_rel_err(t.p.grad, gr, n), ew = test_max_rel_err(t.p.data, wr, n);
-      CHECKF(eg <= 1e-6, "accumulation over %d micro-batches: grad rel err %.3g", 16 / micros[k], eg);
-      CHECKF(ew <= 1e-6, "accumulation over %d micro-batches: weight rel err %.3g", 16 / micros[k], ew);
+      fprintf(stderr, "  accumulation x%d: grad rel err %.2g, weight rel err %.2g\n", 12 / micros[k], eg, ew);
+      CHECKF(eg <= 1e-6, "accumulation over %d micro-batches: grad rel err %.3g", 12 / micros[k], eg);
+      CHECKF(ew <= 1e-6, "accumulation over %d micro-batches: weight rel err %.3g", 12 / micros[k], ew);
       free(gr);
       free(wr);
     }

@@ -331,6 +331,15 @@ int xd_ckpt_find_latest(const char *dir, FILE *warn, char **out_path, xd_err *e)
   return found;
 }
 
+int xd_ckpt_dir_has_checkpoints(const char *dir) {
+  int64_t *steps;
+  int n;
+  xd_err e;
+  if (list_steps(dir, &steps, &n, &e) != 0) return 0;
+  free(steps);
+  return n > 0;
+}
+
 void xd_ckpt_clean_tmp(const char *dir) {
   DIR *d = opendir(dir);
   if (!d) return;

@@ -48,6 +48,8 @@ int xd_ckpt_save_rotating(const char *dir, int keep, const xd_params *p, const x
  * reported on `warn` (if not NULL) and skipped. Returns 1 and *out_path (caller frees) when
  * found, 0 when the directory holds no valid checkpoint, -1 on error. */
 int xd_ckpt_find_latest(const char *dir, FILE *warn, char **out_path, xd_err *e);
+/* 1 when dir holds any step-*.ckpt file (valid or not), else 0. */
+int xd_ckpt_dir_has_checkpoints(const char *dir);
 /* Remove temp files left by a killed writer (step-*.ckpt.tmp.*, latest.tmp.*). */
 void xd_ckpt_clean_tmp(const char *dir);
 #endif

@@ -113,6 +113,7 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   res->last_loss = NAN;
   if (xd_train_config_validate(cfg, e) != 0) return -1;
   if (p->n_train == 0) return xd_errf(e, "nothing to train: no trainable parameter");
+  XD_CHECK(hooks->step && (hooks->loader_state_size == 0 || (hooks->loader_save && hooks->loader_restore)));
   if (xd_mkdir_p(cfg->out_dir, e) != 0) return -1;
 
   run_state r = {.cfg = cfg, .p = p, .hooks = hooks};
@@ -128,12 +129,9 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
     if (got < 0) rc = -1;
     res->resumed = got == 1;
     if (got == 1) rc = trim_metrics(metrics_path, r.st.step, e);
-  } else {
-    char *any = NULL;
-    int found = xd_ckpt_find_latest(cfg->out_dir, NULL, &any, e);
-    free(any);
-    if (found != 0)
-      rc = found < 0 ? -1 : xd_errf(e, "%s: already holds checkpoints; pass --resume to continue that run or choose another out_dir", cfg->out_dir);
+    if (got == 0 && progress) fprintf(progress, "xdistill: no checkpoint in %s: starting a new run\n", cfg->out_dir);
+  } else if (xd_ckpt_dir_has_checkpoints(cfg->out_dir)) {
+    rc = xd_errf(e, "%s: already holds checkpoints; pass --resume to continue that run or choose another out_dir", cfg->out_dir);
   }
   if (rc == 0 && !res->resumed) {
     xd_rng_seed(&r.st.rng, (uint64_t)cfg->seed);

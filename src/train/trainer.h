@@ -33,7 +33,8 @@ typedef struct {
   double loss;      /* mean loss over the micro-batch */
   uint64_t tokens;  /* tokens it processed */
   int nmetrics;     /* extra named metrics (averaged over micro-batches in the log) */
-  const char *metric_names[XD_STEP_MAX_METRICS]; /* static strings, same every call */
+  /* static strings, the same on every call; plain identifiers (written into JSON as is) */
+  const char *metric_names[XD_STEP_MAX_METRICS];
   double metric_values[XD_STEP_MAX_METRICS];
 } xd_step_result;
 

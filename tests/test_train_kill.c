@@ -3,6 +3,7 @@
  * SIGINT and SIGTERM — each run must end with a final checkpoint byte-identical (weights,
  * AdamW moments, RNG, loader state) to that of an uninterrupted run. The kill delays are
  * random; the seed is printed so a failure can be replayed with XD_KILL_SEED. */
+#include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -78,17 +79,17 @@ static void test_reference_run(void) {
   fprintf(stderr, "  reference run: %.2f s\n", ref_seconds);
 }
 
-/* Newest step number in dir/latest (0 if none). */
+/* Highest N of the step-N.ckpt files in dir (0 if none). Not `latest`: a kill between the
+ * checkpoint's rename and the pointer's leaves `latest` one behind. */
 static int latest_step(const char *dir) {
-  char path[800];
-  snprintf(path, sizeof path, "%s/latest", dir);
-  FILE *fp = fopen(path, "r");
-  int s = 0;
-  if (fp) {
-    if (fscanf(fp, "step-%d.ckpt", &s) != 1) s = 0;
-    fclose(fp);
-  }
-  return s;
+  DIR *d = opendir(dir);
+  int best = 0, s;
+  char tail[16];
+  struct dirent *de;
+  while (d && (de = readdir(d)) != NULL)
+    if (sscanf(de->d_name, "step-%d.%15s", &s, tail) == 2 && !strcmp(tail, "ckpt") && s > best) best = s;
+  if (d) closedir(d);
+  return best;
 }
 
 static void test_sigkill_resume(void) {

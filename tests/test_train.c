@@ -387,6 +387,10 @@ static void test_checkpoint_corrupt(void) {
   fill_state(&s, 7, blob, sizeof blob);
   xd_err e = {{0}};
   CHECK(xd_ckpt_save(path, &p, &s, &e) == 0);
+  xd_params q;
+  make_params(&q, 5);
+  float q0[24];
+  for (int i = 0; i < 24; i++) q.data[i] = q0[i] = (float)i;
   size_t n;
   uint8_t *buf = (uint8_t *)read_all(path, &n);
   xd_rng r;
@@ -403,6 +407,10 @@ static void test_checkpoint_corrupt(void) {
     fclose(fp);
     if (xd_ckpt_verify(bad, &e) == 0) all_fail = 0;
     if (!strstr(e.msg, bad)) named = 0;
+    /* load refuses it too, and leaves the model as it was */
+    uint8_t blob2[9];
+    xd_ckpt_state s2 = {.loader_state = blob2, .loader_size = sizeof blob2};
+    if (xd_ckpt_load(bad, &q, &s2, &e) == 0 || memcmp(q.data, q0, sizeof q0) != 0) all_fail = 0;
     free(c);
   }
   CHECK(all_fail && named);
@@ -422,6 +430,7 @@ static void test_checkpoint_corrupt(void) {
   }
   free(buf);
   xd_params_free(&p);
+  xd_params_free(&q);
 }
 
 static void test_checkpoint_rotation(void) {

@@ -10,7 +10,7 @@ check() { if ! eval "$2"; then echo "FAIL: $1"; fail=1; else echo "ok: $1"; fi; 
 
 "$bin" train-toy --help > "$tmp/help" 2>&1; rc=$?
 check "help exits 0" "[ $rc -eq 0 ]"
-for k in seed steps out_dir resume batch micro_batch seq_len lr lr_min schedule warmup_steps weight_decay \
+for k in seed steps out_dir resume resume_force batch micro_batch seq_len lr lr_min schedule warmup_steps weight_decay \
          beta1 beta2 adam_eps grad_clip max_skips ckpt_every ckpt_keep log_every kd_gamma kd_beta kd_topk kd_temperature; do
   grep -q -- "--$k " "$tmp/help" || { echo "FAIL: --help lacks --$k"; fail=1; }
 done

@@ -619,6 +619,14 @@ static void test_nan_skip(void) {
   rewind(prog);
   CHECK(fread(msg, 1, sizeof msg - 1, prog) > 0 && strstr(msg, "step 10: loss is NaN/Inf, update skipped"));
   fclose(prog);
+  /* after divergence: resuming with a lower lr needs resume_force, then runs to the end */
+  t3.toy.nan_from = 0;
+  c.resume = 1;
+  c.lr /= 10;
+  CHECK(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == -1 && strstr(e.msg, "--resume_force"));
+  c.resume_force = 1;
+  CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
+  CHECK(res.resumed && res.steps_done == 50 && res.skipped_total == 1 && isfinite(res.last_loss)); /* step 10 (skipped) was in the step-10 checkpoint */
   toy_run_free(&t3);
 }
 

@@ -96,10 +96,16 @@ static int try_resume(run_state *r, FILE *progress, xd_err *e) {
   if (found <= 0) return found;
   int rc = xd_ckpt_load(path, r->p, &r->st, e);
   uint64_t want = xd_train_config_hash(cfg);
-  if (rc == 0 && r->st.config_hash != want)
-    rc = xd_errf(e, "%s: written with a different configuration (hash %016" PRIx64 ", now %016" PRIx64
-                 "); resume with the settings in %s/config.json or use a new out_dir",
-                 path, r->st.config_hash, want, cfg->out_dir);
+  if (rc == 0 && r->st.config_hash != want) {
+    if (!cfg->resume_force)
+      rc = xd_errf(e, "%s: written with a different configuration (hash %016" PRIx64 ", now %016" PRIx64
+                   "); resume with the settings in %s/config.json, pass --resume_force to continue with the new"
+                   " ones, or use a new out_dir", path, r->st.config_hash, want, cfg->out_dir);
+    else if (progress)
+      fprintf(progress, "xdistill: warning: %s was written with a different configuration; continuing with the new one "
+              "(--resume_force)\n", path);
+    r->st.config_hash = want; /* later checkpoints carry the configuration now in force */
+  }
   if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(r->hooks->ctx, r->st.loader_state, e) != 0)
     rc = xd_err_prefix(e, "%s: data loader state", path);
   if (rc == 0 && progress) fprintf(progress, "xdistill: resuming from %s (step %" PRIu64 ")\n", path, r->st.step);

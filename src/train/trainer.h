@@ -61,7 +61,8 @@ typedef struct {
 /* Run (or resume, when cfg->resume) training to cfg->steps. p must be allocated and
  * initialised (the initial weights; on resume the checkpoint replaces the trainable ones).
  * Returns 0 when done, 128+signal (130 SIGINT, 143 SIGTERM) after saving a checkpoint when
- * interrupted, -1 on error (e filled; "diverging" for too many NaN/Inf steps).
+ * interrupted, -1 on error (e filled; "diverging" for too many NaN/Inf steps). After an
+ * error p holds whatever the run had reached (it may have been loaded from a checkpoint).
  * `progress` receives the progress line (stderr in the CLI; NULL for none). */
 int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_hooks *hooks,
                    FILE *progress, xd_train_result *res, xd_err *e);

@@ -564,6 +564,12 @@ static void test_sigint_resume_in_process(void) {
   if (fb) fclose(fb);
 }
 
+static int weights_changed_calls;
+static int count_weights_changed(void *ctx, xd_params *p, xd_err *e) {
+  weights_changed_calls++;
+  return 0;
+}
+
 /* A NaN loss at step 3 and an Inf gradient at step 5 are skipped (weights unchanged, logged);
  * after max_skips consecutive bad steps the run stops with "diverging". */
 static void test_nan_skip(void) {
@@ -584,6 +590,7 @@ static void test_nan_skip(void) {
   toy_run_init(&t3, 8, 5);
   t3.toy.nan_from = t3.toy.nan_to = 3;
   t3.toy.inf_grad_at_step = 5;
+  t3.h.weights_changed = count_weights_changed;
   /* weights after step 3 (skipped) == weights after step 2 */
   c.steps = 3;
   CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
@@ -593,6 +600,8 @@ static void test_nan_skip(void) {
   c.resume = 1;
   CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
   CHECK(res.skipped_total == 2 && res.steps_done == 6 && isfinite(res.last_loss));
+  /* applied updates 1, 2, 4, 6 and the checkpoint load on resume */
+  CHECKF(weights_changed_calls == 5, "weights_changed called %d times", weights_changed_calls);
   CHECK(xd_params_data_finite(&t3.p));
   snprintf(path, sizeof path, "%s/metrics.jsonl", d3);
   size_t n;

@@ -108,6 +108,7 @@ static int try_resume(run_state *r, FILE *progress, xd_err *e) {
   }
   if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(r->hooks->ctx, r->st.loader_state, e) != 0)
     rc = xd_err_prefix(e, "%s: data loader state", path);
+  if (rc == 0 && r->hooks->weights_changed && r->hooks->weights_changed(r->hooks->ctx, r->p, e) != 0) rc = -1;
   if (rc == 0 && progress) fprintf(progress, "xdistill: resuming from %s (step %" PRIu64 ")\n", path, r->st.step);
   free(path);
   return rc == 0 ? 1 : -1;
@@ -203,6 +204,10 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
     } else {
       xd_clip_grad(p, gnorm, cfg->grad_clip);
       xd_adamw_step(p, &acfg, lr, ++r.st.adam_t);
+      if (hooks->weights_changed && hooks->weights_changed(hooks->ctx, p, e) != 0) {
+        rc = xd_err_prefix(e, "step %" PRIu64, r.st.step);
+        break;
+      }
       r.st.consecutive_skips = 0;
       res->last_loss = loss;
       fprintf(mf, "{\"step\":%" PRIu64 ",\"loss\":%.9g", r.st.step, loss);

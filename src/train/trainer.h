@@ -48,6 +48,10 @@ typedef struct {
   size_t loader_state_size;
   void (*loader_save)(void *ctx, void *buf);
   int (*loader_restore)(void *ctx, const void *buf, xd_err *e);
+  /* Optional: called after every applied optimiser update and after a checkpoint was loaded,
+   * i.e. whenever p->data changed behind the model's back (upload to the GPU, refresh weights
+   * derived from the parameters). NULL: nothing to do. */
+  int (*weights_changed)(void *ctx, xd_params *p, xd_err *e);
   void *ctx;
 } xd_trainer_hooks;
 

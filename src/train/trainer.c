@@ -157,6 +157,8 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   const int tty = progress && isatty(fileno(progress));
   const uint64_t first_step = r.st.step;
   const double t0 = xd_now();
+  const uint64_t first_tokens = r.st.tokens_seen;
+  double last_print = -1;
 
   while (rc == 0 && r.st.step < total) {
     const double ts = xd_now();
@@ -216,10 +218,13 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
               lr, gnorm, r.st.tokens_seen, dt > 0 ? (double)tokens / dt : 0.0, now - t0);
     }
     fflush(mf);
-    if (progress && (tty || r.st.step % (uint64_t)cfg->log_every == 0 || r.st.step == total)) {
+    /* terminal: redrawn in place, at most 10 times a second; otherwise a line every log_every */
+    const int show = tty ? (now - last_print >= 0.1 || r.st.step == total) : (r.st.step % (uint64_t)cfg->log_every == 0 || r.st.step == total);
+    if (progress && show) {
       char rate[32], eta[32];
       const double per_step = (now - t0) / (double)(r.st.step - first_step);
-      fmt_rate(dt > 0 ? (double)tokens / dt : 0, rate, sizeof rate);
+      last_print = now;
+      fmt_rate((double)(r.st.tokens_seen - first_tokens) / (now - t0), rate, sizeof rate); /* mean since start */
       fmt_duration(per_step * (double)(total - r.st.step), eta, sizeof eta);
       fprintf(progress, "%sstep %" PRIu64 "/%" PRIu64 " | loss %.6g | gnorm %.3g | lr %.3g | %s tok/s | ETA %s%s",
               tty ? "\r" : "", r.st.step, total, loss, gnorm, lr, rate, eta, tty ? "\033[K" : "\n");

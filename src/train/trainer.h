@@ -26,7 +26,7 @@
 #include "train/config_train.h"
 #include "train/params.h"
 
-#define XD_STEP_MAX_METRICS 8
+#define XD_STEP_MAX_METRICS 64 /* e.g. one loss per layer in stage I */
 
 /* What one micro-batch reports. */
 typedef struct {

@@ -9,7 +9,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   xd_err e = {0};
   if (xd_config_parse(&c, (const char *)data, size, "fuzz.json", &e) == 0) {
     (void)xd_config_param_count(&c);
-  } else if (memchr(e.msg, '\n', sizeof e.msg)) {
+  } else if (strchr(e.msg, '\n') || !e.msg[0]) {
     __builtin_trap();
   }
   return 0;

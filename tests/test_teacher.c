@@ -245,6 +245,55 @@ static void test_hooks_and_batch(void) {
   xd_npy_free(&ids);
 }
 
+/* Stage I's tensors against transformers' own: x^l = input of self_attn, a^l = input of o_proj. */
+typedef struct { int L; double err_x[4], err_a[4]; const char *fam; } hook_ref_ud;
+static void hook_ref_fn(int layer, const float *x, const float *a, int N, void *user) {
+  hook_ref_ud *u = user;
+  for (int which = 0; which < 2; which++) {
+    char p[256];
+    snprintf(p, sizeof p, FIX "/%s/hook_%c%d.npy", u->fam, which ? 'a' : 'x', layer);
+    xd_npy ref;
+    xd_err e = {0};
+    if (xd_npy_read(p, &ref, &e)) { CHECKF(0, "%s", e.msg); continue; }
+    CHECK(ref.ndim == 2 && ref.shape[0] == N && ref.type == XD_NPY_F64);
+    if (ref.ndim == 2 && ref.shape[0] == N && ref.type == XD_NPY_F64) {
+      const double err = test_max_rel_err(which ? a : x, ref.data, ref.nelem);
+      (which ? u->err_a : u->err_x)[layer] = err;
+    }
+    xd_npy_free(&ref);
+  }
+  u->L++;
+}
+
+static void test_hooks_vs_transformers(void) {
+  const char *fams[] = {"llama-gqa", "qwen3", "olmo3"};
+  for (int f = 0; f < 3; f++) {
+    xd_npy ids;
+    xd_err e = {0};
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "/%s/fp32", fams[f]);
+    if (load_ids(fams[f], &ids)) { CHECK(0); continue; }
+    const int B = (int)ids.shape[0], T = (int)ids.shape[1];
+    int32_t *id = ids32(&ids);
+    xd_teacher t;
+    CHECK(xd_teacher_load(&t, dir, &e) == 0);
+    xd_teacher_acts a;
+    xd_teacher_acts_alloc(&a, &t.cfg, B * T, T);
+    hook_ref_ud u = {.fam = fams[f]};
+    CHECK(xd_teacher_forward(&t, &a, id, B, T, NULL, hook_ref_fn, &u, &e) == 0);
+    CHECK(u.L == t.cfg.n_layers);
+    for (int l = 0; l < u.L && l < 4; l++) {
+      CHECKF(u.err_x[l] <= 1e-5 && u.err_a[l] <= 1e-5, "%s layer %d: x rel err %.3g, a rel err %.3g", fams[f], l,
+             u.err_x[l], u.err_a[l]);
+      fprintf(stderr, "  %-10s layer %d: x^l rel err %.2e, a^l rel err %.2e\n", fams[f], l, u.err_x[l], u.err_a[l]);
+    }
+    xd_teacher_acts_free(&a);
+    xd_teacher_free(&t);
+    free(id);
+    xd_npy_free(&ids);
+  }
+}
+
 /* The transformers-4.x dialect of each config parses to the same model as the v5 one. */
 static void test_config_dialects(void) {
   const char *v4[] = {"llama-gqa", "llama3-rope", "llama-dynamic", "qwen2"};
@@ -451,6 +500,7 @@ int main(void) {
   RUN(test_greedy);
   RUN(test_prefill_decode);
   RUN(test_hooks_and_batch);
+  RUN(test_hooks_vs_transformers);
   RUN(test_config_dialects);
   RUN(test_bad_checkpoints);
   RUN(test_f16_and_shards);

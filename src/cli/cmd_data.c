@@ -41,6 +41,14 @@ static int enc_chat(void *ctx, const xd_chat_message *m, int n, int32_t **ids, u
   return xd_chat_encode(((tok_ctx *)ctx)->t, m, n, 0, ids, mask, len, e);
 }
 
+/* Tokenizer identity: 64-bit FNV-1a (offset basis 0xcbf29ce484222325) of tokenizer.json's bytes,
+ * the same value as distill/topk_cache's xd_fnv1a64(0xcbf29ce484222325, bytes, size). */
+static uint64_t tokenizer_hash(const uint8_t *p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
   errno = 0;
@@ -98,7 +106,7 @@ static int cmd_data_prepare(int argc, char **argv) {
   xd_mmap m;
   char hash[40] = "";
   if (xd_mmap_open(&m, json_path, &e) == 0) {
-    snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)xd_fnv1a64(m.data, m.size));
+    snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)tokenizer_hash(m.data, m.size));
     xd_mmap_close(&m);
   }
   free(json_path);

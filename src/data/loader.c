@@ -120,6 +120,42 @@ int xd_loader_set_state(xd_loader *L, const xd_loader_state *st, xd_err *e) {
   return 0;
 }
 
+static void put_le(uint8_t *p, uint64_t v, int n) { for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static uint64_t get_le(const uint8_t *p, int n) { uint64_t v = 0; for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i]; return v; }
+
+void xd_loader_save(const xd_loader *L, void *buf) {
+  xd_loader_state st;
+  xd_loader_get_state(L, &st);
+  uint8_t *p = buf;
+  memset(p, 0, XD_LOADER_STATE_BYTES);
+  memcpy(p, "XDLS", 4);
+  put_le(p + 4, st.version, 4);
+  put_le(p + 8, st.seq_len, 4);
+  put_le(p + 12, st.rank, 4);
+  put_le(p + 16, st.world, 4);
+  put_le(p + 20, st.shuffle, 4);
+  put_le(p + 24, st.seed, 8);
+  put_le(p + 32, st.n_rows, 8);
+  put_le(p + 40, st.epoch, 8);
+  put_le(p + 48, st.position, 8);
+}
+
+int xd_loader_restore(xd_loader *L, const void *buf, xd_err *e) {
+  const uint8_t *p = buf;
+  if (memcmp(p, "XDLS", 4) != 0) return xd_errf(e, "loader state: bad magic (not a data-loader state)");
+  xd_loader_state st = {0};
+  st.version = (uint32_t)get_le(p + 4, 4);
+  st.seq_len = (uint32_t)get_le(p + 8, 4);
+  st.rank = (uint32_t)get_le(p + 12, 4);
+  st.world = (uint32_t)get_le(p + 16, 4);
+  st.shuffle = (uint32_t)get_le(p + 20, 4);
+  st.seed = get_le(p + 24, 8);
+  st.n_rows = get_le(p + 32, 8);
+  st.epoch = get_le(p + 40, 8);
+  st.position = get_le(p + 48, 8);
+  return xd_loader_set_state(L, &st, e);
+}
+
 void xd_loader_free(xd_loader *L) {
   if (!L) return;
   for (int i = 0; i < L->n_shards; i++) xd_shard_close(&L->shards[i]);

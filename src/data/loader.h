@@ -65,4 +65,12 @@ void xd_loader_get_state(const xd_loader *L, xd_loader_state *st);
 /* Restore a saved state; refused (one-line error) when it was saved for another seq_len, rank,
  * world, seed, shuffle setting or data (row count). */
 int xd_loader_set_state(xd_loader *L, const xd_loader_state *st, xd_err *e);
+
+/* The state as 64 little-endian bytes, for a checkpoint's opaque loader blob (train/trainer.h:
+ * loader_state_size = XD_LOADER_STATE_BYTES, loader_save -> xd_loader_save, loader_restore ->
+ * xd_loader_restore). Layout: "XDLS", u32 version, u32 seq_len, rank, world, shuffle,
+ * u64 seed, n_rows, epoch, position, 8 zero bytes. */
+#define XD_LOADER_STATE_BYTES 64
+void xd_loader_save(const xd_loader *L, void *buf);
+int xd_loader_restore(xd_loader *L, const void *buf, xd_err *e);
 #endif

@@ -17,13 +17,6 @@ static const char *const split_names[2] = {"train", "val"};
 #define TXT_PIECE (1u << 20)        /* .txt documents are encoded in pieces of about this size */
 #define MAX_LINE ((size_t)64 << 20) /* longest .jsonl line accepted */
 
-uint64_t xd_fnv1a64(const void *data, size_t n) {
-  const uint8_t *p = data;
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
 /* ---- one split's shard writer: buffers up to cap tokens, then writes a shard ---- */
 typedef struct {
   char *file;

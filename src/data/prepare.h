@@ -50,7 +50,4 @@ typedef struct {
 } xd_prepare_stats;
 
 int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_prepare_stats *st, xd_err *e);
-
-/* 64-bit FNV-1a, for tokenizer identity hashes. */
-uint64_t xd_fnv1a64(const void *data, size_t n);
 #endif

@@ -58,6 +58,18 @@ static void test_shard_roundtrip(void) {
       /* a sub-range */
       xd_shard_read(&s, 17, 100, back, NULL);
       CHECK(memcmp(back, tok + 17, 400) == 0);
+      /* the same bytes parsed from a caller's buffer */
+      xd_shard s2;
+      uint8_t *copy = xd_aligned_alloc(s.map.size);
+      memcpy(copy, s.map.data, s.map.size);
+      CHECKF(xd_shard_parse(&s2, copy, s.map.size, "copy", 1, &e) == 0, "%s", e.msg);
+      CHECK(s2.n_tokens == n && s2.checksum == s.checksum);
+      xd_shard_read(&s2, 0, n, back, NULL);
+      CHECK(memcmp(back, tok, n * 4) == 0);
+      xd_shard_close(&s2);
+      copy[XD_SHARD_HEADER_BYTES + (nd + 1) * 8 + 3] ^= 0x10; /* inside the tokens */
+      CHECK(xd_shard_parse(&s2, copy, s.map.size, "copy", 1, &e) != 0 && strstr(e.msg, "copy: checksum mismatch"));
+      free(copy);
       xd_shard_close(&s);
       /* an all-ones mask is not stored */
       memset(mask, 1, n);

@@ -91,12 +91,8 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
   return xd_atomic_commit(&f, e);
 }
 
-int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
-  XD_CHECK(host_is_little_endian());
-  memset(s, 0, sizeof *s);
-  if (xd_mmap_open(&s->map, path, e) != 0) return -1;
-  const uint8_t *d = s->map.data;
-  const size_t size = s->map.size;
+/* Validate size bytes at d as a shard and point s's fields into them. */
+static int shard_parse(xd_shard *s, const uint8_t *d, size_t size, const char *path, int verify, xd_err *e) {
   int rc = 0;
   if (size < XD_SHARD_HEADER_BYTES) { rc = xd_errf(e, "%s: truncated shard (%zu bytes, header needs %u)", path, size, XD_SHARD_HEADER_BYTES); goto done; }
   if (memcmp(d, XD_SHARD_MAGIC, 8) != 0) { rc = xd_errf(e, "%s: not a token shard (bad magic)", path); goto done; }
@@ -143,13 +139,36 @@ int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
         if (t[i] >= s->vocab_size) { rc = xd_errf(e, "%s: token %llu has id %u outside the vocabulary", path, (unsigned long long)i, t[i]); goto done; }
     }
   }
-  s->path = xd_strdup(path);
 done:
-  if (rc != 0) {
-    xd_mmap_close(&s->map);
-    memset(s, 0, sizeof *s);
-  }
   return rc;
+}
+
+int xd_shard_parse(xd_shard *s, const void *data, size_t size, const char *name, int verify, xd_err *e) {
+  XD_CHECK(host_is_little_endian());
+  memset(s, 0, sizeof *s);
+  /* The mmap'ed views below cast to uint64_t/uint32_t: the buffer must be 8-byte aligned. */
+  XD_CHECK(((uintptr_t)data & 7) == 0);
+  if (shard_parse(s, data, size, name, verify, e) != 0) {
+    memset(s, 0, sizeof *s);
+    return -1;
+  }
+  s->path = xd_strdup(name);
+  return 0;
+}
+
+int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
+  XD_CHECK(host_is_little_endian());
+  memset(s, 0, sizeof *s);
+  xd_mmap map;
+  if (xd_mmap_open(&map, path, e) != 0) return -1;
+  if (shard_parse(s, map.data, map.size, path, verify, e) != 0) {
+    xd_mmap_close(&map);
+    memset(s, 0, sizeof *s);
+    return -1;
+  }
+  s->map = map;
+  s->path = xd_strdup(path);
+  return 0;
 }
 
 void xd_shard_close(xd_shard *s) {

@@ -40,6 +40,9 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
  * verify != 0 also checks the checksum and that every token id is < vocab_size (one pass over
  * the file). Errors name the file. */
 int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e);
+/* The same checks on a caller-owned, 8-byte-aligned buffer (name is used in messages); s points
+ * into data, which must outlive it. xd_shard_close frees only s's own allocations. */
+int xd_shard_parse(xd_shard *s, const void *data, size_t size, const char *name, int verify, xd_err *e);
 void xd_shard_close(xd_shard *s);
 
 /* Copy tokens [start, start + n) as int32 (and their mask, 1 where no mask is stored) into

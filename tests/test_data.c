@@ -842,6 +842,50 @@ static void test_prepare_llama3_chat(void) {
   xd_tokenizer_free(t);
 }
 
+/* Which tokenizers may encode .txt documents in pieces, and that a SentencePiece-style one
+ * (Llama 2: a "▁" is prepended to every encoded string) still gets exactly the whole-document
+ * ids for tinyshakespeare. */
+static void test_prepare_cut_safety(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  const char *names[5] = {"llama3", "qwen3", "olmo2", "llama2", "mistral7b"};
+  const int want_safe[5] = {1, 1, 1, 0, 0};
+  for (int i = 0; i < 5; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "../shared/tokenizers/%s", names[i]);
+    xd_tokenizer *t;
+    xd_err e = {{0}};
+    if (xd_tokenizer_load(&t, path, &e) != 0) {
+      CHECKF(0, "%s", e.msg);
+      continue;
+    }
+    xd_prepare_encoder enc = {.ctx = t, .encode = test_tok_encode, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(t),
+                              .eos_id = xd_tokenizer_eos_id(t), .bos_id = xd_tokenizer_bos_id(t), .name = names[i], .hash = "test"};
+    CHECKF(xd_prepare_cut_safe(&enc) == want_safe[i], "%s: cut_safe %d", names[i], xd_prepare_cut_safe(&enc));
+    if (!strcmp(names[i], "llama2")) {
+      const char *shakes = "../shared/corpora/tinyshakespeare/input.txt";
+      char *text;
+      size_t tn, n;
+      int32_t *ids;
+      CHECK(xd_read_file(shakes, 1 << 24, &text, &tn, &e) == 0);
+      CHECK(xd_tokenizer_encode(t, text, tn, 0, &ids, &n, &e) == 0);
+      const char *dir = test_tmpdir("data-cut");
+      char *out = tmp_path(dir, "out");
+      xd_prepare_opts o = {.out_dir = out, .inputs = (const char *const[]){shakes}, .n_inputs = 1, .shard_tokens = 1 << 20};
+      xd_prepare_stats st;
+      CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
+      uint64_t ng = 0;
+      uint8_t *mask = NULL;
+      int32_t *got = split_tokens(out, "train", &ng, &mask);
+      CHECKF(got && ng == n + 1 && memcmp(got, ids, n * 4) == 0 && got[n] == enc.eos_id, "llama2: %llu tokens vs %zu + EOS",
+             (unsigned long long)ng, n);
+      free(got); free(mask); free(ids); free(text);
+      rm_dir_files(out);
+      free(out);
+    }
+    xd_tokenizer_free(t);
+  }
+}
+
 int main(void) {
   RUN(test_shard_roundtrip);
   RUN(test_shard_corruption);
@@ -854,5 +898,6 @@ int main(void) {
   RUN(test_manifest_mismatch);
   RUN(test_prepare_llama3);
   RUN(test_prepare_llama3_chat);
+  RUN(test_prepare_cut_safety);
   return test_finish();
 }

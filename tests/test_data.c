@@ -485,7 +485,7 @@ static void test_prepare_synthetic(void) {
   CHECK(write_bytes(txt, t, tn) == 0);
   /* jsonl: text docs, a chat, a blank line, an empty text (skipped) */
   const char *jtext =
-      "{\"text\": \"hello world\"}\n"
+      "\xef\xbb\xbf{\"text\": \"hello world\"}\n" /* a byte-order mark is skipped */
       "\n"
       "{\"text\": \"second \\u00e9 doc\"}\n"
       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n"
@@ -666,6 +666,14 @@ static void test_manifest_mismatch(void) {
   xd_loader *L;
   xd_loader_config c = {.seq_len = 16, .batch = 2, .seed = 1, .shuffle = 1, .world = 1};
   CHECKF(xd_loader_open(&L, out, "val", &c, &e) == 0, "%s", e.msg);
+  CHECK(!strcmp(xd_loader_tokenizer_hash(L), "none"));
+  /* the tokenizer hash is FNV-1a 64 (published test vector: "foobar" -> 85944171f73967e8) */
+  char *tj = tmp_path(dir, "tokenizer.json"), h[40];
+  CHECK(write_bytes(tj, "foobar", 6) == 0);
+  CHECK(xd_data_tokenizer_hash(dir, h, &e) == 0 && !strcmp(h, "fnv1a64:85944171f73967e8"));
+  CHECK(xd_data_tokenizer_hash("/nonexistent", h, &e) != 0 && strstr(e.msg, "/nonexistent: cannot open"));
+  unlink(tj);
+  free(tj);
   xd_loader_free(L);
   /* swap two train shards: each is valid alone, but not what the manifest lists */
   char *p0 = tmp_path(out, "train-00000.xds"), *p1 = tmp_path(out, "train-00001.xds"), *pt = tmp_path(out, "t");

@@ -41,14 +41,6 @@ static int enc_chat(void *ctx, const xd_chat_message *m, int n, int32_t **ids, u
   return xd_chat_encode(((tok_ctx *)ctx)->t, m, n, 0, ids, mask, len, e);
 }
 
-/* Tokenizer identity: 64-bit FNV-1a (offset basis 0xcbf29ce484222325) of tokenizer.json's bytes,
- * the same value as distill/topk_cache's xd_fnv1a64(0xcbf29ce484222325, bytes, size). */
-static uint64_t tokenizer_hash(const uint8_t *p, size_t n) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
 static int parse_u64(const char *s, uint64_t *out) {
   char *end;
   errno = 0;
@@ -101,15 +93,12 @@ static int cmd_data_prepare(int argc, char **argv) {
     free(inputs);
     return cli_fail(&e);
   }
-  /* Tokenizer identity for the manifest: a hash of tokenizer.json's bytes. */
-  char *json_path = xd_is_dir(tok_path) ? xd_path_join(tok_path, "tokenizer.json") : xd_strdup(tok_path);
-  xd_mmap m;
-  char hash[40] = "";
-  if (xd_mmap_open(&m, json_path, &e) == 0) {
-    snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)tokenizer_hash(m.data, m.size));
-    xd_mmap_close(&m);
+  char hash[40];
+  if (xd_data_tokenizer_hash(tok_path, hash, &e) != 0) {
+    xd_tokenizer_free(tc.t);
+    free(inputs);
+    return cli_fail(&e);
   }
-  free(json_path);
   xd_prepare_encoder enc = {.ctx = &tc, .encode = enc_text, .chat = enc_chat, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(tc.t),
                             .eos_id = xd_tokenizer_eos_id(tc.t), .bos_id = xd_tokenizer_bos_id(tc.t), .name = tok_path, .hash = hash};
   xd_prepare_stats st;
@@ -131,12 +120,12 @@ static int cmd_data_info(int argc, char **argv) {
   for (int s = 0; s < 2; s++) {
     xd_loader *L;
     xd_err e;
-    if (xd_loader_open(&L, argv[1], splits[s], &c, &e) != 0) {
+    if (xd_loader_open(&L, argv[1], splits[s], &c, &e) != 0) { /* opens and verifies every shard */
       if (s == 1 && strstr(e.msg, "has no shards")) { printf("val: empty\n"); continue; }
       return cli_fail(&e);
     }
-    printf("%s: %llu tokens, vocab %llu, %s, checksums ok\n", splits[s], (unsigned long long)xd_loader_tokens(L),
-           (unsigned long long)xd_loader_vocab_size(L), xd_loader_has_mask(L) ? "with loss mask" : "no mask");
+    printf("%s: %llu tokens, vocab %llu, %s, tokenizer %s, checksums ok\n", splits[s], (unsigned long long)xd_loader_tokens(L),
+           (unsigned long long)xd_loader_vocab_size(L), xd_loader_has_mask(L) ? "with loss mask" : "no mask", xd_loader_tokenizer_hash(L));
     xd_loader_free(L);
   }
   return 0;

@@ -17,6 +17,7 @@ struct xd_loader {
   uint64_t perm_epoch;
   int perm_valid;
   uint64_t epoch, position;
+  char tok_hash[64];
 };
 
 /* Seed of epoch e's permutation: mixes seed and epoch so nearby seeds/epochs are unrelated. */
@@ -91,6 +92,7 @@ uint64_t xd_loader_rows_per_rank(const xd_loader *L) { return L->rows_per_rank; 
 uint64_t xd_loader_tokens(const xd_loader *L) { return L->n_tokens; }
 uint64_t xd_loader_vocab_size(const xd_loader *L) { return L->vocab_size; }
 int xd_loader_has_mask(const xd_loader *L) { return L->has_mask; }
+const char *xd_loader_tokenizer_hash(const xd_loader *L) { return L->tok_hash; }
 
 void xd_loader_get_state(const xd_loader *L, xd_loader_state *st) {
   memset(st, 0, sizeof *st);
@@ -252,6 +254,8 @@ int xd_loader_open(xd_loader **out, const char *dir, const char *split, const xd
   }
   L = xd_calloc(1, sizeof *L);
   L->cfg = *cfg;
+  const cJSON *th = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "tokenizer"), "hash");
+  if (cJSON_IsString(th)) snprintf(L->tok_hash, sizeof L->tok_hash, "%s", th->valuestring);
   const int n = cJSON_GetArraySize(shards);
   L->shards = xd_calloc((size_t)n, sizeof(xd_shard));
   const cJSON *it;

@@ -60,6 +60,9 @@ uint64_t xd_loader_rows_per_rank(const xd_loader *L);  /* rows per epoch for eac
 uint64_t xd_loader_tokens(const xd_loader *L);         /* N, tokens in the split */
 uint64_t xd_loader_vocab_size(const xd_loader *L);
 int xd_loader_has_mask(const xd_loader *L);            /* 1 if any shard stores a mask */
+/* manifest.json's tokenizer.hash ("fnv1a64:..."; "" for xd_loader_open_shards): compare with
+ * xd_data_tokenizer_hash(teacher_dir) to refuse data made with another tokenizer. */
+const char *xd_loader_tokenizer_hash(const xd_loader *L);
 
 void xd_loader_get_state(const xd_loader *L, xd_loader_state *st);
 /* Restore a saved state; refused (one-line error) when it was saved for another seq_len, rank,

@@ -20,6 +20,20 @@ static const char *const split_names[2] = {"train", "val"};
 #define TXT_PIECE_WHOLE ((size_t)256 << 20)
 #define MAX_LINE ((size_t)64 << 20) /* longest .jsonl line accepted */
 
+int xd_data_tokenizer_hash(const char *path, char out[40], xd_err *e) {
+  char *json = xd_is_dir(path) ? xd_path_join(path, "tokenizer.json") : xd_strdup(path);
+  xd_mmap m;
+  int rc = xd_mmap_open(&m, json, e);
+  if (rc == 0) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < m.size; i++) h = (h ^ m.data[i]) * 0x100000001b3ull;
+    snprintf(out, 40, "fnv1a64:%016llx", (unsigned long long)h);
+    xd_mmap_close(&m);
+  }
+  free(json);
+  return rc;
+}
+
 /* ---- one split's shard writer: buffers up to cap tokens, then writes a shard ---- */
 typedef struct {
   char *file;
@@ -485,6 +499,10 @@ static int run_jsonl(prep *P, reader *r, xd_err *e) {
     size_t k = 0;
     while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
     if (k == n) continue; /* blank line */
+    if (line_no == 1 && n >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) { /* UTF-8 byte-order mark */
+      line += 3;
+      n -= 3;
+    }
     if (queue_json(P, r, line, n, line_no, e) != 0) return -1;
     report(P, r->gz, 0);
   }

@@ -56,5 +56,10 @@ typedef struct {
  * whose .txt documents are then encoded whole (up to 256 MB, cut beyond with a warning). */
 int xd_prepare_cut_safe(const xd_prepare_encoder *enc);
 
+/* Tokenizer identity written to manifest.json: "fnv1a64:<16 hex>", the 64-bit FNV-1a (offset
+ * basis 0xcbf29ce484222325) of tokenizer.json's bytes. path: a directory holding tokenizer.json
+ * or the file. Trainers compare it with their teacher's tokenizer (xd_loader_tokenizer_hash). */
+int xd_data_tokenizer_hash(const char *path, char out[40], xd_err *e);
+
 int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_prepare_stats *st, xd_err *e);
 #endif

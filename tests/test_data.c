@@ -44,9 +44,11 @@ static void test_shard_roundtrip(void) {
       tok[0] = (int32_t)vocabs[v] - 1; /* the largest id must survive the narrowing */
       char *p = tmp_path(dir, "a.xds");
       xd_err e = {{0}};
-      CHECKF(xd_shard_write(p, tok, with_mask ? mask : NULL, n, offs, nd, vocabs[v], &e) == 0, "%s", e.msg);
+      uint32_t crc = 0;
+      CHECKF(xd_shard_write(p, tok, with_mask ? mask : NULL, n, offs, nd, vocabs[v], &crc, &e) == 0, "%s", e.msg);
       xd_shard s;
       CHECKF(xd_shard_open(&s, p, 1, &e) == 0, "%s", e.msg);
+      CHECK(s.checksum == crc);
       CHECK(s.n_tokens == n && s.n_docs == nd && s.vocab_size == vocabs[v]);
       CHECK(s.token_bytes == (vocabs[v] <= 65536 ? 2u : 4u));
       CHECK((s.mask != NULL) == with_mask);
@@ -73,13 +75,13 @@ static void test_shard_roundtrip(void) {
       xd_shard_close(&s);
       /* an all-ones mask is not stored */
       memset(mask, 1, n);
-      CHECKF(xd_shard_write(p, tok, mask, n, offs, nd, vocabs[v], &e) == 0, "%s", e.msg);
+      CHECKF(xd_shard_write(p, tok, mask, n, offs, nd, vocabs[v], NULL, &e) == 0, "%s", e.msg);
       CHECKF(xd_shard_open(&s, p, 1, &e) == 0, "%s", e.msg);
       CHECK(s.mask == NULL);
       xd_shard_close(&s);
       /* ids outside the vocabulary are refused by the writer */
       tok[5] = (int32_t)vocabs[v];
-      CHECK(xd_shard_write(p, tok, NULL, n, offs, nd, vocabs[v], &e) != 0 && strstr(e.msg, "outside the vocabulary"));
+      CHECK(xd_shard_write(p, tok, NULL, n, offs, nd, vocabs[v], NULL, &e) != 0 && strstr(e.msg, "outside the vocabulary"));
       free(p);
       free(tok); free(back); free(mask); free(mback); free(offs);
     }
@@ -104,7 +106,7 @@ static void test_shard_corruption(void) {
   random_shard(&r, n, 70000, tok, mask, offs, &nd);
   char *good = tmp_path(dir, "good.xds"), *bad = tmp_path(dir, "bad.xds");
   xd_err e = {{0}};
-  CHECKF(xd_shard_write(good, tok, mask, n, offs, nd, 70000, &e) == 0, "%s", e.msg);
+  CHECKF(xd_shard_write(good, tok, mask, n, offs, nd, 70000, NULL, &e) == 0, "%s", e.msg);
   char *data;
   size_t size;
   CHECK(xd_read_file(good, 1 << 30, &data, &size, &e) == 0);
@@ -169,7 +171,7 @@ static char **position_shards(const char *dir, const uint64_t *sizes, int n, int
     }
     uint64_t offs[2] = {0, sizes[s]};
     xd_err e = {{0}};
-    CHECKF(xd_shard_write(paths[s], tok, with_mask ? mask : NULL, sizes[s], offs, 1, 1u << 20, &e) == 0, "%s", e.msg);
+    CHECKF(xd_shard_write(paths[s], tok, with_mask ? mask : NULL, sizes[s], offs, 1, 1u << 20, NULL, &e) == 0, "%s", e.msg);
     free(tok);
     free(mask);
     base += sizes[s];

@@ -36,7 +36,7 @@ static int write_crc(xd_atomic_file *f, uint32_t *crc, const void *data, size_t 
 }
 
 int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask, uint64_t n_tokens,
-                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, xd_err *e) {
+                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, uint32_t *checksum, xd_err *e) {
   XD_CHECK(host_is_little_endian());
   if (vocab_size == 0 || vocab_size > (uint64_t)INT32_MAX + 1) return xd_errf(e, "%s: bad vocabulary size %llu", path, (unsigned long long)vocab_size);
   if (doc_offsets[0] != 0 || doc_offsets[n_docs] != n_tokens) return xd_errf(e, "%s: document offsets do not span the tokens", path);
@@ -88,7 +88,9 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
     xd_atomic_abort(&f);
     return -1;
   }
-  return xd_atomic_commit(&f, e);
+  if (xd_atomic_commit(&f, e) != 0) return -1;
+  if (checksum) *checksum = crc;
+  return 0;
 }
 
 /* Validate size bytes at d as a shard and point s's fields into them. */

@@ -54,6 +54,22 @@ printf '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "
 "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/chat" --val-fraction 0 "$T/chat.jsonl.gz" >/dev/null 2>"$T/err.txt" \
   && "$BIN" data info "$T/chat" | grep -q "train: .* with loss mask" && ok "chat with mask" || bad "chat: $(cat "$T/err.txt")"
 
+# a run killed midway leaves no manifest: the directory is not presented as a dataset, and a
+# new run (no --force needed) completes it
+for i in 1 2 3 4 5 6 7 8; do cat ../shared/corpora/tinyshakespeare/input.txt; done >"$T/big.txt"
+"$BIN" data prepare --quiet --threads 1 --shard-tokens 20000 --tokenizer $TOK --out "$T/killed" "$T/big.txt" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 500); do ls "$T/killed" 2>/dev/null | grep -q '\.xds$' && break; sleep 0.02; done
+if kill -9 $pid 2>/dev/null; then # killed while writing its ~120 shards
+  wait $pid 2>/dev/null
+  [ ! -e "$T/killed/manifest.json" ] && ok "killed run: no manifest" || bad "killed run left a manifest"
+  expect_error "killed run: info refuses" "manifest.json" "$BIN" data info "$T/killed"
+else
+  wait $pid 2>/dev/null; rm -f "$T/killed/manifest.json"; echo "skip killed run: it finished before the kill"
+fi
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/killed" "$T/big.txt" >/dev/null 2>&1 && "$BIN" data info "$T/killed" >/dev/null \
+  && ok "rerun after kill" || bad "rerun after kill"
+
 # bad inputs
 printf '{"text": "one"}\n{"text": "two"}\n{"text": oops}\n' >"$T/bad.jsonl"
 expect_error "bad json line" "bad.jsonl:3:" "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/o1" --shard-tokens 1000 ../shared/corpora/c4-samples/c4-sample.01.json.gz "$T/bad.jsonl"

@@ -149,6 +149,28 @@ static void test_shard_corruption(void) {
   memset(data + 24, 0xff, 8);
   CHECK(write_bytes(bad, data, size) == 0);
   CHECK(xd_shard_open(&s, bad, 0, &e) != 0 && strstr(e.msg, bad));
+  /* content errors behind a valid checksum: an id outside the vocabulary, a mask value of 2 */
+  {
+    const size_t tok_at = XD_SHARD_HEADER_BYTES + (nd + 1) * 8, mask_at = tok_at + n * 4; /* vocab 70000: uint32 */
+    char *orig, *fixed = xd_malloc(size);
+    CHECK(xd_read_file(good, 1 << 30, &orig, NULL, &e) == 0);
+    for (int k = 0; k < 2; k++) {
+      memcpy(fixed, orig, size);
+      if (k == 0) { uint32_t big = 70000; memcpy(fixed + tok_at + 8, &big, 4); }
+      else fixed[mask_at + 5] = 2;
+      uint32_t crc = (uint32_t)crc32(crc32(0, Z_NULL, 0), (const Bytef *)fixed, 56);
+      crc = (uint32_t)crc32(crc, (const Bytef *)fixed + 64, (uInt)(size - 64));
+      uint64_t c64 = crc;
+      memcpy(fixed + 56, &c64, 8);
+      CHECK(write_bytes(bad, fixed, size) == 0);
+      CHECK(xd_shard_open(&s, bad, 1, &e) != 0 && strstr(e.msg, k == 0 ? "token 2 has id 70000 outside" : "mask value 2 at token 5"));
+    }
+    free(fixed);
+    free(orig);
+    mask[3] = 2;
+    CHECK(xd_shard_write(bad, tok, mask, n, offs, nd, 70000, NULL, &e) != 0 && strstr(e.msg, "mask value 2"));
+    mask[3] = 1;
+  }
   /* missing file */
   CHECK(xd_shard_open(&s, "/nonexistent/x.xds", 0, &e) != 0 && strstr(e.msg, "/nonexistent/x.xds"));
   free(data);

@@ -44,8 +44,10 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
     if (tokens[i] < 0 || (uint64_t)tokens[i] >= vocab_size)
       return xd_errf(e, "%s: token %llu has id %d outside the vocabulary of %llu", path, (unsigned long long)i, tokens[i], (unsigned long long)vocab_size);
   int has_mask = 0;
-  if (mask)
-    for (uint64_t i = 0; i < n_tokens && !has_mask; i++) has_mask = mask[i] != 1;
+  for (uint64_t i = 0; mask && i < n_tokens; i++) {
+    if (mask[i] > 1) return xd_errf(e, "%s: mask value %u at token %llu is not 0 or 1", path, mask[i], (unsigned long long)i);
+    has_mask |= mask[i] == 0;
+  }
   const uint32_t tb = xd_shard_token_bytes(vocab_size);
 
   uint8_t hdr[XD_SHARD_HEADER_BYTES];
@@ -140,6 +142,8 @@ static int shard_parse(xd_shard *s, const uint8_t *d, size_t size, const char *p
       for (uint64_t i = 0; i < s->n_tokens; i++)
         if (t[i] >= s->vocab_size) { rc = xd_errf(e, "%s: token %llu has id %u outside the vocabulary", path, (unsigned long long)i, t[i]); goto done; }
     }
+    for (uint64_t i = 0; s->mask && i < s->n_tokens; i++)
+      if (s->mask[i] > 1) { rc = xd_errf(e, "%s: mask value %u at token %llu is not 0 or 1", path, s->mask[i], (unsigned long long)i); goto done; }
   }
 done:
   return rc;

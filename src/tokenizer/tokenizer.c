@@ -555,6 +555,7 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
 }
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e);
 
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   *out = NULL;
@@ -575,6 +576,19 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   char *text = NULL;
   size_t size;
   if (xd_read_file(json_path, TOK_MAX_FILE, &text, &size, e)) { free(json_path); free(cfg_path); return -1; }
+  int rc = load_common(out, json_path, cfg_path, text, size, e);
+  free(text);
+  return rc;
+}
+
+int xd_tokenizer_load_json(xd_tokenizer **out, const char *json, size_t len, const char *name, xd_err *e) {
+  *out = NULL;
+  return load_common(out, xd_strdup(name ? name : "<memory>"), NULL, json, len, e);
+}
+
+/* json_path (owned) names the source in messages; cfg_path (owned, may be NULL) is the
+ * optional tokenizer_config.json. */
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e) {
   xd_tokenizer *t = xd_calloc(1, sizeof *t);
   t->path = json_path;
   t->bos_id = t->eos_id = -1;
@@ -632,7 +646,6 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   rc = 0;
 done:
   cJSON_Delete(root);
-  free(text);
   free(cfg_path);
   if (rc) { xd_tokenizer_free(t); return -1; }
   *out = t;
@@ -649,8 +662,8 @@ static char *config_token(const cJSON *cfg, const char *key) {
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always);
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
-  t->cfg_path = xd_strdup(cfg_path);
-  if (xd_file_exists(cfg_path)) {
+  t->cfg_path = xd_strdup(cfg_path ? cfg_path : "tokenizer_config.json");
+  if (cfg_path && xd_file_exists(cfg_path)) {
     char *text;
     size_t size;
     if (xd_read_file(cfg_path, 64u << 20, &text, &size, e)) return -1;

@@ -444,6 +444,65 @@ static void test_chat_errors(void) {
   xd_tokenizer_free(t);
 }
 
+/* Synthetic tokenizers (tools/make_tokenizer_synth.py): components the families do not use. */
+typedef struct { char *name[8]; xd_tokenizer *t[8]; int n, total[8], bad[8], shown; } synth_state;
+static void check_synth(cJSON *j, void *arg) {
+  synth_state *st = arg;
+  const char *name = cJSON_GetObjectItem(j, "name")->valuestring;
+  int k = 0;
+  while (k < st->n && strcmp(st->name[k], name)) k++;
+  if (k == st->n) {
+    char path[512];
+    snprintf(path, sizeof path, "tests/fixtures/tokenizer/synth/%s", name);
+    xd_err e;
+    st->name[k] = strdup(name);
+    if (xd_tokenizer_load(&st->t[k], path, &e)) { CHECKF(0, "%s", e.msg); st->t[k] = NULL; }
+    st->n++;
+  }
+  xd_tokenizer *t = st->t[k];
+  if (!t) return;
+  size_t n, dn, dsn, tl;
+  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
+  const cJSON *ref = cJSON_GetObjectItem(j, "ids"), *ref_sp = cJSON_GetObjectItem(j, "ids_special");
+  if (!ref_sp) ref_sp = ref;
+  int32_t *ids = NULL, *ids_sp = NULL;
+  size_t ni = 0, nsp = 0;
+  xd_err e;
+  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) && ids_equal(ids, ni, ref) &&
+           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e) && ids_equal(ids_sp, nsp, ref_sp);
+  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), q = 0;
+  int32_t *rids = malloc((rn + 1) * sizeof *rids);
+  const cJSON *x;
+  cJSON_ArrayForEach(x, ref_sp) rids[q++] = (int32_t)x->valuedouble;
+  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
+  unsigned char *dref = hex_decode(cJSON_GetObjectItem(j, "decoded")->valuestring, &dn);
+  unsigned char *dsref = hex_decode(dsk ? dsk->valuestring : cJSON_GetObjectItem(j, "decoded")->valuestring, &dsn);
+  char *dec = NULL, *decs = NULL;
+  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn) &&
+            !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
+  st->total[k]++;
+  if (!ok || !dok) {
+    st->bad[k]++;
+    if (st->shown++ < 10) {
+      fprintf(stderr, "  synth %s %s mismatch: \"%.50s\"\n", name, ok ? "decode" : "encode", (const char *)text);
+      if (!ok) { print_ids("ours", ids, ni); }
+      else fprintf(stderr, "    ours \"%.60s\"\n    want \"%.60s\"\n", dec ? dec : "(err)", (const char *)dref);
+    }
+  }
+  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+}
+static void test_synth_components(void) {
+  synth_state st = {0};
+  int rows = each_jsonl("tests/fixtures/tokenizer/synth/vectors.jsonl", check_synth, &st);
+  CHECK(rows > 400 && st.n == 4);
+  for (int k = 0; k < st.n; k++) {
+    fprintf(stderr, "  %-24s %d/%d vectors exact\n", st.name[k], st.total[k] - st.bad[k], st.total[k]);
+    CHECKF(st.bad[k] == 0, "%s: %d vectors differ from HF", st.name[k], st.bad[k]);
+    xd_tokenizer_free(st.t[k]);
+    free(st.name[k]);
+  }
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -451,6 +510,7 @@ int main(void) {
   RUN(test_roundtrip_random);
   RUN(test_malformed);
   RUN(test_tiny_model);
+  RUN(test_synth_components);
   RUN(test_chat_templates);
   RUN(test_chat_errors);
   return test_finish();

@@ -307,6 +307,13 @@ static void test_malformed(void) {
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": [{\"id\": 3}]}", "added_tokens");
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": {\"type\": \"Replace\", "
                "\"pattern\": {\"Nope\": 1}, \"content\": \"x\"}}", "pattern");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": 5}", "normalizer: expected an object");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": {}}", "added_tokens: expected an array");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [7]}}", "model.merges[0]");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": 3}}", "pre_tokenizer '(missing type)'");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\", "
+               "\"pretokenizers\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}}", "ByteLevel must be the last");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [], \"dropout\": 0.1}}", "dropout");
   /* a minimal valid file loads, merges apply */
   xd_err e;
   CHECKF(load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [\"a b\"]}}", &e) == 0, "%s", e.msg);
@@ -503,6 +510,38 @@ static void test_synth_components(void) {
   }
 }
 
+/* One loaded tokenizer used from several threads at once gives the serial results (the
+ * tokenizer is read-only; all scratch state is per call). */
+static void test_threads(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  xd_err e;
+  xd_tokenizer *t;
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/llama3", &e), "%s", e.msg);
+  if (!t) return;
+  enum { N = 64 };
+  static const char *const words[] = {"alpha ", "βeta ", "😀", "  ", "\n", "123456", "<|eot_id|>", "don't ", "CORIOLANUS:"};
+  char *texts[N];
+  int32_t *serial[N], *par[N];
+  size_t ns[N], np[N];
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)time(NULL));
+  for (int i = 0; i < N; i++) {
+    texts[i] = calloc(4096, 1);
+    for (int k = 0; k < 200; k++) strcat(texts[i], words[xd_rng_u64(&r) % 9]);
+    CHECK(!xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &serial[i], &ns[i], &e));
+  }
+  int bad = 0;
+#pragma omp parallel for num_threads(4) reduction(+ : bad)
+  for (int i = 0; i < N; i++) {
+    xd_err le;
+    if (xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &par[i], &np[i], &le)) { bad++; par[i] = NULL; continue; }
+    bad += np[i] != ns[i] || memcmp(par[i], serial[i], ns[i] * sizeof *par[i]);
+  }
+  CHECK(bad == 0);
+  for (int i = 0; i < N; i++) { free(texts[i]); free(serial[i]); free(par[i]); }
+  xd_tokenizer_free(t);
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -511,6 +550,7 @@ int main(void) {
   RUN(test_malformed);
   RUN(test_tiny_model);
   RUN(test_synth_components);
+  RUN(test_threads);
   RUN(test_chat_templates);
   RUN(test_chat_errors);
   return test_finish();

@@ -130,7 +130,7 @@ static int json_pattern(const cJSON *p, const char *path, const char *what, char
 }
 static const char *json_type(const cJSON *o) {
   const char *t = json_str(o, "type");
-  return t ? t : "";
+  return t ? t : "(missing type)";
 }
 
 /* ---- component parsing --------------------------------------------------------- */

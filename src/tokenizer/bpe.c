@@ -32,48 +32,46 @@ void tok_strmap_init(tok_strmap *m, size_t expect) {
   m->slots = xd_calloc(slots, sizeof *m->slots);
   m->mask = slots - 1;
   m->ecap = expect + 16;
-  m->hashes = xd_malloc(m->ecap * sizeof *m->hashes);
-  m->offs = xd_malloc(m->ecap * sizeof *m->offs);
-  m->lens = xd_malloc(m->ecap * sizeof *m->lens);
-  m->vals = xd_malloc(m->ecap * sizeof *m->vals);
+  m->ents = xd_malloc(m->ecap * sizeof *m->ents);
   m->arena_cap = expect * 8 + 64;
   m->arena = xd_malloc(m->arena_cap);
 }
 void tok_strmap_free(tok_strmap *m) {
-  free(m->arena); free(m->hashes); free(m->offs); free(m->lens); free(m->vals); free(m->slots);
+  free(m->arena); free(m->ents); free(m->slots);
   memset(m, 0, sizeof *m);
 }
+static inline uint64_t slot_of(size_t e, uint64_t h) { return ((uint64_t)(e + 1) << 32) | (h >> 32); }
 static void strmap_rehash(tok_strmap *m) {
   size_t slots = (m->mask + 1) * 2;
   free(m->slots);
   m->slots = xd_calloc(slots, sizeof *m->slots);
   m->mask = slots - 1;
   for (size_t e = 0; e < m->n; e++) {
-    size_t i = m->hashes[e] & m->mask;
+    size_t i = m->ents[e].hash & m->mask;
     while (m->slots[i]) i = (i + 1) & m->mask;
-    m->slots[i] = (uint32_t)(e + 1);
+    m->slots[i] = slot_of(e, m->ents[e].hash);
   }
 }
 static size_t strmap_find(const tok_strmap *m, const char *k, size_t len, uint64_t h) {
   size_t i = h & m->mask;
+  uint32_t tag = (uint32_t)(h >> 32);
   for (;;) {
-    uint32_t s = m->slots[i];
+    uint64_t s = m->slots[i];
     if (!s) return i;
-    size_t e = s - 1;
-    if (m->hashes[e] == h && m->lens[e] == len && !memcmp(m->arena + m->offs[e], k, len)) return i;
+    if ((uint32_t)s == tag) {
+      const tok_strent *en = &m->ents[(s >> 32) - 1];
+      if (en->hash == h && en->len == len && !memcmp(m->arena + en->off, k, len)) return i;
+    }
     i = (i + 1) & m->mask;
   }
 }
 void tok_strmap_put(tok_strmap *m, const char *k, size_t len, int32_t v) {
   uint64_t h = tok_hash(k, len);
   size_t i = strmap_find(m, k, len, h);
-  if (m->slots[i]) { m->vals[m->slots[i] - 1] = v; return; }
+  if (m->slots[i]) { m->ents[(m->slots[i] >> 32) - 1].val = v; return; }
   if (m->n == m->ecap) {
     m->ecap *= 2;
-    m->hashes = xd_realloc(m->hashes, m->ecap * sizeof *m->hashes);
-    m->offs = xd_realloc(m->offs, m->ecap * sizeof *m->offs);
-    m->lens = xd_realloc(m->lens, m->ecap * sizeof *m->lens);
-    m->vals = xd_realloc(m->vals, m->ecap * sizeof *m->vals);
+    m->ents = xd_realloc(m->ents, m->ecap * sizeof *m->ents);
   }
   while (m->arena_len + len + 1 > m->arena_cap) {
     m->arena_cap *= 2;
@@ -82,32 +80,27 @@ void tok_strmap_put(tok_strmap *m, const char *k, size_t len, int32_t v) {
   XD_CHECK(m->arena_len + len < UINT32_MAX);
   memcpy(m->arena + m->arena_len, k, len);
   size_t e = m->n++;
-  m->offs[e] = (uint32_t)m->arena_len;
-  m->lens[e] = (uint32_t)len;
-  m->hashes[e] = h;
-  m->vals[e] = v;
+  m->ents[e] = (tok_strent){h, (uint32_t)m->arena_len, (uint32_t)len, v};
   m->arena_len += len;
-  m->slots[i] = (uint32_t)(e + 1);
+  m->slots[i] = slot_of(e, h);
   if (m->n * 2 > m->mask + 1) strmap_rehash(m);
 }
 int tok_strmap_get(const tok_strmap *m, const char *k, size_t len, int32_t *v) {
   if (!m->slots) return 0;
   size_t i = strmap_find(m, k, len, tok_hash(k, len));
   if (!m->slots[i]) return 0;
-  *v = m->vals[m->slots[i] - 1];
+  *v = m->ents[(m->slots[i] >> 32) - 1].val;
   return 1;
 }
 
 void tok_pairmap_init(tok_pairmap *m, size_t expect) {
   size_t slots = pow2_at_least(expect * 2 + 16);
-  m->keys = xd_calloc(slots, sizeof *m->keys);
-  m->rank = xd_malloc(slots * sizeof *m->rank);
-  m->out = xd_malloc(slots * sizeof *m->out);
+  m->ents = xd_calloc(slots, sizeof *m->ents);
   m->mask = slots - 1;
   m->n = 0;
 }
 void tok_pairmap_free(tok_pairmap *m) {
-  free(m->keys); free(m->rank); free(m->out);
+  free(m->ents);
   memset(m, 0, sizeof *m);
 }
 static inline uint64_t pair_key(int32_t a, int32_t b) { return (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1; }
@@ -116,27 +109,27 @@ void tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t
     tok_pairmap old = *m;
     tok_pairmap_init(m, (old.mask + 1));
     for (size_t i = 0; i <= old.mask; i++)
-      if (old.keys[i]) {
-        uint64_t k = old.keys[i] - 1;
-        tok_pairmap_put(m, (int32_t)(k >> 32), (int32_t)(uint32_t)k, old.rank[i], old.out[i]);
+      if (old.ents[i].key) {
+        uint64_t k = old.ents[i].key - 1;
+        tok_pairmap_put(m, (int32_t)(k >> 32), (int32_t)(uint32_t)k, old.ents[i].rank, old.ents[i].out);
       }
     tok_pairmap_free(&old);
   }
   uint64_t k = pair_key(a, b);
   size_t i = mix64(k) & m->mask;
-  while (m->keys[i] && m->keys[i] != k) i = (i + 1) & m->mask;
-  if (!m->keys[i]) { m->keys[i] = k; m->n++; }
-  m->rank[i] = rank;
-  m->out[i] = out;
+  while (m->ents[i].key && m->ents[i].key != k) i = (i + 1) & m->mask;
+  if (!m->ents[i].key) { m->ents[i].key = k; m->n++; }
+  m->ents[i].rank = rank;
+  m->ents[i].out = out;
 }
 int tok_pairmap_get(const tok_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *out) {
-  if (!m->keys) return 0;
+  if (!m->ents) return 0;
   uint64_t k = pair_key(a, b);
   size_t i = mix64(k) & m->mask;
   for (;;) {
-    uint64_t s = m->keys[i];
-    if (s == k) { *rank = m->rank[i]; *out = m->out[i]; return 1; }
-    if (!s) return 0;
+    const tok_pairent *en = &m->ents[i];
+    if (en->key == k) { *rank = en->rank; *out = en->out; return 1; }
+    if (!en->key) return 0;
     i = (i + 1) & m->mask;
   }
 }
@@ -233,7 +226,7 @@ int tok_cp_to_byte(uint32_t cp) {
 }
 
 /* ---- BPE ------------------------------------------------------------------- */
-typedef struct { int32_t rank, pos, out; } heap_ent;
+typedef struct { int32_t rank, pos, out, a, b; } heap_ent; /* pair (a, b) at pos merges to out */
 
 struct tok_work {
   int32_t *id, *prev, *next;
@@ -251,7 +244,7 @@ struct tok_work {
 
 tok_work *tok_work_new(void) {
   tok_work *w = xd_calloc(1, sizeof *w);
-  tok_strmap_init(&w->cache, 1024);
+  tok_strmap_init(&w->cache, 64);
   return w;
 }
 void tok_work_free(tok_work *w) {
@@ -368,22 +361,25 @@ static void bpe_merge(const xd_tokenizer *t, tok_work *w, size_t n) {
   int32_t rank, out;
   for (size_t i = 0; i + 1 < n; i++)
     if (tok_pairmap_get(&t->merges, w->id[i], w->id[i + 1], &rank, &out))
-      heap_push(w, (heap_ent){rank, (int32_t)i, out});
+      heap_push(w, (heap_ent){rank, (int32_t)i, out, w->id[i], w->id[i + 1]});
   while (w->hn) {
     heap_ent top = heap_pop(w);
     int32_t p = top.pos;
     if (w->id[p] < 0) continue; /* merged away */
     int32_t r = w->next[p];
     if (r < 0) continue;
-    if (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out) continue;
-    w->id[p] = out;
+    /* HF's validity test: the pair now at p merges to the same token. The ids are usually
+     * unchanged (no lookup needed); otherwise look the new pair up, as HF does. */
+    if (!(w->id[p] == top.a && w->id[r] == top.b) &&
+        (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out)) continue;
+    w->id[p] = top.out;
     w->id[r] = -1;
     w->next[p] = w->next[r];
     if (w->next[r] >= 0) w->prev[w->next[r]] = p;
     if (w->prev[p] >= 0 && tok_pairmap_get(&t->merges, w->id[w->prev[p]], w->id[p], &rank, &out))
-      heap_push(w, (heap_ent){rank, w->prev[p], out});
+      heap_push(w, (heap_ent){rank, w->prev[p], out, w->id[w->prev[p]], w->id[p]});
     if (w->next[p] >= 0 && tok_pairmap_get(&t->merges, w->id[p], w->id[w->next[p]], &rank, &out))
-      heap_push(w, (heap_ent){rank, p, out});
+      heap_push(w, (heap_ent){rank, p, out, w->id[p], w->id[w->next[p]]});
   }
 }
 

@@ -9,13 +9,16 @@
 
 /* ---- hash maps (open addressing, owned key copies) ----------------------- */
 typedef struct {
+  uint64_t hash;
+  uint32_t off, len;    /* key bytes in arena */
+  int32_t val;
+} tok_strent;
+typedef struct {
   char *arena;          /* key bytes */
   size_t arena_len, arena_cap;
-  uint64_t *hashes;     /* per entry */
-  uint32_t *offs, *lens;
-  int32_t *vals;
+  tok_strent *ents;
   size_t n, ecap;
-  uint32_t *slots;      /* entry index + 1; 0 = empty */
+  uint64_t *slots;      /* (entry index + 1) << 32 | hash tag; 0 = empty (one cache line per probe) */
   size_t mask;          /* slots - 1 (power of two) */
 } tok_strmap;
 void tok_strmap_init(tok_strmap *m, size_t expect);
@@ -28,8 +31,11 @@ uint64_t tok_hash(const char *k, size_t len);
 
 /* (a, b) -> (rank, merged id) */
 typedef struct {
-  uint64_t *keys; /* (a << 32 | b) + 1; 0 = empty */
-  int32_t *rank, *out;
+  uint64_t key; /* (a << 32 | b) + 1; 0 = empty */
+  int32_t rank, out;
+} tok_pairent;
+typedef struct {
+  tok_pairent *ents;
   size_t mask, n;
 } tok_pairmap;
 void tok_pairmap_init(tok_pairmap *m, size_t expect);
@@ -99,6 +105,8 @@ typedef struct tok_dec {
 typedef struct {
   char *content;
   size_t len;
+  char *match;          /* what is matched: content, or normalized content when normalized */
+  size_t match_len;
   int32_t id;
   int special, lstrip, rstrip, normalized, single_word;
 } tok_added;

@@ -307,6 +307,13 @@ static void test_malformed(void) {
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": [{\"id\": 3}]}", "added_tokens");
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": {\"type\": \"Replace\", "
                "\"pattern\": {\"Nope\": 1}, \"content\": \"x\"}}", "pattern");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": 5}", "normalizer: expected an object");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": {}}", "added_tokens: expected an array");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [7]}}", "model.merges[0]");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": 3}}", "pre_tokenizer '(missing type)'");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\", "
+               "\"pretokenizers\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}}", "ByteLevel must be the last");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [], \"dropout\": 0.1}}", "dropout");
   /* a minimal valid file loads, merges apply */
   xd_err e;
   CHECKF(load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [\"a b\"]}}", &e) == 0, "%s", e.msg);
@@ -444,6 +451,97 @@ static void test_chat_errors(void) {
   xd_tokenizer_free(t);
 }
 
+/* Synthetic tokenizers (tools/make_tokenizer_synth.py): components the families do not use. */
+typedef struct { char *name[8]; xd_tokenizer *t[8]; int n, total[8], bad[8], shown; } synth_state;
+static void check_synth(cJSON *j, void *arg) {
+  synth_state *st = arg;
+  const char *name = cJSON_GetObjectItem(j, "name")->valuestring;
+  int k = 0;
+  while (k < st->n && strcmp(st->name[k], name)) k++;
+  if (k == st->n) {
+    char path[512];
+    snprintf(path, sizeof path, "tests/fixtures/tokenizer/synth/%s", name);
+    xd_err e;
+    st->name[k] = strdup(name);
+    if (xd_tokenizer_load(&st->t[k], path, &e)) { CHECKF(0, "%s", e.msg); st->t[k] = NULL; }
+    st->n++;
+  }
+  xd_tokenizer *t = st->t[k];
+  if (!t) return;
+  size_t n, dn, dsn, tl;
+  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
+  const cJSON *ref = cJSON_GetObjectItem(j, "ids"), *ref_sp = cJSON_GetObjectItem(j, "ids_special");
+  if (!ref_sp) ref_sp = ref;
+  int32_t *ids = NULL, *ids_sp = NULL;
+  size_t ni = 0, nsp = 0;
+  xd_err e;
+  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) && ids_equal(ids, ni, ref) &&
+           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e) && ids_equal(ids_sp, nsp, ref_sp);
+  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), q = 0;
+  int32_t *rids = malloc((rn + 1) * sizeof *rids);
+  const cJSON *x;
+  cJSON_ArrayForEach(x, ref_sp) rids[q++] = (int32_t)x->valuedouble;
+  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
+  unsigned char *dref = hex_decode(cJSON_GetObjectItem(j, "decoded")->valuestring, &dn);
+  unsigned char *dsref = hex_decode(dsk ? dsk->valuestring : cJSON_GetObjectItem(j, "decoded")->valuestring, &dsn);
+  char *dec = NULL, *decs = NULL;
+  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn) &&
+            !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
+  st->total[k]++;
+  if (!ok || !dok) {
+    st->bad[k]++;
+    if (st->shown++ < 10) {
+      fprintf(stderr, "  synth %s %s mismatch: \"%.50s\"\n", name, ok ? "decode" : "encode", (const char *)text);
+      if (!ok) { print_ids("ours", ids, ni); }
+      else fprintf(stderr, "    ours \"%.60s\"\n    want \"%.60s\"\n", dec ? dec : "(err)", (const char *)dref);
+    }
+  }
+  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+}
+static void test_synth_components(void) {
+  synth_state st = {0};
+  int rows = each_jsonl("tests/fixtures/tokenizer/synth/vectors.jsonl", check_synth, &st);
+  CHECK(rows > 400 && st.n == 4);
+  for (int k = 0; k < st.n; k++) {
+    fprintf(stderr, "  %-24s %d/%d vectors exact\n", st.name[k], st.total[k] - st.bad[k], st.total[k]);
+    CHECKF(st.bad[k] == 0, "%s: %d vectors differ from HF", st.name[k], st.bad[k]);
+    xd_tokenizer_free(st.t[k]);
+    free(st.name[k]);
+  }
+}
+
+/* One loaded tokenizer used from several threads at once gives the serial results (the
+ * tokenizer is read-only; all scratch state is per call). */
+static void test_threads(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  xd_err e;
+  xd_tokenizer *t;
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/llama3", &e), "%s", e.msg);
+  if (!t) return;
+  enum { N = 64 };
+  static const char *const words[] = {"alpha ", "βeta ", "😀", "  ", "\n", "123456", "<|eot_id|>", "don't ", "CORIOLANUS:"};
+  char *texts[N];
+  int32_t *serial[N], *par[N];
+  size_t ns[N], np[N];
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)time(NULL));
+  for (int i = 0; i < N; i++) {
+    texts[i] = calloc(4096, 1);
+    for (int k = 0; k < 200; k++) strcat(texts[i], words[xd_rng_u64(&r) % 9]);
+    CHECK(!xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &serial[i], &ns[i], &e));
+  }
+  int bad = 0;
+#pragma omp parallel for num_threads(4) reduction(+ : bad)
+  for (int i = 0; i < N; i++) {
+    xd_err le;
+    if (xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &par[i], &np[i], &le)) { bad++; par[i] = NULL; continue; }
+    bad += np[i] != ns[i] || memcmp(par[i], serial[i], ns[i] * sizeof *par[i]);
+  }
+  CHECK(bad == 0);
+  for (int i = 0; i < N; i++) { free(texts[i]); free(serial[i]); free(par[i]); }
+  xd_tokenizer_free(t);
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -451,6 +549,8 @@ int main(void) {
   RUN(test_roundtrip_random);
   RUN(test_malformed);
   RUN(test_tiny_model);
+  RUN(test_synth_components);
+  RUN(test_threads);
   RUN(test_chat_templates);
   RUN(test_chat_errors);
   return test_finish();

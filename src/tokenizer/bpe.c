@@ -226,7 +226,7 @@ int tok_cp_to_byte(uint32_t cp) {
 }
 
 /* ---- BPE ------------------------------------------------------------------- */
-typedef struct { int32_t rank, pos, out; } heap_ent;
+typedef struct { int32_t rank, pos, out, a, b; } heap_ent; /* pair (a, b) at pos merges to out */
 
 struct tok_work {
   int32_t *id, *prev, *next;
@@ -361,22 +361,25 @@ static void bpe_merge(const xd_tokenizer *t, tok_work *w, size_t n) {
   int32_t rank, out;
   for (size_t i = 0; i + 1 < n; i++)
     if (tok_pairmap_get(&t->merges, w->id[i], w->id[i + 1], &rank, &out))
-      heap_push(w, (heap_ent){rank, (int32_t)i, out});
+      heap_push(w, (heap_ent){rank, (int32_t)i, out, w->id[i], w->id[i + 1]});
   while (w->hn) {
     heap_ent top = heap_pop(w);
     int32_t p = top.pos;
     if (w->id[p] < 0) continue; /* merged away */
     int32_t r = w->next[p];
     if (r < 0) continue;
-    if (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out) continue;
-    w->id[p] = out;
+    /* HF's validity test: the pair now at p merges to the same token. The ids are usually
+     * unchanged (no lookup needed); otherwise look the new pair up, as HF does. */
+    if (!(w->id[p] == top.a && w->id[r] == top.b) &&
+        (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out)) continue;
+    w->id[p] = top.out;
     w->id[r] = -1;
     w->next[p] = w->next[r];
     if (w->next[r] >= 0) w->prev[w->next[r]] = p;
     if (w->prev[p] >= 0 && tok_pairmap_get(&t->merges, w->id[w->prev[p]], w->id[p], &rank, &out))
-      heap_push(w, (heap_ent){rank, w->prev[p], out});
+      heap_push(w, (heap_ent){rank, w->prev[p], out, w->id[w->prev[p]], w->id[p]});
     if (w->next[p] >= 0 && tok_pairmap_get(&t->merges, w->id[p], w->id[w->next[p]], &rank, &out))
-      heap_push(w, (heap_ent){rank, p, out});
+      heap_push(w, (heap_ent){rank, p, out, w->id[p], w->id[w->next[p]]});
   }
 }
 

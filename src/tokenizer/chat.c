@@ -244,7 +244,7 @@ static int render(const xd_tokenizer *t, const xd_chat_message *m, int n, int ge
 
 /* Bytes of the input text covered by token id (byte-level models: one byte per character). */
 static size_t token_span(const xd_tokenizer *t, int32_t id) {
-  if (t->added_by_id[id] >= 0) return t->added[t->added_by_id[id]].len;
+  if (t->added_by_id[id] >= 0) return t->added[t->added_by_id[id]].match_len;
   const char *s = t->tok_str[id];
   size_t len = t->tok_len[id], n = 0;
   for (size_t i = 0; i < len;) {

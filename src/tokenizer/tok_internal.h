@@ -105,6 +105,8 @@ typedef struct tok_dec {
 typedef struct {
   char *content;
   size_t len;
+  char *match;          /* what is matched: content, or normalized content when normalized */
+  size_t match_len;
   int32_t id;
   int special, lstrip, rstrip, normalized, single_word;
 } tok_added;

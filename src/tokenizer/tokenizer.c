@@ -130,7 +130,7 @@ static int json_pattern(const cJSON *p, const char *path, const char *what, char
 }
 static const char *json_type(const cJSON *o) {
   const char *t = json_str(o, "type");
-  return t ? t : "";
+  return t ? t : "(missing type)";
 }
 
 /* ---- component parsing --------------------------------------------------------- */
@@ -152,8 +152,8 @@ static int norm_parse(tok_norm *n, const cJSON *j, const char *path, xd_err *e) 
   else if (!strcmp(ty, "Lowercase")) n->kind = NORM_LOWERCASE;
   else if (!strcmp(ty, "Strip")) {
     n->kind = NORM_STRIP;
-    n->strip_left = json_bool(j, "left", 1);
-    n->strip_right = json_bool(j, "right", 1);
+    n->strip_left = json_bool(j, "strip_left", json_bool(j, "left", 1));
+    n->strip_right = json_bool(j, "strip_right", json_bool(j, "right", 1));
   } else if (!strcmp(ty, "Prepend")) {
     n->kind = NORM_PREPEND;
     const char *p = json_str(j, "prepend");
@@ -405,7 +405,7 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   tok_strmap_free(&t->vocab);
   tok_strmap_free(&t->raw_vocab);
   tok_pairmap_free(&t->merges);
-  for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
+  for (int i = 0; i < t->n_added; i++) { free(t->added[i].content); free(t->added[i].match); }
   free(t->added); free(t->added_by_id);
   free(t->cont_prefix); free(t->eow_suffix);
   norm_free(t->norm); free(t->norm);
@@ -547,7 +547,6 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
     a->normalized = json_bool(it, "normalized", !a->special);
     a->single_word = json_bool(it, "single_word", 0);
     t->any_normalized_added |= a->normalized;
-    t->added_first[(uint8_t)c[0]] = 1;
     t->added_by_id[a->id] = k;
     k++;
   }
@@ -555,6 +554,8 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
 }
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
+static int added_match_strings(xd_tokenizer *t, xd_err *e);
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e);
 
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   *out = NULL;
@@ -575,6 +576,19 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   char *text = NULL;
   size_t size;
   if (xd_read_file(json_path, TOK_MAX_FILE, &text, &size, e)) { free(json_path); free(cfg_path); return -1; }
+  int rc = load_common(out, json_path, cfg_path, text, size, e);
+  free(text);
+  return rc;
+}
+
+int xd_tokenizer_load_json(xd_tokenizer **out, const char *json, size_t len, const char *name, xd_err *e) {
+  *out = NULL;
+  return load_common(out, xd_strdup(name ? name : "<memory>"), NULL, json, len, e);
+}
+
+/* json_path (owned) names the source in messages; cfg_path (owned, may be NULL) is the
+ * optional tokenizer_config.json. */
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e) {
   xd_tokenizer *t = xd_calloc(1, sizeof *t);
   t->path = json_path;
   t->bos_id = t->eos_id = -1;
@@ -605,6 +619,7 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
     t->dec = xd_calloc(1, sizeof *t->dec);
     if (dec_parse(t->dec, j, json_path, e)) goto done;
   }
+  if (added_match_strings(t, e)) goto done;
   int last_ok = 0;
   if (pre_has_bytelevel(t->pre, &last_ok)) {
     if (!last_ok) { xd_errf(e, "%s: pre_tokenizer: ByteLevel must be the last pre-tokenizer", json_path); goto done; }
@@ -632,7 +647,6 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   rc = 0;
 done:
   cJSON_Delete(root);
-  free(text);
   free(cfg_path);
   if (rc) { xd_tokenizer_free(t); return -1; }
   *out = t;
@@ -649,8 +663,8 @@ static char *config_token(const cJSON *cfg, const char *key) {
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always);
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
-  t->cfg_path = xd_strdup(cfg_path);
-  if (xd_file_exists(cfg_path)) {
+  t->cfg_path = xd_strdup(cfg_path ? cfg_path : "tokenizer_config.json");
+  if (cfg_path && xd_file_exists(cfg_path)) {
     char *text;
     size_t size;
     if (xd_read_file(cfg_path, 64u << 20, &text, &size, e)) return -1;
@@ -966,12 +980,14 @@ static int norm_apply(tok_ctx *c, const tok_norm *nm, const char **s, size_t *le
     return 0;
   }
   case NORM_LOWERCASE: {
-    char *b = arena_alloc(&c->arena, *len * 2 + 4);
+    char *b = arena_alloc(&c->arena, *len * 3 + 4);
     size_t n = 0;
     for (size_t i = 0; i < *len;) {
       uint32_t cp;
       i += (size_t)tok_utf8_next(*s + i, *len - i, &cp);
-      n += (size_t)tok_utf8_put((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), b + n);
+      /* Rust char::to_lowercase: U+0130 is the one unconditional multi-char mapping */
+      if (cp == 0x130) { n += (size_t)tok_utf8_put('i', b + n); n += (size_t)tok_utf8_put(0x307, b + n); }
+      else n += (size_t)tok_utf8_put((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), b + n);
     }
     *s = b; *len = n;
     return 0;
@@ -1020,12 +1036,13 @@ static void added_spans(const xd_tokenizer *t, int normalized, const char *s, si
     int best = -1;
     for (int k = 0; k < t->n_added; k++) {
       const tok_added *a = &t->added[k];
-      if (a->normalized != normalized || a->len > len - i || (best >= 0 && a->len <= t->added[best].len)) continue;
-      if (!memcmp(s + i, a->content, a->len)) best = k;
+      if (a->normalized != normalized || !a->match_len || a->match_len > len - i ||
+          (best >= 0 && a->match_len <= t->added[best].match_len)) continue;
+      if (!memcmp(s + i, a->match, a->match_len)) best = k;
     }
     if (best < 0) { i++; continue; }
     const tok_added *a = &t->added[best];
-    size_t ms = i, me = i + a->len;
+    size_t ms = i, me = i + a->match_len;
     if (a->single_word) {
       int ok_l = ms == 0 || !cp_is_word(cp_before(s, ms));
       uint32_t cp = 0;
@@ -1074,6 +1091,30 @@ static void post_apply(const tok_post *p, int32_t **ids, size_t *n, size_t *cap)
   }
   if (!*ids) tok_push_id(ids, n, cap, 0), *n = 0;
   free(old);
+}
+
+/* HF matches normalized added tokens by their content passed through the normalizer. */
+static int added_match_strings(xd_tokenizer *t, xd_err *e) {
+  tok_ctx c = {0};
+  c.t = t; c.e = e;
+  c.md = pcre2_match_data_create(4, NULL);
+  int rc = 0;
+  for (int i = 0; i < t->n_added && !rc; i++) {
+    tok_added *a = &t->added[i];
+    const char *s = a->content;
+    size_t len = a->len;
+    if (a->normalized && t->norm) rc = norm_apply(&c, t->norm, &s, &len);
+    if (rc) break;
+    a->match = xd_malloc(len + 1);
+    memcpy(a->match, s, len);
+    a->match[len] = 0;
+    a->match_len = len;
+    if (len) t->added_first[(uint8_t)s[0]] = 1;
+  }
+  free(c.spans.v); free(c.spans2.v);
+  arena_free(&c.arena);
+  pcre2_match_data_free(c.md);
+  return rc;
 }
 
 int xd_tokenizer_encode(const xd_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
@@ -1296,7 +1337,7 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
     if (t->added_by_id[id] >= 0) {
       const tok_added *a = &t->added[t->added_by_id[id]];
       if (skip_special && a->special) continue;
-      s = a->content; l = a->len;
+      s = a->match; l = a->match_len; /* HF: normalized added tokens decode to their normalized form */
     } else if (t->tok_str[id]) {
       s = t->tok_str[id]; l = t->tok_len[id];
     } else {

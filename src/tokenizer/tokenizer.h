@@ -10,6 +10,10 @@ typedef struct xd_tokenizer xd_tokenizer;
  * tokenizer.json file. */
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e);
 void xd_tokenizer_free(xd_tokenizer *t);
+/* Added: load from tokenizer.json text in memory (no tokenizer_config.json: no chat template,
+ * bos/eos guessed from the post-processor and the usual end-of-text tokens). name is used in
+ * error messages. */
+int xd_tokenizer_load_json(xd_tokenizer **out, const char *json, size_t len, const char *name, xd_err *e);
 
 /* Encode UTF-8 (or arbitrary bytes) text. add_special: apply the post-processor (e.g. BOS),
  * as HF `encode(text, add_special_tokens=True)`. *ids is heap-allocated (caller frees). */

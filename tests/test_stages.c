@@ -177,7 +177,7 @@ static void test_stage2(void) {
       offs[q] = (uint64_t)q * len;
     }
     offs[nseq] = (uint64_t)nseq * len;
-    CHECKF(xd_shard_write(data, toks, NULL, (uint64_t)nseq * len, offs, nseq, (uint64_t)V, &e) == 0, "%s", e.msg);
+    CHECKF(xd_shard_write(data, toks, NULL, (uint64_t)nseq * len, offs, nseq, (uint64_t)V, NULL, &e) == 0, "%s", e.msg);
     xd_teacher_acts_free(&sa);
     free(toks); free(offs); free(lg);
   }

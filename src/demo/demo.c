@@ -41,7 +41,7 @@ static int prepare(const xd_tokenizer *tok, const char *teacher, const char *con
   char hash[64];
   snprintf(hash, sizeof hash, "demo");
   xd_prepare_opts o = {.out_dir = out, .inputs = inputs, .n_inputs = n_inputs, .val_fraction = 0.02, .seed = 1,
-                       .shard_tokens = 1u << 22, .force = 1};
+                       .shard_tokens = 1u << 22, .force = 1, .add_bos = 1};
   xd_prepare_encoder enc = {.ctx = (void *)tok, .encode = enc_text, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(tok),
                             .eos_id = xd_tokenizer_eos_id(tok), .bos_id = xd_tokenizer_bos_id(tok), .name = teacher,
                             .hash = hash};
@@ -90,7 +90,8 @@ static int greedy(const xd_teacher *t, const xd_student *s, const xd_tokenizer *
                   char **out, xd_err *e) {
   int32_t *ids = NULL;
   size_t n = 0;
-  if (xd_tokenizer_encode(tok, prompt, strlen(prompt), 0, &ids, &n, e) != 0) return -1;
+  /* As the teacher was trained: BOS (the post-processor's special tokens) + prompt. */
+  if (xd_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &n, e) != 0) return -1;
   const int V = t ? t->cfg.vocab : s->cfg.vocab, eos = xd_tokenizer_eos_id(tok);
   int32_t *gen = xd_malloc((size_t)max_new * sizeof(int32_t));
   int ng = 0, rc = 0;
@@ -225,7 +226,7 @@ static int gate_map(const xd_student *s, const xd_tokenizer *tok, const eval_set
   for (int i = 0; i < es->n && i < 8; i++) {
     int32_t *ids;
     size_t n;
-    if (xd_tokenizer_encode(tok, es->prompt[i], strlen(es->prompt[i]), 0, &ids, &n, e) != 0) { free(acc); return -1; }
+    if (xd_tokenizer_encode(tok, es->prompt[i], strlen(es->prompt[i]), 1, &ids, &n, e) != 0) { free(acc); return -1; }
     xd_student_train_acts a;
     xd_student_train_acts_alloc(&a, s, 1, (int)n);
     float *logits = xd_malloc(n * (size_t)s->cfg.vocab * sizeof(float));

@@ -863,15 +863,19 @@ static void apply_behavior(const tok_piece *p, tok_spans *sp, tok_split_behavior
 }
 
 static int pred_eq(uint32_t cp, const void *arg) { return cp == *(const uint32_t *)arg; }
-static int pred_digit(uint32_t cp, const void *arg) { (void)arg; return cp >= '0' && cp <= '9'; }
+/* Rust char::is_numeric (categories Nd, Nl, No), what HF's Digits pre-tokenizer splits on */
+static int pred_digit(uint32_t cp, const void *arg) {
+  (void)arg;
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)cp);
+  return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+}
 static int pred_space(uint32_t cp, const void *arg) { (void)arg; return cp_is_space(cp); }
 
 static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces *out) {
   out->n = 0;
   if (pre->kind == PRE_SEQUENCE) {
     tok_pieces a = {0}, b = {0};
-    pieces_push(&a, NULL, 0, 0);
-    a.n = 0;
     for (size_t i = 0; i < in->n; i++) pieces_push(&a, in->p[i].s, in->p[i].len, in->p[i].origin0);
     for (int k = 0; k < pre->n_items; k++) {
       if (pre_apply(c, &pre->items[k], &a, &b)) { free(a.p); free(b.p); return -1; }
@@ -934,24 +938,10 @@ static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces 
       break;
     case PRE_WHITESPACE_SPLIT:
       char_spans(pred_space, NULL, p.s, p.len, &c->spans);
-      apply_behavior(&p, &c->spans, SPLIT_CONTIGUOUS, 0, out);
-      /* drop the whitespace runs */
-      {
-        size_t w = out->n;
-        (void)w;
-      }
+      apply_behavior(&p, &c->spans, SPLIT_REMOVED, 0, out);
       break;
     case PRE_SEQUENCE: break;
     }
-  }
-  if (pre->kind == PRE_WHITESPACE_SPLIT) { /* Removed: keep non-whitespace pieces */
-    size_t w = 0;
-    for (size_t i = 0; i < out->n; i++) {
-      uint32_t cp;
-      tok_utf8_next(out->p[i].s, out->p[i].len, &cp);
-      if (!cp_is_space(cp)) out->p[w++] = out->p[i];
-    }
-    out->n = w;
   }
   return 0;
 }

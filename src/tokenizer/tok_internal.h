@@ -134,7 +134,10 @@ struct xd_tokenizer {
   int n_added;
   int32_t *added_by_id;        /* id -> index in added, -1 (size n_ids) */
   int any_normalized_added;
-  uint8_t added_first[256];    /* 1 if some added token starts with this byte */
+  /* added tokens grouped by the first byte of their match string: indices
+   * added_order[added_start[b] .. added_start[b + 1]) start with byte b */
+  int *added_order;
+  int added_start[257];
   /* pipeline */
   tok_norm *norm;              /* NULL = none */
   tok_pre *pre;

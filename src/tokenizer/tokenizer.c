@@ -406,7 +406,7 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   tok_strmap_free(&t->raw_vocab);
   tok_pairmap_free(&t->merges);
   for (int i = 0; i < t->n_added; i++) { free(t->added[i].content); free(t->added[i].match); }
-  free(t->added); free(t->added_by_id);
+  free(t->added); free(t->added_by_id); free(t->added_order);
   free(t->cont_prefix); free(t->eow_suffix);
   norm_free(t->norm); free(t->norm);
   pre_free(t->pre); free(t->pre);
@@ -1022,9 +1022,11 @@ static void added_spans(const xd_tokenizer *t, int normalized, const char *s, si
   out->n = 0;
   size_t prev = 0, i = 0;
   while (i < len) {
-    if (!t->added_first[(uint8_t)s[i]]) { i++; continue; }
+    uint8_t b0 = (uint8_t)s[i];
+    if (t->added_start[b0] == t->added_start[b0 + 1]) { i++; continue; }
     int best = -1;
-    for (int k = 0; k < t->n_added; k++) {
+    for (int q = t->added_start[b0]; q < t->added_start[b0 + 1]; q++) {
+      int k = t->added_order[q];
       const tok_added *a = &t->added[k];
       if (a->normalized != normalized || !a->match_len || a->match_len > len - i ||
           (best >= 0 && a->match_len <= t->added[best].match_len)) continue;
@@ -1099,8 +1101,14 @@ static int added_match_strings(xd_tokenizer *t, xd_err *e) {
     memcpy(a->match, s, len);
     a->match[len] = 0;
     a->match_len = len;
-    if (len) t->added_first[(uint8_t)s[0]] = 1;
   }
+  /* group by first byte (counting sort; empty match strings never match) */
+  t->added_order = xd_malloc(((size_t)t->n_added + 1) * sizeof *t->added_order);
+  int cnt[257] = {0};
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) cnt[(uint8_t)t->added[i].match[0] + 1]++;
+  for (int b = 0; b < 256; b++) cnt[b + 1] += cnt[b];
+  memcpy(t->added_start, cnt, sizeof cnt);
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) t->added_order[cnt[(uint8_t)t->added[i].match[0]]++] = i;
   free(c.spans.v); free(c.spans2.v);
   arena_free(&c.arena);
   pcre2_match_data_free(c.md);

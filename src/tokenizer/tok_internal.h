@@ -111,7 +111,7 @@ typedef struct {
   int special, lstrip, rstrip, normalized, single_word;
 } tok_added;
 
-typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_QWEN3_NOTHINK, CHAT_OLMO2 } tok_chat_format;
+typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_QWEN3_NOTHINK, CHAT_OLMO2 } tok_chat_format;
 
 struct xd_tokenizer {
   char *path;                  /* tokenizer.json path, for messages */

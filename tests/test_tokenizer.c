@@ -314,6 +314,7 @@ static void test_malformed(void) {
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\", "
                "\"pretokenizers\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}}", "ByteLevel must be the last");
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [], \"dropout\": 0.1}}", "dropout");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1000000000}, \"merges\": []}}", "dense");
   /* a minimal valid file loads, merges apply */
   xd_err e;
   CHECKF(load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [\"a b\"]}}", &e) == 0, "%s", e.msg);

@@ -460,6 +460,11 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
       return xd_errf(e, "%s: added_tokens: each entry needs a non-empty \"content\" and an integer \"id\"", path);
     if (v > max_id) max_id = v;
   }
+  /* ids index dense tables: refuse sparse ids that would make them huge (real files are dense) */
+  int64_t n_entries = (int64_t)n_vocab + (added ? cJSON_GetArraySize(added) : 0);
+  if (max_id >= (1 << 24) || max_id > 16 * n_entries + 4096)
+    return xd_errf(e, "%s: token ids up to %lld for %lld tokens: ids must be dense and below 2^24", path,
+                   (long long)max_id, (long long)n_entries);
   t->n_ids = (int32_t)(max_id + 1);
   t->tok_str = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_str);
   t->tok_len = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_len);
@@ -593,9 +598,9 @@ static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, cons
   t->path = json_path;
   t->bos_id = t->eos_id = -1;
   int rc = -1;
-  cJSON *root = cJSON_ParseWithLength(text, size);
+  const char *ep = NULL; /* parse end from the call itself: cJSON_GetErrorPtr is global state */
+  cJSON *root = cJSON_ParseWithLengthOpts(text, size, &ep, 0);
   if (!root) {
-    const char *ep = cJSON_GetErrorPtr();
     size_t off = (ep && ep >= text && ep <= text + size) ? (size_t)(ep - text) : 0;
     xd_errf(e, "%s: invalid JSON near byte %zu", json_path, off);
     goto done;
@@ -1081,7 +1086,6 @@ static void post_apply(const tok_post *p, int32_t **ids, size_t *n, size_t *cap)
     if (p->single[i] >= 0) tok_push_id(ids, n, cap, p->single[i]);
     else for (size_t k = 0; k < on; k++) tok_push_id(ids, n, cap, old[k]);
   }
-  if (!*ids) tok_push_id(ids, n, cap, 0), *n = 0;
   free(old);
 }
 

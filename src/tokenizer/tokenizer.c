@@ -1179,14 +1179,14 @@ static tok_str lossy_own(char *b, size_t n) {
   return (tok_str){f, m};
 }
 
-static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out) {
+static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out, xd_err *e) {
   out->n = 0;
   switch (d->kind) {
   case DEC_SEQUENCE: {
     tok_strs a = *in, b = {0};
     *in = (tok_strs){0};
     for (int i = 0; i < d->n_items; i++) {
-      if (dec_apply(t, &d->items[i], &a, &b)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
+      if (dec_apply(t, &d->items[i], &a, &b, e)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
       strs_clear(&a);
       tok_strs tmp = a; a = b; b = tmp;
     }
@@ -1294,20 +1294,15 @@ static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_
       const tok_str *s = &in->v[i];
       tok_spans sp = {0};
       if (d->re) {
-        /* decoder regexes are rare; a throwaway context keeps the decoder independent */
-        pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-        size_t prev = 0, off = 0;
-        while (off <= s->len) {
-          int rc = pcre2_match(d->re, (PCRE2_SPTR)s->s, s->len, off, 0, md, NULL);
-          if (rc < 0) break;
-          PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-          if (ov[0] != prev) spans_push(&sp, prev, ov[0], 0);
-          spans_push(&sp, ov[0], ov[1], 1);
-          prev = ov[1];
-          off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
-        }
-        if (prev != s->len) spans_push(&sp, prev, s->len, 0);
-        pcre2_match_data_free(md);
+        tok_ctx c = {0};
+        c.t = t; c.e = e;
+        c.md = pcre2_match_data_create(4, NULL);
+        c.mctx = pcre2_match_context_create(NULL);
+        int rc = regex_spans(&c, d->re, s->s, s->len, &sp);
+        if (c.jit) pcre2_jit_stack_free(c.jit);
+        pcre2_match_context_free(c.mctx);
+        pcre2_match_data_free(c.md);
+        if (rc) { free(sp.v); return -1; }
       } else {
         literal_spans(d->pat, d->pat_len, s->s, s->len, &sp);
       }
@@ -1349,7 +1344,7 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   }
   tok_strs *fin = &toks;
   if (t->dec) {
-    if (dec_apply(t, t->dec, &toks, &out)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
+    if (dec_apply(t, t->dec, &toks, &out, e)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
     fin = &out;
   }
   size_t total = 0;
@@ -1364,7 +1359,6 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   b[m] = 0;
   strs_clear(&toks); free(toks.v);
   strs_clear(&out); free(out.v);
-  (void)e;
   *text = b;
   *len = m;
   return 0;

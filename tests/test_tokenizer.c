@@ -204,6 +204,12 @@ static void test_api_basics(void) {
   xd_tokenizer_free(t);
   CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/olmo2", &e), "%s", e.msg);
   CHECK(xd_tokenizer_eos_id(t) == 100257); /* no tokenizer_config.json: <|endoftext|> */
+  CHECK(xd_tokenizer_vocab_size(t) == 100278); /* = HF get_vocab_size(with_added_tokens=True) */
+  xd_tokenizer_free(t);
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/qwen3", &e), "%s", e.msg);
+  CHECK(xd_tokenizer_vocab_size(t) == 151669);
+  CHECK(xd_tokenizer_eos_id(t) == 151645 && xd_tokenizer_bos_id(t) == -1); /* <|im_end|>, bos_token null */
+  CHECK(xd_tokenizer_chat_format(t) && !strcmp(xd_tokenizer_chat_format(t), "qwen3"));
   xd_tokenizer_free(t);
 }
 

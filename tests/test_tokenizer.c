@@ -5,7 +5,7 @@
 #include <cjson/cJSON.h>
 #include <time.h>
 #include "test.h"
-#include "tokenizer/tokenizer.h"
+#include "tokenizer/tok_internal.h" /* test_meta_split flips an internal switch */
 
 static const char *FAMILIES[] = {"llama3", "qwen3", "olmo2", "mistral7b", "llama2"};
 #define N_FAM 5
@@ -549,6 +549,54 @@ static void test_threads(void) {
   xd_tokenizer_free(t);
 }
 
+/* Llama 2 / Mistral: cutting words before "▁" (meta_split) gives the same ids as one BPE run
+ * over the whole text, on fresh random texts and on real text. */
+static void test_meta_split(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  const char *fams[] = {"../shared/tokenizers/llama2", "../shared/tokenizers/mistral7b"};
+  static const char *const pieces[] = {"a", "b", "the", " ", "  ", "   ", "\n", "\t", "é", "你", "😀", "▁", "▁▁", "x▁", "1", "'s", ".", "<s>"};
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)time(NULL) ^ 0x5eed);
+  char *shake = NULL;
+  size_t shake_len = 0;
+  xd_err e;
+  if (xd_read_file("../shared/corpora/tinyshakespeare/input.txt", 1 << 26, &shake, &shake_len, &e)) { CHECKF(0, "%s", e.msg); return; }
+  for (int f = 0; f < 2; f++) {
+    xd_tokenizer *t;
+    CHECKF(!xd_tokenizer_load(&t, fams[f], &e), "%s", e.msg);
+    if (!t) continue;
+    CHECK(t->meta_split == 1);
+    int bad = 0;
+    for (int it = 0; it < 101; it++) {
+      char buf[1024];
+      size_t n = 0;
+      const char *txt = buf;
+      if (it == 100) { txt = shake; n = 20000; }
+      else {
+        int len = 1 + (int)(xd_rng_u64(&r) % 50);
+        for (int k = 0; k < len; k++) {
+          const char *p = pieces[xd_rng_u64(&r) % (sizeof pieces / sizeof pieces[0])];
+          memcpy(buf + n, p, strlen(p));
+          n += strlen(p);
+        }
+        buf[n] = 0;
+      }
+      int32_t *a, *b;
+      size_t na, nb;
+      t->meta_split = 1;
+      CHECK(!xd_tokenizer_encode(t, txt, n, 1, &a, &na, &e));
+      t->meta_split = 0;
+      CHECK(!xd_tokenizer_encode(t, txt, n, 1, &b, &nb, &e));
+      bad += na != nb || memcmp(a, b, na * sizeof *a);
+      free(a);
+      free(b);
+    }
+    CHECKF(bad == 0, "%s: %d texts differ with meta_split", fams[f], bad);
+    xd_tokenizer_free(t);
+  }
+  free(shake);
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -558,6 +606,7 @@ int main(void) {
   RUN(test_tiny_model);
   RUN(test_synth_components);
   RUN(test_threads);
+  RUN(test_meta_split);
   RUN(test_chat_templates);
   RUN(test_chat_errors);
   return test_finish();

@@ -125,6 +125,7 @@ struct xd_tokenizer {
   tok_strmap raw_vocab;        /* byte_level: raw bytes -> id */
   int32_t byte_id[256];        /* byte_level: id of each single byte, -1 if absent */
   int ignore_merges, byte_fallback, fuse_unk;
+  int meta_split;              /* words may be cut before each "\u2581" that follows another char (see load) */
   int32_t unk_id;              /* -1 if none */
   int32_t byte_fb_id[256];     /* byte_fallback: id of "<0xXX>", -1 if absent */
   char *cont_prefix, *eow_suffix;

@@ -559,6 +559,23 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
 }
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
+
+/* SentencePiece-style vocabularies (Llama 2, Mistral) have no pre-tokenizer, so a whole text is one
+ * BPE word. When no vocab token holds "\u2581" right after another character, no merge can join
+ * across such a spot, so cutting the word there gives the same tokens — and short, cacheable
+ * words. Only without ignore_merges / prefixes / suffixes (they look at whole words). */
+static void set_meta_split(xd_tokenizer *t) {
+  static const char MS[] = "\xE2\x96\x81";
+  int32_t id;
+  if (t->byte_level || t->ignore_merges || t->cont_prefix || t->eow_suffix || !tok_strmap_get(&t->vocab, MS, 3, &id)) return;
+  for (int32_t i = 0; i < t->n_ids; i++) {
+    const char *v = t->tok_str[i];
+    if (!v) continue;
+    for (const char *q = strstr(v, MS); q; q = strstr(q + 3, MS))
+      if (q > v && !(q - v >= 3 && !memcmp(q - 3, MS, 3))) return;
+  }
+  t->meta_split = 1;
+}
 static int added_match_strings(xd_tokenizer *t, xd_err *e);
 static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e);
 
@@ -648,6 +665,7 @@ static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, cons
       if (!tok_strmap_get(&t->vocab, s, (size_t)l, &t->byte_id[b])) t->byte_id[b] = -1;
     }
   }
+  set_meta_split(t);
   if (load_config(t, cfg_path, e)) goto done;
   rc = 0;
 done:
@@ -1070,7 +1088,17 @@ static int encode_text(tok_ctx *c, const char *s, size_t len, int origin0) {
     pieces_push(&in, s + sp.s, sp.e - sp.s, origin0 && sp.s == 0);
     tok_pieces *fin = &in;
     if (t->pre) { rc = pre_apply(c, t->pre, &in, &out); fin = &out; }
-    for (size_t i = 0; !rc && i < fin->n; i++) tok_bpe_word(t, c->w, fin->p[i].s, fin->p[i].len, &c->ids, &c->n, &c->cap);
+    for (size_t i = 0; !rc && i < fin->n; i++) {
+      const char *w = fin->p[i].s;
+      size_t wl = fin->p[i].len, a = 0;
+      if (t->meta_split) /* cut before each "\u2581" that follows another character */
+        for (size_t q = 1; q + 3 <= wl; q++)
+          if (!memcmp(w + q, "\xE2\x96\x81", 3) && !(q >= 3 && !memcmp(w + q - 3, "\xE2\x96\x81", 3))) {
+            tok_bpe_word(t, c->w, w + a, q - a, &c->ids, &c->n, &c->cap);
+            a = q;
+          }
+      tok_bpe_word(t, c->w, w + a, wl - a, &c->ids, &c->n, &c->cap);
+    }
   }
   free(in.p); free(out.p); free(nsp.v);
   return rc;

@@ -78,46 +78,46 @@ static int each_jsonl(const char *path, void (*fn)(cJSON *, void *), void *arg) 
 
 typedef struct { fam_set *fs; int bad[N_FAM], total[N_FAM], shown; } vec_state;
 
+/* One reference vector {hex, ids, ids_special?, decoded, decoded_skip?}: encode with and without
+ * specials, decode ids_special with and without skipping. Returns 1 when all four agree;
+ * prints the first few differences (*shown counts them). */
+static int check_one(const xd_tokenizer *t, const cJSON *j, const char *label, int *shown) {
+  size_t n, dn, dsn, tl;
+  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
+  const cJSON *ref = cJSON_GetObjectItem(j, "ids"), *ref_sp = cJSON_GetObjectItem(j, "ids_special");
+  if (!ref_sp) ref_sp = ref;
+  int32_t *ids = NULL, *ids_sp = NULL;
+  size_t ni = 0, nsp = 0;
+  xd_err e;
+  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) && ids_equal(ids, ni, ref) &&
+           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e) && ids_equal(ids_sp, nsp, ref_sp);
+  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), k = 0;
+  int32_t *rids = malloc((rn + 1) * sizeof *rids);
+  const cJSON *x;
+  cJSON_ArrayForEach(x, ref_sp) rids[k++] = (int32_t)x->valuedouble;
+  const char *dh = cJSON_GetObjectItem(j, "decoded")->valuestring;
+  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
+  unsigned char *dref = hex_decode(dh, &dn), *dsref = hex_decode(dsk ? dsk->valuestring : dh, &dsn);
+  char *dec = NULL, *decs = NULL;
+  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn) &&
+            !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
+  if ((!ok || !dok) && (*shown)++ < 8) {
+    fprintf(stderr, "  mismatch %s %s: text \"%.60s\" (%zu bytes)\n", label, ok ? "decode" : "encode", (const char *)text, n);
+    if (!ok) print_ids("ours", ids, ni);
+    else fprintf(stderr, "    ours decoded: \"%.80s\"\n    want: \"%.80s\"\n", dec ? dec : "(error)", (const char *)dref);
+  }
+  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+  return ok && dok;
+}
+
 static void check_vector(cJSON *j, void *arg) {
   vec_state *st = arg;
   int f = fam_index(cJSON_GetObjectItem(j, "family")->valuestring);
   xd_tokenizer *t = f >= 0 ? fam_get(st->fs, f) : NULL;
   CHECK(t != NULL);
   if (!t) return;
-  size_t n;
-  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
-  const cJSON *ref = cJSON_GetObjectItem(j, "ids");
-  const cJSON *ref_sp = cJSON_GetObjectItem(j, "ids_special");
-  if (!ref_sp) ref_sp = ref;
-  int32_t *ids = NULL, *ids_sp = NULL;
-  size_t ni = 0, nsp = 0;
-  xd_err e;
-  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) &&
-           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e);
-  ok = ok && ids_equal(ids, ni, ref) && ids_equal(ids_sp, nsp, ref_sp);
-  /* decode both ways */
-  const char *dh = cJSON_GetObjectItem(j, "decoded")->valuestring;
-  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
-  const char *dsh = dsk ? dsk->valuestring : dh;
-  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), dn, dsn, tl;
-  int32_t *rids = malloc((rn + 1) * sizeof *rids);
-  size_t k = 0;
-  const cJSON *x;
-  cJSON_ArrayForEach(x, ref_sp) rids[k++] = (int32_t)x->valuedouble;
-  unsigned char *dref = hex_decode(dh, &dn), *dsref = hex_decode(dsh, &dsn);
-  char *dec = NULL, *decs = NULL;
-  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn);
-  dok = dok && !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
   st->total[f]++;
-  if (!ok || !dok) {
-    st->bad[f]++;
-    if (st->shown++ < 8) {
-      fprintf(stderr, "  mismatch %s %s: text \"%.60s\" (%zu bytes)\n", FAMILIES[f], ok ? "decode" : "encode", (const char *)text, n);
-      if (!ok) { print_ids("ours", ids, ni); }
-      if (!dok && dec) fprintf(stderr, "    ours decoded: \"%.80s\"\n    want: \"%.80s\"\n", dec, (const char *)dref);
-    }
-  }
-  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+  if (!check_one(t, j, FAMILIES[f], &st->shown)) st->bad[f]++;
 }
 
 static void test_hf_vectors(void) {
@@ -475,35 +475,8 @@ static void check_synth(cJSON *j, void *arg) {
   }
   xd_tokenizer *t = st->t[k];
   if (!t) return;
-  size_t n, dn, dsn, tl;
-  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
-  const cJSON *ref = cJSON_GetObjectItem(j, "ids"), *ref_sp = cJSON_GetObjectItem(j, "ids_special");
-  if (!ref_sp) ref_sp = ref;
-  int32_t *ids = NULL, *ids_sp = NULL;
-  size_t ni = 0, nsp = 0;
-  xd_err e;
-  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) && ids_equal(ids, ni, ref) &&
-           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e) && ids_equal(ids_sp, nsp, ref_sp);
-  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), q = 0;
-  int32_t *rids = malloc((rn + 1) * sizeof *rids);
-  const cJSON *x;
-  cJSON_ArrayForEach(x, ref_sp) rids[q++] = (int32_t)x->valuedouble;
-  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
-  unsigned char *dref = hex_decode(cJSON_GetObjectItem(j, "decoded")->valuestring, &dn);
-  unsigned char *dsref = hex_decode(dsk ? dsk->valuestring : cJSON_GetObjectItem(j, "decoded")->valuestring, &dsn);
-  char *dec = NULL, *decs = NULL;
-  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn) &&
-            !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
   st->total[k]++;
-  if (!ok || !dok) {
-    st->bad[k]++;
-    if (st->shown++ < 10) {
-      fprintf(stderr, "  synth %s %s mismatch: \"%.50s\"\n", name, ok ? "decode" : "encode", (const char *)text);
-      if (!ok) { print_ids("ours", ids, ni); }
-      else fprintf(stderr, "    ours \"%.60s\"\n    want \"%.60s\"\n", dec ? dec : "(err)", (const char *)dref);
-    }
-  }
-  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+  if (!check_one(t, j, name, &st->shown)) st->bad[k]++;
 }
 static void test_synth_components(void) {
   synth_state st = {0};

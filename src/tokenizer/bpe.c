@@ -210,19 +210,20 @@ int tok_utf8_put(uint32_t cp, char *o) {
 
 /* GPT-2 bytes_to_unicode: printable bytes map to themselves, the other 68 to 256 + k. */
 static int byte_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); }
+/* The 68 other bytes, in order: 0..32 (33), 127..160 (34), 173 (1) -> 256 + k. */
 uint32_t tok_byte_to_cp(uint8_t b) {
   if (byte_printable(b)) return b;
-  int k = 0;
-  for (int i = 0; i < b; i++) k += !byte_printable(i);
-  return 256u + (uint32_t)k;
+  if (b <= 32) return 256u + b;
+  if (b >= 127 && b <= 160) return 256u + 33u + (uint32_t)(b - 127);
+  return 256u + 67u; /* 173 */
 }
 int tok_cp_to_byte(uint32_t cp) {
   if (cp < 256) return byte_printable((int)cp) ? (int)cp : -1;
   if (cp >= 256 + 68) return -1;
-  int k = (int)(cp - 256);
-  for (int b = 0; b < 256; b++)
-    if (!byte_printable(b) && k-- == 0) return b;
-  return -1;
+  uint32_t k = cp - 256;
+  if (k < 33) return (int)k;
+  if (k < 67) return (int)(127 + k - 33);
+  return 173;
 }
 
 /* ---- BPE ------------------------------------------------------------------- */

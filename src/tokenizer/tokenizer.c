@@ -406,7 +406,7 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   tok_strmap_free(&t->raw_vocab);
   tok_pairmap_free(&t->merges);
   for (int i = 0; i < t->n_added; i++) { free(t->added[i].content); free(t->added[i].match); }
-  free(t->added); free(t->added_by_id);
+  free(t->added); free(t->added_by_id); free(t->added_order);
   free(t->cont_prefix); free(t->eow_suffix);
   norm_free(t->norm); free(t->norm);
   pre_free(t->pre); free(t->pre);
@@ -460,6 +460,11 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
       return xd_errf(e, "%s: added_tokens: each entry needs a non-empty \"content\" and an integer \"id\"", path);
     if (v > max_id) max_id = v;
   }
+  /* ids index dense tables: refuse sparse ids that would make them huge (real files are dense) */
+  int64_t n_entries = (int64_t)n_vocab + (added ? cJSON_GetArraySize(added) : 0);
+  if (max_id >= (1 << 24) || max_id > 16 * n_entries + 4096)
+    return xd_errf(e, "%s: token ids up to %lld for %lld tokens: ids must be dense and below 2^24", path,
+                   (long long)max_id, (long long)n_entries);
   t->n_ids = (int32_t)(max_id + 1);
   t->tok_str = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_str);
   t->tok_len = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_len);
@@ -554,6 +559,23 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
 }
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
+
+/* SentencePiece-style vocabularies (Llama 2, Mistral) have no pre-tokenizer, so a whole text is one
+ * BPE word. When no vocab token holds "\u2581" right after another character, no merge can join
+ * across such a spot, so cutting the word there gives the same tokens — and short, cacheable
+ * words. Only without ignore_merges / prefixes / suffixes (they look at whole words). */
+static void set_meta_split(xd_tokenizer *t) {
+  static const char MS[] = "\xE2\x96\x81";
+  int32_t id;
+  if (t->byte_level || t->ignore_merges || t->cont_prefix || t->eow_suffix || !tok_strmap_get(&t->vocab, MS, 3, &id)) return;
+  for (int32_t i = 0; i < t->n_ids; i++) {
+    const char *v = t->tok_str[i];
+    if (!v) continue;
+    for (const char *q = strstr(v, MS); q; q = strstr(q + 3, MS))
+      if (q > v && !(q - v >= 3 && !memcmp(q - 3, MS, 3))) return;
+  }
+  t->meta_split = 1;
+}
 static int added_match_strings(xd_tokenizer *t, xd_err *e);
 static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e);
 
@@ -593,9 +615,9 @@ static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, cons
   t->path = json_path;
   t->bos_id = t->eos_id = -1;
   int rc = -1;
-  cJSON *root = cJSON_ParseWithLength(text, size);
+  const char *ep = NULL; /* parse end from the call itself: cJSON_GetErrorPtr is global state */
+  cJSON *root = cJSON_ParseWithLengthOpts(text, size, &ep, 0);
   if (!root) {
-    const char *ep = cJSON_GetErrorPtr();
     size_t off = (ep && ep >= text && ep <= text + size) ? (size_t)(ep - text) : 0;
     xd_errf(e, "%s: invalid JSON near byte %zu", json_path, off);
     goto done;
@@ -643,6 +665,7 @@ static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, cons
       if (!tok_strmap_get(&t->vocab, s, (size_t)l, &t->byte_id[b])) t->byte_id[b] = -1;
     }
   }
+  set_meta_split(t);
   if (load_config(t, cfg_path, e)) goto done;
   rc = 0;
 done:
@@ -863,15 +886,19 @@ static void apply_behavior(const tok_piece *p, tok_spans *sp, tok_split_behavior
 }
 
 static int pred_eq(uint32_t cp, const void *arg) { return cp == *(const uint32_t *)arg; }
-static int pred_digit(uint32_t cp, const void *arg) { (void)arg; return cp >= '0' && cp <= '9'; }
+/* Rust char::is_numeric (categories Nd, Nl, No), what HF's Digits pre-tokenizer splits on */
+static int pred_digit(uint32_t cp, const void *arg) {
+  (void)arg;
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)cp);
+  return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+}
 static int pred_space(uint32_t cp, const void *arg) { (void)arg; return cp_is_space(cp); }
 
 static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces *out) {
   out->n = 0;
   if (pre->kind == PRE_SEQUENCE) {
     tok_pieces a = {0}, b = {0};
-    pieces_push(&a, NULL, 0, 0);
-    a.n = 0;
     for (size_t i = 0; i < in->n; i++) pieces_push(&a, in->p[i].s, in->p[i].len, in->p[i].origin0);
     for (int k = 0; k < pre->n_items; k++) {
       if (pre_apply(c, &pre->items[k], &a, &b)) { free(a.p); free(b.p); return -1; }
@@ -934,24 +961,10 @@ static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces 
       break;
     case PRE_WHITESPACE_SPLIT:
       char_spans(pred_space, NULL, p.s, p.len, &c->spans);
-      apply_behavior(&p, &c->spans, SPLIT_CONTIGUOUS, 0, out);
-      /* drop the whitespace runs */
-      {
-        size_t w = out->n;
-        (void)w;
-      }
+      apply_behavior(&p, &c->spans, SPLIT_REMOVED, 0, out);
       break;
     case PRE_SEQUENCE: break;
     }
-  }
-  if (pre->kind == PRE_WHITESPACE_SPLIT) { /* Removed: keep non-whitespace pieces */
-    size_t w = 0;
-    for (size_t i = 0; i < out->n; i++) {
-      uint32_t cp;
-      tok_utf8_next(out->p[i].s, out->p[i].len, &cp);
-      if (!cp_is_space(cp)) out->p[w++] = out->p[i];
-    }
-    out->n = w;
   }
   return 0;
 }
@@ -1032,9 +1045,11 @@ static void added_spans(const xd_tokenizer *t, int normalized, const char *s, si
   out->n = 0;
   size_t prev = 0, i = 0;
   while (i < len) {
-    if (!t->added_first[(uint8_t)s[i]]) { i++; continue; }
+    uint8_t b0 = (uint8_t)s[i];
+    if (t->added_start[b0] == t->added_start[b0 + 1]) { i++; continue; }
     int best = -1;
-    for (int k = 0; k < t->n_added; k++) {
+    for (int q = t->added_start[b0]; q < t->added_start[b0 + 1]; q++) {
+      int k = t->added_order[q];
       const tok_added *a = &t->added[k];
       if (a->normalized != normalized || !a->match_len || a->match_len > len - i ||
           (best >= 0 && a->match_len <= t->added[best].match_len)) continue;
@@ -1073,7 +1088,17 @@ static int encode_text(tok_ctx *c, const char *s, size_t len, int origin0) {
     pieces_push(&in, s + sp.s, sp.e - sp.s, origin0 && sp.s == 0);
     tok_pieces *fin = &in;
     if (t->pre) { rc = pre_apply(c, t->pre, &in, &out); fin = &out; }
-    for (size_t i = 0; !rc && i < fin->n; i++) tok_bpe_word(t, c->w, fin->p[i].s, fin->p[i].len, &c->ids, &c->n, &c->cap);
+    for (size_t i = 0; !rc && i < fin->n; i++) {
+      const char *w = fin->p[i].s;
+      size_t wl = fin->p[i].len, a = 0;
+      if (t->meta_split) /* cut before each "\u2581" that follows another character */
+        for (size_t q = 1; q + 3 <= wl; q++)
+          if (!memcmp(w + q, "\xE2\x96\x81", 3) && !(q >= 3 && !memcmp(w + q - 3, "\xE2\x96\x81", 3))) {
+            tok_bpe_word(t, c->w, w + a, q - a, &c->ids, &c->n, &c->cap);
+            a = q;
+          }
+      tok_bpe_word(t, c->w, w + a, wl - a, &c->ids, &c->n, &c->cap);
+    }
   }
   free(in.p); free(out.p); free(nsp.v);
   return rc;
@@ -1089,7 +1114,6 @@ static void post_apply(const tok_post *p, int32_t **ids, size_t *n, size_t *cap)
     if (p->single[i] >= 0) tok_push_id(ids, n, cap, p->single[i]);
     else for (size_t k = 0; k < on; k++) tok_push_id(ids, n, cap, old[k]);
   }
-  if (!*ids) tok_push_id(ids, n, cap, 0), *n = 0;
   free(old);
 }
 
@@ -1109,8 +1133,14 @@ static int added_match_strings(xd_tokenizer *t, xd_err *e) {
     memcpy(a->match, s, len);
     a->match[len] = 0;
     a->match_len = len;
-    if (len) t->added_first[(uint8_t)s[0]] = 1;
   }
+  /* group by first byte (counting sort; empty match strings never match) */
+  t->added_order = xd_malloc(((size_t)t->n_added + 1) * sizeof *t->added_order);
+  int cnt[257] = {0};
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) cnt[(uint8_t)t->added[i].match[0] + 1]++;
+  for (int b = 0; b < 256; b++) cnt[b + 1] += cnt[b];
+  memcpy(t->added_start, cnt, sizeof cnt);
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) t->added_order[cnt[(uint8_t)t->added[i].match[0]]++] = i;
   free(c.spans.v); free(c.spans2.v);
   arena_free(&c.arena);
   pcre2_match_data_free(c.md);
@@ -1177,14 +1207,14 @@ static tok_str lossy_own(char *b, size_t n) {
   return (tok_str){f, m};
 }
 
-static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out) {
+static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out, xd_err *e) {
   out->n = 0;
   switch (d->kind) {
   case DEC_SEQUENCE: {
     tok_strs a = *in, b = {0};
     *in = (tok_strs){0};
     for (int i = 0; i < d->n_items; i++) {
-      if (dec_apply(t, &d->items[i], &a, &b)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
+      if (dec_apply(t, &d->items[i], &a, &b, e)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
       strs_clear(&a);
       tok_strs tmp = a; a = b; b = tmp;
     }
@@ -1292,20 +1322,15 @@ static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_
       const tok_str *s = &in->v[i];
       tok_spans sp = {0};
       if (d->re) {
-        /* decoder regexes are rare; a throwaway context keeps the decoder independent */
-        pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-        size_t prev = 0, off = 0;
-        while (off <= s->len) {
-          int rc = pcre2_match(d->re, (PCRE2_SPTR)s->s, s->len, off, 0, md, NULL);
-          if (rc < 0) break;
-          PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-          if (ov[0] != prev) spans_push(&sp, prev, ov[0], 0);
-          spans_push(&sp, ov[0], ov[1], 1);
-          prev = ov[1];
-          off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
-        }
-        if (prev != s->len) spans_push(&sp, prev, s->len, 0);
-        pcre2_match_data_free(md);
+        tok_ctx c = {0};
+        c.t = t; c.e = e;
+        c.md = pcre2_match_data_create(4, NULL);
+        c.mctx = pcre2_match_context_create(NULL);
+        int rc = regex_spans(&c, d->re, s->s, s->len, &sp);
+        if (c.jit) pcre2_jit_stack_free(c.jit);
+        pcre2_match_context_free(c.mctx);
+        pcre2_match_data_free(c.md);
+        if (rc) { free(sp.v); return -1; }
       } else {
         literal_spans(d->pat, d->pat_len, s->s, s->len, &sp);
       }
@@ -1347,7 +1372,7 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   }
   tok_strs *fin = &toks;
   if (t->dec) {
-    if (dec_apply(t, t->dec, &toks, &out)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
+    if (dec_apply(t, t->dec, &toks, &out, e)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
     fin = &out;
   }
   size_t total = 0;
@@ -1362,7 +1387,6 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   b[m] = 0;
   strs_clear(&toks); free(toks.v);
   strs_clear(&out); free(out.v);
-  (void)e;
   *text = b;
   *len = m;
   return 0;

@@ -1,0 +1,116 @@
+/* xd_lm over a logits forward pass: log-softmax in double, greedy = first argmax. */
+#include "eval/lm_logits.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* log p(tok) under logits row [vocab] (double accumulation); *argmax = first max index. */
+static double row_logprob(const float *row, int vocab, int32_t tok, int *argmax) {
+  float mx = row[0];
+  int am = 0;
+  for (int v = 1; v < vocab; v++)
+    if (row[v] > mx) { mx = row[v]; am = v; }
+  double z = 0;
+  for (int v = 0; v < vocab; v++) z += exp((double)row[v] - (double)mx);
+  *argmax = am;
+  return (double)row[tok] - (double)mx - log(z);
+}
+
+static int logits_ll(void *ctx, const xd_ll_request *reqs, size_t n, xd_ll_result *out, xd_err *e) {
+  xd_logits_model *m = ctx;
+  int32_t *seq = xd_malloc((m->max_length + 1) * sizeof *seq);
+  float *logits = NULL;
+  size_t cap = 0;
+  int rc = 0;
+  for (size_t r = 0; r < n && !rc; r++) {
+    const xd_ll_request *q = &reqs[r];
+    /* input = context ++ continuation[:-1]; cut the context from the left to fit */
+    size_t nc = q->n_context, m_ = q->n_continuation;
+    if (m_ == 0 || m_ > m->max_length) { rc = xd_errf(e, "%s: continuation of %zu tokens does not fit %zu", m->name, m_, m->max_length); break; }
+    if (nc + m_ - 1 > m->max_length) nc = m->max_length + 1 - m_;
+    if (nc == 0) { rc = xd_errf(e, "%s: empty context", m->name); break; }
+    const int32_t *cx = q->context + (q->n_context - nc);
+    size_t len = nc + m_ - 1;
+    memcpy(seq, cx, nc * sizeof *seq);
+    memcpy(seq + nc, q->continuation, (m_ - 1) * sizeof *seq);
+    for (size_t i = 0; i < len; i++)
+      if (seq[i] < 0 || seq[i] >= m->vocab) { rc = xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, seq[i], m->vocab); break; }
+    if (rc) break;
+    if (len * (size_t)m->vocab > cap) {
+      cap = len * (size_t)m->vocab;
+      free(logits);
+      logits = xd_malloc(cap * sizeof *logits);
+    }
+    if (m->forward(m->ctx, seq, len, logits, e)) { rc = -1; break; }
+    double s = 0;
+    int greedy = 1;
+    for (size_t j = 0; j < m_; j++) {
+      int32_t tok = q->continuation[j];
+      if (tok < 0 || tok >= m->vocab) { rc = xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, tok, m->vocab); break; }
+      int am;
+      s += row_logprob(logits + (nc - 1 + j) * (size_t)m->vocab, m->vocab, tok, &am);
+      greedy &= am == tok;
+    }
+    out[r].logprob = s;
+    out[r].is_greedy = greedy;
+  }
+  free(seq);
+  free(logits);
+  return rc;
+}
+
+/* Greedy decoding until a stop string appears in the decoded continuation, EOS, max_new
+ * tokens, or the context is full. */
+static int logits_generate(void *ctx, const int32_t *prompt, size_t n_prompt, const char *const *stops, size_t n_stops,
+                           int max_new, char **out_text, xd_err *e) {
+  xd_logits_model *m = ctx;
+  *out_text = NULL;
+  if (n_prompt == 0) { prompt = &m->prefix_id; n_prompt = 1; }
+  if (n_prompt > m->max_length) { prompt += n_prompt - m->max_length; n_prompt = m->max_length; }
+  size_t cap_seq = n_prompt + (size_t)(max_new > 0 ? max_new : 0) + 1;
+  int32_t *seq = xd_malloc(cap_seq * sizeof *seq);
+  memcpy(seq, prompt, n_prompt * sizeof *seq);
+  size_t len = n_prompt;
+  float *logits = xd_malloc(m->max_length * (size_t)m->vocab * sizeof *logits);
+  char *text = NULL;
+  int rc = 0;
+  for (int step = 0; step < max_new && len < m->max_length; step++) {
+    if (m->forward(m->ctx, seq, len, logits, e)) { rc = -1; break; }
+    int am;
+    row_logprob(logits + (len - 1) * (size_t)m->vocab, m->vocab, 0, &am);
+    if (am == m->eos_id) break;
+    seq[len++] = am;
+    free(text);
+    text = NULL;
+    if (m->decode(m->ctx, seq + n_prompt, len - n_prompt, &text, e)) { rc = -1; break; }
+    int stop = 0;
+    for (size_t s = 0; s < n_stops && !stop; s++) {
+      char *hit = stops[s][0] ? strstr(text, stops[s]) : NULL;
+      if (hit) { *hit = 0; stop = 1; }
+    }
+    if (stop) break;
+  }
+  if (!rc && !text) text = xd_strdup("");
+  free(seq);
+  free(logits);
+  if (rc) { free(text); return -1; }
+  *out_text = text;
+  return 0;
+}
+
+static int logits_encode(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, xd_err *e) {
+  xd_logits_model *m = ctx;
+  return m->encode(m->ctx, text, len, ids, n, e);
+}
+
+void xd_lm_from_logits(xd_lm *lm, xd_logits_model *m) {
+  lm->ctx = m;
+  lm->loglikelihood = logits_ll;
+  lm->generate_until = m->decode ? logits_generate : NULL;
+  lm->encode = logits_encode;
+  lm->prefix_id = m->prefix_id;
+  lm->max_length = m->max_length;
+  lm->batch_size = m->batch_size ? m->batch_size : 1;
+  lm->name = m->name;
+}

@@ -1,0 +1,27 @@
+/* Adaptor: an xd_lm (eval/lm.h) from any model that returns next-token logits for a sequence.
+ * The runner then only supplies a forward pass and a tokenizer; log-softmax, the
+ * continuation sum, the greedy check, and greedy generation with stop strings live here.
+ * Generation re-runs the forward on the whole sequence each step (no cache): correct for any
+ * model; a runner with a recurrent/KV state should implement generate_until itself. */
+#ifndef XD_EVAL_LM_LOGITS_H
+#define XD_EVAL_LM_LOGITS_H
+#include "eval/lm.h"
+
+typedef struct {
+  void *ctx;
+  /* logits[i * vocab + v] = score of token v following ids[0..i], for i in [0, n); n <= max_length */
+  int (*forward)(void *ctx, const int32_t *ids, size_t n, float *logits, xd_err *e);
+  int (*encode)(void *ctx, const char *text, size_t len, int32_t **ids, size_t *n, xd_err *e);
+  /* ids -> text (heap, NUL-terminated), special tokens skipped */
+  int (*decode)(void *ctx, const int32_t *ids, size_t n, char **text, xd_err *e);
+  int vocab;
+  int32_t prefix_id; /* BOS (or EOS) for empty contexts */
+  int32_t eos_id;    /* generation stops on it; -1 for none */
+  size_t max_length;
+  size_t batch_size;
+  const char *name;
+} xd_logits_model;
+
+/* Fill *lm with callbacks over m (m must outlive lm). */
+void xd_lm_from_logits(xd_lm *lm, xd_logits_model *m);
+#endif

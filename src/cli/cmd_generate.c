@@ -43,7 +43,10 @@ static const char usage[] =
 static int parse_int(const char *s, const char *opt, long lo, long hi, int *out) {
   char *end;
   long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) return cli_failf("generate: %s must be an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
+  if (!*s || *end || v < lo || v > hi) {
+    if (lo == 1) return cli_failf("generate: %s must be a positive integer (at most %ld), got '%s'", opt, hi, s);
+    return cli_failf("generate: %s must be an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
+  }
   *out = (int)v;
   return 0;
 }

@@ -142,7 +142,7 @@ static const char *find_stop(const char *text, const char *const *stops, size_t 
 /* How much of text[0..len) can be streamed now: not a trailing U+FFFD (a multi-byte character
  * whose remaining bytes may come with the next token), not an incomplete UTF-8 tail, and not a
  * tail that may be the start of a stop string. */
-static size_t stream_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops) {
+size_t xd_stream_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops) {
   const unsigned char *u = (const unsigned char *)text;
   size_t end = len;
   while (end >= 3 && u[end - 3] == 0xEF && u[end - 2] == 0xBF && u[end - 1] == 0xBD) end -= 3;
@@ -206,7 +206,7 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
         reason = "stop";
         break;
       }
-      const size_t safe = stream_safe_len(text, tlen, o->stops, o->n_stops);
+      const size_t safe = xd_stream_safe_len(text, tlen, o->stops, o->n_stops);
       if (o->on_text && safe > emitted) { o->on_text(text + emitted, safe - emitted, o->user); emitted = safe; }
     }
     if (step + 1 < max_new && xd_decoder_feed(&d, &tok, 1, logits, e)) rc = -1;

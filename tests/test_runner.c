@@ -13,6 +13,7 @@
 #include "eval/sample.h"
 #include "io/npy.h"
 #include "model/student/student_init.h"
+#include "ops/cpu/threads.h"
 
 #define TEACHER "tests/fixtures/teachers/llama-gqa/fp32"
 #define TOKENIZER "tests/fixtures/tokenizer_bytes/tokenizer.json"
@@ -250,6 +251,21 @@ static void test_cli_forward_student(void) {
   xd_npy_free(&a);
 }
 
+/* Reference forward with freshly allocated activations (independent of the runner's reuse). */
+static int fresh_forward(xd_runner *r, const int32_t *ids, int T, float *logits, xd_err *e) {
+  xd_teacher_acts ta;
+  xd_teacher_acts_alloc(&ta, &r->cfg, T, T);
+  int rc;
+  if (r->is_student) {
+    xd_core_acts ca;
+    xd_core_acts_alloc(&ca, &r->student, 1, T);
+    rc = xd_student_forward(&r->student, &ta, &ca, ids, 1, T, logits, e);
+    xd_core_acts_free(&ca);
+  } else rc = xd_teacher_forward(&r->teacher, &ta, ids, 1, T, logits, NULL, NULL, e);
+  xd_teacher_acts_free(&ta);
+  return rc;
+}
+
 /* Greedy continuation by full forwards of the growing sequence (argmax of the last row). */
 static void greedy_by_forward(xd_runner *r, const int32_t *prompt, int T, int max_new, int32_t *out) {
   xd_err e;
@@ -258,7 +274,7 @@ static void greedy_by_forward(xd_runner *r, const int32_t *prompt, int T, int ma
   float *lg = malloc((size_t)(T + max_new) * V * sizeof *lg);
   memcpy(seq, prompt, T * sizeof *seq);
   for (int n = T; n < T + max_new; n++) {
-    CHECK(xd_runner_forward(r, seq, 1, n, lg, &e) == 0);
+    CHECK(fresh_forward(r, seq, n, lg, &e) == 0);
     seq[n] = xd_argmax(lg + (size_t)(n - 1) * V, V);
     out[n - T] = seq[n];
   }
@@ -365,7 +381,7 @@ static double direct_ll(xd_runner *r, const int32_t *ctx, size_t nc, const int32
   memcpy(seq, ctx, nc * sizeof *seq);
   memcpy(seq + nc, cont, (m - 1) * sizeof *seq);
   float *lg = malloc(n * V * sizeof *lg);
-  CHECK(xd_runner_forward(r, seq, 1, (int)n, lg, &e) == 0);
+  CHECK(fresh_forward(r, seq, (int)n, lg, &e) == 0);
   double s = 0;
   for (size_t j = 0; j < m; j++) {
     const float *row = lg + (nc - 1 + j) * V;
@@ -456,6 +472,7 @@ int main(void) {
   /* tiny models: one thread (OpenMP spin-waits dominate on a shared machine); the CLI children
    * inherit it */
   setenv("OMP_NUM_THREADS", "1", 1);
+  xd_set_threads(1);
   RUN(test_sample_masks);
   RUN(test_sample_greedy_and_seed);
   RUN(test_sample_frequencies);

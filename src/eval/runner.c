@@ -65,13 +65,21 @@ int xd_runner_is_eos(const xd_runner *r, int32_t id) {
 
 int xd_runner_forward(xd_runner *r, const int32_t *ids, int B, int T, float *logits, xd_err *e) {
   if (B < 1 || T < 1) return xd_errf(e, "%s: forward needs at least one token", r->name);
-  if (r->acts_B != B || r->acts_T != T) {
-    /* the student's core activations are shaped per (B, T); the teacher's per rows */
+  /* the student's core activations are shaped per (B, T); the teacher's hold any B*T rows and
+   * T keys up to their size, so they only grow (eval calls come with many lengths) */
+  const int fits = r->is_student ? (r->acts_B == B && r->acts_T == T)
+                                 : ((int64_t)r->acts_B * r->acts_T >= (int64_t)B * T && r->acts_T >= T);
+  if (!fits) {
+    int aB = B, aT = T;
+    if (!r->is_student) {
+      if (r->acts_T > aT) aT = r->acts_T;
+      if (r->acts_B > aB) aB = r->acts_B;
+    }
     free_acts(r);
-    xd_teacher_acts_alloc(&r->ta, &r->cfg, B * T, T);
-    if (r->is_student) xd_core_acts_alloc(&r->ca, &r->student, B, T);
-    r->acts_B = B;
-    r->acts_T = T;
+    xd_teacher_acts_alloc(&r->ta, &r->cfg, aB * aT, aT);
+    if (r->is_student) xd_core_acts_alloc(&r->ca, &r->student, aB, aT);
+    r->acts_B = aB;
+    r->acts_T = aT;
   }
   if (r->is_student) return xd_student_forward(&r->student, &r->ta, &r->ca, ids, B, T, logits, e);
   return xd_teacher_forward(&r->teacher, &r->ta, ids, B, T, logits, NULL, NULL, e);

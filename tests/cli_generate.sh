@@ -67,9 +67,25 @@ done
 [ $rc -eq 0 ] && grep -q '"xdistill-eval-results"' "$TMP/res.json" && grep -q '"role":[[:space:]]*"teacher"' "$TMP/res.reference.json" \
   && grep -q '"xdistill-compare"' "$TMP/res.compare.json" && grep -q "alpha\*" "$TMP/eval_out" && grep -q "mc: 4/4 docs" "$TMP/eval_err" \
   && ok "eval --reference: results, reference, comparison, progress" || bad "eval (rc=$rc): $(cat "$TMP/eval_err")"
+# a generation task (GSM8K format, no few-shot) through the decoders of both models
+printf '%s\n' '{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}' '{"question": "What is 3 + 5?", "answer": "#### 8"}' >"$TMP/g.jsonl"
+for m in teacher student; do
+  "$BIN" eval --model "$TMP/$m" --tasks "gsm=gsm8k:$TMP/g.jsonl" --num-fewshot 0 --out "$TMP/g_$m.json" >"$TMP/eval_out" 2>"$TMP/eval_err" \
+    && grep -q "gsm .*n=2 .*exact_match=" "$TMP/eval_out" && grep -q "\"role\":[[:space:]]*\"$m\"" "$TMP/g_$m.json" \
+    && ok "$m: eval of a generation task" || bad "$m: eval generate: $(cat "$TMP/eval_err")"
+done
 "$BIN" compare "$TMP/res.json" "$TMP/res.reference.json" >/dev/null && ok "compare reads eval's files" || bad "compare"
 "$BIN" eval --model "$FIX" --tokenizer "$TOKF" --tasks "tiny=mc:tests/fixtures/eval/mc.jsonl" --limit 2 >"$TMP/eval_out" 2>/dev/null \
   && grep -q "tiny .*n=2" "$TMP/eval_out" && ok "eval --tokenizer, named spec" || bad "eval --tokenizer: $(cat "$TMP/eval_out")"
+
+# --chat: ChatML rendered with the generation prompt; with the byte tokenizer the markers are
+# plain bytes, so the prompt length is the rendered text's byte count
+want=$(printf '<|im_start|>system\nBe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n' | wc -c)
+"$BIN" generate --model "$TMP/teacher" --prompt hi --chat --chat-format chatml --system "Be brief" --max-new 2 --stats >/dev/null 2>"$TMP/st" \
+  && grep -q "prompt $want tokens" "$TMP/st" && ok "--chat --system: ChatML prompt of $want tokens" || bad "--chat: $(cat "$TMP/st")"
+want=$(printf '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n' | wc -c)
+"$BIN" generate --model "$TMP/student" --prompt hi --chat --chat-format chatml --max-new 2 --stats >/dev/null 2>"$TMP/st" \
+  && grep -q "prompt $want tokens" "$TMP/st" && ok "student --chat: ChatML prompt of $want tokens" || bad "student --chat: $(cat "$TMP/st")"
 
 expect_error "no tokenizer" "no tokenizer.json" "$BIN" generate --model "$FIX" --prompt hi
 expect_error "no chat template" "" "$BIN" generate --model "$TMP/teacher" --prompt hi --chat

@@ -24,8 +24,9 @@ static const char usage[] =
   "  --batch N          requests per model call (default 1)\n"
   "  --num-fewshot K    few-shot examples (default: each task's own)\n"
   "  --seed S           few-shot sampling seed (default 1234)\n"
-  "  --out FILE         results JSON (written atomically); with --reference also\n"
-  "                     FILE-minus-.json.reference.json and .compare.json\n"
+  "  --out R.json       results JSON (written atomically; role = the checkpoint kind, or\n"
+  "                     student with --reference); with --reference also R.reference.json\n"
+  "                     (the reference's results) and R.compare.json\n"
   "  --reference DIR    also evaluate this model (the teacher) on the same tasks and compare\n"
   "  --grid G           Win-and-Tie alpha grid for the comparison (default 0.001)\n"
   "  --tokenizer PATH   tokenizer.json or directory for both models (default: each model's)\n"
@@ -108,12 +109,13 @@ static int eval_model(const char *dir, const char *tokenizer, const char *role, 
   xd_lm lm;
   int rc = xd_runner_lm(&r, &lm, batch, e);
   res->model = xd_strdup(dir);
+  if (!role) role = r.is_student ? "student" : "teacher"; /* lets `report` tell files apart */
   res->role = xd_strdup(role);
   res->seed = topt->seed;
   res->limit = topt->limit;
   res->tasks = xd_calloc((size_t)n_tasks, sizeof *res->tasks);
   xd_eval_options eo = {batch, stderr, 1};
-  fprintf(stderr, "eval: %s (%s, %s)\n", dir, r.is_student ? "student" : "teacher", role);
+  fprintf(stderr, "eval: %s (%s checkpoint, role %s)\n", dir, r.is_student ? "student" : "teacher", role);
   for (int i = 0; i < n_tasks && !rc; i++) {
     rc = xd_eval_run(tasks[i], &lm, &eo, &res->tasks[i], e);
     if (!rc) res->n_tasks++;
@@ -181,8 +183,7 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) n_tasks++;
   }
   xd_results res = {0}, ref = {0};
-  if (!rc) rc = eval_model(model, tokenizer, reference ? "student" : "model", tasks, n_tasks, (size_t)batch, &topt, &res, &e);
-  if (!rc && res.role && !strcmp(res.role, "model")) { free(res.role); res.role = NULL; }
+  if (!rc) rc = eval_model(model, tokenizer, reference ? "student" : NULL, tasks, n_tasks, (size_t)batch, &topt, &res, &e);
   if (!rc) print_results(&res, stdout);
   if (!rc && out) rc = xd_results_write(&res, out, &e);
   if (!rc && reference) {

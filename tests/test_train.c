@@ -157,6 +157,7 @@ static void test_adamw(void) {
     }
   }
   double err = test_max_rel_err(p.data, w, n);
+  fprintf(stderr, "  AdamW vs double reference, 5 steps: max rel err %.2g\n", err);
   CHECKF(err < 1e-6, "AdamW vs double reference: max rel err %.3g", err);
   CHECK(memcmp(frozen0, xd_params_data(&p, fz), sizeof frozen0) == 0);
   free(w);
@@ -221,7 +222,7 @@ static void test_toy_backward_fd(void) {
   double maxg = 0, maxd = 0;
   for (size_t i = 0; i < p.n_train; i++) {
     float w0 = p.data[i];
-    double hstep = 1e-2 * fmax(1.0, fabs(w0)), lp, lm;
+    double hstep = 1e-3 * fmax(1.0, fabs(w0)), lp, lm;
     p.data[i] = (float)(w0 + hstep);
     double dp = (double)p.data[i] - w0;
     toy.cursor = 0;
@@ -237,7 +238,8 @@ static void test_toy_backward_fd(void) {
     maxg = fmax(maxg, fabs(fd));
     maxd = fmax(maxd, fabs(fd - g[i]));
   }
-  CHECKF(maxd / maxg < 1e-4, "toy backward vs finite differences: rel err %.3g", maxd / maxg);
+  fprintf(stderr, "  toy backward vs finite differences: max rel err %.2g\n", maxd / maxg);
+  CHECKF(maxd / maxg < 1e-5, "toy backward vs finite differences: rel err %.3g", maxd / maxg);
   CHECK(maxg > 1e-3);
   free(g);
   xd_toy_free(&toy);
@@ -265,12 +267,13 @@ static void test_accumulation(void) {
   double gref_norm = 0;
   float *g1 = NULL, *w1 = NULL;
   size_t n = 0;
-  int micros[3] = {16, 4, 1};
-  for (int k = 0; k < 3; k++) {
+  /* batch 12: N = 3 and 12 are not powers of two, so the 1/N scaling is not exact */
+  int micros[4] = {12, 4, 3, 1};
+  for (int k = 0; k < 4; k++) {
     char sub[600];
     snprintf(sub, sizeof sub, "%s/m%d", dir, micros[k]);
     xd_train_config c;
-    toy_cfg(&c, sub, 4, 16, micros[k]);
+    toy_cfg(&c, sub, 4, 12, micros[k]);
     c.grad_clip = 0; /* compare raw gradients */
     toy_run t;
     toy_run_init(&t, micros[k], 42);
@@ -290,8 +293,9 @@ static void test_accumulation(void) {
       double *gr = malloc(n * sizeof *gr), *wr = malloc(n * sizeof *wr);
       for (size_t i = 0; i < n; i++) { gr[i] = g1[i]; wr[i] = w1[i]; }
       double eg = test_max_rel_err(t.p.grad, gr, n), ew = test_max_rel_err(t.p.data, wr, n);
-      CHECKF(eg <= 1e-6, "accumulation over %d micro-batches: grad rel err %.3g", 16 / micros[k], eg);
-      CHECKF(ew <= 1e-6, "accumulation over %d micro-batches: weight rel err %.3g", 16 / micros[k], ew);
+      fprintf(stderr, "  accumulation x%d: grad rel err %.2g, weight rel err %.2g\n", 12 / micros[k], eg, ew);
+      CHECKF(eg <= 1e-6, "accumulation over %d micro-batches: grad rel err %.3g", 12 / micros[k], eg);
+      CHECKF(ew <= 1e-6, "accumulation over %d micro-batches: weight rel err %.3g", 12 / micros[k], ew);
       free(gr);
       free(wr);
     }
@@ -383,6 +387,10 @@ static void test_checkpoint_corrupt(void) {
   fill_state(&s, 7, blob, sizeof blob);
   xd_err e = {{0}};
   CHECK(xd_ckpt_save(path, &p, &s, &e) == 0);
+  xd_params q;
+  make_params(&q, 5);
+  float q0[24];
+  for (int i = 0; i < 24; i++) q.data[i] = q0[i] = (float)i;
   size_t n;
   uint8_t *buf = (uint8_t *)read_all(path, &n);
   xd_rng r;
@@ -399,6 +407,10 @@ static void test_checkpoint_corrupt(void) {
     fclose(fp);
     if (xd_ckpt_verify(bad, &e) == 0) all_fail = 0;
     if (!strstr(e.msg, bad)) named = 0;
+    /* load refuses it too, and leaves the model as it was */
+    uint8_t blob2[9];
+    xd_ckpt_state s2 = {.loader_state = blob2, .loader_size = sizeof blob2};
+    if (xd_ckpt_load(bad, &q, &s2, &e) == 0 || memcmp(q.data, q0, sizeof q0) != 0) all_fail = 0;
     free(c);
   }
   CHECK(all_fail && named);
@@ -418,6 +430,7 @@ static void test_checkpoint_corrupt(void) {
   }
   free(buf);
   xd_params_free(&p);
+  xd_params_free(&q);
 }
 
 static void test_checkpoint_rotation(void) {
@@ -551,6 +564,12 @@ static void test_sigint_resume_in_process(void) {
   if (fb) fclose(fb);
 }
 
+static int weights_changed_calls;
+static int count_weights_changed(void *ctx, xd_params *p, xd_err *e) {
+  weights_changed_calls++;
+  return 0;
+}
+
 /* A NaN loss at step 3 and an Inf gradient at step 5 are skipped (weights unchanged, logged);
  * after max_skips consecutive bad steps the run stops with "diverging". */
 static void test_nan_skip(void) {
@@ -571,6 +590,7 @@ static void test_nan_skip(void) {
   toy_run_init(&t3, 8, 5);
   t3.toy.nan_from = t3.toy.nan_to = 3;
   t3.toy.inf_grad_at_step = 5;
+  t3.h.weights_changed = count_weights_changed;
   /* weights after step 3 (skipped) == weights after step 2 */
   c.steps = 3;
   CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
@@ -580,6 +600,8 @@ static void test_nan_skip(void) {
   c.resume = 1;
   CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
   CHECK(res.skipped_total == 2 && res.steps_done == 6 && isfinite(res.last_loss));
+  /* applied updates 1, 2, 4, 6 and the checkpoint load on resume */
+  CHECKF(weights_changed_calls == 5, "weights_changed called %d times", weights_changed_calls);
   CHECK(xd_params_data_finite(&t3.p));
   snprintf(path, sizeof path, "%s/metrics.jsonl", d3);
   size_t n;
@@ -606,6 +628,14 @@ static void test_nan_skip(void) {
   rewind(prog);
   CHECK(fread(msg, 1, sizeof msg - 1, prog) > 0 && strstr(msg, "step 10: loss is NaN/Inf, update skipped"));
   fclose(prog);
+  /* after divergence: resuming with a lower lr needs resume_force, then runs to the end */
+  t3.toy.nan_from = 0;
+  c.resume = 1;
+  c.lr /= 10;
+  CHECK(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == -1 && strstr(e.msg, "--resume_force"));
+  c.resume_force = 1;
+  CHECKF(xd_trainer_run(&c, &t3.p, &t3.h, NULL, &res, &e) == 0, "%s", e.msg);
+  CHECK(res.resumed && res.steps_done == 50 && res.skipped_total == 1 && isfinite(res.last_loss)); /* step 10 (skipped) was in the step-10 checkpoint */
   toy_run_free(&t3);
 }
 

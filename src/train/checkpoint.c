@@ -165,6 +165,12 @@ static int ck_parse(const xd_mmap *m, const char *path, ck_view *v, xd_err *e) {
   return 0;
 }
 
+int xd_ckpt_verify_buffer(const uint8_t *data, size_t size, const char *name, xd_err *e) {
+  const xd_mmap m = {data, size};
+  ck_view v;
+  return ck_parse(&m, name, &v, e);
+}
+
 int xd_ckpt_verify(const char *path, xd_err *e) {
   xd_mmap m;
   if (xd_mmap_open(&m, path, e) != 0) return -1;
@@ -178,7 +184,7 @@ int xd_ckpt_load(const char *path, xd_params *p, xd_ckpt_state *s, xd_err *e) {
   XD_CHECK(host_is_le());
   xd_mmap m;
   if (xd_mmap_open(&m, path, e) != 0) return -1;
-  ck_view v;
+  ck_view v = {0};
   int rc = ck_parse(&m, path, &v, e);
   if (rc == 0 && v.loader_size != s->loader_size)
     rc = xd_errf(e, "%s: data loader state is %" PRIu64 " bytes, this run's loader expects %zu", path, v.loader_size, s->loader_size);
@@ -187,8 +193,10 @@ int xd_ckpt_load(const char *path, xd_params *p, xd_ckpt_state *s, xd_err *e) {
   for (int i = 0; i < p->n; i++) ntrain += p->t[i].trainable;
   if (rc == 0 && v.ntensors != (uint64_t)ntrain)
     rc = xd_errf(e, "%s: holds %" PRIu64 " tensors, the model has %d trainable", path, v.ntensors, ntrain);
-  int *idx = xd_calloc((size_t)v.ntensors + 1, sizeof(int));
-  const uint8_t **src = xd_calloc((size_t)v.ntensors + 1, sizeof *src);
+  /* v.ntensors is bounded by the file size once parsed; not trusted before */
+  const size_t nt = rc == 0 ? (size_t)v.ntensors : 0;
+  int *idx = xd_calloc(nt + 1, sizeof(int));
+  const uint8_t **src = xd_calloc(nt + 1, sizeof *src);
   char name[CK_MAX_NAME + 1];
   const uint8_t *q = v.table, *d = v.tdata;
   for (uint64_t i = 0; rc == 0 && i < v.ntensors; i++) {
@@ -329,6 +337,15 @@ int xd_ckpt_find_latest(const char *dir, FILE *warn, char **out_path, xd_err *e)
   }
   free(steps);
   return found;
+}
+
+int xd_ckpt_dir_has_checkpoints(const char *dir) {
+  int64_t *steps;
+  int n;
+  xd_err e;
+  if (list_steps(dir, &steps, &n, &e) != 0) return 0;
+  free(steps);
+  return n > 0;
 }
 
 void xd_ckpt_clean_tmp(const char *dir) {

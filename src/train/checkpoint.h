@@ -33,6 +33,8 @@ typedef struct {
 int xd_ckpt_save(const char *path, const xd_params *p, const xd_ckpt_state *s, xd_err *e);
 /* Check a file's structure and checksum without loading it. */
 int xd_ckpt_verify(const char *path, xd_err *e);
+/* The same checks on a file already in memory (fuzz target); name is used in messages. */
+int xd_ckpt_verify_buffer(const uint8_t *data, size_t size, const char *name, xd_err *e);
 /* Load into p (trainable data, m, v) and s (counters, rng, loader state into s->loader_state,
  * whose size s->loader_size must equal the stored one). The file is fully validated first:
  * on error nothing in p or s has been changed. Every trainable tensor of p must be in the
@@ -48,6 +50,8 @@ int xd_ckpt_save_rotating(const char *dir, int keep, const xd_params *p, const x
  * reported on `warn` (if not NULL) and skipped. Returns 1 and *out_path (caller frees) when
  * found, 0 when the directory holds no valid checkpoint, -1 on error. */
 int xd_ckpt_find_latest(const char *dir, FILE *warn, char **out_path, xd_err *e);
+/* 1 when dir holds any step-*.ckpt file (valid or not), else 0. */
+int xd_ckpt_dir_has_checkpoints(const char *dir);
 /* Remove temp files left by a killed writer (step-*.ckpt.tmp.*, latest.tmp.*). */
 void xd_ckpt_clean_tmp(const char *dir);
 #endif

@@ -31,6 +31,7 @@ static const key_def KEYS[] = {
   {"steps", T_INT, FIELD(steps), "2480", "4960", K_HASH, "optimiser steps (stage I ~650M, stage II ~1.3B tokens at 64 x 4096)"},
   {"out_dir", T_STR, FIELD(out_dir), "run-align", "run-distill", 0, "run directory: checkpoints, metrics.jsonl, config.json"},
   {"resume", T_BOOL, FIELD(resume), "false", "false", 0, "continue from the newest valid checkpoint in out_dir"},
+  {"resume_force", T_BOOL, FIELD(resume_force), "false", "false", 0, "resume even if optimisation keys changed (e.g. a lower lr after divergence)"},
   {"batch", T_INT, FIELD(batch), "64", "64", K_HASH, "sequences per optimiser step"},
   {"micro_batch", T_INT, FIELD(micro_batch), "1", "1", K_HASH, "sequences per forward/backward; batch/micro_batch = accumulation steps"},
   {"seq_len", T_INT, FIELD(seq_len), "4096", "4096", K_HASH, "tokens per sequence"},

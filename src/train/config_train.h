@@ -21,7 +21,7 @@ typedef struct {
   /* run */
   int64_t seed, steps;
   char out_dir[1024];
-  int resume;
+  int resume, resume_force;
   /* batch */
   int64_t batch, micro_batch, seq_len;
   /* optimiser */

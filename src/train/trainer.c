@@ -96,12 +96,19 @@ static int try_resume(run_state *r, FILE *progress, xd_err *e) {
   if (found <= 0) return found;
   int rc = xd_ckpt_load(path, r->p, &r->st, e);
   uint64_t want = xd_train_config_hash(cfg);
-  if (rc == 0 && r->st.config_hash != want)
-    rc = xd_errf(e, "%s: written with a different configuration (hash %016" PRIx64 ", now %016" PRIx64
-                 "); resume with the settings in %s/config.json or use a new out_dir",
-                 path, r->st.config_hash, want, cfg->out_dir);
+  if (rc == 0 && r->st.config_hash != want) {
+    if (!cfg->resume_force)
+      rc = xd_errf(e, "%s: written with a different configuration (hash %016" PRIx64 ", now %016" PRIx64
+                   "); resume with the settings in %s/config.json, pass --resume_force to continue with the new"
+                   " ones, or use a new out_dir", path, r->st.config_hash, want, cfg->out_dir);
+    else if (progress)
+      fprintf(progress, "xdistill: warning: %s was written with a different configuration; continuing with the new one "
+              "(--resume_force)\n", path);
+    r->st.config_hash = want; /* later checkpoints carry the configuration now in force */
+  }
   if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(r->hooks->ctx, r->st.loader_state, e) != 0)
     rc = xd_err_prefix(e, "%s: data loader state", path);
+  if (rc == 0 && r->hooks->weights_changed && r->hooks->weights_changed(r->hooks->ctx, r->p, e) != 0) rc = -1;
   if (rc == 0 && progress) fprintf(progress, "xdistill: resuming from %s (step %" PRIu64 ")\n", path, r->st.step);
   free(path);
   return rc == 0 ? 1 : -1;
@@ -113,6 +120,7 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   res->last_loss = NAN;
   if (xd_train_config_validate(cfg, e) != 0) return -1;
   if (p->n_train == 0) return xd_errf(e, "nothing to train: no trainable parameter");
+  XD_CHECK(hooks->step && (hooks->loader_state_size == 0 || (hooks->loader_save && hooks->loader_restore)));
   if (xd_mkdir_p(cfg->out_dir, e) != 0) return -1;
 
   run_state r = {.cfg = cfg, .p = p, .hooks = hooks};
@@ -128,12 +136,9 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
     if (got < 0) rc = -1;
     res->resumed = got == 1;
     if (got == 1) rc = trim_metrics(metrics_path, r.st.step, e);
-  } else {
-    char *any = NULL;
-    int found = xd_ckpt_find_latest(cfg->out_dir, NULL, &any, e);
-    free(any);
-    if (found != 0)
-      rc = found < 0 ? -1 : xd_errf(e, "%s: already holds checkpoints; pass --resume to continue that run or choose another out_dir", cfg->out_dir);
+    if (got == 0 && progress) fprintf(progress, "xdistill: no checkpoint in %s: starting a new run\n", cfg->out_dir);
+  } else if (xd_ckpt_dir_has_checkpoints(cfg->out_dir)) {
+    rc = xd_errf(e, "%s: already holds checkpoints; pass --resume to continue that run or choose another out_dir", cfg->out_dir);
   }
   if (rc == 0 && !res->resumed) {
     xd_rng_seed(&r.st.rng, (uint64_t)cfg->seed);
@@ -152,6 +157,8 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   const int tty = progress && isatty(fileno(progress));
   const uint64_t first_step = r.st.step;
   const double t0 = xd_now();
+  const uint64_t first_tokens = r.st.tokens_seen;
+  double last_print = -1;
 
   while (rc == 0 && r.st.step < total) {
     const double ts = xd_now();
@@ -199,6 +206,10 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
     } else {
       xd_clip_grad(p, gnorm, cfg->grad_clip);
       xd_adamw_step(p, &acfg, lr, ++r.st.adam_t);
+      if (hooks->weights_changed && hooks->weights_changed(hooks->ctx, p, e) != 0) {
+        rc = xd_err_prefix(e, "step %" PRIu64, r.st.step);
+        break;
+      }
       r.st.consecutive_skips = 0;
       res->last_loss = loss;
       fprintf(mf, "{\"step\":%" PRIu64 ",\"loss\":%.9g", r.st.step, loss);
@@ -207,10 +218,13 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
               lr, gnorm, r.st.tokens_seen, dt > 0 ? (double)tokens / dt : 0.0, now - t0);
     }
     fflush(mf);
-    if (progress && (tty || r.st.step % (uint64_t)cfg->log_every == 0 || r.st.step == total)) {
+    /* terminal: redrawn in place, at most 10 times a second; otherwise a line every log_every */
+    const int show = tty ? (now - last_print >= 0.1 || r.st.step == total) : (r.st.step % (uint64_t)cfg->log_every == 0 || r.st.step == total);
+    if (progress && show) {
       char rate[32], eta[32];
       const double per_step = (now - t0) / (double)(r.st.step - first_step);
-      fmt_rate(dt > 0 ? (double)tokens / dt : 0, rate, sizeof rate);
+      last_print = now;
+      fmt_rate((double)(r.st.tokens_seen - first_tokens) / (now - t0), rate, sizeof rate); /* mean since start */
       fmt_duration(per_step * (double)(total - r.st.step), eta, sizeof eta);
       fprintf(progress, "%sstep %" PRIu64 "/%" PRIu64 " | loss %.6g | gnorm %.3g | lr %.3g | %s tok/s | ETA %s%s",
               tty ? "\r" : "", r.st.step, total, loss, gnorm, lr, rate, eta, tty ? "\033[K" : "\n");

@@ -26,14 +26,15 @@
 #include "train/config_train.h"
 #include "train/params.h"
 
-#define XD_STEP_MAX_METRICS 8
+#define XD_STEP_MAX_METRICS 64 /* e.g. one loss per layer in stage I */
 
 /* What one micro-batch reports. */
 typedef struct {
   double loss;      /* mean loss over the micro-batch */
   uint64_t tokens;  /* tokens it processed */
   int nmetrics;     /* extra named metrics (averaged over micro-batches in the log) */
-  const char *metric_names[XD_STEP_MAX_METRICS]; /* static strings, same every call */
+  /* static strings, the same on every call; plain identifiers (written into JSON as is) */
+  const char *metric_names[XD_STEP_MAX_METRICS];
   double metric_values[XD_STEP_MAX_METRICS];
 } xd_step_result;
 
@@ -47,6 +48,10 @@ typedef struct {
   size_t loader_state_size;
   void (*loader_save)(void *ctx, void *buf);
   int (*loader_restore)(void *ctx, const void *buf, xd_err *e);
+  /* Optional: called after every applied optimiser update and after a checkpoint was loaded,
+   * i.e. whenever p->data changed behind the model's back (upload to the GPU, refresh weights
+   * derived from the parameters). NULL: nothing to do. */
+  int (*weights_changed)(void *ctx, xd_params *p, xd_err *e);
   void *ctx;
 } xd_trainer_hooks;
 
@@ -60,7 +65,8 @@ typedef struct {
 /* Run (or resume, when cfg->resume) training to cfg->steps. p must be allocated and
  * initialised (the initial weights; on resume the checkpoint replaces the trainable ones).
  * Returns 0 when done, 128+signal (130 SIGINT, 143 SIGTERM) after saving a checkpoint when
- * interrupted, -1 on error (e filled; "diverging" for too many NaN/Inf steps).
+ * interrupted, -1 on error (e filled; "diverging" for too many NaN/Inf steps). After an
+ * error p holds whatever the run had reached (it may have been loaded from a checkpoint).
  * `progress` receives the progress line (stderr in the CLI; NULL for none). */
 int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_hooks *hooks,
                    FILE *progress, xd_train_result *res, xd_err *e);

@@ -45,7 +45,7 @@ echo "test_gpu_ops exit $rc"
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
   echo "== compute-sanitizer memcheck"
-  timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/test_gpu_ops" >"$OUT/memcheck.txt" 2>&1
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/test_gpu_ops" >"$OUT/memcheck.txt" 2>&1
   rc=$?
   grep -E 'ERROR SUMMARY|passed,' "$OUT/memcheck.txt" | tail -3
   echo "memcheck exit $rc"

@@ -285,6 +285,40 @@ static void test_swa(void) {
   swa_case(1, 333, 8, 2, 64, 100, 1, 74);
 }
 
+/* fp32 backward vs swa_backward, both from the CPU forward's out and lse; accumulation into
+ * nonzero gradients checks the += contract. */
+static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
+  float *q = rand_f32(&r, nq, 0, 1.0), *k = rand_f32(&r, nk, 0, 1.0), *v = rand_f32(&r, nk, 0, 1.0);
+  float *dout = rand_f32(&r, nq, 0, 1.0), *out = xd_malloc(nq * 4), *lse = xd_malloc(nl * 4);
+  float *dq = rand_f32(&r, nq, 0, 0.1), *dk = rand_f32(&r, nk, 0, 0.1), *dv = rand_f32(&r, nk, 0, 0.1);
+  swa_shape sh = {B, T, H, G, d, W, S};
+  swa_forward(out, lse, q, k, v, &sh);
+  float *gdq = up_raw(dq, nq * 4), *gdk = up_raw(dk, nk * 4), *gdv = up_raw(dv, nk * 4);
+  swa_backward(dq, dk, dv, dout, q, k, v, out, lse, &sh);
+  float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
+  float *go = up_raw(out, nq * 4), *gl = up_raw(lse, nl * 4);
+  float *hq = xd_malloc(nq * 4), *hk = xd_malloc(nk * 4), *hv = xd_malloc(nk * 4);
+  GPU(xd_cuda_swa_backward(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+  GPU(xd_cuda_download(ctx, hq, gdq, nq * 4, &err));
+  GPU(xd_cuda_download(ctx, hk, gdk, nk * 4, &err));
+  GPU(xd_cuda_download(ctx, hv, gdv, nk * 4, &err));
+  char name[96];
+  snprintf(name, sizeof name, "swa bwd dq T%d H%d G%d d%d W%d S%d", T, H, G, d, W, S);
+  REL(name, hq, dq, nq, TOL_F32);
+  REL("  dk", hk, dk, nk, TOL_F32);
+  REL("  dv", hv, dv, nk, TOL_F32);
+  xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
+  xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
+  free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(hq), free(hk), free(hv);
+}
+static void test_swa_backward(void) {
+  swa_bwd_case(2, 150, 4, 2, 64, 32, 4, 91);
+  swa_bwd_case(1, 120, 2, 1, 128, 50, 60, 92);
+}
+
 /* ---- mLSTM ---------------------------------------------------------------------------- */
 static void softmax_rows(float *x, size_t rows, int n) {
   for (size_t r = 0; r < rows; r++) {
@@ -359,6 +393,7 @@ int main(void) {
   RUN(test_embedding);
   RUN(test_causal_attention);
   RUN(test_swa);
+  RUN(test_swa_backward);
   RUN(test_mlstm);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);

@@ -20,7 +20,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-#include "ops/cpu/mlstm.h" /* mlstm_cfg, mlstm_state (a C header without extern "C") */
+#include "ops/cpu/mlstm.h" /* mlstm_cfg, mlstm_state (C headers without extern "C") */
+#include "ops/cpu/swa.h"   /* swa_shape */
 
 /* ---- context: stream + cuBLASLt handle + its workspace ---------------------------------- */
 typedef struct xd_cuda_ctx xd_cuda_ctx;
@@ -88,6 +89,14 @@ typedef struct {
 } xd_cuda_attn_dims;
 int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                               const uint16_t *v, const xd_cuda_attn_dims *a, xd_err *e);
+
+/* ---- sliding-window+sinks attention backward, fp32 (the twin of swa_backward) ------------
+ * q, out, dout, dq [B,T,H,d]; k, v, dk, dv [B,T,G,d]; lse [B,T,H] from the forward (natural
+ * log). ACCUMULATES (+=) into dq, dk, dv, as the CPU op (the caller zeroes them). d <= 256.
+ * dk and dv are summed with atomics: the last bits may vary from run to run. */
+int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                         const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                         xd_err *e);
 
 /* ---- mLSTM chunkwise forward, fp32 (the twin of mlstm_chunkwise_forward) ------------------
  * Same cfg and layouts as ops/cpu/mlstm.h: qf [B,T,H,P], kf [B,T,G,P], v [B,T,G,D],

@@ -179,10 +179,9 @@ static void test_rope(void) {
   free(ct), free(st), free(x), free(dense), free(ref), free(got);
 }
 
-static void test_swiglu(void) {
-  const int N = 37, F = 300;
+static void swiglu_case(int N, int F, uint64_t seed) {
   xd_rng r;
-  xd_rng_seed(&r, 41);
+  xd_rng_seed(&r, seed);
   float *gu = rand_bf16_values(&r, (size_t)N * 2 * F, 2.0); /* fused [N, gate F | up F] */
   float *g = xd_malloc((size_t)N * F * 4), *u = xd_malloc((size_t)N * F * 4);
   for (int n = 0; n < N; n++) {
@@ -194,9 +193,15 @@ static void test_swiglu(void) {
   uint16_t *dgu = up_bf16(gu, (size_t)N * 2 * F), *dout = dev_poisoned((size_t)N * F * 2);
   GPU(xd_cuda_swiglu_forward(ctx, dout, dgu, dgu + F, N, F, 2 * F, &err));
   GPU(down_bf16(got, dout, (size_t)N * F));
-  REL("swiglu fused gate|up", got, ref, (size_t)N * F, TOL_BF16);
+  char name[96];
+  snprintf(name, sizeof name, "swiglu fused gate|up N%d F%d", N, F);
+  REL(name, got, ref, (size_t)N * F, TOL_BF16);
   xd_cuda_free(dgu), xd_cuda_free(dout);
   free(gu), free(g), free(u), free(ref), free(got);
+}
+static void test_swiglu(void) {
+  swiglu_case(37, 300, 41); /* scalar path */
+  swiglu_case(29, 512, 42); /* 16-byte path */
 }
 
 static void test_embedding(void) {

@@ -3,8 +3,9 @@
  * in fp32 registers (base-2 exponentials), one pass over the visible keys.
  *
  * Block = 4 warps = 64 query rows of one (batch, head); each warp owns 16 rows. Keys go
- * through shared memory in tiles of 64: K row-major [64][D+8] and V transposed [D][64+8]
- * (the padding keeps the fragment loads free of bank conflicts). Per tile and warp:
+ * through shared memory in tiles of 64, K and V row-major [64][D+8] (the padding keeps the
+ * fragment loads free of bank conflicts), two stages deep: cp.async fills the next tile while
+ * the tensor cores work on this one; V fragments come through ldmatrix.trans. Per tile and warp:
  *   S[16,64] = Q K^T (mma), mask, running max m / sum l per row, O = O*alpha + P V (mma),
  * with P repacked from the S accumulators to A fragments in registers (no shared memory).
  * Fragment layouts of m16n8k16 (g = lane/4, t = lane%4):
@@ -30,13 +31,41 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<uint32_t *>(&v);
 }
 
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+  const int n = valid ? 16 : 0; /* src-size 0: the 16 bytes are zero-filled */
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* Four 8x8 b16 matrices, transposed on the way: with V row-major [key][dim] in shared memory
+ * this yields the m16n8k16 B fragments (k = key, n = dim) of two adjacent 8-wide dim blocks. */
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                                  const void *smem_row) {
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(sa));
+}
+
+/* Next key tile this query block visits after tile j (sinks, then the window), or -1. */
+__device__ __forceinline__ int att_next_tile(int j, int j_max, int j_win, int sinks) {
+  j++;
+  if (j < j_win && j * ATT_BC >= sinks) j = j_win;
+  return j <= j_max ? j : -1;
+}
+
 template <int D>
 __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ out, float *__restrict__ lse,
                                                        const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
                                                        const uint16_t *__restrict__ v, xd_cuda_attn_dims a,
                                                        float scale_log2) {
-  __shared__ __align__(16) uint16_t Ks[ATT_BC][D + 8];
-  __shared__ __align__(16) uint16_t Vt[D][ATT_BC + 8];
+  /* Two stages of K and V tiles, both row-major [64][D+8] (the padding spreads the 8 rows that
+   * one ldmatrix / fragment load touches over all banks). Stage s: K at smem + s*2*TILE, V after. */
+  constexpr int LDS = D + 8, TILE = ATT_BC * LDS;
+  extern __shared__ __align__(16) uint16_t att_smem[];
   const int T = a.T, H = a.H;
   const int qb = gridDim.x - 1 - blockIdx.x; /* longest (latest) query blocks first */
   const int h = blockIdx.y, b = blockIdx.z;
@@ -50,6 +79,28 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
   const uint16_t *qbase = q + (size_t)b * T * a.ldq + (size_t)h * D;
   const uint16_t *kbase = k + (size_t)b * T * a.ldk + (size_t)g_kv * D;
   const uint16_t *vbase = v + (size_t)b * T * a.ldv + (size_t)g_kv * D;
+
+  /* Issue the asynchronous loads of key tile j into stage st; rows past T are zero-filled (a
+   * masked score still multiplies V, and garbage there could be NaN). */
+  auto load_tile = [&](int j, int st) {
+    uint16_t *Ks = att_smem + st * 2 * TILE, *Vs = Ks + TILE;
+    const int k0 = j * ATT_BC;
+    for (int ch = threadIdx.x; ch < ATT_BC * D / 8; ch += blockDim.x) {
+      const int key = ch / (D / 8), col = (ch % (D / 8)) * 8;
+      const bool ok = k0 + key < T;
+      const size_t row = ok ? (size_t)(k0 + key) : 0;
+      cp_async16(Ks + key * LDS + col, kbase + row * a.ldk + col, ok);
+      cp_async16(Vs + key * LDS + col, vbase + row * a.ldv + col, ok);
+    }
+    cp_async_commit();
+  };
+
+  const int j_max = q_hi / ATT_BC;
+  /* First tile that the window reaches for the block's first query; tiles before it are
+   * visited only when they hold sinks. */
+  const int j_win = a.window > 0 ? max(0, q_lo - a.window + 1) / ATT_BC : 0;
+  int j = (0 < j_win && a.sinks <= 0) ? j_win : 0;
+  load_tile(j, 0);
 
   /* Q fragments for the warp's 16 rows, all of D, kept in registers. */
   uint32_t qa[D / 16][4];
@@ -67,31 +118,17 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
   for (int i = 0; i < D / 8; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-  const int j_max = q_hi / ATT_BC;
-  /* First tile that the window reaches for the block's first query; tiles before it are
-   * visited only when they hold sinks. */
-  const int j_win = a.window > 0 ? max(0, q_lo - a.window + 1) / ATT_BC : 0;
-  for (int j = 0; j <= j_max; j++) {
-    if (j < j_win && j * ATT_BC >= a.sinks) {
-      j = j_win - 1;
-      continue;
-    }
-    const int k0 = j * ATT_BC;
-    /* Load K (row-major) and V (transposed) tiles, 16 bytes per access; rows past T are zero
-     * (a masked score still multiplies V, and garbage there could be NaN). */
-    for (int ch = threadIdx.x; ch < ATT_BC * D / 8; ch += blockDim.x) {
-      const int key = ch / (D / 8), col = (ch % (D / 8)) * 8;
-      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-      if (k0 + key < T) {
-        kv4 = *reinterpret_cast<const uint4 *>(kbase + (size_t)(k0 + key) * a.ldk + col);
-        vv4 = *reinterpret_cast<const uint4 *>(vbase + (size_t)(k0 + key) * a.ldv + col);
-      }
-      *reinterpret_cast<uint4 *>(&Ks[key][col]) = kv4;
-      const uint16_t *vs = reinterpret_cast<const uint16_t *>(&vv4);
-#pragma unroll
-      for (int i = 0; i < 8; i++) Vt[col + i][key] = vs[i];
+  for (int st = 0; j >= 0; st ^= 1) {
+    const int jn = att_next_tile(j, j_max, j_win, a.sinks);
+    if (jn >= 0) {
+      load_tile(jn, st ^ 1); /* overlaps with this tile's maths */
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const uint16_t *Ks = att_smem + st * 2 * TILE, *Vs = Ks + TILE;
+    const int k0 = j * ATT_BC;
 
     float s[ATT_BC / 8][4];
 #pragma unroll
@@ -99,22 +136,36 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
       s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&Ks[nb * 8 + gq][kk * 16 + 2 * tq]);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&Ks[nb * 8 + gq][kk * 16 + 8 + 2 * tq]);
+        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(Ks + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(Ks + (nb * 8 + gq) * LDS + kk * 16 + 8 + 2 * tq);
         mma_bf16_16816(s[nb], qa[kk], b0, b1);
       }
     }
-    /* Mask, scale to base 2, row maxima. */
+    /* The mask matters only on tiles that reach past the diagonal or T, or hold keys that
+     * fall out of the window of some row of the block (block-uniform test). */
+    const int ks0 = max(k0, a.sinks);
+    const bool need_mask = k0 + ATT_BC - 1 > q_lo || k0 + ATT_BC > T ||
+                           (a.window > 0 && ks0 <= k0 + ATT_BC - 1 && q_hi - ks0 >= a.window);
     float mx0 = -INFINITY, mx1 = -INFINITY;
+    if (need_mask) {
+#pragma unroll
+      for (int nb = 0; nb < ATT_BC / 8; nb++) {
+#pragma unroll
+        for (int e2 = 0; e2 < 4; e2++) {
+          const int key = k0 + nb * 8 + 2 * tq + (e2 & 1);
+          const int row = e2 < 2 ? r0 : r1;
+          const bool ok = key < T && key <= row && (a.window == 0 || row - key < a.window || key < a.sinks);
+          s[nb][e2] = ok ? s[nb][e2] * scale_log2 : -INFINITY;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nb = 0; nb < ATT_BC / 8; nb++)
+#pragma unroll
+        for (int e2 = 0; e2 < 4; e2++) s[nb][e2] *= scale_log2;
+    }
 #pragma unroll
     for (int nb = 0; nb < ATT_BC / 8; nb++) {
-#pragma unroll
-      for (int e2 = 0; e2 < 4; e2++) {
-        const int key = k0 + nb * 8 + 2 * tq + (e2 & 1);
-        const int row = e2 < 2 ? r0 : r1;
-        const bool ok = key < T && key <= row && (a.window == 0 || row - key < a.window || key < a.sinks);
-        s[nb][e2] = ok ? s[nb][e2] * scale_log2 : -INFINITY;
-      }
       mx0 = fmaxf(mx0, fmaxf(s[nb][0], s[nb][1]));
       mx1 = fmaxf(mx1, fmaxf(s[nb][2], s[nb][3]));
     }
@@ -143,16 +194,21 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
       pa[nb >> 1][(nb & 1) * 2 + 0] = pack_bf16x2(p0, p1);
       pa[nb >> 1][(nb & 1) * 2 + 1] = pack_bf16x2(p2, p3);
     }
+    /* O += P V: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the four 8x8 matrices
+     * (keys +0..7 / +8..15 of dim block nd, then the same of block nd+1). */
+    const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
 #pragma unroll
-    for (int nd = 0; nd < D / 8; nd++) {
+    for (int kk = 0; kk < ATT_BC / 16; kk++) {
 #pragma unroll
-      for (int kk = 0; kk < ATT_BC / 16; kk++) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&Vt[nd * 8 + gq][kk * 16 + 2 * tq]);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&Vt[nd * 8 + gq][kk * 16 + 8 + 2 * tq]);
+      for (int nd = 0; nd < D / 8; nd += 2) {
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(b0, b1, b2, b3, Vs + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
         mma_bf16_16816(oacc[nd], pa[kk], b0, b1);
+        mma_bf16_16816(oacc[nd + 1], pa[kk], b2, b3);
       }
     }
-    __syncthreads();
+    __syncthreads(); /* this stage is refilled two tiles from now */
+    j = jn;
   }
   /* Each lane summed its own columns; complete the row sums over the 4 lanes of a row. */
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -188,10 +244,15 @@ extern "C" int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *l
   XD_ARG(a->T <= (1 << 30) / ATT_BR);
   const dim3 grid(xd_ceil_div(a->T, ATT_BR), a->H, a->B);
   const float scale_log2 = (float)(1.0 / sqrt((double)a->d) * 1.4426950408889634);
-  if (a->d == 64)
-    k_attention_fwd<64><<<grid, 128, 0, c->stream>>>(out, lse, q, k, v, *a, scale_log2);
-  else
-    k_attention_fwd<128><<<grid, 128, 0, c->stream>>>(out, lse, q, k, v, *a, scale_log2);
+  /* two stages x (K + V) x [64][d+8] bf16: 36 KiB at d = 64, 68 KiB at d = 128 (opt-in) */
+  const size_t smem = (size_t)2 * 2 * ATT_BC * (a->d + 8) * sizeof(uint16_t);
+  if (a->d == 64) {
+    XD_CU(cudaFuncSetAttribute(k_attention_fwd<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k_attention_fwd<64><<<grid, 128, smem, c->stream>>>(out, lse, q, k, v, *a, scale_log2);
+  } else {
+    XD_CU(cudaFuncSetAttribute(k_attention_fwd<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    k_attention_fwd<128><<<grid, 128, smem, c->stream>>>(out, lse, q, k, v, *a, scale_log2);
+  }
   XD_CU_LAUNCH("attention");
   return 0;
 }

@@ -75,9 +75,12 @@ __global__ void __launch_bounds__(MLSTM_THREADS) k_mlstm_chunkwise_fwd(mlstm_arg
       const size_t t = (size_t)b * a.T + t0 + j;
       Vs[i] = dc < dt ? a.v[(t * a.G + g) * a.D + d0 + dc] : 0.f;
     }
+    /* Gates in parallel: fgd receives l_j = logsigmoid(f_j) (double, the slow part). */
     for (int j = tid; j < len; j += blockDim.x) {
       const size_t t = (size_t)b * a.T + t0 + j;
-      igd[j] = a.ig[t * a.H + h], fgd[j] = a.fg[t * a.H + h];
+      const double f = a.fg[t * a.H + h];
+      igd[j] = a.ig[t * a.H + h];
+      fgd[j] = f >= 0 ? -log1p(exp(-f)) : f - log1p(exp(f));
     }
     __syncthreads();
     if (tid == 0) {
@@ -85,16 +88,18 @@ __global__ void __launch_bounds__(MLSTM_THREADS) k_mlstm_chunkwise_fwd(mlstm_arg
       const double mp = m_prev_sh;
       double cum = 0, m = mp;
       for (int j = 0; j < len; j++) {
-        const double f = fgd[j], ig = igd[j];
-        const double l = f >= 0 ? -log1p(exp(-f)) : f - log1p(exp(f));
+        const double l = fgd[j], ig = igd[j];
         cum += l;
         const double mf = l + m;
         m = mf >= ig ? mf : ig;
         bd[j] = cum, md[j] = m;
-        gj[j] = expf((float)(cum + mp - m));
-        mscr[j] = (float)m;
       }
-      for (int j = 0; j < len; j++) wj[j] = expf((float)(bd[len - 1] - bd[j] + igd[j] - md[len - 1]));
+    }
+    __syncthreads();
+    for (int j = tid; j < len; j += blockDim.x) {
+      gj[j] = expf((float)(bd[j] + m_prev_sh - md[j]));
+      wj[j] = expf((float)(bd[len - 1] - bd[j] + igd[j] - md[len - 1]));
+      mscr[j] = (float)md[j];
     }
     __syncthreads();
     /* S~[j][j'] = s q_j.k_j' exp(b_j - b_j' + i_j' - m_j), j' <= j. */

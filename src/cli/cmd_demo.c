@@ -25,7 +25,11 @@ static const char *usage =
   "  --quick              far fewer steps and examples (a smoke test; scores are not meaningful)\n"
   "  --align-steps N      stage I steps (default 150)\n"
   "  --distill-steps N    stage II steps per expert (default 40)\n"
-  "  --seed S             seed of data and training (default 1234)\n";
+  "  --seed S             seed of data and training (default 1234)\n"
+  "  --align-lr X         stage I peak learning rate (default 1e-2)\n"
+  "  --distill-lr X       stage II learning rate (default 1e-4)\n"
+  "  --eval N             held-out examples per domain (default 50)\n"
+  "  --kd-gamma G         stage II CE weight; the KL weight is 1 - G (default 0.9, the paper's)\n";
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
   (void)sb; (void)flag; (void)ftw;
@@ -53,9 +57,14 @@ int cmd_demo(int argc, char **argv) {
     else if (!strcmp(a, "--align-steps")) o.align_steps = atoi(v);
     else if (!strcmp(a, "--distill-steps")) o.distill_steps = atoi(v);
     else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
+    else if (!strcmp(a, "--distill-lr")) o.distill_lr = atof(v);
+    else if (!strcmp(a, "--align-lr")) o.align_lr = atof(v);
+    else if (!strcmp(a, "--eval")) o.n_eval = atoi(v);
+    else if (!strcmp(a, "--kd-gamma")) o.kd_gamma = atof(v);
     else return cli_failf("demo: unknown option '%s' (see --help)", a);
   }
-  if (o.align_steps < 1 || o.distill_steps < 1) return cli_failf("demo: step counts must be positive");
+  if (o.align_steps < 1 || o.distill_steps < 1 || o.n_eval < 1 || !(o.align_lr > 0) || !(o.distill_lr > 0))
+    return cli_failf("demo: step counts, --eval and learning rates must be positive");
   /* Replace a previous demo's output, never anything else. */
   char *marker = xd_path_join(o.out, ".xdistill-demo");
   if (xd_is_dir(o.out)) {

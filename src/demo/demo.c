@@ -27,6 +27,7 @@ void xd_demo_defaults(xd_demo_opts *o) {
   o->distill_steps = 40;
   o->align_lr = 1e-2;
   o->distill_lr = 1e-4;
+  o->kd_gamma = 0.9;
   o->n_train = 2000;
   o->n_eval = 50;
 }
@@ -205,6 +206,8 @@ static int run_distill(const xd_demo_opts *o, const xd_teacher *t, const char *s
   if (rc == 0) {
     kd_config kd = kd_config_default(o->batch * o->seq_len, t->cfg.vocab);
     kd.k = (int)cfg.kd_topk;
+    kd.gamma = (float)o->kd_gamma;
+    kd.beta = (float)(1.0 - o->kd_gamma);
     xd_distill_ctx c;
     xd_trainer_hooks hooks;
     xd_distill_init(&c, t, NULL, &s, L, o->batch, o->seq_len, &kd, &hooks);
@@ -286,7 +289,7 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
   so.seed = o->seed;
   so.n_train = o->n_train;
   so.n_eval = o->n_eval;
-  fprintf(log, "demo: [1/6] synthetic domains -> %s\n", path);
+  fprintf(log, "demo %5.0fs: [1/6] synthetic domains -> %s\n", xd_now() - t0, path);
   rc = xd_synth_write(path, &so, e);
   /* 2. token shards: all domains (stage I) and one dataset per domain (stage II experts) */
   char *inputs[XD_SYNTH_NDOMAINS];
@@ -295,7 +298,7 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
     snprintf(p, sizeof p, "%s/synth/%s/train.jsonl", o->out, xd_synth_domain_name(d));
     inputs[d] = xd_strdup(p);
   }
-  fprintf(log, "demo: [2/6] tokenising with the teacher's tokenizer\n");
+  fprintf(log, "demo %5.0fs: [2/6] tokenising with the teacher's tokenizer\n", xd_now() - t0);
   if (rc == 0) {
     snprintf(path, sizeof path, "%s/data/all", o->out);
     rc = prepare(tok, o->teacher, (const char *const *)inputs, ND, path, e);
@@ -316,7 +319,7 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
     h.sinks = o->sinks;
     h.chunk = o->chunk;
     const xd_student_dims dm = {t.cfg.n_layers, t.cfg.hidden, t.cfg.n_heads, t.cfg.n_kv_heads, t.cfg.head_dim};
-    fprintf(log, "demo: [3/6] init (W=%d, S=%d) and stage I alignment, %d steps\n", h.window, h.sinks, o->align_steps);
+    fprintf(log, "demo %5.0fs: [3/6] init (W=%d, S=%d) and stage I alignment, %d steps\n", xd_now() - t0, h.window, h.sinks, o->align_steps);
     rc = xd_student_init(o->teacher, &dm, &h, init_dir, e);
   }
   if (rc == 0) {
@@ -328,7 +331,7 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
   for (int d = 0; rc == 0 && d < ND; d++) {
     snprintf(expert[d], sizeof expert[d], "%s/expert-%s", o->out, xd_synth_domain_name(d));
     snprintf(path, sizeof path, "%s/data/%s", o->out, xd_synth_domain_name(d));
-    fprintf(log, "demo: [4/6] stage II expert '%s', %d steps\n", xd_synth_domain_name(d), o->distill_steps);
+    fprintf(log, "demo %5.0fs: [4/6] stage II expert '%s', %d steps\n", xd_now() - t0, xd_synth_domain_name(d), o->distill_steps);
     rc = run_distill(o, &t, aligned, path, expert[d], log, e);
   }
   /* 5. merge */
@@ -337,23 +340,25 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
   if (rc == 0) {
     xd_merge_expert ex[XD_SYNTH_NDOMAINS];
     for (int d = 0; d < ND; d++) { ex[d].dir = expert[d]; ex[d].weight = 1.0; }
-    fprintf(log, "demo: [5/6] merging %d experts with equal weights\n", ND);
+    fprintf(log, "demo %5.0fs: [5/6] merging %d experts with equal weights\n", xd_now() - t0, ND);
     rc = xd_merge_run(ex, ND, merged, e);
   }
   /* 6. evaluation */
-  double score[2 + XD_SYNTH_NDOMAINS][XD_SYNTH_NDOMAINS]; /* teacher, merged, experts */
-  if (rc == 0) fprintf(log, "demo: [6/6] exact-match evaluation on %d held-out examples per domain\n", o->n_eval);
+  double score[3 + XD_SYNTH_NDOMAINS][XD_SYNTH_NDOMAINS]; /* teacher, merged, experts, aligned */
+  if (rc == 0) fprintf(log, "demo %5.0fs: [6/6] exact-match evaluation on %d held-out examples per domain\n", xd_now() - t0, o->n_eval);
   eval_set es[XD_SYNTH_NDOMAINS];
   memset(es, 0, sizeof es);
   for (int d = 0; rc == 0 && d < ND; d++) {
     snprintf(path, sizeof path, "%s/synth/%s/eval.jsonl", o->out, xd_synth_domain_name(d));
     rc = eval_set_load(&es[d], path, o->n_eval, e);
   }
-  for (int m = 0; rc == 0 && m < 2 + ND; m++) {
+  for (int m = 0; rc == 0 && m < 3 + ND; m++) {
     xd_student s;
     const int is_teacher = m == 0;
-    if (!is_teacher && xd_student_load(&s, m == 1 ? merged : expert[m - 2], XD_STUDENT_FROZEN, e) != 0) { rc = -1; break; }
+    const char *mdir = m == 1 ? merged : m == 2 + ND ? aligned : expert[m - 2];
+    if (!is_teacher && xd_student_load(&s, mdir, XD_STUDENT_FROZEN, e) != 0) { rc = -1; break; }
     for (int d = 0; rc == 0 && d < ND; d++) {
+      if (m >= 2 && m < 2 + ND && d != m - 2) { score[m][d] = NAN; continue; } /* experts: own domain */
       score[m][d] = exact_match(is_teacher ? &t : NULL, is_teacher ? NULL : &s, tok, &es[d], e);
       if (isnan(score[m][d])) rc = -1;
     }
@@ -379,10 +384,12 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
     xd_compare cmp;
     if (rc == 0) rc = xd_compare_build(&rs, &rt, 0.001, &cmp, e);
     if (rc == 0) {
-      fprintf(out, "\n%-10s %9s %9s %9s %9s\n", "domain", "teacher", "expert", "merged", "recovery");
+      fprintf(out, "\nExact match on %d held-out examples per domain (greedy decoding; students decode in constant memory)\n", o->n_eval);
+      fprintf(out, "%-10s %9s %9s %9s %9s %9s\n", "domain", "teacher", "stage I", "expert", "merged", "recovery");
       for (int d = 0; d < ND; d++)
-        fprintf(out, "%-10s %9.3f %9.3f %9.3f %8.1f%%\n", xd_synth_domain_name(d), score[0][d], score[2 + d][d], score[1][d],
-                score[0][d] > 0 ? 100.0 * score[1][d] / score[0][d] : NAN);
+        fprintf(out, "%-10s %9.3f %9.3f %9.3f %9.3f %8.1f%%\n", xd_synth_domain_name(d), score[0][d], score[2 + ND][d],
+                score[2 + d][d], score[1][d], score[0][d] > 0 ? 100.0 * score[1][d] / score[0][d] : NAN);
+      fprintf(out, "(expert = the stage II expert of that domain; merged = all experts averaged; recovery = merged / teacher)\n");
       fprintf(out, "\nWin-and-Tie of the merged student vs the teacher (SPEC §6):\n");
       const double c0 = cmp.curve[0];
       fprintf(out, "  C_0 = %.2f (%s)", c0, c0 >= 0.5 ? "lossless" : "not lossless");

@@ -15,6 +15,7 @@ typedef struct {
   int seq_len, batch;
   int align_steps, distill_steps;
   double align_lr, distill_lr;
+  double kd_gamma;      /* CE weight of stage II; the KL weight is 1 - kd_gamma */
   int n_train, n_eval;  /* synthetic examples per domain */
   int threads;
 } xd_demo_opts;

@@ -1,0 +1,114 @@
+/* CUDA backend (first slice): device memory helpers and CUDA twins of the CPU ops.
+ *
+ * Plain C interface; the kernels live in the .cu files of src/ops/cuda behind extern "C" entry points.
+ * Every function returns 0 on success and -1 on failure with ONE line in the xd_err naming
+ * the source file, line and the CUDA / cuBLAS error (e.g. "matmul.cu:88: cublasLtMatmul:
+ * CUBLAS_STATUS_NOT_SUPPORTED"). Launch errors are checked right after each launch; kernel
+ * faults surface at the next synchronising call (xd_cuda_sync, a download).
+ *
+ * Storage: "bf16" buffers are uint16_t on the device (bf16 bits), math is fp32 inside every
+ * kernel. Layouts are the CPU twins' (token-major, row-major); where a buffer is a slice of a
+ * wider fused tensor (q|k|v out of one projection), a row stride "ld" in elements is given.
+ * All pointers below are DEVICE pointers unless named host_*.
+ * Everything runs on the context's stream, in order; nothing here is thread-safe per ctx. */
+#ifndef XD_OPS_CUDA_OPS_H
+#define XD_OPS_CUDA_OPS_H
+#include <stddef.h>
+#include <stdint.h>
+#include "xdistill.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "ops/cpu/mlstm.h" /* mlstm_cfg, mlstm_state (C headers without extern "C") */
+#include "ops/cpu/swa.h"   /* swa_shape */
+
+/* ---- context: stream + cuBLASLt handle + its workspace ---------------------------------- */
+typedef struct xd_cuda_ctx xd_cuda_ctx;
+/* Selects device `device` (usually 0), creates a non-blocking stream and a cuBLASLt handle. */
+int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e);
+void xd_cuda_ctx_free(xd_cuda_ctx *c);
+/* Waits for all work on the context's stream; reports any asynchronous kernel fault. */
+int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e);
+/* The device name and SM count, for reports. */
+int xd_cuda_device_info(xd_cuda_ctx *c, char *name, size_t name_len, int *sm_count, xd_err *e);
+
+/* ---- memory ---------------------------------------------------------------------------- */
+int xd_cuda_malloc(void **p, size_t bytes, xd_err *e);
+void xd_cuda_free(void *p); /* NULL is fine */
+int xd_cuda_memset(xd_cuda_ctx *c, void *p, int byte, size_t bytes, xd_err *e);
+int xd_cuda_upload(xd_cuda_ctx *c, void *dst, const void *host_src, size_t bytes, xd_err *e);
+/* Synchronous: returns when host_dst holds the data. */
+int xd_cuda_download(xd_cuda_ctx *c, void *host_dst, const void *src, size_t bytes, xd_err *e);
+int xd_cuda_copy(xd_cuda_ctx *c, void *dst, const void *src, size_t bytes, xd_err *e);
+/* dtype conversion on the device, n elements (round to nearest even). */
+int xd_cuda_f32_to_bf16(xd_cuda_ctx *c, uint16_t *dst, const float *src, size_t n, xd_err *e);
+int xd_cuda_bf16_to_f32(xd_cuda_ctx *c, float *dst, const uint16_t *src, size_t n, xd_err *e);
+/* Deterministic pseudo-random fill, uniform in [-scale, scale) (a counter hash of (seed, i)):
+ * random weights for benchmarks without a host round trip. */
+int xd_cuda_fill_uniform_bf16(xd_cuda_ctx *c, uint16_t *dst, size_t n, uint64_t seed, float scale, xd_err *e);
+
+/* ---- matmul (cuBLASLt): out[N,Dout] (+)= x[N,Din] W^T + b ------------------------------- */
+typedef enum { XD_CUDA_BF16 = 0, XD_CUDA_F32 = 1 } xd_cuda_dtype;
+/* x, w bf16 (W in the HF layout [Dout,Din]), fp32 accumulation. out is bf16 or fp32
+ * (out_dtype); bias (NULL or [Dout]) has the dtype of out and is added in the GEMM epilogue.
+ * accumulate != 0 adds the product to what out holds (residual add in the epilogue; out is
+ * then read as well as written). */
+int xd_cuda_matmul(xd_cuda_ctx *c, void *out, xd_cuda_dtype out_dtype, const uint16_t *x, const uint16_t *w,
+                   const void *bias, int N, int Din, int Dout, int accumulate, xd_err *e);
+
+/* ---- teacher ops, bf16 storage, fp32 math ---------------------------------------------- */
+/* RMSNorm (HF order, as rmsnorm_forward): out = w * (x * rsqrt(mean(x^2) + eps)); x, out [N,C], w [C]. */
+int xd_cuda_rmsnorm_forward(xd_cuda_ctx *c, uint16_t *out, const uint16_t *x, const uint16_t *w, int N, int C,
+                            float eps, xd_err *e);
+/* RoPE in place (rotate-half, as rope_forward): x holds N tokens of n_heads * d values, token
+ * n starting at x + n*ld; cos_t, sin_t fp32 [n_pos, d/2]; pos int32 [N] in [0, n_pos). */
+int xd_cuda_rope_forward(xd_cuda_ctx *c, uint16_t *x, int ld, const float *cos_t, const float *sin_t,
+                         const int32_t *pos, int N, int n_heads, int d, xd_err *e);
+/* SwiGLU: out[n,f] = silu(gate[n*ld+f]) * up[n*ld+f], out [N,F] dense. With a fused gate|up
+ * projection [N, 2F]: gate = buf, up = buf + F, ld = 2F. */
+int xd_cuda_swiglu_forward(xd_cuda_ctx *c, uint16_t *out, const uint16_t *gate, const uint16_t *up, int N, int F,
+                           int ld, xd_err *e);
+/* Embedding: out[n,:] = table[ids[n],:], table [V,D]. Ids outside [0,V) give a row of zeros
+ * (the caller validates ids on the host, as for the CPU op; the kernel never reads out of range). */
+int xd_cuda_embedding_forward(xd_cuda_ctx *c, uint16_t *out, const int32_t *ids, const uint16_t *table, int N,
+                              int D, int V, xd_err *e);
+
+/* ---- attention: flash-style forward, bf16 tensor cores (mma.sync m16n8k16), fp32 softmax --
+ * q [B,T,H,d] (token row stride ldq elements), k, v [B,T,G,d] (ldk, ldv), out [B,T,H,d] (ldo);
+ * batch b starts at b*T*ld. Query head h reads KV head h / (H/G). Query t sees key s when
+ * s <= t and (window == 0 or t - s < window or s < sinks):
+ *   - teacher causal attention: window = 0 (or the HF sliding window), sinks = 0;
+ *   - the student's local branch (swa_forward): window = W >= 1, sinks = S.
+ * Scale 1/sqrt(d). lse (NULL or fp32 [B,T,H]) receives the natural-log logsumexp of the
+ * scaled scores, as swa_forward's. d must be 64 or 128. */
+typedef struct {
+  int B, T, H, G, d;
+  int window, sinks;
+  int ldq, ldk, ldv, ldo;
+} xd_cuda_attn_dims;
+int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                              const uint16_t *v, const xd_cuda_attn_dims *a, xd_err *e);
+
+/* ---- sliding-window+sinks attention backward, fp32 (the twin of swa_backward) ------------
+ * q, out, dout, dq [B,T,H,d]; k, v, dk, dv [B,T,G,d]; lse [B,T,H] from the forward (natural
+ * log). ACCUMULATES (+=) into dq, dk, dv, as the CPU op (the caller zeroes them). d <= 256.
+ * dk and dv are summed with atomics: the last bits may vary from run to run. */
+int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                         const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                         xd_err *e);
+
+/* ---- mLSTM chunkwise forward, fp32 (the twin of mlstm_chunkwise_forward) ------------------
+ * Same cfg and layouts as ops/cpu/mlstm.h: qf [B,T,H,P], kf [B,T,G,P], v [B,T,G,D],
+ * ig, fg [B,T,H], h [B,T,H,D]; states C [B*H,P,D], n [B*H,P], m [B*H] in fp32 device memory.
+ * init NULL = zero state; final (may alias init) receives the state after token T-1.
+ * One thread block per (b, h, slice of D columns), sequential over chunks of cfg->chunk tokens;
+ * needs P <= 128, D <= 256, chunk <= 64. */
+int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                    const float *v, const float *ig, const float *fg, const mlstm_state *init,
+                                    mlstm_state *final, float *h, xd_err *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

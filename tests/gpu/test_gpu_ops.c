@@ -1,0 +1,409 @@
+/* GPU tests (not in CTest: CI has no GPU; tools/gpu_test.sh runs this on the device machine).
+ * Every CUDA op against its CPU twin (src/ops/cpu) on fresh random inputs: the CPU op runs in
+ * fp32 on the bf16-rounded inputs, so the gap is the GPU's own rounding. Bounds by output
+ * dtype: bf16 outputs ~1e-2 (bf16 is 2^-9 relative per element), fp32 outputs 1e-5. The
+ * metric is ||gpu - cpu||_2 / ||cpu||_2; every GPU output buffer is poisoned with NaN bytes
+ * first, so an unwritten element fails (NaN never passes a bound).
+ * Exits 77 (skip) when no CUDA device is present. */
+#include <math.h>
+#include <stdint.h>
+#include "core/core.h"
+#include "ops/cpu/causal_attention.h"
+#include "ops/cpu/embedding.h"
+#include "ops/cpu/matmul.h"
+#include "ops/cpu/mlstm.h"
+#include "ops/cpu/rmsnorm.h"
+#include "ops/cpu/rope.h"
+#include "ops/cpu/swa.h"
+#include "ops/cpu/swiglu.h"
+#include "ops/cuda/cuda_ops.h"
+#include "test.h"
+
+static xd_cuda_ctx *ctx; /* test-binary state, like the harness's own */
+static xd_err err;
+#define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
+
+static const double TOL_BF16 = 1e-2, TOL_F32 = 1e-5;
+
+static double rel_l2(const float *x, const float *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)x[i] - ref[i];
+    num += d * d;
+    den += (double)ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+#define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
+    fprintf(stderr, "    %-44s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
+    CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
+
+/* Fresh normal values times scale, rounded to bf16 in place (the CPU twin sees what the GPU sees). */
+static float *rand_bf16_values(xd_rng *r, size_t n, double scale) {
+  float *x = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) x[i] = xd_bf16_to_f32(xd_f32_to_bf16((float)(scale * xd_rng_normal(r))));
+  return x;
+}
+static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
+  float *x = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
+  return x;
+}
+/* Upload fp32 host values as bf16. */
+static uint16_t *up_bf16(const float *x, size_t n) {
+  uint16_t *h = xd_malloc(n * 2 + 1), *d = NULL;
+  for (size_t i = 0; i < n; i++) h[i] = xd_f32_to_bf16(x[i]);
+  if (xd_cuda_malloc((void **)&d, n * 2, &err) || xd_cuda_upload(ctx, d, h, n * 2, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  xd_cuda_sync(ctx, &err);
+  free(h);
+  return d;
+}
+static void *up_raw(const void *x, size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+/* A device buffer full of NaN bytes (0xFF.. is NaN in bf16 and fp32). */
+static void *dev_poisoned(size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+static int down_bf16(float *dst, const uint16_t *d, size_t n) {
+  uint16_t *h = xd_malloc(n * 2 + 1);
+  int rc = xd_cuda_download(ctx, h, d, n * 2, &err);
+  for (size_t i = 0; i < n; i++) dst[i] = xd_bf16_to_f32(h[i]);
+  free(h);
+  return rc;
+}
+
+/* ---- matmul --------------------------------------------------------------------------- */
+static void matmul_case(int N, int Din, int Dout, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  float *x = rand_bf16_values(&r, (size_t)N * Din, 1.0), *w = rand_bf16_values(&r, (size_t)Dout * Din, 0.05);
+  float *b = rand_bf16_values(&r, Dout, 0.5), *r0 = rand_f32(&r, (size_t)N * Dout, 0, 1.0);
+  float *ref = xd_malloc((size_t)N * Dout * 4), *got = xd_malloc((size_t)N * Dout * 4);
+  uint16_t *dx = up_bf16(x, (size_t)N * Din), *dw = up_bf16(w, (size_t)Dout * Din), *dbb = up_bf16(b, Dout);
+  float *dbf = up_raw(b, Dout * 4);
+  char name[96];
+  /* fp32 out, bias */
+  matmul_forward(ref, x, w, b, N, Din, Dout);
+  float *dof = dev_poisoned((size_t)N * Dout * 4);
+  GPU(xd_cuda_matmul(ctx, dof, XD_CUDA_F32, dx, dw, dbf, N, Din, Dout, 0, &err));
+  GPU(xd_cuda_download(ctx, got, dof, (size_t)N * Dout * 4, &err));
+  snprintf(name, sizeof name, "matmul %dx%dx%d fp32 out +bias", N, Din, Dout);
+  REL(name, got, ref, (size_t)N * Dout, TOL_F32);
+  /* fp32 out, accumulate into r0 (residual add in the epilogue), no bias */
+  matmul_forward(ref, x, w, NULL, N, Din, Dout);
+  for (size_t i = 0; i < (size_t)N * Dout; i++) ref[i] += r0[i];
+  GPU(xd_cuda_upload(ctx, dof, r0, (size_t)N * Dout * 4, &err));
+  GPU(xd_cuda_matmul(ctx, dof, XD_CUDA_F32, dx, dw, NULL, N, Din, Dout, 1, &err));
+  GPU(xd_cuda_download(ctx, got, dof, (size_t)N * Dout * 4, &err));
+  snprintf(name, sizeof name, "matmul %dx%dx%d fp32 accumulate", N, Din, Dout);
+  REL(name, got, ref, (size_t)N * Dout, TOL_F32);
+  /* bf16 out, bf16 bias */
+  matmul_forward(ref, x, w, b, N, Din, Dout);
+  uint16_t *dob = dev_poisoned((size_t)N * Dout * 2);
+  GPU(xd_cuda_matmul(ctx, dob, XD_CUDA_BF16, dx, dw, dbb, N, Din, Dout, 0, &err));
+  GPU(down_bf16(got, dob, (size_t)N * Dout));
+  snprintf(name, sizeof name, "matmul %dx%dx%d bf16 out +bias", N, Din, Dout);
+  REL(name, got, ref, (size_t)N * Dout, TOL_BF16);
+  xd_cuda_free(dx), xd_cuda_free(dw), xd_cuda_free(dbb), xd_cuda_free(dbf), xd_cuda_free(dof), xd_cuda_free(dob);
+  free(x), free(w), free(b), free(r0), free(ref), free(got);
+}
+static void test_matmul(void) {
+  matmul_case(67, 96, 80, 11);
+  matmul_case(512, 2048, 640, 12);
+}
+
+/* ---- rmsnorm, rope, swiglu, embedding ---------------------------------------------------- */
+static void test_rmsnorm(void) {
+  const int N = 33, C = 2048;
+  xd_rng r;
+  xd_rng_seed(&r, 21);
+  float *x = rand_bf16_values(&r, (size_t)N * C, 2.0), *w = rand_f32(&r, C, 1.0, 0.2);
+  for (int i = 0; i < C; i++) w[i] = xd_bf16_to_f32(xd_f32_to_bf16(w[i]));
+  float *ref = xd_malloc((size_t)N * C * 4), *got = xd_malloc((size_t)N * C * 4);
+  rmsnorm_forward(ref, NULL, x, w, N, C, 1e-5f);
+  uint16_t *dx = up_bf16(x, (size_t)N * C), *dw = up_bf16(w, C), *dout = dev_poisoned((size_t)N * C * 2);
+  GPU(xd_cuda_rmsnorm_forward(ctx, dout, dx, dw, N, C, 1e-5f, &err));
+  GPU(down_bf16(got, dout, (size_t)N * C));
+  REL("rmsnorm 33x2048", got, ref, (size_t)N * C, TOL_BF16);
+  xd_cuda_free(dx), xd_cuda_free(dw), xd_cuda_free(dout);
+  free(x), free(w), free(ref), free(got);
+}
+
+static void test_rope(void) {
+  /* q of a fused q|k|v row: rope on the first nh*d values of rows of width ld; the rest of
+   * each row must be left as it was. */
+  const int N = 50, nh = 6, d = 64, half = d / 2, ld = nh * d + 2 * d, n_pos = 300;
+  xd_rng r;
+  xd_rng_seed(&r, 31);
+  xd_rope_config rc = {0};
+  rc.kind = XD_ROPE_LLAMA3, rc.theta = 500000.0, rc.factor = 32.0, rc.low_freq_factor = 1.0;
+  rc.high_freq_factor = 4.0, rc.original_max_pos = 8192;
+  float inv[64], scl = 1.f;
+  rope_inv_freq(&rc, d, 131072, n_pos, inv, &scl);
+  float *ct = xd_malloc((size_t)n_pos * half * 4), *st = xd_malloc((size_t)n_pos * half * 4);
+  rope_table(ct, st, inv, scl, n_pos, half);
+  int32_t pos[50];
+  for (int i = 0; i < N; i++) pos[i] = (int32_t)(xd_rng_u64(&r) % n_pos);
+  float *x = rand_bf16_values(&r, (size_t)N * ld, 1.0);
+  float *dense = xd_malloc((size_t)N * nh * d * 4), *ref = xd_malloc((size_t)N * ld * 4), *got = xd_malloc((size_t)N * ld * 4);
+  for (int n = 0; n < N; n++) memcpy(dense + (size_t)n * nh * d, x + (size_t)n * ld, (size_t)nh * d * 4);
+  rope_forward(dense, dense, ct, st, pos, N, nh, d);
+  memcpy(ref, x, (size_t)N * ld * 4);
+  for (int n = 0; n < N; n++) memcpy(ref + (size_t)n * ld, dense + (size_t)n * nh * d, (size_t)nh * d * 4);
+  uint16_t *dx = up_bf16(x, (size_t)N * ld);
+  float *dct = up_raw(ct, (size_t)n_pos * half * 4), *dst = up_raw(st, (size_t)n_pos * half * 4);
+  int32_t *dpos = up_raw(pos, sizeof pos);
+  GPU(xd_cuda_rope_forward(ctx, dx, ld, dct, dst, dpos, N, nh, d, &err));
+  GPU(down_bf16(got, dx, (size_t)N * ld));
+  REL("rope llama3 (strided rows)", got, ref, (size_t)N * ld, TOL_BF16);
+  int untouched = 1;
+  for (int n = 0; n < N; n++)
+    for (int i = nh * d; i < ld; i++) untouched &= got[(size_t)n * ld + i] == x[(size_t)n * ld + i];
+  CHECKF(untouched, "rope wrote outside its heads");
+  xd_cuda_free(dx), xd_cuda_free(dct), xd_cuda_free(dst), xd_cuda_free(dpos);
+  free(ct), free(st), free(x), free(dense), free(ref), free(got);
+}
+
+static void swiglu_case(int N, int F, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  float *gu = rand_bf16_values(&r, (size_t)N * 2 * F, 2.0); /* fused [N, gate F | up F] */
+  float *g = xd_malloc((size_t)N * F * 4), *u = xd_malloc((size_t)N * F * 4);
+  for (int n = 0; n < N; n++) {
+    memcpy(g + (size_t)n * F, gu + (size_t)n * 2 * F, (size_t)F * 4);
+    memcpy(u + (size_t)n * F, gu + (size_t)n * 2 * F + F, (size_t)F * 4);
+  }
+  float *ref = xd_malloc((size_t)N * F * 4), *got = xd_malloc((size_t)N * F * 4);
+  swiglu_forward(ref, g, u, (size_t)N * F);
+  uint16_t *dgu = up_bf16(gu, (size_t)N * 2 * F), *dout = dev_poisoned((size_t)N * F * 2);
+  GPU(xd_cuda_swiglu_forward(ctx, dout, dgu, dgu + F, N, F, 2 * F, &err));
+  GPU(down_bf16(got, dout, (size_t)N * F));
+  char name[96];
+  snprintf(name, sizeof name, "swiglu fused gate|up N%d F%d", N, F);
+  REL(name, got, ref, (size_t)N * F, TOL_BF16);
+  xd_cuda_free(dgu), xd_cuda_free(dout);
+  free(gu), free(g), free(u), free(ref), free(got);
+}
+static void test_swiglu(void) {
+  swiglu_case(37, 300, 41); /* scalar path */
+  swiglu_case(29, 512, 42); /* 16-byte path */
+}
+
+static void test_embedding(void) {
+  const int V = 1000, D = 256, N = 77;
+  xd_rng r;
+  xd_rng_seed(&r, 51);
+  float *tab = rand_bf16_values(&r, (size_t)V * D, 1.0);
+  int32_t ids[77];
+  for (int i = 0; i < N; i++) ids[i] = (int32_t)(xd_rng_u64(&r) % V);
+  ids[5] = V - 1, ids[6] = 0;
+  float *ref = xd_malloc((size_t)N * D * 4), *got = xd_malloc((size_t)N * D * 4);
+  embedding_forward(ref, ids, tab, N, D);
+  uint16_t *dt = up_bf16(tab, (size_t)V * D), *dout = dev_poisoned((size_t)N * D * 2);
+  int32_t *dids = up_raw(ids, sizeof ids);
+  GPU(xd_cuda_embedding_forward(ctx, dout, dids, dt, N, D, V, &err));
+  GPU(down_bf16(got, dout, (size_t)N * D));
+  CHECKF(memcmp(got, ref, (size_t)N * D * 4) == 0, "embedding rows differ from the table");
+  fprintf(stderr, "    embedding %d ids: exact %s\n", N, memcmp(got, ref, (size_t)N * D * 4) == 0 ? "yes" : "NO");
+  /* an out-of-range id gives zeros, never a wild read */
+  ids[0] = V, ids[1] = -3;
+  GPU(xd_cuda_upload(ctx, dids, ids, sizeof ids, &err));
+  GPU(xd_cuda_embedding_forward(ctx, dout, dids, dt, N, D, V, &err));
+  GPU(down_bf16(got, dout, (size_t)N * D));
+  int zeros = 1;
+  for (int i = 0; i < 2 * D; i++) zeros &= got[i] == 0.f;
+  CHECKF(zeros, "bad ids must give zero rows");
+  xd_cuda_free(dt), xd_cuda_free(dout), xd_cuda_free(dids);
+  free(tab), free(ref), free(got);
+}
+
+/* ---- attention ------------------------------------------------------------------------ */
+/* Teacher causal attention (window 0 or an HF sliding window) vs causal_attention_forward. */
+static void causal_case(int B, int T, int H, int G, int d, int window, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d;
+  float *q = rand_bf16_values(&r, nq, 1.0), *k = rand_bf16_values(&r, nk, 1.0), *v = rand_bf16_values(&r, nk, 1.0);
+  float *ref = xd_malloc(nq * 4), *got = xd_malloc(nq * 4);
+  causal_attention_dims a = {B, T, T, H, G, d, 0, window, (size_t)T * G * d};
+  const size_t ns = causal_attention_scratch(&a);
+  float *scr = xd_malloc(ns * 4);
+  causal_attention_forward(ref, q, k, v, &a, scr, ns);
+  uint16_t *dq = up_bf16(q, nq), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk), *dout = dev_poisoned(nq * 2);
+  xd_cuda_attn_dims ga = {B, T, H, G, d, window, 0, H * d, G * d, G * d, H * d};
+  GPU(xd_cuda_attention_forward(ctx, dout, NULL, dq, dk, dv, &ga, &err));
+  GPU(down_bf16(got, dout, nq));
+  char name[96];
+  snprintf(name, sizeof name, "causal attn B%d T%d H%d G%d d%d win%d", B, T, H, G, d, window);
+  REL(name, got, ref, nq, TOL_BF16);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dout);
+  free(q), free(k), free(v), free(ref), free(got), free(scr);
+}
+static void test_causal_attention(void) {
+  causal_case(2, 200, 8, 2, 64, 0, 61);
+  causal_case(1, 130, 4, 4, 128, 0, 62);
+  causal_case(2, 257, 8, 1, 64, 50, 63); /* HF sliding window, MQA */
+}
+
+/* Student local branch vs swa_forward, out and lse. */
+static void swa_case(int B, int T, int H, int G, int d, int W, int S, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
+  float *q = rand_bf16_values(&r, nq, 1.0), *k = rand_bf16_values(&r, nk, 1.0), *v = rand_bf16_values(&r, nk, 1.0);
+  float *ref = xd_malloc(nq * 4), *got = xd_malloc(nq * 4), *lref = xd_malloc(nl * 4), *lgot = xd_malloc(nl * 4);
+  swa_shape sh = {B, T, H, G, d, W, S};
+  swa_forward(ref, lref, q, k, v, &sh);
+  uint16_t *dq = up_bf16(q, nq), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk), *dout = dev_poisoned(nq * 2);
+  float *dl = dev_poisoned(nl * 4);
+  xd_cuda_attn_dims ga = {B, T, H, G, d, W, S, H * d, G * d, G * d, H * d};
+  GPU(xd_cuda_attention_forward(ctx, dout, dl, dq, dk, dv, &ga, &err));
+  GPU(down_bf16(got, dout, nq));
+  GPU(xd_cuda_download(ctx, lgot, dl, nl * 4, &err));
+  char name[96];
+  snprintf(name, sizeof name, "swa out T%d H%d G%d d%d W%d S%d", T, H, G, d, W, S);
+  REL(name, got, ref, nq, TOL_BF16);
+  snprintf(name, sizeof name, "swa lse T%d W%d S%d", T, W, S);
+  REL(name, lgot, lref, nl, 1e-4); /* fp32 scores of exact bf16 inputs: far tighter than bf16 */
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dout), xd_cuda_free(dl);
+  free(q), free(k), free(v), free(ref), free(got), free(lref), free(lgot);
+}
+static void test_swa(void) {
+  swa_case(2, 300, 4, 2, 64, 40, 4, 71);
+  swa_case(1, 256, 4, 2, 64, 64, 70, 72); /* sinks reach over a key-tile boundary */
+  swa_case(1, 200, 2, 1, 128, 1, 0, 73);  /* W = 1: each token sees only itself */
+  swa_case(1, 333, 8, 2, 64, 100, 1, 74);
+}
+
+/* fp32 backward vs swa_backward, both from the CPU forward's out and lse; accumulation into
+ * nonzero gradients checks the += contract. */
+static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
+  float *q = rand_f32(&r, nq, 0, 1.0), *k = rand_f32(&r, nk, 0, 1.0), *v = rand_f32(&r, nk, 0, 1.0);
+  float *dout = rand_f32(&r, nq, 0, 1.0), *out = xd_malloc(nq * 4), *lse = xd_malloc(nl * 4);
+  float *dq = rand_f32(&r, nq, 0, 0.1), *dk = rand_f32(&r, nk, 0, 0.1), *dv = rand_f32(&r, nk, 0, 0.1);
+  swa_shape sh = {B, T, H, G, d, W, S};
+  swa_forward(out, lse, q, k, v, &sh);
+  float *gdq = up_raw(dq, nq * 4), *gdk = up_raw(dk, nk * 4), *gdv = up_raw(dv, nk * 4);
+  swa_backward(dq, dk, dv, dout, q, k, v, out, lse, &sh);
+  float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
+  float *go = up_raw(out, nq * 4), *gl = up_raw(lse, nl * 4);
+  float *hq = xd_malloc(nq * 4), *hk = xd_malloc(nk * 4), *hv = xd_malloc(nk * 4);
+  GPU(xd_cuda_swa_backward(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+  GPU(xd_cuda_download(ctx, hq, gdq, nq * 4, &err));
+  GPU(xd_cuda_download(ctx, hk, gdk, nk * 4, &err));
+  GPU(xd_cuda_download(ctx, hv, gdv, nk * 4, &err));
+  char name[96];
+  snprintf(name, sizeof name, "swa bwd dq T%d H%d G%d d%d W%d S%d", T, H, G, d, W, S);
+  REL(name, hq, dq, nq, TOL_F32);
+  REL("  dk", hk, dk, nk, TOL_F32);
+  REL("  dv", hv, dv, nk, TOL_F32);
+  xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
+  xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
+  free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(hq), free(hk), free(hv);
+}
+static void test_swa_backward(void) {
+  swa_bwd_case(2, 150, 4, 2, 64, 32, 4, 91);
+  swa_bwd_case(1, 120, 2, 1, 128, 50, 60, 92);
+}
+
+/* ---- mLSTM ---------------------------------------------------------------------------- */
+static void softmax_rows(float *x, size_t rows, int n) {
+  for (size_t r = 0; r < rows; r++) {
+    float *p = x + r * n, mx = -INFINITY, s = 0;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, p[i]);
+    for (int i = 0; i < n; i++) s += (p[i] = expf(p[i] - mx));
+    for (int i = 0; i < n; i++) p[i] /= s;
+  }
+}
+static void mlstm_case(int B, int T, int H, int G, int P, int D, int L, mlstm_norm norm, int with_init, int alias,
+                       uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  cfg.chunk = L, cfg.norm = norm;
+  const size_t nq = (size_t)B * T * H * P, nk = (size_t)B * T * G * P, nv = (size_t)B * T * G * D;
+  const size_t ng = (size_t)B * T * H, nh = (size_t)B * T * H * D, BH = (size_t)B * H;
+  /* Real inputs: softmax feature maps, gates around the SPEC init (b_f in [3, 6]). */
+  float *qf = rand_f32(&r, nq, 0, 2.0), *kf = rand_f32(&r, nk, 0, 2.0), *v = rand_f32(&r, nv, 0, 1.0);
+  softmax_rows(qf, nq / P, P), softmax_rows(kf, nk / P, P);
+  float *ig = rand_f32(&r, ng, -1.0, 2.0), *fg = rand_f32(&r, ng, 3.0, 2.0);
+  float *C0 = rand_f32(&r, BH * P * D, 0, 0.3), *n0 = rand_f32(&r, BH * P, 1.0, 0.2), *m0 = rand_f32(&r, BH, 0, 1.0);
+  for (size_t i = 0; i < BH * P; i++) n0[i] = fabsf(n0[i]);
+  float *href = xd_malloc(nh * 4), *hgot = xd_malloc(nh * 4);
+  float *C1 = xd_malloc(BH * P * D * 4), *n1 = xd_malloc(BH * P * 4), *m1 = xd_malloc(BH * 4);
+  float *C1g = xd_malloc(BH * P * D * 4), *n1g = xd_malloc(BH * P * 4), *m1g = xd_malloc(BH * 4);
+  mlstm_state init = {C0, n0, m0}, fin = {C1, n1, m1};
+  mlstm_ws *ws = mlstm_ws_create(&cfg);
+  mlstm_chunkwise_forward(&cfg, ws, qf, kf, v, ig, fg, with_init ? &init : NULL, &fin, NULL, href);
+  mlstm_ws_free(ws);
+  float *dq = up_raw(qf, nq * 4), *dk = up_raw(kf, nk * 4), *dv = up_raw(v, nv * 4), *dig = up_raw(ig, ng * 4);
+  float *dfg = up_raw(fg, ng * 4), *dh = dev_poisoned(nh * 4);
+  float *dC0 = up_raw(C0, BH * P * D * 4), *dn0 = up_raw(n0, BH * P * 4), *dm0 = up_raw(m0, BH * 4);
+  float *dC1 = dev_poisoned(BH * P * D * 4), *dn1 = dev_poisoned(BH * P * 4), *dm1 = dev_poisoned(BH * 4);
+  mlstm_state dinit = {dC0, dn0, dm0}, dfin = {dC1, dn1, dm1};
+  if (alias) dfin = dinit; /* prefill -> decode hand-off in place */
+  GPU(xd_cuda_mlstm_chunkwise_forward(ctx, &cfg, dq, dk, dv, dig, dfg, with_init ? &dinit : NULL, &dfin, dh, &err));
+  GPU(xd_cuda_download(ctx, hgot, dh, nh * 4, &err));
+  GPU(xd_cuda_download(ctx, C1g, dfin.C, BH * P * D * 4, &err));
+  GPU(xd_cuda_download(ctx, n1g, dfin.n, BH * P * 4, &err));
+  GPU(xd_cuda_download(ctx, m1g, dfin.m, BH * 4, &err));
+  char name[128];
+  snprintf(name, sizeof name, "mlstm h B%d T%d H%d G%d P%d D%d L%d %s%s%s", B, T, H, G, P, D, L,
+           norm == MLSTM_NORM_MAX ? "max" : "paper", with_init ? " init" : "", alias ? " alias" : "");
+  REL(name, hgot, href, nh, TOL_F32);
+  REL("  final C", C1g, C1, BH * P * D, TOL_F32);
+  REL("  final n", n1g, n1, BH * P, TOL_F32);
+  REL("  final m", m1g, m1, BH, TOL_F32);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dh);
+  xd_cuda_free(dC0), xd_cuda_free(dn0), xd_cuda_free(dm0), xd_cuda_free(dC1), xd_cuda_free(dn1), xd_cuda_free(dm1);
+  free(qf), free(kf), free(v), free(ig), free(fg), free(C0), free(n0), free(m0), free(href), free(hgot);
+  free(C1), free(n1), free(m1), free(C1g), free(n1g), free(m1g);
+}
+static void test_mlstm(void) {
+  mlstm_case(2, 200, 4, 2, 64, 64, 64, MLSTM_NORM_PAPER, 0, 0, 81);
+  mlstm_case(1, 150, 4, 1, 32, 96, 16, MLSTM_NORM_MAX, 1, 0, 82);  /* partial D slice, MQA */
+  mlstm_case(1, 97, 2, 2, 64, 64, 64, MLSTM_NORM_PAPER, 1, 1, 83); /* final aliases init */
+}
+
+int main(void) {
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_matmul);
+  RUN(test_rmsnorm);
+  RUN(test_rope);
+  RUN(test_swiglu);
+  RUN(test_embedding);
+  RUN(test_causal_attention);
+  RUN(test_swa);
+  RUN(test_swa_backward);
+  RUN(test_mlstm);
+  if (xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
+    xd_t.failed++;
+  }
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

@@ -87,6 +87,15 @@ want=$(printf '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n' | wc -c)
 "$BIN" generate --model "$TMP/student" --prompt hi --chat --chat-format chatml --max-new 2 --stats >/dev/null 2>"$TMP/st" \
   && grep -q "prompt $want tokens" "$TMP/st" && ok "student --chat: ChatML prompt of $want tokens" || bad "student --chat: $(cat "$TMP/st")"
 
+# a standard task definition by name (tasks/arc_easy.json over ../shared/eval), bytes through
+# the fixture model (its 64-token context cuts the prompts from the left)
+if [ -f ../shared/eval/arc/arc_easy_test.llm-foundry.jsonl ]; then
+  "$BIN" eval --model "$TMP/student" --tasks arc_easy --limit 3 >"$TMP/eval_out" 2>"$TMP/eval_err" \
+    && grep -q "arc_easy .*n=3 .*acc_norm=" "$TMP/eval_out" && ok "eval --tasks arc_easy (tasks/ definition)" || bad "eval arc_easy: $(cat "$TMP/eval_err")"
+else
+  echo "[skip] ../shared/eval absent: eval --tasks arc_easy"
+fi
+
 expect_error "no tokenizer" "no tokenizer.json" "$BIN" generate --model "$FIX" --prompt hi
 expect_error "no chat template" "" "$BIN" generate --model "$TMP/teacher" --prompt hi --chat
 expect_error "bad top-p" "top-p must be in (0, 1]" "$BIN" generate --model "$TMP/teacher" --prompt hi --top-p 0

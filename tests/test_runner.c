@@ -7,6 +7,7 @@
  * log-likelihoods == log-softmax sums over forward logits (1e-5), and an eval run on a tiny
  * multiple-choice task whose accuracies follow from those log-likelihoods. Text goes through the
  * byte-level tokenizer fixture (256 ids, id = byte). */
+#define _GNU_SOURCE /* memmem */
 #include "test.h"
 #include "eval/eval.h"
 #include "eval/runner.h"
@@ -160,6 +161,85 @@ static void test_stream_safe_len(void) {
   CHECK(xd_stream_safe_len("hello\n", 6, stops, 2) == 5);
   CHECK(xd_stream_safe_len("hello S", 7, stops, 2) == 6);
   CHECK(xd_stream_safe_len("hello", 5, stops, 2) == 5);
+}
+
+/* The streaming detokenizer on real tokenizers (byte-level BPE and SentencePiece-style with
+ * byte fallback, where emoji and CJK come as partial UTF-8 byte tokens): pushing the ids one at
+ * a time, the pieces concatenate to decode(all ids); no piece starts inside a character or
+ * shows a U+FFFD the full decode does not have; a stop string cuts the text before its first
+ * occurrence. */
+static void test_detok_real_tokenizers(void) {
+  const char *names[] = {"llama2", "llama3", "mistral7b", "qwen3", "olmo2"};
+  const char *texts[] = {
+    "Hello world! Ünïcödé, naïve café; 日本語のテキスト 🙂🚀 and   spaces\n\nnew  lines\ttabs",
+    " leading space, émoji 👩‍👩‍👧 and 中文字符 end",
+    "x",
+  };
+  int tested = 0;
+  for (size_t t = 0; t < sizeof names / sizeof *names; t++) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "../shared/tokenizers/%s", names[t]);
+    if (!xd_is_dir(dir)) continue;
+    xd_err e = {0};
+    xd_tokenizer *tok;
+    if (xd_tokenizer_load(&tok, dir, &e) != 0) { CHECKF(0, "%s", e.msg); continue; }
+    tested++;
+    for (size_t x = 0; x < sizeof texts / sizeof *texts; x++) {
+      int32_t *ids;
+      size_t n, lf;
+      char *full;
+      CHECK(xd_tokenizer_encode(tok, texts[x], strlen(texts[x]), 0, &ids, &n, &e) == 0);
+      CHECK(xd_tokenizer_decode(tok, ids, n, 1, &full, &lf, &e) == 0);
+      for (int with_stop = 0; with_stop < 2; with_stop++) {
+        /* stop: two characters from the middle of the text */
+        char stop[16] = {0};
+        const char *stops[1] = {stop};
+        size_t want_len = lf;
+        if (with_stop) {
+          if (lf < 8) continue;
+          size_t a = lf / 2, b;
+          while (a > 0 && ((unsigned char)full[a] & 0xC0) == 0x80) a--;
+          b = a + 1;
+          for (int c = 0; c < 2 && b < lf; c++) { while (b < lf && ((unsigned char)full[b] & 0xC0) == 0x80) b++; if (c == 0 && b < lf) b++; }
+          while (b < lf && ((unsigned char)full[b] & 0xC0) == 0x80) b++;
+          memcpy(stop, full + a, b - a < 15 ? b - a : 15);
+          want_len = (size_t)(strstr(full, stop) - full);
+        }
+        xd_detok d;
+        xd_detok_init(&d, tok, stops, (size_t)with_stop);
+        char *got = calloc(lf + 64, 1);
+        size_t gl = 0;
+        int bad_start = 0, bad_fffd = 0, st = 0;
+        const int full_has_fffd = strstr(full, "\xEF\xBF\xBD") != NULL;
+        for (size_t i = 0; i < n && st == 0; i++) {
+          const char *p;
+          size_t np;
+          st = xd_detok_push(&d, ids[i], &p, &np, &e);
+          CHECK(st >= 0);
+          if (np) {
+            bad_start += ((unsigned char)p[0] & 0xC0) == 0x80;
+            bad_fffd += !full_has_fffd && memmem(p, np, "\xEF\xBF\xBD", 3) != NULL;
+            if (gl + np <= lf) memcpy(got + gl, p, np);
+            gl += np;
+          }
+        }
+        const char *p;
+        size_t np;
+        xd_detok_finish(&d, &p, &np);
+        if (np && gl + np <= lf) memcpy(got + gl, p, np);
+        gl += np;
+        CHECKF(gl == want_len && !memcmp(got, full, want_len), "%s text %zu stop %d: streamed text differs from decode", names[t], x, with_stop);
+        CHECKF(bad_start == 0 && bad_fffd == 0, "%s text %zu: %d pieces split a character, %d show U+FFFD", names[t], x, bad_start, bad_fffd);
+        CHECK(st == with_stop);
+        free(got);
+        xd_detok_free(&d);
+      }
+      free(full);
+      free(ids);
+    }
+    xd_tokenizer_free(tok);
+  }
+  if (!tested) SKIP("../shared/tokenizers absent");
 }
 
 /* ---- models ------------------------------------------------------------------------------ */
@@ -478,6 +558,7 @@ int main(void) {
   RUN(test_sample_frequencies);
   RUN(test_sample_params_check);
   RUN(test_stream_safe_len);
+  RUN(test_detok_real_tokenizers);
   if (!xd_is_dir(TEACHER)) {
     fprintf(stderr, "[skip] %s absent: model tests skipped\n", TEACHER);
     return test_finish();

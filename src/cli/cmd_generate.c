@@ -36,7 +36,7 @@ static const char usage[] =
   "  --seed S           sampling seed (default 1234)\n"
   "  --stop STR         stop string (repeatable); the output ends before it\n"
   "  --tokenizer PATH   tokenizer.json file or directory (default: the model directory)\n"
-  "  --stats            print tokens, seconds and tokens/s to stderr\n";
+  "  --stats            print tokens, seconds, tokens/s and the decode state size to stderr\n";
 
 #define MAX_STOPS 32
 
@@ -203,9 +203,20 @@ int cmd_generate(int argc, char **argv) {
         fputc('\n', stdout);
         fflush(stdout);
         const double dt = xd_now() - t0;
-        if (stats)
-          fprintf(stderr, "[%s] prompt %zu tokens, generated %zu tokens in %.3f s (%.1f tokens/s), stop: %s\n",
-                  r.is_student ? "student" : "teacher", n, ng, dt, dt > 0 ? (double)ng / dt : 0.0, why);
+        if (stats) {
+          /* decode memory: the teacher's KV cache grows with the sequence, the student's state not */
+          size_t state;
+          if (r.is_student) {
+            xd_student_state st;
+            xd_student_state_alloc(&st, &r.student);
+            state = xd_student_state_bytes(&st);
+            xd_student_state_free(&st);
+          } else {
+            state = (size_t)2 * r.cfg.n_layers * (n + ng) * r.cfg.n_kv_heads * r.cfg.head_dim * sizeof(float);
+          }
+          fprintf(stderr, "[%s] prompt %zu tokens, generated %zu tokens in %.3f s (%.1f tokens/s), decode state %.2f MiB, stop: %s\n",
+                  r.is_student ? "student" : "teacher", n, ng, dt, dt > 0 ? (double)ng / dt : 0.0, state / 1048576.0, why);
+        }
       }
     }
     free(ids);

@@ -1,6 +1,8 @@
 /* Teacher / student runner: forward, incremental decoding, generation, xd_lm (see runner.h). */
 #include "eval/runner.h"
 
+#include "eval/detok.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -136,41 +138,6 @@ void xd_gen_options_default(xd_gen_options *o) {
   o->seed = 1234;
 }
 
-/* Earliest occurrence of any non-empty stop string in text, or NULL. */
-static const char *find_stop(const char *text, const char *const *stops, size_t n_stops) {
-  const char *best = NULL;
-  for (size_t s = 0; s < n_stops; s++) {
-    if (!stops[s][0]) continue;
-    const char *hit = strstr(text, stops[s]);
-    if (hit && (!best || hit < best)) best = hit;
-  }
-  return best;
-}
-
-/* How much of text[0..len) can be streamed now: not a trailing U+FFFD (a multi-byte character
- * whose remaining bytes may come with the next token), not an incomplete UTF-8 tail, and not a
- * tail that may be the start of a stop string. */
-size_t xd_stream_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops) {
-  const unsigned char *u = (const unsigned char *)text;
-  size_t end = len;
-  while (end >= 3 && u[end - 3] == 0xEF && u[end - 2] == 0xBF && u[end - 1] == 0xBD) end -= 3;
-  /* incomplete trailing sequence: a lead byte announcing more bytes than are present */
-  for (size_t back = 1; back <= 3 && back <= end; back++) {
-    const unsigned char c = u[end - back];
-    if ((c & 0xC0) == 0x80) continue; /* continuation byte */
-    const size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    if (need > back) end -= back;
-    break;
-  }
-  size_t hold = 0;
-  for (size_t s = 0; s < n_stops; s++) {
-    const size_t L = strlen(stops[s]);
-    for (size_t k = L ? L - 1 : 0; k > hold; k--)
-      if (k <= end && !memcmp(text + end - k, stops[s], k)) { hold = k; break; }
-  }
-  return end - hold;
-}
-
 int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, const xd_gen_options *o,
                        int32_t **out_ids, size_t *n_ids, char **out_text, const char **stop_reason, xd_err *e) {
   if (out_ids) *out_ids = NULL;
@@ -193,34 +160,34 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
   xd_sampler_init(&smp, V, &o->sp, o->seed);
   float *logits = xd_malloc((size_t)V * sizeof *logits);
   int32_t *gen = xd_malloc(((size_t)max_new + 1) * sizeof *gen);
-  size_t ng = 0, emitted = 0;
-  char *text = NULL;
-  size_t tlen = 0;
-  const char *reason = "length";
+  size_t ng = 0;
+  xd_detok dt;
+  if (want_text) xd_detok_init(&dt, r->tok, o->stops, o->n_stops);
+  const char *reason = "length", *piece;
+  size_t n_piece;
   int rc = max_new > 0 ? xd_decoder_feed(&d, prompt, (int)n_prompt, logits, e) : 0;
   for (int step = 0; !rc && step < max_new; step++) {
     const int32_t tok = xd_sampler_next(&smp, logits);
     if (o->stop_at_eos && xd_runner_is_eos(r, tok)) { reason = "eos"; break; }
     gen[ng++] = tok;
     if (want_text) {
-      /* decode the whole generation (a piece alone may split characters or lose spaces) */
-      free(text);
-      text = NULL;
-      if (xd_tokenizer_decode(r->tok, gen, ng, 1, &text, &tlen, e)) { rc = -1; break; }
-      const char *hit = find_stop(text, o->stops, o->n_stops);
-      if (hit) {
-        tlen = (size_t)(hit - text);
-        text[tlen] = 0;
-        reason = "stop";
-        break;
-      }
-      const size_t safe = xd_stream_safe_len(text, tlen, o->stops, o->n_stops);
-      if (o->on_text && safe > emitted) { o->on_text(text + emitted, safe - emitted, o->user); emitted = safe; }
+      const int st = xd_detok_push(&dt, tok, &piece, &n_piece, e);
+      if (st < 0) { rc = -1; break; }
+      if (o->on_text && n_piece) o->on_text(piece, n_piece, o->user);
+      if (st == 1) { reason = "stop"; break; }
     }
     if (step + 1 < max_new && xd_decoder_feed(&d, &tok, 1, logits, e)) rc = -1;
   }
-  if (!rc && want_text && !text) text = xd_strdup(""), tlen = 0;
-  if (!rc && o->on_text && tlen > emitted) o->on_text(text + emitted, tlen - emitted, o->user);
+  char *text = NULL;
+  if (want_text) {
+    if (!rc) {
+      xd_detok_finish(&dt, &piece, &n_piece);
+      if (o->on_text && n_piece) o->on_text(piece, n_piece, o->user);
+      text = dt.text; /* handed over */
+      dt.text = NULL;
+    }
+    xd_detok_free(&dt);
+  }
   free(logits);
   xd_sampler_free(&smp);
   xd_decoder_free(&d);

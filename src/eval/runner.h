@@ -11,6 +11,7 @@
 #ifndef XD_EVAL_RUNNER_H
 #define XD_EVAL_RUNNER_H
 #include "eval/lm.h"
+#include "eval/detok.h"
 #include "eval/lm_logits.h"
 #include "eval/sample.h"
 #include "model/student/student.h"
@@ -77,12 +78,6 @@ void xd_gen_options_default(xd_gen_options *o); /* greedy, 64 new tokens, stop a
  * needs the tokenizer), *stop_reason "eos", "stop", "length". */
 int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, const xd_gen_options *o,
                        int32_t **out_ids, size_t *n_ids, char **out_text, const char **stop_reason, xd_err *e);
-
-/* Streaming detokenizer rule: how many leading bytes of the decoded generation text[len] can
- * be shown now. Held back: trailing U+FFFD (a character whose other bytes may come with the next
- * token), an incomplete UTF-8 tail, and the longest tail that is a proper prefix of a stop
- * string. The caller emits text[emitted..safe) and flushes the rest at the end. */
-size_t xd_stream_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops);
 
 /* Fill *lm (needs the tokenizer); r must outlive lm. batch: requests per call (>= 1). */
 int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e);

@@ -167,21 +167,31 @@ static int run_align(const xd_demo_opts *o, const xd_teacher *t, const char *sdi
     xd_align_ctx c;
     xd_trainer_hooks hooks;
     xd_align_init(&c, t, &s, L, o->batch, o->seq_len, &hooks);
-    /* Held-out: validation rows in stream order. */
+    /* Held-out: up to 4 batches of validation rows in stream order, the same before and after. */
     xd_loader *V = NULL;
     xd_loader_config vc = {o->seq_len, o->batch, 0, 0, 0, 1};
-    double before = NAN, after = NAN;
-    if (xd_loader_open(&V, data, "val", &vc, e) == 0 && xd_loader_rows_total(V) >= (uint64_t)o->batch) {
-      xd_loader_next(V, c.tokens, NULL);
-      for (int b = 0; b < o->batch; b++) memcpy(c.inputs + (size_t)b * o->seq_len, c.tokens + (size_t)b * (o->seq_len + 1), (size_t)o->seq_len * sizeof(int32_t));
-      before = xd_align_eval_loss(&c, c.inputs);
+    int nb = 0;
+    int32_t *held = NULL;
+    if (xd_loader_open(&V, data, "val", &vc, e) == 0) {
+      nb = (int)(xd_loader_rows_total(V) / (uint64_t)o->batch);
+      if (nb > 4) nb = 4;
+      held = xd_malloc((size_t)(nb ? nb : 1) * o->batch * o->seq_len * sizeof(int32_t));
+      for (int k = 0; k < nb; k++) {
+        xd_loader_next(V, c.tokens, NULL);
+        for (int b = 0; b < o->batch; b++)
+          memcpy(held + ((size_t)k * o->batch + b) * o->seq_len, c.tokens + (size_t)b * (o->seq_len + 1), (size_t)o->seq_len * sizeof(int32_t));
+      }
     }
+    double before = 0, after = 0;
+    for (int k = 0; k < nb; k++) before += xd_align_eval_loss(&c, held + (size_t)k * o->batch * o->seq_len) / nb;
     xd_train_result res;
     rc = xd_trainer_run(&cfg, &s.params, &hooks, log, &res, e);
-    if (rc == 0 && V && !isnan(before)) {
-      after = xd_align_eval_loss(&c, c.inputs);
-      fprintf(log, "demo: stage I held-out loss %.4g -> %.4g (%.1fx lower)\n", before, after, before / after);
+    if (rc == 0 && nb > 0) {
+      for (int k = 0; k < nb; k++) after += xd_align_eval_loss(&c, held + (size_t)k * o->batch * o->seq_len) / nb;
+      fprintf(log, "demo: stage I held-out loss %.4g -> %.4g (%.1fx lower, %d validation rows)\n", before, after, before / after,
+              nb * o->batch);
     }
+    free(held);
     if (V) xd_loader_free(V);
     xd_align_free(&c);
     xd_loader_free(L);

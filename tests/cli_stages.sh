@@ -186,6 +186,12 @@ if [ -f $BIG/tokenizer.json ]; then
   expect_error "distill: data of another tokenizer" "$TMP/otherdata" "$BIN" "${DIST[@]/$TMP\/text/$TMP/otherdata}" --teacher $TEA --out "$TMP/d_ref" --resume
   expect_error "teacher-cache: data of another tokenizer" "$TMP/otherdata" "$BIN" teacher-cache --teacher $TEA --data "$TMP/otherdata" --out "$TMP/x.bin" --seq-len 64 --k 16
 fi
+# Same vocabulary size, another tokenizer (its tokenizer.json differs by one byte): the manifest's
+# tokenizer hash differs from the teacher's / student's.
+mkdir -p "$TMP/tok2" && cp $TEA/tokenizer_config.json "$TMP/tok2/" && { cat $TEA/tokenizer.json; echo; } >"$TMP/tok2/tokenizer.json"
+"$BIN" data prepare --tokenizer "$TMP/tok2" --out "$TMP/tok2data" --quiet "$TMP/text.jsonl" >/dev/null 2>&1
+expect_error "align: data of another tokenizer, same vocabulary" "$TMP/tok2data: data was prepared with tokenizer" "$BIN" "${ALIGN[@]/$TMP\/text/$TMP/tok2data}" --out "$TMP/a_ref" --resume
+expect_error "distill --teacher-cache: data of another tokenizer" "$TMP/tok2data: data was prepared with tokenizer" "$BIN" "${DIST[@]/$TMP\/text/$TMP/tok2data}" --teacher-cache "$TMP/topk.bin" --out "$TMP/d_ref" --resume
 check "bad input left the align checkpoints untouched" "sums '$TMP/a_ref' | cmp -s - '$TMP/a_ref.sums'"
 check "bad input left the distill checkpoints untouched" "sums '$TMP/d_ref' | cmp -s - '$TMP/d_ref.sums'"
 cat "$TMP/kills.log"

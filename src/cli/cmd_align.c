@@ -62,9 +62,7 @@ int cmd_align(int argc, char **argv) {
   xd_loader *L = NULL;
   xd_loader_config lc = {(int)cfg.seq_len, (int)cfg.micro_batch, (uint64_t)cfg.seed, 1, 0, 1};
   if (rc == 0) rc = xd_loader_open(&L, data, "train", &lc, &e);
-  if (rc == 0 && xd_loader_vocab_size(L) > (uint64_t)t.cfg.vocab)
-    rc = xd_errf(&e, "%s: data vocabulary (%llu) is larger than the teacher's (%d)", data,
-                 (unsigned long long)xd_loader_vocab_size(L), t.cfg.vocab);
+  if (rc == 0) rc = xd_check_data(L, data, tdir, t.cfg.vocab, &e);
   if (rc != 0) {
     if (L) xd_loader_free(L);
     xd_student_free(&s);
@@ -80,8 +78,11 @@ int cmd_align(int argc, char **argv) {
   rc = xd_trainer_run(&cfg, &s.params, &hooks, stderr, &res, &e);
   if (rc == 0) {
     const double after = held_out_loss(&c, data, &cfg);
-    fprintf(stderr, "align: %llu steps; held-out stage I loss %.6g -> %.6g (%.1fx lower)\n", (unsigned long long)res.steps_done,
-            before, after, before / after);
+    if (isnan(before)) /* no validation split */
+      fprintf(stderr, "align: %llu steps (no validation split: no held-out loss)\n", (unsigned long long)res.steps_done);
+    else
+      fprintf(stderr, "align: %llu steps; held-out stage I loss %.6g -> %.6g (%.1fx lower)\n", (unsigned long long)res.steps_done,
+              before, after, before / after);
     if (xd_student_save(&s, out, &e) != 0) rc = -1;
     else fprintf(stderr, "align: wrote %s\n", out);
   }

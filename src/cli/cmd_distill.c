@@ -74,6 +74,10 @@ int cmd_distill(int argc, char **argv) {
   xd_loader *L = NULL, *val = NULL;
   xd_loader_config lc = {(int)cfg.seq_len, (int)cfg.micro_batch, (uint64_t)cfg.seed, 1, 0, 1};
   if (rc == 0) rc = xd_loader_open(&L, data, "train", &lc, &e);
+  if (rc == 0) rc = xd_check_data(L, data, have_t ? tdir : sdir, s.cfg.vocab, &e);
+  if (rc == 0 && have_c && cache.info.tokenizer_hash && xd_tokenizer_hash_value(xd_loader_tokenizer_hash(L)) &&
+      cache.info.tokenizer_hash != xd_tokenizer_hash_value(xd_loader_tokenizer_hash(L)))
+    rc = xd_errf(&e, "%s: cache was made from data of another tokenizer than %s (%s)", cache_path, data, xd_loader_tokenizer_hash(L));
   if (rc == 0 && have_c && cache.info.n_rows != xd_loader_rows_total(L))
     rc = xd_errf(&e, "%s: cache holds %llu rows but %s has %llu at seq_len %lld (another dataset?)", cache_path,
                  (unsigned long long)cache.info.n_rows, data, (unsigned long long)xd_loader_rows_total(L), (long long)cfg.seq_len);

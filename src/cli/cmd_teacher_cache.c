@@ -32,9 +32,11 @@ int cmd_teacher_cache(int argc, char **argv) {
   xd_loader *L;
   xd_loader_config lc = {T, 1, 0, 0, 0, 1};
   if (xd_loader_open(&L, data, "train", &lc, &e) != 0) { xd_teacher_free(&t); return cli_fail(&e); }
+  if (xd_check_data(L, data, tdir, t.cfg.vocab, &e) != 0) { xd_loader_free(L); xd_teacher_free(&t); return cli_fail(&e); }
   const uint64_t rows = xd_loader_rows_total(L);
   xd_topk_writer w;
-  int rc = xd_topk_writer_open(&w, out, (uint32_t)K, (uint32_t)t.cfg.vocab, (uint32_t)T, 0, &e);
+  int rc = xd_topk_writer_open(&w, out, (uint32_t)K, (uint32_t)t.cfg.vocab, (uint32_t)T,
+                               xd_tokenizer_hash_value(xd_loader_tokenizer_hash(L)), &e);
   xd_teacher_acts ta;
   xd_teacher_acts_alloc(&ta, &t.cfg, B * T, T);
   const size_t N = (size_t)B * T;
@@ -42,6 +44,7 @@ int cmd_teacher_cache(int argc, char **argv) {
   float *logits = xd_malloc(N * (size_t)t.cfg.vocab * sizeof(float)), *lp = xd_malloc(N * (size_t)K * sizeof(float));
   int32_t *tk = xd_malloc(N * (size_t)K * sizeof(int32_t));
   const double t0 = xd_now();
+  double last_report = 0;
   for (uint64_t r0 = 0; rc == 0 && r0 < rows; r0 += (uint64_t)B) {
     const int nb = (int)(rows - r0 < (uint64_t)B ? rows - r0 : (uint64_t)B);
     for (int b = 0; b < nb; b++) {
@@ -52,6 +55,8 @@ int cmd_teacher_cache(int argc, char **argv) {
     if (rc == 0) rc = topk_logprobs(logits, nb * T, t.cfg.vocab, K, tk, lp, &e);
     for (int b = 0; rc == 0 && b < nb; b++) rc = xd_topk_writer_add(&w, tk + (size_t)b * T * K, lp + (size_t)b * T * K, &e);
     const double dt = xd_now() - t0, done = (double)(r0 + (uint64_t)nb);
+    if (dt < last_report + 1.0 && r0 + (uint64_t)nb < rows) continue; /* at most one progress line a second */
+    last_report = dt;
     fprintf(stderr, "\rteacher-cache: %llu/%llu rows, %.0f tokens/s, ETA %.0f s   ", (unsigned long long)(r0 + (uint64_t)nb),
             (unsigned long long)rows, done * T / dt, dt / done * (double)(rows - (r0 + (uint64_t)nb)));
   }

@@ -4,9 +4,11 @@
  * back-propagates into that layer's new parameters at once, so only one layer's activations
  * exist at any time. Loss = sum over layers. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/prepare.h"
 #include "distill/stages.h"
 
 int xd_check_pair(const xd_teacher *t, const xd_student *s, const char *tdir, const char *sdir, xd_err *e) {
@@ -15,6 +17,29 @@ int xd_check_pair(const xd_teacher *t, const xd_student *s, const char *tdir, co
       a->head_dim != b->head_dim || a->vocab != b->vocab || a->intermediate != b->intermediate || a->family != b->family)
     return xd_errf(e, "%s: student does not fit teacher %s (family, layers, hidden, heads, head_dim, vocab or MLP size differ)",
                    sdir, tdir);
+  return 0;
+}
+
+uint64_t xd_tokenizer_hash_value(const char *hash) {
+  unsigned long long v = 0;
+  char tail;
+  if (!hash || sscanf(hash, "fnv1a64:%16llx%c", &v, &tail) != 1) return 0;
+  return (uint64_t)v;
+}
+
+int xd_check_data(const xd_loader *L, const char *data, const char *model_dir, int vocab, xd_err *e) {
+  if (xd_loader_vocab_size(L) > (uint64_t)vocab)
+    return xd_errf(e, "%s: data vocabulary (%llu) is larger than the model's (%d): prepared with another tokenizer?", data,
+                   (unsigned long long)xd_loader_vocab_size(L), vocab);
+  const char *have = xd_loader_tokenizer_hash(L);
+  char *tok = xd_path_join(model_dir, "tokenizer.json");
+  const int has_tok = xd_file_exists(tok);
+  free(tok);
+  if (!have || !*have || !has_tok) return 0; /* nothing to compare (shards without a manifest, no tokenizer) */
+  char want[40];
+  if (xd_data_tokenizer_hash(model_dir, want, e) != 0) return -1;
+  if (strcmp(have, want) != 0)
+    return xd_errf(e, "%s: data was prepared with tokenizer %s, but %s has %s", data, have, model_dir, want);
   return 0;
 }
 

@@ -9,6 +9,12 @@
 
 /* Refuse a teacher/student pair that cannot belong together (shapes of the shared parts). */
 int xd_check_pair(const xd_teacher *t, const xd_student *s, const char *tdir, const char *sdir, xd_err *e);
+/* Refuse data the model cannot read: a vocabulary larger than the model's `vocab`, or (when
+ * model_dir holds a tokenizer.json and the data's manifest names one) another tokenizer.
+ * `data` names the data directory in the message. */
+int xd_check_data(const xd_loader *L, const char *data, const char *model_dir, int vocab, xd_err *e);
+/* The 64-bit value of a "fnv1a64:<16 hex>" tokenizer identity; 0 when absent or malformed. */
+uint64_t xd_tokenizer_hash_value(const char *hash);
 
 /* ---- stage I ---- */
 typedef struct {

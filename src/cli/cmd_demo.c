@@ -29,6 +29,9 @@ static const char *usage =
   "  --align-lr X         stage I peak learning rate (default 1e-2)\n"
   "  --distill-lr X       stage II learning rate (default 1e-4)\n"
   "  --eval N             held-out examples per domain (default 50)\n"
+  "  --window W           sliding window of the student (default 32)\n"
+  "  --seq-len T          training sequence length (default 128)\n"
+  "  --batch B            training rows per step (default 8)\n"
   "  --kd-gamma G         stage II CE weight; the KL weight is 1 - G (default 0.9, the paper's)\n";
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
@@ -61,9 +64,12 @@ int cmd_demo(int argc, char **argv) {
     else if (!strcmp(a, "--align-lr")) o.align_lr = atof(v);
     else if (!strcmp(a, "--eval")) o.n_eval = atoi(v);
     else if (!strcmp(a, "--kd-gamma")) o.kd_gamma = atof(v);
+    else if (!strcmp(a, "--window")) o.window = atoi(v);
+    else if (!strcmp(a, "--seq-len")) o.seq_len = atoi(v);
+    else if (!strcmp(a, "--batch")) o.batch = atoi(v);
     else return cli_failf("demo: unknown option '%s' (see --help)", a);
   }
-  if (o.align_steps < 1 || o.distill_steps < 1 || o.n_eval < 1 || !(o.align_lr > 0) || !(o.distill_lr > 0))
+  if (o.align_steps < 1 || o.distill_steps < 1 || o.n_eval < 1 || o.window < 1 || o.seq_len < 2 || o.batch < 1 || !(o.align_lr > 0) || !(o.distill_lr > 0))
     return cli_failf("demo: step counts, --eval and learning rates must be positive");
   /* Replace a previous demo's output, never anything else. */
   char *marker = xd_path_join(o.out, ".xdistill-demo");

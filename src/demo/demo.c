@@ -42,8 +42,8 @@ static int enc_text(void *ctx, const char *text, size_t len, int32_t **ids, size
 
 static int prepare(const xd_tokenizer *tok, const char *teacher, const char *const *inputs, int n_inputs, const char *out,
                    xd_err *e) {
-  char hash[64];
-  snprintf(hash, sizeof hash, "demo");
+  char hash[40];
+  if (xd_data_tokenizer_hash(teacher, hash, e) != 0) return -1; /* as `data prepare` records it */
   xd_prepare_opts o = {.out_dir = out, .inputs = inputs, .n_inputs = n_inputs, .val_fraction = 0.02, .seed = 1,
                        .shard_tokens = 1u << 22, .force = 1, .add_bos = 1};
   xd_prepare_encoder enc = {.ctx = (void *)tok, .encode = enc_text, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(tok),

@@ -368,7 +368,7 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
   for (int m = 0; rc == 0 && m < 3 + ND; m++) {
     xd_student s;
     const int is_teacher = m == 0;
-    const char *mdir = m == 1 ? merged : m == 2 + ND ? aligned : expert[m - 2];
+    const char *mdir = is_teacher ? NULL : m == 1 ? merged : m == 2 + ND ? aligned : expert[m - 2];
     if (!is_teacher && xd_student_load(&s, mdir, XD_STUDENT_FROZEN, e) != 0) { rc = -1; break; }
     for (int d = 0; rc == 0 && d < ND; d++) {
       if (m >= 2 && m < 2 + ND && d != m - 2) { score[m][d] = NAN; continue; } /* experts: own domain */

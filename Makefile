@@ -40,7 +40,8 @@ test-fuzz fuzz: deps
 	cmake --build build-fuzz -j $(JOBS) -- --no-print-directory && \
 	for f in build-fuzz/fuzz_*; do n=$${f#build-fuzz/fuzz_}; mkdir -p build-fuzz/corpus-$$n; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 build-fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>build-fuzz/fuzz-$$n.log || { tail -40 build-fuzz/fuzz-$$n.log; exit 1; }; \
+	  seeds=; [ -d tests/fuzz/corpus/$$n ] && seeds=tests/fuzz/corpus/$$n; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=0 build-fuzz/corpus-$$n $$seeds 2>build-fuzz/fuzz-$$n.log || { tail -40 build-fuzz/fuzz-$$n.log; exit 1; }; \
 	  grep -E '^#[0-9]+.*DONE' build-fuzz/fuzz-$$n.log | tail -1; \
 	done
 

@@ -109,8 +109,7 @@ int main(int argc, char **argv) {
   h.window = W;
   h.sinks = 4;
   h.chunk = 64;
-  const xd_student_dims dm = {c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim};
-  XD_CHECK(xd_student_init(tdir, &dm, &h, sdir, &e) == 0);
+  XD_CHECK(xd_student_init(tdir, &h, sdir, &e) == 0);
 
   /* random tokens: 64 rows of T+1 */
   const uint64_t ntok = (uint64_t)64 * (T + 1);

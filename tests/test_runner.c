@@ -257,8 +257,7 @@ static int make_student(void) {
   h.sinks = 2;
   h.chunk = 5;
   snprintf(g_student, sizeof g_student, "%s/student", test_tmpdir("runner"));
-  const xd_student_dims dm = {c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim};
-  if (xd_student_init(TEACHER, &dm, &h, g_student, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
+  if (xd_student_init(TEACHER, &h, g_student, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
   xd_student s;
   if (xd_student_load(&s, g_student, XD_STUDENT_FROZEN, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
   xd_rng r;

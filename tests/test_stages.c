@@ -66,8 +66,7 @@ static void test_stage1_loss_falls(void) {
   h.window = 8;
   h.sinks = 2;
   h.chunk = 8;
-  const xd_student_dims dm = {t.cfg.n_layers, t.cfg.hidden, t.cfg.n_heads, t.cfg.n_kv_heads, t.cfg.head_dim};
-  CHECKF(xd_student_init(tdir, &dm, &h, sdir, &e) == 0, "%s", e.msg);
+  CHECKF(xd_student_init(tdir, &h, sdir, &e) == 0, "%s", e.msg);
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
   xd_train_config cfg;
@@ -128,8 +127,7 @@ static void test_stage2(void) {
   h.window = 8;
   h.sinks = 2;
   h.chunk = 8;
-  const xd_student_dims dm = {t.cfg.n_layers, t.cfg.hidden, t.cfg.n_heads, t.cfg.n_kv_heads, t.cfg.head_dim};
-  CHECKF(xd_student_init(tdir, &dm, &h, sdir, &e) == 0, "%s", e.msg);
+  CHECKF(xd_student_init(tdir, &h, sdir, &e) == 0, "%s", e.msg);
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
   /* Lean on the (untrained) mLSTM branch so the student starts visibly away from the teacher. */

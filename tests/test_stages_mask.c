@@ -21,8 +21,7 @@ static void test_distill_counts_assistant_targets(void) {
   xd_hybrid_config h;
   xd_hybrid_defaults(&h, t.cfg.head_dim);
   h.window = 8; h.sinks = 2; h.chunk = 8;
-  const xd_student_dims dm = {t.cfg.n_layers, t.cfg.hidden, t.cfg.n_heads, t.cfg.n_kv_heads, t.cfg.head_dim};
-  CHECKF(xd_student_init(tdir, &dm, &h, sdir, &e) == 0, "%s", e.msg);
+  CHECKF(xd_student_init(tdir, &h, sdir, &e) == 0, "%s", e.msg);
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
 

@@ -2,30 +2,13 @@
  * teacher logits), prefill + decode == full forward with a window well below the context,
  * constant decode state, and the core backward against finite differences. */
 #include "test.h"
+#include "student_fixture.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "model/student/student.h"
 #include "model/student/student_init.h"
 
 static const char *FAMILIES[] = {"llama-gqa", "llama-mha-bias", "llama3-rope", "llama-dynamic", "qwen2", "qwen3", "olmo2", "olmo3"};
-
-static int make_student(const char *family, int window, int sinks, int chunk, char *out, size_t outn) {
-  char tdir[512];
-  snprintf(tdir, sizeof tdir, "tests/fixtures/teachers/%s/fp32", family);
-  if (!xd_is_dir(tdir)) return -1;
-  xd_err e;
-  xd_model_config c;
-  if (xd_config_load(&c, tdir, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
-  xd_hybrid_config h;
-  xd_hybrid_defaults(&h, c.head_dim);
-  h.window = window;
-  h.sinks = sinks;
-  h.chunk = chunk;
-  snprintf(out, outn, "%s/%s-w%d", test_tmpdir("student"), family, window);
-  const xd_student_dims dm = {c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim};
-  if (xd_student_init(tdir, &dm, &h, out, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
-  return 0;
-}
 
 static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
   xd_rng r;
@@ -48,7 +31,7 @@ static void test_teacher_invariant(void) {
     char sdir[600], tdir[512], ids_path[512];
     snprintf(tdir, sizeof tdir, "tests/fixtures/teachers/%s/fp32", FAMILIES[f]);
     snprintf(ids_path, sizeof ids_path, "tests/fixtures/teachers/%s/ids.npy", FAMILIES[f]);
-    if (make_student(FAMILIES[f], 4096, 4, 5, sdir, sizeof sdir) != 0) continue;
+    if (test_make_student(FAMILIES[f], 4096, 4, 5, sdir, sizeof sdir) != 0) continue;
     xd_err e;
     xd_teacher t;
     xd_student s;
@@ -92,7 +75,7 @@ static void test_decode_matches_forward(void) {
   const char *fams[] = {"llama-gqa", "qwen3", "olmo2"};
   for (size_t f = 0; f < 3; f++) {
     char sdir[600];
-    if (make_student(fams[f], 4, 2, 3, sdir, sizeof sdir) != 0) { CHECK(0); continue; }
+    if (test_make_student(fams[f], 4, 2, 3, sdir, sizeof sdir) != 0) { CHECK(0); continue; }
     xd_err e;
     xd_student s;
     CHECKF(xd_student_load(&s, sdir, XD_STUDENT_FROZEN, &e) == 0, "%s", e.msg);
@@ -144,7 +127,7 @@ static double core_loss(const xd_student *s, xd_core_acts *ca, const xd_teacher_
 
 static void test_core_backward(void) {
   char sdir[600];
-  if (make_student("llama-gqa", 3, 1, 4, sdir, sizeof sdir) != 0) { CHECK(0); return; }
+  if (test_make_student("llama-gqa", 3, 1, 4, sdir, sizeof sdir) != 0) { CHECK(0); return; }
   xd_err e;
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
@@ -201,7 +184,7 @@ static void test_core_backward(void) {
 
 static void test_bad_student(void) {
   char sdir[600];
-  if (make_student("llama-gqa", 8, 2, 4, sdir, sizeof sdir) != 0) { CHECK(0); return; }
+  if (test_make_student("llama-gqa", 8, 2, 4, sdir, sizeof sdir) != 0) { CHECK(0); return; }
   xd_err e;
   xd_student s;
   /* A teacher directory is not a student. */

@@ -3,25 +3,9 @@
  * difference along a random u. fp32 model, so the tolerance is loose (the ops are checked in
  * double one by one in their own tests; this checks the wiring: every path, every tensor). */
 #include "test.h"
+#include "student_fixture.h"
 #include "model/student/student_init.h"
 #include "model/student/student_train.h"
-
-static int make_student(const char *family, char *out, size_t outn) {
-  char tdir[512];
-  snprintf(tdir, sizeof tdir, "tests/fixtures/teachers/%s/fp32", family);
-  if (!xd_is_dir(tdir)) return -1;
-  xd_err e;
-  xd_model_config c;
-  if (xd_config_load(&c, tdir, &e) != 0) return -1;
-  xd_hybrid_config h;
-  xd_hybrid_defaults(&h, c.head_dim);
-  h.window = 3;
-  h.sinks = 1;
-  h.chunk = 4;
-  snprintf(out, outn, "%s/%s", test_tmpdir("stbwd"), family);
-  const xd_student_dims dm = {c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim};
-  return xd_student_init(tdir, &dm, &h, out, &e);
-}
 
 static double loss_of(const xd_student *s, xd_student_train_acts *a, const int32_t *ids, const float *R, float *logits, size_t n) {
   xd_err e;
@@ -33,7 +17,7 @@ static double loss_of(const xd_student *s, xd_student_train_acts *a, const int32
 
 static void check_family(const char *family) {
   char sdir[600];
-  if (make_student(family, sdir, sizeof sdir) != 0) { CHECKF(0, "%s: no student", family); return; }
+  if (test_make_student(family, 3, 1, 4, sdir, sizeof sdir) != 0) { CHECKF(0, "%s: no student", family); return; }
   xd_err e;
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);

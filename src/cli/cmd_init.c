@@ -76,8 +76,7 @@ int cmd_init(int argc, char **argv) {
     else return cli_failf("--normalizer: '%s' is not paper or xlstm", norm);
   }
   if (xd_hybrid_validate(&h, c.head_dim, "init options", &e) != 0) return cli_fail(&e);
-  const xd_student_dims dims = {c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim};
-  if (xd_student_init(teacher, &dims, &h, out, &e) != 0) return cli_fail(&e);
+  if (xd_student_init(teacher, &h, out, &e) != 0) return cli_fail(&e);
   fprintf(stderr, "init: wrote student %s (W=%d, S=%d, %s feature map, d_phi=%d, %s normaliser) from %s\n", out, h.window,
           h.sinks, xd_feature_map_name(h.feature_map), h.d_phi, xd_normalizer_name(h.normalizer), teacher);
   return 0;

@@ -331,9 +331,8 @@ int xd_demo_run(const xd_demo_opts *o, FILE *log, FILE *out, xd_err *e) {
     h.window = o->window;
     h.sinks = o->sinks;
     h.chunk = o->chunk;
-    const xd_student_dims dm = {t.cfg.n_layers, t.cfg.hidden, t.cfg.n_heads, t.cfg.n_kv_heads, t.cfg.head_dim};
     fprintf(log, "demo %5.0fs: [3/6] init (W=%d, S=%d) and stage I alignment, %d steps\n", xd_now() - t0, h.window, h.sinks, o->align_steps);
-    rc = xd_student_init(o->teacher, &dm, &h, init_dir, e);
+    rc = xd_student_init(o->teacher, &h, init_dir, e);
   }
   if (rc == 0) {
     snprintf(path, sizeof path, "%s/data/all", o->out);

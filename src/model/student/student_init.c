@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "io/safetensors.h"
+#include "model/config.h"
 
 static const char *const side_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                                          "generation_config.json"};
@@ -27,10 +28,11 @@ static int fill_tensor(void *vctx, int i, void *buf, size_t nbytes, xd_err *e) {
   return 0;
 }
 
-int xd_student_init(const char *teacher_dir, const xd_student_dims *dm, const xd_hybrid_config *hy,
-                    const char *out_dir, xd_err *e) {
+int xd_student_init(const char *teacher_dir, const xd_hybrid_config *hy, const char *out_dir, xd_err *e) {
+  xd_model_config c;
+  if (xd_config_load(&c, teacher_dir, e) != 0) return -1;
   char *cfg_path = xd_path_join(teacher_dir, "config.json");
-  if (xd_hybrid_validate(hy, dm->head_dim, cfg_path, e) != 0) { free(cfg_path); return -1; }
+  if (xd_hybrid_validate(hy, c.head_dim, cfg_path, e) != 0) { free(cfg_path); return -1; }
   char *teacher_json = NULL;
   size_t len = 0;
   if (xd_read_file(cfg_path, 16u << 20, &teacher_json, &len, e) != 0) { free(cfg_path); return -1; }
@@ -50,7 +52,7 @@ int xd_student_init(const char *teacher_dir, const xd_student_dims *dm, const xd
     free(student_json);
     return xd_errf(e, "%s: already a student checkpoint (has '%s'); init needs a teacher", teacher_dir, name);
   }
-  const int nnew = dm->layers * XD_NEW_COUNT, n = st.ntensors + nnew;
+  const int nnew = c.n_layers * XD_NEW_COUNT, n = st.ntensors + nnew;
   xd_st_entry *ents = xd_calloc((size_t)n, sizeof *ents);
   int *kind = xd_calloc((size_t)nnew + 1, sizeof *kind);
   char **names = xd_calloc((size_t)nnew + 1, sizeof *names);
@@ -61,22 +63,22 @@ int xd_student_init(const char *teacher_dir, const xd_student_dims *dm, const xd
     ents[i].ndim = t->ndim;
     memcpy(ents[i].shape, t->shape, sizeof t->shape);
   }
-  for (int l = 0, j = 0; l < dm->layers; l++)
+  for (int l = 0, j = 0; l < c.n_layers; l++)
     for (int k = 0; k < XD_NEW_COUNT; k++, j++) {
       xd_hybrid_tensor_name(name, sizeof name, l, k);
       names[j] = xd_strdup(name);
       xd_st_entry *en = &ents[st.ntensors + j];
       en->name = names[j];
       en->dtype = XD_DT_F32;
-      en->ndim = xd_hybrid_tensor_shape(hy, k, dm->hidden, dm->heads, dm->kv_heads, dm->head_dim, en->shape);
+      en->ndim = xd_hybrid_tensor_shape(hy, k, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, en->shape);
       kind[j] = k;
     }
   rc = xd_mkdir_p(out_dir, e);
   if (rc == 0) {
-    init_ctx c = {&st, st.ntensors, hy, ents, kind};
+    init_ctx ctx = {&st, st.ntensors, hy, ents, kind};
     char *path = xd_path_join(out_dir, "model.safetensors");
     const char *mk[] = {"format", "xdistill"}, *mv[] = {"pt", "init"};
-    rc = xd_st_write_stream(path, ents, n, mk, mv, 2, fill_tensor, &c, e);
+    rc = xd_st_write_stream(path, ents, n, mk, mv, 2, fill_tensor, &ctx, e);
     free(path);
   }
   for (size_t i = 0; rc == 0 && i < sizeof side_files / sizeof *side_files; i++) {

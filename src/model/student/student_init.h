@@ -6,10 +6,6 @@
 #define XD_STUDENT_INIT_H
 #include "model/student/hybrid_config.h"
 
-typedef struct {
-  int layers, hidden, heads, kv_heads, head_dim;
-} xd_student_dims;
-
-int xd_student_init(const char *teacher_dir, const xd_student_dims *dims, const xd_hybrid_config *hy,
-                    const char *out_dir, xd_err *e);
+/* The teacher's shapes come from its config.json; hy is validated against them. */
+int xd_student_init(const char *teacher_dir, const xd_hybrid_config *hy, const char *out_dir, xd_err *e);
 #endif

@@ -18,7 +18,11 @@ static inline int test_make_student(const char *family, int window, int sinks, i
   h.window = window;
   h.sinks = sinks;
   h.chunk = chunk;
-  snprintf(out, outn, "%s/%s-w%d-s%d-c%d", test_tmpdir("student"), family, window, sinks, chunk);
+  /* Own directory (not test_tmpdir, whose static buffer the caller may be holding). */
+  char base[256];
+  snprintf(base, sizeof base, "/tmp/xdistill-test-students-%d", (int)getpid());
+  mkdir(base, 0755);
+  snprintf(out, outn, "%s/%s-w%d-s%d-c%d", base, family, window, sinks, chunk);
   if (xd_student_init(tdir, &h, out, &e) != 0) { fprintf(stderr, "%s\n", e.msg); return -1; }
   return 0;
 }

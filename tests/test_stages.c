@@ -1,6 +1,7 @@
 /* Stages I and II end to end on a fixture teacher with byte-level data: stage I's held-out loss
  * falls at least 10x from initialisation. */
 #include "test.h"
+#include "student_fixture.h"
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "distill/stages.h"
@@ -61,12 +62,7 @@ static void test_stage1_loss_falls(void) {
   const char *tdir = "tests/fixtures/teachers/llama-gqa/fp32";
   xd_teacher t;
   CHECKF(xd_teacher_load(&t, tdir, &e) == 0, "%s", e.msg);
-  xd_hybrid_config h;
-  xd_hybrid_defaults(&h, t.cfg.head_dim);
-  h.window = 8;
-  h.sinks = 2;
-  h.chunk = 8;
-  CHECKF(xd_student_init(tdir, &h, sdir, &e) == 0, "%s", e.msg);
+  CHECK(test_make_student("llama-gqa", 8, 2, 8, sdir, sizeof sdir) == 0);
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
   xd_train_config cfg;
@@ -122,12 +118,7 @@ static void test_stage2(void) {
   const char *tdir = "tests/fixtures/teachers/qwen3/fp32";
   xd_teacher t;
   CHECKF(xd_teacher_load(&t, tdir, &e) == 0, "%s", e.msg);
-  xd_hybrid_config h;
-  xd_hybrid_defaults(&h, t.cfg.head_dim);
-  h.window = 8;
-  h.sinks = 2;
-  h.chunk = 8;
-  CHECKF(xd_student_init(tdir, &h, sdir, &e) == 0, "%s", e.msg);
+  CHECK(test_make_student("qwen3", 8, 2, 8, sdir, sizeof sdir) == 0);
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
   /* Lean on the (untrained) mLSTM branch so the student starts visibly away from the teacher. */

@@ -6,7 +6,7 @@
  * down per layer, and the LM head) at the same shapes; the bound in tokens/s is N tokens over
  * that time. The report gives the achieved fraction ("ratio to the bound") and also the
  * usual 2 x params FLOPs-per-token figure against the measured sgemm GFLOP/s.
- * Usage: bench_forward [threads] [B] [T] */
+ * Usage: bench_forward [threads] [B] [T]   (env XD_BENCH_CLOCK=cpu: CPU clock for any thread count) */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,7 +85,11 @@ int main(int argc, char **argv) {
    * policy (OpenMP threads x 1-thread BLAS blocks via matmul_forward); the faster is the bound */
   float *x = xd_aligned_alloc((size_t)N * F * sizeof(float)), *out = xd_aligned_alloc((size_t)N * c.vocab * sizeof(float));
   for (size_t i = 0; i < (size_t)N * F; i++) x[i] = 0.01f * (float)(i % 97);
-  const int nthr = xd_blas_split_threads(), cpu = nthr == 1;
+  const int nthr = xd_blas_split_threads();
+  /* XD_BENCH_CLOCK=cpu: process CPU time with several threads too (run with
+   * OMP_WAIT_POLICY=passive so idle threads sleep instead of spinning) */
+  const char *clk = getenv("XD_BENCH_CLOCK");
+  const int cpu = nthr == 1 || (clk && !strcmp(clk, "cpu"));
   xd_teacher_acts a;
   xd_teacher_acts_alloc(&a, &c, N, T);
   int32_t *ids = xd_malloc((size_t)N * sizeof(int32_t));

@@ -30,16 +30,15 @@ no_output() { # no shard or manifest left in the dir
   ../shared/corpora/c4-samples/*.gz ../shared/corpora/tinyshakespeare/input.txt >"$T/sum.txt" 2>"$T/err.txt" \
   && ok "prepare" || bad "prepare: $(cat "$T/err.txt")"
 [ ! -s "$T/err.txt" ] && ok "--quiet prints nothing on stderr" || bad "--quiet: $(cat "$T/err.txt")"
-python3 - "$T/ds/manifest.json" <<'PY' && ok "manifest counts" || bad "manifest counts"
-import json, sys
-m = json.load(open(sys.argv[1]))
-s = m["splits"]
-assert s["train"]["documents"] + s["val"]["documents"] == 41, s
-assert s["train"]["tokens"] + s["val"]["tokens"] == 319832, s
-assert m["tokenizer"]["vocab_size"] == 128256 and m["token_bytes"] == 4
-assert m["tokenizer"]["hash"].startswith("fnv1a64:")
-PY
-"$BIN" data info "$T/ds" >"$T/info.txt" && grep -q "checksums ok" "$T/info.txt" && ok "info" || bad "info"
+# counts from `data info` (verifies every shard) and the manifest
+"$BIN" data info "$T/ds" >"$T/info.txt" 2>&1 || bad "info: $(cat "$T/info.txt")"
+train=$(sed -n 's/^train: \([0-9]*\) tokens.*checksums ok$/\1/p' "$T/info.txt")
+val=$(sed -n 's/^val: \([0-9]*\) tokens.*checksums ok$/\1/p' "$T/info.txt")
+[ -n "$train" ] && [ -n "$val" ] && [ $((train + val)) -eq 319832 ] && ok "token counts ($train + $val)" || bad "token counts: $(cat "$T/info.txt")"
+grep -q "vocab 128256, no mask, tokenizer fnv1a64:[0-9a-f]\{16\}" "$T/info.txt" && ok "vocab and tokenizer hash" || bad "vocab/hash: $(cat "$T/info.txt")"
+dt=$(sed -n 's/.*: train \([0-9]*\) documents.*/\1/p' "$T/sum.txt"); dv=$(sed -n 's/.*; val \([0-9]*\) documents.*/\1/p' "$T/sum.txt")
+[ -n "$dt" ] && [ -n "$dv" ] && [ $((dt + dv)) -eq 41 ] && [ "$dv" -gt 0 ] && ok "41 documents ($dt + $dv)" || bad "documents: $(cat "$T/sum.txt")"
+grep -q '"token_bytes":[[:space:]]*4' "$T/ds/manifest.json" && ok "token_bytes 4" || bad "token_bytes"
 # the same seed gives byte-identical shards
 "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/ds2" --val-fraction 0.1 --seed 7 \
   ../shared/corpora/c4-samples/*.gz ../shared/corpora/tinyshakespeare/input.txt >/dev/null 2>&1
@@ -54,6 +53,22 @@ expect_error "existing dataset" "--force" "$BIN" data prepare --tokenizer $TOK -
 printf '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]}\n' | gzip >"$T/chat.jsonl.gz"
 "$BIN" data prepare --quiet --tokenizer $TOK --out "$T/chat" --val-fraction 0 "$T/chat.jsonl.gz" >/dev/null 2>"$T/err.txt" \
   && "$BIN" data info "$T/chat" | grep -q "train: .* with loss mask" && ok "chat with mask" || bad "chat: $(cat "$T/err.txt")"
+
+# a run killed midway leaves no manifest: the directory is not presented as a dataset, and a
+# new run (no --force needed) completes it
+for i in 1 2 3 4 5 6 7 8; do cat ../shared/corpora/tinyshakespeare/input.txt; done >"$T/big.txt"
+"$BIN" data prepare --quiet --threads 1 --shard-tokens 20000 --tokenizer $TOK --out "$T/killed" "$T/big.txt" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 500); do ls "$T/killed" 2>/dev/null | grep -q '\.xds$' && break; sleep 0.02; done
+if kill -9 $pid 2>/dev/null; then # killed while writing its ~120 shards
+  wait $pid 2>/dev/null
+  [ ! -e "$T/killed/manifest.json" ] && ok "killed run: no manifest" || bad "killed run left a manifest"
+  expect_error "killed run: info refuses" "manifest.json" "$BIN" data info "$T/killed"
+else
+  wait $pid 2>/dev/null; rm -f "$T/killed/manifest.json"; echo "skip killed run: it finished before the kill"
+fi
+"$BIN" data prepare --quiet --tokenizer $TOK --out "$T/killed" "$T/big.txt" >/dev/null 2>&1 && "$BIN" data info "$T/killed" >/dev/null \
+  && ok "rerun after kill" || bad "rerun after kill"
 
 # bad inputs
 printf '{"text": "one"}\n{"text": "two"}\n{"text": oops}\n' >"$T/bad.jsonl"

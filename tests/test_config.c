@@ -90,6 +90,33 @@ static void test_errors(void) {
   CHECK(xd_config_load(&c, "/nonexistent/dir", &e) == -1 && strstr(e.msg, "/nonexistent/dir"));
 }
 
+/* Published configs (transformers 4.x dialect) as shipped with the checkpoints. */
+static void test_published_configs(void) {
+  xd_model_config c;
+  xd_err e = {0};
+  const char *llama31 =
+    "{\"architectures\":[\"LlamaForCausalLM\"],\"attention_bias\":false,\"attention_dropout\":0.0,\"bos_token_id\":128000,"
+    "\"eos_token_id\":128001,\"hidden_act\":\"silu\",\"hidden_size\":4096,\"initializer_range\":0.02,\"intermediate_size\":14336,"
+    "\"max_position_embeddings\":131072,\"mlp_bias\":false,\"model_type\":\"llama\",\"num_attention_heads\":32,"
+    "\"num_hidden_layers\":32,\"num_key_value_heads\":8,\"pretraining_tp\":1,\"rms_norm_eps\":1e-05,"
+    "\"rope_scaling\":{\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192,"
+    "\"rope_type\":\"llama3\"},\"rope_theta\":500000.0,\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\","
+    "\"transformers_version\":\"4.43.0.dev0\",\"use_cache\":true,\"vocab_size\":128256}";
+  CHECK(parse(&c, llama31, &e) == 0);
+  CHECK(c.head_dim == 128 && c.n_kv_heads == 8 && c.rope[0].kind == XD_ROPE_LLAMA3 && c.rope[0].original_max_pos == 8192);
+  CHECK(xd_config_param_count(&c) == 8030261248ull); /* Llama-3.1-8B */
+  const char *qwen25 =
+    "{\"architectures\":[\"Qwen2ForCausalLM\"],\"attention_dropout\":0.0,\"bos_token_id\":151643,\"eos_token_id\":151645,"
+    "\"hidden_act\":\"silu\",\"hidden_size\":3584,\"initializer_range\":0.02,\"intermediate_size\":18944,"
+    "\"max_position_embeddings\":32768,\"max_window_layers\":28,\"model_type\":\"qwen2\",\"num_attention_heads\":28,"
+    "\"num_hidden_layers\":28,\"num_key_value_heads\":4,\"rms_norm_eps\":1e-06,\"rope_theta\":1000000.0,\"rope_scaling\":null,"
+    "\"sliding_window\":131072,\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\",\"transformers_version\":\"4.43.1\","
+    "\"use_cache\":true,\"use_sliding_window\":false,\"vocab_size\":152064}";
+  CHECK(parse(&c, qwen25, &e) == 0);
+  CHECK(c.family == XD_FAMILY_QWEN2 && c.qkv_bias && !c.o_bias && c.sliding_window == 0 && c.rope[0].theta == 1e6 &&
+        c.eos_token_ids[0] == 151645 && !strcmp(c.dtype, "bfloat16"));
+}
+
 /* rope_inv_freq against transformers for every scaling kind. */
 static void test_rope_cases(void) {
   char *txt = NULL;
@@ -129,6 +156,7 @@ int main(void) {
   RUN(test_families);
   RUN(test_dialects);
   RUN(test_errors);
+  RUN(test_published_configs);
   RUN(test_rope_cases);
   return test_finish();
 }

@@ -44,9 +44,11 @@ static void test_shard_roundtrip(void) {
       tok[0] = (int32_t)vocabs[v] - 1; /* the largest id must survive the narrowing */
       char *p = tmp_path(dir, "a.xds");
       xd_err e = {{0}};
-      CHECKF(xd_shard_write(p, tok, with_mask ? mask : NULL, n, offs, nd, vocabs[v], &e) == 0, "%s", e.msg);
+      uint32_t crc = 0;
+      CHECKF(xd_shard_write(p, tok, with_mask ? mask : NULL, n, offs, nd, vocabs[v], &crc, &e) == 0, "%s", e.msg);
       xd_shard s;
       CHECKF(xd_shard_open(&s, p, 1, &e) == 0, "%s", e.msg);
+      CHECK(s.checksum == crc);
       CHECK(s.n_tokens == n && s.n_docs == nd && s.vocab_size == vocabs[v]);
       CHECK(s.token_bytes == (vocabs[v] <= 65536 ? 2u : 4u));
       CHECK((s.mask != NULL) == with_mask);
@@ -58,16 +60,28 @@ static void test_shard_roundtrip(void) {
       /* a sub-range */
       xd_shard_read(&s, 17, 100, back, NULL);
       CHECK(memcmp(back, tok + 17, 400) == 0);
+      /* the same bytes parsed from a caller's buffer */
+      xd_shard s2;
+      uint8_t *copy = xd_aligned_alloc(s.map.size);
+      memcpy(copy, s.map.data, s.map.size);
+      CHECKF(xd_shard_parse(&s2, copy, s.map.size, "copy", 1, &e) == 0, "%s", e.msg);
+      CHECK(s2.n_tokens == n && s2.checksum == s.checksum);
+      xd_shard_read(&s2, 0, n, back, NULL);
+      CHECK(memcmp(back, tok, n * 4) == 0);
+      xd_shard_close(&s2);
+      copy[XD_SHARD_HEADER_BYTES + (nd + 1) * 8 + 3] ^= 0x10; /* inside the tokens */
+      CHECK(xd_shard_parse(&s2, copy, s.map.size, "copy", 1, &e) != 0 && strstr(e.msg, "copy: checksum mismatch"));
+      free(copy);
       xd_shard_close(&s);
       /* an all-ones mask is not stored */
       memset(mask, 1, n);
-      CHECKF(xd_shard_write(p, tok, mask, n, offs, nd, vocabs[v], &e) == 0, "%s", e.msg);
+      CHECKF(xd_shard_write(p, tok, mask, n, offs, nd, vocabs[v], NULL, &e) == 0, "%s", e.msg);
       CHECKF(xd_shard_open(&s, p, 1, &e) == 0, "%s", e.msg);
       CHECK(s.mask == NULL);
       xd_shard_close(&s);
       /* ids outside the vocabulary are refused by the writer */
       tok[5] = (int32_t)vocabs[v];
-      CHECK(xd_shard_write(p, tok, NULL, n, offs, nd, vocabs[v], &e) != 0 && strstr(e.msg, "outside the vocabulary"));
+      CHECK(xd_shard_write(p, tok, NULL, n, offs, nd, vocabs[v], NULL, &e) != 0 && strstr(e.msg, "outside the vocabulary"));
       free(p);
       free(tok); free(back); free(mask); free(mback); free(offs);
     }
@@ -92,7 +106,7 @@ static void test_shard_corruption(void) {
   random_shard(&r, n, 70000, tok, mask, offs, &nd);
   char *good = tmp_path(dir, "good.xds"), *bad = tmp_path(dir, "bad.xds");
   xd_err e = {{0}};
-  CHECKF(xd_shard_write(good, tok, mask, n, offs, nd, 70000, &e) == 0, "%s", e.msg);
+  CHECKF(xd_shard_write(good, tok, mask, n, offs, nd, 70000, NULL, &e) == 0, "%s", e.msg);
   char *data;
   size_t size;
   CHECK(xd_read_file(good, 1 << 30, &data, &size, &e) == 0);
@@ -135,6 +149,28 @@ static void test_shard_corruption(void) {
   memset(data + 24, 0xff, 8);
   CHECK(write_bytes(bad, data, size) == 0);
   CHECK(xd_shard_open(&s, bad, 0, &e) != 0 && strstr(e.msg, bad));
+  /* content errors behind a valid checksum: an id outside the vocabulary, a mask value of 2 */
+  {
+    const size_t tok_at = XD_SHARD_HEADER_BYTES + (nd + 1) * 8, mask_at = tok_at + n * 4; /* vocab 70000: uint32 */
+    char *orig, *fixed = xd_malloc(size);
+    CHECK(xd_read_file(good, 1 << 30, &orig, NULL, &e) == 0);
+    for (int k = 0; k < 2; k++) {
+      memcpy(fixed, orig, size);
+      if (k == 0) { uint32_t big = 70000; memcpy(fixed + tok_at + 8, &big, 4); }
+      else fixed[mask_at + 5] = 2;
+      uint32_t crc = (uint32_t)crc32(crc32(0, Z_NULL, 0), (const Bytef *)fixed, 56);
+      crc = (uint32_t)crc32(crc, (const Bytef *)fixed + 64, (uInt)(size - 64));
+      uint64_t c64 = crc;
+      memcpy(fixed + 56, &c64, 8);
+      CHECK(write_bytes(bad, fixed, size) == 0);
+      CHECK(xd_shard_open(&s, bad, 1, &e) != 0 && strstr(e.msg, k == 0 ? "token 2 has id 70000 outside" : "mask value 2 at token 5"));
+    }
+    free(fixed);
+    free(orig);
+    mask[3] = 2;
+    CHECK(xd_shard_write(bad, tok, mask, n, offs, nd, 70000, NULL, &e) != 0 && strstr(e.msg, "mask value 2"));
+    mask[3] = 1;
+  }
   /* missing file */
   CHECK(xd_shard_open(&s, "/nonexistent/x.xds", 0, &e) != 0 && strstr(e.msg, "/nonexistent/x.xds"));
   free(data);
@@ -157,7 +193,7 @@ static char **position_shards(const char *dir, const uint64_t *sizes, int n, int
     }
     uint64_t offs[2] = {0, sizes[s]};
     xd_err e = {{0}};
-    CHECKF(xd_shard_write(paths[s], tok, with_mask ? mask : NULL, sizes[s], offs, 1, 1u << 20, &e) == 0, "%s", e.msg);
+    CHECKF(xd_shard_write(paths[s], tok, with_mask ? mask : NULL, sizes[s], offs, 1, 1u << 20, NULL, &e) == 0, "%s", e.msg);
     free(tok);
     free(mask);
     base += sizes[s];
@@ -329,12 +365,16 @@ static void test_resume(void) {
   xd_loader_state st;
   xd_loader_get_state(A, &st);
   CHECK(st.epoch == 2 || st.epoch == 1);
-  /* a state round-trips through bytes (the trainer writes it into its checkpoint) */
-  unsigned char bytes[sizeof st];
-  memcpy(bytes, &st, sizeof st);
+  /* the state goes through its 64-byte serialised form (the trainer's checkpoint blob) */
+  uint8_t blob[XD_LOADER_STATE_BYTES];
+  xd_loader_save(A, blob);
+  blob[0] ^= 1;
+  CHECK(xd_loader_restore(B, blob, &e) != 0 && strstr(e.msg, "magic"));
+  blob[0] ^= 1;
+  CHECKF(xd_loader_restore(B, blob, &e) == 0, "%s", e.msg);
   xd_loader_state st2;
-  memcpy(&st2, bytes, sizeof st2);
-  CHECKF(xd_loader_set_state(B, &st2, &e) == 0, "%s", e.msg);
+  xd_loader_get_state(B, &st2);
+  CHECK(memcmp(&st, &st2, sizeof st) == 0);
   int equal = 1;
   for (int i = 0; i < 40; i++) {
     xd_loader_next(A, ta, ma);
@@ -469,7 +509,7 @@ static void test_prepare_synthetic(void) {
   CHECK(write_bytes(txt, t, tn) == 0);
   /* jsonl: text docs, a chat, a blank line, an empty text (skipped) */
   const char *jtext =
-      "{\"text\": \"hello world\"}\n"
+      "\xef\xbb\xbf{\"text\": \"hello world\"}\n" /* a byte-order mark is skipped */
       "\n"
       "{\"text\": \"second \\u00e9 doc\"}\n"
       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n"
@@ -650,6 +690,14 @@ static void test_manifest_mismatch(void) {
   xd_loader *L;
   xd_loader_config c = {.seq_len = 16, .batch = 2, .seed = 1, .shuffle = 1, .world = 1};
   CHECKF(xd_loader_open(&L, out, "val", &c, &e) == 0, "%s", e.msg);
+  CHECK(!strcmp(xd_loader_tokenizer_hash(L), "none"));
+  /* the tokenizer hash is FNV-1a 64 (published test vector: "foobar" -> 85944171f73967e8) */
+  char *tj = tmp_path(dir, "tokenizer.json"), h[40];
+  CHECK(write_bytes(tj, "foobar", 6) == 0);
+  CHECK(xd_data_tokenizer_hash(dir, h, &e) == 0 && !strcmp(h, "fnv1a64:85944171f73967e8"));
+  CHECK(xd_data_tokenizer_hash("/nonexistent", h, &e) != 0 && strstr(e.msg, "/nonexistent: cannot open"));
+  unlink(tj);
+  free(tj);
   xd_loader_free(L);
   /* swap two train shards: each is valid alone, but not what the manifest lists */
   char *p0 = tmp_path(out, "train-00000.xds"), *p1 = tmp_path(out, "train-00001.xds"), *pt = tmp_path(out, "t");
@@ -826,6 +874,50 @@ static void test_prepare_llama3_chat(void) {
   xd_tokenizer_free(t);
 }
 
+/* Which tokenizers may encode .txt documents in pieces, and that a SentencePiece-style one
+ * (Llama 2: a "▁" is prepended to every encoded string) still gets exactly the whole-document
+ * ids for tinyshakespeare. */
+static void test_prepare_cut_safety(void) {
+  if (!test_have_shared()) SKIP("../shared not found");
+  const char *names[5] = {"llama3", "qwen3", "olmo2", "llama2", "mistral7b"};
+  const int want_safe[5] = {1, 1, 1, 0, 0};
+  for (int i = 0; i < 5; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "../shared/tokenizers/%s", names[i]);
+    xd_tokenizer *t;
+    xd_err e = {{0}};
+    if (xd_tokenizer_load(&t, path, &e) != 0) {
+      CHECKF(0, "%s", e.msg);
+      continue;
+    }
+    xd_prepare_encoder enc = {.ctx = t, .encode = test_tok_encode, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(t),
+                              .eos_id = xd_tokenizer_eos_id(t), .bos_id = xd_tokenizer_bos_id(t), .name = names[i], .hash = "test"};
+    CHECKF(xd_prepare_cut_safe(&enc) == want_safe[i], "%s: cut_safe %d", names[i], xd_prepare_cut_safe(&enc));
+    if (!strcmp(names[i], "llama2")) {
+      const char *shakes = "../shared/corpora/tinyshakespeare/input.txt";
+      char *text;
+      size_t tn, n;
+      int32_t *ids;
+      CHECK(xd_read_file(shakes, 1 << 24, &text, &tn, &e) == 0);
+      CHECK(xd_tokenizer_encode(t, text, tn, 0, &ids, &n, &e) == 0);
+      const char *dir = test_tmpdir("data-cut");
+      char *out = tmp_path(dir, "out");
+      xd_prepare_opts o = {.out_dir = out, .inputs = (const char *const[]){shakes}, .n_inputs = 1, .shard_tokens = 1 << 20};
+      xd_prepare_stats st;
+      CHECKF(xd_prepare_run(&o, &enc, &st, &e) == 0, "%s", e.msg);
+      uint64_t ng = 0;
+      uint8_t *mask = NULL;
+      int32_t *got = split_tokens(out, "train", &ng, &mask);
+      CHECKF(got && ng == n + 1 && memcmp(got, ids, n * 4) == 0 && got[n] == enc.eos_id, "llama2: %llu tokens vs %zu + EOS",
+             (unsigned long long)ng, n);
+      free(got); free(mask); free(ids); free(text);
+      rm_dir_files(out);
+      free(out);
+    }
+    xd_tokenizer_free(t);
+  }
+}
+
 int main(void) {
   RUN(test_shard_roundtrip);
   RUN(test_shard_corruption);
@@ -838,5 +930,6 @@ int main(void) {
   RUN(test_manifest_mismatch);
   RUN(test_prepare_llama3);
   RUN(test_prepare_llama3_chat);
+  RUN(test_prepare_cut_safety);
   return test_finish();
 }

@@ -84,6 +84,8 @@ static void test_bad_files(void) {
     {"{\"__metadata__\":{\"x\":3}}", 0, "not a string"},
     {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, "cover 8"},
     {"[1,2]", 0, "not a JSON object"},
+    /* found by fuzz_safetensors (leaked the first map) */
+    {"{\"__metadata__\":{},\"__metadata__\":{\"a\":\"b\"}}", 0, "__metadata__ appears twice"},
     {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0.5,8]}}", 8, "data_offsets must be"},
     {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}", 8, "overflows"},
   };

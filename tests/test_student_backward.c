@@ -70,7 +70,7 @@ static void check_family(const char *family) {
      * cancels, so h can stay large enough to be clear of fp32 rounding noise. */
     double fdh[2];
     for (int k = 0; k < 2; k++) {
-      const float h = (float)(1e-2 * scale) / (float)(1 << k);
+      const float h = (float)(2e-2 * scale) / (float)(1 << k);
       for (size_t i = 0; i < m; i++) w[i] = w0[i] + h * u[i];
       const double lp = loss_of(&s, &a, ids, R, logits, n);
       for (size_t i = 0; i < m; i++) w[i] = w0[i] - h * u[i];
@@ -79,9 +79,9 @@ static void check_family(const char *family) {
     }
     memcpy(w, w0, m * sizeof(float));
     const double fd = (4.0 * fdh[1] - fdh[0]) / 3.0;
-    /* Relative 1%, plus an absolute floor: b_i's gradient is ~0 by design (the paper normaliser
+    /* Relative 2%, plus an absolute floor: b_i's gradient is ~0 by design (the paper normaliser
      * is invariant to scaling all input gates of a head), so its FD is pure rounding noise. */
-    if (!(fabs(fd - gu) <= 1e-2 * fmax(fabs(fd), fabs(gu)) + 1e-3)) {
+    if (!(fabs(fd - gu) <= 2e-2 * fmax(fabs(fd), fabs(gu)) + 2e-3)) {
       CHECKF(0, "%s: %s: fd %.6g vs analytic %.6g", family, s.params.t[t].name, fd, gu);
       bad++;
     }

@@ -2,6 +2,7 @@
  * tools/make_teacher_fixtures.py) in fp32 and bf16 weights, greedy continuations, KV-cached
  * decoding against the full forward, batching, hooks, the transformers-4 config dialect, and the
  * one-line errors for broken checkpoints. */
+#include <cjson/cJSON.h>
 #include "test.h"
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -244,6 +245,55 @@ static void test_hooks_and_batch(void) {
   xd_npy_free(&ids);
 }
 
+/* Stage I's tensors against transformers' own: x^l = input of self_attn, a^l = input of o_proj. */
+typedef struct { int L; double err_x[4], err_a[4]; const char *fam; } hook_ref_ud;
+static void hook_ref_fn(int layer, const float *x, const float *a, int N, void *user) {
+  hook_ref_ud *u = user;
+  for (int which = 0; which < 2; which++) {
+    char p[256];
+    snprintf(p, sizeof p, FIX "/%s/hook_%c%d.npy", u->fam, which ? 'a' : 'x', layer);
+    xd_npy ref;
+    xd_err e = {0};
+    if (xd_npy_read(p, &ref, &e)) { CHECKF(0, "%s", e.msg); continue; }
+    CHECK(ref.ndim == 2 && ref.shape[0] == N && ref.type == XD_NPY_F64);
+    if (ref.ndim == 2 && ref.shape[0] == N && ref.type == XD_NPY_F64) {
+      const double err = test_max_rel_err(which ? a : x, ref.data, ref.nelem);
+      (which ? u->err_a : u->err_x)[layer] = err;
+    }
+    xd_npy_free(&ref);
+  }
+  u->L++;
+}
+
+static void test_hooks_vs_transformers(void) {
+  const char *fams[] = {"llama-gqa", "qwen3", "olmo3"};
+  for (int f = 0; f < 3; f++) {
+    xd_npy ids;
+    xd_err e = {0};
+    char dir[256];
+    snprintf(dir, sizeof dir, FIX "/%s/fp32", fams[f]);
+    if (load_ids(fams[f], &ids)) { CHECK(0); continue; }
+    const int B = (int)ids.shape[0], T = (int)ids.shape[1];
+    int32_t *id = ids32(&ids);
+    xd_teacher t;
+    CHECK(xd_teacher_load(&t, dir, &e) == 0);
+    xd_teacher_acts a;
+    xd_teacher_acts_alloc(&a, &t.cfg, B * T, T);
+    hook_ref_ud u = {.fam = fams[f]};
+    CHECK(xd_teacher_forward(&t, &a, id, B, T, NULL, hook_ref_fn, &u, &e) == 0);
+    CHECK(u.L == t.cfg.n_layers);
+    for (int l = 0; l < u.L && l < 4; l++) {
+      CHECKF(u.err_x[l] <= 1e-5 && u.err_a[l] <= 1e-5, "%s layer %d: x rel err %.3g, a rel err %.3g", fams[f], l,
+             u.err_x[l], u.err_a[l]);
+      fprintf(stderr, "  %-10s layer %d: x^l rel err %.2e, a^l rel err %.2e\n", fams[f], l, u.err_x[l], u.err_a[l]);
+    }
+    xd_teacher_acts_free(&a);
+    xd_teacher_free(&t);
+    free(id);
+    xd_npy_free(&ids);
+  }
+}
+
 /* The transformers-4.x dialect of each config parses to the same model as the v5 one. */
 static void test_config_dialects(void) {
   const char *v4[] = {"llama-gqa", "llama3-rope", "llama-dynamic", "qwen2"};
@@ -337,6 +387,84 @@ static void test_bad_checkpoints(void) {
   expect_load_error(d, "no model.safetensors", NULL);
 }
 
+/* The same weights stored as F16 and split over two shards with model.safetensors.index.json
+ * (written here from the fp32 fixture) give the fp32 logits: exactly for the sharded F32 copy,
+ * within f16 rounding (2^-11 relative per weight) for the F16 copy. */
+static void test_f16_and_shards(void) {
+  const char *fam = "llama-mha-bias";
+  char src[256];
+  snprintf(src, sizeof src, FIX "/%s/fp32", fam);
+  xd_safetensors st;
+  xd_err e = {0};
+  CHECK(xd_st_open(&st, src, &e) == 0);
+  const char *base = test_tmpdir("teacher-f16");
+  char d16[512], dsh[512], p[600];
+  snprintf(d16, sizeof d16, "%s/f16", base);
+  snprintf(dsh, sizeof dsh, "%s/sharded", base);
+  CHECK(xd_mkdir_p(d16, &e) == 0 && xd_mkdir_p(dsh, &e) == 0);
+  copy_config(src, d16);
+  copy_config(src, dsh);
+  xd_st_entry *ents = calloc((size_t)st.ntensors, sizeof *ents);
+  uint16_t **halves = calloc((size_t)st.ntensors, sizeof *halves);
+  for (int i = 0; i < st.ntensors; i++) {
+    const xd_st_tensor *t = &st.tensors[i];
+    CHECK(t->dtype == XD_DT_F32);
+    halves[i] = malloc(t->nelem * sizeof(uint16_t));
+    const float *f = (const float *)t->data;
+    for (size_t j = 0; j < t->nelem; j++) halves[i][j] = xd_f32_to_f16(f[j]);
+    ents[i] = (xd_st_entry){.name = t->name, .dtype = XD_DT_F16, .ndim = t->ndim, .data = halves[i]};
+    memcpy(ents[i].shape, t->shape, sizeof ents[i].shape);
+  }
+  snprintf(p, sizeof p, "%s/model.safetensors", d16);
+  CHECK(xd_st_write(p, ents, st.ntensors, NULL, NULL, 0, &e) == 0);
+  /* two F32 shards + index */
+  const int half = st.ntensors / 2;
+  cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+  for (int i = 0; i < st.ntensors; i++) {
+    ents[i].dtype = XD_DT_F32;
+    ents[i].data = st.tensors[i].data;
+    cJSON_AddStringToObject(wm, ents[i].name, i < half ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors");
+  }
+  snprintf(p, sizeof p, "%s/model-00001-of-00002.safetensors", dsh);
+  CHECK(xd_st_write(p, ents, half, NULL, NULL, 0, &e) == 0);
+  snprintf(p, sizeof p, "%s/model-00002-of-00002.safetensors", dsh);
+  CHECK(xd_st_write(p, ents + half, st.ntensors - half, NULL, NULL, 0, &e) == 0);
+  char *js = cJSON_Print(idx);
+  snprintf(p, sizeof p, "%s/model.safetensors.index.json", dsh);
+  CHECK(xd_write_file_atomic(p, js, strlen(js), &e) == 0);
+  free(js);
+  cJSON_Delete(idx);
+  for (int i = 0; i < st.ntensors; i++) free(halves[i]);
+  free(halves);
+  free(ents);
+  xd_st_close(&st);
+
+  xd_npy ids;
+  if (load_ids(fam, &ids)) { CHECK(0); return; }
+  const int B = (int)ids.shape[0], T = (int)ids.shape[1];
+  int32_t *id = ids32(&ids);
+  xd_teacher t;
+  float *lg = run_forward(d16, id, B, T, &t);
+  CHECK(lg != NULL);
+  if (lg) {
+    const double err = compare_ref(lg, fam, "logits_f64.npy", (size_t)B * T * t.cfg.vocab);
+    fprintf(stderr, "  f16 weights: rel err %.2e vs the fp32-weight reference\n", err);
+    CHECKF(err <= 2e-3 && err > 1e-6, "f16 weights: rel err %.3g", err);
+    xd_teacher_free(&t);
+    free(lg);
+  }
+  lg = run_forward(dsh, id, B, T, &t);
+  CHECK(lg != NULL);
+  if (lg) {
+    const double err = compare_ref(lg, fam, "logits_f64.npy", (size_t)B * T * t.cfg.vocab);
+    CHECKF(err <= TOL_F32, "sharded: rel err %.3g", err);
+    xd_teacher_free(&t);
+    free(lg);
+  }
+  free(id);
+  xd_npy_free(&ids);
+}
+
 /* `xdistill generate` prints the same continuation as transformers (via the real binary). */
 static void test_cli_generate(void) {
   const char *bin = getenv("XD_BIN");
@@ -372,8 +500,10 @@ int main(void) {
   RUN(test_greedy);
   RUN(test_prefill_decode);
   RUN(test_hooks_and_batch);
+  RUN(test_hooks_vs_transformers);
   RUN(test_config_dialects);
   RUN(test_bad_checkpoints);
+  RUN(test_f16_and_shards);
   RUN(test_cli_generate);
   return test_finish();
 }

@@ -5,7 +5,7 @@
 #include <cjson/cJSON.h>
 #include <time.h>
 #include "test.h"
-#include "tokenizer/tokenizer.h"
+#include "tokenizer/tok_internal.h" /* test_meta_split flips an internal switch */
 
 static const char *FAMILIES[] = {"llama3", "qwen3", "olmo2", "mistral7b", "llama2"};
 #define N_FAM 5
@@ -78,46 +78,46 @@ static int each_jsonl(const char *path, void (*fn)(cJSON *, void *), void *arg) 
 
 typedef struct { fam_set *fs; int bad[N_FAM], total[N_FAM], shown; } vec_state;
 
+/* One reference vector {hex, ids, ids_special?, decoded, decoded_skip?}: encode with and without
+ * specials, decode ids_special with and without skipping. Returns 1 when all four agree;
+ * prints the first few differences (*shown counts them). */
+static int check_one(const xd_tokenizer *t, const cJSON *j, const char *label, int *shown) {
+  size_t n, dn, dsn, tl;
+  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
+  const cJSON *ref = cJSON_GetObjectItem(j, "ids"), *ref_sp = cJSON_GetObjectItem(j, "ids_special");
+  if (!ref_sp) ref_sp = ref;
+  int32_t *ids = NULL, *ids_sp = NULL;
+  size_t ni = 0, nsp = 0;
+  xd_err e;
+  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) && ids_equal(ids, ni, ref) &&
+           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e) && ids_equal(ids_sp, nsp, ref_sp);
+  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), k = 0;
+  int32_t *rids = malloc((rn + 1) * sizeof *rids);
+  const cJSON *x;
+  cJSON_ArrayForEach(x, ref_sp) rids[k++] = (int32_t)x->valuedouble;
+  const char *dh = cJSON_GetObjectItem(j, "decoded")->valuestring;
+  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
+  unsigned char *dref = hex_decode(dh, &dn), *dsref = hex_decode(dsk ? dsk->valuestring : dh, &dsn);
+  char *dec = NULL, *decs = NULL;
+  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn) &&
+            !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
+  if ((!ok || !dok) && (*shown)++ < 8) {
+    fprintf(stderr, "  mismatch %s %s: text \"%.60s\" (%zu bytes)\n", label, ok ? "decode" : "encode", (const char *)text, n);
+    if (!ok) print_ids("ours", ids, ni);
+    else fprintf(stderr, "    ours decoded: \"%.80s\"\n    want: \"%.80s\"\n", dec ? dec : "(error)", (const char *)dref);
+  }
+  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+  return ok && dok;
+}
+
 static void check_vector(cJSON *j, void *arg) {
   vec_state *st = arg;
   int f = fam_index(cJSON_GetObjectItem(j, "family")->valuestring);
   xd_tokenizer *t = f >= 0 ? fam_get(st->fs, f) : NULL;
   CHECK(t != NULL);
   if (!t) return;
-  size_t n;
-  unsigned char *text = hex_decode(cJSON_GetObjectItem(j, "hex")->valuestring, &n);
-  const cJSON *ref = cJSON_GetObjectItem(j, "ids");
-  const cJSON *ref_sp = cJSON_GetObjectItem(j, "ids_special");
-  if (!ref_sp) ref_sp = ref;
-  int32_t *ids = NULL, *ids_sp = NULL;
-  size_t ni = 0, nsp = 0;
-  xd_err e;
-  int ok = !xd_tokenizer_encode(t, (const char *)text, n, 0, &ids, &ni, &e) &&
-           !xd_tokenizer_encode(t, (const char *)text, n, 1, &ids_sp, &nsp, &e);
-  ok = ok && ids_equal(ids, ni, ref) && ids_equal(ids_sp, nsp, ref_sp);
-  /* decode both ways */
-  const char *dh = cJSON_GetObjectItem(j, "decoded")->valuestring;
-  const cJSON *dsk = cJSON_GetObjectItem(j, "decoded_skip");
-  const char *dsh = dsk ? dsk->valuestring : dh;
-  size_t rn = (size_t)cJSON_GetArraySize(ref_sp), dn, dsn, tl;
-  int32_t *rids = malloc((rn + 1) * sizeof *rids);
-  size_t k = 0;
-  const cJSON *x;
-  cJSON_ArrayForEach(x, ref_sp) rids[k++] = (int32_t)x->valuedouble;
-  unsigned char *dref = hex_decode(dh, &dn), *dsref = hex_decode(dsh, &dsn);
-  char *dec = NULL, *decs = NULL;
-  int dok = !xd_tokenizer_decode(t, rids, rn, 0, &dec, &tl, &e) && tl == dn && !memcmp(dec, dref, dn);
-  dok = dok && !xd_tokenizer_decode(t, rids, rn, 1, &decs, &tl, &e) && tl == dsn && !memcmp(decs, dsref, dsn);
   st->total[f]++;
-  if (!ok || !dok) {
-    st->bad[f]++;
-    if (st->shown++ < 8) {
-      fprintf(stderr, "  mismatch %s %s: text \"%.60s\" (%zu bytes)\n", FAMILIES[f], ok ? "decode" : "encode", (const char *)text, n);
-      if (!ok) { print_ids("ours", ids, ni); }
-      if (!dok && dec) fprintf(stderr, "    ours decoded: \"%.80s\"\n    want: \"%.80s\"\n", dec, (const char *)dref);
-    }
-  }
-  free(ids); free(ids_sp); free(rids); free(dref); free(dsref); free(dec); free(decs); free(text);
+  if (!check_one(t, j, FAMILIES[f], &st->shown)) st->bad[f]++;
 }
 
 static void test_hf_vectors(void) {
@@ -204,6 +204,12 @@ static void test_api_basics(void) {
   xd_tokenizer_free(t);
   CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/olmo2", &e), "%s", e.msg);
   CHECK(xd_tokenizer_eos_id(t) == 100257); /* no tokenizer_config.json: <|endoftext|> */
+  CHECK(xd_tokenizer_vocab_size(t) == 100278); /* = HF get_vocab_size(with_added_tokens=True) */
+  xd_tokenizer_free(t);
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/qwen3", &e), "%s", e.msg);
+  CHECK(xd_tokenizer_vocab_size(t) == 151669);
+  CHECK(xd_tokenizer_eos_id(t) == 151645 && xd_tokenizer_bos_id(t) == -1); /* <|im_end|>, bos_token null */
+  CHECK(xd_tokenizer_chat_format(t) && !strcmp(xd_tokenizer_chat_format(t), "qwen3"));
   xd_tokenizer_free(t);
 }
 
@@ -307,6 +313,14 @@ static void test_malformed(void) {
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": [{\"id\": 3}]}", "added_tokens");
   expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": {\"type\": \"Replace\", "
                "\"pattern\": {\"Nope\": 1}, \"content\": \"x\"}}", "pattern");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"normalizer\": 5}", "normalizer: expected an object");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"added_tokens\": {}}", "added_tokens: expected an array");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [7]}}", "model.merges[0]");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": 3}}", "pre_tokenizer '(missing type)'");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Sequence\", "
+               "\"pretokenizers\": [{\"type\": \"ByteLevel\"}, {\"type\": \"Digits\"}]}}", "ByteLevel must be the last");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [], \"dropout\": 0.1}}", "dropout");
+  expect_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1000000000}, \"merges\": []}}", "dense");
   /* a minimal valid file loads, merges apply */
   xd_err e;
   CHECKF(load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": " VOCAB ", \"merges\": [\"a b\"]}}", &e) == 0, "%s", e.msg);
@@ -410,7 +424,7 @@ static void test_chat_templates(void) {
   chat_state st = {0};
   each_jsonl("tests/fixtures/tokenizer/chat.jsonl", check_chat, &st);
   fprintf(stderr, "  %d/%d chat renderings exact (ids and loss mask)\n", st.rows - st.bad, st.rows);
-  CHECK(st.rows == 60 && st.bad == 0);
+  CHECK(st.rows == 70 && st.bad == 0);
   for (int i = 0; i < st.n; i++) { xd_tokenizer_free(st.t[i]); free(st.fmt[i]); }
 }
 static void test_chat_errors(void) {
@@ -444,6 +458,118 @@ static void test_chat_errors(void) {
   xd_tokenizer_free(t);
 }
 
+/* Synthetic tokenizers (tools/make_tokenizer_synth.py): components the families do not use. */
+typedef struct { char *name[8]; xd_tokenizer *t[8]; int n, total[8], bad[8], shown; } synth_state;
+static void check_synth(cJSON *j, void *arg) {
+  synth_state *st = arg;
+  const char *name = cJSON_GetObjectItem(j, "name")->valuestring;
+  int k = 0;
+  while (k < st->n && strcmp(st->name[k], name)) k++;
+  if (k == st->n) {
+    char path[512];
+    snprintf(path, sizeof path, "tests/fixtures/tokenizer/synth/%s", name);
+    xd_err e;
+    st->name[k] = strdup(name);
+    if (xd_tokenizer_load(&st->t[k], path, &e)) { CHECKF(0, "%s", e.msg); st->t[k] = NULL; }
+    st->n++;
+  }
+  xd_tokenizer *t = st->t[k];
+  if (!t) return;
+  st->total[k]++;
+  if (!check_one(t, j, name, &st->shown)) st->bad[k]++;
+}
+static void test_synth_components(void) {
+  synth_state st = {0};
+  int rows = each_jsonl("tests/fixtures/tokenizer/synth/vectors.jsonl", check_synth, &st);
+  CHECK(rows > 400 && st.n == 4);
+  for (int k = 0; k < st.n; k++) {
+    fprintf(stderr, "  %-24s %d/%d vectors exact\n", st.name[k], st.total[k] - st.bad[k], st.total[k]);
+    CHECKF(st.bad[k] == 0, "%s: %d vectors differ from HF", st.name[k], st.bad[k]);
+    xd_tokenizer_free(st.t[k]);
+    free(st.name[k]);
+  }
+}
+
+/* One loaded tokenizer used from several threads at once gives the serial results (the
+ * tokenizer is read-only; all scratch state is per call). */
+static void test_threads(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  xd_err e;
+  xd_tokenizer *t;
+  CHECKF(!xd_tokenizer_load(&t, "../shared/tokenizers/llama3", &e), "%s", e.msg);
+  if (!t) return;
+  enum { N = 64 };
+  static const char *const words[] = {"alpha ", "βeta ", "😀", "  ", "\n", "123456", "<|eot_id|>", "don't ", "CORIOLANUS:"};
+  char *texts[N];
+  int32_t *serial[N], *par[N];
+  size_t ns[N], np[N];
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)time(NULL));
+  for (int i = 0; i < N; i++) {
+    texts[i] = calloc(4096, 1);
+    for (int k = 0; k < 200; k++) strcat(texts[i], words[xd_rng_u64(&r) % 9]);
+    CHECK(!xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &serial[i], &ns[i], &e));
+  }
+  int bad = 0;
+#pragma omp parallel for num_threads(4) reduction(+ : bad)
+  for (int i = 0; i < N; i++) {
+    xd_err le;
+    if (xd_tokenizer_encode(t, texts[i], strlen(texts[i]), 1, &par[i], &np[i], &le)) { bad++; par[i] = NULL; continue; }
+    bad += np[i] != ns[i] || memcmp(par[i], serial[i], ns[i] * sizeof *par[i]);
+  }
+  CHECK(bad == 0);
+  for (int i = 0; i < N; i++) { free(texts[i]); free(serial[i]); free(par[i]); }
+  xd_tokenizer_free(t);
+}
+
+/* Llama 2 / Mistral: cutting words before "▁" (meta_split) gives the same ids as one BPE run
+ * over the whole text, on fresh random texts and on real text. */
+static void test_meta_split(void) {
+  if (!test_have_shared()) SKIP("../shared absent");
+  const char *fams[] = {"../shared/tokenizers/llama2", "../shared/tokenizers/mistral7b"};
+  static const char *const pieces[] = {"a", "b", "the", " ", "  ", "   ", "\n", "\t", "é", "你", "😀", "▁", "▁▁", "x▁", "1", "'s", ".", "<s>"};
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)time(NULL) ^ 0x5eed);
+  char *shake = NULL;
+  size_t shake_len = 0;
+  xd_err e;
+  if (xd_read_file("../shared/corpora/tinyshakespeare/input.txt", 1 << 26, &shake, &shake_len, &e)) { CHECKF(0, "%s", e.msg); return; }
+  for (int f = 0; f < 2; f++) {
+    xd_tokenizer *t;
+    CHECKF(!xd_tokenizer_load(&t, fams[f], &e), "%s", e.msg);
+    if (!t) continue;
+    CHECK(t->meta_split == 1);
+    int bad = 0;
+    for (int it = 0; it < 101; it++) {
+      char buf[1024];
+      size_t n = 0;
+      const char *txt = buf;
+      if (it == 100) { txt = shake; n = 20000; }
+      else {
+        int len = 1 + (int)(xd_rng_u64(&r) % 50);
+        for (int k = 0; k < len; k++) {
+          const char *p = pieces[xd_rng_u64(&r) % (sizeof pieces / sizeof pieces[0])];
+          memcpy(buf + n, p, strlen(p));
+          n += strlen(p);
+        }
+        buf[n] = 0;
+      }
+      int32_t *a, *b;
+      size_t na, nb;
+      t->meta_split = 1;
+      CHECK(!xd_tokenizer_encode(t, txt, n, 1, &a, &na, &e));
+      t->meta_split = 0;
+      CHECK(!xd_tokenizer_encode(t, txt, n, 1, &b, &nb, &e));
+      bad += na != nb || memcmp(a, b, na * sizeof *a);
+      free(a);
+      free(b);
+    }
+    CHECKF(bad == 0, "%s: %d texts differ with meta_split", fams[f], bad);
+    xd_tokenizer_free(t);
+  }
+  free(shake);
+}
+
 int main(void) {
   RUN(test_hf_vectors);
   RUN(test_shared_test_vectors);
@@ -451,6 +577,9 @@ int main(void) {
   RUN(test_roundtrip_random);
   RUN(test_malformed);
   RUN(test_tiny_model);
+  RUN(test_synth_components);
+  RUN(test_threads);
+  RUN(test_meta_split);
   RUN(test_chat_templates);
   RUN(test_chat_errors);
   return test_finish();

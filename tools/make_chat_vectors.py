@@ -4,7 +4,7 @@
 Rerun (from the repo root, with ../shared present; transformers 5.x was used):
     python3 tools/make_chat_vectors.py
 It writes tests/fixtures/tokenizer/chat.jsonl, one line per (format, conversation, generation prompt):
-    format   the xdistill chat format name (llama3, qwen3, qwen3-nothink, qwen2.5, chatml, olmo2)
+    format   the xdistill chat format name (llama3, llama3.1, qwen3, qwen3-nothink, qwen2.5, chatml, olmo2)
     dir      the ../shared/tokenizers directory whose tokenizer.json is used
     detect   1 if the C side must recognise the format from the directory's tokenizer_config.json
              (the template is the shipped one), 0 if the test names the format explicitly
@@ -13,8 +13,8 @@ It writes tests/fixtures/tokenizer/chat.jsonl, one line per (format, conversatio
              encode(text, add_special_tokens=False)), mask = 1 for tokens whose first character lies
              in an assistant reply: from the end of the assistant header to the end-of-turn token
              inclusive (Llama 3 <|eot_id|>, ChatML <|im_end|>, OLMo 2 eos <|endoftext|>).
-Templates: Llama 3 and Qwen3 come from ../shared tokenizer_config.json. Qwen2.5-Instruct and
-OLMo-2-Instruct are not in ../shared; their published templates are reproduced below (Qwen2.5's
+Templates: Llama 3 and Qwen3 come from ../shared tokenizer_config.json. Qwen2.5-Instruct,
+Llama-3.1-Instruct and OLMo-2-Instruct are not in ../shared; their published templates are reproduced below (Qwen2.5's and Llama 3.1's
 tool-calling branches omitted, they do not change tool-free chats) and rendered by transformers.
 """
 import json
@@ -46,6 +46,20 @@ OLMO2 = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == '
          "{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}"
          "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}")
 
+# Llama 3.1-Instruct (tool branches omitted: they render nothing for tool-free chats)
+LLAMA31 = ("{{- bos_token }}\n"
+           "{%- if not date_string is defined %}\n    {%- set date_string = \"26 Jul 2024\" %}\n{%- endif %}\n"
+           "{%- if messages[0]['role'] == 'system' %}\n    {%- set system_message = messages[0]['content']|trim %}\n"
+           "    {%- set messages = messages[1:] %}\n{%- else %}\n    {%- set system_message = \"\" %}\n{%- endif %}\n"
+           "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+           "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+           "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+           "{{- system_message }}\n{{- \"<|eot_id|>\" }}\n"
+           "{%- for message in messages %}\n"
+           "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
+           "{%- endfor %}\n"
+           "{%- if add_generation_prompt %}\n    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n{%- endif %}\n")
+
 CONVS = [
     [{"role": "user", "content": "Hello!"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"},
@@ -65,7 +79,7 @@ HEADERS = {"llama3": ("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eo
 
 
 def masked_spans(text, fmt):
-    head, end = HEADERS["llama3" if fmt == "llama3" else "olmo2" if fmt == "olmo2" else "chatml"]
+    head, end = HEADERS["llama3" if fmt.startswith("llama3") else "olmo2" if fmt == "olmo2" else "chatml"]
     spans, i = [], 0
     while True:
         h = text.find(head, i)
@@ -90,6 +104,7 @@ def main():
     cases.append(("qwen2.5", "qwen3", QWEN25, 0, None, "<|im_end|>", {}))
     cases.append(("chatml", "qwen3", CHATML, 0, None, "<|im_end|>", {}))
     cases.append(("olmo2", "olmo2", OLMO2, 0, "<|endoftext|>", "<|endoftext|>", {}))
+    cases.append(("llama3.1", "llama3", LLAMA31, 0, "<|begin_of_text|>", "<|eot_id|>", {}))
     n = 0
     with open(OUT, "w", encoding="utf-8") as f:
         for fmt, d, tmpl, detect, bos, eos, extra in cases:

@@ -10,6 +10,8 @@ It rewrites tests/fixtures/teachers/ deterministically (seeded). For every famil
     <name>/logits_f64.npy float64 [B,T,V] logits of the fp32 weights, model run in float64
     <name>/logits_bf16_f64.npy  float64 logits of the bf16-rounded weights (where bf16/ exists)
     <name>/greedy.npy     int64 [B,T+N] greedy continuation (HF generate, float64, KV cache)
+    <name>/hook_x<l>.npy, hook_a<l>.npy (some families): float64 [B*T,D] input of
+                          self_attn (after the input norm) and [B*T,H*d] input of o_proj, per layer
     <name>/config_v4.json (some) the same config in the transformers-4.x dialect
 plus rope_cases.json: inverse-frequency tables from transformers' ROPE_INIT_FUNCTIONS for every
 scaling kind (linear, dynamic, llama3, yarn), used to test src/ops/cpu/rope.c directly.
@@ -70,6 +72,28 @@ def logits64(model, ids):
         return m(torch.tensor(ids)).logits.numpy()
 
 
+def save_hooks(model, ids, d):
+    """Stage I's per-layer tensors from transformers: the attention block's input x^l and the
+    attention output a^l before o_proj, float64, flattened to [B*T, .]."""
+    m = model.to(torch.float64)
+    got = {}
+    handles = []
+    for l, layer in enumerate(m.model.layers):
+        def pre_attn(mod, args, kwargs, l=l):
+            h = kwargs.get("hidden_states", args[0] if args else None)
+            got["x%d" % l] = h.detach().reshape(-1, h.shape[-1]).numpy().copy()
+        def pre_o(mod, args, l=l):
+            got["a%d" % l] = args[0].detach().reshape(-1, args[0].shape[-1]).numpy().copy()
+        handles.append(layer.self_attn.register_forward_pre_hook(pre_attn, with_kwargs=True))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_o))
+    with torch.no_grad():
+        m(torch.tensor(ids))
+    for h in handles:
+        h.remove()
+    for k, v in got.items():
+        np.save(os.path.join(d, "hook_%s.npy" % k), v)
+
+
 def v4_config(cfg_json):
     """The transformers-4.x dialect: top-level rope_theta + rope_scaling + torch_dtype."""
     c = dict(cfg_json)
@@ -105,6 +129,8 @@ def main():
         np.save(os.path.join(d, "ids.npy"), ids)
         sd = {k: v.clone() for k, v in model.state_dict().items()}
         np.save(os.path.join(d, "logits_f64.npy"), logits64(model, ids))
+        if name in ("llama-gqa", "qwen3", "olmo3"):
+            save_hooks(model, ids, d)
         with torch.no_grad():
             out = model.generate(torch.tensor(ids), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                                  eos_token_id=None, pad_token_id=0, use_cache=True)

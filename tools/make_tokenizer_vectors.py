@@ -53,6 +53,7 @@ FIXED = [
     "<0x41> <0xFF> ▁ ▁▁x", "▁hello▁world", "Ġhello Ċ", "the  double  space", "end with newline\n", "x\r\r\ny",
     "MiXeD CaSe WORDS And ACRONYMS like NASA, HTTP2, and GPT-4o.", "$100 €50 £30 ¥1000 ₿0.5",
     "math: ∑_{i=1}^{n} x_i² ≤ ∞, ∀ε>0 ∃δ", "arrows → ← ↔ ⇒ and box ┌─┐│└┘",
+    "digits ١٢٣ ²³ ३४५ Ⅻ ൦ 𝟘 ٣.١٤",
 ]
 
 INVALID = [

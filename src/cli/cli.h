@@ -19,4 +19,7 @@ int cli_fail(const xd_err *e);
 int cli_failf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* True if argv holds --help or -h. */
 int cli_wants_help(int argc, char **argv);
+/* Remove "FLAG VALUE" from argv (shifting the rest) and return VALUE in *out (left unchanged
+ * when FLAG is absent). Returns 1 after printing an error when FLAG has no value. */
+int cli_take_flag(int *argc, char **argv, const char *flag, const char **out);
 #endif

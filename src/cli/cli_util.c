@@ -20,3 +20,15 @@ int cli_wants_help(int argc, char **argv) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
   return 0;
 }
+
+int cli_take_flag(int *argc, char **argv, const char *flag, const char **out) {
+  for (int i = 1; i < *argc; i++)
+    if (!strcmp(argv[i], flag)) {
+      if (i + 1 >= *argc) return cli_failf("%s needs a value", flag);
+      *out = argv[i + 1];
+      memmove(argv + i, argv + i + 2, (size_t)(*argc - i - 2) * sizeof *argv);
+      *argc -= 2;
+      return 0;
+    }
+  return 0;
+}

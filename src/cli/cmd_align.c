@@ -20,19 +20,6 @@ static const char *usage =
   "  --out DIR       output student directory\n"
   "\n";
 
-/* Takes --teacher/--student/--data/--out out of argv; the rest is the training config. */
-static int take(int *argc, char **argv, const char *flag, const char **out) {
-  for (int i = 1; i < *argc; i++)
-    if (!strcmp(argv[i], flag)) {
-      if (i + 1 >= *argc) return cli_failf("%s needs a value", flag);
-      *out = argv[i + 1];
-      memmove(argv + i, argv + i + 2, (size_t)(*argc - i - 2) * sizeof *argv);
-      *argc -= 2;
-      return 0;
-    }
-  return 0;
-}
-
 static double held_out_loss(xd_align_ctx *c, const char *data, const xd_train_config *cfg) {
   xd_loader_config lc = {(int)cfg->seq_len, (int)cfg->micro_batch, 0, 0, 0, 1};
   xd_loader *v = NULL;
@@ -57,8 +44,8 @@ int cmd_align(int argc, char **argv) {
     return 0;
   }
   const char *tdir = NULL, *sdir = NULL, *data = NULL, *out = NULL;
-  if (take(&argc, argv, "--teacher", &tdir) || take(&argc, argv, "--student", &sdir) || take(&argc, argv, "--data", &data) ||
-      take(&argc, argv, "--out", &out))
+  if (cli_take_flag(&argc, argv, "--teacher", &tdir) || cli_take_flag(&argc, argv, "--student", &sdir) || cli_take_flag(&argc, argv, "--data", &data) ||
+      cli_take_flag(&argc, argv, "--out", &out))
     return 1;
   if (!tdir || !sdir || !data || !out) return cli_failf("align: --teacher, --student, --data and --out are required (see --help)");
   xd_train_config cfg;

@@ -93,15 +93,12 @@ static int cmd_data_prepare(int argc, char **argv) {
     free(inputs);
     return cli_fail(&e);
   }
-  /* Tokenizer identity for the manifest: a hash of tokenizer.json's bytes. */
-  char *json_path = xd_is_dir(tok_path) ? xd_path_join(tok_path, "tokenizer.json") : xd_strdup(tok_path);
-  xd_mmap m;
-  char hash[40] = "";
-  if (xd_mmap_open(&m, json_path, &e) == 0) {
-    snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)xd_fnv1a64(m.data, m.size));
-    xd_mmap_close(&m);
+  char hash[40];
+  if (xd_data_tokenizer_hash(tok_path, hash, &e) != 0) {
+    xd_tokenizer_free(tc.t);
+    free(inputs);
+    return cli_fail(&e);
   }
-  free(json_path);
   xd_prepare_encoder enc = {.ctx = &tc, .encode = enc_text, .chat = enc_chat, .vocab_size = (uint64_t)xd_tokenizer_vocab_size(tc.t),
                             .eos_id = xd_tokenizer_eos_id(tc.t), .bos_id = xd_tokenizer_bos_id(tc.t), .name = tok_path, .hash = hash};
   xd_prepare_stats st;
@@ -123,12 +120,12 @@ static int cmd_data_info(int argc, char **argv) {
   for (int s = 0; s < 2; s++) {
     xd_loader *L;
     xd_err e;
-    if (xd_loader_open(&L, argv[1], splits[s], &c, &e) != 0) {
+    if (xd_loader_open(&L, argv[1], splits[s], &c, &e) != 0) { /* opens and verifies every shard */
       if (s == 1 && strstr(e.msg, "has no shards")) { printf("val: empty\n"); continue; }
       return cli_fail(&e);
     }
-    printf("%s: %llu tokens, vocab %llu, %s, checksums ok\n", splits[s], (unsigned long long)xd_loader_tokens(L),
-           (unsigned long long)xd_loader_vocab_size(L), xd_loader_has_mask(L) ? "with loss mask" : "no mask");
+    printf("%s: %llu tokens, vocab %llu, %s, tokenizer %s, checksums ok\n", splits[s], (unsigned long long)xd_loader_tokens(L),
+           (unsigned long long)xd_loader_vocab_size(L), xd_loader_has_mask(L) ? "with loss mask" : "no mask", xd_loader_tokenizer_hash(L));
     xd_loader_free(L);
   }
   return 0;

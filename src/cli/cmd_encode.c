@@ -12,21 +12,6 @@ static const char *USAGE =
     "  --tokenizer DIR  directory with tokenizer.json (or the tokenizer.json file)\n"
     "  --add-special    apply the post-processor (e.g. BOS), as HF add_special_tokens=True\n";
 
-/* Read one line of any length from fp into *buf; returns its length or -1 at EOF. */
-static long read_line(FILE *fp, char **buf, size_t *cap) {
-  size_t n = 0;
-  int c;
-  while ((c = fgetc(fp)) != EOF) {
-    if (n + 1 >= *cap) { *cap = *cap ? *cap * 2 : 4096; *buf = xd_realloc(*buf, *cap); }
-    if (c == '\n') break;
-    (*buf)[n++] = (char)c;
-  }
-  if (c == EOF && n == 0) return -1;
-  if (!*buf) { *cap = 16; *buf = xd_malloc(*cap); }
-  (*buf)[n] = 0;
-  return (long)n;
-}
-
 int cmd_encode(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(USAGE, stdout); return 0; }
   const char *dir = NULL;
@@ -42,11 +27,12 @@ int cmd_encode(int argc, char **argv) {
   if (xd_tokenizer_load(&t, dir, &e)) return cli_fail(&e);
   char *line = NULL;
   size_t cap = 0;
-  long len;
+  ssize_t len;
   long lineno = 0;
   int rc = 0;
-  while ((len = read_line(stdin, &line, &cap)) >= 0) {
+  while ((len = getline(&line, &cap, stdin)) >= 0) {
     lineno++;
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
     if (len == 0) continue;
     cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
     const cJSON *tx = cJSON_GetObjectItemCaseSensitive(j, "text");

@@ -1,15 +1,17 @@
-/* xdistill forward: teacher logits for a batch of token ids (.npy in, .npy out). */
+/* xdistill forward: teacher or student logits for a batch of token ids (.npy in, .npy out). */
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "eval/runner.h"
 #include "io/npy.h"
-#include "model/teacher/teacher.h"
 #include "ops/cpu/threads.h"
 
 static const char usage[] =
   "usage: xdistill forward --model DIR --ids IDS.npy --out LOGITS.npy [--threads N]\n\n"
-  "Run the exact fp32 CPU teacher on token ids and write its logits.\n"
-  "  --model DIR     Hugging Face checkpoint directory (config.json + safetensors)\n"
+  "Run the fp32 CPU model on token ids and write its logits: a teacher (Hugging Face checkpoint)\n"
+  "or a hybrid xLSTM student checkpoint (config.json with an \"xdistill\" section; full parallel\n"
+  "forward).\n"
+  "  --model DIR     teacher or student checkpoint directory (config.json + safetensors)\n"
   "  --ids FILE      int32 or int64 .npy, shape [B,T] or [T]\n"
   "  --out FILE      float32 .npy logits, shape [B,T,V] (B = 1 for [T] ids); written atomically\n"
   "  --threads N     CPU threads (default: all cores, or OMP_NUM_THREADS)\n";
@@ -34,36 +36,33 @@ int cmd_forward(int argc, char **argv) {
   if (!model || !ids_path || !out) return cli_failf("forward: --model, --ids and --out are required (see --help)");
   xd_set_threads(threads);
   xd_err e = {0};
-  xd_teacher t;
-  if (xd_teacher_load(&t, model, &e)) return cli_fail(&e);
+  xd_runner r;
+  if (xd_runner_load(&r, model, NULL, XD_TOK_SKIP, &e)) return cli_fail(&e);
   xd_npy a;
-  if (xd_npy_read(ids_path, &a, &e)) { xd_teacher_free(&t); return cli_fail(&e); }
+  if (xd_npy_read(ids_path, &a, &e)) { xd_runner_free(&r); return cli_fail(&e); }
   int rc = 0;
   int32_t *ids = NULL;
   if (a.ndim != 1 && a.ndim != 2) rc = xd_errf(&e, "%s: token ids must have shape [B,T] or [T], got %d dimensions", ids_path, a.ndim);
   else if (a.nelem == 0) rc = xd_errf(&e, "%s: token ids are empty", ids_path);
   else if (a.nelem > (1u << 26)) rc = xd_errf(&e, "%s: too many token ids (%zu)", ids_path, a.nelem);
-  if (!rc) rc = xd_npy_to_ids(&a, ids_path, t.cfg.vocab, &ids, &e);
+  if (!rc) rc = xd_npy_to_ids(&a, ids_path, r.cfg.vocab, &ids, &e);
   if (!rc) {
     const int B = a.ndim == 2 ? (int)a.shape[0] : 1, T = a.ndim == 2 ? (int)a.shape[1] : (int)a.shape[0];
-    const int V = t.cfg.vocab;
+    const int V = r.cfg.vocab;
     size_t nlog;
     if (xd_mul_size((size_t)B * T, (size_t)V, &nlog) || nlog > ((size_t)1 << 33))
       rc = xd_errf(&e, "%s: %d x %d tokens x %d vocab logits are too many to hold", ids_path, B, T, V);
     if (!rc) {
-      xd_teacher_acts acts;
-      xd_teacher_acts_alloc(&acts, &t.cfg, B * T, T);
       float *logits = xd_malloc(nlog * sizeof(float));
-      rc = xd_teacher_forward(&t, &acts, ids, B, T, logits, NULL, NULL, &e);
+      rc = xd_runner_forward(&r, ids, B, T, logits, &e);
       if (rc) xd_err_prefix(&e, "%s", ids_path);
       const int64_t shape[3] = {B, T, V};
       if (!rc) rc = xd_npy_write(out, XD_NPY_F32, 3, shape, logits, &e);
       free(logits);
-      xd_teacher_acts_free(&acts);
     }
   }
   free(ids);
   xd_npy_free(&a);
-  xd_teacher_free(&t);
+  xd_runner_free(&r);
   return rc ? cli_fail(&e) : 0;
 }

@@ -1,65 +1,110 @@
-/* xdistill generate: greedy decoding with the CPU teacher (KV cache), ids in, ids out. */
+/* xdistill generate: decoding with the CPU teacher (KV cache) or student (constant-memory
+ * recurrent state); token ids in and out, or text in and streamed text out. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "eval/runner.h"
 #include "io/npy.h"
-#include "model/teacher/teacher.h"
 #include "ops/cpu/threads.h"
 
 static const char usage[] =
-  "usage: xdistill generate --model DIR --ids IDS.npy --max-new N [--ignore-eos] [--with-prompt] [--threads N]\n\n"
-  "Greedy decoding with the exact fp32 CPU teacher (prefill, then one token at a time with a KV\n"
-  "cache). Prints the generated ids, space-separated, one line per batch row.\n"
-  "  --model DIR     Hugging Face checkpoint directory\n"
-  "  --ids FILE      int32 or int64 .npy prompts, shape [B,T] (rows of equal length) or [T]\n"
-  "  --max-new N     tokens to generate per row\n"
-  "  --ignore-eos    keep going past the config's eos_token_id (default: a row stops after it)\n"
-  "  --with-prompt   print the prompt ids before the generated ones\n"
-  "  --threads N     CPU threads\n";
+  "usage: xdistill generate --model DIR --ids IDS.npy --max-new N [--ignore-eos] [--with-prompt] [--threads N]\n"
+  "       xdistill generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--temperature T]\n"
+  "                         [--top-k K] [--top-p P] [--seed S] [--max-new N] [--stop STR]... [--threads N]\n\n"
+  "Decoding with the fp32 CPU model: a teacher (prefill, then one token at a time with a KV cache)\n"
+  "or a hybrid xLSTM student (prefill, then one token at a time in constant memory).\n"
+  "  --model DIR        teacher or student checkpoint directory\n"
+  "  --threads N        CPU threads\n"
+  "  --max-new N        tokens to generate at most (text mode default 256)\n"
+  "  --ignore-eos       keep going past the EOS id(s)\n"
+  "Token ids (greedy):\n"
+  "  --ids FILE         int32 or int64 .npy prompts, shape [B,T] (rows of equal length) or [T];\n"
+  "                     prints the generated ids, space-separated, one line per row (a row stops\n"
+  "                     after its first EOS, which is printed)\n"
+  "  --with-prompt      print the prompt ids before the generated ones\n"
+  "Text (tokenizer.json of the model directory, or --tokenizer):\n"
+  "  --prompt TEXT      prompt; the generated text is streamed to stdout (complete UTF-8\n"
+  "                     characters only), ending with a newline\n"
+  "  --chat             render the prompt as a user message with the chat template\n"
+  "  --system TEXT      system message (with --chat)\n"
+  "  --chat-format NAME chat format when tokenizer_config.json has none (llama3, chatml, qwen2.5,\n"
+  "                     qwen3, olmo2)\n"
+  "  --temperature T    0 = greedy (default); else sample from softmax(logits / T)\n"
+  "  --top-k K          sample among the K most likely tokens (default 0 = all)\n"
+  "  --top-p P          sample from the smallest set of mass >= P (default 1 = all)\n"
+  "  --seed S           sampling seed (default 1234)\n"
+  "  --stop STR         stop string (repeatable); the output ends before it\n"
+  "  --tokenizer PATH   tokenizer.json file or directory (default: the model directory)\n"
+  "  --stats            print tokens, seconds and tokens/s to stderr\n";
 
-static int parse_pos_int(const char *s, const char *opt, int *out) {
+#define MAX_STOPS 32
+
+static int parse_int(const char *s, const char *opt, long lo, long hi, int *out) {
   char *end;
   long v = strtol(s, &end, 10);
-  if (!*s || *end || v <= 0 || v > 1000000) return cli_failf("generate: %s must be a positive integer, got '%s'", opt, s);
+  if (!*s || *end || v < lo || v > hi) {
+    if (lo == 1) return cli_failf("generate: %s must be a positive integer (at most %ld), got '%s'", opt, hi, s);
+    return cli_failf("generate: %s must be an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
+  }
   *out = (int)v;
   return 0;
 }
 
-int cmd_generate(int argc, char **argv) {
-  if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
-  const char *model = NULL, *ids_path = NULL;
-  int max_new = -1, threads = 0, ignore_eos = 0, with_prompt = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--ignore-eos")) { ignore_eos = 1; continue; }
-    if (!strcmp(a, "--with-prompt")) { with_prompt = 1; continue; }
-    if (i + 1 >= argc && a[0] == '-') return cli_failf("generate: option '%s' needs a value", a);
-    if (!strcmp(a, "--model")) model = argv[++i];
-    else if (!strcmp(a, "--ids")) ids_path = argv[++i];
-    else if (!strcmp(a, "--max-new")) { if (parse_pos_int(argv[++i], "--max-new", &max_new)) return 1; }
-    else if (!strcmp(a, "--threads")) { if (parse_pos_int(argv[++i], "--threads", &threads)) return 1; }
-    else return cli_failf("generate: unknown argument '%s' (see --help)", a);
-  }
-  if (!model || !ids_path || max_new < 0) return cli_failf("generate: --model, --ids and --max-new are required (see --help)");
-  xd_set_threads(threads);
-  xd_err e = {0};
-  xd_teacher t;
-  if (xd_teacher_load(&t, model, &e)) return cli_fail(&e);
+static int parse_double(const char *s, const char *opt, double *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (!*s || *end || !isfinite(v)) return cli_failf("generate: %s must be a number, got '%s'", opt, s);
+  *out = v;
+  return 0;
+}
+
+static void emit(const char *s, size_t n, void *user) {
+  (void)user;
+  fwrite(s, 1, n, stdout);
+  fflush(stdout);
+}
+
+/* --ids mode: greedy, EOS printed and ending the row (as the teacher's batch generator). */
+static int generate_ids(xd_runner *r, const char *ids_path, int max_new, int ignore_eos, int with_prompt, xd_err *e) {
   xd_npy a;
-  if (xd_npy_read(ids_path, &a, &e)) { xd_teacher_free(&t); return cli_fail(&e); }
+  if (xd_npy_read(ids_path, &a, e)) return -1;
   int rc = 0;
   int32_t *ids = NULL;
-  if (a.ndim != 1 && a.ndim != 2) rc = xd_errf(&e, "%s: token ids must have shape [B,T] or [T], got %d dimensions", ids_path, a.ndim);
-  else if (a.nelem == 0) rc = xd_errf(&e, "%s: token ids are empty", ids_path);
-  else if (a.nelem > (1u << 24)) rc = xd_errf(&e, "%s: too many token ids (%zu)", ids_path, a.nelem);
-  if (!rc) rc = xd_npy_to_ids(&a, ids_path, t.cfg.vocab, &ids, &e);
+  if (a.ndim != 1 && a.ndim != 2) rc = xd_errf(e, "%s: token ids must have shape [B,T] or [T], got %d dimensions", ids_path, a.ndim);
+  else if (a.nelem == 0) rc = xd_errf(e, "%s: token ids are empty", ids_path);
+  else if (a.nelem > (1u << 24)) rc = xd_errf(e, "%s: too many token ids (%zu)", ids_path, a.nelem);
+  if (!rc) rc = xd_npy_to_ids(&a, ids_path, r->cfg.vocab, &ids, e);
   if (!rc) {
     const int B = a.ndim == 2 ? (int)a.shape[0] : 1, T = a.ndim == 2 ? (int)a.shape[1] : (int)a.shape[0];
     const int total = T + max_new;
     int32_t *out = xd_malloc((size_t)B * total * sizeof(int32_t));
     int *n_out = xd_malloc((size_t)B * sizeof(int));
-    rc = xd_teacher_generate(&t, ids, B, T, max_new, !ignore_eos, out, n_out, &e);
-    if (rc) xd_err_prefix(&e, "%s", ids_path);
+    if (!r->is_student) {
+      rc = xd_teacher_generate(&r->teacher, ids, B, T, max_new, !ignore_eos, out, n_out, e);
+    } else {
+      /* one row at a time through the recurrent state: memory does not grow with the length */
+      const int V = r->cfg.vocab;
+      float *logits = xd_malloc((size_t)V * sizeof *logits);
+      for (int b = 0; b < B && !rc; b++) {
+        int32_t *row = out + (size_t)b * total;
+        memcpy(row, ids + (size_t)b * T, (size_t)T * sizeof *row);
+        int n = T;
+        xd_decoder d;
+        xd_decoder_init(&d, r, total, T);
+        rc = xd_decoder_feed(&d, row, T, logits, e);
+        while (!rc && n < total) {
+          const int32_t tok = xd_argmax(logits, V);
+          row[n++] = tok;
+          if (!ignore_eos && xd_runner_is_eos(r, tok)) break;
+          if (n < total) rc = xd_decoder_feed(&d, &tok, 1, logits, e);
+        }
+        n_out[b] = n;
+        xd_decoder_free(&d);
+      }
+      free(logits);
+    }
+    if (rc) xd_err_prefix(e, "%s", ids_path);
     for (int b = 0; !rc && b < B; b++) {
       for (int s = with_prompt ? 0 : T, first = 1; s < n_out[b]; s++, first = 0)
         printf("%s%d", first ? "" : " ", (int)out[(size_t)b * total + s]);
@@ -70,6 +115,101 @@ int cmd_generate(int argc, char **argv) {
   }
   free(ids);
   xd_npy_free(&a);
-  xd_teacher_free(&t);
+  return rc;
+}
+
+int cmd_generate(int argc, char **argv) {
+  if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
+  const char *model = NULL, *ids_path = NULL, *prompt = NULL, *system = NULL, *tokenizer = NULL, *chat_format = NULL;
+  const char *stops[MAX_STOPS];
+  size_t n_stops = 0;
+  int max_new = -1, threads = 0, ignore_eos = 0, with_prompt = 0, chat = 0, stats = 0, seed = 1234;
+  xd_gen_options o;
+  xd_gen_options_default(&o);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--ignore-eos")) { ignore_eos = 1; continue; }
+    if (!strcmp(a, "--with-prompt")) { with_prompt = 1; continue; }
+    if (!strcmp(a, "--chat")) { chat = 1; continue; }
+    if (!strcmp(a, "--stats")) { stats = 1; continue; }
+    if (i + 1 >= argc && a[0] == '-') return cli_failf("generate: option '%s' needs a value", a);
+    if (!strcmp(a, "--model")) model = argv[++i];
+    else if (!strcmp(a, "--ids")) ids_path = argv[++i];
+    else if (!strcmp(a, "--prompt")) prompt = argv[++i];
+    else if (!strcmp(a, "--system")) system = argv[++i];
+    else if (!strcmp(a, "--tokenizer")) tokenizer = argv[++i];
+    else if (!strcmp(a, "--chat-format")) chat_format = argv[++i];
+    else if (!strcmp(a, "--stop")) {
+      if (n_stops == MAX_STOPS) return cli_failf("generate: at most %d --stop strings", MAX_STOPS);
+      stops[n_stops] = argv[++i];
+      if (!stops[n_stops][0]) return cli_failf("generate: --stop needs a non-empty string");
+      n_stops++;
+    }
+    else if (!strcmp(a, "--max-new")) { if (parse_int(argv[++i], "--max-new", 1, 1000000, &max_new)) return 1; }
+    else if (!strcmp(a, "--threads")) { if (parse_int(argv[++i], "--threads", 1, 4096, &threads)) return 1; }
+    else if (!strcmp(a, "--top-k")) { if (parse_int(argv[++i], "--top-k", 0, 1 << 30, &o.sp.top_k)) return 1; }
+    else if (!strcmp(a, "--seed")) { if (parse_int(argv[++i], "--seed", 0, 2147483647, &seed)) return 1; }
+    else if (!strcmp(a, "--temperature")) { if (parse_double(argv[++i], "--temperature", &o.sp.temperature)) return 1; }
+    else if (!strcmp(a, "--top-p")) { if (parse_double(argv[++i], "--top-p", &o.sp.top_p)) return 1; }
+    else return cli_failf("generate: unknown argument '%s' (see --help)", a);
+  }
+  if (!model || (!ids_path == !prompt)) return cli_failf("generate: --model and one of --ids or --prompt are required (see --help)");
+  if (ids_path && max_new < 0) return cli_failf("generate: --max-new is required with --ids (see --help)");
+  if (ids_path && (chat || system || n_stops || tokenizer || chat_format))
+    return cli_failf("generate: --chat, --system, --stop, --tokenizer and --chat-format need --prompt");
+  if (system && !chat) return cli_failf("generate: --system needs --chat");
+  xd_err e = {0};
+  if (xd_sample_params_check(&o.sp, &e)) return cli_fail(&e);
+  xd_set_threads(threads);
+  xd_runner r;
+  if (xd_runner_load(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, &e)) return cli_fail(&e);
+  int rc = 0;
+  if (ids_path) {
+    rc = generate_ids(&r, ids_path, max_new, ignore_eos, with_prompt, &e);
+  } else {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (chat) {
+      xd_chat_message msgs[2];
+      int nm = 0;
+      if (system) msgs[nm++] = (xd_chat_message){"system", system};
+      msgs[nm++] = (xd_chat_message){"user", prompt};
+      uint8_t *mask = NULL;
+      if (chat_format) rc = xd_tokenizer_set_chat_format(r.tok, chat_format, &e);
+      if (!rc) rc = xd_chat_encode(r.tok, msgs, nm, 1, &ids, &mask, &n, &e);
+      free(mask);
+    } else {
+      rc = xd_tokenizer_encode(r.tok, prompt, strlen(prompt), 1, &ids, &n, &e);
+      if (!rc && n == 0) {
+        /* an empty prompt without BOS: start from BOS (or EOS) as the evaluator does */
+        free(ids);
+        ids = xd_malloc(sizeof *ids);
+        ids[0] = r.cfg.bos_token_id >= 0 ? r.cfg.bos_token_id : r.cfg.n_eos ? r.cfg.eos_token_ids[0] : 0;
+        n = 1;
+      }
+    }
+    if (!rc) {
+      o.max_new = max_new > 0 ? max_new : 256;
+      o.stop_at_eos = !ignore_eos;
+      o.stops = stops;
+      o.n_stops = n_stops;
+      o.seed = (uint64_t)seed;
+      o.on_text = emit;
+      size_t ng = 0;
+      const char *why = NULL;
+      const double t0 = xd_now();
+      rc = xd_runner_generate(&r, ids, n, &o, NULL, &ng, NULL, &why, &e);
+      if (!rc) {
+        fputc('\n', stdout);
+        fflush(stdout);
+        const double dt = xd_now() - t0;
+        if (stats)
+          fprintf(stderr, "[%s] prompt %zu tokens, generated %zu tokens in %.3f s (%.1f tokens/s), stop: %s\n",
+                  r.is_student ? "student" : "teacher", n, ng, dt, dt > 0 ? (double)ng / dt : 0.0, why);
+      }
+    }
+    free(ids);
+  }
+  xd_runner_free(&r);
   return rc ? cli_fail(&e) : 0;
 }

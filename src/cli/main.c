@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "ops/cpu/threads.h"
 
 static const xd_command commands[] = {
 #define XD_CMD(name, fn, help) {name, fn, help},
@@ -19,6 +20,8 @@ int main(int argc, char **argv) {
   if (argc < 2) { usage(stderr); return 2; }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
   if (!strcmp(argv[1], "--version")) { printf("xdistill %s\n", xd_version()); return 0; }
+  /* OpenMP owns the cores and OpenBLAS runs single-threaded inside (ops/cpu/threads.h). */
+  xd_set_threads(0);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
   fprintf(stderr, "xdistill: error: unknown command '%s' (see `xdistill --help`)\n", argv[1]);

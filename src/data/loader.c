@@ -17,6 +17,7 @@ struct xd_loader {
   uint64_t perm_epoch;
   int perm_valid;
   uint64_t epoch, position;
+  char tok_hash[64];
 };
 
 /* Seed of epoch e's permutation: mixes seed and epoch so nearby seeds/epochs are unrelated. */
@@ -91,6 +92,7 @@ uint64_t xd_loader_rows_per_rank(const xd_loader *L) { return L->rows_per_rank; 
 uint64_t xd_loader_tokens(const xd_loader *L) { return L->n_tokens; }
 uint64_t xd_loader_vocab_size(const xd_loader *L) { return L->vocab_size; }
 int xd_loader_has_mask(const xd_loader *L) { return L->has_mask; }
+const char *xd_loader_tokenizer_hash(const xd_loader *L) { return L->tok_hash; }
 
 void xd_loader_get_state(const xd_loader *L, xd_loader_state *st) {
   memset(st, 0, sizeof *st);
@@ -118,6 +120,42 @@ int xd_loader_set_state(xd_loader *L, const xd_loader_state *st, xd_err *e) {
   L->epoch = st->epoch;
   L->position = st->position;
   return 0;
+}
+
+static void put_le(uint8_t *p, uint64_t v, int n) { for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i)); }
+static uint64_t get_le(const uint8_t *p, int n) { uint64_t v = 0; for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i]; return v; }
+
+void xd_loader_save(const xd_loader *L, void *buf) {
+  xd_loader_state st;
+  xd_loader_get_state(L, &st);
+  uint8_t *p = buf;
+  memset(p, 0, XD_LOADER_STATE_BYTES);
+  memcpy(p, "XDLS", 4);
+  put_le(p + 4, st.version, 4);
+  put_le(p + 8, st.seq_len, 4);
+  put_le(p + 12, st.rank, 4);
+  put_le(p + 16, st.world, 4);
+  put_le(p + 20, st.shuffle, 4);
+  put_le(p + 24, st.seed, 8);
+  put_le(p + 32, st.n_rows, 8);
+  put_le(p + 40, st.epoch, 8);
+  put_le(p + 48, st.position, 8);
+}
+
+int xd_loader_restore(xd_loader *L, const void *buf, xd_err *e) {
+  const uint8_t *p = buf;
+  if (memcmp(p, "XDLS", 4) != 0) return xd_errf(e, "loader state: bad magic (not a data-loader state)");
+  xd_loader_state st = {0};
+  st.version = (uint32_t)get_le(p + 4, 4);
+  st.seq_len = (uint32_t)get_le(p + 8, 4);
+  st.rank = (uint32_t)get_le(p + 12, 4);
+  st.world = (uint32_t)get_le(p + 16, 4);
+  st.shuffle = (uint32_t)get_le(p + 20, 4);
+  st.seed = get_le(p + 24, 8);
+  st.n_rows = get_le(p + 32, 8);
+  st.epoch = get_le(p + 40, 8);
+  st.position = get_le(p + 48, 8);
+  return xd_loader_set_state(L, &st, e);
 }
 
 void xd_loader_free(xd_loader *L) {
@@ -216,6 +254,8 @@ int xd_loader_open(xd_loader **out, const char *dir, const char *split, const xd
   }
   L = xd_calloc(1, sizeof *L);
   L->cfg = *cfg;
+  const cJSON *th = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "tokenizer"), "hash");
+  if (cJSON_IsString(th)) snprintf(L->tok_hash, sizeof L->tok_hash, "%s", th->valuestring);
   const int n = cJSON_GetArraySize(shards);
   L->shards = xd_calloc((size_t)n, sizeof(xd_shard));
   const cJSON *it;

@@ -60,9 +60,20 @@ uint64_t xd_loader_rows_per_rank(const xd_loader *L);  /* rows per epoch for eac
 uint64_t xd_loader_tokens(const xd_loader *L);         /* N, tokens in the split */
 uint64_t xd_loader_vocab_size(const xd_loader *L);
 int xd_loader_has_mask(const xd_loader *L);            /* 1 if any shard stores a mask */
+/* manifest.json's tokenizer.hash ("fnv1a64:..."; "" for xd_loader_open_shards): compare with
+ * xd_data_tokenizer_hash(teacher_dir) to refuse data made with another tokenizer. */
+const char *xd_loader_tokenizer_hash(const xd_loader *L);
 
 void xd_loader_get_state(const xd_loader *L, xd_loader_state *st);
 /* Restore a saved state; refused (one-line error) when it was saved for another seq_len, rank,
  * world, seed, shuffle setting or data (row count). */
 int xd_loader_set_state(xd_loader *L, const xd_loader_state *st, xd_err *e);
+
+/* The state as 64 little-endian bytes, for a checkpoint's opaque loader blob (train/trainer.h:
+ * loader_state_size = XD_LOADER_STATE_BYTES, loader_save -> xd_loader_save, loader_restore ->
+ * xd_loader_restore). Layout: "XDLS", u32 version, u32 seq_len, rank, world, shuffle,
+ * u64 seed, n_rows, epoch, position, 8 zero bytes. */
+#define XD_LOADER_STATE_BYTES 64
+void xd_loader_save(const xd_loader *L, void *buf);
+int xd_loader_restore(xd_loader *L, const void *buf, xd_err *e);
 #endif

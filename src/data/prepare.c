@@ -14,14 +14,24 @@
 enum { SPLIT_TRAIN = 0, SPLIT_VAL = 1 };
 static const char *const split_names[2] = {"train", "val"};
 
-#define TXT_PIECE (1u << 20)        /* .txt documents are encoded in pieces of about this size */
+/* .txt documents are encoded in pieces of about TXT_PIECE bytes when the tokenizer is cut-safe
+ * (see xd_prepare_cut_safe), else whole up to TXT_PIECE_WHOLE bytes. */
+#define TXT_PIECE ((size_t)1 << 20)
+#define TXT_PIECE_WHOLE ((size_t)256 << 20)
 #define MAX_LINE ((size_t)64 << 20) /* longest .jsonl line accepted */
 
-uint64_t xd_fnv1a64(const void *data, size_t n) {
-  const uint8_t *p = data;
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
+int xd_data_tokenizer_hash(const char *path, char out[40], xd_err *e) {
+  char *json = xd_is_dir(path) ? xd_path_join(path, "tokenizer.json") : xd_strdup(path);
+  xd_mmap m;
+  int rc = xd_mmap_open(&m, json, e);
+  if (rc == 0) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < m.size; i++) h = (h ^ m.data[i]) * 0x100000001b3ull;
+    snprintf(out, 40, "fnv1a64:%016llx", (unsigned long long)h);
+    xd_mmap_close(&m);
+  }
+  free(json);
+  return rc;
 }
 
 /* ---- one split's shard writer: buffers up to cap tokens, then writes a shard ---- */
@@ -40,7 +50,6 @@ typedef struct {
   uint64_t n, alloc;
   uint64_t *offs; /* document piece ends within the buffer, offs[0] = 0 */
   size_t n_docs, offs_cap;
-  int doc_open;
   shard_rec *recs;
   size_t n_recs;
   uint64_t tokens, docs;
@@ -71,17 +80,11 @@ static int sw_flush(split_writer *w, xd_err *e) {
   char name[64];
   snprintf(name, sizeof name, "%s-%05zu.xds", split_names[w->split], w->n_recs);
   char *path = xd_path_join(w->dir, name);
-  int rc = xd_shard_write(path, w->tok, w->mask, w->n, w->offs, w->n_docs, w->vocab, e);
+  uint32_t crc;
+  int rc = xd_shard_write(path, w->tok, w->mask, w->n, w->offs, w->n_docs, w->vocab, &crc, e);
   if (rc == 0) {
-    xd_shard s; /* read back the header: the checksum for the manifest, and a self-check */
-    rc = xd_shard_open(&s, path, 0, e);
-    if (rc == 0) {
-      w->recs = xd_realloc(w->recs, sizeof(shard_rec) * (w->n_recs + 1));
-      w->recs[w->n_recs++] = (shard_rec){xd_strdup(name), w->n, w->n_docs, s.checksum};
-      xd_shard_close(&s);
-    } else {
-      unlink(path);
-    }
+    w->recs = xd_realloc(w->recs, sizeof(shard_rec) * (w->n_recs + 1));
+    w->recs[w->n_recs++] = (shard_rec){xd_strdup(name), w->n, w->n_docs, crc};
   }
   free(path);
   w->n = 0;
@@ -91,7 +94,6 @@ static int sw_flush(split_writer *w, xd_err *e) {
 
 /* Append n tokens (mask NULL = all ones) to the open document, writing shards as they fill. */
 static int sw_append(split_writer *w, const int32_t *ids, const uint8_t *mask, size_t n, xd_err *e) {
-  w->doc_open = 1;
   while (n > 0) {
     if (w->n == w->cap && sw_flush(w, e) != 0) return -1;
     uint64_t k = w->cap - w->n < n ? w->cap - w->n : n;
@@ -117,7 +119,6 @@ static int sw_append(split_writer *w, const int32_t *ids, const uint8_t *mask, s
 
 static void sw_end_doc(split_writer *w) {
   if (w->offs[w->n_docs] < w->n) sw_push_off(w, w->n);
-  w->doc_open = 0;
   w->docs++;
 }
 
@@ -152,7 +153,7 @@ static int rd_open(reader *r, const char *path, xd_err *e) {
   r->gz = gzopen(path, "rb"); /* reads plain files transparently */
   if (!r->gz) return xd_errf(e, "%s: cannot open: %s", path, strerror(errno ? errno : ENOMEM));
   gzbuffer(r->gz, 1u << 18);
-  r->cap = (size_t)TXT_PIECE * 2;
+  r->cap = (size_t)1 << 20;
   r->buf = xd_malloc(r->cap + 1);
   return 0;
 }
@@ -170,11 +171,11 @@ static int rd_fill(reader *r, size_t want, xd_err *e) {
     r->len -= r->pos;
     r->pos = 0;
   }
-  if (want > r->cap) {
-    r->cap = want;
-    r->buf = xd_realloc(r->buf, r->cap + 1);
-  }
   while (!r->eof && r->len < want) {
+    if (r->len == r->cap) { /* grow only as far as the data needs */
+      r->cap = r->cap * 2 < want ? r->cap * 2 : want;
+      r->buf = xd_realloc(r->buf, r->cap + 1);
+    }
     size_t room = r->cap - r->len;
     int got = gzread(r->gz, r->buf + r->len, room > (1u << 30) ? (1u << 30) : (unsigned)room);
     if (got < 0) {
@@ -238,7 +239,33 @@ typedef struct {
   struct job *jobs;    /* the batch being queued */
   size_t n_jobs, cap_jobs, batch_bytes;
   int txt_started;     /* the current .txt document has tokens */
+  size_t txt_piece;    /* TXT_PIECE or TXT_PIECE_WHOLE */
 } prep;
+
+/* Is encoding a text in pieces cut after a newline before a printable ASCII character the same
+ * as encoding it whole? True for byte-level BPE with a regex pre-tokenizer (Llama 3, Qwen, OLMo,
+ * GPT-2): no pre-token spans such a point. False for SentencePiece-style tokenizers (Llama 2,
+ * Mistral) whose normaliser prepends a space marker to every encoded string. Probed, not assumed. */
+int xd_prepare_cut_safe(const xd_prepare_encoder *enc) {
+  static const char *const probes[][2] = {
+      {"Hello world.\n", "The end, 12 times.\n"}, {"  indented line\n\n", "x = (a + b) * 3;\n"}, {"caf\xc3\xa9\n", "'s it?"}};
+  int safe = 1;
+  for (size_t p = 0; p < sizeof probes / sizeof probes[0] && safe; p++) {
+    char whole[128];
+    snprintf(whole, sizeof whole, "%s%s", probes[p][0], probes[p][1]);
+    int32_t *a = NULL, *b = NULL, *w = NULL;
+    size_t na = 0, nb = 0, nw = 0;
+    xd_err e;
+    safe = enc->encode(enc->ctx, probes[p][0], strlen(probes[p][0]), &a, &na, &e) == 0 &&
+           enc->encode(enc->ctx, probes[p][1], strlen(probes[p][1]), &b, &nb, &e) == 0 &&
+           enc->encode(enc->ctx, whole, strlen(whole), &w, &nw, &e) == 0 && na + nb == nw && memcmp(a, w, na * 4) == 0 &&
+           memcmp(b, w + na, nb * 4) == 0;
+    free(a);
+    free(b);
+    free(w);
+  }
+  return safe;
+}
 
 static int doc_split(const prep *P) {
   if (P->o->val_fraction <= 0) return SPLIT_TRAIN;
@@ -330,8 +357,7 @@ static int end_doc(prep *P, split_writer *w, int started, uint8_t eos_mask, xd_e
 static int run_batch(prep *P, xd_err *e) {
   const xd_prepare_encoder *enc = P->enc;
   const long n_jobs = (long)P->n_jobs;
-  const int threads = P->o->threads > 0 ? P->o->threads : 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads > 0 ? threads : omp_get_max_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(P->o->threads > 0 ? P->o->threads : omp_get_max_threads())
   for (long i = 0; i < n_jobs; i++) {
     job *j = &P->jobs[i];
     j->err.msg[0] = 0;
@@ -377,10 +403,14 @@ static int run_txt(prep *P, reader *r, xd_err *e) {
   const int split = doc_split(P);
   P->doc_index++;
   int first = 1;
+  const size_t piece = P->txt_piece;
   for (;;) {
-    if (rd_fill(r, TXT_PIECE + 1, e) != 0) return -1;
+    if (rd_fill(r, piece + 1, e) != 0) return -1;
     const size_t have = r->len - r->pos;
-    const size_t k = have == 0 ? 0 : (r->eof && have <= TXT_PIECE) ? have : txt_cut(r->buf + r->pos, have < TXT_PIECE ? have : TXT_PIECE);
+    const size_t k = have == 0 ? 0 : (r->eof && have <= piece) ? have : txt_cut(r->buf + r->pos, have < piece ? have : piece);
+    if (!(r->eof && k == have) && piece == TXT_PIECE_WHOLE && P->o->progress)
+      fprintf(P->o->progress, "data prepare: warning: %s is over %zu MB; cut into pieces, which this tokenizer may encode slightly differently\n",
+              r->path, TXT_PIECE_WHOLE >> 20);
     job *j = job_push(P);
     j->kind = JOB_PIECE;
     j->split = split;
@@ -459,6 +489,10 @@ static int run_jsonl(prep *P, reader *r, xd_err *e) {
     size_t k = 0;
     while (k < n && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r')) k++;
     if (k == n) continue; /* blank line */
+    if (line_no == 1 && n >= 3 && !memcmp(line, "\xef\xbb\xbf", 3)) { /* UTF-8 byte-order mark */
+      line += 3;
+      n -= 3;
+    }
     if (queue_json(P, r, line, n, line_no, e) != 0) return -1;
     report(P, r->gz, 0);
   }
@@ -560,6 +594,7 @@ int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_p
   P.enc = enc;
   P.st = st;
   P.t0 = P.last_report = xd_now();
+  P.txt_piece = xd_prepare_cut_safe(enc) ? TXT_PIECE : TXT_PIECE_WHOLE;
   for (int s = 0; s < 2; s++) sw_init(&P.w[s], s, o->out_dir, o->shard_tokens, enc->vocab_size);
   for (int i = 0; i < o->n_inputs && rc == 0; i++) {
     reader r;

@@ -6,6 +6,7 @@
  *   *.txt            one document per file, read in ~1 MB pieces cut after a newline before a
  *                    printable ASCII character (where BPE pre-tokenizers never join across),
  *                    so memory stays bounded and the ids equal those of encoding the whole file
+ *                    (xd_prepare_cut_safe; other tokenizers get the document whole)
  *   *.jsonl, *.json  one JSON object per line with "text" (a string) or "messages"
  *                    ([{role, content}], rendered with the chat template, keeping its loss mask)
  * Every document is followed by EOS. A document goes to the validation split when a hash of
@@ -49,8 +50,16 @@ typedef struct {
   double seconds;
 } xd_prepare_stats;
 
-int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_prepare_stats *st, xd_err *e);
+/* 1 if encoding text in pieces cut after a newline that precedes a printable ASCII character
+ * gives the same ids as encoding it whole (byte-level BPE: Llama 3, Qwen, OLMo); 0 for
+ * SentencePiece-style tokenizers that prepend a space marker to every string (Llama 2, Mistral),
+ * whose .txt documents are then encoded whole (up to 256 MB, cut beyond with a warning). */
+int xd_prepare_cut_safe(const xd_prepare_encoder *enc);
 
-/* 64-bit FNV-1a, for tokenizer identity hashes. */
-uint64_t xd_fnv1a64(const void *data, size_t n);
+/* Tokenizer identity written to manifest.json: "fnv1a64:<16 hex>", the 64-bit FNV-1a (offset
+ * basis 0xcbf29ce484222325) of tokenizer.json's bytes. path: a directory holding tokenizer.json
+ * or the file. Trainers compare it with their teacher's tokenizer (xd_loader_tokenizer_hash). */
+int xd_data_tokenizer_hash(const char *path, char out[40], xd_err *e);
+
+int xd_prepare_run(const xd_prepare_opts *o, const xd_prepare_encoder *enc, xd_prepare_stats *st, xd_err *e);
 #endif

@@ -36,7 +36,7 @@ static int write_crc(xd_atomic_file *f, uint32_t *crc, const void *data, size_t 
 }
 
 int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask, uint64_t n_tokens,
-                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, xd_err *e) {
+                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, uint32_t *checksum, xd_err *e) {
   XD_CHECK(host_is_little_endian());
   if (vocab_size == 0 || vocab_size > (uint64_t)INT32_MAX + 1) return xd_errf(e, "%s: bad vocabulary size %llu", path, (unsigned long long)vocab_size);
   if (doc_offsets[0] != 0 || doc_offsets[n_docs] != n_tokens) return xd_errf(e, "%s: document offsets do not span the tokens", path);
@@ -44,8 +44,10 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
     if (tokens[i] < 0 || (uint64_t)tokens[i] >= vocab_size)
       return xd_errf(e, "%s: token %llu has id %d outside the vocabulary of %llu", path, (unsigned long long)i, tokens[i], (unsigned long long)vocab_size);
   int has_mask = 0;
-  if (mask)
-    for (uint64_t i = 0; i < n_tokens && !has_mask; i++) has_mask = mask[i] != 1;
+  for (uint64_t i = 0; mask && i < n_tokens; i++) {
+    if (mask[i] > 1) return xd_errf(e, "%s: mask value %u at token %llu is not 0 or 1", path, mask[i], (unsigned long long)i);
+    has_mask |= mask[i] == 0;
+  }
   const uint32_t tb = xd_shard_token_bytes(vocab_size);
 
   uint8_t hdr[XD_SHARD_HEADER_BYTES];
@@ -88,15 +90,13 @@ int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask,
     xd_atomic_abort(&f);
     return -1;
   }
-  return xd_atomic_commit(&f, e);
+  if (xd_atomic_commit(&f, e) != 0) return -1;
+  if (checksum) *checksum = crc;
+  return 0;
 }
 
-int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
-  XD_CHECK(host_is_little_endian());
-  memset(s, 0, sizeof *s);
-  if (xd_mmap_open(&s->map, path, e) != 0) return -1;
-  const uint8_t *d = s->map.data;
-  const size_t size = s->map.size;
+/* Validate size bytes at d as a shard and point s's fields into them. */
+static int shard_parse(xd_shard *s, const uint8_t *d, size_t size, const char *path, int verify, xd_err *e) {
   int rc = 0;
   if (size < XD_SHARD_HEADER_BYTES) { rc = xd_errf(e, "%s: truncated shard (%zu bytes, header needs %u)", path, size, XD_SHARD_HEADER_BYTES); goto done; }
   if (memcmp(d, XD_SHARD_MAGIC, 8) != 0) { rc = xd_errf(e, "%s: not a token shard (bad magic)", path); goto done; }
@@ -142,14 +142,39 @@ int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
       for (uint64_t i = 0; i < s->n_tokens; i++)
         if (t[i] >= s->vocab_size) { rc = xd_errf(e, "%s: token %llu has id %u outside the vocabulary", path, (unsigned long long)i, t[i]); goto done; }
     }
+    for (uint64_t i = 0; s->mask && i < s->n_tokens; i++)
+      if (s->mask[i] > 1) { rc = xd_errf(e, "%s: mask value %u at token %llu is not 0 or 1", path, s->mask[i], (unsigned long long)i); goto done; }
   }
-  s->path = xd_strdup(path);
 done:
-  if (rc != 0) {
-    xd_mmap_close(&s->map);
-    memset(s, 0, sizeof *s);
-  }
   return rc;
+}
+
+int xd_shard_parse(xd_shard *s, const void *data, size_t size, const char *name, int verify, xd_err *e) {
+  XD_CHECK(host_is_little_endian());
+  memset(s, 0, sizeof *s);
+  /* The mmap'ed views below cast to uint64_t/uint32_t: the buffer must be 8-byte aligned. */
+  XD_CHECK(((uintptr_t)data & 7) == 0);
+  if (shard_parse(s, data, size, name, verify, e) != 0) {
+    memset(s, 0, sizeof *s);
+    return -1;
+  }
+  s->path = xd_strdup(name);
+  return 0;
+}
+
+int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e) {
+  XD_CHECK(host_is_little_endian());
+  memset(s, 0, sizeof *s);
+  xd_mmap map;
+  if (xd_mmap_open(&map, path, e) != 0) return -1;
+  if (shard_parse(s, map.data, map.size, path, verify, e) != 0) {
+    xd_mmap_close(&map);
+    memset(s, 0, sizeof *s);
+    return -1;
+  }
+  s->map = map;
+  s->path = xd_strdup(path);
+  return 0;
 }
 
 void xd_shard_close(xd_shard *s) {

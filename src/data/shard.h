@@ -32,14 +32,18 @@ typedef struct {
 uint32_t xd_shard_token_bytes(uint64_t vocab_size);
 
 /* Write a shard atomically. tokens [n_tokens] must all be < vocab_size; mask [n_tokens] or
- * NULL (a mask of all ones is not stored); doc_offsets [n_docs + 1]. */
+ * NULL (a mask of all ones is not stored); doc_offsets [n_docs + 1]. *checksum (if not NULL)
+ * receives the CRC-32 written in the header. */
 int xd_shard_write(const char *path, const int32_t *tokens, const uint8_t *mask, uint64_t n_tokens,
-                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, xd_err *e);
+                   const uint64_t *doc_offsets, uint64_t n_docs, uint64_t vocab_size, uint32_t *checksum, xd_err *e);
 
 /* Map and validate a shard: magic, version, sizes against the file length, doc offsets.
  * verify != 0 also checks the checksum and that every token id is < vocab_size (one pass over
  * the file). Errors name the file. */
 int xd_shard_open(xd_shard *s, const char *path, int verify, xd_err *e);
+/* The same checks on a caller-owned, 8-byte-aligned buffer (name is used in messages); s points
+ * into data, which must outlive it. xd_shard_close frees only s's own allocations. */
+int xd_shard_parse(xd_shard *s, const void *data, size_t size, const char *name, int verify, xd_err *e);
 void xd_shard_close(xd_shard *s);
 
 /* Copy tokens [start, start + n) as int32 (and their mask, 1 where no mask is stored) into

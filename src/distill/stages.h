@@ -29,4 +29,33 @@ void xd_align_init(xd_align_ctx *c, const xd_teacher *t, xd_student *s, xd_loade
 void xd_align_free(xd_align_ctx *c);
 /* Stage I loss on one batch (no gradients): mean over layers' MSE sum, for evaluation. */
 double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs);
+/* ---- stage II ---- */
+#include "distill/topk_cache.h"
+#include "model/student/student_train.h"
+#include "ops/cpu/kd_loss.h"
+
+typedef struct {
+  const xd_teacher *teacher;     /* online teacher, or NULL with a cache */
+  const xd_topk_reader *cache;   /* top-k cache (rows in stream order), or NULL */
+  xd_student *student;           /* mode XD_STUDENT_TRAIN_ALL */
+  xd_loader *loader;
+  int B, T, k;
+  kd_config kd;
+  xd_teacher_acts ta;            /* online teacher activations */
+  xd_student_train_acts sa;
+  int32_t *tokens, *inputs, *targets; /* [B,T+1], [B*T], [B*T] */
+  uint8_t *mask_row, *mask;      /* [B,T+1], [B*T] */
+  float *logits, *tlogits, *lse; /* [B*T,V] x2, [B*T] */
+  int32_t *tk_ids;               /* [B*T,k] */
+  float *tk_logp;                /* [B*T,k] */
+  uint64_t *rows;                /* [B] global row index of each batch row */
+} xd_distill_ctx;
+
+void xd_distill_init(xd_distill_ctx *c, const xd_teacher *t, const xd_topk_reader *cache, xd_student *s, xd_loader *L,
+                     int B, int T, const kd_config *kd, xd_trainer_hooks *hooks);
+void xd_distill_free(xd_distill_ctx *c);
+/* Loss of a batch whose rows are given by global index (no gradients): fills res. */
+int xd_distill_eval_rows(xd_distill_ctx *c, const uint64_t *rows, kd_result *res, xd_err *e);
+/* Teacher top-k of ids [B*T] into c->tk_ids / c->tk_logp (online teacher). */
+int xd_distill_teacher_topk(xd_distill_ctx *c, const int32_t *ids, xd_err *e);
 #endif

@@ -80,15 +80,16 @@ static int parse_one(xd_safetensors *st, int file_index, const uint8_t *data, si
   for (cJSON *it = root->child; it; it = it->next) count++;
   xd_st_tensor *ts = xd_calloc((size_t)count + 1, sizeof *ts);
   span *spans = xd_calloc((size_t)count + 1, sizeof *spans);
-  int n = 0, rc = 0;
+  int n = 0, rc = 0, meta_seen = 0;
   for (cJSON *it = root->child; it && rc == 0; it = it->next) {
     const char *key = it->string;
     if (!key) { rc = xd_errf(e, "%s: header entry without a name", path); break; }
     if (strcmp(key, "__metadata__") == 0) {
+      if (meta_seen++) { rc = xd_errf(e, "%s: __metadata__ appears twice", path); break; }
       if (!cJSON_IsObject(it)) { rc = xd_errf(e, "%s: __metadata__ is not an object", path); break; }
       for (cJSON *m = it->child; m; m = m->next)
         if (!cJSON_IsString(m)) { rc = xd_errf(e, "%s: __metadata__ value '%s' is not a string", path, m->string ? m->string : "?"); break; }
-      if (rc == 0 && keep_meta && st->nmeta == 0) {
+      if (rc == 0 && keep_meta && !st->meta_keys) {
         int nm = 0;
         for (cJSON *m = it->child; m; m = m->next) nm++;
         st->meta_keys = xd_calloc((size_t)nm + 1, sizeof(char *));

@@ -7,6 +7,14 @@
 static const char *const family_names[] = {"llama", "qwen2", "qwen3", "olmo2", "olmo3"};
 #define SUPPORTED "llama, qwen2, qwen3, olmo2, olmo3"
 
+/* A user-provided string fit for a one-line message: at most 40 chars, control chars as '?'. */
+static const char *clean(char buf[48], const char *s) {
+  size_t i = 0;
+  for (; s[i] && i < 40; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  buf[i] = 0;
+  return buf;
+}
+
 const char *xd_family_name(xd_family f) { return (unsigned)f < 5 ? family_names[f] : "?"; }
 
 /* Integer field: absent -> def (or error when def < 0 means required). */
@@ -59,7 +67,10 @@ static int parse_rope(const cJSON *rp, double theta_default, int max_pos, xd_rop
   else if (!strcmp(kind, "dynamic")) r->kind = XD_ROPE_DYNAMIC;
   else if (!strcmp(kind, "llama3")) r->kind = XD_ROPE_LLAMA3;
   else if (!strcmp(kind, "yarn")) r->kind = XD_ROPE_YARN;
-  else return xd_errf(e, "%s: unsupported rope_type '%s' (supported: default, linear, dynamic, llama3, yarn)", name, kind);
+  else {
+    char b[48];
+    return xd_errf(e, "%s: unsupported rope_type '%s' (supported: default, linear, dynamic, llama3, yarn)", name, clean(b, kind));
+  }
   double pr = 1.0;
   if (get_num(rp, "partial_rotary_factor", 1.0, &pr, name, e)) return -1;
   if (pr != 1.0) return xd_errf(e, "%s: partial_rotary_factor %g is not supported", name, pr);
@@ -105,7 +116,8 @@ static int parse_obj(xd_model_config *c, const cJSON *o, const char *name, xd_er
   int fam = -1;
   for (int i = 0; i < 5; i++)
     if (!strcmp(mt->valuestring, family_names[i])) fam = i;
-  if (fam < 0) return xd_errf(e, "%s: unsupported model_type '%.40s' (supported: " SUPPORTED ")", name, mt->valuestring);
+  char b[48];
+  if (fam < 0) return xd_errf(e, "%s: unsupported model_type '%s' (supported: " SUPPORTED ")", name, clean(b, mt->valuestring));
   c->family = (xd_family)fam;
   snprintf(c->model_type, sizeof c->model_type, "%s", family_names[fam]);
 
@@ -183,7 +195,7 @@ static int parse_obj(xd_model_config *c, const cJSON *o, const char *name, xd_er
       if (!cJSON_IsString(it)) return xd_errf(e, "%s: layer_types[%d] must be a string", name, l);
       if (!strcmp(it->valuestring, "sliding_attention")) c->layer_sliding[l] = 1;
       else if (strcmp(it->valuestring, "full_attention"))
-        return xd_errf(e, "%s: layer_types[%d] '%.40s' is not full_attention or sliding_attention", name, l, it->valuestring);
+        return xd_errf(e, "%s: layer_types[%d] '%s' is not full_attention or sliding_attention", name, l, clean(b, it->valuestring));
       l++;
     }
   }
@@ -216,7 +228,7 @@ static int parse_obj(xd_model_config *c, const cJSON *o, const char *name, xd_er
   const cJSON *ha = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
   if (ha && cJSON_IsString(ha)) act = ha->valuestring;
   if (act && strcmp(act, "silu") && strcmp(act, "swish"))
-    return xd_errf(e, "%s: hidden_act '%.40s' is not supported (only silu)", name, act);
+    return xd_errf(e, "%s: hidden_act '%s' is not supported (only silu)", name, clean(b, act));
   return 0;
 }
 

@@ -210,23 +210,24 @@ int tok_utf8_put(uint32_t cp, char *o) {
 
 /* GPT-2 bytes_to_unicode: printable bytes map to themselves, the other 68 to 256 + k. */
 static int byte_printable(int b) { return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255); }
+/* The 68 other bytes, in order: 0..32 (33), 127..160 (34), 173 (1) -> 256 + k. */
 uint32_t tok_byte_to_cp(uint8_t b) {
   if (byte_printable(b)) return b;
-  int k = 0;
-  for (int i = 0; i < b; i++) k += !byte_printable(i);
-  return 256u + (uint32_t)k;
+  if (b <= 32) return 256u + b;
+  if (b >= 127 && b <= 160) return 256u + 33u + (uint32_t)(b - 127);
+  return 256u + 67u; /* 173 */
 }
 int tok_cp_to_byte(uint32_t cp) {
   if (cp < 256) return byte_printable((int)cp) ? (int)cp : -1;
   if (cp >= 256 + 68) return -1;
-  int k = (int)(cp - 256);
-  for (int b = 0; b < 256; b++)
-    if (!byte_printable(b) && k-- == 0) return b;
-  return -1;
+  uint32_t k = cp - 256;
+  if (k < 33) return (int)k;
+  if (k < 67) return (int)(127 + k - 33);
+  return 173;
 }
 
 /* ---- BPE ------------------------------------------------------------------- */
-typedef struct { int32_t rank, pos, out; } heap_ent;
+typedef struct { int32_t rank, pos, out, a, b; } heap_ent; /* pair (a, b) at pos merges to out */
 
 struct tok_work {
   int32_t *id, *prev, *next;
@@ -361,22 +362,25 @@ static void bpe_merge(const xd_tokenizer *t, tok_work *w, size_t n) {
   int32_t rank, out;
   for (size_t i = 0; i + 1 < n; i++)
     if (tok_pairmap_get(&t->merges, w->id[i], w->id[i + 1], &rank, &out))
-      heap_push(w, (heap_ent){rank, (int32_t)i, out});
+      heap_push(w, (heap_ent){rank, (int32_t)i, out, w->id[i], w->id[i + 1]});
   while (w->hn) {
     heap_ent top = heap_pop(w);
     int32_t p = top.pos;
     if (w->id[p] < 0) continue; /* merged away */
     int32_t r = w->next[p];
     if (r < 0) continue;
-    if (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out) continue;
-    w->id[p] = out;
+    /* HF's validity test: the pair now at p merges to the same token. The ids are usually
+     * unchanged (no lookup needed); otherwise look the new pair up, as HF does. */
+    if (!(w->id[p] == top.a && w->id[r] == top.b) &&
+        (!tok_pairmap_get(&t->merges, w->id[p], w->id[r], &rank, &out) || out != top.out)) continue;
+    w->id[p] = top.out;
     w->id[r] = -1;
     w->next[p] = w->next[r];
     if (w->next[r] >= 0) w->prev[w->next[r]] = p;
     if (w->prev[p] >= 0 && tok_pairmap_get(&t->merges, w->id[w->prev[p]], w->id[p], &rank, &out))
-      heap_push(w, (heap_ent){rank, w->prev[p], out});
+      heap_push(w, (heap_ent){rank, w->prev[p], out, w->id[w->prev[p]], w->id[p]});
     if (w->next[p] >= 0 && tok_pairmap_get(&t->merges, w->id[p], w->id[w->next[p]], &rank, &out))
-      heap_push(w, (heap_ent){rank, p, out});
+      heap_push(w, (heap_ent){rank, p, out, w->id[p], w->id[w->next[p]]});
   }
 }
 

@@ -8,19 +8,20 @@
 #include "tokenizer/tok_internal.h"
 
 static const struct { const char *name; tok_chat_format fmt; } FORMATS[] = {
-    {"llama3", CHAT_LLAMA3}, {"chatml", CHAT_CHATML}, {"qwen2.5", CHAT_QWEN25},
+    {"llama3", CHAT_LLAMA3}, {"llama3.1", CHAT_LLAMA31}, {"chatml", CHAT_CHATML}, {"qwen2.5", CHAT_QWEN25},
     {"qwen3", CHAT_QWEN3}, {"qwen3-nothink", CHAT_QWEN3_NOTHINK}, {"olmo2", CHAT_OLMO2},
 };
 #define N_FORMATS (sizeof FORMATS / sizeof FORMATS[0])
-#define FORMAT_NAMES "llama3, chatml, qwen2.5, qwen3, qwen3-nothink, olmo2"
+#define FORMAT_NAMES "llama3, llama3.1, chatml, qwen2.5, qwen3, qwen3-nothink, olmo2"
 
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always) {
   *fmt = CHAT_NONE;
   *gen_always = 0;
   if (strstr(tmpl, "<|start_header_id|>")) {
-    /* Llama 3.1+ templates add a dated system preamble and tool blocks: not this format */
-    if (strstr(tmpl, "Cutting Knowledge Date")) return -1;
-    *fmt = CHAT_LLAMA3;
+    /* Llama 3.1 adds a dated system preamble (fixed default date); 3.2+ date it with today's
+     * date (strftime_now), which is not reproducible: left unrecognised */
+    if (strstr(tmpl, "strftime_now")) return -1;
+    *fmt = strstr(tmpl, "Cutting Knowledge Date") ? CHAT_LLAMA31 : CHAT_LLAMA3;
     *gen_always = strstr(tmpl, "add_generation_prompt") == NULL;
   } else if (strstr(tmpl, "<|im_start|>")) {
     if (strstr(tmpl, "</think>") || strstr(tmpl, "enable_thinking")) *fmt = CHAT_QWEN3;
@@ -156,9 +157,24 @@ static int render(const xd_tokenizer *t, const xd_chat_message *m, int n, int ge
   }
   switch (t->chat) {
   case CHAT_LLAMA3:
-    for (int i = 0; i < n; i++) {
+  case CHAT_LLAMA31: {
+    int first = 0;
+    if (t->chat == CHAT_LLAMA31) {
+      /* system header always, with the template's default date and the trimmed system message */
+      if (t->bos_str) cb_str(b, t->bos_str, 0);
+      cb_str(b, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                "Today Date: 26 Jul 2024\n\n", 0);
+      if (n > 0 && !strcmp(m[0].role, "system")) {
+        size_t a, z;
+        py_trim(m[0].content, strlen(m[0].content), &a, &z);
+        cb_add(b, m[0].content + a, z - a, 0);
+        first = 1;
+      }
+      cb_str(b, "<|eot_id|>", 0);
+    }
+    for (int i = first; i < n; i++) {
       int as = !strcmp(m[i].role, "assistant");
-      if (i == 0 && t->bos_str) cb_str(b, t->bos_str, 0);
+      if (i == 0 && t->chat == CHAT_LLAMA3 && t->bos_str) cb_str(b, t->bos_str, 0);
       cb_str(b, "<|start_header_id|>", 0);
       cb_str(b, m[i].role, 0);
       cb_str(b, "<|end_header_id|>\n\n", 0);
@@ -169,6 +185,7 @@ static int render(const xd_tokenizer *t, const xd_chat_message *m, int n, int ge
     }
     if (gen || t->chat_gen_always) cb_str(b, "<|start_header_id|>assistant<|end_header_id|>\n\n", 0);
     return 0;
+  }
   case CHAT_CHATML:
   case CHAT_QWEN25:
     if (t->chat == CHAT_QWEN25 && (n == 0 || strcmp(m[0].role, "system")))
@@ -244,7 +261,7 @@ static int render(const xd_tokenizer *t, const xd_chat_message *m, int n, int ge
 
 /* Bytes of the input text covered by token id (byte-level models: one byte per character). */
 static size_t token_span(const xd_tokenizer *t, int32_t id) {
-  if (t->added_by_id[id] >= 0) return t->added[t->added_by_id[id]].len;
+  if (t->added_by_id[id] >= 0) return t->added[t->added_by_id[id]].match_len;
   const char *s = t->tok_str[id];
   size_t len = t->tok_len[id], n = 0;
   for (size_t i = 0; i < len;) {

@@ -105,11 +105,13 @@ typedef struct tok_dec {
 typedef struct {
   char *content;
   size_t len;
+  char *match;          /* what is matched: content, or normalized content when normalized */
+  size_t match_len;
   int32_t id;
   int special, lstrip, rstrip, normalized, single_word;
 } tok_added;
 
-typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_QWEN3_NOTHINK, CHAT_OLMO2 } tok_chat_format;
+typedef enum { CHAT_NONE = 0, CHAT_LLAMA3, CHAT_LLAMA31, CHAT_CHATML, CHAT_QWEN25, CHAT_QWEN3, CHAT_QWEN3_NOTHINK, CHAT_OLMO2 } tok_chat_format;
 
 struct xd_tokenizer {
   char *path;                  /* tokenizer.json path, for messages */
@@ -123,6 +125,7 @@ struct xd_tokenizer {
   tok_strmap raw_vocab;        /* byte_level: raw bytes -> id */
   int32_t byte_id[256];        /* byte_level: id of each single byte, -1 if absent */
   int ignore_merges, byte_fallback, fuse_unk;
+  int meta_split;              /* words may be cut before each "\u2581" that follows another char (see load) */
   int32_t unk_id;              /* -1 if none */
   int32_t byte_fb_id[256];     /* byte_fallback: id of "<0xXX>", -1 if absent */
   char *cont_prefix, *eow_suffix;
@@ -132,7 +135,10 @@ struct xd_tokenizer {
   int n_added;
   int32_t *added_by_id;        /* id -> index in added, -1 (size n_ids) */
   int any_normalized_added;
-  uint8_t added_first[256];    /* 1 if some added token starts with this byte */
+  /* added tokens grouped by the first byte of their match string: indices
+   * added_order[added_start[b] .. added_start[b + 1]) start with byte b */
+  int *added_order;
+  int added_start[257];
   /* pipeline */
   tok_norm *norm;              /* NULL = none */
   tok_pre *pre;

@@ -130,7 +130,7 @@ static int json_pattern(const cJSON *p, const char *path, const char *what, char
 }
 static const char *json_type(const cJSON *o) {
   const char *t = json_str(o, "type");
-  return t ? t : "";
+  return t ? t : "(missing type)";
 }
 
 /* ---- component parsing --------------------------------------------------------- */
@@ -152,8 +152,8 @@ static int norm_parse(tok_norm *n, const cJSON *j, const char *path, xd_err *e) 
   else if (!strcmp(ty, "Lowercase")) n->kind = NORM_LOWERCASE;
   else if (!strcmp(ty, "Strip")) {
     n->kind = NORM_STRIP;
-    n->strip_left = json_bool(j, "left", 1);
-    n->strip_right = json_bool(j, "right", 1);
+    n->strip_left = json_bool(j, "strip_left", json_bool(j, "left", 1));
+    n->strip_right = json_bool(j, "strip_right", json_bool(j, "right", 1));
   } else if (!strcmp(ty, "Prepend")) {
     n->kind = NORM_PREPEND;
     const char *p = json_str(j, "prepend");
@@ -405,8 +405,8 @@ void xd_tokenizer_free(xd_tokenizer *t) {
   tok_strmap_free(&t->vocab);
   tok_strmap_free(&t->raw_vocab);
   tok_pairmap_free(&t->merges);
-  for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
-  free(t->added); free(t->added_by_id);
+  for (int i = 0; i < t->n_added; i++) { free(t->added[i].content); free(t->added[i].match); }
+  free(t->added); free(t->added_by_id); free(t->added_order);
   free(t->cont_prefix); free(t->eow_suffix);
   norm_free(t->norm); free(t->norm);
   pre_free(t->pre); free(t->pre);
@@ -460,6 +460,11 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
       return xd_errf(e, "%s: added_tokens: each entry needs a non-empty \"content\" and an integer \"id\"", path);
     if (v > max_id) max_id = v;
   }
+  /* ids index dense tables: refuse sparse ids that would make them huge (real files are dense) */
+  int64_t n_entries = (int64_t)n_vocab + (added ? cJSON_GetArraySize(added) : 0);
+  if (max_id >= (1 << 24) || max_id > 16 * n_entries + 4096)
+    return xd_errf(e, "%s: token ids up to %lld for %lld tokens: ids must be dense and below 2^24", path,
+                   (long long)max_id, (long long)n_entries);
   t->n_ids = (int32_t)(max_id + 1);
   t->tok_str = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_str);
   t->tok_len = xd_calloc((size_t)t->n_ids + 1, sizeof *t->tok_len);
@@ -547,7 +552,6 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
     a->normalized = json_bool(it, "normalized", !a->special);
     a->single_word = json_bool(it, "single_word", 0);
     t->any_normalized_added |= a->normalized;
-    t->added_first[(uint8_t)c[0]] = 1;
     t->added_by_id[a->id] = k;
     k++;
   }
@@ -555,6 +559,25 @@ static int load_model(xd_tokenizer *t, const cJSON *model, const cJSON *added, x
 }
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e);
+
+/* SentencePiece-style vocabularies (Llama 2, Mistral) have no pre-tokenizer, so a whole text is one
+ * BPE word. When no vocab token holds "\u2581" right after another character, no merge can join
+ * across such a spot, so cutting the word there gives the same tokens — and short, cacheable
+ * words. Only without ignore_merges / prefixes / suffixes (they look at whole words). */
+static void set_meta_split(xd_tokenizer *t) {
+  static const char MS[] = "\xE2\x96\x81";
+  int32_t id;
+  if (t->byte_level || t->ignore_merges || t->cont_prefix || t->eow_suffix || !tok_strmap_get(&t->vocab, MS, 3, &id)) return;
+  for (int32_t i = 0; i < t->n_ids; i++) {
+    const char *v = t->tok_str[i];
+    if (!v) continue;
+    for (const char *q = strstr(v, MS); q; q = strstr(q + 3, MS))
+      if (q > v && !(q - v >= 3 && !memcmp(q - 3, MS, 3))) return;
+  }
+  t->meta_split = 1;
+}
+static int added_match_strings(xd_tokenizer *t, xd_err *e);
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e);
 
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   *out = NULL;
@@ -575,13 +598,26 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
   char *text = NULL;
   size_t size;
   if (xd_read_file(json_path, TOK_MAX_FILE, &text, &size, e)) { free(json_path); free(cfg_path); return -1; }
+  int rc = load_common(out, json_path, cfg_path, text, size, e);
+  free(text);
+  return rc;
+}
+
+int xd_tokenizer_load_json(xd_tokenizer **out, const char *json, size_t len, const char *name, xd_err *e) {
+  *out = NULL;
+  return load_common(out, xd_strdup(name ? name : "<memory>"), NULL, json, len, e);
+}
+
+/* json_path (owned) names the source in messages; cfg_path (owned, may be NULL) is the
+ * optional tokenizer_config.json. */
+static int load_common(xd_tokenizer **out, char *json_path, char *cfg_path, const char *text, size_t size, xd_err *e) {
   xd_tokenizer *t = xd_calloc(1, sizeof *t);
   t->path = json_path;
   t->bos_id = t->eos_id = -1;
   int rc = -1;
-  cJSON *root = cJSON_ParseWithLength(text, size);
+  const char *ep = NULL; /* parse end from the call itself: cJSON_GetErrorPtr is global state */
+  cJSON *root = cJSON_ParseWithLengthOpts(text, size, &ep, 0);
   if (!root) {
-    const char *ep = cJSON_GetErrorPtr();
     size_t off = (ep && ep >= text && ep <= text + size) ? (size_t)(ep - text) : 0;
     xd_errf(e, "%s: invalid JSON near byte %zu", json_path, off);
     goto done;
@@ -605,6 +641,7 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
     t->dec = xd_calloc(1, sizeof *t->dec);
     if (dec_parse(t->dec, j, json_path, e)) goto done;
   }
+  if (added_match_strings(t, e)) goto done;
   int last_ok = 0;
   if (pre_has_bytelevel(t->pre, &last_ok)) {
     if (!last_ok) { xd_errf(e, "%s: pre_tokenizer: ByteLevel must be the last pre-tokenizer", json_path); goto done; }
@@ -628,11 +665,11 @@ int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e) {
       if (!tok_strmap_get(&t->vocab, s, (size_t)l, &t->byte_id[b])) t->byte_id[b] = -1;
     }
   }
+  set_meta_split(t);
   if (load_config(t, cfg_path, e)) goto done;
   rc = 0;
 done:
   cJSON_Delete(root);
-  free(text);
   free(cfg_path);
   if (rc) { xd_tokenizer_free(t); return -1; }
   *out = t;
@@ -649,8 +686,8 @@ static char *config_token(const cJSON *cfg, const char *key) {
 int tok_detect_chat(const char *tmpl, tok_chat_format *fmt, int *gen_always);
 
 static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
-  t->cfg_path = xd_strdup(cfg_path);
-  if (xd_file_exists(cfg_path)) {
+  t->cfg_path = xd_strdup(cfg_path ? cfg_path : "tokenizer_config.json");
+  if (cfg_path && xd_file_exists(cfg_path)) {
     char *text;
     size_t size;
     if (xd_read_file(cfg_path, 64u << 20, &text, &size, e)) return -1;
@@ -849,15 +886,19 @@ static void apply_behavior(const tok_piece *p, tok_spans *sp, tok_split_behavior
 }
 
 static int pred_eq(uint32_t cp, const void *arg) { return cp == *(const uint32_t *)arg; }
-static int pred_digit(uint32_t cp, const void *arg) { (void)arg; return cp >= '0' && cp <= '9'; }
+/* Rust char::is_numeric (categories Nd, Nl, No), what HF's Digits pre-tokenizer splits on */
+static int pred_digit(uint32_t cp, const void *arg) {
+  (void)arg;
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)cp);
+  return k == UTF8PROC_CATEGORY_ND || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+}
 static int pred_space(uint32_t cp, const void *arg) { (void)arg; return cp_is_space(cp); }
 
 static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces *out) {
   out->n = 0;
   if (pre->kind == PRE_SEQUENCE) {
     tok_pieces a = {0}, b = {0};
-    pieces_push(&a, NULL, 0, 0);
-    a.n = 0;
     for (size_t i = 0; i < in->n; i++) pieces_push(&a, in->p[i].s, in->p[i].len, in->p[i].origin0);
     for (int k = 0; k < pre->n_items; k++) {
       if (pre_apply(c, &pre->items[k], &a, &b)) { free(a.p); free(b.p); return -1; }
@@ -920,24 +961,10 @@ static int pre_apply(tok_ctx *c, const tok_pre *pre, tok_pieces *in, tok_pieces 
       break;
     case PRE_WHITESPACE_SPLIT:
       char_spans(pred_space, NULL, p.s, p.len, &c->spans);
-      apply_behavior(&p, &c->spans, SPLIT_CONTIGUOUS, 0, out);
-      /* drop the whitespace runs */
-      {
-        size_t w = out->n;
-        (void)w;
-      }
+      apply_behavior(&p, &c->spans, SPLIT_REMOVED, 0, out);
       break;
     case PRE_SEQUENCE: break;
     }
-  }
-  if (pre->kind == PRE_WHITESPACE_SPLIT) { /* Removed: keep non-whitespace pieces */
-    size_t w = 0;
-    for (size_t i = 0; i < out->n; i++) {
-      uint32_t cp;
-      tok_utf8_next(out->p[i].s, out->p[i].len, &cp);
-      if (!cp_is_space(cp)) out->p[w++] = out->p[i];
-    }
-    out->n = w;
   }
   return 0;
 }
@@ -966,12 +993,14 @@ static int norm_apply(tok_ctx *c, const tok_norm *nm, const char **s, size_t *le
     return 0;
   }
   case NORM_LOWERCASE: {
-    char *b = arena_alloc(&c->arena, *len * 2 + 4);
+    char *b = arena_alloc(&c->arena, *len * 3 + 4);
     size_t n = 0;
     for (size_t i = 0; i < *len;) {
       uint32_t cp;
       i += (size_t)tok_utf8_next(*s + i, *len - i, &cp);
-      n += (size_t)tok_utf8_put((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), b + n);
+      /* Rust char::to_lowercase: U+0130 is the one unconditional multi-char mapping */
+      if (cp == 0x130) { n += (size_t)tok_utf8_put('i', b + n); n += (size_t)tok_utf8_put(0x307, b + n); }
+      else n += (size_t)tok_utf8_put((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), b + n);
     }
     *s = b; *len = n;
     return 0;
@@ -1016,16 +1045,19 @@ static void added_spans(const xd_tokenizer *t, int normalized, const char *s, si
   out->n = 0;
   size_t prev = 0, i = 0;
   while (i < len) {
-    if (!t->added_first[(uint8_t)s[i]]) { i++; continue; }
+    uint8_t b0 = (uint8_t)s[i];
+    if (t->added_start[b0] == t->added_start[b0 + 1]) { i++; continue; }
     int best = -1;
-    for (int k = 0; k < t->n_added; k++) {
+    for (int q = t->added_start[b0]; q < t->added_start[b0 + 1]; q++) {
+      int k = t->added_order[q];
       const tok_added *a = &t->added[k];
-      if (a->normalized != normalized || a->len > len - i || (best >= 0 && a->len <= t->added[best].len)) continue;
-      if (!memcmp(s + i, a->content, a->len)) best = k;
+      if (a->normalized != normalized || !a->match_len || a->match_len > len - i ||
+          (best >= 0 && a->match_len <= t->added[best].match_len)) continue;
+      if (!memcmp(s + i, a->match, a->match_len)) best = k;
     }
     if (best < 0) { i++; continue; }
     const tok_added *a = &t->added[best];
-    size_t ms = i, me = i + a->len;
+    size_t ms = i, me = i + a->match_len;
     if (a->single_word) {
       int ok_l = ms == 0 || !cp_is_word(cp_before(s, ms));
       uint32_t cp = 0;
@@ -1056,7 +1088,17 @@ static int encode_text(tok_ctx *c, const char *s, size_t len, int origin0) {
     pieces_push(&in, s + sp.s, sp.e - sp.s, origin0 && sp.s == 0);
     tok_pieces *fin = &in;
     if (t->pre) { rc = pre_apply(c, t->pre, &in, &out); fin = &out; }
-    for (size_t i = 0; !rc && i < fin->n; i++) tok_bpe_word(t, c->w, fin->p[i].s, fin->p[i].len, &c->ids, &c->n, &c->cap);
+    for (size_t i = 0; !rc && i < fin->n; i++) {
+      const char *w = fin->p[i].s;
+      size_t wl = fin->p[i].len, a = 0;
+      if (t->meta_split) /* cut before each "\u2581" that follows another character */
+        for (size_t q = 1; q + 3 <= wl; q++)
+          if (!memcmp(w + q, "\xE2\x96\x81", 3) && !(q >= 3 && !memcmp(w + q - 3, "\xE2\x96\x81", 3))) {
+            tok_bpe_word(t, c->w, w + a, q - a, &c->ids, &c->n, &c->cap);
+            a = q;
+          }
+      tok_bpe_word(t, c->w, w + a, wl - a, &c->ids, &c->n, &c->cap);
+    }
   }
   free(in.p); free(out.p); free(nsp.v);
   return rc;
@@ -1072,8 +1114,37 @@ static void post_apply(const tok_post *p, int32_t **ids, size_t *n, size_t *cap)
     if (p->single[i] >= 0) tok_push_id(ids, n, cap, p->single[i]);
     else for (size_t k = 0; k < on; k++) tok_push_id(ids, n, cap, old[k]);
   }
-  if (!*ids) tok_push_id(ids, n, cap, 0), *n = 0;
   free(old);
+}
+
+/* HF matches normalized added tokens by their content passed through the normalizer. */
+static int added_match_strings(xd_tokenizer *t, xd_err *e) {
+  tok_ctx c = {0};
+  c.t = t; c.e = e;
+  c.md = pcre2_match_data_create(4, NULL);
+  int rc = 0;
+  for (int i = 0; i < t->n_added && !rc; i++) {
+    tok_added *a = &t->added[i];
+    const char *s = a->content;
+    size_t len = a->len;
+    if (a->normalized && t->norm) rc = norm_apply(&c, t->norm, &s, &len);
+    if (rc) break;
+    a->match = xd_malloc(len + 1);
+    memcpy(a->match, s, len);
+    a->match[len] = 0;
+    a->match_len = len;
+  }
+  /* group by first byte (counting sort; empty match strings never match) */
+  t->added_order = xd_malloc(((size_t)t->n_added + 1) * sizeof *t->added_order);
+  int cnt[257] = {0};
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) cnt[(uint8_t)t->added[i].match[0] + 1]++;
+  for (int b = 0; b < 256; b++) cnt[b + 1] += cnt[b];
+  memcpy(t->added_start, cnt, sizeof cnt);
+  for (int i = 0; i < t->n_added; i++) if (t->added[i].match_len) t->added_order[cnt[(uint8_t)t->added[i].match[0]]++] = i;
+  free(c.spans.v); free(c.spans2.v);
+  arena_free(&c.arena);
+  pcre2_match_data_free(c.md);
+  return rc;
 }
 
 int xd_tokenizer_encode(const xd_tokenizer *t, const char *text, size_t len, int add_special, int32_t **ids,
@@ -1136,14 +1207,14 @@ static tok_str lossy_own(char *b, size_t n) {
   return (tok_str){f, m};
 }
 
-static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out) {
+static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_strs *out, xd_err *e) {
   out->n = 0;
   switch (d->kind) {
   case DEC_SEQUENCE: {
     tok_strs a = *in, b = {0};
     *in = (tok_strs){0};
     for (int i = 0; i < d->n_items; i++) {
-      if (dec_apply(t, &d->items[i], &a, &b)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
+      if (dec_apply(t, &d->items[i], &a, &b, e)) { strs_clear(&a); free(a.v); strs_clear(&b); free(b.v); return -1; }
       strs_clear(&a);
       tok_strs tmp = a; a = b; b = tmp;
     }
@@ -1251,20 +1322,15 @@ static int dec_apply(const xd_tokenizer *t, const tok_dec *d, tok_strs *in, tok_
       const tok_str *s = &in->v[i];
       tok_spans sp = {0};
       if (d->re) {
-        /* decoder regexes are rare; a throwaway context keeps the decoder independent */
-        pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-        size_t prev = 0, off = 0;
-        while (off <= s->len) {
-          int rc = pcre2_match(d->re, (PCRE2_SPTR)s->s, s->len, off, 0, md, NULL);
-          if (rc < 0) break;
-          PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-          if (ov[0] != prev) spans_push(&sp, prev, ov[0], 0);
-          spans_push(&sp, ov[0], ov[1], 1);
-          prev = ov[1];
-          off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
-        }
-        if (prev != s->len) spans_push(&sp, prev, s->len, 0);
-        pcre2_match_data_free(md);
+        tok_ctx c = {0};
+        c.t = t; c.e = e;
+        c.md = pcre2_match_data_create(4, NULL);
+        c.mctx = pcre2_match_context_create(NULL);
+        int rc = regex_spans(&c, d->re, s->s, s->len, &sp);
+        if (c.jit) pcre2_jit_stack_free(c.jit);
+        pcre2_match_context_free(c.mctx);
+        pcre2_match_data_free(c.md);
+        if (rc) { free(sp.v); return -1; }
       } else {
         literal_spans(d->pat, d->pat_len, s->s, s->len, &sp);
       }
@@ -1296,7 +1362,7 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
     if (t->added_by_id[id] >= 0) {
       const tok_added *a = &t->added[t->added_by_id[id]];
       if (skip_special && a->special) continue;
-      s = a->content; l = a->len;
+      s = a->match; l = a->match_len; /* HF: normalized added tokens decode to their normalized form */
     } else if (t->tok_str[id]) {
       s = t->tok_str[id]; l = t->tok_len[id];
     } else {
@@ -1306,7 +1372,7 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   }
   tok_strs *fin = &toks;
   if (t->dec) {
-    if (dec_apply(t, t->dec, &toks, &out)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
+    if (dec_apply(t, t->dec, &toks, &out, e)) { strs_clear(&toks); free(toks.v); strs_clear(&out); free(out.v); return -1; }
     fin = &out;
   }
   size_t total = 0;
@@ -1321,7 +1387,6 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
   b[m] = 0;
   strs_clear(&toks); free(toks.v);
   strs_clear(&out); free(out.v);
-  (void)e;
   *text = b;
   *len = m;
   return 0;

@@ -10,6 +10,10 @@ typedef struct xd_tokenizer xd_tokenizer;
  * tokenizer.json file. */
 int xd_tokenizer_load(xd_tokenizer **out, const char *path, xd_err *e);
 void xd_tokenizer_free(xd_tokenizer *t);
+/* Added: load from tokenizer.json text in memory (no tokenizer_config.json: no chat template,
+ * bos/eos guessed from the post-processor and the usual end-of-text tokens). name is used in
+ * error messages. */
+int xd_tokenizer_load_json(xd_tokenizer **out, const char *json, size_t len, const char *name, xd_err *e);
 
 /* Encode UTF-8 (or arbitrary bytes) text. add_special: apply the post-processor (e.g. BOS),
  * as HF `encode(text, add_special_tokens=True)`. *ids is heap-allocated (caller frees). */
@@ -39,8 +43,9 @@ typedef struct {
 /* Render messages to ids; mask[i] = 1 for tokens of assistant replies (the loss mask), 0
  * otherwise. add_generation_prompt appends the assistant header. Both arrays heap-allocated. */
 /* Added: name the chat format explicitly when tokenizer_config.json has no template or one that
- * is not recognised: "llama3", "chatml", "qwen2.5", "qwen3" or "olmo2" (CLI convention:
- * a `--chat-format NAME` flag passed here). Returns -1 with a message listing the names. */
+ * is not recognised: "llama3", "llama3.1", "chatml", "qwen2.5", "qwen3", "qwen3-nothink" or "olmo2"
+ * (CLI convention: a `--chat-format NAME` flag passed here). Returns -1 with a message listing
+ * the names. See docs/tokenizer.md for what each renders and what the loss mask covers. */
 int xd_tokenizer_set_chat_format(xd_tokenizer *t, const char *name, xd_err *e);
 /* The chat format in use ("llama3", ...), or NULL if none was recognised or set. */
 const char *xd_tokenizer_chat_format(const xd_tokenizer *t);

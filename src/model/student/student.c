@@ -147,13 +147,14 @@ int xd_student_load(xd_student *s, const char *dir, xd_student_mode mode, xd_err
     xd_params_alloc(&s->params);
     xd_safetensors st;
     rc = xd_st_open(&st, dir, e);
+    const int opened = rc == 0;
     for (int i = 0; rc == 0 && i < tb.n; i++) {
       const tensor_slot *t = &tb.t[i];
       *t->w = xd_params_data(&s->params, idx[i]);
       *t->g = xd_params_grad(&s->params, idx[i]);
       rc = xd_st_load_f32(&st, t->name, t->ndim, t->shape, *t->w, e);
     }
-    if (rc == 0) xd_st_close(&st);
+    if (opened) xd_st_close(&st);
     if (c->tie_embeddings) { s->base.lm_head = s->base.embed; s->gbase.lm_head = s->gbase.embed; }
   }
   free(idx);

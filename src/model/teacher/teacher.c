@@ -153,10 +153,13 @@ void xd_rope_tables_update(xd_rope_tables *r, const xd_model_config *c, int seq_
   XD_CHECK(seq_len <= r->n_pos);
   const int dynamic = c->rope[0].kind == XD_ROPE_DYNAMIC || c->rope[1].kind == XD_ROPE_DYNAMIC;
   if (r->seq_len >= 0 && (!dynamic || r->seq_len == seq_len)) return;
+  /* dynamic: only positions < seq_len are read until the next update (decoding rebuilds the
+   * table every step, so keep that O(seq_len)) */
+  const int n = dynamic ? seq_len : r->n_pos;
   for (int i = 0; i < 2; i++) {
     float scaling;
     rope_inv_freq(&c->rope[i], c->head_dim, c->max_pos, seq_len, r->inv_freq, &scaling);
-    rope_table(r->cos[i], r->sin[i], r->inv_freq, scaling, r->n_pos, r->half);
+    rope_table(r->cos[i], r->sin[i], r->inv_freq, scaling, n, r->half);
   }
   r->seq_len = seq_len;
 }

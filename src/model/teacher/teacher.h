@@ -57,7 +57,7 @@ typedef struct {
 } xd_rope_tables;
 void xd_rope_tables_alloc(xd_rope_tables *r, const xd_model_config *c, int n_pos);
 /* (Re)build for sequence length seq_len (<= n_pos); a no-op unless the tables are stale (only
- * dynamic NTK depends on seq_len). */
+ * dynamic NTK depends on seq_len, and then only positions < seq_len are valid afterwards). */
 void xd_rope_tables_update(xd_rope_tables *r, const xd_model_config *c, int seq_len);
 void xd_rope_tables_free(xd_rope_tables *r);
 

@@ -1,0 +1,89 @@
+/* Model runner: a teacher (HF checkpoint) or a hybrid student checkpoint behind one interface,
+ * for `forward`, `generate` and `eval`.
+ *  - xd_runner_forward: full-sequence logits (teacher: xd_teacher_forward; student:
+ *    xd_student_forward).
+ *  - xd_decoder: incremental decoding of one sequence (teacher: KV cache; student: the
+ *    constant-memory recurrent state, xd_student_step); feed a prompt, then one token at a time.
+ *  - xd_runner_generate: greedy or sampled generation with EOS / stop strings and a streaming
+ *    text callback that only ever receives complete UTF-8 characters.
+ *  - xd_runner_lm: the model as an xd_lm (eval/lm.h): log-likelihoods through the evaluator's
+ *    logits adaptor (eval/lm_logits.h) over xd_runner_forward, generation through xd_decoder. */
+#ifndef XD_EVAL_RUNNER_H
+#define XD_EVAL_RUNNER_H
+#include "eval/lm.h"
+#include "eval/lm_logits.h"
+#include "eval/sample.h"
+#include "model/student/student.h"
+#include "model/teacher/teacher.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+  int is_student;
+  xd_teacher teacher;     /* when !is_student */
+  xd_student student;     /* when is_student */
+  xd_model_config cfg;    /* copy of the model's config */
+  xd_tokenizer *tok;      /* NULL when the model has no tokenizer */
+  char *name;             /* the model directory */
+  /* full-forward scratch, sized for the last (B, T) */
+  int acts_B, acts_T;
+  xd_teacher_acts ta;
+  xd_core_acts ca;
+  xd_logits_model lm_src; /* backing store for xd_runner_lm */
+} xd_runner;
+
+enum { XD_TOK_SKIP = 0, XD_TOK_REQUIRED = 1, XD_TOK_OPTIONAL = 2 };
+/* Load dir (a student if xd_is_student_dir, else a teacher). tok_mode: XD_TOK_SKIP loads no
+ * tokenizer (ids-only use); otherwise tokenizer (a tokenizer.json file or a directory), or when
+ * NULL dir's tokenizer.json if present, is loaded; XD_TOK_REQUIRED fails when there is none. */
+int xd_runner_load(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, xd_err *e);
+void xd_runner_free(xd_runner *r);
+/* 1 if id is one of the config's eos_token_id(s) or the tokenizer's EOS. */
+int xd_runner_is_eos(const xd_runner *r, int32_t id);
+/* ids [B,T] -> logits [B,T,V]. */
+int xd_runner_forward(xd_runner *r, const int32_t *ids, int B, int T, float *logits, xd_err *e);
+
+typedef struct {
+  xd_runner *r;
+  int cap;                /* teacher: KV capacity in tokens */
+  int max_prefill;        /* teacher: rows of the activations (longest single feed) */
+  int len;                /* tokens fed so far */
+  xd_kv_cache kv;
+  xd_teacher_acts ta;
+  xd_student_state st;
+} xd_decoder;
+/* cap: total tokens the sequence may reach (teacher KV cache; the student ignores it);
+ * max_prefill: the longest single feed. */
+void xd_decoder_init(xd_decoder *d, xd_runner *r, int cap, int max_prefill);
+void xd_decoder_free(xd_decoder *d);
+/* Feed ids[n] (n >= 1) and get the logits of the last one [V]. */
+int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_err *e);
+
+typedef struct {
+  int max_new;                /* tokens to generate at most */
+  int stop_at_eos;            /* stop (without emitting it) at an EOS id */
+  const char *const *stops;   /* stop strings (need the tokenizer); output is cut before the first */
+  size_t n_stops;
+  size_t max_total;           /* 0: none; else stop when prompt + generated reaches it */
+  xd_sample_params sp;        /* temperature 0 = greedy */
+  uint64_t seed;
+  /* streaming: called with each new piece of complete UTF-8 text (needs the tokenizer) */
+  void (*on_text)(const char *s, size_t n, void *user);
+  void *user;
+} xd_gen_options;
+void xd_gen_options_default(xd_gen_options *o); /* greedy, 64 new tokens, stop at EOS */
+
+/* Generate from prompt[n_prompt] (n_prompt >= 1). Out (each may be NULL): *out_ids / *n_ids the
+ * generated ids (EOS excluded; heap), *out_text their text cut before the first stop string (heap;
+ * needs the tokenizer), *stop_reason "eos", "stop", "length". */
+int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, const xd_gen_options *o,
+                       int32_t **out_ids, size_t *n_ids, char **out_text, const char **stop_reason, xd_err *e);
+
+/* Streaming detokenizer rule: how many leading bytes of the decoded generation text[len] can
+ * be shown now. Held back: trailing U+FFFD (a character whose other bytes may come with the next
+ * token), an incomplete UTF-8 tail, and the longest tail that is a proper prefix of a stop
+ * string. The caller emits text[emitted..safe) and flushes the rest at the end. */
+size_t xd_stream_safe_len(const char *text, size_t len, const char *const *stops, size_t n_stops);
+
+/* Fill *lm (needs the tokenizer); r must outlive lm. batch: requests per call (>= 1). */
+int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e);
+#endif

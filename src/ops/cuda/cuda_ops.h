@@ -108,6 +108,66 @@ int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const 
                                     const float *v, const float *ig, const float *fg, const mlstm_state *init,
                                     mlstm_state *final, float *h, xd_err *e);
 
+
+/* ==== student ops, part 2 (branch cudaops): mLSTM backward, feature maps, gates, mix ========
+ * fp32 storage and math throughout (the twins of the fp32 CPU ops in src/ops/cpu); every
+ * backward ACCUMULATES (+=) into its gradients like the CPU op (the caller zeroes them).
+ * Reductions over tokens (dP, dw, db) are split into fixed partial sums added in a fixed
+ * order: results are deterministic (no atomics). Scratch comes from cudaMallocAsync on the
+ * context's stream (pooled by the driver after the first call). */
+#include "ops/cpu/feature_map.h" /* feature_map_shape */
+#include "ops/cpu/gates.h"       /* gates_shape */
+#include "ops/cpu/mix.h"         /* mix_shape */
+
+/* The chunkwise forward that also fills the boundary-state buffer the backward needs: bound
+ * (NULL = not wanted) holds mlstm_boundary_size(cfg) floats, the state at the START of every
+ * chunk in the CPU layout (C [B*H, NC, P, D], then n [B*H, NC, P], then m [B*H, NC]).
+ * Otherwise exactly xd_cuda_mlstm_chunkwise_forward (which is this with bound = NULL). */
+int xd_cuda_mlstm_chunkwise_forward_bound(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                          const float *v, const float *ig, const float *fg, const mlstm_state *init,
+                                          mlstm_state *final, float *bound, float *h, xd_err *e);
+
+/* Exact chunkwise backward (the twin of mlstm_chunkwise_backward, docs/mlstm.md section 3):
+ * inputs and bound as given to / filled by the forward with the same cfg (chunk included);
+ * dh [B,T,H,D]; accumulates into dqf [B,T,H,P], dkf [B,T,G,P], dv [B,T,G,D], dig, dfg [B,T,H].
+ * Like the CPU op, the initial state is a constant (its content is already in bound) and the
+ * final state carries no gradient. Needs P <= 128, D <= 128, chunk <= 64 (and the shared
+ * memory that takes: P = 128, D = 64, L = 64 uses ~172 KB per block).
+ * Schedule (all deterministic): (1) one block per (b, h, chunk) recomputes the chunk from its
+ * boundary state and does everything that needs only that state (normaliser, intra-chunk
+ * scores, the read of the carried state: dQ, the intra parts of dK/dV, dC/dn contributions);
+ * (2) a scan over chunks per (b, h, state slice) builds dL/d(state at each chunk end);
+ * (3) one block per (b, h, chunk) adds the chunk-end state terms to dK/dV; (4) with GQA the
+ * per-head dK/dV are summed over the group in head order; (5) the stabiliser and forget-gate
+ * cumsums backwards through time (one block per head, double precision as on the CPU).
+ * Scratch: B*H*NC*(P*D + P) floats, B*H*T*(3 doubles + 1 byte), and with H > G the per-head
+ * dK/dV B*H*T*(P + D) floats (~170 MB at B*H = 32, T = 4096, P = 128, D = 64). */
+int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                     const float *v, const float *ig, const float *fg, const float *bound,
+                                     const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
+                                     xd_err *e);
+
+/* Feature map (feature_map_forward / _backward; plain softmax(xP) or hedgehog). fp32. */
+int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,
+                                const feature_map_shape *s, xd_err *e);
+int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP, const float *dphi, const float *x,
+                                 const float *P, const float *phi, const feature_map_shape *s, xd_err *e);
+/* Gate pre-activations with the optional soft cap (gates_forward / _backward). fp32. */
+int xd_cuda_gates_forward(xd_cuda_ctx *c, float *ig, float *fg, const float *x, const float *w_i, const float *b_i,
+                          const float *w_f, const float *b_f, const gates_shape *s, xd_err *e);
+int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, float *db_i, float *dw_f, float *db_f,
+                           const float *dig, const float *dfg, const float *x, const float *w_i, const float *w_f,
+                           const float *ig, const float *fg, const gates_shape *s, xd_err *e);
+/* Mixing gate (mix_forward / _backward). fp32. */
+int xd_cuda_mix_forward(xd_cuda_ctx *c, float *out, float *o, const float *q_raw, const float *k_raw,
+                        const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                        const float *h_local, const mix_shape *s, xd_err *e);
+int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o, float *db_o,
+                         float *dh_global, float *dh_local, const float *dout, const float *o, const float *q_raw,
+                         const float *k_raw, const float *v_raw, const float *w_o, const float *h_global,
+                         const float *h_local, const mix_shape *s, xd_err *e);
+/* ==== end of student ops, part 2 ============================================================ */
+
 #ifdef __cplusplus
 }
 #endif

@@ -21,6 +21,7 @@ struct mlstm_args {
   const float *C0, *n0, *m0; /* NULL: zero state */
   float *C1, *n1, *m1;       /* NULL: not wanted */
   float *h;
+  float *bound; /* NULL, or the states at every chunk start (mlstm_boundary_size layout) */
 };
 
 static size_t mlstm_smem_bytes(int P, int L) {
@@ -61,8 +62,22 @@ __global__ void __launch_bounds__(MLSTM_THREADS) k_mlstm_chunkwise_fwd(mlstm_arg
   if (tid == 0) m_prev_sh = a.m0 ? (double)a.m0[bh] : 0.0;
   __syncthreads();
 
+  const int NC = (a.T + L - 1) / L;
   for (int t0 = 0; t0 < a.T; t0 += L) {
     const int len = min(L, a.T - t0);
+    if (a.bound) {
+      /* The state at the start of this chunk, in the CPU layout: C [BH, NC, P, D], then
+       * n [BH, NC, P], then m [BH, NC]. Each slice writes its columns of C; slice 0 n and m. */
+      const size_t BH = (size_t)a.B * a.H, ci = (size_t)bh * NC + t0 / L, PD = (size_t)P * a.D;
+      for (int i = tid; i < P * MLSTM_DT; i += blockDim.x) {
+        const int p = i / MLSTM_DT, dc = i % MLSTM_DT;
+        if (dc < dt) a.bound[ci * PD + (size_t)p * a.D + d0 + dc] = Cs[i];
+      }
+      if (blockIdx.y == 0) {
+        for (int p = tid; p < P; p += blockDim.x) a.bound[BH * NC * PD + ci * P + p] = ns[p];
+        if (tid == 0) a.bound[BH * NC * (PD + P) + ci] = (float)m_prev_sh;
+      }
+    }
     /* Load the chunk: Q (this head), K and the V slice (its KV head). */
     for (int i = tid; i < len * P; i += blockDim.x) {
       const int j = i / P, p = i % P;
@@ -165,6 +180,13 @@ __global__ void __launch_bounds__(MLSTM_THREADS) k_mlstm_chunkwise_fwd(mlstm_arg
 extern "C" int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf,
                                                const float *kf, const float *v, const float *ig, const float *fg,
                                                const mlstm_state *init, mlstm_state *final, float *h, xd_err *e) {
+  return xd_cuda_mlstm_chunkwise_forward_bound(c, cfg, qf, kf, v, ig, fg, init, final, NULL, h, e);
+}
+
+extern "C" int xd_cuda_mlstm_chunkwise_forward_bound(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf,
+                                                     const float *kf, const float *v, const float *ig,
+                                                     const float *fg, const mlstm_state *init, mlstm_state *final,
+                                                     float *bound, float *h, xd_err *e) {
   XD_ARG(cfg->B > 0 && cfg->T > 0 && cfg->H > 0 && cfg->G > 0 && cfg->H % cfg->G == 0);
   XD_ARG(cfg->P > 0 && cfg->P <= 128 && cfg->D > 0 && cfg->D <= 256 && cfg->chunk >= 1 && cfg->chunk <= 64);
   XD_ARG(!init || (init->C && init->n && init->m));
@@ -174,7 +196,7 @@ extern "C" int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *
   a.norm = (int)cfg->norm;
   a.eps = (float)cfg->eps;
   a.s = (float)(1.0 / sqrt((double)cfg->P));
-  a.qf = qf, a.kf = kf, a.v = v, a.ig = ig, a.fg = fg, a.h = h;
+  a.qf = qf, a.kf = kf, a.v = v, a.ig = ig, a.fg = fg, a.h = h, a.bound = bound;
   a.C0 = init ? init->C : NULL, a.n0 = init ? init->n : NULL, a.m0 = init ? init->m : NULL;
   a.C1 = final ? final->C : NULL, a.n1 = final ? final->n : NULL, a.m1 = final ? final->m : NULL;
   const int n_slices = (cfg->D + MLSTM_DT - 1) / MLSTM_DT;

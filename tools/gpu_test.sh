@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # GPU check + benchmark, ONE script for one call on a machine with an NVIDIA GPU, run from the
 # repo root:
-#   1. configure (-DXD_CUDA=ON) and build test_gpu_ops + bench_gpu_teacher into build-gpu/;
-#      where that machine lacks the CPU dependencies (OpenBLAS, cJSON, ...), set
-#      XD_GPU_PREBUILT=<dir> holding those two binaries built elsewhere with the same CUDA
-#      version and lib/ with the shared libraries they need (lib/*.gz are unpacked first);
-#   2. test_gpu_ops: every CUDA op against its CPU twin (exit 0 = all bounds held);
-#   3. compute-sanitizer --tool memcheck on test_gpu_ops, when the tool is present;
+#   1. configure (-DXD_CUDA=ON) and build every tests/gpu/test_gpu_*.c program +
+#      bench_gpu_teacher into build-gpu/; where that machine lacks the CPU dependencies
+#      (OpenBLAS, cJSON, ...), set XD_GPU_PREBUILT=<dir> holding those binaries built elsewhere
+#      with the same CUDA version and lib/ with the shared libraries they need (lib/*.gz are
+#      unpacked first; tools/gpu_stage.sh makes it);
+#   2. each test program: CUDA ops against their CPU twins (exit 0 = all bounds held), output
+#      appended to $OUT/test.txt;
+#   3. compute-sanitizer --tool memcheck on each, given the argument "quick" (programs that
+#      time big shapes skip that part), appended to $OUT/memcheck.txt, when the tool is present;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, then bench_gpu_teacher again (run-to-run spread).
+# XD_GPU_TESTS="test_gpu_a test_gpu_b" runs only those programs; XD_GPU_SKIP_BENCH=1 skips 4.
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
 # memcheck failed; benchmark failures are reported but do not change it.
 set -u -o pipefail
@@ -19,9 +23,10 @@ status=0
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 
+TESTS=${XD_GPU_TESTS:-$(for f in tests/gpu/test_gpu_*.c; do basename "$f" .c; done)}
 BIN=""
 if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-   cmake --build build-gpu -j"$(nproc)" --target test_gpu_ops bench_gpu_teacher >>"$OUT/build.log" 2>&1; then
+   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
 elif [ -n "${XD_GPU_PREBUILT:-}" ] && [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ]; then
@@ -37,21 +42,34 @@ else
   echo "== build failed:"; tail -20 "$OUT/build.log"; exit 1
 fi
 
-echo "== test_gpu_ops"
-"$BIN/test_gpu_ops" 2>&1 | tee "$OUT/test.txt"
-rc=${PIPESTATUS[0]}
-echo "test_gpu_ops exit $rc"
-[ "$rc" = 0 ] || status=1
+: >"$OUT/test.txt"
+for t in $TESTS; do
+  echo "== $t" | tee -a "$OUT/test.txt"
+  "$BIN/$t" 2>&1 | tee -a "$OUT/test.txt"
+  rc=${PIPESTATUS[0]}
+  echo "$t exit $rc" | tee -a "$OUT/test.txt"
+  [ "$rc" = 0 ] || status=1
+done
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
-  echo "== compute-sanitizer memcheck"
-  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/test_gpu_ops" >"$OUT/memcheck.txt" 2>&1
-  rc=$?
-  grep -E 'ERROR SUMMARY|passed,' "$OUT/memcheck.txt" | tail -3
-  echo "memcheck exit $rc"
-  [ "$rc" = 0 ] || { status=1; grep -m 20 -E '=========' "$OUT/memcheck.txt"; }
+  : >"$OUT/memcheck.txt"
+  for t in $TESTS; do
+    echo "== compute-sanitizer memcheck $t" | tee -a "$OUT/memcheck.txt"
+    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/$t" quick >"$OUT/memcheck.tmp" 2>&1
+    rc=$?
+    cat "$OUT/memcheck.tmp" >>"$OUT/memcheck.txt"
+    grep -E 'ERROR SUMMARY|passed,' "$OUT/memcheck.tmp" | tail -3
+    echo "memcheck $t exit $rc" | tee -a "$OUT/memcheck.txt"
+    [ "$rc" = 0 ] || { status=1; grep -m 20 -E '=========' "$OUT/memcheck.tmp"; }
+  done
+  rm -f "$OUT/memcheck.tmp"
 else
   echo "== compute-sanitizer not found: memcheck skipped"
+fi
+if [ -n "${XD_GPU_SKIP_BENCH:-}" ]; then
+  echo "== benchmarks skipped (XD_GPU_SKIP_BENCH)"
+  grep -E 'passed, .* failed' "$OUT/test.txt"
+  exit $status
 fi
 
 echo "== bench_gpu_teacher T=$T"
@@ -62,5 +80,5 @@ echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"
 echo "== summary"
 grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt
-tail -1 "$OUT/test.txt"
+grep -E 'passed, .* failed' "$OUT/test.txt"
 exit $status

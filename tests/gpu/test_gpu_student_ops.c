@@ -1,0 +1,450 @@
+/* GPU tests of the student ops, part 2 (not in CTest: CI has no GPU; tools/gpu_test.sh runs
+ * every tests/gpu/test_gpu_*.c on the device machine): the mLSTM chunkwise forward with its
+ * boundary buffer and the exact chunkwise backward, feature maps, gates and the mixing gate,
+ * each CUDA op against its fp32 CPU twin (src/ops/cpu) on fresh random inputs.
+ *
+ * Metric: ||gpu - cpu||_2 / ||cpu||_2. Pure outputs are poisoned with NaN bytes first (an
+ * unwritten element fails); gradients, which the ops ACCUMULATE, start from random nonzero
+ * values on both sides (an unwritten element is off by its whole gradient).
+ * Bounds (fp32 both sides, only the summation order and the fast-math exp/divide differ):
+ *   1e-5  forward outputs and short sums (<= a few hundred terms): ~1e-7 per rounding,
+ *         growing like sqrt(terms);
+ *   1e-4  reductions over all tokens (dP, dw, db: thousands of terms of both signs, where
+ *         cancellation amplifies the relative error) and the mLSTM gradients. For the mLSTM
+ *         the CPU's own fp32 backward is only within 2e-4 (max norm) of its float64 twin
+ *         (docs/mlstm.md section 5), so two fp32 orders legitimately differ by 1e-5..1e-4; the
+ *         program also prints both fp32 results against the float64 twin, and accepts a
+ *         gradient above 1e-4 from the CPU fp32 only if the GPU is at least as close to the
+ *         float64 result as the CPU fp32 is (within a factor 2).
+ * mLSTM inputs: softmax features, gate pre-activations wide (|i~| up to ~20, f~ from strongly
+ * negative to strongly positive) so the stabiliser switches branches, T not a multiple of
+ * the chunk, GQA, MQA and H == G, both normalisers, random initial state.
+ * Without an argument the program also times the mLSTM forward + backward at the
+ * Llama-3.2-1B student shape (B 1, H 32, G 8, T 4096, P 64 / 128, D 64, chunk 64) and checks
+ * that shape against the CPU; "quick" skips that (used under compute-sanitizer).
+ * Exits 77 (skip) when no CUDA device is present. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "core/core.h"
+#include "ops/cpu/feature_map.h"
+#include "ops/cpu/gates.h"
+#include "ops/cpu/mix.h"
+#include "ops/cpu/mlstm.h"
+#include "ops/cuda/cuda_ops.h"
+#include "test.h"
+
+static xd_cuda_ctx *ctx;
+static xd_err err;
+#define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
+
+static const double TOL_F32 = 1e-5, TOL_RED = 1e-4;
+
+static double rel_l2(const float *x, const float *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)x[i] - ref[i];
+    num += d * d;
+    den += (double)ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double rel_l2_d(const float *x, const double *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)x[i] - ref[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double worst; /* largest rel error / bound seen, for the summary line */
+#define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
+    fprintf(stderr, "    %-48s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
+    if (_r / (tol) > worst) worst = _r / (tol); \
+    CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
+
+static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
+  float *x = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
+  return x;
+}
+static float *dup_f32(const float *x, size_t n) {
+  float *y = xd_malloc(n * sizeof(float) + 1);
+  memcpy(y, x, n * sizeof(float));
+  return y;
+}
+static double *to_f64(const float *x, size_t n) {
+  double *y = xd_malloc(n * sizeof(double) + 1);
+  for (size_t i = 0; i < n; i++) y[i] = x[i];
+  return y;
+}
+static void *up_raw(const void *x, size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+static void *dev_poisoned(size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+static float *down(const float *d, size_t n) {
+  float *h = xd_malloc(n * sizeof(float) + 1);
+  if (xd_cuda_download(ctx, h, d, n * sizeof(float), &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return h;
+}
+static void softmax_rows(float *x, size_t rows, int n) {
+  for (size_t r = 0; r < rows; r++) {
+    float *p = x + r * n, mx = -INFINITY, s = 0;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, p[i]);
+    for (int i = 0; i < n; i++) s += (p[i] = expf(p[i] - mx));
+    for (int i = 0; i < n; i++) p[i] /= s;
+  }
+}
+
+/* ---- mLSTM forward (with boundary buffer) + backward ------------------------------------------ */
+typedef struct {
+  float *qf, *kf, *v, *ig, *fg, *C0, *n0, *m0, *dh;
+} mlstm_inputs;
+static mlstm_inputs mlstm_make_inputs(const mlstm_cfg *c, xd_rng *r) {
+  const size_t nq = (size_t)c->B * c->T * c->H * c->P, nk = (size_t)c->B * c->T * c->G * c->P;
+  const size_t nv = (size_t)c->B * c->T * c->G * c->D, ng = (size_t)c->B * c->T * c->H, BH = (size_t)c->B * c->H;
+  mlstm_inputs in;
+  in.qf = rand_f32(r, nq, 0, 2.0), in.kf = rand_f32(r, nk, 0, 2.0), in.v = rand_f32(r, nv, 0, 1.0);
+  softmax_rows(in.qf, nq / c->P, c->P), softmax_rows(in.kf, nk / c->P, c->P);
+  /* wide gates: |i~| up to ~20 and f~ from about -12 to +16, so m switches branches often */
+  in.ig = rand_f32(r, ng, -1.0, 6.0), in.fg = rand_f32(r, ng, 2.0, 5.0);
+  in.C0 = rand_f32(r, BH * c->P * c->D, 0, 0.3), in.n0 = rand_f32(r, BH * c->P, 1.0, 0.2), in.m0 = rand_f32(r, BH, 0, 1.0);
+  for (size_t i = 0; i < BH * c->P; i++) in.n0[i] = fabsf(in.n0[i]);
+  in.dh = rand_f32(r, (size_t)c->B * c->T * c->H * c->D, 0, 1.0);
+  return in;
+}
+static void mlstm_free_inputs(mlstm_inputs *in) {
+  free(in->qf), free(in->kf), free(in->v), free(in->ig), free(in->fg), free(in->C0), free(in->n0), free(in->m0), free(in->dh);
+}
+
+/* Gradient check with the float64 escape hatch described at the top. */
+static void grad_check(const char *name, const float *gpu, const float *cpu, const double *ref64, size_t n) {
+  const double r32 = rel_l2(gpu, cpu, n);
+  const double g64 = ref64 ? rel_l2_d(gpu, ref64, n) : NAN, c64 = ref64 ? rel_l2_d(cpu, ref64, n) : NAN;
+  int ok = r32 <= TOL_RED;
+  if (!ok && ref64) ok = g64 <= fmax(TOL_RED, 2 * c64);
+  fprintf(stderr, "    %-48s rel %.3e (bound %.0e)   vs f64: gpu %.2e, cpu fp32 %.2e\n", name, r32, TOL_RED, g64, c64);
+  if (r32 / TOL_RED > worst && ok && r32 <= TOL_RED) worst = r32 / TOL_RED;
+  CHECKF(ok, "%s: rel err %.3e > %.1e (vs f64: gpu %.2e, cpu %.2e)", name, r32, TOL_RED, g64, c64);
+}
+
+static void mlstm_case(int B, int T, int H, int G, int P, int D, int L, mlstm_norm norm, int with_init, uint64_t seed,
+                       int with_f64) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  cfg.chunk = L, cfg.norm = norm;
+  const size_t nq = (size_t)B * T * H * P, nk = (size_t)B * T * G * P, nv = (size_t)B * T * G * D;
+  const size_t ng = (size_t)B * T * H, nh = (size_t)B * T * H * D, BH = (size_t)B * H, nb = mlstm_boundary_size(&cfg);
+  mlstm_inputs in = mlstm_make_inputs(&cfg, &r);
+  /* accumulating gradients start from random values (the += contract) */
+  float *gq0 = rand_f32(&r, nq, 0, 0.1), *gk0 = rand_f32(&r, nk, 0, 0.1), *gv0 = rand_f32(&r, nv, 0, 0.1);
+  float *gi0 = rand_f32(&r, ng, 0, 0.1), *gf0 = rand_f32(&r, ng, 0, 0.1);
+  mlstm_state init = {in.C0, in.n0, in.m0};
+  /* CPU fp32 */
+  float *href = xd_malloc(nh * 4), *bref = xd_malloc(nb * 4);
+  float *cq = dup_f32(gq0, nq), *ck = dup_f32(gk0, nk), *cv = dup_f32(gv0, nv), *ci = dup_f32(gi0, ng), *cf = dup_f32(gf0, ng);
+  mlstm_ws *ws = mlstm_ws_create(&cfg);
+  const double tc0 = xd_now();
+  mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, with_init ? &init : NULL, NULL, bref, href);
+  mlstm_chunkwise_backward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, with_init ? &init : NULL, bref, in.dh, cq, ck, cv, ci, cf);
+  const double tcpu = xd_now() - tc0;
+  mlstm_ws_free(ws);
+  /* CPU float64 twin (same inputs, same initial gradients) */
+  double *d64[5] = {NULL, NULL, NULL, NULL, NULL};
+  if (with_f64) {
+    double *q = to_f64(in.qf, nq), *k = to_f64(in.kf, nk), *vv = to_f64(in.v, nv), *i = to_f64(in.ig, ng), *f = to_f64(in.fg, ng);
+    double *C0 = to_f64(in.C0, BH * P * D), *n0 = to_f64(in.n0, BH * P), *m0 = to_f64(in.m0, BH), *dh = to_f64(in.dh, nh);
+    double *h64 = xd_malloc(nh * 8), *b64 = xd_malloc(nb * 8);
+    d64[0] = to_f64(gq0, nq), d64[1] = to_f64(gk0, nk), d64[2] = to_f64(gv0, nv), d64[3] = to_f64(gi0, ng), d64[4] = to_f64(gf0, ng);
+    mlstm_state_f64 i64 = {C0, n0, m0};
+    mlstm_ws *w64 = mlstm_ws_create_f64(&cfg);
+    mlstm_chunkwise_forward_f64(&cfg, w64, q, k, vv, i, f, with_init ? &i64 : NULL, NULL, b64, h64);
+    mlstm_chunkwise_backward_f64(&cfg, w64, q, k, vv, i, f, with_init ? &i64 : NULL, b64, dh, d64[0], d64[1], d64[2], d64[3], d64[4]);
+    mlstm_ws_free(w64);
+    free(q), free(k), free(vv), free(i), free(f), free(C0), free(n0), free(m0), free(dh), free(h64), free(b64);
+  }
+  /* GPU: forward with the boundary buffer, backward from the GPU's own boundary states */
+  float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nv * 4);
+  float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *ddh = up_raw(in.dh, nh * 4);
+  float *dC0 = up_raw(in.C0, BH * P * D * 4), *dn0 = up_raw(in.n0, BH * P * 4), *dm0 = up_raw(in.m0, BH * 4);
+  float *dh_out = dev_poisoned(nh * 4), *dbound = dev_poisoned(nb * 4);
+  float *gq = up_raw(gq0, nq * 4), *gk = up_raw(gk0, nk * 4), *gv = up_raw(gv0, nv * 4), *gi = up_raw(gi0, ng * 4), *gf = up_raw(gf0, ng * 4);
+  mlstm_state dinit = {dC0, dn0, dm0};
+  GPU(xd_cuda_mlstm_chunkwise_forward_bound(ctx, &cfg, dq, dk, dv, dig, dfg, with_init ? &dinit : NULL, NULL, dbound, dh_out, &err));
+  GPU(xd_cuda_mlstm_chunkwise_backward(ctx, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, gq, gk, gv, gi, gf, &err));
+  GPU(xd_cuda_sync(ctx, &err));
+  float *hh = down(dh_out, nh), *hb = down(dbound, nb);
+  float *hq = down(gq, nq), *hk = down(gk, nk), *hv = down(gv, nv), *hi = down(gi, ng), *hf = down(gf, ng);
+  char name[160];
+  snprintf(name, sizeof name, "mlstm B%d T%d H%d G%d P%d D%d L%d %s%s: h", B, T, H, G, P, D, L,
+           norm == MLSTM_NORM_MAX ? "max" : "paper", with_init ? " init" : "");
+  fprintf(stderr, "    (CPU fp32 forward + backward %.3f s)\n", tcpu);
+  REL(name, hh, href, nh, TOL_F32);
+  REL("  boundary states (C, n, m at chunk starts)", hb, bref, nb, TOL_F32);
+  grad_check("  dqf", hq, cq, d64[0], nq);
+  grad_check("  dkf", hk, ck, d64[1], nk);
+  grad_check("  dv", hv, cv, d64[2], nv);
+  grad_check("  dig", hi, ci, d64[3], ng);
+  grad_check("  dfg", hf, cf, d64[4], ng);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(ddh);
+  xd_cuda_free(dC0), xd_cuda_free(dn0), xd_cuda_free(dm0), xd_cuda_free(dh_out), xd_cuda_free(dbound);
+  xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gi), xd_cuda_free(gf);
+  for (int i = 0; i < 5; i++) free(d64[i]);
+  mlstm_free_inputs(&in);
+  free(gq0), free(gk0), free(gv0), free(gi0), free(gf0), free(href), free(bref), free(cq), free(ck), free(cv), free(ci), free(cf);
+  free(hh), free(hb), free(hq), free(hk), free(hv), free(hi), free(hf);
+}
+static void test_mlstm_backward(void) {
+  mlstm_case(2, 200, 4, 2, 64, 64, 64, MLSTM_NORM_PAPER, 1, 101, 1);  /* GQA, T % L = 8 */
+  mlstm_case(1, 150, 4, 1, 32, 96, 16, MLSTM_NORM_MAX, 0, 102, 1);    /* MQA, max normaliser, D > P */
+  mlstm_case(1, 97, 2, 2, 128, 64, 64, MLSTM_NORM_PAPER, 1, 103, 1);  /* H == G (direct dK/dV), P = 128 */
+  mlstm_case(1, 37, 2, 1, 16, 8, 1, MLSTM_NORM_MAX, 1, 104, 1);       /* chunk 1, D < 32 */
+  mlstm_case(1, 45, 2, 2, 24, 40, 64, MLSTM_NORM_PAPER, 0, 105, 1);   /* one partial chunk (L > T) */
+  mlstm_case(1, 300, 4, 2, 64, 64, 32, MLSTM_NORM_MAX, 1, 106, 1);    /* many chunks, max */
+}
+
+/* ---- the 1B shape: timings (and a check against the CPU for P = 128) --------------------------- */
+static double median(double *x, int n) {
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+      const double t = x[j];
+      x[j] = x[j - 1], x[j - 1] = t;
+    }
+  return x[n / 2];
+}
+static void bench_shape(int P) {
+  const int B = 1, T = 4096, H = 32, G = 8, D = 64;
+  xd_rng r;
+  xd_rng_seed(&r, 900 + P);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  const size_t nq = (size_t)B * T * H * P, nk = (size_t)B * T * G * P, nv = (size_t)B * T * G * D;
+  const size_t ng = (size_t)B * T * H, nh = (size_t)B * T * H * D, nb = mlstm_boundary_size(&cfg);
+  mlstm_inputs in = mlstm_make_inputs(&cfg, &r);
+  float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nv * 4);
+  float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *ddh = up_raw(in.dh, nh * 4);
+  float *dh_out = dev_poisoned(nh * 4), *dbound = dev_poisoned(nb * 4);
+  float *gq = dev_poisoned(nq * 4), *gk = dev_poisoned(nk * 4), *gv = dev_poisoned(nv * 4), *gi = dev_poisoned(ng * 4),
+        *gf = dev_poisoned(ng * 4);
+  double tf[7], tb[7];
+  for (int it = 0; it < 8; it++) { /* first iteration: warm-up */
+    GPU(xd_cuda_memset(ctx, gq, 0, nq * 4, &err));
+    GPU(xd_cuda_memset(ctx, gk, 0, nk * 4, &err));
+    GPU(xd_cuda_memset(ctx, gv, 0, nv * 4, &err));
+    GPU(xd_cuda_memset(ctx, gi, 0, ng * 4, &err));
+    GPU(xd_cuda_memset(ctx, gf, 0, ng * 4, &err));
+    GPU(xd_cuda_sync(ctx, &err));
+    const double t0 = xd_now();
+    GPU(xd_cuda_mlstm_chunkwise_forward_bound(ctx, &cfg, dq, dk, dv, dig, dfg, NULL, NULL, dbound, dh_out, &err));
+    GPU(xd_cuda_sync(ctx, &err));
+    const double t1 = xd_now();
+    GPU(xd_cuda_mlstm_chunkwise_backward(ctx, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, gq, gk, gv, gi, gf, &err));
+    GPU(xd_cuda_sync(ctx, &err));
+    const double t2 = xd_now();
+    if (it) tf[it - 1] = t1 - t0, tb[it - 1] = t2 - t1;
+  }
+  const double mf = median(tf, 7) * 1e3, mb = median(tb, 7) * 1e3;
+  /* flops of the chunkwise form per head (multiply-adds x2): forward ~ T (L (P + D) + 2 P D),
+   * backward ~ T (L (3 P + 4 D) + 6 P D) (see mlstm_backward.cu) */
+  const double L = 64, fw = 2.0 * B * H * T * (L * (P + D) + 2.0 * P * D), bw = 2.0 * B * H * T * (L * (3.0 * P + 4.0 * D) + 6.0 * P * D);
+  fprintf(stderr, "    TIMING mlstm B%d H%d G%d T%d P%d D%d L64 fp32: forward+bound %.3f ms (%.1f TFLOP/s), backward %.3f ms (%.1f TFLOP/s), total %.3f ms (median of 7)\n",
+          B, H, G, T, P, D, mf, fw / (mf * 1e-3) / 1e12, mb, bw / (mb * 1e-3) / 1e12, mf + mb);
+  if (P == 128) { /* the last iteration's results (zero initial gradients) vs the CPU */
+    float *href = xd_malloc(nh * 4), *bref = xd_malloc(nb * 4);
+    float *cq = xd_calloc(nq, 4), *ck = xd_calloc(nk, 4), *cv = xd_calloc(nv, 4), *ci = xd_calloc(ng, 4), *cf = xd_calloc(ng, 4);
+    mlstm_ws *ws = mlstm_ws_create(&cfg);
+    const double t0 = xd_now();
+    mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, NULL, bref, href);
+    mlstm_chunkwise_backward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, bref, in.dh, cq, ck, cv, ci, cf);
+    fprintf(stderr, "    (CPU fp32 forward + backward at this shape: %.2f s)\n", xd_now() - t0);
+    mlstm_ws_free(ws);
+    float *hh = down(dh_out, nh), *hb = down(dbound, nb);
+    float *hq = down(gq, nq), *hk = down(gk, nk), *hv = down(gv, nv), *hi = down(gi, ng), *hf = down(gf, ng);
+    REL("mlstm 1B shape P128: h", hh, href, nh, TOL_F32);
+    REL("  boundary states", hb, bref, nb, TOL_F32);
+    grad_check("  dqf", hq, cq, NULL, nq);
+    grad_check("  dkf", hk, ck, NULL, nk);
+    grad_check("  dv", hv, cv, NULL, nv);
+    grad_check("  dig", hi, ci, NULL, ng);
+    grad_check("  dfg", hf, cf, NULL, ng);
+    free(href), free(bref), free(cq), free(ck), free(cv), free(ci), free(cf);
+    free(hh), free(hb), free(hq), free(hk), free(hv), free(hi), free(hf);
+  }
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(ddh);
+  xd_cuda_free(dh_out), xd_cuda_free(dbound);
+  xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gi), xd_cuda_free(gf);
+  mlstm_free_inputs(&in);
+}
+static void test_mlstm_1b_shape(void) {
+  bench_shape(64);
+  bench_shape(128);
+}
+
+/* ---- feature maps ----------------------------------------------------------------------------- */
+static void fm_case(int N, int Hx, int d, int dphi, int hedgehog, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  feature_map_shape s = {N, Hx, d, dphi, hedgehog};
+  const int dp = feature_map_p_cols(&s);
+  const size_t nx = (size_t)N * Hx * d, nP = (size_t)Hx * d * dp, nphi = (size_t)N * Hx * dphi;
+  float *x = rand_f32(&r, nx, 0, 1.0), *P = rand_f32(&r, nP, 0, 0.4), *dphi_ = rand_f32(&r, nphi, 0, 1.0);
+  float *dx0 = rand_f32(&r, nx, 0, 0.1), *dP0 = rand_f32(&r, nP, 0, 0.1);
+  float *phi = xd_malloc(nphi * 4), *cdx = dup_f32(dx0, nx), *cdP = dup_f32(dP0, nP);
+  feature_map_forward(phi, x, P, &s);
+  feature_map_backward(cdx, cdP, dphi_, x, P, phi, &s);
+  float *gx = up_raw(x, nx * 4), *gP = up_raw(P, nP * 4), *gdphi = up_raw(dphi_, nphi * 4), *gphi = dev_poisoned(nphi * 4);
+  float *gdx = up_raw(dx0, nx * 4), *gdP = up_raw(dP0, nP * 4);
+  GPU(xd_cuda_feature_map_forward(ctx, gphi, gx, gP, &s, &err));
+  GPU(xd_cuda_feature_map_backward(ctx, gdx, gdP, gdphi, gx, gP, gphi, &s, &err));
+  float *hphi = down(gphi, nphi), *hdx = down(gdx, nx), *hdP = down(gdP, nP);
+  char name[128];
+  snprintf(name, sizeof name, "feature map %s N%d Hx%d d%d dphi%d: phi", hedgehog ? "hedgehog" : "softmax", N, Hx, d, dphi);
+  REL(name, hphi, phi, nphi, TOL_F32);
+  REL("  dx", hdx, cdx, nx, TOL_F32);
+  REL("  dP (sum over tokens)", hdP, cdP, nP, TOL_RED);
+  xd_cuda_free(gx), xd_cuda_free(gP), xd_cuda_free(gdphi), xd_cuda_free(gphi), xd_cuda_free(gdx), xd_cuda_free(gdP);
+  free(x), free(P), free(dphi_), free(dx0), free(dP0), free(phi), free(cdx), free(cdP), free(hphi), free(hdx), free(hdP);
+}
+static void test_feature_map(void) {
+  fm_case(77, 4, 64, 128, 0, 201);
+  fm_case(93, 2, 48, 64, 1, 202);
+  fm_case(1500, 4, 64, 64, 0, 203); /* split-K path for dP */
+  fm_case(1100, 2, 64, 128, 1, 204);
+}
+
+/* ---- gates ------------------------------------------------------------------------------------ */
+static void gates_case(int N, int D, int H, float cap, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  gates_shape s = {N, D, H, cap};
+  const size_t nx = (size_t)N * D, nw = (size_t)H * D, ng = (size_t)N * H;
+  /* x . w ~ N(0, D * 0.25^2 ...): pre-activations up to ~+-20, beyond the cap of 15 */
+  float *x = rand_f32(&r, nx, 0, 1.0), *wi = rand_f32(&r, nw, 0, 6.0 / sqrt(D)), *wf = rand_f32(&r, nw, 0, 6.0 / sqrt(D));
+  float *bi = rand_f32(&r, H, 0, 2.0), *bf = rand_f32(&r, H, 4.0, 1.0);
+  float *dig = rand_f32(&r, ng, 0, 1.0), *dfg = rand_f32(&r, ng, 0, 1.0);
+  float *dx0 = rand_f32(&r, nx, 0, 0.1), *dwi0 = rand_f32(&r, nw, 0, 0.1), *dwf0 = rand_f32(&r, nw, 0, 0.1);
+  float *dbi0 = rand_f32(&r, H, 0, 0.1), *dbf0 = rand_f32(&r, H, 0, 0.1);
+  float *ig = xd_malloc(ng * 4), *fg = xd_malloc(ng * 4);
+  float *cdx = dup_f32(dx0, nx), *cdwi = dup_f32(dwi0, nw), *cdwf = dup_f32(dwf0, nw), *cdbi = dup_f32(dbi0, H), *cdbf = dup_f32(dbf0, H);
+  gates_forward(ig, fg, x, wi, bi, wf, bf, &s);
+  gates_backward(cdx, cdwi, cdbi, cdwf, cdbf, dig, dfg, x, wi, wf, ig, fg, &s);
+  float *gx = up_raw(x, nx * 4), *gwi = up_raw(wi, nw * 4), *gwf = up_raw(wf, nw * 4), *gbi = up_raw(bi, H * 4), *gbf = up_raw(bf, H * 4);
+  float *gig = dev_poisoned(ng * 4), *gfg = dev_poisoned(ng * 4), *gdig = up_raw(dig, ng * 4), *gdfg = up_raw(dfg, ng * 4);
+  float *gdx = up_raw(dx0, nx * 4), *gdwi = up_raw(dwi0, nw * 4), *gdwf = up_raw(dwf0, nw * 4);
+  float *gdbi = up_raw(dbi0, H * 4), *gdbf = up_raw(dbf0, H * 4);
+  GPU(xd_cuda_gates_forward(ctx, gig, gfg, gx, gwi, gbi, gwf, gbf, &s, &err));
+  GPU(xd_cuda_gates_backward(ctx, gdx, gdwi, gdbi, gdwf, gdbf, gdig, gdfg, gx, gwi, gwf, gig, gfg, &s, &err));
+  float *hig = down(gig, ng), *hfg = down(gfg, ng), *hdx = down(gdx, nx), *hdwi = down(gdwi, nw), *hdwf = down(gdwf, nw);
+  float *hdbi = down(gdbi, H), *hdbf = down(gdbf, H);
+  int capped = 0;
+  for (size_t i = 0; i < ng; i++) capped += fabsf(ig[i]) > 10.f || fabsf(fg[i]) > 10.f;
+  char name[128];
+  snprintf(name, sizeof name, "gates N%d D%d H%d cap %g (%d tokens*heads > 10): i~", N, D, H, (double)cap, capped);
+  REL(name, hig, ig, ng, TOL_F32);
+  REL("  f~", hfg, fg, ng, TOL_F32);
+  REL("  dx", hdx, cdx, nx, TOL_F32);
+  REL("  dw_i (sum over tokens)", hdwi, cdwi, nw, TOL_RED);
+  REL("  db_i (sum over tokens)", hdbi, cdbi, H, TOL_RED);
+  REL("  dw_f (sum over tokens)", hdwf, cdwf, nw, TOL_RED);
+  REL("  db_f (sum over tokens)", hdbf, cdbf, H, TOL_RED);
+  xd_cuda_free(gx), xd_cuda_free(gwi), xd_cuda_free(gwf), xd_cuda_free(gbi), xd_cuda_free(gbf), xd_cuda_free(gig), xd_cuda_free(gfg);
+  xd_cuda_free(gdig), xd_cuda_free(gdfg), xd_cuda_free(gdx), xd_cuda_free(gdwi), xd_cuda_free(gdwf), xd_cuda_free(gdbi), xd_cuda_free(gdbf);
+  free(x), free(wi), free(wf), free(bi), free(bf), free(dig), free(dfg), free(dx0), free(dwi0), free(dwf0), free(dbi0), free(dbf0);
+  free(ig), free(fg), free(cdx), free(cdwi), free(cdwf), free(cdbi), free(cdbf);
+  free(hig), free(hfg), free(hdx), free(hdwi), free(hdwf), free(hdbi), free(hdbf);
+}
+static void test_gates(void) {
+  gates_case(300, 200, 6, GATES_SOFT_CAP, 301);
+  gates_case(77, 130, 5, 0.f, 302);              /* no cap */
+  gates_case(1100, 256, 32, GATES_SOFT_CAP, 303); /* split-K path for dw */
+}
+
+/* ---- mixing gate ------------------------------------------------------------------------------ */
+static void mix_case(int N, int H, int G, int d, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  mix_shape s = {N, H, G, d};
+  const size_t nq = (size_t)N * H * d, nk = (size_t)N * G * d, nw = (size_t)H * 3 * d, no = (size_t)N * H;
+  float *q = rand_f32(&r, nq, 0, 1.0), *k = rand_f32(&r, nk, 0, 1.0), *v = rand_f32(&r, nk, 0, 1.0);
+  float *w = rand_f32(&r, nw, 0, 0.3), *b = rand_f32(&r, H, -1.0, 1.0), *hg = rand_f32(&r, nq, 0, 1.0), *hl = rand_f32(&r, nq, 0, 1.0);
+  float *dout = rand_f32(&r, nq, 0, 1.0);
+  float *dq0 = rand_f32(&r, nq, 0, 0.1), *dk0 = rand_f32(&r, nk, 0, 0.1), *dv0 = rand_f32(&r, nk, 0, 0.1);
+  float *dw0 = rand_f32(&r, nw, 0, 0.1), *db0 = rand_f32(&r, H, 0, 0.1), *dhg0 = rand_f32(&r, nq, 0, 0.1), *dhl0 = rand_f32(&r, nq, 0, 0.1);
+  float *out = xd_malloc(nq * 4), *o = xd_malloc(no * 4);
+  float *cdq = dup_f32(dq0, nq), *cdk = dup_f32(dk0, nk), *cdv = dup_f32(dv0, nk), *cdw = dup_f32(dw0, nw), *cdb = dup_f32(db0, H);
+  float *cdhg = dup_f32(dhg0, nq), *cdhl = dup_f32(dhl0, nq);
+  mix_forward(out, o, q, k, v, w, b, hg, hl, &s);
+  mix_backward(cdq, cdk, cdv, cdw, cdb, cdhg, cdhl, dout, o, q, k, v, w, hg, hl, &s);
+  float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gw = up_raw(w, nw * 4), *gb = up_raw(b, H * 4);
+  float *ghg = up_raw(hg, nq * 4), *ghl = up_raw(hl, nq * 4), *gdout = up_raw(dout, nq * 4);
+  float *gout = dev_poisoned(nq * 4), *go = dev_poisoned(no * 4);
+  float *gdq = up_raw(dq0, nq * 4), *gdk = up_raw(dk0, nk * 4), *gdv = up_raw(dv0, nk * 4), *gdw = up_raw(dw0, nw * 4);
+  float *gdb = up_raw(db0, H * 4), *gdhg = up_raw(dhg0, nq * 4), *gdhl = up_raw(dhl0, nq * 4);
+  GPU(xd_cuda_mix_forward(ctx, gout, go, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
+  GPU(xd_cuda_mix_backward(ctx, gdq, gdk, gdv, gdw, gdb, gdhg, gdhl, gdout, go, gq, gk, gv, gw, ghg, ghl, &s, &err));
+  float *hout = down(gout, nq), *ho = down(go, no), *hdq = down(gdq, nq), *hdk = down(gdk, nk), *hdv = down(gdv, nk);
+  float *hdw = down(gdw, nw), *hdb = down(gdb, H), *hdhg = down(gdhg, nq), *hdhl = down(gdhl, nq);
+  char name[128];
+  snprintf(name, sizeof name, "mix N%d H%d G%d d%d: out", N, H, G, d);
+  REL(name, hout, out, nq, TOL_F32);
+  REL("  o", ho, o, no, TOL_F32);
+  REL("  dq_raw", hdq, cdq, nq, TOL_F32);
+  REL("  dk_raw", hdk, cdk, nk, TOL_F32);
+  REL("  dv_raw", hdv, cdv, nk, TOL_F32);
+  REL("  dh_global", hdhg, cdhg, nq, TOL_F32);
+  REL("  dh_local", hdhl, cdhl, nq, TOL_F32);
+  REL("  dw_o (sum over tokens)", hdw, cdw, nw, TOL_RED);
+  REL("  db_o (sum over tokens)", hdb, cdb, H, TOL_RED);
+  xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gw), xd_cuda_free(gb), xd_cuda_free(ghg), xd_cuda_free(ghl);
+  xd_cuda_free(gdout), xd_cuda_free(gout), xd_cuda_free(go), xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
+  xd_cuda_free(gdw), xd_cuda_free(gdb), xd_cuda_free(gdhg), xd_cuda_free(gdhl);
+  free(q), free(k), free(v), free(w), free(b), free(hg), free(hl), free(dout), free(dq0), free(dk0), free(dv0), free(dw0), free(db0);
+  free(dhg0), free(dhl0), free(out), free(o), free(cdq), free(cdk), free(cdv), free(cdw), free(cdb), free(cdhg), free(cdhl);
+  free(hout), free(ho), free(hdq), free(hdk), free(hdv), free(hdw), free(hdb), free(hdhg), free(hdhl);
+}
+static void test_mix(void) {
+  mix_case(150, 8, 2, 64, 401);
+  mix_case(700, 4, 4, 32, 402);
+  mix_case(33, 6, 1, 40, 403);
+}
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_mlstm_backward);
+  RUN(test_feature_map);
+  RUN(test_gates);
+  RUN(test_mix);
+  if (!quick) RUN(test_mlstm_1b_shape);
+  if (xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
+    xd_t.failed++;
+  }
+  fprintf(stderr, "largest error / bound among passing checks: %.3f\n", worst);
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

@@ -22,4 +22,7 @@ int cli_wants_help(int argc, char **argv);
 /* Remove "FLAG VALUE" from argv (shifting the rest) and return VALUE in *out (left unchanged
  * when FLAG is absent). Returns 1 after printing an error when FLAG has no value. */
 int cli_take_flag(int *argc, char **argv, const char *flag, const char **out);
+/* --device VALUE: "cpu" (*cuda = 0) or "cuda" (*cuda = 1); returns 1 after printing an error
+ * for anything else, or for "cuda" in a build without the CUDA backend. cmd names the command. */
+int cli_parse_device(const char *cmd, const char *value, int *cuda);
 #endif

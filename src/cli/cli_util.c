@@ -1,6 +1,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "model/teacher/teacher_cuda.h"
 
 int cli_fail(const xd_err *e) {
   fprintf(stderr, "xdistill: error: %s\n", e->msg);
@@ -31,4 +32,14 @@ int cli_take_flag(int *argc, char **argv, const char *flag, const char **out) {
       return 0;
     }
   return 0;
+}
+
+int cli_parse_device(const char *cmd, const char *value, int *cuda) {
+  if (!strcmp(value, "cpu")) { *cuda = 0; return 0; }
+  if (!strcmp(value, "cuda")) {
+    if (!xd_cuda_built()) return cli_failf("%s: --device cuda: built without CUDA (configure with -DXD_CUDA=ON)", cmd);
+    *cuda = 1;
+    return 0;
+  }
+  return cli_failf("%s: --device must be cpu or cuda, got '%s'", cmd, value);
 }

@@ -4,28 +4,34 @@
 #include "cli/cli.h"
 #include "eval/runner.h"
 #include "io/npy.h"
+#include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
 
 static const char usage[] =
-  "usage: xdistill forward --model DIR --ids IDS.npy --out LOGITS.npy [--threads N]\n\n"
+  "usage: xdistill forward --model DIR --ids IDS.npy --out LOGITS.npy [--threads N] [--device cpu|cuda]\n\n"
   "Run the fp32 CPU model on token ids and write its logits: a teacher (Hugging Face checkpoint)\n"
   "or a hybrid xLSTM student checkpoint (config.json with an \"xdistill\" section; full parallel\n"
   "forward).\n"
   "  --model DIR     teacher or student checkpoint directory (config.json + safetensors)\n"
   "  --ids FILE      int32 or int64 .npy, shape [B,T] or [T]\n"
   "  --out FILE      float32 .npy logits, shape [B,T,V] (B = 1 for [T] ids); written atomically\n"
-  "  --threads N     CPU threads (default: all cores, or OMP_NUM_THREADS)\n";
+  "  --threads N     CPU threads (default: all cores, or OMP_NUM_THREADS)\n"
+  "  --device D      cpu (default) or cuda: the teacher on GPU 0 (bf16 weights, fp32 logits;\n"
+  "                  prints its memory plan to stderr); teacher checkpoints only\n";
 
 int cmd_forward(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
   const char *model = NULL, *ids_path = NULL, *out = NULL;
-  int threads = 0;
+  int threads = 0, cuda = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (i + 1 >= argc && a[0] == '-') return cli_failf("forward: option '%s' needs a value", a);
     if (!strcmp(a, "--model")) model = argv[++i];
     else if (!strcmp(a, "--ids")) ids_path = argv[++i];
     else if (!strcmp(a, "--out")) out = argv[++i];
+    else if (!strcmp(a, "--device")) {
+      if (cli_parse_device("forward", argv[++i], &cuda)) return 1;
+    }
     else if (!strcmp(a, "--threads")) {
       char *end;
       long v = strtol(argv[++i], &end, 10);
@@ -36,10 +42,14 @@ int cmd_forward(int argc, char **argv) {
   if (!model || !ids_path || !out) return cli_failf("forward: --model, --ids and --out are required (see --help)");
   xd_set_threads(threads);
   xd_err e = {0};
+  if (cuda && xd_is_student_dir(model))
+    return cli_failf("forward: %s: --device cuda runs teacher checkpoints only (no GPU student yet)", model);
   xd_runner r;
-  if (xd_runner_load(&r, model, NULL, XD_TOK_SKIP, &e)) return cli_fail(&e);
+  memset(&r, 0, sizeof r);
+  /* the GPU path loads the teacher itself (one host copy at a time): here only its config */
+  if (cuda ? xd_config_load(&r.cfg, model, &e) : xd_runner_load(&r, model, NULL, XD_TOK_SKIP, &e)) return cli_fail(&e);
   xd_npy a;
-  if (xd_npy_read(ids_path, &a, &e)) { xd_runner_free(&r); return cli_fail(&e); }
+  if (xd_npy_read(ids_path, &a, &e)) { if (!cuda) xd_runner_free(&r); return cli_fail(&e); }
   int rc = 0;
   int32_t *ids = NULL;
   if (a.ndim != 1 && a.ndim != 2) rc = xd_errf(&e, "%s: token ids must have shape [B,T] or [T], got %d dimensions", ids_path, a.ndim);
@@ -54,7 +64,7 @@ int cmd_forward(int argc, char **argv) {
       rc = xd_errf(&e, "%s: %d x %d tokens x %d vocab logits are too many to hold", ids_path, B, T, V);
     if (!rc) {
       float *logits = xd_malloc(nlog * sizeof(float));
-      rc = xd_runner_forward(&r, ids, B, T, logits, &e);
+      rc = cuda ? xd_teacher_cuda_forward_dir(model, ids, B, T, logits, &e) : xd_runner_forward(&r, ids, B, T, logits, &e);
       if (rc) xd_err_prefix(&e, "%s", ids_path);
       const int64_t shape[3] = {B, T, V};
       if (!rc) rc = xd_npy_write(out, XD_NPY_F32, 3, shape, logits, &e);
@@ -63,6 +73,6 @@ int cmd_forward(int argc, char **argv) {
   }
   free(ids);
   xd_npy_free(&a);
-  xd_runner_free(&r);
+  if (!cuda) xd_runner_free(&r);
   return rc ? cli_fail(&e) : 0;
 }

@@ -6,10 +6,12 @@
 #include "cli/cli.h"
 #include "eval/runner.h"
 #include "io/npy.h"
+#include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
 
 static const char usage[] =
   "usage: xdistill generate --model DIR --ids IDS.npy --max-new N [--ignore-eos] [--with-prompt] [--threads N]\n"
+  "                         [--device cpu|cuda]\n"
   "       xdistill generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--temperature T]\n"
   "                         [--top-k K] [--top-p P] [--seed S] [--max-new N] [--stop STR]... [--threads N]\n\n"
   "Decoding with the fp32 CPU model: a teacher (prefill, then one token at a time with a KV cache)\n"
@@ -23,6 +25,8 @@ static const char usage[] =
   "                     prints the generated ids, space-separated, one line per row (a row stops\n"
   "                     after its first EOS, which is printed)\n"
   "  --with-prompt      print the prompt ids before the generated ones\n"
+  "  --device D         cpu (default) or cuda: the teacher on GPU 0 (bf16 weights, KV cache on the\n"
+  "                     device, greedy; prints its memory plan to stderr); teacher checkpoints only\n"
   "Text (tokenizer.json of the model directory, or --tokenizer):\n"
   "  --prompt TEXT      prompt; the generated text is streamed to stdout (complete UTF-8\n"
   "                     characters only), ending with a newline\n"
@@ -66,7 +70,8 @@ static void emit(const char *s, size_t n, void *user) {
 }
 
 /* --ids mode: greedy, EOS printed and ending the row (as the teacher's batch generator). */
-static int generate_ids(xd_runner *r, const char *ids_path, int max_new, int ignore_eos, int with_prompt, xd_err *e) {
+static int generate_ids(xd_runner *r, const char *ids_path, int max_new, int ignore_eos, int with_prompt, int cuda,
+                        const char *model, xd_err *e) {
   xd_npy a;
   if (xd_npy_read(ids_path, &a, e)) return -1;
   int rc = 0;
@@ -80,7 +85,9 @@ static int generate_ids(xd_runner *r, const char *ids_path, int max_new, int ign
     const int total = T + max_new;
     int32_t *out = xd_malloc((size_t)B * total * sizeof(int32_t));
     int *n_out = xd_malloc((size_t)B * sizeof(int));
-    if (!r->is_student) {
+    if (cuda) {
+      rc = xd_teacher_cuda_generate_dir(model, ids, B, T, max_new, !ignore_eos, out, n_out, e);
+    } else if (!r->is_student) {
       rc = xd_teacher_generate(&r->teacher, ids, B, T, max_new, !ignore_eos, out, n_out, e);
     } else {
       /* one row at a time through the recurrent state: memory does not grow with the length */
@@ -123,7 +130,7 @@ int cmd_generate(int argc, char **argv) {
   const char *model = NULL, *ids_path = NULL, *prompt = NULL, *system = NULL, *tokenizer = NULL, *chat_format = NULL;
   const char *stops[MAX_STOPS];
   size_t n_stops = 0;
-  int max_new = -1, threads = 0, ignore_eos = 0, with_prompt = 0, chat = 0, stats = 0, seed = 1234;
+  int max_new = -1, threads = 0, ignore_eos = 0, with_prompt = 0, chat = 0, stats = 0, seed = 1234, cuda = 0;
   xd_gen_options o;
   xd_gen_options_default(&o);
   for (int i = 1; i < argc; i++) {
@@ -138,6 +145,7 @@ int cmd_generate(int argc, char **argv) {
     else if (!strcmp(a, "--prompt")) prompt = argv[++i];
     else if (!strcmp(a, "--system")) system = argv[++i];
     else if (!strcmp(a, "--tokenizer")) tokenizer = argv[++i];
+    else if (!strcmp(a, "--device")) { if (cli_parse_device("generate", argv[++i], &cuda)) return 1; }
     else if (!strcmp(a, "--chat-format")) chat_format = argv[++i];
     else if (!strcmp(a, "--stop")) {
       if (n_stops == MAX_STOPS) return cli_failf("generate: at most %d --stop strings", MAX_STOPS);
@@ -158,14 +166,20 @@ int cmd_generate(int argc, char **argv) {
   if (ids_path && (chat || system || n_stops || tokenizer || chat_format))
     return cli_failf("generate: --chat, --system, --stop, --tokenizer and --chat-format need --prompt");
   if (system && !chat) return cli_failf("generate: --system needs --chat");
+  if (cuda && !ids_path) return cli_failf("generate: --device cuda supports --ids (greedy) only; --prompt runs on the CPU for now");
+  if (cuda && xd_is_student_dir(model))
+    return cli_failf("generate: %s: --device cuda runs teacher checkpoints only (no GPU student yet)", model);
   xd_err e = {0};
   if (xd_sample_params_check(&o.sp, &e)) return cli_fail(&e);
   xd_set_threads(threads);
   xd_runner r;
-  if (xd_runner_load(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, &e)) return cli_fail(&e);
+  memset(&r, 0, sizeof r);
+  /* the GPU path loads the teacher itself (one host copy at a time): here only its config */
+  if (cuda ? xd_config_load(&r.cfg, model, &e) : xd_runner_load(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, &e))
+    return cli_fail(&e);
   int rc = 0;
   if (ids_path) {
-    rc = generate_ids(&r, ids_path, max_new, ignore_eos, with_prompt, &e);
+    rc = generate_ids(&r, ids_path, max_new, ignore_eos, with_prompt, cuda, model, &e);
   } else {
     int32_t *ids = NULL;
     size_t n = 0;
@@ -221,6 +235,6 @@ int cmd_generate(int argc, char **argv) {
     }
     free(ids);
   }
-  xd_runner_free(&r);
+  if (!cuda) xd_runner_free(&r);
   return rc ? cli_fail(&e) : 0;
 }

@@ -109,7 +109,7 @@ int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const 
                                     mlstm_state *final, float *h, xd_err *e);
 
 
-/* ==== student ops, part 2 (branch cudaops): mLSTM backward, feature maps, gates, mix ========
+/* ==== student ops, part 2 (branch cudaops): mLSTM backward, feature maps, gates, mix =
  * fp32 storage and math throughout (the twins of the fp32 CPU ops in src/ops/cpu); every
  * backward ACCUMULATES (+=) into its gradients like the CPU op (the caller zeroes them).
  * Reductions over tokens (dP, dw, db) are split into fixed partial sums added in a fixed
@@ -167,6 +167,50 @@ int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv
                          const float *k_raw, const float *v_raw, const float *w_o, const float *h_global,
                          const float *h_local, const mix_shape *s, xd_err *e);
 /* ==== end of student ops, part 2 ============================================================ */
+
+/* ==== GPU teacher model support (src/ops/cuda/decode.cu; used by model/teacher/teacher_cuda) ====
+ * fp32 residual stream helpers, QK-norm on slices of the fused q|k|v buffer, KV-cache append,
+ * attention of a few queries over a KV cache (decode; split over the keys), greedy argmax. */
+/* Free and total device memory in bytes (cudaMemGetInfo). */
+int xd_cuda_mem_info(xd_cuda_ctx *c, size_t *free_bytes, size_t *total_bytes, xd_err *e);
+/* out[n,:] = bf16(w * rmsnorm(x[n*ldx .. +C])): fp32 rows (row stride ldx elements) -> bf16 [N,C]. */
+int xd_cuda_rmsnorm_f32_forward(xd_cuda_ctx *c, uint16_t *out, const float *x, size_t ldx, const uint16_t *w, int N,
+                                int C, float eps, xd_err *e);
+/* In place over bf16 segments: for token n < N and segment s < n_seg, x[n*ld + s*C .. +C] =
+ * w * rmsnorm(that segment), w [C]. QK-norm inside the fused q|k|v rows: qwen3 (per head:
+ * n_seg = H, C = d) and olmo (whole projection: n_seg = 1, C = H*d). */
+int xd_cuda_rmsnorm_segments(xd_cuda_ctx *c, uint16_t *x, int ld, int N, int n_seg, int C, const uint16_t *w,
+                             float eps, xd_err *e);
+/* h[n,:] += w * rmsnorm(t[n,:]), fp32 h, t [N,C] (post-norm residual add, olmo). */
+int xd_cuda_rmsnorm_add_f32(xd_cuda_ctx *c, float *h, const float *t, const uint16_t *w, int N, int C, float eps,
+                            xd_err *e);
+/* Append Tn tokens per row to a KV cache: src_k/src_v rows [B*Tn] with row stride ld (slices of
+ * the fused q|k|v buffer) -> cache_k/cache_v [B, cap, kvdim] at positions off .. off+Tn-1. */
+int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
+                      const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off, xd_err *e);
+
+/* Attention of Tq queries per sequence over keys in memory (a KV cache, or the fused buffer):
+ * query i of sequence b (row b*Tq + i of q, stride ldq) sits at position q_offset + i and sees
+ * keys s <= q_offset + i (and s > q_offset + i - window when window > 0, the HF sliding window).
+ * k, v: sequence b's key s of KV head g at k + b*kv_bstride + s*ldkv + g*d. out [B*Tq, H*d]
+ * rows (stride ldo), bf16. fp32 math, scale 1/sqrt(d); GQA: head h reads KV head h / (H/G).
+ * Any d <= 256 (16-byte loads when d, strides and pointers allow). The keys are split into
+ * chunks of at most 1024 spread over the SMs (flash-decoding); with more than one chunk the
+ * fp32 partial results go to ws (see xd_cuda_attention_decode_ws) and a second kernel merges
+ * them. Error (nothing written) when ws_bytes is too small. */
+typedef struct {
+  int B, Tq, H, G, d;
+  int q_offset, window;
+  int ldq, ldo, ldkv;
+  size_t kv_bstride;
+} xd_cuda_decode_dims;
+/* Workspace bytes for these dims (the count of keys is q_offset + Tq; it grows with it). */
+size_t xd_cuda_attention_decode_ws(xd_cuda_ctx *c, const xd_cuda_decode_dims *a);
+int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                             const xd_cuda_decode_dims *a, void *ws, size_t ws_bytes, xd_err *e);
+/* out[b] = argmax_v logits[b*V + v] (first index among equal maxima, as the CPU's greedy loop). */
+int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *logits, int B, int V, xd_err *e);
+/* ==== end of GPU teacher model support ==== */
 
 #ifdef __cplusplus
 }

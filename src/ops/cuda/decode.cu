@@ -1,0 +1,411 @@
+/* Kernels for the GPU teacher model (model/teacher/teacher_cuda.c): fp32-residual norms, QK-norm
+ * on slices of the fused q|k|v rows, KV-cache append, attention of a few queries over a KV cache
+ * (split over the keys, then merged), greedy argmax. */
+#include <math.h>
+#include "cuda_common.cuh"
+
+extern "C" int xd_cuda_mem_info(xd_cuda_ctx *c, size_t *free_bytes, size_t *total_bytes, xd_err *e) {
+  (void)c;
+  XD_CU(cudaMemGetInfo(free_bytes, total_bytes));
+  return 0;
+}
+
+/* Sum over the block (blockDim a multiple of 32, <= 1024); every thread gets the total. */
+__device__ __forceinline__ float block_sum(float v, float *red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads(); /* red may still be read from a previous call */
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float t = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += red[i];
+  return t;
+}
+
+/* ---- norms ----------------------------------------------------------------------------- */
+__global__ void k_rmsnorm_f32in(uint16_t *out, const float *x, size_t ldx, const uint16_t *w, int C, float eps) {
+  __shared__ float red[32];
+  const float *xr = x + blockIdx.x * ldx;
+  uint16_t *o = out + (size_t)blockIdx.x * C;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) ss += xr[i] * xr[i];
+  const float rstd = rsqrtf(block_sum(ss, red) / (float)C + eps);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = xd_f2bf(xd_bf2f(w[i]) * (xr[i] * rstd));
+}
+
+static int norm_threads(int C) {
+  int t = 32;
+  while (t < C && t < 256) t *= 2;
+  return t;
+}
+
+extern "C" int xd_cuda_rmsnorm_f32_forward(xd_cuda_ctx *c, uint16_t *out, const float *x, size_t ldx,
+                                           const uint16_t *w, int N, int C, float eps, xd_err *e) {
+  XD_ARG(N > 0 && C > 0 && ldx >= (size_t)C);
+  k_rmsnorm_f32in<<<N, norm_threads(C), 0, c->stream>>>(out, x, ldx, w, C, eps);
+  XD_CU_LAUNCH("rmsnorm_f32");
+  return 0;
+}
+
+/* One block per (token, segment); in place (every element is read before it is written by the
+ * same thread, and the sum is complete before any write). */
+__global__ void k_rmsnorm_seg(uint16_t *x, int ld, int n_seg, int C, const uint16_t *w, float eps) {
+  __shared__ float red[32];
+  const size_t n = blockIdx.x / n_seg, s = blockIdx.x % n_seg;
+  uint16_t *r = x + n * ld + s * C;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    const float v = xd_bf2f(r[i]);
+    ss += v * v;
+  }
+  const float rstd = rsqrtf(block_sum(ss, red) / (float)C + eps);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) r[i] = xd_f2bf(xd_bf2f(w[i]) * (xd_bf2f(r[i]) * rstd));
+}
+
+extern "C" int xd_cuda_rmsnorm_segments(xd_cuda_ctx *c, uint16_t *x, int ld, int N, int n_seg, int C,
+                                        const uint16_t *w, float eps, xd_err *e) {
+  XD_ARG(N > 0 && n_seg > 0 && C > 0 && ld >= n_seg * C);
+  XD_ARG((size_t)N * n_seg < (1u << 31));
+  k_rmsnorm_seg<<<(unsigned)(N * n_seg), norm_threads(C), 0, c->stream>>>(x, ld, n_seg, C, w, eps);
+  XD_CU_LAUNCH("rmsnorm_segments");
+  return 0;
+}
+
+__global__ void k_rmsnorm_add(float *h, const float *t, const uint16_t *w, int C, float eps) {
+  __shared__ float red[32];
+  const float *tr = t + (size_t)blockIdx.x * C;
+  float *hr = h + (size_t)blockIdx.x * C;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) ss += tr[i] * tr[i];
+  const float rstd = rsqrtf(block_sum(ss, red) / (float)C + eps);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) hr[i] += xd_bf2f(w[i]) * (tr[i] * rstd);
+}
+
+extern "C" int xd_cuda_rmsnorm_add_f32(xd_cuda_ctx *c, float *h, const float *t, const uint16_t *w, int N, int C,
+                                       float eps, xd_err *e) {
+  XD_ARG(N > 0 && C > 0);
+  k_rmsnorm_add<<<N, norm_threads(C), 0, c->stream>>>(h, t, w, C, eps);
+  XD_CU_LAUNCH("rmsnorm_add");
+  return 0;
+}
+
+/* ---- KV cache append --------------------------------------------------------------------- */
+__global__ void k_kv_append(uint16_t *ck, uint16_t *cv, const uint16_t *sk, const uint16_t *sv, int ld, int Tn,
+                            int kvdim, int cap, int off, size_t total) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t row = i / kvdim, col = i % kvdim; /* row = b*Tn + t */
+    const size_t b = row / Tn, t = row % Tn;
+    const size_t dst = (b * cap + off + t) * kvdim + col;
+    ck[dst] = sk[row * ld + col];
+    cv[dst] = sv[row * ld + col];
+  }
+}
+
+extern "C" int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
+                                 const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off,
+                                 xd_err *e) {
+  XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && off >= 0 && off + Tn <= cap);
+  const size_t total = (size_t)B * Tn * kvdim;
+  unsigned g = xd_ceil_div(total, 256);
+  if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
+  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, total);
+  XD_CU_LAUNCH("kv_append");
+  return 0;
+}
+
+/* ---- attention over a KV cache (decode) -------------------------------------------------
+ * Grid (query row x split, KV head g x head subgroup). One block of 256 threads takes the keys
+ * [s0, s1) of one split for up to DEC_MAXR query heads that share KV head g: each key row is
+ * read once for all of them. Threads form groups of tpr lanes per key row (each lane owns up to
+ * 8 elements of the row); 256 / tpr rows are in flight at a time.
+ *   1. scores for the chunk into shared memory (fp32, scale folded into q);
+ *   2. one warp per head: max, exp, sum over the chunk;
+ *   3. P V accumulated per lane, reduced over the rows of a warp with shuffles and over warps
+ *      with shared-memory atomics;
+ *   4. one chunk: out = o / l (bf16); several: o, m, l to the workspace, merged by k_attn_merge. */
+#define DEC_THREADS 256
+#define DEC_MAXR 8
+#define DEC_CHUNK 1024
+#define DEC_MAXD 256
+
+struct dec_args {
+  int B, Tq, H, G, d, R, nsub, off, window, ldq, ldo, ldkv, n_split, chunk, tpr;
+  size_t kv_bstride;
+  float scale;
+};
+
+template <int VEC>
+__device__ __forceinline__ void load_row(float *f, const uint16_t *row, int lr, int tpr, int d, bool valid) {
+  if (VEC == 8) {
+    if (valid && lr * 8 < d) {
+      const uint4 u = *reinterpret_cast<const uint4 *>(row + lr * 8);
+      const uint16_t *h = reinterpret_cast<const uint16_t *>(&u);
+#pragma unroll
+      for (int k = 0; k < 8; k++) f[k] = xd_bf2f(h[k]);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; k++) f[k] = 0.f;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      const int el = lr + k * tpr;
+      f[k] = valid && el < d ? xd_bf2f(row[el]) : 0.f;
+    }
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ int elem_of(int lr, int k, int tpr) {
+  return VEC == 8 ? lr * 8 + k : lr + k * tpr;
+}
+
+template <int VEC>
+__global__ void __launch_bounds__(DEC_THREADS) k_attn_decode(uint16_t *__restrict__ out, float *__restrict__ part_o,
+                                                             float *__restrict__ part_ml, const uint16_t *__restrict__ q,
+                                                             const uint16_t *__restrict__ k,
+                                                             const uint16_t *__restrict__ v, const dec_args a) {
+  __shared__ float sc[DEC_MAXR][DEC_CHUNK];
+  __shared__ float ob[DEC_MAXR][DEC_MAXD];
+  __shared__ float sm[DEC_MAXR], sl[DEC_MAXR];
+  const int split = blockIdx.x % a.n_split;
+  const int g = blockIdx.y / a.nsub, sub = blockIdx.y % a.nsub;
+  const int row = blockIdx.x / a.n_split; /* b*Tq + i */
+  const int b = row / a.Tq, i = row % a.Tq;
+  const int p = a.off + i;
+  const int h0 = g * a.R + sub * DEC_MAXR;
+  const int nr = min(DEC_MAXR, a.R - sub * DEC_MAXR);
+  const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
+  const int s0 = max(split * a.chunk, lo), s1 = min(split * a.chunk + a.chunk, p + 1);
+  const int tid = threadIdx.x, tpr = a.tpr, lr = tid % tpr, ks = tid / tpr, rpb = DEC_THREADS / tpr;
+  const int d = a.d;
+  if (s0 >= s1) { /* nothing visible in this split (only possible with several splits) */
+    for (int t = tid; t < nr * d; t += DEC_THREADS) {
+      const int r = t / d, el = t % d;
+      part_o[(((size_t)row * a.H + h0 + r) * a.n_split + split) * d + el] = 0.f;
+    }
+    if (tid < nr) {
+      float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_split + split) * 2;
+      ml[0] = -INFINITY, ml[1] = 0.f;
+    }
+    return;
+  }
+  for (int t = tid; t < DEC_MAXR * DEC_MAXD; t += DEC_THREADS) (&ob[0][0])[t] = 0.f;
+  /* this lane's q elements, scaled */
+  float qr[DEC_MAXR][8];
+  const uint16_t *qrow = q + (size_t)row * a.ldq;
+#pragma unroll
+  for (int r = 0; r < DEC_MAXR; r++) {
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+      const int el = elem_of<VEC>(lr, kk, tpr);
+      qr[r][kk] = r < nr && el < d ? xd_bf2f(qrow[(size_t)(h0 + r) * d + el]) * a.scale : 0.f;
+    }
+  }
+  const uint16_t *kb = k + (size_t)b * a.kv_bstride + (size_t)g * d;
+  const uint16_t *vb = v + (size_t)b * a.kv_bstride + (size_t)g * d;
+  /* 1. scores (every thread runs the same number of iterations: shuffles need whole warps) */
+  /* unrolled so that several rows' loads are in flight per thread (decode is bandwidth-bound) */
+#pragma unroll 4
+  for (int jb = s0; jb < s1; jb += rpb) {
+    const int j = jb + ks;
+    const bool valid = j < s1;
+    float kf[8];
+    load_row<VEC>(kf, kb + (size_t)(valid ? j : s0) * a.ldkv, lr, tpr, d, valid);
+#pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+      if (r < nr) {
+        float s = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) s += qr[r][kk] * kf[kk];
+        for (int o = tpr / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (valid && lr == 0) sc[r][j - s0] = s;
+      }
+    }
+  }
+  __syncthreads();
+  /* 2. softmax statistics of the chunk, one warp per head */
+  const int n = s1 - s0, warp = tid >> 5, lane = tid & 31;
+  if (warp < nr) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, sc[warp][j]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float pj = __expf(sc[warp][j] - m);
+      sc[warp][j] = pj;
+      l += pj;
+    }
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (lane == 0) sm[warp] = m, sl[warp] = l;
+  }
+  __syncthreads();
+  /* 3. o = P V */
+  float acc[DEC_MAXR][8];
+#pragma unroll
+  for (int r = 0; r < DEC_MAXR; r++)
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) acc[r][kk] = 0.f;
+  /* unrolled so that several rows' loads are in flight per thread (decode is bandwidth-bound) */
+#pragma unroll 4
+  for (int jb = s0; jb < s1; jb += rpb) {
+    const int j = jb + ks;
+    const bool valid = j < s1;
+    float vf[8];
+    load_row<VEC>(vf, vb + (size_t)(valid ? j : s0) * a.ldkv, lr, tpr, d, valid);
+#pragma unroll
+    for (int r = 0; r < DEC_MAXR; r++) {
+      if (r < nr) {
+        const float pj = valid ? sc[r][j - s0] : 0.f;
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) acc[r][kk] += pj * vf[kk];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < DEC_MAXR; r++) {
+    if (r < nr) {
+#pragma unroll
+      for (int kk = 0; kk < 8; kk++) {
+        float x = acc[r][kk];
+        for (int o = 16; o >= tpr; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+        const int el = elem_of<VEC>(lr, kk, tpr);
+        if (lane < tpr && el < d) atomicAdd(&ob[r][el], x);
+      }
+    }
+  }
+  __syncthreads();
+  /* 4. output */
+  for (int t = tid; t < nr * d; t += DEC_THREADS) {
+    const int r = t / d, el = t % d;
+    if (a.n_split == 1)
+      out[(size_t)row * a.ldo + (size_t)(h0 + r) * d + el] = xd_f2bf(ob[r][el] / sl[r]);
+    else
+      part_o[(((size_t)row * a.H + h0 + r) * a.n_split + split) * d + el] = ob[r][el];
+  }
+  if (a.n_split > 1 && tid < nr) {
+    float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_split + split) * 2;
+    ml[0] = sm[tid], ml[1] = sl[tid];
+  }
+}
+
+/* One block per (query row, head): merge the splits' (o, m, l). */
+__global__ void k_attn_merge(uint16_t *out, const float *part_o, const float *part_ml, int H, int d, int n_split,
+                             int ldo) {
+  const size_t rh = blockIdx.x; /* row*H + h */
+  const float *ml = part_ml + rh * n_split * 2;
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[2 * s]);
+  float L = 0.f;
+  for (int s = 0; s < n_split; s++) L += ml[2 * s] == -INFINITY ? 0.f : ml[2 * s + 1] * __expf(ml[2 * s] - M);
+  const size_t row = rh / H, h = rh % H;
+  for (int el = threadIdx.x; el < d; el += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < n_split; s++)
+      if (ml[2 * s] != -INFINITY) o += part_o[(rh * n_split + s) * d + el] * __expf(ml[2 * s] - M);
+    out[row * ldo + h * d + el] = xd_f2bf(o / L);
+  }
+}
+
+/* Splits: enough blocks for about two waves, chunks of 64 .. DEC_CHUNK keys. *n_ws (>= *n_split)
+ * grows monotonically with the key count, so a workspace sized for the longest context serves
+ * every shorter one. */
+static void dec_plan(const xd_cuda_ctx *c, const xd_cuda_decode_dims *a, int *n_split, int *chunk, int *n_ws) {
+  const int Tk = a->q_offset + a->Tq;
+  const int R = a->H / a->G, nsub = (R + DEC_MAXR - 1) / DEC_MAXR;
+  const double base = (double)a->B * a->Tq * a->G * nsub;
+  const int n_min = (Tk + DEC_CHUNK - 1) / DEC_CHUNK;
+  const int target = (int)ceil(2.0 * (c->sm_count > 0 ? c->sm_count : 132) / base);
+  const int useful = (Tk + 63) / 64;
+  int n = target < useful ? target : useful;
+  if (n < n_min) n = n_min;
+  if (n < 1) n = 1;
+  const int ch = (Tk + n - 1) / n;
+  *n_ws = n;
+  *chunk = ch;
+  *n_split = (Tk + ch - 1) / ch;
+}
+
+extern "C" size_t xd_cuda_attention_decode_ws(xd_cuda_ctx *c, const xd_cuda_decode_dims *a) {
+  int n_split, ch, n;
+  dec_plan(c, a, &n_split, &ch, &n);
+  if (n_split <= 1) return 0;
+  return (size_t)a->B * a->Tq * a->H * n * (a->d + 2) * sizeof(float);
+}
+
+extern "C" int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uint16_t *q, const uint16_t *k,
+                                        const uint16_t *v, const xd_cuda_decode_dims *a, void *ws, size_t ws_bytes,
+                                        xd_err *e) {
+  XD_ARG(a->B > 0 && a->Tq > 0 && a->H > 0 && a->G > 0 && a->H % a->G == 0);
+  XD_ARG(a->d > 0 && a->d <= DEC_MAXD && a->q_offset >= 0 && a->window >= 0);
+  XD_ARG(a->ldq >= a->H * a->d && a->ldo >= a->H * a->d && a->ldkv >= a->G * a->d);
+  XD_ARG((size_t)a->q_offset + a->Tq < (1u << 30));
+  int n_split, chunk, n_ws;
+  dec_plan(c, a, &n_split, &chunk, &n_ws);
+  XD_ARG((size_t)n_split * a->B * a->Tq < (1u << 31) && (size_t)a->B * a->Tq * a->H < (1u << 31));
+  const size_t need = xd_cuda_attention_decode_ws(c, a);
+  if (need > ws_bytes)
+    return xd_errf(e, "decode.cu: attention over %d keys for %d x %d queries needs %zu bytes of workspace, %zu given",
+                   a->q_offset + a->Tq, a->B, a->Tq, need, ws_bytes);
+  dec_args g;
+  g.B = a->B, g.Tq = a->Tq, g.H = a->H, g.G = a->G, g.d = a->d, g.R = a->H / a->G;
+  g.nsub = (g.R + DEC_MAXR - 1) / DEC_MAXR;
+  g.off = a->q_offset, g.window = a->window, g.ldq = a->ldq, g.ldo = a->ldo, g.ldkv = a->ldkv;
+  g.n_split = n_split, g.chunk = chunk, g.kv_bstride = a->kv_bstride;
+  g.scale = (float)(1.0 / sqrt((double)a->d));
+  const bool vec = a->d % 8 == 0 && a->ldkv % 8 == 0 && a->kv_bstride % 8 == 0 &&
+                   (((uintptr_t)k | (uintptr_t)v) & 15) == 0;
+  const int per = vec ? a->d / 8 : a->d; /* 16-byte pieces (or elements) per row */
+  int tpr = 1;
+  while (tpr < per && tpr < 32) tpr *= 2;
+  if (!vec) { /* each lane holds at most 8 elements: tpr * 8 >= d */
+    while (tpr * 8 < a->d) tpr *= 2;
+  }
+  g.tpr = tpr;
+  float *part_o = n_split > 1 ? (float *)ws : NULL;
+  float *part_ml = n_split > 1 ? part_o + (size_t)a->B * a->Tq * a->H * n_split * a->d : NULL;
+  const dim3 grid((unsigned)((size_t)n_split * a->B * a->Tq), (unsigned)(a->G * g.nsub));
+  if (vec)
+    k_attn_decode<8><<<grid, DEC_THREADS, 0, c->stream>>>(out, part_o, part_ml, q, k, v, g);
+  else
+    k_attn_decode<1><<<grid, DEC_THREADS, 0, c->stream>>>(out, part_o, part_ml, q, k, v, g);
+  XD_CU_LAUNCH("attention_decode");
+  if (n_split > 1) {
+    k_attn_merge<<<(unsigned)((size_t)a->B * a->Tq * a->H), 64, 0, c->stream>>>(out, part_o, part_ml, a->H, a->d,
+                                                                               n_split, a->ldo);
+    XD_CU_LAUNCH("attention_merge");
+  }
+  return 0;
+}
+
+/* ---- argmax ----------------------------------------------------------------------------- */
+__global__ void k_argmax(int32_t *out, const float *logits, int V) {
+  const float *r = logits + (size_t)blockIdx.x * V;
+  float best = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const float x = r[i];
+    if (x > best || (x == best && i < bi)) best = x, bi = i;
+  }
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+  }
+  if ((threadIdx.x & 31) == 0) sv[threadIdx.x >> 5] = best, si[threadIdx.x >> 5] = bi;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+      if (sv[w] > best || (sv[w] == best && si[w] < bi)) best = sv[w], bi = si[w];
+    /* all NaN (or -inf): index 0, as the CPU loop that starts from index 0 */
+    out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+  }
+}
+
+extern "C" int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *logits, int B, int V, xd_err *e) {
+  XD_ARG(B > 0 && V > 0);
+  k_argmax<<<B, 1024, 0, c->stream>>>(out, logits, V);
+  XD_CU_LAUNCH("argmax");
+  return 0;
+}

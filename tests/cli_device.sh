@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# --device on forward / generate: bad values and `--device cuda` where it cannot run (a build
+# without CUDA, or no usable GPU, as on CI) give exactly one line "xdistill: error: ..." and exit 1;
+# --device cpu is the default path. On a machine with a GPU the cuda cases are skipped here
+# (tests/gpu/test_gpu_teacher.c checks the GPU results).
+set -u
+BIN=${XD_BIN:-build/xdistill}
+FIX=tests/fixtures/teachers
+if [ ! -d "$FIX" ]; then echo "[skip] $FIX absent"; exit 0; fi
+TMP=$(mktemp -d /tmp/xdistill-cli-device.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fail=0
+ok() { echo "[ ok ] $1"; }
+bad() { echo "[FAIL] $1"; fail=1; }
+expect_error() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
+  local lines; lines=$(wc -l <"$TMP/err")
+  if [ $rc -eq 1 ] && [ "$lines" -eq 1 ] && grep -q "^xdistill: error: " "$TMP/err" && grep -qF -- "$want" "$TMP/err"; then
+    ok "$name"
+  else
+    bad "$name (rc=$rc, stderr: $(cat "$TMP/err"))"
+  fi
+}
+M=$FIX/llama-gqa/fp32
+IDS=$FIX/llama-gqa/ids.npy
+
+expect_error "forward --device tpu" "--device must be cpu or cuda" "$BIN" forward --model $M --ids $IDS --out "$TMP/l.npy" --device tpu
+expect_error "generate --device tpu" "--device must be cpu or cuda" "$BIN" generate --model $M --ids $IDS --max-new 2 --device tpu
+"$BIN" forward --model $M --ids $IDS --out "$TMP/cpu.npy" --device cpu && [ -s "$TMP/cpu.npy" ] && ok "forward --device cpu" || bad "forward --device cpu"
+a=$("$BIN" generate --model $M --ids $IDS --max-new 3 --device cpu) && b=$("$BIN" generate --model $M --ids $IDS --max-new 3) &&
+  [ "$a" = "$b" ] && ok "generate --device cpu = default" || bad "generate --device cpu"
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "[skip] a GPU is present: the no-GPU errors are not testable here"
+else
+  # built without CUDA: "built without CUDA"; built with CUDA but no usable device: the CUDA error
+  expect_error "forward --device cuda (no GPU)" "--device cuda" "$BIN" forward --model $M --ids $IDS --out "$TMP/g.npy" --device cuda
+  [ ! -e "$TMP/g.npy" ] && ok "no output file after the error" || bad "output file written despite the error"
+  expect_error "generate --device cuda (no GPU)" "--device cuda" "$BIN" generate --model $M --ids $IDS --max-new 2 --device cuda
+fi
+expect_error "generate --device cuda --prompt" "" "$BIN" generate --model $M --prompt hi --device cuda
+exit $fail

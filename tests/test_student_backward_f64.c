@@ -6,7 +6,7 @@
  *
  * Loss: L = sum_{n,v} logits[n,v] R[n,v] for a fixed random R [N,V], so dL/dlogits = R.
  * Per tensor, two measures (both must be <= 1e-6):
- *   dir:  random unit directions u: |FD_u - <g,u>| / |g|     (every element contributes)
+ *   dir:  random unit directions u: |FD_u - <g,u>| / |g|   (every element contributes)
  *   elem: sampled elements (the largest |g| among them, embedding rows the ids use):
  *         max_i |FD_i - g_i| / max_i |g_i|                   (max-norm relative error)
  * FD: Richardson-extrapolated central differences (4 D(h/2) - D(h)) / 3, h = 1e-4 |w|-scaled:
@@ -226,7 +226,7 @@ static void check_family(const char *family, xd_mlstm_normalizer norm) {
         gu += g[i] * u[i];
       }
       const double fd = fd_dir(&c, w, u, m, h);
-      dir_err = fmax(dir_err, fabs(fd - gu) / fmax(sqrt(gn), 1e-300));
+      dir_err = fmax(dir_err, fabs(fd - gu) / fmax(fmax(sqrt(gn), fabs(fd)), 1e-300));
     }
     /* elements: the largest |g|, then random ones (embedding: rows of the ids) */
     double emax = 0, dmax = 0;

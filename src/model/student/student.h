@@ -16,7 +16,7 @@
 #include "train/params.h"
 
 /* A layer's hybrid tensors, as an X-macro over (R, field) like XD_TEACHER_LAYER_TENSORS. */
-#define XD_HYBRID_LAYER_TENSORS(X, R)   \
+#define XD_HYBRID_LAYER_TENSORS(X, R)        \
   X(R, P_q) X(R, P_k) /* [H,d,p], [G,d,p] */ \
   X(R, w_i) X(R, b_i) /* [H,D], [H] */       \
   X(R, w_f) X(R, b_f) /* [H,D], [H] */       \
@@ -51,17 +51,17 @@ int xd_is_student_dir(const char *dir);
 
 /* ---- one hybrid attention core (the part that replaces softmax attention) --------------- */
 /* Saved activations of one layer's core for rows N = B*T (allocated once per shape). */
-#define XD_CORE_ACTS_OF(R)                                     \
-  struct {                                                     \
-    int B, T;                                                  \
-    R *local, *lse; /* [N,H*d], [N,H] */                       \
-    R *qf, *kf;     /* [N,H,P], [N,G,P] */                     \
-    R *ig, *fg;     /* [N,H] */                                \
-    R *glob;        /* [N,H*d] mLSTM output */                 \
-    R *bound;       /* mlstm boundary states */                \
-    R *o;           /* [N,H] mixing gate */                    \
-    mlstm_ws *ws;   /* of the matching precision */            \
-    mlstm_cfg mc;                                              \
+#define XD_CORE_ACTS_OF(R)                          \
+  struct {                                          \
+    int B, T;                                       \
+    R *local, *lse; /* [N,H*d], [N,H] */            \
+    R *qf, *kf;     /* [N,H,P], [N,G,P] */          \
+    R *ig, *fg;     /* [N,H] */                     \
+    R *glob;        /* [N,H*d] mLSTM output */      \
+    R *bound;       /* mlstm boundary states */     \
+    R *o;           /* [N,H] mixing gate */         \
+    mlstm_ws *ws;   /* of the matching precision */ \
+    mlstm_cfg mc;                                   \
   }
 typedef XD_CORE_ACTS_OF(float) xd_core_acts;
 void xd_core_acts_alloc(xd_core_acts *a, const xd_student *s, int B, int T);

@@ -11,23 +11,23 @@
 #define XD_STUDENT_TRAIN_H
 #include "model/student/student.h"
 
-#define XD_LAYER_SAVES_OF(R, CORE)                                                                       \
-  struct {                                                                                                \
+#define XD_LAYER_SAVES_OF(R, CORE)                                                                               \
+  struct {                                                                                                       \
     R *h0, *x, *q_raw, *k_raw, *v_raw, *q, *k, *att; /* [N,D] [N,D] [N,Hd] [N,Gd] [N,Gd] [N,Hd] [N,Gd] [N,Hd] */ \
-    R *o1, *h1, *xm, *g, *u, *sw, *o2;               /* [N,D] [N,D] [N,D] [N,F] [N,F] [N,F] [N,D] */  \
-    CORE core;                                                                                            \
+    R *o1, *h1, *xm, *g, *u, *sw, *o2;               /* [N,D] [N,D] [N,D] [N,F] [N,F] [N,F] [N,D] */             \
+    CORE core;                                                                                                   \
   }
 typedef XD_LAYER_SAVES_OF(float, xd_core_acts) xd_layer_saves;
 typedef XD_LAYER_SAVES_OF(double, xd_core_acts_f64) xd_layer_saves_f64;
 
-#define XD_STUDENT_TRAIN_ACTS_OF(R, SAVES)                                                         \
-  struct {                                                                                          \
-    int B, T, n_layers;                                                                             \
-    SAVES *layer; /* [L] */                                                                         \
-    R *hL, *hn;   /* [N,D] final residual, final-norm output */                                     \
-    xd_rope_tables rope;                                                                            \
-    int *pos;     /* [N] */                                                                         \
-    /* backward scratch, one layer's worth */                                                       \
+#define XD_STUDENT_TRAIN_ACTS_OF(R, SAVES)                                                                  \
+  struct {                                                                                                  \
+    int B, T, n_layers;                                                                                     \
+    SAVES *layer; /* [L] */                                                                                 \
+    R *hL, *hn;   /* [N,D] final residual, final-norm output */                                             \
+    xd_rope_tables rope;                                                                                    \
+    int *pos;     /* [N] */                                                                                 \
+    /* backward scratch, one layer's worth */                                                               \
     R *dh, *dh1, *dx, *dxm, *do_, *dg, *du, *dsw, *datt, *dq_raw, *dk_raw, *dv_raw, *dq, *dk, *tmpD, *rstd; \
   }
 typedef XD_STUDENT_TRAIN_ACTS_OF(float, xd_layer_saves) xd_student_train_acts;

@@ -22,27 +22,27 @@
  * float64 twin (xd_teacher_layer_f64, the path the finite-difference tests differentiate) has
  * exactly these fields, and code can visit every tensor slot. */
 #define XD_TEACHER_LAYER_TENSORS(X, R)                                                        \
-  X(R, attn_norm)                    /* [D] input_layernorm; NULL for olmo (no pre-norm) */ \
-  X(R, wq) X(R, wk) X(R, wv)         /* [H*d, D], [G*d, D], [G*d, D] */                    \
-  X(R, bq) X(R, bk) X(R, bv)         /* [H*d], [G*d], [G*d] or NULL */                     \
-  X(R, q_norm) X(R, k_norm)          /* qwen3: [d] each; olmo: [H*d], [G*d]; else NULL */  \
-  X(R, wo) X(R, bo)                  /* [D, H*d], [D] or NULL */                           \
-  X(R, attn_out_norm)                /* olmo: post_attention_layernorm [D]; else NULL */   \
+  X(R, attn_norm)                    /* [D] input_layernorm; NULL for olmo (no pre-norm) */   \
+  X(R, wq) X(R, wk) X(R, wv)         /* [H*d, D], [G*d, D], [G*d, D] */                       \
+  X(R, bq) X(R, bk) X(R, bv)         /* [H*d], [G*d], [G*d] or NULL */                        \
+  X(R, q_norm) X(R, k_norm)          /* qwen3: [d] each; olmo: [H*d], [G*d]; else NULL */     \
+  X(R, wo) X(R, bo)                  /* [D, H*d], [D] or NULL */                              \
+  X(R, attn_out_norm)                /* olmo: post_attention_layernorm [D]; else NULL */      \
   X(R, mlp_norm)                     /* llama/qwen: post_attention_layernorm (pre-MLP) [D] */ \
-  X(R, w_gate) X(R, w_up) X(R, w_down) /* [F, D], [F, D], [D, F] */                         \
-  X(R, b_gate) X(R, b_up) X(R, b_down) /* llama mlp_bias, else NULL */                      \
+  X(R, w_gate) X(R, w_up) X(R, w_down) /* [F, D], [F, D], [D, F] */                           \
+  X(R, b_gate) X(R, b_up) X(R, b_down) /* llama mlp_bias, else NULL */                        \
   X(R, mlp_out_norm)                 /* olmo: post_feedforward_layernorm [D]; else NULL */
 #define XD_TENSOR_FIELD(R, f) R *f;
 typedef struct { XD_TEACHER_LAYER_TENSORS(XD_TENSOR_FIELD, float) } xd_teacher_layer;
 typedef struct { XD_TEACHER_LAYER_TENSORS(XD_TENSOR_FIELD, double) } xd_teacher_layer_f64;
 
-#define XD_TEACHER_OF(R, LAYER)                                                                \
-  struct {                                                                                      \
-    xd_model_config cfg;                                                                        \
-    R *embed;      /* [V, D] */                                                                 \
-    R *lm_head;    /* [V, D]; == embed when tied */                                             \
-    R *final_norm; /* [D] */                                                                    \
-    LAYER *layers; /* [L] */                                                                    \
+#define XD_TEACHER_OF(R, LAYER)                     \
+  struct {                                          \
+    xd_model_config cfg;                            \
+    R *embed;      /* [V, D] */                     \
+    R *lm_head;    /* [V, D]; == embed when tied */ \
+    R *final_norm; /* [D] */                        \
+    LAYER *layers; /* [L] */                        \
   }
 typedef XD_TEACHER_OF(float, xd_teacher_layer) xd_teacher;
 typedef XD_TEACHER_OF(double, xd_teacher_layer_f64) xd_teacher_f64; /* float64 twin (tests) */

@@ -208,117 +208,28 @@ int xd_student_save(const xd_student *s, const char *dir, xd_err *e) {
 }
 
 /* ---- the hybrid core ------------------------------------------------------------------ */
-static mlstm_cfg core_mlstm_cfg(const xd_student *s, int B, int T) {
-  mlstm_cfg mc = mlstm_cfg_make(B, T, s->cfg.n_heads, s->cfg.n_kv_heads, s->hy.d_phi, s->cfg.head_dim);
-  mc.chunk = s->hy.chunk;
-  mc.norm = s->hy.normalizer == XD_NORM_XLSTM ? MLSTM_NORM_MAX : MLSTM_NORM_PAPER;
-  mc.eps = s->hy.eps;
+/* The helpers read only the config, so the fp32 student and its float64 twin share them. */
+static mlstm_cfg core_mlstm_cfg(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
+  mlstm_cfg mc = mlstm_cfg_make(B, T, c->n_heads, c->n_kv_heads, hy->d_phi, c->head_dim);
+  mc.chunk = hy->chunk;
+  mc.norm = hy->normalizer == XD_NORM_XLSTM ? MLSTM_NORM_MAX : MLSTM_NORM_PAPER;
+  mc.eps = hy->eps;
   return mc;
 }
 
 /* The local branch of layer l. On the teacher's own sliding-window layers (OLMo 3) it is the
  * teacher's attention exactly: the teacher's window (when narrower than W) and no sinks, since
  * sinks would change a function that is already local; elsewhere W and S. */
-static int core_window(const xd_student *s, int layer) {
-  const int tw = xd_config_layer_window(&s->cfg, layer);
-  return tw > 0 && tw < s->hy.window ? tw : s->hy.window;
+static int core_window(const xd_model_config *c, const xd_hybrid_config *hy, int layer) {
+  const int tw = xd_config_layer_window(c, layer);
+  return tw > 0 && tw < hy->window ? tw : hy->window;
 }
-static int core_sinks(const xd_student *s, int layer) {
-  return xd_config_layer_window(&s->cfg, layer) > 0 ? 0 : s->hy.sinks;
-}
-
-void xd_core_acts_alloc(xd_core_acts *a, const xd_student *s, int B, int T) {
-  const size_t N = (size_t)B * T, H = (size_t)s->cfg.n_heads, G = (size_t)s->cfg.n_kv_heads,
-               d = (size_t)s->cfg.head_dim, P = (size_t)s->hy.d_phi;
-  memset(a, 0, sizeof *a);
-  a->B = B;
-  a->T = T;
-  a->mc = core_mlstm_cfg(s, B, T);
-  a->local = xd_malloc(N * H * d * sizeof(float));
-  a->lse = xd_malloc(N * H * sizeof(float));
-  a->qf = xd_malloc(N * H * P * sizeof(float));
-  a->kf = xd_malloc(N * G * P * sizeof(float));
-  a->ig = xd_malloc(N * H * sizeof(float));
-  a->fg = xd_malloc(N * H * sizeof(float));
-  a->glob = xd_malloc(N * H * d * sizeof(float));
-  a->bound = xd_malloc(mlstm_boundary_size(&a->mc) * sizeof(float));
-  a->o = xd_malloc(N * H * sizeof(float));
-  a->ws = mlstm_ws_create(&a->mc);
+static int core_sinks(const xd_model_config *c, const xd_hybrid_config *hy, int layer) {
+  return xd_config_layer_window(c, layer) > 0 ? 0 : hy->sinks;
 }
 
-void xd_core_acts_free(xd_core_acts *a) {
-  float *p[] = {a->local, a->lse, a->qf, a->kf, a->ig, a->fg, a->glob, a->bound, a->o};
-  for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
-  if (a->ws) mlstm_ws_free(a->ws);
-  memset(a, 0, sizeof *a);
-}
-
-void xd_core_forward(const xd_student *s, int layer, xd_core_acts *a, const float *x, const float *q_raw,
-                     const float *k_raw, const float *v_raw, const float *q, const float *k, float *out) {
-  const xd_model_config *c = &s->cfg;
-  const xd_hybrid_layer *Y = &s->hl[layer];
-  const int B = a->B, T = a->T, N = B * T, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
-  const swa_shape sw = {B, T, H, G, d, core_window(s, layer), core_sinks(s, layer)};
-  swa_forward(a->local, a->lse, q, k, v_raw, &sw);
-  const feature_map_shape fq = {N, H, d, s->hy.d_phi, s->hy.feature_map == XD_FMAP_HEDGEHOG};
-  const feature_map_shape fk = {N, G, d, s->hy.d_phi, s->hy.feature_map == XD_FMAP_HEDGEHOG};
-  feature_map_forward(a->qf, q, Y->P_q, &fq);
-  feature_map_forward(a->kf, k, Y->P_k, &fk);
-  const gates_shape gs = {N, c->hidden, H, s->hy.gate_softcap};
-  gates_forward(a->ig, a->fg, x, Y->w_i, Y->b_i, Y->w_f, Y->b_f, &gs);
-  mlstm_chunkwise_forward(&a->mc, a->ws, a->qf, a->kf, v_raw, a->ig, a->fg, NULL, NULL, a->bound, a->glob);
-  const mix_shape ms = {N, H, G, d};
-  mix_forward(out, a->o, q_raw, k_raw, v_raw, Y->w_o, Y->b_o, a->glob, a->local, &ms);
-}
-
-void xd_core_backward(const xd_student *s, int layer, const xd_core_acts *a, const float *x, const float *q_raw,
-                      const float *k_raw, const float *v_raw, const float *q, const float *k, const float *dout,
-                      float *dx, float *dq_raw, float *dk_raw, float *dv_raw, float *dq, float *dk) {
-  const xd_model_config *c = &s->cfg;
-  const xd_hybrid_layer *Y = &s->hl[layer];
-  const xd_hybrid_layer *GY = &s->ghl[layer];
-  const int B = a->B, T = a->T, N = B * T, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, P = s->hy.d_phi;
-  const size_t NHd = (size_t)N * H * d, NGd = (size_t)N * G * d, ND = (size_t)N * c->hidden;
-  const int want_local = dq || dk || dv_raw; /* stage I: inputs are teacher-forced constants */
-  /* Gradients of the core's intermediates, and sinks for unwanted input gradients (the ops
-   * always write them). One layer's worth, freed on return. */
-  float *dglob = xd_calloc(NHd, sizeof(float)), *dlocal = xd_calloc(NHd, sizeof(float));
-  float *dqf = xd_calloc((size_t)N * H * P, sizeof(float)), *dkf = xd_calloc((size_t)N * G * P, sizeof(float));
-  float *dig = xd_calloc((size_t)N * H, sizeof(float)), *dfg = xd_calloc((size_t)N * H, sizeof(float));
-  float *sink_x = dx ? NULL : xd_calloc(ND, sizeof(float));
-  float *sink_q = (dq && dq_raw) ? NULL : xd_calloc(NHd, sizeof(float));
-  float *sink_k = (dk && dk_raw) ? NULL : xd_calloc(NGd, sizeof(float));
-  float *sink_v = dv_raw ? NULL : xd_calloc(NGd, sizeof(float));
-  float *gx = dx ? dx : sink_x, *gv = dv_raw ? dv_raw : sink_v;
-  float *gq_raw = dq_raw ? dq_raw : sink_q, *gk_raw = dk_raw ? dk_raw : sink_k;
-  float *gq = dq ? dq : sink_q, *gk = dk ? dk : sink_k;
-  /* Frozen hybrid parameters (mode FROZEN) have no gradient slots: throwaway buffers. */
-  const size_t nPq = (size_t)H * d * P, nPk = (size_t)G * d * P, nWg = (size_t)H * c->hidden, nWo = (size_t)H * 3 * d;
-  float *junk = GY->w_o ? NULL : xd_calloc(nPq + nPk + 2 * nWg + nWo + 3 * (size_t)H, sizeof(float));
-  float *gP_q = GY->P_q ? GY->P_q : junk, *gP_k = GY->P_k ? GY->P_k : junk + nPq;
-  float *gw_i = GY->w_i ? GY->w_i : junk + nPq + nPk, *gw_f = GY->w_f ? GY->w_f : junk + nPq + nPk + nWg;
-  float *gw_o = GY->w_o ? GY->w_o : junk + nPq + nPk + 2 * nWg;
-  float *gb_i = GY->b_i ? GY->b_i : junk + nPq + nPk + 2 * nWg + nWo;
-  float *gb_f = GY->b_f ? GY->b_f : gb_i + H, *gb_o = GY->b_o ? GY->b_o : gb_i + 2 * H;
-
-  const mix_shape ms = {N, H, G, d};
-  mix_backward(gq_raw, gk_raw, gv, gw_o, gb_o, dglob, dlocal, dout, a->o, q_raw, k_raw, v_raw, Y->w_o, a->glob,
-               a->local, &ms);
-  mlstm_chunkwise_backward(&a->mc, a->ws, a->qf, a->kf, v_raw, a->ig, a->fg, NULL, a->bound, dglob, dqf, dkf, gv, dig,
-                           dfg);
-  const gates_shape gs = {N, c->hidden, H, s->hy.gate_softcap};
-  gates_backward(gx, gw_i, gb_i, gw_f, gb_f, dig, dfg, x, Y->w_i, Y->w_f, a->ig, a->fg, &gs);
-  const feature_map_shape fq = {N, H, d, P, s->hy.feature_map == XD_FMAP_HEDGEHOG};
-  const feature_map_shape fk = {N, G, d, P, s->hy.feature_map == XD_FMAP_HEDGEHOG};
-  feature_map_backward(gq, gP_q, dqf, q, Y->P_q, a->qf, &fq);
-  feature_map_backward(gk, gP_k, dkf, k, Y->P_k, a->kf, &fk);
-  if (want_local) {
-    const swa_shape sw = {B, T, H, G, d, core_window(s, layer), core_sinks(s, layer)};
-    swa_backward(gq, gk, gv, dlocal, q, k, v_raw, a->local, a->lse, &sw);
-  }
-  float *bufs[] = {dglob, dlocal, dqf, dkf, dig, dfg, sink_x, sink_q, sink_k, sink_v, junk};
-  for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-}
+#define XD_TWIN_BODY "model/student/student_core_impl.inc"
+#include "ops/cpu/twin.h"
 
 /* ---- whole model ---------------------------------------------------------------------- */
 static int check_ids(const int32_t *ids, size_t n, int V, xd_err *e) {
@@ -365,7 +276,7 @@ void xd_student_state_alloc(xd_student_state *st, const xd_student *s) {
     st->mstate[l].C = xd_calloc((size_t)st->H * st->P * st->d, sizeof(float));
     st->mstate[l].n = xd_calloc((size_t)st->H * st->P, sizeof(float));
     st->mstate[l].m = xd_calloc((size_t)st->H, sizeof(float));
-    swa_cache_init(&st->cache[l], st->G, st->d, core_window(s, l), core_sinks(s, l));
+    swa_cache_init(&st->cache[l], st->G, st->d, core_window(&s->cfg, &s->hy, l), core_sinks(&s->cfg, &s->hy, l));
   }
   xd_teacher_acts_alloc(&st->ta1, c, 1, 1);
   st->qf = xd_malloc((size_t)st->H * st->P * sizeof(float));
@@ -424,7 +335,7 @@ static void decode_one(const xd_student *s, xd_student_state *st, int32_t id, fl
   rope_row(&ta->rope, c, (int)st->pos);
   ta->pos[0] = 0; /* row 0 of the one-row table holds the current position */
   embedding_forward(ta->h, &id, s->base.embed, 1, D);
-  const mlstm_cfg mc = core_mlstm_cfg(s, 1, 1);
+  const mlstm_cfg mc = core_mlstm_cfg(&s->cfg, &s->hy, 1, 1);
   for (int l = 0; l < c->n_layers; l++) {
     const xd_teacher_layer *L = &s->base.layers[l];
     const xd_hybrid_layer *Y = &s->hl[l];
@@ -467,7 +378,7 @@ int xd_student_step(const xd_student *s, xd_student_state *st, const int32_t *id
       const xd_teacher_layer *L = &s->base.layers[l];
       const xd_hybrid_layer *Y = &s->hl[l];
       xd_teacher_layer_in(c, L, l, &ta.rope, ta.pos, n, ta.h, ta.x, ta.q_raw, ta.k_raw, ta.v_raw, ta.q, ta.k);
-      const swa_shape sw = {1, n, H, G, d, core_window(s, l), core_sinks(s, l)};
+      const swa_shape sw = {1, n, H, G, d, core_window(&s->cfg, &s->hy, l), core_sinks(&s->cfg, &s->hy, l)};
       swa_forward(ca.local, ca.lse, ta.q, ta.k, ta.v_raw, &sw);
       for (int t = 0; t < n; t++)
         swa_cache_append(&st->cache[l], ta.k + (size_t)t * G * d, ta.v_raw + (size_t)t * G * d);

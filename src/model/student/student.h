@@ -15,12 +15,14 @@
 #include "ops/cpu/swa.h"
 #include "train/params.h"
 
-typedef struct {
-  float *P_q, *P_k;  /* [H,d,p], [G,d,p] */
-  float *w_i, *b_i;  /* [H,D], [H] */
-  float *w_f, *b_f;  /* [H,D], [H] */
-  float *w_o, *b_o;  /* [H,3d], [H] */
-} xd_hybrid_layer;
+/* A layer's hybrid tensors, as an X-macro over (R, field) like XD_TEACHER_LAYER_TENSORS. */
+#define XD_HYBRID_LAYER_TENSORS(X, R)        \
+  X(R, P_q) X(R, P_k) /* [H,d,p], [G,d,p] */ \
+  X(R, w_i) X(R, b_i) /* [H,D], [H] */       \
+  X(R, w_f) X(R, b_f) /* [H,D], [H] */       \
+  X(R, w_o) X(R, b_o) /* [H,3d], [H] */
+typedef struct { XD_HYBRID_LAYER_TENSORS(XD_TENSOR_FIELD, float) } xd_hybrid_layer;
+typedef struct { XD_HYBRID_LAYER_TENSORS(XD_TENSOR_FIELD, double) } xd_hybrid_layer_f64;
 
 typedef enum {
   XD_STUDENT_FROZEN = 0, /* inference: no gradients */
@@ -49,17 +51,19 @@ int xd_is_student_dir(const char *dir);
 
 /* ---- one hybrid attention core (the part that replaces softmax attention) --------------- */
 /* Saved activations of one layer's core for rows N = B*T (allocated once per shape). */
-typedef struct {
-  int B, T;
-  float *local, *lse;   /* [N,H*d], [N,H] */
-  float *qf, *kf;       /* [N,H,P], [N,G,P] */
-  float *ig, *fg;       /* [N,H] */
-  float *glob;          /* [N,H*d] mLSTM output */
-  float *bound;         /* mlstm boundary states */
-  float *o;             /* [N,H] mixing gate */
-  mlstm_ws *ws;
-  mlstm_cfg mc;
-} xd_core_acts;
+#define XD_CORE_ACTS_OF(R)                          \
+  struct {                                          \
+    int B, T;                                       \
+    R *local, *lse; /* [N,H*d], [N,H] */            \
+    R *qf, *kf;     /* [N,H,P], [N,G,P] */          \
+    R *ig, *fg;     /* [N,H] */                     \
+    R *glob;        /* [N,H*d] mLSTM output */      \
+    R *bound;       /* mlstm boundary states */     \
+    R *o;           /* [N,H] mixing gate */         \
+    mlstm_ws *ws;   /* of the matching precision */ \
+    mlstm_cfg mc;                                   \
+  }
+typedef XD_CORE_ACTS_OF(float) xd_core_acts;
 void xd_core_acts_alloc(xd_core_acts *a, const xd_student *s, int B, int T);
 void xd_core_acts_free(xd_core_acts *a);
 
@@ -72,6 +76,39 @@ void xd_core_forward(const xd_student *s, int layer, xd_core_acts *a, const floa
 void xd_core_backward(const xd_student *s, int layer, const xd_core_acts *a, const float *x, const float *q_raw,
                       const float *k_raw, const float *v_raw, const float *q, const float *k, const float *dout,
                       float *dx, float *dq_raw, float *dk_raw, float *dv_raw, float *dq, float *dk);
+
+/* ---- float64 twin (finite-difference tests) --------------------------------------------
+ * A double copy of a student's weights with a gradient for EVERY tensor (whatever the source's
+ * mode), over which the float64 instantiations of the core (below) and of the training
+ * forward/backward (student_train.h) run: the same source as the fp32 product path
+ * (student_core_impl.inc, student_train_impl.inc, compiled once per type by ops/cpu/twin.h).
+ * Tensor i is the fp32 student's params tensor i (same name, shape, order); a tied lm_head
+ * shares the embedding's slot, as in fp32. */
+typedef struct {
+  xd_model_config cfg;
+  xd_hybrid_config hy;
+  xd_teacher_f64 base, gbase;    /* weight / gradient views into the arena (layers owned) */
+  xd_hybrid_layer_f64 *hl, *ghl; /* [L] */
+  int n;                         /* tensors */
+  size_t *numel;                 /* [n] */
+  double **data, **grad;         /* [n] each tensor's weights / gradient */
+  double *arena;                 /* all weights, then all gradients */
+} xd_student_f64;
+/* Copy s's weights (converted exactly) into d. Free with xd_student_f64_free. */
+void xd_student_f64_from(xd_student_f64 *d, const xd_student *s);
+void xd_student_f64_free(xd_student_f64 *d);
+void xd_student_f64_zero_grad(xd_student_f64 *d);
+
+typedef XD_CORE_ACTS_OF(double) xd_core_acts_f64;
+void xd_core_acts_alloc_f64(xd_core_acts_f64 *a, const xd_student_f64 *s, int B, int T);
+void xd_core_acts_free_f64(xd_core_acts_f64 *a);
+void xd_core_forward_f64(const xd_student_f64 *s, int layer, xd_core_acts_f64 *a, const double *x,
+                         const double *q_raw, const double *k_raw, const double *v_raw, const double *q,
+                         const double *k, double *out);
+void xd_core_backward_f64(const xd_student_f64 *s, int layer, const xd_core_acts_f64 *a, const double *x,
+                          const double *q_raw, const double *k_raw, const double *v_raw, const double *q,
+                          const double *k, const double *dout, double *dx, double *dq_raw, double *dk_raw,
+                          double *dv_raw, double *dq, double *dk);
 
 /* ---- whole model ------------------------------------------------------------------------ */
 /* Full forward ids [B,T] -> logits [B,T,V]. ta: teacher activations sized for (B*T, T). */

@@ -207,33 +207,8 @@ void xd_teacher_acts_free(xd_teacher_acts *a) {
 
 /* ---- one layer ------------------------------------------------------------ */
 
-void xd_teacher_layer_in(const xd_model_config *c, const xd_teacher_layer *L, int layer, const xd_rope_tables *rope,
-                         const int *pos, int N, const float *h, float *x, float *q_raw, float *k_raw, float *v_raw,
-                         float *q, float *k) {
-  const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
-  const float eps = (float)c->rms_eps;
-  if (c->post_norm) {
-    if (x != h) memcpy(x, h, (size_t)N * D * sizeof(float));
-  } else {
-    rmsnorm_forward(x, NULL, h, L->attn_norm, N, D, eps);
-  }
-  matmul_forward(q_raw, x, L->wq, L->bq, N, D, H * d);
-  matmul_forward(k_raw, x, L->wk, L->bk, N, D, G * d);
-  matmul_forward(v_raw, x, L->wv, L->bv, N, D, G * d);
-  if (c->qk_norm == XD_QKNORM_HEAD) { /* rows of d: [N*H, d] and [N*G, d] */
-    rmsnorm_forward(q, NULL, q_raw, L->q_norm, N * H, d, eps);
-    rmsnorm_forward(k, NULL, k_raw, L->k_norm, N * G, d, eps);
-  } else if (c->qk_norm == XD_QKNORM_PROJ) { /* rows of H*d and G*d */
-    rmsnorm_forward(q, NULL, q_raw, L->q_norm, N, H * d, eps);
-    rmsnorm_forward(k, NULL, k_raw, L->k_norm, N, G * d, eps);
-  } else {
-    memcpy(q, q_raw, (size_t)N * H * d * sizeof(float));
-    memcpy(k, k_raw, (size_t)N * G * d * sizeof(float));
-  }
-  const int kind = c->layer_sliding[layer];
-  rope_forward(q, q, rope->cos[kind], rope->sin[kind], pos, N, H, d);
-  rope_forward(k, k, rope->cos[kind], rope->sin[kind], pos, N, G, d);
-}
+#define XD_TWIN_BODY "model/teacher/teacher_layer_impl.inc"
+#include "ops/cpu/twin.h"
 
 static void add_inplace(float *h, const float *t, size_t n) {
 #pragma omp parallel for schedule(static)

@@ -18,26 +18,34 @@
 #define XD_TEACHER_H
 #include "model/config.h"
 
-typedef struct {
-  float *attn_norm;              /* [D] input_layernorm; NULL for olmo (no pre-norm) */
-  float *wq, *wk, *wv;           /* [H*d, D], [G*d, D], [G*d, D] */
-  float *bq, *bk, *bv;           /* [H*d], [G*d], [G*d] or NULL */
-  float *q_norm, *k_norm;        /* qwen3: [d] each; olmo: [H*d], [G*d]; else NULL */
-  float *wo, *bo;                /* [D, H*d], [D] or NULL */
-  float *attn_out_norm;          /* olmo: post_attention_layernorm [D]; else NULL */
-  float *mlp_norm;               /* llama/qwen: post_attention_layernorm (pre-MLP) [D]; else NULL */
-  float *w_gate, *w_up, *w_down; /* [F, D], [F, D], [D, F] */
-  float *b_gate, *b_up, *b_down; /* llama mlp_bias, else NULL */
-  float *mlp_out_norm;           /* olmo: post_feedforward_layernorm [D]; else NULL */
-} xd_teacher_layer;
+/* One layer's tensors as an X-macro over (R, field): the element type is a parameter so the
+ * float64 twin (xd_teacher_layer_f64, the path the finite-difference tests differentiate) has
+ * exactly these fields, and code can visit every tensor slot. */
+#define XD_TEACHER_LAYER_TENSORS(X, R)                                                        \
+  X(R, attn_norm)                    /* [D] input_layernorm; NULL for olmo (no pre-norm) */   \
+  X(R, wq) X(R, wk) X(R, wv)         /* [H*d, D], [G*d, D], [G*d, D] */                       \
+  X(R, bq) X(R, bk) X(R, bv)         /* [H*d], [G*d], [G*d] or NULL */                        \
+  X(R, q_norm) X(R, k_norm)          /* qwen3: [d] each; olmo: [H*d], [G*d]; else NULL */     \
+  X(R, wo) X(R, bo)                  /* [D, H*d], [D] or NULL */                              \
+  X(R, attn_out_norm)                /* olmo: post_attention_layernorm [D]; else NULL */      \
+  X(R, mlp_norm)                     /* llama/qwen: post_attention_layernorm (pre-MLP) [D] */ \
+  X(R, w_gate) X(R, w_up) X(R, w_down) /* [F, D], [F, D], [D, F] */                           \
+  X(R, b_gate) X(R, b_up) X(R, b_down) /* llama mlp_bias, else NULL */                        \
+  X(R, mlp_out_norm)                 /* olmo: post_feedforward_layernorm [D]; else NULL */
+#define XD_TENSOR_FIELD(R, f) R *f;
+typedef struct { XD_TEACHER_LAYER_TENSORS(XD_TENSOR_FIELD, float) } xd_teacher_layer;
+typedef struct { XD_TEACHER_LAYER_TENSORS(XD_TENSOR_FIELD, double) } xd_teacher_layer_f64;
 
-typedef struct {
-  xd_model_config cfg;
-  float *embed;      /* [V, D] */
-  float *lm_head;    /* [V, D]; == embed when tied */
-  float *final_norm; /* [D] */
-  xd_teacher_layer *layers; /* [L] */
-} xd_teacher;
+#define XD_TEACHER_OF(R, LAYER)                     \
+  struct {                                          \
+    xd_model_config cfg;                            \
+    R *embed;      /* [V, D] */                     \
+    R *lm_head;    /* [V, D]; == embed when tied */ \
+    R *final_norm; /* [D] */                        \
+    LAYER *layers; /* [L] */                        \
+  }
+typedef XD_TEACHER_OF(float, xd_teacher_layer) xd_teacher;
+typedef XD_TEACHER_OF(double, xd_teacher_layer_f64) xd_teacher_f64; /* float64 twin (tests) */
 
 /* dir: a HF checkpoint directory (config.json + model.safetensors or sharded + index). F32, F16
  * and BF16 weights are converted to fp32. Every missing or mis-shaped tensor is a one-line error
@@ -87,6 +95,10 @@ void xd_teacher_acts_free(xd_teacher_acts *a);
 void xd_teacher_layer_in(const xd_model_config *c, const xd_teacher_layer *L, int layer, const xd_rope_tables *rope,
                          const int *pos, int N, const float *h, float *x, float *q_raw, float *k_raw, float *v_raw,
                          float *q, float *k);
+/* Float64 twin (same source, teacher_layer_impl.inc), for the float64 student path. */
+void xd_teacher_layer_in_f64(const xd_model_config *c, const xd_teacher_layer_f64 *L, int layer,
+                             const xd_rope_tables *rope, const int *pos, int N, const double *h, double *x,
+                             double *q_raw, double *k_raw, double *v_raw, double *q, double *k);
 /* (b) a [N,H*d] -> h [N,D] updated in place: h += [norm](a Wo^T + bo); h += [norm](MLP(h)).
  * Scratch: tmp [N,D], gate, up [N,F]. */
 void xd_teacher_layer_out(const xd_model_config *c, const xd_teacher_layer *L, int N, const float *a, float *h,

@@ -83,38 +83,5 @@ void rope_table(float *cos_t, float *sin_t, const float *inv_freq, float scaling
     }
 }
 
-void rope_forward(float *out, const float *in, const float *cos_t, const float *sin_t, const int *pos, int N,
-                  int n_heads, int d) {
-  const int half = d / 2;
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; n++) {
-    const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
-    for (int h = 0; h < n_heads; h++) {
-      const float *x = in + ((size_t)n * n_heads + h) * d;
-      float *o = out + ((size_t)n * n_heads + h) * d;
-      for (int i = 0; i < half; i++) {
-        const float x1 = x[i], x2 = x[i + half];
-        o[i] = x1 * c[i] - x2 * s[i];
-        o[i + half] = x2 * c[i] + x1 * s[i];
-      }
-    }
-  }
-}
-
-void rope_backward(float *din, const float *dout, const float *cos_t, const float *sin_t, const int *pos, int N,
-                   int n_heads, int d) {
-  const int half = d / 2;
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; n++) {
-    const float *c = cos_t + (size_t)pos[n] * half, *s = sin_t + (size_t)pos[n] * half;
-    for (int h = 0; h < n_heads; h++) {
-      const float *g = dout + ((size_t)n * n_heads + h) * d;
-      float *o = din + ((size_t)n * n_heads + h) * d;
-      for (int i = 0; i < half; i++) {
-        const float g1 = g[i], g2 = g[i + half];
-        o[i] = g1 * c[i] + g2 * s[i];
-        o[i + half] = g2 * c[i] - g1 * s[i];
-      }
-    }
-  }
-}
+#define XD_TWIN_BODY "ops/cpu/rope_impl.inc"
+#include "ops/cpu/twin.h"

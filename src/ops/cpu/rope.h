@@ -39,4 +39,10 @@ void rope_forward(float *out, const float *in, const float *cos_t, const float *
 /* The transpose rotation: din = R^T dout (din may equal dout). Overwrites din. */
 void rope_backward(float *din, const float *dout, const float *cos_t, const float *sin_t, const int *pos, int N,
                    int n_heads, int d);
+/* Float64 twins (same source, rope_impl.inc) over the same fp32 tables, for the float64
+ * student path of the finite-difference tests. */
+void rope_forward_f64(double *out, const double *in, const float *cos_t, const float *sin_t, const int *pos, int N,
+                      int n_heads, int d);
+void rope_backward_f64(double *din, const double *dout, const float *cos_t, const float *sin_t, const int *pos, int N,
+                       int n_heads, int d);
 #endif

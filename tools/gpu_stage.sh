@@ -10,13 +10,13 @@ set -eu -o pipefail
 DEST=${1:?usage: tools/gpu_stage.sh DEST [BUILD_DIR]}
 BUILD=${2:-/tmp/xd-cuda-build}
 cmake -S . -B "$BUILD" -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" -j2 --target test_gpu_ops bench_gpu_teacher
+cmake --build "$BUILD" -j2 --target test_gpu_ops test_gpu_kd_loss bench_gpu_teacher
 rm -rf "$DEST"
 mkdir -p "$DEST/prebuilt/lib"
 git ls-files -z --cached --others --exclude-standard | grep -zv '^build' | xargs -0 -I{} cp --parents {} "$DEST"/
-cp "$BUILD/test_gpu_ops" "$BUILD/bench_gpu_teacher" "$DEST/prebuilt/"
+cp "$BUILD/test_gpu_ops" "$BUILD/test_gpu_kd_loss" "$BUILD/bench_gpu_teacher" "$DEST/prebuilt/"
 # Shared libraries outside glibc/libstdc++/CUDA's cuBLAS (which the GPU machine has).
-ldd "$BUILD/test_gpu_ops" "$BUILD/bench_gpu_teacher" | awk '/=> \//{print $3}' | sort -u |
+ldd "$BUILD/test_gpu_ops" "$BUILD/test_gpu_kd_loss" "$BUILD/bench_gpu_teacher" | awk '/=> \//{print $3}' | sort -u |
   grep -E 'openblas|gfortran|quadmath|gomp|cudart|cjson|pcre2|utf8proc|yaml' | while read -r lib; do
     case "$lib" in
       *openblas*) gzip -c "$lib" >"$DEST/prebuilt/lib/$(basename "$lib").gz" ;;

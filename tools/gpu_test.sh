@@ -6,7 +6,8 @@
 #      XD_GPU_PREBUILT=<dir> holding those two binaries built elsewhere with the same CUDA
 #      version and lib/ with the shared libraries they need (lib/*.gz are unpacked first);
 #   2. test_gpu_ops: every CUDA op against its CPU twin (exit 0 = all bounds held);
-#   3. compute-sanitizer --tool memcheck on test_gpu_ops, when the tool is present;
+#   3. compute-sanitizer --tool memcheck on test_gpu_ops, when the tool is present; then
+#      test_gpu_kd_loss (KD loss kernels + their benchmark) and memcheck on its quick mode;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, then bench_gpu_teacher again (run-to-run spread).
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
@@ -21,7 +22,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 
 BIN=""
 if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-   cmake --build build-gpu -j"$(nproc)" --target test_gpu_ops bench_gpu_teacher >>"$OUT/build.log" 2>&1; then
+   cmake --build build-gpu -j"$(nproc)" --target test_gpu_ops test_gpu_kd_loss bench_gpu_teacher >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
 elif [ -n "${XD_GPU_PREBUILT:-}" ] && [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ]; then
@@ -52,6 +53,22 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
   [ "$rc" = 0 ] || { status=1; grep -m 20 -E '=========' "$OUT/memcheck.txt"; }
 else
   echo "== compute-sanitizer not found: memcheck skipped"
+fi
+
+# KD loss kernels (tests + their bandwidth benchmark); memcheck on the quick mode
+if [ -x "$BIN/test_gpu_kd_loss" ]; then
+  echo "== test_gpu_kd_loss"
+  "$BIN/test_gpu_kd_loss" 2>&1 | tee "$OUT/test_kd.txt"
+  rc=${PIPESTATUS[0]}
+  echo "test_gpu_kd_loss exit $rc"
+  [ "$rc" = 0 ] || status=1
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    timeout 240 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/test_gpu_kd_loss" quick >"$OUT/memcheck_kd.txt" 2>&1
+    rc=$?
+    grep -E 'ERROR SUMMARY' "$OUT/memcheck_kd.txt" | tail -1
+    echo "memcheck test_gpu_kd_loss quick exit $rc"
+    [ "$rc" = 0 ] || status=1
+  fi
 fi
 
 echo "== bench_gpu_teacher T=$T"

@@ -393,77 +393,17 @@ template <typename Tout> __device__ void zero_row(Tout *d, int V, bool vec, int 
   }
 }
 
-/* A raw 8-element vector is W = sizeof(T)/2 uint4s (bf16: 1, fp32: 2). */
-template <typename T> __device__ __forceinline__ void unpack_raw(const uint4 *r, float *x);
-template <> __device__ __forceinline__ void unpack_raw<uint16_t>(const uint4 *r, float *x) { unpack8(r[0], x); }
-template <> __device__ __forceinline__ void unpack_raw<float>(const uint4 *r, float *x) {
-  x[0] = __uint_as_float(r[0].x), x[1] = __uint_as_float(r[0].y), x[2] = __uint_as_float(r[0].z);
-  x[3] = __uint_as_float(r[0].w), x[4] = __uint_as_float(r[1].x), x[5] = __uint_as_float(r[1].y);
-  x[6] = __uint_as_float(r[1].z), x[7] = __uint_as_float(r[1].w);
-}
-
-/* Pass 1 of the fused kernel over 8-wide vectors, front to back (64 bytes in flight per
- * thread): online max / sum-exp, and the raw vectors [0, ncache) kept in shared memory so that
- * pass 2 need not read the front of the row again (the part least likely still in L2). */
-template <int TH, typename T>
-__device__ __forceinline__ void fused_pass1_vec(const T *z, int V, uint4 *cache, int ncache, OnlineLse &L) {
-  constexpr int U = 8 / sizeof(T), W = sizeof(T) / 2;
-  const uint4 *zr = reinterpret_cast<const uint4 *>(z);
-  const int nvec = V >> 3;
-  int c = threadIdx.x;
-  for (; c + (U - 1) * TH < nvec; c += U * TH) {
-    uint4 r[U][W];
-#pragma unroll
-    for (int u = 0; u < U; u++)
-#pragma unroll
-      for (int w = 0; w < W; w++) r[u][w] = zr[(size_t)(c + u * TH) * W + w];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int cc = c + u * TH;
-      if (cc < ncache)
-#pragma unroll
-        for (int w = 0; w < W; w++) cache[(size_t)cc * W + w] = r[u][w];
-      float x[8];
-      unpack_raw<T>(r[u], x);
-      L.add<8>(x);
-    }
-  }
-  for (; c < nvec; c += TH) {
-    uint4 r[W];
-#pragma unroll
-    for (int w = 0; w < W; w++) r[w] = zr[(size_t)c * W + w];
-    if (c < ncache)
-#pragma unroll
-      for (int w = 0; w < W; w++) cache[(size_t)c * W + w] = r[w];
-    float x[8];
-    unpack_raw<T>(r, x);
-    L.add<8>(x);
-  }
-}
-
-/* Vector cc of the row: from the shared-memory copy when pass 1 kept it, else global memory
- * (streaming load: last use). */
-template <typename T>
-__device__ __forceinline__ void ld8_src(const T *z, const uint4 *cache, int ncache, int cc, float *x) {
-  if (cc < ncache)
-    unpack_raw<T>(cache + (size_t)cc * (sizeof(T) / 2), x);
-  else
-    ld8<true>(z + 8 * (size_t)cc, x);
-}
-
 /* Pass 2 of the fused kernel over 8-wide vectors, back to front (the vectors pass 1 read
- * last, most likely still in L2, first; the front comes from shared memory), U vectors in
- * flight per thread: d = sce * exp(z - lf) (+ d when ACC). z and d may be the same buffer
- * (each vector is read before it is written, by the thread that writes it). */
+ * last, most likely still in L2, first), U vectors in flight per thread: d = sce * exp(z - lf)
+ * (+ d when ACC). z and d may be the same buffer (each thread reads its vector, then writes it). */
 template <int TH, int U, bool ACC, typename Tin, typename Tout>
-__device__ __forceinline__ void pass2_vec(const Tin *z, Tout *d, int V, const uint4 *cache, int ncache, float sce,
-                                          float lf) {
+__device__ __forceinline__ void pass2_vec(const Tin *z, Tout *d, int V, float sce, float lf) {
   const int nvec = V >> 3;
   int c = nvec - 1 - (int)threadIdx.x;
   for (; c >= (U - 1) * TH; c -= U * TH) {
     float x[U][8];
 #pragma unroll
-    for (int u = 0; u < U; u++) ld8_src(z, cache, ncache, c - u * TH, x[u]);
+    for (int u = 0; u < U; u++) ld8<true>(z + 8 * (size_t)(c - u * TH), x[u]);
 #pragma unroll
     for (int u = 0; u < U; u++) {
       float o[8];
@@ -478,7 +418,7 @@ __device__ __forceinline__ void pass2_vec(const Tin *z, Tout *d, int V, const ui
   }
   for (; c >= 0; c -= TH) {
     float x[8], o[8];
-    ld8_src(z, cache, ncache, c, x);
+    ld8<true>(z + 8 * (size_t)c, x);
     if (ACC) ld8<true>(d + 8 * (size_t)c, o);
 #pragma unroll
     for (int q = 0; q < 8; q++) {
@@ -499,7 +439,6 @@ struct FusedParams {
   float *lse, *row_ce, *row_kl;
   xd_cuda_kd_result *res;
   bool accumulate, vec;
-  int ncache; /* vectors of 8 logits pass 1 keeps in (dynamic) shared memory; 0 unless vec */
 };
 
 /* One block per row. Phases: validate + gather the k teacher entries, the target and (when
@@ -517,7 +456,6 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   __shared__ float smf[64];
   __shared__ float s_zy, s_oldy;
   __shared__ int s_yin;
-  extern __shared__ uint4 s_cache[]; /* p.ncache raw vectors of the row's front */
   const int tid = threadIdx.x, V = p.V, k = p.k;
   const size_t row = blockIdx.x;
   const Tin *z = logits + row * (size_t)V;
@@ -565,10 +503,7 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   }
   /* pass 1 */
   FusedPass1 p1;
-  if (p.vec)
-    fused_pass1_vec<TH>(z, V, s_cache, p.ncache, p1.L);
-  else
-    stream_row<TH>(z, V, false, p1);
+  stream_row<TH>(z, V, p.vec, p1);
   block_lse<TH>(p1.L, smf); /* its barriers also publish the gathers */
   const double lse_d = (double)p1.L.m + log((double)p1.L.s);
   const float lf = (float)lse_d; /* the CPU op's stored lse[n], used by its backward */
@@ -634,9 +569,9 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   if (p.vec) {
     constexpr int U = 8 / sizeof(Tin); /* 64 bytes of logits in flight per thread */
     if (p.accumulate)
-      pass2_vec<TH, U / 2, true>(z, d, V, s_cache, p.ncache, sce, lf);
+      pass2_vec<TH, U / 2, true>(z, d, V, sce, lf);
     else
-      pass2_vec<TH, U, false>(z, d, V, s_cache, p.ncache, sce, lf);
+      pass2_vec<TH, U, false>(z, d, V, sce, lf);
   } else {
     for (int v = V - 1 - tid; v >= 0; v -= TH) {
       const float g = sce * __expf(ld1(z, (size_t)v) - lf);
@@ -654,43 +589,19 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   }
 }
 
-/* Dynamic shared memory for the row cache: what is left of the SM's shared memory at the
- * intended occupancy (1024 threads per SM) after the static arrays and the per-block reserve. */
-template <typename Tin, typename Tout, int TH>
-int launch_th(xd_cuda_ctx *c, unsigned N, const Tin *z, Tout *d, FusedParams p, xd_err *e) {
-  void (*kern)(const Tin *, Tout *, FusedParams) = k_kd_fused<Tin, Tout, TH>;
-  size_t dyn = 0;
-  p.ncache = 0;
-  if (p.vec) {
-    int smem_sm = 0, reserved = 0;
-    XD_CU(cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, c->device));
-    XD_CU(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, c->device));
-    cudaFuncAttributes fa;
-    XD_CU(cudaFuncGetAttributes(&fa, kern));
-    const long budget = (long)smem_sm / (1024 / TH) - (long)fa.sharedSizeBytes - reserved - 1024;
-    const long optin = (long)c->smem_optin - (long)fa.sharedSizeBytes;
-    const long vb = 16 * (long)(sizeof(Tin) / 2);
-    long nc = (budget < optin ? budget : optin) / vb;
-    if (nc < 0) nc = 0;
-    if (nc > (p.V >> 3)) nc = p.V >> 3;
-    p.ncache = (int)nc;
-    dyn = (size_t)(nc * vb);
-    XD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn));
-    XD_CU(cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-  }
-  kern<<<N, TH, dyn, c->stream>>>(z, d, p);
-  XD_CU_LAUNCH("kd_fused");
-  return 0;
-}
-
 template <typename Tin, typename Tout>
 int launch_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, const FusedParams &p, int threads, xd_err *e) {
   const Tin *z = static_cast<const Tin *>(a->logits);
   Tout *d = static_cast<Tout *>(a->dlogits);
   const unsigned N = (unsigned)a->cfg.N;
-  if (threads == 256) return launch_th<Tin, Tout, 256>(c, N, z, d, p, e);
-  if (threads == 512) return launch_th<Tin, Tout, 512>(c, N, z, d, p, e);
-  return launch_th<Tin, Tout, 1024>(c, N, z, d, p, e);
+  if (threads == 256)
+    k_kd_fused<Tin, Tout, 256><<<N, 256, 0, c->stream>>>(z, d, p);
+  else if (threads == 512)
+    k_kd_fused<Tin, Tout, 512><<<N, 512, 0, c->stream>>>(z, d, p);
+  else
+    k_kd_fused<Tin, Tout, 1024><<<N, 1024, 0, c->stream>>>(z, d, p);
+  XD_CU_LAUNCH("kd_fused");
+  return 0;
 }
 
 } // namespace
@@ -738,7 +649,6 @@ extern "C" int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, x
   p.lse = a->lse, p.row_ce = a->row_ce, p.row_kl = a->row_kl, p.res = a->res;
   p.accumulate = !inplace && a->accumulate;
   p.vec = cf->V % 8 == 0 && ((uintptr_t)a->logits & 15) == 0 && ((uintptr_t)a->dlogits & 15) == 0;
-  p.ncache = 0;
 
   k_kd_count<<<1, 1024, 0, c->stream>>>(a->mask, cf->N, a->res);
   XD_CU_LAUNCH("kd_count");

@@ -372,6 +372,9 @@ static void test_fused(void) {
   fused_case((fcase){40, 1003, 50, 1.5f, g0, b0, 1.f, XD_CUDA_F32, XD_CUDA_F32, ACCUMULATE, 0, 1, 0, 14});
   fused_case((fcase){16, 1000, 8, 1.f, g0, b0, 1.f, XD_CUDA_F32, XD_CUDA_F32, INPLACE, 0, 0, 1, 15});
   fused_bad_input();
+  /* rows longer than the shared-memory row cache: pass 2 reads the tail from global memory */
+  fused_case((fcase){6, 151936, 64, 1.f, g0, b0, 1.f, XD_CUDA_F32, XD_CUDA_F32, INPLACE, 0, 0, 0, 22});
+  fused_case((fcase){6, 151936, 32, 1.f, g0, b0, 1.f, XD_CUDA_BF16, XD_CUDA_BF16, ACCUMULATE, 1024, 1, 0, 23});
   if (quick) return;
   fused_case((fcase){300, 1000, 256, 1.f, g0, b0, 1.f, XD_CUDA_F32, XD_CUDA_BF16, OVERWRITE, 512, 0, 0, 16});
   fused_case((fcase){200, 151936, 256, 1.f, g0, b0, 1.f, XD_CUDA_BF16, XD_CUDA_BF16, INPLACE, 0, 0, 0, 17});

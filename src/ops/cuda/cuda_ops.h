@@ -212,6 +212,70 @@ int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uint16_t *q, c
 int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *logits, int B, int V, xd_err *e);
 /* ==== end of GPU teacher model support ==== */
 
+/* ==== stage II KD loss (kd_loss.cu; branch cudakd) =======================================
+ * CUDA twins of ops/cpu/kd_loss.h: the teacher's top-k extraction (topk_logprobs) and the
+ * student's loss forward + backward fused into one kernel (kd_loss_forward followed by
+ * kd_loss_backward). Same semantics, same kd_config, same layouts; logits are bf16 or fp32
+ * storage, all math fp32 on the vocabulary rows and fp64 on the k teacher entries. */
+#include "ops/cpu/kd_loss.h" /* kd_config, kd_result */
+
+/* Teacher top-k: for each row of logits [N,V] (bf16 or fp32), ids [N,k] and their full-vocab
+ * log-softmax values logp [N,k] (temperature 1), sorted by value descending, ties by lower id:
+ * exactly topk_logprobs's ids, the log-probs within fp32 rounding. One block per row; 1 <= k
+ * <= XD_CUDA_TOPK_MAX; V < 2^31. Two reads of each row when the threshold bin of the first
+ * radix pass holds few enough values (always, for logits with a realistic spread); up to four
+ * more (exact radix select, ties taken in id order) for rows of massive ties.
+ * bad_row (NULL or one device int32) receives the lowest row holding a non-finite logit, or
+ * -1 when every row is finite; the CPU op refuses such input, here the caller checks it (its
+ * row gets some k ids and non-finite log-probs). */
+#define XD_CUDA_TOPK_MAX 1024
+int xd_cuda_topk_logprobs(xd_cuda_ctx *c, const void *logits, xd_cuda_dtype dtype, int N, int V, int k,
+                          int32_t *ids, float *logp, int32_t *bad_row, xd_err *e);
+
+/* Result of the fused loss, in device memory (download it to log): the kd_result of
+ * kd_loss_forward, plus bad_pos = the lowest counted position whose target or teacher id is
+ * outside [0,V) or whose teacher log-prob is not finite (-1 when none; the CPU op refuses such
+ * input with an error, here that row's loss terms are NaN and its gradient row zero). */
+typedef struct {
+  kd_result r; /* loss, ce, kl (means over counted positions), count */
+  int64_t bad_pos;
+} xd_cuda_kd_result;
+
+/* Arguments of the fused loss. logits [N,V] (logits_dtype); dlogits [N,V] (grad_dtype) may BE
+ * logits (same dtype): in place, each row is overwritten by its gradient (masked rows zeroed),
+ * as kd_loss_backward(dlogits == logits). Otherwise accumulate = 0 overwrites (masked rows
+ * zeroed) and accumulate = 1 adds (+=, masked rows untouched, as the CPU op's non-in-place
+ * mode). targets [N] int32, mask [N] (NULL = all counted), tk_ids [N,k] int32, tk_logp [N,k]
+ * fp32 (full-vocab log-probs at temperature 1, as topk_logprobs / the top-k cache write them).
+ * dlogits = dloss * d(loss)/d(logits), loss = mean over counted rows of gamma CE + beta KL. */
+typedef struct {
+  kd_config cfg;              /* N, V, k (<= XD_CUDA_TOPK_MAX), tau, gamma, beta */
+  const void *logits;         /* [N,V] */
+  xd_cuda_dtype logits_dtype;
+  void *dlogits;              /* [N,V]; may equal logits */
+  xd_cuda_dtype grad_dtype;   /* must equal logits_dtype when dlogits == logits */
+  int accumulate;             /* separate buffer only: 1 = +=, 0 = overwrite */
+  float dloss;                /* upstream gradient of the loss (1 in training) */
+  const int32_t *targets;
+  const uint8_t *mask;
+  const int32_t *tk_ids;
+  const float *tk_logp;
+  float *lse;                 /* [N] full-vocab logsumexp per row (0 for masked rows), or NULL */
+  float *row_ce, *row_kl;     /* [N] per-row CE and KL (0 for masked rows); required */
+  xd_cuda_kd_result *res;     /* device; required */
+  int threads;                /* block size for the row kernel: 0 = default, else 256/512/1024 */
+} xd_cuda_kd_args;
+
+/* Three launches, no host synchronisation: the mask count (integer, exact), the fused row
+ * kernel (one block per row: pass 1 streams the row for max / sum-exp while the k teacher
+ * entries and the target are gathered; the k-entry softmaxes, KL and gradient terms in fp64;
+ * pass 2 streams the row backwards (what pass 1 left in L2 first) writing sce * softmax;
+ * then the <= k+1 positions of the target and the teacher ids get their full value, computed
+ * in fp32 from the gathered logits in the CPU op's order), and a one-block reduction of the
+ * per-row values in row order in fp64 (deterministic, no float atomics). */
+int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e);
+/* ==== end of the KD loss section =========================================================== */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage this checkout for tools/gpu_test.sh on a GPU machine that lacks the CPU build
 # dependencies (OpenBLAS, cJSON, PCRE2, ...): builds every tests/gpu/test_gpu_*.c program and
-# bench_gpu_teacher here with nvcc (same CUDA major version as the GPU machine), then copies the
+# every bench/gpu/bench_gpu_*.c here with nvcc (same CUDA major version as the GPU machine), then copies the
 # source tree plus DEST/prebuilt/{the binaries, lib/ with the non-system shared libraries they load}.
 #   tools/gpu_stage.sh DEST [BUILD_DIR]      (BUILD_DIR default /tmp/xd-cuda-build)
 # Then, on the GPU machine:  cd DEST && XD_GPU_PREBUILT=$PWD/prebuilt bash tools/gpu_test.sh
@@ -10,7 +10,7 @@ set -eu -o pipefail
 DEST=${1:?usage: tools/gpu_stage.sh DEST [BUILD_DIR]}
 BUILD=${2:-/tmp/xd-cuda-build}
 cmake -S . -B "$BUILD" -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-PROGS="$(for f in tests/gpu/test_gpu_*.c; do basename "$f" .c; done) bench_gpu_teacher"
+PROGS="$(for f in tests/gpu/test_gpu_*.c bench/gpu/bench_gpu_*.c; do basename "$f" .c; done)"
 cmake --build "$BUILD" -j2 --target $PROGS
 rm -rf "$DEST"
 mkdir -p "$DEST/prebuilt/lib"

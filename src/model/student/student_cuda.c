@@ -160,6 +160,82 @@ fail:
   return -1;
 }
 
+/* ---- random weights on the device (benchmarks) ---- */
+static uint16_t *rnd_bf16(xd_student_cuda *m, size_t n, uint64_t *seed, float scale, xd_err *e) {
+  uint16_t *d = track(m, n * 2, e);
+  if (!d || xd_cuda_fill_uniform_bf16(m->c, d, n, (*seed)++, scale, e)) return NULL;
+  return d;
+}
+/* fp32 values offset + uniform(+-scale), via a bf16 fill and a conversion */
+static float *rnd_f32(xd_student_cuda *m, size_t n, uint64_t *seed, float offset, float scale, xd_err *e) {
+  float *d = track(m, n * 4, e);
+  uint16_t *t = NULL;
+  if (!d || xd_cuda_malloc((void **)&t, n * 2, e)) return NULL;
+  int rc = xd_cuda_fill_uniform_bf16(m->c, t, n, (*seed)++, scale, e);
+  if (rc == 0) rc = xd_cuda_bf16_to_f32(m->c, d, t, n, e);
+  if (rc == 0) rc = xd_cuda_sync(m->c, e);
+  if (rc == 0 && offset != 0) { /* add the offset on the host side: small vectors only */
+    float *h = xd_malloc(n * 4);
+    rc = xd_cuda_download(m->c, h, d, n * 4, e);
+    for (size_t i = 0; rc == 0 && i < n; i++) h[i] += offset;
+    if (rc == 0) rc = xd_cuda_upload(m->c, d, h, n * 4, e);
+    if (rc == 0) rc = xd_cuda_sync(m->c, e);
+    free(h);
+  }
+  xd_cuda_free(t);
+  return rc ? NULL : d;
+}
+
+int xd_student_cuda_random(xd_student_cuda **out, xd_cuda_ctx *c, const xd_model_config *cf,
+                           const xd_hybrid_config *hy, uint64_t seed, xd_err *e) {
+  *out = NULL;
+  const int D = cf->hidden, F = cf->intermediate, H = cf->n_heads, G = cf->n_kv_heads, d = cf->head_dim, V = cf->vocab;
+  const int P = hy->d_phi, pw = xd_hybrid_p_width(hy), Hd = H * d, Gd = G * d;
+  if (P > 128 || d > 256 || hy->chunk > 64 || cf->qkv_bias || cf->o_bias || cf->mlp_bias || cf->qk_norm != XD_QKNORM_NONE ||
+      cf->post_norm)
+    return xd_errf(e, "student on CUDA: random models are llama-shaped only (no biases, no QK-norm, pre-norm)");
+  xd_student_cuda *m = xd_calloc(1, sizeof *m);
+  m->c = c;
+  m->cfg = *cf;
+  m->hy = *hy;
+  m->P = P;
+  m->ly = xd_calloc((size_t)cf->n_layers, sizeof *m->ly);
+#define R16(dst, n, fan) do { if (!((dst) = rnd_bf16(m, (n), &seed, sqrtf(3.0f / (float)(fan)), e))) goto fail; } while (0)
+#define R32(dst, n, off, sc) do { if (!((dst) = rnd_f32(m, (n), &seed, (off), (sc), e))) goto fail; } while (0)
+  R16(m->embed, (size_t)V * D, 3);
+  if (cf->tie_embeddings) m->lm_head = m->embed;
+  else R16(m->lm_head, (size_t)V * D, D);
+  R32(m->final_norm, D, 1.0f, 0.0f);
+  for (int l = 0; l < cf->n_layers; l++) {
+    dev_layer *y = &m->ly[l];
+    y->W = core_window(m, l);
+    y->S = core_sinks(m, l);
+    y->kind = cf->layer_sliding[l];
+    R16(y->w_qkv, (size_t)(Hd + 2 * Gd) * D, D);
+    R16(y->w_o, (size_t)D * Hd, Hd);
+    R16(y->w_gu, (size_t)2 * F * D, D);
+    R16(y->w_down, (size_t)D * F, F);
+    R32(y->attn_norm, D, 1.0f, 0.0f);
+    R32(y->mlp_norm, D, 1.0f, 0.0f);
+    R32(y->P_q, (size_t)Hd * pw, 0.0f, sqrtf(3.0f / d));
+    R32(y->P_k, (size_t)Gd * pw, 0.0f, sqrtf(3.0f / d));
+    R32(y->w_i, (size_t)H * D, 0.0f, 0.01f);
+    R32(y->b_i, H, 0.0f, 1.0f);
+    R32(y->w_f, (size_t)H * D, 0.0f, 0.01f);
+    R32(y->b_f, H, 4.5f, 1.5f);
+    R32(y->w_mix, (size_t)H * 3 * d, 0.0f, 0.01f);
+    R32(y->b_mix, H, 0.0f, 1.0f);
+  }
+#undef R16
+#undef R32
+  if (xd_cuda_sync(c, e)) goto fail;
+  *out = m;
+  return 0;
+fail:
+  xd_student_cuda_free(m);
+  return -1;
+}
+
 static void acts_free(fwd_acts *a) {
   void *p[] = {a->xb, a->qb, a->kb, a->vb, a->locb, a->attb, a->gu, a->act, a->xf, a->qr, a->kr, a->vr, a->q,
                a->k, a->loc, a->qf, a->kf, a->ig, a->fg, a->glob, a->mixo, a->o, a->h, a->tmp, a->ids, a->pos};

@@ -30,7 +30,12 @@ typedef struct xd_student_cuda_state xd_student_cuda_state;
  * > 128 in decode). */
 int xd_student_cuda_upload(xd_student_cuda **out, xd_cuda_ctx *c, const xd_student *s, xd_err *e);
 void xd_student_cuda_free(xd_student_cuda *m);
-/* Device bytes of the weights. */
+/* Benchmarks: a student of config c / hybrid config hy with random weights drawn on the device
+ * (matrices uniform with variance 1/fan-in, norm weights 1, hybrid parameters small uniform),
+ * no host copy of the model. */
+int xd_student_cuda_random(xd_student_cuda **out, xd_cuda_ctx *c, const xd_model_config *cfg,
+                           const xd_hybrid_config *hy, uint64_t seed, xd_err *e);
+/* Device bytes of the weights (a tied LM head counted once). */
 size_t xd_student_cuda_weight_bytes(const xd_student_cuda *m);
 
 /* Full forward ids [B,T] (host) -> logits (host, fp32): [B,T,V], or [B,V] (each sequence's last

@@ -144,9 +144,13 @@ static void check_family(const char *family, int variant) {
     CHECKF(xd_student_cuda_state_pos(st) == T, "%s: pos %lld", family, (long long)xd_student_cuda_state_pos(st));
     CHECKF(xd_student_cuda_state_bytes(st) == bytes0, "%s: state size changed", family);
   }
-  worst_dec_fwd = fmax(worst_dec_fwd, wd_f);
+  const int dynamic = s.cfg.rope[0].kind == XD_ROPE_DYNAMIC || s.cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+  if (!dynamic) worst_dec_fwd = fmax(worst_dec_fwd, wd_f);
   worst_dec_cpu = fmax(worst_dec_cpu, wd_c);
-  CHECKF(wd_f <= TOL, "%s: GPU decode vs GPU forward rel L2 %.3e", family, wd_f);
+  /* Dynamic NTK: the forward scales RoPE for the whole length T, the decode step for pos + 1
+   * (HF semantics; the CPU's decode differs from its forward the same way), so decode is
+   * compared with the CPU decode only. */
+  CHECKF(dynamic || wd_f <= TOL, "%s: GPU decode vs GPU forward rel L2 %.3e", family, wd_f);
   CHECKF(wd_c <= TOL, "%s: GPU decode vs CPU decode rel L2 %.3e", family, wd_c);
   /* decoding from an empty state, token by token (no prefill), against the forward */
   if (xd_student_cuda_state_reset(st, &e) == 0) {
@@ -155,7 +159,7 @@ static void check_family(const char *family, int variant) {
       if (xd_student_cuda_step(m, st, ids + t, 1, gstep, &e)) { CHECKF(0, "%s: %s", family, e.msg); break; }
       w0 = fmax(w0, rel_l2(gstep, gpu + (size_t)t * V, V));
     }
-    CHECKF(w0 <= TOL, "%s: token-by-token decode vs forward rel L2 %.3e", family, w0);
+    CHECKF(dynamic || w0 <= TOL, "%s: token-by-token decode vs forward rel L2 %.3e", family, w0);
     wd_f = fmax(wd_f, w0);
   }
   fprintf(stderr, "    %-16s%s forward vs CPU %.3e | decode vs GPU forward %.3e, vs CPU decode %.3e | state %zu B\n",

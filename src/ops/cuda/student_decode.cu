@@ -356,6 +356,7 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   float mx = -INFINITY, mn = INFINITY;
   for (int j = threadIdx.x; j < dp; j += blockDim.x) {
     float a = 0.f;
+#pragma unroll 8
     for (int i = 0; i < d; i++) a += yr[i] * Pm[(size_t)i * dp + j];
     z[j] = a;
     mx = fmaxf(mx, a);
@@ -395,7 +396,7 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
 __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   extern __shared__ float sm[];
   const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
-  float *qs = sm, *loc = sm + d, *num = sm + 2 * d, *sc = num + 2 * 128; /* num: [nsplit, d] partials */
+  float *qs = sm, *loc = sm + d, *num = sm + 2 * d, *sc = num + 2 * SD_THREADS; /* num: [nsplit, d] partials, nsplit*d <= blockDim */
   __shared__ float gate[4];
   const int64_t t = m.params->pos;
   const int W = Ly.W, S = Ly.S;
@@ -410,7 +411,18 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
     const uint16_t *kr = kk < ns ? Ly.k_sink + (size_t)kk * Gd : Ly.k_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
     kr += (size_t)g * d;
     float a = 0.f;
-    for (int i = 0; i < d; i++) a += qs[i] * xd_bf2f(kr[i]);
+    if ((d & 7) == 0) { /* 16-byte loads, all issued before the sums */
+#pragma unroll 4
+      for (int i = 0; i < d; i += 8) {
+        const uint4 u = *reinterpret_cast<const uint4 *>(kr + i);
+        a += qs[i] * __uint_as_float(u.x << 16) + qs[i + 1] * __uint_as_float(u.x & 0xffff0000u);
+        a += qs[i + 2] * __uint_as_float(u.y << 16) + qs[i + 3] * __uint_as_float(u.y & 0xffff0000u);
+        a += qs[i + 4] * __uint_as_float(u.z << 16) + qs[i + 5] * __uint_as_float(u.z & 0xffff0000u);
+        a += qs[i + 6] * __uint_as_float(u.w << 16) + qs[i + 7] * __uint_as_float(u.w & 0xffff0000u);
+      }
+    } else {
+      for (int i = 0; i < d; i++) a += qs[i] * xd_bf2f(kr[i]);
+    }
     a *= scale;
     sc[kk] = a;
     mx = fmaxf(mx, a);
@@ -429,7 +441,7 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
     const int i = threadIdx.x % d, sp = threadIdx.x / d;
     if (sp < nsplit) {
       float a = 0.f;
-#pragma unroll 4
+#pragma unroll 8
       for (int kk = sp; kk < n; kk += nsplit) {
         const uint16_t *vr = kk < ns ? Ly.v_sink + (size_t)kk * Gd : Ly.v_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
         a += sc[kk] * xd_bf2f(vr[(size_t)g * d + i]);
@@ -464,6 +476,7 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
     if (sp < nsplit) {
       const float vj = v[j];
       float a = 0.f;
+#pragma unroll 4
       for (int p = sp; p < P; p += nsplit) {
         const float cn = fp * C[(size_t)p * d + j] + (ip * kf[p]) * vj;
         C[(size_t)p * d + j] = cn;
@@ -499,7 +512,7 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   }
 }
 
-static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 256 + (size_t)(W + S)) * sizeof(float); }
+static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
 
 extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
   if (m->d > SD_THREADS || m->d % 2) return xd_errf(e, "student_decode.cu: head dim %d not supported by the decode step (even, <= %d)", m->d, SD_THREADS);
@@ -533,7 +546,7 @@ extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *
       return -1;
     k_dec_prep<<<H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
     XD_CU_LAUNCH("k_dec_prep");
-    k_dec_core<<<H, SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
+    k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
     XD_CU_LAUNCH("k_dec_core");
     if (m->post_norm) {
       if (sd_gemv(c, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;

@@ -11,7 +11,8 @@
 #   3. compute-sanitizer --tool memcheck on each, given the argument "quick" (programs that
 #      time big shapes skip that part), appended to $OUT/memcheck.txt, when the tool is present;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
-#      reference tools/bench_reference.py, then bench_gpu_teacher again (run-to-run spread).
+#      reference tools/bench_reference.py, bench_gpu_student (student prefill vs teacher at
+#      4K-64K, decode latency and its bandwidth bound), then bench_gpu_teacher again.
 # XD_GPU_TESTS="test_gpu_a test_gpu_b" runs only those programs; XD_GPU_SKIP_BENCH=1 skips 4.
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
 # memcheck failed; benchmark failures are reported but do not change it.
@@ -26,7 +27,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 TESTS=${XD_GPU_TESTS:-$(for f in tests/gpu/test_gpu_*.c; do basename "$f" .c; done)}
 BIN=""
 if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher >>"$OUT/build.log" 2>&1; then
+   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
 elif [ -n "${XD_GPU_PREBUILT:-}" ] && [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ]; then
@@ -76,9 +77,13 @@ echo "== bench_gpu_teacher T=$T"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | tee "$OUT/bench.txt"
 echo "== PyTorch reference"
 PYTHONUNBUFFERED=1 timeout 400 python3 tools/bench_reference.py "$T" 2>&1 | grep -v Warning | tee "$OUT/ref.txt"
+if [ -x "$BIN/bench_gpu_student" ]; then
+  echo "== bench_gpu_student (prefill 4K/16K/64K vs the teacher, decode latency, bandwidth bound)"
+  "$BIN/bench_gpu_student" 2>&1 | tee "$OUT/bench_student.txt"
+fi
 echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"
 echo "== summary"
-grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt
+grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt "$OUT"/bench_student.txt 2>/dev/null
 grep -E 'passed, .* failed' "$OUT/test.txt"
 exit $status

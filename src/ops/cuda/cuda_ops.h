@@ -276,6 +276,81 @@ typedef struct {
 int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e);
 /* ==== end of the KD loss section =========================================================== */
 
+/* ==== student inference (branch cudastudent): prefill glue and the decode step ==============
+ * Kernels in student_decode.cu; the model wiring (upload, forward, prefill -> decode) is
+ * src/model/student/student_cuda.{h,c}. fp32 activations, bf16 teacher matrices. */
+
+/* out = w * (x * rsqrt(mean(x^2) + eps)) per row of C (w NULL: out = x), from fp32 x [N,C]
+ * into bf16 out_bf16 and/or fp32 out_f32 (either may be NULL). w fp32 [C]. */
+int xd_cuda_rmsnorm_f32(xd_cuda_ctx *c, uint16_t *out_bf16, float *out_f32, const float *x, const float *w, int N,
+                        int C, float eps, xd_err *e);
+/* h[N,C] += rmsnorm(t, w) (the post-norm families' residual add). fp32. */
+int xd_cuda_add_rmsnorm_f32(xd_cuda_ctx *c, float *h, const float *t, const float *w, int N, int C, float eps,
+                            xd_err *e);
+/* The student's q/k preparation for N tokens (xd_teacher_layer_in after the projections):
+ * q_raw [N,H*d], k_raw, v_raw [N,G*d] fp32 -> QK-norm (qk_norm 0 none, 1 per head with weights
+ * [d], 2 whole projection with weights [H*d]/[G*d]; eps) -> RoPE at pos[N] from fp32 tables
+ * [n_pos, d/2] -> q [N,H*d], k [N,G*d] fp32 and qb, kb, vb (v_raw converted) bf16. H <= 256. */
+int xd_cuda_student_qk_prep(xd_cuda_ctx *c, float *q, float *k, uint16_t *qb, uint16_t *kb, uint16_t *vb,
+                            const float *q_raw, const float *k_raw, const float *v_raw, const float *q_norm,
+                            const float *k_norm, int qk_norm, const float *cos_t, const float *sin_t,
+                            const int32_t *pos, int N, int H, int G, int d, float eps, xd_err *e);
+/* Sliding-window + sinks attention (swa_forward's key set) for any head dim d <= 256, fp32 in
+ * and out, one block per (token, head): the fallback where xd_cuda_attention_forward (d 64 or
+ * 128) does not apply. q, out [B,T,H,d]; k, v [B,T,G,d]. (W + S + d) * 4 bytes <= 48 KiB. */
+int xd_cuda_swa_naive_forward(xd_cuda_ctx *c, float *out, const float *q, const float *k, const float *v, int B,
+                              int T, int H, int G, int d, int W, int S, xd_err *e);
+/* Prefill -> decode hand-off of one layer's local branch: kb, vb [n, Gd] bf16 (one sequence);
+ * token t < S goes to sink slot t, token t >= n - W to ring slot t % W (swa_cache's layout). */
+int xd_cuda_student_ring_fill(xd_cuda_ctx *c, uint16_t *k_sink, uint16_t *v_sink, uint16_t *k_ring,
+                              uint16_t *v_ring, const uint16_t *kb, const uint16_t *vb, int n, int Gd, int W, int S,
+                              xd_err *e);
+
+/* One decode step of one sequence (the twin of student.c's decode_one). All pointers are
+ * device pointers except `layers` (a host array of L). Per-step inputs live in device memory
+ * (`params`: token id, position, the RoPE rows of that position) so that the launch sequence
+ * can be captured once in a CUDA graph and replayed. */
+#define XD_SDEC_MAX_HALF 128
+typedef struct {
+  int64_t pos;    /* position of the token being fed */
+  int32_t id, pad;
+  float cos[2][XD_SDEC_MAX_HALF], sin[2][XD_SDEC_MAX_HALF]; /* [layer kind: full, sliding][d/2] */
+} xd_cuda_sdec_params;
+typedef struct {
+  const float *attn_norm, *mlp_norm, *attn_out_norm, *mlp_out_norm; /* fp32 [D] or NULL */
+  const float *q_norm, *k_norm;                                     /* fp32 or NULL */
+  const uint16_t *w_qkv, *w_o, *w_gu, *w_down; /* bf16 [(H+2G)d, D], [D, Hd], [2F, D] (gate|up), [D, F] */
+  const float *b_qkv, *b_o, *b_gu, *b_down;    /* fp32 or NULL */
+  const float *P_q, *P_k, *w_i, *b_i, *w_f, *b_f, *w_mix, *b_mix; /* fp32 hybrid parameters */
+  int rope_kind, W, S;                         /* RoPE table (0 full, 1 sliding), window, sinks */
+  float *C, *n, *m;                            /* mLSTM state [H,P,d], [H,P], [H] fp32 */
+  uint16_t *k_sink, *v_sink, *k_ring, *v_ring; /* [S,G,d], [W,G,d] bf16 */
+} xd_cuda_sdec_layer;
+typedef struct {
+  int L, D, F, H, G, d, P, V;
+  int qk_norm, post_norm, hedgehog, norm_max;
+  float rms_eps, mlstm_eps, softcap;
+  const uint16_t *embed, *lm_head;
+  const float *final_norm;
+  const xd_cuda_sdec_layer *layers; /* host array [L] */
+  const xd_cuda_sdec_params *params;
+  /* one token's scratch, fp32: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P], kf [G,P],
+   * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] */
+  float *h, *xn, *qkv, *q, *k, *qf, *kf, *ig, *fg, *att, *tmp, *act, *logits;
+} xd_cuda_sdec;
+/* Validates the shapes the step supports (d even and <= 128, d_phi <= 256, GEMV inputs and
+ * W + S within shared memory) and sets the kernels' shared-memory limits; once, before use. */
+int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);
+/* Queues one step: embedding of params->id, every layer, logits [V]; updates the state in place. */
+int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);
+/* Captures xd_cuda_sdec_step into an executable CUDA graph (replay with xd_cuda_graph_launch). */
+int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e);
+int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e);
+void xd_cuda_graph_free(void *graph_exec);
+/* Device memory in use (total - free, cudaMemGetInfo), for reports. */
+size_t xd_cuda_mem_used(void);
+/* ==== end of student inference ================================================================ */
+
 #ifdef __cplusplus
 }
 #endif

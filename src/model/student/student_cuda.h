@@ -1,0 +1,66 @@
+/* The student on the GPU: inference only (issue #8). Needs the CUDA backend (XD_HAVE_CUDA);
+ * without it every function below is absent (guard callers with #ifdef XD_HAVE_CUDA).
+ *
+ * Storage on the device: the teacher-shared matrices (embedding, LM head, q|k|v fused, o,
+ * gate|up fused, down) in bf16; every vector (norm weights, biases) and the new hybrid
+ * parameters (P_q, P_k, w_i, b_i, w_f, b_f, w_o, b_o; ~2% of a 1B model's bytes) in fp32.
+ * Activations are fp32 (residual stream included); GEMM inputs are rounded to bf16 in prefill.
+ *
+ * API for the CLI (`forward` / `generate --device cuda`, not wired yet):
+ *   xd_cuda_ctx_create(&ctx, 0, e);  xd_student_load(&s, dir, XD_STUDENT_FROZEN, e);
+ *   xd_student_cuda_upload(&m, ctx, &s, e);          // the host student may be freed after
+ *   xd_student_cuda_forward(m, ids, B, T, logits, 0, e);   // logits [B,T,V] fp32 on the host
+ *   xd_student_cuda_state_alloc(&st, m, e);
+ *   xd_student_cuda_step(m, st, prompt, n, logits, e);     // prefill, logits of the last token
+ *   loop: xd_student_cuda_step(m, st, &next, 1, logits, e); // decode, constant memory
+ * Semantics are those of xd_student_forward / xd_student_step (student.h), up to bf16
+ * rounding: prefill runs the chunkwise mLSTM and hands its final state and the sink + ring K/V
+ * over to the recurrent decode step. One xd_cuda_ctx (one stream) per model; not thread-safe. */
+#ifndef XD_STUDENT_CUDA_H
+#define XD_STUDENT_CUDA_H
+#ifdef XD_HAVE_CUDA
+#include "model/student/student.h"
+#include "ops/cuda/cuda_ops.h"
+
+typedef struct xd_student_cuda xd_student_cuda;
+typedef struct xd_student_cuda_state xd_student_cuda_state;
+
+/* Copies s's weights to the device (conversions on the host). Fails with one line for a shape
+ * the kernels do not support (e.g. mLSTM d_phi > 128 or head dim > 256 in prefill, head dim
+ * > 128 in decode). */
+int xd_student_cuda_upload(xd_student_cuda **out, xd_cuda_ctx *c, const xd_student *s, xd_err *e);
+void xd_student_cuda_free(xd_student_cuda *m);
+/* Benchmarks: a student of config c / hybrid config hy with random weights drawn on the device
+ * (matrices uniform with variance 1/fan-in, norm weights 1, hybrid parameters small uniform),
+ * no host copy of the model. */
+int xd_student_cuda_random(xd_student_cuda **out, xd_cuda_ctx *c, const xd_model_config *cfg,
+                           const xd_hybrid_config *hy, uint64_t seed, xd_err *e);
+/* Device bytes of the weights (a tied LM head counted once). */
+size_t xd_student_cuda_weight_bytes(const xd_student_cuda *m);
+
+/* Full forward ids [B,T] (host) -> logits (host, fp32): [B,T,V], or [B,V] (each sequence's last
+ * position) when last_only. logits NULL: compute, do not download (benchmarks). Activation
+ * buffers grow to the largest B*T seen and are kept. */
+int xd_student_cuda_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, float *logits, int last_only,
+                            xd_err *e);
+
+/* Decode state of one sequence: per layer the mLSTM (C, n, m) per query head in fp32 and the
+ * K/V of the S sinks plus a ring buffer of the last W tokens in bf16; plus one token's scratch
+ * and the CUDA graph of the step. Nothing in it depends on the position. */
+int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m, xd_err *e);
+void xd_student_cuda_state_free(xd_student_cuda_state *st);
+/* Forget the sequence (zero state, position 0); keeps the buffers and the graph. */
+int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e);
+/* Bytes of the recurrent state proper (mLSTM + sinks + ring) and of the per-token scratch. */
+size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st);
+size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st);
+int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st);
+/* 1 (default): replay the step as a CUDA graph; 0: launch the ~6 kernels per layer one by one. */
+void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on);
+
+/* Feed ids[n] of the sequence: at position 0 with n > 1 a prefill (chunkwise, B = 1), else n
+ * recurrent steps. logits (host [V], NULL = not downloaded) receives the last token's. */
+int xd_student_cuda_step(xd_student_cuda *m, xd_student_cuda_state *st, const int32_t *ids, int n, float *logits,
+                         xd_err *e);
+#endif
+#endif

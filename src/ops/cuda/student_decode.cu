@@ -1,0 +1,602 @@
+/* Student inference on the GPU (branch cudastudent): the prefill's glue kernels (fp32 rmsnorm,
+ * QK-norm + RoPE prep, a generic-d sliding-window+sinks attention, ring fill) and the
+ * constant-memory decode step (GEMV with fused rmsnorm / SwiGLU / residual add, per-head prep,
+ * per-head core = local attention over sinks + ring, mLSTM recurrent step and the mixing
+ * gate), plus CUDA-graph capture of a launch sequence. Declarations: the "student inference"
+ * section of cuda_ops.h. */
+#include <math.h>
+#include "cuda_common.cuh"
+
+#define SD_THREADS 128
+
+__device__ __forceinline__ float sd_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float sd_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/* Block-wide sum / max (blockDim a multiple of 32, <= 1024); every thread gets the result. */
+__device__ float sd_block_sum(float v) {
+  __shared__ float red[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = sd_warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = lane < nw ? red[lane] : 0.f;
+  return sd_warp_sum(r);
+}
+__device__ float sd_block_max(float v) {
+  __shared__ float red[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = sd_warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = lane < nw ? red[lane] : -INFINITY;
+  return sd_warp_max(r);
+}
+
+/* ---- prefill glue ------------------------------------------------------------------------ */
+__global__ void k_rmsnorm_f32(uint16_t *ob, float *of, const float *x, const float *w, int C, float eps) {
+  const size_t row = blockIdx.x;
+  const float *xr = x + row * C;
+  float r = 1.f;
+  if (w) {
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)C + eps);
+  }
+  for (int j = threadIdx.x; j < C; j += blockDim.x) {
+    const float y = w ? w[j] * (xr[j] * r) : xr[j];
+    if (ob) ob[row * C + j] = xd_f2bf(y);
+    if (of) of[row * C + j] = y;
+  }
+}
+
+extern "C" int xd_cuda_rmsnorm_f32(xd_cuda_ctx *c, uint16_t *out_bf16, float *out_f32, const float *x, const float *w,
+                                   int N, int C, float eps, xd_err *e) {
+  XD_ARG(N >= 1 && C >= 1 && (out_bf16 || out_f32));
+  k_rmsnorm_f32<<<N, 256, 0, c->stream>>>(out_bf16, out_f32, x, w, C, eps);
+  XD_CU_LAUNCH("k_rmsnorm_f32");
+  return 0;
+}
+
+__global__ void k_add_rmsnorm(float *h, const float *t, const float *w, int C, float eps) {
+  const size_t row = blockIdx.x;
+  const float *tr = t + row * C;
+  float ss = 0.f;
+  for (int j = threadIdx.x; j < C; j += blockDim.x) ss += tr[j] * tr[j];
+  ss = sd_block_sum(ss);
+  const float r = 1.0f / sqrtf(ss / (float)C + eps);
+  for (int j = threadIdx.x; j < C; j += blockDim.x) h[row * C + j] += w[j] * (tr[j] * r);
+}
+
+extern "C" int xd_cuda_add_rmsnorm_f32(xd_cuda_ctx *c, float *h, const float *t, const float *w, int N, int C,
+                                       float eps, xd_err *e) {
+  XD_ARG(N >= 1 && C >= 1 && w);
+  k_add_rmsnorm<<<N, 256, 0, c->stream>>>(h, t, w, C, eps);
+  XD_CU_LAUNCH("k_add_rmsnorm");
+  return 0;
+}
+
+/* QK-norm (none / per head / whole projection) then RoPE of one row of nh heads of d, in
+ * shared memory y[nh*d]; writes fp32 (of) and bf16 (ob) rows. Block of SD_THREADS. */
+__device__ void sd_norm_rope_row(float *y, const float *raw, int nh, int d, int qk_norm, const float *nw, float eps,
+                                 const float *cos_r, const float *sin_r, float *of, uint16_t *ob) {
+  const int n = nh * d, half = d / 2;
+  __shared__ float rs[256];
+  for (int j = threadIdx.x; j < n; j += blockDim.x) y[j] = raw[j];
+  __syncthreads();
+  if (qk_norm == 2) { /* whole projection */
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) ss += y[j] * y[j];
+    ss = sd_block_sum(ss);
+    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) y[j] = nw[j] * (y[j] * r);
+  } else if (qk_norm == 1) { /* per head, weight [d] */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nwp = blockDim.x >> 5;
+    for (int hh = w; hh < nh; hh += nwp) {
+      float ss = 0.f;
+      for (int i = lane; i < d; i += 32) ss += y[hh * d + i] * y[hh * d + i];
+      ss = sd_warp_sum(ss);
+      if (lane == 0) rs[hh] = 1.0f / sqrtf(ss / (float)d + eps);
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) y[j] = nw[j % d] * (y[j] * rs[j / d]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * half; idx += blockDim.x) {
+    const int hh = idx / half, i = idx % half;
+    const float a = y[hh * d + i], b = y[hh * d + i + half], cs = cos_r[i], sn = sin_r[i];
+    const float o1 = a * cs - b * sn, o2 = b * cs + a * sn;
+    if (of) { of[hh * d + i] = o1; of[hh * d + i + half] = o2; }
+    if (ob) { ob[hh * d + i] = xd_f2bf(o1); ob[hh * d + i + half] = xd_f2bf(o2); }
+  }
+}
+
+__global__ void k_qk_prep(float *qo, float *ko, uint16_t *qb, uint16_t *kb, uint16_t *vb, const float *qr,
+                          const float *kr, const float *vr, const float *qn, const float *kn, int qk_norm,
+                          const float *cos_t, const float *sin_t, const int32_t *pos, int H, int G, int d, float eps) {
+  extern __shared__ float y[];
+  const size_t n = blockIdx.x;
+  const int which = blockIdx.y, half = d / 2;
+  if (which == 2) {
+    for (int j = threadIdx.x; j < G * d; j += blockDim.x) vb[n * G * d + j] = xd_f2bf(vr[n * G * d + j]);
+    return;
+  }
+  const int nh = which == 0 ? H : G;
+  const size_t p = (size_t)pos[n];
+  sd_norm_rope_row(y, (which == 0 ? qr : kr) + n * nh * d, nh, d, qk_norm, which == 0 ? qn : kn, eps,
+                   cos_t + p * half, sin_t + p * half, (which == 0 ? qo : ko) + n * nh * d,
+                   (which == 0 ? qb : kb) + n * nh * d);
+}
+
+extern "C" int xd_cuda_student_qk_prep(xd_cuda_ctx *c, float *q, float *k, uint16_t *qb, uint16_t *kb, uint16_t *vb,
+                                       const float *q_raw, const float *k_raw, const float *v_raw, const float *q_norm,
+                                       const float *k_norm, int qk_norm, const float *cos_t, const float *sin_t,
+                                       const int32_t *pos, int N, int H, int G, int d, float eps, xd_err *e) {
+  XD_ARG(N >= 1 && H >= 1 && G >= 1 && d >= 2 && d % 2 == 0 && H <= 256 && qk_norm >= 0 && qk_norm <= 2);
+  XD_ARG(qk_norm == 0 || (q_norm && k_norm));
+  const size_t smem = (size_t)H * d * sizeof(float);
+  XD_ARG(smem <= 48 * 1024);
+  k_qk_prep<<<dim3(N, 3), SD_THREADS, smem, c->stream>>>(q, k, qb, kb, vb, q_raw, k_raw, v_raw, q_norm, k_norm,
+                                                          qk_norm, cos_t, sin_t, pos, H, G, d, eps);
+  XD_CU_LAUNCH("k_qk_prep");
+  return 0;
+}
+
+/* Sliding-window + sinks attention for any d <= 256 (the flash kernel takes d 64/128 only):
+ * one block per (query token, head), scores of its <= S+W keys in shared memory. fp32 in/out,
+ * same key set as swa_forward. q [B,T,H,d], k, v [B,T,G,d], out [B,T,H,d]. */
+__global__ void k_swa_naive(float *out, const float *q, const float *k, const float *v, int T, int H, int G, int d,
+                            int W, int S) {
+  extern __shared__ float sm[];
+  float *qs = sm, *sc = sm + d;
+  const int bt = blockIdx.x, h = blockIdx.y, b = bt / T, t = bt % T, g = h / (H / G);
+  const int ws = t - W + 1 > 0 ? t - W + 1 : 0, ns = ws < S ? ws : S, n = ns + t - ws + 1;
+  const float scale = 1.0f / sqrtf((float)d);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = q[((size_t)bt * H + h) * d + i];
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int kk = threadIdx.x; kk < n; kk += blockDim.x) {
+    const int s = kk < ns ? kk : ws + (kk - ns);
+    const float *kr = k + (((size_t)b * T + s) * G + g) * d;
+    float a = 0.f;
+    for (int i = 0; i < d; i++) a += qs[i] * kr[i];
+    a *= scale;
+    sc[kk] = a;
+    mx = fmaxf(mx, a);
+  }
+  mx = sd_block_max(mx);
+  float sum = 0.f;
+  for (int kk = threadIdx.x; kk < n; kk += blockDim.x) {
+    const float p = __expf(sc[kk] - mx);
+    sc[kk] = p;
+    sum += p;
+  }
+  sum = sd_block_sum(sum); /* (its internal barriers also publish sc) */
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float a = 0.f;
+    for (int kk = 0; kk < n; kk++) {
+      const int s = kk < ns ? kk : ws + (kk - ns);
+      a += sc[kk] * v[(((size_t)b * T + s) * G + g) * d + i];
+    }
+    out[((size_t)bt * H + h) * d + i] = a / sum;
+  }
+}
+
+extern "C" int xd_cuda_swa_naive_forward(xd_cuda_ctx *c, float *out, const float *q, const float *k, const float *v,
+                                         int B, int T, int H, int G, int d, int W, int S, xd_err *e) {
+  XD_ARG(B >= 1 && T >= 1 && G >= 1 && H % G == 0 && d >= 1 && d <= 256 && W >= 1 && S >= 0);
+  const size_t smem = ((size_t)d + (size_t)(W + S)) * sizeof(float);
+  XD_ARG(smem <= 48 * 1024);
+  k_swa_naive<<<dim3(B * T, H), SD_THREADS, smem, c->stream>>>(out, q, k, v, T, H, G, d, W, S);
+  XD_CU_LAUNCH("k_swa_naive");
+  return 0;
+}
+
+/* Prefill -> decode hand-off of the local branch: token t of kb/vb [n, Gd] goes to sink slot t
+ * (t < S) and to ring slot t % W when t >= n - W (the ring's final content). */
+__global__ void k_ring_fill(uint16_t *ks, uint16_t *vs, uint16_t *kr, uint16_t *vr, const uint16_t *kb,
+                            const uint16_t *vb, int n, int Gd, int W, int S) {
+  const int t = blockIdx.x;
+  const size_t src = (size_t)t * Gd;
+  for (int j = threadIdx.x; j < Gd; j += blockDim.x) {
+    if (t < S) { ks[(size_t)t * Gd + j] = kb[src + j]; vs[(size_t)t * Gd + j] = vb[src + j]; }
+    if (t >= n - W) { kr[(size_t)(t % W) * Gd + j] = kb[src + j]; vr[(size_t)(t % W) * Gd + j] = vb[src + j]; }
+  }
+}
+
+extern "C" int xd_cuda_student_ring_fill(xd_cuda_ctx *c, uint16_t *k_sink, uint16_t *v_sink, uint16_t *k_ring,
+                                         uint16_t *v_ring, const uint16_t *kb, const uint16_t *vb, int n, int Gd, int W,
+                                         int S, xd_err *e) {
+  XD_ARG(n >= 1 && Gd >= 1 && W >= 1 && S >= 0);
+  k_ring_fill<<<n, 128, 0, c->stream>>>(k_sink, v_sink, k_ring, v_ring, kb, vb, n, Gd, W, S);
+  XD_CU_LAUNCH("k_ring_fill");
+  return 0;
+}
+
+/* ---- decode step ------------------------------------------------------------------------- */
+enum { GEMV_STORE = 0, GEMV_ACCUM = 1, GEMV_SWIGLU = 2 };
+
+/* out[r] (+)= W[r,:] . xn + b[r], xn = rmsnorm(x, nw) (nw NULL: x). SWIGLU: W holds gate rows
+ * [0,F) then up rows [F,2F); out[f] = silu(g_f) * u_f for f < rows. Block 0 also writes xn to
+ * xout when given. One warp per row, 16-byte weight loads when Din % 8 == 0. */
+template <int MODE>
+__global__ void __launch_bounds__(256) k_gemv(float *out, const float *x, const float *nw, float eps,
+                                              const uint16_t *W, const float *bias, int Din, int rows, int rpb,
+                                              float *xout) {
+  extern __shared__ float xs[];
+  float r = 1.f;
+  if (nw) {
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < Din; j += blockDim.x) ss += x[j] * x[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)Din + eps);
+  }
+  for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+    const float v = nw ? nw[j] * (x[j] * r) : x[j];
+    xs[j] = v;
+    if (xout && blockIdx.x == 0) xout[j] = v;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int r0 = blockIdx.x * rpb, r1 = min(r0 + rpb, rows);
+  const bool vec = (Din & 7) == 0;
+  for (int row = r0 + warp; row < r1; row += nwarps) {
+    float acc[2] = {0.f, 0.f};
+#pragma unroll
+    for (int part = 0; part < (MODE == GEMV_SWIGLU ? 2 : 1); part++) {
+      const uint16_t *wr = W + (size_t)(row + part * rows) * Din;
+      float a = 0.f;
+      if (vec) {
+#pragma unroll 4
+        for (int j = lane * 8; j < Din; j += 256) {
+          const uint4 u = __ldg(reinterpret_cast<const uint4 *>(wr + j));
+          const float4 x0 = *reinterpret_cast<const float4 *>(xs + j), x1 = *reinterpret_cast<const float4 *>(xs + j + 4);
+          a += __uint_as_float(u.x << 16) * x0.x + __uint_as_float(u.x & 0xffff0000u) * x0.y;
+          a += __uint_as_float(u.y << 16) * x0.z + __uint_as_float(u.y & 0xffff0000u) * x0.w;
+          a += __uint_as_float(u.z << 16) * x1.x + __uint_as_float(u.z & 0xffff0000u) * x1.y;
+          a += __uint_as_float(u.w << 16) * x1.z + __uint_as_float(u.w & 0xffff0000u) * x1.w;
+        }
+      } else {
+        for (int j = lane; j < Din; j += 32) a += xd_bf2f(wr[j]) * xs[j];
+      }
+      acc[part] = sd_warp_sum(a);
+    }
+    if (lane == 0) {
+      if (MODE == GEMV_SWIGLU) {
+        const float g = acc[0] + (bias ? bias[row] : 0.f), u = acc[1] + (bias ? bias[row + rows] : 0.f);
+        out[row] = g / (1.f + expf(-g)) * u;
+      } else {
+        const float y = acc[0] + (bias ? bias[row] : 0.f);
+        if (MODE == GEMV_ACCUM) out[row] += y; else out[row] = y;
+      }
+    }
+  }
+}
+
+static int sd_gemv(xd_cuda_ctx *c, int mode, float *out, const float *x, const float *nw, float eps,
+                   const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e) {
+  /* rows per block: 8 warps x k rows, k chosen for >= ~2 blocks per SM */
+  int rpw = rows / (8 * 2 * (c->sm_count > 0 ? c->sm_count : 132));
+  rpw = rpw < 1 ? 1 : rpw > 8 ? 8 : rpw;
+  const int rpb = 8 * rpw;
+  const size_t smem = (size_t)Din * sizeof(float);
+  const unsigned grid = xd_ceil_div((size_t)rows, (size_t)rpb);
+  if (mode == GEMV_STORE)
+    k_gemv<GEMV_STORE><<<grid, 256, smem, c->stream>>>(out, x, nw, eps, W, bias, Din, rows, rpb, xout);
+  else if (mode == GEMV_ACCUM)
+    k_gemv<GEMV_ACCUM><<<grid, 256, smem, c->stream>>>(out, x, nw, eps, W, bias, Din, rows, rpb, xout);
+  else
+    k_gemv<GEMV_SWIGLU><<<grid, 256, smem, c->stream>>>(out, x, nw, eps, W, bias, Din, rows, rpb, xout);
+  XD_CU_LAUNCH("k_gemv");
+  return 0;
+}
+
+__global__ void k_dec_embed(float *h, const uint16_t *table, const xd_cuda_sdec_params *prm, int D) {
+  const size_t id = (size_t)prm->id;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < D; j += gridDim.x * blockDim.x) h[j] = xd_bf2f(table[id * D + j]);
+}
+
+__device__ __forceinline__ double sd_logsig(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
+
+/* Per head: blocks [0,H) query heads, [H,H+G) KV heads. QK-norm + RoPE (the step's rows),
+ * feature map; query heads also the gates, KV heads append k (roped) and v to ring / sinks. */
+__global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  extern __shared__ float sm[];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P;
+  const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
+  float *y = sm, *yr = sm + d, *z = sm + 2 * d; /* [d], [d], [P] */
+  const xd_cuda_sdec_params *prm = m.params;
+  const int64_t pos = prm->pos;
+  const float *rawall = m.qkv + (isq ? 0 : (size_t)H * d), *raw = rawall + (size_t)head * d;
+  const float *nw = isq ? Ly.q_norm : Ly.k_norm;
+  float r = 1.f;
+  if (m.qk_norm == 2) {
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < nh * d; j += blockDim.x) ss += rawall[j] * rawall[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)(nh * d) + m.rms_eps);
+  } else if (m.qk_norm == 1) {
+    float ss = 0.f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) ss += raw[j] * raw[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)d + m.rms_eps);
+  }
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
+    y[i] = m.qk_norm == 2 ? nw[head * d + i] * (raw[i] * r) : m.qk_norm == 1 ? nw[i] * (raw[i] * r) : raw[i];
+  __syncthreads();
+  const int half = d / 2;
+  const float *cs = prm->cos[Ly.rope_kind], *sn = prm->sin[Ly.rope_kind];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = y[i], b = y[i + half];
+    yr[i] = a * cs[i] - b * sn[i];
+    yr[i + half] = b * cs[i] + a * sn[i];
+  }
+  __syncthreads();
+  float *qo = isq ? m.q + (size_t)head * d : m.k + (size_t)head * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) qo[i] = yr[i];
+  if (!isq) {
+    const size_t Gd = (size_t)G * d, slot = (size_t)(pos % Ly.W);
+    const float *vraw = m.qkv + (size_t)(H + G) * d + (size_t)head * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      const uint16_t kb = xd_f2bf(yr[i]), vb = xd_f2bf(vraw[i]);
+      Ly.k_ring[slot * Gd + head * d + i] = kb;
+      Ly.v_ring[slot * Gd + head * d + i] = vb;
+      if (pos < Ly.S) { Ly.k_sink[pos * Gd + head * d + i] = kb; Ly.v_sink[pos * Gd + head * d + i] = vb; }
+    }
+  }
+  /* feature map: z = yr P_head, softmax (hedgehog: [softmax(z), softmax(-z)]) */
+  const float *Pm = (isq ? Ly.P_q : Ly.P_k) + (size_t)head * d * dp;
+  float mx = -INFINITY, mn = INFINITY;
+  for (int j = threadIdx.x; j < dp; j += blockDim.x) {
+    float a = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < d; i++) a += yr[i] * Pm[(size_t)i * dp + j];
+    z[j] = a;
+    mx = fmaxf(mx, a);
+    mn = fminf(mn, a);
+  }
+  mx = sd_block_max(mx);
+  mn = -sd_block_max(-mn);
+  float s1 = 0.f, s2 = 0.f;
+  for (int j = threadIdx.x; j < dp; j += blockDim.x) {
+    s1 += expf(z[j] - mx);
+    if (m.hedgehog) s2 += expf(mn - z[j]);
+  }
+  s1 = sd_block_sum(s1);
+  s2 = m.hedgehog ? sd_block_sum(s2) : 1.f;
+  float *phi = (isq ? m.qf : m.kf) + (size_t)head * P;
+  for (int j = threadIdx.x; j < dp; j += blockDim.x) {
+    phi[j] = expf(z[j] - mx) / s1;
+    if (m.hedgehog) phi[dp + j] = expf(mn - z[j]) / s2;
+  }
+  if (isq) { /* gates of query head `head` from the layer's (normed) input xn */
+    float ai = 0.f, af = 0.f;
+    const float *wi = Ly.w_i + (size_t)head * m.D, *wf = Ly.w_f + (size_t)head * m.D;
+    for (int j = threadIdx.x; j < m.D; j += blockDim.x) { ai += m.xn[j] * wi[j]; af += m.xn[j] * wf[j]; }
+    ai = sd_block_sum(ai);
+    af = sd_block_sum(af);
+    if (threadIdx.x == 0) {
+      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
+      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+      m.ig[head] = zi;
+      m.fg[head] = zf;
+    }
+  }
+}
+
+/* Per query head: local attention over sinks + ring, mLSTM recurrent step, mixing gate;
+ * writes att[h*d..] (fp32, the o projection's input). */
+__global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  extern __shared__ float sm[];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
+  float *qs = sm, *loc = sm + d, *num = sm + 2 * d, *sc = num + 2 * SD_THREADS; /* num: [nsplit, d] partials, nsplit*d <= blockDim */
+  __shared__ float gate[4];
+  const int64_t t = m.params->pos;
+  const int W = Ly.W, S = Ly.S;
+  const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns = ws < S ? ws : S;
+  const int n = (int)(ns + t - ws + 1);
+  const size_t Gd = (size_t)G * d;
+  const float scale = 1.0f / sqrtf((float)d);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = m.q[(size_t)h * d + i];
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int kk = threadIdx.x; kk < n; kk += blockDim.x) {
+    const uint16_t *kr = kk < ns ? Ly.k_sink + (size_t)kk * Gd : Ly.k_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
+    kr += (size_t)g * d;
+    float a = 0.f;
+    if ((d & 7) == 0) { /* 16-byte loads, all issued before the sums */
+#pragma unroll 4
+      for (int i = 0; i < d; i += 8) {
+        const uint4 u = *reinterpret_cast<const uint4 *>(kr + i);
+        a += qs[i] * __uint_as_float(u.x << 16) + qs[i + 1] * __uint_as_float(u.x & 0xffff0000u);
+        a += qs[i + 2] * __uint_as_float(u.y << 16) + qs[i + 3] * __uint_as_float(u.y & 0xffff0000u);
+        a += qs[i + 4] * __uint_as_float(u.z << 16) + qs[i + 5] * __uint_as_float(u.z & 0xffff0000u);
+        a += qs[i + 6] * __uint_as_float(u.w << 16) + qs[i + 7] * __uint_as_float(u.w & 0xffff0000u);
+      }
+    } else {
+      for (int i = 0; i < d; i++) a += qs[i] * xd_bf2f(kr[i]);
+    }
+    a *= scale;
+    sc[kk] = a;
+    mx = fmaxf(mx, a);
+  }
+  mx = sd_block_max(mx);
+  float sum = 0.f;
+  for (int kk = threadIdx.x; kk < n; kk += blockDim.x) {
+    const float p = __expf(sc[kk] - mx);
+    sc[kk] = p;
+    sum += p;
+  }
+  sum = sd_block_sum(sum);
+  /* P V: nsplit groups of d threads over interleaved keys, partials summed in order */
+  const int nsplit = blockDim.x / d;
+  {
+    const int i = threadIdx.x % d, sp = threadIdx.x / d;
+    if (sp < nsplit) {
+      float a = 0.f;
+#pragma unroll 8
+      for (int kk = sp; kk < n; kk += nsplit) {
+        const uint16_t *vr = kk < ns ? Ly.v_sink + (size_t)kk * Gd : Ly.v_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
+        a += sc[kk] * xd_bf2f(vr[(size_t)g * d + i]);
+      }
+      num[sp * d + i] = a;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float a = 0.f;
+    for (int sp = 0; sp < nsplit; sp++) a += num[sp * d + i];
+    loc[i] = a / sum;
+  }
+  __syncthreads();
+  /* mLSTM step (mlstm_recurrent_step): C = f' C + i' k v^T, n = f' n + i' k, h = C^T(s q) / den */
+  if (threadIdx.x == 0) {
+    const double l = sd_logsig((double)m.fg[h]), i = (double)m.ig[h], mp = (double)Ly.m[h], a = l + mp;
+    const double mt = a >= i ? a : i;
+    gate[0] = (float)exp(a - mt);
+    gate[1] = (float)exp(i - mt);
+    gate[2] = (float)mt;
+    Ly.m[h] = (float)mt;
+  }
+  __syncthreads();
+  const float fp = gate[0], ip = gate[1];
+  const float sq = (float)(1.0 / sqrt((double)P));
+  const float *qf = m.qf + (size_t)h * P, *kf = m.kf + (size_t)g * P;
+  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
+  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  {
+    const int j = threadIdx.x % d, sp = threadIdx.x / d;
+    if (sp < nsplit) {
+      const float vj = v[j];
+      float a = 0.f;
+#pragma unroll 4
+      for (int p = sp; p < P; p += nsplit) {
+        const float cn = fp * C[(size_t)p * d + j] + (ip * kf[p]) * vj;
+        C[(size_t)p * d + j] = cn;
+        a += cn * qf[p];
+      }
+      num[sp * d + j] = a;
+    }
+  }
+  float dn = 0.f;
+  for (int p = threadIdx.x; p < P; p += blockDim.x) {
+    const float nv = fp * nn[p] + ip * kf[p];
+    nn[p] = nv;
+    dn += qf[p] * nv;
+  }
+  dn = sd_block_sum(dn) * sq; /* barriers inside also publish num */
+  float ad = fabsf(dn);
+  if (m.norm_max) {
+    const float lo = expf(-gate[2]);
+    if (!(ad >= lo)) ad = lo;
+  }
+  const float inv = 1.f / (ad + m.mlstm_eps);
+  /* mixing gate from the raw projections */
+  const float *qraw = m.qkv + (size_t)h * d, *kraw = m.qkv + (size_t)H * d + (size_t)g * d, *wo = Ly.w_mix + (size_t)h * 3 * d;
+  float z = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) z += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
+  z = sd_block_sum(z) + Ly.b_mix[h];
+  const float o = 1.f / (1.f + expf(-z));
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float a = 0.f;
+    for (int sp = 0; sp < nsplit; sp++) a += num[sp * d + j];
+    const float glob = sq * a * inv;
+    m.att[(size_t)h * d + j] = o * glob + (1.f - o) * loc[j];
+  }
+}
+
+static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
+
+extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
+  if (m->d > SD_THREADS || m->d % 2) return xd_errf(e, "student_decode.cu: head dim %d not supported by the decode step (even, <= %d)", m->d, SD_THREADS);
+  if (m->d / 2 > XD_SDEC_MAX_HALF) return xd_errf(e, "student_decode.cu: head dim %d above the decode step's %d", m->d, 2 * XD_SDEC_MAX_HALF);
+  if (m->P > 256) return xd_errf(e, "student_decode.cu: d_phi %d above the decode step's 256", m->P);
+  const int dmax = m->D > m->F ? m->D : m->F;
+  const size_t gsm = (size_t)(dmax > m->H * m->d ? dmax : m->H * m->d) * sizeof(float);
+  if (gsm > c->smem_optin) return xd_errf(e, "student_decode.cu: GEMV input of %zu bytes exceeds shared memory", gsm);
+  XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+  XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_ACCUM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+  XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+  size_t cmax = 0;
+  for (int l = 0; l < m->L; l++) {
+    const size_t s = core_smem(m, m->layers[l].W, m->layers[l].S);
+    cmax = s > cmax ? s : cmax;
+  }
+  if (cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
+  XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
+  return 0;
+}
+
+extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
+  const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d;
+  k_dec_embed<<<xd_ceil_div(D, 256), 256, 0, c->stream>>>(m->h, m->embed, m->params, D);
+  XD_CU_LAUNCH("k_dec_embed");
+  for (int l = 0; l < m->L; l++) {
+    const xd_cuda_sdec_layer *Ly = &m->layers[l];
+    /* x = rmsnorm(h) (pre-norm) or h; q|k|v = x Wqkv^T + b; xn keeps x for the gates */
+    if (sd_gemv(c, GEMV_STORE, m->qkv, m->h, m->post_norm ? NULL : Ly->attn_norm, m->rms_eps, Ly->w_qkv, Ly->b_qkv, D,
+                qkv, m->xn, e))
+      return -1;
+    k_dec_prep<<<H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
+    XD_CU_LAUNCH("k_dec_prep");
+    k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
+    XD_CU_LAUNCH("k_dec_core");
+    if (m->post_norm) {
+      if (sd_gemv(c, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->attn_out_norm, D, m->rms_eps);
+      XD_CU_LAUNCH("k_add_rmsnorm");
+      if (sd_gemv(c, GEMV_SWIGLU, m->act, m->h, NULL, 0.f, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      if (sd_gemv(c, GEMV_STORE, m->tmp, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->mlp_out_norm, D, m->rms_eps);
+      XD_CU_LAUNCH("k_add_rmsnorm");
+    } else {
+      if (sd_gemv(c, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (sd_gemv(c, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      if (sd_gemv(c, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+    }
+  }
+  return sd_gemv(c, GEMV_STORE, m->logits, m->h, m->final_norm, m->rms_eps, m->lm_head, NULL, D, m->V, NULL, e);
+}
+
+/* ---- CUDA graphs ------------------------------------------------------------------------- */
+extern "C" int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e) {
+  *graph_exec = NULL;
+  cudaGraph_t g = NULL;
+  XD_CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+  xd_err inner = {{0}};
+  const int rc = xd_cuda_sdec_step(c, m, &inner);
+  const cudaError_t st = cudaStreamEndCapture(c->stream, &g);
+  if (rc) {
+    if (g) cudaGraphDestroy(g);
+    return xd_errf(e, "%s", inner.msg);
+  }
+  if (st != cudaSuccess) return xd_errf(e, "student_decode.cu: cudaStreamEndCapture: %s", cudaGetErrorString(st));
+  cudaGraphExec_t ex = NULL;
+  const cudaError_t si = cudaGraphInstantiate(&ex, g, 0);
+  cudaGraphDestroy(g);
+  if (si != cudaSuccess) return xd_errf(e, "student_decode.cu: cudaGraphInstantiate: %s", cudaGetErrorString(si));
+  *graph_exec = (void *)ex;
+  return 0;
+}
+
+extern "C" int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e) {
+  XD_CU(cudaGraphLaunch((cudaGraphExec_t)graph_exec, c->stream));
+  return 0;
+}
+
+extern "C" void xd_cuda_graph_free(void *graph_exec) {
+  if (graph_exec) cudaGraphExecDestroy((cudaGraphExec_t)graph_exec);
+}
+
+extern "C" size_t xd_cuda_mem_used(void) {
+  size_t fr = 0, tot = 0;
+  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) return 0;
+  return tot - fr;
+}

@@ -1,0 +1,213 @@
+/* GPU test of the student's inference (src/model/student/student_cuda.c): tiny students made by
+ * `init` from every fixture teacher family (llama GQA / MHA+bias / llama3 RoPE / dynamic NTK,
+ * qwen2 (qkv bias), qwen3 (per-head QK-norm), olmo2 / olmo3 (post-norm, projection QK-norm,
+ * olmo3's sliding layers)), hybrid parameters perturbed as tests/test_student.c does (so the
+ * mixing gate, gates, feature maps and both branches all matter), W = 5 < T = 23, S = 2 sinks,
+ * chunk 4 (23 is not a multiple of it), batch 2.
+ *
+ * Checks, per family:
+ *   1. GPU forward logits vs the CPU xd_student_forward (fp32) -- relative L2 over [B,T,V];
+ *   2. GPU prefill (6 tokens) + 17 decode steps: each step's logits vs the GPU full forward at
+ *      that position and vs the CPU xd_student_step;
+ *   3. the decode state's byte size: equal to its formula, and unchanged by prefill and steps.
+ * Bound 2e-2 (relative L2 of logits): the GPU rounds every teacher matrix to bf16 (relative
+ * 2^-9 = 2.0e-3 per weight) and the inputs of the prefill's GEMMs / attention to bf16; in a dot
+ * product of n terms independent roundings add up like sqrt(n) while the result grows like
+ * sqrt(n) too, so each projection's relative error stays ~2e-3, and two layers of ~6 chained
+ * products plus the LM head compound to ~5e-3..1e-2 (the flash/SWA attention tests of
+ * test_gpu_ops see 2e-3 per op). A real error (wrong key, wrong state, wrong norm) is O(1).
+ * Also: decode with and without the CUDA graph must agree bit for bit (same kernels).
+ * Exits 77 when no CUDA device is present; "quick" (memcheck) runs three families. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "core/core.h"
+#include "model/student/student.h"
+#include "model/student/student_cuda.h"
+#include "ops/cuda/cuda_ops.h"
+#include "student_fixture.h"
+#include "test.h"
+
+static xd_cuda_ctx *ctx;
+static const double TOL = 2e-2;
+static double worst_fwd, worst_dec_fwd, worst_dec_cpu;
+static const char *cur_family;
+
+static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const xd_model_config *c = &s->cfg;
+  const int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, D = c->hidden, P = xd_hybrid_p_width(&s->hy);
+  for (int l = 0; l < c->n_layers; l++) {
+    xd_hybrid_layer *Y = &s->hl[l];
+    for (int i = 0; i < H * d * P; i++) Y->P_q[i] += scale * (float)xd_rng_normal(&r);
+    for (int i = 0; i < G * d * P; i++) Y->P_k[i] += scale * (float)xd_rng_normal(&r);
+    for (int i = 0; i < H * D; i++) { Y->w_i[i] = 0.3f * scale * (float)xd_rng_normal(&r); Y->w_f[i] = 0.3f * scale * (float)xd_rng_normal(&r); }
+    for (int i = 0; i < H; i++) { Y->b_i[i] += scale * (float)xd_rng_normal(&r); Y->b_o[i] += 2.0f; }
+    for (int i = 0; i < H * 3 * d; i++) Y->w_o[i] = 0.3f * scale * (float)xd_rng_normal(&r);
+  }
+}
+
+static double rel_l2(const float *x, const float *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double dd = (double)x[i] - ref[i];
+    num += dd * dd;
+    den += (double)ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void check_family(const char *family, int variant) {
+  cur_family = family;
+  char sdir[600];
+  const int W = 5, S = 2, chunk = 4, B = 2, T = 23, prefill = 6;
+  if (test_make_student(family, W, S, chunk, sdir, sizeof sdir) != 0) { CHECKF(0, "%s: fixture missing", family); return; }
+  xd_err e = {{0}};
+  xd_student s;
+  CHECKF(xd_student_load(&s, sdir, XD_STUDENT_FROZEN, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) return;
+  perturb_hybrid(&s, 11, 0.5f);
+  if (variant) { /* the other normaliser and the gate soft cap (both read from s.hy by CPU and GPU) */
+    s.hy.normalizer = XD_NORM_XLSTM;
+    s.hy.gate_softcap = 15.0f;
+  }
+  const int V = s.cfg.vocab, N = B * T;
+  xd_rng r;
+  xd_rng_seed(&r, 5);
+  int32_t ids[2 * 23];
+  for (int i = 0; i < N; i++) ids[i] = (int32_t)(xd_rng_u64(&r) % (uint64_t)V);
+  /* CPU references */
+  xd_teacher_acts ta;
+  xd_teacher_acts_alloc(&ta, &s.cfg, N, T);
+  xd_core_acts ca;
+  xd_core_acts_alloc(&ca, &s, B, T);
+  float *cpu = xd_malloc((size_t)N * V * sizeof(float)), *gpu = xd_malloc((size_t)N * V * sizeof(float));
+  float *cstep = xd_malloc((size_t)T * V * sizeof(float)), *gstep = xd_malloc((size_t)V * sizeof(float));
+  float *gstep2 = xd_malloc((size_t)V * sizeof(float));
+  CHECKF(xd_student_forward(&s, &ta, &ca, ids, B, T, cpu, &e) == 0, "%s", e.msg);
+  xd_student_state cst;
+  xd_student_state_alloc(&cst, &s);
+  CHECK(xd_student_step(&s, &cst, ids, prefill, cstep + (size_t)(prefill - 1) * V, &e) == 0);
+  for (int t = prefill; t < T; t++) CHECK(xd_student_step(&s, &cst, ids + t, 1, cstep + (size_t)t * V, &e) == 0);
+  /* GPU */
+  xd_student_cuda *m = NULL;
+  xd_student_cuda_state *st = NULL;
+  if (xd_student_cuda_upload(&m, ctx, &s, &e)) { CHECKF(0, "%s: upload: %s", family, e.msg); goto out; }
+  for (size_t i = 0; i < (size_t)N * V; i++) gpu[i] = NAN;
+  if (xd_student_cuda_forward(m, ids, B, T, gpu, 0, &e)) { CHECKF(0, "%s: forward: %s", family, e.msg); goto out; }
+  const double ef = rel_l2(gpu, cpu, (size_t)N * V);
+  worst_fwd = fmax(worst_fwd, ef);
+  CHECKF(ef <= TOL, "%s: GPU forward vs CPU rel L2 %.3e", family, ef);
+  /* last-only logits equal the full forward's last rows */
+  float *last = xd_malloc((size_t)B * V * sizeof(float));
+  if (xd_student_cuda_forward(m, ids, B, T, last, 1, &e) == 0) {
+    double el = 0;
+    for (int b = 0; b < B; b++) el = fmax(el, rel_l2(last + (size_t)b * V, gpu + ((size_t)b * T + T - 1) * V, V));
+    CHECKF(el <= 1e-6, "%s: last_only logits differ from the full forward's last rows: %.3e", family, el);
+  } else {
+    CHECKF(0, "%s: %s", family, e.msg);
+  }
+  free(last);
+  if (xd_student_cuda_state_alloc(&st, m, &e)) { CHECKF(0, "%s: state: %s", family, e.msg); goto out; }
+  const size_t bytes0 = xd_student_cuda_state_bytes(st);
+  {
+    const xd_model_config *c = &s.cfg;
+    size_t expect = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+      const int sl = xd_config_layer_window(c, l) > 0;
+      const int Wl = sl && c->sliding_window < W ? c->sliding_window : W, Sl = sl ? 0 : S;
+      expect += ((size_t)c->n_heads * s.hy.d_phi * c->head_dim + (size_t)c->n_heads * s.hy.d_phi + c->n_heads) * 4 +
+                (size_t)(Wl + Sl) * c->n_kv_heads * c->head_dim * 2 * 2;
+    }
+    CHECKF(bytes0 == expect, "%s: state bytes %zu, expected %zu", family, bytes0, expect);
+  }
+  double wd_f = 0, wd_c = 0;
+  for (int pass = 0; pass < 2; pass++) { /* pass 0: CUDA graph, pass 1: plain launches */
+    xd_student_cuda_state_use_graph(st, pass == 0);
+    if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
+    for (int t = prefill - 1; t < T; t++) {
+      const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)
+                                      : xd_student_cuda_step(m, st, ids + t, 1, gstep, &e);
+      if (rc) { CHECKF(0, "%s: step %d: %s", family, t, e.msg); break; }
+      if (pass == 0) {
+        const double a = rel_l2(gstep, gpu + (size_t)t * V, V), b = rel_l2(gstep, cstep + (size_t)t * V, V);
+        wd_f = fmax(wd_f, a);
+        wd_c = fmax(wd_c, b);
+        /* keep the graph run's logits of the last step for the bitwise comparison */
+        if (t == T - 1) memcpy(gstep2, gstep, (size_t)V * sizeof(float));
+      } else if (t == T - 1) {
+        CHECKF(memcmp(gstep, gstep2, (size_t)V * sizeof(float)) == 0, "%s: graph and plain decode differ", family);
+      }
+    }
+    CHECKF(xd_student_cuda_state_pos(st) == T, "%s: pos %lld", family, (long long)xd_student_cuda_state_pos(st));
+    CHECKF(xd_student_cuda_state_bytes(st) == bytes0, "%s: state size changed", family);
+  }
+  const int dynamic = s.cfg.rope[0].kind == XD_ROPE_DYNAMIC || s.cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+  if (!dynamic) worst_dec_fwd = fmax(worst_dec_fwd, wd_f);
+  worst_dec_cpu = fmax(worst_dec_cpu, wd_c);
+  /* Dynamic NTK: the forward scales RoPE for the whole length T, the decode step for pos + 1
+   * (HF semantics; the CPU's decode differs from its forward the same way), so decode is
+   * compared with the CPU decode only. */
+  CHECKF(dynamic || wd_f <= TOL, "%s: GPU decode vs GPU forward rel L2 %.3e", family, wd_f);
+  CHECKF(wd_c <= TOL, "%s: GPU decode vs CPU decode rel L2 %.3e", family, wd_c);
+  /* decoding from an empty state, token by token (no prefill), against the forward */
+  if (xd_student_cuda_state_reset(st, &e) == 0) {
+    double w0 = 0;
+    for (int t = 0; t < T; t++) {
+      if (xd_student_cuda_step(m, st, ids + t, 1, gstep, &e)) { CHECKF(0, "%s: %s", family, e.msg); break; }
+      w0 = fmax(w0, rel_l2(gstep, gpu + (size_t)t * V, V));
+    }
+    CHECKF(dynamic || w0 <= TOL, "%s: token-by-token decode vs forward rel L2 %.3e", family, w0);
+    wd_f = fmax(wd_f, w0);
+  }
+  fprintf(stderr, "    %-16s%s forward vs CPU %.3e | decode vs GPU forward %.3e, vs CPU decode %.3e | state %zu B\n",
+          family, variant ? " (max-norm, softcap)" : "", ef, wd_f, wd_c, bytes0);
+  if (xd_cuda_sync(ctx, &e)) CHECKF(0, "%s: async: %s", family, e.msg);
+out:
+  xd_student_cuda_state_free(st);
+  xd_student_cuda_free(m);
+  xd_student_state_free(&cst);
+  xd_core_acts_free(&ca);
+  xd_teacher_acts_free(&ta);
+  free(cpu), free(gpu), free(cstep), free(gstep), free(gstep2);
+  xd_student_free(&s);
+}
+
+static void test_llama_gqa(void) { check_family("llama-gqa", 0); }
+static void test_llama_mha_bias(void) { check_family("llama-mha-bias", 0); }
+static void test_llama3_rope(void) { check_family("llama3-rope", 0); }
+static void test_llama_dynamic(void) { check_family("llama-dynamic", 0); }
+static void test_qwen2(void) { check_family("qwen2", 0); }
+static void test_qwen3(void) { check_family("qwen3", 0); }
+static void test_qwen3_maxnorm_softcap(void) { check_family("qwen3", 1); }
+static void test_olmo2(void) { check_family("olmo2", 0); }
+static void test_olmo3(void) { check_family("olmo3", 0); }
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  xd_err err = {{0}};
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_llama_gqa);
+  RUN(test_qwen3_maxnorm_softcap);
+  RUN(test_olmo3);
+  if (!quick) {
+    RUN(test_llama_mha_bias);
+    RUN(test_llama3_rope);
+    RUN(test_llama_dynamic);
+    RUN(test_qwen2);
+    RUN(test_qwen3);
+    RUN(test_olmo2);
+  }
+  fprintf(stderr, "worst rel L2 (bound %.0e): forward vs CPU %.3e, decode vs GPU forward %.3e, decode vs CPU %.3e\n", TOL,
+          worst_fwd, worst_dec_fwd, worst_dec_cpu);
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

@@ -214,7 +214,7 @@ int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *logits, int B,
 
 /* ==== training ops (branch cudatrain): backward twins of the teacher-shared ops ==============
  * Stage II trains the teacher-shared parts too; these are the GPU twins of matmul_backward,
- * rmsnorm_backward, rope_backward, swiglu_backward and embedding_backward (src/ops/cpu/*_impl.inc).
+ * rmsnorm_backward, rope_backward, swiglu_backward and embedding_backward (src/ops/cpu/<op>_impl.inc).
  * Storage: activations the forward keeps in bf16 are read as bf16 (matmul inputs, the swiglu
  * gate|up, the QK-norm input); every gradient is fp32 (dW, db, dw of the norms, dtable; dx fp32
  * or bf16 for the matmul). Like the CPU ops they ACCUMULATE (+=) into their gradients (the
@@ -239,10 +239,11 @@ int xd_cuda_matmul_backward(xd_cuda_ctx *c, void *dx, xd_cuda_dtype dx_dtype, fl
 /* The same, all fp32 (CUBLAS_COMPUTE_32F, no TF32): oracle comparisons and small tensors. */
 int xd_cuda_matmul_backward_f32(xd_cuda_ctx *c, float *dx, float *dw, float *db, const float *dout, const float *x,
                                 const float *w, int N, int Din, int Dout, int flags, xd_err *e);
-/* Which path produced db in the last matmul backward with these dims that computed dw and db:
+/* Which path produced db in the last matmul backward with these dims and input dtype
+ * (XD_CUDA_BF16: xd_cuda_matmul_backward, XD_CUDA_F32: _f32) that computed dw and db:
  * 1 = the BGRADB epilogue, 0 = the column-sum kernel because cuBLASLt had no algorithm with the
  * epilogue, -1 = no record (never run, evicted from the algorithm cache, or XD_CUDA_BW_OWN_BGRAD). */
-int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, int N, int Din, int Dout);
+int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, xd_cuda_dtype in_dtype, int N, int Din, int Dout);
 
 /* RMSNorm backward (rmsnorm_backward; forward y = w * (x * rsqrt(mean(x^2) + eps)), HF order):
  * dx [N,C] += J^T dout, dw [C] += sum over rows of dout * x * rstd (either may be NULL).

@@ -288,11 +288,13 @@ extern "C" int xd_cuda_matmul_backward_f32(xd_cuda_ctx *c, float *dx, float *dw,
   return mm_backward(c, dx, CUDA_R_32F, dw, db, dout, x, w, CUDA_R_32F, N, Din, Dout, flags, e);
 }
 
-extern "C" int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, int N, int Din, int Dout) {
+extern "C" int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, xd_cuda_dtype in_dtype, int N, int Din,
+                                                  int Dout) {
+  const int want = 0x40000000 | (KIND_DW << 24) | ((in_dtype == XD_CUDA_F32) << 21);
   int seen = -1;
   for (int i = 0; i < XD_LT_CACHE; i++) {
     const xd_lt_algo_entry *q = &c->lt_cache[i];
-    if (!q->valid || q->N != Din || q->Din != Dout || q->Dout != N || (q->dtype & 0x7f000000) != (0x40000000 | (KIND_DW << 24)))
+    if (!q->valid || q->N != Din || q->Din != Dout || q->Dout != N || (q->dtype & 0x7f200000) != want)
       continue;
     if (q->bias == BIAS_UNSUPPORTED) return 0;
     if (q->bias == BIAS_BGRADB) seen = 1;

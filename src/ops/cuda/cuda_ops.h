@@ -249,7 +249,8 @@ int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, xd_cuda_dtype in_dt
  * dx [N,C] += J^T dout, dw [C] += sum over rows of dout * x * rstd (either may be NULL).
  * rstd is recomputed from x (the GPU forward keeps none). x bf16 or fp32 (x_dtype), w bf16 or
  * fp32 (w_dtype), dout / dx / dw fp32. dw: per-block partials over fixed 256-row blocks, then
- * a fixed-order sum (deterministic). dx must not overlap dout or x. */
+ * a fixed-order sum (deterministic; rows <= 65535 * 256 when dw is wanted). dx must not
+ * overlap dout or x. */
 int xd_cuda_rmsnorm_backward(xd_cuda_ctx *c, float *dx, float *dw, const float *dout, const void *x,
                              xd_cuda_dtype x_dtype, const void *w, xd_cuda_dtype w_dtype, int N, int C, float eps,
                              xd_err *e);

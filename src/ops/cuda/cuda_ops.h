@@ -351,6 +351,77 @@ void xd_cuda_graph_free(void *graph_exec);
 size_t xd_cuda_mem_used(void);
 /* ==== end of student inference ================================================================ */
 
+/* ==== training ops (branch cudatrain): backward twins of the teacher-shared ops ==============
+ * Stage II trains the teacher-shared parts too; these are the GPU twins of matmul_backward,
+ * rmsnorm_backward, rope_backward, swiglu_backward and embedding_backward (src/ops/cpu/<op>_impl.inc).
+ * Storage: activations the forward keeps in bf16 are read as bf16 (matmul inputs, the swiglu
+ * gate|up, the QK-norm input); every gradient is fp32 (dW, db, dw of the norms, dtable; dx fp32
+ * or bf16 for the matmul). Like the CPU ops they ACCUMULATE (+=) into their gradients (the
+ * matmul: with XD_CUDA_BW_ACCUMULATE; without it, it writes). Reductions over tokens are
+ * deterministic: fixed partial sums added in a fixed order, no float atomics. */
+
+/* flags of xd_cuda_matmul_backward / _f32 */
+#define XD_CUDA_BW_ACCUMULATE 1 /* dx, dW, db += (the CPU's semantics); else they are written */
+#define XD_CUDA_BW_OWN_BGRAD 2  /* db by the column-sum kernel even where the epilogue is available */
+
+/* Matmul backward (cuBLASLt) for out[N,Dout] = x[N,Din] W^T + b, W [Dout,Din] (HF layout):
+ *   dx [N,Din] (+)= dout W;  dw [Dout,Din] (+)= dout^T x;  db [Dout] (+)= column sums of dout.
+ * Any of dx, dw, db may be NULL (not wanted). bf16 dout, x, w; fp32 accumulation; dx bf16 or
+ * fp32 (dx_dtype); dw and db fp32 (for the fp32 master weights). db comes from the dW GEMM's
+ * CUBLASLT_EPILOGUE_BGRADB when cuBLASLt offers it for the shape (accumulating through a
+ * scratch vector, as the epilogue writes), else (or with dw NULL, or XD_CUDA_BW_OWN_BGRAD)
+ * from a deterministic column-sum kernel (partials over fixed 256-row blocks, added in order).
+ * dx must not overlap dout or w; dw must not overlap dout or x. N <= 65535 * 256. */
+int xd_cuda_matmul_backward(xd_cuda_ctx *c, void *dx, xd_cuda_dtype dx_dtype, float *dw, float *db,
+                            const uint16_t *dout, const uint16_t *x, const uint16_t *w, int N, int Din, int Dout,
+                            int flags, xd_err *e);
+/* The same, all fp32 (CUBLAS_COMPUTE_32F, no TF32): oracle comparisons and small tensors. */
+int xd_cuda_matmul_backward_f32(xd_cuda_ctx *c, float *dx, float *dw, float *db, const float *dout, const float *x,
+                                const float *w, int N, int Din, int Dout, int flags, xd_err *e);
+/* Which path produced db in the last matmul backward with these dims and input dtype
+ * (XD_CUDA_BF16: xd_cuda_matmul_backward, XD_CUDA_F32: _f32) that computed dw and db:
+ * 1 = the BGRADB epilogue, 0 = the column-sum kernel because cuBLASLt had no algorithm with the
+ * epilogue, -1 = no record (never run, evicted from the algorithm cache, or XD_CUDA_BW_OWN_BGRAD). */
+int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, xd_cuda_dtype in_dtype, int N, int Din, int Dout);
+
+/* RMSNorm backward (rmsnorm_backward; forward y = w * (x * rsqrt(mean(x^2) + eps)), HF order):
+ * dx [N,C] += J^T dout, dw [C] += sum over rows of dout * x * rstd (either may be NULL).
+ * rstd is recomputed from x (the GPU forward keeps none). x bf16 or fp32 (x_dtype), w bf16 or
+ * fp32 (w_dtype), dout / dx / dw fp32. dw: per-block partials over fixed 256-row blocks, then
+ * a fixed-order sum (deterministic; rows <= 65535 * 256 when dw is wanted). dx must not
+ * overlap dout or x. */
+int xd_cuda_rmsnorm_backward(xd_cuda_ctx *c, float *dx, float *dw, const float *dout, const void *x,
+                             xd_cuda_dtype x_dtype, const void *w, xd_cuda_dtype w_dtype, int N, int C, float eps,
+                             xd_err *e);
+/* The same over segments of strided rows (the backward of xd_cuda_rmsnorm_segments, QK-norm
+ * in the fused q|k|v rows): row (n, s), n < N, s < n_seg, is x[n*ld_x + s*C .. +C] (likewise
+ * dout with ld_dout, dx with ld_dx); w [C] is shared by all N*n_seg rows and dw sums over all
+ * of them. qwen3 (per head): n_seg = H, C = d; olmo (whole projection): n_seg = 1, C = H*d.
+ * The dense op is n_seg = 1 and every ld = C. */
+int xd_cuda_rmsnorm_backward_segments(xd_cuda_ctx *c, float *dx, int ld_dx, float *dw, const float *dout,
+                                      int ld_dout, const void *x, xd_cuda_dtype x_dtype, int ld_x, const void *w,
+                                      xd_cuda_dtype w_dtype, int N, int n_seg, int C, float eps, xd_err *e);
+/* RoPE backward in place (rope_backward, the transpose rotation R^T), fp32 gradients: dx holds
+ * N tokens of n_heads * d values, token n at dx + n*ld (dq or dk inside a fused dq|dk|dv
+ * buffer); tables and pos as xd_cuda_rope_forward. */
+int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const float *cos_t, const float *sin_t,
+                          const int32_t *pos, int N, int n_heads, int d, xd_err *e);
+/* SwiGLU backward (swiglu_backward): for n < N, f < F with g = gate[n*ld+f], u = up[n*ld+f]
+ * (bf16, as the forward reads them; fused gate|up: gate = buf, up = buf + F, ld = 2F):
+ * dgate[n*ld_d+f] += dout[n*F+f] u s (1 + g (1 - s)), dup[n*ld_d+f] += dout[n*F+f] g s,
+ * s = sigmoid(g). dout fp32 dense [N,F]; dgate / dup fp32 with row stride ld_d (a fused
+ * dgate|dup buffer: dgate = dbuf, dup = dbuf + F, ld_d = 2F). */
+int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup, int ld_d, const float *dout,
+                            const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e);
+/* Embedding backward (embedding_backward): dtable[ids[n], :] += dout[n, :], fp32, table [V,D].
+ * Deterministic and bit-identical to the CPU's serial loop: the ids are sorted with their token
+ * index (CUB radix sort, stable), and one block per distinct id adds that id's dout rows to
+ * its table row in token order. Ids outside [0,V) are skipped (never an out-of-range write;
+ * the caller validates ids on the host as for the CPU op). Scratch: 3 N int32 + CUB's. */
+int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const float *dout, const int32_t *ids, int N, int D,
+                               int V, xd_err *e);
+/* ==== end of training ops (branch cudatrain) ================================================== */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,246 @@
+/* Backward twins of the teacher-shared ops for stage II training (branch cudatrain): rmsnorm
+ * (dense and over strided segments = QK-norm), rope, swiglu, embedding. fp32 gradients, bf16 or
+ * fp32 activations as the forward keeps them, fp32 math; every gradient ACCUMULATES (+=) like
+ * the CPU op. Reductions over tokens are deterministic (fixed partials, fixed-order sums, no
+ * float atomics); the embedding's duplicate ids are summed in token order after a stable sort. */
+#include <limits.h>
+#include <cub/device/device_radix_sort.cuh>
+#include "cuda_common.cuh"
+
+namespace {
+
+__device__ __forceinline__ float ldv(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float ldv(const uint16_t *p, size_t i) { return xd_bf2f(p[i]); }
+
+/* ---- rmsnorm backward ---------------------------------------------------------------------- */
+#define RMS_ROWS 256 /* rows per dw partial: a function of the shape only */
+
+/* One warp per row (8 rows per 256-thread block): rstd, dot = sum g w x, then
+ * dx += g w r - x (dot r^3 / C) (the CPU's formula); rstd_out (NULL = not wanted) keeps r. */
+template <typename TX, typename TW>
+__global__ void __launch_bounds__(256) k_rms_bw_rows(float *dx, float *rstd_out, const float *g, const TX *x,
+                                                     const TW *w, int rows, int n_seg, int C, size_t ld_dx,
+                                                     size_t ld_g, size_t ld_x, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int r = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (r >= rows) return; /* uniform per warp; no block-level sync below */
+  const size_t n = (size_t)(r / n_seg), s = (size_t)(r % n_seg);
+  const TX *xr = x + n * ld_x + s * C;
+  const float *gr = g + n * ld_g + s * C;
+  float ss = 0.f, dot = 0.f;
+  for (int i = lane; i < C; i += 32) {
+    const float xv = ldv(xr, i);
+    ss += xv * xv;
+    dot += gr[i] * ldv(w, i) * xv;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  }
+  const float rs = 1.0f / sqrtf(ss / (float)C + eps);
+  if (dx) {
+    const float k = dot * rs * rs * rs / (float)C;
+    float *dr = dx + n * ld_dx + s * C;
+    for (int i = lane; i < C; i += 32) dr[i] += gr[i] * ldv(w, i) * rs - ldv(xr, i) * k;
+  }
+  if (rstd_out && lane == 0) rstd_out[r] = rs;
+}
+
+/* dw partials: grid (ceil(C/32), ceil(rows/RMS_ROWS)), 256 threads: lane = column, warp = row
+ * phase; part[split * C + c] = sum over the split's rows of g x rstd (fixed order). */
+template <typename TX>
+__global__ void __launch_bounds__(256) k_rms_bw_dw_part(float *part, const float *g, const TX *x, const float *rstd,
+                                                        int rows, int n_seg, int C, size_t ld_g, size_t ld_x) {
+  __shared__ float red[8][33];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int col = blockIdx.x * 32 + tx;
+  const int r0 = blockIdx.y * RMS_ROWS, r1 = min(rows, r0 + RMS_ROWS);
+  float acc = 0.f;
+  if (col < C)
+    for (int r = r0 + ty; r < r1; r += 8) {
+      const size_t n = (size_t)(r / n_seg), s = (size_t)(r % n_seg);
+      acc += g[n * ld_g + s * C + col] * ldv(x, n * ld_x + s * C + col) * rstd[r];
+    }
+  red[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && col < C) {
+    float t = red[0][tx];
+#pragma unroll
+    for (int i = 1; i < 8; i++) t += red[i][tx];
+    part[(size_t)blockIdx.y * C + col] = t;
+  }
+}
+
+__global__ void k_sum_parts_add(float *out, const float *part, int nsplit, int cols) {
+  const int col = blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float t = 0.f;
+  for (int s = 0; s < nsplit; s++) t += part[(size_t)s * cols + col];
+  out[col] += t;
+}
+
+template <typename TX, typename TW>
+int rms_bw_launch(xd_cuda_ctx *c, float *dx, float *dw, const float *g, const TX *x, const TW *w, int rows, int n_seg,
+                  int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps, xd_err *e) {
+  const unsigned nsplit = xd_ceil_div((size_t)rows, RMS_ROWS);
+  float *ws = NULL; /* rstd [rows], then the partials [nsplit, C] */
+  if (dw) {
+    XD_ARG(nsplit <= 65535u);
+    XD_CU(cudaMallocAsync((void **)&ws, ((size_t)rows + (size_t)nsplit * C) * sizeof(float), c->stream));
+  }
+  k_rms_bw_rows<TX, TW><<<xd_ceil_div((size_t)rows, 8), 256, 0, c->stream>>>(dx, ws, g, x, w, rows, n_seg, C, ld_dx,
+                                                                                ld_g, ld_x, eps);
+  cudaError_t st = cudaGetLastError();
+  if (dw && st == cudaSuccess) {
+    float *part = ws + rows;
+    k_rms_bw_dw_part<TX><<<dim3(xd_ceil_div((size_t)C, 32), nsplit), 256, 0, c->stream>>>(part, g, x, ws, rows, n_seg,
+                                                                                           C, ld_g, ld_x);
+    st = cudaGetLastError();
+    if (st == cudaSuccess) {
+      k_sum_parts_add<<<xd_ceil_div((size_t)C, 256), 256, 0, c->stream>>>(dw, part, (int)nsplit, C);
+      st = cudaGetLastError();
+    }
+  }
+  const cudaError_t fs = ws ? cudaFreeAsync(ws, c->stream) : cudaSuccess;
+  if (st != cudaSuccess)
+    return xd_errf(e, "train_ops.cu:%d: rmsnorm backward launch: %s (%s)", __LINE__, cudaGetErrorName(st),
+                   cudaGetErrorString(st));
+  XD_CU(fs);
+  return 0;
+}
+
+/* ---- rope backward: one thread per (token, head, pair), the transpose rotation -------------- */
+__global__ void k_rope_bw(float *x, int ld, const float *cos_t, const float *sin_t, const int32_t *pos, int N,
+                          int n_heads, int half) {
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  const size_t total = (size_t)N * n_heads * half;
+  if (idx >= total) return;
+  const int i = (int)(idx % half);
+  const int hh = (int)((idx / half) % n_heads);
+  const size_t n = idx / ((size_t)half * n_heads);
+  float *row = x + n * (size_t)ld + (size_t)hh * 2 * half;
+  const size_t t = (size_t)pos[n] * half + i;
+  const float cs = cos_t[t], sn = sin_t[t];
+  const float g1 = row[i], g2 = row[i + half];
+  row[i] = g1 * cs + g2 * sn;
+  row[i + half] = g2 * cs - g1 * sn;
+}
+
+/* ---- swiglu backward: one thread per (token, feature) --------------------------------------- */
+__global__ void k_swiglu_bw(float *dgate, float *dup, size_t ld_d, const float *dout, const uint16_t *gate,
+                            const uint16_t *up, size_t ld, int N, int F) {
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (idx >= (size_t)N * F) return;
+  const size_t n = idx / F, f = idx % F;
+  const float g = xd_bf2f(gate[n * ld + f]), u = xd_bf2f(up[n * ld + f]), d = dout[idx];
+  const float s = 1.0f / (1.0f + expf(-g));
+  dgate[n * ld_d + f] += d * u * s * (1.0f + g * (1.0f - s));
+  dup[n * ld_d + f] += d * g * s;
+}
+
+/* ---- embedding backward --------------------------------------------------------------------- */
+__global__ void k_iota(int32_t *v, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) v[i] = i;
+}
+
+/* Block i of the sorted ids: only the head of a run of equal ids works; it adds the run's dout
+ * rows (token order, the stable sort kept it) to the table row, starting from the row's value:
+ * the same fp32 additions in the same order as the CPU's serial loop. */
+__global__ void k_emb_bw(float *dtable, const float *dout, const int32_t *keys, const int32_t *tok, int N, int D,
+                         int V) {
+  const int i = blockIdx.x;
+  const int id = keys[i];
+  if ((i > 0 && keys[i - 1] == id) || id < 0 || id >= V) return;
+  int j1 = i + 1;
+  while (j1 < N && keys[j1] == id) j1++;
+  float *t = dtable + (size_t)id * D;
+  for (int col = threadIdx.x; col < D; col += blockDim.x) {
+    float acc = t[col];
+    for (int j = i; j < j1; j++) acc += dout[(size_t)tok[j] * D + col];
+    t[col] = acc;
+  }
+}
+
+} /* namespace */
+
+extern "C" int xd_cuda_rmsnorm_backward_segments(xd_cuda_ctx *c, float *dx, int ld_dx, float *dw, const float *dout,
+                                                 int ld_dout, const void *x, xd_cuda_dtype x_dtype, int ld_x,
+                                                 const void *w, xd_cuda_dtype w_dtype, int N, int n_seg, int C,
+                                                 float eps, xd_err *e) {
+  XD_ARG(N > 0 && n_seg > 0 && C > 0 && (size_t)N * n_seg <= (size_t)INT_MAX);
+  XD_ARG(dout != NULL && x != NULL && w != NULL);
+  XD_ARG((size_t)ld_dout >= (size_t)n_seg * C && (size_t)ld_x >= (size_t)n_seg * C);
+  XD_ARG(!dx || (size_t)ld_dx >= (size_t)n_seg * C);
+  XD_ARG(x_dtype == XD_CUDA_BF16 || x_dtype == XD_CUDA_F32);
+  XD_ARG(w_dtype == XD_CUDA_BF16 || w_dtype == XD_CUDA_F32);
+  if (!dx && !dw) return 0;
+  const int rows = N * n_seg;
+  const bool xb = x_dtype == XD_CUDA_BF16, wb = w_dtype == XD_CUDA_BF16;
+  if (xb && wb)
+    return rms_bw_launch(c, dx, dw, dout, (const uint16_t *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+                         eps, e);
+  if (xb)
+    return rms_bw_launch(c, dx, dw, dout, (const uint16_t *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+                         eps, e);
+  if (wb)
+    return rms_bw_launch(c, dx, dw, dout, (const float *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+                         eps, e);
+  return rms_bw_launch(c, dx, dw, dout, (const float *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x, eps,
+                       e);
+}
+
+extern "C" int xd_cuda_rmsnorm_backward(xd_cuda_ctx *c, float *dx, float *dw, const float *dout, const void *x,
+                                        xd_cuda_dtype x_dtype, const void *w, xd_cuda_dtype w_dtype, int N, int C,
+                                        float eps, xd_err *e) {
+  return xd_cuda_rmsnorm_backward_segments(c, dx, C, dw, dout, C, x, x_dtype, C, w, w_dtype, N, 1, C, eps, e);
+}
+
+extern "C" int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const float *cos_t, const float *sin_t,
+                                     const int32_t *pos, int N, int n_heads, int d, xd_err *e) {
+  XD_ARG(N > 0 && n_heads > 0 && d > 0 && d % 2 == 0 && (size_t)ld >= (size_t)n_heads * d);
+  const size_t total = (size_t)N * n_heads * (d / 2);
+  k_rope_bw<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(dx, ld, cos_t, sin_t, pos, N, n_heads, d / 2);
+  XD_CU_LAUNCH("rope_bw");
+  return 0;
+}
+
+extern "C" int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup, int ld_d, const float *dout,
+                                       const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e) {
+  XD_ARG(N > 0 && F > 0 && ld >= F && ld_d >= F);
+  XD_ARG(dgate && dup && dout && gate && up);
+  const size_t total = (size_t)N * F;
+  k_swiglu_bw<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(dgate, dup, (size_t)ld_d, dout, gate, up, (size_t)ld, N,
+                                                              F);
+  XD_CU_LAUNCH("swiglu_bw");
+  return 0;
+}
+
+extern "C" int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const float *dout, const int32_t *ids, int N,
+                                          int D, int V, xd_err *e) {
+  XD_ARG(N > 0 && D > 0 && V > 0);
+  size_t sort_bytes = 0;
+  XD_CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, (const int32_t *)NULL, (int32_t *)NULL,
+                                        (const int32_t *)NULL, (int32_t *)NULL, N, 0, 32, c->stream));
+  /* keys_out [N], tok_in [N], tok_out [N], then CUB's temporary storage (256-byte aligned) */
+  const size_t ints = ((size_t)3 * N + 63) / 64 * 64;
+  char *ws = NULL;
+  XD_CU(cudaMallocAsync((void **)&ws, ints * sizeof(int32_t) + sort_bytes, c->stream));
+  int32_t *keys = (int32_t *)ws, *tok_in = keys + N, *tok = tok_in + N;
+  void *tmp = ws + ints * sizeof(int32_t);
+  k_iota<<<xd_ceil_div((size_t)N, 256), 256, 0, c->stream>>>(tok_in, N);
+  cudaError_t st = cudaGetLastError();
+  if (st == cudaSuccess)
+    st = cub::DeviceRadixSort::SortPairs(tmp, sort_bytes, ids, keys, tok_in, tok, N, 0, 32, c->stream);
+  if (st == cudaSuccess) {
+    k_emb_bw<<<N, 256, 0, c->stream>>>(dtable, dout, keys, tok, N, D, V);
+    st = cudaGetLastError();
+  }
+  const cudaError_t fs = cudaFreeAsync(ws, c->stream);
+  if (st != cudaSuccess)
+    return xd_errf(e, "train_ops.cu:%d: embedding backward: %s (%s)", __LINE__, cudaGetErrorName(st),
+                   cudaGetErrorString(st));
+  XD_CU(fs);
+  return 0;
+}

@@ -1,0 +1,507 @@
+/* GPU tests of the training ops (branch cudatrain; not in CTest: CI has no GPU, tools/gpu_test.sh
+ * runs every tests/gpu/test_gpu_*.c on the device machine): the backward twins of the
+ * teacher-shared ops (matmul through cuBLASLt, rmsnorm incl. the QK-norm segment layouts, rope,
+ * swiglu, embedding), each against its fp32 CPU twin (src/ops/cpu) on fresh random inputs.
+ *
+ * Metric: ||gpu - cpu||_2 / ||cpu||_2. Outputs a call WRITES are poisoned with NaN bytes first
+ * (an unwritten element fails); gradients a call ACCUMULATES into start from random nonzero
+ * values on both sides (an unwritten element is off by its whole gradient). bf16 inputs are
+ * rounded to bf16 on the host first, so the CPU twin sees exactly what the GPU sees.
+ * Bounds:
+ *   1e-5  fp32 in, fp32 out, short sums (rmsnorm dx over a row, rope, swiglu, fp32 dx over
+ *         <= a few hundred terms): ~6e-8 per rounding, growing like sqrt(terms), plus the
+ *         fast-math exp / sqrt / divide (a few ulp);
+ *   1e-4  fp32 reductions over tokens (dW, db, rmsnorm dw: up to ~1000 terms of both signs,
+ *         where cancellation amplifies the relative error);
+ *   1e-3  fp32 outputs of the bf16 GEMMs: products of bf16 values are exact in fp32, but the
+ *         tensor cores' fp32 accumulation does not round like IEEE sequential adds (the
+ *         order and the internal alignment of the MMA adder are not documented); measured
+ *         values are printed;
+ *   1e-2  bf16 outputs (2^-9 relative rounding per element; ~1e-3 in rel L2 is typical);
+ *   0     the embedding backward: the same fp32 additions in the same order as the CPU loop
+ *         (checked bit for bit).
+ * Determinism: the calls that reduce over tokens (dW, db, rmsnorm dw, dtable) are run twice and
+ * must give the same bits.
+ * Without an argument the program also times the matmul backward of each projection at the
+ * Llama-3.2-1B shape (N 4096, hidden 2048, q|k|v 3072, o 2048, gate|up 16384, down 8192 -> 2048,
+ * lm_head vocab 128256) and prints TFLOP/s (no assertion on speed); "quick" skips that (used
+ * under compute-sanitizer). Exits 77 (skip) when no CUDA device is present. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "core/core.h"
+#include "ops/cpu/embedding.h"
+#include "ops/cpu/matmul.h"
+#include "ops/cpu/rmsnorm.h"
+#include "ops/cpu/rope.h"
+#include "ops/cpu/swiglu.h"
+#include "ops/cuda/cuda_ops.h"
+#include "test.h"
+
+static xd_cuda_ctx *ctx;
+static xd_err err;
+#define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
+
+static const double TOL_F32 = 1e-5, TOL_RED = 1e-4, TOL_BF16_GEMM = 1e-3, TOL_BF16 = 1e-2;
+
+static double rel_l2(const float *x, const float *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)x[i] - ref[i];
+    num += d * d;
+    den += (double)ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double worst; /* largest rel error / bound among the checks, for the summary line */
+#define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
+    fprintf(stderr, "    %-56s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
+    if (_r / (tol) > worst) worst = _r / (tol); \
+    CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
+
+static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
+  float *x = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
+  return x;
+}
+/* Fresh normal values, rounded to bf16 in place (the CPU twin sees what the GPU sees). */
+static float *rand_bf16_values(xd_rng *r, size_t n, double mean, double scale) {
+  float *x = rand_f32(r, n, mean, scale);
+  for (size_t i = 0; i < n; i++) x[i] = xd_bf16_to_f32(xd_f32_to_bf16(x[i]));
+  return x;
+}
+static float *dup_f32(const float *x, size_t n) {
+  float *y = xd_malloc(n * sizeof(float) + 1);
+  memcpy(y, x, n * sizeof(float));
+  return y;
+}
+static void die(void) {
+  fprintf(stderr, "%s\n", err.msg);
+  exit(1);
+}
+static void *up_raw(const void *x, size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) die();
+  return d;
+}
+static uint16_t *up_bf16(const float *x, size_t n) {
+  uint16_t *h = xd_malloc(n * 2 + 1);
+  for (size_t i = 0; i < n; i++) h[i] = xd_f32_to_bf16(x[i]);
+  uint16_t *d = up_raw(h, n * 2);
+  free(h);
+  return d;
+}
+static void *dev_poisoned(size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) die();
+  return d;
+}
+static float *down(const float *d, size_t n) {
+  float *h = xd_malloc(n * sizeof(float) + 1);
+  if (xd_cuda_download(ctx, h, d, n * sizeof(float), &err)) die();
+  return h;
+}
+static float *down_bf16(const uint16_t *d, size_t n) {
+  uint16_t *h = xd_malloc(n * 2 + 1);
+  float *f = xd_malloc(n * sizeof(float) + 1);
+  if (xd_cuda_download(ctx, h, d, n * 2, &err)) die();
+  for (size_t i = 0; i < n; i++) f[i] = xd_bf16_to_f32(h[i]);
+  free(h);
+  return f;
+}
+static void upload_to(void *d, const void *h, size_t bytes) {
+  if (xd_cuda_upload(ctx, d, h, bytes, &err)) die();
+}
+static void poison(void *d, size_t bytes) {
+  if (xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) die();
+}
+/* Bitwise equality of two device results of the same call (determinism). */
+static void same_bits(const char *name, const float *a, const float *b, size_t n) {
+  const int same = memcmp(a, b, n * sizeof(float)) == 0;
+  fprintf(stderr, "    %-56s %s\n", name, same ? "same bits" : "DIFFERENT BITS");
+  CHECKF(same, "%s: two runs differ", name);
+}
+
+/* ---- matmul backward --------------------------------------------------------------------------- */
+static const char *path_name(int p) { return p == 1 ? "BGRADB epilogue" : p == 0 ? "column-sum kernel (no epilogue algo)" : "unknown"; }
+
+static void mm_case(int N, int Din, int Dout, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nx = (size_t)N * Din, nw = (size_t)Dout * Din, no = (size_t)N * Dout;
+  char name[160];
+  fprintf(stderr, "    -- matmul backward N%d Din%d Dout%d\n", N, Din, Dout);
+  /* ---- bf16 inputs ---- */
+  float *g = rand_bf16_values(&r, no, 0, 1.0), *x = rand_bf16_values(&r, nx, 0, 1.0), *w = rand_bf16_values(&r, nw, 0, 0.05);
+  float *dx0 = rand_f32(&r, nx, 0, 0.1), *dw0 = rand_f32(&r, nw, 0, 0.1), *db0 = rand_f32(&r, Dout, 0, 0.1);
+  float *cdx = dup_f32(dx0, nx), *cdw = dup_f32(dw0, nw), *cdb = dup_f32(db0, Dout); /* accumulated */
+  float *zdx = xd_calloc(nx, 4), *zdw = xd_calloc(nw, 4), *zdb = xd_calloc(Dout, 4);  /* from zero */
+  matmul_backward(cdx, cdw, cdb, g, x, w, N, Din, Dout);
+  matmul_backward(zdx, zdw, zdb, g, x, w, N, Din, Dout);
+  uint16_t *gg = up_bf16(g, no), *gx = up_bf16(x, nx), *gw = up_bf16(w, nw);
+  float *gdx = up_raw(dx0, nx * 4), *gdw = up_raw(dw0, nw * 4), *gdb = up_raw(db0, Dout * 4);
+  /* accumulate, fp32 dx, db by the epilogue where available */
+  GPU(xd_cuda_matmul_backward(ctx, gdx, XD_CUDA_F32, gdw, gdb, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+  float *h1 = down(gdx, nx), *h2 = down(gdw, nw), *h3 = down(gdb, Dout);
+  fprintf(stderr, "    db path: %s\n", path_name(xd_cuda_matmul_backward_bgrad_path(ctx, XD_CUDA_BF16, N, Din, Dout)));
+  REL("  bf16 += : dx (fp32)", h1, cdx, nx, TOL_BF16_GEMM);
+  REL("  bf16 += : dW (fp32, sum over tokens)", h2, cdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 += : db (fp32, sum over tokens)", h3, cdb, Dout, TOL_BF16_GEMM);
+  free(h1), free(h2), free(h3);
+  /* write (no accumulate) into NaN-poisoned buffers, bf16 dx, epilogue; twice: same bits */
+  uint16_t *gdxb = dev_poisoned(nx * 2);
+  poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdxb, XD_CUDA_BF16, gdw, gdb, gg, gx, gw, N, Din, Dout, 0, &err));
+  h1 = down_bf16(gdxb, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  bf16 = : dx (bf16 out)", h1, zdx, nx, TOL_BF16);
+  REL("  bf16 = : dW", h2, zdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 = : db", h3, zdb, Dout, TOL_BF16_GEMM);
+  poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdxb, XD_CUDA_BF16, gdw, gdb, gg, gx, gw, N, Din, Dout, 0, &err));
+  float *h2b = down(gdw, nw), *h3b = down(gdb, Dout);
+  same_bits("  bf16 = : dW run twice", h2, h2b, nw);
+  same_bits("  bf16 = : db run twice", h3, h3b, Dout);
+  free(h1), free(h2), free(h3), free(h2b), free(h3b);
+  /* the column-sum kernel for db, written and accumulated; dx and dW alone */
+  poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, gdw, gdb, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_OWN_BGRAD, &err));
+  h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  bf16 = , own bgrad: dW", h2, zdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 = , own bgrad: db (column-sum kernel)", h3, zdb, Dout, TOL_RED);
+  free(h2), free(h3);
+  upload_to(gdb, db0, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, NULL, gdb, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+  h3 = down(gdb, Dout);
+  REL("  bf16 += , db only (column-sum kernel)", h3, cdb, Dout, TOL_RED);
+  free(h3);
+  upload_to(gdx, dx0, nx * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdx, XD_CUDA_F32, NULL, NULL, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+  h1 = down(gdx, nx);
+  REL("  bf16 += , dx only", h1, cdx, nx, TOL_BF16_GEMM);
+  free(h1);
+  upload_to(gdw, dw0, nw * 4);
+  GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, gdw, NULL, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+  h2 = down(gdw, nw);
+  REL("  bf16 += , dW only", h2, cdw, nw, TOL_BF16_GEMM);
+  free(h2);
+  xd_cuda_free(gg), xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gdxb);
+  free(g), free(x), free(w), free(cdx), free(cdw), free(cdb), free(zdx), free(zdw), free(zdb);
+  /* ---- all fp32 (fresh fp32 values, not bf16-representable) ---- */
+  g = rand_f32(&r, no, 0, 1.0), x = rand_f32(&r, nx, 0, 1.0), w = rand_f32(&r, nw, 0, 0.05);
+  cdx = dup_f32(dx0, nx), cdw = dup_f32(dw0, nw), cdb = dup_f32(db0, Dout);
+  zdx = xd_calloc(nx, 4), zdw = xd_calloc(nw, 4), zdb = xd_calloc(Dout, 4);
+  matmul_backward(cdx, cdw, cdb, g, x, w, N, Din, Dout);
+  matmul_backward(zdx, zdw, zdb, g, x, w, N, Din, Dout);
+  float *fg = up_raw(g, no * 4), *fx = up_raw(x, nx * 4), *fw = up_raw(w, nw * 4);
+  upload_to(gdx, dx0, nx * 4), upload_to(gdw, dw0, nw * 4), upload_to(gdb, db0, Dout * 4);
+  GPU(xd_cuda_matmul_backward_f32(ctx, gdx, gdw, gdb, fg, fx, fw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+  h1 = down(gdx, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  fprintf(stderr, "    db path (fp32): %s\n", path_name(xd_cuda_matmul_backward_bgrad_path(ctx, XD_CUDA_F32, N, Din, Dout)));
+  snprintf(name, sizeof name, "  fp32 += : dx (%d terms)", Dout);
+  REL(name, h1, cdx, nx, Dout <= 1024 ? TOL_F32 : TOL_RED);
+  REL("  fp32 += : dW (sum over tokens)", h2, cdw, nw, TOL_RED);
+  REL("  fp32 += : db (sum over tokens)", h3, cdb, Dout, TOL_RED);
+  free(h1), free(h2), free(h3);
+  poison(gdx, nx * 4), poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward_f32(ctx, gdx, gdw, gdb, fg, fx, fw, N, Din, Dout, XD_CUDA_BW_OWN_BGRAD, &err));
+  h1 = down(gdx, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  fp32 = , own bgrad: dx", h1, zdx, nx, Dout <= 1024 ? TOL_F32 : TOL_RED);
+  REL("  fp32 = , own bgrad: dW", h2, zdw, nw, TOL_RED);
+  REL("  fp32 = , own bgrad: db", h3, zdb, Dout, TOL_RED);
+  free(h1), free(h2), free(h3);
+  xd_cuda_free(fg), xd_cuda_free(fx), xd_cuda_free(fw), xd_cuda_free(gdx), xd_cuda_free(gdw), xd_cuda_free(gdb);
+  free(g), free(x), free(w), free(cdx), free(cdw), free(cdb), free(zdx), free(zdw), free(zdb);
+  free(dx0), free(dw0), free(db0);
+}
+static void test_matmul_backward(void) {
+  mm_case(77, 136, 200, 11);   /* not multiples of the GEMM tiles */
+  mm_case(33, 100, 65, 12);    /* odd Dout, leading dims not multiples of 8 */
+  mm_case(1000, 64, 96, 13);   /* several 256-row partials in the column sums */
+  mm_case(256, 512, 1536, 14); /* dx over 1536 terms */
+}
+
+/* ---- rmsnorm backward (dense, and the QK-norm segments inside fused q|k|v rows) ---------------- */
+/* CPU reference on a dense [rows, C] copy: forward for rstd (the GPU recomputes it), then backward. */
+static void rms_cpu(float *dx, float *dw, const float *g, const float *x, const float *w, int rows, int C, float eps) {
+  float *scr = xd_malloc((size_t)rows * C * 4 + 1), *rstd = xd_malloc((size_t)rows * 4 + 1);
+  rmsnorm_forward(scr, rstd, x, w, rows, C, eps);
+  rmsnorm_backward(dx, dw, g, x, w, rstd, rows, C);
+  free(scr), free(rstd);
+}
+
+static void rms_dense_case(int N, int C, xd_cuda_dtype xt, xd_cuda_dtype wt, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t n = (size_t)N * C;
+  const float eps = 1e-5f;
+  float *x = xt == XD_CUDA_BF16 ? rand_bf16_values(&r, n, 0.3, 2.0) : rand_f32(&r, n, 0.3, 2.0);
+  float *w = wt == XD_CUDA_BF16 ? rand_bf16_values(&r, C, 1.0, 0.3) : rand_f32(&r, C, 1.0, 0.3);
+  float *g = rand_f32(&r, n, 0, 1.0), *dx0 = rand_f32(&r, n, 0, 0.1), *dw0 = rand_f32(&r, C, 0, 0.1);
+  float *cdx = dup_f32(dx0, n), *cdw = dup_f32(dw0, C);
+  rms_cpu(cdx, cdw, g, x, w, N, C, eps);
+  void *gx = xt == XD_CUDA_BF16 ? (void *)up_bf16(x, n) : up_raw(x, n * 4);
+  void *gw = wt == XD_CUDA_BF16 ? (void *)up_bf16(w, C) : up_raw(w, C * 4);
+  float *gg = up_raw(g, n * 4), *gdx = up_raw(dx0, n * 4), *gdw = up_raw(dw0, C * 4);
+  GPU(xd_cuda_rmsnorm_backward(ctx, gdx, gdw, gg, gx, xt, gw, wt, N, C, eps, &err));
+  float *hdx = down(gdx, n), *hdw = down(gdw, C);
+  char name[160];
+  snprintf(name, sizeof name, "rmsnorm N%d C%d x %s w %s: dx", N, C, xt == XD_CUDA_BF16 ? "bf16" : "fp32",
+           wt == XD_CUDA_BF16 ? "bf16" : "fp32");
+  REL(name, hdx, cdx, n, TOL_F32);
+  REL("  dw (sum over tokens)", hdw, cdw, C, TOL_RED);
+  /* determinism of dw, and dw alone (dx NULL) */
+  upload_to(gdw, dw0, C * 4);
+  GPU(xd_cuda_rmsnorm_backward(ctx, NULL, gdw, gg, gx, xt, gw, wt, N, C, eps, &err));
+  float *hdw2 = down(gdw, C);
+  same_bits("  dw run twice (second with dx NULL)", hdw, hdw2, C);
+  xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gg), xd_cuda_free(gdx), xd_cuda_free(gdw);
+  free(x), free(w), free(g), free(dx0), free(dw0), free(cdx), free(cdw), free(hdx), free(hdw), free(hdw2);
+}
+
+/* QK-norm inside fused rows [N, (H + 2G) d]: x bf16 (the q|k|v projection), dout and dx fp32
+ * fused gradient buffers; qwen3 per head (n_seg = heads, C = d) or olmo whole projection
+ * (n_seg = 1, C = heads * d), on the q or the k slice. Everything outside the slice of dx must
+ * keep its value. */
+static void qknorm_case(int N, int H, int G, int d, int per_head, int on_k, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const int ld = (H + 2 * G) * d, heads = on_k ? G : H, off = on_k ? H * d : 0;
+  const int n_seg = per_head ? heads : 1, C = per_head ? d : heads * d, rows = N * n_seg;
+  const size_t nf = (size_t)N * ld, nd = (size_t)N * heads * d;
+  const float eps = 1e-6f;
+  float *x = rand_bf16_values(&r, nf, 0.2, 1.5), *w = rand_f32(&r, C, 1.0, 0.3);
+  float *g = rand_f32(&r, nf, 0, 1.0), *dx0 = rand_f32(&r, nf, 0, 0.1), *dw0 = rand_f32(&r, C, 0, 0.1);
+  /* dense copies of the slice: [N, heads*d] = [rows, C] */
+  float *xs = xd_malloc(nd * 4), *gs = xd_malloc(nd * 4), *dxs = xd_malloc(nd * 4), *cdw = dup_f32(dw0, C);
+  for (int n = 0; n < N; n++) {
+    memcpy(xs + (size_t)n * heads * d, x + (size_t)n * ld + off, (size_t)heads * d * 4);
+    memcpy(gs + (size_t)n * heads * d, g + (size_t)n * ld + off, (size_t)heads * d * 4);
+    memcpy(dxs + (size_t)n * heads * d, dx0 + (size_t)n * ld + off, (size_t)heads * d * 4);
+  }
+  rms_cpu(dxs, cdw, gs, xs, w, rows, C, eps);
+  float *cdx = dup_f32(dx0, nf);
+  for (int n = 0; n < N; n++) memcpy(cdx + (size_t)n * ld + off, dxs + (size_t)n * heads * d, (size_t)heads * d * 4);
+  uint16_t *gx = up_bf16(x, nf);
+  float *gw = up_raw(w, C * 4), *gg = up_raw(g, nf * 4), *gdx = up_raw(dx0, nf * 4), *gdw = up_raw(dw0, C * 4);
+  GPU(xd_cuda_rmsnorm_backward_segments(ctx, gdx + off, ld, gdw, gg + off, ld, gx + off, XD_CUDA_BF16, ld, gw,
+                                        XD_CUDA_F32, N, n_seg, C, eps, &err));
+  float *hdx = down(gdx, nf), *hdw = down(gdw, C);
+  char name[160];
+  snprintf(name, sizeof name, "QK-norm %s on %s N%d H%d G%d d%d (fused rows): dx", per_head ? "qwen3 per head" : "olmo whole proj",
+           on_k ? "k" : "q", N, H, G, d);
+  REL(name, hdx, cdx, nf, TOL_F32);
+  REL("  dw (sum over tokens and heads)", hdw, cdw, C, TOL_RED);
+  int untouched = 1;
+  for (int n = 0; n < N; n++)
+    for (int i = 0; i < ld; i++)
+      if (i < off || i >= off + heads * d) untouched &= memcmp(&hdx[(size_t)n * ld + i], &dx0[(size_t)n * ld + i], 4) == 0;
+  CHECKF(untouched, "QK-norm backward wrote outside its slice");
+  xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gg), xd_cuda_free(gdx), xd_cuda_free(gdw);
+  free(x), free(w), free(g), free(dx0), free(dw0), free(xs), free(gs), free(dxs), free(cdw), free(cdx), free(hdx), free(hdw);
+}
+static void test_rmsnorm_backward(void) {
+  rms_dense_case(37, 2048, XD_CUDA_F32, XD_CUDA_F32, 21);  /* fp32 residual stream input */
+  rms_dense_case(300, 1000, XD_CUDA_BF16, XD_CUDA_BF16, 22);
+  rms_dense_case(1100, 96, XD_CUDA_F32, XD_CUDA_BF16, 23); /* 5 dw partials, C < 256 */
+  rms_dense_case(5, 33, XD_CUDA_BF16, XD_CUDA_F32, 24);    /* C not a multiple of 32 */
+  qknorm_case(77, 8, 2, 64, 1, 0, 25);   /* qwen3 q: 616 rows of 64 */
+  qknorm_case(300, 8, 2, 128, 1, 1, 26); /* qwen3 k */
+  qknorm_case(45, 6, 3, 64, 0, 0, 27);   /* olmo q: rows of 384 */
+  qknorm_case(45, 6, 3, 64, 0, 1, 28);   /* olmo k */
+}
+
+/* ---- rope backward: in place on the dq (or dk) slice of a fused fp32 gradient buffer ---------- */
+static void rope_bw_case(int N, int nh, int d, int off_heads, int ld_heads, uint64_t seed) {
+  const int half = d / 2, ld = ld_heads * d, off = off_heads * d, n_pos = 400;
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  xd_rope_config rc = {0};
+  rc.kind = XD_ROPE_LLAMA3, rc.theta = 500000.0, rc.factor = 32.0, rc.low_freq_factor = 1.0;
+  rc.high_freq_factor = 4.0, rc.original_max_pos = 8192;
+  float *inv = xd_malloc((size_t)half * 4), scl = 1.f;
+  rope_inv_freq(&rc, d, 131072, n_pos, inv, &scl);
+  float *ct = xd_malloc((size_t)n_pos * half * 4), *st = xd_malloc((size_t)n_pos * half * 4);
+  rope_table(ct, st, inv, scl, n_pos, half);
+  int32_t *pos = xd_malloc((size_t)N * 4);
+  for (int i = 0; i < N; i++) pos[i] = (int32_t)(xd_rng_u64(&r) % n_pos);
+  const size_t nf = (size_t)N * ld, nd = (size_t)N * nh * d;
+  float *g = rand_f32(&r, nf, 0, 1.0), *dense = xd_malloc(nd * 4), *ref = dup_f32(g, nf);
+  for (int n = 0; n < N; n++) memcpy(dense + (size_t)n * nh * d, g + (size_t)n * ld + off, (size_t)nh * d * 4);
+  rope_backward(dense, dense, ct, st, pos, N, nh, d);
+  for (int n = 0; n < N; n++) memcpy(ref + (size_t)n * ld + off, dense + (size_t)n * nh * d, (size_t)nh * d * 4);
+  float *gg = up_raw(g, nf * 4), *gct = up_raw(ct, (size_t)n_pos * half * 4), *gst = up_raw(st, (size_t)n_pos * half * 4);
+  int32_t *gpos = up_raw(pos, (size_t)N * 4);
+  GPU(xd_cuda_rope_backward(ctx, gg + off, ld, gct, gst, gpos, N, nh, d, &err));
+  float *h = down(gg, nf);
+  char name[160];
+  snprintf(name, sizeof name, "rope backward llama3 N%d heads%d d%d (slice of rows of %d)", N, nh, d, ld);
+  REL(name, h, ref, nf, TOL_F32);
+  int untouched = 1;
+  for (int n = 0; n < N; n++)
+    for (int i = 0; i < ld; i++)
+      if (i < off || i >= off + nh * d) untouched &= memcmp(&h[(size_t)n * ld + i], &g[(size_t)n * ld + i], 4) == 0;
+  CHECKF(untouched, "rope backward wrote outside its heads");
+  xd_cuda_free(gg), xd_cuda_free(gct), xd_cuda_free(gst), xd_cuda_free(gpos);
+  free(inv), free(ct), free(st), free(pos), free(g), free(dense), free(ref), free(h);
+}
+static void test_rope_backward(void) {
+  rope_bw_case(50, 6, 64, 0, 10, 31);   /* dq: heads 0..5 of rows of 10 heads */
+  rope_bw_case(77, 2, 128, 8, 12, 32);  /* dk: heads 8..9 of rows of 12 heads, d 128 */
+  rope_bw_case(13, 3, 6, 0, 3, 33);     /* dense, tiny odd half */
+}
+
+/* ---- swiglu backward: fused gate|up (bf16) in, fused dgate|dup (fp32) accumulated -------------- */
+static void swiglu_bw_case(int N, int F, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t nf = (size_t)N * 2 * F, n = (size_t)N * F;
+  float *gu = rand_bf16_values(&r, nf, 0, 2.0), *dout = rand_f32(&r, n, 0, 1.0), *d0 = rand_f32(&r, nf, 0, 0.1);
+  float *g = xd_malloc(n * 4), *u = xd_malloc(n * 4), *dg = xd_malloc(n * 4), *du = xd_malloc(n * 4);
+  for (int i = 0; i < N; i++) {
+    memcpy(g + (size_t)i * F, gu + (size_t)i * 2 * F, (size_t)F * 4);
+    memcpy(u + (size_t)i * F, gu + (size_t)i * 2 * F + F, (size_t)F * 4);
+    memcpy(dg + (size_t)i * F, d0 + (size_t)i * 2 * F, (size_t)F * 4);
+    memcpy(du + (size_t)i * F, d0 + (size_t)i * 2 * F + F, (size_t)F * 4);
+  }
+  swiglu_backward(dg, du, dout, g, u, n);
+  float *ref = xd_malloc(nf * 4);
+  for (int i = 0; i < N; i++) {
+    memcpy(ref + (size_t)i * 2 * F, dg + (size_t)i * F, (size_t)F * 4);
+    memcpy(ref + (size_t)i * 2 * F + F, du + (size_t)i * F, (size_t)F * 4);
+  }
+  uint16_t *ggu = up_bf16(gu, nf);
+  float *gdout = up_raw(dout, n * 4), *gd = up_raw(d0, nf * 4);
+  GPU(xd_cuda_swiglu_backward(ctx, gd, gd + F, 2 * F, gdout, ggu, ggu + F, 2 * F, N, F, &err));
+  float *h = down(gd, nf);
+  char name[160];
+  snprintf(name, sizeof name, "swiglu backward fused N%d F%d: dgate|dup", N, F);
+  REL(name, h, ref, nf, TOL_F32);
+  xd_cuda_free(ggu), xd_cuda_free(gdout), xd_cuda_free(gd);
+  free(gu), free(dout), free(d0), free(g), free(u), free(dg), free(du), free(ref), free(h);
+}
+static void test_swiglu_backward(void) {
+  swiglu_bw_case(37, 300, 41);
+  swiglu_bw_case(64, 512, 42);
+  swiglu_bw_case(3, 7, 43);
+}
+
+/* ---- embedding backward: duplicate ids summed deterministically, bit-identical to the CPU ------ */
+static void emb_bw_case(int N, int D, int V, int distinct, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  int32_t *ids = xd_malloc((size_t)N * 4);
+  /* ids from a few distinct values spread over the vocabulary (many duplicates), one id that
+   * fills a quarter of the tokens, and the first and last rows of the table */
+  for (int i = 0; i < N; i++) ids[i] = (int32_t)((xd_rng_u64(&r) % distinct) * (V / distinct));
+  for (int i = 0; i < N; i += 4) ids[i] = V / 3;
+  ids[N - 1] = V - 1, ids[N / 2] = 0;
+  const size_t nt = (size_t)V * D, no = (size_t)N * D;
+  float *dout = rand_f32(&r, no, 0, 1.0), *t0 = rand_f32(&r, nt, 0, 0.1), *ref = dup_f32(t0, nt);
+  embedding_backward(ref, dout, ids, N, D);
+  int32_t *gids = up_raw(ids, (size_t)N * 4);
+  float *gdout = up_raw(dout, no * 4), *gt = up_raw(t0, nt * 4);
+  GPU(xd_cuda_embedding_backward(ctx, gt, gdout, gids, N, D, V, &err));
+  float *h = down(gt, nt);
+  size_t diff = 0;
+  for (size_t i = 0; i < nt; i++) diff += memcmp(&h[i], &ref[i], 4) != 0;
+  char name[160];
+  snprintf(name, sizeof name, "embedding backward N%d D%d V%d (%d distinct + hot id): dtable", N, D, V, distinct);
+  REL(name, h, ref, nt, 1e-7);
+  fprintf(stderr, "    %-56s %zu elements differ bitwise\n", "  vs the CPU's serial loop:", diff);
+  CHECKF(diff == 0, "embedding backward: %zu elements differ from the CPU bitwise", diff);
+  xd_cuda_free(gids), xd_cuda_free(gdout), xd_cuda_free(gt);
+  free(ids), free(dout), free(t0), free(ref), free(h);
+}
+static void test_embedding_backward(void) {
+  emb_bw_case(500, 200, 1000, 37, 51);
+  emb_bw_case(3000, 2048, 5000, 300, 52);
+  emb_bw_case(1, 70, 10, 1, 53);
+}
+
+/* ---- timings at the Llama-3.2-1B shape ------------------------------------------------------- */
+static double median(double *x, int n) {
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+      const double t = x[j];
+      x[j] = x[j - 1], x[j - 1] = t;
+    }
+  return x[n / 2];
+}
+#define BENCH_IT 5
+static void test_matmul_backward_1b(void) {
+  const int N = 4096;
+  const struct { const char *name; int Din, Dout; } P[] = {
+      {"q|k|v", 2048, 3072}, {"o", 2048, 2048}, {"gate|up", 2048, 16384}, {"down", 8192, 2048}, {"lm_head", 2048, 128256}};
+  const int np = (int)(sizeof P / sizeof *P);
+  size_t mx = 0, mw = 0, mo = 0, md = 0;
+  for (int i = 0; i < np; i++) {
+    const size_t a = (size_t)N * P[i].Din, b = (size_t)P[i].Dout * P[i].Din, c = (size_t)N * P[i].Dout;
+    mx = a > mx ? a : mx, mw = b > mw ? b : mw, mo = c > mo ? c : mo, md = (size_t)P[i].Dout > md ? (size_t)P[i].Dout : md;
+  }
+  uint16_t *g = NULL, *x = NULL, *w = NULL;
+  float *dx = NULL, *dw = NULL, *db = NULL;
+  GPU(xd_cuda_malloc((void **)&g, mo * 2, &err));
+  GPU(xd_cuda_malloc((void **)&x, mx * 2, &err));
+  GPU(xd_cuda_malloc((void **)&w, mw * 2, &err));
+  GPU(xd_cuda_malloc((void **)&dx, mx * 4, &err));
+  GPU(xd_cuda_malloc((void **)&dw, mw * 4, &err));
+  GPU(xd_cuda_malloc((void **)&db, md * 4, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, g, mo, 1, 1.0f, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, x, mx, 2, 1.0f, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, w, mw, 3, 0.02f, &err));
+  GPU(xd_cuda_memset(ctx, dx, 0, mx * 4, &err));
+  GPU(xd_cuda_memset(ctx, dw, 0, mw * 4, &err));
+  GPU(xd_cuda_memset(ctx, db, 0, md * 4, &err));
+  fprintf(stderr, "    TIMING matmul backward, N %d tokens, bf16 in, fp32 dx/dW/db, accumulate (median of %d):\n", N, BENCH_IT);
+  for (int i = 0; i < np; i++) {
+    const int Din = P[i].Din, Dout = P[i].Dout;
+    const double fl = 2.0 * N * (double)Din * Dout; /* one GEMM */
+    double t[4][BENCH_IT];
+    /* 0: dx only; 1: dW + db (epilogue where available); 2: dx + dW + db; 3: dW + db by the column-sum kernel */
+    for (int v = 0; v < 4; v++)
+      for (int it = 0; it <= BENCH_IT; it++) { /* it 0: warm-up (heuristic, scratch pools) */
+        GPU(xd_cuda_sync(ctx, &err));
+        const double t0 = xd_now();
+        if (v == 0) GPU(xd_cuda_matmul_backward(ctx, dx, XD_CUDA_F32, NULL, NULL, g, x, w, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+        if (v == 1) GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, dw, db, g, x, w, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+        if (v == 2) GPU(xd_cuda_matmul_backward(ctx, dx, XD_CUDA_F32, dw, db, g, x, w, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
+        if (v == 3)
+          GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, dw, db, g, x, w, N, Din, Dout,
+                                      XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_OWN_BGRAD, &err));
+        GPU(xd_cuda_sync(ctx, &err));
+        if (it) t[v][it - 1] = xd_now() - t0;
+      }
+    const double m0 = median(t[0], BENCH_IT), m1 = median(t[1], BENCH_IT), m2 = median(t[2], BENCH_IT), m3 = median(t[3], BENCH_IT);
+    const int path = xd_cuda_matmul_backward_bgrad_path(ctx, XD_CUDA_BF16, N, Din, Dout);
+    fprintf(stderr, "    TIMING %-8s Din %5d Dout %6d: dx %7.3f ms (%5.1f TFLOP/s), dW+db %7.3f ms (%5.1f TFLOP/s, db by %s), "
+                    "all %7.3f ms (%5.1f TFLOP/s); dW+db with the column-sum kernel %7.3f ms\n",
+            P[i].name, Din, Dout, m0 * 1e3, fl / m0 / 1e12, m1 * 1e3, fl / m1 / 1e12, path == 1 ? "epilogue" : path == 0 ? "kernel" : "?",
+            m2 * 1e3, 2 * fl / m2 / 1e12, m3 * 1e3);
+  }
+  xd_cuda_free(g), xd_cuda_free(x), xd_cuda_free(w), xd_cuda_free(dx), xd_cuda_free(dw), xd_cuda_free(db);
+}
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_matmul_backward);
+  RUN(test_rmsnorm_backward);
+  RUN(test_rope_backward);
+  RUN(test_swiglu_backward);
+  RUN(test_embedding_backward);
+  if (!quick) RUN(test_matmul_backward_1b);
+  if (xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
+    xd_t.failed++;
+  }
+  fprintf(stderr, "largest error / bound among the checks: %.3f\n", worst);
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

@@ -38,6 +38,11 @@ else
   expect_error "forward --device cuda (no GPU)" "--device cuda" "$BIN" forward --model $M --ids $IDS --out "$TMP/g.npy" --device cuda
   [ ! -e "$TMP/g.npy" ] && ok "no output file after the error" || bad "output file written despite the error"
   expect_error "generate --device cuda (no GPU)" "--device cuda" "$BIN" generate --model $M --ids $IDS --max-new 2 --device cuda
+  # the same for a student checkpoint (the GPU student path)
+  "$BIN" init --teacher $M --out "$TMP/student" --window 3 --sinks 1 --chunk 4 >/dev/null 2>&1 || bad "init"
+  expect_error "forward --device cuda, student (no GPU)" "--device cuda" "$BIN" forward --model "$TMP/student" --ids $IDS --out "$TMP/s.npy" --device cuda
+  [ ! -e "$TMP/s.npy" ] && ok "no student output file after the error" || bad "student output file written despite the error"
+  expect_error "generate --device cuda, student (no GPU)" "--device cuda" "$BIN" generate --model "$TMP/student" --ids $IDS --max-new 2 --device cuda
 fi
 expect_error "generate --device cuda --prompt" "" "$BIN" generate --model $M --prompt hi --device cuda
 exit $fail

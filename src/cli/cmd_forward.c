@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "eval/runner.h"
 #include "io/npy.h"
+#include "model/student/student_cuda.h"
 #include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
 
@@ -16,8 +17,8 @@ static const char usage[] =
   "  --ids FILE      int32 or int64 .npy, shape [B,T] or [T]\n"
   "  --out FILE      float32 .npy logits, shape [B,T,V] (B = 1 for [T] ids); written atomically\n"
   "  --threads N     CPU threads (default: all cores, or OMP_NUM_THREADS)\n"
-  "  --device D      cpu (default) or cuda: the teacher on GPU 0 (bf16 weights, fp32 logits;\n"
-  "                  prints its memory plan to stderr); teacher checkpoints only\n";
+  "  --device D      cpu (default) or cuda: the model on GPU 0 (bf16 matrices, fp32 logits;\n"
+  "                  prints its memory to stderr); teachers and students\n";
 
 int cmd_forward(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
@@ -42,11 +43,10 @@ int cmd_forward(int argc, char **argv) {
   if (!model || !ids_path || !out) return cli_failf("forward: --model, --ids and --out are required (see --help)");
   xd_set_threads(threads);
   xd_err e = {0};
-  if (cuda && xd_is_student_dir(model))
-    return cli_failf("forward: %s: --device cuda runs teacher checkpoints only (no GPU student yet)", model);
+  const int student = xd_is_student_dir(model);
   xd_runner r;
   memset(&r, 0, sizeof r);
-  /* the GPU path loads the teacher itself (one host copy at a time): here only its config */
+  /* the GPU path loads the model itself (one host copy at a time): here only its config */
   if (cuda ? xd_config_load(&r.cfg, model, &e) : xd_runner_load(&r, model, NULL, XD_TOK_SKIP, &e)) return cli_fail(&e);
   xd_npy a;
   if (xd_npy_read(ids_path, &a, &e)) { if (!cuda) xd_runner_free(&r); return cli_fail(&e); }
@@ -64,7 +64,9 @@ int cmd_forward(int argc, char **argv) {
       rc = xd_errf(&e, "%s: %d x %d tokens x %d vocab logits are too many to hold", ids_path, B, T, V);
     if (!rc) {
       float *logits = xd_malloc(nlog * sizeof(float));
-      rc = cuda ? xd_teacher_cuda_forward_dir(model, ids, B, T, logits, &e) : xd_runner_forward(&r, ids, B, T, logits, &e);
+      rc = !cuda   ? xd_runner_forward(&r, ids, B, T, logits, &e)
+           : student ? xd_student_cuda_forward_dir(model, ids, B, T, logits, &e)
+                     : xd_teacher_cuda_forward_dir(model, ids, B, T, logits, &e);
       if (rc) xd_err_prefix(&e, "%s", ids_path);
       const int64_t shape[3] = {B, T, V};
       if (!rc) rc = xd_npy_write(out, XD_NPY_F32, 3, shape, logits, &e);

@@ -6,6 +6,7 @@
 #include "cli/cli.h"
 #include "eval/runner.h"
 #include "io/npy.h"
+#include "model/student/student_cuda.h"
 #include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
 
@@ -25,8 +26,9 @@ static const char usage[] =
   "                     prints the generated ids, space-separated, one line per row (a row stops\n"
   "                     after its first EOS, which is printed)\n"
   "  --with-prompt      print the prompt ids before the generated ones\n"
-  "  --device D         cpu (default) or cuda: the teacher on GPU 0 (bf16 weights, KV cache on the\n"
-  "                     device, greedy; prints its memory plan to stderr); teacher checkpoints only\n"
+  "  --device D         cpu (default) or cuda: the model on GPU 0 (bf16 matrices, greedy; a teacher\n"
+  "                     with its KV cache, a student with its constant-memory state; prints its\n"
+  "                     memory to stderr)\n"
   "Text (tokenizer.json of the model directory, or --tokenizer):\n"
   "  --prompt TEXT      prompt; the generated text is streamed to stdout (complete UTF-8\n"
   "                     characters only), ending with a newline\n"
@@ -86,7 +88,8 @@ static int generate_ids(xd_runner *r, const char *ids_path, int max_new, int ign
     int32_t *out = xd_malloc((size_t)B * total * sizeof(int32_t));
     int *n_out = xd_malloc((size_t)B * sizeof(int));
     if (cuda) {
-      rc = xd_teacher_cuda_generate_dir(model, ids, B, T, max_new, !ignore_eos, out, n_out, e);
+      rc = xd_is_student_dir(model) ? xd_student_cuda_generate_dir(model, ids, B, T, max_new, !ignore_eos, out, n_out, e)
+                                    : xd_teacher_cuda_generate_dir(model, ids, B, T, max_new, !ignore_eos, out, n_out, e);
     } else if (!r->is_student) {
       rc = xd_teacher_generate(&r->teacher, ids, B, T, max_new, !ignore_eos, out, n_out, e);
     } else {
@@ -167,14 +170,12 @@ int cmd_generate(int argc, char **argv) {
     return cli_failf("generate: --chat, --system, --stop, --tokenizer and --chat-format need --prompt");
   if (system && !chat) return cli_failf("generate: --system needs --chat");
   if (cuda && !ids_path) return cli_failf("generate: --device cuda supports --ids (greedy) only; --prompt runs on the CPU for now");
-  if (cuda && xd_is_student_dir(model))
-    return cli_failf("generate: %s: --device cuda runs teacher checkpoints only (no GPU student yet)", model);
   xd_err e = {0};
   if (xd_sample_params_check(&o.sp, &e)) return cli_fail(&e);
   xd_set_threads(threads);
   xd_runner r;
   memset(&r, 0, sizeof r);
-  /* the GPU path loads the teacher itself (one host copy at a time): here only its config */
+  /* the GPU path loads the model itself (one host copy at a time): here only its config */
   if (cuda ? xd_config_load(&r.cfg, model, &e) : xd_runner_load(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, &e))
     return cli_fail(&e);
   int rc = 0;

@@ -1,10 +1,23 @@
 /* The student on the GPU (student_cuda.h): weight upload, batched forward / prefill composed
  * from the CUDA ops, and the constant-memory decode step (student_decode.cu) replayed as a
  * CUDA graph. Compiled only with the CUDA backend. */
-#ifdef XD_HAVE_CUDA
 #include "model/student/student_cuda.h"
+#include "core/core.h"
+
+#ifndef XD_HAVE_CUDA
+int xd_student_cuda_forward_dir(const char *dir, const int32_t *ids, int B, int T, float *logits, xd_err *e) {
+  (void)dir, (void)ids, (void)B, (void)T, (void)logits;
+  return xd_errf(e, "--device cuda: built without CUDA (configure with -DXD_CUDA=ON)");
+}
+int xd_student_cuda_generate_dir(const char *dir, const int32_t *ids, int B, int T, int max_new, int stop_at_eos,
+                                 int32_t *out, int *n_out, xd_err *e) {
+  (void)dir, (void)ids, (void)B, (void)T, (void)max_new, (void)stop_at_eos, (void)out, (void)n_out;
+  return xd_errf(e, "--device cuda: built without CUDA (configure with -DXD_CUDA=ON)");
+}
+#else
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -580,5 +593,77 @@ int xd_student_cuda_step(xd_student_cuda *m, xd_student_cuda_state *st, const in
   }
   if (logits) CK(xd_cuda_download(m->c, logits, st->dec.logits, (size_t)m->cfg.vocab * sizeof(float), e));
   return 0;
+}
+
+/* ---- CLI helpers ---------------------------------------------------------------------------- */
+static int open_dir(const char *dir, xd_cuda_ctx **ctx, xd_student_cuda **m, xd_model_config *cfg, xd_err *e) {
+  if (xd_cuda_ctx_create(ctx, 0, e)) { /* no device: fail before reading the checkpoint */
+    xd_err_prefix(e, "--device cuda");
+    return -1;
+  }
+  xd_student s;
+  int rc = xd_student_load(&s, dir, XD_STUDENT_FROZEN, e);
+  if (!rc) {
+    *cfg = s.cfg;
+    rc = xd_student_cuda_upload(m, *ctx, &s, e);
+    if (rc) xd_err_prefix(e, "%s", dir);
+    xd_student_free(&s); /* the device copy is complete */
+  }
+  if (rc) { xd_cuda_ctx_free(*ctx); *ctx = NULL; }
+  return rc;
+}
+
+int xd_student_cuda_forward_dir(const char *dir, const int32_t *ids, int B, int T, float *logits, xd_err *e) {
+  xd_cuda_ctx *ctx;
+  xd_student_cuda *m;
+  xd_model_config cfg;
+  if (open_dir(dir, &ctx, &m, &cfg, e)) return -1;
+  fprintf(stderr, "cuda: student weights %.1f MiB\n", (double)xd_student_cuda_weight_bytes(m) / (1 << 20));
+  const int rc = xd_student_cuda_forward(m, ids, B, T, logits, 0, e);
+  xd_student_cuda_free(m);
+  xd_cuda_ctx_free(ctx);
+  return rc;
+}
+
+static int is_eos(const xd_model_config *c, int32_t tok) {
+  for (int i = 0; i < c->n_eos; i++)
+    if (c->eos_token_ids[i] == tok) return 1;
+  return 0;
+}
+
+int xd_student_cuda_generate_dir(const char *dir, const int32_t *ids, int B, int T, int max_new, int stop_at_eos,
+                                 int32_t *out, int *n_out, xd_err *e) {
+  xd_cuda_ctx *ctx;
+  xd_student_cuda *m;
+  xd_model_config cfg;
+  if (open_dir(dir, &ctx, &m, &cfg, e)) return -1;
+  xd_student_cuda_state *st = NULL;
+  int rc = xd_student_cuda_state_alloc(&st, m, e);
+  const int V = cfg.vocab, total = T + max_new;
+  float *logits = rc ? NULL : xd_malloc((size_t)V * sizeof *logits);
+  if (!rc)
+    fprintf(stderr, "cuda: student weights %.1f MiB, decode state %.2f MiB (independent of the length)\n",
+            (double)xd_student_cuda_weight_bytes(m) / (1 << 20), (double)xd_student_cuda_state_bytes(st) / (1 << 20));
+  for (int b = 0; b < B && !rc; b++) {
+    int32_t *row = out + (size_t)b * total;
+    memcpy(row, ids + (size_t)b * T, (size_t)T * sizeof *row);
+    int n = T;
+    rc = xd_student_cuda_state_reset(st, e);
+    if (!rc) rc = xd_student_cuda_step(m, st, row, T, logits, e);
+    while (!rc && n < total) {
+      int32_t tok = 0; /* greedy: the first of equal maxima, as xd_argmax */
+      for (int v = 1; v < V; v++)
+        if (logits[v] > logits[tok]) tok = v;
+      row[n++] = tok;
+      if (stop_at_eos && is_eos(&cfg, tok)) break;
+      if (n < total) rc = xd_student_cuda_step(m, st, &tok, 1, logits, e);
+    }
+    n_out[b] = n;
+  }
+  free(logits);
+  xd_student_cuda_state_free(st);
+  xd_student_cuda_free(m);
+  xd_cuda_ctx_free(ctx);
+  return rc;
 }
 #endif

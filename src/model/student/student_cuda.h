@@ -18,6 +18,19 @@
  * over to the recurrent decode step. One xd_cuda_ctx (one stream) per model; not thread-safe. */
 #ifndef XD_STUDENT_CUDA_H
 #define XD_STUDENT_CUDA_H
+#include <stdint.h>
+#include "xdistill.h"
+
+/* CLI helpers (`forward` / `generate --device cuda` on a student checkpoint), present in every
+ * build (without CUDA they fail with one line): load dir's student on GPU 0, print its memory
+ * (weights, decode state) to stderr, run, free everything. forward: logits [B,T,V] on the host,
+ * as xd_student_forward. generate: greedy, each row on its own constant-memory state (chunkwise
+ * prefill, then recurrent steps); out [B, T+max_new] holds prompt + continuation, n_out[b] its
+ * length (stops after an EOS token when stop_at_eos), as xd_teacher_generate. */
+int xd_student_cuda_forward_dir(const char *dir, const int32_t *ids, int B, int T, float *logits, xd_err *e);
+int xd_student_cuda_generate_dir(const char *dir, const int32_t *ids, int B, int T, int max_new, int stop_at_eos,
+                                 int32_t *out, int *n_out, xd_err *e);
+
 #ifdef XD_HAVE_CUDA
 #include "model/student/student.h"
 #include "ops/cuda/cuda_ops.h"

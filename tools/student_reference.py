@@ -202,10 +202,10 @@ def local_attention(q, k, v, W, S, impl="explicit"):
     t = torch.arange(T, device=q.device)
     dist = t[:, None] - t[None, :]
     mask = (dist >= 0) & ((dist < W) | (t[None, :] < S))
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5, enable_gqa=(G != H))
     k = k.repeat_interleave(H // G, dim=1)
     v = v.repeat_interleave(H // G, dim=1)
+    if impl == "sdpa":  # GQA by repeating K/V: SDPA's enable_gqa is not taken by every masked kernel
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=d ** -0.5)
     sc = (q @ k.transpose(-1, -2)) * d ** -0.5
     sc = sc.masked_fill(~mask, float("-inf"))
     return torch.softmax(sc, dim=-1) @ v
@@ -338,6 +338,16 @@ def _fp64_rope(model):
     rot.forward = fwd
 
 
+def _fp64_norms(model):
+    """HF RMSNorm modules compute in float32 whatever the model dtype (x.to(torch.float32));
+    for a float64 reference, the same formula in float64: w * x / sqrt(mean(x^2) + eps)."""
+    for mod in model.modules():
+        if type(mod).__name__.endswith("RMSNorm"):
+            def fwd(x, mod=mod):
+                return mod.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon))
+            mod.forward = fwd
+
+
 def build_model(cfg_json, dtype=torch.float64, device="cpu", mlstm_impl="parallel", local_impl="explicit",
                 init=False):
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -354,6 +364,13 @@ def build_model(cfg_json, dtype=torch.float64, device="cpu", mlstm_impl="paralle
     H = cfg.num_attention_heads
     d = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     hy = HybridConfig(cfg_json.get("xdistill"), d)
+    hybridize(model, cfg, hy, mlstm_impl, local_impl, init)
+    model.eval()
+    return model, hy
+
+
+def hybridize(model, cfg, hy, mlstm_impl="parallel", local_impl="explicit", init=False):
+    """Replace every attention module of an HF model by a HybridAttention (in place)."""
     layer_types = getattr(cfg, "layer_types", None) or []
     for l, layer in enumerate(model.model.layers):
         hy_l = hy
@@ -367,8 +384,7 @@ def build_model(cfg_json, dtype=torch.float64, device="cpu", mlstm_impl="paralle
         layer.self_attn = HybridAttention(layer.self_attn, cfg, hy_l, mlstm_impl, local_impl)
         if init:
             layer.self_attn.xlstm.init_spec()
-    model.eval()
-    return model, hy
+    return model
 
 
 def load(d, dtype=torch.float64, device="cpu", mlstm_impl="parallel"):
@@ -396,6 +412,7 @@ def load(d, dtype=torch.float64, device="cpu", mlstm_impl="parallel"):
         model.lm_head.weight = model.model.embed_tokens.weight
     if dtype == torch.float64:
         _fp64_rope(model)
+        _fp64_norms(model)
     return model, hy
 
 
@@ -697,8 +714,238 @@ def main(argv=None):
         return cmd_bench(a)
 
 
+# ----------------------------------------------------------------------------------------------
+# GPU benchmark (stage I step, stage II step, prefill) at the Llama-3.2-1B shape
+# ----------------------------------------------------------------------------------------------
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, dev, warm, reps):
+    for _ in range(warm):
+        fn()
+    _sync(dev)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench_config(tiny):
+    from transformers import LlamaConfig
+    if not tiny:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_reference import make_config  # the teacher bench's Llama-3.2-1B shape
+        cfg = make_config()
+        hy = HybridConfig(dict(window=512, sinks=4, d_phi=64, chunk=64), 64)
+        return cfg, hy, 256
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                      rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 64})
+    cfg._attn_implementation = "sdpa"
+    return cfg, HybridConfig(dict(window=16, sinks=2, d_phi=16, chunk=8), 16), 16
+
+
+def _randomize_hybrid(model, seed=0):
+    """Nonzero hybrid parameters (init values would make the gates constant)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, XLSTMParams):
+                for p in mod.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
+
+
+def bench_tiny_selfcheck(cfg, hy):
+    """--tiny: the bench's student path (chunkwise mLSTM, SDPA local branch) against the
+    reference path (parallel mLSTM, explicit mask), float64 on CPU."""
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(copy.deepcopy(cfg)).double()
+    hybridize(m, cfg, hy, "parallel", "explicit", init=True)
+    _fp64_rope(m); _fp64_norms(m)
+    _randomize_hybrid(m)
+    m.eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 37))
+    ref = forward(m, ids)
+    for layer in m.model.layers:
+        layer.self_attn.mlstm_impl = "chunkwise64"; layer.self_attn.local_impl = "sdpa"
+    e = max_rel(forward(m, ids).numpy(), ref.numpy())
+    print("tiny self-check: chunkwise + SDPA path vs parallel + explicit mask (float64): max rel %.3g" % e)
+    if e > 1e-10:
+        raise SystemExit("bench self-check failed")
+
+
 def cmd_bench(a):
-    raise SystemExit("bench: not yet")
+    from transformers import LlamaForCausalLM
+    dev = torch.device(a.device or ("cpu" if a.tiny else "cuda"))
+    cfg, hy, topk = bench_config(a.tiny)
+    T = a.seq if not (a.tiny and a.seq == 4096) else 64
+    B = 1
+    if a.tiny:
+        bench_tiny_selfcheck(cfg, hy)
+    warm, reps = (1, 2) if a.tiny else (2, a.reps)
+    import transformers
+    print("torch %s, transformers %s, device %s%s" % (torch.__version__, transformers.__version__, dev,
+          " (%s)" % torch.cuda.get_device_name(0) if dev.type == "cuda" else ""))
+    print("shape: %d layers, hidden %d, %d heads, %d KV heads, head dim %d, MLP %d, vocab %d; T=%d B=%d; "
+          "W=%d S=%d d_phi=%d chunk=%d %s; bf16 autocast, fp32 master weights, chunkwise mLSTM (fp32 states)" % (
+              cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+              cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, T, B, hy.window, hy.sinks, hy.d_phi,
+              hy.chunk, hy.feature_map))
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with dev:
+        teacher = LlamaForCausalLM(cfg)
+    torch.set_default_dtype(prev)
+    teacher.eval().requires_grad_(False)
+    ids = torch.randint(0, cfg.vocab_size, (B, T), device=dev)
+    amp = lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    compiles = [False] if a.no_compile else [False, True]
+    results = {}
+
+    def report(name, seconds):
+        results[name] = B * T / seconds
+        print("RESULT %s %.0f tokens/s  (%.2f ms/step)" % (name, B * T / seconds, seconds * 1e3))
+
+    def guarded(name, fn):
+        try:
+            fn()
+        except Exception as ex:  # torch.compile may not work everywhere: report and go on
+            print("RESULT %s failed: %s: %s" % (name, type(ex).__name__, str(ex).splitlines()[0][:200] if str(ex) else ""))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # ---- teacher prefill (the baseline the student is compared with, same run) ----
+    with torch.inference_mode():
+        report("teacher_prefill", _timed(lambda: teacher(input_ids=ids, use_cache=False, logits_to_keep=1), dev, warm, reps))
+
+    # ---- (a) stage I: teacher-forced per-layer MSE, new parameters only ----
+    captured = {}
+    hooks = []
+    for l, layer in enumerate(teacher.model.layers):
+        def pre_attn(mod, args, kwargs, l=l):
+            captured["x%d" % l] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            captured["pe"] = kwargs["position_embeddings"]
+        def pre_o(mod, args, l=l):
+            captured["a%d" % l] = args[0]
+        hooks.append(layer.self_attn.register_forward_pre_hook(pre_attn, with_kwargs=True))
+        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_o))
+    # hybrid layers sharing the teacher's frozen projections; new parameters fp32
+    s1 = []
+    for l, layer in enumerate(teacher.model.layers):
+        ha = HybridAttention(layer.self_attn, cfg, hy, "chunkwise", "sdpa")
+        ha.xlstm.float().requires_grad_(True)
+        ha.xlstm.init_spec()
+        s1.append(ha)
+    _randomize_hybrid(nn.ModuleList(s1))
+    new_params = [p for ha in s1 for p in ha.xlstm.parameters()]
+    opt1 = torch.optim.AdamW(new_params, lr=1e-3, weight_decay=0.1, **({"fused": True} if dev.type == "cuda" else {}))
+    print("stage I: %d new parameters" % sum(p.numel() for p in new_params))
+
+    def layer_loss(ha, x, cos, sin, target):
+        out = ha.heads_out(x, (cos, sin))
+        return F.mse_loss(out.float(), target.float())
+
+    for compiled in compiles:
+        name = "stage1_step" + ("_compiled" if compiled else "")
+        def run1(compiled=compiled):
+            lf = torch.compile(layer_loss, dynamic=False) if compiled else layer_loss
+
+            def step():
+                with torch.no_grad():
+                    teacher(input_ids=ids, use_cache=False, logits_to_keep=1)
+                cos, sin = captured["pe"]
+                total = 0.0
+                for l, ha in enumerate(s1):  # layers are independent: backward one at a time
+                    with amp():
+                        loss = lf(ha, captured["x%d" % l], cos, sin, captured["a%d" % l])
+                    loss.backward()
+                    total += loss.detach()
+                torch.nn.utils.clip_grad_norm_(new_params, 1.0)
+                opt1.step()
+                opt1.zero_grad(set_to_none=True)
+                return total
+            report(name, _timed(step, dev, warm + (1 if compiled else 0), reps))
+        guarded(name, run1)
+    for h in hooks:
+        h.remove()
+    captured.clear()
+    del s1, opt1, new_params
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # ---- the student model (fp32 master weights: teacher copy + hybrid parameters) ----
+    with dev:
+        student = LlamaForCausalLM(cfg).float()
+    student.load_state_dict(teacher.state_dict())
+    hybridize(student, cfg, hy, "chunkwise", "sdpa", init=True)
+    _randomize_hybrid(student)
+    student.to(dev).train()
+    n_student = sum(p.numel() for p in student.parameters())
+
+    # ---- (b) stage II: top-k sparse KL + CE, all parameters, AdamW ----
+    opt2 = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.1,
+                             **({"fused": True} if dev.type == "cuda" else {}))
+    gamma, beta, tau = 0.9, 0.1, 1.0
+    print("stage II: %d parameters (all), top-k %d, loss %.1f CE + %.1f KL, teacher in the same step" % (
+        n_student, topk, gamma, beta))
+
+    def stage2_loss(model, ids, t_idx, t_val):
+        with amp():
+            logits = model(input_ids=ids, use_cache=False).logits
+        z = logits[:, :-1].float() / tau
+        ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1))
+        lps = torch.log_softmax(z.gather(-1, t_idx[:, :-1]), -1)     # student renormalised over K
+        lpt = torch.log_softmax(t_val[:, :-1] / tau, -1)               # teacher renormalised over K
+        kl = (lpt.exp() * (lpt - lps)).sum(-1).mean()
+        return gamma * ce + beta * kl
+
+    for compiled in compiles:
+        name = "stage2_step" + ("_compiled" if compiled else "")
+        def run2(compiled=compiled):
+            model = torch.compile(student, dynamic=False) if compiled else student
+
+            def step():
+                with torch.no_grad():
+                    tl = teacher(input_ids=ids, use_cache=False).logits
+                    t_val, t_idx = tl.float().topk(topk, dim=-1)
+                    del tl
+                loss = stage2_loss(model, ids, t_idx, t_val)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                opt2.step()
+                opt2.zero_grad(set_to_none=True)
+                return loss.detach()
+            report(name, _timed(step, dev, warm + (1 if compiled else 0), reps))
+        guarded(name, run2)
+    del opt2
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # ---- (c) student prefill, bf16 weights ----
+    student = student.to(torch.bfloat16).eval().requires_grad_(False)
+    del teacher
+    for compiled in compiles:
+        for keep, suffix in ((1, ""), (0, "_all_logits")):
+            name = "student_prefill" + suffix + ("_compiled" if compiled else "")
+            def run3(compiled=compiled, keep=keep):
+                model = torch.compile(student, dynamic=False) if compiled else student
+                with torch.inference_mode():
+                    report(name, _timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=keep),
+                                        dev, warm + (1 if compiled else 0), reps))
+            guarded(name, run3)
+    if dev.type == "cuda":
+        print("peak GPU memory %.1f GiB" % (torch.cuda.max_memory_allocated() / 2 ** 30))
+    return 0
 
 
 if __name__ == "__main__":

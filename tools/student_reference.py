@@ -138,7 +138,7 @@ def mlstm_recurrent(q, k, v, ig, fg, normalizer, eps, state=None):
 
 
 def mlstm_chunkwise(q, k, v, ig, fg, normalizer, eps, L, return_state=False):
-    """Chunkwise form: per-chunk states by a scan over chunks, then intra-chunk parallel.
+    """Chunkwise form: states at chunk boundaries (one weighted sum over chunks), then intra-chunk parallel.
     Computes in q's dtype (call with fp32 tensors for SPEC's fp32 states)."""
     B, H, T, p = q.shape
     dv = v.shape[-1]
@@ -160,17 +160,19 @@ def mlstm_chunkwise(q, k, v, ig, fg, normalizer, eps, L, return_state=False):
     wloc = torch.exp(a - mloc.unsqueeze(-1))
     Cloc = (k * wloc.unsqueeze(-1)).transpose(-1, -2) @ v          # [B,H,NC,p,dv]
     nloc = (k * wloc.unsqueeze(-1)).sum(-2)                        # [B,H,NC,p]
-    C = q.new_zeros(B, H, p, dv); n = q.new_zeros(B, H, p); m = q.new_zeros(B, H)
-    Cs, ns, ms = [], [], []
-    for c in range(NC):                                            # states at chunk starts
-        Cs.append(C); ns.append(n); ms.append(m)
-        m_next = torch.maximum(bL[..., c] + m, mloc[..., c])
-        f1 = torch.exp(bL[..., c] + m - m_next)
-        f2 = torch.exp(mloc[..., c] - m_next)
-        C = f1[..., None, None] * C + f2[..., None, None] * Cloc[:, :, c]
-        n = f1[..., None] * n + f2[..., None] * nloc[:, :, c]
-        m = m_next
-    Cs = torch.stack(Cs, 2); ns = torch.stack(ns, 2); ms = torch.stack(ms, 2)
+    # States at chunk starts c = 0..NC (NC: the final state), all at once (no sequential scan):
+    # Bc[c] = sum of the chunk decays before chunk c; chunk j < c enters with log-weight
+    # Bc[c] - Bc[j] - bL[j] + mloc[j]; the initial state (m_0 = 0) with Bc[c].
+    Bc = F.pad(torch.cumsum(bL, -1), (1, 0))                      # [B,H,NC+1]
+    Lw = Bc.unsqueeze(-1) - (Bc[..., :-1] + bL - mloc).unsqueeze(-2)   # [B,H,NC+1,NC]
+    before = torch.ones(NC + 1, NC, dtype=torch.bool, device=q.device).tril(-1)
+    Lw = Lw.masked_fill(~before, float("-inf"))
+    ms_all = torch.maximum(Bc, Lw.amax(-1))                        # m at chunk starts [B,H,NC+1]
+    Ww = torch.exp(Lw - ms_all.unsqueeze(-1))
+    Cs_all = torch.einsum("bhcj,bhjpd->bhcpd", Ww, Cloc)
+    ns_all = torch.einsum("bhcj,bhjp->bhcp", Ww, nloc)
+    C, n, m = Cs_all[:, :, NC], ns_all[:, :, NC], ms_all[:, :, NC]
+    Cs, ns, ms = Cs_all[:, :, :NC], ns_all[:, :, :NC], ms_all[:, :, :NC]
     inter = b + ms.unsqueeze(-1)                                   # [B,H,NC,L]
     Dm = b.unsqueeze(-1) - b.unsqueeze(-2) + ig.unsqueeze(-2)      # [B,H,NC,t,s]
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()

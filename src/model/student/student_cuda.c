@@ -411,7 +411,9 @@ static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_
     mc.chunk = m->hy.chunk;
     mc.norm = m->hy.normalizer == XD_NORM_XLSTM ? MLSTM_NORM_MAX : MLSTM_NORM_PAPER;
     mc.eps = m->hy.eps;
-    CK(xd_cuda_mlstm_chunkwise_forward(cx, &mc, a->qf, a->kf, a->vr, a->ig, a->fg, NULL, st ? &fin : NULL, a->glob, e));
+    /* The tensor-core forward (mlstm_tc.cu, bf16 MMA inputs) where it has the shape, else the fp32 one. */
+    CK((P == 64 && d == 64 && mc.chunk == 64 ? xd_cuda_mlstm_chunkwise_forward_tc : xd_cuda_mlstm_chunkwise_forward)(
+        cx, &mc, a->qf, a->kf, a->vr, a->ig, a->fg, NULL, st ? &fin : NULL, a->glob, e));
     const mix_shape ms = {N, H, G, d};
     CK(xd_cuda_mix_forward(cx, a->mixo, a->o, a->qr, a->kr, a->vr, y->w_mix, y->b_mix, a->glob, a->loc, &ms, e));
     CK(xd_cuda_f32_to_bf16(cx, a->attb, a->mixo, (size_t)N * Hd, e));

@@ -422,6 +422,29 @@ int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const float *dout,
                                int V, xd_err *e);
 /* ==== end of training ops (branch cudatrain) ================================================== */
 
+/* ==== tensor-core mLSTM chunkwise forward (branch tcmlstm, issue #8) ============================
+ * The same function, cfg, layouts and state semantics as xd_cuda_mlstm_chunkwise_forward
+ * (init NULL = zero state; final optional, may alias init), on the tensor cores: qf, kf, v
+ * are rounded to bf16 for mma.sync m16n8k16 (fp32 accumulation), the within-chunk scores S~ to
+ * bf16 for S~ V, w~ V to bf16 in the state update; the carried state C enters Q C as a bf16
+ * hi + lo pair. Gates, stabiliser m, normaliser and the states C, n, m are fp32 (gate scalars
+ * double). Two phases: chunk-local states in parallel over (b, h, chunk), a scan over chunks,
+ * then the outputs in parallel over (b, h, chunk). Expect ~1e-3 relative L2 against the fp32
+ * op (bf16 rounding of the inputs). Supports P = D = 64 and chunk 64 only (one-line error
+ * otherwise); pointers 16-byte aligned; B*H <= 65535. Scratch: cudaMallocAsync on the stream,
+ * B*H*ceil(T/64)*(P*D + P + 1) floats for the chunk-start states plus 24 bytes per chunk
+ * (the caller's bound buffer is used instead when given). */
+int xd_cuda_mlstm_chunkwise_forward_tc(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                       const float *v, const float *ig, const float *fg, const mlstm_state *init,
+                                       mlstm_state *final, float *h, xd_err *e);
+/* The same, also filling bound (mlstm_boundary_size(cfg) floats, the CPU layout; NULL = not
+ * wanted), which it then uses as its state scratch. */
+int xd_cuda_mlstm_chunkwise_forward_tc_bound(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                             const float *v, const float *ig, const float *fg,
+                                             const mlstm_state *init, mlstm_state *final, float *bound, float *h,
+                                             xd_err *e);
+/* ==== end of tensor-core mLSTM (branch tcmlstm) =============================================== */
+
 #ifdef __cplusplus
 }
 #endif

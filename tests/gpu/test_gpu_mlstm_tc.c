@@ -1,0 +1,294 @@
+/* GPU test of the tensor-core mLSTM chunkwise forward (xd_cuda_mlstm_chunkwise_forward_tc,
+ * src/ops/cuda/mlstm_tc.cu; issue #8) against the CPU op mlstm_chunkwise_forward, on fresh
+ * random inputs: softmax feature maps, gate pre-activations wide (|i~| up to ~20, f~ from
+ * strongly negative to strongly positive: the stabiliser switches branches) and small (around
+ * the SPEC init), T not a multiple of the chunk and shorter than one chunk, GQA and H == G,
+ * both normalisers, random initial state, final aliasing init, the boundary buffer.
+ *
+ * Metric: ||gpu - cpu||_2 / ||cpu||_2, two references:
+ *   - the CPU op on the original fp32 inputs, bound 2e-2: the kernel rounds q, k, v to bf16
+ *     (relative error up to 2^-9 = 2e-3 per element, rms ~1.1e-3) and the scores S~ and w~ V
+ *     to bf16 again; sums of 64..T such terms keep a relative error of the same order
+ *     (~1e-3..3e-3), and 2e-2 leaves room for outputs whose sums cancel (mixed-sign v);
+ *   - the CPU op on the SAME bf16-rounded q, k, v ("tight"), bound 5e-3 for h and C: what
+ *     is left is the second rounding of S~ and w~ V (~1e-3 rms); n and m involve no MMA
+ *     (fp32 sums of bf16-exact k with fp32 weights; m in double), bound 1e-4 / 1e-5.
+ * Output buffers are poisoned with NaN bytes first (an unwritten element fails).
+ * Without an argument the program also checks the Llama-3.2-1B student shape (B 1, H 32, G 8,
+ * P = D = 64, chunk 64) at T = 4096 against the CPU, and times the new and the old
+ * (xd_cuda_mlstm_chunkwise_forward, fp32 SIMT) kernels at T = 4096 and 65536, comparing
+ * the two GPU results at 65536; "quick" skips that (used under compute-sanitizer).
+ * Exits 77 (skip) when no CUDA device is present. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "core/core.h"
+#include "ops/cpu/mlstm.h"
+#include "ops/cuda/cuda_ops.h"
+#include "test.h"
+
+static xd_cuda_ctx *ctx;
+static xd_err err;
+#define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
+
+static const double TOL_LOOSE = 2e-2, TOL_TIGHT = 5e-3, TOL_N = 1e-4, TOL_M = 1e-5;
+
+static double rel_l2(const float *x, const float *ref, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)x[i] - ref[i];
+    num += d * d;
+    den += (double)ref[i] * ref[i];
+  }
+  if (isnan(num)) return INFINITY;
+  return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static double worst;
+#define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
+    fprintf(stderr, "    %-56s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
+    if (_r / (tol) > worst) worst = _r / (tol); \
+    CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
+
+static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
+  float *x = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
+  return x;
+}
+static float *bf16_round(const float *x, size_t n) {
+  float *y = xd_malloc(n * sizeof(float) + 1);
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u; /* round to nearest even (finite inputs) */
+    memcpy(&y[i], &u, 4);
+  }
+  return y;
+}
+static void *up_raw(const void *x, size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+static void *dev_poisoned(size_t bytes) {
+  void *d = NULL;
+  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return d;
+}
+static float *down(const float *d, size_t n) {
+  float *h = xd_malloc(n * sizeof(float) + 1);
+  if (xd_cuda_download(ctx, h, d, n * sizeof(float), &err)) {
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+  }
+  return h;
+}
+static void softmax_rows(float *x, size_t rows, int n) {
+  for (size_t r = 0; r < rows; r++) {
+    float *p = x + r * n, mx = -INFINITY, s = 0;
+    for (int i = 0; i < n; i++) mx = fmaxf(mx, p[i]);
+    for (int i = 0; i < n; i++) s += (p[i] = expf(p[i] - mx));
+    for (int i = 0; i < n; i++) p[i] /= s;
+  }
+}
+
+typedef struct {
+  float *qf, *kf, *v, *ig, *fg, *C0, *n0, *m0;
+} tc_inputs;
+static tc_inputs make_inputs(const mlstm_cfg *c, xd_rng *r, int wide) {
+  const size_t nq = (size_t)c->B * c->T * c->H * c->P, nk = (size_t)c->B * c->T * c->G * c->P;
+  const size_t nv = (size_t)c->B * c->T * c->G * c->D, ng = (size_t)c->B * c->T * c->H, BH = (size_t)c->B * c->H;
+  tc_inputs in;
+  in.qf = rand_f32(r, nq, 0, 2.0), in.kf = rand_f32(r, nk, 0, 2.0), in.v = rand_f32(r, nv, 0, 1.0);
+  softmax_rows(in.qf, nq / c->P, c->P), softmax_rows(in.kf, nk / c->P, c->P);
+  if (wide) /* |i~| up to ~20, f~ from about -12 to +16: m switches branches often */
+    in.ig = rand_f32(r, ng, -1.0, 6.0), in.fg = rand_f32(r, ng, 2.0, 5.0);
+  else /* around the SPEC init (b_f in [3, 6]) */
+    in.ig = rand_f32(r, ng, -1.0, 2.0), in.fg = rand_f32(r, ng, 3.0, 2.0);
+  in.C0 = rand_f32(r, BH * c->P * c->D, 0, 0.3), in.n0 = rand_f32(r, BH * c->P, 1.0, 0.2), in.m0 = rand_f32(r, BH, 0, 1.0);
+  for (size_t i = 0; i < BH * c->P; i++) in.n0[i] = fabsf(in.n0[i]);
+  return in;
+}
+static void free_inputs(tc_inputs *in) {
+  free(in->qf), free(in->kf), free(in->v), free(in->ig), free(in->fg), free(in->C0), free(in->n0), free(in->m0);
+}
+
+/* One accuracy case. alias: final state written over the initial one (prefill -> decode).
+ * with_bound: also the boundary buffer (the _tc_bound entry point). */
+static void tc_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, int alias, int with_bound, int wide,
+                    uint64_t seed) {
+  const int P = 64, D = 64;
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  cfg.chunk = 64, cfg.norm = norm;
+  const size_t nq = (size_t)B * T * H * P, nk = (size_t)B * T * G * P, nv = (size_t)B * T * G * D;
+  const size_t ng = (size_t)B * T * H, nh = (size_t)B * T * H * D, BH = (size_t)B * H, PD = (size_t)P * D;
+  const size_t nb = mlstm_boundary_size(&cfg);
+  tc_inputs in = make_inputs(&cfg, &r, wide);
+  float *qb = bf16_round(in.qf, nq), *kb = bf16_round(in.kf, nk), *vb = bf16_round(in.v, nv);
+  mlstm_state init = {in.C0, in.n0, in.m0};
+  /* CPU references: fp32 inputs, and the bf16-rounded inputs (with the boundary buffer). */
+  float *href = xd_malloc(nh * 4), *hrb = xd_malloc(nh * 4), *bref = xd_malloc(nb * 4);
+  float *C1 = xd_malloc(BH * PD * 4), *n1 = xd_malloc(BH * P * 4), *m1 = xd_malloc(BH * 4);
+  float *C1b = xd_malloc(BH * PD * 4), *n1b = xd_malloc(BH * P * 4), *m1b = xd_malloc(BH * 4);
+  mlstm_state fin = {C1, n1, m1}, finb = {C1b, n1b, m1b};
+  mlstm_ws *ws = mlstm_ws_create(&cfg);
+  mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, with_init ? &init : NULL, &fin, NULL, href);
+  mlstm_chunkwise_forward(&cfg, ws, qb, kb, vb, in.ig, in.fg, with_init ? &init : NULL, &finb, bref, hrb);
+  mlstm_ws_free(ws);
+
+  float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nv * 4);
+  float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *dh = dev_poisoned(nh * 4);
+  float *dC0 = up_raw(in.C0, BH * PD * 4), *dn0 = up_raw(in.n0, BH * P * 4), *dm0 = up_raw(in.m0, BH * 4);
+  float *dC1 = dev_poisoned(BH * PD * 4), *dn1 = dev_poisoned(BH * P * 4), *dm1 = dev_poisoned(BH * 4);
+  float *dbound = with_bound ? dev_poisoned(nb * 4) : NULL;
+  mlstm_state dinit = {dC0, dn0, dm0}, dfin = {dC1, dn1, dm1};
+  if (alias) dfin = dinit;
+  GPU(xd_cuda_mlstm_chunkwise_forward_tc_bound(ctx, &cfg, dq, dk, dv, dig, dfg, with_init ? &dinit : NULL, &dfin,
+                                               dbound, dh, &err));
+  GPU(xd_cuda_sync(ctx, &err));
+  float *hg = down(dh, nh), *Cg = down(dfin.C, BH * PD), *ngot = down(dfin.n, BH * P), *mg = down(dfin.m, BH);
+  char name[160];
+  snprintf(name, sizeof name, "tc h B%d T%d H%d G%d %s %s%s%s%s vs cpu fp32", B, T, H, G,
+           norm == MLSTM_NORM_MAX ? "max" : "paper", wide ? "wide" : "small", with_init ? " init" : "",
+           alias ? " alias" : "", with_bound ? " bound" : "");
+  REL(name, hg, href, nh, TOL_LOOSE);
+  REL("  h vs cpu on bf16-rounded q,k,v", hg, hrb, nh, TOL_TIGHT);
+  REL("  final C vs cpu fp32", Cg, C1, BH * PD, TOL_LOOSE);
+  REL("  final C vs cpu on bf16-rounded q,k,v", Cg, C1b, BH * PD, TOL_TIGHT);
+  REL("  final n vs cpu on bf16-rounded q,k,v", ngot, n1b, BH * P, TOL_N);
+  REL("  final m vs cpu", mg, m1b, BH, TOL_M);
+  if (with_bound) {
+    float *bg = down(dbound, nb);
+    const size_t NCBH = BH * (size_t)mlstm_num_chunks(&cfg);
+    REL("  bound C vs cpu on bf16-rounded q,k,v", bg, bref, NCBH * PD, TOL_TIGHT);
+    REL("  bound n vs cpu on bf16-rounded q,k,v", bg + NCBH * PD, bref + NCBH * PD, NCBH * P, TOL_N);
+    REL("  bound m vs cpu", bg + NCBH * (PD + P), bref + NCBH * (PD + P), NCBH, TOL_M);
+    free(bg);
+    xd_cuda_free(dbound);
+  }
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dh);
+  xd_cuda_free(dC0), xd_cuda_free(dn0), xd_cuda_free(dm0), xd_cuda_free(dC1), xd_cuda_free(dn1), xd_cuda_free(dm1);
+  free(hg), free(Cg), free(ngot), free(mg), free(href), free(hrb), free(bref);
+  free(C1), free(n1), free(m1), free(C1b), free(n1b), free(m1b), free(qb), free(kb), free(vb);
+  free_inputs(&in);
+}
+
+static void test_mlstm_tc_accuracy(void) {
+  tc_case(1, 200, 4, 2, MLSTM_NORM_PAPER, 1, 0, 1, 1, 901);  /* GQA, wide gates, init, bound */
+  tc_case(2, 300, 8, 2, MLSTM_NORM_PAPER, 0, 0, 0, 0, 902);  /* GQA 4:1, small gates, zero state */
+  tc_case(1, 97, 2, 2, MLSTM_NORM_MAX, 1, 1, 0, 1, 903);     /* H == G, max normaliser, final aliases init */
+  tc_case(1, 40, 4, 1, MLSTM_NORM_PAPER, 1, 0, 1, 0, 904);   /* shorter than one chunk, MQA */
+  tc_case(1, 513, 4, 4, MLSTM_NORM_MAX, 0, 0, 1, 1, 905);    /* one token past a chunk boundary */
+}
+
+static void test_mlstm_tc_refuses(void) {
+  mlstm_cfg cfg = mlstm_cfg_make(1, 64, 2, 2, 32, 64);
+  float *d = dev_poisoned(1 << 16);
+  const int rc = xd_cuda_mlstm_chunkwise_forward_tc(ctx, &cfg, d, d, d, d, d, NULL, NULL, d, &err);
+  fprintf(stderr, "    P=32: rc %d: %s\n", rc, rc ? err.msg : "(accepted)");
+  CHECK(rc != 0);
+  cfg = mlstm_cfg_make(1, 64, 2, 2, 64, 64);
+  cfg.chunk = 32;
+  const int rc2 = xd_cuda_mlstm_chunkwise_forward_tc(ctx, &cfg, d, d, d, d, d, NULL, NULL, d, &err);
+  fprintf(stderr, "    chunk 32: rc %d: %s\n", rc2, rc2 ? err.msg : "(accepted)");
+  CHECK(rc2 != 0);
+  xd_cuda_free(d);
+}
+
+/* The 1B student shape: accuracy at T = 4096 against the CPU, then timing of both GPU kernels
+ * at T = 4096 and 65536 (inputs of 65536 tokens tiled from the 4096-token ones). */
+static double time_fwd(int tc, const mlstm_cfg *cfg, const float *dq, const float *dk, const float *dv,
+                       const float *dig, const float *dfg, mlstm_state *fin, float *dh, int iters) {
+  int rc = tc ? xd_cuda_mlstm_chunkwise_forward_tc(ctx, cfg, dq, dk, dv, dig, dfg, NULL, fin, dh, &err)
+              : xd_cuda_mlstm_chunkwise_forward(ctx, cfg, dq, dk, dv, dig, dfg, NULL, fin, dh, &err);
+  if (rc || xd_cuda_sync(ctx, &err)) return -1;
+  const double t0 = xd_now();
+  for (int i = 0; i < iters; i++) {
+    rc = tc ? xd_cuda_mlstm_chunkwise_forward_tc(ctx, cfg, dq, dk, dv, dig, dfg, NULL, fin, dh, &err)
+            : xd_cuda_mlstm_chunkwise_forward(ctx, cfg, dq, dk, dv, dig, dfg, NULL, fin, dh, &err);
+    if (rc) return -1;
+  }
+  if (xd_cuda_sync(ctx, &err)) return -1;
+  return (xd_now() - t0) / iters * 1e3;
+}
+
+static void test_mlstm_tc_1b(void) {
+  const int B = 1, H = 32, G = 8, P = 64, D = 64, T4 = 4096, TB = 65536;
+  xd_rng r;
+  xd_rng_seed(&r, 907);
+  mlstm_cfg c4 = mlstm_cfg_make(B, T4, H, G, P, D);
+  tc_inputs in = make_inputs(&c4, &r, 0);
+  const size_t nq = (size_t)T4 * H * P, nk = (size_t)T4 * G * P, ng = (size_t)T4 * H, nh = (size_t)T4 * H * D;
+  float *href = xd_malloc(nh * 4);
+  mlstm_ws *ws = mlstm_ws_create(&c4);
+  mlstm_chunkwise_forward(&c4, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, NULL, NULL, href);
+  mlstm_ws_free(ws);
+  /* Tile to 65536 tokens (B = 1: token-major rows, so a tile is a contiguous copy). */
+  const int rep = TB / T4;
+  float *q64 = xd_malloc(nq * rep * 4), *k64 = xd_malloc(nk * rep * 4), *v64 = xd_malloc(nk * rep * 4);
+  float *i64 = xd_malloc(ng * rep * 4), *f64 = xd_malloc(ng * rep * 4);
+  for (int t = 0; t < rep; t++) {
+    memcpy(q64 + t * nq, in.qf, nq * 4), memcpy(k64 + t * nk, in.kf, nk * 4), memcpy(v64 + t * nk, in.v, nk * 4);
+    memcpy(i64 + t * ng, in.ig, ng * 4), memcpy(f64 + t * ng, in.fg, ng * 4);
+  }
+  float *dq = up_raw(q64, nq * rep * 4), *dk = up_raw(k64, nk * rep * 4), *dv = up_raw(v64, nk * rep * 4);
+  float *dig = up_raw(i64, ng * rep * 4), *dfg = up_raw(f64, ng * rep * 4);
+  float *dh = dev_poisoned(nh * rep * 4), *dh_old = dev_poisoned(nh * rep * 4);
+  float *dC = dev_poisoned((size_t)H * P * D * 4), *dn = dev_poisoned((size_t)H * P * 4), *dm = dev_poisoned(H * 4);
+  mlstm_state fin = {dC, dn, dm};
+  /* accuracy at 4096 */
+  GPU(xd_cuda_mlstm_chunkwise_forward_tc(ctx, &c4, dq, dk, dv, dig, dfg, NULL, &fin, dh, &err));
+  GPU(xd_cuda_sync(ctx, &err));
+  float *hg = down(dh, nh);
+  REL("tc h 1B shape T4096 vs cpu fp32", hg, href, nh, TOL_LOOSE);
+  free(hg);
+  /* timing */
+  for (int k = 0; k < 2; k++) {
+    mlstm_cfg c = mlstm_cfg_make(B, k ? TB : T4, H, G, P, D);
+    const double t_old = time_fwd(0, &c, dq, dk, dv, dig, dfg, &fin, dh_old, k ? 3 : 10);
+    const double t_new = time_fwd(1, &c, dq, dk, dv, dig, dfg, &fin, dh, k ? 10 : 20);
+    CHECKF(t_old > 0 && t_new > 0, "timing failed: %s", err.msg);
+    const double flop = 2.0 * H * (double)c.T * 64 * (64 + 64 + 64 + 64) ; /* per token: Q K^T, S~ V (counted dense), Q C, K^T V */
+    printf("TIMING mlstm chunkwise fwd 1B shape (B1 H32 G8 P64 D64 L64) T=%d: old fp32 SIMT %.3f ms, tensor-core %.3f ms, "
+           "speed-up %.1fx (tc %.1f TFLOP/s dense-equivalent)\n",
+           c.T, t_old, t_new, t_old / t_new, flop / (t_new * 1e-3) / 1e12);
+    fflush(stdout);
+    if (k) {
+      float *a = down(dh, nh * rep), *b = down(dh_old, nh * rep);
+      REL("tc h vs old fp32 GPU kernel, T65536", a, b, nh * rep, TOL_LOOSE);
+      free(a), free(b);
+    }
+  }
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dh);
+  xd_cuda_free(dh_old), xd_cuda_free(dC), xd_cuda_free(dn), xd_cuda_free(dm);
+  free(q64), free(k64), free(v64), free(i64), free(f64), free(href);
+  free_inputs(&in);
+}
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_mlstm_tc_accuracy);
+  RUN(test_mlstm_tc_refuses);
+  if (!quick) RUN(test_mlstm_tc_1b);
+  if (xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
+    xd_t.failed++;
+  }
+  fprintf(stderr, "worst error / bound: %.3f\n", worst);
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

@@ -68,7 +68,7 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e);
 size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st);
 size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st);
 int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st);
-/* 1 (default): replay the step as a CUDA graph; 0: launch the ~6 kernels per layer one by one. */
+/* 1 (default): replay the step as a CUDA graph; 0: launch the ~7 kernels per layer one by one. */
 void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on);
 /* 1: the original one-block-per-head kernels and one-warp-per-row GEMVs (issue #8's "before",
  * kept for comparison and tests); 0 (default): split attention / mLSTM, split-K GEMVs. Results

@@ -1,5 +1,5 @@
 /* GPU benchmark of the student's inference at the Llama-3.2-1B shape (random weights):
- *   bench_gpu_student [quick]
+ *   bench_gpu_student [quick | decode]
  * Shape: 16 layers, hidden 2048, 32 heads / 8 KV heads, head dim 64, MLP 8192, vocab 128256,
  * tied embeddings, llama3 RoPE; student W = 512, S = 4, d_phi = 64 (softmax features),
  * chunk 64. Batch 1 throughout.
@@ -14,7 +14,12 @@
  *   4. the bandwidth bound of decode: bytes read per token (all weights, a tied LM head once,
  *      + the mLSTM state read and written + the sink/ring K/V read) / copy bandwidth, and the
  *      achieved fraction bound / measured.
- * "quick" runs 1K/4K only (for memcheck). Medians of host-clock timings after warm-up. */
+ *   5. per-kernel breakdown of one decode step at 4K (cudaEvents after every launch, mean of 20
+ *      steps, all layers summed per kernel class) against each class's own bytes at the copy rate.
+ * Decode (3-5) runs twice: the legacy kernels (xd_student_cuda_state_use_legacy 1, issue #8's
+ * "before") and the default split kernels, in the same process on the same device.
+ * "quick" runs 1K/4K only (for memcheck); "decode" skips the prefill comparison (2).
+ * Medians of host-clock timings after warm-up. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -131,6 +136,7 @@ static void teacher_prefill(teacher_t *m, int T) {
 
 int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  const int dec_only = argc > 1 && strcmp(argv[1], "decode") == 0;
   xd_cuda_ctx *c = NULL;
   if (xd_cuda_ctx_create(&c, 0, &err)) {
     printf("skip: no usable CUDA device (%s)\n", err.msg);
@@ -180,7 +186,7 @@ int main(int argc, char **argv) {
          "weights %.3f GB on the device (matrices bf16, hybrid params fp32)\n", hy.window, hy.sinks, hy.d_phi, hy.chunk, wbytes / 1e9);
   xd_student_cuda_state *st = NULL;
   CK(xd_student_cuda_state_alloc(&st, m, &err));
-  const int nctx_pre = quick ? 1 : 3, nctx_dec = quick ? 2 : 4;
+  const int nctx_pre = quick || dec_only ? 1 : 3, nctx_dec = quick ? 2 : 4;
   const int ctx_pre[3] = {4096, 16384, 65536};
   const int ctx_dec_all[4] = {1024, 4096, 16384, 65536};
   const int Tmax = quick ? 4096 : 65536;
@@ -189,6 +195,7 @@ int main(int argc, char **argv) {
   xd_rng_seed(&r, 3);
   for (int t = 0; t < Tmax; t++) ids[t] = (int32_t)(xd_rng_u64(&r) % VOC);
 
+  if (dec_only) goto decode;
   /* ---- prefill: student then teacher, largest context first (buffers allocated once) ---- */
   double sp[3] = {0}, tp[3] = {0};
   for (int i = nctx_pre - 1; i >= 0; i--) {
@@ -229,12 +236,17 @@ int main(int argc, char **argv) {
          (mem_student - mem0) / 1e9, wbytes / 1e9, ctx_pre[nctx_pre - 1]);
 
   /* ---- decode ---- */
+decode:;
   const int steps = 200;
   const size_t sbytes = xd_student_cuda_state_bytes(st);
   printf("\ndecode, batch 1: state %.2f MiB on the device (mLSTM C,n,m fp32 + sink/ring K/V bf16, 16 layers) + %.2f MiB "
          "per-token scratch; a teacher KV cache at 64K would be %.0f MiB\n",
          sbytes / 1048576.0, xd_student_cuda_scratch_bytes(st) / 1048576.0, 16.0 * 65536 * NG * HD * 2 * 2 / 1048576.0);
-  double lat[4] = {0}, lat_plain[4] = {0};
+  double lat_all[2][4] = {{0}}, lat_plain_all[2][4] = {{0}}, prof_us[2][XD_SDEC_NK], prof_b[2][XD_SDEC_NK];
+  float *chk_logits[2] = {xd_malloc((size_t)VOC * 4), xd_malloc((size_t)VOC * 4)};
+  for (int impl = 0; impl < 2; impl++) {
+  double *lat = lat_all[impl], *lat_plain = lat_plain_all[impl];
+  xd_student_cuda_state_use_legacy(st, impl == 0);
   for (int i = 0; i < nctx_dec; i++) {
     const int T = ctx_dec_all[i];
     for (int g = 1; g >= 0; g--) {
@@ -256,6 +268,17 @@ int main(int argc, char **argv) {
     }
     CK(xd_student_cuda_state_bytes(st) == sbytes ? 0 : (snprintf(err.msg, sizeof err.msg, "state size changed"), -1));
   }
+  /* correctness at this shape (the tests' tiny models never split K): logits after a 1K
+   * prefill and 8 steps, compared between the two implementations below */
+  CK(xd_student_cuda_state_reset(st, &err));
+  CK(xd_student_cuda_step(m, st, ids, 1024, NULL, &err));
+  CK(xd_student_cuda_step(m, st, ids + 1024, 8, chk_logits[impl], &err));
+  /* breakdown at 4K */
+  CK(xd_student_cuda_state_reset(st, &err));
+  CK(xd_student_cuda_step(m, st, ids, 4096, NULL, &err));
+  CK(xd_student_cuda_state_profile(m, st, 2, prof_us[impl], prof_b[impl], &err));
+  CK(xd_student_cuda_state_profile(m, st, 20, prof_us[impl], prof_b[impl], &err));
+  }
   /* bytes per token: weights (tied LM head once, the embedding row extra), mLSTM state read +
    * written, sinks + full ring read (W + S rows of K and V per layer), appends */
   const double state_rw = 16.0 * ((double)NH * hy.d_phi * HD * 4 * 2 + (double)NH * hy.d_phi * 4 * 2);
@@ -264,15 +287,43 @@ int main(int argc, char **argv) {
   const double bound = bytes / bw;
   printf("  bytes per token: %.1f MB (weights %.1f MB, mLSTM state r+w %.1f MB, sink/ring K/V %.1f MB); bound at %.0f GB/s: %.1f us\n",
          bytes / 1e6, wbytes / 1e6, state_rw / 1e6, kv_read / 1e6, bw / 1e9, bound * 1e6);
-  printf("  %-8s %-22s %-22s %s\n", "context", "latency (graph)", "plain launches", "bandwidth fraction (graph)");
-  for (int i = 0; i < nctx_dec; i++) {
-    char pl[64] = "-";
-    if (lat_plain[i] > 0) snprintf(pl, sizeof pl, "%.1f us", lat_plain[i] * 1e6);
-    printf("  %-8d %8.1f us %6.0f tok/s %-22s %.2f\n", ctx_dec_all[i], lat[i] * 1e6, 1 / lat[i], pl, bound / lat[i]);
+  for (int impl = 0; impl < 2; impl++) {
+    const double *lat = lat_all[impl], *lat_plain = lat_plain_all[impl];
+    printf("  %s kernels:\n", impl ? "split (default)" : "legacy");
+    printf("  %-8s %-22s %-22s %s\n", "context", "latency (graph)", "plain launches", "bandwidth fraction (graph)");
+    for (int i = 0; i < nctx_dec; i++) {
+      char pl[64] = "-";
+      if (lat_plain[i] > 0) snprintf(pl, sizeof pl, "%.1f us", lat_plain[i] * 1e6);
+      printf("  %-8d %8.1f us %6.0f tok/s %-22s %.2f\n", ctx_dec_all[i], lat[i] * 1e6, 1 / lat[i], pl, bound / lat[i]);
+    }
   }
+  {
+    double num = 0, den = 0;
+    for (int v = 0; v < VOC; v++) {
+      const double dd = (double)chk_logits[1][v] - chk_logits[0][v];
+      num += dd * dd, den += (double)chk_logits[0][v] * chk_logits[0][v];
+    }
+    printf("  split vs legacy logits after a 1K prefill + 8 steps: rel L2 %.3e (fp32 summation order only)\n",
+           den > 0 ? sqrt(num / den) : sqrt(num));
+    free(chk_logits[0]), free(chk_logits[1]);
+  }
+  printf("\nper-kernel breakdown of one step at 4K (cudaEvent after each launch, mean of 20 steps, all layers):\n");
+  printf("  %-30s %10s %10s %10s | %10s %10s %10s\n", "kernel class", "MB", "legacy us", "frac", "split us", "frac", "bound us");
+  double tot[2] = {0, 0};
+  for (int k = 0; k < XD_SDEC_NK; k++) {
+    const double b = prof_b[1][k], bu = b / bw * 1e6;
+    if (prof_us[0][k] == 0 && prof_us[1][k] == 0) continue;
+    tot[0] += prof_us[0][k], tot[1] += prof_us[1][k];
+    printf("  %-30s %10.2f %10.1f %10.2f | %10.1f %10.2f %10.1f\n", xd_cuda_sdec_kname(k), b / 1e6, prof_us[0][k],
+           prof_us[0][k] > 0 ? bu / prof_us[0][k] : 0, prof_us[1][k], prof_us[1][k] > 0 ? bu / prof_us[1][k] : 0, bu);
+  }
+  printf("  %-30s %10s %10.1f %10s | %10.1f\n", "sum (events; incl. launch gaps)", "", tot[0], "", tot[1]);
+  const double *lat = lat_all[1];
   const int last = nctx_dec - 1;
-  printf("\nRESULT student_prefill_over_teacher_at_%d=%.2f (target >= 2)\n", ctx_pre[nctx_pre - 1],
-         tp[nctx_pre - 1] / sp[nctx_pre - 1]);
+  if (!dec_only)
+    printf("\nRESULT student_prefill_over_teacher_at_%d=%.2f (target >= 2)\n", ctx_pre[nctx_pre - 1],
+           tp[nctx_pre - 1] / sp[nctx_pre - 1]);
+  printf("RESULT decode_bandwidth_fraction_legacy=%.2f (at %d)\n", bound / lat_all[0][nctx_dec - 1], ctx_dec_all[nctx_dec - 1]);
   printf("RESULT decode_latency_%d_over_1024=%.3f (target <= 1.10)\n", ctx_dec_all[last], lat[last] / lat[0]);
   printf("RESULT decode_bandwidth_fraction=%.2f (at %d; target >= 0.70)\n", bound / lat[last], ctx_dec_all[last]);
   printf("RESULT decode_state_bytes=%zu\n", sbytes);

@@ -16,7 +16,9 @@
  * sqrt(n) too, so each projection's relative error stays ~2e-3, and two layers of ~6 chained
  * products plus the LM head compound to ~5e-3..1e-2 (the flash/SWA attention tests of
  * test_gpu_ops see 2e-3 per op). A real error (wrong key, wrong state, wrong norm) is O(1).
- * Also: decode with and without the CUDA graph must agree bit for bit (same kernels).
+ * Also: decode with and without the CUDA graph must agree bit for bit (same kernels); the
+ * legacy decode kernels (xd_student_cuda_state_use_legacy, one block per head, one warp per
+ * GEMV row) and the default split ones agree to 1e-4 at every step (fp32 summation order only).
  * Exits 77 when no CUDA device is present; "quick" (memcheck) runs three families. */
 #include <math.h>
 #include <stdint.h>
@@ -30,7 +32,8 @@
 
 static xd_cuda_ctx *ctx;
 static const double TOL = 2e-2;
-static double worst_fwd, worst_dec_fwd, worst_dec_cpu;
+static double worst_fwd, worst_dec_fwd, worst_dec_cpu, worst_legacy;
+static const double TOL_LEGACY = 1e-4;
 static const char *cur_family;
 
 static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
@@ -85,7 +88,7 @@ static void check_family(const char *family, int variant) {
   xd_core_acts_alloc(&ca, &s, B, T);
   float *cpu = xd_malloc((size_t)N * V * sizeof(float)), *gpu = xd_malloc((size_t)N * V * sizeof(float));
   float *cstep = xd_malloc((size_t)T * V * sizeof(float)), *gstep = xd_malloc((size_t)V * sizeof(float));
-  float *gstep2 = xd_malloc((size_t)V * sizeof(float));
+  float *gstep2 = xd_malloc((size_t)V * sizeof(float)), *gall = xd_malloc((size_t)T * V * sizeof(float));
   CHECKF(xd_student_forward(&s, &ta, &ca, ids, B, T, cpu, &e) == 0, "%s", e.msg);
   xd_student_state cst;
   xd_student_state_alloc(&cst, &s);
@@ -124,8 +127,10 @@ static void check_family(const char *family, int variant) {
     CHECKF(bytes0 == expect, "%s: state bytes %zu, expected %zu", family, bytes0, expect);
   }
   double wd_f = 0, wd_c = 0;
-  for (int pass = 0; pass < 2; pass++) { /* pass 0: CUDA graph, pass 1: plain launches */
-    xd_student_cuda_state_use_graph(st, pass == 0);
+  double wl = 0;
+  for (int pass = 0; pass < 3; pass++) { /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph) */
+    xd_student_cuda_state_use_graph(st, pass != 1);
+    xd_student_cuda_state_use_legacy(st, pass == 2);
     if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
     for (int t = prefill - 1; t < T; t++) {
       const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)
@@ -137,6 +142,9 @@ static void check_family(const char *family, int variant) {
         wd_c = fmax(wd_c, b);
         /* keep the graph run's logits of the last step for the bitwise comparison */
         if (t == T - 1) memcpy(gstep2, gstep, (size_t)V * sizeof(float));
+        memcpy(gall + (size_t)t * V, gstep, (size_t)V * sizeof(float));
+      } else if (pass == 2) {
+        wl = fmax(wl, rel_l2(gstep, gall + (size_t)t * V, V));
       } else if (t == T - 1) {
         CHECKF(memcmp(gstep, gstep2, (size_t)V * sizeof(float)) == 0, "%s: graph and plain decode differ", family);
       }
@@ -144,6 +152,9 @@ static void check_family(const char *family, int variant) {
     CHECKF(xd_student_cuda_state_pos(st) == T, "%s: pos %lld", family, (long long)xd_student_cuda_state_pos(st));
     CHECKF(xd_student_cuda_state_bytes(st) == bytes0, "%s: state size changed", family);
   }
+  xd_student_cuda_state_use_legacy(st, 0);
+  worst_legacy = fmax(worst_legacy, wl);
+  CHECKF(wl <= TOL_LEGACY, "%s: split decode kernels vs legacy rel L2 %.3e", family, wl);
   const int dynamic = s.cfg.rope[0].kind == XD_ROPE_DYNAMIC || s.cfg.rope[1].kind == XD_ROPE_DYNAMIC;
   if (!dynamic) worst_dec_fwd = fmax(worst_dec_fwd, wd_f);
   worst_dec_cpu = fmax(worst_dec_cpu, wd_c);
@@ -162,8 +173,8 @@ static void check_family(const char *family, int variant) {
     CHECKF(dynamic || w0 <= TOL, "%s: token-by-token decode vs forward rel L2 %.3e", family, w0);
     wd_f = fmax(wd_f, w0);
   }
-  fprintf(stderr, "    %-16s%s forward vs CPU %.3e | decode vs GPU forward %.3e, vs CPU decode %.3e | state %zu B\n",
-          family, variant ? " (max-norm, softcap)" : "", ef, wd_f, wd_c, bytes0);
+  fprintf(stderr, "    %-16s%s forward vs CPU %.3e | decode vs GPU forward %.3e, vs CPU decode %.3e | split vs legacy %.1e | state %zu B\n",
+          family, variant ? " (max-norm, softcap)" : "", ef, wd_f, wd_c, wl, bytes0);
   if (xd_cuda_sync(ctx, &e)) CHECKF(0, "%s: async: %s", family, e.msg);
 out:
   xd_student_cuda_state_free(st);
@@ -171,7 +182,7 @@ out:
   xd_student_state_free(&cst);
   xd_core_acts_free(&ca);
   xd_teacher_acts_free(&ta);
-  free(cpu), free(gpu), free(cstep), free(gstep), free(gstep2);
+  free(cpu), free(gpu), free(cstep), free(gstep), free(gstep2), free(gall);
   xd_student_free(&s);
 }
 
@@ -206,8 +217,8 @@ int main(int argc, char **argv) {
     RUN(test_qwen3);
     RUN(test_olmo2);
   }
-  fprintf(stderr, "worst rel L2 (bound %.0e): forward vs CPU %.3e, decode vs GPU forward %.3e, decode vs CPU %.3e\n", TOL,
-          worst_fwd, worst_dec_fwd, worst_dec_cpu);
+  fprintf(stderr, "worst rel L2 (bound %.0e): forward vs CPU %.3e, decode vs GPU forward %.3e, decode vs CPU %.3e; split vs legacy decode %.3e (bound %.0e)\n", TOL,
+          worst_fwd, worst_dec_fwd, worst_dec_cpu, worst_legacy, TOL_LEGACY);
   xd_cuda_ctx_free(ctx);
   return test_finish();
 }

@@ -505,16 +505,17 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
   dc->layers = st->layers;
   /* scratch: params, then fp32 vectors */
   const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd;
-  const size_t sz[13] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab};
-  float **dst[13] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits};
+  const size_t sz[14] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab,
+                         xd_cuda_sdec_part_floats(dc)};
+  float **dst[14] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits, &dc->part};
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 13; k++) off += al256(sz[k] * 4);
+  for (int k = 0; k < 14; k++) off += al256(sz[k] * 4);
   st->scratch_bytes = off;
   if (xd_cuda_malloc(&st->scratch_block, off, e)) goto fail;
   b = st->scratch_block;
   st->prm_d = (xd_cuda_sdec_params *)b;
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 13; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
+  for (int k = 0; k < 14; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
   dc->params = st->prm_d;
   if (xd_cuda_sdec_check(m->c, dc, e)) goto fail;
   if (xd_student_cuda_state_reset(st, e)) goto fail;
@@ -554,6 +555,19 @@ size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st) { return st-
 size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st) { return st->scratch_bytes; }
 int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st) { return st->pos; }
 void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on) { st->use_graph = on; }
+static void fill_params(const xd_model_config *c, xd_cuda_sdec_params *p, int32_t id, int64_t pos);
+void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on) {
+  if (st->dec.legacy == (on != 0)) return;
+  st->dec.legacy = on != 0;
+  xd_cuda_graph_free(st->graph); /* captured with the other kernels */
+  st->graph = NULL;
+}
+int xd_student_cuda_state_profile(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us, double *bytes,
+                                  xd_err *e) {
+  fill_params(&m->cfg, &st->prm, 0, st->pos);
+  CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
+  return xd_cuda_sdec_profile(m->c, &st->dec, reps, us, bytes, e);
+}
 
 /* The step's inputs: id, position and the RoPE rows of that position, computed as student.c's
  * rope_row (dynamic NTK sees seq_len = pos + 1). */

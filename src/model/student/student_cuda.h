@@ -68,8 +68,16 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e);
 size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st);
 size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st);
 int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st);
-/* 1 (default): replay the step as a CUDA graph; 0: launch the ~6 kernels per layer one by one. */
+/* 1 (default): replay the step as a CUDA graph; 0: launch the ~7 kernels per layer one by one. */
 void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on);
+/* 1: the original one-block-per-head kernels and one-warp-per-row GEMVs (issue #8's "before",
+ * kept for comparison and tests); 0 (default): split attention / mLSTM, split-K GEMVs. Results
+ * agree up to fp32 summation order. Drops the captured graph. */
+void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on);
+/* Per-kernel breakdown (xd_cuda_sdec_profile) of `reps` steps at the state's position (token 0;
+ * the state advances but pos does not): us / bytes [XD_SDEC_NK]. */
+int xd_student_cuda_state_profile(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us, double *bytes,
+                                  xd_err *e);
 
 /* Feed ids[n] of the sequence: at position 0 with n > 1 a prefill (chunkwise, B = 1), else n
  * recurrent steps. logits (host [V], NULL = not downloaded) receives the last token's. */

@@ -337,7 +337,22 @@ typedef struct {
   /* one token's scratch, fp32: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P], kf [G,P],
    * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] */
   float *h, *xn, *qkv, *q, *k, *qf, *kf, *ig, *fg, *att, *tmp, *act, *logits;
+  /* partials of the split per-head step (xd_cuda_sdec_part_floats floats; unused by legacy) */
+  float *part;
+  /* 1: the original kernels (one block per head for prep/core, one warp per GEMV row) kept as
+   * the before-reference of issue #8; 0 (default): split attention / mLSTM, split-K GEMVs */
+  int legacy;
 } xd_cuda_sdec;
+/* Floats of m->part the split step needs (from L, H, d, P and each layer's W + S). */
+size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m);
+/* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
+ * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
+ * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step
+ * (weights, state, K/V; not the tiny activations). Classes: XD_SDEC_K_*. */
+enum { XD_SDEC_K_EMBED, XD_SDEC_K_QKV, XD_SDEC_K_PREP, XD_SDEC_K_CORE, XD_SDEC_K_MERGE, XD_SDEC_K_O, XD_SDEC_K_NORM,
+       XD_SDEC_K_GU, XD_SDEC_K_DOWN, XD_SDEC_K_LMHEAD, XD_SDEC_NK };
+const char *xd_cuda_sdec_kname(int k);
+int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double *us, double *bytes, xd_err *e);
 /* Validates the shapes the step supports (d even and <= 128, d_phi <= 256, GEMV inputs and
  * W + S within shared memory) and sets the kernels' shared-memory limits; once, before use. */
 int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);

@@ -280,10 +280,171 @@ __global__ void __launch_bounds__(256) k_gemv(float *out, const float *x, const 
   }
 }
 
-static int sd_gemv(xd_cuda_ctx *c, int mode, float *out, const float *x, const float *nw, float eps,
+
+/* Split-K GEMV (issue #8): a block of 8 warps covers RB = 8 / KS rows, KS warps per row each
+ * over Din / KS columns (partials summed in warp order through shared memory, deterministic),
+ * `rpw` row groups per block. Each lane keeps GV_U 16-byte weight loads (x2 for SwiGLU's gate
+ * and up rows) in flight; the first batch is issued before the prologue (rmsnorm / staging of
+ * x), which does not depend on it. x is staged in shared memory only when normed or copied to
+ * xout; otherwise read directly (L1). Same output modes as k_gemv. */
+#define GV_U 8
+template <int MODE, int KS>
+__global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const float *nw, float eps,
+                                               const uint16_t *W, const float *bias, int Din, int rows, int rpw,
+                                               float *xout) {
+  extern __shared__ float xs[];
+  __shared__ float red[8][2];
+  constexpr int RB = 8 / KS, NP = MODE == GEMV_SWIGLU ? 2 : 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kp = warp % KS;
+  const bool vec = (Din % (8 * KS)) == 0; /* the host picks KS > 1 only when it holds */
+  const int klen = vec ? Din / KS : Din, kbeg = vec ? kp * klen : 0;
+  uint4 buf[NP][GV_U];
+  {
+    const int row = blockIdx.x * rpw * RB + warp / KS;
+    if (vec && row < rows) {
+#pragma unroll
+      for (int part = 0; part < NP; part++) {
+        const uint16_t *wr = W + (size_t)(row + part * rows) * Din + kbeg;
+#pragma unroll
+        for (int u = 0; u < GV_U; u++) {
+          const int j = lane * 8 + u * 256;
+          buf[part][u] = j < klen ? __ldg(reinterpret_cast<const uint4 *>(wr + j)) : make_uint4(0, 0, 0, 0);
+        }
+      }
+    }
+  }
+  const bool staged = nw || xout;
+  if (staged) {
+    float r = 1.f;
+    if (nw) {
+      float ss = 0.f;
+      for (int j = threadIdx.x; j < Din; j += blockDim.x) ss += x[j] * x[j];
+      ss = sd_block_sum(ss);
+      r = 1.0f / sqrtf(ss / (float)Din + eps);
+    }
+    for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+      const float v = nw ? nw[j] * (x[j] * r) : x[j];
+      xs[j] = v;
+      if (xout && blockIdx.x == 0) xout[j] = v;
+    }
+    __syncthreads();
+  }
+  const float *xv = staged ? xs : x;
+  for (int it = 0; it < rpw; it++) {
+    const int row = (blockIdx.x * rpw + it) * RB + warp / KS;
+    float acc[NP];
+#pragma unroll
+    for (int part = 0; part < NP; part++) acc[part] = 0.f;
+    if (row < rows) {
+      if (vec) {
+        for (int c0 = 0; c0 < klen; c0 += 256 * GV_U) {
+          if (it > 0 || c0 > 0) {
+#pragma unroll
+            for (int part = 0; part < NP; part++) {
+              const uint16_t *wr = W + (size_t)(row + part * rows) * Din + kbeg + c0;
+#pragma unroll
+              for (int u = 0; u < GV_U; u++) {
+                const int j = lane * 8 + u * 256;
+                buf[part][u] = c0 + j < klen ? __ldg(reinterpret_cast<const uint4 *>(wr + j)) : make_uint4(0, 0, 0, 0);
+              }
+            }
+          }
+#pragma unroll
+          for (int u = 0; u < GV_U; u++) {
+            const int j = c0 + lane * 8 + u * 256;
+            if (j < klen) {
+              const float4 x0 = *reinterpret_cast<const float4 *>(xv + kbeg + j);
+              const float4 x1 = *reinterpret_cast<const float4 *>(xv + kbeg + j + 4);
+#pragma unroll
+              for (int part = 0; part < NP; part++) {
+                const uint4 w = buf[part][u];
+                float a = acc[part];
+                a += __uint_as_float(w.x << 16) * x0.x + __uint_as_float(w.x & 0xffff0000u) * x0.y;
+                a += __uint_as_float(w.y << 16) * x0.z + __uint_as_float(w.y & 0xffff0000u) * x0.w;
+                a += __uint_as_float(w.z << 16) * x1.x + __uint_as_float(w.z & 0xffff0000u) * x1.y;
+                a += __uint_as_float(w.w << 16) * x1.z + __uint_as_float(w.w & 0xffff0000u) * x1.w;
+                acc[part] = a;
+              }
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int part = 0; part < NP; part++) {
+          const uint16_t *wr = W + (size_t)(row + part * rows) * Din;
+          float a = 0.f;
+          for (int j = lane; j < Din; j += 32) a += xd_bf2f(wr[j]) * xv[j];
+          acc[part] = a;
+        }
+      }
+#pragma unroll
+      for (int part = 0; part < NP; part++) acc[part] = sd_warp_sum(acc[part]);
+    }
+    if (KS > 1) {
+      if (lane == 0) {
+#pragma unroll
+        for (int part = 0; part < NP; part++) red[warp][part] = acc[part];
+      }
+      __syncthreads();
+      if (kp == 0) {
+#pragma unroll
+        for (int part = 0; part < NP; part++) {
+          float a = 0.f;
+          for (int q = 0; q < KS; q++) a += red[warp + q][part];
+          acc[part] = a;
+        }
+      }
+      __syncthreads();
+    }
+    if (lane == 0 && kp == 0 && row < rows) {
+      if (MODE == GEMV_SWIGLU) {
+        const float g = acc[0] + (bias ? bias[row] : 0.f), u = acc[NP - 1] + (bias ? bias[row + rows] : 0.f);
+        out[row] = g / (1.f + expf(-g)) * u;
+      } else {
+        const float y = acc[0] + (bias ? bias[row] : 0.f);
+        if (MODE == GEMV_ACCUM) out[row] += y; else out[row] = y;
+      }
+    }
+  }
+}
+
+template <int MODE>
+static void gemv2_launch(cudaStream_t s, int KS, unsigned grid, size_t smem, float *out, const float *x,
+                         const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows, int rpw,
+                         float *xout) {
+  switch (KS) {
+  case 1: k_gemv2<MODE, 1><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
+  case 2: k_gemv2<MODE, 2><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
+  case 4: k_gemv2<MODE, 4><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
+  default: k_gemv2<MODE, 8><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
+  }
+}
+
+static int sd_gemv(xd_cuda_ctx *c, int legacy, int mode, float *out, const float *x, const float *nw, float eps,
                    const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e) {
+  const int sms = c->sm_count > 0 ? c->sm_count : 132;
+  if (!legacy) {
+    /* KS: split K until there are >= 4 blocks per SM (each part >= 256 columns); rpw: row
+     * groups per block beyond 4 blocks per SM (the LM head), at most 4 */
+    int KS = 1;
+    while (KS < 8 && (size_t)rows * KS / 8 < (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
+    const int RB = 8 / KS;
+    const size_t groups = xd_ceil_div((size_t)rows, (size_t)RB);
+    size_t rpw = groups / ((size_t)4 * sms);
+    rpw = rpw < 1 ? 1 : rpw > 4 ? 4 : rpw;
+    const unsigned grid = (unsigned)xd_ceil_div(groups, rpw);
+    const size_t smem = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
+    if (mode == GEMV_STORE)
+      gemv2_launch<GEMV_STORE>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+    else if (mode == GEMV_ACCUM)
+      gemv2_launch<GEMV_ACCUM>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+    else
+      gemv2_launch<GEMV_SWIGLU>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+    XD_CU_LAUNCH("k_gemv2");
+    return 0;
+  }
   /* rows per block: 8 warps x k rows, k chosen for >= ~2 blocks per SM */
-  int rpw = rows / (8 * 2 * (c->sm_count > 0 ? c->sm_count : 132));
+  int rpw = rows / (8 * 2 * sms);
   rpw = rpw < 1 ? 1 : rpw > 8 ? 8 : rpw;
   const int rpb = 8 * rpw;
   const size_t smem = (size_t)Din * sizeof(float);
@@ -307,9 +468,30 @@ __device__ __forceinline__ double sd_logsig(double x) { return x >= 0 ? -log1p(e
 
 /* Per head: blocks [0,H) query heads, [H,H+G) KV heads. QK-norm + RoPE (the step's rows),
  * feature map; query heads also the gates, KV heads append k (roped) and v to ring / sinks. */
+/* Gates of query head `head` from the layer's (normed) input xn. */
+__device__ void sd_gates(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int head) {
+  float ai = 0.f, af = 0.f;
+  const float *wi = Ly.w_i + (size_t)head * m.D, *wf = Ly.w_f + (size_t)head * m.D;
+  for (int j = threadIdx.x; j < m.D; j += blockDim.x) { ai += m.xn[j] * wi[j]; af += m.xn[j] * wf[j]; }
+  ai = sd_block_sum(ai);
+  af = sd_block_sum(af);
+  if (threadIdx.x == 0) {
+    float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
+    if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+    m.ig[head] = zi;
+    m.fg[head] = zf;
+  }
+}
+
+/* grid H + G (legacy: query blocks do their gates too) or 2H + G (blocks [H+G, 2H+G): the
+ * gates of head blk - H - G, in parallel with the feature maps). */
 __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   extern __shared__ float sm[];
   const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P;
+  if ((int)blockIdx.x >= H + G) {
+    sd_gates(m, Ly, blockIdx.x - H - G);
+    return;
+  }
   const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
   float *y = sm, *yr = sm + d, *z = sm + 2 * d; /* [d], [d], [P] */
   const xd_cuda_sdec_params *prm = m.params;
@@ -376,19 +558,7 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
     phi[j] = expf(z[j] - mx) / s1;
     if (m.hedgehog) phi[dp + j] = expf(mn - z[j]) / s2;
   }
-  if (isq) { /* gates of query head `head` from the layer's (normed) input xn */
-    float ai = 0.f, af = 0.f;
-    const float *wi = Ly.w_i + (size_t)head * m.D, *wf = Ly.w_f + (size_t)head * m.D;
-    for (int j = threadIdx.x; j < m.D; j += blockDim.x) { ai += m.xn[j] * wi[j]; af += m.xn[j] * wf[j]; }
-    ai = sd_block_sum(ai);
-    af = sd_block_sum(af);
-    if (threadIdx.x == 0) {
-      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
-      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
-      m.ig[head] = zi;
-      m.fg[head] = zf;
-    }
-  }
+  if (isq && gridDim.x == H + G) sd_gates(m, Ly, head); /* legacy: gates in the head's block */
 }
 
 /* Per query head: local attention over sinks + ring, mLSTM recurrent step, mixing gate;
@@ -512,6 +682,186 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   }
 }
 
+/* ---- split per-head step (issue #8) -------------------------------------------------------
+ * k_dec_split: grid (H, NA + NM). Blocks y < NA: local attention over keys [y*KPB, (y+1)*KPB)
+ * of the n = sinks + ring keys (one warp per key for the scores, flash-decode partials m, l,
+ * o[d]); blocks y >= NA: rows [t*PT, (t+1)*PT) of the mLSTM state C (P x d) and n: update in
+ * place, partial numerator sum_p C[p,:] qf[p] and partial denominator. The gate state m[h] is
+ * only read here; k_dec_merge (grid H) recomputes the same m_t, writes it, merges the
+ * attention partials (rescaled by exp(m_s - M)) and the mLSTM partials, applies the mixing
+ * gate and writes att. Partials: m->part = [H, NA, d + 2] then [H, NM, d + 1]. */
+#define SPL_KPB 64
+#define SPL_PT 16
+#define SPL_THREADS 128
+static int spl_na(int W, int S) { return (W + S + SPL_KPB - 1) / SPL_KPB; }
+static int spl_nm(int P) { return (P + SPL_PT - 1) / SPL_PT; }
+
+__device__ __forceinline__ void sd_gate(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int h, float *fp, float *ip,
+                                        float *mt_out) {
+  const double l = sd_logsig((double)m.fg[h]), i = (double)m.ig[h], mp = (double)Ly.m[h], a = l + mp;
+  const double mt = a >= i ? a : i;
+  *fp = (float)exp(a - mt);
+  *ip = (float)exp(i - mt);
+  *mt_out = (float)mt;
+}
+
+__global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+  __shared__ float qs[128], sc[SPL_KPB], acc[SPL_THREADS];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
+  const int NM = (P + SPL_PT - 1) / SPL_PT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int ngrp = blockDim.x / d; /* d <= 128 = blockDim: >= 1 */
+  const int i = threadIdx.x % d, grp = threadIdx.x / d;
+  if ((int)blockIdx.y < NA) {
+    const int s = blockIdx.y;
+    const int64_t t = m.params->pos;
+    const int W = Ly.W, S = Ly.S;
+    const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns = ws < S ? ws : S;
+    const int n = (int)(ns + t - ws + 1);
+    const int k0 = s * SPL_KPB, k1 = min(k0 + SPL_KPB, n);
+    float *pm = m.part + ((size_t)h * NA + s) * (d + 2);
+    if (k0 >= n) { /* empty split (short context) */
+      for (int j = threadIdx.x; j < d; j += blockDim.x) pm[2 + j] = 0.f;
+      if (threadIdx.x == 0) { pm[0] = -INFINITY; pm[1] = 0.f; }
+      return;
+    }
+    const size_t Gd = (size_t)G * d;
+    const float scale = 1.0f / sqrtf((float)d);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = m.q[(size_t)h * d + j];
+    __syncthreads();
+    for (int kk = k0 + warp; kk < k1; kk += nwarps) {
+      const uint16_t *kr = (kk < ns ? Ly.k_sink + (size_t)kk * Gd : Ly.k_ring + (size_t)((ws + (kk - ns)) % W) * Gd) + (size_t)g * d;
+      float a = 0.f;
+      for (int j2 = lane; j2 < d / 2; j2 += 32) {
+        const uint32_t u = *reinterpret_cast<const uint32_t *>(kr + 2 * j2);
+        a += qs[2 * j2] * __uint_as_float(u << 16) + qs[2 * j2 + 1] * __uint_as_float(u & 0xffff0000u);
+      }
+      a = sd_warp_sum(a);
+      if (lane == 0) sc[kk - k0] = a * scale;
+    }
+    __syncthreads();
+    const int nk = k1 - k0;
+    float mx = -INFINITY;
+    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) mx = fmaxf(mx, sc[kk]);
+    mx = sd_block_max(mx); /* its barriers order the reads of sc before the writes below */
+    float sum = 0.f;
+    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) {
+      const float p = __expf(sc[kk] - mx);
+      sc[kk] = p;
+      sum += p;
+    }
+    sum = sd_block_sum(sum); /* publishes sc */
+    float a = 0.f;
+    if (grp < ngrp) {
+      for (int kk = k0 + grp; kk < k1; kk += ngrp) {
+        const uint16_t *vr = kk < ns ? Ly.v_sink + (size_t)kk * Gd : Ly.v_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
+        a += sc[kk - k0] * xd_bf2f(vr[(size_t)g * d + i]);
+      }
+    }
+    acc[threadIdx.x] = a;
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+      float o = 0.f;
+      for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
+      pm[2 + j] = o;
+    }
+    if (threadIdx.x == 0) { pm[0] = mx; pm[1] = sum; }
+    return;
+  }
+  /* mLSTM rows tile */
+  const int tt = blockIdx.y - NA, p0 = tt * SPL_PT, p1 = min(p0 + SPL_PT, P);
+  float fp, ip, mt;
+  sd_gate(m, Ly, h, &fp, &ip, &mt);
+  const float *qf = m.qf + (size_t)h * P, *kf = m.kf + (size_t)g * P;
+  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
+  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  float a = 0.f;
+  if (grp < ngrp) {
+    const float vj = v[i];
+    for (int p = p0 + grp; p < p1; p += ngrp) {
+      const float cn = fp * C[(size_t)p * d + i] + (ip * kf[p]) * vj;
+      C[(size_t)p * d + i] = cn;
+      a += cn * qf[p];
+    }
+  }
+  acc[threadIdx.x] = a;
+  float dn = 0.f;
+  for (int p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
+    const float nv = fp * nn[p] + ip * kf[p];
+    nn[p] = nv;
+    dn += qf[p] * nv;
+  }
+  dn = sd_block_sum(dn); /* publishes acc */
+  float *pm = m.part + (size_t)H * NA * (d + 2) + ((size_t)h * NM + tt) * (d + 1);
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float o = 0.f;
+    for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
+    pm[1 + j] = o;
+  }
+  if (threadIdx.x == 0) pm[0] = dn;
+}
+
+__global__ void __launch_bounds__(SPL_THREADS) k_dec_merge(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+  __shared__ float wsc[64];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
+  const int NM = (P + SPL_PT - 1) / SPL_PT;
+  const float *pa = m.part + (size_t)h * NA * (d + 2);
+  const float *pb = m.part + (size_t)H * NA * (d + 2) + (size_t)h * NM * (d + 1);
+  float fp, ip, mt;
+  sd_gate(m, Ly, h, &fp, &ip, &mt);
+  /* attention merge: M = max m_s, l = sum l_s e^(m_s - M) */
+  float M = -INFINITY;
+  for (int s = 0; s < NA; s++) M = fmaxf(M, pa[(size_t)s * (d + 2)]);
+  float L = 0.f;
+  for (int s = threadIdx.x; s < NA; s += blockDim.x) {
+    const float ms = pa[(size_t)s * (d + 2)];
+    const float w = ms == -INFINITY ? 0.f : expf(ms - M);
+    if (s < 64) wsc[s] = w;
+    L += pa[(size_t)s * (d + 2) + 1] * w;
+  }
+  L = sd_block_sum(L); /* publishes wsc */
+  float dn = 0.f;
+  for (int q = 0; q < NM; q++) dn += pb[(size_t)q * (d + 1)];
+  const float sq = (float)(1.0 / sqrt((double)P));
+  dn *= sq;
+  float ad = fabsf(dn);
+  if (m.norm_max) {
+    const float lo = expf(-mt);
+    if (!(ad >= lo)) ad = lo;
+  }
+  const float inv = 1.f / (ad + m.mlstm_eps);
+  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
+  const float *qraw = m.qkv + (size_t)h * d, *kraw = m.qkv + (size_t)H * d + (size_t)g * d, *wo = Ly.w_mix + (size_t)h * 3 * d;
+  float z = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) z += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
+  z = sd_block_sum(z) + Ly.b_mix[h];
+  const float o = 1.f / (1.f + expf(-z));
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < NA; s++) {
+      const float ms = pa[(size_t)s * (d + 2)];
+      const float w = s < 64 ? wsc[s] : (ms == -INFINITY ? 0.f : expf(ms - M));
+      a += pa[(size_t)s * (d + 2) + 2 + j] * w;
+    }
+    const float loc = a / L;
+    float b = 0.f;
+    for (int q = 0; q < NM; q++) b += pb[(size_t)q * (d + 1) + 1 + j];
+    const float glob = sq * b * inv;
+    m.att[(size_t)h * d + j] = o * glob + (1.f - o) * loc;
+  }
+  __syncthreads(); /* every thread has read m[h] (sd_gate) before it changes */
+  if (threadIdx.x == 0) Ly.m[h] = mt;
+}
+
+extern "C" size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m) {
+  int na = 1;
+  for (int l = 0; l < m->L; l++) {
+    const int a = spl_na(m->layers[l].W, m->layers[l].S);
+    na = a > na ? a : na;
+  }
+  return (size_t)m->H * na * (m->d + 2) + (size_t)m->H * spl_nm(m->P) * (m->d + 1);
+}
+
 static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
 
 extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
@@ -524,45 +874,139 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_ACCUM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+#define SD_SETG(MODE) \
+  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+  SD_SETG(GEMV_STORE)
+  SD_SETG(GEMV_ACCUM)
+  SD_SETG(GEMV_SWIGLU)
+#undef SD_SETG
   size_t cmax = 0;
   for (int l = 0; l < m->L; l++) {
     const size_t s = core_smem(m, m->layers[l].W, m->layers[l].S);
     cmax = s > cmax ? s : cmax;
   }
-  if (cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
-  XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
+  if (m->legacy && cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
+  if (cmax <= c->smem_optin) XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
+  if (!m->legacy && !m->part) return xd_errf(e, "student_decode.cu: the split step needs m->part");
   return 0;
 }
 
-extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
-  const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d;
+/* Per-kernel timing of a step (xd_cuda_sdec_profile): an event after every launch. */
+#define SD_MAXEV 1024
+typedef struct {
+  cudaEvent_t ev[SD_MAXEV];
+  int cat[SD_MAXEV], n;
+} sd_prof;
+static int sd_mark(xd_cuda_ctx *c, sd_prof *pf, int cat, xd_err *e) {
+  if (!pf || pf->n >= SD_MAXEV) return 0;
+  XD_CU(cudaEventRecord(pf->ev[pf->n], c->stream));
+  pf->cat[pf->n++] = cat;
+  return 0;
+}
+#define SD_MARK(cat) do { if (sd_mark(c, pf, (cat), e)) return -1; } while (0)
+
+static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err *e) {
+  const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d, lg = m->legacy;
+  SD_MARK(-1);
   k_dec_embed<<<xd_ceil_div(D, 256), 256, 0, c->stream>>>(m->h, m->embed, m->params, D);
   XD_CU_LAUNCH("k_dec_embed");
+  SD_MARK(XD_SDEC_K_EMBED);
   for (int l = 0; l < m->L; l++) {
     const xd_cuda_sdec_layer *Ly = &m->layers[l];
     /* x = rmsnorm(h) (pre-norm) or h; q|k|v = x Wqkv^T + b; xn keeps x for the gates */
-    if (sd_gemv(c, GEMV_STORE, m->qkv, m->h, m->post_norm ? NULL : Ly->attn_norm, m->rms_eps, Ly->w_qkv, Ly->b_qkv, D,
-                qkv, m->xn, e))
+    if (sd_gemv(c, lg, GEMV_STORE, m->qkv, m->h, m->post_norm ? NULL : Ly->attn_norm, m->rms_eps, Ly->w_qkv, Ly->b_qkv,
+                D, qkv, m->xn, e))
       return -1;
-    k_dec_prep<<<H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
+    SD_MARK(XD_SDEC_K_QKV);
+    k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
     XD_CU_LAUNCH("k_dec_prep");
-    k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
-    XD_CU_LAUNCH("k_dec_core");
+    SD_MARK(XD_SDEC_K_PREP);
+    if (lg) {
+      k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
+      XD_CU_LAUNCH("k_dec_core");
+      SD_MARK(XD_SDEC_K_CORE);
+    } else {
+      const int NA = spl_na(Ly->W, Ly->S);
+      k_dec_split<<<dim3(H, NA + spl_nm(m->P)), SPL_THREADS, 0, c->stream>>>(*m, *Ly, NA);
+      XD_CU_LAUNCH("k_dec_split");
+      SD_MARK(XD_SDEC_K_CORE);
+      k_dec_merge<<<H, SPL_THREADS, 0, c->stream>>>(*m, *Ly, NA);
+      XD_CU_LAUNCH("k_dec_merge");
+      SD_MARK(XD_SDEC_K_MERGE);
+    }
     if (m->post_norm) {
-      if (sd_gemv(c, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (sd_gemv(c, lg, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_O);
       k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->attn_out_norm, D, m->rms_eps);
       XD_CU_LAUNCH("k_add_rmsnorm");
-      if (sd_gemv(c, GEMV_SWIGLU, m->act, m->h, NULL, 0.f, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
-      if (sd_gemv(c, GEMV_STORE, m->tmp, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_NORM);
+      if (sd_gemv(c, lg, GEMV_SWIGLU, m->act, m->h, NULL, 0.f, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_GU);
+      if (sd_gemv(c, lg, GEMV_STORE, m->tmp, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_DOWN);
       k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->mlp_out_norm, D, m->rms_eps);
       XD_CU_LAUNCH("k_add_rmsnorm");
+      SD_MARK(XD_SDEC_K_NORM);
     } else {
-      if (sd_gemv(c, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
-      if (sd_gemv(c, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
-      if (sd_gemv(c, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      if (sd_gemv(c, lg, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_O);
+      if (sd_gemv(c, lg, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_GU);
+      if (sd_gemv(c, lg, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      SD_MARK(XD_SDEC_K_DOWN);
     }
   }
-  return sd_gemv(c, GEMV_STORE, m->logits, m->h, m->final_norm, m->rms_eps, m->lm_head, NULL, D, m->V, NULL, e);
+  if (sd_gemv(c, lg, GEMV_STORE, m->logits, m->h, m->final_norm, m->rms_eps, m->lm_head, NULL, D, m->V, NULL, e)) return -1;
+  SD_MARK(XD_SDEC_K_LMHEAD);
+  return 0;
+}
+
+extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) { return sdec_step(c, m, NULL, e); }
+
+extern "C" const char *xd_cuda_sdec_kname(int k) {
+  static const char *nm[XD_SDEC_NK] = {"embed", "qkv GEMV", "prep (norm/rope/fmap/gates)", "core / split attn+mLSTM",
+                                       "merge", "o GEMV", "add+rmsnorm", "gate|up GEMV", "down GEMV", "LM head GEMV"};
+  return k >= 0 && k < XD_SDEC_NK ? nm[k] : "?";
+}
+
+extern "C" int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double *us, double *bytes, xd_err *e) {
+  for (int k = 0; k < XD_SDEC_NK; k++) us[k] = bytes[k] = 0;
+  sd_prof *pf = (sd_prof *)calloc(1, sizeof(sd_prof));
+  if (!pf) return xd_errf(e, "student_decode.cu: out of memory");
+  int rc = 0, nev = 0;
+  for (int i = 0; i < SD_MAXEV && rc == 0; i++) {
+    if (cudaEventCreate(&pf->ev[i]) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: cudaEventCreate failed");
+    else nev++;
+  }
+  for (int r = 0; r < reps && rc == 0; r++) {
+    pf->n = 0;
+    rc = sdec_step(c, m, pf, e);
+    if (rc == 0 && cudaStreamSynchronize(c->stream) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile sync failed");
+    for (int i = 1; i < pf->n && rc == 0; i++) {
+      float ms = 0.f;
+      if (cudaEventElapsedTime(&ms, pf->ev[i - 1], pf->ev[i]) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: event time failed");
+      if (pf->cat[i] >= 0) us[pf->cat[i]] += 1e3 * ms / reps;
+    }
+  }
+  for (int i = 0; i < nev; i++) cudaEventDestroy(pf->ev[i]);
+  free(pf);
+  /* bytes each class must move per step */
+  const double D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, P = m->P, L = m->L, qkv = (H + 2 * G) * d;
+  double kv = 0;
+  for (int l = 0; l < m->L; l++) kv += (double)(m->layers[l].W + m->layers[l].S) * G * d * 2 * 2;
+  const int dp = m->hedgehog ? m->P / 2 : m->P;
+  bytes[XD_SDEC_K_EMBED] = D * 2;
+  bytes[XD_SDEC_K_QKV] = L * qkv * D * 2;
+  bytes[XD_SDEC_K_PREP] = L * ((H + G) * d * dp * 4 + 2 * H * D * 4 + 2 * G * d * 2);
+  bytes[XD_SDEC_K_CORE] = L * (H * P * d * 4 * 2 + H * P * 4 * 2) + kv;
+  bytes[XD_SDEC_K_O] = L * D * H * d * 2;
+  bytes[XD_SDEC_K_GU] = L * 2 * F * D * 2;
+  bytes[XD_SDEC_K_DOWN] = L * D * F * 2;
+  bytes[XD_SDEC_K_LMHEAD] = (double)m->V * D * 2;
+  return rc;
 }
 
 /* ---- CUDA graphs ------------------------------------------------------------------------- */

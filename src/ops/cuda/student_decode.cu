@@ -315,17 +315,45 @@ __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const
   }
   const bool staged = nw || xout;
   if (staged) {
-    float r = 1.f;
-    if (nw) {
-      float ss = 0.f;
-      for (int j = threadIdx.x; j < Din; j += blockDim.x) ss += x[j] * x[j];
-      ss = sd_block_sum(ss);
-      r = 1.0f / sqrtf(ss / (float)Din + eps);
+    /* x staged raw with 16-byte loads (issued 4 deep), sum of squares on the way; then the
+     * norm in shared memory (one more batch of loads, nw) */
+    float r = 1.f, ss = 0.f;
+    const bool v4 = (Din & 3) == 0 && (((uintptr_t)x | (uintptr_t)nw | (uintptr_t)xout) & 15) == 0;
+    if (v4) {
+#pragma unroll 4
+      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
+        const float4 v = __ldg(reinterpret_cast<const float4 *>(x + j));
+        *reinterpret_cast<float4 *>(xs + j) = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+    } else {
+      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+        const float v = x[j];
+        xs[j] = v;
+        ss += v * v;
+      }
     }
-    for (int j = threadIdx.x; j < Din; j += blockDim.x) {
-      const float v = nw ? nw[j] * (x[j] * r) : x[j];
-      xs[j] = v;
-      if (xout && blockIdx.x == 0) xout[j] = v;
+    if (nw) {
+      ss = sd_block_sum(ss); /* its barriers also publish xs */
+      r = 1.0f / sqrtf(ss / (float)Din + eps);
+    } else {
+      __syncthreads();
+    }
+    if (nw && v4) {
+#pragma unroll 4
+      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
+        const float4 w4 = __ldg(reinterpret_cast<const float4 *>(nw + j));
+        float4 v = *reinterpret_cast<const float4 *>(xs + j);
+        v.x = w4.x * (v.x * r), v.y = w4.y * (v.y * r), v.z = w4.z * (v.z * r), v.w = w4.w * (v.w * r);
+        *reinterpret_cast<float4 *>(xs + j) = v;
+        if (xout && blockIdx.x == 0) *reinterpret_cast<float4 *>(xout + j) = v;
+      }
+    } else {
+      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+        const float v = nw ? nw[j] * (xs[j] * r) : xs[j];
+        xs[j] = v;
+        if (xout && blockIdx.x == 0) xout[j] = v;
+      }
     }
     __syncthreads();
   }
@@ -561,6 +589,105 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   if (isq && gridDim.x == H + G) sd_gates(m, Ly, head); /* legacy: gates in the head's block */
 }
 
+/* Prep of the split step (issue #8): grid 2H + G, PREP_THREADS threads. Head blocks [0, H + G):
+ * one value of d per thread for the norm / RoPE (the norm's sum a block reduction), the feature
+ * map z = yr P_head split over the rows of P (np = blockDim / dp parts of ceil(d / np) rows,
+ * every load of a part issued together; the parts added in order), softmax through block
+ * reductions. Gate blocks [H + G, 2H + G): the two gate dot products with 16-byte loads. */
+#define PREP_THREADS 256
+__global__ void __launch_bounds__(PREP_THREADS) k_dec_prep2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  __shared__ float y[128], yr[128], zp[PREP_THREADS];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P, tid = threadIdx.x;
+  if ((int)blockIdx.x >= H + G) {
+    const int head = blockIdx.x - H - G, D = m.D;
+    const float *wi = Ly.w_i + (size_t)head * D, *wf = Ly.w_f + (size_t)head * D, *xn = m.xn;
+    float ai = 0.f, af = 0.f;
+    if ((D & 3) == 0 && (((uintptr_t)wi | (uintptr_t)wf | (uintptr_t)xn) & 15) == 0) {
+#pragma unroll 4
+      for (int j = tid * 4; j < D; j += blockDim.x * 4) {
+        const float4 x4 = *reinterpret_cast<const float4 *>(xn + j);
+        const float4 a4 = __ldg(reinterpret_cast<const float4 *>(wi + j)), f4 = __ldg(reinterpret_cast<const float4 *>(wf + j));
+        ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
+        af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
+      }
+    } else {
+#pragma unroll 4
+      for (int j = tid; j < D; j += blockDim.x) { ai += xn[j] * wi[j]; af += xn[j] * wf[j]; }
+    }
+    ai = sd_block_sum(ai);
+    af = sd_block_sum(af);
+    if (tid == 0) {
+      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
+      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+      m.ig[head] = zi;
+      m.fg[head] = zf;
+    }
+    return;
+  }
+  const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
+  const xd_cuda_sdec_params *prm = m.params;
+  const int64_t pos = prm->pos;
+  const float *rawall = m.qkv + (isq ? 0 : (size_t)H * d), *raw = rawall + (size_t)head * d;
+  const float *nw = isq ? Ly.q_norm : Ly.k_norm;
+  const float rv = tid < d ? raw[tid] : 0.f;
+  float r = 1.f;
+  if (m.qk_norm == 2) {
+    float ss = 0.f;
+#pragma unroll 4
+    for (int j = tid; j < nh * d; j += blockDim.x) ss += rawall[j] * rawall[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)(nh * d) + m.rms_eps);
+  } else if (m.qk_norm == 1) {
+    const float ss = sd_block_sum(rv * rv);
+    r = 1.0f / sqrtf(ss / (float)d + m.rms_eps);
+  }
+  if (tid < d) y[tid] = m.qk_norm == 2 ? nw[head * d + tid] * (rv * r) : m.qk_norm == 1 ? nw[tid] * (rv * r) : rv;
+  __syncthreads();
+  const int half = d / 2;
+  if (tid < half) {
+    const float *cs = prm->cos[Ly.rope_kind], *sn = prm->sin[Ly.rope_kind];
+    const float a = y[tid], b = y[tid + half], c = cs[tid], s = sn[tid];
+    yr[tid] = a * c - b * s;
+    yr[tid + half] = b * c + a * s;
+  }
+  __syncthreads();
+  if (tid < d) {
+    const float yv = yr[tid];
+    (isq ? m.q : m.k)[(size_t)head * d + tid] = yv;
+    if (!isq) {
+      const size_t Gd = (size_t)G * d, slot = (size_t)(pos % Ly.W);
+      const uint16_t kb = xd_f2bf(yv), vb = xd_f2bf(m.qkv[(size_t)(H + G) * d + (size_t)head * d + tid]);
+      Ly.k_ring[slot * Gd + head * d + tid] = kb;
+      Ly.v_ring[slot * Gd + head * d + tid] = vb;
+      if (pos < Ly.S) { Ly.k_sink[pos * Gd + head * d + tid] = kb; Ly.v_sink[pos * Gd + head * d + tid] = vb; }
+    }
+  }
+  /* feature map: z = yr P_head, softmax (hedgehog: [softmax(z), softmax(-z)]); dp <= blockDim */
+  const float *Pm = (isq ? Ly.P_q : Ly.P_k) + (size_t)head * d * dp;
+  const int np = (int)blockDim.x / dp, part = tid / dp, j = tid % dp, ci = (d + np - 1) / np;
+  if (part < np) {
+    const int i0 = part * ci, i1 = min(d, i0 + ci);
+    float a = 0.f;
+#pragma unroll 16
+    for (int i = i0; i < i1; i++) a += yr[i] * __ldg(Pm + (size_t)i * dp + j);
+    zp[tid] = a;
+  }
+  __syncthreads();
+  float z = 0.f;
+  if (tid < dp)
+    for (int q = 0; q < np; q++) z += zp[q * dp + tid];
+  const float mx = sd_block_max(tid < dp ? z : -INFINITY);
+  const float mn = m.hedgehog ? -sd_block_max(tid < dp ? -z : -INFINITY) : 0.f;
+  const float e1 = tid < dp ? expf(z - mx) : 0.f, e2 = m.hedgehog && tid < dp ? expf(mn - z) : 0.f;
+  const float s1 = sd_block_sum(e1);
+  const float s2 = m.hedgehog ? sd_block_sum(e2) : 1.f;
+  float *phi = (isq ? m.qf : m.kf) + (size_t)head * P;
+  if (tid < dp) {
+    phi[tid] = e1 / s1;
+    if (m.hedgehog) phi[dp + tid] = e2 / s2;
+  }
+}
+
 /* Per query head: local attention over sinks + ring, mLSTM recurrent step, mixing gate;
  * writes att[h*d..] (fp32, the o projection's input). */
 __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
@@ -687,7 +814,7 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
  * of the n = sinks + ring keys (one warp per key for the scores, flash-decode partials m, l,
  * o[d]); blocks y >= NA: rows [t*PT, (t+1)*PT) of the mLSTM state C (P x d) and n: update in
  * place, partial numerator sum_p C[p,:] qf[p] and partial denominator. The gate state m[h] is
- * only read here; k_dec_merge (grid H) recomputes the same m_t, writes it, merges the
+ * only read here; k_dec_merge2 (grid H) recomputes the same m_t, writes it, merges the
  * attention partials (rescaled by exp(m_s - M)) and the mLSTM partials, applies the mixing
  * gate and writes att. Partials: m->part = [H, NA, d + 2] then [H, NM, d + 1]. */
 #define SPL_KPB 64
@@ -729,13 +856,16 @@ __global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m,
     const float scale = 1.0f / sqrtf((float)d);
     for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = m.q[(size_t)h * d + j];
     __syncthreads();
+#pragma unroll 4
     for (int kk = k0 + warp; kk < k1; kk += nwarps) {
       const uint16_t *kr = (kk < ns ? Ly.k_sink + (size_t)kk * Gd : Ly.k_ring + (size_t)((ws + (kk - ns)) % W) * Gd) + (size_t)g * d;
+      /* d <= 128: at most two bf16 pairs per lane, both loads issued before the sums */
+      const int j0 = lane, j1 = lane + 32;
+      const uint32_t u0 = j0 < d / 2 ? *reinterpret_cast<const uint32_t *>(kr + 2 * j0) : 0u;
+      const uint32_t u1 = j1 < d / 2 ? *reinterpret_cast<const uint32_t *>(kr + 2 * j1) : 0u;
       float a = 0.f;
-      for (int j2 = lane; j2 < d / 2; j2 += 32) {
-        const uint32_t u = *reinterpret_cast<const uint32_t *>(kr + 2 * j2);
-        a += qs[2 * j2] * __uint_as_float(u << 16) + qs[2 * j2 + 1] * __uint_as_float(u & 0xffff0000u);
-      }
+      if (j0 < d / 2) a += qs[2 * j0] * __uint_as_float(u0 << 16) + qs[2 * j0 + 1] * __uint_as_float(u0 & 0xffff0000u);
+      if (j1 < d / 2) a += qs[2 * j1] * __uint_as_float(u1 << 16) + qs[2 * j1 + 1] * __uint_as_float(u1 & 0xffff0000u);
       a = sd_warp_sum(a);
       if (lane == 0) sc[kk - k0] = a * scale;
     }
@@ -753,6 +883,7 @@ __global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m,
     sum = sd_block_sum(sum); /* publishes sc */
     float a = 0.f;
     if (grp < ngrp) {
+#pragma unroll 8
       for (int kk = k0 + grp; kk < k1; kk += ngrp) {
         const uint16_t *vr = kk < ns ? Ly.v_sink + (size_t)kk * Gd : Ly.v_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
         a += sc[kk - k0] * xd_bf2f(vr[(size_t)g * d + i]);
@@ -777,11 +908,24 @@ __global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m,
   float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
   float a = 0.f;
   if (grp < ngrp) {
+    /* all loads of the tile first (the stores to C would otherwise order them), then update */
     const float vj = v[i];
-    for (int p = p0 + grp; p < p1; p += ngrp) {
-      const float cn = fp * C[(size_t)p * d + i] + (ip * kf[p]) * vj;
-      C[(size_t)p * d + i] = cn;
-      a += cn * qf[p];
+    float cv[SPL_PT], kv[SPL_PT], qv[SPL_PT];
+#pragma unroll
+    for (int u = 0; u < SPL_PT; u++) {
+      const int p = p0 + grp + u * ngrp;
+      cv[u] = p < p1 ? C[(size_t)p * d + i] : 0.f;
+      kv[u] = p < p1 ? kf[p] : 0.f;
+      qv[u] = p < p1 ? qf[p] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < SPL_PT; u++) {
+      const int p = p0 + grp + u * ngrp;
+      if (p < p1) {
+        const float cn = fp * cv[u] + (ip * kv[u]) * vj;
+        C[(size_t)p * d + i] = cn;
+        a += cn * qv[u];
+      }
     }
   }
   acc[threadIdx.x] = a;
@@ -801,56 +945,77 @@ __global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m,
   if (threadIdx.x == 0) pm[0] = dn;
 }
 
-__global__ void __launch_bounds__(SPL_THREADS) k_dec_merge(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
-  __shared__ float wsc[64];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
+/* k_dec_merge2 (issue #8; replaces k_dec_merge, whose serial loops over the splits took ~10 us
+ * per layer): MERGE_THREADS threads; every global value read once, in one
+ * batch per phase: the split maxima / sums / denominators by one thread each (block
+ * reductions), the mixing gate's dot by d threads, then the numerators by ngrp = blockDim / d
+ * groups over interleaved splits (partials added in group order). */
+#define MERGE_THREADS 256
+__global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+  __shared__ float wsc[256], accs[MERGE_THREADS];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G), tid = threadIdx.x;
   const int NM = (P + SPL_PT - 1) / SPL_PT;
   const float *pa = m.part + (size_t)h * NA * (d + 2);
   const float *pb = m.part + (size_t)H * NA * (d + 2) + (size_t)h * NM * (d + 1);
+  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
+  const float *qraw = m.qkv + (size_t)h * d, *kraw = m.qkv + (size_t)H * d + (size_t)g * d, *wo = Ly.w_mix + (size_t)h * 3 * d;
   float fp, ip, mt;
   sd_gate(m, Ly, h, &fp, &ip, &mt);
-  /* attention merge: M = max m_s, l = sum l_s e^(m_s - M) */
-  float M = -INFINITY;
-  for (int s = 0; s < NA; s++) M = fmaxf(M, pa[(size_t)s * (d + 2)]);
+  /* phase 1: loads of the split stats, the mLSTM denominators and the mixing gate's inputs */
+  float mloc = -INFINITY, lloc = 0.f, dloc = 0.f, zloc = 0.f;
+  for (int s = tid; s < NA; s += blockDim.x) {
+    const float ms = pa[(size_t)s * (d + 2)], ls = pa[(size_t)s * (d + 2) + 1];
+    if (s == tid) { mloc = ms; lloc = ls; } else { mloc = fmaxf(mloc, ms); }
+  }
+  for (int q = tid; q < NM; q += blockDim.x) dloc += pb[(size_t)q * (d + 1)];
+  for (int i = tid; i < d; i += blockDim.x) zloc += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
+  const float M = sd_block_max(mloc);
+  /* weights exp(m_s - M) (wsc for s < 256, recomputed beyond) */
   float L = 0.f;
-  for (int s = threadIdx.x; s < NA; s += blockDim.x) {
-    const float ms = pa[(size_t)s * (d + 2)];
+  for (int s = tid; s < NA; s += blockDim.x) {
+    const float ms = s == tid ? mloc : pa[(size_t)s * (d + 2)], ls = s == tid ? lloc : pa[(size_t)s * (d + 2) + 1];
     const float w = ms == -INFINITY ? 0.f : expf(ms - M);
-    if (s < 64) wsc[s] = w;
-    L += pa[(size_t)s * (d + 2) + 1] * w;
+    if (s < 256) wsc[s] = w;
+    L += ls * w;
   }
   L = sd_block_sum(L); /* publishes wsc */
-  float dn = 0.f;
-  for (int q = 0; q < NM; q++) dn += pb[(size_t)q * (d + 1)];
+  const float dsum = sd_block_sum(dloc);
+  const float z = sd_block_sum(zloc) + Ly.b_mix[h];
   const float sq = (float)(1.0 / sqrt((double)P));
-  dn *= sq;
-  float ad = fabsf(dn);
+  float ad = fabsf(dsum * sq);
   if (m.norm_max) {
     const float lo = expf(-mt);
     if (!(ad >= lo)) ad = lo;
   }
   const float inv = 1.f / (ad + m.mlstm_eps);
-  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
-  const float *qraw = m.qkv + (size_t)h * d, *kraw = m.qkv + (size_t)H * d + (size_t)g * d, *wo = Ly.w_mix + (size_t)h * 3 * d;
-  float z = 0.f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) z += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
-  z = sd_block_sum(z) + Ly.b_mix[h];
   const float o = 1.f / (1.f + expf(-z));
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < NA; s++) {
-      const float ms = pa[(size_t)s * (d + 2)];
-      const float w = s < 64 ? wsc[s] : (ms == -INFINITY ? 0.f : expf(ms - M));
+  /* phase 2: numerators, ngrp groups of d threads over interleaved splits */
+  const int ngrp = (int)blockDim.x / d, grp = tid / d, j = tid % d;
+  float a = 0.f, b = 0.f;
+  if (grp < ngrp) {
+#pragma unroll 4
+    for (int s = grp; s < NA; s += ngrp) {
+      const float w = s < 256 ? wsc[s] : (pa[(size_t)s * (d + 2)] == -INFINITY ? 0.f : expf(pa[(size_t)s * (d + 2)] - M));
       a += pa[(size_t)s * (d + 2) + 2 + j] * w;
     }
-    const float loc = a / L;
-    float b = 0.f;
-    for (int q = 0; q < NM; q++) b += pb[(size_t)q * (d + 1) + 1 + j];
-    const float glob = sq * b * inv;
-    m.att[(size_t)h * d + j] = o * glob + (1.f - o) * loc;
+#pragma unroll 4
+    for (int q = grp; q < NM; q += ngrp) b += pb[(size_t)q * (d + 1) + 1 + j];
+    accs[tid] = a;
   }
-  __syncthreads(); /* every thread has read m[h] (sd_gate) before it changes */
-  if (threadIdx.x == 0) Ly.m[h] = mt;
+  __syncthreads();
+  float at = 0.f;
+  if (tid < d)
+    for (int q = 0; q < ngrp; q++) at += accs[q * d + tid];
+  __syncthreads();
+  if (grp < ngrp) accs[tid] = b;
+  __syncthreads();
+  if (tid < d) {
+    float bt = 0.f;
+    for (int q = 0; q < ngrp; q++) bt += accs[q * d + tid];
+    const float loc = at / L, glob = sq * bt * inv;
+    m.att[(size_t)h * d + tid] = o * glob + (1.f - o) * loc;
+  }
+  if (tid == 0) Ly.m[h] = mt; /* every thread read m[h] (sd_gate) before the barriers above */
 }
 
 extern "C" size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m) {
@@ -921,7 +1086,10 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
                 D, qkv, m->xn, e))
       return -1;
     SD_MARK(XD_SDEC_K_QKV);
-    k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
+    if (lg || m->d > 128 || (m->hedgehog ? m->P / 2 : m->P) > PREP_THREADS)
+      k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
+    else
+      k_dec_prep2<<<2 * H + G, PREP_THREADS, 0, c->stream>>>(*m, *Ly);
     XD_CU_LAUNCH("k_dec_prep");
     SD_MARK(XD_SDEC_K_PREP);
     if (lg) {
@@ -933,8 +1101,8 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
       k_dec_split<<<dim3(H, NA + spl_nm(m->P)), SPL_THREADS, 0, c->stream>>>(*m, *Ly, NA);
       XD_CU_LAUNCH("k_dec_split");
       SD_MARK(XD_SDEC_K_CORE);
-      k_dec_merge<<<H, SPL_THREADS, 0, c->stream>>>(*m, *Ly, NA);
-      XD_CU_LAUNCH("k_dec_merge");
+      k_dec_merge2<<<H, MERGE_THREADS, 0, c->stream>>>(*m, *Ly, NA);
+      XD_CU_LAUNCH("k_dec_merge2");
       SD_MARK(XD_SDEC_K_MERGE);
     }
     if (m->post_norm) {

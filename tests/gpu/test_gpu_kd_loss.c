@@ -29,25 +29,14 @@
 #include "ops/cpu/kd_loss.h"
 #include "ops/cuda/cuda_ops.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
-static xd_cuda_ctx *ctx;
-static xd_err err;
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
 #define GPUX(call) do { if ((call) != 0) { fprintf(stderr, "fatal %s:%d: %s\n", __FILE__, __LINE__, err.msg); exit(1); } } while (0)
 
 static const double TOL_F32 = 1e-5, TOL_BF16 = 3e-3;
 static double worst_f32, worst_bf16, worst_loss; /* largest measured errors, for the summary */
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double d = (double)x[i] - ref[i];
-    num += d * d;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static void rel_check(const char *name, const float *x, const float *ref, size_t n, double tol) {
   const double r = rel_l2(x, ref, n);
   fprintf(stderr, "    %-52s rel %.3e (bound %.0e)\n", name, r, tol);
@@ -62,19 +51,6 @@ static void scalar_check(const char *name, double got, double ref, double tol) {
   if (r > worst_loss) worst_loss = r;
 }
 
-static void *dev_poisoned(size_t bytes) {
-  void *d = NULL;
-  GPUX(xd_cuda_malloc(&d, bytes, &err));
-  GPUX(xd_cuda_memset(ctx, d, 0xFF, bytes, &err));
-  return d;
-}
-static void *up_raw(const void *x, size_t bytes) {
-  void *d = NULL;
-  GPUX(xd_cuda_malloc(&d, bytes, &err));
-  GPUX(xd_cuda_upload(ctx, d, x, bytes, &err));
-  GPUX(xd_cuda_sync(ctx, &err));
-  return d;
-}
 /* fp32 host values to a device buffer of dtype dt */
 static void *up_as(const float *x, size_t n, xd_cuda_dtype dt) {
   if (dt == XD_CUDA_F32) return up_raw(x, n * 4);

@@ -26,34 +26,18 @@
 #include "ops/cpu/mlstm.h"
 #include "ops/cuda/cuda_ops.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
-static xd_cuda_ctx *ctx;
-static xd_err err;
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
 
 static const double TOL_LOOSE = 2e-2, TOL_TIGHT = 5e-3, TOL_N = 1e-4, TOL_M = 1e-5;
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double d = (double)x[i] - ref[i];
-    num += d * d;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static double worst;
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
     fprintf(stderr, "    %-56s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
     if (_r / (tol) > worst) worst = _r / (tol); \
     CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
 
-static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
-  float *x = xd_malloc(n * sizeof(float) + 1);
-  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
-  return x;
-}
 static float *bf16_round(const float *x, size_t n) {
   float *y = xd_malloc(n * sizeof(float) + 1);
   for (size_t i = 0; i < n; i++) {
@@ -63,30 +47,6 @@ static float *bf16_round(const float *x, size_t n) {
     memcpy(&y[i], &u, 4);
   }
   return y;
-}
-static void *up_raw(const void *x, size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "%s\n", err.msg);
-    exit(1);
-  }
-  return d;
-}
-static void *dev_poisoned(size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) {
-    fprintf(stderr, "%s\n", err.msg);
-    exit(1);
-  }
-  return d;
-}
-static float *down(const float *d, size_t n) {
-  float *h = xd_malloc(n * sizeof(float) + 1);
-  if (xd_cuda_download(ctx, h, d, n * sizeof(float), &err)) {
-    fprintf(stderr, "%s\n", err.msg);
-    exit(1);
-  }
-  return h;
 }
 static void softmax_rows(float *x, size_t rows, int n) {
   for (size_t r = 0; r < rows; r++) {

@@ -18,23 +18,12 @@
 #include "ops/cpu/swiglu.h"
 #include "ops/cuda/cuda_ops.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
-static xd_cuda_ctx *ctx; /* test-binary state, like the harness's own */
-static xd_err err;
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
 
 static const double TOL_BF16 = 1e-2, TOL_F32 = 1e-5;
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double d = (double)x[i] - ref[i];
-    num += d * d;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
     fprintf(stderr, "    %-44s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
     CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
@@ -43,11 +32,6 @@ static double rel_l2(const float *x, const float *ref, size_t n) {
 static float *rand_bf16_values(xd_rng *r, size_t n, double scale) {
   float *x = xd_malloc(n * sizeof(float) + 1);
   for (size_t i = 0; i < n; i++) x[i] = xd_bf16_to_f32(xd_f32_to_bf16((float)(scale * xd_rng_normal(r))));
-  return x;
-}
-static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
-  float *x = xd_malloc(n * sizeof(float) + 1);
-  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
   return x;
 }
 /* Upload fp32 host values as bf16. */
@@ -62,23 +46,7 @@ static uint16_t *up_bf16(const float *x, size_t n) {
   free(h);
   return d;
 }
-static void *up_raw(const void *x, size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "%s\n", err.msg);
-    exit(1);
-  }
-  return d;
-}
 /* A device buffer full of NaN bytes (0xFF.. is NaN in bf16 and fp32). */
-static void *dev_poisoned(size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) {
-    fprintf(stderr, "%s\n", err.msg);
-    exit(1);
-  }
-  return d;
-}
 static int down_bf16(float *dst, const uint16_t *d, size_t n) {
   uint16_t *h = xd_malloc(n * 2 + 1);
   int rc = xd_cuda_download(ctx, h, d, n * 2, &err);

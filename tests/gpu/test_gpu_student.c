@@ -29,8 +29,8 @@
 #include "ops/cuda/cuda_ops.h"
 #include "student_fixture.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
-static xd_cuda_ctx *ctx;
 static const double TOL = 2e-2;
 static double worst_fwd, worst_dec_fwd, worst_dec_cpu, worst_legacy;
 static const double TOL_LEGACY = 1e-4;
@@ -51,16 +51,6 @@ static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
   }
 }
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double dd = (double)x[i] - ref[i];
-    num += dd * dd;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 static void check_family(const char *family, int variant) {
   cur_family = family;
@@ -198,7 +188,6 @@ static void test_olmo3(void) { check_family("olmo3", 0); }
 
 int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  xd_err err = {{0}};
   if (xd_cuda_ctx_create(&ctx, 0, &err)) {
     printf("skip: no usable CUDA device (%s)\n", err.msg);
     return 77;

@@ -23,6 +23,7 @@
 #include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
 #define FIX "tests/fixtures/teachers"
 static const char *const families[] = {"llama-gqa", "llama-mha-bias", "llama3-rope", "llama-dynamic",
@@ -30,20 +31,8 @@ static const char *const families[] = {"llama-gqa", "llama-mha-bias", "llama3-ro
 #define NFAM (int)(sizeof families / sizeof families[0])
 static const double TOL_LOGITS = 2e-2, TOL_DECODE = 1e-2, TOL_TIE = 2e-2;
 
-static xd_cuda_ctx *ctx;
-static xd_err err;
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; goto done; } } while (0)
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double d = (double)x[i] - ref[i];
-    num += d * d;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static double max_rel(const float *x, const float *ref, size_t n) {
   double amax = 0, dmax = 0;
   for (size_t i = 0; i < n; i++) {

@@ -37,53 +37,27 @@
 #include "ops/cpu/swiglu.h"
 #include "ops/cuda/cuda_ops.h"
 #include "test.h"
+#include "gpu_test_util.h"
 
-static xd_cuda_ctx *ctx;
-static xd_err err;
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
 
 static const double TOL_F32 = 1e-5, TOL_RED = 1e-4, TOL_BF16_GEMM = 1e-3, TOL_BF16 = 1e-2;
 
-static double rel_l2(const float *x, const float *ref, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) {
-    const double d = (double)x[i] - ref[i];
-    num += d * d;
-    den += (double)ref[i] * ref[i];
-  }
-  if (isnan(num)) return INFINITY;
-  return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static double worst; /* largest rel error / bound among the checks, for the summary line */
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
     fprintf(stderr, "    %-56s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
     if (_r / (tol) > worst) worst = _r / (tol); \
     CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
 
-static float *rand_f32(xd_rng *r, size_t n, double mean, double scale) {
-  float *x = xd_malloc(n * sizeof(float) + 1);
-  for (size_t i = 0; i < n; i++) x[i] = (float)(mean + scale * xd_rng_normal(r));
-  return x;
-}
 /* Fresh normal values, rounded to bf16 in place (the CPU twin sees what the GPU sees). */
 static float *rand_bf16_values(xd_rng *r, size_t n, double mean, double scale) {
   float *x = rand_f32(r, n, mean, scale);
   for (size_t i = 0; i < n; i++) x[i] = xd_bf16_to_f32(xd_f32_to_bf16(x[i]));
   return x;
 }
-static float *dup_f32(const float *x, size_t n) {
-  float *y = xd_malloc(n * sizeof(float) + 1);
-  memcpy(y, x, n * sizeof(float));
-  return y;
-}
 static void die(void) {
   fprintf(stderr, "%s\n", err.msg);
   exit(1);
-}
-static void *up_raw(const void *x, size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_upload(ctx, d, x, bytes, &err) || xd_cuda_sync(ctx, &err)) die();
-  return d;
 }
 static uint16_t *up_bf16(const float *x, size_t n) {
   uint16_t *h = xd_malloc(n * 2 + 1);
@@ -91,16 +65,6 @@ static uint16_t *up_bf16(const float *x, size_t n) {
   uint16_t *d = up_raw(h, n * 2);
   free(h);
   return d;
-}
-static void *dev_poisoned(size_t bytes) {
-  void *d = NULL;
-  if (xd_cuda_malloc(&d, bytes, &err) || xd_cuda_memset(ctx, d, 0xFF, bytes, &err)) die();
-  return d;
-}
-static float *down(const float *d, size_t n) {
-  float *h = xd_malloc(n * sizeof(float) + 1);
-  if (xd_cuda_download(ctx, h, d, n * sizeof(float), &err)) die();
-  return h;
 }
 static float *down_bf16(const uint16_t *d, size_t n) {
   uint16_t *h = xd_malloc(n * 2 + 1);

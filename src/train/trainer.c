@@ -83,6 +83,8 @@ typedef struct {
 } run_state;
 
 static int save_ckpt(run_state *r, xd_err *e) {
+  const xd_trainer_device *dev = r->hooks->device;
+  if (dev && dev->sync_to_host(dev->ctx, r->p, e) != 0) return xd_err_prefix(e, "checkpoint: device -> host");
   if (r->hooks->loader_state_size) r->hooks->loader_save(r->hooks->ctx, r->st.loader_state);
   return xd_ckpt_save_rotating(r->cfg->out_dir, (int)r->cfg->ckpt_keep, r->p, &r->st, e);
 }
@@ -108,6 +110,8 @@ static int try_resume(run_state *r, FILE *progress, xd_err *e) {
   }
   if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(r->hooks->ctx, r->st.loader_state, e) != 0)
     rc = xd_err_prefix(e, "%s: data loader state", path);
+  const xd_trainer_device *dev = r->hooks->device;
+  if (rc == 0 && dev && dev->sync_from_host(dev->ctx, r->p, e) != 0) rc = xd_err_prefix(e, "%s: host -> device", path);
   if (rc == 0 && r->hooks->weights_changed && r->hooks->weights_changed(r->hooks->ctx, r->p, e) != 0) rc = -1;
   if (rc == 0 && progress) fprintf(progress, "xdistill: resuming from %s (step %" PRIu64 ")\n", path, r->st.step);
   free(path);
@@ -121,6 +125,9 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   if (xd_train_config_validate(cfg, e) != 0) return -1;
   if (p->n_train == 0) return xd_errf(e, "nothing to train: no trainable parameter");
   XD_CHECK(hooks->step && (hooks->loader_state_size == 0 || (hooks->loader_save && hooks->loader_restore)));
+  const xd_trainer_device *dev = hooks->device;
+  XD_CHECK(!dev || (dev->zero_grad && dev->scale_grad && dev->grad_norm && dev->adamw_step && dev->sync_to_host &&
+                    dev->sync_from_host));
   if (xd_mkdir_p(cfg->out_dir, e) != 0) return -1;
 
   run_state r = {.cfg = cfg, .p = p, .hooks = hooks};
@@ -163,7 +170,14 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
   while (rc == 0 && r.st.step < total) {
     const double ts = xd_now();
     const uint64_t step = r.st.step;
-    xd_params_zero_grad(p);
+    if (dev) {
+      if (dev->zero_grad(dev->ctx, e) != 0) {
+        rc = xd_err_prefix(e, "step %" PRIu64 ": zero gradients", step);
+        break;
+      }
+    } else {
+      xd_params_zero_grad(p);
+    }
     double loss = 0, msum[XD_STEP_MAX_METRICS] = {0};
     uint64_t tokens = 0;
     xd_step_result first = {0};
@@ -182,8 +196,16 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
     }
     if (rc != 0) break;
     loss /= n_micro;
-    if (n_micro > 1) xd_params_scale_grad(p, 1.0f / (float)n_micro);
-    const double gnorm = xd_params_grad_norm(p); /* NaN/Inf iff some gradient is */
+    double gnorm; /* NaN/Inf iff some gradient is */
+    if (dev) {
+      if ((n_micro > 1 && dev->scale_grad(dev->ctx, 1.0f / (float)n_micro, e) != 0) || dev->grad_norm(dev->ctx, &gnorm, e) != 0) {
+        rc = xd_err_prefix(e, "step %" PRIu64 ": gradient norm", step);
+        break;
+      }
+    } else {
+      if (n_micro > 1) xd_params_scale_grad(p, 1.0f / (float)n_micro);
+      gnorm = xd_params_grad_norm(p);
+    }
     const double lr = xd_schedule_lr(&sched, step);
     const int bad = !isfinite(loss) || !isfinite(gnorm);
     r.st.step++;
@@ -204,8 +226,16 @@ int xd_trainer_run(const xd_train_config *cfg, xd_params *p, const xd_trainer_ho
         break;
       }
     } else {
-      xd_clip_grad(p, gnorm, cfg->grad_clip);
-      xd_adamw_step(p, &acfg, lr, ++r.st.adam_t);
+      if (dev) {
+        const double f = xd_clip_factor(gnorm, cfg->grad_clip); /* as xd_clip_grad */
+        if ((f != 1.0 && dev->scale_grad(dev->ctx, (float)f, e) != 0) || dev->adamw_step(dev->ctx, &acfg, lr, ++r.st.adam_t, e) != 0) {
+          rc = xd_err_prefix(e, "step %" PRIu64 ": optimiser update", r.st.step);
+          break;
+        }
+      } else {
+        xd_clip_grad(p, gnorm, cfg->grad_clip);
+        xd_adamw_step(p, &acfg, lr, ++r.st.adam_t);
+      }
       if (hooks->weights_changed && hooks->weights_changed(hooks->ctx, p, e) != 0) {
         rc = xd_err_prefix(e, "step %" PRIu64, r.st.step);
         break;

@@ -24,6 +24,7 @@
 #define XD_TRAIN_TRAINER_H
 #include "train/checkpoint.h"
 #include "train/config_train.h"
+#include "train/optim.h"
 #include "train/params.h"
 
 #define XD_STEP_MAX_METRICS 64 /* e.g. one loss per layer in stage I */
@@ -53,7 +54,32 @@ typedef struct {
    * derived from the parameters). NULL: nothing to do. */
   int (*weights_changed)(void *ctx, xd_params *p, xd_err *e);
   void *ctx;
+  /* Optional: the optimiser state lives on a device (GPU stage II; params_cuda.h's
+   * xd_params_cuda_trainer_device fills one). NULL: today's host path, unchanged. */
+  const struct xd_trainer_device *device;
 } xd_trainer_hooks;
+
+/* Optimiser state on a device. With hooks->device set, the master weights, gradients and AdamW
+ * moments that count are the device's: the step function ADDS its gradients to the device
+ * gradients (and reads the device weights); the loop calls zero_grad, scale_grad (1/N for N
+ * micro-batches, then the clip factor xd_clip_factor(norm, grad_clip) when it is not 1),
+ * grad_norm (same determinism and NaN/Inf semantics as xd_params_grad_norm) and adamw_step
+ * (xd_adamw_step's semantics) instead of the host functions, and never touches p->grad.
+ * The host p's data, m, v are a copy, current only after sync_to_host: it is called right before
+ * every checkpoint is written (so after a run that returned 0 or 128+signal, p holds the final
+ * state, the last act being a checkpoint); sync_from_host right after a checkpoint was loaded
+ * into p on resume (before weights_changed). The caller creates the device state from p's
+ * initial weights before xd_trainer_run. Each function returns 0, or -1 with e filled (the run
+ * stops with that error). */
+typedef struct xd_trainer_device {
+  void *ctx;
+  int (*zero_grad)(void *ctx, xd_err *e);
+  int (*scale_grad)(void *ctx, float s, xd_err *e);
+  int (*grad_norm)(void *ctx, double *norm, xd_err *e);
+  int (*adamw_step)(void *ctx, const xd_adamw_cfg *cfg, double lr, uint64_t t, xd_err *e);
+  int (*sync_to_host)(void *ctx, xd_params *p, xd_err *e);         /* device data, m, v -> p */
+  int (*sync_from_host)(void *ctx, const xd_params *p, xd_err *e); /* p's data, m, v -> device */
+} xd_trainer_device;
 
 typedef struct {
   uint64_t steps_done;    /* step counter at exit */

@@ -460,6 +460,49 @@ int xd_cuda_mlstm_chunkwise_forward_tc_bound(xd_cuda_ctx *c, const mlstm_cfg *cf
                                              xd_err *e);
 /* ==== end of tensor-core mLSTM (branch tcmlstm) =============================================== */
 
+
+/* ==== optimiser (branch gpuopt, issue #8) =====================================================
+ * The device side of train/params_cuda.h (fp32 master weights, gradients and AdamW moments in
+ * device memory, a bf16 mirror of the weights for the GEMMs). Every float operation is IEEE
+ * round-to-nearest without FMA contraction or flush-to-zero (inline PTX .rn), so results are
+ * bit-identical to the CPU build of train/optim.c and params.c. Kernels in optim.cu. */
+
+/* dst[i] = xd_f32_to_bf16(src[i]) bit for bit (round to nearest even, NaN -> quiet NaN keeping
+ * its upper payload; xd_cuda_f32_to_bf16 may canonicalise NaNs). dst 8-byte, src 16-byte aligned. */
+int xd_cuda_bf16_mirror(xd_cuda_ctx *c, uint16_t *dst, const float *src, size_t n, xd_err *e);
+/* x[i] *= s (fp32, rounded once, as xd_params_scale_grad). x 16-byte aligned. */
+int xd_cuda_scale_f32(xd_cuda_ctx *c, float *x, size_t n, float s, xd_err *e);
+/* block_sums[b] = sum over i in [b*block, min((b+1)*block, n)) of (double)x[i]^2, added in index
+ * order in double (xd_params_grad_norm's per-block sums, bit for bit). ceil(n/block) doubles;
+ * block a multiple of 32, x 16-byte aligned. The caller adds the block sums in order. */
+int xd_cuda_sumsq_blocks(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n, size_t block, xd_err *e);
+
+#define XD_CUDA_ADAMW_CHUNK 4096     /* elements per thread block of the AdamW kernel */
+#define XD_CUDA_ADAMW_MAX_GROUPS 64  /* parameter groups the per-launch table holds */
+/* One AdamW launch over w, g, m, v [n] (the trainable prefix of an arena), with per-element
+ * hyper-parameters chosen by group: the elements are cut into segments (runs of one group),
+ * segment s = [seg_start[s], seg_start[s+1]) has group seg_group[s] (seg_start has nseg + 1
+ * entries, the last = n); chunk c = [c*CHUNK, (c+1)*CHUNK) covers segments chunk_seg[2c] ..
+ * chunk_seg[2c+1] (those of its first and last element); nchunks = ceil(n / CHUNK). step[g] and
+ * decay[g] are xd_adamw_step's per-tensor floats for group g; b1, b2, eps, sbc2 and omb1 = 1 - b1,
+ * omb2 = 1 - b2 its floats (computed in float on the host, as there). wb (NULL: none) receives
+ * bf16 bits of the new weights (xd_cuda_bf16_mirror's rounding). Device pointers; w, g, m, v
+ * 16-byte aligned, wb 8-byte aligned. Reads 16 and writes 12 (+2) bytes per element. */
+typedef struct {
+  float *w;
+  const float *g;
+  float *m, *v;
+  uint16_t *wb;
+  size_t n, nchunks;
+  const uint64_t *seg_start;
+  const int *seg_group;
+  const int *chunk_seg;
+  float b1, omb1, b2, omb2, eps, sbc2;
+  float step[XD_CUDA_ADAMW_MAX_GROUPS], decay[XD_CUDA_ADAMW_MAX_GROUPS];
+} xd_cuda_adamw_args;
+int xd_cuda_adamw(xd_cuda_ctx *c, const xd_cuda_adamw_args *a, xd_err *e);
+/* ==== end of optimiser (branch gpuopt) ======================================================== */
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,7 +13,7 @@
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, bench_gpu_student (student prefill vs teacher at
 #      4K-64K, decode latency and its bandwidth bound), then bench_gpu_teacher again.
-# XD_GPU_TESTS="test_gpu_a test_gpu_b" runs only those programs; XD_GPU_SKIP_BENCH=1 skips 4.
+# XD_GPU_TESTS="test_gpu_a cli_b" runs only those programs and tests/gpu/cli_*.sh scripts; XD_GPU_SKIP_BENCH=1 skips 4.
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
 # memcheck failed; benchmark failures are reported but do not change it.
 set -u -o pipefail
@@ -25,9 +25,10 @@ echo "== $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
 
 TESTS=${XD_GPU_TESTS:-$(for f in tests/gpu/test_gpu_*.c; do basename "$f" .c; done)}
+TESTS=$(for t in $TESTS; do case $t in cli_*) ;; *) echo "$t" ;; esac; done) # the programs (cli_* are scripts)
 BIN=""
 if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student >>"$OUT/build.log" 2>&1; then
+   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student bench_gpu_train xdistill >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
 elif [ -n "${XD_GPU_PREBUILT:-}" ] && [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ]; then
@@ -49,6 +50,19 @@ for t in $TESTS; do
   "$BIN/$t" 2>&1 | tee -a "$OUT/test.txt"
   rc=${PIPESTATUS[0]}
   echo "$t exit $rc" | tee -a "$OUT/test.txt"
+  [ "$rc" = 0 ] || status=1
+done
+
+# CLI tests of the GPU paths (tests/gpu/cli_*.sh, through the xdistill binary): run when no
+# XD_GPU_TESTS list is given or it names them.
+for sh in tests/gpu/cli_*.sh; do
+  [ -e "$sh" ] || continue
+  name=$(basename "$sh" .sh)
+  if [ -n "${XD_GPU_TESTS:-}" ] && ! grep -qw "$name" <<<"$XD_GPU_TESTS"; then continue; fi
+  echo "== $name" | tee -a "$OUT/test.txt"
+  XD_BIN="$BIN/xdistill" bash "$sh" 2>&1 | tee -a "$OUT/test.txt"
+  rc=${PIPESTATUS[0]}
+  echo "$name exit $rc" | tee -a "$OUT/test.txt"
   [ "$rc" = 0 ] || status=1
 done
 
@@ -81,9 +95,14 @@ if [ -x "$BIN/bench_gpu_student" ]; then
   echo "== bench_gpu_student (prefill 4K/16K/64K vs the teacher, decode latency, bandwidth bound)"
   "$BIN/bench_gpu_student" 2>&1 | tee "$OUT/bench_student.txt"
 fi
+if [ -x "$BIN/bench_gpu_train" ]; then
+  echo "== bench_gpu_train (stage I / stage II step at the 1B shape, T=$T)"
+  "$BIN/bench_gpu_train" "$T" 2>&1 | tee "$OUT/bench_train.txt"
+fi
 echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"
 echo "== summary"
 grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt "$OUT"/bench_student.txt 2>/dev/null
+grep -h '^XD ' "$OUT"/bench_train.txt 2>/dev/null
 grep -E 'passed, .* failed' "$OUT/test.txt"
 exit $status

@@ -3,10 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "distill/distill_cuda.h"
 #include "distill/stages.h"
 
 static const char *usage =
-  "usage: xdistill align --teacher DIR --student DIR --data DIR --out DIR [--config FILE] [--key value ...]\n"
+  "usage: xdistill align --teacher DIR --student DIR --data DIR --out DIR [--device cpu|cuda]\n"
+  "                      [--config FILE] [--key value ...]\n"
   "\n"
   "Stage I: one teacher forward per micro-batch gives every layer's input x^l and attention\n"
   "output a^l; each student layer, fed the teacher's x^l (teacher forcing), learns to reproduce\n"
@@ -18,22 +20,28 @@ static const char *usage =
   "  --teacher DIR   teacher checkpoint        --student DIR  student from `xdistill init`\n"
   "  --data DIR      `xdistill data prepare` output (train split; val split for held-out loss)\n"
   "  --out DIR       output student directory\n"
+  "  --device cuda   run on GPU 0 (bf16 GEMMs and attention, fp32 core and AdamW); the student must be\n"
+  "                  `xdistill init` of this teacher (checked). Checkpoints are the CPU's format.\n"
   "\n";
 
-static double held_out_loss(xd_align_ctx *c, const char *data, const xd_train_config *cfg) {
+/* Mean held-out stage I loss over up to 8 validation batches, on either device. */
+static double held_out_loss(xd_align_ctx *c, xd_align_cuda *g, int B, int T, const char *data, const xd_train_config *cfg) {
   xd_loader_config lc = {(int)cfg->seq_len, (int)cfg->micro_batch, 0, 0, 0, 1};
   xd_loader *v = NULL;
   xd_err e;
   if (xd_loader_open(&v, data, "val", &lc, &e) != 0) return NAN;
+  int32_t *tokens = xd_malloc((size_t)B * (T + 1) * sizeof(int32_t)), *inputs = xd_malloc((size_t)B * T * sizeof(int32_t));
   double sum = 0;
   int n = 0;
   const uint64_t batches = xd_loader_rows_per_rank(v) / (uint64_t)lc.batch;
   for (uint64_t i = 0; i < batches && i < 8; i++, n++) {
-    xd_loader_next(v, c->tokens, NULL);
-    for (int b = 0; b < c->B; b++) memcpy(c->inputs + (size_t)b * c->T, c->tokens + (size_t)b * (c->T + 1), (size_t)c->T * sizeof(int32_t));
-    sum += xd_align_eval_loss(c, c->inputs);
+    xd_loader_next(v, tokens, NULL);
+    for (int b = 0; b < B; b++) memcpy(inputs + (size_t)b * T, tokens + (size_t)b * (T + 1), (size_t)T * sizeof(int32_t));
+    sum += g ? xd_align_cuda_eval_loss(g, inputs) : xd_align_eval_loss(c, inputs);
   }
   xd_loader_free(v);
+  free(tokens);
+  free(inputs);
   return n ? sum / n : NAN;
 }
 
@@ -43,11 +51,13 @@ int cmd_align(int argc, char **argv) {
     xd_train_config_print_help(stdout, XD_STAGE_ALIGN);
     return 0;
   }
-  const char *tdir = NULL, *sdir = NULL, *data = NULL, *out = NULL;
-  if (cli_take_flag(&argc, argv, "--teacher", &tdir) || cli_take_flag(&argc, argv, "--student", &sdir) || cli_take_flag(&argc, argv, "--data", &data) ||
+  const char *tdir = NULL, *sdir = NULL, *data = NULL, *out = NULL, *device = "cpu";
+  if (cli_take_flag(&argc, argv, "--device", &device) || cli_take_flag(&argc, argv, "--teacher", &tdir) || cli_take_flag(&argc, argv, "--student", &sdir) || cli_take_flag(&argc, argv, "--data", &data) ||
       cli_take_flag(&argc, argv, "--out", &out))
     return 1;
   if (!tdir || !sdir || !data || !out) return cli_failf("align: --teacher, --student, --data and --out are required (see --help)");
+  const int gpu = strcmp(device, "cuda") == 0;
+  if (!gpu && strcmp(device, "cpu") != 0) return cli_failf("align: --device must be cpu or cuda, not '%s'", device);
   xd_train_config cfg;
   xd_err e = {{0}};
   if (xd_train_config_from_args(&cfg, XD_STAGE_ALIGN, argc, argv, NULL, 0, NULL, &e) != 0) return cli_fail(&e);
@@ -70,23 +80,28 @@ int cmd_align(int argc, char **argv) {
     return cli_fail(&e);
   }
   xd_align_ctx c;
+  xd_align_cuda *g = NULL;
   xd_trainer_hooks hooks;
-  xd_align_init(&c, &t, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len, &hooks);
-  const double before = held_out_loss(&c, data, &cfg);
+  const int B = (int)cfg.micro_batch, T = (int)cfg.seq_len;
+  if (gpu) rc = xd_align_cuda_init(&g, &t, &s, L, B, T, &hooks, stderr, &e);
+  else xd_align_init(&c, &t, &s, L, B, T, &hooks);
+  const double before = rc == 0 ? held_out_loss(&c, g, B, T, data, &cfg) : NAN;
   xd_train_install_signal_handlers();
   xd_train_result res;
-  rc = xd_trainer_run(&cfg, &s.params, &hooks, stderr, &res, &e);
+  if (rc == 0) rc = xd_trainer_run(&cfg, &s.params, &hooks, stderr, &res, &e);
   if (rc == 0) {
-    const double after = held_out_loss(&c, data, &cfg);
+    const double after = held_out_loss(&c, g, B, T, data, &cfg);
     if (isnan(before)) /* no validation split */
       fprintf(stderr, "align: %llu steps (no validation split: no held-out loss)\n", (unsigned long long)res.steps_done);
     else
       fprintf(stderr, "align: %llu steps; held-out stage I loss %.6g -> %.6g (%.1fx lower)\n", (unsigned long long)res.steps_done,
               before, after, before / after);
-    if (xd_student_save(&s, out, &e) != 0) rc = -1;
+    if (g && xd_align_cuda_download(g, &e) != 0) rc = -1;
+    else if (xd_student_save(&s, out, &e) != 0) rc = -1;
     else fprintf(stderr, "align: wrote %s\n", out);
   }
-  xd_align_free(&c);
+  if (gpu) xd_align_cuda_free(g);
+  else xd_align_free(&c);
   xd_loader_free(L);
   xd_student_free(&s);
   xd_teacher_free(&t);

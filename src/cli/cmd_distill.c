@@ -3,35 +3,52 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
+#include "distill/distill_cuda.h"
 #include "distill/stages.h"
 
 static const char *usage =
   "usage: xdistill distill --student DIR --data DIR --out DIR (--teacher DIR | --teacher-cache FILE)\n"
-  "                        [--config FILE] [--key value ...]\n"
+  "                        [--device cpu|cuda] [--config FILE] [--key value ...]\n"
   "\n"
   "Stage II: every student parameter trains on loss = kd_gamma * CE(student, next token) +\n"
   "kd_beta * KL(p_T || p_S), with p_T, p_S the teacher's and student's softmax renormalised over\n"
   "the teacher's top-kd_topk tokens at temperature kd_temperature. The teacher runs in the same\n"
   "step (--teacher), or its top-k comes from `xdistill teacher-cache` (--teacher-cache). Chat\n"
   "data's loss masks are honoured. The distilled student is written to --out; checkpoints,\n"
-  "metrics.jsonl and the effective configuration go to --out/train/.\n"
+  "metrics.jsonl and the effective configuration go to --out/train/. --device cuda runs the\n"
+  "whole step on GPU 0 (teacher, top-k, student, loss, AdamW; bf16 GEMMs, fp32 master weights);\n"
+  "its checkpoints are the CPU's format, so a run may resume on either device.\n"
   "\n";
 
+/* One batch's loss on either device: the CPU context or the GPU one. */
+typedef struct {
+  xd_distill_ctx *cpu;
+  xd_distill_cuda *gpu;
+  int B;
+  uint64_t *rows;
+} eval_dev;
+
+static int eval_rows(eval_dev *d, xd_loader *L, kd_result *r, xd_err *e) {
+  if (d->gpu) return xd_distill_cuda_eval_rows(d->gpu, L, d->rows, r, e);
+  xd_loader *train = d->cpu->loader;
+  d->cpu->loader = L; /* rows are read from the validation split */
+  const int rc = xd_distill_eval_rows(d->cpu, d->rows, r, e);
+  d->cpu->loader = train;
+  return rc;
+}
+
 /* Mean loss over up to 8 validation batches (rows in stream order). */
-static int held_out(xd_distill_ctx *c, xd_loader *val, kd_result *avg, xd_err *e) {
+static int held_out(eval_dev *d, xd_loader *val, kd_result *avg, xd_err *e) {
   memset(avg, 0, sizeof *avg);
   if (!val) return 0;
-  const uint64_t nb = xd_loader_rows_total(val) / (uint64_t)c->B;
+  const uint64_t nb = xd_loader_rows_total(val) / (uint64_t)d->B;
   int n = 0;
-  xd_loader *train = c->loader;
-  c->loader = val; /* rows are read from the validation split */
   for (uint64_t i = 0; i < nb && i < 8; i++, n++) {
-    for (int b = 0; b < c->B; b++) c->rows[b] = i * (uint64_t)c->B + (uint64_t)b;
+    for (int b = 0; b < d->B; b++) d->rows[b] = i * (uint64_t)d->B + (uint64_t)b;
     kd_result r;
-    if (xd_distill_eval_rows(c, c->rows, &r, e) != 0) { c->loader = train; return -1; }
+    if (eval_rows(d, val, &r, e) != 0) return -1;
     avg->loss += r.loss; avg->ce += r.ce; avg->kl += r.kl;
   }
-  c->loader = train;
   if (n) { avg->loss /= n; avg->ce /= n; avg->kl /= n; }
   avg->count = n;
   return 0;
@@ -43,14 +60,16 @@ int cmd_distill(int argc, char **argv) {
     xd_train_config_print_help(stdout, XD_STAGE_DISTILL);
     return 0;
   }
-  const char *tdir = NULL, *cache_path = NULL, *sdir = NULL, *data = NULL, *out = NULL;
-  if (cli_take_flag(&argc, argv, "--teacher", &tdir) || cli_take_flag(&argc, argv, "--teacher-cache", &cache_path) ||
+  const char *tdir = NULL, *cache_path = NULL, *sdir = NULL, *data = NULL, *out = NULL, *device = "cpu";
+  if (cli_take_flag(&argc, argv, "--device", &device) || cli_take_flag(&argc, argv, "--teacher", &tdir) || cli_take_flag(&argc, argv, "--teacher-cache", &cache_path) ||
       cli_take_flag(&argc, argv, "--student", &sdir) || cli_take_flag(&argc, argv, "--data", &data) ||
       cli_take_flag(&argc, argv, "--out", &out))
     return 1;
   if (!sdir || !data || !out || (!tdir && !cache_path))
     return cli_failf("distill: --student, --data, --out and one of --teacher / --teacher-cache are required (see --help)");
   if (tdir && cache_path) return cli_failf("distill: give --teacher or --teacher-cache, not both");
+  const int gpu = strcmp(device, "cuda") == 0;
+  if (!gpu && strcmp(device, "cpu") != 0) return cli_failf("distill: --device must be cpu or cuda, not '%s'", device);
   xd_train_config cfg;
   xd_err e = {{0}};
   if (xd_train_config_from_args(&cfg, XD_STAGE_DISTILL, argc, argv, NULL, 0, NULL, &e) != 0) return cli_fail(&e);
@@ -100,21 +119,33 @@ int cmd_distill(int argc, char **argv) {
   kd.beta = (float)cfg.kd_beta;
   kd.tau = (float)cfg.kd_temperature;
   xd_distill_ctx c;
+  xd_distill_cuda *g = NULL;
   xd_trainer_hooks hooks;
-  xd_distill_init(&c, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len, &kd, &hooks);
+  eval_dev ed = {NULL, NULL, (int)cfg.micro_batch, xd_malloc((size_t)cfg.micro_batch * sizeof(uint64_t))};
+  if (gpu) {
+    rc = xd_distill_cuda_init(&g, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len,
+                              &kd, &hooks, stderr, &e);
+    ed.gpu = g;
+  } else {
+    xd_distill_init(&c, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len, &kd, &hooks);
+    ed.cpu = &c;
+  }
   kd_result before, after;
-  rc = held_out(&c, val, &before, &e);
+  if (rc == 0) rc = held_out(&ed, val, &before, &e);
   xd_train_install_signal_handlers();
   xd_train_result res;
   if (rc == 0) rc = xd_trainer_run(&cfg, &s.params, &hooks, stderr, &res, &e);
-  if (rc == 0 && val && held_out(&c, val, &after, &e) == 0 && after.count)
+  if (rc == 0 && val && held_out(&ed, val, &after, &e) == 0 && after.count)
     fprintf(stderr, "distill: held-out loss %.5g -> %.5g, CE %.5g -> %.5g, KL %.5g -> %.5g\n", before.loss, after.loss, before.ce,
             after.ce, before.kl, after.kl);
+  if (rc == 0 && g && xd_distill_cuda_download(g, &e) != 0) rc = -1;
   if (rc == 0) {
     if (xd_student_save(&s, out, &e) != 0) rc = -1;
     else fprintf(stderr, "distill: wrote %s after %llu steps\n", out, (unsigned long long)res.steps_done);
   }
-  xd_distill_free(&c);
+  free(ed.rows);
+  if (gpu) xd_distill_cuda_free(g);
+  else xd_distill_free(&c);
   if (val) xd_loader_free(val);
   xd_loader_free(L);
   xd_student_free(&s);

@@ -67,7 +67,7 @@ static void align_hook(int layer, const float *x, const float *a, int N, void *u
                      NULL, NULL);
 }
 
-static double run_batch(xd_align_ctx *c, const int32_t *inputs, int backward) {
+double xd_align_run_batch(xd_align_ctx *c, const int32_t *inputs, int backward) {
   hook_ctx h = {c, backward};
   xd_err e;
   if (xd_teacher_forward(c->teacher, &c->ta, inputs, c->B, c->T, NULL, align_hook, &h, &e) != 0) return NAN;
@@ -76,7 +76,7 @@ static double run_batch(xd_align_ctx *c, const int32_t *inputs, int backward) {
   return loss;
 }
 
-double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs) { return run_batch(c, inputs, 0); }
+double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs) { return xd_align_run_batch(c, inputs, 0); }
 
 static const char *const layer_metric[8] = {"loss_l0", "loss_l1", "loss_l2", "loss_l3",
                                             "loss_l4", "loss_l5", "loss_l6", "loss_l7"};
@@ -91,7 +91,7 @@ static int align_step(void *vctx, xd_params *p, uint64_t step, int micro, int n_
     if (c->inputs[i] >= c->teacher->cfg.vocab)
       return xd_errf(e, "data token id %d is outside the teacher's vocabulary (%d): data prepared with another tokenizer?",
                      c->inputs[i], c->teacher->cfg.vocab);
-  out->loss = run_batch(c, c->inputs, 1);
+  out->loss = xd_align_run_batch(c, c->inputs, 1);
   out->tokens = (uint64_t)c->B * c->T;
   const int L = c->student->cfg.n_layers;
   out->nmetrics = L < 8 ? L : 8;

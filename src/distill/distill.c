@@ -9,8 +9,7 @@
 
 #include "distill/stages.h"
 
-/* Global row indices of the next B rows the loader will yield (from its state). */
-static void next_rows(xd_loader *L, int B, uint64_t *rows) {
+void xd_distill_next_rows(xd_loader *L, int B, uint64_t *rows) {
   xd_loader_state st;
   xd_loader_get_state(L, &st);
   const uint64_t per = xd_loader_rows_per_rank(L);
@@ -26,30 +25,40 @@ int xd_distill_teacher_topk(xd_distill_ctx *c, const int32_t *ids, xd_err *e) {
   return topk_logprobs(c->tlogits, c->B * c->T, V, c->k, c->tk_ids, c->tk_logp, e);
 }
 
-static int load_batch(xd_distill_ctx *c, const uint64_t *rows, xd_err *e) {
-  const int T = c->T, B = c->B;
+int xd_distill_read_rows(xd_loader *L, const uint64_t *rows, int B, int T, int vocab, int32_t *tokens, uint8_t *mask_row,
+                         int32_t *inputs, int32_t *targets, uint8_t *mask, xd_err *e) {
   for (int b = 0; b < B; b++) {
-    xd_loader_row(c->loader, rows[b], c->tokens + (size_t)b * (T + 1), c->mask_row + (size_t)b * (T + 1));
+    xd_loader_row(L, rows[b], tokens + (size_t)b * (T + 1), mask_row + (size_t)b * (T + 1));
     for (int t = 0; t < T; t++) {
-      c->inputs[b * T + t] = c->tokens[(size_t)b * (T + 1) + t];
-      c->targets[b * T + t] = c->tokens[(size_t)b * (T + 1) + t + 1];
-      c->mask[b * T + t] = c->mask_row[(size_t)b * (T + 1) + t + 1]; /* the target's mask */
+      inputs[b * T + t] = tokens[(size_t)b * (T + 1) + t];
+      targets[b * T + t] = tokens[(size_t)b * (T + 1) + t + 1];
+      mask[b * T + t] = mask_row[(size_t)b * (T + 1) + t + 1]; /* the target's mask */
     }
   }
   for (int i = 0; i < B * T; i++)
-    if (c->inputs[i] >= c->student->cfg.vocab || c->targets[i] >= c->student->cfg.vocab)
-      return xd_errf(e, "data token id outside the model's vocabulary (%d): data prepared with another tokenizer?", c->student->cfg.vocab);
-  if (c->cache) {
-    const size_t n = (size_t)T * c->k;
-    for (int b = 0; b < B; b++) {
-      const int32_t *ids;
-      const float *lp;
-      if (xd_topk_reader_row(c->cache, rows[b], &ids, &lp, e) != 0) return -1;
-      memcpy(c->tk_ids + (size_t)b * n, ids, n * sizeof(int32_t));
-      memcpy(c->tk_logp + (size_t)b * n, lp, n * sizeof(float));
-    }
-    return 0;
+    if (inputs[i] >= vocab || targets[i] >= vocab)
+      return xd_errf(e, "data token id outside the model's vocabulary (%d): data prepared with another tokenizer?", vocab);
+  return 0;
+}
+
+int xd_distill_cache_rows(const xd_topk_reader *cache, const uint64_t *rows, int B, int T, int k, int32_t *tk_ids,
+                          float *tk_logp, xd_err *e) {
+  const size_t n = (size_t)T * k;
+  for (int b = 0; b < B; b++) {
+    const int32_t *ids;
+    const float *lp;
+    if (xd_topk_reader_row(cache, rows[b], &ids, &lp, e) != 0) return -1;
+    memcpy(tk_ids + (size_t)b * n, ids, n * sizeof(int32_t));
+    memcpy(tk_logp + (size_t)b * n, lp, n * sizeof(float));
   }
+  return 0;
+}
+
+static int load_batch(xd_distill_ctx *c, const uint64_t *rows, xd_err *e) {
+  if (xd_distill_read_rows(c->loader, rows, c->B, c->T, c->student->cfg.vocab, c->tokens, c->mask_row, c->inputs,
+                           c->targets, c->mask, e) != 0)
+    return -1;
+  if (c->cache) return xd_distill_cache_rows(c->cache, rows, c->B, c->T, c->k, c->tk_ids, c->tk_logp, e);
   return xd_distill_teacher_topk(c, c->inputs, e);
 }
 
@@ -65,7 +74,7 @@ static int distill_step(void *vctx, xd_params *p, uint64_t step, int micro, int 
                         xd_err *e) {
   xd_distill_ctx *c = vctx;
   (void)p; (void)step; (void)micro; (void)n_micro; (void)rng;
-  next_rows(c->loader, c->B, c->rows);
+  xd_distill_next_rows(c->loader, c->B, c->rows);
   xd_loader_next(c->loader, c->tokens, c->mask_row); /* advances the loader; rows re-read by index */
   kd_result r;
   if (xd_distill_eval_rows(c, c->rows, &r, e) != 0) return -1;

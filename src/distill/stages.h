@@ -35,6 +35,9 @@ void xd_align_init(xd_align_ctx *c, const xd_teacher *t, xd_student *s, xd_loade
 void xd_align_free(xd_align_ctx *c);
 /* Stage I loss on one batch (no gradients): mean over layers' MSE sum, for evaluation. */
 double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs);
+/* The same with backward = 1: also adds the hybrid parameters' gradients (c->layer_loss holds
+ * the per-layer losses afterwards). The step function is this on the loader's next batch. */
+double xd_align_run_batch(xd_align_ctx *c, const int32_t *inputs, int backward);
 /* ---- stage II ---- */
 #include "distill/topk_cache.h"
 #include "model/student/student_train.h"
@@ -62,6 +65,15 @@ void xd_distill_init(xd_distill_ctx *c, const xd_teacher *t, const xd_topk_reade
 void xd_distill_free(xd_distill_ctx *c);
 /* Loss of a batch whose rows are given by global index (no gradients): fills res. */
 int xd_distill_eval_rows(xd_distill_ctx *c, const uint64_t *rows, kd_result *res, xd_err *e);
+/* Batch plumbing shared with the GPU step (distill_cuda.c): the global row indices of the
+ * next B rows the loader will yield (from its state, without advancing it); rows -> tokens
+ * [B,T+1], mask_row [B,T+1], inputs / targets [B*T] and the targets' mask [B*T] (refusing ids
+ * outside the vocabulary); a top-k cache's rows -> tk_ids / tk_logp [B*T, k]. */
+void xd_distill_next_rows(xd_loader *L, int B, uint64_t *rows);
+int xd_distill_read_rows(xd_loader *L, const uint64_t *rows, int B, int T, int vocab, int32_t *tokens, uint8_t *mask_row,
+                         int32_t *inputs, int32_t *targets, uint8_t *mask, xd_err *e);
+int xd_distill_cache_rows(const xd_topk_reader *cache, const uint64_t *rows, int B, int T, int k, int32_t *tk_ids,
+                          float *tk_logp, xd_err *e);
 /* Teacher top-k of ids [B*T] into c->tk_ids / c->tk_logp (online teacher). */
 int xd_distill_teacher_topk(xd_distill_ctx *c, const int32_t *ids, xd_err *e);
 #endif

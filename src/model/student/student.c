@@ -92,6 +92,53 @@ static void build_table(xd_student *s, slot_table *tb) {
   }
 }
 
+/* The parameter table of s->cfg / s->hy, its arenas, and the weight / gradient views; with dir,
+ * the weights are read from dir's model.safetensors, else they stay zero. */
+static int build_params(xd_student *s, xd_student_mode mode, const char *dir, xd_err *e) {
+  int rc = 0;
+  const xd_model_config *c = &s->cfg;
+  const int L = c->n_layers;
+  s->mode = mode;
+  s->base.cfg = *c;
+  s->gbase.cfg = *c;
+  s->base.layers = xd_calloc((size_t)L, sizeof(xd_teacher_layer));
+  s->gbase.layers = xd_calloc((size_t)L, sizeof(xd_teacher_layer));
+  s->hl = xd_calloc((size_t)L, sizeof(xd_hybrid_layer));
+  s->ghl = xd_calloc((size_t)L, sizeof(xd_hybrid_layer));
+  slot_table tb = {0};
+  build_table(s, &tb);
+  /* Trainable tensors first (the arena's grad/m/v cover the trainable prefix). 1-D tensors
+   * (norms, biases, gate biases) take no weight decay. */
+  xd_params_init(&s->params);
+  const int no_decay = xd_params_add_group(&s->params, "no_decay", 1.0f, 0.0f);
+  int *idx = xd_malloc((size_t)tb.n * sizeof *idx);
+  for (int pass = 0; pass < 2 && rc == 0; pass++)
+    for (int i = 0; i < tb.n && rc == 0; i++) {
+      const tensor_slot *t = &tb.t[i];
+      const int trainable = mode == XD_STUDENT_TRAIN_ALL || (mode == XD_STUDENT_TRAIN_NEW && t->is_new);
+      if (trainable != (pass == 0)) continue;
+      idx[i] = xd_params_add(&s->params, t->name, t->ndim, t->shape, t->ndim == 1 ? no_decay : 0, trainable, e);
+      if (idx[i] < 0) rc = -1;
+    }
+  if (rc == 0) {
+    xd_params_alloc(&s->params);
+    xd_safetensors st;
+    if (dir) rc = xd_st_open(&st, dir, e);
+    const int opened = dir && rc == 0;
+    for (int i = 0; rc == 0 && i < tb.n; i++) {
+      const tensor_slot *t = &tb.t[i];
+      *t->w = xd_params_data(&s->params, idx[i]);
+      *t->g = xd_params_grad(&s->params, idx[i]);
+      if (dir) rc = xd_st_load_f32(&st, t->name, t->ndim, t->shape, *t->w, e);
+    }
+    if (opened) xd_st_close(&st);
+    if (c->tie_embeddings) { s->base.lm_head = s->base.embed; s->gbase.lm_head = s->gbase.embed; }
+  }
+  free(idx);
+  free(tb.t);
+  return rc;
+}
+
 int xd_is_student_dir(const char *dir) {
   char *path = xd_path_join(dir, "config.json"), *text = NULL;
   xd_err e;
@@ -118,47 +165,18 @@ int xd_student_load(xd_student *s, const char *dir, xd_student_mode mode, xd_err
   free(text);
   free(cfg_path);
   if (rc != 0) return -1;
-  const xd_model_config *c = &s->cfg;
-  const int L = c->n_layers;
-  s->mode = mode;
   s->dir = xd_strdup(dir);
-  s->base.cfg = *c;
-  s->gbase.cfg = *c;
-  s->base.layers = xd_calloc((size_t)L, sizeof(xd_teacher_layer));
-  s->gbase.layers = xd_calloc((size_t)L, sizeof(xd_teacher_layer));
-  s->hl = xd_calloc((size_t)L, sizeof(xd_hybrid_layer));
-  s->ghl = xd_calloc((size_t)L, sizeof(xd_hybrid_layer));
-  slot_table tb = {0};
-  build_table(s, &tb);
-  /* Trainable tensors first (the arena's grad/m/v cover the trainable prefix). 1-D tensors
-   * (norms, biases, gate biases) take no weight decay. */
-  xd_params_init(&s->params);
-  const int no_decay = xd_params_add_group(&s->params, "no_decay", 1.0f, 0.0f);
-  int *idx = xd_malloc((size_t)tb.n * sizeof *idx);
-  for (int pass = 0; pass < 2 && rc == 0; pass++)
-    for (int i = 0; i < tb.n && rc == 0; i++) {
-      const tensor_slot *t = &tb.t[i];
-      const int trainable = mode == XD_STUDENT_TRAIN_ALL || (mode == XD_STUDENT_TRAIN_NEW && t->is_new);
-      if (trainable != (pass == 0)) continue;
-      idx[i] = xd_params_add(&s->params, t->name, t->ndim, t->shape, t->ndim == 1 ? no_decay : 0, trainable, e);
-      if (idx[i] < 0) rc = -1;
-    }
-  if (rc == 0) {
-    xd_params_alloc(&s->params);
-    xd_safetensors st;
-    rc = xd_st_open(&st, dir, e);
-    const int opened = rc == 0;
-    for (int i = 0; rc == 0 && i < tb.n; i++) {
-      const tensor_slot *t = &tb.t[i];
-      *t->w = xd_params_data(&s->params, idx[i]);
-      *t->g = xd_params_grad(&s->params, idx[i]);
-      rc = xd_st_load_f32(&st, t->name, t->ndim, t->shape, *t->w, e);
-    }
-    if (opened) xd_st_close(&st);
-    if (c->tie_embeddings) { s->base.lm_head = s->base.embed; s->gbase.lm_head = s->gbase.embed; }
-  }
-  free(idx);
-  free(tb.t);
+  rc = build_params(s, mode, dir, e);
+  if (rc != 0) xd_student_free(s);
+  return rc;
+}
+
+int xd_student_create(xd_student *s, const xd_model_config *c, const xd_hybrid_config *hy, xd_student_mode mode,
+                      xd_err *e) {
+  memset(s, 0, sizeof *s);
+  s->cfg = *c;
+  s->hy = *hy;
+  const int rc = build_params(s, mode, NULL, e);
   if (rc != 0) xd_student_free(s);
   return rc;
 }

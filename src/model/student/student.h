@@ -43,6 +43,10 @@ typedef struct {
 /* Load a student checkpoint directory (config.json with the "xdistill" section). */
 int xd_student_load(xd_student *s, const char *dir, xd_student_mode mode, xd_err *e);
 void xd_student_free(xd_student *s);
+/* A student of configuration c / hy with every weight zero (the caller fills them: tests and
+ * benchmarks at shapes without a checkpoint); same table and arenas as a loaded one. */
+int xd_student_create(xd_student *s, const xd_model_config *c, const xd_hybrid_config *hy, xd_student_mode mode,
+                      xd_err *e);
 /* Write dir/model.safetensors (F32), dir/config.json, and the tokenizer side files of the
  * source directory. Atomic per file; config.json last. */
 int xd_student_save(const xd_student *s, const char *dir, xd_err *e);

@@ -300,6 +300,10 @@ int xd_cuda_student_qk_prep(xd_cuda_ctx *c, float *q, float *k, uint16_t *qb, ui
  * 128) does not apply. q, out [B,T,H,d]; k, v [B,T,G,d]. (W + S + d) * 4 bytes <= 48 KiB. */
 int xd_cuda_swa_naive_forward(xd_cuda_ctx *c, float *out, const float *q, const float *k, const float *v, int B,
                               int T, int H, int G, int d, int W, int S, xd_err *e);
+/* The same, also writing lse [B,T,H] (NULL = not wanted): the natural-log logsumexp of the
+ * scaled scores, as swa_forward's (the training path's SWA backward reads it). */
+int xd_cuda_swa_naive_forward_lse(xd_cuda_ctx *c, float *out, float *lse, const float *q, const float *k,
+                                  const float *v, int B, int T, int H, int G, int d, int W, int S, xd_err *e);
 /* Prefill -> decode hand-off of one layer's local branch: kb, vb [n, Gd] bf16 (one sequence);
  * token t < S goes to sink slot t, token t >= n - W to ring slot t % W (swa_cache's layout). */
 int xd_cuda_student_ring_fill(xd_cuda_ctx *c, uint16_t *k_sink, uint16_t *v_sink, uint16_t *k_ring,
@@ -435,6 +439,12 @@ int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup, int ld_d, 
  * the caller validates ids on the host as for the CPU op). Scratch: 3 N int32 + CUB's. */
 int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const float *dout, const int32_t *ids, int N, int D,
                                int V, xd_err *e);
+/* Stage I's layer loss: *sum (device double) = sum over n of (out - ref)^2, in double, and
+ * dout = scale * (out - ref) (dout NULL: loss only). Deterministic (fixed partial sums). */
+int xd_cuda_mse_grad(xd_cuda_ctx *c, float *dout, const float *out, const float *ref, size_t n, float scale,
+                     double *sum, xd_err *e);
+/* y[n] += x[n], fp32 (gradient sums of the training step). */
+int xd_cuda_add_f32(xd_cuda_ctx *c, float *y, const float *x, size_t n, xd_err *e);
 /* ==== end of training ops (branch cudatrain) ================================================== */
 
 /* ==== tensor-core mLSTM chunkwise forward (branch tcmlstm, issue #8) ============================

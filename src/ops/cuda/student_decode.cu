@@ -152,8 +152,8 @@ extern "C" int xd_cuda_student_qk_prep(xd_cuda_ctx *c, float *q, float *k, uint1
 /* Sliding-window + sinks attention for any d <= 256 (the flash kernel takes d 64/128 only):
  * one block per (query token, head), scores of its <= S+W keys in shared memory. fp32 in/out,
  * same key set as swa_forward. q [B,T,H,d], k, v [B,T,G,d], out [B,T,H,d]. */
-__global__ void k_swa_naive(float *out, const float *q, const float *k, const float *v, int T, int H, int G, int d,
-                            int W, int S) {
+__global__ void k_swa_naive(float *out, float *lse, const float *q, const float *k, const float *v, int T, int H,
+                            int G, int d, int W, int S) {
   extern __shared__ float sm[];
   float *qs = sm, *sc = sm + d;
   const int bt = blockIdx.x, h = blockIdx.y, b = bt / T, t = bt % T, g = h / (H / G);
@@ -187,16 +187,22 @@ __global__ void k_swa_naive(float *out, const float *q, const float *k, const fl
     }
     out[((size_t)bt * H + h) * d + i] = a / sum;
   }
+  if (lse && threadIdx.x == 0) lse[(size_t)bt * H + h] = mx + logf(sum);
+}
+
+extern "C" int xd_cuda_swa_naive_forward_lse(xd_cuda_ctx *c, float *out, float *lse, const float *q, const float *k,
+                                             const float *v, int B, int T, int H, int G, int d, int W, int S, xd_err *e) {
+  XD_ARG(B >= 1 && T >= 1 && G >= 1 && H % G == 0 && d >= 1 && d <= 256 && W >= 1 && S >= 0);
+  const size_t smem = ((size_t)d + (size_t)(W + S)) * sizeof(float);
+  XD_ARG(smem <= 48 * 1024);
+  k_swa_naive<<<dim3(B * T, H), SD_THREADS, smem, c->stream>>>(out, lse, q, k, v, T, H, G, d, W, S);
+  XD_CU_LAUNCH("k_swa_naive");
+  return 0;
 }
 
 extern "C" int xd_cuda_swa_naive_forward(xd_cuda_ctx *c, float *out, const float *q, const float *k, const float *v,
                                          int B, int T, int H, int G, int d, int W, int S, xd_err *e) {
-  XD_ARG(B >= 1 && T >= 1 && G >= 1 && H % G == 0 && d >= 1 && d <= 256 && W >= 1 && S >= 0);
-  const size_t smem = ((size_t)d + (size_t)(W + S)) * sizeof(float);
-  XD_ARG(smem <= 48 * 1024);
-  k_swa_naive<<<dim3(B * T, H), SD_THREADS, smem, c->stream>>>(out, q, k, v, T, H, G, d, W, S);
-  XD_CU_LAUNCH("k_swa_naive");
-  return 0;
+  return xd_cuda_swa_naive_forward_lse(c, out, NULL, q, k, v, B, T, H, G, d, W, S, e);
 }
 
 /* Prefill -> decode hand-off of the local branch: token t of kb/vb [n, Gd] goes to sink slot t

@@ -244,3 +244,58 @@ extern "C" int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const f
   XD_CU(fs);
   return 0;
 }
+
+__global__ void k_add_f32(float *y, const float *x, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) y[i] += x[i];
+}
+
+extern "C" int xd_cuda_add_f32(xd_cuda_ctx *c, float *y, const float *x, size_t n, xd_err *e) {
+  if (n == 0) return 0;
+  const size_t blocks = xd_ceil_div(n, 256);
+  k_add_f32<<<(unsigned)(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, c->stream>>>(y, x, n);
+  XD_CU_LAUNCH("k_add_f32");
+  return 0;
+}
+
+/* Stage I's per-layer loss: fixed grid, each thread's elements in a fixed order, block sums in
+ * double by a fixed tree, then the block sums in order: deterministic. */
+#define XD_MSE_BLOCKS 256
+__global__ void k_mse_part(float *dout, const float *out, const float *ref, size_t n, float scale, double *part) {
+  __shared__ double sh[256];
+  double acc = 0;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const float d = out[i] - ref[i];
+    acc += (double)d * d;
+    if (dout) dout[i] = scale * d;
+  }
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+__global__ void k_mse_sum(const double *part, int np, double *dst) {
+  double s = 0;
+  for (int i = 0; i < np; i++) s += part[i];
+  *dst = s;
+}
+
+extern "C" int xd_cuda_mse_grad(xd_cuda_ctx *c, float *dout, const float *out, const float *ref, size_t n, float scale,
+                                double *sum, xd_err *e) {
+  XD_ARG(n > 0 && sum);
+  double *part = NULL;
+  XD_CU(cudaMallocAsync((void **)&part, XD_MSE_BLOCKS * sizeof(double), c->stream));
+  k_mse_part<<<XD_MSE_BLOCKS, 256, 0, c->stream>>>(dout, out, ref, n, scale, part);
+  cudaError_t st = cudaGetLastError();
+  if (st == cudaSuccess) {
+    k_mse_sum<<<1, 1, 0, c->stream>>>(part, XD_MSE_BLOCKS, sum);
+    st = cudaGetLastError();
+  }
+  const cudaError_t fs = cudaFreeAsync(part, c->stream);
+  if (st != cudaSuccess)
+    return xd_errf(e, "train_ops.cu:%d: mse: %s (%s)", __LINE__, cudaGetErrorName(st), cudaGetErrorString(st));
+  XD_CU(fs);
+  return 0;
+}

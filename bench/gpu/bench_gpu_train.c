@@ -1,0 +1,262 @@
+/* Stage II training step on one GPU at the Llama-3.2-1B shape (issue #8): tokens/s, MFU,
+ * per-phase times and device memory, with random weights (the teacher is the student's own
+ * teacher-shared weights, as after `xdistill init`) and Zipf-distributed random tokens.
+ *
+ * One step = the distill --device cuda step: teacher forward (bf16) + top-k 256, the student's
+ * training forward, the fused KD loss (0.9 CE + 0.1 KL) and its gradient, the backward over all
+ * 1.24B parameters, the gradient norm, clipping to 1.0 and AdamW (fp32 master weights and
+ * moments on the device). The timed loop synchronises once per step (the loss download, as the
+ * trainer does); a second pass with a synchronisation after each phase gives the breakdown.
+ *
+ * MFU = model FLOPs / (step time x 989.4 TFLOP/s, the H100 SXM's dense bf16 peak): student
+ * 6 x (non-embedding matrices + LM head) per token for forward + backward, teacher 2 x the same
+ * per token, plus the attention (local window W + S keys, both models' causal attention for
+ * the teacher) and the mLSTM's chunkwise matmuls; norms, gates and elementwise work are not
+ * counted (the usual convention).
+ *
+ * Usage: bench_gpu_train [T] [timed steps]   (defaults 4096, 8; "quick": T 512, 2 steps, 2 layers)
+ * Lines starting "XD " are machine-readable (tools/gpu_test.sh greps them). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core/core.h"
+#include "model/student/student.h"
+#include "model/student/student_cuda_train.h"
+#include "model/teacher/teacher_cuda.h"
+#include "ops/cuda/cuda_ops.h"
+#include "train/optim.h"
+#include "train/params_cuda.h"
+
+#define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
+
+static xd_err err;
+
+static int cmp_d(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_d);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* fast deterministic fill (splitmix64 per element): 1.2e9 values in about a second */
+static void fill(float *w, size_t n, uint64_t seed, double mean, double scale) {
+#pragma omp parallel for schedule(static)
+  for (long long i = 0; i < (long long)n; i++) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + (uint64_t)i;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const double u = (double)(z >> 11) / 9007199254740992.0; /* [0,1) */
+    w[i] = (float)(mean + scale * (2.0 * u - 1.0) * 1.7320508);
+  }
+}
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  const int T = quick ? 512 : argc > 1 ? atoi(argv[1]) : 4096;
+  const int reps = quick ? 2 : argc > 2 ? atoi(argv[2]) : 8;
+  const int B = 1, N = B * T, K = 256;
+  xd_cuda_ctx *c = NULL;
+  if (xd_cuda_ctx_create(&c, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char dev[256] = "?";
+  int sms = 0;
+  xd_cuda_device_info(c, dev, sizeof dev, &sms, &err);
+  printf("device: %s, %d SMs\n", dev, sms);
+
+  xd_model_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  snprintf(cfg.model_type, sizeof cfg.model_type, "llama");
+  cfg.family = XD_FAMILY_LLAMA;
+  cfg.hidden = 2048, cfg.intermediate = 8192, cfg.n_layers = quick ? 2 : 16, cfg.n_heads = 32, cfg.n_kv_heads = 8;
+  cfg.head_dim = 64, cfg.vocab = 128256, cfg.max_pos = 131072, cfg.rms_eps = 1e-5, cfg.tie_embeddings = 1;
+  cfg.bos_token_id = -1;
+  for (int k = 0; k < 2; k++) {
+    xd_rope_config *rc = &cfg.rope[k];
+    rc->kind = XD_ROPE_LLAMA3, rc->theta = 500000.0, rc->factor = 32.0, rc->low_freq_factor = 1.0;
+    rc->high_freq_factor = 4.0, rc->original_max_pos = 8192;
+  }
+  xd_hybrid_config hy;
+  xd_hybrid_defaults(&hy, 64);
+  hy.window = 512, hy.sinks = 4, hy.d_phi = 64, hy.chunk = 64, hy.feature_map = XD_FMAP_SOFTMAX;
+
+  /* ---- the student on the host (table + fp32 arenas), random weights ---- */
+  double t0 = xd_now();
+  xd_student s;
+  CK(xd_student_create(&s, &cfg, &hy, XD_STUDENT_TRAIN_ALL, &err));
+  for (int i = 0; i < s.params.n; i++) {
+    const xd_param_info *t = &s.params.t[i];
+    float *w = xd_params_data(&s.params, i);
+    const int is_norm = t->ndim == 1 && strstr(t->name, "norm");
+    const double sc = t->ndim >= 2 ? 1.0 / sqrt((double)t->shape[t->ndim - 1]) : 0.02;
+    fill(w, t->numel, 1000 + (uint64_t)i, is_norm ? 1.0 : 0.0, is_norm ? 0.0 : sc);
+  }
+  for (int l = 0; l < cfg.n_layers; l++)
+    for (int h = 0; h < cfg.n_heads; h++) {
+      s.hl[l].b_f[h] = 3.0f + 3.0f * h / (cfg.n_heads - 1);
+      s.hl[l].b_o[h] = -2.0f;
+    }
+  size_t n_params = s.params.total - (size_t)cfg.vocab * cfg.hidden; /* tied: embedding counted once below */
+  const double n_mat = (double)xd_config_param_count(&cfg); /* teacher-shape parameters (tied counted once) */
+  printf("student: %d layers, hidden 2048, heads 32/8, head dim 64, MLP 8192, vocab 128256, tied; W %d, S %d, d_phi %d, "
+         "chunk %d; %.3fB parameters (%.1f s to build on the host)\n", cfg.n_layers, hy.window, hy.sinks, hy.d_phi,
+         hy.chunk, (n_params + (size_t)cfg.vocab * cfg.hidden) / 1e9, xd_now() - t0);
+
+  /* ---- device: parameter mirror, training activations, teacher ---- */
+  size_t fr0 = 0, tot = 0;
+  CK(xd_cuda_mem_info(c, &fr0, &tot, &err));
+  xd_params_cuda *pd = NULL;
+  CK(xd_params_cuda_create(&pd, c, &s.params, &err));
+  xd_student_cuda_train *m = NULL;
+  CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, &err));
+  xd_teacher_cuda tc;
+  CK(xd_teacher_cuda_upload(&tc, c, &s.base, &err));
+  xd_teacher_cuda_state ts;
+  CK(xd_teacher_cuda_state_alloc(&ts, &tc, B, T, T, N, 0, &err));
+  int32_t *d_targets, *d_tk, *d_bad;
+  uint8_t *d_mask;
+  float *d_tlp, *d_ce, *d_kl;
+  xd_cuda_kd_result *d_res;
+  CK(xd_cuda_malloc((void **)&d_targets, (size_t)N * 4, &err));
+  CK(xd_cuda_malloc((void **)&d_mask, (size_t)N, &err));
+  CK(xd_cuda_malloc((void **)&d_tk, (size_t)N * K * 4, &err));
+  CK(xd_cuda_malloc((void **)&d_tlp, (size_t)N * K * 4, &err));
+  CK(xd_cuda_malloc((void **)&d_ce, (size_t)N * 4, &err));
+  CK(xd_cuda_malloc((void **)&d_kl, (size_t)N * 4, &err));
+  CK(xd_cuda_malloc((void **)&d_res, sizeof *d_res, &err));
+  CK(xd_cuda_malloc((void **)&d_bad, 4, &err));
+  size_t fr1 = 0;
+  CK(xd_cuda_mem_info(c, &fr1, &tot, &err));
+  printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB, "
+         "teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
+         xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T) / 1073741824.0,
+         (tc.weight_bytes + ts.act_bytes) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
+
+  /* ---- data: Zipf-like tokens (rank r drawn with weight 1/(r+1)); a fixed batch ---- */
+  int32_t *tok = xd_malloc(((size_t)N + 1) * 4), *targets = xd_malloc((size_t)N * 4);
+  uint8_t *mask = xd_malloc((size_t)N);
+  xd_rng r;
+  xd_rng_seed(&r, 7);
+  const double hV = log((double)cfg.vocab);
+  for (int i = 0; i <= N; i++) {
+    const double u = xd_rng_uniform(&r);
+    int v = (int)(exp(u * hV)) - 1;
+    tok[i] = v < 0 ? 0 : v >= cfg.vocab ? cfg.vocab - 1 : v;
+  }
+  for (int i = 0; i < N; i++) { targets[i] = tok[i + 1]; mask[i] = 1; }
+  CK(xd_cuda_upload(c, d_targets, targets, (size_t)N * 4, &err));
+  CK(xd_cuda_upload(c, d_mask, mask, (size_t)N, &err));
+
+  kd_config kd = kd_config_default(N, cfg.vocab);
+  kd.k = K;
+  xd_cuda_kd_args a;
+  memset(&a, 0, sizeof a);
+  a.cfg = kd;
+  a.logits = xd_student_cuda_train_logits(m);
+  a.logits_dtype = XD_CUDA_F32;
+  a.dlogits = xd_student_cuda_train_dlogits(m);
+  a.grad_dtype = XD_CUDA_BF16;
+  a.dloss = 1.0f;
+  a.targets = d_targets, a.mask = d_mask, a.tk_ids = d_tk, a.tk_logp = d_tlp, a.row_ce = d_ce, a.row_kl = d_kl, a.res = d_res;
+  const xd_adamw_cfg acfg = {0.9, 0.95, 1e-8, 0.1};
+  uint64_t adam_t = 0;
+  const double lr = 1e-4;
+
+  /* phases: 0 teacher fwd, 1 top-k, 2 student fwd, 3 loss, 4 backward, 5 norm + clip, 6 AdamW */
+  static const char *const phase[7] = {"teacher forward", "teacher top-k", "student forward", "KD loss + dlogits",
+                                       "student backward", "grad norm + clip", "AdamW + bf16 refresh"};
+  double ph[7][16];
+  double steps[64], losses[64];
+  const int warm = 2, n = reps < 64 ? reps : 64;
+  for (int pass = 0; pass < 2; pass++) {
+    const int profile = pass == 1, iters = profile ? (n < 16 ? n : 16) : warm + n;
+    for (int it = 0; it < iters; it++) {
+      double tp = xd_now(), ts0 = tp;
+#define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp; tp = now; } } while (0)
+      PH(0, xd_teacher_cuda_forward(&tc, &ts, tok, B, T, NULL, &err));
+      PH(1, xd_cuda_topk_logprobs(c, ts.logits, XD_CUDA_F32, N, cfg.vocab, K, d_tk, d_tlp, d_bad, &err));
+      PH(2, xd_student_cuda_train_forward(m, tok, &err));
+      PH(3, xd_cuda_kd_loss_fused(c, &a, &err));
+      xd_cuda_kd_result res;
+      CK(xd_cuda_download(c, &res, d_res, sizeof res, &err)); /* the trainer's one sync per micro-batch */
+      if (profile) tp = xd_now();
+      PH(4, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
+      double gn = 0;
+      PH(5, xd_params_cuda_grad_norm(pd, &gn, &err) ||
+                (xd_clip_factor(gn, 1.0) != 1.0 && xd_params_cuda_scale_grad(pd, (float)xd_clip_factor(gn, 1.0), &err)));
+      PH(6, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
+      CK(xd_cuda_sync(c, &err));
+#undef PH
+      if (!profile && it >= warm) {
+        steps[it - warm] = xd_now() - ts0;
+        losses[it - warm] = res.r.loss;
+      }
+      if (!profile) printf("step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", it + 1, res.r.loss, res.r.ce,
+                           res.r.kl, gn, (xd_now() - ts0) * 1e3);
+    }
+  }
+  const double step = median(steps, n);
+  const double tps = N / step;
+  /* model FLOPs per token */
+  const double D = cfg.hidden, d = cfg.head_dim, H = cfg.n_heads, L = cfg.n_layers, P = hy.d_phi, C = hy.chunk;
+  const double mat = n_mat; /* per token forward multiply-adds of the matrices ~ parameters (LM head = tied embedding) */
+  const double attn_local = 4.0 * (hy.window + hy.sinks) * d * H * L;            /* QK^T + PV, fwd, per token */
+  const double mlstm = (4.0 * C * P + 4.0 * P * d) * H * L;                        /* chunk scores + state read/update */
+  const double attn_teacher = 4.0 * (T / 2.0) * d * H * L;                          /* causal, average T/2 keys */
+  (void)D;
+  const double f_student = 3.0 * (2.0 * mat + attn_local + mlstm);                  /* fwd + bwd (2x fwd) */
+  const double f_teacher = 2.0 * mat + attn_teacher;
+  const double peak = 989.4e12;
+  const double mfu = (f_student + f_teacher) * tps / peak, mfu_s = f_student * tps / peak;
+  printf("stage II step, T %d, batch 1: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token "
+         "(student fwd+bwd %.2f, teacher fwd %.2f): %.1f TFLOP/s = MFU %.1f%% (student part alone %.1f%%)\n",
+         T, step * 1e3, n, tps, (f_student + f_teacher) / 1e9, f_student / 1e9, f_teacher / 1e9,
+         (f_student + f_teacher) * tps / 1e12, 100 * mfu, 100 * mfu_s);
+  printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
+  printf("breakdown (synchronised after each phase, median ms):");
+  const int np = n < 16 ? n : 16;
+  double tot_ph = 0;
+  for (int i = 0; i < 7; i++) {
+    const double v = median(ph[i], np);
+    tot_ph += v;
+    printf(" %s %.2f;", phase[i], v * 1e3);
+  }
+  printf(" sum %.1f\n", tot_ph * 1e3);
+  printf("XD stage2_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f mfu_student=%.4f T=%d device=\"%s\"\n", tps, step * 1e3,
+         mfu, mfu_s, T, dev);
+
+  /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid
+   * core forward, MSE and core backward) ---- */
+  {
+    xd_student_cuda_train *ma = NULL;
+    CK(xd_student_cuda_align_create(&ma, c, &s, pd, B, T, &err));
+    double *ll = xd_calloc((size_t)cfg.n_layers, sizeof(double)), st1[64];
+    for (int it = 0; it < warm + n; it++) {
+      const double tq = xd_now();
+      CK(xd_student_cuda_align_step(ma, tok, 1, ll, &err));
+      if (it >= warm) st1[it - warm] = xd_now() - tq;
+    }
+    const double step1 = median(st1, n), tps1 = N / step1;
+    const double f1 = 2.0 * (mat - (double)cfg.vocab * cfg.hidden) + attn_teacher + attn_local + 3.0 * mlstm;
+    printf("stage I step, T %d, batch 1: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token: MFU %.1f%%\n",
+           T, step1 * 1e3, n, tps1, f1 / 1e9, 100 * f1 * tps1 / peak);
+    printf("XD stage1_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f T=%d\n", tps1, step1 * 1e3, f1 * tps1 / peak, T);
+    free(ll);
+    xd_student_cuda_train_free(ma);
+  }
+  xd_teacher_cuda_state_free(&ts);
+  xd_teacher_cuda_free(&tc);
+  xd_student_cuda_train_free(m);
+  xd_params_cuda_free(pd);
+  void *dv[] = {d_targets, d_mask, d_tk, d_tlp, d_ce, d_kl, d_res, d_bad};
+  for (size_t i = 0; i < sizeof dv / sizeof *dv; i++) xd_cuda_free(dv[i]);
+  free(tok), free(targets), free(mask);
+  xd_student_free(&s);
+  xd_cuda_ctx_free(c);
+  return 0;
+}

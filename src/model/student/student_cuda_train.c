@@ -1,0 +1,617 @@
+/* The student's training forward / backward on the GPU (student_cuda_train.h). Mirrors
+ * student_train_impl.inc step by step; the comments name the CPU lines each block replaces. */
+#include "core/core.h"
+#ifdef XD_HAVE_CUDA
+#include "model/student/student_cuda_train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/cpu/rope.h"
+
+/* Device pointers of one layer's tensors (weights: fp32 master or bf16 mirror; g*: gradients). */
+typedef struct {
+  const uint16_t *w_qkv, *w_o, *w_gu, *w_down; /* bf16: q|k|v [Hd+2Gd, D], o [D, Hd], gate|up [2F, D], down [D, F] */
+  const uint16_t *b_gu16;                      /* bf16 gate|up bias (the bf16 GEMM's epilogue) or NULL */
+  const float *b_qkv, *b_o, *b_down;           /* fp32 or NULL */
+  const float *attn_norm, *mlp_norm, *attn_out_norm, *mlp_out_norm, *q_norm, *k_norm;
+  const float *P_q, *P_k, *w_i, *b_i, *w_f, *b_f, *w_mix, *b_mix;
+  float *g_qkv, *g_o, *g_gu, *g_down, *gb_qkv, *gb_o, *gb_gu, *gb_down;
+  float *g_attn_norm, *g_mlp_norm, *g_attn_out_norm, *g_mlp_out_norm, *g_q_norm, *g_k_norm;
+  float *g_P_q, *g_P_k, *g_w_i, *g_b_i, *g_w_f, *g_b_f, *g_w_mix, *g_b_mix;
+  int W, S, kind;
+} tl_layer;
+
+/* Saved activations of one layer (see the header). */
+typedef struct {
+  float *h0, *xf, *qr, *kr, *vr, *q, *k, *loc, *lse, *qf, *kf, *ig, *fg, *glob, *bound, *o, *h1, *o1, *o2;
+  uint16_t *xb, *attb, *xmb, *gu, *act;
+} tl_saves;
+
+struct xd_student_cuda_train {
+  xd_cuda_ctx *c;
+  xd_model_config cfg;
+  xd_hybrid_config hy;
+  int B, T, N, P;
+  mlstm_cfg mc;
+  tl_layer *ly;
+  tl_saves *sv;
+  const uint16_t *embed16, *lm_head16;
+  const float *final_norm;
+  float *g_embed, *g_lm_head, *g_final_norm;
+  /* whole-model buffers */
+  float *hL, *logits;
+  uint16_t *hnb, *dlogits, *qb, *kb, *vb, *locb;
+  int32_t *ids, *pos;
+  float *cos_t[2], *sin_t[2];
+  /* backward scratch, one layer's worth */
+  float *dh, *dh1, *dx, *dxm, *dout, *dgu, *dsw, *datt, *dqr, *dkr, *dvr, *dq, *dk, *dglob, *dloc, *dqf, *dkf,
+      *dig, *dfg;
+  uint16_t *gb16; /* bf16 copy of the gradient entering a GEMM backward */
+  /* stage I (align): one layer's saves reused layer after layer; the teacher's attention output
+   * [N, Hd], the core output's gradient [N, Hd] and the layer losses (device doubles [L]) */
+  int align;
+  float *a_ref, *dcore;
+  double *d_lsum;
+  void *block;    /* one allocation for all of the above */
+  size_t bytes;
+  int32_t *ids_host;
+};
+
+/* ---- layout of the activation block ------------------------------------------------------ */
+typedef struct {
+  size_t off;
+  int dry; /* sizing pass: no pointers */
+  char *base;
+} carve;
+static void *take(carve *k, size_t bytes) {
+  void *p = k->dry ? NULL : k->base + k->off;
+  k->off += (bytes + 255) & ~(size_t)255;
+  return p;
+}
+#define TF(k, n) ((float *)take((k), (size_t)(n) * sizeof(float)))
+#define TH(k, n) ((uint16_t *)take((k), (size_t)(n) * sizeof(uint16_t)))
+
+static mlstm_cfg make_mc(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
+  mlstm_cfg mc = mlstm_cfg_make(B, T, c->n_heads, c->n_kv_heads, hy->d_phi, c->head_dim);
+  mc.chunk = hy->chunk;
+  mc.norm = hy->normalizer == XD_NORM_XLSTM ? MLSTM_NORM_MAX : MLSTM_NORM_PAPER;
+  mc.eps = hy->eps;
+  return mc;
+}
+
+/* Carves every buffer out of k (sizing only when k->dry). */
+static void layout(xd_student_cuda_train *m, carve *k) {
+  const xd_model_config *c = &m->cfg;
+  const size_t N = (size_t)m->N, D = c->hidden, F = c->intermediate, H = c->n_heads, G = c->n_kv_heads;
+  const size_t d = c->head_dim, Hd = H * d, Gd = G * d, P = (size_t)m->P, V = c->vocab;
+  const size_t nb = mlstm_boundary_size(&m->mc);
+  for (int l = 0; l < (m->align ? 1 : c->n_layers); l++) {
+    tl_saves *s = &m->sv[l];
+    s->h0 = TF(k, N * D); s->xf = TF(k, N * D); s->xb = TH(k, N * D);
+    s->qr = TF(k, N * Hd); s->kr = TF(k, N * Gd); s->vr = TF(k, N * Gd); s->q = TF(k, N * Hd); s->k = TF(k, N * Gd);
+    s->loc = TF(k, N * Hd); s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
+    s->ig = TF(k, N * H); s->fg = TF(k, N * H); s->glob = TF(k, N * Hd); s->bound = TF(k, nb); s->o = TF(k, N * H);
+    s->attb = TH(k, N * Hd); s->h1 = TF(k, N * D); s->xmb = TH(k, N * D); s->gu = TH(k, N * 2 * F); s->act = TH(k, N * F);
+    s->o1 = c->post_norm ? TF(k, N * D) : NULL;
+    s->o2 = c->post_norm ? TF(k, N * D) : NULL;
+  }
+  if (m->align) {
+    for (int l = 1; l < c->n_layers; l++) m->sv[l] = m->sv[0];
+    m->a_ref = TF(k, N * Hd); m->dcore = TF(k, N * Hd); m->d_lsum = (double *)take(k, (size_t)c->n_layers * sizeof(double));
+  } else {
+    m->hL = TF(k, N * D); m->logits = TF(k, N * V); m->dlogits = TH(k, N * V);
+  }
+  m->hnb = TH(k, N * D);
+  m->qb = TH(k, N * Hd); m->kb = TH(k, N * Gd); m->vb = TH(k, N * Gd); m->locb = TH(k, N * Hd);
+  m->ids = (int32_t *)take(k, N * 4); m->pos = (int32_t *)take(k, N * 4);
+  for (int t = 0; t < 2; t++) { m->cos_t[t] = TF(k, (size_t)m->T * (d / 2)); m->sin_t[t] = TF(k, (size_t)m->T * (d / 2)); }
+  const size_t big = N * (2 * F > Hd + 2 * Gd ? 2 * F : Hd + 2 * Gd);
+  m->dh = TF(k, N * D); m->dh1 = TF(k, N * D); m->dx = TF(k, N * D); m->dxm = TF(k, N * D); m->dout = TF(k, N * D);
+  m->dgu = TF(k, N * 2 * F); m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
+  m->dqr = TF(k, N * Hd); m->dkr = TF(k, N * Gd); m->dvr = TF(k, N * Gd); m->dq = TF(k, N * Hd); m->dk = TF(k, N * Gd);
+  m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd); m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P);
+  m->dig = TF(k, N * H); m->dfg = TF(k, N * H);
+  m->gb16 = TH(k, big > N * D ? big : N * D);
+}
+
+static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align) {
+  xd_student_cuda_train m;
+  memset(&m, 0, sizeof m);
+  m.align = align;
+  m.cfg = *c;
+  m.hy = *hy;
+  m.B = B;
+  m.T = T;
+  m.N = B * T;
+  m.P = hy->d_phi;
+  m.mc = make_mc(c, hy, B, T);
+  m.sv = xd_calloc((size_t)c->n_layers, sizeof *m.sv);
+  carve k = {0, 1, NULL};
+  layout(&m, &k);
+  free(m.sv);
+  return k.off;
+}
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
+  return train_bytes(c, hy, B, T, 0);
+}
+size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
+  return train_bytes(c, hy, B, T, 1);
+}
+
+/* ---- weights: tensor pointers from the mirror ---------------------------------------------- */
+typedef struct {
+  const xd_params *p;
+  xd_params_cuda *pd;
+  xd_err *e;
+  int fail;
+} wfind;
+
+static int tensor_idx(wfind *w, const char *name, int required) {
+  const int i = xd_params_find(w->p, name);
+  if (i < 0 && required && !w->fail) {
+    w->fail = 1;
+    xd_errf(w->e, "student on CUDA (training): tensor %s missing from the parameter table", name);
+  }
+  return i;
+}
+static const float *wf(wfind *w, const char *name, int required, float **grad) {
+  const int i = tensor_idx(w, name, required);
+  if (grad) *grad = i < 0 ? NULL : xd_params_cuda_grad(w->pd, i);
+  return i < 0 ? NULL : xd_params_cuda_data(w->pd, i);
+}
+static const uint16_t *wh(wfind *w, const char *name, float **grad) {
+  const int i = tensor_idx(w, name, 1);
+  if (grad) *grad = i < 0 ? NULL : xd_params_cuda_grad(w->pd, i);
+  return i < 0 ? NULL : xd_params_cuda_bf16(w->pd, i);
+}
+/* Tensors b, c must follow a directly in the arena (fused q|k|v, gate|up and their biases). */
+static void want_adjacent(wfind *w, const char *a, const char *b, const char *c3) {
+  const char *names[3] = {a, b, c3};
+  size_t end = 0;
+  for (int k = 0; k < 3 && names[k] && !w->fail; k++) {
+    const int i = xd_params_find(w->p, names[k]);
+    if (i < 0) return;
+    if (k > 0 && w->p->t[i].offset != end) {
+      w->fail = 1;
+      xd_errf(w->e, "student on CUDA (training): %s does not follow %s in the parameter table (fused projection)", names[k],
+              names[k - 1]);
+      return;
+    }
+    end = w->p->t[i].offset + w->p->t[i].numel;
+  }
+}
+
+static int core_window(const xd_model_config *c, const xd_hybrid_config *hy, int l) {
+  const int tw = xd_config_layer_window(c, l);
+  return tw > 0 && tw < hy->window ? tw : hy->window;
+}
+static int core_sinks(const xd_model_config *c, const xd_hybrid_config *hy, int l) {
+  return xd_config_layer_window(c, l) > 0 ? 0 : hy->sinks;
+}
+
+static int bind_weights(xd_student_cuda_train *m, const xd_params *p, xd_params_cuda *pd, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  wfind w = {p, pd, e, 0};
+  char n[8][160];
+  m->embed16 = wh(&w, "model.embed_tokens.weight", &m->g_embed);
+  m->final_norm = wf(&w, "model.norm.weight", 1, &m->g_final_norm);
+  if (c->tie_embeddings) {
+    m->lm_head16 = m->embed16;
+    m->g_lm_head = m->g_embed;
+  } else {
+    m->lm_head16 = wh(&w, "lm_head.weight", &m->g_lm_head);
+  }
+  for (int l = 0; l < c->n_layers && !w.fail; l++) {
+    tl_layer *y = &m->ly[l];
+#define NM(i, suffix) (snprintf(n[i], sizeof n[i], "model.layers.%d.%s", l, suffix), n[i])
+    y->w_qkv = wh(&w, NM(0, "self_attn.q_proj.weight"), &y->g_qkv);
+    want_adjacent(&w, n[0], NM(1, "self_attn.k_proj.weight"), NM(2, "self_attn.v_proj.weight"));
+    y->b_qkv = wf(&w, NM(0, "self_attn.q_proj.bias"), c->qkv_bias, &y->gb_qkv);
+    if (c->qkv_bias) want_adjacent(&w, n[0], NM(1, "self_attn.k_proj.bias"), NM(2, "self_attn.v_proj.bias"));
+    y->w_o = wh(&w, NM(0, "self_attn.o_proj.weight"), &y->g_o);
+    y->b_o = wf(&w, NM(0, "self_attn.o_proj.bias"), c->o_bias, &y->gb_o);
+    y->w_gu = wh(&w, NM(0, "mlp.gate_proj.weight"), &y->g_gu);
+    want_adjacent(&w, n[0], NM(1, "mlp.up_proj.weight"), NULL);
+    y->w_down = wh(&w, NM(0, "mlp.down_proj.weight"), &y->g_down);
+    {
+      const int i = xd_params_find(p, NM(0, "mlp.gate_proj.bias"));
+      if (c->mlp_bias) {
+        want_adjacent(&w, n[0], NM(1, "mlp.up_proj.bias"), NULL);
+        y->b_gu16 = i < 0 ? NULL : xd_params_cuda_bf16(pd, i);
+        y->gb_gu = i < 0 ? NULL : xd_params_cuda_grad(pd, i);
+        if (i < 0 && !w.fail) { w.fail = 1; xd_errf(e, "student on CUDA (training): tensor %s missing", n[0]); }
+      }
+    }
+    y->b_down = wf(&w, NM(0, "mlp.down_proj.bias"), c->mlp_bias, &y->gb_down);
+    if (c->post_norm) {
+      y->attn_out_norm = wf(&w, NM(0, "post_attention_layernorm.weight"), 1, &y->g_attn_out_norm);
+      y->mlp_out_norm = wf(&w, NM(0, "post_feedforward_layernorm.weight"), 1, &y->g_mlp_out_norm);
+    } else {
+      y->attn_norm = wf(&w, NM(0, "input_layernorm.weight"), 1, &y->g_attn_norm);
+      y->mlp_norm = wf(&w, NM(0, "post_attention_layernorm.weight"), 1, &y->g_mlp_norm);
+    }
+    if (c->qk_norm != XD_QKNORM_NONE) {
+      y->q_norm = wf(&w, NM(0, "self_attn.q_norm.weight"), 1, &y->g_q_norm);
+      y->k_norm = wf(&w, NM(0, "self_attn.k_norm.weight"), 1, &y->g_k_norm);
+    }
+    const float **hw[XD_NEW_COUNT] = {&y->P_q, &y->P_k, &y->w_i, &y->b_i, &y->w_f, &y->b_f, &y->w_mix, &y->b_mix};
+    float **hg[XD_NEW_COUNT] = {&y->g_P_q, &y->g_P_k, &y->g_w_i, &y->g_b_i, &y->g_w_f, &y->g_b_f, &y->g_w_mix, &y->g_b_mix};
+    for (int t = 0; t < XD_NEW_COUNT; t++) {
+      xd_hybrid_tensor_name(n[3], sizeof n[3], l, t);
+      *hw[t] = wf(&w, n[3], 1, hg[t]);
+    }
+#undef NM
+    y->W = core_window(c, &m->hy, l);
+    y->S = core_sinks(c, &m->hy, l);
+    y->kind = c->layer_sliding[l];
+  }
+  if (w.fail) return -1;
+  /* stage II trains every tensor; stage I the new ones (their gradient slots must exist) */
+  for (int l = 0; l < c->n_layers; l++)
+    if (!m->ly[l].g_P_q || !m->ly[l].g_b_mix) return xd_errf(e, "student on CUDA (training): the hybrid parameters of layer %d are frozen", l);
+  for (int i = 0; i < p->n && !m->align; i++)
+    if (!p->t[i].trainable) return xd_errf(e, "student on CUDA (training): %s is frozen; the GPU step trains every tensor (stage II)", p->t[i].name);
+  return 0;
+}
+
+static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd, int B, int T,
+                  int align, xd_err *e) {
+  *out = NULL;
+  const xd_model_config *cf = &s->cfg;
+  const int d = cf->head_dim, P = s->hy.d_phi;
+  if (B < 1 || T < 1 || (int64_t)B * T > (1 << 26)) return xd_errf(e, "student on CUDA (training): bad batch %d x %d", B, T);
+  if (P > 128 || d > 128 || d % 2 || s->hy.chunk > 64 || cf->n_heads > 256)
+    return xd_errf(e, "student on CUDA (training): d_phi %d / head dim %d / chunk %d / %d heads not supported (the mLSTM "
+                   "backward needs d_phi <= 128, head dim <= 128 and even, chunk <= 64; <= 256 heads)",
+                   P, d, s->hy.chunk, cf->n_heads);
+  xd_student_cuda_train *m = xd_calloc(1, sizeof *m);
+  m->c = c;
+  m->align = align;
+  m->cfg = *cf;
+  m->hy = s->hy;
+  m->B = B;
+  m->T = T;
+  m->N = B * T;
+  m->P = P;
+  m->mc = make_mc(cf, &s->hy, B, T);
+  m->ly = xd_calloc((size_t)cf->n_layers, sizeof *m->ly);
+  m->sv = xd_calloc((size_t)cf->n_layers, sizeof *m->sv);
+  m->ids_host = xd_malloc((size_t)m->N * sizeof(int32_t));
+  if (bind_weights(m, &s->params, pd, e) != 0) goto fail;
+  carve k = {0, 1, NULL};
+  layout(m, &k);
+  m->bytes = k.off;
+  size_t fr = 0, tot = 0;
+  if (xd_cuda_mem_info(c, &fr, &tot, e) != 0) goto fail;
+  if (m->bytes > fr)
+    { xd_errf(e, "student on CUDA (training): activations for %d x %d need %.1f GiB, the device has %.1f GiB free (lower --batch or --seq)",
+              B, T, m->bytes / 1073741824.0, fr / 1073741824.0); goto fail; }
+  if (xd_cuda_malloc(&m->block, m->bytes, e) != 0) goto fail;
+  carve k2 = {0, 0, m->block};
+  layout(m, &k2);
+  /* positions and RoPE tables for T (fixed per run; dynamic NTK rebuilt for this T as the CPU) */
+  {
+    int32_t *pos = xd_malloc((size_t)m->N * sizeof(int32_t));
+    for (int i = 0; i < m->N; i++) pos[i] = i % T;
+    xd_rope_tables r;
+    xd_rope_tables_alloc(&r, cf, T);
+    xd_rope_tables_update(&r, cf, T);
+    const size_t tb = (size_t)T * (d / 2) * sizeof(float);
+    int rc = xd_cuda_upload(c, m->pos, pos, (size_t)m->N * 4, e);
+    for (int t = 0; t < 2 && rc == 0; t++) {
+      rc = xd_cuda_upload(c, m->cos_t[t], r.cos[t], tb, e);
+      if (rc == 0) rc = xd_cuda_upload(c, m->sin_t[t], r.sin[t], tb, e);
+    }
+    if (rc == 0) rc = xd_cuda_sync(c, e);
+    xd_rope_tables_free(&r);
+    free(pos);
+    if (rc != 0) goto fail;
+  }
+  *out = m;
+  return 0;
+fail:
+  xd_student_cuda_train_free(m);
+  return -1;
+}
+
+int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
+                                 xd_params_cuda *pd, int B, int T, xd_err *e) {
+  return create(out, c, s, pd, B, T, 0, e);
+}
+int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd,
+                                 int B, int T, xd_err *e) {
+  return create(out, c, s, pd, B, T, 1, e);
+}
+
+void xd_student_cuda_train_free(xd_student_cuda_train *m) {
+  if (!m) return;
+  xd_cuda_free(m->block);
+  free(m->ly);
+  free(m->sv);
+  free(m->ids_host);
+  free(m);
+}
+
+float *xd_student_cuda_train_logits(const xd_student_cuda_train *m) { return m->logits; }
+uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return m->dlogits; }
+
+#define CK(x) do { if ((x) != 0) return -1; } while (0)
+
+/* The teacher's layer after its attention (xd_teacher_layer_out, unrolled to keep what the
+ * backward needs): h1 = h0 + [norm](att Wo^T + bo); MLP; hout = h1 + [norm](act Wdown^T + b).
+ * Reads s->h0, s->attb; writes s->h1, s->xmb, s->gu, s->act, (post-norm) s->o1, s->o2, hout
+ * (which may be s->h0: it is read before hout is written). */
+static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *hout, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int N = m->N, D = c->hidden, F = c->intermediate, Hd = c->n_heads * c->head_dim;
+  const size_t ND = (size_t)N * D;
+  const float eps = (float)c->rms_eps;
+  /* h1 = h0 + [norm](att Wo^T + bo) */
+  CK(xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
+  if (c->post_norm) {
+    CK(xd_cuda_matmul(cx, s->o1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 0, e));
+    CK(xd_cuda_add_rmsnorm_f32(cx, s->h1, s->o1, y->attn_out_norm, N, D, eps, e));
+    CK(xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, NULL, N, D, eps, e));
+  } else {
+    CK(xd_cuda_matmul(cx, s->h1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 1, e));
+    CK(xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, y->mlp_norm, N, D, eps, e));
+  }
+  /* MLP: gu = xm Wgu^T (+b), act = silu(g) u, h2 = h1 + [norm](act Wdown^T + b) */
+  CK(xd_cuda_matmul(cx, s->gu, XD_CUDA_BF16, s->xmb, y->w_gu, y->b_gu16, N, D, 2 * F, 0, e));
+  CK(xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
+  CK(xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
+  if (c->post_norm) {
+    CK(xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
+    CK(xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
+  } else {
+    CK(xd_cuda_matmul(cx, hout, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 1, e));
+  }
+  return 0;
+}
+
+/* x = [rmsnorm](h0) (olmo: x = h0); q_raw, k_raw, v_raw = x W^T + b (three GEMMs on the fused
+ * weight's slices); QK-norm + RoPE -> q, k (fp32) and q, k, v in bf16 (m->qb, kb, vb). */
+static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, Hd = H * d, Gd = G * d;
+  const float eps = (float)c->rms_eps;
+  /* x = [rmsnorm](h0) (olmo: x = h0) */
+  CK(xd_cuda_rmsnorm_f32(cx, s->xb, s->xf, s->h0, c->post_norm ? NULL : y->attn_norm, N, D, eps, e));
+  /* q_raw, k_raw, v_raw = x W^T + b (three GEMMs on the fused weight's slices) */
+  CK(xd_cuda_matmul(cx, s->qr, XD_CUDA_F32, s->xb, y->w_qkv, y->b_qkv, N, D, Hd, 0, e));
+  CK(xd_cuda_matmul(cx, s->kr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)Hd * D, y->b_qkv ? y->b_qkv + Hd : NULL, N, D, Gd, 0, e));
+  CK(xd_cuda_matmul(cx, s->vr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)(Hd + Gd) * D, y->b_qkv ? y->b_qkv + Hd + Gd : NULL,
+                    N, D, Gd, 0, e));
+  CK(xd_cuda_student_qk_prep(cx, s->q, s->k, m->qb, m->kb, m->vb, s->qr, s->kr, s->vr, y->q_norm, y->k_norm,
+                             (int)c->qk_norm, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, G, d, eps, e));
+  return 0;
+}
+
+/* The hybrid core (xd_core_forward) on the layer's saved inputs -> out [N, Hd] fp32. */
+static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *out, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
+  const int Hd = H * d, Gd = G * d, P = m->P;
+  const int fast_attn = d == 64 || d == 128, hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
+  const int tc = P == 64 && d == 64 && m->mc.chunk == 64;
+  /* the hybrid core (xd_core_forward) */
+  if (fast_attn) {
+    const xd_cuda_attn_dims ad = {B, T, H, G, d, y->W, y->S, Hd, Gd, Gd, Hd};
+    CK(xd_cuda_attention_forward(cx, m->locb, s->lse, m->qb, m->kb, m->vb, &ad, e));
+    CK(xd_cuda_bf16_to_f32(cx, s->loc, m->locb, (size_t)N * Hd, e));
+  } else {
+    CK(xd_cuda_swa_naive_forward_lse(cx, s->loc, s->lse, s->q, s->k, s->vr, B, T, H, G, d, y->W, y->S, e));
+  }
+  const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
+  CK(xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
+  CK(xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
+  const gates_shape gs = {N, D, H, m->hy.gate_softcap};
+  CK(xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
+  CK((tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
+      cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
+  const mix_shape ms = {N, H, G, d};
+  CK(xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  return 0;
+}
+
+/* ---- forward (xd_student_forward_train) --------------------------------------------------- */
+int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int N = m->N, D = c->hidden, Hd = c->n_heads * c->head_dim, V = c->vocab;
+  const size_t ND = (size_t)N * D;
+  const float eps = (float)c->rms_eps;
+  if (m->align) return xd_errf(e, "student on CUDA: stage II forward on a stage I model");
+  for (int i = 0; i < N; i++)
+    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
+  memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
+  CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
+  /* h = embedding(ids): the bf16 table's rows, widened (the residual stream is fp32) */
+  CK(xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
+  CK(xd_cuda_bf16_to_f32(cx, m->sv[0].h0, m->hnb, ND, e));
+  for (int l = 0; l < c->n_layers; l++) {
+    const tl_layer *y = &m->ly[l];
+    tl_saves *s = &m->sv[l];
+    float *hout = l + 1 < c->n_layers ? m->sv[l + 1].h0 : m->hL;
+    CK(layer_head(m, y, s, e));
+    CK(core_forward(m, y, s, m->datt, e));
+    CK(xd_cuda_f32_to_bf16(cx, s->attb, m->datt, (size_t)N * Hd, e)); /* datt: free scratch in the forward */
+    CK(layer_tail(m, y, s, hout, e));
+  }
+  CK(xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
+  CK(xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
+  return 0;
+}
+
+/* ---- backward (xd_student_backward) ------------------------------------------------------- */
+/* dW, db += of out = x W^T + b given the fp32 gradient g of out (converted to bf16 first);
+ * dx (fp32, may be NULL) += g W. */
+static int lin_back(xd_student_cuda_train *m, float *dx, float *dw, float *db, const float *g, const uint16_t *x,
+                    const uint16_t *w, int Din, int Dout, xd_err *e) {
+  CK(xd_cuda_f32_to_bf16(m->c, m->gb16, g, (size_t)m->N * Dout, e));
+  return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, m->gb16, x, w, m->N, Din, Dout, XD_CUDA_BW_ACCUMULATE, e);
+}
+static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
+  return xd_cuda_memset(m->c, p, 0, n * sizeof(float), e);
+}
+
+/* Backward of the core (xd_core_backward) from dout [N, Hd]: the layer's hybrid parameter
+ * gradients (+=) and, with want_inputs, the gradients of its inputs into m->dx (gates' x),
+ * m->dqr, m->dkr, m->dvr (raw projections) and m->dq, m->dk (after QK-norm / RoPE), all zeroed
+ * first. Without want_inputs (stage I: the inputs are teacher-forced constants) those buffers
+ * are only sinks and the local branch's backward is skipped (it has no parameters). */
+static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_saves *s, const float *dout,
+                         int want_inputs, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
+  const int Hd = H * d, Gd = G * d, P = m->P;
+  const size_t ND = (size_t)N * D;
+  const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
+  CK(zero(m, m->dx, ND, e));
+  CK(zero(m, m->dqr, (size_t)N * Hd, e));
+  CK(zero(m, m->dkr, (size_t)N * Gd, e));
+  CK(zero(m, m->dvr, (size_t)N * Gd, e));
+  CK(zero(m, m->dq, (size_t)N * Hd, e));
+  CK(zero(m, m->dk, (size_t)N * Gd, e));
+  CK(zero(m, m->dglob, (size_t)N * Hd, e));
+  CK(zero(m, m->dloc, (size_t)N * Hd, e));
+  CK(zero(m, m->dqf, (size_t)N * H * P, e));
+  CK(zero(m, m->dkf, (size_t)N * G * P, e));
+  CK(zero(m, m->dig, (size_t)N * H, e));
+  CK(zero(m, m->dfg, (size_t)N * H, e));
+  const mix_shape ms = {N, H, G, d};
+  CK(xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
+                          s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
+  CK(xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
+                                      m->dvr, m->dig, m->dfg, e));
+  const gates_shape gs = {N, D, H, m->hy.gate_softcap};
+  CK(xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
+                            s->ig, s->fg, &gs, e));
+  const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
+  CK(xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
+  CK(xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  if (!want_inputs) return 0;
+  const swa_shape sw = {B, T, H, G, d, y->W, y->S};
+  CK(xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
+  return 0;
+}
+
+int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
+  const int F = c->intermediate, V = c->vocab, Hd = H * d, Gd = G * d;
+  const size_t ND = (size_t)N * D;
+  const float eps = (float)c->rms_eps;
+  if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
+  /* head: logits = rmsnorm(hL) lm_head^T */
+  CK(zero(m, m->dx, ND, e));
+  CK(xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
+                             XD_CUDA_BW_ACCUMULATE, e));
+  CK(zero(m, m->dh, ND, e));
+  CK(xd_cuda_rmsnorm_backward(cx, m->dh, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32, m->final_norm, XD_CUDA_F32, N, D, eps, e));
+  for (int l = c->n_layers - 1; l >= 0; l--) {
+    const tl_layer *y = &m->ly[l];
+    const tl_saves *s = &m->sv[l];
+    /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2) */
+    CK(xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
+    const float *do2 = m->dh;
+    if (c->post_norm) {
+      CK(zero(m, m->dout, ND, e));
+      CK(xd_cuda_rmsnorm_backward(cx, m->dout, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32, y->mlp_out_norm, XD_CUDA_F32,
+                                  N, D, eps, e));
+      do2 = m->dout;
+    }
+    CK(zero(m, m->dsw, (size_t)N * F, e));
+    CK(lin_back(m, m->dsw, y->g_down, y->gb_down, do2, s->act, y->w_down, F, D, e));
+    CK(zero(m, m->dgu, (size_t)N * 2 * F, e));
+    CK(xd_cuda_swiglu_backward(cx, m->dgu, m->dgu + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
+    CK(zero(m, m->dxm, ND, e));
+    CK(lin_back(m, m->dxm, y->g_gu, y->gb_gu, m->dgu, s->xmb, y->w_gu, D, 2 * F, e));
+    if (c->post_norm) CK(xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
+    else CK(xd_cuda_rmsnorm_backward(cx, m->dh1, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32, y->mlp_norm, XD_CUDA_F32, N, D,
+                                     eps, e));
+    /* h1 = h0 + [norm](o1) */
+    const float *do1 = m->dh1;
+    if (c->post_norm) {
+      CK(zero(m, m->dout, ND, e));
+      CK(xd_cuda_rmsnorm_backward(cx, m->dout, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32, y->attn_out_norm,
+                                  XD_CUDA_F32, N, D, eps, e));
+      do1 = m->dout;
+    }
+    CK(zero(m, m->datt, (size_t)N * Hd, e));
+    CK(lin_back(m, m->datt, y->g_o, y->gb_o, do1, s->attb, y->w_o, Hd, D, e));
+    CK(core_backward(m, y, s, m->datt, 1, e));
+    /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
+    CK(xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
+    CK(xd_cuda_rope_backward(cx, m->dk, Gd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, G, d, e));
+    if (c->qk_norm == XD_QKNORM_HEAD) {
+      CK(xd_cuda_rmsnorm_backward_segments(cx, m->dqr, Hd, y->g_q_norm, m->dq, Hd, s->qr, XD_CUDA_F32, Hd, y->q_norm,
+                                           XD_CUDA_F32, N, H, d, eps, e));
+      CK(xd_cuda_rmsnorm_backward_segments(cx, m->dkr, Gd, y->g_k_norm, m->dk, Gd, s->kr, XD_CUDA_F32, Gd, y->k_norm,
+                                           XD_CUDA_F32, N, G, d, eps, e));
+    } else if (c->qk_norm == XD_QKNORM_PROJ) {
+      CK(xd_cuda_rmsnorm_backward(cx, m->dqr, y->g_q_norm, m->dq, s->qr, XD_CUDA_F32, y->q_norm, XD_CUDA_F32, N, Hd, eps, e));
+      CK(xd_cuda_rmsnorm_backward(cx, m->dkr, y->g_k_norm, m->dk, s->kr, XD_CUDA_F32, y->k_norm, XD_CUDA_F32, N, Gd, eps, e));
+    } else {
+      CK(xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
+      CK(xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
+    }
+    /* x W^T for q, k, v: their weight (and bias) gradients are adjacent slices of g_qkv */
+    CK(lin_back(m, m->dx, y->g_qkv, y->gb_qkv, m->dqr, s->xb, y->w_qkv, D, Hd, e));
+    CK(lin_back(m, m->dx, y->g_qkv + (size_t)Hd * D, y->gb_qkv ? y->gb_qkv + Hd : NULL, m->dkr, s->xb,
+                y->w_qkv + (size_t)Hd * D, D, Gd, e));
+    CK(lin_back(m, m->dx, y->g_qkv + (size_t)(Hd + Gd) * D, y->gb_qkv ? y->gb_qkv + Hd + Gd : NULL, m->dvr, s->xb,
+                y->w_qkv + (size_t)(Hd + Gd) * D, D, Gd, e));
+    /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) */
+    CK(xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
+    if (c->post_norm) CK(xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
+    else CK(xd_cuda_rmsnorm_backward(cx, m->dh, y->g_attn_norm, m->dx, s->h0, XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N,
+                                     D, eps, e));
+  }
+  return xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e);
+}
+/* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */
+int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int backward, double *layer_loss, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  xd_cuda_ctx *cx = m->c;
+  const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, V = c->vocab;
+  const int Hd = H * d, Gd = G * d;
+  const size_t nout = (size_t)N * Hd;
+  if (!m->align) return xd_errf(e, "student on CUDA: align step on a stage II model");
+  for (int i = 0; i < N; i++)
+    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
+  CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
+  tl_saves *s = &m->sv[0]; /* one layer's activations, reused */
+  CK(xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
+  CK(xd_cuda_bf16_to_f32(cx, s->h0, m->hnb, (size_t)N * D, e));
+  for (int l = 0; l < c->n_layers; l++) {
+    const tl_layer *y = &m->ly[l];
+    CK(layer_head(m, y, s, e));
+    /* the teacher's own attention a^l (its causal window, no sinks): the loss target, and the
+     * input of its o-projection (teacher forcing: the next layer sees the teacher's stream) */
+    const int tw = xd_config_layer_window(c, l);
+    if (d == 64 || d == 128) {
+      const xd_cuda_attn_dims ad = {B, T, H, G, d, tw, 0, Hd, Gd, Gd, Hd};
+      CK(xd_cuda_attention_forward(cx, s->attb, NULL, m->qb, m->kb, m->vb, &ad, e));
+      CK(xd_cuda_bf16_to_f32(cx, m->a_ref, s->attb, nout, e));
+    } else {
+      CK(xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));
+      CK(xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
+    }
+    CK(core_forward(m, y, s, m->datt, e));
+    CK(xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
+    if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
+    CK(layer_tail(m, y, s, s->h0, e));
+  }
+  CK(xd_cuda_download(cx, layer_loss, m->d_lsum, (size_t)c->n_layers * sizeof(double), e));
+  for (int l = 0; l < c->n_layers; l++) layer_loss[l] /= (double)nout;
+  return 0;
+}
+#endif

@@ -1,0 +1,67 @@
+/* The student's training forward and exact backward on one GPU (issue #8: stage II on CUDA).
+ * The GPU twin of student_train.h (xd_student_forward_train / xd_student_backward), composed
+ * from the CUDA ops of src/ops/cuda, function by function in the same order as the CPU's
+ * student_train_impl.inc, which is its test oracle (tests/gpu/test_gpu_student_train.c).
+ *
+ * Weights are an xd_params_cuda mirror of the student's xd_params (train/params_cuda.h): fp32
+ * master weights, a bf16 copy of every tensor (same offsets), fp32 gradients. The teacher-shared
+ * matrices enter the GEMMs as bf16 (q|k|v and gate|up fused: their tensors are adjacent in the
+ * table, so the fused matrix is one slice of the arena); norm weights, biases and the hybrid
+ * parameters are read in fp32. Activations and every activation gradient are fp32 except GEMM
+ * inputs (bf16 copies); dW, db and all other parameter gradients are fp32 and ACCUMULATE into the
+ * mirror's grad arena (zero it per optimiser step), as the CPU backward does.
+ *
+ * Saved per layer (N = B*T rows): h0, x (fp32 + bf16), q_raw, k_raw, v_raw, q, k, the local
+ * branch's output and lse, phi(q), phi(k), the gate pre-activations, the mLSTM output and its
+ * chunk-boundary states, the mixing gate, the core output (bf16), h1, the MLP input (bf16), the
+ * fused gate|up pre-activations (bf16), the SwiGLU output (bf16) and, for post-norm families,
+ * the attention and MLP outputs before their norms. Everything is allocated once at create; a
+ * step allocates nothing (the ops' own scratch comes from the stream-ordered pool).
+ *
+ * Only available with XD_HAVE_CUDA. */
+#ifndef XD_STUDENT_CUDA_TRAIN_H
+#define XD_STUDENT_CUDA_TRAIN_H
+#ifdef XD_HAVE_CUDA
+#include <stdint.h>
+#include "model/student/student.h"
+#include "ops/cuda/cuda_ops.h"
+#include "train/trainer.h"
+#include "train/params_cuda.h"
+
+typedef struct xd_student_cuda_train xd_student_cuda_train;
+
+/* Device memory the training activations take for (B, T), bytes (without the weights). */
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T);
+
+/* s gives the configuration and the tensor table (s->params, the same table pd mirrors); its
+ * host weights are not read. Every tensor must be trainable (mode XD_STUDENT_TRAIN_ALL).
+ * Fails with one line for shapes the kernels lack (d_phi > 128, head dim > 128 or odd, chunk >
+ * 64) or when device memory is short. */
+int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
+                                 xd_params_cuda *pd, int B, int T, xd_err *e);
+void xd_student_cuda_train_free(xd_student_cuda_train *m);
+
+/* ids [B,T] on the host (checked against the vocabulary) -> logits [B*T, V] fp32 on the device
+ * (xd_student_cuda_train_logits), saving the activations. */
+int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e);
+float *xd_student_cuda_train_logits(const xd_student_cuda_train *m);
+/* bf16 buffer [B*T, V] for d(loss)/d(logits): the fused KD loss writes it (grad dtype bf16). */
+uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m);
+/* Backward of the last forward from the dlogits buffer: adds every parameter's gradient into
+ * the mirror's grad arena. */
+int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e);
+
+/* Stage I (align.c's step on the GPU; SPEC §3): the student must hold trainable hybrid
+ * parameters (mode XD_STUDENT_TRAIN_NEW or _ALL) and the teacher's weights in its shared tensors
+ * (made by `init` from that teacher and not trained since: the caller checks). One layer's
+ * activations only, reused layer after layer. */
+size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T);
+int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd,
+                                 int B, int T, xd_err *e);
+/* One teacher-forced pass over ids [B,T] (host): per layer the teacher's x, q, k, v and its
+ * attention output a^l (bf16 GEMMs, flash attention), the student's core on them, layer_loss[l]
+ * = mean over tokens and channels of (a^l - out^l)^2 (host doubles [L]) and, with backward, the
+ * core's backward into that layer's hybrid parameter gradients (+=). */
+int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int backward, double *layer_loss, xd_err *e);
+#endif
+#endif

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Stage I and stage II on the GPU through the CLI (issue #8), on a machine with a GPU (run by
+# tools/gpu_test.sh; CI has no GPU, so this is not a CTest test). With the tiny fixture teacher:
+#   - align / distill --device cuda follow the --device cpu run step by step (per-step loss,
+#     CE, KL within 2e-2 relative: bf16 GEMMs and attention inputs on the GPU);
+#   - GPU stage I is deterministic: a second run and a run killed (SIGKILL) and resumed end
+#     byte-identical (model, losses);
+#   - GPU stage II killed and resumed matches the uninterrupted GPU run to 1e-3 (its SWA backward
+#     sums dK/dV with float atomics, so not bitwise);
+#   - a CPU checkpoint resumes on the GPU (one checkpoint format);
+#   - distill --teacher-cache on the GPU (a cache from the fp32 CPU teacher) follows the online
+#     GPU run (2e-2: the GPU teacher is bf16).
+set -u
+BIN=${XD_BIN:-build/xdistill}
+TEA=tests/fixtures/tiny-teacher
+TMP=$(mktemp -d /tmp/xdistill-cli-cuda.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fail=0
+ok() { echo "[ ok ] $1"; }
+bad() { echo "[FAIL] $1"; fail=1; }
+check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+
+RANDOM=7
+words=(the king shall speak of love and war in hall old castle quick brown fox jumps over lazy dog)
+for d in $(seq 1 240); do
+  line=""; for w in $(seq 1 $(( 8 + RANDOM % 30 ))); do line="$line ${words[$((RANDOM % 18))]}"; done
+  echo "{\"text\": \"${line# }.\"}"
+done >"$TMP/text.jsonl"
+"$BIN" data prepare --tokenizer $TEA --out "$TMP/text" --val-fraction 0.05 --quiet "$TMP/text.jsonl" >/dev/null 2>&1
+check "data prepare" "[ $? -eq 0 ]"
+"$BIN" init --teacher $TEA --out "$TMP/student" --window 8 --sinks 2 --chunk 8 >/dev/null 2>&1
+check "init" "[ $? -eq 0 ]"
+
+# compare A B TOL KEYS: per-step values of KEYS in two metrics.jsonl, max relative difference <= TOL
+compare() {
+  python3 - "$1" "$2" "$3" "$4" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+tol, keys = float(sys.argv[3]), sys.argv[4].split(",")
+if len(a) != len(b): print("  %d vs %d steps" % (len(a), len(b))); sys.exit(1)
+worst = max(abs(x[k] - y[k]) / max(abs(x[k]), 1e-12) for x, y in zip(a, b) for k in keys)
+print("  max relative difference of %s over %d steps: %.2e (bound %.0e)" % ("/".join(keys), len(a), worst, tol))
+sys.exit(0 if worst <= tol else 1)
+PY
+}
+# kill_at OUT STEP CMD...: start CMD --out OUT, SIGKILL once STEP steps are logged, then --resume to the end
+kill_at() {
+  local out=$1 at=$2 pid; shift 2
+  "$BIN" "$@" --out "$out" >/dev/null 2>"$out.log" & pid=$!
+  while kill -0 $pid 2>/dev/null && [ "$( [ -f "$out/train/metrics.jsonl" ] && wc -l <"$out/train/metrics.jsonl" || echo 0)" -lt "$at" ]; do sleep 0.005; done
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  "$BIN" "$@" --out "$out" --resume >/dev/null 2>>"$out.log"
+}
+
+# ---- stage I ----
+ALIGN=(align --teacher $TEA --student "$TMP/student" --data "$TMP/text" --seq_len 64 --batch 4 --micro_batch 4
+       --steps 20 --warmup_steps 2 --ckpt_every 5 --ckpt_keep 2 --seed 11)
+"$BIN" "${ALIGN[@]}" --out "$TMP/a_cpu" >/dev/null 2>"$TMP/a_cpu.log"
+check "align --device cpu" "[ $? -eq 0 ]"
+"$BIN" "${ALIGN[@]}" --device cuda --out "$TMP/a_gpu" >/dev/null 2>"$TMP/a_gpu.log"
+check "align --device cuda" "[ $? -eq 0 ] && [ \$(wc -l <'$TMP/a_gpu/train/metrics.jsonl') -eq 20 ]"
+grep -h "held-out" "$TMP/a_cpu.log" "$TMP/a_gpu.log" | sed 's/^/  /'
+check "align: GPU per-step losses follow the CPU's" "compare '$TMP/a_cpu/train/metrics.jsonl' '$TMP/a_gpu/train/metrics.jsonl' 2e-2 loss"
+"$BIN" "${ALIGN[@]}" --device cuda --out "$TMP/a_gpu2" >/dev/null 2>&1
+check "align --device cuda is deterministic (byte-identical model and losses)" \
+  "cmp -s '$TMP/a_gpu/model.safetensors' '$TMP/a_gpu2/model.safetensors' && compare '$TMP/a_gpu/train/metrics.jsonl' '$TMP/a_gpu2/train/metrics.jsonl' 0 loss"
+kill_at "$TMP/a_kill" 7 "${ALIGN[@]}" --device cuda
+check "align --device cuda: SIGKILL at step 7 + resume is byte-identical" \
+  "cmp -s '$TMP/a_gpu/model.safetensors' '$TMP/a_kill/model.safetensors' && compare '$TMP/a_gpu/train/metrics.jsonl' '$TMP/a_kill/train/metrics.jsonl' 0 loss"
+
+# ---- stage II ----
+DIST=(distill --student "$TMP/a_cpu" --data "$TMP/text" --seq_len 64 --batch 4 --micro_batch 4 --steps 20
+      --warmup_steps 2 --ckpt_every 5 --ckpt_keep 2 --kd_topk 16 --lr 1e-3 --seed 3)
+"$BIN" "${DIST[@]}" --teacher $TEA --out "$TMP/d_cpu" >/dev/null 2>"$TMP/d_cpu.log"
+check "distill --device cpu" "[ $? -eq 0 ]"
+"$BIN" "${DIST[@]}" --teacher $TEA --device cuda --out "$TMP/d_gpu" >/dev/null 2>"$TMP/d_gpu.log"
+check "distill --device cuda" "[ $? -eq 0 ] && [ \$(wc -l <'$TMP/d_gpu/train/metrics.jsonl') -eq 20 ]"
+grep -h "held-out\|distill --device" "$TMP/d_cpu.log" "$TMP/d_gpu.log" | sed 's/^/  /'
+check "distill: GPU per-step loss, CE, KL follow the CPU's" "compare '$TMP/d_cpu/train/metrics.jsonl' '$TMP/d_gpu/train/metrics.jsonl' 2e-2 loss,ce,kl"
+kill_at "$TMP/d_kill" 7 "${DIST[@]}" --teacher $TEA --device cuda
+check "distill --device cuda: SIGKILL at step 7 + resume matches the uninterrupted run" \
+  "compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_kill/train/metrics.jsonl' 1e-3 loss,ce,kl"
+# a CPU run interrupted (SIGINT: checkpoint of the step reached) and resumed on the GPU
+"$BIN" "${DIST[@]}" --teacher $TEA --out "$TMP/d_x" >/dev/null 2>"$TMP/d_x.log" & pid=$!
+while kill -0 $pid 2>/dev/null && [ "$( [ -f "$TMP/d_x/train/metrics.jsonl" ] && wc -l <"$TMP/d_x/train/metrics.jsonl" || echo 0)" -lt 6 ]; do sleep 0.005; done
+kill -INT $pid; wait $pid
+"$BIN" "${DIST[@]}" --teacher $TEA --device cuda --out "$TMP/d_x" --resume >/dev/null 2>>"$TMP/d_x.log"
+check "distill: a CPU checkpoint resumes on the GPU" "[ $? -eq 0 ] && grep -q 'resuming from' '$TMP/d_x.log' && compare '$TMP/d_cpu/train/metrics.jsonl' '$TMP/d_x/train/metrics.jsonl' 2e-2 loss"
+"$BIN" teacher-cache --teacher $TEA --data "$TMP/text" --out "$TMP/topk.bin" --seq-len 64 --k 16 --batch 4 >/dev/null 2>&1
+"$BIN" "${DIST[@]}" --teacher-cache "$TMP/topk.bin" --device cuda --out "$TMP/d_cache" >/dev/null 2>"$TMP/d_cache.log"
+check "distill --teacher-cache --device cuda follows the online GPU run (cache from the fp32 CPU teacher)" \
+  "[ $? -eq 0 ] && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_cache/train/metrics.jsonl' 2e-2 loss,ce,kl"
+exit $fail

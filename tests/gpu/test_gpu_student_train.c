@@ -1,0 +1,347 @@
+/* GPU test of the student's training forward and backward (src/model/student/student_cuda_train.c,
+ * issue #8: stage II on CUDA) against the fp32 CPU path (student_train_impl.inc, itself checked
+ * by float64 finite differences in tests/test_student_backward_f64.c).
+ *
+ * Students: `init` from every fixture teacher family (head dims below 64: the fp32 mLSTM and the
+ * any-d SWA kernels), hybrid parameters perturbed so every branch matters, W = 5 < T = 23,
+ * S = 2, chunk 4, B = 2; plus a random llama-shaped student with head dim = d_phi = 64 and chunk
+ * 64 (the tensor-core mLSTM forward and the flash attention forward), T = 160, W = 32, S = 4.
+ * Per student, with random targets, a loss mask with holes and a random teacher top-k:
+ *   1. logits of the GPU forward vs the CPU's (relative L2);
+ *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
+ *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
+ *      relative L2 per tensor, and over all tensors together.
+ * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
+ * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
+ * incoming gradient and of dlogits to the forward's (an error in the maths, a wrong sign, a
+ * missing term or a gradient in the wrong slot is O(1) for that tensor).
+ * Exits 77 without a CUDA device; "quick" (memcheck) runs two families and the tc student. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include "core/core.h"
+#include "model/student/student.h"
+#include "model/student/student_cuda_train.h"
+#include "model/student/student_train.h"
+#include "distill/stages.h"
+#include "ops/cpu/kd_loss.h"
+#include "ops/cuda/cuda_ops.h"
+#include "student_fixture.h"
+#include "test.h"
+#include "gpu_test_util.h"
+
+static const double TOL_LOGITS = 2e-2, TOL_LOSS = 1e-2, TOL_TENSOR = 6e-2, TOL_ALL = 2e-2;
+static double worst_logits, worst_loss, worst_tensor, worst_all;
+static char worst_name[200];
+
+static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const xd_model_config *c = &s->cfg;
+  const int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, D = c->hidden, P = xd_hybrid_p_width(&s->hy);
+  for (int l = 0; l < c->n_layers; l++) {
+    xd_hybrid_layer *Y = &s->hl[l];
+    for (int i = 0; i < H * d * P; i++) Y->P_q[i] += scale * (float)xd_rng_normal(&r);
+    for (int i = 0; i < G * d * P; i++) Y->P_k[i] += scale * (float)xd_rng_normal(&r);
+    for (int i = 0; i < H * D; i++) { Y->w_i[i] = 0.3f * scale * (float)xd_rng_normal(&r); Y->w_f[i] = 0.3f * scale * (float)xd_rng_normal(&r); }
+    for (int i = 0; i < H; i++) { Y->b_i[i] += scale * (float)xd_rng_normal(&r); Y->b_o[i] += 2.0f; }
+    for (int i = 0; i < H * 3 * d; i++) Y->w_o[i] = 0.3f * scale * (float)xd_rng_normal(&r);
+  }
+}
+
+/* Random weights for a student made by xd_student_create: matrices with variance 1/fan-in, norm
+ * weights near 1, the hybrid parameters as xd_student_init would set them, then perturbed. */
+static void fill_random(xd_student *s, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const xd_params *p = &s->params;
+  for (int i = 0; i < p->n; i++) {
+    const xd_param_info *t = &p->t[i];
+    float *w = xd_params_data(p, i);
+    const double sc = t->ndim >= 2 ? 1.0 / sqrt((double)t->shape[t->ndim - 1]) : 0.1;
+    const double mean = t->ndim == 1 && strstr(t->name, "norm") ? 1.0 : 0.0;
+    for (size_t k = 0; k < t->numel; k++) w[k] = (float)(mean + sc * xd_rng_normal(&r));
+  }
+  /* P = identity-ish, forget-gate bias high: a student that behaves like a trained one */
+  for (int l = 0; l < s->cfg.n_layers; l++) {
+    xd_hybrid_layer *Y = &s->hl[l];
+    for (int h = 0; h < s->cfg.n_heads; h++) Y->b_f[h] = 3.0f + 3.0f * h / (float)s->cfg.n_heads;
+  }
+}
+
+/* The case: CPU and GPU forward, loss and backward on the same batch. */
+static void run_case(const char *name, xd_student *s, int B, int T, uint64_t seed) {
+  xd_err e = {{0}};
+  const int V = s->cfg.vocab, N = B * T, k = V < 16 ? V : 8;
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  int32_t *ids = xd_malloc((size_t)N * 4), *targets = xd_malloc((size_t)N * 4), *tk = xd_malloc((size_t)N * k * 4);
+  uint8_t *mask = xd_malloc((size_t)N);
+  float *tlp = xd_malloc((size_t)N * k * 4);
+  int *perm = xd_malloc((size_t)V * sizeof(int));
+  for (int i = 0; i < N; i++) {
+    ids[i] = (int32_t)(xd_rng_u64(&r) % (uint64_t)V);
+    targets[i] = (int32_t)(xd_rng_u64(&r) % (uint64_t)V);
+    mask[i] = xd_rng_u64(&r) % 10 != 0;
+    for (int v = 0; v < V; v++) perm[v] = v;
+    double lp = -0.5 - xd_rng_uniform(&r);
+    for (int j = 0; j < k; j++) { /* k distinct ids, log-probs descending */
+      const int pick = j + (int)(xd_rng_u64(&r) % (uint64_t)(V - j));
+      const int t = perm[j]; perm[j] = perm[pick]; perm[pick] = t;
+      tk[(size_t)i * k + j] = perm[j];
+      tlp[(size_t)i * k + j] = (float)lp;
+      lp -= 0.2 + xd_rng_uniform(&r);
+    }
+  }
+  mask[0] = 1;
+  kd_config kd = kd_config_default(N, V);
+  kd.k = k;
+  /* CPU */
+  xd_student_train_acts acts;
+  xd_student_train_acts_alloc(&acts, s, B, T);
+  float *cpu = xd_malloc((size_t)N * V * 4), *gpu = xd_malloc((size_t)N * V * 4), *lse = xd_malloc((size_t)N * 4);
+  kd_result rc_cpu;
+  CHECKF(xd_student_forward_train(s, &acts, ids, cpu, &e) == 0, "%s: %s", name, e.msg);
+  CHECKF(kd_loss_forward(&kd, cpu, targets, mask, tk, tlp, lse, &rc_cpu, &e) == 0, "%s: %s", name, e.msg);
+  /* GPU forward before the CPU backward overwrites cpu with its gradient */
+  xd_params_cuda *pd = NULL;
+  xd_student_cuda_train *m = NULL;
+  void *d_t = NULL, *d_mask = NULL, *d_tk = NULL, *d_tlp = NULL, *d_ce = NULL, *d_kl = NULL, *d_res = NULL;
+  if (xd_params_cuda_create(&pd, ctx, &s->params, &e) || xd_student_cuda_train_create(&m, ctx, s, pd, B, T, &e)) {
+    CHECKF(0, "%s: create: %s", name, e.msg);
+    goto out;
+  }
+  if (xd_student_cuda_train_forward(m, ids, &e) || xd_cuda_download(ctx, gpu, xd_student_cuda_train_logits(m), (size_t)N * V * 4, &e)) {
+    CHECKF(0, "%s: forward: %s", name, e.msg);
+    goto out;
+  }
+  const double el = rel_l2(gpu, cpu, (size_t)N * V);
+  worst_logits = fmax(worst_logits, el);
+  CHECKF(el <= TOL_LOGITS, "%s: logits rel L2 %.3e", name, el);
+  d_t = up_raw(targets, (size_t)N * 4);
+  d_mask = up_raw(mask, (size_t)N);
+  d_tk = up_raw(tk, (size_t)N * k * 4);
+  d_tlp = up_raw(tlp, (size_t)N * k * 4);
+  d_ce = dev_poisoned((size_t)N * 4);
+  d_kl = dev_poisoned((size_t)N * 4);
+  d_res = dev_poisoned(sizeof(xd_cuda_kd_result));
+  xd_cuda_kd_args a;
+  memset(&a, 0, sizeof a);
+  a.cfg = kd;
+  a.logits = xd_student_cuda_train_logits(m);
+  a.logits_dtype = XD_CUDA_F32;
+  a.dlogits = xd_student_cuda_train_dlogits(m);
+  a.grad_dtype = XD_CUDA_BF16;
+  a.dloss = 1.0f;
+  a.targets = d_t;
+  a.mask = d_mask;
+  a.tk_ids = d_tk;
+  a.tk_logp = d_tlp;
+  a.row_ce = d_ce;
+  a.row_kl = d_kl;
+  a.res = d_res;
+  xd_cuda_kd_result rg;
+  if (xd_cuda_kd_loss_fused(ctx, &a, &e) || xd_cuda_download(ctx, &rg, d_res, sizeof rg, &e)) {
+    CHECKF(0, "%s: kd loss: %s", name, e.msg);
+    goto out;
+  }
+  const double eloss = fmax(fabs(rg.r.loss - rc_cpu.loss) / fabs(rc_cpu.loss),
+                            fmax(fabs(rg.r.ce - rc_cpu.ce) / fabs(rc_cpu.ce), fabs(rg.r.kl - rc_cpu.kl) / fabs(rc_cpu.kl)));
+  worst_loss = fmax(worst_loss, eloss);
+  CHECKF(eloss <= TOL_LOSS && rg.r.count == rc_cpu.count, "%s: loss %.6g / CE %.6g / KL %.6g vs CPU %.6g / %.6g / %.6g (count %lld vs %lld)",
+         name, rg.r.loss, rg.r.ce, rg.r.kl, rc_cpu.loss, rc_cpu.ce, rc_cpu.kl, (long long)rg.r.count, (long long)rc_cpu.count);
+  /* backward on both */
+  kd_loss_backward(&kd, cpu, cpu, targets, mask, tk, tlp, lse, rc_cpu.count, 1.0f);
+  xd_params_zero_grad(&s->params);
+  xd_student_backward(s, &acts, ids, cpu);
+  if (xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e)) {
+    CHECKF(0, "%s: backward: %s", name, e.msg);
+    goto out;
+  }
+  double num = 0, den = 0, wt = 0;
+  const char *wn = "";
+  for (int i = 0; i < s->params.n; i++) {
+    const xd_param_info *t = &s->params.t[i];
+    const float *gc = xd_params_grad(&s->params, i);
+    float *gg = down(xd_params_cuda_grad(pd, i), t->numel);
+    double n1 = 0, d1 = 0;
+    for (size_t j = 0; j < t->numel; j++) {
+      const double dd = (double)gg[j] - gc[j];
+      n1 += dd * dd;
+      d1 += (double)gc[j] * gc[j];
+    }
+    free(gg);
+    num += n1;
+    den += d1;
+    const double rel = isnan(n1) ? INFINITY : d1 > 0 ? sqrt(n1 / d1) : sqrt(n1);
+    if (rel > wt) { wt = rel; wn = t->name; }
+    CHECKF(rel <= TOL_TENSOR, "%s: gradient of %s rel L2 %.3e (|g| %.3e)", name, t->name, rel, sqrt(d1));
+  }
+  const double eall = sqrt(num / den);
+  CHECKF(eall <= TOL_ALL, "%s: all gradients rel L2 %.3e", name, eall);
+  fprintf(stderr, "%-22s logits %.2e  loss %.2e  gradients %.2e (worst tensor %.2e: %s)\n", name, el, eloss, eall, wt, wn);
+  worst_all = fmax(worst_all, eall);
+  if (wt > worst_tensor) {
+    worst_tensor = wt;
+    snprintf(worst_name, sizeof worst_name, "%s: %s", name, wn);
+  }
+out:
+  xd_student_cuda_train_free(m);
+  xd_params_cuda_free(pd);
+  void *dv[] = {d_t, d_mask, d_tk, d_tlp, d_ce, d_kl, d_res};
+  for (size_t i = 0; i < sizeof dv / sizeof *dv; i++) xd_cuda_free(dv[i]);
+  xd_student_train_acts_free(&acts);
+  free(ids), free(targets), free(tk), free(mask), free(tlp), free(perm), free(cpu), free(gpu), free(lse);
+}
+
+static void check_family(const char *family, int variant) {
+  char sdir[600];
+  if (test_make_student(family, 5, 2, 4, sdir, sizeof sdir) != 0) { CHECKF(0, "%s: fixture missing", family); return; }
+  xd_err e = {{0}};
+  xd_student s;
+  CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) return;
+  perturb_hybrid(&s, 11, 0.5f);
+  if (variant) {
+    s.hy.normalizer = XD_NORM_XLSTM;
+    s.hy.gate_softcap = 15.0f;
+  }
+  char name[64];
+  snprintf(name, sizeof name, "%s%s", family, variant ? "+maxnorm+cap" : "");
+  run_case(name, &s, 2, 23, 5);
+  xd_student_free(&s);
+}
+
+/* head dim = d_phi = 64, chunk 64: the tensor-core mLSTM forward and the flash SWA forward */
+static void test_tc_student(void) {
+  xd_model_config c;
+  memset(&c, 0, sizeof c);
+  c.family = XD_FAMILY_LLAMA;
+  c.vocab = 512;
+  c.hidden = 256;
+  c.intermediate = 512;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 64;
+  c.rms_eps = 1e-5;
+  c.max_pos = 4096;
+  c.rope[0].kind = c.rope[1].kind = XD_ROPE_DEFAULT;
+  c.rope[0].theta = c.rope[1].theta = 10000.0;
+  xd_hybrid_config hy;
+  xd_hybrid_defaults(&hy, 64);
+  hy.window = 32;
+  hy.sinks = 4;
+  hy.chunk = 64;
+  xd_err e = {{0}};
+  xd_student s;
+  CHECKF(xd_student_create(&s, &c, &hy, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) return;
+  fill_random(&s, 21);
+  run_case("llama-d64-tc", &s, 2, 160, 9);
+  xd_student_free(&s);
+}
+
+/* Stage I: the GPU align step (xd_student_cuda_align_step) against the CPU's
+ * (xd_align_run_batch): per-layer losses and the hybrid parameters' gradients. */
+static double worst_align_loss, worst_align_grad;
+static void check_align(const char *family) {
+  char sdir[600], tdir[600];
+  snprintf(tdir, sizeof tdir, "tests/fixtures/teachers/%s/fp32", family);
+  if (test_make_student(family, 5, 2, 4, sdir, sizeof sdir) != 0) { CHECKF(0, "%s: fixture missing", family); return; }
+  xd_err e = {{0}};
+  xd_teacher t;
+  xd_student s;
+  CHECKF(xd_teacher_load(&t, tdir, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) return;
+  CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) { xd_teacher_free(&t); return; }
+  perturb_hybrid(&s, 13, 0.5f);
+  const int B = 2, T = 23, N = B * T, L = s.cfg.n_layers;
+  xd_rng r;
+  xd_rng_seed(&r, 17);
+  int32_t *ids = xd_malloc((size_t)N * 4);
+  for (int i = 0; i < N; i++) ids[i] = (int32_t)(xd_rng_u64(&r) % (uint64_t)s.cfg.vocab);
+  xd_align_ctx ac;
+  xd_trainer_hooks hooks;
+  xd_align_init(&ac, &t, &s, NULL, B, T, &hooks);
+  xd_params_zero_grad(&s.params);
+  xd_align_run_batch(&ac, ids, 1);
+  double *gl = xd_calloc((size_t)L, sizeof(double));
+  xd_params_cuda *pd = NULL;
+  xd_student_cuda_train *m = NULL;
+  if (xd_params_cuda_create(&pd, ctx, &s.params, &e) || xd_student_cuda_align_create(&m, ctx, &s, pd, B, T, &e) ||
+      xd_student_cuda_align_step(m, ids, 1, gl, &e) || xd_cuda_sync(ctx, &e)) {
+    CHECKF(0, "%s: align on the GPU: %s", family, e.msg);
+    goto out;
+  }
+  double wl = 0, wg = 0;
+  for (int l = 0; l < L; l++) {
+    const double rel = fabs(gl[l] - ac.layer_loss[l]) / ac.layer_loss[l];
+    wl = fmax(wl, rel);
+    CHECKF(rel <= TOL_LOSS * 3, "%s: stage I loss of layer %d: GPU %.6g, CPU %.6g", family, l, gl[l], ac.layer_loss[l]);
+  }
+  for (int i = 0; i < s.params.n; i++) {
+    const xd_param_info *ti = &s.params.t[i];
+    if (!ti->trainable) continue;
+    float *gg = down(xd_params_cuda_grad(pd, i), ti->numel);
+    const double rel = rel_l2(gg, xd_params_grad(&s.params, i), ti->numel);
+    free(gg);
+    wg = fmax(wg, rel);
+    CHECKF(rel <= TOL_TENSOR, "%s: stage I gradient of %s rel L2 %.3e", family, ti->name, rel);
+  }
+  fprintf(stderr, "%-22s stage I: layer losses %.2e, hybrid gradients %.2e (worst)\n", family, wl, wg);
+  worst_align_loss = fmax(worst_align_loss, wl);
+  worst_align_grad = fmax(worst_align_grad, wg);
+out:
+  xd_student_cuda_train_free(m);
+  xd_params_cuda_free(pd);
+  xd_align_free(&ac);
+  free(gl);
+  free(ids);
+  xd_student_free(&s);
+  xd_teacher_free(&t);
+}
+static void test_align_llama_gqa(void) { check_align("llama-gqa"); }
+static void test_align_qwen3(void) { check_align("qwen3"); }
+static void test_align_olmo3(void) { check_align("olmo3"); }
+
+static void test_llama_gqa(void) { check_family("llama-gqa", 0); }
+static void test_llama_mha_bias(void) { check_family("llama-mha-bias", 0); }
+static void test_llama3_rope(void) { check_family("llama3-rope", 0); }
+static void test_qwen2(void) { check_family("qwen2", 0); }
+static void test_qwen3(void) { check_family("qwen3", 0); }
+static void test_qwen3_maxnorm_softcap(void) { check_family("qwen3", 1); }
+static void test_olmo2(void) { check_family("olmo2", 0); }
+static void test_olmo3(void) { check_family("olmo3", 0); }
+
+int main(int argc, char **argv) {
+  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    return 77;
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  RUN(test_llama_gqa);
+  RUN(test_olmo3);
+  RUN(test_tc_student);
+  RUN(test_align_llama_gqa);
+  if (!quick) {
+    RUN(test_align_qwen3);
+    RUN(test_align_olmo3);
+    RUN(test_llama_mha_bias);
+    RUN(test_llama3_rope);
+    RUN(test_qwen2);
+    RUN(test_qwen3);
+    RUN(test_qwen3_maxnorm_softcap);
+    RUN(test_olmo2);
+  }
+  fprintf(stderr, "worst rel L2: logits %.3e (bound %.0e), loss %.3e (%.0e), one tensor's gradient %.3e (%.0e; %s), all gradients %.3e (%.0e)\n",
+          worst_logits, TOL_LOGITS, worst_loss, TOL_LOSS, worst_tensor, TOL_TENSOR, worst_name, worst_all, TOL_ALL);
+  fprintf(stderr, "stage I: worst layer loss rel %.3e (bound %.0e), worst hybrid gradient rel L2 %.3e (bound %.0e)\n",
+          worst_align_loss, 3 * TOL_LOSS, worst_align_grad, TOL_TENSOR);
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
+}

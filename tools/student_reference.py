@@ -22,10 +22,21 @@ Commands (from the repo root; OMP_NUM_THREADS=1 is enough for everything but `be
            rewrite tests/fixtures/student-reference/ (tests/test_student_reference.c): per
            family a small perturbed student (written here from the teacher fixture, following
            docs/checkpoint-format.md), ids.npy and float64 reference logits_f64.npy.
-  bench    [--seq 4096] [--tiny] [--no-compile] [--device cuda]
-           stage I step, stage II step and prefill of a student at the Llama-3.2-1B shape with
-           random weights, bf16 autocast, chunkwise mLSTM; prints `RESULT <name> <tokens/s>`.
-           --tiny: a small shape on CPU (a smoke test of the same code path).
+  bench    [--seq 4096] [--tiny] [--no-compile] [--device cuda] [--reps N]
+           [--only teacher,stage1,stage2,prefill] [--stage2-variants eager,eager_blocked,compiled,compiled_flex]
+           teacher prefill, stage I step, stage II step and student prefill at the Llama-3.2-1B shape
+           with random weights, bf16 autocast, chunkwise mLSTM (fp32 states); prints
+           `RESULT <name> <tokens/s>` and one grep-able line per measurement:
+             REF <name> tokens_per_s=.. step_ms=.. peak_gib=.. compile_s=.. T=.. card=..
+           and for stage II `REF stage2_best name=.. tokens_per_s=..`. Stage II variants (teacher
+           forward + top-256 of its bf16 logits, student forward/backward, 0.9 CE + 0.1 KL, clip 1.0,
+           fused AdamW, all in one step): eager (local branch: SDPA with a T x T mask), eager_blocked
+           (SDPA over query blocks: only window + sinks), compiled (eager_blocked with each decoder
+           layer torch.compile'd once and reused by all layers, teacher's too, loss compiled; the
+           warm-up steps' excess over the steady step is reported as compile_s), compiled_flex
+           (compiled, local branch by flex_attention). Only stage II on a GPU:
+             python3 tools/student_reference.py bench --only stage2 | grep '^REF '
+           --tiny: a small shape on CPU (a float64 self-check, then a smoke test of the same paths).
 """
 import argparse
 import copy
@@ -197,10 +208,75 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def local_attention(q, k, v, W, S, impl="explicit"):
-    """q [B,H,T,d], k/v [B,G,T,d]; keys s <= t and (t - s < W or s < S), scale 1/sqrt(d)."""
+LOCAL_BLOCK = 128   # query block of the "blocked" local branch
+
+
+def local_attention_blocked(q, k, v, W, S, block=LOCAL_BLOCK):
+    """The local branch without the T x T mask: queries in blocks of `block`; block b sees the
+    keys b*block-W+1 .. b*block+block-1 (its window, W+block-1 keys) plus the S sinks, as one
+    batched SDPA call with a [block, S+W+block-1] mask (sinks already inside the window masked
+    out so they count once). Attention work T*(S+W+block) instead of T*T."""
     B, H, T, d = q.shape
     G = k.shape[1]
+    Bq = min(block, T)
+    NB = (T + Bq - 1) // Bq
+    Tp = NB * Bq
+    Sk = min(S, T)
+    Lw = W + Bq - 1
+    kp = F.pad(k, (0, 0, W - 1, Tp - T)).unfold(2, Lw, Bq).transpose(-1, -2)   # [B,G,NB,Lw,d]
+    vp = F.pad(v, (0, 0, W - 1, Tp - T)).unfold(2, Lw, Bq).transpose(-1, -2)
+    kb = torch.cat([k[:, :, None, :Sk].expand(B, G, NB, Sk, d), kp], dim=3)       # [B,G,NB,Sk+Lw,d]
+    vb = torch.cat([v[:, :, None, :Sk].expand(B, G, NB, Sk, d), vp], dim=3)
+    Lk = Sk + Lw
+    extra = (-Lk) % 8                                   # keep the mask's last dim aligned
+    if extra:
+        kb = F.pad(kb, (0, 0, 0, extra)); vb = F.pad(vb, (0, 0, 0, extra))
+    dev = q.device
+    bi = torch.arange(NB, device=dev)[:, None, None]
+    i = torch.arange(Bq, device=dev)[None, :, None]
+    j = torch.arange(Lw, device=dev)[None, None, :]
+    t = bi * Bq + i                                     # query position [NB,Bq,1]
+    sw = bi * Bq - (W - 1) + j                          # window key position [NB,1,Lw]
+    mwin = (j >= i) & (j <= i + W - 1) & (sw >= 0)      # s <= t, t - s < W, not padding
+    ss = torch.arange(Sk, device=dev)[None, None, :]
+    msink = (t - ss >= W).expand(NB, Bq, Sk)            # sinks outside the window
+    mask = torch.cat([msink, mwin.expand(NB, Bq, Lw),
+                      torch.zeros(NB, Bq, extra, dtype=torch.bool, device=dev)], dim=-1)
+    mask = mask[None, :, None].expand(B, NB, 1, Bq, Lk + extra).reshape(B * NB, 1, Bq, Lk + extra)
+    qb = F.pad(q, (0, 0, 0, Tp - T)).view(B, H, NB, Bq, d).transpose(1, 2).reshape(B * NB, H, Bq, d)
+    kb = kb.transpose(1, 2).reshape(B * NB, G, Lk + extra, d).repeat_interleave(H // G, dim=1)
+    vb = vb.transpose(1, 2).reshape(B * NB, G, Lk + extra, d).repeat_interleave(H // G, dim=1)
+    o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=d ** -0.5)
+    return o.view(B, NB, H, Bq, d).transpose(1, 2).reshape(B, H, Tp, d)[:, :, :T]
+
+
+_FLEX_MASKS = {}
+
+
+def flex_block_mask(T, W, S, device):
+    """flex_attention block mask of the local branch (cached per shape)."""
+    key = (T, W, S, str(device))
+    if key not in _FLEX_MASKS:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mm(b, h, qi, ki):
+            return (qi >= ki) & ((qi - ki < W) | (ki < S))
+        _FLEX_MASKS[key] = create_block_mask(mm, None, None, T, T, device=device)
+    return _FLEX_MASKS[key]
+
+
+def local_attention(q, k, v, W, S, impl="explicit"):
+    """q [B,H,T,d], k/v [B,G,T,d]; keys s <= t and (t - s < W or s < S), scale 1/sqrt(d).
+    impl: explicit (mask + softmax), sdpa (SDPA, T x T mask), blocked (SDPA over query blocks,
+    see local_attention_blocked), flex (flex_attention with a block mask: for torch.compile)."""
+    B, H, T, d = q.shape
+    G = k.shape[1]
+    if impl == "blocked":
+        return local_attention_blocked(q, k, v, W, S)
+    if impl == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+        return flex_attention(q, k, v, block_mask=flex_block_mask(T, W, S, q.device), scale=d ** -0.5,
+                              enable_gqa=(H != G))
     t = torch.arange(T, device=q.device)
     dist = t[:, None] - t[None, :]
     mask = (dist >= 0) & ((dist < W) | (t[None, :] < S))
@@ -289,8 +365,12 @@ class HybridAttention(nn.Module):
         phq = self.feature(q, X.q_feature)                                     # [B,H,T,dphi]
         phk = self.feature(k, X.k_feature).repeat_interleave(H // G, dim=1)    # [B,H,T,dphi]
         vh = v.repeat_interleave(H // G, dim=1)
-        ig = X.igate(x).transpose(1, 2)                                        # [B,H,T]
-        fg = X.fgate(x).transpose(1, 2)
+        # gates in at least fp32 from here on (under bf16 autocast the Linear gives bf16): a bf16
+        # soft cap fused by torch.compile into the mLSTM's backward recomputes the stabiliser's max
+        # with other rounding than the forward and its amax gradient turns into 0/0 (NaN)
+        up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))
+        ig = up(X.igate(x)).transpose(1, 2)                                    # [B,H,T]
+        fg = up(X.fgate(x)).transpose(1, 2)
         if hy.gate_softcap > 0:
             c = hy.gate_softcap
             ig = c * torch.tanh(ig / c); fg = c * torch.tanh(fg / c)
@@ -699,6 +779,11 @@ def main(argv=None):
     c.add_argument("--seq", type=int, default=4096); c.add_argument("--tiny", action="store_true")
     c.add_argument("--no-compile", action="store_true"); c.add_argument("--device", default=None)
     c.add_argument("--reps", type=int, default=5)
+    c.add_argument("--fp32-matmul", default="high", choices=("high", "highest"),
+                   help="high: TF32 for fp32 matrix products on CUDA (default); highest: full fp32")
+    c.add_argument("--only", default="", help="comma list of %s (default: all)" % ",".join(STAGES))
+    c.add_argument("--stage2-variants", default=",".join(STAGE2_VARIANTS),
+                   help="comma list of %s" % ",".join(STAGE2_VARIANTS))
     a = ap.parse_args(argv)
     if a.cmd == "compare":
         return cmd_compare(a)
@@ -783,6 +868,51 @@ def bench_tiny_selfcheck(cfg, hy):
     print("tiny self-check: chunkwise + SDPA path vs parallel + explicit mask (float64): max rel %.3g" % e)
     if e > 1e-10:
         raise SystemExit("bench self-check failed")
+    for layer in m.model.layers:
+        layer.self_attn.local_impl = "blocked"
+    e = max_rel(forward(m, ids).numpy(), ref.numpy())
+    print("tiny self-check: chunkwise + blocked local branch vs parallel + explicit mask (float64): max rel %.3g" % e)
+    if e > 1e-10:
+        raise SystemExit("bench self-check failed (blocked)")
+    # the blocked local branch alone, over block sizes / windows / sinks / lengths that hit the edges
+    g = torch.Generator().manual_seed(3)
+    worst = 0.0
+    for (T, W, S, blk) in ((37, 16, 2, 8), (37, 5, 3, 16), (64, 16, 4, 16), (9, 4, 0, 4), (50, 64, 2, 8),
+                           (33, 1, 1, 8), (70, 7, 9, 128)):
+        q = torch.randn(2, 4, T, 8, generator=g, dtype=torch.float64)
+        k = torch.randn(2, 2, T, 8, generator=g, dtype=torch.float64)
+        v = torch.randn(2, 2, T, 8, generator=g, dtype=torch.float64)
+        worst = max(worst, max_rel(local_attention_blocked(q, k, v, W, S, blk).numpy(),
+                                   local_attention(q, k, v, W, S, "explicit").numpy()))
+    print("tiny self-check: blocked local branch alone (7 shapes, float64): max rel %.3g" % worst)
+    if worst > 1e-12:
+        raise SystemExit("bench self-check failed (blocked local branch)")
+
+
+STAGES = ("teacher", "stage1", "stage2", "prefill")
+STAGE2_VARIANTS = ("eager", "eager_blocked", "compiled", "compiled_flex")
+
+
+def regional_compile(model, on):
+    """torch.compile each decoder layer (regional compilation): the layers share one code object
+    and, with inlined nn.Modules (the default since torch 2.5), one compiled graph whose guards
+    are on the layer's type and attributes, not its identity, so 16 layers compile once per
+    distinct (grad mode, layer kind). on=False restores the eager layers."""
+    for layer in model.model.layers:
+        if on:
+            layer.compile(dynamic=False)
+        else:
+            layer._compiled_call_impl = None
+
+
+def dynamo_stats():
+    try:
+        from torch._dynamo.utils import counters
+        return "dynamo: unique_graphs=%d, frames ok=%d, recompiles=%d, graph breaks=%d" % (
+            counters["stats"]["unique_graphs"], counters["frames"]["ok"],
+            sum(counters["recompiles"].values()), sum(counters["graph_break"].values()))
+    except Exception as ex:  # counters are internal: never fail the bench on them
+        return "dynamo stats unavailable (%s)" % type(ex).__name__
 
 
 def cmd_bench(a):
@@ -791,17 +921,37 @@ def cmd_bench(a):
     cfg, hy, topk = bench_config(a.tiny)
     T = a.seq if not (a.tiny and a.seq == 4096) else 64
     B = 1
+    only = [x for x in a.only.split(",") if x] if a.only else list(STAGES)
+    variants = [x for x in a.stage2_variants.split(",") if x]
+    for x in only:
+        if x not in STAGES:
+            raise SystemExit("--only: %r is not one of %s" % (x, ",".join(STAGES)))
+    for x in variants:
+        if x not in STAGE2_VARIANTS:
+            raise SystemExit("--stage2-variants: %r is not one of %s" % (x, ",".join(STAGE2_VARIANTS)))
+    if a.no_compile:
+        variants = [x for x in variants if not x.startswith("compiled")]
     if a.tiny:
         bench_tiny_selfcheck(cfg, hy)
+        variants = [x for x in variants if x != "compiled_flex" or dev.type == "cuda" or a.stage2_variants != ",".join(STAGE2_VARIANTS)]  # flex: GPU only unless asked
     warm, reps = (1, 2) if a.tiny else (2, a.reps)
+    if dev.type == "cuda" and a.fp32_matmul != "highest":
+        # TF32 for the fp32 parts (the chunkwise mLSTM keeps fp32 states, SPEC 2.3): what a fair
+        # engineer sets on Hopper; xdistill's own GPU mLSTM multiplies in bf16
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     import transformers
+    card = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    card_tag = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in card)
     print("torch %s, transformers %s, device %s%s" % (torch.__version__, transformers.__version__, dev,
-          " (%s)" % torch.cuda.get_device_name(0) if dev.type == "cuda" else ""))
+          " (%s)" % card if dev.type == "cuda" else ""))
     print("shape: %d layers, hidden %d, %d heads, %d KV heads, head dim %d, MLP %d, vocab %d; T=%d B=%d; "
-          "W=%d S=%d d_phi=%d chunk=%d %s; bf16 autocast, fp32 master weights, chunkwise mLSTM (fp32 states)" % (
+          "W=%d S=%d d_phi=%d chunk=%d %s; bf16 autocast, fp32 master weights, chunkwise mLSTM (fp32 states), "
+          "fp32 matmul precision %s" % (
               cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
               cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, T, B, hy.window, hy.sinks, hy.d_phi,
-              hy.chunk, hy.feature_map))
+              hy.chunk, hy.feature_map, "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"))
+    t_setup = time.perf_counter()
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -814,77 +964,112 @@ def cmd_bench(a):
     compiles = [False] if a.no_compile else [False, True]
     results = {}
 
-    def report(name, seconds):
+    def peak_reset():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib():
+        return torch.cuda.max_memory_allocated() / 2 ** 30 if dev.type == "cuda" else 0.0
+
+    def report(name, seconds, compile_s=0.0):
         results[name] = B * T / seconds
         print("RESULT %s %.0f tokens/s  (%.2f ms/step)" % (name, B * T / seconds, seconds * 1e3))
+        # one machine-readable line per measurement (grep '^REF ')
+        print("REF %s tokens_per_s=%.0f step_ms=%.2f peak_gib=%.2f compile_s=%.1f T=%d card=%s" % (
+            name, B * T / seconds, seconds * 1e3, peak_gib(), compile_s, T, card_tag), flush=True)
+
+    def timed_compiled(fn, nwarm):
+        """(steady step seconds, compile seconds): the warm-up steps' excess over the steady step."""
+        ws = []
+        for _ in range(nwarm):
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            ws.append(time.perf_counter() - t0)
+        st = _timed(fn, dev, 0, reps)
+        print("  warm-up steps %s s; steady %.3f s" % (", ".join("%.1f" % w for w in ws), st))
+        return st, max(0.0, sum(ws) - len(ws) * st)
 
     def guarded(name, fn):
         try:
             fn()
         except Exception as ex:  # torch.compile may not work everywhere: report and go on
-            print("RESULT %s failed: %s: %s" % (name, type(ex).__name__, str(ex).splitlines()[0][:200] if str(ex) else ""))
+            msg = str(ex).splitlines()[0][:200] if str(ex) else ""
+            print("RESULT %s failed: %s: %s" % (name, type(ex).__name__, msg))
+            print("REF %s failed=%s" % (name, type(ex).__name__), flush=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
     # ---- teacher prefill (the baseline the student is compared with, same run) ----
-    with torch.inference_mode():
-        report("teacher_prefill", _timed(lambda: teacher(input_ids=ids, use_cache=False, logits_to_keep=1), dev, warm, reps))
+    if "teacher" in only:
+        peak_reset()
+        with torch.inference_mode():
+            report("teacher_prefill", _timed(lambda: teacher(input_ids=ids, use_cache=False, logits_to_keep=1), dev, warm, reps))
 
     # ---- (a) stage I: teacher-forced per-layer MSE, new parameters only ----
-    captured = {}
-    hooks = []
-    for l, layer in enumerate(teacher.model.layers):
-        def pre_attn(mod, args, kwargs, l=l):
-            captured["x%d" % l] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            captured["pe"] = kwargs["position_embeddings"]
-        def pre_o(mod, args, l=l):
-            captured["a%d" % l] = args[0]
-        hooks.append(layer.self_attn.register_forward_pre_hook(pre_attn, with_kwargs=True))
-        hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_o))
-    # hybrid layers sharing the teacher's frozen projections; new parameters fp32
-    s1 = []
-    for l, layer in enumerate(teacher.model.layers):
-        ha = HybridAttention(layer.self_attn, cfg, hy, "chunkwise", "sdpa")
-        ha.xlstm.float().requires_grad_(True)
-        ha.xlstm.init_spec()
-        s1.append(ha)
-    _randomize_hybrid(nn.ModuleList(s1))
-    new_params = [p for ha in s1 for p in ha.xlstm.parameters()]
-    opt1 = torch.optim.AdamW(new_params, lr=1e-3, weight_decay=0.1, **({"fused": True} if dev.type == "cuda" else {}))
-    print("stage I: %d new parameters" % sum(p.numel() for p in new_params))
+    if "stage1" in only:
+        captured = {}
+        hooks = []
+        for l, layer in enumerate(teacher.model.layers):
+            def pre_attn(mod, args, kwargs, l=l):
+                captured["x%d" % l] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                captured["pe"] = kwargs["position_embeddings"]
+            def pre_o(mod, args, l=l):
+                captured["a%d" % l] = args[0]
+            hooks.append(layer.self_attn.register_forward_pre_hook(pre_attn, with_kwargs=True))
+            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_o))
+        # hybrid layers sharing the teacher's frozen projections; new parameters fp32
+        s1 = []
+        for l, layer in enumerate(teacher.model.layers):
+            ha = HybridAttention(layer.self_attn, cfg, hy, "chunkwise", "sdpa")
+            ha.xlstm.float().requires_grad_(True)
+            ha.xlstm.init_spec()
+            s1.append(ha)
+        _randomize_hybrid(nn.ModuleList(s1))
+        new_params = [p for ha in s1 for p in ha.xlstm.parameters()]
+        opt1 = torch.optim.AdamW(new_params, lr=1e-3, weight_decay=0.1, **({"fused": True} if dev.type == "cuda" else {}))
+        print("stage I: %d new parameters" % sum(p.numel() for p in new_params))
 
-    def layer_loss(ha, x, cos, sin, target):
-        out = ha.heads_out(x, (cos, sin))
-        return F.mse_loss(out.float(), target.float())
+        def layer_loss(ha, x, cos, sin, target):
+            out = ha.heads_out(x, (cos, sin))
+            return F.mse_loss(out.float(), target.float())
 
-    for compiled in compiles:
-        name = "stage1_step" + ("_compiled" if compiled else "")
-        def run1(compiled=compiled):
-            lf = torch.compile(layer_loss, dynamic=False) if compiled else layer_loss
+        for compiled in compiles:
+            name = "stage1_step" + ("_compiled" if compiled else "")
+            def run1(compiled=compiled):
+                lf = torch.compile(layer_loss, dynamic=False) if compiled else layer_loss
 
-            def step():
-                with torch.no_grad():
-                    teacher(input_ids=ids, use_cache=False, logits_to_keep=1)
-                cos, sin = captured["pe"]
-                total = 0.0
-                for l, ha in enumerate(s1):  # layers are independent: backward one at a time
-                    with amp():
-                        loss = lf(ha, captured["x%d" % l], cos, sin, captured["a%d" % l])
-                    loss.backward()
-                    total += loss.detach()
-                torch.nn.utils.clip_grad_norm_(new_params, 1.0)
-                opt1.step()
-                opt1.zero_grad(set_to_none=True)
-                return total
-            report(name, _timed(step, dev, warm + (1 if compiled else 0), reps))
-        guarded(name, run1)
-    for h in hooks:
-        h.remove()
-    captured.clear()
-    del s1, opt1, new_params
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
+                def step():
+                    with torch.no_grad():
+                        teacher(input_ids=ids, use_cache=False, logits_to_keep=1)
+                    cos, sin = captured["pe"]
+                    total = 0.0
+                    for l, ha in enumerate(s1):  # layers are independent: backward one at a time
+                        with amp():
+                            loss = lf(ha, captured["x%d" % l], cos, sin, captured["a%d" % l])
+                        loss.backward()
+                        total += loss.detach()
+                    torch.nn.utils.clip_grad_norm_(new_params, 1.0)
+                    opt1.step()
+                    opt1.zero_grad(set_to_none=True)
+                    return total
+                peak_reset()
+                if compiled:
+                    st, cs = timed_compiled(step, warm + 1)
+                    report(name, st, cs)
+                else:
+                    report(name, _timed(step, dev, warm, reps))
+            guarded(name, run1)
+        for h in hooks:
+            h.remove()
+        captured.clear()
+        del s1, opt1, new_params
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
+    if "stage2" not in only and "prefill" not in only:
+        return 0
     # ---- the student model (fp32 master weights: teacher copy + hybrid parameters) ----
     with dev:
         student = LlamaForCausalLM(cfg).float()
@@ -893,17 +1078,12 @@ def cmd_bench(a):
     _randomize_hybrid(student)
     student.to(dev).train()
     n_student = sum(p.numel() for p in student.parameters())
+    print("setup (teacher + student built) %.1f s" % (time.perf_counter() - t_setup))
 
-    # ---- (b) stage II: top-k sparse KL + CE, all parameters, AdamW ----
-    opt2 = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.1,
-                             **({"fused": True} if dev.type == "cuda" else {}))
+    # ---- (b) stage II: top-k sparse KL + CE, all parameters, AdamW (fused on CUDA), clip 1.0 ----
     gamma, beta, tau = 0.9, 0.1, 1.0
-    print("stage II: %d parameters (all), top-k %d, loss %.1f CE + %.1f KL, teacher in the same step" % (
-        n_student, topk, gamma, beta))
 
-    def stage2_loss(model, ids, t_idx, t_val):
-        with amp():
-            logits = model(input_ids=ids, use_cache=False).logits
+    def kd_loss(logits, ids, t_idx, t_val):
         z = logits[:, :-1].float() / tau
         ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1))
         lps = torch.log_softmax(z.gather(-1, t_idx[:, :-1]), -1)     # student renormalised over K
@@ -911,40 +1091,105 @@ def cmd_bench(a):
         kl = (lpt.exp() * (lpt - lps)).sum(-1).mean()
         return gamma * ce + beta * kl
 
-    for compiled in compiles:
-        name = "stage2_step" + ("_compiled" if compiled else "")
-        def run2(compiled=compiled):
-            model = torch.compile(student, dynamic=False) if compiled else student
+    if "stage2" in only and variants and dev.type == "cuda":
+        # the local-branch implementations against each other at the bench shape (bf16, forward)
+        g = torch.Generator(device=dev).manual_seed(1)
+        H, G, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q = torch.randn(1, H, T, d, device=dev, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(1, G, T, d, device=dev, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(1, G, T, d, device=dev, dtype=torch.bfloat16, generator=g)
+        ref = local_attention(q.float(), k.float(), v.float(), hy.window, hy.sinks, "sdpa")
+        for impl in ("sdpa", "blocked") + (("flex",) if "compiled_flex" in variants else ()):
+            try:
+                fn = local_attention
+                if impl == "flex":
+                    flex_block_mask(T, hy.window, hy.sinks, dev)
+                    fn = torch.compile(local_attention, dynamic=False)
+                o = fn(q, k, v, hy.window, hy.sinks, impl).float()
+                print("  local branch %s (bf16) vs fp32 SDPA: rel L2 %.2e" % (impl, ((o - ref).norm() / ref.norm()).item()))
+            except Exception as ex:
+                print("  local branch %s check failed: %s: %s" % (impl, type(ex).__name__, str(ex)[:200]))
+        del q, k, v, ref
+    if "stage2" in only and variants:
+        opt2 = torch.optim.AdamW(student.parameters(), lr=1e-5, weight_decay=0.1,
+                                 **({"fused": True} if dev.type == "cuda" else {}))
+        print("stage II: %d parameters (all), top-k %d, loss %.1f CE + %.1f KL, teacher in the same step; "
+              "variants %s" % (n_student, topk, gamma, beta, ",".join(variants)))
+        print("  eager: local branch SDPA with a T x T mask; eager_blocked: local branch SDPA over query "
+              "blocks of %d (window + sinks only); compiled: eager_blocked with every decoder layer "
+              "(student and teacher) torch.compile'd (regional, dynamic=False) and the loss compiled; "
+              "compiled_flex: compiled with flex_attention (block mask) for the local branch" % LOCAL_BLOCK)
 
-            def step():
-                with torch.no_grad():
-                    tl = teacher(input_ids=ids, use_cache=False).logits
-                    t_val, t_idx = tl.float().topk(topk, dim=-1)
-                    del tl
-                loss = stage2_loss(model, ids, t_idx, t_val)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-                opt2.step()
-                opt2.zero_grad(set_to_none=True)
-                return loss.detach()
-            report(name, _timed(step, dev, warm + (1 if compiled else 0), reps))
-        guarded(name, run2)
-    del opt2
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
+        for var in variants:
+            name = {"eager": "stage2_step", "eager_blocked": "stage2_step_blocked",
+                    "compiled": "stage2_step_compiled", "compiled_flex": "stage2_step_compiled_flex"}[var]
+            local = {"eager": "sdpa", "eager_blocked": "blocked", "compiled": "blocked", "compiled_flex": "flex"}[var]
+            compiled = var.startswith("compiled")
+
+            def run2(compiled=compiled, local=local, name=name):
+                for layer in student.model.layers:
+                    layer.self_attn.local_impl = local
+                if local == "flex":
+                    flex_block_mask(T, hy.window, hy.sinks, dev)   # built outside the compiled region
+                lossf = kd_loss
+                if compiled:
+                    torch._dynamo.reset()
+                    regional_compile(student, True)
+                    regional_compile(teacher, True)
+                    lossf = torch.compile(kd_loss, dynamic=False)
+
+                def step():
+                    with torch.no_grad():
+                        tl = teacher(input_ids=ids, use_cache=False).logits
+                        t_val, t_idx = tl.topk(topk, dim=-1)   # top-k of the bf16 logits (no fp32 copy)
+                        t_val = t_val.float()
+                        del tl
+                    with amp():
+                        logits = student(input_ids=ids, use_cache=False).logits
+                    loss = lossf(logits, ids, t_idx, t_val)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                    opt2.step()
+                    opt2.zero_grad(set_to_none=True)
+                    return loss.detach()
+                peak_reset()
+                try:
+                    if compiled:
+                        st, cs = timed_compiled(step, warm + 1)
+                        print("  " + dynamo_stats())
+                        report(name, st, cs)
+                    else:
+                        report(name, _timed(step, dev, warm, reps))
+                    print("  last step's loss %.5f" % step().item())
+                finally:
+                    regional_compile(student, False)
+                    regional_compile(teacher, False)
+            guarded(name, run2)
+        for layer in student.model.layers:
+            layer.self_attn.local_impl = "sdpa"
+        s2 = {k: v for k, v in results.items() if k.startswith("stage2_step")}
+        if s2:
+            best = max(s2, key=s2.get)
+            print("REF stage2_best name=%s tokens_per_s=%.0f card=%s" % (best, s2[best], card_tag), flush=True)
+        opt2.zero_grad(set_to_none=True)
+        del opt2
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- (c) student prefill, bf16 weights ----
-    student = student.to(torch.bfloat16).eval().requires_grad_(False)
-    del teacher
-    for compiled in compiles:
-        for keep, suffix in ((1, ""), (0, "_all_logits")):
-            name = "student_prefill" + suffix + ("_compiled" if compiled else "")
-            def run3(compiled=compiled, keep=keep):
-                model = torch.compile(student, dynamic=False) if compiled else student
-                with torch.inference_mode():
-                    report(name, _timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=keep),
-                                        dev, warm + (1 if compiled else 0), reps))
-            guarded(name, run3)
+    if "prefill" in only:
+        student = student.to(torch.bfloat16).eval().requires_grad_(False)
+        del teacher
+        for compiled in compiles:
+            for keep, suffix in ((1, ""), (0, "_all_logits")):
+                name = "student_prefill" + suffix + ("_compiled" if compiled else "")
+                def run3(compiled=compiled, keep=keep, name=name):
+                    model = torch.compile(student, dynamic=False) if compiled else student
+                    peak_reset()
+                    with torch.inference_mode():
+                        report(name, _timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=keep),
+                                            dev, warm + (1 if compiled else 0), reps))
+                guarded(name, run3)
     if dev.type == "cuda":
         print("peak GPU memory %.1f GiB" % (torch.cuda.max_memory_allocated() / 2 ** 30))
     return 0

@@ -175,6 +175,7 @@ int main(int argc, char **argv) {
   const int warm = 2, n = reps < 64 ? reps : 64;
   for (int pass = 0; pass < 2; pass++) {
     const int profile = pass == 1, iters = profile ? (n < 16 ? n : 16) : warm + n;
+    xd_student_cuda_train_profile(m, profile);
     for (int it = 0; it < iters; it++) {
       double tp = xd_now(), ts0 = tp;
 #define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp; tp = now; } } while (0)
@@ -227,6 +228,8 @@ int main(int argc, char **argv) {
     printf(" %s %.2f;", phase[i], v * 1e3);
   }
   printf(" sum %.1f\n", tot_ph * 1e3);
+  xd_student_cuda_train_profile_print(m, stdout, np);
+  xd_student_cuda_train_profile(m, 0);
   printf("XD stage2_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f mfu_student=%.4f T=%d device=\"%s\"\n", tps, step * 1e3,
          mfu, mfu_s, T, dev);
 
@@ -236,6 +239,10 @@ int main(int argc, char **argv) {
     xd_student_cuda_train *ma = NULL;
     CK(xd_student_cuda_align_create(&ma, c, &s, pd, B, T, &err));
     double *ll = xd_calloc((size_t)cfg.n_layers, sizeof(double)), st1[64];
+    xd_student_cuda_train_profile(ma, 1);
+    CK(xd_student_cuda_align_step(ma, tok, 1, ll, &err));
+    xd_student_cuda_train_profile_print(ma, stdout, 1);
+    xd_student_cuda_train_profile(ma, 0);
     for (int it = 0; it < warm + n; it++) {
       const double tq = xd_now();
       CK(xd_student_cuda_align_step(ma, tok, 1, ll, &err));

@@ -57,16 +57,17 @@ int xd_params_add(xd_params *p, const char *name, int ndim, const int64_t *shape
 void xd_params_alloc(xd_params *p) {
   XD_CHECK(!p->data);
   size_t off = 0;
-  for (int pass = 1; pass >= 0; pass--) /* trainable first, then frozen */
+  p->n_train = 0;
+  for (int pass = 1; pass >= 0; pass--) { /* trainable first, then frozen */
     for (int i = 0; i < p->n; i++)
       if (p->t[i].trainable == pass) {
         p->t[i].offset = off;
         XD_CHECK(xd_add_size(off, p->t[i].numel, &off) == 0);
+        off = (off + XD_PARAMS_ALIGN - 1) / XD_PARAMS_ALIGN * XD_PARAMS_ALIGN;
       }
+    if (pass == 1) p->n_train = off; /* the trainable prefix, padding included */
+  }
   p->total = off;
-  p->n_train = 0;
-  for (int i = 0; i < p->n; i++)
-    if (p->t[i].trainable) p->n_train += p->t[i].numel;
   size_t bytes;
   XD_CHECK(xd_mul_size(p->total, sizeof(float), &bytes) == 0);
   p->data = xd_aligned_alloc(bytes);

@@ -33,6 +33,10 @@
 
 #define XD_PARAMS_MAX_DIMS 8
 #define XD_PARAMS_BLOCK 65536 /* floats per reduction block (fixed: part of determinism) */
+/* Every tensor starts at a multiple of XD_PARAMS_ALIGN floats (32 bytes; 16 bytes in a bf16
+ * mirror of the arena, what cuBLASLt needs of a matrix pointer). The padding is zero in every
+ * arena and never trained. */
+#define XD_PARAMS_ALIGN 8
 
 typedef struct {
   char *name;
@@ -55,8 +59,8 @@ typedef struct {
   xd_param_info *t;
   int ngroups;
   xd_param_group *groups;
-  size_t total;   /* floats in data */
-  size_t n_train; /* floats in grad/m/v (trainable prefix of data) */
+  size_t total;   /* floats in data (padding included) */
+  size_t n_train; /* floats in grad/m/v (trainable prefix of data, padding included) */
   float *data, *grad, *m, *v; /* NULL until xd_params_alloc (grad/m/v NULL if n_train == 0) */
   size_t nblocks; /* reduction blocks over [0, n_train) */
   double *block_scratch; /* nblocks doubles, for deterministic reductions */

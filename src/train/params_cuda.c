@@ -41,7 +41,8 @@ void xd_params_cuda_free(xd_params_cuda *d) {
 }
 
 /* Segments: maximal runs of trainable elements of one group, in arena order (trainable tensors
- * are laid out first, in table order, contiguously). Chunks: for each CHUNK elements, the
+ * are laid out first, in table order, contiguously up to the XD_PARAMS_ALIGN padding after each,
+ * which joins its tensor's segment: zero there stays zero under AdamW). Chunks: for each CHUNK elements, the
  * segments of its first and last element. */
 static int build_tables(xd_params_cuda *d, const xd_params *p, xd_err *e) {
   int nt = 0;
@@ -60,8 +61,8 @@ static int build_tables(xd_params_cuda *d, const xd_params *p, xd_err *e) {
   size_t ns = 0, expect = 0;
   for (int k = 0; k < nt; k++) {
     const xd_param_info *t = &p->t[ord[k]];
-    XD_CHECK(t->offset == expect); /* contiguous trainable prefix */
-    expect += t->numel;
+    XD_CHECK(t->offset == expect); /* contiguous trainable prefix (XD_PARAMS_ALIGN padding between tensors) */
+    expect = (t->offset + t->numel + XD_PARAMS_ALIGN - 1) / XD_PARAMS_ALIGN * XD_PARAMS_ALIGN;
     if (ns > 0 && sg[ns - 1] == t->group) continue;
     ss[ns] = t->offset, sg[ns] = t->group, ns++;
   }

@@ -5,6 +5,7 @@
 #include "model/student/student_cuda_train.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,12 @@ typedef struct {
   float *g_P_q, *g_P_k, *g_w_i, *g_b_i, *g_w_f, *g_b_f, *g_w_mix, *g_b_mix;
   int W, S, kind;
 } tl_layer;
+
+/* Op classes of the profile (xd_student_cuda_train_profile). */
+enum { P_GEMM, P_ATTN, P_SWA_BWD, P_MLSTM_FWD, P_MLSTM_BWD, P_CORE, P_NORM, P_ROPE, P_MLP, P_EMB, P_MEM, P_COUNT };
+static const char *const prof_name[P_COUNT] = {"GEMMs (fwd+bwd, incl. bf16 casts of dout)", "attention fwd", "SWA bwd",
+                                               "mLSTM fwd", "mLSTM bwd", "feature maps/gates/mix (+MSE)", "RMSNorms",
+                                               "QK-norm/RoPE", "SwiGLU", "embedding", "memset/copy/convert"};
 
 /* Saved activations of one layer (see the header). */
 typedef struct {
@@ -54,6 +61,9 @@ struct xd_student_cuda_train {
   int align;
   float *a_ref, *dcore;
   double *d_lsum;
+  /* profiling (off unless asked for): seconds per op class */
+  int prof;
+  double prof_s[P_COUNT], prof_t;
   void *block;    /* one allocation for all of the above */
   size_t bytes;
   int32_t *ids_host;
@@ -335,9 +345,34 @@ void xd_student_cuda_train_free(xd_student_cuda_train *m) {
 }
 
 float *xd_student_cuda_train_logits(const xd_student_cuda_train *m) { return m->logits; }
+
+void xd_student_cuda_train_profile(xd_student_cuda_train *m, int on) {
+  m->prof = on;
+  memset(m->prof_s, 0, sizeof m->prof_s);
+}
+
+void xd_student_cuda_train_profile_print(const xd_student_cuda_train *m, FILE *f, int steps) {
+  double tot = 0;
+  for (int i = 0; i < P_COUNT; i++) tot += m->prof_s[i];
+  fprintf(f, "profile (ms per step over %d steps, synchronised after each op; total %.1f):\n", steps, 1e3 * tot / steps);
+  for (int i = 0; i < P_COUNT; i++)
+    if (m->prof_s[i] > 0) fprintf(f, "  %-44s %8.2f\n", prof_name[i], 1e3 * m->prof_s[i] / steps);
+}
 uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return m->dlogits; }
 
 #define CK(x) do { if ((x) != 0) return -1; } while (0)
+/* CK, and with profiling on (xd_student_cuda_train_profile) a synchronisation after the op, its
+ * time added to class `cat` (the host clock: coarse, for the breakdown of a step only). */
+#define OP(cat, x)                                                     \
+  do {                                                                 \
+    if ((x) != 0) return -1;                                           \
+    if (m->prof) {                                                     \
+      if (xd_cuda_sync(m->c, e) != 0) return -1;                       \
+      const double t_ = xd_now();                                      \
+      m->prof_s[cat] += t_ - m->prof_t;                                \
+      m->prof_t = t_;                                                  \
+    }                                                                  \
+  } while (0)
 
 /* The teacher's layer after its attention (xd_teacher_layer_out, unrolled to keep what the
  * backward needs): h1 = h0 + [norm](att Wo^T + bo); MLP; hout = h1 + [norm](act Wdown^T + b).
@@ -350,24 +385,24 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
   /* h1 = h0 + [norm](att Wo^T + bo) */
-  CK(xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
+  OP(P_MEM, xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
   if (c->post_norm) {
-    CK(xd_cuda_matmul(cx, s->o1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 0, e));
-    CK(xd_cuda_add_rmsnorm_f32(cx, s->h1, s->o1, y->attn_out_norm, N, D, eps, e));
-    CK(xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, NULL, N, D, eps, e));
+    OP(P_GEMM, xd_cuda_matmul(cx, s->o1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 0, e));
+    OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, s->h1, s->o1, y->attn_out_norm, N, D, eps, e));
+    OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, NULL, N, D, eps, e));
   } else {
-    CK(xd_cuda_matmul(cx, s->h1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 1, e));
-    CK(xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, y->mlp_norm, N, D, eps, e));
+    OP(P_GEMM, xd_cuda_matmul(cx, s->h1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 1, e));
+    OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, y->mlp_norm, N, D, eps, e));
   }
   /* MLP: gu = xm Wgu^T (+b), act = silu(g) u, h2 = h1 + [norm](act Wdown^T + b) */
-  CK(xd_cuda_matmul(cx, s->gu, XD_CUDA_BF16, s->xmb, y->w_gu, y->b_gu16, N, D, 2 * F, 0, e));
-  CK(xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
-  CK(xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
+  OP(P_GEMM, xd_cuda_matmul(cx, s->gu, XD_CUDA_BF16, s->xmb, y->w_gu, y->b_gu16, N, D, 2 * F, 0, e));
+  OP(P_MLP, xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
+  OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
   if (c->post_norm) {
-    CK(xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
-    CK(xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
+    OP(P_GEMM, xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
+    OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
   } else {
-    CK(xd_cuda_matmul(cx, hout, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 1, e));
+    OP(P_GEMM, xd_cuda_matmul(cx, hout, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 1, e));
   }
   return 0;
 }
@@ -380,13 +415,13 @@ static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   const int N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, Hd = H * d, Gd = G * d;
   const float eps = (float)c->rms_eps;
   /* x = [rmsnorm](h0) (olmo: x = h0) */
-  CK(xd_cuda_rmsnorm_f32(cx, s->xb, s->xf, s->h0, c->post_norm ? NULL : y->attn_norm, N, D, eps, e));
+  OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xb, s->xf, s->h0, c->post_norm ? NULL : y->attn_norm, N, D, eps, e));
   /* q_raw, k_raw, v_raw = x W^T + b (three GEMMs on the fused weight's slices) */
-  CK(xd_cuda_matmul(cx, s->qr, XD_CUDA_F32, s->xb, y->w_qkv, y->b_qkv, N, D, Hd, 0, e));
-  CK(xd_cuda_matmul(cx, s->kr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)Hd * D, y->b_qkv ? y->b_qkv + Hd : NULL, N, D, Gd, 0, e));
-  CK(xd_cuda_matmul(cx, s->vr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)(Hd + Gd) * D, y->b_qkv ? y->b_qkv + Hd + Gd : NULL,
+  OP(P_GEMM, xd_cuda_matmul(cx, s->qr, XD_CUDA_F32, s->xb, y->w_qkv, y->b_qkv, N, D, Hd, 0, e));
+  OP(P_GEMM, xd_cuda_matmul(cx, s->kr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)Hd * D, y->b_qkv ? y->b_qkv + Hd : NULL, N, D, Gd, 0, e));
+  OP(P_GEMM, xd_cuda_matmul(cx, s->vr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)(Hd + Gd) * D, y->b_qkv ? y->b_qkv + Hd + Gd : NULL,
                     N, D, Gd, 0, e));
-  CK(xd_cuda_student_qk_prep(cx, s->q, s->k, m->qb, m->kb, m->vb, s->qr, s->kr, s->vr, y->q_norm, y->k_norm,
+  OP(P_ROPE, xd_cuda_student_qk_prep(cx, s->q, s->k, m->qb, m->kb, m->vb, s->qr, s->kr, s->vr, y->q_norm, y->k_norm,
                              (int)c->qk_norm, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, G, d, eps, e));
   return 0;
 }
@@ -402,20 +437,20 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
   /* the hybrid core (xd_core_forward) */
   if (fast_attn) {
     const xd_cuda_attn_dims ad = {B, T, H, G, d, y->W, y->S, Hd, Gd, Gd, Hd};
-    CK(xd_cuda_attention_forward(cx, m->locb, s->lse, m->qb, m->kb, m->vb, &ad, e));
-    CK(xd_cuda_bf16_to_f32(cx, s->loc, m->locb, (size_t)N * Hd, e));
+    OP(P_ATTN, xd_cuda_attention_forward(cx, m->locb, s->lse, m->qb, m->kb, m->vb, &ad, e));
+    OP(P_MEM, xd_cuda_bf16_to_f32(cx, s->loc, m->locb, (size_t)N * Hd, e));
   } else {
-    CK(xd_cuda_swa_naive_forward_lse(cx, s->loc, s->lse, s->q, s->k, s->vr, B, T, H, G, d, y->W, y->S, e));
+    OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, s->loc, s->lse, s->q, s->k, s->vr, B, T, H, G, d, y->W, y->S, e));
   }
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  CK(xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
-  CK(xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
+  OP(P_CORE, xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
+  OP(P_CORE, xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  CK(xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
-  CK((tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
+  OP(P_CORE, xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
+  OP(P_MLSTM_FWD, (tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
       cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
   const mix_shape ms = {N, H, G, d};
-  CK(xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  OP(P_CORE, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
   return 0;
 }
 
@@ -431,20 +466,25 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
     if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
   memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
   CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
+  if (m->prof) {
+    CK(xd_cuda_sync(cx, e));
+    m->prof_t = xd_now();
+  }
+
   /* h = embedding(ids): the bf16 table's rows, widened (the residual stream is fp32) */
-  CK(xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
-  CK(xd_cuda_bf16_to_f32(cx, m->sv[0].h0, m->hnb, ND, e));
+  OP(P_EMB, xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
+  OP(P_MEM, xd_cuda_bf16_to_f32(cx, m->sv[0].h0, m->hnb, ND, e));
   for (int l = 0; l < c->n_layers; l++) {
     const tl_layer *y = &m->ly[l];
     tl_saves *s = &m->sv[l];
     float *hout = l + 1 < c->n_layers ? m->sv[l + 1].h0 : m->hL;
     CK(layer_head(m, y, s, e));
     CK(core_forward(m, y, s, m->datt, e));
-    CK(xd_cuda_f32_to_bf16(cx, s->attb, m->datt, (size_t)N * Hd, e)); /* datt: free scratch in the forward */
+    OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->datt, (size_t)N * Hd, e)); /* datt: free scratch in the forward */
     CK(layer_tail(m, y, s, hout, e));
   }
-  CK(xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
-  CK(xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
+  OP(P_NORM, xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
+  OP(P_GEMM, xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
   return 0;
 }
 
@@ -473,32 +513,32 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const int Hd = H * d, Gd = G * d, P = m->P;
   const size_t ND = (size_t)N * D;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
-  CK(zero(m, m->dx, ND, e));
-  CK(zero(m, m->dqr, (size_t)N * Hd, e));
-  CK(zero(m, m->dkr, (size_t)N * Gd, e));
-  CK(zero(m, m->dvr, (size_t)N * Gd, e));
-  CK(zero(m, m->dq, (size_t)N * Hd, e));
-  CK(zero(m, m->dk, (size_t)N * Gd, e));
-  CK(zero(m, m->dglob, (size_t)N * Hd, e));
-  CK(zero(m, m->dloc, (size_t)N * Hd, e));
-  CK(zero(m, m->dqf, (size_t)N * H * P, e));
-  CK(zero(m, m->dkf, (size_t)N * G * P, e));
-  CK(zero(m, m->dig, (size_t)N * H, e));
-  CK(zero(m, m->dfg, (size_t)N * H, e));
+  OP(P_MEM, zero(m, m->dx, ND, e));
+  OP(P_MEM, zero(m, m->dqr, (size_t)N * Hd, e));
+  OP(P_MEM, zero(m, m->dkr, (size_t)N * Gd, e));
+  OP(P_MEM, zero(m, m->dvr, (size_t)N * Gd, e));
+  OP(P_MEM, zero(m, m->dq, (size_t)N * Hd, e));
+  OP(P_MEM, zero(m, m->dk, (size_t)N * Gd, e));
+  OP(P_MEM, zero(m, m->dglob, (size_t)N * Hd, e));
+  OP(P_MEM, zero(m, m->dloc, (size_t)N * Hd, e));
+  OP(P_MEM, zero(m, m->dqf, (size_t)N * H * P, e));
+  OP(P_MEM, zero(m, m->dkf, (size_t)N * G * P, e));
+  OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
+  OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
   const mix_shape ms = {N, H, G, d};
-  CK(xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
+  OP(P_CORE, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
-  CK(xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
+  OP(P_MLSTM_BWD, xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  CK(xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
+  OP(P_CORE, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
                             s->ig, s->fg, &gs, e));
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  CK(xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
-  CK(xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  OP(P_CORE, xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
+  OP(P_CORE, xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
   if (!want_inputs) return 0;
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
-  CK(xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
+  OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
   return 0;
 }
 
@@ -510,72 +550,77 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
   if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
+  if (m->prof) {
+    CK(xd_cuda_sync(cx, e));
+    m->prof_t = xd_now();
+  }
   /* head: logits = rmsnorm(hL) lm_head^T */
-  CK(zero(m, m->dx, ND, e));
-  CK(xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
+  OP(P_MEM, zero(m, m->dx, ND, e));
+  OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
                              XD_CUDA_BW_ACCUMULATE, e));
-  CK(zero(m, m->dh, ND, e));
-  CK(xd_cuda_rmsnorm_backward(cx, m->dh, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32, m->final_norm, XD_CUDA_F32, N, D, eps, e));
+  OP(P_MEM, zero(m, m->dh, ND, e));
+  OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32, m->final_norm, XD_CUDA_F32, N, D, eps, e));
   for (int l = c->n_layers - 1; l >= 0; l--) {
     const tl_layer *y = &m->ly[l];
     const tl_saves *s = &m->sv[l];
     /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2) */
-    CK(xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
+    OP(P_MEM, xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
     const float *do2 = m->dh;
     if (c->post_norm) {
-      CK(zero(m, m->dout, ND, e));
-      CK(xd_cuda_rmsnorm_backward(cx, m->dout, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32, y->mlp_out_norm, XD_CUDA_F32,
+      OP(P_MEM, zero(m, m->dout, ND, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32, y->mlp_out_norm, XD_CUDA_F32,
                                   N, D, eps, e));
       do2 = m->dout;
     }
-    CK(zero(m, m->dsw, (size_t)N * F, e));
-    CK(lin_back(m, m->dsw, y->g_down, y->gb_down, do2, s->act, y->w_down, F, D, e));
-    CK(zero(m, m->dgu, (size_t)N * 2 * F, e));
-    CK(xd_cuda_swiglu_backward(cx, m->dgu, m->dgu + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
-    CK(zero(m, m->dxm, ND, e));
-    CK(lin_back(m, m->dxm, y->g_gu, y->gb_gu, m->dgu, s->xmb, y->w_gu, D, 2 * F, e));
-    if (c->post_norm) CK(xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
-    else CK(xd_cuda_rmsnorm_backward(cx, m->dh1, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32, y->mlp_norm, XD_CUDA_F32, N, D,
+    OP(P_MEM, zero(m, m->dsw, (size_t)N * F, e));
+    OP(P_GEMM, lin_back(m, m->dsw, y->g_down, y->gb_down, do2, s->act, y->w_down, F, D, e));
+    OP(P_MEM, zero(m, m->dgu, (size_t)N * 2 * F, e));
+    OP(P_MLP, xd_cuda_swiglu_backward(cx, m->dgu, m->dgu + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
+    OP(P_MEM, zero(m, m->dxm, ND, e));
+    OP(P_GEMM, lin_back(m, m->dxm, y->g_gu, y->gb_gu, m->dgu, s->xmb, y->w_gu, D, 2 * F, e));
+    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
+    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh1, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32, y->mlp_norm, XD_CUDA_F32, N, D,
                                      eps, e));
     /* h1 = h0 + [norm](o1) */
     const float *do1 = m->dh1;
     if (c->post_norm) {
-      CK(zero(m, m->dout, ND, e));
-      CK(xd_cuda_rmsnorm_backward(cx, m->dout, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32, y->attn_out_norm,
+      OP(P_MEM, zero(m, m->dout, ND, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32, y->attn_out_norm,
                                   XD_CUDA_F32, N, D, eps, e));
       do1 = m->dout;
     }
-    CK(zero(m, m->datt, (size_t)N * Hd, e));
-    CK(lin_back(m, m->datt, y->g_o, y->gb_o, do1, s->attb, y->w_o, Hd, D, e));
+    OP(P_MEM, zero(m, m->datt, (size_t)N * Hd, e));
+    OP(P_GEMM, lin_back(m, m->datt, y->g_o, y->gb_o, do1, s->attb, y->w_o, Hd, D, e));
     CK(core_backward(m, y, s, m->datt, 1, e));
     /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
-    CK(xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
-    CK(xd_cuda_rope_backward(cx, m->dk, Gd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, G, d, e));
+    OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
+    OP(P_ROPE, xd_cuda_rope_backward(cx, m->dk, Gd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, G, d, e));
     if (c->qk_norm == XD_QKNORM_HEAD) {
-      CK(xd_cuda_rmsnorm_backward_segments(cx, m->dqr, Hd, y->g_q_norm, m->dq, Hd, s->qr, XD_CUDA_F32, Hd, y->q_norm,
+      OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dqr, Hd, y->g_q_norm, m->dq, Hd, s->qr, XD_CUDA_F32, Hd, y->q_norm,
                                            XD_CUDA_F32, N, H, d, eps, e));
-      CK(xd_cuda_rmsnorm_backward_segments(cx, m->dkr, Gd, y->g_k_norm, m->dk, Gd, s->kr, XD_CUDA_F32, Gd, y->k_norm,
+      OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dkr, Gd, y->g_k_norm, m->dk, Gd, s->kr, XD_CUDA_F32, Gd, y->k_norm,
                                            XD_CUDA_F32, N, G, d, eps, e));
     } else if (c->qk_norm == XD_QKNORM_PROJ) {
-      CK(xd_cuda_rmsnorm_backward(cx, m->dqr, y->g_q_norm, m->dq, s->qr, XD_CUDA_F32, y->q_norm, XD_CUDA_F32, N, Hd, eps, e));
-      CK(xd_cuda_rmsnorm_backward(cx, m->dkr, y->g_k_norm, m->dk, s->kr, XD_CUDA_F32, y->k_norm, XD_CUDA_F32, N, Gd, eps, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dqr, y->g_q_norm, m->dq, s->qr, XD_CUDA_F32, y->q_norm, XD_CUDA_F32, N, Hd, eps, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dkr, y->g_k_norm, m->dk, s->kr, XD_CUDA_F32, y->k_norm, XD_CUDA_F32, N, Gd, eps, e));
     } else {
-      CK(xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
-      CK(xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
     }
     /* x W^T for q, k, v: their weight (and bias) gradients are adjacent slices of g_qkv */
-    CK(lin_back(m, m->dx, y->g_qkv, y->gb_qkv, m->dqr, s->xb, y->w_qkv, D, Hd, e));
-    CK(lin_back(m, m->dx, y->g_qkv + (size_t)Hd * D, y->gb_qkv ? y->gb_qkv + Hd : NULL, m->dkr, s->xb,
+    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv, y->gb_qkv, m->dqr, s->xb, y->w_qkv, D, Hd, e));
+    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)Hd * D, y->gb_qkv ? y->gb_qkv + Hd : NULL, m->dkr, s->xb,
                 y->w_qkv + (size_t)Hd * D, D, Gd, e));
-    CK(lin_back(m, m->dx, y->g_qkv + (size_t)(Hd + Gd) * D, y->gb_qkv ? y->gb_qkv + Hd + Gd : NULL, m->dvr, s->xb,
+    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)(Hd + Gd) * D, y->gb_qkv ? y->gb_qkv + Hd + Gd : NULL, m->dvr, s->xb,
                 y->w_qkv + (size_t)(Hd + Gd) * D, D, Gd, e));
     /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) */
-    CK(xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
-    if (c->post_norm) CK(xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
-    else CK(xd_cuda_rmsnorm_backward(cx, m->dh, y->g_attn_norm, m->dx, s->h0, XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N,
+    OP(P_MEM, xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
+    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
+    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, y->g_attn_norm, m->dx, s->h0, XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N,
                                      D, eps, e));
   }
-  return xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e);
+  OP(P_EMB, xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e));
+  return 0;
 }
 /* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */
 int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int backward, double *layer_loss, xd_err *e) {
@@ -588,9 +633,13 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
   for (int i = 0; i < N; i++)
     if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
   CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
+  if (m->prof) {
+    CK(xd_cuda_sync(cx, e));
+    m->prof_t = xd_now();
+  }
   tl_saves *s = &m->sv[0]; /* one layer's activations, reused */
-  CK(xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
-  CK(xd_cuda_bf16_to_f32(cx, s->h0, m->hnb, (size_t)N * D, e));
+  OP(P_EMB, xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
+  OP(P_MEM, xd_cuda_bf16_to_f32(cx, s->h0, m->hnb, (size_t)N * D, e));
   for (int l = 0; l < c->n_layers; l++) {
     const tl_layer *y = &m->ly[l];
     CK(layer_head(m, y, s, e));
@@ -599,14 +648,14 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
     const int tw = xd_config_layer_window(c, l);
     if (d == 64 || d == 128) {
       const xd_cuda_attn_dims ad = {B, T, H, G, d, tw, 0, Hd, Gd, Gd, Hd};
-      CK(xd_cuda_attention_forward(cx, s->attb, NULL, m->qb, m->kb, m->vb, &ad, e));
-      CK(xd_cuda_bf16_to_f32(cx, m->a_ref, s->attb, nout, e));
+      OP(P_ATTN, xd_cuda_attention_forward(cx, s->attb, NULL, m->qb, m->kb, m->vb, &ad, e));
+      OP(P_MEM, xd_cuda_bf16_to_f32(cx, m->a_ref, s->attb, nout, e));
     } else {
-      CK(xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));
-      CK(xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
+      OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));
+      OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
     }
     CK(core_forward(m, y, s, m->datt, e));
-    CK(xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
+    OP(P_CORE, xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
     if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
     CK(layer_tail(m, y, s, s->h0, e));
   }

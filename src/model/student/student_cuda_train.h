@@ -23,6 +23,7 @@
 #define XD_STUDENT_CUDA_TRAIN_H
 #ifdef XD_HAVE_CUDA
 #include <stdint.h>
+#include <stdio.h>
 #include "model/student/student.h"
 #include "ops/cuda/cuda_ops.h"
 #include "train/trainer.h"
@@ -50,6 +51,10 @@ uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m);
 /* Backward of the last forward from the dlogits buffer: adds every parameter's gradient into
  * the mirror's grad arena. */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e);
+/* Profiling: on = 1 synchronises after every op of the forward / backward / align step and adds
+ * its time to an op class (resets the sums); print writes ms per step over `steps` steps. */
+void xd_student_cuda_train_profile(xd_student_cuda_train *m, int on);
+void xd_student_cuda_train_profile_print(const xd_student_cuda_train *m, FILE *f, int steps);
 
 /* Stage I (align.c's step on the GPU; SPEC §3): the student must hold trainable hybrid
  * parameters (mode XD_STUDENT_TRAIN_NEW or _ALL) and the teacher's weights in its shared tensors

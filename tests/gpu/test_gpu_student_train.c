@@ -11,6 +11,7 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together.
+ * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
  * incoming gradient and of dlogits to the forward's (an error in the maths, a wrong sign, a
@@ -31,6 +32,13 @@
 #include "gpu_test_util.h"
 
 static const double TOL_LOGITS = 2e-2, TOL_LOSS = 1e-2, TOL_TENSOR = 6e-2, TOL_ALL = 2e-2;
+/* The stock xLSTM normaliser max(|q.n|, exp(-m)) is not smooth: where its two branches are
+ * within bf16 rounding of each other the GPU takes the other branch than the CPU and that
+ * token's gradient changes by O(1). Measured with it: per tensor up to 0.36, all together 2.3e-2
+ * (the forward stays within 6e-3). Its op-level backward is checked on identical fp32 inputs in
+ * test_gpu_student_ops; here it gets looser bounds. */
+static const double TOL_TENSOR_MAXNORM = 0.6, TOL_ALL_MAXNORM = 5e-2;
+static double tol_tensor = TOL_TENSOR, tol_all = TOL_ALL;
 static double worst_logits, worst_loss, worst_tensor, worst_all;
 static char worst_name[200];
 
@@ -175,10 +183,10 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     den += d1;
     const double rel = isnan(n1) ? INFINITY : d1 > 0 ? sqrt(n1 / d1) : sqrt(n1);
     if (rel > wt) { wt = rel; wn = t->name; }
-    CHECKF(rel <= TOL_TENSOR, "%s: gradient of %s rel L2 %.3e (|g| %.3e)", name, t->name, rel, sqrt(d1));
+    CHECKF(rel <= tol_tensor, "%s: gradient of %s rel L2 %.3e (|g| %.3e)", name, t->name, rel, sqrt(d1));
   }
   const double eall = sqrt(num / den);
-  CHECKF(eall <= TOL_ALL, "%s: all gradients rel L2 %.3e", name, eall);
+  CHECKF(eall <= tol_all, "%s: all gradients rel L2 %.3e", name, eall);
   fprintf(stderr, "%-22s logits %.2e  loss %.2e  gradients %.2e (worst tensor %.2e: %s)\n", name, el, eloss, eall, wt, wn);
   worst_all = fmax(worst_all, eall);
   if (wt > worst_tensor) {
@@ -202,13 +210,15 @@ static void check_family(const char *family, int variant) {
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
   if (xd_t.case_failed) return;
   perturb_hybrid(&s, 11, 0.5f);
-  if (variant) {
-    s.hy.normalizer = XD_NORM_XLSTM;
-    s.hy.gate_softcap = 15.0f;
-  }
+  if (variant & 1) s.hy.gate_softcap = 15.0f;
+  if (variant & 2) s.hy.normalizer = XD_NORM_XLSTM;
   char name[64];
-  snprintf(name, sizeof name, "%s%s", family, variant ? "+maxnorm+cap" : "");
+  snprintf(name, sizeof name, "%s%s%s", family, variant & 1 ? "+cap" : "", variant & 2 ? "+maxnorm" : "");
+  tol_tensor = variant & 2 ? TOL_TENSOR_MAXNORM : TOL_TENSOR;
+  tol_all = variant & 2 ? TOL_ALL_MAXNORM : TOL_ALL;
   run_case(name, &s, 2, 23, 5);
+  tol_tensor = TOL_TENSOR;
+  tol_all = TOL_ALL;
   xd_student_free(&s);
 }
 
@@ -311,7 +321,8 @@ static void test_llama_mha_bias(void) { check_family("llama-mha-bias", 0); }
 static void test_llama3_rope(void) { check_family("llama3-rope", 0); }
 static void test_qwen2(void) { check_family("qwen2", 0); }
 static void test_qwen3(void) { check_family("qwen3", 0); }
-static void test_qwen3_maxnorm_softcap(void) { check_family("qwen3", 1); }
+static void test_qwen3_softcap(void) { check_family("qwen3", 1); }
+static void test_qwen3_maxnorm(void) { check_family("qwen3", 2); }
 static void test_olmo2(void) { check_family("olmo2", 0); }
 static void test_olmo3(void) { check_family("olmo3", 0); }
 
@@ -335,7 +346,8 @@ int main(int argc, char **argv) {
     RUN(test_llama3_rope);
     RUN(test_qwen2);
     RUN(test_qwen3);
-    RUN(test_qwen3_maxnorm_softcap);
+    RUN(test_qwen3_softcap);
+    RUN(test_qwen3_maxnorm);
     RUN(test_olmo2);
   }
   fprintf(stderr, "worst rel L2: logits %.3e (bound %.0e), loss %.3e (%.0e), one tensor's gradient %.3e (%.0e; %s), all gradients %.3e (%.0e)\n",

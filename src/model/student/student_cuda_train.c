@@ -25,9 +25,11 @@ typedef struct {
 } tl_layer;
 
 /* Op classes of the profile (xd_student_cuda_train_profile). */
-enum { P_GEMM, P_ATTN, P_SWA_BWD, P_MLSTM_FWD, P_MLSTM_BWD, P_CORE, P_NORM, P_ROPE, P_MLP, P_EMB, P_MEM, P_COUNT };
+enum { P_GEMM, P_ATTN, P_SWA_BWD, P_MLSTM_FWD, P_MLSTM_BWD, P_FMAP, P_FMAP_BWD, P_GATES, P_GATES_BWD, P_MIX, P_MIX_BWD,
+       P_NORM, P_ROPE, P_MLP, P_EMB, P_MEM, P_COUNT };
 static const char *const prof_name[P_COUNT] = {"GEMMs (fwd+bwd, incl. bf16 casts of dout)", "attention fwd", "SWA bwd",
-                                               "mLSTM fwd", "mLSTM bwd", "feature maps/gates/mix (+MSE)", "RMSNorms",
+                                               "mLSTM fwd", "mLSTM bwd", "feature maps fwd", "feature maps bwd",
+                                               "gates fwd", "gates bwd", "mix fwd (+stage I MSE)", "mix bwd", "RMSNorms",
                                                "QK-norm/RoPE", "SwiGLU", "embedding", "memset/copy/convert"};
 
 /* Saved activations of one layer (see the header). */
@@ -443,14 +445,14 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
     OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, s->loc, s->lse, s->q, s->k, s->vr, B, T, H, G, d, y->W, y->S, e));
   }
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_CORE, xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
-  OP(P_CORE, xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
+  OP(P_FMAP, xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
+  OP(P_FMAP, xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  OP(P_CORE, xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
+  OP(P_GATES, xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
   OP(P_MLSTM_FWD, (tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
       cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_CORE, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
   return 0;
 }
 
@@ -526,16 +528,16 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
   OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_CORE, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
+  OP(P_MIX_BWD, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
   OP(P_MLSTM_BWD, xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  OP(P_CORE, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
+  OP(P_GATES_BWD, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
                             s->ig, s->fg, &gs, e));
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_CORE, xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
-  OP(P_CORE, xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
   if (!want_inputs) return 0;
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
   OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
@@ -655,7 +657,7 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
       OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
     }
     CK(core_forward(m, y, s, m->datt, e));
-    OP(P_CORE, xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
+    OP(P_MIX, xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
     if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
     CK(layer_tail(m, y, s, s->h0, e));
   }

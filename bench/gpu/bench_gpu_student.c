@@ -14,8 +14,12 @@
  *   4. the bandwidth bound of decode: bytes read per token (all weights, a tied LM head once,
  *      + the mLSTM state read and written + the sink/ring K/V read) / copy bandwidth, and the
  *      achieved fraction bound / measured.
- *   5. per-kernel breakdown of one decode step at 4K (cudaEvents after every launch, mean of 20
- *      steps, all layers summed per kernel class) against each class's own bytes at the copy rate.
+ *   5. per-kernel breakdown of one decode step at 4K (cudaEvents after every launch, captured with
+ *      the step into a graph and replayed 20 times, all layers summed per kernel class) against
+ *      each class's own bytes at the copy rate.
+ *   "variants": issue #8's experiments: graph latency after a 1K prefill, graph breakdown and
+ *      logits (vs the first in the list) of each split-step variant in XD_VARIANTS (-1: legacy;
+ *      bits: cuda_ops.h XD_SDEC_*, skip masks above bit 16), two rounds.
  * Decode (3-5) runs twice: the legacy kernels (xd_student_cuda_state_use_legacy 1, issue #8's
  * "before") and the default split kernels, in the same process on the same device.
  * "quick" runs 1K/4K only (for memcheck); "decode" skips the prefill comparison (2).
@@ -195,6 +199,64 @@ int main(int argc, char **argv) {
   xd_rng_seed(&r, 3);
   for (int t = 0; t < Tmax; t++) ids[t] = (int32_t)(xd_rng_u64(&r) % VOC);
 
+  if (argc > 1 && strcmp(argv[1], "variants") == 0) {
+    /* issue #8: graph latency at 1K, breakdown and logits of each split-step variant (and the
+     * legacy kernels) in one process; list from XD_VARIANTS (default 0..7) */
+    const double kvr = 16.0 * (double)(hy.window + hy.sinks) * NG * HD * 2 * 2;
+    const double srw = 16.0 * ((double)NH * hy.d_phi * HD * 4 * 2 + (double)NH * hy.d_phi * 4 * 2);
+    const double bnd = ((double)wbytes + DM * 2 + srw + kvr) / bw;
+    printf("variants: bound %.1f us at %.0f GB/s\n", bnd * 1e6, bw / 1e9);
+    const char *vl = getenv("XD_VARIANTS");
+    int vs[16], nv = 0;
+    if (!vl || !*vl) vl = "-1 0 1 2 3 4 5 6 7 8 9 12 13 15";
+    for (const char *q = vl; *q && nv < 16;) {
+      char *end;
+      const long v = strtol(q, &end, 10);
+      if (end == q) break;
+      vs[nv++] = (int)v, q = end;
+    }
+    float *ref = xd_malloc((size_t)VOC * 4), *lg = xd_malloc((size_t)VOC * 4);
+    int have_ref = 0;
+    for (int rr = 0; rr < 2; rr++) /* two rounds: drift / clock effects show as round-to-round spread */
+    for (int vi = 0; vi < nv; vi++) {
+      const int v = vs[vi];
+      xd_student_cuda_state_use_legacy(st, v < 0);
+      if (v >= 0) xd_student_cuda_state_set_variant(st, v);
+      xd_student_cuda_state_use_graph(st, 1);
+      CK(xd_student_cuda_state_reset(st, &err));
+      CK(xd_student_cuda_step(m, st, ids, 1024, NULL, &err));
+      CK(xd_student_cuda_step(m, st, ids + 1024, 8, lg, &err));
+      double dl = 0;
+      if (!have_ref) { memcpy(ref, lg, (size_t)VOC * 4); have_ref = 1; }
+      else {
+        double num = 0, den = 0;
+        for (int k = 0; k < VOC; k++) { const double dd = (double)lg[k] - ref[k]; num += dd * dd, den += (double)ref[k] * ref[k]; }
+        dl = sqrt(num / (den > 0 ? den : 1));
+      }
+      for (int k = 0; k < 10; k++) CK(xd_student_cuda_step(m, st, ids + k, 1, NULL, &err));
+      CK(xd_cuda_sync(c, &err));
+      double best = 1e30;
+      for (int rep = 0; rep < 5; rep++) {
+        const double t0 = xd_now();
+        for (int k = 0; k < 200; k++) CK(xd_student_cuda_step(m, st, ids + (k % 64), 1, NULL, &err));
+        CK(xd_cuda_sync(c, &err));
+        const double dt = (xd_now() - t0) / 200;
+        best = dt < best ? dt : best;
+      }
+      double pu[XD_SDEC_NK], pb[XD_SDEC_NK];
+      const int pgr = xd_student_cuda_state_profile_graph(m, st, 10, pu, pb, &err) == 0; /* else plain launches */
+      if (!pgr) CK(xd_student_cuda_state_profile(m, st, 10, pu, pb, &err));
+      printf("VARIANT %d (skip mask %d) round %d: %7.1f us/token (graph, 1K+), fraction %.3f; logits vs first rel L2 %.2e | %s events:",
+             v & 0xffff, v >> 16, rr,
+             best * 1e6, bnd / best, dl, pgr ? "graph" : "plain-launch");
+      for (int k = 0; k < XD_SDEC_NK; k++)
+        if (pu[k] > 0) printf(" %s %.0f", xd_cuda_sdec_kname(k), pu[k]);
+      printf("\n");
+      fflush(stdout);
+    }
+    free(ref), free(lg);
+    return 0;
+  }
   if (dec_only) goto decode;
   /* ---- prefill: student then teacher, largest context first (buffers allocated once) ---- */
   double sp[3] = {0}, tp[3] = {0};
@@ -276,8 +338,11 @@ decode:;
   /* breakdown at 4K */
   CK(xd_student_cuda_state_reset(st, &err));
   CK(xd_student_cuda_step(m, st, ids, 4096, NULL, &err));
-  CK(xd_student_cuda_state_profile(m, st, 2, prof_us[impl], prof_b[impl], &err));
-  CK(xd_student_cuda_state_profile(m, st, 20, prof_us[impl], prof_b[impl], &err));
+  if (xd_student_cuda_state_profile_graph(m, st, 2, prof_us[impl], prof_b[impl], &err) ||
+      xd_student_cuda_state_profile_graph(m, st, 20, prof_us[impl], prof_b[impl], &err)) {
+    printf("  (graph-replay breakdown failed: %s; plain launches instead)\n", err.msg);
+    CK(xd_student_cuda_state_profile(m, st, 20, prof_us[impl], prof_b[impl], &err));
+  }
   }
   /* bytes per token: weights (tied LM head once, the embedding row extra), mLSTM state read +
    * written, sinks + full ring read (W + S rows of K and V per layer), appends */
@@ -307,7 +372,7 @@ decode:;
            den > 0 ? sqrt(num / den) : sqrt(num));
     free(chk_logits[0]), free(chk_logits[1]);
   }
-  printf("\nper-kernel breakdown of one step at 4K (cudaEvent after each launch, mean of 20 steps, all layers):\n");
+  printf("\nper-kernel breakdown of one step at 4K (cudaEvent after each launch, captured with the step as one CUDA graph; mean of 20 replays, all layers; the events disable PDL overlap):\n");
   printf("  %-30s %10s %10s %10s | %10s %10s %10s\n", "kernel class", "MB", "legacy us", "frac", "split us", "frac", "bound us");
   double tot[2] = {0, 0};
   for (int k = 0; k < XD_SDEC_NK; k++) {

@@ -18,7 +18,9 @@
  * test_gpu_ops see 2e-3 per op). A real error (wrong key, wrong state, wrong norm) is O(1).
  * Also: decode with and without the CUDA graph must agree bit for bit (same kernels); the
  * legacy decode kernels (xd_student_cuda_state_use_legacy, one block per head, one warp per
- * GEMV row) and the default split ones agree to 1e-4 at every step (fp32 summation order only).
+ * GEMV row) and the default split ones agree to 1e-4 at every step (fp32 summation order only),
+ * and so do the split step's issue #8 variants "none" and "all" (PDL, fused merge, one-wave
+ * K split, short load chains, streamed GEMVs; the default comes from XD_SDEC_VARIANT if set).
  * Exits 77 when no CUDA device is present; "quick" (memcheck) runs three families. */
 #include <math.h>
 #include <stdint.h>
@@ -118,9 +120,13 @@ static void check_family(const char *family, int variant) {
   }
   double wd_f = 0, wd_c = 0;
   double wl = 0;
-  for (int pass = 0; pass < 3; pass++) { /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph) */
+  const int var0 = xd_student_cuda_state_variant(st);
+  /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph); 3, 4: the split step's
+   * issue #8 variants none and all (XD_SDEC_* bits, graph), each against pass 0 like legacy */
+  for (int pass = 0; pass < 5; pass++) {
     xd_student_cuda_state_use_graph(st, pass != 1);
     xd_student_cuda_state_use_legacy(st, pass == 2);
+    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? XD_SDEC_PDL | XD_SDEC_FUSE_MERGE | XD_SDEC_ONEWAVE | XD_SDEC_SHORT | XD_SDEC_STREAM : var0);
     if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
     for (int t = prefill - 1; t < T; t++) {
       const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)
@@ -133,7 +139,7 @@ static void check_family(const char *family, int variant) {
         /* keep the graph run's logits of the last step for the bitwise comparison */
         if (t == T - 1) memcpy(gstep2, gstep, (size_t)V * sizeof(float));
         memcpy(gall + (size_t)t * V, gstep, (size_t)V * sizeof(float));
-      } else if (pass == 2) {
+      } else if (pass >= 2) {
         wl = fmax(wl, rel_l2(gstep, gall + (size_t)t * V, V));
       } else if (t == T - 1) {
         CHECKF(memcmp(gstep, gstep2, (size_t)V * sizeof(float)) == 0, "%s: graph and plain decode differ", family);
@@ -143,6 +149,7 @@ static void check_family(const char *family, int variant) {
     CHECKF(xd_student_cuda_state_bytes(st) == bytes0, "%s: state size changed", family);
   }
   xd_student_cuda_state_use_legacy(st, 0);
+  xd_student_cuda_state_set_variant(st, var0);
   worst_legacy = fmax(worst_legacy, wl);
   CHECKF(wl <= TOL_LEGACY, "%s: split decode kernels vs legacy rel L2 %.3e", family, wl);
   const int dynamic = s.cfg.rope[0].kind == XD_ROPE_DYNAMIC || s.cfg.rope[1].kind == XD_ROPE_DYNAMIC;

@@ -505,18 +505,24 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
   dc->layers = st->layers;
   /* scratch: params, then fp32 vectors */
   const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd;
-  const size_t sz[14] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab,
-                         xd_cuda_sdec_part_floats(dc)};
-  float **dst[14] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits, &dc->part};
+  const size_t sz[15] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab,
+                         xd_cuda_sdec_part_floats(dc), H};
+  float *cntf = NULL; /* the fused merge's int counters [H] */
+  float **dst[15] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits, &dc->part, &cntf};
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 14; k++) off += al256(sz[k] * 4);
+  for (int k = 0; k < 15; k++) off += al256(sz[k] * 4);
   st->scratch_bytes = off;
   if (xd_cuda_malloc(&st->scratch_block, off, e)) goto fail;
   b = st->scratch_block;
   st->prm_d = (xd_cuda_sdec_params *)b;
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 14; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
+  for (int k = 0; k < 15; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
+  dc->cnt = (int *)cntf;
   dc->params = st->prm_d;
+  {
+    const char *ev = getenv("XD_SDEC_VARIANT"); /* issue #8 experiments; default: all of them */
+    dc->variant = ev && *ev ? atoi(ev) : XD_SDEC_DEFAULT_VARIANT;
+  }
   if (xd_cuda_sdec_check(m->c, dc, e)) goto fail;
   if (xd_student_cuda_state_reset(st, e)) goto fail;
   *out = st;
@@ -548,6 +554,7 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e) {
   }
   st->pos = 0;
   if (xd_cuda_memset(m->c, st->state_block, 0, off, e)) return -1;
+  if (xd_cuda_memset(m->c, st->dec.cnt, 0, (size_t)m->cfg.n_heads * sizeof(int), e)) return -1;
   return xd_cuda_sync(m->c, e);
 }
 
@@ -562,11 +569,24 @@ void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on) {
   xd_cuda_graph_free(st->graph); /* captured with the other kernels */
   st->graph = NULL;
 }
+void xd_student_cuda_state_set_variant(xd_student_cuda_state *st, int variant) {
+  if (st->dec.variant == variant) return;
+  st->dec.variant = variant;
+  xd_cuda_graph_free(st->graph);
+  st->graph = NULL;
+}
+int xd_student_cuda_state_variant(const xd_student_cuda_state *st) { return st->dec.variant; }
 int xd_student_cuda_state_profile(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us, double *bytes,
                                   xd_err *e) {
   fill_params(&m->cfg, &st->prm, 0, st->pos);
   CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
   return xd_cuda_sdec_profile(m->c, &st->dec, reps, us, bytes, e);
+}
+int xd_student_cuda_state_profile_graph(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us,
+                                        double *bytes, xd_err *e) {
+  fill_params(&m->cfg, &st->prm, 0, st->pos);
+  CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
+  return xd_cuda_sdec_profile_ex(m->c, &st->dec, reps, 1, us, bytes, e);
 }
 
 /* The step's inputs: id, position and the RoPE rows of that position, computed as student.c's

@@ -74,10 +74,18 @@ void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on);
  * kept for comparison and tests); 0 (default): split attention / mLSTM, split-K GEMVs. Results
  * agree up to fp32 summation order. Drops the captured graph. */
 void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on);
+/* Issue #8 variants of the split step (XD_SDEC_PDL | XD_SDEC_FUSE_MERGE bits of cuda_ops.h;
+ * initial value from the environment variable XD_SDEC_VARIANT, else XD_SDEC_DEFAULT_VARIANT);
+ * any variant gives the same results up to fp32 summation order. */
+void xd_student_cuda_state_set_variant(xd_student_cuda_state *st, int variant);
+int xd_student_cuda_state_variant(const xd_student_cuda_state *st);
 /* Per-kernel breakdown (xd_cuda_sdec_profile) of `reps` steps at the state's position (token 0;
  * the state advances but pos does not): us / bytes [XD_SDEC_NK]. */
 int xd_student_cuda_state_profile(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us, double *bytes,
                                   xd_err *e);
+/* The same breakdown timed on graph replay (xd_cuda_sdec_profile_ex with graph 1). */
+int xd_student_cuda_state_profile_graph(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us,
+                                        double *bytes, xd_err *e);
 
 /* Feed ids[n] of the sequence: at position 0 with n > 1 a prefill (chunkwise, B = 1), else n
  * recurrent steps. logits (host [V], NULL = not downloaded) receives the last token's. */

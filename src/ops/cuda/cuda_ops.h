@@ -346,7 +346,20 @@ typedef struct {
   /* 1: the original kernels (one block per head for prep/core, one warp per GEMV row) kept as
    * the before-reference of issue #8; 0 (default): split attention / mLSTM, split-K GEMVs */
   int legacy;
+  /* issue #8, split path only (ignored with legacy): XD_SDEC_PDL launches every kernel after the
+   * embedding with programmatic dependent launch (the next kernel's blocks start while the
+   * previous one drains; weight loads issued before griddepcontrol.wait); XD_SDEC_FUSE_MERGE
+   * merges in k_dec_split's last block per head (cnt) instead of a k_dec_merge2 launch;
+   * XD_SDEC_ONEWAVE picks the GEMVs' K split as the largest whose grid fits one wave;
+   * XD_SDEC_SHORT issues each per-head block's global loads in one batch (k_dec_prep3, the
+   * split kernel's sd_split_body3; weights prefetched before the PDL wait); XD_SDEC_STREAM runs
+   * the GEMVs as k_gemv3 (one wave, row groups streamed with the next step's loads in flight
+   * during the current step's FMAs). Bits 16 and up
+   * (benchmarks only): skip the launches of kernel class k (1 << (16 + k)); wrong results. */
+  int variant;
+  int *cnt; /* [H] arrival counters of the fused merge, zero between launches */
 } xd_cuda_sdec;
+enum { XD_SDEC_PDL = 1, XD_SDEC_FUSE_MERGE = 2, XD_SDEC_ONEWAVE = 4, XD_SDEC_SHORT = 8, XD_SDEC_STREAM = 16, XD_SDEC_DEFAULT_VARIANT = 5 };
 /* Floats of m->part the split step needs (from L, H, d, P and each layer's W + S). */
 size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m);
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
@@ -357,6 +370,11 @@ enum { XD_SDEC_K_EMBED, XD_SDEC_K_QKV, XD_SDEC_K_PREP, XD_SDEC_K_CORE, XD_SDEC_K
        XD_SDEC_K_GU, XD_SDEC_K_DOWN, XD_SDEC_K_LMHEAD, XD_SDEC_NK };
 const char *xd_cuda_sdec_kname(int k);
 int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double *us, double *bytes, xd_err *e);
+/* graph 1: the same with the step (events included) captured once as a CUDA graph and replayed
+ * `reps` times, so the times are those of graph replay (the events order the kernels, so both
+ * modes run without XD_SDEC_PDL). */
+int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, int graph, double *us, double *bytes,
+                            xd_err *e);
 /* Validates the shapes the step supports (d even and <= 128, d_phi <= 256, GEMV inputs and
  * W + S within shared memory) and sets the kernels' shared-memory limits; once, before use. */
 int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);

@@ -39,6 +39,27 @@ __device__ float sd_block_max(float v) {
   return sd_warp_max(r);
 }
 
+/* Programmatic dependent launch (issue #8; sm_90): trigger lets the next kernel of the stream
+ * (launched with the PDL attribute) start its blocks early; wait blocks until every kernel
+ * this one depends on has completed and its writes are visible. Both are no-ops in a kernel
+ * launched without the attribute, so the kernels below call them unconditionally: nothing a
+ * previous kernel writes is read, and nothing is written, before sd_pdl_wait. */
+__device__ __forceinline__ void sd_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void sd_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+/* cudaLaunchKernelEx with the PDL attribute when pdl (else a plain launch). */
+template <typename... KArgs, typename... Args>
+static cudaError_t sd_launch(bool pdl, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                             Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at, cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, k, static_cast<KArgs>(args)...);
+}
+
 /* ---- prefill glue ------------------------------------------------------------------------ */
 __global__ void k_rmsnorm_f32(uint16_t *ob, float *of, const float *x, const float *w, int C, float eps) {
   const size_t row = blockIdx.x;
@@ -305,6 +326,7 @@ __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const
   const bool vec = (Din % (8 * KS)) == 0; /* the host picks KS > 1 only when it holds */
   const int klen = vec ? Din / KS : Din, kbeg = vec ? kp * klen : 0;
   uint4 buf[NP][GV_U];
+  sd_pdl_trigger();
   {
     const int row = blockIdx.x * rpw * RB + warp / KS;
     if (vec && row < rows) {
@@ -319,6 +341,7 @@ __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const
       }
     }
   }
+  sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
   const bool staged = nw || xout;
   if (staged) {
     /* x staged raw with 16-byte loads (issued 4 deep), sum of squares on the way; then the
@@ -442,38 +465,221 @@ __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const
   }
 }
 
-template <int MODE>
-static void gemv2_launch(cudaStream_t s, int KS, unsigned grid, size_t smem, float *out, const float *x,
-                         const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows, int rpw,
-                         float *xout) {
-  switch (KS) {
-  case 1: k_gemv2<MODE, 1><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
-  case 2: k_gemv2<MODE, 2><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
-  case 4: k_gemv2<MODE, 4><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
-  default: k_gemv2<MODE, 8><<<grid, 256, smem, s>>>(out, x, nw, eps, W, bias, Din, rows, rpw, xout); break;
+/* k_gemv3 (XD_SDEC_STREAM, issue #8): k_gemv2's block layout (RB = 8 / KS rows, KS warps per
+ * row, rpw row groups per block) with the warp's work streamed: a sequence of steps (row group,
+ * chunk of 256 * GV3_U columns), the 16-byte loads of step s + 1 issued before the FMAs of step
+ * s (two register buffers of GV3_U loads per part), so a warp keeps requests in flight across
+ * its whole row range instead of one batch per row. Meant for a grid of about one wave with
+ * several row groups per block; the per-lane column order is k_gemv2's, so the results are
+ * bit-identical to it. Vector path only (Din % (8 * KS) == 0); the host falls back to k_gemv2. */
+#define GV3_U 4
+#define GV3_LOAD(B, ST)                                                                                             \
+  do {                                                                                                              \
+    const int it_ = (ST) / nch, c0_ = ((ST) % nch) * 256 * GV3_U;                                                   \
+    const int row_ = (blockIdx.x * rpw + it_) * RB + warp / KS;                                                     \
+    _Pragma("unroll") for (int part = 0; part < NP; part++) {                                                       \
+      const uint16_t *wr_ = W + (size_t)(row_ + part * rows) * Din + kbeg + c0_;                                    \
+      _Pragma("unroll") for (int u = 0; u < GV3_U; u++) {                                                           \
+        const int j_ = lane * 8 + u * 256;                                                                          \
+        B[part][u] = row_ < rows && c0_ + j_ < klen ? __ldg(reinterpret_cast<const uint4 *>(wr_ + j_)) : make_uint4(0, 0, 0, 0); \
+      }                                                                                                             \
+    }                                                                                                               \
+  } while (0)
+#define GV3_STEP(B, ST)                                                                                             \
+  do {                                                                                                              \
+    const int it_ = (ST) / nch, ci_ = (ST) % nch, c0_ = ci_ * 256 * GV3_U;                                          \
+    const int row_ = (blockIdx.x * rpw + it_) * RB + warp / KS;                                                     \
+    _Pragma("unroll") for (int u = 0; u < GV3_U; u++) {                                                             \
+      const int j_ = c0_ + lane * 8 + u * 256;                                                                      \
+      if (row_ < rows && j_ < klen) {                                                                               \
+        const float4 x0 = *reinterpret_cast<const float4 *>(xv + kbeg + j_);                                        \
+        const float4 x1 = *reinterpret_cast<const float4 *>(xv + kbeg + j_ + 4);                                    \
+        _Pragma("unroll") for (int part = 0; part < NP; part++) {                                                   \
+          const uint4 w = B[part][u];                                                                               \
+          float a = acc[part];                                                                                      \
+          a += __uint_as_float(w.x << 16) * x0.x + __uint_as_float(w.x & 0xffff0000u) * x0.y;                       \
+          a += __uint_as_float(w.y << 16) * x0.z + __uint_as_float(w.y & 0xffff0000u) * x0.w;                       \
+          a += __uint_as_float(w.z << 16) * x1.x + __uint_as_float(w.z & 0xffff0000u) * x1.y;                       \
+          a += __uint_as_float(w.w << 16) * x1.z + __uint_as_float(w.w & 0xffff0000u) * x1.w;                       \
+          acc[part] = a;                                                                                            \
+        }                                                                                                           \
+      }                                                                                                             \
+    }                                                                                                               \
+    if (ci_ == nch - 1) { /* end of the row group: reduce and write (block-uniform branch) */                       \
+      _Pragma("unroll") for (int part = 0; part < NP; part++) acc[part] = sd_warp_sum(acc[part]);                   \
+      if (KS > 1) {                                                                                                 \
+        if (lane == 0) {                                                                                            \
+          _Pragma("unroll") for (int part = 0; part < NP; part++) red[warp][part] = acc[part];                      \
+        }                                                                                                           \
+        __syncthreads();                                                                                            \
+        if (kp == 0) {                                                                                              \
+          _Pragma("unroll") for (int part = 0; part < NP; part++) {                                                 \
+            float a = 0.f;                                                                                          \
+            for (int q = 0; q < KS; q++) a += red[warp + q][part];                                                  \
+            acc[part] = a;                                                                                          \
+          }                                                                                                         \
+        }                                                                                                           \
+        __syncthreads();                                                                                            \
+      }                                                                                                             \
+      if (lane == 0 && kp == 0 && row_ < rows) {                                                                    \
+        if (MODE == GEMV_SWIGLU) {                                                                                  \
+          const float g = acc[0] + (bias ? bias[row_] : 0.f), uu = acc[NP - 1] + (bias ? bias[row_ + rows] : 0.f);  \
+          out[row_] = g / (1.f + expf(-g)) * uu;                                                                    \
+        } else {                                                                                                    \
+          const float y = acc[0] + (bias ? bias[row_] : 0.f);                                                       \
+          if (MODE == GEMV_ACCUM) out[row_] += y; else out[row_] = y;                                               \
+        }                                                                                                           \
+      }                                                                                                             \
+      _Pragma("unroll") for (int part = 0; part < NP; part++) acc[part] = 0.f;                                      \
+    }                                                                                                               \
+  } while (0)
+
+template <int MODE, int KS>
+__global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const float *nw, float eps,
+                                               const uint16_t *W, const float *bias, int Din, int rows, int rpw,
+                                               float *xout) {
+  extern __shared__ float xs[];
+  __shared__ float red[8][2];
+  constexpr int RB = 8 / KS, NP = MODE == GEMV_SWIGLU ? 2 : 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kp = warp % KS;
+  const int klen = Din / KS, kbeg = kp * klen;
+  const int nch = (klen + 256 * GV3_U - 1) / (256 * GV3_U), nst = rpw * nch;
+  uint4 b0[NP][GV3_U], b1[NP][GV3_U];
+  sd_pdl_trigger();
+  GV3_LOAD(b0, 0);
+  sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
+  const bool staged = nw || xout;
+  if (staged) { /* as k_gemv2: x staged (16-byte loads when aligned), rmsnorm in shared memory */
+    float r = 1.f, ss = 0.f;
+    const bool v4 = (Din & 3) == 0 && (((uintptr_t)x | (uintptr_t)nw | (uintptr_t)xout) & 15) == 0;
+    if (v4) {
+#pragma unroll 4
+      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
+        const float4 v = __ldg(reinterpret_cast<const float4 *>(x + j));
+        *reinterpret_cast<float4 *>(xs + j) = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+    } else {
+      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+        const float v = x[j];
+        xs[j] = v;
+        ss += v * v;
+      }
+    }
+    if (nw) {
+      ss = sd_block_sum(ss);
+      r = 1.0f / sqrtf(ss / (float)Din + eps);
+    } else {
+      __syncthreads();
+    }
+    if (nw && v4) {
+#pragma unroll 4
+      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
+        const float4 w4 = __ldg(reinterpret_cast<const float4 *>(nw + j));
+        float4 v = *reinterpret_cast<const float4 *>(xs + j);
+        v.x = w4.x * (v.x * r), v.y = w4.y * (v.y * r), v.z = w4.z * (v.z * r), v.w = w4.w * (v.w * r);
+        *reinterpret_cast<float4 *>(xs + j) = v;
+        if (xout && blockIdx.x == 0) *reinterpret_cast<float4 *>(xout + j) = v;
+      }
+    } else {
+      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
+        const float v = nw ? nw[j] * (xs[j] * r) : xs[j];
+        xs[j] = v;
+        if (xout && blockIdx.x == 0) xout[j] = v;
+      }
+    }
+    __syncthreads();
+  }
+  const float *xv = staged ? xs : x;
+  float acc[NP];
+#pragma unroll
+  for (int part = 0; part < NP; part++) acc[part] = 0.f;
+  for (int st = 0; st < nst; st += 2) {
+    if (st + 1 < nst) GV3_LOAD(b1, st + 1);
+    GV3_STEP(b0, st);
+    if (st + 1 < nst) {
+      if (st + 2 < nst) GV3_LOAD(b0, st + 2);
+      GV3_STEP(b1, st + 1);
+    }
   }
 }
+#undef GV3_LOAD
+#undef GV3_STEP
 
-static int sd_gemv(xd_cuda_ctx *c, int legacy, int mode, float *out, const float *x, const float *nw, float eps,
+template <int MODE>
+static cudaError_t gemv2_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
+                                const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
+                                int rpw, float *xout) {
+  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *) =
+      KS == 1 ? k_gemv2<MODE, 1> : KS == 2 ? k_gemv2<MODE, 2> : KS == 4 ? k_gemv2<MODE, 4> : k_gemv2<MODE, 8>;
+  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout);
+}
+
+template <int MODE>
+static cudaError_t gemv3_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
+                                const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
+                                int rpw, float *xout) {
+  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *) =
+      KS == 1 ? k_gemv3<MODE, 1> : KS == 2 ? k_gemv3<MODE, 2> : KS == 4 ? k_gemv3<MODE, 4> : k_gemv3<MODE, 8>;
+  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout);
+}
+/* resident blocks per SM of k_gemv3<MODE, KS> (cached; 0 on error) */
+static int gemv3_occ(int mode, int KS, size_t smem) {
+  static int cache[3][4][2];
+  const int ki = KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3, si = smem > 0;
+  if (cache[mode][ki][si]) return cache[mode][ki][si];
+  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *);
+  if (mode == GEMV_STORE) k = KS == 1 ? k_gemv3<GEMV_STORE, 1> : KS == 2 ? k_gemv3<GEMV_STORE, 2> : KS == 4 ? k_gemv3<GEMV_STORE, 4> : k_gemv3<GEMV_STORE, 8>;
+  else if (mode == GEMV_ACCUM) k = KS == 1 ? k_gemv3<GEMV_ACCUM, 1> : KS == 2 ? k_gemv3<GEMV_ACCUM, 2> : KS == 4 ? k_gemv3<GEMV_ACCUM, 4> : k_gemv3<GEMV_ACCUM, 8>;
+  else k = KS == 1 ? k_gemv3<GEMV_SWIGLU, 1> : KS == 2 ? k_gemv3<GEMV_SWIGLU, 2> : KS == 4 ? k_gemv3<GEMV_SWIGLU, 4> : k_gemv3<GEMV_SWIGLU, 8>;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 256, smem) != cudaSuccess) n = 0;
+  cache[mode][ki][si] = n;
+  return n;
+}
+
+static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out, const float *x, const float *nw, float eps,
                    const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e) {
   const int sms = c->sm_count > 0 ? c->sm_count : 132;
   if (!legacy) {
     /* KS: split K until there are >= 4 blocks per SM (each part >= 256 columns); rpw: row
      * groups per block beyond 4 blocks per SM (the LM head), at most 4 */
     int KS = 1;
-    while (KS < 8 && (size_t)rows * KS / 8 < (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
+    if (variant & XD_SDEC_ONEWAVE) /* the largest KS whose grid is one wave (4 resident blocks per SM) */
+      while (KS < 8 && (size_t)rows * 2 * KS / 8 <= (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
+    else
+      while (KS < 8 && (size_t)rows * KS / 8 < (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
+    const bool pdl = (variant & XD_SDEC_PDL) != 0;
     const int RB = 8 / KS;
     const size_t groups = xd_ceil_div((size_t)rows, (size_t)RB);
+    if ((variant & XD_SDEC_STREAM) && Din % (8 * KS) == 0) {
+      /* one wave of k_gemv3: rpw = ceil(groups / resident blocks), grid = ceil(groups / rpw) */
+      const size_t smem3 = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
+      const int occ = gemv3_occ(mode, KS, smem3);
+      if (occ > 0) {
+        const size_t slots = (size_t)occ * sms;
+        const size_t rpw3 = xd_ceil_div(groups, slots);
+        const unsigned grid3 = (unsigned)xd_ceil_div(groups, rpw3);
+        if (mode == GEMV_STORE)
+          XD_CU(gemv3_launch<GEMV_STORE>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+        else if (mode == GEMV_ACCUM)
+          XD_CU(gemv3_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+        else
+          XD_CU(gemv3_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+        XD_CU_LAUNCH("k_gemv3");
+        return 0;
+      }
+    }
     size_t rpw = groups / ((size_t)4 * sms);
     rpw = rpw < 1 ? 1 : rpw > 4 ? 4 : rpw;
     const unsigned grid = (unsigned)xd_ceil_div(groups, rpw);
     const size_t smem = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
     if (mode == GEMV_STORE)
-      gemv2_launch<GEMV_STORE>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+      XD_CU(gemv2_launch<GEMV_STORE>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
     else if (mode == GEMV_ACCUM)
-      gemv2_launch<GEMV_ACCUM>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+      XD_CU(gemv2_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
     else
-      gemv2_launch<GEMV_SWIGLU>(c->stream, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout);
+      XD_CU(gemv2_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
     XD_CU_LAUNCH("k_gemv2");
     return 0;
   }
@@ -494,6 +700,7 @@ static int sd_gemv(xd_cuda_ctx *c, int legacy, int mode, float *out, const float
 }
 
 __global__ void k_dec_embed(float *h, const uint16_t *table, const xd_cuda_sdec_params *prm, int D) {
+  sd_pdl_trigger();
   const size_t id = (size_t)prm->id;
   for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < D; j += gridDim.x * blockDim.x) h[j] = xd_bf2f(table[id * D + j]);
 }
@@ -604,6 +811,8 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
 __global__ void __launch_bounds__(PREP_THREADS) k_dec_prep2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   __shared__ float y[128], yr[128], zp[PREP_THREADS];
   const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P, tid = threadIdx.x;
+  sd_pdl_trigger();
+  sd_pdl_wait();
   if ((int)blockIdx.x >= H + G) {
     const int head = blockIdx.x - H - G, D = m.D;
     const float *wi = Ly.w_i + (size_t)head * D, *wf = Ly.w_f + (size_t)head * D, *xn = m.xn;
@@ -676,6 +885,132 @@ __global__ void __launch_bounds__(PREP_THREADS) k_dec_prep2(const xd_cuda_sdec m
     float a = 0.f;
 #pragma unroll 16
     for (int i = i0; i < i1; i++) a += yr[i] * __ldg(Pm + (size_t)i * dp + j);
+    zp[tid] = a;
+  }
+  __syncthreads();
+  float z = 0.f;
+  if (tid < dp)
+    for (int q = 0; q < np; q++) z += zp[q * dp + tid];
+  const float mx = sd_block_max(tid < dp ? z : -INFINITY);
+  const float mn = m.hedgehog ? -sd_block_max(tid < dp ? -z : -INFINITY) : 0.f;
+  const float e1 = tid < dp ? expf(z - mx) : 0.f, e2 = m.hedgehog && tid < dp ? expf(mn - z) : 0.f;
+  const float s1 = sd_block_sum(e1);
+  const float s2 = m.hedgehog ? sd_block_sum(e2) : 1.f;
+  float *phi = (isq ? m.qf : m.kf) + (size_t)head * P;
+  if (tid < dp) {
+    phi[tid] = e1 / s1;
+    if (m.hedgehog) phi[dp + tid] = e2 / s2;
+  }
+}
+
+/* k_dec_prep3 (XD_SDEC_SHORT): k_dec_prep2 with the weight loads (the gate rows' first
+ * PREP_GPF float4 per thread, the feature map's first PREP_PPF rows of P per thread) and the
+ * RoPE row issued before the PDL wait, the rest unchanged (same arithmetic order). */
+#define PREP_GPF 2
+#define PREP_PPF 16
+__global__ void __launch_bounds__(PREP_THREADS) k_dec_prep3(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  __shared__ float y[128], yr[128], zp[PREP_THREADS];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P, tid = threadIdx.x;
+  sd_pdl_trigger();
+  if ((int)blockIdx.x >= H + G) {
+    const int head = blockIdx.x - H - G, D = m.D;
+    const float *wi = Ly.w_i + (size_t)head * D, *wf = Ly.w_f + (size_t)head * D, *xn = m.xn;
+    float ai = 0.f, af = 0.f;
+    if ((D & 3) == 0 && (((uintptr_t)wi | (uintptr_t)wf | (uintptr_t)xn) & 15) == 0) {
+      /* the first PREP_GPF float4 of each gate row prefetched before the wait (weights) */
+      float4 a4p[PREP_GPF], f4p[PREP_GPF];
+#pragma unroll
+      for (int u = 0; u < PREP_GPF; u++) {
+        const int j = (tid + u * (int)blockDim.x) * 4;
+        a4p[u] = j < D ? __ldg(reinterpret_cast<const float4 *>(wi + j)) : make_float4(0.f, 0.f, 0.f, 0.f);
+        f4p[u] = j < D ? __ldg(reinterpret_cast<const float4 *>(wf + j)) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      sd_pdl_wait();
+#pragma unroll
+      for (int u = 0; u < PREP_GPF; u++) {
+        const int j = (tid + u * (int)blockDim.x) * 4;
+        if (j < D) {
+          const float4 x4 = *reinterpret_cast<const float4 *>(xn + j), a4 = a4p[u], f4 = f4p[u];
+          ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
+          af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
+        }
+      }
+      for (int j = (tid + PREP_GPF * (int)blockDim.x) * 4; j < D; j += blockDim.x * 4) {
+        const float4 x4 = *reinterpret_cast<const float4 *>(xn + j);
+        const float4 a4 = __ldg(reinterpret_cast<const float4 *>(wi + j)), f4 = __ldg(reinterpret_cast<const float4 *>(wf + j));
+        ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
+        af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
+      }
+    } else {
+      sd_pdl_wait();
+#pragma unroll 4
+      for (int j = tid; j < D; j += blockDim.x) { ai += xn[j] * wi[j]; af += xn[j] * wf[j]; }
+    }
+    ai = sd_block_sum(ai);
+    af = sd_block_sum(af);
+    if (tid == 0) {
+      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
+      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+      m.ig[head] = zi;
+      m.fg[head] = zf;
+    }
+    return;
+  }
+  const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
+  const xd_cuda_sdec_params *prm = m.params;
+  /* before the wait: this thread's first PREP_PPF rows of the feature map's P (weights) and
+   * the RoPE row (the step's inputs, uploaded before the graph) */
+  const float *Pm = (isq ? Ly.P_q : Ly.P_k) + (size_t)head * d * dp;
+  const int np = (int)blockDim.x / dp, part = tid / dp, j = tid % dp, ci = (d + np - 1) / np;
+  const int i0 = part * ci, i1 = min(d, i0 + ci);
+  float pf[PREP_PPF];
+#pragma unroll
+  for (int u = 0; u < PREP_PPF; u++) pf[u] = part < np && i0 + u < i1 ? __ldg(Pm + (size_t)(i0 + u) * dp + j) : 0.f;
+  const int half = d / 2;
+  float rc = 0.f, rsn = 0.f;
+  if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
+  sd_pdl_wait();
+  const int64_t pos = prm->pos;
+  const float *rawall = m.qkv + (isq ? 0 : (size_t)H * d), *raw = rawall + (size_t)head * d;
+  const float *nw = isq ? Ly.q_norm : Ly.k_norm;
+  const float rv = tid < d ? raw[tid] : 0.f;
+  float r = 1.f;
+  if (m.qk_norm == 2) {
+    float ss = 0.f;
+#pragma unroll 4
+    for (int j = tid; j < nh * d; j += blockDim.x) ss += rawall[j] * rawall[j];
+    ss = sd_block_sum(ss);
+    r = 1.0f / sqrtf(ss / (float)(nh * d) + m.rms_eps);
+  } else if (m.qk_norm == 1) {
+    const float ss = sd_block_sum(rv * rv);
+    r = 1.0f / sqrtf(ss / (float)d + m.rms_eps);
+  }
+  if (tid < d) y[tid] = m.qk_norm == 2 ? nw[head * d + tid] * (rv * r) : m.qk_norm == 1 ? nw[tid] * (rv * r) : rv;
+  __syncthreads();
+  if (tid < half) {
+    const float a = y[tid], b = y[tid + half], c = rc, s = rsn;
+    yr[tid] = a * c - b * s;
+    yr[tid + half] = b * c + a * s;
+  }
+  __syncthreads();
+  if (tid < d) {
+    const float yv = yr[tid];
+    (isq ? m.q : m.k)[(size_t)head * d + tid] = yv;
+    if (!isq) {
+      const size_t Gd = (size_t)G * d, slot = (size_t)(pos % Ly.W);
+      const uint16_t kb = xd_f2bf(yv), vb = xd_f2bf(m.qkv[(size_t)(H + G) * d + (size_t)head * d + tid]);
+      Ly.k_ring[slot * Gd + head * d + tid] = kb;
+      Ly.v_ring[slot * Gd + head * d + tid] = vb;
+      if (pos < Ly.S) { Ly.k_sink[pos * Gd + head * d + tid] = kb; Ly.v_sink[pos * Gd + head * d + tid] = vb; }
+    }
+  }
+  /* feature map: z = yr P_head, softmax (hedgehog: [softmax(z), softmax(-z)]); dp <= blockDim */
+  if (part < np) {
+    float a = 0.f;
+#pragma unroll
+    for (int u = 0; u < PREP_PPF; u++)
+      if (i0 + u < i1) a += yr[i0 + u] * pf[u];
+    for (int i = i0 + PREP_PPF; i < i1; i++) a += yr[i] * __ldg(Pm + (size_t)i * dp + j);
     zp[tid] = a;
   }
   __syncthreads();
@@ -838,7 +1173,7 @@ __device__ __forceinline__ void sd_gate(const xd_cuda_sdec &m, const xd_cuda_sde
   *mt_out = (float)mt;
 }
 
-__global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+__device__ void sd_split_body(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA) {
   __shared__ float qs[128], sc[SPL_KPB], acc[SPL_THREADS];
   const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
   const int NM = (P + SPL_PT - 1) / SPL_PT;
@@ -951,15 +1286,187 @@ __global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m,
   if (threadIdx.x == 0) pm[0] = dn;
 }
 
+
+/* XD_SDEC_SHORT: sd_split_body with every global load of a block issued in one batch (the
+ * attention tile's q, its 64 keys and the values, the ring slots in 32-bit arithmetic; the
+ * mLSTM tile's rows of C, k, q, v and n before the gate's inputs), so a block waits for memory
+ * once or twice instead of ~8 times. Same arithmetic in the same order as sd_split_body. */
+#define SPL_NW (SPL_THREADS / 32)
+#define SPL_VPF 32
+__device__ void sd_split_body3(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA) {
+  __shared__ float qs[128], sc[SPL_KPB], acc[SPL_THREADS];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
+  const int NM = (P + SPL_PT - 1) / SPL_PT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ngrp = SPL_THREADS / d; /* d <= 128 = blockDim: >= 1 */
+  const int i = threadIdx.x % d, grp = threadIdx.x / d;
+  if ((int)blockIdx.y < NA) {
+    const int s = blockIdx.y;
+    const int64_t t = m.params->pos;
+    const int W = Ly.W, S = Ly.S;
+    const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
+    const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64, rb = (int)((ws - ns64) % W); /* key kk >= ns: slot (rb + kk) % W */
+    const int k0 = s * SPL_KPB, k1 = min(k0 + SPL_KPB, n);
+    float *pm = m.part + ((size_t)h * NA + s) * (d + 2);
+    if (k0 >= n) { /* empty split (short context) */
+      for (int j = threadIdx.x; j < d; j += blockDim.x) pm[2 + j] = 0.f;
+      if (threadIdx.x == 0) { pm[0] = -INFINITY; pm[1] = 0.f; }
+      return;
+    }
+    const int Gd = G * d;
+    const float scale = 1.0f / sqrtf((float)d);
+    const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
+    /* the batch: q, this warp's keys (one or two bf16 pairs per lane), this thread's values */
+    const float qv = threadIdx.x < d ? m.q[(size_t)h * d + threadIdx.x] : 0.f;
+    const int j0 = lane, j1 = lane + 32;
+    uint32_t ku0[SPL_KPB / SPL_NW], ku1[SPL_KPB / SPL_NW];
+#pragma unroll
+    for (int u = 0; u < SPL_KPB / SPL_NW; u++) {
+      const int kk = k0 + warp + u * SPL_NW;
+      ku0[u] = ku1[u] = 0u;
+      if (kk < k1) {
+        const uint16_t *kr = kk < ns ? ksb + (size_t)kk * Gd : krb + (size_t)((rb + kk) % W) * Gd;
+        if (j0 < d / 2) ku0[u] = *reinterpret_cast<const uint32_t *>(kr + 2 * j0);
+        if (j1 < d / 2) ku1[u] = *reinterpret_cast<const uint32_t *>(kr + 2 * j1);
+      }
+    }
+    uint16_t vv[SPL_VPF];
+#pragma unroll
+    for (int u = 0; u < SPL_VPF; u++) {
+      const int kk = k0 + grp + u * ngrp;
+      vv[u] = 0;
+      if (grp < ngrp && kk < k1) vv[u] = (kk < ns ? vsb + (size_t)kk * Gd : vrb + (size_t)((rb + kk) % W) * Gd)[i];
+    }
+    if (threadIdx.x < d) qs[threadIdx.x] = qv;
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < SPL_KPB / SPL_NW; u++) {
+      const int kk = k0 + warp + u * SPL_NW;
+      if (kk < k1) { /* warp-uniform */
+        float a = 0.f;
+        if (j0 < d / 2) a += qs[2 * j0] * __uint_as_float(ku0[u] << 16) + qs[2 * j0 + 1] * __uint_as_float(ku0[u] & 0xffff0000u);
+        if (j1 < d / 2) a += qs[2 * j1] * __uint_as_float(ku1[u] << 16) + qs[2 * j1 + 1] * __uint_as_float(ku1[u] & 0xffff0000u);
+        a = sd_warp_sum(a);
+        if (lane == 0) sc[kk - k0] = a * scale;
+      }
+    }
+    __syncthreads();
+    const int nk = k1 - k0;
+    float mx = -INFINITY;
+    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) mx = fmaxf(mx, sc[kk]);
+    mx = sd_block_max(mx);
+    float sum = 0.f;
+    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) {
+      const float p = __expf(sc[kk] - mx);
+      sc[kk] = p;
+      sum += p;
+    }
+    sum = sd_block_sum(sum); /* publishes sc */
+    float a = 0.f;
+    if (grp < ngrp) {
+#pragma unroll
+      for (int u = 0; u < SPL_VPF; u++) {
+        const int kk = k0 + grp + u * ngrp;
+        if (kk < k1) a += sc[kk - k0] * __uint_as_float((uint32_t)vv[u] << 16);
+      }
+      for (int kk = k0 + grp + SPL_VPF * ngrp; kk < k1; kk += ngrp) /* d > 64 only */
+        a += sc[kk - k0] * xd_bf2f((kk < ns ? vsb + (size_t)kk * Gd : vrb + (size_t)((rb + kk) % W) * Gd)[i]);
+    }
+    acc[threadIdx.x] = a;
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+      float o = 0.f;
+      for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
+      pm[2 + j] = o;
+    }
+    if (threadIdx.x == 0) { pm[0] = mx; pm[1] = sum; }
+    return;
+  }
+  /* mLSTM rows tile: loads of C, k, q, v, n first, then the gate, then the update */
+  const int tt = blockIdx.y - NA, p0 = tt * SPL_PT, p1 = min(p0 + SPL_PT, P);
+  const float *qf = m.qf + (size_t)h * P, *kf = m.kf + (size_t)g * P;
+  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
+  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  float cv[SPL_PT], kv[SPL_PT], qv[SPL_PT], vj = 0.f;
+  if (grp < ngrp) {
+    vj = v[i];
+#pragma unroll
+    for (int u = 0; u < SPL_PT; u++) {
+      const int p = p0 + grp + u * ngrp;
+      cv[u] = p < p1 ? C[(size_t)p * d + i] : 0.f;
+      kv[u] = p < p1 ? kf[p] : 0.f;
+      qv[u] = p < p1 ? qf[p] : 0.f;
+    }
+  }
+  const int pn = p0 + threadIdx.x; /* SPL_PT <= blockDim: one n row per thread */
+  const float nold = pn < p1 ? nn[pn] : 0.f, kn = pn < p1 ? kf[pn] : 0.f, qn = pn < p1 ? qf[pn] : 0.f;
+  float fp, ip, mt;
+  sd_gate(m, Ly, h, &fp, &ip, &mt);
+  float a = 0.f;
+  if (grp < ngrp) {
+#pragma unroll
+    for (int u = 0; u < SPL_PT; u++) {
+      const int p = p0 + grp + u * ngrp;
+      if (p < p1) {
+        const float cn = fp * cv[u] + (ip * kv[u]) * vj;
+        C[(size_t)p * d + i] = cn;
+        a += cn * qv[u];
+      }
+    }
+  }
+  acc[threadIdx.x] = a;
+  float dn = 0.f;
+  if (pn < p1) {
+    const float nv = fp * nold + ip * kn;
+    nn[pn] = nv;
+    dn += qn * nv;
+  }
+  dn = sd_block_sum(dn); /* publishes acc */
+  float *pm = m.part + (size_t)H * NA * (d + 2) + ((size_t)h * NM + tt) * (d + 1);
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float o = 0.f;
+    for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
+    pm[1 + j] = o;
+  }
+  if (threadIdx.x == 0) pm[0] = dn;
+}
+
+__device__ void sd_merge_head(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA, int h);
+
+/* FUSED (XD_SDEC_FUSE_MERGE): after its partials, every block of head h counts itself in
+ * m.cnt[h] (fence, then one atomic); the last of the NA + NM blocks merges the head (the
+ * partials read through L2) and resets the counter. Same merge arithmetic as k_dec_merge2 with
+ * SPL_THREADS threads (2 numerator groups instead of 4: fp32 summation order only). */
+template <bool FUSED, bool SHORT>
+__global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+  sd_pdl_trigger();
+  sd_pdl_wait();
+  if (SHORT) sd_split_body3(m, Ly, NA);
+  else sd_split_body(m, Ly, NA);
+  if (FUSED) {
+    __shared__ int last;
+    const int h = blockIdx.x, NM = (m.P + SPL_PT - 1) / SPL_PT;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(m.cnt + h, 1) == NA + NM - 1;
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      sd_merge_head(m, Ly, NA, h);
+      if (threadIdx.x == 0) m.cnt[h] = 0;
+    }
+  }
+}
+
 /* k_dec_merge2 (issue #8; replaces k_dec_merge, whose serial loops over the splits took ~10 us
  * per layer): MERGE_THREADS threads; every global value read once, in one
  * batch per phase: the split maxima / sums / denominators by one thread each (block
  * reductions), the mixing gate's dot by d threads, then the numerators by ngrp = blockDim / d
  * groups over interleaved splits (partials added in group order). */
 #define MERGE_THREADS 256
-__global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+__device__ void sd_merge_head(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA, int h) {
   __shared__ float wsc[256], accs[MERGE_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G), tid = threadIdx.x;
+  const int H = m.H, G = m.G, d = m.d, P = m.P, g = h / (H / G), tid = threadIdx.x;
   const int NM = (P + SPL_PT - 1) / SPL_PT;
   const float *pa = m.part + (size_t)h * NA * (d + 2);
   const float *pb = m.part + (size_t)H * NA * (d + 2) + (size_t)h * NM * (d + 1);
@@ -970,16 +1477,16 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec
   /* phase 1: loads of the split stats, the mLSTM denominators and the mixing gate's inputs */
   float mloc = -INFINITY, lloc = 0.f, dloc = 0.f, zloc = 0.f;
   for (int s = tid; s < NA; s += blockDim.x) {
-    const float ms = pa[(size_t)s * (d + 2)], ls = pa[(size_t)s * (d + 2) + 1];
+    const float ms = __ldcg(pa + (size_t)s * (d + 2)), ls = __ldcg(pa + (size_t)s * (d + 2) + 1);
     if (s == tid) { mloc = ms; lloc = ls; } else { mloc = fmaxf(mloc, ms); }
   }
-  for (int q = tid; q < NM; q += blockDim.x) dloc += pb[(size_t)q * (d + 1)];
+  for (int q = tid; q < NM; q += blockDim.x) dloc += __ldcg(pb + (size_t)q * (d + 1));
   for (int i = tid; i < d; i += blockDim.x) zloc += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
   const float M = sd_block_max(mloc);
   /* weights exp(m_s - M) (wsc for s < 256, recomputed beyond) */
   float L = 0.f;
   for (int s = tid; s < NA; s += blockDim.x) {
-    const float ms = s == tid ? mloc : pa[(size_t)s * (d + 2)], ls = s == tid ? lloc : pa[(size_t)s * (d + 2) + 1];
+    const float ms = s == tid ? mloc : __ldcg(pa + (size_t)s * (d + 2)), ls = s == tid ? lloc : __ldcg(pa + (size_t)s * (d + 2) + 1);
     const float w = ms == -INFINITY ? 0.f : expf(ms - M);
     if (s < 256) wsc[s] = w;
     L += ls * w;
@@ -1001,11 +1508,11 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec
   if (grp < ngrp) {
 #pragma unroll 4
     for (int s = grp; s < NA; s += ngrp) {
-      const float w = s < 256 ? wsc[s] : (pa[(size_t)s * (d + 2)] == -INFINITY ? 0.f : expf(pa[(size_t)s * (d + 2)] - M));
-      a += pa[(size_t)s * (d + 2) + 2 + j] * w;
+      const float w = s < 256 ? wsc[s] : (__ldcg(pa + (size_t)s * (d + 2)) == -INFINITY ? 0.f : expf(__ldcg(pa + (size_t)s * (d + 2)) - M));
+      a += __ldcg(pa + (size_t)s * (d + 2) + 2 + j) * w;
     }
 #pragma unroll 4
-    for (int q = grp; q < NM; q += ngrp) b += pb[(size_t)q * (d + 1) + 1 + j];
+    for (int q = grp; q < NM; q += ngrp) b += __ldcg(pb + (size_t)q * (d + 1) + 1 + j);
     accs[tid] = a;
   }
   __syncthreads();
@@ -1022,6 +1529,12 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec
     m.att[(size_t)h * d + tid] = o * glob + (1.f - o) * loc;
   }
   if (tid == 0) Ly.m[h] = mt; /* every thread read m[h] (sd_gate) before the barriers above */
+}
+
+__global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+  sd_pdl_trigger();
+  sd_pdl_wait();
+  sd_merge_head(m, Ly, NA, blockIdx.x);
 }
 
 extern "C" size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m) {
@@ -1054,6 +1567,21 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   SD_SETG(GEMV_ACCUM)
   SD_SETG(GEMV_SWIGLU)
 #undef SD_SETG
+#define SD_SETG(MODE) \
+  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
+  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+  SD_SETG(GEMV_STORE)
+  SD_SETG(GEMV_ACCUM)
+  SD_SETG(GEMV_SWIGLU)
+#undef SD_SETG
+  /* fill k_gemv3's occupancy cache here, outside any stream capture */
+  for (int mode = 0; mode < 3; mode++)
+    for (int ks = 1; ks <= 8; ks *= 2) {
+      gemv3_occ(mode, ks, 0);
+      gemv3_occ(mode, ks, (size_t)m->D * sizeof(float)); /* the staged GEMVs read x [D] */
+    }
   size_t cmax = 0;
   for (int l = 0; l < m->L; l++) {
     const size_t s = core_smem(m, m->layers[l].W, m->layers[l].S);
@@ -1069,11 +1597,14 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
 #define SD_MAXEV 1024
 typedef struct {
   cudaEvent_t ev[SD_MAXEV];
-  int cat[SD_MAXEV], n;
+  int cat[SD_MAXEV], n, graph;
 } sd_prof;
 static int sd_mark(xd_cuda_ctx *c, sd_prof *pf, int cat, xd_err *e) {
   if (!pf || pf->n >= SD_MAXEV) return 0;
-  XD_CU(cudaEventRecord(pf->ev[pf->n], c->stream));
+  /* under stream capture a plain cudaEventRecord only orders the capture (it records nothing
+   * at replay); cudaEventRecordExternal makes it an event-record node of the graph */
+  if (pf->graph) XD_CU(cudaEventRecordWithFlags(pf->ev[pf->n], c->stream, cudaEventRecordExternal));
+  else XD_CU(cudaEventRecord(pf->ev[pf->n], c->stream));
   pf->cat[pf->n++] = cat;
   return 0;
 }
@@ -1081,6 +1612,10 @@ static int sd_mark(xd_cuda_ctx *c, sd_prof *pf, int cat, xd_err *e) {
 
 static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err *e) {
   const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d, lg = m->legacy;
+  const bool pdl = !lg && (m->variant & XD_SDEC_PDL), fuse = !lg && (m->variant & XD_SDEC_FUSE_MERGE) && m->cnt;
+  const bool shrt = !lg && (m->variant & XD_SDEC_SHORT);
+  const int skip = lg ? 0 : m->variant >> 16; /* benchmark ablation only */
+#define SK(k) ((skip >> (k)) & 1)
   SD_MARK(-1);
   k_dec_embed<<<xd_ceil_div(D, 256), 256, 0, c->stream>>>(m->h, m->embed, m->params, D);
   XD_CU_LAUNCH("k_dec_embed");
@@ -1088,54 +1623,60 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
   for (int l = 0; l < m->L; l++) {
     const xd_cuda_sdec_layer *Ly = &m->layers[l];
     /* x = rmsnorm(h) (pre-norm) or h; q|k|v = x Wqkv^T + b; xn keeps x for the gates */
-    if (sd_gemv(c, lg, GEMV_STORE, m->qkv, m->h, m->post_norm ? NULL : Ly->attn_norm, m->rms_eps, Ly->w_qkv, Ly->b_qkv,
+    if (!SK(XD_SDEC_K_QKV) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->qkv, m->h, m->post_norm ? NULL : Ly->attn_norm, m->rms_eps, Ly->w_qkv, Ly->b_qkv,
                 D, qkv, m->xn, e))
       return -1;
     SD_MARK(XD_SDEC_K_QKV);
-    if (lg || m->d > 128 || (m->hedgehog ? m->P / 2 : m->P) > PREP_THREADS)
+    if (SK(XD_SDEC_K_PREP)) {
+    } else if (lg || m->d > 128 || (m->hedgehog ? m->P / 2 : m->P) > PREP_THREADS)
       k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
     else
-      k_dec_prep2<<<2 * H + G, PREP_THREADS, 0, c->stream>>>(*m, *Ly);
+      XD_CU(sd_launch(pdl, shrt ? k_dec_prep3 : k_dec_prep2, dim3(2 * H + G), dim3(PREP_THREADS), 0, c->stream, *m, *Ly));
     XD_CU_LAUNCH("k_dec_prep");
     SD_MARK(XD_SDEC_K_PREP);
     if (lg) {
       k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
       XD_CU_LAUNCH("k_dec_core");
       SD_MARK(XD_SDEC_K_CORE);
-    } else {
+    } else if (!SK(XD_SDEC_K_CORE)) {
       const int NA = spl_na(Ly->W, Ly->S);
-      k_dec_split<<<dim3(H, NA + spl_nm(m->P)), SPL_THREADS, 0, c->stream>>>(*m, *Ly, NA);
+      void (*ks)(const xd_cuda_sdec, const xd_cuda_sdec_layer, int) =
+          fuse ? (shrt ? k_dec_split<true, true> : k_dec_split<true, false>) : (shrt ? k_dec_split<false, true> : k_dec_split<false, false>);
+      XD_CU(sd_launch(pdl, ks, dim3(H, NA + spl_nm(m->P)), dim3(SPL_THREADS), 0, c->stream, *m, *Ly, NA));
       XD_CU_LAUNCH("k_dec_split");
       SD_MARK(XD_SDEC_K_CORE);
-      k_dec_merge2<<<H, MERGE_THREADS, 0, c->stream>>>(*m, *Ly, NA);
-      XD_CU_LAUNCH("k_dec_merge2");
-      SD_MARK(XD_SDEC_K_MERGE);
+      if (!fuse) {
+        XD_CU(sd_launch(pdl, k_dec_merge2, dim3(H), dim3(MERGE_THREADS), 0, c->stream, *m, *Ly, NA));
+        XD_CU_LAUNCH("k_dec_merge2");
+        SD_MARK(XD_SDEC_K_MERGE);
+      }
     }
     if (m->post_norm) {
-      if (sd_gemv(c, lg, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_O);
       k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->attn_out_norm, D, m->rms_eps);
       XD_CU_LAUNCH("k_add_rmsnorm");
       SD_MARK(XD_SDEC_K_NORM);
-      if (sd_gemv(c, lg, GEMV_SWIGLU, m->act, m->h, NULL, 0.f, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_GU) && sd_gemv(c, lg, m->variant, GEMV_SWIGLU, m->act, m->h, NULL, 0.f, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_GU);
-      if (sd_gemv(c, lg, GEMV_STORE, m->tmp, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_DOWN) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->tmp, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_DOWN);
       k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->mlp_out_norm, D, m->rms_eps);
       XD_CU_LAUNCH("k_add_rmsnorm");
       SD_MARK(XD_SDEC_K_NORM);
     } else {
-      if (sd_gemv(c, lg, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_O);
-      if (sd_gemv(c, lg, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_GU) && sd_gemv(c, lg, m->variant, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_GU);
-      if (sd_gemv(c, lg, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_DOWN) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_DOWN);
     }
   }
-  if (sd_gemv(c, lg, GEMV_STORE, m->logits, m->h, m->final_norm, m->rms_eps, m->lm_head, NULL, D, m->V, NULL, e)) return -1;
+  if (!SK(XD_SDEC_K_LMHEAD) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->logits, m->h, m->final_norm, m->rms_eps, m->lm_head, NULL, D, m->V, NULL, e)) return -1;
   SD_MARK(XD_SDEC_K_LMHEAD);
   return 0;
+#undef SK
 }
 
 extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) { return sdec_step(c, m, NULL, e); }
@@ -1147,6 +1688,15 @@ extern "C" const char *xd_cuda_sdec_kname(int k) {
 }
 
 extern "C" int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double *us, double *bytes, xd_err *e) {
+  return xd_cuda_sdec_profile_ex(c, m, reps, 0, us, bytes, e);
+}
+
+extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, int reps, int graph, double *us,
+                                       double *bytes, xd_err *e) {
+  /* the events order every kernel after the previous one anyway: profile without PDL */
+  xd_cuda_sdec mc = *m0;
+  mc.variant &= ~XD_SDEC_PDL;
+  const xd_cuda_sdec *m = &mc;
   for (int k = 0; k < XD_SDEC_NK; k++) us[k] = bytes[k] = 0;
   sd_prof *pf = (sd_prof *)calloc(1, sizeof(sd_prof));
   if (!pf) return xd_errf(e, "student_decode.cu: out of memory");
@@ -1155,9 +1705,29 @@ extern "C" int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int r
     if (cudaEventCreate(&pf->ev[i]) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: cudaEventCreate failed");
     else nev++;
   }
-  for (int r = 0; r < reps && rc == 0; r++) {
+  cudaGraphExec_t gx = NULL;
+  if (graph && rc == 0) { /* the events become event-record nodes of one captured step */
+    cudaGraph_t g = NULL;
     pf->n = 0;
-    rc = sdec_step(c, m, pf, e);
+    pf->graph = 1;
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile capture failed");
+    if (rc == 0) {
+      xd_err inner = {{0}};
+      const int r1 = sdec_step(c, m, pf, &inner);
+      const cudaError_t st = cudaStreamEndCapture(c->stream, &g);
+      if (r1) rc = xd_errf(e, "%s", inner.msg);
+      else if (st != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile capture: %s", cudaGetErrorString(st));
+      else if (cudaGraphInstantiate(&gx, g, 0) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile graph instantiate failed");
+      if (g) cudaGraphDestroy(g);
+    }
+  }
+  for (int r = 0; r < reps && rc == 0; r++) {
+    if (gx) {
+      if (cudaGraphLaunch(gx, c->stream) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile graph launch failed");
+    } else {
+      pf->n = 0;
+      rc = sdec_step(c, m, pf, e);
+    }
     if (rc == 0 && cudaStreamSynchronize(c->stream) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile sync failed");
     for (int i = 1; i < pf->n && rc == 0; i++) {
       float ms = 0.f;
@@ -1165,6 +1735,7 @@ extern "C" int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int r
       if (pf->cat[i] >= 0) us[pf->cat[i]] += 1e3 * ms / reps;
     }
   }
+  if (gx) cudaGraphExecDestroy(gx);
   for (int i = 0; i < nev; i++) cudaEventDestroy(pf->ev[i]);
   free(pf);
   /* bytes each class must move per step */

@@ -19,6 +19,14 @@ extern "C" int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e) {
   /* 32 MiB: what cuBLASLt asks for its larger Hopper kernels. */
   c->lt_ws_bytes = (size_t)32 << 20;
   if (st == cudaSuccess) st = cudaMalloc(&c->lt_ws, c->lt_ws_bytes);
+  /* Keep what the ops' stream-ordered scratch (cudaMallocAsync) returns to the pool: with the
+   * default threshold 0 the pool unmaps it at every synchronisation (once per training step),
+   * and the next step maps it again. */
+  cudaMemPool_t pool;
+  if (st == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+    uint64_t keep = UINT64_MAX;
+    st = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  }
   if (st != cudaSuccess) {
     xd_errf(e, "memory.cu:%d: context setup: %s (%s)", __LINE__, cudaGetErrorName(st), cudaGetErrorString(st));
     xd_cuda_ctx_free(c);

@@ -258,8 +258,15 @@ static void test_swa(void) {
   swa_case(1, 333, 8, 2, 64, 100, 1, 74);
 }
 
-/* fp32 backward vs swa_backward, both from the CPU forward's out and lse; accumulation into
- * nonzero gradients checks the += contract. */
+/* Backward vs swa_backward, both from the CPU forward's out and lse; accumulation into nonzero
+ * gradients checks the += contract. Each case runs the reference kernel (fp32, atomics: fp32
+ * bound) and xd_cuda_swa_backward twice from the same start: the two results must be bitwise
+ * identical (no atomics, fixed summation order). Its bound: fp32 where d falls back to the
+ * reference (d not a multiple of 16), else TOL_BF16 = 1e-2: q, k, dout, P and dS enter the
+ * MMAs as bf16 (2^-9 relative rounding each, random in sign; v as a bf16 hi + lo pair), so
+ * each gradient, a sum of such products over hundreds of keys or queries, sits a few 1e-3
+ * from the fp32 one. The W = 1 case guards the cancellation in dS = P (dP - D): there dS is
+ * exactly 0, and a dP with v rounded to bf16 alone gave 2.4e-2 on dq and dk. */
 static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64_t seed) {
   xd_rng r;
   xd_rng_seed(&r, seed);
@@ -270,26 +277,88 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
   swa_shape sh = {B, T, H, G, d, W, S};
   swa_forward(out, lse, q, k, v, &sh);
   float *gdq = up_raw(dq, nq * 4), *gdk = up_raw(dk, nk * 4), *gdv = up_raw(dv, nk * 4);
+  float *fdq[2], *fdk[2], *fdv[2];
+  for (int i = 0; i < 2; i++) fdq[i] = up_raw(dq, nq * 4), fdk[i] = up_raw(dk, nk * 4), fdv[i] = up_raw(dv, nk * 4);
   swa_backward(dq, dk, dv, dout, q, k, v, out, lse, &sh);
   float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
   float *go = up_raw(out, nq * 4), *gl = up_raw(lse, nl * 4);
-  float *hq = xd_malloc(nq * 4), *hk = xd_malloc(nk * 4), *hv = xd_malloc(nk * 4);
-  GPU(xd_cuda_swa_backward(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
-  GPU(xd_cuda_download(ctx, hq, gdq, nq * 4, &err));
-  GPU(xd_cuda_download(ctx, hk, gdk, nk * 4, &err));
-  GPU(xd_cuda_download(ctx, hv, gdv, nk * 4, &err));
+  GPU(xd_cuda_swa_backward_ref(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+  for (int i = 0; i < 2; i++) GPU(xd_cuda_swa_backward(ctx, fdq[i], fdk[i], fdv[i], gdo, gq, gk, gv, go, gl, &sh, &err));
+  float *hq = down(gdq, nq), *hk = down(gdk, nk), *hv = down(gdv, nk);
+  float *fq[2], *fk[2], *fv[2];
+  for (int i = 0; i < 2; i++) fq[i] = down(fdq[i], nq), fk[i] = down(fdk[i], nk), fv[i] = down(fdv[i], nk);
   char name[96];
-  snprintf(name, sizeof name, "swa bwd dq T%d H%d G%d d%d W%d S%d", T, H, G, d, W, S);
+  snprintf(name, sizeof name, "swa bwd ref dq B%d T%d H%d G%d d%d W%d S%d", B, T, H, G, d, W, S);
   REL(name, hq, dq, nq, TOL_F32);
-  REL("  dk", hk, dk, nk, TOL_F32);
-  REL("  dv", hv, dv, nk, TOL_F32);
+  REL("  ref dk", hk, dk, nk, TOL_F32);
+  REL("  ref dv", hv, dv, nk, TOL_F32);
+  const double tol = d % 16 == 0 && d <= 128 ? TOL_BF16 : TOL_F32;
+  REL("  new dq", fq[0], dq, nq, tol);
+  REL("  new dk", fk[0], dk, nk, tol);
+  REL("  new dv", fv[0], dv, nk, tol);
+  const int same = !memcmp(fq[0], fq[1], nq * 4) && !memcmp(fk[0], fk[1], nk * 4) && !memcmp(fv[0], fv[1], nk * 4);
+  if (tol == TOL_BF16) { /* the fallback is the reference, with its atomics */
+    fprintf(stderr, "    %-44s %s\n", "  new: two runs bitwise identical", same ? "yes" : "NO");
+    CHECKF(same, "swa_backward: two runs differ (B%d T%d d%d)", B, T, d);
+  }
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
   xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
+  for (int i = 0; i < 2; i++) {
+    xd_cuda_free(fdq[i]), xd_cuda_free(fdk[i]), xd_cuda_free(fdv[i]);
+    free(fq[i]), free(fk[i]), free(fv[i]);
+  }
   free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(hq), free(hk), free(hv);
 }
+
+static int quick; /* "quick" argument (memcheck): no timing at the 1B shape */
+
+/* Time at the Llama-3.2-1B student shape: one layer's SWA backward, new vs reference. */
+static void swa_bwd_timing(void) {
+  const int B = 1, T = 4096, H = 32, G = 8, d = 64, W = 512, S = 4;
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
+  xd_rng r;
+  xd_rng_seed(&r, 1234);
+  float *q = rand_f32(&r, nq, 0, 1.0), *k = rand_f32(&r, nk, 0, 1.0), *v = rand_f32(&r, nk, 0, 1.0);
+  float *dout = rand_f32(&r, nq, 0, 1.0);
+  float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
+  float *go = dev_poisoned(nq * 4), *gl = dev_poisoned(nl * 4);
+  float *gdq = dev_poisoned(nq * 4), *gdk = dev_poisoned(nk * 4), *gdv = dev_poisoned(nk * 4);
+  GPU(xd_cuda_swa_naive_forward_lse(ctx, go, gl, gq, gk, gv, B, T, H, G, d, W, S, &err));
+  GPU(xd_cuda_memset(ctx, gdq, 0, nq * 4, &err));
+  GPU(xd_cuda_memset(ctx, gdk, 0, nk * 4, &err));
+  GPU(xd_cuda_memset(ctx, gdv, 0, nk * 4, &err));
+  swa_shape sh = {B, T, H, G, d, W, S};
+  double ms[2];
+  for (int which = 0; which < 2; which++) {
+    const int reps = which == 0 ? 20 : 3;
+    for (int i = 0; i < 2; i++) /* warm-up */
+      GPU((which == 0 ? xd_cuda_swa_backward : xd_cuda_swa_backward_ref)(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+    GPU(xd_cuda_sync(ctx, &err));
+    const double t0 = xd_now();
+    for (int i = 0; i < reps; i++)
+      GPU((which == 0 ? xd_cuda_swa_backward : xd_cuda_swa_backward_ref)(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+    GPU(xd_cuda_sync(ctx, &err));
+    ms[which] = (xd_now() - t0) * 1e3 / reps;
+  }
+  fprintf(stderr, "    swa bwd 1B shape (B%d T%d H%d G%d d%d W%d S%d): new %.3f ms, ref %.3f ms, %.1fx\n", B, T, H, G, d, W,
+          S, ms[0], ms[1], ms[1] / ms[0]);
+  printf("RESULT swa_backward_1b new_ms %.3f ref_ms %.3f\n", ms[0], ms[1]);
+  xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
+  xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
+  free(q), free(k), free(v), free(dout);
+}
+
 static void test_swa_backward(void) {
-  swa_bwd_case(2, 150, 4, 2, 64, 32, 4, 91);
-  swa_bwd_case(1, 120, 2, 1, 128, 50, 60, 92);
+  swa_bwd_case(2, 150, 4, 2, 64, 32, 4, 91);    /* T % 64 != 0, W < block, GQA */
+  swa_bwd_case(1, 120, 2, 1, 128, 50, 60, 92);  /* d 128, many sinks */
+  swa_bwd_case(1, 200, 4, 4, 64, 300, 0, 93);   /* W > T, no sinks, G = H */
+  swa_bwd_case(1, 333, 8, 2, 128, 100, 3, 94);  /* d 128 (32-query tiles), far sink queries */
+  swa_bwd_case(1, 256, 4, 2, 64, 64, 70, 95);   /* sinks over a key-block boundary */
+  swa_bwd_case(1, 700, 4, 1, 32, 16, 1, 96);    /* d 32, several sink chunks, MQA */
+  swa_bwd_case(2, 300, 2, 2, 64, 1, 0, 97);     /* W = 1 */
+  swa_bwd_case(1, 97, 4, 2, 40, 20, 2, 98);     /* d 40: falls back to the reference */
+  swa_bwd_case(1, 1100, 4, 2, 64, 512, 4, 99);  /* the 1B window and sinks, T past W */
+  if (!quick) swa_bwd_timing();
 }
 
 /* ---- mLSTM ---------------------------------------------------------------------------- */
@@ -351,7 +420,8 @@ static void test_mlstm(void) {
   mlstm_case(1, 97, 2, 2, 64, 64, 64, MLSTM_NORM_PAPER, 1, 1, 83); /* final aliases init */
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  quick = argc > 1 && !strcmp(argv[1], "quick");
   if (xd_cuda_ctx_create(&ctx, 0, &err)) {
     printf("skip: no usable CUDA device (%s)\n", err.msg);
     return 77;

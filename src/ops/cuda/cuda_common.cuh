@@ -40,6 +40,8 @@ struct xd_cuda_ctx {
   size_t lt_ws_bytes;
   int sm_count;
   size_t smem_optin; /* max dynamic shared memory per block after opt-in */
+  void *swa_ws;      /* scratch of xd_cuda_swa_backward (D rows, sink partials), grown on demand */
+  size_t swa_ws_bytes;
 };
 
 static inline const char *xd_file_base(const char *f) {

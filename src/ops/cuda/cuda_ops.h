@@ -90,13 +90,22 @@ typedef struct {
 int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                               const uint16_t *v, const xd_cuda_attn_dims *a, xd_err *e);
 
-/* ---- sliding-window+sinks attention backward, fp32 (the twin of swa_backward) ------------
- * q, out, dout, dq [B,T,H,d]; k, v, dk, dv [B,T,G,d]; lse [B,T,H] from the forward (natural
- * log). ACCUMULATES (+=) into dq, dk, dv, as the CPU op (the caller zeroes them). d <= 256.
- * dk and dv are summed with atomics: the last bits may vary from run to run. */
+/* ---- sliding-window+sinks attention backward (the twin of swa_backward) -------------------
+ * q, out, dout, dq [B,T,H,d]; k, v, dk, dv [B,T,G,d] fp32; lse [B,T,H] from the forward
+ * (natural log). ACCUMULATES (+=) into dq, dk, dv, as the CPU op (the caller zeroes them).
+ * xd_cuda_swa_backward: FlashAttention-2-style on the tensor cores (bf16 operands, fp32
+ * accumulation, ~3e-3 relative L2 vs the fp32 CPU op), no atomics: bitwise identical from run
+ * to run. d a multiple of 16 up to 128 with 16-byte aligned buffers; otherwise (d <= 256) it
+ * runs the reference. Uses a scratch buffer of the context (grown on first use; not to be
+ * called while a graph is being captured the first time at a new size).
+ * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
+ * with atomics (the last bits may vary from run to run); d <= 256. */
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                          xd_err *e);
+int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                             xd_err *e);
 
 /* ---- mLSTM chunkwise forward, fp32 (the twin of mlstm_chunkwise_forward) ------------------
  * Same cfg and layouts as ops/cpu/mlstm.h: qf [B,T,H,P], kf [B,T,G,P], v [B,T,G,D],

@@ -47,6 +47,7 @@ extern "C" void xd_cuda_ctx_free(xd_cuda_ctx *c) {
   if (!c) return;
   if (c->lt) cublasLtDestroy(c->lt);
   if (c->lt_ws) cudaFree(c->lt_ws);
+  if (c->swa_ws) cudaFree(c->swa_ws);
   if (c->stream) cudaStreamDestroy(c->stream);
   free(c);
 }

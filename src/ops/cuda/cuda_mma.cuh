@@ -1,0 +1,43 @@
+/* Tensor-core fragment helpers (mma.sync m16n8k16 bf16 -> fp32, ldmatrix, bf16 packing),
+ * static so that each .cu file gets its own copy (no device linking). The same helpers as
+ * attention.cu's and mlstm_tc.cu's local ones, which may move here later.
+ * Fragment layouts of m16n8k16 (g = lane/4, t = lane%4):
+ *   A 16x16: a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..) a3 (g+8, 2t+8..)
+ *   B 16x8 : b0 (k 2t..2t+1, n g) b1 (k 2t+8.., n g)
+ *   C 16x8 : c0,c1 (g, 2t..2t+1) c2,c3 (g+8, 2t..2t+1) */
+#ifndef XD_OPS_CUDA_MMA_CUH
+#define XD_OPS_CUDA_MMA_CUH
+#include "cuda_common.cuh"
+
+static __device__ __forceinline__ void xd_mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+static __device__ __forceinline__ uint32_t xd_pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+static __device__ __forceinline__ uint32_t xd_ld32s(const uint16_t *p) { return *reinterpret_cast<const uint32_t *>(p); }
+/* Four 8x8 b16 matrices, transposed on the way: with X row-major [k][n] in shared memory,
+ * lanes addressing row (lane&7) + ((lane>>3)&1)*8, column (lane>>4)*8 of a 16x16 block give
+ * the B fragments (k, n) of two adjacent 8-wide n blocks: (r0, r1) and (r2, r3). */
+static __device__ __forceinline__ void xd_ldsm_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                                        const void *smem_row) {
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(sa));
+}
+/* A fragment (16 rows x 16 columns starting at column c0) of a row-major bf16 tile in shared
+ * memory with row stride lds; row0 = first of the 16 rows. */
+static __device__ __forceinline__ void xd_frag_a(uint32_t (&a)[4], const uint16_t *s, int lds, int row0, int c0,
+                                                 int gq, int tq) {
+  a[0] = xd_ld32s(s + (row0 + gq) * lds + c0 + 2 * tq);
+  a[1] = xd_ld32s(s + (row0 + gq + 8) * lds + c0 + 2 * tq);
+  a[2] = xd_ld32s(s + (row0 + gq) * lds + c0 + 8 + 2 * tq);
+  a[3] = xd_ld32s(s + (row0 + gq + 8) * lds + c0 + 8 + 2 * tq);
+}
+#endif

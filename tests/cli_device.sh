@@ -43,6 +43,17 @@ else
   expect_error "forward --device cuda, student (no GPU)" "--device cuda" "$BIN" forward --model "$TMP/student" --ids $IDS --out "$TMP/s.npy" --device cuda
   [ ! -e "$TMP/s.npy" ] && ok "no student output file after the error" || bad "student output file written despite the error"
   expect_error "generate --device cuda, student (no GPU)" "--device cuda" "$BIN" generate --model "$TMP/student" --ids $IDS --max-new 2 --device cuda
+  # training on the GPU: one line, exit 1, nothing written to --out
+  TEA=tests/fixtures/tiny-teacher
+  for d in $(seq 1 40); do echo "{\"text\": \"the king shall speak of love and war in hall $d.\"}"; done >"$TMP/text.jsonl"
+  "$BIN" data prepare --tokenizer $TEA --out "$TMP/data" --val-fraction 0 --quiet "$TMP/text.jsonl" >/dev/null 2>&1 || bad "data prepare"
+  "$BIN" init --teacher $TEA --out "$TMP/tstudent" --window 4 --sinks 1 --chunk 4 >/dev/null 2>&1 || bad "init tiny"
+  expect_error "align --device cuda (no GPU)" "--device cuda" "$BIN" align --teacher $TEA --student "$TMP/tstudent" --data "$TMP/data" --out "$TMP/a" --seq_len 16 --batch 2 --micro_batch 2 --steps 2 --device cuda
+  [ ! -e "$TMP/a" ] && ok "align: no output after the error" || bad "align wrote $TMP/a despite the error"
+  expect_error "distill --device cuda (no GPU)" "--device cuda" "$BIN" distill --teacher $TEA --student "$TMP/tstudent" --data "$TMP/data" --out "$TMP/d" --seq_len 16 --batch 2 --micro_batch 2 --steps 2 --kd_topk 8 --device cuda
+  [ ! -e "$TMP/d" ] && ok "distill: no output after the error" || bad "distill wrote $TMP/d despite the error"
 fi
+expect_error "align --device tpu" "--device must be cpu or cuda" "$BIN" align --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
+expect_error "distill --device tpu" "--device must be cpu or cuda" "$BIN" distill --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "generate --device cuda --prompt" "" "$BIN" generate --model $M --prompt hi --device cuda
 exit $fail

@@ -83,8 +83,8 @@ int cmd_align(int argc, char **argv) {
   xd_align_cuda *g = NULL;
   xd_trainer_hooks hooks;
   const int B = (int)cfg.micro_batch, T = (int)cfg.seq_len;
-  if (gpu) rc = xd_align_cuda_init(&g, &t, &s, L, B, T, &hooks, stderr, &e);
-  else xd_align_init(&c, &t, &s, L, B, T, &hooks);
+  if (gpu && (rc = xd_align_cuda_init(&g, &t, &s, L, B, T, &hooks, stderr, &e)) != 0) xd_err_prefix(&e, "--device cuda");
+  if (!gpu) xd_align_init(&c, &t, &s, L, B, T, &hooks);
   const double before = rc == 0 ? held_out_loss(&c, g, B, T, data, &cfg) : NAN;
   xd_train_install_signal_handlers();
   xd_train_result res;

@@ -125,6 +125,7 @@ int cmd_distill(int argc, char **argv) {
   if (gpu) {
     rc = xd_distill_cuda_init(&g, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len,
                               &kd, &hooks, stderr, &e);
+    if (rc != 0) xd_err_prefix(&e, "--device cuda");
     ed.gpu = g;
   } else {
     xd_distill_init(&c, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len, &kd, &hooks);

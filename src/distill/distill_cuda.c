@@ -9,7 +9,7 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
                          xd_loader *L, int B, int T, const kd_config *kd, xd_trainer_hooks *hooks, FILE *log, xd_err *e) {
   (void)t, (void)cache, (void)s, (void)L, (void)B, (void)T, (void)kd, (void)hooks, (void)log;
   *out = NULL;
-  return xd_errf(e, "--device cuda: built without CUDA (configure with -DXD_CUDA=ON)");
+  return xd_errf(e, "built without CUDA (configure with -DXD_CUDA=ON)");
 }
 void xd_distill_cuda_free(xd_distill_cuda *c) { (void)c; }
 int xd_distill_cuda_eval_rows(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, kd_result *res, xd_err *e) {
@@ -24,7 +24,7 @@ int xd_align_cuda_init(xd_align_cuda **out, const xd_teacher *t, xd_student *s, 
                        xd_trainer_hooks *hooks, FILE *log, xd_err *e) {
   (void)t, (void)s, (void)L, (void)B, (void)T, (void)hooks, (void)log;
   *out = NULL;
-  return xd_errf(e, "--device cuda: built without CUDA (configure with -DXD_CUDA=ON)");
+  return xd_errf(e, "built without CUDA (configure with -DXD_CUDA=ON)");
 }
 void xd_align_cuda_free(xd_align_cuda *c) { (void)c; }
 double xd_align_cuda_eval_loss(xd_align_cuda *c, const int32_t *inputs) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# --device on forward / generate: bad values and `--device cuda` where it cannot run (a build
+# --device on forward / generate / align / distill / eval: bad values and `--device cuda` where it cannot run (a build
 # without CUDA, or no usable GPU, as on CI) give exactly one line "xdistill: error: ..." and exit 1;
 # --device cpu is the default path. On a machine with a GPU the cuda cases are skipped here
 # (tests/gpu/test_gpu_teacher.c checks the GPU results).
@@ -50,10 +50,16 @@ else
   "$BIN" init --teacher $TEA --out "$TMP/tstudent" --window 4 --sinks 1 --chunk 4 >/dev/null 2>&1 || bad "init tiny"
   expect_error "align --device cuda (no GPU)" "--device cuda" "$BIN" align --teacher $TEA --student "$TMP/tstudent" --data "$TMP/data" --out "$TMP/a" --seq_len 16 --batch 2 --micro_batch 2 --steps 2 --device cuda
   [ ! -e "$TMP/a" ] && ok "align: no output after the error" || bad "align wrote $TMP/a despite the error"
+  # eval on the GPU (teacher and student with a tokenizer): one line, exit 1, no results file
+  expect_error "eval --device cuda (no GPU)" "--device cuda" "$BIN" eval --model $TEA --tasks mc:tests/fixtures/eval/mc.jsonl --limit 2 --out "$TMP/ev.json" --device cuda
+  [ ! -e "$TMP/ev.json" ] && ok "eval: no results file after the error" || bad "eval wrote $TMP/ev.json despite the error"
+  expect_error "eval --device cuda, student (no GPU)" "--device cuda" "$BIN" eval --model "$TMP/tstudent" --tasks mc:tests/fixtures/eval/mc.jsonl --limit 2 --out "$TMP/evs.json" --device cuda
+  [ ! -e "$TMP/evs.json" ] && ok "eval student: no results file after the error" || bad "eval wrote $TMP/evs.json despite the error"
   expect_error "distill --device cuda (no GPU)" "--device cuda" "$BIN" distill --teacher $TEA --student "$TMP/tstudent" --data "$TMP/data" --out "$TMP/d" --seq_len 16 --batch 2 --micro_batch 2 --steps 2 --kd_topk 8 --device cuda
   [ ! -e "$TMP/d" ] && ok "distill: no output after the error" || bad "distill wrote $TMP/d despite the error"
 fi
 expect_error "align --device tpu" "--device must be cpu or cuda" "$BIN" align --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "distill --device tpu" "--device must be cpu or cuda" "$BIN" distill --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
+expect_error "eval --device tpu" "--device must be cpu or cuda" "$BIN" eval --model tests/fixtures/tiny-teacher --tasks mc:tests/fixtures/eval/mc.jsonl --device tpu
 expect_error "generate --device cuda --prompt" "" "$BIN" generate --model $M --prompt hi --device cuda
 exit $fail

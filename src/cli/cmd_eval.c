@@ -13,7 +13,8 @@
 
 static const char usage[] =
   "usage: xdistill eval --model DIR --tasks LIST [--limit N] [--batch N] [--num-fewshot K] [--seed S]\n"
-  "                     [--out RESULTS.json] [--reference DIR] [--grid G] [--tokenizer PATH] [--threads N]\n\n"
+  "                     [--out RESULTS.json] [--reference DIR] [--grid G] [--tokenizer PATH] [--threads N]\n"
+  "                     [--device cpu|cuda]\n\n"
   "Evaluate a teacher (Hugging Face checkpoint) or a hybrid xLSTM student checkpoint on tasks with\n"
   "lm-evaluation-harness semantics (docs/eval.md): multiple choice and LAMBADA by log-likelihood,\n"
   "generation tasks by greedy decoding (teacher: KV cache; student: recurrent state), perplexity.\n"
@@ -31,6 +32,10 @@ static const char usage[] =
   "  --grid G           Win-and-Tie alpha grid for the comparison (default 0.001)\n"
   "  --tokenizer PATH   tokenizer.json or directory for both models (default: each model's)\n"
   "  --threads N        CPU threads\n"
+  "  --device D         cpu (default) or cuda: the model(s) on GPU 0 (bf16 matrices, fp32 logits):\n"
+  "                     log-likelihoods by the GPU forward, generation by the GPU teacher's KV\n"
+  "                     cache / the student's recurrent state; scores agree with the CPU's up to\n"
+  "                     bf16 rounding (near-tied choices may flip); weights' memory to stderr\n"
   "A progress line goes to stderr; a summary table to stdout.\n";
 
 #define MAX_TASKS 64
@@ -102,10 +107,10 @@ static void print_results(const xd_results *r, FILE *fp) {
 
 /* Evaluate one model on every task; res->tasks[i] in task order. */
 static int eval_model(const char *dir, const char *tokenizer, const char *role, xd_task *const *tasks, int n_tasks,
-                      size_t batch, const xd_task_options *topt, xd_results *res, xd_err *e) {
+                      size_t batch, int cuda, const xd_task_options *topt, xd_results *res, xd_err *e) {
   memset(res, 0, sizeof *res);
   xd_runner r;
-  if (xd_runner_load(&r, dir, tokenizer, XD_TOK_REQUIRED, e)) return -1;
+  if (xd_runner_load_on(&r, dir, tokenizer, XD_TOK_REQUIRED, cuda, e)) return -1;
   xd_lm lm;
   int rc = xd_runner_lm(&r, &lm, batch, e);
   res->model = xd_strdup(dir);
@@ -115,7 +120,8 @@ static int eval_model(const char *dir, const char *tokenizer, const char *role, 
   res->limit = topt->limit;
   res->tasks = xd_calloc((size_t)n_tasks, sizeof *res->tasks);
   xd_eval_options eo = {batch, stderr, 1};
-  fprintf(stderr, "eval: %s (%s checkpoint, role %s)\n", dir, r.is_student ? "student" : "teacher", role);
+  fprintf(stderr, "eval: %s (%s checkpoint, role %s%s)\n", dir, r.is_student ? "student" : "teacher", role,
+          cuda ? ", on the GPU" : "");
   for (int i = 0; i < n_tasks && !rc; i++) {
     rc = xd_eval_run(tasks[i], &lm, &eo, &res->tasks[i], e);
     if (!rc) res->n_tasks++;
@@ -139,7 +145,7 @@ int cmd_eval(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
   const char *model = NULL, *out = NULL, *reference = NULL, *tokenizer = NULL;
   char *specs[MAX_TASKS];
-  int n_specs = 0, threads = 0;
+  int n_specs = 0, threads = 0, cuda = 0;
   long limit = 0, batch = 1, fewshot = -1, seed = 1234;
   double grid = 0.001;
   int rc = 0;
@@ -151,6 +157,7 @@ int cmd_eval(int argc, char **argv) {
     else if (!strcmp(a, "--out")) out = argv[++i];
     else if (!strcmp(a, "--reference")) reference = argv[++i];
     else if (!strcmp(a, "--tokenizer")) tokenizer = argv[++i];
+    else if (!strcmp(a, "--device")) rc = cli_parse_device("eval", argv[++i], &cuda);
     else if (!strcmp(a, "--limit")) rc = parse_long(argv[++i], "--limit", 0, 1L << 40, &limit);
     else if (!strcmp(a, "--batch")) rc = parse_long(argv[++i], "--batch", 1, 1 << 20, &batch);
     else if (!strcmp(a, "--num-fewshot")) rc = parse_long(argv[++i], "--num-fewshot", 0, 1000, &fewshot);
@@ -183,11 +190,11 @@ int cmd_eval(int argc, char **argv) {
     if (!rc) n_tasks++;
   }
   xd_results res = {0}, ref = {0};
-  if (!rc) rc = eval_model(model, tokenizer, reference ? "student" : NULL, tasks, n_tasks, (size_t)batch, &topt, &res, &e);
+  if (!rc) rc = eval_model(model, tokenizer, reference ? "student" : NULL, tasks, n_tasks, (size_t)batch, cuda, &topt, &res, &e);
   if (!rc) print_results(&res, stdout);
   if (!rc && out) rc = xd_results_write(&res, out, &e);
   if (!rc && reference) {
-    rc = eval_model(reference, tokenizer, "teacher", tasks, n_tasks, (size_t)batch, &topt, &ref, &e);
+    rc = eval_model(reference, tokenizer, "teacher", tasks, n_tasks, (size_t)batch, cuda, &topt, &ref, &e);
     if (!rc) print_results(&ref, stdout);
     char *ref_out = out ? derived_path(out, ".reference.json") : NULL;
     char *cmp_out = out ? derived_path(out, ".compare.json") : NULL;

@@ -3,14 +3,156 @@
 
 #include "eval/detok.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#ifdef XD_HAVE_CUDA
+#include "model/student/student_cuda.h"
+#include "model/teacher/teacher_cuda.h"
+
+/* The model on GPU 0 and its buffers, all kept for the runner's life and grown, never shrunk. */
+struct xd_runner_gpu {
+  xd_cuda_ctx *ctx;
+  xd_teacher_cuda t;            /* teacher (t_up: uploaded) */
+  int t_up;
+  xd_student_cuda *s;           /* student (its forward buffers grow inside xd_student_cuda_forward) */
+  xd_teacher_cuda_state fwd;    /* teacher full forward: fwd_rows rows (B*T), positions < fwd_cap */
+  int fwd_rows, fwd_cap;
+  xd_teacher_cuda_state dec;    /* teacher decoding (KV cache, B = 1): feeds <= dec_tn, length <= dec_cap */
+  int dec_tn, dec_cap;
+  xd_student_cuda_state *st;    /* student decoding (constant memory) */
+};
+
+/* The size to hold need: have, or else doubled from max(have, 64) up to need, but not past
+ * limit when need fits it (the model's context length bounds what eval asks for). */
+static int grow_to(int need, int have, int limit) {
+  if (have >= need) return have;
+  int64_t n = have > 64 ? have : 64;
+  while (n < need) n *= 2;
+  if (limit >= need && n > limit) n = limit;
+  return n > (int64_t)1 << 30 ? need : (int)n;
+}
+
+static size_t gpu_limit(const xd_runner *r) { return r->cfg.max_pos > 1 ? (size_t)r->cfg.max_pos : 2048; }
+
+static void gpu_free(struct xd_runner_gpu *g) {
+  if (!g) return;
+  xd_teacher_cuda_state_free(&g->fwd);
+  xd_teacher_cuda_state_free(&g->dec);
+  if (g->st) xd_student_cuda_state_free(g->st);
+  if (g->s) xd_student_cuda_free(g->s);
+  if (g->t_up) xd_teacher_cuda_free(&g->t);
+  if (g->ctx) xd_cuda_ctx_free(g->ctx);
+  free(g);
+}
+
+/* Load dir on the host, upload it to GPU 0, free the host weights (r->cfg stays). */
+static int gpu_load(xd_runner *r, const char *dir, xd_err *e) {
+  struct xd_runner_gpu *g = xd_calloc(1, sizeof *g);
+  if (xd_cuda_ctx_create(&g->ctx, 0, e)) { /* no device: fail before reading the checkpoint */
+    free(g);
+    return xd_err_prefix(e, "--device cuda"), -1;
+  }
+  int rc;
+  if (r->is_student) {
+    rc = xd_student_load(&r->student, dir, XD_STUDENT_FROZEN, e);
+    if (!rc) {
+      r->cfg = r->student.cfg;
+      if ((rc = xd_student_cuda_upload(&g->s, g->ctx, &r->student, e)) != 0) {
+        g->s = NULL;
+        xd_err_prefix(e, "--device cuda: %s", dir);
+      }
+      xd_student_free(&r->student);
+      memset(&r->student, 0, sizeof r->student);
+    }
+    if (!rc) fprintf(stderr, "cuda: student weights %.1f MiB\n", (double)xd_student_cuda_weight_bytes(g->s) / (1 << 20));
+  } else {
+    rc = xd_teacher_load(&r->teacher, dir, e);
+    if (!rc) {
+      r->cfg = r->teacher.cfg;
+      if ((rc = xd_teacher_cuda_upload(&g->t, g->ctx, &r->teacher, e)) != 0) xd_err_prefix(e, "--device cuda: %s", dir);
+      else g->t_up = 1;
+      xd_teacher_free(&r->teacher);
+      memset(&r->teacher, 0, sizeof r->teacher);
+    }
+    if (!rc) fprintf(stderr, "cuda: teacher weights %.1f MiB\n", (double)g->t.weight_bytes / (1 << 20));
+  }
+  if (rc) { gpu_free(g); return -1; }
+  r->gpu = g;
+  return 0;
+}
+
+static int gpu_forward(xd_runner *r, const int32_t *ids, int B, int T, float *logits, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  if (r->is_student) return xd_student_cuda_forward(g->s, ids, B, T, logits, 0, e);
+  const int lim = (int)gpu_limit(r);
+  if ((int64_t)B * T > (int64_t)1 << 30) return xd_errf(e, "%s: %d x %d tokens too many for one forward", r->name, B, T);
+  if (g->fwd_rows < B * T || g->fwd_cap < T) {
+    const int cap = grow_to(T, g->fwd_cap, lim), rows0 = grow_to(B * T, g->fwd_rows, lim);
+    const int rows = rows0 > cap ? rows0 : cap; /* B = 1 state: its rows are its tokens, cap >= them */
+    xd_teacher_cuda_state_free(&g->fwd);
+    g->fwd_rows = g->fwd_cap = 0;
+    if (xd_teacher_cuda_state_alloc(&g->fwd, &g->t, 1, rows, rows, rows, 0, e))
+      return xd_err_prefix(e, "--device cuda"), -1;
+    g->fwd_rows = rows;
+    g->fwd_cap = rows;
+  }
+  return xd_teacher_cuda_forward(&g->t, &g->fwd, ids, B, T, logits, e);
+}
+
+/* Ready the shared decoding state for a new sequence of up to cap tokens fed max_prefill at a time. */
+static int gpu_decoder_start(xd_decoder *d, xd_err *e) {
+  xd_runner *r = d->r;
+  struct xd_runner_gpu *g = r->gpu;
+  if (r->is_student) {
+    if (!g->st && xd_student_cuda_state_alloc(&g->st, g->s, e)) {
+      g->st = NULL;
+      return xd_err_prefix(e, "--device cuda"), -1;
+    }
+    return xd_student_cuda_state_reset(g->st, e);
+  }
+  if (g->dec_tn < d->max_prefill || g->dec_cap < d->cap) {
+    const int lim = (int)gpu_limit(r);
+    const int tn = grow_to(d->max_prefill, g->dec_tn, lim), cap0 = grow_to(d->cap, g->dec_cap, lim);
+    const int cap = cap0 > tn ? cap0 : tn;
+    xd_teacher_cuda_state_free(&g->dec);
+    g->dec_tn = g->dec_cap = 0;
+    if (xd_teacher_cuda_state_alloc(&g->dec, &g->t, 1, tn, cap, 1, 1, e)) return xd_err_prefix(e, "--device cuda"), -1;
+    g->dec_tn = tn;
+    g->dec_cap = cap;
+  }
+  xd_teacher_cuda_reset(&g->dec);
+  return 0;
+}
+
+static int gpu_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_err *e) {
+  struct xd_runner_gpu *g = d->r->gpu;
+  if (d->len == 0 && gpu_decoder_start(d, e)) return -1;
+  if (d->r->is_student) return xd_student_cuda_step(g->s, g->st, ids, n, logits, e);
+  for (int off = 0; off < n; off += g->dec_tn) {
+    const int m = n - off < g->dec_tn ? n - off : g->dec_tn;
+    if (xd_teacher_cuda_step(&g->t, &g->dec, ids + off, m, 1, logits, e)) return -1;
+  }
+  return 0;
+}
+#endif
+
 int xd_runner_load(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, xd_err *e) {
+  return xd_runner_load_on(r, dir, tokenizer, tok_mode, 0, e);
+}
+
+int xd_runner_load_on(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, int cuda, xd_err *e) {
   memset(r, 0, sizeof *r);
   r->is_student = xd_is_student_dir(dir);
-  if (r->is_student) {
+  if (cuda) {
+#ifdef XD_HAVE_CUDA
+    if (gpu_load(r, dir, e)) return -1;
+#else
+    return xd_errf(e, "--device cuda: built without CUDA (configure with -DXD_CUDA=ON)");
+#endif
+  } else if (r->is_student) {
     if (xd_student_load(&r->student, dir, XD_STUDENT_FROZEN, e)) return -1;
     r->cfg = r->student.cfg;
   } else {
@@ -51,6 +193,10 @@ static void free_acts(xd_runner *r) {
 void xd_runner_free(xd_runner *r) {
   free_acts(r);
   if (r->tok) xd_tokenizer_free(r->tok);
+#ifdef XD_HAVE_CUDA
+  if (r->gpu) gpu_free(r->gpu); /* the host weights went with the upload */
+  else
+#endif
   if (r->name) {
     if (r->is_student) xd_student_free(&r->student);
     else xd_teacher_free(&r->teacher);
@@ -67,6 +213,9 @@ int xd_runner_is_eos(const xd_runner *r, int32_t id) {
 
 int xd_runner_forward(xd_runner *r, const int32_t *ids, int B, int T, float *logits, xd_err *e) {
   if (B < 1 || T < 1) return xd_errf(e, "%s: forward needs at least one token", r->name);
+#ifdef XD_HAVE_CUDA
+  if (r->gpu) return gpu_forward(r, ids, B, T, logits, e);
+#endif
   /* the student's core activations are shaped per (B, T); the teacher's hold any B*T rows and
    * T keys up to their size, so they only grow (eval calls come with many lengths) */
   const int fits = r->is_student ? (r->acts_B == B && r->acts_T == T)
@@ -93,7 +242,9 @@ void xd_decoder_init(xd_decoder *d, xd_runner *r, int cap, int max_prefill) {
   d->r = r;
   d->cap = cap < 1 ? 1 : cap;
   d->max_prefill = max_prefill < 1 ? 1 : max_prefill;
-  if (r->is_student) {
+  if (r->gpu) {
+    d->on_gpu = 1; /* the runner's state, readied at the first feed */
+  } else if (r->is_student) {
     xd_student_state_alloc(&d->st, &r->student);
   } else {
     xd_kv_cache_alloc(&d->kv, &r->cfg, 1, d->cap);
@@ -103,7 +254,8 @@ void xd_decoder_init(xd_decoder *d, xd_runner *r, int cap, int max_prefill) {
 
 void xd_decoder_free(xd_decoder *d) {
   if (!d->r) return;
-  if (d->r->is_student) xd_student_state_free(&d->st);
+  if (d->on_gpu) { /* the state stays with the runner */ }
+  else if (d->r->is_student) xd_student_state_free(&d->st);
   else {
     xd_kv_cache_free(&d->kv);
     xd_teacher_acts_free(&d->ta);
@@ -114,7 +266,11 @@ void xd_decoder_free(xd_decoder *d) {
 int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_err *e) {
   xd_runner *r = d->r;
   if (n < 1) return xd_errf(e, "%s: decoder fed no tokens", r->name);
-  if (r->is_student) {
+  if (d->on_gpu) {
+#ifdef XD_HAVE_CUDA
+    if (gpu_decoder_feed(d, ids, n, logits, e)) return -1;
+#endif
+  } else if (r->is_student) {
     if (xd_student_step(&r->student, &d->st, ids, n, logits, e)) return -1;
   } else {
     /* the activations hold max_prefill rows: feed longer prompts in pieces */

@@ -1,5 +1,6 @@
 /* Model runner: a teacher (HF checkpoint) or a hybrid student checkpoint behind one interface,
- * for `forward`, `generate` and `eval`.
+ * for `forward`, `generate` and `eval`, on the CPU (fp32) or, loaded with xd_runner_load_on(...,
+ * cuda = 1), on GPU 0 (bf16 matrices; teacher_cuda.h / student_cuda.h; `eval --device cuda`).
  *  - xd_runner_forward: full-sequence logits (teacher: xd_teacher_forward; student:
  *    xd_student_forward).
  *  - xd_decoder: incremental decoding of one sequence (teacher: KV cache; student: the
@@ -30,6 +31,9 @@ typedef struct {
   xd_teacher_acts ta;
   xd_core_acts ca;
   xd_logits_model lm_src; /* backing store for xd_runner_lm */
+  /* --device cuda: the model on GPU 0 (the host copy of the weights is freed after the upload;
+   * teacher / student above are then empty) and its GPU buffers; NULL on the CPU */
+  struct xd_runner_gpu *gpu;
 } xd_runner;
 
 enum { XD_TOK_SKIP = 0, XD_TOK_REQUIRED = 1, XD_TOK_OPTIONAL = 2 };
@@ -37,6 +41,12 @@ enum { XD_TOK_SKIP = 0, XD_TOK_REQUIRED = 1, XD_TOK_OPTIONAL = 2 };
  * tokenizer (ids-only use); otherwise tokenizer (a tokenizer.json file or a directory), or when
  * NULL dir's tokenizer.json if present, is loaded; XD_TOK_REQUIRED fails when there is none. */
 int xd_runner_load(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, xd_err *e);
+/* The same; cuda = 1 puts the model on GPU 0 (a CUDA build; errors of the GPU set-up begin with
+ * "--device cuda: "). On the GPU, xd_runner_forward and the decoder run the GPU model: buffers
+ * are kept in the runner and grow (powers of two, up to the model's context length) to the
+ * largest sequence seen, so a run of requests does not reallocate; the decoding state is shared,
+ * so only one xd_decoder of a GPU runner may be in use at a time. */
+int xd_runner_load_on(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, int cuda, xd_err *e);
 void xd_runner_free(xd_runner *r);
 /* 1 if id is one of the config's eos_token_id(s) or the tokenizer's EOS. */
 int xd_runner_is_eos(const xd_runner *r, int32_t id);
@@ -48,6 +58,7 @@ typedef struct {
   int cap;                /* teacher: KV capacity in tokens */
   int max_prefill;        /* teacher: rows of the activations (longest single feed) */
   int len;                /* tokens fed so far */
+  int on_gpu;             /* the runner's GPU decoding state (no CPU buffers below) */
   xd_kv_cache kv;
   xd_teacher_acts ta;
   xd_student_state st;

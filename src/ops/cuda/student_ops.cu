@@ -186,7 +186,8 @@ static int lt_layout(cublasLtMatrixLayout_t *l, uint64_t rows, uint64_t cols, in
   return 0;
 }
 
-/* 1: ran; 0: no cuBLASLt algorithm (nothing ran, the caller falls back); -1: error. */
+/* 1: ran; 0: no cuBLASLt algorithm, or the SIMT kernel preferred (nothing ran, the caller falls
+ * back); -1: error. */
 static int gm_lt_body(xd_cuda_ctx *c, const gm_desc *g, const lt_view *v, cublasLtMatmulDesc_t *op,
                       cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb, cublasLtMatrixLayout_t *lc, xd_err *e) {
   const unsigned alA = align_of(g->B, g->bb, g->batch), alB = align_of(g->A, g->ab, g->batch),
@@ -199,7 +200,7 @@ static int gm_lt_body(xd_cuda_ctx *c, const gm_desc *g, const lt_view *v, cublas
       hit = &c->sg_cache[i];
       break;
     }
-  if (hit && hit->valid == 2) return 0; /* known: no algorithm */
+  if (hit && hit->valid >= 2) return 0; /* known: no algorithm, or the SIMT split-K is preferred */
   XD_CUBLAS(cublasLtMatmulDescCreate(op, CUBLAS_COMPUTE_32F, CUDA_R_32F)); /* no TF32 */
   XD_CUBLAS(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSA, &v->ta, sizeof v->ta));
   XD_CUBLAS(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSB, &v->tb, sizeof v->tb));
@@ -234,18 +235,31 @@ static int gm_lt_body(xd_cuda_ctx *c, const gm_desc *g, const lt_view *v, cublas
       return 0;
     }
     hit->valid = 1, hit->algo = res.algo;
+    /* A reduction over tokens with a small output (fewer 64x64 tiles than SMs, K >= 512) that
+     * cuBLASLt would run without split-K (seen for the batched per-head dP = x_h^T dz_h: 32
+     * CTAs looping over 4096 tokens): the SIMT kernel's split-K is faster there (1B shape, H100:
+     * feature map backward 0.385 vs 0.446 ms a layer), so that geometry stays on it. */
+    int splitk_num = 0;
+    size_t w;
+    const long long tiles = (long long)((g->M + GM_T - 1) / GM_T) * ((g->N + GM_T - 1) / GM_T) * g->batch;
+    if (g->K >= 512 && tiles < c->sm_count &&
+        cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk_num, sizeof splitk_num,
+                                             &w) == CUBLAS_STATUS_SUCCESS &&
+        splitk_num == 1)
+      hit->valid = 3;
     if (env_on("XD_STUDENT_OPS_DEBUG")) {
       int id = -1, tile = -1, splitk = -1, red = -1, stages = -1;
-      size_t w;
       cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w);
       cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
       cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &w);
       cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red, &w);
       cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w);
       fprintf(stderr, "[student gemm] M %d N %d K %d batch %d beta %d: cuBLASLt algo %d tile %d splitK %d "
-                      "reduction %d stages %d, workspace %zu B\n",
-              g->M, g->N, g->K, g->batch, g->accumulate, id, tile, splitk, red, stages, res.workspaceSize);
+                      "reduction %d stages %d, workspace %zu B%s\n",
+              g->M, g->N, g->K, g->batch, g->accumulate, id, tile, splitk, red, stages, res.workspaceSize,
+              hit->valid == 3 ? " -> SIMT split-K instead" : "");
     }
+    if (hit->valid == 3) return 0;
   }
   const float alpha = g->alpha, beta = g->accumulate ? 1.f : 0.f;
   const cublasStatus_t st = cublasLtMatmul(c->lt, *op, &alpha, g->B, *la, g->A, *lb, &beta, g->C, *lc, g->C, *lc,

@@ -19,12 +19,21 @@
  * mLSTM inputs: softmax features, gate pre-activations wide (|i~| up to ~20, f~ from strongly
  * negative to strongly positive) so the stabiliser switches branches, T not a multiple of
  * the chunk, GQA, MQA and H == G, both normalisers, random initial state.
+ * Determinism: every feature map / gate / mix case runs forward + backward twice from the same
+ * inputs and initial gradients and requires bitwise-identical results.
  * Without an argument the program also times the mLSTM forward + backward at the
  * Llama-3.2-1B student shape (B 1, H 32, G 8, T 4096, P 64 / 128, D 64, chunk 64) and checks
- * that shape against the CPU; "quick" skips that (used under compute-sanitizer).
+ * that shape against the CPU, and times the feature maps (q and k), gates and mix forward and
+ * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in three GEMM modes: the
+ * default (cuBLASLt, with the SIMT split-K kept where cuBLASLt would not split a reduction over
+ * tokens), all SIMT (XD_STUDENT_OPS_SIMT=1: the original kernels) and every reduction over
+ * tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1), checking bitwise run-to-run equality
+ * and each mode against the SIMT one (same bounds) there, then reruns the small cases in the
+ * two other modes; "quick" skips all that (used under compute-sanitizer).
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core/core.h"
 #include "ops/cpu/feature_map.h"
@@ -54,6 +63,12 @@ static double worst; /* largest rel error / bound seen, for the summary line */
     fprintf(stderr, "    %-48s rel %.3e (bound %.0e)\n", name, _r, (double)(tol)); \
     if (_r / (tol) > worst) worst = _r / (tol); \
     CHECKF(_r <= (tol), "%s: rel err %.3e > %.1e", name, _r, (double)(tol)); } while (0)
+
+#define SAME(name, a, b, n) do { const int _same = memcmp((a), (b), (n) * sizeof(float)) == 0; \
+    fprintf(stderr, "    %-48s %s\n", name, _same ? "bitwise identical on a rerun" : "DIFFERS on a rerun"); \
+    CHECKF(_same, "%s: not deterministic", name); } while (0)
+#define RERUN(dev, host, n) GPU(xd_cuda_upload(ctx, (dev), (host), (n) * sizeof(float), &err))
+#define POISON(dev, n) GPU(xd_cuda_memset(ctx, (dev), 0xff, (n) * sizeof(float), &err))
 
 static double *to_f64(const float *x, size_t n) {
   double *y = xd_malloc(n * sizeof(double) + 1);
@@ -275,6 +290,16 @@ static void fm_case(int N, int Hx, int d, int dphi, int hedgehog, uint64_t seed)
   REL(name, hphi, phi, nphi, TOL_F32);
   REL("  dx", hdx, cdx, nx, TOL_F32);
   REL("  dP (sum over tokens)", hdP, cdP, nP, TOL_RED);
+  POISON(gphi, nphi); RERUN(gdx, dx0, nx); RERUN(gdP, dP0, nP);
+  GPU(xd_cuda_feature_map_forward(ctx, gphi, gx, gP, &s, &err));
+  GPU(xd_cuda_feature_map_backward(ctx, gdx, gdP, gdphi, gx, gP, gphi, &s, &err));
+  {
+    float *rphi = down(gphi, nphi), *rdx = down(gdx, nx), *rdP = down(gdP, nP);
+    SAME("  phi", rphi, hphi, nphi);
+    SAME("  dx", rdx, hdx, nx);
+    SAME("  dP", rdP, hdP, nP);
+    free(rphi), free(rdx), free(rdP);
+  }
   xd_cuda_free(gx), xd_cuda_free(gP), xd_cuda_free(gdphi), xd_cuda_free(gphi), xd_cuda_free(gdx), xd_cuda_free(gdP);
   free(x), free(P), free(dphi_), free(dx0), free(dP0), free(phi), free(cdx), free(cdP), free(hphi), free(hdx), free(hdP);
 }
@@ -320,6 +345,22 @@ static void gates_case(int N, int D, int H, float cap, uint64_t seed) {
   REL("  db_i (sum over tokens)", hdbi, cdbi, H, TOL_RED);
   REL("  dw_f (sum over tokens)", hdwf, cdwf, nw, TOL_RED);
   REL("  db_f (sum over tokens)", hdbf, cdbf, H, TOL_RED);
+  POISON(gig, ng); POISON(gfg, ng); RERUN(gdx, dx0, nx); RERUN(gdwi, dwi0, nw); RERUN(gdwf, dwf0, nw);
+  RERUN(gdbi, dbi0, H); RERUN(gdbf, dbf0, H);
+  GPU(xd_cuda_gates_forward(ctx, gig, gfg, gx, gwi, gbi, gwf, gbf, &s, &err));
+  GPU(xd_cuda_gates_backward(ctx, gdx, gdwi, gdbi, gdwf, gdbf, gdig, gdfg, gx, gwi, gwf, gig, gfg, &s, &err));
+  {
+    float *a = down(gig, ng), *b = down(gfg, ng), *cx = down(gdx, nx), *dwi = down(gdwi, nw), *dwf = down(gdwf, nw);
+    float *dbi = down(gdbi, H), *dbf = down(gdbf, H);
+    SAME("  i~", a, hig, ng);
+    SAME("  f~", b, hfg, ng);
+    SAME("  dx", cx, hdx, nx);
+    SAME("  dw_i", dwi, hdwi, nw);
+    SAME("  dw_f", dwf, hdwf, nw);
+    SAME("  db_i", dbi, hdbi, H);
+    SAME("  db_f", dbf, hdbf, H);
+    free(a), free(b), free(cx), free(dwi), free(dwf), free(dbi), free(dbf);
+  }
   xd_cuda_free(gx), xd_cuda_free(gwi), xd_cuda_free(gwf), xd_cuda_free(gbi), xd_cuda_free(gbf), xd_cuda_free(gig), xd_cuda_free(gfg);
   xd_cuda_free(gdig), xd_cuda_free(gdfg), xd_cuda_free(gdx), xd_cuda_free(gdwi), xd_cuda_free(gdwf), xd_cuda_free(gdbi), xd_cuda_free(gdbf);
   free(x), free(wi), free(wf), free(bi), free(bf), free(dig), free(dfg), free(dx0), free(dwi0), free(dwf0), free(dbi0), free(dbf0);
@@ -368,6 +409,24 @@ static void mix_case(int N, int H, int G, int d, uint64_t seed) {
   REL("  dh_local", hdhl, cdhl, nq, TOL_F32);
   REL("  dw_o (sum over tokens)", hdw, cdw, nw, TOL_RED);
   REL("  db_o (sum over tokens)", hdb, cdb, H, TOL_RED);
+  POISON(gout, nq); POISON(go, no); RERUN(gdq, dq0, nq); RERUN(gdk, dk0, nk); RERUN(gdv, dv0, nk);
+  RERUN(gdw, dw0, nw); RERUN(gdb, db0, H); RERUN(gdhg, dhg0, nq); RERUN(gdhl, dhl0, nq);
+  GPU(xd_cuda_mix_forward(ctx, gout, go, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
+  GPU(xd_cuda_mix_backward(ctx, gdq, gdk, gdv, gdw, gdb, gdhg, gdhl, gdout, go, gq, gk, gv, gw, ghg, ghl, &s, &err));
+  {
+    float *a = down(gout, nq), *b2 = down(go, no), *x1 = down(gdq, nq), *x2 = down(gdk, nk), *x3 = down(gdv, nk);
+    float *x4 = down(gdw, nw), *x5 = down(gdb, H), *x6 = down(gdhg, nq), *x7 = down(gdhl, nq);
+    SAME("  out", a, hout, nq);
+    SAME("  o", b2, ho, no);
+    SAME("  dq_raw", x1, hdq, nq);
+    SAME("  dk_raw", x2, hdk, nk);
+    SAME("  dv_raw", x3, hdv, nk);
+    SAME("  dw_o", x4, hdw, nw);
+    SAME("  db_o", x5, hdb, H);
+    SAME("  dh_global", x6, hdhg, nq);
+    SAME("  dh_local", x7, hdhl, nq);
+    free(a), free(b2), free(x1), free(x2), free(x3), free(x4), free(x5), free(x6), free(x7);
+  }
   xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gw), xd_cuda_free(gb), xd_cuda_free(ghg), xd_cuda_free(ghl);
   xd_cuda_free(gdout), xd_cuda_free(gout), xd_cuda_free(go), xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
   xd_cuda_free(gdw), xd_cuda_free(gdb), xd_cuda_free(gdhg), xd_cuda_free(gdhl);
@@ -379,6 +438,185 @@ static void test_mix(void) {
   mix_case(150, 8, 2, 64, 401);
   mix_case(700, 4, 4, 32, 402);
   mix_case(33, 6, 1, 40, 403);
+}
+
+
+/* ---- the 1B shape: feature maps, gates, mix (timings, SIMT vs cuBLASLt, determinism) ---------- */
+typedef struct {
+  size_t n;
+  float *dev, *first, *ref;
+  double tol;
+} det_buf; /* an output checked for bitwise equality between two runs, and against the SIMT mode's */
+static const char *const sb_mode[3] = {"SIMT", "cuBLASLt (default)", "cuBLASLt + SIMT reductions"};
+static void sb_env(int mode) {
+  unsetenv("XD_STUDENT_OPS_SIMT"), unsetenv("XD_STUDENT_OPS_SIMT_RED");
+  if (mode == 0) setenv("XD_STUDENT_OPS_SIMT", "1", 1);
+  if (mode == 2) setenv("XD_STUDENT_OPS_SIMT_RED", "1", 1);
+}
+/* mode 0: XD_STUDENT_OPS_SIMT=1, 1: default (cuBLASLt), 2: XD_STUDENT_OPS_SIMT_RED=1 */
+static void sb_time(const char *what, int mode, double *fwd_ms, double *bwd_ms, int (*fwd)(void *), int (*bwd)(void *),
+                    int (*reset)(void *), void *arg, det_buf *det, int ndet) {
+  sb_env(mode);
+  double tf[7], tb[7];
+  for (int it = 0; it < 10; it++) { /* 0: warm-up; 1..7 timed; 8, 9: determinism from a reset */
+    if (it >= 8 && reset(arg)) goto fail;
+    if (xd_cuda_sync(ctx, &err)) goto fail;
+    const double t0 = xd_now();
+    if (fwd(arg) || xd_cuda_sync(ctx, &err)) goto fail;
+    const double t1 = xd_now();
+    if (bwd(arg) || xd_cuda_sync(ctx, &err)) goto fail;
+    const double t2 = xd_now();
+    if (it >= 1 && it <= 7) tf[it - 1] = t1 - t0, tb[it - 1] = t2 - t1;
+    for (int i = 0; it >= 8 && i < ndet; i++) {
+      float *h = down(det[i].dev, det[i].n);
+      if (it == 8) det[i].first = h;
+      else {
+        char name[96];
+        snprintf(name, sizeof name, "  %s output %d (1B shape, %s)", what, i, sb_mode[mode]);
+        SAME(name, h, det[i].first, det[i].n);
+        free(det[i].first), det[i].first = NULL;
+        if (mode == 0) free(det[i].ref), det[i].ref = h;
+        else {
+          snprintf(name, sizeof name, "  %s output %d (1B shape): %s vs SIMT", what, i, sb_mode[mode]);
+          REL(name, h, det[i].ref, det[i].n, det[i].tol);
+          free(h);
+        }
+      }
+    }
+  }
+  *fwd_ms = median(tf, 7) * 1e3, *bwd_ms = median(tb, 7) * 1e3;
+  sb_env(1);
+  return;
+fail:
+  sb_env(1);
+  fprintf(stderr, "  FAIL %s: %s\n", what, err.msg);
+  xd_t.case_failed = 1;
+}
+
+enum { SB_N = 4096, SB_D = 2048, SB_H = 32, SB_G = 8, SB_d = 64, SB_P = 64 };
+typedef struct {
+  float *xq, *xk, *Pq, *Pk, *phq, *phk, *dphq, *dphk, *dxq, *dxk, *dPq, *dPk;
+} fm_bufs;
+static int fm_f(void *a) {
+  fm_bufs *b = a;
+  const feature_map_shape fq = {SB_N, SB_H, SB_d, SB_P, 0}, fk = {SB_N, SB_G, SB_d, SB_P, 0};
+  return xd_cuda_feature_map_forward(ctx, b->phq, b->xq, b->Pq, &fq, &err) ||
+         xd_cuda_feature_map_forward(ctx, b->phk, b->xk, b->Pk, &fk, &err);
+}
+static int fm_b(void *a) {
+  fm_bufs *b = a;
+  const feature_map_shape fq = {SB_N, SB_H, SB_d, SB_P, 0}, fk = {SB_N, SB_G, SB_d, SB_P, 0};
+  return xd_cuda_feature_map_backward(ctx, b->dxq, b->dPq, b->dphq, b->xq, b->Pq, b->phq, &fq, &err) ||
+         xd_cuda_feature_map_backward(ctx, b->dxk, b->dPk, b->dphk, b->xk, b->Pk, b->phk, &fk, &err);
+}
+static int fm_r(void *a) {
+  fm_bufs *b = a;
+  return xd_cuda_memset(ctx, b->dxq, 0, (size_t)SB_N * SB_H * SB_d * 4, &err) ||
+         xd_cuda_memset(ctx, b->dxk, 0, (size_t)SB_N * SB_G * SB_d * 4, &err) ||
+         xd_cuda_memset(ctx, b->dPq, 0, (size_t)SB_H * SB_d * SB_P * 4, &err) ||
+         xd_cuda_memset(ctx, b->dPk, 0, (size_t)SB_G * SB_d * SB_P * 4, &err);
+}
+typedef struct {
+  float *x, *wi, *wf, *bi, *bf, *ig, *fg, *dig, *dfg, *dx, *dwi, *dwf, *dbi, *dbf;
+} gate_bufs;
+static const gates_shape sb_gs = {SB_N, SB_D, SB_H, GATES_SOFT_CAP};
+static int ga_f(void *a) {
+  gate_bufs *b = a;
+  return xd_cuda_gates_forward(ctx, b->ig, b->fg, b->x, b->wi, b->bi, b->wf, b->bf, &sb_gs, &err);
+}
+static int ga_b(void *a) {
+  gate_bufs *b = a;
+  return xd_cuda_gates_backward(ctx, b->dx, b->dwi, b->dbi, b->dwf, b->dbf, b->dig, b->dfg, b->x, b->wi, b->wf, b->ig,
+                                b->fg, &sb_gs, &err);
+}
+static int ga_r(void *a) {
+  gate_bufs *b = a;
+  return xd_cuda_memset(ctx, b->dx, 0, (size_t)SB_N * SB_D * 4, &err) ||
+         xd_cuda_memset(ctx, b->dwi, 0, (size_t)SB_H * SB_D * 4, &err) ||
+         xd_cuda_memset(ctx, b->dwf, 0, (size_t)SB_H * SB_D * 4, &err) ||
+         xd_cuda_memset(ctx, b->dbi, 0, SB_H * 4, &err) || xd_cuda_memset(ctx, b->dbf, 0, SB_H * 4, &err);
+}
+typedef struct {
+  float *q, *k, *v, *w, *b, *hg, *hl, *out, *o, *dout, *dq, *dk, *dv, *dw, *db, *dhg, *dhl;
+} mix_bufs;
+static const mix_shape sb_ms = {SB_N, SB_H, SB_G, SB_d};
+static int mx_f(void *a) {
+  mix_bufs *b = a;
+  return xd_cuda_mix_forward(ctx, b->out, b->o, b->q, b->k, b->v, b->w, b->b, b->hg, b->hl, &sb_ms, &err);
+}
+static int mx_b(void *a) {
+  mix_bufs *b = a;
+  return xd_cuda_mix_backward(ctx, b->dq, b->dk, b->dv, b->dw, b->db, b->dhg, b->dhl, b->dout, b->o, b->q, b->k, b->v,
+                              b->w, b->hg, b->hl, &sb_ms, &err);
+}
+static int mx_r(void *a) {
+  mix_bufs *b = a;
+  const size_t nq = (size_t)SB_N * SB_H * SB_d * 4, nk = (size_t)SB_N * SB_G * SB_d * 4;
+  return xd_cuda_memset(ctx, b->dq, 0, nq, &err) || xd_cuda_memset(ctx, b->dk, 0, nk, &err) ||
+         xd_cuda_memset(ctx, b->dv, 0, nk, &err) || xd_cuda_memset(ctx, b->dw, 0, (size_t)SB_H * 3 * SB_d * 4, &err) ||
+         xd_cuda_memset(ctx, b->db, 0, SB_H * 4, &err) || xd_cuda_memset(ctx, b->dhg, 0, nq, &err) ||
+         xd_cuda_memset(ctx, b->dhl, 0, nq, &err);
+}
+static float *dev_rand(xd_rng *r, size_t n, double mean, double scale) {
+  float *h = rand_f32(r, n, mean, scale), *d = up_raw(h, n * 4);
+  free(h);
+  return d;
+}
+static void sb_report(const char *what, const double *f, const double *b) {
+  fprintf(stderr, "    TIMING %s, ms a layer (x16 layers = a step), median of 7:\n", what);
+  for (int m = 0; m < 3; m++)
+    fprintf(stderr, "      %-28s fwd %.3f bwd %.3f (x16: %.1f + %.1f ms)%s\n", sb_mode[m], f[m], b[m], 16 * f[m], 16 * b[m],
+            "");
+  fprintf(stderr, "      default vs SIMT: %.1fx (fwd + bwd)\n", (f[0] + b[0]) / (f[1] + b[1]));
+}
+static void test_student_ops_1b_shape(void) {
+  xd_rng r;
+  xd_rng_seed(&r, 77);
+  const size_t nq = (size_t)SB_N * SB_H * SB_d, nk = (size_t)SB_N * SB_G * SB_d, nPq = (size_t)SB_H * SB_d * SB_P,
+               nPk = (size_t)SB_G * SB_d * SB_P, nx = (size_t)SB_N * SB_D, nw = (size_t)SB_H * SB_D, ng = (size_t)SB_N * SB_H;
+  double f[3], b3[3];
+  { /* feature maps: q (32 heads) and k (8 heads), as a layer calls them */
+    fm_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nPq, 0, 0.4), dev_rand(&r, nPk, 0, 0.4),
+                 dev_poisoned(nq * 4), dev_poisoned(nk * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1),
+                 dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nPq, 0, 0.1), dev_rand(&r, nPk, 0, 0.1)};
+    det_buf det[6] = {{nq, b.phq, NULL, NULL, TOL_F32}, {nk, b.phk, NULL, NULL, TOL_F32}, {nq, b.dxq, NULL, NULL, TOL_F32},
+                      {nk, b.dxk, NULL, NULL, TOL_F32}, {nPq, b.dPq, NULL, NULL, TOL_RED}, {nPk, b.dPk, NULL, NULL, TOL_RED}};
+    for (int mode = 0; mode < 3; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
+    sb_report("feature maps q (H 32) + k (G 8)", f, b3);
+    for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
+    float **p = (float **)&b;
+    for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
+  }
+  { /* gates */
+    gate_bufs b = {dev_rand(&r, nx, 0, 1), dev_rand(&r, nw, 0, 6.0 / sqrt(SB_D)), dev_rand(&r, nw, 0, 6.0 / sqrt(SB_D)),
+                   dev_rand(&r, SB_H, 0, 2), dev_rand(&r, SB_H, 4, 1), dev_poisoned(ng * 4), dev_poisoned(ng * 4),
+                   dev_rand(&r, ng, 0, 1), dev_rand(&r, ng, 0, 1), dev_rand(&r, nx, 0, 0.1), dev_rand(&r, nw, 0, 0.1),
+                   dev_rand(&r, nw, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1)};
+    det_buf det[7] = {{ng, b.ig, NULL, NULL, TOL_F32},  {ng, b.fg, NULL, NULL, TOL_F32},    {nx, b.dx, NULL, NULL, TOL_F32},
+                      {nw, b.dwi, NULL, NULL, TOL_RED}, {nw, b.dwf, NULL, NULL, TOL_RED},   {SB_H, b.dbi, NULL, NULL, TOL_RED},
+                      {SB_H, b.dbf, NULL, NULL, TOL_RED}};
+    for (int mode = 0; mode < 3; mode++) sb_time("gates", mode, &f[mode], &b3[mode], ga_f, ga_b, ga_r, &b, det, 7);
+    sb_report("gates (N 4096, D 2048, H 32)", f, b3);
+    for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
+    float **p = (float **)&b;
+    for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
+  }
+  { /* mix */
+    const size_t nw3 = (size_t)SB_H * 3 * SB_d;
+    mix_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nw3, 0, 0.3),
+                  dev_rand(&r, SB_H, -1, 1), dev_rand(&r, nq, 0, 1), dev_rand(&r, nq, 0, 1), dev_poisoned(nq * 4),
+                  dev_poisoned(ng * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1),
+                  dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nw3, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1), dev_rand(&r, nq, 0, 0.1),
+                  dev_rand(&r, nq, 0, 0.1)};
+    det_buf det[9] = {{nq, b.out, NULL, NULL, TOL_F32},  {ng, b.o, NULL, NULL, TOL_F32},   {nq, b.dq, NULL, NULL, TOL_F32},
+                      {nk, b.dk, NULL, NULL, TOL_F32},   {nk, b.dv, NULL, NULL, TOL_F32},  {nw3, b.dw, NULL, NULL, TOL_RED},
+                      {SB_H, b.db, NULL, NULL, TOL_RED}, {nq, b.dhg, NULL, NULL, TOL_F32}, {nq, b.dhl, NULL, NULL, TOL_F32}};
+    for (int mode = 0; mode < 3; mode++) sb_time("mix", mode, &f[mode], &b3[mode], mx_f, mx_b, mx_r, &b, det, 9);
+    sb_report("mix (N 4096, H 32, G 8, d 64)", f, b3);
+    for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
+    float **p = (float **)&b;
+    for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
+  }
 }
 
 int main(int argc, char **argv) {
@@ -394,7 +632,18 @@ int main(int argc, char **argv) {
   RUN(test_feature_map);
   RUN(test_gates);
   RUN(test_mix);
+  if (!quick) RUN(test_student_ops_1b_shape);
   if (!quick) RUN(test_mlstm_1b_shape);
+  if (!quick) { /* the small cases through the other GEMM paths as well */
+    for (int mode = 0; mode <= 2; mode += 2) {
+      sb_env(mode);
+      fprintf(stderr, "== %s mode (XD_STUDENT_OPS_%s=1)\n", sb_mode[mode], mode ? "SIMT_RED" : "SIMT");
+      RUN(test_feature_map);
+      RUN(test_gates);
+      RUN(test_mix);
+    }
+    sb_env(1);
+  }
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
     xd_t.failed++;

@@ -29,6 +29,15 @@ typedef struct {
   cublasLtMatmulAlgo_t algo;
 } xd_lt_algo_entry;
 #define XD_LT_CACHE 32
+/* The student ops' fp32 cuBLASLt GEMMs (student_ops.cu): algorithm per full geometry (sizes,
+ * strides, transposes, batch, beta, pointer alignment). */
+#define XD_SG_KEY 20
+#define XD_SG_CACHE 32
+typedef struct {
+  int valid;
+  long long key[XD_SG_KEY];
+  cublasLtMatmulAlgo_t algo;
+} xd_sg_algo_entry;
 
 struct xd_cuda_ctx {
   xd_lt_algo_entry lt_cache[XD_LT_CACHE];
@@ -42,6 +51,10 @@ struct xd_cuda_ctx {
   size_t smem_optin; /* max dynamic shared memory per block after opt-in */
   void *swa_ws;      /* scratch of xd_cuda_swa_backward (D rows, sink partials), grown on demand */
   size_t swa_ws_bytes;
+  xd_sg_algo_entry sg_cache[XD_SG_CACHE];
+  int sg_cache_next;
+  void *st_ws; /* scratch of the student ops (dz of the feature map / gate backward, ...), grown on demand */
+  size_t st_ws_bytes;
 };
 
 static inline const char *xd_file_base(const char *f) {

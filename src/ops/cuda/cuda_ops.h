@@ -122,8 +122,11 @@ int xd_cuda_mlstm_chunkwise_forward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const 
  * fp32 storage and math throughout (the twins of the fp32 CPU ops in src/ops/cpu); every
  * backward ACCUMULATES (+=) into its gradients like the CPU op (the caller zeroes them).
  * Reductions over tokens (dP, dw, db) are split into fixed partial sums added in a fixed
- * order: results are deterministic (no atomics). Scratch comes from cudaMallocAsync on the
- * context's stream (pooled by the driver after the first call). */
+ * order: results are deterministic (no atomics). The feature map / gate / mix products are fp32
+ * cuBLASLt matmuls (CUBLAS_COMPUTE_32F, no TF32; one algorithm per geometry, cached in the
+ * context: bitwise identical run to run) or the SIMT split-K GEMM (student_ops.cu says when);
+ * their scratch is the context's (grown on demand), the mLSTM backward's comes from
+ * cudaMallocAsync on the context's stream (pooled by the driver after the first call). */
 #include "ops/cpu/feature_map.h" /* feature_map_shape */
 #include "ops/cpu/gates.h"       /* gates_shape */
 #include "ops/cpu/mix.h"         /* mix_shape */

@@ -48,6 +48,7 @@ extern "C" void xd_cuda_ctx_free(xd_cuda_ctx *c) {
   if (c->lt) cublasLtDestroy(c->lt);
   if (c->lt_ws) cudaFree(c->lt_ws);
   if (c->swa_ws) cudaFree(c->swa_ws);
+  if (c->st_ws) cudaFree(c->st_ws);
   if (c->stream) cudaStreamDestroy(c->stream);
   free(c);
 }

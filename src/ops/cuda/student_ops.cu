@@ -2,12 +2,21 @@
  * input/forget gate pre-activations with the soft cap, and the mixing gate, forward and
  * backward (the twins of src/ops/cpu/feature_map*, gates*, mix*; docs/student-ops.md).
  *
- * The products go through one batched, strided fp32 SIMT GEMM (gm_*): C(m,n) (+)= alpha
- * sum_k A(m,k) B(k,n) with arbitrary element strides, so the per-head slices of token-major
- * tensors and the transposes need no copies. Reductions over tokens (dP, dw) are split along K
- * into partial products that a second kernel adds in a fixed order: deterministic, no atomics.
- * fp32 throughout (no TF32): the CPU twins are fp32 and the tests bound the gap at 1e-5..1e-4. */
+ * The products go through gm_run: C(m,n) (+)= alpha sum_k A(m,k) B(k,n) with element strides
+ * (one of each operand's two strides 1), batched with one stride per operand, so the per-head
+ * slices of token-major tensors and the transposes need no copies. gm_run maps that onto one
+ * cuBLASLt fp32 matmul (CUBLAS_COMPUTE_32F: exact fp32, no TF32; C == D in place, beta 1 for
+ * the accumulating gradients), with the algorithm chosen once per full geometry (sizes,
+ * strides, transposes, beta, pointer alignment) and kept in the context; a fixed algorithm
+ * with the context's fixed workspace gives the same bits every run (its split-K partials are
+ * added in a fixed order). Where cuBLASLt offers nothing (or XD_STUDENT_OPS_SIMT=1, kept for
+ * comparison) the original batched SIMT kernel k_gm runs instead: 64x64 tiles, reductions
+ * over tokens split along K into partials a second kernel adds in a fixed order.
+ * fp32 throughout: the CPU twins are fp32 and the tests bound the gap at 1e-5..1e-4.
+ * Scratch (dz of the backwards, the stacked gate weights) lives in the context (st_ws). */
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include "cuda_common.cuh"
 
 /* ---- batched strided GEMM ------------------------------------------------------------------ */
@@ -91,7 +100,7 @@ __global__ void k_gm_reduce(gm_desc g, int nsplit, const float *part) {
   *c = g.accumulate ? *c + g.alpha * acc : g.alpha * acc;
 }
 
-static int gm_run(xd_cuda_ctx *c, const gm_desc *g, xd_err *e) {
+static int gm_run_simt(xd_cuda_ctx *c, const gm_desc *g, xd_err *e) {
   const int tiles = ((g->M + GM_T - 1) / GM_T) * ((g->N + GM_T - 1) / GM_T);
   /* Split K when the output alone gives too few blocks (reductions over tokens). */
   int nsplit = 1;
@@ -118,6 +127,181 @@ static int gm_run(xd_cuda_ctx *c, const gm_desc *g, xd_err *e) {
   }
   return 0;
 }
+
+
+/* Environment switches, read at every call (for comparisons in tests/gpu/test_gpu_student_ops):
+ * XD_STUDENT_OPS_SIMT=1      the original SIMT GEMM and mix dw kernels;
+ * XD_STUDENT_OPS_SIMT_RED=1  the SIMT split-K GEMM for the reductions over tokens only (K >= 512
+ *                            with fewer 64x64 output tiles than SMs), cuBLASLt for the rest;
+ * XD_STUDENT_OPS_DEBUG=1     print each new cuBLASLt geometry and the algorithm chosen. */
+static int env_on(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+static int st_legacy(void) { return env_on("XD_STUDENT_OPS_SIMT"); }
+
+/* Largest power of two (4..256 bytes) dividing the address of every batch's matrix. */
+static unsigned align_of(const void *p, long long batch_stride_elems, int batch) {
+  uintptr_t a = (uintptr_t)p;
+  if (batch > 1) a |= (uintptr_t)(batch_stride_elems * 4);
+  unsigned b = 4;
+  while (b < 256 && !(a & b)) b <<= 1;
+  return b;
+}
+
+/* Column-major view for cuBLASLt (row-major C [M,N] with unit column stride is C^T [N x M],
+ * ld cm): C^T = B^T A^T, i.e. cuBLAS A' = B^T (m' = N rows, k), B' = A^T (k, n' = M). Returns
+ * 0 when the strides fit (each operand has a unit stride and ld >= its stored rows). */
+typedef struct {
+  cublasOperation_t ta, tb;
+  uint64_t a_rows, a_cols, b_rows, b_cols;
+  int64_t lda, ldb, ldc;
+} lt_view;
+static int lt_map(const gm_desc *g, lt_view *v) {
+  if (g->cn != 1 || g->adiv != 1 || g->bdiv != 1) return -1;
+  if (g->bn == 1) v->ta = CUBLAS_OP_N, v->a_rows = g->N, v->a_cols = g->K, v->lda = g->bk;
+  else if (g->bk == 1) v->ta = CUBLAS_OP_T, v->a_rows = g->K, v->a_cols = g->N, v->lda = g->bn;
+  else return -1;
+  if (g->ak == 1) v->tb = CUBLAS_OP_N, v->b_rows = g->K, v->b_cols = g->M, v->ldb = g->am;
+  else if (g->am == 1) v->tb = CUBLAS_OP_T, v->b_rows = g->M, v->b_cols = g->K, v->ldb = g->ak;
+  else return -1;
+  v->ldc = g->cm;
+  /* a degenerate dimension of 1 may carry any stride; cuBLASLt wants ld >= rows regardless */
+  if (v->a_cols == 1 && v->lda < (int64_t)v->a_rows) v->lda = v->a_rows;
+  if (v->b_cols == 1 && v->ldb < (int64_t)v->b_rows) v->ldb = v->b_rows;
+  if (g->M == 1 && v->ldc < g->N) v->ldc = g->N;
+  if (v->lda < (int64_t)v->a_rows || v->ldb < (int64_t)v->b_rows || v->ldc < g->N) return -1;
+  return 0;
+}
+
+static int lt_layout(cublasLtMatrixLayout_t *l, uint64_t rows, uint64_t cols, int64_t ld, int batch, long long stride,
+                     xd_err *e) {
+  XD_CUBLAS(cublasLtMatrixLayoutCreate(l, CUDA_R_32F, rows, cols, ld));
+  if (batch > 1) {
+    const int32_t bc = batch;
+    const int64_t st = stride;
+    XD_CUBLAS(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+    XD_CUBLAS(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st, sizeof st));
+  }
+  return 0;
+}
+
+/* 1: ran; 0: no cuBLASLt algorithm, or the SIMT kernel preferred (nothing ran, the caller falls
+ * back); -1: error. */
+static int gm_lt_body(xd_cuda_ctx *c, const gm_desc *g, const lt_view *v, cublasLtMatmulDesc_t *op,
+                      cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb, cublasLtMatrixLayout_t *lc, xd_err *e) {
+  const unsigned alA = align_of(g->B, g->bb, g->batch), alB = align_of(g->A, g->ab, g->batch),
+                 alC = align_of(g->C, g->cb, g->batch);
+  const long long key[XD_SG_KEY] = {g->M,  g->N,  g->K,  g->batch, g->am, g->ak, g->ab, g->bk, g->bn, g->bb,
+                                    g->cm, g->cn, g->cb, g->accumulate, alA, alB, alC, 0x5347, 0, 0};
+  xd_sg_algo_entry *hit = NULL;
+  for (int i = 0; i < XD_SG_CACHE; i++)
+    if (c->sg_cache[i].valid && !memcmp(c->sg_cache[i].key, key, sizeof key)) {
+      hit = &c->sg_cache[i];
+      break;
+    }
+  if (hit && hit->valid >= 2) return 0; /* known: no algorithm, or the SIMT split-K is preferred */
+  XD_CUBLAS(cublasLtMatmulDescCreate(op, CUBLAS_COMPUTE_32F, CUDA_R_32F)); /* no TF32 */
+  XD_CUBLAS(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSA, &v->ta, sizeof v->ta));
+  XD_CUBLAS(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSB, &v->tb, sizeof v->tb));
+  if (lt_layout(la, v->a_rows, v->a_cols, v->lda, g->batch, g->bb, e)) return -1;
+  if (lt_layout(lb, v->b_rows, v->b_cols, v->ldb, g->batch, g->ab, e)) return -1;
+  if (lt_layout(lc, (uint64_t)g->N, (uint64_t)g->M, v->ldc, g->batch, g->cb, e)) return -1;
+  if (!hit) {
+    cublasLtMatmulPreference_t pref;
+    XD_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &c->lt_ws_bytes, sizeof c->lt_ws_bytes);
+    const uint32_t al[4] = {alA, alB, alC, alC};
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4);
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4);
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4);
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3], 4);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulAlgoGetHeuristic(c->lt, *op, *la, *lb, *lc, *lc, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED) XD_CUBLAS(st);
+    hit = &c->sg_cache[c->sg_cache_next];
+    c->sg_cache_next = (c->sg_cache_next + 1) % XD_SG_CACHE;
+    memcpy(hit->key, key, sizeof key);
+    if (st != CUBLAS_STATUS_SUCCESS || found < 1) {
+      hit->valid = 2;
+      return 0;
+    }
+    hit->valid = 1, hit->algo = res.algo;
+    /* A reduction over tokens with a small output (fewer 64x64 tiles than SMs, K >= 512) that
+     * cuBLASLt would run without split-K (seen for the batched per-head dP = x_h^T dz_h: 32
+     * CTAs looping over 4096 tokens): the SIMT kernel's split-K is faster there (1B shape, H100:
+     * feature map backward 0.385 vs 0.446 ms a layer), so that geometry stays on it. */
+    int splitk_num = 0;
+    size_t w;
+    const long long tiles = (long long)((g->M + GM_T - 1) / GM_T) * ((g->N + GM_T - 1) / GM_T) * g->batch;
+    if (g->K >= 512 && tiles < c->sm_count &&
+        cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk_num, sizeof splitk_num,
+                                             &w) == CUBLAS_STATUS_SUCCESS &&
+        splitk_num == 1)
+      hit->valid = 3;
+    if (env_on("XD_STUDENT_OPS_DEBUG")) {
+      int id = -1, tile = -1, splitk = -1, red = -1, stages = -1;
+      cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w);
+      cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
+      cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &w);
+      cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red, &w);
+      cublasLtMatmulAlgoConfigGetAttribute(&res.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w);
+      fprintf(stderr, "[student gemm] M %d N %d K %d batch %d beta %d: cuBLASLt algo %d tile %d splitK %d "
+                      "reduction %d stages %d, workspace %zu B%s\n",
+              g->M, g->N, g->K, g->batch, g->accumulate, id, tile, splitk, red, stages, res.workspaceSize,
+              hit->valid == 3 ? " -> SIMT split-K instead" : "");
+    }
+    if (hit->valid == 3) return 0;
+  }
+  const float alpha = g->alpha, beta = g->accumulate ? 1.f : 0.f;
+  const cublasStatus_t st = cublasLtMatmul(c->lt, *op, &alpha, g->B, *la, g->A, *lb, &beta, g->C, *lc, g->C, *lc,
+                                           &hit->algo, c->lt_ws, c->lt_ws_bytes, c->stream);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) { /* refused before launching: remember, fall back */
+    hit->valid = 2;
+    return 0;
+  }
+  XD_CUBLAS(st);
+  return 1;
+}
+
+static int gm_run(xd_cuda_ctx *c, const gm_desc *g, xd_err *e) {
+  lt_view v;
+  const int red_simt = env_on("XD_STUDENT_OPS_SIMT_RED") && g->K >= 512 &&
+                       (long long)((g->M + GM_T - 1) / GM_T) * ((g->N + GM_T - 1) / GM_T) * g->batch < c->sm_count;
+  if (!st_legacy() && !red_simt && lt_map(g, &v) == 0) {
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    const int rc = gm_lt_body(c, g, &v, &op, &la, &lb, &lc, e);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (rc) return rc < 0 ? -1 : 0;
+  }
+  return gm_run_simt(c, g, e);
+}
+
+/* The context's scratch of the student ops, at least `bytes` (256-byte aligned). Growing frees
+ * the old buffer (cudaFree waits for the work queued on it). */
+static int st_scratch(xd_cuda_ctx *c, size_t bytes, float **out, xd_err *e) {
+  if (bytes > c->st_ws_bytes) {
+    if (c->st_ws) XD_CU(cudaFree(c->st_ws));
+    c->st_ws = NULL, c->st_ws_bytes = 0;
+    XD_CU(cudaMalloc(&c->st_ws, bytes));
+    c->st_ws_bytes = bytes;
+  }
+  *out = (float *)c->st_ws;
+  return 0;
+}
+static size_t round64(size_t n) { return (n + 63) / 64 * 64; }
 
 static gm_desc gm_make(int M, int N, int K, int batch) {
   gm_desc g;
@@ -220,44 +404,65 @@ extern "C" int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP
   const int N = s->N, Hx = s->Hx, d = s->d, dph = s->d_phi, dp = feature_map_p_cols(s);
   const long long rows = (long long)N * Hx;
   float *dz = NULL;
-  XD_CU(cudaMallocAsync((void **)&dz, (size_t)rows * dp * sizeof(float), c->stream));
-  int rc = 0;
+  if (st_scratch(c, (size_t)rows * dp * sizeof(float), &dz, e)) return -1;
   k_fm_dz<<<xd_ceil_div((size_t)rows * 32, 256), 256, 0, c->stream>>>(dz, phi, dphi, rows, dph, dp, s->hedgehog);
-  cudaError_t st = cudaGetLastError();
-  if (st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: feature map dz launch: %s", __LINE__, cudaGetErrorString(st));
-  if (rc == 0) { /* dx_h += dz_h P_h^T */
+  XD_CU_LAUNCH("feature map dz");
+  { /* dx_h += dz_h P_h^T */
     gm_desc g = gm_make(N, d, dp, Hx);
     g.A = dz, g.am = (long long)Hx * dp, g.ak = 1, g.ab = dp;
     g.B = P, g.bk = 1, g.bn = dp, g.bb = (long long)d * dp;
     g.C = dx, g.cm = (long long)Hx * d, g.cn = 1, g.cb = d, g.accumulate = 1;
-    rc = gm_run(c, &g, e);
+    if (gm_run(c, &g, e)) return -1;
   }
-  if (rc == 0) { /* dP_h += x_h^T dz_h (a reduction over the N tokens) */
+  { /* dP_h += x_h^T dz_h (a reduction over the N tokens) */
     gm_desc g = gm_make(d, dp, N, Hx);
     g.A = x, g.am = 1, g.ak = (long long)Hx * d, g.ab = d;
     g.B = dz, g.bk = (long long)Hx * dp, g.bn = 1, g.bb = dp;
     g.C = dP, g.cm = dp, g.cn = 1, g.cb = (long long)d * dp, g.accumulate = 1;
-    rc = gm_run(c, &g, e);
+    if (gm_run(c, &g, e)) return -1;
   }
-  st = cudaFreeAsync(dz, c->stream);
-  if (rc == 0 && st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: cudaFreeAsync: %s", __LINE__, cudaGetErrorString(st));
-  return rc;
+  return 0;
 }
 
 /* ---- gates ------------------------------------------------------------------------------------ */
-__global__ void k_gate_cap(float *y, const float *b, long long n, int H, float cap) {
-  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+/* Both gates in one product: the weights stacked as W2 = [w_i; w_f] [2H, D] (a copy into the
+ * context scratch, 2 H D floats), y2 [N, 2H] = x W2^T reads x once; the cap kernel splits y2
+ * into ig / fg. The backward likewise: dz2 [N, 2H], dx += dz2 W2 (one pass over dx),
+ * dW2 = dz2^T x (one pass over x) into scratch, then dw_i / dw_f += its halves. */
+__global__ void k_gate_cap2(float *ig, float *fg, const float *y2, const float *b_i, const float *b_f, long long n,
+                            int H, float cap) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; /* over N * 2H */
   if (i >= n) return;
-  float z = y[i] + b[i % H];
+  const long long t = i / (2 * H);
+  const int j = (int)(i % (2 * H)), h = j % H, f = j >= H;
+  float z = y2[i] + (f ? b_f : b_i)[h];
   if (cap > 0.f) z = cap * tanhf(z / cap);
-  y[i] = z;
+  (f ? fg : ig)[t * H + h] = z;
 }
-/* dz = dy (1 - (y/c)^2) */
-__global__ void k_gate_dz(float *dz, const float *dy, const float *y, long long n, float cap) {
+/* dz2[n, j] = dy (1 - (y/c)^2), j < H from (dig, ig), else from (dfg, fg). */
+__global__ void k_gate_dz2(float *dz2, const float *dig, const float *ig, const float *dfg, const float *fg,
+                           long long n, int H, float cap) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const float t = cap > 0.f ? y[i] / cap : 0.f;
-  dz[i] = dy[i] * (1.f - t * t);
+  const long long t = i / (2 * H);
+  const int j = (int)(i % (2 * H)), h = j % H, f = j >= H;
+  const long long src = t * H + h;
+  const float y = (f ? fg : ig)[src], dy = (f ? dfg : dig)[src];
+  const float q = cap > 0.f ? y / cap : 0.f;
+  dz2[i] = dy * (1.f - q * q);
+}
+/* dw_i += dW2[:H], dw_f += dW2[H:] */
+__global__ void k_gate_dw_add(float *dw_i, float *dw_f, const float *dw2, long long hd) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= 2 * hd) return;
+  if (i < hd) dw_i[i] += dw2[i];
+  else dw_f[i - hd] += dw2[i];
+}
+
+static int gates_stack_w(xd_cuda_ctx *c, float *w2, const float *w_i, const float *w_f, size_t hd, xd_err *e) {
+  XD_CU(cudaMemcpyAsync(w2, w_i, hd * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+  XD_CU(cudaMemcpyAsync(w2 + hd, w_f, hd * sizeof(float), cudaMemcpyDeviceToDevice, c->stream));
+  return 0;
 }
 
 extern "C" int xd_cuda_gates_forward(xd_cuda_ctx *c, float *ig, float *fg, const float *x, const float *w_i,
@@ -265,17 +470,18 @@ extern "C" int xd_cuda_gates_forward(xd_cuda_ctx *c, float *ig, float *fg, const
                                      xd_err *e) {
   XD_ARG(s->N > 0 && s->D > 0 && s->H > 0);
   const int N = s->N, D = s->D, H = s->H;
-  for (int gate = 0; gate < 2; gate++) {
-    float *y = gate ? fg : ig;
-    gm_desc g = gm_make(N, H, D, 1); /* y = x w^T */
-    g.A = x, g.am = D, g.ak = 1;
-    g.B = gate ? w_f : w_i, g.bk = 1, g.bn = D;
-    g.C = y, g.cm = H, g.cn = 1;
-    if (gm_run(c, &g, e)) return -1;
-    const long long n = (long long)N * H;
-    k_gate_cap<<<xd_ceil_div((size_t)n, 256), 256, 0, c->stream>>>(y, gate ? b_f : b_i, n, H, s->cap);
-    XD_CU_LAUNCH("gate cap");
-  }
+  const size_t hd = (size_t)H * D, n2 = (size_t)N * 2 * H;
+  float *w2 = NULL;
+  if (st_scratch(c, (round64(2 * hd) + n2) * sizeof(float), &w2, e)) return -1;
+  float *y2 = w2 + round64(2 * hd);
+  if (gates_stack_w(c, w2, w_i, w_f, hd, e)) return -1;
+  gm_desc g = gm_make(N, 2 * H, D, 1); /* y2 = x W2^T */
+  g.A = x, g.am = D, g.ak = 1;
+  g.B = w2, g.bk = 1, g.bn = D;
+  g.C = y2, g.cm = 2 * H, g.cn = 1;
+  if (gm_run(c, &g, e)) return -1;
+  k_gate_cap2<<<xd_ceil_div(n2, 256), 256, 0, c->stream>>>(ig, fg, y2, b_i, b_f, (long long)n2, H, s->cap);
+  XD_CU_LAUNCH("gate cap");
   return 0;
 }
 
@@ -285,34 +491,30 @@ extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, fl
                                       xd_err *e) {
   XD_ARG(s->N > 0 && s->D > 0 && s->H > 0);
   const int N = s->N, D = s->D, H = s->H;
-  const long long n = (long long)N * H;
-  float *dz = NULL;
-  XD_CU(cudaMallocAsync((void **)&dz, (size_t)n * sizeof(float), c->stream));
-  int rc = 0;
-  for (int gate = 0; gate < 2 && rc == 0; gate++) { /* i then f, as the CPU op */
-    k_gate_dz<<<xd_ceil_div((size_t)n, 256), 256, 0, c->stream>>>(dz, gate ? dfg : dig, gate ? fg : ig, n, s->cap);
-    cudaError_t st = cudaGetLastError();
-    if (st != cudaSuccess) {
-      rc = xd_errf(e, "student_ops.cu:%d: gate dz launch: %s", __LINE__, cudaGetErrorString(st));
-      break;
-    }
-    gm_desc g = gm_make(N, D, H, 1); /* dx += dz w */
-    g.A = dz, g.am = H, g.ak = 1;
-    g.B = gate ? w_f : w_i, g.bk = D, g.bn = 1;
-    g.C = dx, g.cm = D, g.cn = 1, g.accumulate = 1;
-    if ((rc = gm_run(c, &g, e))) break;
-    gm_desc g2 = gm_make(H, D, N, 1); /* dw += dz^T x */
-    g2.A = dz, g2.am = 1, g2.ak = H;
-    g2.B = x, g2.bk = D, g2.bn = 1;
-    g2.C = gate ? dw_f : dw_i, g2.cm = D, g2.cn = 1, g2.accumulate = 1;
-    if ((rc = gm_run(c, &g2, e))) break;
-    k_colsum<<<(unsigned)H, 256, 0, c->stream>>>(gate ? db_f : db_i, dz, N, H, 1); /* db += sum_n dz */
-    st = cudaGetLastError();
-    if (st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: gate db launch: %s", __LINE__, cudaGetErrorString(st));
-  }
-  const cudaError_t st = cudaFreeAsync(dz, c->stream);
-  if (rc == 0 && st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: cudaFreeAsync: %s", __LINE__, cudaGetErrorString(st));
-  return rc;
+  const size_t hd = (size_t)H * D, n2 = (size_t)N * 2 * H;
+  float *w2 = NULL;
+  if (st_scratch(c, (2 * round64(2 * hd) + n2) * sizeof(float), &w2, e)) return -1;
+  float *dw2 = w2 + round64(2 * hd), *dz2 = dw2 + round64(2 * hd);
+  if (gates_stack_w(c, w2, w_i, w_f, hd, e)) return -1;
+  k_gate_dz2<<<xd_ceil_div(n2, 256), 256, 0, c->stream>>>(dz2, dig, ig, dfg, fg, (long long)n2, H, s->cap);
+  XD_CU_LAUNCH("gate dz");
+  gm_desc g = gm_make(N, D, 2 * H, 1); /* dx += dz2 W2 */
+  g.A = dz2, g.am = 2 * H, g.ak = 1;
+  g.B = w2, g.bk = D, g.bn = 1;
+  g.C = dx, g.cm = D, g.cn = 1, g.accumulate = 1;
+  if (gm_run(c, &g, e)) return -1;
+  gm_desc g2 = gm_make(2 * H, D, N, 1); /* dW2 = dz2^T x */
+  g2.A = dz2, g2.am = 1, g2.ak = 2 * H;
+  g2.B = x, g2.bk = D, g2.bn = 1;
+  g2.C = dw2, g2.cm = D, g2.cn = 1;
+  if (gm_run(c, &g2, e)) return -1;
+  k_gate_dw_add<<<xd_ceil_div(2 * hd, 256), 256, 0, c->stream>>>(dw_i, dw_f, dw2, (long long)hd);
+  XD_CU_LAUNCH("gate dw add");
+  k_colsum<<<(unsigned)H, 256, 0, c->stream>>>(db_i, dz2, N, 2 * H, 1); /* db += sum_n dz */
+  XD_CU_LAUNCH("gate db_i");
+  k_colsum<<<(unsigned)H, 256, 0, c->stream>>>(db_f, dz2 + H, N, 2 * H, 1);
+  XD_CU_LAUNCH("gate db_f");
+  return 0;
 }
 
 /* ---- mixing gate ------------------------------------------------------------------------------ */
@@ -382,6 +584,32 @@ __global__ void k_mix_dw(float *part, const float *dz, const float *q, const flo
     part[((size_t)split * H + h) * W + i] = acc;
   }
 }
+/* The same partials, one block per (KV group g, token slice): thread (hl, i) owns output i of
+ * query head h = g rep + hl for the q, k and v parts at once, so every token's q rows of the
+ * group (rep d contiguous floats) and its k / v rows are read once, coalesced; thread i == 0
+ * of each head also sums dz for db_o. Tokens in order within the slice. */
+__global__ void __launch_bounds__(256) k_mix_dw2(float *part, const float *dz, const float *q, const float *k,
+                                                 const float *v, int N, int H, int G, int d, int per) {
+  const int gg = blockIdx.x, split = blockIdx.y, rep = H / G, W = 3 * d + 1;
+  const int n_lo = split * per, n_hi = min(N, n_lo + per);
+  for (int o = threadIdx.x; o < rep * d; o += blockDim.x) {
+    const int hl = o / d, i = o % d, h = gg * rep + hl;
+    float aq = 0.f, ak = 0.f, av = 0.f, ab = 0.f;
+    const float *qp = q + (size_t)h * d + i, *kp = k + (size_t)gg * d + i, *vp = v + (size_t)gg * d + i;
+    const float *zp = dz + h;
+#pragma unroll 4
+    for (int n = n_lo; n < n_hi; n++) {
+      const float z = zp[(size_t)n * H];
+      aq = fmaf(z, qp[(size_t)n * H * d], aq);
+      ak = fmaf(z, kp[(size_t)n * G * d], ak);
+      av = fmaf(z, vp[(size_t)n * G * d], av);
+      ab += z;
+    }
+    float *pp = part + ((size_t)split * H + h) * W;
+    pp[i] = aq, pp[d + i] = ak, pp[2 * d + i] = av;
+    if (i == 0) pp[3 * d] = ab;
+  }
+}
 __global__ void k_mix_dw_reduce(float *dw_o, float *db_o, const float *part, int nsplit, int H, int d) {
   const int W = 3 * d + 1, i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= H * W) return;
@@ -410,30 +638,27 @@ extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw
                                     const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
                                     const float *h_global, const float *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
-  const int N = s->N, H = s->H, G = s->G, d = s->d;
-  int nsplit = (2 * c->sm_count + H - 1) / H;
-  if (nsplit > (N + 63) / 64) nsplit = (N + 63) / 64;
+  const int N = s->N, H = s->H, G = s->G, d = s->d, legacy = st_legacy();
+  /* slices of tokens: the legacy kernel's blocks are (head, slice), the new one's (group, slice) */
+  const int units = legacy ? H : G, blocks = legacy ? 2 * c->sm_count : 4 * c->sm_count, min_per = legacy ? 64 : 32;
+  int nsplit = (blocks + units - 1) / units;
+  if (nsplit > (N + min_per - 1) / min_per) nsplit = (N + min_per - 1) / min_per;
   if (nsplit < 1) nsplit = 1;
   const int per = (N + nsplit - 1) / nsplit;
   nsplit = (N + per - 1) / per;
   const size_t W = 3 * (size_t)d + 1;
   float *ws = NULL; /* dz [N, H], then part [nsplit, H, W] */
-  XD_CU(cudaMallocAsync((void **)&ws, ((size_t)N * H + (size_t)nsplit * H * W) * sizeof(float), c->stream));
-  float *dz = ws, *part = ws + (size_t)N * H;
-  int rc = 0;
+  if (st_scratch(c, (round64((size_t)N * H) + (size_t)nsplit * H * W) * sizeof(float), &ws, e)) return -1;
+  float *dz = ws, *part = ws + round64((size_t)N * H);
   k_mix_bwd<<<xd_ceil_div((size_t)N * G * 32, 256), 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local,
                                                                          dz, dout, o, w_o, h_global, h_local, N, H, G, d);
-  cudaError_t st = cudaGetLastError();
-  if (st == cudaSuccess) {
+  XD_CU_LAUNCH("mix backward");
+  if (legacy)
     k_mix_dw<<<dim3((unsigned)H, (unsigned)nsplit), 128, 0, c->stream>>>(part, dz, q_raw, k_raw, v_raw, N, H, G, d, per);
-    st = cudaGetLastError();
-  }
-  if (st == cudaSuccess) {
-    k_mix_dw_reduce<<<xd_ceil_div((size_t)H * W, 256), 256, 0, c->stream>>>(dw_o, db_o, part, nsplit, H, d);
-    st = cudaGetLastError();
-  }
-  if (st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: mix backward launch: %s", __LINE__, cudaGetErrorString(st));
-  st = cudaFreeAsync(ws, c->stream);
-  if (rc == 0 && st != cudaSuccess) rc = xd_errf(e, "student_ops.cu:%d: cudaFreeAsync: %s", __LINE__, cudaGetErrorString(st));
-  return rc;
+  else
+    k_mix_dw2<<<dim3((unsigned)G, (unsigned)nsplit), 256, 0, c->stream>>>(part, dz, q_raw, k_raw, v_raw, N, H, G, d, per);
+  XD_CU_LAUNCH("mix dw");
+  k_mix_dw_reduce<<<xd_ceil_div((size_t)H * W, 256), 256, 0, c->stream>>>(dw_o, db_o, part, nsplit, H, d);
+  XD_CU_LAUNCH("mix dw reduce");
+  return 0;
 }

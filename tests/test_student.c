@@ -10,21 +10,6 @@
 
 static const char *FAMILIES[] = {"llama-gqa", "llama-mha-bias", "llama3-rope", "llama-dynamic", "qwen2", "qwen3", "olmo2", "olmo3"};
 
-static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
-  xd_rng r;
-  xd_rng_seed(&r, seed);
-  const xd_model_config *c = &s->cfg;
-  const int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, D = c->hidden, P = xd_hybrid_p_width(&s->hy);
-  for (int l = 0; l < c->n_layers; l++) {
-    xd_hybrid_layer *Y = &s->hl[l];
-    for (int i = 0; i < H * d * P; i++) Y->P_q[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < G * d * P; i++) Y->P_k[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < H * D; i++) { Y->w_i[i] = 0.3f * scale * (float)xd_rng_normal(&r); Y->w_f[i] = 0.3f * scale * (float)xd_rng_normal(&r); }
-    for (int i = 0; i < H; i++) { Y->b_i[i] += scale * (float)xd_rng_normal(&r); Y->b_o[i] += 2.0f; }
-    for (int i = 0; i < H * 3 * d; i++) Y->w_o[i] = 0.3f * scale * (float)xd_rng_normal(&r);
-  }
-}
-
 static void test_teacher_invariant(void) {
   int tested = 0;
   for (size_t f = 0; f < sizeof FAMILIES / sizeof *FAMILIES; f++) {
@@ -79,7 +64,7 @@ static void test_decode_matches_forward(void) {
     xd_err e;
     xd_student s;
     CHECKF(xd_student_load(&s, sdir, XD_STUDENT_FROZEN, &e) == 0, "%s", e.msg);
-    perturb_hybrid(&s, 7 + f, 0.5f);
+    test_perturb_hybrid(&s, 7 + f, 0.5f);
     const int T = 23, V = s.cfg.vocab, prefill = 6;
     xd_rng r;
     xd_rng_seed(&r, 99 + f);
@@ -131,7 +116,7 @@ static void test_core_backward(void) {
   xd_err e;
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
-  perturb_hybrid(&s, 3, 0.5f);
+  test_perturb_hybrid(&s, 3, 0.5f);
   const int B = 2, T = 9, N = B * T, Hd = s.cfg.n_heads * s.cfg.head_dim;
   xd_rng r;
   xd_rng_seed(&r, 17);

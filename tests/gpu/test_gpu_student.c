@@ -38,21 +38,6 @@ static double worst_fwd, worst_dec_fwd, worst_dec_cpu, worst_legacy;
 static const double TOL_LEGACY = 1e-4;
 static const char *cur_family;
 
-static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
-  xd_rng r;
-  xd_rng_seed(&r, seed);
-  const xd_model_config *c = &s->cfg;
-  const int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, D = c->hidden, P = xd_hybrid_p_width(&s->hy);
-  for (int l = 0; l < c->n_layers; l++) {
-    xd_hybrid_layer *Y = &s->hl[l];
-    for (int i = 0; i < H * d * P; i++) Y->P_q[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < G * d * P; i++) Y->P_k[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < H * D; i++) { Y->w_i[i] = 0.3f * scale * (float)xd_rng_normal(&r); Y->w_f[i] = 0.3f * scale * (float)xd_rng_normal(&r); }
-    for (int i = 0; i < H; i++) { Y->b_i[i] += scale * (float)xd_rng_normal(&r); Y->b_o[i] += 2.0f; }
-    for (int i = 0; i < H * 3 * d; i++) Y->w_o[i] = 0.3f * scale * (float)xd_rng_normal(&r);
-  }
-}
-
 
 static void check_family(const char *family, int variant) {
   cur_family = family;
@@ -63,7 +48,7 @@ static void check_family(const char *family, int variant) {
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_FROZEN, &e) == 0, "%s", e.msg);
   if (xd_t.case_failed) return;
-  perturb_hybrid(&s, 11, 0.5f);
+  test_perturb_hybrid(&s, 11, 0.5f);
   if (variant) { /* the other normaliser and the gate soft cap (both read from s.hy by CPU and GPU) */
     s.hy.normalizer = XD_NORM_XLSTM;
     s.hy.gate_softcap = 15.0f;

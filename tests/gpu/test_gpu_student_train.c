@@ -42,23 +42,9 @@ static double tol_tensor = TOL_TENSOR, tol_all = TOL_ALL;
 static double worst_logits, worst_loss, worst_tensor, worst_all;
 static char worst_name[200];
 
-static void perturb_hybrid(xd_student *s, uint64_t seed, float scale) {
-  xd_rng r;
-  xd_rng_seed(&r, seed);
-  const xd_model_config *c = &s->cfg;
-  const int H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, D = c->hidden, P = xd_hybrid_p_width(&s->hy);
-  for (int l = 0; l < c->n_layers; l++) {
-    xd_hybrid_layer *Y = &s->hl[l];
-    for (int i = 0; i < H * d * P; i++) Y->P_q[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < G * d * P; i++) Y->P_k[i] += scale * (float)xd_rng_normal(&r);
-    for (int i = 0; i < H * D; i++) { Y->w_i[i] = 0.3f * scale * (float)xd_rng_normal(&r); Y->w_f[i] = 0.3f * scale * (float)xd_rng_normal(&r); }
-    for (int i = 0; i < H; i++) { Y->b_i[i] += scale * (float)xd_rng_normal(&r); Y->b_o[i] += 2.0f; }
-    for (int i = 0; i < H * 3 * d; i++) Y->w_o[i] = 0.3f * scale * (float)xd_rng_normal(&r);
-  }
-}
-
-/* Random weights for a student made by xd_student_create: matrices with variance 1/fan-in, norm
- * weights near 1, the hybrid parameters as xd_student_init would set them, then perturbed. */
+/* Random weights for a student made by xd_student_create: every tensor N(mean, sc^2) with sc =
+ * 1/sqrt(fan-in) for matrices and 0.1 for vectors, norm weights around 1; then the forget-gate
+ * biases 3..6 over the heads, as SPEC's initialisation (long memory). */
 static void fill_random(xd_student *s, uint64_t seed) {
   xd_rng r;
   xd_rng_seed(&r, seed);
@@ -70,7 +56,6 @@ static void fill_random(xd_student *s, uint64_t seed) {
     const double mean = t->ndim == 1 && strstr(t->name, "norm") ? 1.0 : 0.0;
     for (size_t k = 0; k < t->numel; k++) w[k] = (float)(mean + sc * xd_rng_normal(&r));
   }
-  /* P = identity-ish, forget-gate bias high: a student that behaves like a trained one */
   for (int l = 0; l < s->cfg.n_layers; l++) {
     xd_hybrid_layer *Y = &s->hl[l];
     for (int h = 0; h < s->cfg.n_heads; h++) Y->b_f[h] = 3.0f + 3.0f * h / (float)s->cfg.n_heads;
@@ -209,7 +194,7 @@ static void check_family(const char *family, int variant) {
   xd_student s;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
   if (xd_t.case_failed) return;
-  perturb_hybrid(&s, 11, 0.5f);
+  test_perturb_hybrid(&s, 11, 0.5f);
   if (variant & 1) s.hy.gate_softcap = 15.0f;
   if (variant & 2) s.hy.normalizer = XD_NORM_XLSTM;
   char name[64];
@@ -266,7 +251,7 @@ static void check_align(const char *family) {
   if (xd_t.case_failed) return;
   CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_NEW, &e) == 0, "%s", e.msg);
   if (xd_t.case_failed) { xd_teacher_free(&t); return; }
-  perturb_hybrid(&s, 13, 0.5f);
+  test_perturb_hybrid(&s, 13, 0.5f);
   const int B = 2, T = 23, N = B * T, L = s.cfg.n_layers;
   xd_rng r;
   xd_rng_seed(&r, 17);

@@ -12,7 +12,9 @@
 #      time big shapes skip that part), appended to $OUT/memcheck.txt, when the tool is present;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, bench_gpu_student (student prefill vs teacher at
-#      4K-64K, decode latency and its bandwidth bound), then bench_gpu_teacher again.
+#      4K-64K, decode latency and its bandwidth bound), bench_gpu_train (stage I / II steps at the
+#      1B shape: tokens/s, MFU, per-op profile) and the PyTorch stage II reference
+#      (tools/student_reference.py bench --only stage2), then bench_gpu_teacher again.
 # XD_GPU_TESTS="test_gpu_a cli_b" runs only those programs and tests/gpu/cli_*.sh scripts; XD_GPU_SKIP_BENCH=1 skips 4.
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
 # memcheck failed; benchmark failures are reported but do not change it.
@@ -98,11 +100,15 @@ fi
 if [ -x "$BIN/bench_gpu_train" ]; then
   echo "== bench_gpu_train (stage I / stage II step at the 1B shape, T=$T)"
   "$BIN/bench_gpu_train" "$T" 2>&1 | tee "$OUT/bench_train.txt"
+  echo "== PyTorch stage II reference (eager and compiled; same call)"
+  PYTHONUNBUFFERED=1 timeout 300 python3 tools/student_reference.py bench --seq "$T" --only stage2 --reps 5 \
+    --stage2-variants eager,compiled 2>&1 | grep -v Warning | tee "$OUT/ref_stage2.txt"
 fi
 echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"
 echo "== summary"
 grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt "$OUT"/bench_student.txt 2>/dev/null
 grep -h '^XD ' "$OUT"/bench_train.txt 2>/dev/null
+grep -h '^REF ' "$OUT"/ref_stage2.txt 2>/dev/null
 grep -E 'passed, .* failed' "$OUT/test.txt"
 exit $status

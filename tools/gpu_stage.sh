@@ -6,7 +6,11 @@
 # non-system shared libraries they load}.
 #   tools/gpu_stage.sh DEST [BUILD_DIR]      (BUILD_DIR default /tmp/xd-cuda-build)
 # Then, on the GPU machine:  cd DEST && XD_GPU_PREBUILT=$PWD/prebuilt bash tools/gpu_test.sh
-# (libcublasLt and the driver come from the GPU machine; OpenBLAS travels gzipped.)
+# (libcublasLt and the driver come from the GPU machine; the binaries, stripped, and OpenBLAS
+# travel gzipped: gpu_test.sh unpacks them). With XD_STAGE_NO_SRC=1 only DEST/prebuilt is
+# written: for a DEST inside the checkout that the device tool copies anyway (its transfer limit
+# is 64 MiB for the tracked files and the carried folder together); then run from the repo root:
+#   XD_GPU_PREBUILT=$PWD/DEST/prebuilt bash tools/gpu_test.sh
 set -eu -o pipefail
 DEST=${1:?usage: tools/gpu_stage.sh DEST [BUILD_DIR]}
 BUILD=${2:-/tmp/xd-cuda-build}
@@ -15,8 +19,10 @@ PROGS="$(for f in tests/gpu/test_gpu_*.c bench/gpu/bench_gpu_*.c; do basename "$
 cmake --build "$BUILD" -j2 --target $PROGS
 rm -rf "$DEST"
 mkdir -p "$DEST/prebuilt/lib"
-git ls-files -z --cached --others --exclude-standard | grep -zv '^build' | xargs -0 -I{} cp --parents {} "$DEST"/
-for p in $PROGS; do cp "$BUILD/$p" "$DEST/prebuilt/"; done
+if [ -z "${XD_STAGE_NO_SRC:-}" ]; then
+  git ls-files -z --cached --others --exclude-standard | grep -zv '^build' | xargs -0 -I{} cp --parents {} "$DEST"/
+fi
+for p in $PROGS; do cp "$BUILD/$p" "$DEST/prebuilt/" && strip "$DEST/prebuilt/$p" && gzip -f "$DEST/prebuilt/$p"; done
 # Shared libraries outside glibc/libstdc++/CUDA's cuBLAS (which the GPU machine has).
 (for p in $PROGS; do ldd "$BUILD/$p"; done) | awk '/=> \//{print $3}' | sort -u |
   grep -E 'openblas|gfortran|quadmath|gomp|cudart|cjson|pcre2|utf8proc|yaml' | while read -r lib; do

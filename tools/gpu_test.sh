@@ -6,8 +6,9 @@
 #      (OpenBLAS, cJSON, ...), set XD_GPU_PREBUILT=<dir> holding those binaries built elsewhere
 #      with the same CUDA version and lib/ with the shared libraries they need (lib/*.gz are
 #      unpacked first; tools/gpu_stage.sh makes it);
-#   2. each test program: CUDA ops against their CPU twins (exit 0 = all bounds held), output
-#      appended to $OUT/test.txt;
+#   2. each test program: CUDA ops against their CPU twins (exit 0 = all bounds held), then each
+#      tests/gpu/cli_*.sh (the CLI's --device cuda paths against --device cpu, through the
+#      xdistill binary), output appended to $OUT/test.txt;
 #   3. compute-sanitizer --tool memcheck on each, given the argument "quick" (programs that
 #      time big shapes skip that part), appended to $OUT/memcheck.txt, when the tool is present;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
@@ -33,9 +34,10 @@ if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.
    cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student bench_gpu_train xdistill >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
-elif [ -n "${XD_GPU_PREBUILT:-}" ] && [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ]; then
+elif [ -n "${XD_GPU_PREBUILT:-}" ] && { [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ] || [ -e "$XD_GPU_PREBUILT/test_gpu_ops.gz" ]; }; then
   echo "== build here failed ($(grep -m1 -iE 'error|not found' "$OUT/build.log")); using prebuilt $XD_GPU_PREBUILT"
   BIN=$XD_GPU_PREBUILT
+  for f in "$BIN"/*.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done # tools/gpu_stage.sh gzips them
   LIBDIR=/tmp/xd-gpu-lib
   mkdir -p "$LIBDIR"
   cp -f "$BIN"/lib/* "$LIBDIR"/ 2>/dev/null

@@ -167,6 +167,36 @@ static void test_core_backward(void) {
   xd_student_free(&s);
 }
 
+/* xd_student_create (a student from a configuration, zero weights: GPU tests and benchmarks)
+ * builds the same parameter table as loading a checkpoint of that configuration, in every mode:
+ * names, shapes, groups, trainable flags and offsets (8-float aligned), zero weights. */
+static void test_create_matches_load(void) {
+  char sdir[600];
+  if (test_make_student("qwen3", 5, 2, 4, sdir, sizeof sdir) != 0) { printf("  [skip] fixture missing\n"); return; }
+  const xd_student_mode modes[3] = {XD_STUDENT_FROZEN, XD_STUDENT_TRAIN_NEW, XD_STUDENT_TRAIN_ALL};
+  for (int k = 0; k < 3; k++) {
+    xd_err e = {{0}};
+    xd_student a, b;
+    CHECKF(xd_student_load(&a, sdir, modes[k], &e) == 0, "%s", e.msg);
+    CHECKF(xd_student_create(&b, &a.cfg, &a.hy, modes[k], &e) == 0, "%s", e.msg);
+    if (xd_t.case_failed) return;
+    CHECK(a.params.n == b.params.n && a.params.total == b.params.total && a.params.n_train == b.params.n_train);
+    for (int i = 0; i < a.params.n && i < b.params.n; i++) {
+      const xd_param_info *x = &a.params.t[i], *y = &b.params.t[i];
+      CHECKF(!strcmp(x->name, y->name) && x->ndim == y->ndim && x->numel == y->numel && x->offset == y->offset &&
+             x->group == y->group && x->trainable == y->trainable && x->offset % XD_PARAMS_ALIGN == 0,
+             "tensor %d: %s vs %s", i, x->name, y->name);
+    }
+    int zero = 1;
+    for (size_t i = 0; i < b.params.total; i++) zero &= b.params.data[i] == 0.0f;
+    CHECK(zero);
+    CHECK(b.cfg.tie_embeddings ? b.base.lm_head == b.base.embed : (b.base.lm_head && b.base.lm_head != b.base.embed));
+    CHECK(b.hl[0].P_q != NULL && (modes[k] == XD_STUDENT_FROZEN) == (b.ghl[0].P_q == NULL));
+    xd_student_free(&a);
+    xd_student_free(&b);
+  }
+}
+
 static void test_bad_student(void) {
   char sdir[600];
   if (test_make_student("llama-gqa", 8, 2, 4, sdir, sizeof sdir) != 0) { CHECK(0); return; }
@@ -222,6 +252,7 @@ int main(void) {
   RUN(test_teacher_invariant);
   RUN(test_decode_matches_forward);
   RUN(test_core_backward);
+  RUN(test_create_matches_load);
   RUN(test_bad_student);
   return test_finish();
 }

@@ -91,26 +91,22 @@ static int align_step(void *vctx, xd_params *p, uint64_t step, int micro, int n_
     if (c->inputs[i] >= c->teacher->cfg.vocab)
       return xd_errf(e, "data token id %d is outside the teacher's vocabulary (%d): data prepared with another tokenizer?",
                      c->inputs[i], c->teacher->cfg.vocab);
-  out->loss = xd_align_run_batch(c, c->inputs, 1);
-  out->tokens = (uint64_t)c->B * c->T;
-  const int L = c->student->cfg.n_layers;
-  out->nmetrics = L < 8 ? L : 8;
-  for (int l = 0; l < out->nmetrics; l++) {
-    out->metric_names[l] = layer_metric[l];
-    out->metric_values[l] = c->layer_loss[l];
-  }
+  const double loss = xd_align_run_batch(c, c->inputs, 1); /* NaN when the teacher forward failed */
+  xd_align_result(out, c->layer_loss, c->student->cfg.n_layers, (uint64_t)c->B * c->T);
+  out->loss = loss;
   return 0;
 }
 
-static void loader_save(void *vctx, void *buf) {
-  xd_align_ctx *c = vctx;
-  xd_loader_get_state(c->loader, (xd_loader_state *)buf);
-}
-static int loader_restore(void *vctx, const void *buf, xd_err *e) {
-  xd_align_ctx *c = vctx;
-  xd_loader_state st;
-  memcpy(&st, buf, sizeof st);
-  return xd_loader_set_state(c->loader, &st, e);
+void xd_align_result(xd_step_result *out, const double *layer_loss, int L, uint64_t tokens) {
+  double loss = 0;
+  for (int l = 0; l < L; l++) loss += layer_loss[l];
+  out->loss = loss;
+  out->tokens = tokens;
+  out->nmetrics = L < 8 ? L : 8;
+  for (int l = 0; l < out->nmetrics; l++) {
+    out->metric_names[l] = layer_metric[l];
+    out->metric_values[l] = layer_loss[l];
+  }
 }
 
 void xd_align_init(xd_align_ctx *c, const xd_teacher *t, xd_student *s, xd_loader *L, int B, int T,
@@ -132,11 +128,7 @@ void xd_align_init(xd_align_ctx *c, const xd_teacher *t, xd_student *s, xd_loade
   memset(hooks, 0, sizeof *hooks);
   hooks->step = align_step;
   hooks->ctx = c;
-  if (L) {
-    hooks->loader_state_size = sizeof(xd_loader_state);
-    hooks->loader_save = loader_save;
-    hooks->loader_restore = loader_restore;
-  }
+  if (L) xd_stage_hooks_loader(hooks, L);
 }
 
 void xd_align_free(xd_align_ctx *c) {

@@ -80,25 +80,28 @@ static int distill_step(void *vctx, xd_params *p, uint64_t step, int micro, int 
   if (xd_distill_eval_rows(c, c->rows, &r, e) != 0) return -1;
   kd_loss_backward(&c->kd, c->logits, c->logits, c->targets, c->mask, c->tk_ids, c->tk_logp, c->lse, r.count, 1.0f);
   xd_student_backward(c->student, &c->sa, c->inputs, c->logits);
-  out->loss = r.loss;
-  out->tokens = (uint64_t)r.count;
-  out->nmetrics = 2;
-  out->metric_names[0] = metric_names[0];
-  out->metric_values[0] = r.ce;
-  out->metric_names[1] = metric_names[1];
-  out->metric_values[1] = r.kl;
+  xd_distill_result(out, &r);
   return 0;
 }
 
-static void loader_save(void *vctx, void *buf) {
-  xd_distill_ctx *c = vctx;
-  xd_loader_get_state(c->loader, (xd_loader_state *)buf);
+void xd_distill_result(xd_step_result *out, const kd_result *r) {
+  out->loss = r->loss;
+  out->tokens = (uint64_t)r->count;
+  out->nmetrics = 2;
+  out->metric_names[0] = metric_names[0];
+  out->metric_values[0] = r->ce;
+  out->metric_names[1] = metric_names[1];
+  out->metric_values[1] = r->kl;
 }
-static int loader_restore(void *vctx, const void *buf, xd_err *e) {
-  xd_distill_ctx *c = vctx;
-  xd_loader_state st;
-  memcpy(&st, buf, sizeof st);
-  return xd_loader_set_state(c->loader, &st, e);
+
+static void loader_save(void *L, void *buf) { xd_loader_save(L, buf); }
+static int loader_restore(void *L, const void *buf, xd_err *e) { return xd_loader_restore(L, buf, e); }
+
+void xd_stage_hooks_loader(xd_trainer_hooks *h, xd_loader *L) {
+  h->loader_ctx = L;
+  h->loader_state_size = XD_LOADER_STATE_BYTES;
+  h->loader_save = loader_save;
+  h->loader_restore = loader_restore;
 }
 
 void xd_distill_init(xd_distill_ctx *c, const xd_teacher *t, const xd_topk_reader *cache, xd_student *s, xd_loader *L,
@@ -133,9 +136,7 @@ void xd_distill_init(xd_distill_ctx *c, const xd_teacher *t, const xd_topk_reade
   memset(hooks, 0, sizeof *hooks);
   hooks->step = distill_step;
   hooks->ctx = c;
-  hooks->loader_state_size = sizeof(xd_loader_state);
-  hooks->loader_save = loader_save;
-  hooks->loader_restore = loader_restore;
+  xd_stage_hooks_loader(hooks, L);
 }
 
 void xd_distill_free(xd_distill_ctx *c) {

@@ -142,8 +142,6 @@ int xd_distill_cuda_eval_rows(xd_distill_cuda *c, xd_loader *L, const uint64_t *
 
 int xd_distill_cuda_download(xd_distill_cuda *c, xd_err *e) { return xd_params_cuda_download(c->pd, &c->s->params, e); }
 
-static const char *const metric_names[2] = {"ce", "kl"};
-
 static int step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_micro, xd_rng *rng, xd_step_result *out,
                    xd_err *e) {
   xd_distill_cuda *c = vctx;
@@ -153,25 +151,8 @@ static int step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_mic
   kd_result r;
   if (load_batch(c, c->L, c->rows, e) != 0 || forward_loss(c, &r, e) != 0) return -1;
   if (r.count > 0 && xd_student_cuda_train_backward(c->m, e) != 0) return -1;
-  out->loss = r.loss;
-  out->tokens = (uint64_t)r.count;
-  out->nmetrics = 2;
-  out->metric_names[0] = metric_names[0];
-  out->metric_values[0] = r.ce;
-  out->metric_names[1] = metric_names[1];
-  out->metric_values[1] = r.kl;
+  xd_distill_result(out, &r);
   return 0;
-}
-
-static void loader_save(void *vctx, void *buf) {
-  xd_distill_cuda *c = vctx;
-  xd_loader_get_state(c->L, (xd_loader_state *)buf);
-}
-static int loader_restore(void *vctx, const void *buf, xd_err *e) {
-  xd_distill_cuda *c = vctx;
-  xd_loader_state st;
-  memcpy(&st, buf, sizeof st);
-  return xd_loader_set_state(c->L, &st, e);
 }
 
 #define AL(p, bytes) do { if (xd_cuda_malloc((void **)&(p), (bytes), e)) goto fail; } while (0)
@@ -228,9 +209,7 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
   memset(hooks, 0, sizeof *hooks);
   hooks->step = step_fn;
   hooks->ctx = c;
-  hooks->loader_state_size = sizeof(xd_loader_state);
-  hooks->loader_save = loader_save;
-  hooks->loader_restore = loader_restore;
+  xd_stage_hooks_loader(hooks, L);
   hooks->device = &c->dev;
   *out = c;
   return 0;
@@ -299,9 +278,6 @@ static int check_copies(const xd_teacher *t, const xd_student *s, xd_err *e) {
   return 0;
 }
 
-static const char *const layer_metric[8] = {"loss_l0", "loss_l1", "loss_l2", "loss_l3",
-                                            "loss_l4", "loss_l5", "loss_l6", "loss_l7"};
-
 static int align_step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_micro, xd_rng *rng,
                          xd_step_result *out, xd_err *e) {
   xd_align_cuda *c = vctx;
@@ -310,28 +286,8 @@ static int align_step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int
   for (int b = 0; b < c->B; b++)
     memcpy(c->inputs + (size_t)b * c->T, c->tokens + (size_t)b * (c->T + 1), (size_t)c->T * sizeof(int32_t));
   if (xd_student_cuda_align_step(c->m, c->inputs, 1, c->layer_loss, e) != 0) return -1;
-  const int L = c->s->cfg.n_layers;
-  double loss = 0;
-  for (int l = 0; l < L; l++) loss += c->layer_loss[l];
-  out->loss = loss;
-  out->tokens = (uint64_t)c->B * c->T;
-  out->nmetrics = L < 8 ? L : 8;
-  for (int l = 0; l < out->nmetrics; l++) {
-    out->metric_names[l] = layer_metric[l];
-    out->metric_values[l] = c->layer_loss[l];
-  }
+  xd_align_result(out, c->layer_loss, c->s->cfg.n_layers, (uint64_t)c->B * c->T);
   return 0;
-}
-
-static void align_loader_save(void *vctx, void *buf) {
-  xd_align_cuda *c = vctx;
-  xd_loader_get_state(c->L, (xd_loader_state *)buf);
-}
-static int align_loader_restore(void *vctx, const void *buf, xd_err *e) {
-  xd_align_cuda *c = vctx;
-  xd_loader_state st;
-  memcpy(&st, buf, sizeof st);
-  return xd_loader_set_state(c->L, &st, e);
 }
 
 double xd_align_cuda_eval_loss(xd_align_cuda *c, const int32_t *inputs) {
@@ -375,9 +331,7 @@ int xd_align_cuda_init(xd_align_cuda **out, const xd_teacher *t, xd_student *s, 
   memset(hooks, 0, sizeof *hooks);
   hooks->step = align_step_fn;
   hooks->ctx = c;
-  hooks->loader_state_size = sizeof(xd_loader_state);
-  hooks->loader_save = align_loader_save;
-  hooks->loader_restore = align_loader_restore;
+  xd_stage_hooks_loader(hooks, L);
   hooks->device = &c->dev;
   *out = c;
   return 0;

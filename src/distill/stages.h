@@ -16,6 +16,10 @@ int xd_check_data(const xd_loader *L, const char *data, const char *model_dir, i
 /* The 64-bit value of a "fnv1a64:<16 hex>" tokenizer identity; 0 when absent or malformed. */
 uint64_t xd_tokenizer_hash_value(const char *hash);
 
+/* The trainer's checkpointed loader state for a stage reading from L: the data loader's own
+ * portable serialisation (xd_loader_save / xd_loader_restore, XD_LOADER_STATE_BYTES). */
+void xd_stage_hooks_loader(xd_trainer_hooks *h, xd_loader *L);
+
 /* ---- stage I ---- */
 typedef struct {
   const xd_teacher *teacher;
@@ -38,6 +42,9 @@ double xd_align_eval_loss(xd_align_ctx *c, const int32_t *inputs);
 /* The same with backward = 1: also adds the hybrid parameters' gradients (c->layer_loss holds
  * the per-layer losses afterwards). The step function is this on the loader's next batch. */
 double xd_align_run_batch(xd_align_ctx *c, const int32_t *inputs, int backward);
+/* A stage I step's report from its per-layer losses [L] (the first 8 as metrics loss_l0...):
+ * loss = their sum. */
+void xd_align_result(xd_step_result *out, const double *layer_loss, int L, uint64_t tokens);
 /* ---- stage II ---- */
 #include "distill/topk_cache.h"
 #include "model/student/student_train.h"
@@ -74,6 +81,8 @@ int xd_distill_read_rows(xd_loader *L, const uint64_t *rows, int B, int T, int v
                          int32_t *inputs, int32_t *targets, uint8_t *mask, xd_err *e);
 int xd_distill_cache_rows(const xd_topk_reader *cache, const uint64_t *rows, int B, int T, int k, int32_t *tk_ids,
                           float *tk_logp, xd_err *e);
+/* A stage II step's report from its loss (metrics ce, kl; tokens = counted positions). */
+void xd_distill_result(xd_step_result *out, const kd_result *r);
 /* Teacher top-k of ids [B*T] into c->tk_ids / c->tk_logp (online teacher). */
 int xd_distill_teacher_topk(xd_distill_ctx *c, const int32_t *ids, xd_err *e);
 #endif

@@ -82,10 +82,12 @@ typedef struct {
   xd_ckpt_state st;
 } run_state;
 
+static void *loader_ctx(const xd_trainer_hooks *h) { return h->loader_ctx ? h->loader_ctx : h->ctx; }
+
 static int save_ckpt(run_state *r, xd_err *e) {
   const xd_trainer_device *dev = r->hooks->device;
   if (dev && dev->sync_to_host(dev->ctx, r->p, e) != 0) return xd_err_prefix(e, "checkpoint: device -> host");
-  if (r->hooks->loader_state_size) r->hooks->loader_save(r->hooks->ctx, r->st.loader_state);
+  if (r->hooks->loader_state_size) r->hooks->loader_save(loader_ctx(r->hooks), r->st.loader_state);
   return xd_ckpt_save_rotating(r->cfg->out_dir, (int)r->cfg->ckpt_keep, r->p, &r->st, e);
 }
 
@@ -108,7 +110,7 @@ static int try_resume(run_state *r, FILE *progress, xd_err *e) {
               "(--resume_force)\n", path);
     r->st.config_hash = want; /* later checkpoints carry the configuration now in force */
   }
-  if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(r->hooks->ctx, r->st.loader_state, e) != 0)
+  if (rc == 0 && r->hooks->loader_state_size && r->hooks->loader_restore(loader_ctx(r->hooks), r->st.loader_state, e) != 0)
     rc = xd_err_prefix(e, "%s: data loader state", path);
   const xd_trainer_device *dev = r->hooks->device;
   if (rc == 0 && dev && dev->sync_from_host(dev->ctx, r->p, e) != 0) rc = xd_err_prefix(e, "%s: host -> device", path);

@@ -45,10 +45,12 @@ typedef struct {
    * be used (it is checkpointed). Return 0, or -1 with e filled to stop the run. */
   int (*step)(void *ctx, xd_params *p, uint64_t step, int micro, int n_micro, xd_rng *rng,
               xd_step_result *out, xd_err *e);
-  /* Data-loader state for checkpoints (may be NULL when loader_state_size == 0). */
+  /* Data-loader state for checkpoints (may be NULL when loader_state_size == 0). They get
+   * loader_ctx when it is set, else ctx (an xd_loader: xd_stage_hooks_loader, distill/stages.h). */
   size_t loader_state_size;
   void (*loader_save)(void *ctx, void *buf);
   int (*loader_restore)(void *ctx, const void *buf, xd_err *e);
+  void *loader_ctx;
   /* Optional: called after every applied optimiser update and after a checkpoint was loaded,
    * i.e. whenever p->data changed behind the model's back (upload to the GPU, refresh weights
    * derived from the parameters). NULL: nothing to do. */

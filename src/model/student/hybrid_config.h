@@ -4,6 +4,7 @@
 #ifndef XD_HYBRID_CONFIG_H
 #define XD_HYBRID_CONFIG_H
 #include "core/core.h"
+#include "model/config.h"
 
 #define XD_HYBRID_FORMAT_VERSION 1
 
@@ -37,6 +38,16 @@ const char *xd_feature_map_name(xd_feature_map f);
 const char *xd_normalizer_name(xd_mlstm_normalizer n);
 
 /* Width of the feature projection P (d_phi for softmax, d_phi/2 for hedgehog). */
+/* The local branch of layer l. On the teacher's own sliding-window layers (OLMo 3) it is the
+ * teacher's attention exactly: the teacher's window (when narrower than W) and no sinks, since
+ * sinks would change a function that is already local; elsewhere W and S. */
+static inline int xd_hybrid_layer_window(const xd_model_config *c, const xd_hybrid_config *h, int l) {
+  const int tw = xd_config_layer_window(c, l);
+  return tw > 0 && tw < h->window ? tw : h->window;
+}
+static inline int xd_hybrid_layer_sinks(const xd_model_config *c, const xd_hybrid_config *h, int l) {
+  return xd_config_layer_window(c, l) > 0 ? 0 : h->sinks;
+}
 static inline int xd_hybrid_p_width(const xd_hybrid_config *h) {
   return h->feature_map == XD_FMAP_HEDGEHOG ? h->d_phi / 2 : h->d_phi;
 }

@@ -235,16 +235,6 @@ static mlstm_cfg core_mlstm_cfg(const xd_model_config *c, const xd_hybrid_config
   return mc;
 }
 
-/* The local branch of layer l. On the teacher's own sliding-window layers (OLMo 3) it is the
- * teacher's attention exactly: the teacher's window (when narrower than W) and no sinks, since
- * sinks would change a function that is already local; elsewhere W and S. */
-static int core_window(const xd_model_config *c, const xd_hybrid_config *hy, int layer) {
-  const int tw = xd_config_layer_window(c, layer);
-  return tw > 0 && tw < hy->window ? tw : hy->window;
-}
-static int core_sinks(const xd_model_config *c, const xd_hybrid_config *hy, int layer) {
-  return xd_config_layer_window(c, layer) > 0 ? 0 : hy->sinks;
-}
 
 #define XD_TWIN_BODY "model/student/student_core_impl.inc"
 #include "ops/cpu/twin.h"
@@ -294,7 +284,7 @@ void xd_student_state_alloc(xd_student_state *st, const xd_student *s) {
     st->mstate[l].C = xd_calloc((size_t)st->H * st->P * st->d, sizeof(float));
     st->mstate[l].n = xd_calloc((size_t)st->H * st->P, sizeof(float));
     st->mstate[l].m = xd_calloc((size_t)st->H, sizeof(float));
-    swa_cache_init(&st->cache[l], st->G, st->d, core_window(&s->cfg, &s->hy, l), core_sinks(&s->cfg, &s->hy, l));
+    swa_cache_init(&st->cache[l], st->G, st->d, xd_hybrid_layer_window(&s->cfg, &s->hy, l), xd_hybrid_layer_sinks(&s->cfg, &s->hy, l));
   }
   xd_teacher_acts_alloc(&st->ta1, c, 1, 1);
   st->qf = xd_malloc((size_t)st->H * st->P * sizeof(float));
@@ -396,7 +386,7 @@ int xd_student_step(const xd_student *s, xd_student_state *st, const int32_t *id
       const xd_teacher_layer *L = &s->base.layers[l];
       const xd_hybrid_layer *Y = &s->hl[l];
       xd_teacher_layer_in(c, L, l, &ta.rope, ta.pos, n, ta.h, ta.x, ta.q_raw, ta.k_raw, ta.v_raw, ta.q, ta.k);
-      const swa_shape sw = {1, n, H, G, d, core_window(&s->cfg, &s->hy, l), core_sinks(&s->cfg, &s->hy, l)};
+      const swa_shape sw = {1, n, H, G, d, xd_hybrid_layer_window(&s->cfg, &s->hy, l), xd_hybrid_layer_sinks(&s->cfg, &s->hy, l)};
       swa_forward(ca.local, ca.lse, ta.q, ta.k, ta.v_raw, &sw);
       for (int t = 0; t < n; t++)
         swa_cache_append(&st->cache[l], ta.k + (size_t)t * G * d, ta.v_raw + (size_t)t * G * d);

@@ -105,11 +105,6 @@ static float *up_f32(xd_student_cuda *m, const float *a, size_t na, const float 
 }
 #define UPF(dst, src, n) do { if (src) { if (!((dst) = up_f32(m, (src), (n), NULL, 0, NULL, 0, e))) goto fail; } } while (0)
 
-static int core_window(const xd_student_cuda *m, int l) {
-  const int tw = xd_config_layer_window(&m->cfg, l);
-  return tw > 0 && tw < m->hy.window ? tw : m->hy.window;
-}
-static int core_sinks(const xd_student_cuda *m, int l) { return xd_config_layer_window(&m->cfg, l) > 0 ? 0 : m->hy.sinks; }
 
 int xd_student_cuda_upload(xd_student_cuda **out, xd_cuda_ctx *c, const xd_student *s, xd_err *e) {
   *out = NULL;
@@ -134,8 +129,8 @@ int xd_student_cuda_upload(xd_student_cuda **out, xd_cuda_ctx *c, const xd_stude
     const xd_teacher_layer *L = &s->base.layers[l];
     const xd_hybrid_layer *Y = &s->hl[l];
     dev_layer *y = &m->ly[l];
-    y->W = core_window(m, l);
-    y->S = core_sinks(m, l);
+    y->W = xd_hybrid_layer_window(&m->cfg, &m->hy, l);
+    y->S = xd_hybrid_layer_sinks(&m->cfg, &m->hy, l);
     y->kind = cf->layer_sliding[l];
     if (!(y->w_qkv = up_bf16(m, L->wq, (size_t)Hd * D, L->wk, (size_t)Gd * D, L->wv, (size_t)Gd * D, e))) goto fail;
     if (!(y->w_o = up_bf16(m, L->wo, (size_t)D * Hd, NULL, 0, NULL, 0, e))) goto fail;
@@ -221,8 +216,8 @@ int xd_student_cuda_random(xd_student_cuda **out, xd_cuda_ctx *c, const xd_model
   R32(m->final_norm, D, 1.0f, 0.0f);
   for (int l = 0; l < cf->n_layers; l++) {
     dev_layer *y = &m->ly[l];
-    y->W = core_window(m, l);
-    y->S = core_sinks(m, l);
+    y->W = xd_hybrid_layer_window(&m->cfg, &m->hy, l);
+    y->S = xd_hybrid_layer_sinks(&m->cfg, &m->hy, l);
     y->kind = cf->layer_sliding[l];
     R16(y->w_qkv, (size_t)(Hd + 2 * Gd) * D, D);
     R16(y->w_o, (size_t)D * Hd, Hd);

@@ -195,13 +195,6 @@ static void want_adjacent(wfind *w, const char *a, const char *b, const char *c3
   }
 }
 
-static int core_window(const xd_model_config *c, const xd_hybrid_config *hy, int l) {
-  const int tw = xd_config_layer_window(c, l);
-  return tw > 0 && tw < hy->window ? tw : hy->window;
-}
-static int core_sinks(const xd_model_config *c, const xd_hybrid_config *hy, int l) {
-  return xd_config_layer_window(c, l) > 0 ? 0 : hy->sinks;
-}
 
 static int bind_weights(xd_student_cuda_train *m, const xd_params *p, xd_params_cuda *pd, xd_err *e) {
   const xd_model_config *c = &m->cfg;
@@ -255,8 +248,8 @@ static int bind_weights(xd_student_cuda_train *m, const xd_params *p, xd_params_
       *hw[t] = wf(&w, n[3], 1, hg[t]);
     }
 #undef NM
-    y->W = core_window(c, &m->hy, l);
-    y->S = core_sinks(c, &m->hy, l);
+    y->W = xd_hybrid_layer_window(c, &m->hy, l);
+    y->S = xd_hybrid_layer_sinks(c, &m->hy, l);
     y->kind = c->layer_sliding[l];
   }
   if (w.fail) return -1;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include "core/core.h"
 #include "model/teacher/teacher_cuda.h"
+#include "bench_shapes.h"
 
 static xd_err err;
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_decode: error: %s\n", err.msg); exit(1); } } while (0)
@@ -55,25 +56,8 @@ static double copy_bandwidth(xd_cuda_ctx *c) {
   return 2.0 * bytes / median(t, 10);
 }
 
-static xd_model_config llama32_1b(void) {
-  xd_model_config c;
-  memset(&c, 0, sizeof c);
-  snprintf(c.model_type, sizeof c.model_type, "llama");
-  c.family = XD_FAMILY_LLAMA;
-  c.hidden = 2048, c.intermediate = 8192, c.n_layers = 16, c.n_heads = 32, c.n_kv_heads = 8, c.head_dim = 64;
-  c.vocab = 128256, c.max_pos = 131072, c.rms_eps = 1e-5, c.tie_embeddings = 1, c.bos_token_id = 128000;
-  c.n_eos = 1, c.eos_token_ids[0] = 128001;
-  for (int i = 0; i < 2; i++) {
-    xd_rope_config *r = &c.rope[i];
-    r->kind = XD_ROPE_LLAMA3, r->theta = 500000.0, r->factor = 32.0, r->low_freq_factor = 1.0;
-    r->high_freq_factor = 4.0, r->original_max_pos = 8192, r->beta_fast = 32, r->beta_slow = 1, r->truncate = 1;
-  }
-  snprintf(c.dtype, sizeof c.dtype, "bfloat16");
-  return c;
-}
-
 static void bench_teacher(xd_cuda_ctx *ctx, double bw, int max_ctx) {
-  const xd_model_config c = llama32_1b();
+  const xd_model_config c = bench_llama32_1b();
   xd_teacher_cuda t;
   CK(xd_teacher_cuda_init_random(&t, ctx, &c, 100, &err));
   printf("teacher: Llama-3.2-1B shape, %d layers, hidden %d, heads %d/%d (d %d), MLP %d, vocab %d, weights %.1f MiB bf16\n",

@@ -33,6 +33,7 @@
 #include "model/student/student_cuda.h"
 #include "ops/cpu/rope.h"
 #include "ops/cuda/cuda_ops.h"
+#include "bench_shapes.h"
 
 static xd_err err;
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_student: error: %s\n", err.msg); exit(1); } } while (0)
@@ -167,21 +168,8 @@ int main(int argc, char **argv) {
     xd_cuda_free(a), xd_cuda_free(b);
   }
 
-  xd_model_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  snprintf(cfg.model_type, sizeof cfg.model_type, "llama");
-  cfg.family = XD_FAMILY_LLAMA;
-  cfg.hidden = DM, cfg.intermediate = FF, cfg.n_layers = L_, cfg.n_heads = NH, cfg.n_kv_heads = NG, cfg.head_dim = HD;
-  cfg.vocab = VOC, cfg.max_pos = 131072, cfg.rms_eps = 1e-5, cfg.tie_embeddings = 1;
-  cfg.bos_token_id = -1;
-  for (int k = 0; k < 2; k++) {
-    xd_rope_config *rc = &cfg.rope[k];
-    rc->kind = XD_ROPE_LLAMA3, rc->theta = 500000.0, rc->factor = 32.0, rc->low_freq_factor = 1.0;
-    rc->high_freq_factor = 4.0, rc->original_max_pos = 8192;
-  }
-  xd_hybrid_config hy;
-  xd_hybrid_defaults(&hy, HD);
-  hy.window = 512, hy.sinks = 4, hy.d_phi = 64, hy.chunk = 64, hy.feature_map = XD_FMAP_SOFTMAX;
+  const xd_model_config cfg = bench_llama32_1b(); /* the enum above holds the same numbers */
+  const xd_hybrid_config hy = bench_student_1b();
   const size_t mem0 = xd_cuda_mem_used();
   xd_student_cuda *m = NULL;
   CK(xd_student_cuda_random(&m, c, &cfg, &hy, 42, &err));

@@ -27,6 +27,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "train/optim.h"
 #include "train/params_cuda.h"
+#include "bench_shapes.h"
 
 #define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
 
@@ -69,21 +70,9 @@ int main(int argc, char **argv) {
   xd_cuda_device_info(c, dev, sizeof dev, &sms, &err);
   printf("device: %s, %d SMs\n", dev, sms);
 
-  xd_model_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  snprintf(cfg.model_type, sizeof cfg.model_type, "llama");
-  cfg.family = XD_FAMILY_LLAMA;
-  cfg.hidden = 2048, cfg.intermediate = 8192, cfg.n_layers = quick ? 2 : 16, cfg.n_heads = 32, cfg.n_kv_heads = 8;
-  cfg.head_dim = 64, cfg.vocab = 128256, cfg.max_pos = 131072, cfg.rms_eps = 1e-5, cfg.tie_embeddings = 1;
-  cfg.bos_token_id = -1;
-  for (int k = 0; k < 2; k++) {
-    xd_rope_config *rc = &cfg.rope[k];
-    rc->kind = XD_ROPE_LLAMA3, rc->theta = 500000.0, rc->factor = 32.0, rc->low_freq_factor = 1.0;
-    rc->high_freq_factor = 4.0, rc->original_max_pos = 8192;
-  }
-  xd_hybrid_config hy;
-  xd_hybrid_defaults(&hy, 64);
-  hy.window = 512, hy.sinks = 4, hy.d_phi = 64, hy.chunk = 64, hy.feature_map = XD_FMAP_SOFTMAX;
+  xd_model_config cfg = bench_llama32_1b();
+  if (quick) cfg.n_layers = 2;
+  const xd_hybrid_config hy = bench_student_1b();
 
   /* ---- the student on the host (table + fp32 arenas), random weights ---- */
   double t0 = xd_now();

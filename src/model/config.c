@@ -270,3 +270,10 @@ size_t xd_config_param_count(const xd_model_config *c) {
   if (c->qk_norm == XD_QKNORM_PROJ) per += Hd + Gd;
   return per * c->n_layers + V * D * (c->tie_embeddings ? 1 : 2) + D;
 }
+
+int xd_check_token_ids(const int32_t *ids, size_t n, int vocab, xd_err *e) {
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      return xd_errf(e, "token id %d at position %zu is outside the vocabulary [0, %d)", (int)ids[i], i, vocab);
+  return 0;
+}

@@ -52,6 +52,9 @@ int xd_config_parse(xd_model_config *c, const char *json, size_t len, const char
 int xd_config_load(xd_model_config *c, const char *path, xd_err *e);
 
 const char *xd_family_name(xd_family f);
+/* 0 when every id of ids[n] is in [0, vocab), else -1 with "token id X at position P is outside
+ * the vocabulary [0, V)" (the check of every model's forward). */
+int xd_check_token_ids(const int32_t *ids, size_t n, int vocab, xd_err *e);
 /* Parameter count of the teacher described by c (embeddings counted once when tied). */
 size_t xd_config_param_count(const xd_model_config *c);
 /* Window of layer l (0 = full attention). */

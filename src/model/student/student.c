@@ -240,18 +240,12 @@ static mlstm_cfg core_mlstm_cfg(const xd_model_config *c, const xd_hybrid_config
 #include "ops/cpu/twin.h"
 
 /* ---- whole model ---------------------------------------------------------------------- */
-static int check_ids(const int32_t *ids, size_t n, int V, xd_err *e) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %zu is outside the vocabulary [0, %d)", ids[i], i, V);
-  return 0;
-}
-
 int xd_student_forward(const xd_student *s, xd_teacher_acts *ta, xd_core_acts *ca, const int32_t *ids, int B, int T,
                        float *logits, xd_err *e) {
   const xd_model_config *c = &s->cfg;
   const int D = c->hidden, N = B * T;
   XD_CHECK(N <= ta->rows && T <= ta->max_keys && ca->B == B && ca->T == T);
-  if (check_ids(ids, (size_t)N, c->vocab, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)N, c->vocab, e)) return -1;
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) ta->pos[b * T + t] = t;
   xd_rope_tables_update(&ta->rope, c, T);
@@ -370,7 +364,7 @@ static void decode_one(const xd_student *s, xd_student_state *st, int32_t id, fl
 int xd_student_step(const xd_student *s, xd_student_state *st, const int32_t *ids, int n, float *logits, xd_err *e) {
   const xd_model_config *c = &s->cfg;
   if (n < 1) return xd_errf(e, "student step: no tokens");
-  if (check_ids(ids, (size_t)n, c->vocab, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)n, c->vocab, e)) return -1;
   const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
   if (st->pos == 0 && n > 1) {
     /* Prefill: the chunkwise form over the prompt, handing the final mLSTM state and the

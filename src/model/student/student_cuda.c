@@ -332,12 +332,6 @@ static int rope_ensure(xd_student_cuda *m, int T, xd_err *e) {
   return 0;
 }
 
-static int check_ids(const int32_t *ids, size_t n, int V, xd_err *e) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %zu is outside the vocabulary [0, %d)", ids[i], i, V);
-  return 0;
-}
-
 #define CK(x) do { if ((x) != 0) return -1; } while (0)
 
 /* The forward over B sequences of T; with st (B == 1) the prefill hand-off: final mLSTM
@@ -351,7 +345,7 @@ static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_
   const float eps = (float)c->rms_eps;
   if (B < 1 || T < 1) return xd_errf(e, "student on CUDA: empty input (B %d, T %d)", B, T);
   if ((int64_t)B * T > (1 << 30)) return xd_errf(e, "student on CUDA: B*T = %lld too large", (long long)B * T);
-  CK(check_ids(ids, (size_t)N, V, e));
+  CK(xd_check_token_ids(ids, (size_t)N, V, e));
   CK(acts_ensure(m, N, last_only ? B : N, e));
   CK(rope_ensure(m, T, e));
   fwd_acts *a = &m->a;
@@ -605,7 +599,7 @@ static void fill_params(const xd_model_config *c, xd_cuda_sdec_params *p, int32_
 int xd_student_cuda_step(xd_student_cuda *m, xd_student_cuda_state *st, const int32_t *ids, int n, float *logits,
                          xd_err *e) {
   if (n < 1) return xd_errf(e, "student step: no tokens");
-  CK(check_ids(ids, (size_t)n, m->cfg.vocab, e));
+  CK(xd_check_token_ids(ids, (size_t)n, m->cfg.vocab, e));
   if (st->pos == 0 && n > 1) {
     CK(run_forward(m, ids, 1, n, st, logits, 1, e));
     st->pos = n;

@@ -457,8 +457,7 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
   if (m->align) return xd_errf(e, "student on CUDA: stage II forward on a stage I model");
-  for (int i = 0; i < N; i++)
-    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
+  CK(xd_check_token_ids(ids, (size_t)N, V, e));
   memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
   CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
   if (m->prof) {
@@ -625,8 +624,7 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
   const int Hd = H * d, Gd = G * d;
   const size_t nout = (size_t)N * Hd;
   if (!m->align) return xd_errf(e, "student on CUDA: align step on a stage II model");
-  for (int i = 0; i < N; i++)
-    if (ids[i] < 0 || ids[i] >= V) return xd_errf(e, "token id %d at position %d is outside the vocabulary [0, %d)", ids[i], i, V);
+  CK(xd_check_token_ids(ids, (size_t)N, V, e));
   CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
   if (m->prof) {
     CK(xd_cuda_sync(cx, e));

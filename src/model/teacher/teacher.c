@@ -235,13 +235,6 @@ void xd_teacher_layer_out(const xd_model_config *c, const xd_teacher_layer *L, i
 
 /* ---- model ------------------------------------------------------------------ */
 
-static int check_ids(const int32_t *ids, size_t n, int V, xd_err *e) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V)
-      return xd_errf(e, "token id %d at position %zu is outside the vocabulary [0, %d)", (int)ids[i], i, V);
-  return 0;
-}
-
 /* Shared body: Tn new tokens per row at positions off..off+Tn-1. With a cache, k/v go into it and
  * attention reads it; without, attention reads the activation buffers directly. */
 static void forward_body(const xd_teacher *t, xd_teacher_acts *a, xd_kv_cache *kv, const int32_t *ids, int B, int Tn,
@@ -290,7 +283,7 @@ static void forward_body(const xd_teacher *t, xd_teacher_acts *a, xd_kv_cache *k
 int xd_teacher_forward(const xd_teacher *t, xd_teacher_acts *a, const int32_t *ids, int B, int T, float *logits,
                        xd_layer_hook hook, void *user, xd_err *e) {
   XD_CHECK(B > 0 && T > 0 && (size_t)B * T <= (size_t)a->rows && T <= a->max_keys);
-  if (check_ids(ids, (size_t)B * T, t->cfg.vocab, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)B * T, t->cfg.vocab, e)) return -1;
   forward_body(t, a, NULL, ids, B, T, logits, 0, hook, user);
   return 0;
 }
@@ -324,7 +317,7 @@ int xd_teacher_forward_cached(const xd_teacher *t, xd_teacher_acts *a, xd_kv_cac
   XD_CHECK(Tn > 0 && (size_t)kv->B * Tn <= (size_t)a->rows && kv->cap <= a->max_keys);
   if (kv->len + Tn > kv->cap)
     return xd_errf(e, "KV cache full: %d tokens cached + %d new exceed its capacity %d", kv->len, Tn, kv->cap);
-  if (check_ids(ids, (size_t)kv->B * Tn, t->cfg.vocab, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)kv->B * Tn, t->cfg.vocab, e)) return -1;
   forward_body(t, a, kv, ids, kv->B, Tn, logits, last_only, NULL, NULL);
   return 0;
 }
@@ -339,7 +332,7 @@ int xd_teacher_generate(const xd_teacher *t, const int32_t *ids, int B, int T, i
                         int32_t *out, int *n_out, xd_err *e) {
   const xd_model_config *c = &t->cfg;
   const int V = c->vocab, total = T + max_new;
-  if (check_ids(ids, (size_t)B * T, V, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)B * T, V, e)) return -1;
   xd_kv_cache kv;
   xd_teacher_acts a;
   xd_kv_cache_alloc(&kv, c, B, total);

@@ -340,13 +340,6 @@ void xd_teacher_cuda_reset(xd_teacher_cuda_state *s) { s->len = 0; }
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-static int check_ids(const int32_t *ids, size_t n, int V, xd_err *e) {
-  for (size_t i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V)
-      return xd_errf(e, "token id %d at position %zu is outside the vocabulary [0, %d)", (int)ids[i], i, V);
-  return 0;
-}
-
 /* Tn new tokens for each of B sequences at positions off .. off+Tn-1. use_kv: append k, v to the
  * cache and attend over it; else attend within the fused buffer (off = 0). */
 static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn, int use_kv,
@@ -362,7 +355,7 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
     return xd_errf(e, "GPU teacher: %d tokens cached + %d new exceed the capacity %d", off, Tn, s->cap);
   if ((last_only ? B : N) > s->logit_rows)
     return xd_errf(e, "GPU teacher: %d logit rows exceed the %d allocated", last_only ? B : N, s->logit_rows);
-  if (check_ids(ids, (size_t)N, V, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)N, V, e)) return -1;
   for (int b = 0; b < B; b++)
     for (int i = 0; i < Tn; i++) s->host_pos[b * Tn + i] = off + i;
   if (xd_cuda_upload(ctx, s->ids, ids, (size_t)N * 4, e) || xd_cuda_upload(ctx, s->pos, s->host_pos, (size_t)N * 4, e))

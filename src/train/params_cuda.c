@@ -24,6 +24,8 @@ struct xd_params_cuda {
   double *block_dev;       /* device [nblocks] */
   double *block_host;      /* host [nblocks] */
   size_t bytes;
+  float pend[2];           /* deferred gradient scales, in the order they were asked for */
+  int npend;
 };
 
 static int dalloc(xd_params_cuda *d, void **ptr, size_t bytes, xd_err *e) {
@@ -175,17 +177,33 @@ int xd_params_cuda_download(xd_params_cuda *d, xd_params *p, xd_err *e) {
 }
 
 int xd_params_cuda_zero_grad(xd_params_cuda *d, xd_err *e) {
+  d->npend = 0;
   return d->n_train ? xd_cuda_memset(d->c, d->grad, 0, d->n_train * sizeof(float), e) : 0;
 }
 
+/* The deferred scales, applied to the gradient buffer in order (then none is pending). */
+static int flush_scales(xd_params_cuda *d, xd_err *e) {
+  for (int i = 0; i < d->npend; i++)
+    if (xd_cuda_scale_f32(d->c, d->grad, d->n_train, d->pend[i], e) != 0) return -1;
+  d->npend = 0;
+  return 0;
+}
+
 int xd_params_cuda_scale_grad(xd_params_cuda *d, float s, xd_err *e) {
+  if (flush_scales(d, e) != 0) return -1;
   return xd_cuda_scale_f32(d->c, d->grad, d->n_train, s, e);
+}
+
+int xd_params_cuda_scale_grad_deferred(xd_params_cuda *d, float s, xd_err *e) {
+  if (d->npend == 2 && flush_scales(d, e) != 0) return -1;
+  d->pend[d->npend++] = s;
+  return 0;
 }
 
 int xd_params_cuda_grad_norm(xd_params_cuda *d, double *norm, xd_err *e) {
   *norm = 0;
   if (!d->n_train) return 0;
-  if (xd_cuda_sumsq_blocks(d->c, d->block_dev, d->grad, d->n_train, XD_PARAMS_BLOCK, e) != 0 ||
+  if (xd_cuda_sumsq_blocks_scaled(d->c, d->block_dev, d->grad, d->n_train, XD_PARAMS_BLOCK, d->pend, d->npend, e) != 0 ||
       xd_cuda_download(d->c, d->block_host, d->block_dev, d->nblocks * sizeof(double), e) != 0)
     return -1;
   double s = 0; /* in order, as xd_params_grad_norm */
@@ -210,12 +228,15 @@ int xd_params_cuda_adamw_step(xd_params_cuda *d, const xd_adamw_cfg *c, double l
     a.decay[g] = (float)(1.0 - lr * d->lr_mult[g] * c->weight_decay * d->wd_mult[g]);
     a.step[g] = (float)(lr * d->lr_mult[g] / bc1);
   }
+  a.nscale = d->npend; /* the deferred scales, applied as the kernel reads g */
+  for (int i = 0; i < d->npend; i++) a.gscale[i] = d->pend[i];
+  d->npend = 0;
   return xd_cuda_adamw(d->c, &a, e);
 }
 
 /* ---- trainer hooks ------------------------------------------------------------------------ */
 static int hk_zero(void *ctx, xd_err *e) { return xd_params_cuda_zero_grad(ctx, e); }
-static int hk_scale(void *ctx, float s, xd_err *e) { return xd_params_cuda_scale_grad(ctx, s, e); }
+static int hk_scale(void *ctx, float s, xd_err *e) { return xd_params_cuda_scale_grad_deferred(ctx, s, e); }
 static int hk_norm(void *ctx, double *norm, xd_err *e) { return xd_params_cuda_grad_norm(ctx, norm, e); }
 static int hk_adamw(void *ctx, const xd_adamw_cfg *c, double lr, uint64_t t, xd_err *e) {
   return xd_params_cuda_adamw_step(ctx, c, lr, t, e);

@@ -175,6 +175,54 @@ static void test_norm_scale_zero(void) {
   xd_params_free(&p);
 }
 
+/* Deferred scales (the trainer's 1/N and clip factors folded into grad_norm and AdamW): the
+ * norm and the AdamW result must be those of the host's two xd_params_scale_grad passes, bit for
+ * bit; one and three factors too (the third applies the first two to the buffer). */
+static void test_deferred_scale(void) {
+  const float fac[3] = {0.5f, 0.37f, 1.7f};
+  for (int nf = 1; nf <= 3; nf++) {
+    xd_params p;
+    build_table(&p, 20 + (uint64_t)nf);
+    xd_params_cuda *d;
+    GPUX(xd_params_cuda_create(&d, ctx, &p, &err));
+    xd_rng r;
+    xd_rng_seed(&r, 30 + (uint64_t)nf);
+    for (uint64_t t = 1; t <= 2; t++) {
+      rand_grads(p.grad, p.n_train, &r);
+      GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
+      for (int i = 0; i < nf; i++) {
+        xd_params_scale_grad(&p, fac[i]);
+        GPUX(xd_params_cuda_scale_grad_deferred(d, fac[i], &err));
+      }
+      double ng, nc = xd_params_grad_norm(&p);
+      GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+      CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "%d deferred factors: norm %.17g vs %.17g", nf, ng, nc);
+      xd_adamw_step(&p, &ACFG, 1e-3, t);
+      GPUX(xd_params_cuda_adamw_step(d, &ACFG, 1e-3, t, &err));
+    }
+    float *w = down(xd_params_cuda_data_all(d), p.total), *m = down(xd_params_cuda_m_all(d), p.n_train),
+          *v = down(xd_params_cuda_v_all(d), p.n_train);
+    char what[64];
+    snprintf(what, sizeof what, "%d deferred: weights", nf);
+    CHECK(cmp_f32(what, w, p.data, p.total) == 0);
+    snprintf(what, sizeof what, "%d deferred: m", nf);
+    CHECK(cmp_f32(what, m, p.m, p.n_train) == 0);
+    snprintf(what, sizeof what, "%d deferred: v", nf);
+    CHECK(cmp_f32(what, v, p.v, p.n_train) == 0);
+    /* zero_grad drops a pending factor: the next norm is of the new gradients as they are */
+    GPUX(xd_params_cuda_scale_grad_deferred(d, 0.25f, &err));
+    GPUX(xd_params_cuda_zero_grad(d, &err));
+    rand_grads(p.grad, p.n_train, &r);
+    GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
+    double ng, nc = xd_params_grad_norm(&p);
+    GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+    CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "after zero_grad: norm %.17g vs %.17g", ng, nc);
+    free(w), free(m), free(v);
+    xd_params_cuda_free(d);
+    xd_params_free(&p);
+  }
+}
+
 static void test_roundtrip(void) {
   xd_params p, q;
   build_table(&p, 13);
@@ -339,6 +387,7 @@ static void test_trainer(void) {
   const size_t dw = cmp_f32("final weights device vs host", B.p.data, A.p.data, A.p.total);
   const size_t dm = cmp_f32("final m device vs host", B.p.m, A.p.m, A.p.n_train);
   fprintf(stderr, "    device run vs host run: %s\n", dw == 0 && dm == 0 && worst == 0 ? "bit-identical" : "differ");
+  CHECK(dw == 0 && dm == 0 && worst == 0); /* 2 micro-batches and clipping: the deferred 1/N and clip factors */
   /* device path: 3 steps (checkpoint), then a fresh state resumed from it to 6 */
   ls_init(&C, 1, &hC, &vC);
   ls_cfg(&c, dC, 3);
@@ -448,6 +497,7 @@ int main(int argc, char **argv) {
   RUN(test_adamw);
   RUN(test_norm_scale_zero);
   RUN(test_roundtrip);
+  RUN(test_deferred_scale);
   RUN(test_trainer);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);

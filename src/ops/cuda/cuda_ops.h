@@ -535,6 +535,11 @@ typedef struct {
   uint16_t *wb;
   size_t n, nchunks;
   const uint64_t *seg_start;
+/* The same over x[i] * scale[0] * ... * scale[nscale-1] (each product rounded to float in that
+ * order, as nscale xd_params_scale_grad passes would leave x), without writing x; nscale <= 2
+ * (branch trainfuse: the trainer's 1/N and clip factors folded into the readers). */
+int xd_cuda_sumsq_blocks_scaled(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n, size_t block,
+                                const float *scale, int nscale, xd_err *e);
   const int *seg_group;
   const int *chunk_seg;
   float b1, omb1, b2, omb2, eps, sbc2;
@@ -547,3 +552,8 @@ int xd_cuda_adamw(xd_cuda_ctx *c, const xd_cuda_adamw_args *a, xd_err *e);
 }
 #endif
 #endif
+  /* deferred gradient scales (branch trainfuse): the kernel uses g * gscale[0] * ... (nscale <= 2
+   * factors, each product rounded to float in order: the bits nscale xd_params_scale_grad passes
+   * would have left in g); g itself is not written. nscale 0: g as it is. */
+  int nscale;
+  float gscale[2];

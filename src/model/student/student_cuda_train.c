@@ -55,9 +55,9 @@ struct xd_student_cuda_train {
   int32_t *ids, *pos;
   float *cos_t[2], *sin_t[2];
   /* backward scratch, one layer's worth */
-  float *dh, *dh1, *dx, *dxm, *dout, *dgu, *dsw, *datt, *dqr, *dkr, *dvr, *dq, *dk, *dglob, *dloc, *dqf, *dkf,
-      *dig, *dfg;
-  uint16_t *gb16; /* bf16 copy of the gradient entering a GEMM backward */
+  float *dh, *dh1, *dx, *dxm, *dout, *dsw, *datt, *dqr, *dkr, *dvr, *dq, *dk, *dglob, *dloc, *dqf, *dkf, *dig, *dfg;
+  uint16_t *gb16; /* bf16 gradient entering a GEMM backward: SwiGLU's dgate|dup, the fused dq|dk|dv */
+  uint16_t *dh16; /* bf16 copy of the residual-stream gradient entering the down / o GEMM backward */
   /* stage I (align): one layer's saves reused layer after layer; the teacher's attention output
    * [N, Hd], the core output's gradient [N, Hd] and the layer losses (device doubles [L]) */
   int align;
@@ -121,11 +121,12 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   for (int t = 0; t < 2; t++) { m->cos_t[t] = TF(k, (size_t)m->T * (d / 2)); m->sin_t[t] = TF(k, (size_t)m->T * (d / 2)); }
   const size_t big = N * (2 * F > Hd + 2 * Gd ? 2 * F : Hd + 2 * Gd);
   m->dh = TF(k, N * D); m->dh1 = TF(k, N * D); m->dx = TF(k, N * D); m->dxm = TF(k, N * D); m->dout = TF(k, N * D);
-  m->dgu = TF(k, N * 2 * F); m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
+  m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
   m->dqr = TF(k, N * Hd); m->dkr = TF(k, N * Gd); m->dvr = TF(k, N * Gd); m->dq = TF(k, N * Hd); m->dk = TF(k, N * Gd);
   m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd); m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P);
   m->dig = TF(k, N * H); m->dfg = TF(k, N * H);
   m->gb16 = TH(k, big > N * D ? big : N * D);
+  m->dh16 = TH(k, N * D);
 }
 
 static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align) {
@@ -483,12 +484,12 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
 }
 
 /* ---- backward (xd_student_backward) ------------------------------------------------------- */
-/* dW, db += of out = x W^T + b given the fp32 gradient g of out (converted to bf16 first);
- * dx (fp32, may be NULL) += g W. */
-static int lin_back(xd_student_cuda_train *m, float *dx, float *dw, float *db, const float *g, const uint16_t *x,
-                    const uint16_t *w, int Din, int Dout, xd_err *e) {
-  CK(xd_cuda_f32_to_bf16(m->c, m->gb16, g, (size_t)m->N * Dout, e));
-  return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, m->gb16, x, w, m->N, Din, Dout, XD_CUDA_BW_ACCUMULATE, e);
+/* dW, db += of out = x W^T + b given g16, the bf16 gradient of out (row stride Dout);
+ * dx (fp32, may be NULL) = g W when dx_write (its one producer: no zeroing), else += g W. */
+static int lin_back16(xd_student_cuda_train *m, float *dx, int dx_write, float *dw, float *db, const uint16_t *g16,
+                      const uint16_t *x, const uint16_t *w, int Din, int Dout, xd_err *e) {
+  return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, g16, x, w, m->N, Din, Dout,
+                                 XD_CUDA_BW_ACCUMULATE | (dx_write ? XD_CUDA_BW_DX_WRITE : 0), e);
 }
 static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
   return xd_cuda_memset(m->c, p, 0, n * sizeof(float), e);
@@ -548,43 +549,38 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     CK(xd_cuda_sync(cx, e));
     m->prof_t = xd_now();
   }
-  /* head: logits = rmsnorm(hL) lm_head^T */
-  OP(P_MEM, zero(m, m->dx, ND, e));
+  /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer); dh = J^T dx
+   * written, with its bf16 copy for the last layer's down projection */
   OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
-                             XD_CUDA_BW_ACCUMULATE, e));
-  OP(P_MEM, zero(m, m->dh, ND, e));
-  OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32, m->final_norm, XD_CUDA_F32, N, D, eps, e));
+                             XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DX_WRITE, e));
+  OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, m->dh16, NULL, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32,
+                                          m->final_norm, XD_CUDA_F32, N, D, eps, e));
   for (int l = c->n_layers - 1; l >= 0; l--) {
     const tl_layer *y = &m->ly[l];
     const tl_saves *s = &m->sv[l];
-    /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2) */
-    OP(P_MEM, xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
-    const float *do2 = m->dh;
+    /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2); m->dh16 = bf16(do2) (pre-norm: made by
+     * the producer of dh, the next layer's input-norm backward or the head) */
     if (c->post_norm) {
-      OP(P_MEM, zero(m, m->dout, ND, e));
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32, y->mlp_out_norm, XD_CUDA_F32,
-                                  N, D, eps, e));
-      do2 = m->dout;
+      OP(P_MEM, xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dout, m->dh16, NULL, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32,
+                                              y->mlp_out_norm, XD_CUDA_F32, N, D, eps, e));
     }
-    OP(P_MEM, zero(m, m->dsw, (size_t)N * F, e));
-    OP(P_GEMM, lin_back(m, m->dsw, y->g_down, y->gb_down, do2, s->act, y->w_down, F, D, e));
-    OP(P_MEM, zero(m, m->dgu, (size_t)N * 2 * F, e));
-    OP(P_MLP, xd_cuda_swiglu_backward(cx, m->dgu, m->dgu + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
-    OP(P_MEM, zero(m, m->dxm, ND, e));
-    OP(P_GEMM, lin_back(m, m->dxm, y->g_gu, y->gb_gu, m->dgu, s->xmb, y->w_gu, D, 2 * F, e));
-    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
-    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh1, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32, y->mlp_norm, XD_CUDA_F32, N, D,
-                                     eps, e));
-    /* h1 = h0 + [norm](o1) */
-    const float *do1 = m->dh1;
+    /* act Wdown^T: dsw written; SwiGLU's backward writes dgate|dup in bf16 straight into the
+     * gate|up GEMM backward's input; dxm written */
+    OP(P_GEMM, lin_back16(m, m->dsw, 1, y->g_down, y->gb_down, m->dh16, s->act, y->w_down, F, D, e));
+    OP(P_MLP, xd_cuda_swiglu_backward_bf16(cx, m->gb16, m->gb16 + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
+    OP(P_GEMM, lin_back16(m, m->dxm, 1, y->g_gu, y->gb_gu, m->gb16, s->xmb, y->w_gu, D, 2 * F, e));
+    /* h1 = h0 + [norm](o1): pre-norm dh1 = dh2 + [norm'](dxm) in one pass (+ bf16 copy), post-norm
+     * dh1 += dxm, do1 = [norm'](dh1) */
     if (c->post_norm) {
-      OP(P_MEM, zero(m, m->dout, ND, e));
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32, y->attn_out_norm,
-                                  XD_CUDA_F32, N, D, eps, e));
-      do1 = m->dout;
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dout, m->dh16, NULL, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32,
+                                              y->attn_out_norm, XD_CUDA_F32, N, D, eps, e));
+    } else {
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh1, m->dh16, m->dh, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32,
+                                              y->mlp_norm, XD_CUDA_F32, N, D, eps, e));
     }
-    OP(P_MEM, zero(m, m->datt, (size_t)N * Hd, e));
-    OP(P_GEMM, lin_back(m, m->datt, y->g_o, y->gb_o, do1, s->attb, y->w_o, Hd, D, e));
+    OP(P_GEMM, lin_back16(m, m->datt, 1, y->g_o, y->gb_o, m->dh16, s->attb, y->w_o, Hd, D, e));
     CK(core_backward(m, y, s, m->datt, 1, e));
     /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
     OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
@@ -601,17 +597,22 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
       OP(P_MEM, xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
       OP(P_MEM, xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
     }
-    /* x W^T for q, k, v: their weight (and bias) gradients are adjacent slices of g_qkv */
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv, y->gb_qkv, m->dqr, s->xb, y->w_qkv, D, Hd, e));
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)Hd * D, y->gb_qkv ? y->gb_qkv + Hd : NULL, m->dkr, s->xb,
-                y->w_qkv + (size_t)Hd * D, D, Gd, e));
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)(Hd + Gd) * D, y->gb_qkv ? y->gb_qkv + Hd + Gd : NULL, m->dvr, s->xb,
-                y->w_qkv + (size_t)(Hd + Gd) * D, D, Gd, e));
-    /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) */
-    OP(P_MEM, xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
-    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
-    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, y->g_attn_norm, m->dx, s->h0, XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N,
-                                     D, eps, e));
+    /* x W^T for the fused q|k|v weight (its gradient and bias gradient are adjacent slices, as
+     * the weight's): dq|dk|dv gathered into one bf16 [N, Hd + 2Gd] buffer, one GEMM backward */
+    const int Q = Hd + 2 * Gd;
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16, (size_t)Q, m->dqr, (size_t)Hd, (size_t)N, (size_t)Hd, e));
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd, (size_t)Q, m->dkr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd + Gd, (size_t)Q, m->dvr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+    OP(P_GEMM, lin_back16(m, m->dx, 0, y->g_qkv, y->gb_qkv, m->gb16, s->xb, y->w_qkv, D, Q, e));
+    /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) (pre-norm: one pass, with the bf16 copy the next
+     * layer's down projection reads) */
+    if (c->post_norm) {
+      OP(P_MEM, xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
+    } else {
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, l > 0 ? m->dh16 : NULL, m->dh1, y->g_attn_norm, m->dx, s->h0,
+                                              XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N, D, eps, e));
+    }
   }
   OP(P_EMB, xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e));
   return 0;

@@ -34,6 +34,17 @@
 
 static int quick;
 
+/* The XD_PARAMS_ALIGN padding after each trainable tensor is zero in real arenas (the device
+ * AdamW updates it as part of its tensor's segment, the host skips it: zero stays zero). */
+static void zero_padding(const xd_params *p, float *a) {
+  for (int i = 0; i < p->n; i++) {
+    const xd_param_info *t = &p->t[i];
+    if (!t->trainable) continue;
+    const size_t end = t->offset + t->numel, pad = (end + XD_PARAMS_ALIGN - 1) / XD_PARAMS_ALIGN * XD_PARAMS_ALIGN;
+    for (size_t k = end; k < pad && k < p->n_train; k++) a[k] = 0.0f;
+  }
+}
+
 /* A random table: groups 0 (1, 1), 1 "no_decay" (1, 0), 2 "slow" (0.5, 2); frozen tensors in
  * between. Weights N(0, 0.5), m N(0, 1e-2), v |N(0, 1e-4)|. */
 static void build_table(xd_params *p, uint64_t seed) {
@@ -57,13 +68,15 @@ static void build_table(xd_params *p, uint64_t seed) {
   for (size_t i = 0; i < p->total; i++) p->data[i] = (float)(0.5 * xd_rng_normal(&r));
   for (size_t i = 0; i < p->n_train; i++) p->m[i] = (float)(1e-2 * xd_rng_normal(&r));
   for (size_t i = 0; i < p->n_train; i++) p->v[i] = (float)fabs(1e-4 * xd_rng_normal(&r));
+  zero_padding(p, p->data), zero_padding(p, p->m), zero_padding(p, p->v);
 }
 
-static void rand_grads(float *g, size_t n, xd_rng *r) {
+static void rand_grads(const xd_params *p, float *g, size_t n, xd_rng *r) {
   for (size_t i = 0; i < n; i++) {
     const double u = xd_rng_uniform(r);
     g[i] = u < 0.01 ? 0.0f : u < 0.02 ? (float)(1e-40 * xd_rng_normal(r)) : (float)(0.1 * xd_rng_normal(r));
   }
+  zero_padding(p, g);
 }
 
 /* number of elements whose bits differ; max abs and rel difference */
@@ -101,7 +114,7 @@ static void test_adamw(void) {
   xd_rng_seed(&r, 5);
   for (uint64_t t = 1; t <= 5; t++) {
     const double lr = 1e-3 * (double)(6 - t) + 2e-4;
-    rand_grads(p.grad, p.n_train, &r);
+    rand_grads(&p, p.grad, p.n_train, &r);
     GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
     xd_adamw_step(&p, &ACFG, lr, t);
     GPUX(xd_params_cuda_adamw_step(d, &ACFG, lr, t, &err));
@@ -138,7 +151,7 @@ static void test_norm_scale_zero(void) {
   CHECK(n0 == 0); /* created with zero gradients */
   xd_rng r;
   xd_rng_seed(&r, 6);
-  rand_grads(p.grad, p.n_train, &r);
+  rand_grads(&p, p.grad, p.n_train, &r);
   float *dg = xd_params_cuda_grad_all(d);
   GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err));
   double ng, nc = xd_params_grad_norm(&p);
@@ -188,7 +201,7 @@ static void test_deferred_scale(void) {
     xd_rng r;
     xd_rng_seed(&r, 30 + (uint64_t)nf);
     for (uint64_t t = 1; t <= 2; t++) {
-      rand_grads(p.grad, p.n_train, &r);
+      rand_grads(&p, p.grad, p.n_train, &r);
       GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
       for (int i = 0; i < nf; i++) {
         xd_params_scale_grad(&p, fac[i]);
@@ -212,7 +225,7 @@ static void test_deferred_scale(void) {
     /* zero_grad drops a pending factor: the next norm is of the new gradients as they are */
     GPUX(xd_params_cuda_scale_grad_deferred(d, 0.25f, &err));
     GPUX(xd_params_cuda_zero_grad(d, &err));
-    rand_grads(p.grad, p.n_train, &r);
+    rand_grads(&p, p.grad, p.n_train, &r);
     GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
     double ng, nc = xd_params_grad_norm(&p);
     GPUX(xd_params_cuda_grad_norm(d, &ng, &err));

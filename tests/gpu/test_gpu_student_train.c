@@ -10,7 +10,8 @@
  *   1. logits of the GPU forward vs the CPU's (relative L2);
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
- *      relative L2 per tensor, and over all tensors together.
+ *      relative L2 per tensor, and over all tensors together;
+ *   4. the same step again: every gradient bit for bit (run-to-run determinism).
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -172,6 +173,19 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   }
   const double eall = sqrt(num / den);
   CHECKF(eall <= tol_all, "%s: all gradients rel L2 %.3e", name, eall);
+  { /* run to run: the same forward, loss and backward again give every gradient bit for bit */
+    const size_t nt = s->params.n_train;
+    float *g1 = down(xd_params_cuda_grad_all(pd), nt);
+    const int rc2 = xd_student_cuda_train_forward(m, ids, &e) || xd_cuda_kd_loss_fused(ctx, &a, &e) ||
+                    xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
+    CHECKF(rc2 == 0, "%s: second step: %s", name, e.msg);
+    if (rc2 == 0) {
+      float *g2 = down(xd_params_cuda_grad_all(pd), nt);
+      CHECKF(memcmp(g1, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
+      free(g2);
+    }
+    free(g1);
+  }
   fprintf(stderr, "%-22s logits %.2e  loss %.2e  gradients %.2e (worst tensor %.2e: %s)\n", name, el, eloss, eall, wt, wn);
   worst_all = fmax(worst_all, eall);
   if (wt > worst_tensor) {

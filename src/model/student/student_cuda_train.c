@@ -380,25 +380,25 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   const int N = m->N, D = c->hidden, F = c->intermediate, Hd = c->n_heads * c->head_dim;
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
-  /* h1 = h0 + [norm](att Wo^T + bo) */
-  OP(P_MEM, xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
+  /* h1 = h0 + [norm](att Wo^T + bo) (pre-norm: the GEMM reads the residual h0 and writes h1) */
   if (c->post_norm) {
+    OP(P_MEM, xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
     OP(P_GEMM, xd_cuda_matmul(cx, s->o1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 0, e));
     OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, s->h1, s->o1, y->attn_out_norm, N, D, eps, e));
     OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, NULL, N, D, eps, e));
   } else {
-    OP(P_GEMM, xd_cuda_matmul(cx, s->h1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 1, e));
+    OP(P_GEMM, xd_cuda_matmul_res(cx, s->h1, s->h0, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, e));
     OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, y->mlp_norm, N, D, eps, e));
   }
   /* MLP: gu = xm Wgu^T (+b), act = silu(g) u, h2 = h1 + [norm](act Wdown^T + b) */
   OP(P_GEMM, xd_cuda_matmul(cx, s->gu, XD_CUDA_BF16, s->xmb, y->w_gu, y->b_gu16, N, D, 2 * F, 0, e));
   OP(P_MLP, xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
-  OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
   if (c->post_norm) {
+    OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
     OP(P_GEMM, xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
     OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
   } else {
-    OP(P_GEMM, xd_cuda_matmul(cx, hout, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 1, e));
+    OP(P_GEMM, xd_cuda_matmul_res(cx, hout, s->h1, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, e));
   }
   return 0;
 }
@@ -422,8 +422,10 @@ static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   return 0;
 }
 
-/* The hybrid core (xd_core_forward) on the layer's saved inputs -> out [N, Hd] fp32. */
-static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *out, xd_err *e) {
+/* The hybrid core (xd_core_forward) on the layer's saved inputs -> out [N, Hd] fp32, or with out
+ * NULL out16 [N, Hd] bf16 (the o-projection's input). */
+static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *out, uint16_t *out16,
+                        xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
@@ -446,7 +448,8 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
   OP(P_MLSTM_FWD, (tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
       cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  if (out) OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  else OP(P_MIX, xd_cuda_mix_forward_bf16(cx, out16, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
   return 0;
 }
 
@@ -454,7 +457,7 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
 int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
-  const int N = m->N, D = c->hidden, Hd = c->n_heads * c->head_dim, V = c->vocab;
+  const int N = m->N, D = c->hidden, V = c->vocab;
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
   if (m->align) return xd_errf(e, "student on CUDA: stage II forward on a stage I model");
@@ -474,8 +477,7 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
     tl_saves *s = &m->sv[l];
     float *hout = l + 1 < c->n_layers ? m->sv[l + 1].h0 : m->hL;
     CK(layer_head(m, y, s, e));
-    CK(core_forward(m, y, s, m->datt, e));
-    OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->datt, (size_t)N * Hd, e)); /* datt: free scratch in the forward */
+    CK(core_forward(m, y, s, NULL, s->attb, e)); /* the core's output straight in bf16 */
     CK(layer_tail(m, y, s, hout, e));
   }
   OP(P_NORM, xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
@@ -497,40 +499,33 @@ static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
 
 /* Backward of the core (xd_core_backward) from dout [N, Hd]: the layer's hybrid parameter
  * gradients (+=) and, with want_inputs, the gradients of its inputs into m->dx (gates' x),
- * m->dqr, m->dkr, m->dvr (raw projections) and m->dq, m->dk (after QK-norm / RoPE), all zeroed
- * first. Without want_inputs (stage I: the inputs are teacher-forced constants) those buffers
- * are only sinks and the local branch's backward is skipped (it has no parameters). */
+ * m->dqr, m->dkr, m->dvr (raw projections) and m->dq, m->dk (after QK-norm / RoPE), each
+ * WRITTEN by its first producer (mix: dqr, dkr, dvr, dglob, dloc; gates: dx; feature maps: dq,
+ * dk; XD_CUDA_GRAD_WRITE) and added to by the later ones; only the mLSTM's outputs are zeroed.
+ * Without want_inputs (stage I: the inputs are teacher-forced constants) those buffers are only
+ * sinks and the local branch's backward is skipped (it has no parameters). */
 static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_saves *s, const float *dout,
                          int want_inputs, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
-  const int Hd = H * d, Gd = G * d, P = m->P;
-  const size_t ND = (size_t)N * D;
+  const int P = m->P;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
-  OP(P_MEM, zero(m, m->dx, ND, e));
-  OP(P_MEM, zero(m, m->dqr, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dkr, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dvr, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dq, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dk, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dglob, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dloc, (size_t)N * Hd, e));
   OP(P_MEM, zero(m, m->dqf, (size_t)N * H * P, e));
   OP(P_MEM, zero(m, m->dkf, (size_t)N * G * P, e));
   OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
   OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_MIX_BWD, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
+  OP(P_MIX_BWD, xd_cuda_mix_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
   OP(P_MLSTM_BWD, xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  OP(P_GATES_BWD, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
-                            s->ig, s->fg, &gs, e));
+  OP(P_GATES_BWD, xd_cuda_gates_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig,
+                                            m->dfg, s->xf, y->w_i, y->w_f, s->ig, s->fg, &gs, e));
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
   if (!want_inputs) return 0;
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
   OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
@@ -648,7 +643,7 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
       OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));
       OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
     }
-    CK(core_forward(m, y, s, m->datt, e));
+    CK(core_forward(m, y, s, m->datt, NULL, e));
     OP(P_MIX, xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
     if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
     CK(layer_tail(m, y, s, s->h0, e));

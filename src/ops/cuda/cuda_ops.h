@@ -60,6 +60,11 @@ typedef enum { XD_CUDA_BF16 = 0, XD_CUDA_F32 = 1 } xd_cuda_dtype;
  * then read as well as written). */
 int xd_cuda_matmul(xd_cuda_ctx *c, void *out, xd_cuda_dtype out_dtype, const uint16_t *x, const uint16_t *w,
                    const void *bias, int N, int Din, int Dout, int accumulate, xd_err *e);
+/* out = res + x W^T (+ b): the accumulate form with the residual read from res (same shape and
+ * dtype as out; may equal out), so that a residual stream kept for the backward needs no copy
+ * first (branch trainfuse). */
+int xd_cuda_matmul_res(xd_cuda_ctx *c, void *out, const void *res, xd_cuda_dtype out_dtype, const uint16_t *x,
+                       const uint16_t *w, const void *bias, int N, int Din, int Dout, xd_err *e);
 
 /* ---- teacher ops, bf16 storage, fp32 math ---------------------------------------------- */
 /* RMSNorm (HF order, as rmsnorm_forward): out = w * (x * rsqrt(mean(x^2) + eps)); x, out [N,C], w [C]. */
@@ -182,6 +187,26 @@ int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv
                          float *dh_global, float *dh_local, const float *dout, const float *o, const float *q_raw,
                          const float *k_raw, const float *v_raw, const float *w_o, const float *h_global,
                          const float *h_local, const mix_shape *s, xd_err *e);
+/* mix_forward with out in bf16 (round to nearest even: xd_cuda_f32_to_bf16 of the fp32 out, bit
+ * for bit), for the o-projection's input in training (branch trainfuse). */
+int xd_cuda_mix_forward_bf16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw, const float *k_raw,
+                             const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                             const float *h_local, const mix_shape *s, xd_err *e);
+/* The three backwards above with flags (branch trainfuse): XD_CUDA_GRAD_WRITE writes the
+ * activation gradients instead of adding to them (feature map and gates: dx; mix: dq_raw,
+ * dk_raw, dv_raw, dh_global, dh_local), so a buffer with that one producer needs no zeroing;
+ * the parameter gradients (dP, dw_*, db_*) still accumulate. 0: the functions above. */
+#define XD_CUDA_GRAD_WRITE 1
+int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi,
+                                    const float *x, const float *P, const float *phi, const feature_map_shape *s,
+                                    xd_err *e);
+int xd_cuda_gates_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dw_i, float *db_i, float *dw_f,
+                              float *db_f, const float *dig, const float *dfg, const float *x, const float *w_i,
+                              const float *w_f, const float *ig, const float *fg, const gates_shape *s, xd_err *e);
+int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
+                            float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
+                            const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
+                            const float *h_global, const float *h_local, const mix_shape *s, xd_err *e);
 /* ==== end of student ops, part 2 ============================================================ */
 
 /* ==== GPU teacher model support (src/ops/cuda/decode.cu; used by model/teacher/teacher_cuda) ====

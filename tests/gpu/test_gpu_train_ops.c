@@ -405,6 +405,14 @@ static void swiglu_bw_case(int N, int F, uint64_t seed) {
   float *h16 = down_bf16(gd16, nf);
   snprintf(name, sizeof name, "swiglu backward bf16 out N%d F%d: dgate|dup", N, F);
   REL(name, h16, ref, nf, TOL_BF16);
+  { /* output one element off 4-byte alignment: the one-feature-per-thread kernel; same bits */
+    uint16_t *gd16b = dev_poisoned(nf * 2 + 2);
+    GPU(xd_cuda_swiglu_backward_bf16(ctx, gd16b + 1, gd16b + 1 + F, 2 * F, gdout, ggu, ggu + F, 2 * F, N, F, &err));
+    float *h16b = down_bf16(gd16b + 1, nf);
+    same_bits("  bf16 out, scalar kernel vs paired", h16b, h16, nf);
+    xd_cuda_free(gd16b);
+    free(h16b);
+  }
   xd_cuda_free(ggu), xd_cuda_free(gdout), xd_cuda_free(gd), xd_cuda_free(gd16);
   free(gu), free(dout), free(d0), free(g), free(u), free(dg), free(du), free(ref), free(h), free(h16);
 }

@@ -63,6 +63,18 @@ int xd_params_cuda_grad_norm(xd_params_cuda *d, double *norm, xd_err *e);
  * multipliers from the host table), then refresh the bf16 mirror of the trainable tensors. */
 int xd_params_cuda_adamw_step(xd_params_cuda *d, const xd_adamw_cfg *cfg, double lr, uint64_t t, xd_err *e);
 
+/* First-written gradients (branch trainfuse): a backward that produces tensor idx's whole
+ * gradient in one write (a GEMM's dW with beta 0) registers it once; zero_grad then clears only
+ * the other gradients and marks the step fresh. The backward asks xd_params_cuda_grad_fresh:
+ * 1 -> write those gradients (they hold stale values), 0 -> add to them (a later micro-batch);
+ * after writing them it calls xd_params_cuda_grad_written. If a reader (grad_norm, scale_grad,
+ * adamw_step) comes while still fresh, the registered gradients are zeroed first, so they
+ * always read as a full zero_grad + sums would. Only direct reads of the gradient buffer between
+ * zero_grad and the backward see stale values there. */
+int xd_params_cuda_set_first_write(xd_params_cuda *d, int idx, xd_err *e);
+int xd_params_cuda_grad_fresh(const xd_params_cuda *d);
+void xd_params_cuda_grad_written(xd_params_cuda *d);
+
 /* Additions (branch gpuopt): */
 xd_cuda_ctx *xd_params_cuda_ctx(const xd_params_cuda *d);
 /* Whole device arenas (NULL when n_train == 0 for grad/m/v), for kernels over all parameters. */

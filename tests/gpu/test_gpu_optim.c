@@ -236,6 +236,56 @@ static void test_deferred_scale(void) {
   }
 }
 
+/* First-written gradients: zero_grad skips them; a reader before the writer sees zeros; after
+ * the writer (here an upload) + grad_written the norm is that of the written values. */
+static void test_first_write(void) {
+  xd_params p;
+  build_table(&p, 40);
+  xd_params_cuda *d;
+  GPUX(xd_params_cuda_create(&d, ctx, &p, &err));
+  int fw[3] = {2, 5, 11}; /* trainable tensors of build_table */
+  for (int k = 0; k < 3; k++) GPUX(xd_params_cuda_set_first_write(d, fw[k], &err));
+  xd_rng r;
+  xd_rng_seed(&r, 41);
+  rand_grads(&p, p.grad, p.n_train, &r);
+  float *dg = xd_params_cuda_grad_all(d);
+  GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err)); /* stale values everywhere */
+  GPUX(xd_params_cuda_zero_grad(d, &err));
+  CHECK(xd_params_cuda_grad_fresh(d) == 1);
+  float *g = down(dg, p.n_train);
+  size_t other = 0, kept = 0;
+  for (int i = 0; i < p.n; i++) {
+    const xd_param_info *t = &p.t[i];
+    if (!t->trainable) continue;
+    const int f = i == fw[0] || i == fw[1] || i == fw[2];
+    for (size_t j = 0; j < t->numel; j++) {
+      if (f) kept += memcmp(&g[t->offset + j], &p.grad[t->offset + j], 4) == 0;
+      else other += g[t->offset + j] != 0;
+    }
+  }
+  size_t nf = 0;
+  for (int k = 0; k < 3; k++) nf += p.t[fw[k]].numel;
+  fprintf(stderr, "    zero_grad with 3 first-written tensors: %zu other gradients nonzero, %zu of %zu first-written left as they were\n",
+          other, kept, nf);
+  CHECK(other == 0 && kept == nf);
+  free(g);
+  /* a reader while fresh: the first-written ones read as zero */
+  double ng;
+  GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+  CHECKF(ng == 0, "norm after zero_grad with stale first-written gradients: %g", ng);
+  CHECK(xd_params_cuda_grad_fresh(d) == 0);
+  /* the writer: new values into the first-written tensors, then the others added */
+  GPUX(xd_params_cuda_zero_grad(d, &err));
+  rand_grads(&p, p.grad, p.n_train, &r);
+  GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err));
+  xd_params_cuda_grad_written(d);
+  double nc = xd_params_grad_norm(&p);
+  GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+  CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "norm after the writer %.17g vs %.17g", ng, nc);
+  xd_params_cuda_free(d);
+  xd_params_free(&p);
+}
+
 static void test_roundtrip(void) {
   xd_params p, q;
   build_table(&p, 13);
@@ -511,6 +561,7 @@ int main(int argc, char **argv) {
   RUN(test_norm_scale_zero);
   RUN(test_roundtrip);
   RUN(test_deferred_scale);
+  RUN(test_first_write);
   RUN(test_trainer);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);

@@ -11,7 +11,8 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together;
- *   4. the same step again: every gradient bit for bit (run-to-run determinism).
+ *   4. the same step again: every gradient bit for bit (run-to-run determinism); then a
+ *      backward without zero_grad: twice the gradients (the micro-batch accumulation).
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -182,6 +183,17 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     if (rc2 == 0) {
       float *g2 = down(xd_params_cuda_grad_all(pd), nt);
       CHECKF(memcmp(g1, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
+      /* a second backward without zero_grad (a later micro-batch) adds: 2 g, up to rounding
+       * where one backward adds several terms to a tensor (the tied embedding) */
+      if (xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e)) {
+        CHECKF(0, "%s: accumulating backward: %s", name, e.msg);
+      } else {
+        float *g3 = down(xd_params_cuda_grad_all(pd), nt);
+        for (size_t j = 0; j < nt; j++) g2[j] *= 2.0f;
+        const double ea = rel_l2(g3, g2, nt);
+        CHECKF(ea <= 1e-5, "%s: gradients after a second backward vs 2x one: rel L2 %.3e", name, ea);
+        free(g3);
+      }
       free(g2);
     }
     free(g1);

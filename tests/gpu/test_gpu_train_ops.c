@@ -153,6 +153,15 @@ static void mm_case(int N, int Din, int Dout, uint64_t seed) {
   REL("  bf16 dx = , dW db += (DX_WRITE): dW", h2, cdw, nw, TOL_BF16_GEMM);
   REL("  bf16 dx = , dW db += (DX_WRITE): db", h3, cdb, Dout, TOL_BF16_GEMM);
   free(h1), free(h2), free(h3);
+  /* XD_CUDA_BW_DW_WRITE: dW, db written into NaN-poisoned buffers while dx accumulates */
+  upload_to(gdx, dx0, nx * 4), poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdx, XD_CUDA_F32, gdw, gdb, gg, gx, gw, N, Din, Dout,
+                              XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DW_WRITE, &err));
+  h1 = down(gdx, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  bf16 dx += , dW db = (DW_WRITE): dx", h1, cdx, nx, TOL_BF16_GEMM);
+  REL("  bf16 dx += , dW db = (DW_WRITE): dW", h2, zdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 dx += , dW db = (DW_WRITE): db", h3, zdb, Dout, TOL_BF16_GEMM);
+  free(h1), free(h2), free(h3);
   upload_to(gdw, dw0, nw * 4);
   GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, gdw, NULL, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
   h2 = down(gdw, nw);

@@ -40,6 +40,7 @@ typedef struct {
 
 struct xd_student_cuda_train {
   xd_cuda_ctx *c;
+  xd_params_cuda *pd; /* stage II: its GEMM weight gradients are first-written (params_cuda.h) */
   xd_model_config cfg;
   xd_hybrid_config hy;
   int B, T, N, P;
@@ -262,6 +263,33 @@ static int bind_weights(xd_student_cuda_train *m, const xd_params *p, xd_params_
   return 0;
 }
 
+/* Stage II: the GEMM weight (and bias) gradients have one producer per backward, the dW GEMM
+ * (the tied embedding: the LM head's, before the embedding backward adds to it), so they are
+ * written with beta 0 after a zero_grad instead of cleared and accumulated into. */
+static int first_writes(xd_student_cuda_train *m, const xd_params *p, xd_params_cuda *pd, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  char n[160];
+  const int head = xd_params_find(p, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  if (head >= 0 && xd_params_cuda_set_first_write(pd, head, e) != 0) return -1;
+  for (int l = 0; l < c->n_layers; l++) {
+    const tl_layer *y = &m->ly[l];
+    const struct { const char *sfx; int on; } t[] = {
+        {"self_attn.q_proj.weight", 1}, {"self_attn.k_proj.weight", 1}, {"self_attn.v_proj.weight", 1},
+        {"self_attn.q_proj.bias", y->gb_qkv != NULL}, {"self_attn.k_proj.bias", y->gb_qkv != NULL},
+        {"self_attn.v_proj.bias", y->gb_qkv != NULL}, {"self_attn.o_proj.weight", 1},
+        {"self_attn.o_proj.bias", y->gb_o != NULL}, {"mlp.gate_proj.weight", 1}, {"mlp.up_proj.weight", 1},
+        {"mlp.gate_proj.bias", y->gb_gu != NULL}, {"mlp.up_proj.bias", y->gb_gu != NULL},
+        {"mlp.down_proj.weight", 1}, {"mlp.down_proj.bias", y->gb_down != NULL}};
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+      if (!t[k].on) continue;
+      snprintf(n, sizeof n, "model.layers.%d.%s", l, t[k].sfx);
+      const int i = xd_params_find(p, n);
+      if (i >= 0 && xd_params_cuda_set_first_write(pd, i, e) != 0) return -1;
+    }
+  }
+  return 0;
+}
+
 static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd, int B, int T,
                   int align, xd_err *e) {
   *out = NULL;
@@ -285,7 +313,9 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   m->ly = xd_calloc((size_t)cf->n_layers, sizeof *m->ly);
   m->sv = xd_calloc((size_t)cf->n_layers, sizeof *m->sv);
   m->ids_host = xd_malloc((size_t)m->N * sizeof(int32_t));
+  m->pd = pd;
   if (bind_weights(m, &s->params, pd, e) != 0) goto fail;
+  if (!align && first_writes(m, &s->params, pd, e) != 0) goto fail;
   carve k = {0, 1, NULL};
   layout(m, &k);
   m->bytes = k.off;
@@ -486,12 +516,13 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
 }
 
 /* ---- backward (xd_student_backward) ------------------------------------------------------- */
-/* dW, db += of out = x W^T + b given g16, the bf16 gradient of out (row stride Dout);
- * dx (fp32, may be NULL) = g W when dx_write (its one producer: no zeroing), else += g W. */
-static int lin_back16(xd_student_cuda_train *m, float *dx, int dx_write, float *dw, float *db, const uint16_t *g16,
+/* dW, db (+)= and dx (fp32, may be NULL) (+)= of out = x W^T + b given g16, the bf16 gradient of
+ * out (row stride Dout); flags: XD_CUDA_BW_DX_WRITE (dx's one producer: written, no zeroing),
+ * XD_CUDA_BW_DW_WRITE (first backward after zero_grad: dW, db written, see first_writes). */
+static int lin_back16(xd_student_cuda_train *m, float *dx, int flags, float *dw, float *db, const uint16_t *g16,
                       const uint16_t *x, const uint16_t *w, int Din, int Dout, xd_err *e) {
   return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, g16, x, w, m->N, Din, Dout,
-                                 XD_CUDA_BW_ACCUMULATE | (dx_write ? XD_CUDA_BW_DX_WRITE : 0), e);
+                                 XD_CUDA_BW_ACCUMULATE | flags, e);
 }
 static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
   return xd_cuda_memset(m->c, p, 0, n * sizeof(float), e);
@@ -544,10 +575,12 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     CK(xd_cuda_sync(cx, e));
     m->prof_t = xd_now();
   }
+  /* after zero_grad the GEMM weight gradients are written, not added (first_writes) */
+  const int fresh = xd_params_cuda_grad_fresh(m->pd), WD = fresh ? XD_CUDA_BW_DW_WRITE : 0, XW = XD_CUDA_BW_DX_WRITE;
   /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer); dh = J^T dx
    * written, with its bf16 copy for the last layer's down projection */
   OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
-                             XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DX_WRITE, e));
+                             XD_CUDA_BW_ACCUMULATE | XW | WD, e));
   OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, m->dh16, NULL, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32,
                                           m->final_norm, XD_CUDA_F32, N, D, eps, e));
   for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -562,9 +595,9 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     }
     /* act Wdown^T: dsw written; SwiGLU's backward writes dgate|dup in bf16 straight into the
      * gate|up GEMM backward's input; dxm written */
-    OP(P_GEMM, lin_back16(m, m->dsw, 1, y->g_down, y->gb_down, m->dh16, s->act, y->w_down, F, D, e));
+    OP(P_GEMM, lin_back16(m, m->dsw, XW | WD, y->g_down, y->gb_down, m->dh16, s->act, y->w_down, F, D, e));
     OP(P_MLP, xd_cuda_swiglu_backward_bf16(cx, m->gb16, m->gb16 + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
-    OP(P_GEMM, lin_back16(m, m->dxm, 1, y->g_gu, y->gb_gu, m->gb16, s->xmb, y->w_gu, D, 2 * F, e));
+    OP(P_GEMM, lin_back16(m, m->dxm, XW | WD, y->g_gu, y->gb_gu, m->gb16, s->xmb, y->w_gu, D, 2 * F, e));
     /* h1 = h0 + [norm](o1): pre-norm dh1 = dh2 + [norm'](dxm) in one pass (+ bf16 copy), post-norm
      * dh1 += dxm, do1 = [norm'](dh1) */
     if (c->post_norm) {
@@ -575,7 +608,7 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
       OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh1, m->dh16, m->dh, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32,
                                               y->mlp_norm, XD_CUDA_F32, N, D, eps, e));
     }
-    OP(P_GEMM, lin_back16(m, m->datt, 1, y->g_o, y->gb_o, m->dh16, s->attb, y->w_o, Hd, D, e));
+    OP(P_GEMM, lin_back16(m, m->datt, XW | WD, y->g_o, y->gb_o, m->dh16, s->attb, y->w_o, Hd, D, e));
     CK(core_backward(m, y, s, m->datt, 1, e));
     /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
     OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
@@ -598,7 +631,7 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16, (size_t)Q, m->dqr, (size_t)Hd, (size_t)N, (size_t)Hd, e));
     OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd, (size_t)Q, m->dkr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
     OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd + Gd, (size_t)Q, m->dvr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
-    OP(P_GEMM, lin_back16(m, m->dx, 0, y->g_qkv, y->gb_qkv, m->gb16, s->xb, y->w_qkv, D, Q, e));
+    OP(P_GEMM, lin_back16(m, m->dx, WD, y->g_qkv, y->gb_qkv, m->gb16, s->xb, y->w_qkv, D, Q, e));
     /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) (pre-norm: one pass, with the bf16 copy the next
      * layer's down projection reads) */
     if (c->post_norm) {
@@ -610,6 +643,7 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     }
   }
   OP(P_EMB, xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e));
+  if (fresh) xd_params_cuda_grad_written(m->pd);
   return 0;
 }
 /* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */

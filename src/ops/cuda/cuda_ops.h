@@ -443,6 +443,7 @@ size_t xd_cuda_mem_used(void);
 #define XD_CUDA_BW_OWN_BGRAD 2  /* db by the column-sum kernel even where the epilogue is available */
 #define XD_CUDA_BW_DX_WRITE 4   /* dx written even with XD_CUDA_BW_ACCUMULATE (dW, db still +=): a dx
                                  * with one producer needs no zeroing (branch trainfuse) */
+#define XD_CUDA_BW_DW_WRITE 8   /* dW and db written even with XD_CUDA_BW_ACCUMULATE (dx still +=) */
 
 /* Matmul backward (cuBLASLt) for out[N,Dout] = x[N,Din] W^T + b, W [Dout,Din] (HF layout):
  *   dx [N,Din] (+)= dout W;  dw [Dout,Din] (+)= dout^T x;  db [Dout] (+)= column sums of dout.

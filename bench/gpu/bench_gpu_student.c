@@ -195,9 +195,11 @@ int main(int argc, char **argv) {
     const double bnd = ((double)wbytes + DM * 2 + srw + kvr) / bw;
     printf("variants: bound %.1f us at %.0f GB/s\n", bnd * 1e6, bw / 1e9);
     const char *vl = getenv("XD_VARIANTS");
-    int vs[16], nv = 0;
+    int vs[32], nv = 0;
+    const char *rs = getenv("XD_ROUNDS");
+    const int rounds = rs && atoi(rs) > 0 ? atoi(rs) : 2;
     if (!vl || !*vl) vl = "-1 0 1 2 3 4 5 6 7 8 9 12 13 15";
-    for (const char *q = vl; *q && nv < 16;) {
+    for (const char *q = vl; *q && nv < 32;) {
       char *end;
       const long v = strtol(q, &end, 10);
       if (end == q) break;
@@ -205,7 +207,7 @@ int main(int argc, char **argv) {
     }
     float *ref = xd_malloc((size_t)VOC * 4), *lg = xd_malloc((size_t)VOC * 4);
     int have_ref = 0;
-    for (int rr = 0; rr < 2; rr++) /* two rounds: drift / clock effects show as round-to-round spread */
+    for (int rr = 0; rr < rounds; rr++) /* XD_ROUNDS rounds (default two): drift / clock effects show as round-to-round spread */
     for (int vi = 0; vi < nv; vi++) {
       const int v = vs[vi];
       xd_student_cuda_state_use_legacy(st, v < 0);
@@ -235,7 +237,7 @@ int main(int argc, char **argv) {
       const int pgr = xd_student_cuda_state_profile_graph(m, st, 10, pu, pb, &err) == 0; /* else plain launches */
       if (!pgr) CK(xd_student_cuda_state_profile(m, st, 10, pu, pb, &err));
       printf("VARIANT %d (skip mask %d) round %d: %7.1f us/token (graph, 1K+), fraction %.3f; logits vs first rel L2 %.2e | %s events:",
-             v & 0xffff, v >> 16, rr,
+             v < 0 ? v : v & 0xffff, v < 0 ? 0 : v >> 16, rr,
              best * 1e6, bnd / best, dl, pgr ? "graph" : "plain-launch");
       for (int k = 0; k < XD_SDEC_NK; k++)
         if (pu[k] > 0) printf(" %s %.0f", xd_cuda_sdec_kname(k), pu[k]);

@@ -108,10 +108,11 @@ static void check_family(const char *family, int variant) {
   const int var0 = xd_student_cuda_state_variant(st);
   /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph); 3, 4: the split step's
    * issue #8 variants none and all (XD_SDEC_* bits, graph), each against pass 0 like legacy */
-  for (int pass = 0; pass < 5; pass++) {
+  for (int pass = 0; pass < 6; pass++) {
     xd_student_cuda_state_use_graph(st, pass != 1);
     xd_student_cuda_state_use_legacy(st, pass == 2);
-    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? XD_SDEC_PDL | XD_SDEC_FUSE_MERGE | XD_SDEC_ONEWAVE | XD_SDEC_SHORT | XD_SDEC_STREAM : var0);
+    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? XD_SDEC_PDL | XD_SDEC_FUSE_MERGE | XD_SDEC_ONEWAVE | XD_SDEC_SHORT | XD_SDEC_STREAM
+                                          : pass == 5 ? XD_SDEC_PDL | XD_SDEC_ONEWAVE | XD_SDEC_HEAD | XD_SDEC_PF_O | XD_SDEC_PF_GU | XD_SDEC_PF_GU2 | XD_SDEC_PF_QKV : var0);
     if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
     for (int t = prefill - 1; t < T; t++) {
       const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)

@@ -371,7 +371,9 @@ typedef struct {
   int variant;
   int *cnt; /* [H] arrival counters of the fused merge, zero between launches */
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_FUSE_MERGE = 2, XD_SDEC_ONEWAVE = 4, XD_SDEC_SHORT = 8, XD_SDEC_STREAM = 16, XD_SDEC_DEFAULT_VARIANT = 5 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_FUSE_MERGE = 2, XD_SDEC_ONEWAVE = 4, XD_SDEC_SHORT = 8, XD_SDEC_STREAM = 16, XD_SDEC_HEAD = 32,
+       XD_SDEC_PF_O = 64, XD_SDEC_PF_GU = 128, XD_SDEC_PF_GU2 = 256, XD_SDEC_PF_QKV = 512,
+       XD_SDEC_DEFAULT_VARIANT = 5 };
 /* Floats of m->part the split step needs (from L, H, d, P and each layer's W + S). */
 size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m);
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps

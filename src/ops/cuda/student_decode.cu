@@ -5,6 +5,7 @@
  * gate), plus CUDA-graph capture of a launch sequence. Declarations: the "student inference"
  * section of cuda_ops.h. */
 #include <math.h>
+#include <cooperative_groups.h>
 #include "cuda_common.cuh"
 
 #define SD_THREADS 128
@@ -46,6 +47,26 @@ __device__ float sd_block_max(float v) {
  * previous kernel writes is read, and nothing is written, before sd_pdl_wait. */
 __device__ __forceinline__ void sd_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void sd_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+/* L2 prefetch of this block's share (part of nparts, 128-byte lines) of bytes at base */
+__device__ __forceinline__ void sd_prefetch_l2(const void *base, size_t bytes, size_t part, size_t nparts) {
+  const size_t lines = (bytes + 127) / 128, per = (lines + nparts - 1) / nparts, l0 = part * per;
+  const size_t l1 = l0 + per < lines ? l0 + per : lines;
+  const char *b = (const char *)base;
+  for (size_t l = l0 + threadIdx.x; l < l1; l += blockDim.x) asm volatile("prefetch.global.L2 [%0];" ::"l"(b + l * 128));
+}
+
+/* Two byte ranges [b, b + n) and [b + o2, b + o2 + n) (o2 0: the first only) that a kernel
+ * prefetches into L2 for a later kernel (XD_SDEC_PF_*); n 0: none. */
+typedef struct {
+  const char *b;
+  size_t n, o2;
+} sd_pf;
+__device__ __forceinline__ void sd_prefetch_pf(const sd_pf &pf, size_t part, size_t nparts) {
+  if (!pf.n) return;
+  sd_prefetch_l2(pf.b, pf.n, part, nparts);
+  if (pf.o2) sd_prefetch_l2(pf.b + pf.o2, pf.n, part, nparts);
+}
 
 /* cudaLaunchKernelEx with the PDL attribute when pdl (else a plain launch). */
 template <typename... KArgs, typename... Args>
@@ -318,7 +339,7 @@ __global__ void __launch_bounds__(256) k_gemv(float *out, const float *x, const 
 template <int MODE, int KS>
 __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const float *nw, float eps,
                                                const uint16_t *W, const float *bias, int Din, int rows, int rpw,
-                                               float *xout) {
+                                               float *xout, sd_pf pf) {
   extern __shared__ float xs[];
   __shared__ float red[8][2];
   constexpr int RB = 8 / KS, NP = MODE == GEMV_SWIGLU ? 2 : 1;
@@ -341,6 +362,7 @@ __global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const
       }
     }
   }
+  sd_prefetch_pf(pf, blockIdx.x, gridDim.x);
   sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
   const bool staged = nw || xout;
   if (staged) {
@@ -609,10 +631,10 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
 template <int MODE>
 static cudaError_t gemv2_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
                                 const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
-                                int rpw, float *xout) {
-  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *) =
+                                int rpw, float *xout, sd_pf pf) {
+  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *, sd_pf) =
       KS == 1 ? k_gemv2<MODE, 1> : KS == 2 ? k_gemv2<MODE, 2> : KS == 4 ? k_gemv2<MODE, 4> : k_gemv2<MODE, 8>;
-  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout);
+  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout, pf);
 }
 
 template <int MODE>
@@ -639,7 +661,7 @@ static int gemv3_occ(int mode, int KS, size_t smem) {
 }
 
 static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out, const float *x, const float *nw, float eps,
-                   const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e) {
+                   const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e, sd_pf pf = sd_pf{NULL, 0, 0}) {
   const int sms = c->sm_count > 0 ? c->sm_count : 132;
   if (!legacy) {
     /* KS: split K until there are >= 4 blocks per SM (each part >= 256 columns); rpw: row
@@ -675,11 +697,11 @@ static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out
     const unsigned grid = (unsigned)xd_ceil_div(groups, rpw);
     const size_t smem = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
     if (mode == GEMV_STORE)
-      XD_CU(gemv2_launch<GEMV_STORE>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
+      XD_CU(gemv2_launch<GEMV_STORE>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout, pf));
     else if (mode == GEMV_ACCUM)
-      XD_CU(gemv2_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
+      XD_CU(gemv2_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout, pf));
     else
-      XD_CU(gemv2_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
+      XD_CU(gemv2_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout, pf));
     XD_CU_LAUNCH("k_gemv2");
     return 0;
   }
@@ -1537,6 +1559,410 @@ __global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec
   sd_merge_head(m, Ly, NA, blockIdx.x);
 }
 
+/* ---- one clustered per-head kernel (issue #8, XD_SDEC_HEAD) ------------------------------
+ * k_dec_head replaces k_dec_prep2 + k_dec_split + k_dec_merge2: grid (HD_R, H), one thread-block
+ * cluster of HD_R blocks (HD_T threads each) per query head h. Block r of the cluster:
+ *   before the PDL wait (nothing an earlier kernel of the step writes): its keys / values of
+ *   the sinks + ring (warp w holds keys r*8 + w + u*8*HD_R, 32-bit bf16 pairs per lane; the
+ *   newest key, whose ring slot this step overwrites, is not read), its rows of the feature
+ *   maps' P_q / P_k, its columns of the gate rows w_i / w_f, its rows of the mLSTM state C / n,
+ *   m[h], the RoPE row and (rank 0) the mixing gate's weights;
+ *   after the wait: QK-norm + RoPE of the head's q and its KV head's k (every block, d values),
+ *   partial feature-map products and gate dots over its share; cluster barrier; every block
+ *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates; its keys'
+ *   attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
+ *   readout and denominator), both pushed into rank 0's shared memory; cluster barrier; rank 0
+ *   merges, applies the normaliser and the mixing gate, writes att and m[h]. The first query
+ *   head of each KV group (rank 0) appends k, v to the ring / sinks; every block uses the
+ *   bf16-rounded k, v of the step from registers for the newest key, as the split kernels read
+ *   them back from the ring. Two cluster barriers instead of two kernel boundaries. */
+#define HD_R 8   /* blocks per head (cluster size) */
+#define HD_T 256 /* threads per block */
+#define HD_NW (HD_T / 32)
+#define HD_KU 10 /* keys per warp prefetched: HD_KU * HD_NW * HD_R = 640 keys (more: loaded later) */
+#define HD_FU 4  /* feature-map rows per thread prefetched */
+#define HD_GU 2  /* gate columns per thread prefetched */
+#define HD_CU 4  /* mLSTM C elements per thread prefetched */
+
+/* two block-wide reductions in one pass (blockDim a multiple of 32, every thread gets both) */
+__device__ float2 sd_block_sum2(float a, float b) {
+  __shared__ float2 red2[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = sd_warp_sum(a), b = sd_warp_sum(b);
+  __syncthreads();
+  if (lane == 0) red2[w] = make_float2(a, b);
+  __syncthreads();
+  const float2 v = lane < nw ? red2[lane] : make_float2(0.f, 0.f);
+  return make_float2(sd_warp_sum(v.x), sd_warp_sum(v.y));
+}
+__device__ float2 sd_block_max2(float a, float b) {
+  __shared__ float2 red2m[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = sd_warp_max(a), b = sd_warp_max(b);
+  __syncthreads();
+  if (lane == 0) red2m[w] = make_float2(a, b);
+  __syncthreads();
+  const float2 v = lane < nw ? red2m[lane] : make_float2(-INFINITY, -INFINITY);
+  return make_float2(sd_warp_max(v.x), sd_warp_max(v.y));
+}
+
+template <int DW> /* 32-bit bf16 pairs per lane of a K / V row: 1 (d <= 64) or 2 (d <= 128) */
+__global__ void __launch_bounds__(HD_T, 2) k_dec_head(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int pf) {
+  namespace cg = cooperative_groups;
+  __shared__ float s_q[128], s_k[128], s_v[128], s_kb[128], s_vb[128];
+  __shared__ float s_zp[2][HD_T], s_z[2][256], s_g[2], s_qf[256], s_kf[256];
+  __shared__ float s_wm[HD_NW], s_wl[HD_NW], s_wo[HD_NW][128], s_num[HD_T];
+  __shared__ float s_gm[HD_R], s_gl[HD_R], s_gden[HD_R], s_go[HD_R][128], s_gn[HD_R][128];
+  cg::cluster_group cl = cg::this_cluster();
+  const int r = (int)cl.block_rank(), h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = m.H, G = m.G, d = m.d, P = m.P, D = m.D, dp = m.hedgehog ? P / 2 : P, g = h / (H / G), half = d / 2;
+  sd_pdl_trigger();
+  /* ---- before the wait ---- */
+  if (pf) { /* the next GEMVs' weights into L2 while this latency-bound kernel leaves DRAM idle */
+    const size_t part = (size_t)blockIdx.y * HD_R + r, nparts = (size_t)HD_R * H;
+    if (pf & 1) sd_prefetch_l2(Ly.w_o, (size_t)D * H * d * 2, part, nparts);
+    if (pf & 2) { /* the first quarter of the gate rows and of the up rows (the gate|up GEMV's first blocks) */
+      const size_t q = (size_t)(m.F / 4) * D * 2;
+      sd_prefetch_l2(Ly.w_gu, q, part, nparts);
+      sd_prefetch_l2(Ly.w_gu + (size_t)m.F * D, q, part, nparts);
+    }
+  }
+  const xd_cuda_sdec_params *prm = m.params;
+  const int64_t t = prm->pos;
+  const int W = Ly.W, S = Ly.S;
+  const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
+  const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64, rb = (int)((ws - ns64) % W); /* key kk >= ns: slot (rb + kk) % W */
+  const int Gd = G * d, gw = r * HD_NW + warp, KSTEP = HD_NW * HD_R;
+  const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
+  uint32_t kreg[HD_KU][DW], vreg[HD_KU][DW];
+#pragma unroll
+  for (int u = 0; u < HD_KU; u++) {
+    const int kk = gw + u * KSTEP;
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) kreg[u][w2] = vreg[u][w2] = 0u;
+    if (kk < n - 1) {
+      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)((rb + kk) % W) * Gd;
+      const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) {
+        const int jp = lane + 32 * w2;
+        if (jp < half) {
+          kreg[u][w2] = *reinterpret_cast<const uint32_t *>(kp + 2 * jp);
+          vreg[u][w2] = *reinterpret_cast<const uint32_t *>(vp + 2 * jp);
+        }
+      }
+    }
+  }
+  /* feature maps: block r covers rows [r*ci, (r+1)*ci) of P; thread: column jf, rows [fi0, fi1) */
+  const int ci = (d + HD_R - 1) / HD_R, np = HD_T / dp, part = tid / dp, jf = tid % dp, cj = (ci + np - 1) / np;
+  const int fi0 = r * ci + part * cj, fi1 = part < np ? min(min(d, (r + 1) * ci), fi0 + cj) : fi0;
+  const float *Pq = Ly.P_q + (size_t)h * d * dp, *Pk = Ly.P_k + (size_t)g * d * dp;
+  float pq[HD_FU], pk[HD_FU];
+#pragma unroll
+  for (int u = 0; u < HD_FU; u++) {
+    const bool ok = fi0 + u < fi1;
+    pq[u] = ok ? __ldg(Pq + (size_t)(fi0 + u) * dp + jf) : 0.f;
+    pk[u] = ok ? __ldg(Pk + (size_t)(fi0 + u) * dp + jf) : 0.f;
+  }
+  /* gates: columns [g0, g1) of w_i / w_f */
+  const int cgw = (D + HD_R - 1) / HD_R, g0 = r * cgw, g1 = min(D, g0 + cgw);
+  const float *wi = Ly.w_i + (size_t)h * D, *wf = Ly.w_f + (size_t)h * D;
+  float gwi[HD_GU], gwf[HD_GU];
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) {
+    const int c = g0 + tid + u * HD_T;
+    gwi[u] = c < g1 ? __ldg(wi + c) : 0.f;
+    gwf[u] = c < g1 ? __ldg(wf + c) : 0.f;
+  }
+  const float bi = Ly.b_i[h], bf = Ly.b_f[h];
+  float wm0 = 0.f, wm1 = 0.f, wm2 = 0.f, bmix = 0.f;
+  if (r == 0 && tid < d) {
+    const float *wo = Ly.w_mix + (size_t)h * 3 * d;
+    wm0 = __ldg(wo + tid), wm1 = __ldg(wo + d + tid), wm2 = __ldg(wo + 2 * d + tid);
+  }
+  if (r == 0) bmix = Ly.b_mix[h];
+  /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
+  const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
+  const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
+  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  float creg[HD_CU];
+#pragma unroll
+  for (int u = 0; u < HD_CU; u++) {
+    const int p = p0 + cgp + u * ngrp;
+    creg[u] = cgp < ngrp && p < p1 ? C[(size_t)p * d + cj2] : 0.f;
+  }
+  const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = Ly.m[h];
+  float rc = 0.f, rsn = 0.f;
+  if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
+  sd_pdl_wait();
+  /* ---- the step's q, k, v (raw fp32 from the q|k|v GEMV) and xn ---- */
+  const float *qkv = m.qkv;
+  const float qraw = tid < d ? qkv[(size_t)h * d + tid] : 0.f;
+  const float kraw = tid < d ? qkv[(size_t)H * d + (size_t)g * d + tid] : 0.f;
+  const float vraw = tid < d ? qkv[(size_t)(H + G) * d + (size_t)g * d + tid] : 0.f;
+  float xg[HD_GU];
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) {
+    const int c = g0 + tid + u * HD_T;
+    xg[u] = c < g1 ? m.xn[c] : 0.f;
+  }
+  float rq = 1.f, rk = 1.f;
+  if (m.qk_norm == 2) {
+    float a = 0.f, b = 0.f;
+    for (int j = tid; j < H * d; j += HD_T) a += qkv[j] * qkv[j];
+    for (int j = tid; j < G * d; j += HD_T) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
+    const float2 ss = sd_block_sum2(a, b);
+    rq = 1.0f / sqrtf(ss.x / (float)(H * d) + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)(G * d) + m.rms_eps);
+  } else if (m.qk_norm == 1) {
+    const float2 ss = sd_block_sum2(qraw * qraw, kraw * kraw);
+    rq = 1.0f / sqrtf(ss.x / (float)d + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)d + m.rms_eps);
+  }
+  if (tid < d) {
+    s_q[tid] = m.qk_norm == 2 ? Ly.q_norm[h * d + tid] * (qraw * rq) : m.qk_norm == 1 ? Ly.q_norm[tid] * (qraw * rq) : qraw;
+    s_k[tid] = m.qk_norm == 2 ? Ly.k_norm[g * d + tid] * (kraw * rk) : m.qk_norm == 1 ? Ly.k_norm[tid] * (kraw * rk) : kraw;
+    s_v[tid] = vraw;
+  }
+  __syncthreads();
+  if (tid < half) { /* RoPE in place: thread tid owns elements tid and tid + half of both rows */
+    const float a = s_q[tid], b = s_q[tid + half], c = s_k[tid], e2 = s_k[tid + half];
+    s_q[tid] = a * rc - b * rsn, s_q[tid + half] = b * rc + a * rsn;
+    s_k[tid] = c * rc - e2 * rsn, s_k[tid + half] = e2 * rc + c * rsn;
+  }
+  __syncthreads();
+  if (tid < d) { /* the newest key / value as the ring holds them (bf16); the group's first head appends them */
+    const uint16_t kb = xd_f2bf(s_k[tid]), vb = xd_f2bf(vraw);
+    s_kb[tid] = xd_bf2f(kb), s_vb[tid] = xd_bf2f(vb);
+    if (r == 0 && h % (H / G) == 0) {
+      const size_t slot = (size_t)(t % W);
+      Ly.k_ring[slot * Gd + g * d + tid] = kb;
+      Ly.v_ring[slot * Gd + g * d + tid] = vb;
+      if (t < S) { Ly.k_sink[(size_t)t * Gd + g * d + tid] = kb; Ly.v_sink[(size_t)t * Gd + g * d + tid] = vb; }
+    }
+  }
+  /* partial feature-map products and gate dots over this block's share */
+  {
+    float aq = 0.f, ak = 0.f;
+#pragma unroll
+    for (int u = 0; u < HD_FU; u++)
+      if (fi0 + u < fi1) aq += s_q[fi0 + u] * pq[u], ak += s_k[fi0 + u] * pk[u];
+    for (int i = fi0 + HD_FU; i < fi1; i++) aq += s_q[i] * __ldg(Pq + (size_t)i * dp + jf), ak += s_k[i] * __ldg(Pk + (size_t)i * dp + jf);
+    s_zp[0][tid] = aq, s_zp[1][tid] = ak;
+  }
+  float ai = 0.f, af = 0.f;
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) ai += xg[u] * gwi[u], af += xg[u] * gwf[u];
+  for (int c = g0 + tid + HD_GU * HD_T; c < g1; c += HD_T) ai += m.xn[c] * __ldg(wi + c), af += m.xn[c] * __ldg(wf + c);
+  const float2 gs = sd_block_sum2(ai, af); /* its barriers also publish s_zp */
+  if (tid < dp) {
+    float zq = 0.f, zk = 0.f;
+    for (int q = 0; q < np; q++) zq += s_zp[0][q * dp + tid], zk += s_zp[1][q * dp + tid];
+    s_z[0][tid] = zq, s_z[1][tid] = zk;
+  }
+  if (tid == 0) s_g[0] = gs.x, s_g[1] = gs.y;
+  float zmix = 0.f;
+  if (r == 0) zmix = sd_block_sum(tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f) + bmix;
+  cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
+  /* ---- full feature maps and gates (rank order), softmax ---- */
+  float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
+#pragma unroll
+  for (int rr = 0; rr < HD_R; rr++) {
+    const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
+    if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
+    const float *gr = cl.map_shared_rank(s_g, rr);
+    gi += gr[0], gf += gr[1];
+  }
+  {
+    const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
+    float2 mn = make_float2(0.f, 0.f);
+    if (m.hedgehog) {
+      const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
+      mn = make_float2(-t2.x, -t2.y);
+    }
+    const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
+    const float2 s1 = sd_block_sum2(e1q, e1k);
+    float2 s2 = make_float2(1.f, 1.f);
+    float e2q = 0.f, e2k = 0.f;
+    if (m.hedgehog) {
+      e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
+      s2 = sd_block_sum2(e2q, e2k);
+    }
+    if (tid < dp) {
+      s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
+      if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
+    }
+    __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
+  }
+  float zi = gi + bi, zf = gf + bf;
+  if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+  float fp, ip, mt;
+  {
+    const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
+    const double mtd = a >= i ? a : i;
+    fp = (float)exp(a - mtd), ip = (float)exp(i - mtd), mt = (float)mtd;
+  }
+  /* ---- attention over this block's keys: per warp max / sum / numerator, then the block's ---- */
+  {
+    const float scale = 1.0f / sqrtf((float)d);
+    float sc[HD_KU], mw = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const int kk = gw + u * KSTEP;
+      sc[u] = -INFINITY;
+      if (kk < n) { /* warp-uniform */
+        float a = 0.f;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) {
+          const int jp = lane + 32 * w2;
+          if (jp < half) {
+            const float k0 = kk == n - 1 ? s_kb[2 * jp] : __uint_as_float(kreg[u][w2] << 16);
+            const float k1 = kk == n - 1 ? s_kb[2 * jp + 1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
+            a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
+          }
+        }
+        sc[u] = sd_warp_sum(a) * scale;
+        mw = fmaxf(mw, sc[u]);
+      }
+    }
+    float lw = 0.f, ow[DW][2];
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) ow[w2][0] = ow[w2][1] = 0.f;
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const int kk = gw + u * KSTEP;
+      if (kk < n) {
+        const float p = __expf(sc[u] - mw);
+        lw += p;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) {
+          const int jp = lane + 32 * w2;
+          const float v0 = kk == n - 1 ? (jp < half ? s_vb[2 * jp] : 0.f) : __uint_as_float(vreg[u][w2] << 16);
+          const float v1 = kk == n - 1 ? (jp < half ? s_vb[2 * jp + 1] : 0.f) : __uint_as_float(vreg[u][w2] & 0xffff0000u);
+          ow[w2][0] += p * v0, ow[w2][1] += p * v1;
+        }
+      }
+    }
+    /* keys beyond the prefetched ones (W + S > HD_KU * KSTEP): online softmax */
+    for (int kk = gw + HD_KU * KSTEP; kk < n; kk += KSTEP) {
+      const bool nw_ = kk == n - 1;
+      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)((rb + kk) % W) * Gd;
+      const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
+      float a = 0.f, vv[DW][2];
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) {
+        const int jp = lane + 32 * w2;
+        vv[w2][0] = vv[w2][1] = 0.f;
+        if (jp < half) {
+          const uint32_t ku = nw_ ? 0u : *reinterpret_cast<const uint32_t *>(kp + 2 * jp);
+          const uint32_t vu = nw_ ? 0u : *reinterpret_cast<const uint32_t *>(vp + 2 * jp);
+          const float k0 = nw_ ? s_kb[2 * jp] : __uint_as_float(ku << 16), k1 = nw_ ? s_kb[2 * jp + 1] : __uint_as_float(ku & 0xffff0000u);
+          vv[w2][0] = nw_ ? s_vb[2 * jp] : __uint_as_float(vu << 16), vv[w2][1] = nw_ ? s_vb[2 * jp + 1] : __uint_as_float(vu & 0xffff0000u);
+          a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
+        }
+      }
+      const float s = sd_warp_sum(a) * scale;
+      if (s > mw) {
+        const float f = mw == -INFINITY ? 0.f : __expf(mw - s);
+        lw *= f;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) ow[w2][0] *= f, ow[w2][1] *= f;
+        mw = s;
+      }
+      const float p = __expf(s - mw);
+      lw += p;
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) ow[w2][0] += p * vv[w2][0], ow[w2][1] += p * vv[w2][1];
+    }
+    if (lane == 0) s_wm[warp] = mw, s_wl[warp] = lw;
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) {
+      const int jp = lane + 32 * w2;
+      if (jp < half) s_wo[warp][2 * jp] = ow[w2][0], s_wo[warp][2 * jp + 1] = ow[w2][1];
+    }
+  }
+  /* ---- mLSTM rows: C = f' C + i' k v^T, n = f' n + i' k; partial C^T q and q.n ---- */
+  float num = 0.f;
+  if (cgp < ngrp) {
+    const float vj = s_v[cj2];
+#pragma unroll
+    for (int u = 0; u < HD_CU; u++) {
+      const int p = p0 + cgp + u * ngrp;
+      if (p < p1) {
+        const float cn = fp * creg[u] + (ip * s_kf[p]) * vj;
+        C[(size_t)p * d + cj2] = cn;
+        num += cn * s_qf[p];
+      }
+    }
+    for (int p = p0 + cgp + HD_CU * ngrp; p < p1; p += ngrp) {
+      const float cn = fp * C[(size_t)p * d + cj2] + (ip * s_kf[p]) * vj;
+      C[(size_t)p * d + cj2] = cn;
+      num += cn * s_qf[p];
+    }
+  }
+  s_num[tid] = num;
+  float den = 0.f;
+  if (tid < p1 - p0) {
+    const float nv = fp * nold + ip * s_kf[p0 + tid];
+    nn[p0 + tid] = nv;
+    den = s_qf[p0 + tid] * nv;
+  }
+  den = sd_block_sum(den); /* its barriers also publish s_num, s_wm, s_wl, s_wo */
+  /* ---- this block's partials into rank 0 ---- */
+  {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < HD_NW; w++) M = fmaxf(M, s_wm[w]);
+    float *gm = cl.map_shared_rank(s_gm, 0), *gl = cl.map_shared_rank(s_gl, 0), *gden = cl.map_shared_rank(s_gden, 0);
+    float *go = cl.map_shared_rank(&s_go[0][0], 0), *gn = cl.map_shared_rank(&s_gn[0][0], 0);
+    if (tid < d) {
+      float o = 0.f, a = 0.f;
+#pragma unroll
+      for (int w = 0; w < HD_NW; w++) o += s_wm[w] == -INFINITY ? 0.f : s_wo[w][tid] * __expf(s_wm[w] - M);
+      for (int q = 0; q < ngrp; q++) a += s_num[q * d + tid];
+      go[r * 128 + tid] = o, gn[r * 128 + tid] = a;
+    }
+    if (tid == 0) {
+      float L = 0.f;
+#pragma unroll
+      for (int w = 0; w < HD_NW; w++) L += s_wm[w] == -INFINITY ? 0.f : s_wl[w] * __expf(s_wm[w] - M);
+      gm[r] = M, gl[r] = L, gden[r] = den;
+    }
+  }
+  cl.sync(); /* #2: the partials are in rank 0 */
+  if (r != 0) return;
+  if (tid < d) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int rr = 0; rr < HD_R; rr++) M = fmaxf(M, s_gm[rr]);
+    float L = 0.f, o = 0.f, a = 0.f, dn = 0.f;
+#pragma unroll
+    for (int rr = 0; rr < HD_R; rr++) {
+      const float w = s_gm[rr] == -INFINITY ? 0.f : expf(s_gm[rr] - M);
+      L += s_gl[rr] * w, o += s_go[rr][tid] * w, a += s_gn[rr][tid], dn += s_gden[rr];
+    }
+    const float sq = (float)(1.0 / sqrt((double)P));
+    float ad = fabsf(dn * sq);
+    if (m.norm_max) {
+      const float lo = expf(-mt);
+      if (!(ad >= lo)) ad = lo;
+    }
+    const float inv = 1.f / (ad + m.mlstm_eps), om = 1.f / (1.f + expf(-zmix));
+    m.att[(size_t)h * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
+  }
+  if (tid == 0) Ly.m[h] = mt;
+}
+
+static cudaError_t head_launch(cudaStream_t s, bool pdl, int pf, const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(HD_R, m.H), cfg.blockDim = dim3(HD_T), cfg.dynamicSmemBytes = 0, cfg.stream = s;
+  cudaLaunchAttribute at[2];
+  at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = HD_R, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at, cfg.numAttrs = pdl ? 2 : 1;
+  return cudaLaunchKernelEx(&cfg, m.d <= 64 ? k_dec_head<1> : k_dec_head<2>, m, Ly, pf);
+}
+
 extern "C" size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m) {
   int na = 1;
   for (int l = 0; l < m->L; l++) {
@@ -1614,6 +2040,7 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
   const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d, lg = m->legacy;
   const bool pdl = !lg && (m->variant & XD_SDEC_PDL), fuse = !lg && (m->variant & XD_SDEC_FUSE_MERGE) && m->cnt;
   const bool shrt = !lg && (m->variant & XD_SDEC_SHORT);
+  const bool head = !lg && (m->variant & XD_SDEC_HEAD);
   const int skip = lg ? 0 : m->variant >> 16; /* benchmark ablation only */
 #define SK(k) ((skip >> (k)) & 1)
   SD_MARK(-1);
@@ -1627,14 +2054,23 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
                 D, qkv, m->xn, e))
       return -1;
     SD_MARK(XD_SDEC_K_QKV);
-    if (SK(XD_SDEC_K_PREP)) {
+    if (head) { /* prep + attention / mLSTM + merge in one clustered kernel */
+      if (!SK(XD_SDEC_K_CORE)) {
+        XD_CU(head_launch(c->stream, pdl, (m->variant >> 6) & 3, *m, *Ly));
+        XD_CU_LAUNCH("k_dec_head");
+      }
+      SD_MARK(XD_SDEC_K_CORE);
+    } else if (SK(XD_SDEC_K_PREP)) {
     } else if (lg || m->d > 128 || (m->hedgehog ? m->P / 2 : m->P) > PREP_THREADS)
       k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
     else
       XD_CU(sd_launch(pdl, shrt ? k_dec_prep3 : k_dec_prep2, dim3(2 * H + G), dim3(PREP_THREADS), 0, c->stream, *m, *Ly));
+    if (!head) {
     XD_CU_LAUNCH("k_dec_prep");
     SD_MARK(XD_SDEC_K_PREP);
-    if (lg) {
+    }
+    if (head) {
+    } else if (lg) {
       k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
       XD_CU_LAUNCH("k_dec_core");
       SD_MARK(XD_SDEC_K_CORE);
@@ -1665,11 +2101,17 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
       XD_CU_LAUNCH("k_add_rmsnorm");
       SD_MARK(XD_SDEC_K_NORM);
     } else {
-      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      sd_pf pfo = {NULL, 0, 0}; /* XD_SDEC_PF_GU2: the o GEMV prefetches the second quarter of the gate and up rows */
+      if (head && (m->variant & XD_SDEC_PF_GU2))
+        pfo = sd_pf{(const char *)(Ly->w_gu + (size_t)(F / 4) * D), (size_t)(F / 4) * D * 2, (size_t)F * D * 2};
+      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e, pfo)) return -1;
       SD_MARK(XD_SDEC_K_O);
       if (!SK(XD_SDEC_K_GU) && sd_gemv(c, lg, m->variant, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_GU);
-      if (!SK(XD_SDEC_K_DOWN) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e)) return -1;
+      sd_pf pfd = {NULL, 0, 0}; /* XD_SDEC_PF_QKV: the down GEMV prefetches the next layer's q|k|v weights */
+      if (head && (m->variant & XD_SDEC_PF_QKV) && l + 1 < m->L)
+        pfd = sd_pf{(const char *)m->layers[l + 1].w_qkv, (size_t)qkv * D * 2, 0};
+      if (!SK(XD_SDEC_K_DOWN) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->act, NULL, 0.f, Ly->w_down, Ly->b_down, F, D, NULL, e, pfd)) return -1;
       SD_MARK(XD_SDEC_K_DOWN);
     }
   }

@@ -108,12 +108,12 @@ static void check_family(const char *family, int variant) {
   double wl = 0;
   const int var0 = xd_student_cuda_state_variant(st);
   /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph); 3: no variant bits (no
-   * PDL), 4: the per-head kernel's other block size (XD_SDEC_T128 flipped); 3 and 4 in a graph,
+   * PDL), 4: the per-head kernel's other block size (XD_SDEC_T256 flipped); 3 and 4 in a graph,
    * each against pass 0 like legacy */
   for (int pass = 0; pass < 5; pass++) {
     xd_student_cuda_state_use_graph(st, pass != 1);
     xd_student_cuda_state_use_legacy(st, pass == 2);
-    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? var0 ^ XD_SDEC_T128 : var0);
+    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? var0 ^ XD_SDEC_T256 : var0);
     if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
     for (int t = prefill - 1; t < T; t++) {
       const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)

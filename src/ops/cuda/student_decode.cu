@@ -1,9 +1,10 @@
 /* Student inference on the GPU (branch cudastudent): the prefill's glue kernels (fp32 rmsnorm,
  * QK-norm + RoPE prep, a generic-d sliding-window+sinks attention, ring fill) and the
- * constant-memory decode step (GEMV with fused rmsnorm / SwiGLU / residual add, per-head prep,
- * per-head core = local attention over sinks + ring, mLSTM recurrent step and the mixing
- * gate), plus CUDA-graph capture of a launch sequence. Declarations: the "student inference"
- * section of cuda_ops.h. */
+ * constant-memory decode step (split-K GEMVs with fused rmsnorm / SwiGLU / residual add; one
+ * clustered per-head kernel: prep, local attention over sinks + ring, mLSTM recurrent step and
+ * the mixing gate; the original one-block-per-head / one-warp-per-row kernels as the legacy
+ * reference), plus CUDA-graph capture of a launch sequence. Declarations: the "student
+ * inference" section of cuda_ops.h. */
 #include <math.h>
 #include <cooperative_groups.h>
 #include "cuda_common.cuh"
@@ -527,9 +528,7 @@ __global__ void k_dec_embed(float *h, const uint16_t *table, const xd_cuda_sdec_
 
 __device__ __forceinline__ double sd_logsig(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
 
-/* Per head: blocks [0,H) query heads, [H,H+G) KV heads. QK-norm + RoPE (the step's rows),
- * feature map; query heads also the gates, KV heads append k (roped) and v to ring / sinks. */
-/* Gates of query head `head` from the layer's (normed) input xn. */
+/* Gates of query head `head` from the layer's (normed) input xn (legacy k_dec_prep). */
 __device__ void sd_gates(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int head) {
   float ai = 0.f, af = 0.f;
   const float *wi = Ly.w_i + (size_t)head * m.D, *wf = Ly.w_f + (size_t)head * m.D;
@@ -544,7 +543,9 @@ __device__ void sd_gates(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, in
   }
 }
 
-/* Legacy (the reference of issue #8): grid H + G; query blocks do their gates too. */
+/* Legacy (the reference of issue #8), per head: blocks [0,H) query heads, [H,H+G) KV heads.
+ * QK-norm + RoPE (the step's rows), feature map; query heads also the gates, KV heads append k
+ * (roped) and v to ring / sinks. */
 __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   extern __shared__ float sm[];
   const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P;
@@ -740,7 +741,8 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
 
 /* ---- the per-head step: one clustered kernel (issue #8) ---------------------------------
  * k_dec_head (replaces the legacy k_dec_prep + k_dec_core): grid (HD_R, H), one thread-block
- * cluster of HD_R blocks (T threads each) per query head h. Block r of the cluster:
+ * cluster of HD_R blocks (HD_T = 128 threads each; 256 when the softmax's d_phi > 128 or with
+ * XD_SDEC_T256) per query head h. Block r of the cluster:
  *   before the PDL wait (nothing an earlier kernel of the step writes): its keys / values of
  *   the sinks + ring (warp w holds keys r*NW + w + u*NW*HD_R, 32-bit bf16 pairs per lane; the
  *   newest key, whose ring slot this step overwrites, is not read), its rows of the feature
@@ -1193,7 +1195,9 @@ static int sd_mark(xd_cuda_ctx *c, sd_prof *pf, int cat, xd_err *e) {
 static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err *e) {
   const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d, lg = m->legacy;
   const bool pdl = !lg && (m->variant & XD_SDEC_PDL);
-  const bool t128 = (m->variant & XD_SDEC_T128) && (m->hedgehog ? m->P / 2 : m->P) <= 128;
+  /* the per-head kernel's block: 128 threads (measured faster at the 1B shape: 4 blocks per SM,
+   * the 256-thread one fits 2) unless XD_SDEC_T256 or the softmax's d_phi needs more */
+  const bool t128 = !(m->variant & XD_SDEC_T256) && (m->hedgehog ? m->P / 2 : m->P) <= 128;
   const int skip = lg ? 0 : m->variant >> 16; /* benchmark ablation only */
 #define SK(k) ((skip >> (k)) & 1)
   SD_MARK(-1);

@@ -14,10 +14,31 @@
  *     is left is the second rounding of S~ and w~ V (~1e-3 rms); n and m involve no MMA
  *     (fp32 sums of bf16-exact k with fp32 weights; m in double), bound 1e-4 / 1e-5.
  * Output buffers are poisoned with NaN bytes first (an unwritten element fails).
+ *
+ * Backward (xd_cuda_mlstm_chunkwise_backward_tc, issue #8): the GPU tensor-core forward fills the
+ * boundary buffer, then the tensor-core backward (twice: the two results must be bitwise equal)
+ * and the fp32 SIMT backward run on it; the CPU forward + backward run on the fp32 inputs and on
+ * the bf16-rounded q, k, v. Random dh; cases: GQA 2:1 and 4:1, MQA, H == G, B = 2, T shorter
+ * than a chunk, one past a chunk boundary, a multiple of the chunk, both normalisers, with and
+ * without an initial state (the op has no initial-state gradient: the CPU op's neither), wide
+ * gates (both branches of the stabiliser max) and small. Relative L2 per gradient dq, dk, dv,
+ * di, df:
+ *   - vs the CPU op on fp32 inputs, bound 2e-2 for every gradient: as the forward, the bf16
+ *     rounding of q, k, v (rms 1.1e-3 per element) plus the single-bf16 operands of the
+ *     products (dS for dQ / dK, S~^T and dnum for dV: 2^-9 per element);
+ *   - vs the CPU op on the same bf16-rounded inputs: dv 5e-3 (two single-bf16 operands, no
+ *     cancellation), dq and dk 1e-2 (dS = (dS~ o Dm) has mixed signs and its 64-term row /
+ *     column products partly cancel, amplifying its rounding; 3.6e-3..8.8e-3 measured on the
+ *     first GPU run, before dnum entered dS~ as hi + lo), di and df 1e-2 (double sums of products
+ *     of fp32 factors; what remains is the bound state of the bf16 forward);
+ *   - vs the SIMT GPU backward on the same boundary buffer: 2e-2.
+ * Unsupported shapes (P = 32, chunk 16) must give bitwise the plain entry point's result.
  * Without an argument the program also checks the Llama-3.2-1B student shape (B 1, H 32, G 8,
  * P = D = 64, chunk 64) at T = 4096 against the CPU, and times the new and the old
  * (xd_cuda_mlstm_chunkwise_forward, fp32 SIMT) kernels at T = 4096 and 65536, comparing
- * the two GPU results at 65536; "quick" skips that (used under compute-sanitizer).
+ * the two GPU results at 65536, and the backward at T = 4096 against the CPU and the SIMT GPU
+ * backward, timing both GPU backwards in this process; "quick" skips that (used under
+ * compute-sanitizer).
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
@@ -32,7 +53,7 @@
 
 static const double TOL_LOOSE = 2e-2, TOL_TIGHT = 5e-3, TOL_N = 1e-4, TOL_M = 1e-5;
 /* backward: dq, dk, dv and the gate gradients di, df (see the header) */
-static const double TOLB_LOOSE = 2e-2, TOLB_TIGHT = 5e-3, TOLG_LOOSE = 5e-2, TOLG_TIGHT = 2e-2;
+static const double TOLB_LOOSE = 2e-2, TOLB_TIGHT_V = 5e-3, TOLB_TIGHT_QK = 1e-2, TOLG_LOOSE = 2e-2, TOLG_TIGHT = 1e-2;
 
 static double worst;
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
@@ -251,7 +272,7 @@ static void bw_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, 
     snprintf(name, sizeof name, "  %s vs cpu fp32", GRAD_NAMES[i]);
     REL(name, h1.g[i], ref.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
     snprintf(name, sizeof name, "  %s vs cpu on bf16-rounded q,k,v", GRAD_NAMES[i]);
-    REL(name, h1.g[i], refb.g[i], ref.n[i], gate ? TOLG_TIGHT : TOLB_TIGHT);
+    REL(name, h1.g[i], refb.g[i], ref.n[i], gate ? TOLG_TIGHT : i == 2 ? TOLB_TIGHT_V : TOLB_TIGHT_QK);
     snprintf(name, sizeof name, "  %s vs gpu fp32 SIMT backward", GRAD_NAMES[i]);
     REL(name, h1.g[i], hs.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
     if (memcmp(h1.g[i], h2.g[i], ref.n[i] * 4) != 0) same = 0;

@@ -320,11 +320,20 @@ __global__ void k_bw_scan(bw_args a) {
   const size_t n = (size_t)a.P * a.D + a.P, i = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float *base = a.dCw + (size_t)bh * a.NC * n + i;
+  const float *gl = a.glast + (size_t)bh * a.NC;
   float carry = 0.f;
-  for (int c = a.NC - 1; c >= 1; c--) {
-    const float u = base[(size_t)c * n];
-    base[(size_t)c * n] = carry;
-    carry = a.glast[(size_t)bh * a.NC + c] * carry + u;
+  /* in batches of 8 chunks, loads first (the in-place stores would otherwise serialise them) */
+  for (int c1 = a.NC - 1; c1 >= 1; c1 -= 8) {
+    float u[8], gv[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (c1 - k >= 1) u[k] = base[(size_t)(c1 - k) * n], gv[k] = gl[c1 - k];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (c1 - k >= 1) {
+        base[(size_t)(c1 - k) * n] = carry;
+        carry = gv[k] * carry + u[k];
+      }
   }
   base[0] = carry;
 }
@@ -468,19 +477,31 @@ __global__ void __launch_bounds__(BW_THREADS) k_bw_gates(bw_args a, float *dig, 
 }
 
 /* ==== Tensor-core variant (xd_cuda_mlstm_chunkwise_backward_tc, issue #8) ======================
- * The same schedule and the same scratch as above; k_bw_local and k_bw_state are replaced by
- * k_bwtc_local and k_bwtc_state, which do the chunk-level products with bf16 mma.sync (fp32
- * accumulation); k_bw_scan, k_bw_gqa_sum and k_bw_gates are shared. Shapes: P = D = chunk = 64
- * (the student's); anything else (and pointers not 16-byte aligned) falls back to the SIMT
- * kernels above. One block of 128 threads (4 warps) per (head, chunk); warp w owns the chunk rows
- * 16w..16w+15 of every product whose rows are tokens, or state rows p = 16w.. of U_c.
- * What is rounded to bf16 (each an MMA operand; everything else stays fp32 / double):
- *   q, k, v; S~ (for S~ V and S~^T dnum); dnum (for dS~, dV, U_c); dS (for dQ, dK); g o q (U_c).
- * The chunk-start state C and the carried dC enter their products as a bf16 hi + lo pair (two
- * MMAs, ~16 mantissa bits), as in the tensor-core forward. Gates, stabiliser, normaliser and the
- * gate-gradient sums are computed as in the SIMT kernels (double scalars; E = dS~ o S~ summed in
- * double). Column sums of E go through per-warp partials added in warp order: no atomics, the
- * result is bitwise reproducible. */
+ * The same schedule, maths and scratch as above; k_bw_local and k_bw_state are replaced by
+ * k_bwtc_local and k_bwtc_state, which do the chunk-level products with bf16 mma.sync m16n8k16
+ * (fp32 accumulation); k_bw_scan, k_bw_gqa_sum and k_bw_gates are shared. Supported: P = D =
+ * chunk = 64 (the student's) with 16-byte aligned q, k, v, dh, bound and gradient buffers; any
+ * other call (P or D != 64, another chunk, a misaligned pointer) runs the SIMT kernels above,
+ * which stay the fallback and the oracle. One block of 128 threads (4 warps) per (head, chunk);
+ * warp w owns chunk rows 16w..16w+15 (tokens j for S, num, dS~, dQ; keys k for dK, dV; state
+ * rows p for U_c), so every output element has one writer.
+ *   k_bwtc_local: S = Q K^T, S~ = s S o Dm (fp32, kept in registers), qc = Q C, num = g s qc +
+ *     S~ V, the normaliser (3.1), dS~ = dnum V^T + dden, E = dS~ o S~ (double sums: rows by quad
+ *     shuffles, columns by per-warp partials added in warp order), dS = dS~ o Dm, dQ = s dS K +
+ *     s g (dnum C^T + dden n), then from shared tiles dK = s dS^T Q, dV = S~^T dnum and
+ *     U_c = s Q^T diag(g) dnum (10 small products, the causal ones on the blocks at or left of
+ *     the diagonal only).
+ *   k_bwtc_state: x = V dC^T, z = K dC, the 3.4 updates of dK, dV and the gate sums.
+ * Rounding: q, k, v enter as bf16 (as in the tensor-core forward). Operands whose errors would
+ * not cancel in the gate gradients enter as a bf16 hi + lo pair (two MMAs, ~16 mantissa bits):
+ * the chunk-start state C and the carried dC (as the forward's C), S~ in num = ... + S~ V, dnum
+ * in dS~ and in dnum C^T, g o dnum in U_c. The reason: the gate gradients are differences of
+ * nearly equal sums (the output is invariant to a common shift of all input gates, so
+ * sum_t di_t ~ 0: rs_j + Eg_j = dnum_j . num_j + dden_j den_j = O(eps)); with num, dS~ and U_c
+ * from single bf16 operands those sums disagree at 1e-3 and the igate bias gradient of the
+ * student test was off by 14% (first GPU run). Single bf16: dS (for dQ, dK), S~^T and dnum in
+ * dV. Gates, stabiliser, normaliser and all gate-gradient sums as in the SIMT kernels (double
+ * scalars, the same formulas). No atomics; every sum has a fixed order: bitwise reproducible. */
 #define BT_L 64   /* chunk = P = D */
 #define BT_LD 72  /* bf16 row stride of the shared tiles (+8: conflict-free fragment loads) */
 #define BT_THREADS 128
@@ -488,9 +509,10 @@ __global__ void __launch_bounds__(BW_THREADS) k_bw_gates(bw_args a, float *dig, 
 struct bt_local_smem {
   uint16_t Q[BT_L * BT_LD], K[BT_L * BT_LD], V[BT_L * BT_LD]; /* [token][dim] */
   uint16_t Ch[BT_L * BT_LD], Cl[BT_L * BT_LD];                /* C_start [p][d], hi + lo */
-  uint16_t QgT[BT_L * BT_LD];                                 /* [p][j] g_j q_jp */
+  uint16_t QT[BT_L * BT_LD];                                  /* [p][j] q_jp */
   uint16_t ST[BT_L * BT_LD], DT[BT_L * BT_LD];                /* S~^T, dS^T: [k][j] */
   uint16_t DN[BT_L * BT_LD];                                  /* dnum [j][d] */
+  uint16_t GDh[BT_L * BT_LD], GDl[BT_L * BT_LD];              /* g_j dnum_jd [j][d], hi + lo */
   double bd[BT_L], md[BT_L], igd[BT_L], rb[BT_L], cb[BT_L];
   double rsum[BT_L], Egs[BT_L], dms[BT_L], dbs[BT_L], dis[BT_L], colp[4][BT_L], mp;
   float n[BT_L], g[BT_L], w[BT_L], qn[BT_L], dden[BT_L];
@@ -505,6 +527,19 @@ static __device__ __forceinline__ float bt_decay(double x) {
 static __device__ __forceinline__ void bt_c2a(uint32_t (&A)[4], const float (&c0)[4], const float (&c1)[4]) {
   A[0] = xd_pack_bf16x2(c0[0], c0[1]), A[1] = xd_pack_bf16x2(c0[2], c0[3]);
   A[2] = xd_pack_bf16x2(c1[0], c1[1]), A[3] = xd_pack_bf16x2(c1[2], c1[3]);
+}
+/* hi = bf16(x), lo = bf16(x - hi) of a pair, packed. */
+static __device__ __forceinline__ void bt_split2(uint32_t &hi, uint32_t &lo, float x0, float x1) {
+  const __nv_bfloat162 hh = __floats2bfloat162_rn(x0, x1);
+  const float2 f = __bfloat1622float2(hh);
+  hi = *reinterpret_cast<const uint32_t *>(&hh);
+  lo = xd_pack_bf16x2(x0 - f.x, x1 - f.y);
+}
+/* bt_c2a as a hi + lo pair of A fragments. */
+static __device__ __forceinline__ void bt_c2a_hl(uint32_t (&H)[4], uint32_t (&Lo)[4], const float (&c0)[4],
+                                                 const float (&c1)[4]) {
+  bt_split2(H[0], Lo[0], c0[0], c0[1]), bt_split2(H[1], Lo[1], c0[2], c0[3]);
+  bt_split2(H[2], Lo[2], c1[0], c1[1]), bt_split2(H[3], Lo[3], c1[2], c1[3]);
 }
 /* hi = bf16(x), lo = bf16(x - hi) for 4 consecutive floats into two bf16 tiles. */
 static __device__ __forceinline__ void bt_split4(uint16_t *hi, uint16_t *lo, float4 cv) {
@@ -539,6 +574,25 @@ static __device__ __forceinline__ void bt_mm_at(float (&acc)[8][4], const uint16
   }
 }
 
+/* Rows r0 = 16w + lane/4 and r1 = r0 + 8 (when valid) of a warp's 16 x 64 accumulator, times sc:
+ * dst += (add) or dst = ; the loads all come first. */
+static __device__ __forceinline__ void bt_store_rows(const float (&acc)[8][4], float sc, float *dst0, float *dst1,
+                                                     bool v0, bool v1, bool add, int tq) {
+  float2 old[8][2];
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    old[np][0] = add && v0 ? bt_ld2(dst0 + p) : make_float2(0.f, 0.f);
+    old[np][1] = add && v1 ? bt_ld2(dst1 + p) : make_float2(0.f, 0.f);
+  }
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    if (v0) *reinterpret_cast<float2 *>(dst0 + p) = make_float2(old[np][0].x + sc * acc[np][0], old[np][0].y + sc * acc[np][1]);
+    if (v1) *reinterpret_cast<float2 *>(dst1 + p) = make_float2(old[np][1].x + sc * acc[np][2], old[np][1].y + sc * acc[np][3]);
+  }
+}
+
 __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bt_local_smem &sm = *reinterpret_cast<bt_local_smem *>(smem_raw);
@@ -549,6 +603,7 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
   const float *qb = a.qf + (tok * a.H + h) * BT_L, *kb = a.kf + (tok * a.G + gg) * BT_L;
   const float *vb = a.v + (tok * a.G + gg) * BT_L;
   const float *bC = a.bound + ((size_t)bh * a.NC + c) * PD, *bn = a.bound + BH * a.NC * PD + ((size_t)bh * a.NC + c) * BT_L;
+#pragma unroll 2
   for (int i = tid; i < BT_L * BT_L / 4; i += BT_THREADS) {
     const int j = i >> 4, p = (i & 15) * 4;
     float4 qv = make_float4(0.f, 0.f, 0.f, 0.f), kv = qv, vv = qv;
@@ -566,18 +621,23 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
   }
   bw_gates(a, bh, c, t0, len, sm.bd, sm.md, sm.igd, sm.g, sm.w, &sm.mp, 1); /* syncs */
   for (int j = tid; j < BT_L; j += BT_THREADS) {
-    if (j < len) {
-      sm.rb[j] = sm.bd[j] - sm.md[j], sm.cb[j] = sm.igd[j] - sm.bd[j];
-      float acc = 0.f;
-      for (int p = 0; p < BT_L; p++) acc += xd_bf2f(sm.Q[j * BT_LD + p]) * sm.n[p];
-      sm.qn[j] = s * acc;
-    } else {
-      sm.rb[j] = 0, sm.cb[j] = 0, sm.qn[j] = 0.f;
+    if (j < len) sm.rb[j] = sm.bd[j] - sm.md[j], sm.cb[j] = sm.igd[j] - sm.bd[j];
+    else sm.rb[j] = 0, sm.cb[j] = 0;
+  }
+  {
+    /* qn_j = s q_j . n (bf16 q, as the tensor-core forward's den): one warp per row, in lane order */
+    const int wp = tid >> 5, ln = tid & 31;
+    for (int j = wp; j < BT_L; j += BT_THREADS / 32) {
+      const uint32_t u = xd_ld32s(sm.Q + j * BT_LD + 2 * ln);
+      float x = xd_bf2f((uint16_t)(u & 0xFFFFu)) * sm.n[2 * ln] + xd_bf2f((uint16_t)(u >> 16)) * sm.n[2 * ln + 1];
+      for (int o = 16; o; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+      if (ln == 0) sm.qn[j] = j < len ? s * x : 0.f;
     }
   }
-  for (int i = tid; i < BT_L * BT_L; i += BT_THREADS) { /* QgT[p][j] = g_j q_jp (fp32 q) */
-    const int j = i >> 6, p = i & 63;
-    sm.QgT[p * BT_LD + j] = xd_f2bf(j < len ? sm.g[j] * qb[(size_t)j * a.H * BT_L + p] : 0.f);
+  for (int i = tid; i < BT_L * BT_L / 2; i += BT_THREADS) { /* QT[p][j] = Q[j][p] */
+    const int j = i >> 5, p = (i & 31) * 2;
+    const uint32_t u = xd_ld32s(sm.Q + j * BT_LD + p);
+    sm.QT[p * BT_LD + j] = (uint16_t)(u & 0xFFFFu), sm.QT[(p + 1) * BT_LD + j] = (uint16_t)(u >> 16);
   }
   __syncthreads();
 
@@ -604,7 +664,7 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
   }
   const double rb0 = sm.rb[r0], rb1 = sm.rb[r1];
   float rs0 = 0.f, rs1 = 0.f;
-  uint32_t pa[4][4];
+  uint32_t pa[4][4], pl[4][4]; /* S~ as A fragments, hi + lo */
 #pragma unroll
   for (int nb = 0; nb < 8; nb++) {
 #pragma unroll
@@ -615,8 +675,8 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
       sm.ST[col * BT_LD + row] = xd_f2bf(x);
     }
     rs0 += sf[nb][0] + sf[nb][1], rs1 += sf[nb][2] + sf[nb][3];
-    pa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(sf[nb][0], sf[nb][1]);
-    pa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(sf[nb][2], sf[nb][3]);
+    bt_split2(pa[nb >> 1][(nb & 1) * 2 + 0], pl[nb >> 1][(nb & 1) * 2 + 0], sf[nb][0], sf[nb][1]);
+    bt_split2(pa[nb >> 1][(nb & 1) * 2 + 1], pl[nb >> 1][(nb & 1) * 2 + 1], sf[nb][2], sf[nb][3]);
   }
   rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
   rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
@@ -654,6 +714,8 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
       xd_ldsm_x4_trans(b0, b1, b2, b3, sm.V + (kk * 16 + lrow) * BT_LD + nd * 8 + lcol);
       xd_mma16816(nm[nd], pa[kk], b0, b1);
       xd_mma16816(nm[nd + 1], pa[kk], b2, b3);
+      xd_mma16816(nm[nd], pl[kk], b0, b1);
+      xd_mma16816(nm[nd + 1], pl[kk], b2, b3);
     }
   }
   /* Normaliser (3.1): a, dnum = dh / a (in place of num), dden, Eg = g (dnum . X + dden qn). */
@@ -676,15 +738,26 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
   }
   const float *dh0 = a.dh + ((tok + r0) * a.H + h) * BT_L, *dh1 = a.dh + ((tok + r1) * a.H + h) * BT_L;
   float dot0 = 0.f, dot1 = 0.f, dq0 = 0.f, dq1 = 0.f;
+  float2 dhx[8][2];
 #pragma unroll
   for (int nd = 0; nd < 8; nd++) {
     const int d = nd * 8 + 2 * tq;
-    const float2 x0 = v0 ? bt_ld2(dh0 + d) : make_float2(0.f, 0.f), x1 = v1 ? bt_ld2(dh1 + d) : make_float2(0.f, 0.f);
+    dhx[nd][0] = v0 ? bt_ld2(dh0 + d) : make_float2(0.f, 0.f), dhx[nd][1] = v1 ? bt_ld2(dh1 + d) : make_float2(0.f, 0.f);
+  }
+#pragma unroll
+  for (int nd = 0; nd < 8; nd++) {
+    const int d = nd * 8 + 2 * tq;
+    const float2 x0 = dhx[nd][0], x1 = dhx[nd][1];
     dot0 += x0.x * nm[nd][0] + x0.y * nm[nd][1], dot1 += x1.x * nm[nd][2] + x1.y * nm[nd][3];
     nm[nd][0] = x0.x * inv0, nm[nd][1] = x0.y * inv0, nm[nd][2] = x1.x * inv1, nm[nd][3] = x1.y * inv1;
     dq0 += nm[nd][0] * qc[nd][0] + nm[nd][1] * qc[nd][1], dq1 += nm[nd][2] * qc[nd][2] + nm[nd][3] * qc[nd][3];
     *reinterpret_cast<uint32_t *>(sm.DN + r0 * BT_LD + d) = xd_pack_bf16x2(nm[nd][0], nm[nd][1]);
     *reinterpret_cast<uint32_t *>(sm.DN + r1 * BT_LD + d) = xd_pack_bf16x2(nm[nd][2], nm[nd][3]);
+    uint32_t hi, lo;
+    bt_split2(hi, lo, g0 * nm[nd][0], g0 * nm[nd][1]);
+    *reinterpret_cast<uint32_t *>(sm.GDh + r0 * BT_LD + d) = hi, *reinterpret_cast<uint32_t *>(sm.GDl + r0 * BT_LD + d) = lo;
+    bt_split2(hi, lo, g1 * nm[nd][2], g1 * nm[nd][3]);
+    *reinterpret_cast<uint32_t *>(sm.GDh + r1 * BT_LD + d) = hi, *reinterpret_cast<uint32_t *>(sm.GDl + r1 * BT_LD + d) = lo;
   }
 #pragma unroll
   for (int o = 1; o <= 2; o <<= 1) {
@@ -714,9 +787,9 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
       sm.Egs[row] = valid ? (double)sm.g[row] * ((double)dqv + (double)ddj * (double)sm.qn[row]) : 0.0;
     }
   }
-  uint32_t dA[4][4]; /* dnum as A fragments (k = d) */
+  uint32_t dA[4][4], dAl[4][4]; /* dnum as A fragments (k = d), hi + lo */
 #pragma unroll
-  for (int kk = 0; kk < 4; kk++) bt_c2a(dA[kk], nm[2 * kk], nm[2 * kk + 1]);
+  for (int kk = 0; kk < 4; kk++) bt_c2a_hl(dA[kk], dAl[kk], nm[2 * kk], nm[2 * kk + 1]);
   /* dS~ = dnum V^T + dden 1^T (lower triangle), E = dS~ o S~: row sums, per-warp column sums. */
   float ds[8][4];
 #pragma unroll
@@ -728,6 +801,7 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
         const uint32_t b0 = xd_ld32s(sm.V + (nb * 8 + gq) * BT_LD + kk * 16 + 2 * tq);
         const uint32_t b1 = xd_ld32s(sm.V + (nb * 8 + gq) * BT_LD + kk * 16 + 8 + 2 * tq);
         xd_mma16816(ds[nb], dA[kk], b0, b1);
+        xd_mma16816(ds[nb], dAl[kk], b0, b1);
       }
     }
   }
@@ -786,23 +860,31 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
 #pragma unroll
       for (int np = 0; np < 8; np++) {
         const int o = (np * 8 + gq) * BT_LD + kk * 16 + 2 * tq;
-        xd_mma16816(q2[np], dA[kk], xd_ld32s(sm.Ch + o), xd_ld32s(sm.Ch + o + 8));
+        const uint32_t h0 = xd_ld32s(sm.Ch + o), h1 = xd_ld32s(sm.Ch + o + 8);
+        xd_mma16816(q2[np], dA[kk], h0, h1);
+        xd_mma16816(q2[np], dAl[kk], h0, h1);
         xd_mma16816(q2[np], dA[kk], xd_ld32s(sm.Cl + o), xd_ld32s(sm.Cl + o + 8));
       }
     }
     float *dq0p = a.dqf + ((tok + r0) * a.H + h) * BT_L, *dq1p = a.dqf + ((tok + r1) * a.H + h) * BT_L;
+    float2 old[8][2]; /* all loads first: the stores below could alias them as far as the compiler knows */
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      old[np][0] = v0 ? bt_ld2(dq0p + p) : make_float2(0.f, 0.f), old[np][1] = v1 ? bt_ld2(dq1p + p) : make_float2(0.f, 0.f);
+    }
 #pragma unroll
     for (int np = 0; np < 8; np++) {
       const int p = np * 8 + 2 * tq;
       const float n0 = sm.n[p], n1 = sm.n[p + 1];
       if (v0) {
-        float2 x = bt_ld2(dq0p + p);
+        float2 x = old[np][0];
         x.x += s * q1[np][0] + s * g0 * (q2[np][0] + dd0 * n0);
         x.y += s * q1[np][1] + s * g0 * (q2[np][1] + dd0 * n1);
         *reinterpret_cast<float2 *>(dq0p + p) = x;
       }
       if (v1) {
-        float2 x = bt_ld2(dq1p + p);
+        float2 x = old[np][1];
         x.x += s * q1[np][2] + s * g1 * (q2[np][2] + dd1 * n0);
         x.y += s * q1[np][3] + s * g1 * (q2[np][3] + dd1 * n1);
         *reinterpret_cast<float2 *>(dq1p + p) = x;
@@ -838,48 +920,22 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
 #pragma unroll
     for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
     bt_mm_at(acc, sm.DT, warp * 16, sm.Q, warp, 4, lane);
-#pragma unroll
-    for (int np = 0; np < 8; np++) {
-      const int p = np * 8 + 2 * tq;
-#pragma unroll
-      for (int rr = 0; rr < 2; rr++) {
-        const int row = rr ? r1 : r0;
-        if (row >= len) continue;
-        const float2 x = make_float2(s * acc[np][2 * rr], s * acc[np][2 * rr + 1]);
-        if (direct) {
-          float *dst = a.dK + ((tok + row) * a.G + gg) * BT_L + p;
-          float2 y = bt_ld2(dst);
-          y.x += x.x, y.y += x.y;
-          *reinterpret_cast<float2 *>(dst) = y;
-        } else {
-          *reinterpret_cast<float2 *>(a.dK + ((size_t)bh * a.T + t0 + row) * BT_L + p) = x;
-        }
-      }
-    }
+    if (direct)
+      bt_store_rows(acc, s, a.dK + ((tok + r0) * a.G + gg) * BT_L, a.dK + ((tok + r1) * a.G + gg) * BT_L, v0, v1, true, tq);
+    else
+      bt_store_rows(acc, s, a.dK + ((size_t)bh * a.T + t0 + r0) * BT_L, a.dK + ((size_t)bh * a.T + t0 + r1) * BT_L, v0, v1,
+                    false, tq);
   }
   {
     float acc[8][4];
 #pragma unroll
     for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
     bt_mm_at(acc, sm.ST, warp * 16, sm.DN, warp, 4, lane);
-#pragma unroll
-    for (int np = 0; np < 8; np++) {
-      const int d = np * 8 + 2 * tq;
-#pragma unroll
-      for (int rr = 0; rr < 2; rr++) {
-        const int row = rr ? r1 : r0;
-        if (row >= len) continue;
-        const float2 x = make_float2(acc[np][2 * rr], acc[np][2 * rr + 1]);
-        if (direct) {
-          float *dst = a.dV + ((tok + row) * a.G + gg) * BT_L + d;
-          float2 y = bt_ld2(dst);
-          y.x += x.x, y.y += x.y;
-          *reinterpret_cast<float2 *>(dst) = y;
-        } else {
-          *reinterpret_cast<float2 *>(a.dV + ((size_t)bh * a.T + t0 + row) * BT_L + d) = x;
-        }
-      }
-    }
+    if (direct)
+      bt_store_rows(acc, 1.f, a.dV + ((tok + r0) * a.G + gg) * BT_L, a.dV + ((tok + r1) * a.G + gg) * BT_L, v0, v1, true, tq);
+    else
+      bt_store_rows(acc, 1.f, a.dV + ((size_t)bh * a.T + t0 + r0) * BT_L, a.dV + ((size_t)bh * a.T + t0 + r1) * BT_L, v0, v1,
+                    false, tq);
   }
   /* U_c = s Q^T diag(g) dnum, u_c = s Q^T (g o dden) (chunk 0's is never used). */
   if (c > 0) {
@@ -887,7 +943,8 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
     float acc[8][4];
 #pragma unroll
     for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
-    bt_mm_at(acc, sm.QgT, warp * 16, sm.DN, 0, 4, lane);
+    bt_mm_at(acc, sm.QT, warp * 16, sm.GDh, 0, 4, lane);
+    bt_mm_at(acc, sm.QT, warp * 16, sm.GDl, 0, 4, lane);
 #pragma unroll
     for (int np = 0; np < 8; np++) {
       const int d = np * 8 + 2 * tq;
@@ -896,7 +953,7 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
     }
     for (int p = tid; p < BT_L; p += BT_THREADS) {
       float acc1 = 0.f;
-      for (int j = 0; j < len; j++) acc1 += s * (sm.g[j] * qb[(size_t)j * a.H * BT_L + p]) * sm.dden[j];
+      for (int j = 0; j < len; j++) acc1 += s * (sm.g[j] * xd_bf2f(sm.Q[j * BT_LD + p])) * sm.dden[j];
       U[PD + p] = acc1;
     }
   }
@@ -904,7 +961,7 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
 
 struct bt_state_smem {
   uint16_t K[BT_L * BT_LD], V[BT_L * BT_LD], Dh[BT_L * BT_LD], Dl[BT_L * BT_LD]; /* dC_end [p][d] hi + lo */
-  double bd[BT_L], md[BT_L], igd[BT_L], E[BT_L], red[BT_THREADS], mp;
+  double bd[BT_L], md[BT_L], igd[BT_L], E[BT_L], dix[BT_L], red[BT_THREADS], mp;
   float dn[BT_L], g[BT_L], w[BT_L];
 };
 
@@ -963,25 +1020,39 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_state(bw_args a) {
   float *dk1 = direct ? a.dK + ((tok + r1) * a.G + gg) * BT_L : a.dK + ((size_t)bh * a.T + t0 + r1) * BT_L;
   float *dv0 = direct ? a.dV + ((tok + r0) * a.G + gg) * BT_L : a.dV + ((size_t)bh * a.T + t0 + r0) * BT_L;
   float *dv1 = direct ? a.dV + ((tok + r1) * a.G + gg) * BT_L : a.dV + ((size_t)bh * a.T + t0 + r1) * BT_L;
+  /* E_j = w_j (x_j . k_j + k_j . dn) with the bf16 k the state products used */
 #pragma unroll
   for (int np = 0; np < 8; np++) {
     const int p = np * 8 + 2 * tq;
     const float n0 = sm.dn[p], n1 = sm.dn[p + 1];
-    const float2 k0 = bt_ld2(kb + (size_t)r0 * a.G * BT_L + p), k1 = bt_ld2(kb + (size_t)r1 * a.G * BT_L + p);
-    e0 += x[np][0] * k0.x + x[np][1] * k0.y, e1 += x[np][2] * k1.x + x[np][3] * k1.y;
-    f0 += k0.x * n0 + k0.y * n1, f1 += k1.x * n0 + k1.y * n1;
-    float2 y = bt_ld2(dk0 + p);
-    y.x += w0 * (x[np][0] + n0), y.y += w0 * (x[np][1] + n1);
-    *reinterpret_cast<float2 *>(dk0 + p) = y;
-    y = bt_ld2(dk1 + p);
-    y.x += w1 * (x[np][2] + n0), y.y += w1 * (x[np][3] + n1);
-    *reinterpret_cast<float2 *>(dk1 + p) = y;
-    y = bt_ld2(dv0 + p);
-    y.x += w0 * z[np][0], y.y += w0 * z[np][1];
-    *reinterpret_cast<float2 *>(dv0 + p) = y;
-    y = bt_ld2(dv1 + p);
-    y.x += w1 * z[np][2], y.y += w1 * z[np][3];
-    *reinterpret_cast<float2 *>(dv1 + p) = y;
+    const uint32_t u0 = xd_ld32s(sm.K + r0 * BT_LD + p), u1 = xd_ld32s(sm.K + r1 * BT_LD + p);
+    const float k0x = xd_bf2f((uint16_t)(u0 & 0xFFFFu)), k0y = xd_bf2f((uint16_t)(u0 >> 16));
+    const float k1x = xd_bf2f((uint16_t)(u1 & 0xFFFFu)), k1y = xd_bf2f((uint16_t)(u1 >> 16));
+    e0 += x[np][0] * k0x + x[np][1] * k0y, e1 += x[np][2] * k1x + x[np][3] * k1y;
+    f0 += k0x * n0 + k0y * n1, f1 += k1x * n0 + k1y * n1;
+  }
+  {
+    float2 o0[8], o1[8]; /* dK_j += w_j (x_j + dn): loads first */
+#pragma unroll
+    for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dk0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dk1 + np * 8 + 2 * tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      const float n0 = sm.dn[p], n1 = sm.dn[p + 1];
+      *reinterpret_cast<float2 *>(dk0 + p) = make_float2(o0[np].x + w0 * (x[np][0] + n0), o0[np].y + w0 * (x[np][1] + n1));
+      *reinterpret_cast<float2 *>(dk1 + p) = make_float2(o1[np].x + w1 * (x[np][2] + n0), o1[np].y + w1 * (x[np][3] + n1));
+    }
+  }
+  {
+    float2 o0[8], o1[8]; /* dV_j += w_j z_j */
+#pragma unroll
+    for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dv0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dv1 + np * 8 + 2 * tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      *reinterpret_cast<float2 *>(dv0 + p) = make_float2(o0[np].x + w0 * z[np][0], o0[np].y + w0 * z[np][1]);
+      *reinterpret_cast<float2 *>(dv1 + p) = make_float2(o1[np].x + w1 * z[np][2], o1[np].y + w1 * z[np][3]);
+    }
   }
 #pragma unroll
   for (int o = 1; o <= 2; o <<= 1) {
@@ -989,22 +1060,25 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_state(bw_args a) {
     f0 += __shfl_xor_sync(0xffffffffu, f0, o), f1 += __shfl_xor_sync(0xffffffffu, f1, o);
   }
   if (tq == 0) sm.E[r0] = (double)w0 * ((double)e0 + (double)f0), sm.E[r1] = (double)w1 * ((double)e1 + (double)f1);
+  const size_t o = (size_t)bh * a.T + t0;
+  for (int j = tid; j < len; j += BT_THREADS) sm.bd[j] = a.db[o + j], sm.dix[j] = a.di[o + j]; /* bd: free since bw_gates */
   __syncthreads();
-  if (tid == 0) {
+  if (tid == 0) { /* the gate sums, in the SIMT kernel's order, out of shared memory */
     const double EgL = (double)sm.g[len - 1] * sm.red[0];
     double sumE = 0;
-    const size_t o = (size_t)bh * a.T + t0;
     for (int j = 0; j < len; j++) {
       sumE += sm.E[j];
-      sm.bd[j] = a.db[o + j] - sm.E[j];
-      a.di[o + j] += sm.E[j];
+      sm.bd[j] = sm.bd[j] - sm.E[j];
+      sm.dix[j] += sm.E[j];
     }
     sm.bd[len - 1] += sumE + EgL;
     a.dmm[o + len - 1] -= sumE + EgL;
     a.dmprev[(size_t)bh * a.NC + c] += EgL;
     double acc = 0;
-    for (int j = len - 1; j >= 0; j--) acc += sm.bd[j], a.db[o + j] = acc; /* b -> l */
+    for (int j = len - 1; j >= 0; j--) acc += sm.bd[j], sm.bd[j] = acc; /* b -> l */
   }
+  __syncthreads();
+  for (int j = tid; j < len; j += BT_THREADS) a.db[o + j] = sm.bd[j], a.di[o + j] = sm.dix[j];
 }
 
 static bool bt_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }

@@ -444,33 +444,63 @@ __global__ void k_bw_gqa_sum(bw_args a, float *dkf, float *dv) {
 }
 
 /* The stabiliser recurrence backwards through time, then the gate gradients. One block per
- * head; tiles of BW_THREADS tokens from the end, scanned by thread 0 out of shared memory. */
+ * head; tiles of GT_TILE tokens from the end. Within a tile the scan
+ *     acc += dm_t; if (branch f) dl_t += acc; else { di_t += acc; acc = 0; }
+ * runs on 32 lanes of warp 0, GT_SEG tokens each: pass 1 gives each segment's effect on acc
+ * (reset or not, and the value it adds or leaves), lane 0 chains the 32 segments from the tile's
+ * carry, pass 2 reruns each segment from its incoming acc writing dl / di. Fixed order: the
+ * result is deterministic (its rounding differs from the one-thread scan only in where the
+ * carried acc joins a segment's sum). */
+#define GT_TILE 1024
+#define GT_SEG (GT_TILE / 32)
 __global__ void __launch_bounds__(BW_THREADS) k_bw_gates(bw_args a, float *dig, float *dfg) {
-  __shared__ double dm_s[BW_THREADS], dl_s[BW_THREADS], di_s[BW_THREADS];
-  __shared__ unsigned char br_s[BW_THREADS];
+  __shared__ double dm_s[GT_TILE], dl_s[GT_TILE], di_s[GT_TILE];
+  __shared__ unsigned char br_s[GT_TILE];
+  __shared__ double segB[32], segIn[32], carry_s;
+  __shared__ int segR[32];
   const int bh = blockIdx.x, b = bh / a.H, h = bh % a.H, tid = threadIdx.x;
-  double acc = 0; /* thread 0's carry between tiles */
-  for (int hi = a.T; hi > 0; hi -= BW_THREADS) {
-    const int lo = max(0, hi - BW_THREADS), n = hi - lo;
-    if (tid < n) {
-      const int t = lo + tid;
+  if (tid == 0) carry_s = 0;
+  for (int hi = a.T; hi > 0; hi -= GT_TILE) {
+    const int lo = max(0, hi - GT_TILE), n = hi - lo;
+    for (int k = tid; k < n; k += blockDim.x) {
+      const int t = lo + k;
       const size_t o = (size_t)bh * a.T + t;
       double dm = a.dmm[o];
       if (t + 1 < a.T && (t + 1) % a.L == 0) dm += a.dmprev[(size_t)bh * a.NC + (t + 1) / a.L];
-      dm_s[tid] = dm, dl_s[tid] = a.db[o], di_s[tid] = a.di[o], br_s[tid] = a.br[o];
+      dm_s[k] = dm, dl_s[k] = a.db[o], di_s[k] = a.di[o], br_s[k] = a.br[o];
     }
     __syncthreads();
-    if (tid == 0)
-      for (int j = n - 1; j >= 0; j--) {
+    if (tid < 32) {
+      const int j0 = tid * GT_SEG, j1 = min(n, j0 + GT_SEG);
+      double acc = 0;
+      int reset = 0;
+      for (int j = j1 - 1; j >= j0; j--) {
+        acc += dm_s[j];
+        if (!br_s[j]) acc = 0, reset = 1;
+      }
+      segB[tid] = acc, segR[tid] = reset;
+      __syncwarp();
+      if (tid == 0) {
+        double cc = carry_s;
+        for (int sg = 31; sg >= 0; sg--) {
+          segIn[sg] = cc;
+          cc = segR[sg] ? segB[sg] : cc + segB[sg];
+        }
+      }
+      __syncwarp();
+      acc = segIn[tid];
+      for (int j = j1 - 1; j >= j0; j--) {
         acc += dm_s[j];
         if (br_s[j]) dl_s[j] += acc;
         else di_s[j] += acc, acc = 0;
       }
+      if (tid == 0) carry_s = acc; /* into the token below the tile */
+    }
     __syncthreads();
-    if (tid < n) {
-      const size_t o = ((size_t)b * a.T + lo + tid) * a.H + h;
-      dig[o] += (float)di_s[tid];
-      dfg[o] += (float)(dl_s[tid] * sigm_d(-(double)a.fg[o]));
+    for (int k = tid; k < n; k += blockDim.x) {
+      const size_t o = ((size_t)b * a.T + lo + k) * a.H + h;
+      dig[o] += (float)di_s[k];
+      dfg[o] += (float)(dl_s[k] * sigm_d(-(double)a.fg[o]));
     }
     __syncthreads();
   }

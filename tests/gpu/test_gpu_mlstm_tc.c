@@ -23,15 +23,18 @@
  * without an initial state (the op has no initial-state gradient: the CPU op's neither), wide
  * gates (both branches of the stabiliser max) and small. Relative L2 per gradient dq, dk, dv,
  * di, df:
- *   - vs the CPU op on fp32 inputs, bound 2e-2 for every gradient: as the forward, the bf16
- *     rounding of q, k, v (rms 1.1e-3 per element) plus the single-bf16 operands of the
- *     products (dS for dQ / dK, S~^T and dnum for dV: 2^-9 per element);
- *   - vs the CPU op on the same bf16-rounded inputs: dv 5e-3 (two single-bf16 operands, no
- *     cancellation), dq and dk 1e-2 (dS = (dS~ o Dm) has mixed signs and its 64-term row /
- *     column products partly cancel, amplifying its rounding; 3.6e-3..8.8e-3 measured on the
- *     first GPU run, before dnum entered dS~ as hi + lo), di and df 1e-2 (double sums of products
- *     of fp32 factors; what remains is the bound state of the bf16 forward);
- *   - vs the SIMT GPU backward on the same boundary buffer: 2e-2.
+ *   - vs the CPU op on fp32 inputs: dq, dk, dv 2e-2, as the forward: the bf16 rounding of q, k,
+ *     v (rms 1.1e-3 per element) plus the single-bf16 operands of the products (dS for dQ / dK,
+ *     S~^T and dnum for dV: 2^-9 per element) in sums of 64..T terms; di, df 1e-2: double sums
+ *     of products of fp32 factors, inheriting the relative error of those factors;
+ *   - vs the CPU op on the same bf16-rounded inputs: dq, dk, dv 5e-3 (what is left is the
+ *     single-bf16 operands above and the bf16 forward's boundary states); di, df 2e-3 (their
+ *     factors carry no single-bf16 rounding: C, dC, S~ in num, dnum in dS~, g o dnum in U_c
+ *     enter as hi + lo pairs, mlstm_backward.cu says why);
+ *   - vs the SIMT GPU backward on the same boundary buffer: the fp32 bounds.
+ * Measured on an H100 (docs/perf.md, 2026-11-28): vs fp32 <= 5.0e-3 (dq) / 2.5e-3 (df); vs the
+ * rounded inputs <= 2.3e-3 (dv) / 4.2e-4 (di); with single bf16 dnum and S~ (the first version)
+ * dq and dk were 8.8e-3 off the rounded-input reference in the wide-gate cases.
  * Unsupported shapes (P = 32, chunk 16) must give bitwise the plain entry point's result.
  * Without an argument the program also checks the Llama-3.2-1B student shape (B 1, H 32, G 8,
  * P = D = 64, chunk 64) at T = 4096 against the CPU, and times the new and the old
@@ -53,7 +56,7 @@
 
 static const double TOL_LOOSE = 2e-2, TOL_TIGHT = 5e-3, TOL_N = 1e-4, TOL_M = 1e-5;
 /* backward: dq, dk, dv and the gate gradients di, df (see the header) */
-static const double TOLB_LOOSE = 2e-2, TOLB_TIGHT_V = 5e-3, TOLB_TIGHT_QK = 1e-2, TOLG_LOOSE = 2e-2, TOLG_TIGHT = 1e-2;
+static const double TOLB_LOOSE = 2e-2, TOLB_TIGHT = 5e-3, TOLG_LOOSE = 1e-2, TOLG_TIGHT = 2e-3;
 
 static double worst;
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
@@ -272,7 +275,7 @@ static void bw_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, 
     snprintf(name, sizeof name, "  %s vs cpu fp32", GRAD_NAMES[i]);
     REL(name, h1.g[i], ref.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
     snprintf(name, sizeof name, "  %s vs cpu on bf16-rounded q,k,v", GRAD_NAMES[i]);
-    REL(name, h1.g[i], refb.g[i], ref.n[i], gate ? TOLG_TIGHT : i == 2 ? TOLB_TIGHT_V : TOLB_TIGHT_QK);
+    REL(name, h1.g[i], refb.g[i], ref.n[i], gate ? TOLG_TIGHT : TOLB_TIGHT);
     snprintf(name, sizeof name, "  %s vs gpu fp32 SIMT backward", GRAD_NAMES[i]);
     REL(name, h1.g[i], hs.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
     if (memcmp(h1.g[i], h2.g[i], ref.n[i] * 4) != 0) same = 0;

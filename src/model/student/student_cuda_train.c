@@ -525,6 +525,7 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const int Hd = H * d, Gd = G * d, P = m->P;
   const size_t ND = (size_t)N * D;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
+  const int tc = P == 64 && d == 64 && m->mc.chunk == 64; /* as core_forward (the _tc backward falls back anyway) */
   OP(P_MEM, zero(m, m->dx, ND, e));
   OP(P_MEM, zero(m, m->dqr, (size_t)N * Hd, e));
   OP(P_MEM, zero(m, m->dkr, (size_t)N * Gd, e));
@@ -540,7 +541,7 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const mix_shape ms = {N, H, G, d};
   OP(P_MIX_BWD, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
-  OP(P_MLSTM_BWD, xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
+  OP(P_MLSTM_BWD, (tc ? xd_cuda_mlstm_chunkwise_backward_tc : xd_cuda_mlstm_chunkwise_backward)(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
   OP(P_GATES_BWD, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,

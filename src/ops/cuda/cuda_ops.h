@@ -158,6 +158,16 @@ int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const
                                      const float *v, const float *ig, const float *fg, const float *bound,
                                      const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
                                      xd_err *e);
+/* The same backward with the chunk-level products on the tensor cores (bf16 mma.sync, fp32
+ * accumulation; issue #8, src/ops/cuda/mlstm_backward.cu, docs/cuda.md): for P = D = chunk = 64
+ * with 16-byte aligned q, k, v, dh, bound and gradient buffers; any other call runs the fp32
+ * SIMT kernels of xd_cuda_mlstm_chunkwise_backward (same signature, same outputs, same scratch).
+ * Deterministic (no atomics, fixed reduction orders). Relative L2 error against the fp32 CPU
+ * op <= 5e-3 per gradient (tests/gpu/test_gpu_mlstm_tc.c; docs/cuda.md). */
+int xd_cuda_mlstm_chunkwise_backward_tc(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                        const float *v, const float *ig, const float *fg, const float *bound,
+                                        const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
+                                        xd_err *e);
 
 /* Feature map (feature_map_forward / _backward; plain softmax(xP) or hedgehog). fp32. */
 int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,

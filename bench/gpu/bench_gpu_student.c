@@ -18,10 +18,11 @@
  *      the step into a graph and replayed 20 times, all layers summed per kernel class) against
  *      each class's own bytes at the copy rate.
  *   "variants": issue #8's experiments: graph latency after a 1K prefill, graph breakdown and
- *      logits (vs the first in the list) of each split-step variant in XD_VARIANTS (-1: legacy;
- *      bits: cuda_ops.h XD_SDEC_*, skip masks above bit 16), two rounds.
+ *      logits (vs the first in the list) of each variant in XD_VARIANTS (-1: legacy; bits:
+ *      cuda_ops.h XD_SDEC_*, skip masks from bit 16: 1 << (16 + XD_SDEC_K_*)), XD_ROUNDS rounds
+ *      (default 2).
  * Decode (3-5) runs twice: the legacy kernels (xd_student_cuda_state_use_legacy 1, issue #8's
- * "before") and the default split kernels, in the same process on the same device.
+ * "before") and the default kernels, in the same process on the same device.
  * "quick" runs 1K/4K only (for memcheck); "decode" skips the prefill comparison (2).
  * Medians of host-clock timings after warm-up. */
 #include <math.h>
@@ -195,9 +196,11 @@ int main(int argc, char **argv) {
     const double bnd = ((double)wbytes + DM * 2 + srw + kvr) / bw;
     printf("variants: bound %.1f us at %.0f GB/s\n", bnd * 1e6, bw / 1e9);
     const char *vl = getenv("XD_VARIANTS");
-    int vs[16], nv = 0;
-    if (!vl || !*vl) vl = "-1 0 1 2 3 4 5 6 7 8 9 12 13 15";
-    for (const char *q = vl; *q && nv < 16;) {
+    int vs[32], nv = 0;
+    const char *rs = getenv("XD_ROUNDS");
+    const int rounds = rs && atoi(rs) > 0 ? atoi(rs) : 2;
+    if (!vl || !*vl) vl = "-1 0 1 2 3";
+    for (const char *q = vl; *q && nv < 32;) {
       char *end;
       const long v = strtol(q, &end, 10);
       if (end == q) break;
@@ -205,7 +208,7 @@ int main(int argc, char **argv) {
     }
     float *ref = xd_malloc((size_t)VOC * 4), *lg = xd_malloc((size_t)VOC * 4);
     int have_ref = 0;
-    for (int rr = 0; rr < 2; rr++) /* two rounds: drift / clock effects show as round-to-round spread */
+    for (int rr = 0; rr < rounds; rr++) /* XD_ROUNDS rounds (default two): drift / clock effects show as round-to-round spread */
     for (int vi = 0; vi < nv; vi++) {
       const int v = vs[vi];
       xd_student_cuda_state_use_legacy(st, v < 0);
@@ -235,7 +238,7 @@ int main(int argc, char **argv) {
       const int pgr = xd_student_cuda_state_profile_graph(m, st, 10, pu, pb, &err) == 0; /* else plain launches */
       if (!pgr) CK(xd_student_cuda_state_profile(m, st, 10, pu, pb, &err));
       printf("VARIANT %d (skip mask %d) round %d: %7.1f us/token (graph, 1K+), fraction %.3f; logits vs first rel L2 %.2e | %s events:",
-             v & 0xffff, v >> 16, rr,
+             v < 0 ? v : v & 0xffff, v < 0 ? 0 : v >> 16, rr,
              best * 1e6, bnd / best, dl, pgr ? "graph" : "plain-launch");
       for (int k = 0; k < XD_SDEC_NK; k++)
         if (pu[k] > 0) printf(" %s %.0f", xd_cuda_sdec_kname(k), pu[k]);
@@ -342,7 +345,7 @@ decode:;
          bytes / 1e6, wbytes / 1e6, state_rw / 1e6, kv_read / 1e6, bw / 1e9, bound * 1e6);
   for (int impl = 0; impl < 2; impl++) {
     const double *lat = lat_all[impl], *lat_plain = lat_plain_all[impl];
-    printf("  %s kernels:\n", impl ? "split (default)" : "legacy");
+    printf("  %s kernels:\n", impl ? "default" : "legacy");
     printf("  %-8s %-22s %-22s %s\n", "context", "latency (graph)", "plain launches", "bandwidth fraction (graph)");
     for (int i = 0; i < nctx_dec; i++) {
       char pl[64] = "-";
@@ -356,12 +359,12 @@ decode:;
       const double dd = (double)chk_logits[1][v] - chk_logits[0][v];
       num += dd * dd, den += (double)chk_logits[0][v] * chk_logits[0][v];
     }
-    printf("  split vs legacy logits after a 1K prefill + 8 steps: rel L2 %.3e (fp32 summation order only)\n",
+    printf("  default vs legacy logits after a 1K prefill + 8 steps: rel L2 %.3e (fp32 summation order only)\n",
            den > 0 ? sqrt(num / den) : sqrt(num));
     free(chk_logits[0]), free(chk_logits[1]);
   }
   printf("\nper-kernel breakdown of one step at 4K (cudaEvent after each launch, captured with the step as one CUDA graph; mean of 20 replays, all layers; the events disable PDL overlap):\n");
-  printf("  %-30s %10s %10s %10s | %10s %10s %10s\n", "kernel class", "MB", "legacy us", "frac", "split us", "frac", "bound us");
+  printf("  %-30s %10s %10s %10s | %10s %10s %10s\n", "kernel class", "MB", "legacy us", "frac", "default us", "frac", "bound us");
   double tot[2] = {0, 0};
   for (int k = 0; k < XD_SDEC_NK; k++) {
     const double b = prof_b[1][k], bu = b / bw * 1e6;

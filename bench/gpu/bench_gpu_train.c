@@ -14,7 +14,8 @@
  * the teacher) and the mLSTM's chunkwise matmuls; norms, gates and elementwise work are not
  * counted (the usual convention).
  *
- * Usage: bench_gpu_train [T] [timed steps]   (defaults 4096, 8; "quick": T 512, 2 steps, 2 layers)
+ * Usage: bench_gpu_train [T] [timed steps] [recompute]   (defaults 4096, 8; "quick": T 512, 2 steps,
+ * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
  * Lines starting "XD " are machine-readable (tools/gpu_test.sh greps them). */
 #include <math.h>
 #include <stdio.h>
@@ -60,6 +61,7 @@ int main(int argc, char **argv) {
   const int T = quick ? 512 : argc > 1 ? atoi(argv[1]) : 4096;
   const int reps = quick ? 2 : argc > 2 ? atoi(argv[2]) : 8;
   const int B = 1, N = B * T, K = 256;
+  const int recompute = argc > 3 && strcmp(argv[3], "recompute") == 0;
   xd_cuda_ctx *c = NULL;
   if (xd_cuda_ctx_create(&c, 0, &err)) {
     printf("skip: no usable CUDA device (%s)\n", err.msg);
@@ -102,7 +104,7 @@ int main(int argc, char **argv) {
   xd_params_cuda *pd = NULL;
   CK(xd_params_cuda_create(&pd, c, &s.params, &err));
   xd_student_cuda_train *m = NULL;
-  CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, &err));
+  CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, &err));
   xd_teacher_cuda tc;
   CK(xd_teacher_cuda_upload(&tc, c, &s.base, &err));
   xd_teacher_cuda_state ts;
@@ -121,9 +123,10 @@ int main(int argc, char **argv) {
   CK(xd_cuda_malloc((void **)&d_bad, 4, &err));
   size_t fr1 = 0;
   CK(xd_cuda_mem_info(c, &fr1, &tot, &err));
-  printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB, "
+  printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB%s, "
          "teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
-         xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T) / 1073741824.0,
+         xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T, recompute) / 1073741824.0,
+         recompute ? " (recomputed)" : "",
          (tc.weight_bytes + ts.act_bytes) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
 
   /* ---- data: Zipf-like tokens (rank r drawn with weight 1/(r+1)); a fixed batch ---- */
@@ -221,12 +224,12 @@ int main(int argc, char **argv) {
   printf(" sum %.1f\n", tot_ph * 1e3);
   xd_student_cuda_train_profile_print(m, stdout, np);
   xd_student_cuda_train_profile(m, 0);
-  printf("XD stage2_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f mfu_student=%.4f T=%d device=\"%s\"\n", tps, step * 1e3,
-         mfu, mfu_s, T, dev);
+  printf("XD stage2_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f mfu_student=%.4f T=%d recompute=%d device=\"%s\"\n", tps,
+         step * 1e3, mfu, mfu_s, T, recompute, dev);
 
   /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid
    * core forward, MSE and core backward) ---- */
-  {
+  if (!recompute) {
     xd_student_cuda_train *ma = NULL;
     CK(xd_student_cuda_align_create(&ma, c, &s, pd, B, T, &err));
     double *ll = xd_calloc((size_t)cfg.n_layers, sizeof(double)), st1[64];

@@ -124,10 +124,11 @@ int cmd_distill(int argc, char **argv) {
   eval_dev ed = {NULL, NULL, (int)cfg.micro_batch, xd_malloc((size_t)cfg.micro_batch * sizeof(uint64_t))};
   if (gpu) {
     rc = xd_distill_cuda_init(&g, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len,
-                              &kd, &hooks, stderr, &e);
+                              &kd, (int)cfg.recompute, &hooks, stderr, &e);
     if (rc != 0) xd_err_prefix(&e, "--device cuda");
     ed.gpu = g;
   } else {
+    if (cfg.recompute) fprintf(stderr, "distill: recompute applies to --device cuda; the CPU step keeps every layer's activations\n");
     xd_distill_init(&c, have_t ? &t : NULL, have_c ? &cache : NULL, &s, L, (int)cfg.micro_batch, (int)cfg.seq_len, &kd, &hooks);
     ed.cpu = &c;
   }

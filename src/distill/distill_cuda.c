@@ -158,7 +158,8 @@ static int step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_mic
 #define AL(p, bytes) do { if (xd_cuda_malloc((void **)&(p), (bytes), e)) goto fail; } while (0)
 
 int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_topk_reader *cache, xd_student *s,
-                         xd_loader *L, int B, int T, const kd_config *kd, xd_trainer_hooks *hooks, FILE *log, xd_err *e) {
+                         xd_loader *L, int B, int T, const kd_config *kd, int recompute, xd_trainer_hooks *hooks, FILE *log,
+                         xd_err *e) {
   *out = NULL;
   if (kd->k > XD_CUDA_TOPK_MAX) return xd_errf(e, "distill --device cuda: kd_topk %d above the GPU limit %d", kd->k, XD_CUDA_TOPK_MAX);
   xd_distill_cuda *c = xd_calloc(1, sizeof *c);
@@ -183,7 +184,7 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
       goto fail;
     }
   }
-  if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, e) != 0) goto fail;
+  if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, e) != 0) goto fail;
   AL(c->d_targets, N * 4); AL(c->d_mask, N); AL(c->d_tk_ids, nk * 4); AL(c->d_tk_logp, nk * 4);
   AL(c->d_row_ce, N * 4); AL(c->d_row_kl, N * 4); AL(c->d_res, sizeof(xd_cuda_kd_result)); AL(c->d_bad_row, 4);
   c->tokens = xd_malloc((size_t)B * (T + 1) * sizeof(int32_t));
@@ -200,9 +201,9 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
     size_t fr = 0, tot = 0;
     xd_cuda_device_info(c->cx, name, sizeof name, &sms, e);
     xd_cuda_mem_info(c->cx, &fr, &tot, e);
-    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB | teacher %.0f MiB | "
+    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | teacher %.0f MiB | "
             "free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
-            xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T) / 1048576.0,
+            xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T, recompute) / 1048576.0, recompute ? " (recomputed)" : "",
             c->have_t ? (c->t.weight_bytes + c->ts.act_bytes) / 1048576.0 : 0.0, fr / 1048576.0, tot / 1048576.0);
   }
   xd_params_cuda_trainer_device(c->pd, &c->dev);

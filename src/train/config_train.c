@@ -52,6 +52,8 @@ static const key_def KEYS[] = {
   {"kd_beta", T_FLOAT, FIELD(kd_beta), "0.1", "0.1", K_HASH, "stage II: weight of KL(p_teacher || p_student) over the top-k set"},
   {"kd_topk", T_INT, FIELD(kd_topk), "256", "256", K_HASH, "stage II: teacher top-k tokens per position"},
   {"kd_temperature", T_FLOAT, FIELD(kd_temperature), "1.0", "1.0", K_HASH, "stage II: softmax temperature of the KD term"},
+  {"recompute", T_BOOL, FIELD(recompute), "false", "false", 0,
+   "stage II on the GPU: keep each layer's input only, recompute its activations in the backward (same bits, ~1/10 of the memory; the CPU keeps all)"},
 };
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 

@@ -33,6 +33,8 @@ typedef struct {
   /* stage II loss */
   double kd_gamma, kd_beta, kd_temperature;
   int64_t kd_topk;
+  /* memory */
+  int recompute;
 } xd_train_config;
 
 /* Defaults of the given stage. */

@@ -9,6 +9,8 @@
 #     head dim (8) takes the SWA backward's fallback kernel, which sums dK/dV with float atomics
 #     (measured 8.8e-4; the tensor-core kernel for head dims that are multiples of 16 sums in a
 #     fixed order);
+#   - --recompute (activation recomputation) follows the default GPU run (2e-3, as above; the
+#     bit-identity of the gradients is checked in test_gpu_student_train);
 #   - a CPU checkpoint resumes on the GPU (one checkpoint format);
 #   - distill --teacher-cache on the GPU (a cache from the fp32 CPU teacher) follows the online
 #     GPU run (2e-2: the GPU teacher is bf16).
@@ -80,6 +82,10 @@ check "distill --device cpu" "[ $? -eq 0 ]"
 check "distill --device cuda" "[ $? -eq 0 ] && [ \$(wc -l <'$TMP/d_gpu/train/metrics.jsonl') -eq 20 ]"
 grep -h "held-out\|distill --device" "$TMP/d_cpu.log" "$TMP/d_gpu.log" | sed 's/^/  /'
 check "distill: GPU per-step loss, CE, KL follow the CPU's" "compare '$TMP/d_cpu/train/metrics.jsonl' '$TMP/d_gpu/train/metrics.jsonl' 2e-2 loss,ce,kl"
+# activation recomputation: the same maths and bits up to the fallback SWA backward's atomics
+"$BIN" "${DIST[@]}" --teacher $TEA --device cuda --recompute --out "$TMP/d_rc" >/dev/null 2>"$TMP/d_rc.log"
+check "distill --device cuda --recompute follows the default GPU run" \
+  "[ $? -eq 0 ] && grep -q '(recomputed)' '$TMP/d_rc.log' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_rc/train/metrics.jsonl' 2e-3 loss,ce,kl"
 kill_at "$TMP/d_kill" 7 "${DIST[@]}" --teacher $TEA --device cuda
 check "distill --device cuda: SIGKILL at step 7 + resume matches the uninterrupted run" \
   "compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_kill/train/metrics.jsonl' 2e-3 loss,ce,kl"

@@ -14,10 +14,34 @@
  *     is left is the second rounding of S~ and w~ V (~1e-3 rms); n and m involve no MMA
  *     (fp32 sums of bf16-exact k with fp32 weights; m in double), bound 1e-4 / 1e-5.
  * Output buffers are poisoned with NaN bytes first (an unwritten element fails).
+ *
+ * Backward (xd_cuda_mlstm_chunkwise_backward_tc, issue #8): the GPU tensor-core forward fills the
+ * boundary buffer, then the tensor-core backward (twice: the two results must be bitwise equal)
+ * and the fp32 SIMT backward run on it; the CPU forward + backward run on the fp32 inputs and on
+ * the bf16-rounded q, k, v. Random dh; cases: GQA 2:1 and 4:1, MQA, H == G, B = 2, T shorter
+ * than a chunk, one past a chunk boundary, a multiple of the chunk, both normalisers, with and
+ * without an initial state (the op has no initial-state gradient: the CPU op's neither), wide
+ * gates (both branches of the stabiliser max) and small. Relative L2 per gradient dq, dk, dv,
+ * di, df:
+ *   - vs the CPU op on fp32 inputs: dq, dk, dv 2e-2, as the forward: the bf16 rounding of q, k,
+ *     v (rms 1.1e-3 per element) plus the single-bf16 operands of the products (dS for dQ / dK,
+ *     S~^T and dnum for dV: 2^-9 per element) in sums of 64..T terms; di, df 1e-2: double sums
+ *     of products of fp32 factors, inheriting the relative error of those factors;
+ *   - vs the CPU op on the same bf16-rounded inputs: dq, dk, dv 5e-3 (what is left is the
+ *     single-bf16 operands above and the bf16 forward's boundary states); di, df 2e-3 (their
+ *     factors carry no single-bf16 rounding: C, dC, S~ in num, dnum in dS~, g o dnum in U_c
+ *     enter as hi + lo pairs, mlstm_backward.cu says why);
+ *   - vs the SIMT GPU backward on the same boundary buffer: the fp32 bounds.
+ * Measured on an H100 (docs/perf.md, 2026-11-28): vs fp32 <= 5.0e-3 (dq) / 2.5e-3 (df); vs the
+ * rounded inputs <= 2.3e-3 (dv) / 4.2e-4 (di); with single bf16 dnum and S~ (the first version)
+ * dq and dk were 8.8e-3 off the rounded-input reference in the wide-gate cases.
+ * Unsupported shapes (P = 32, chunk 16) must give bitwise the plain entry point's result.
  * Without an argument the program also checks the Llama-3.2-1B student shape (B 1, H 32, G 8,
  * P = D = 64, chunk 64) at T = 4096 against the CPU, and times the new and the old
  * (xd_cuda_mlstm_chunkwise_forward, fp32 SIMT) kernels at T = 4096 and 65536, comparing
- * the two GPU results at 65536; "quick" skips that (used under compute-sanitizer).
+ * the two GPU results at 65536, and the backward at T = 4096 against the CPU and the SIMT GPU
+ * backward, timing both GPU backwards in this process; "quick" skips that (used under
+ * compute-sanitizer).
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +55,8 @@
 #define GPU(call) do { if ((call) != 0) { fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, err.msg); xd_t.case_failed = 1; return; } } while (0)
 
 static const double TOL_LOOSE = 2e-2, TOL_TIGHT = 5e-3, TOL_N = 1e-4, TOL_M = 1e-5;
+/* backward: dq, dk, dv and the gate gradients di, df (see the header) */
+static const double TOLB_LOOSE = 2e-2, TOLB_TIGHT = 5e-3, TOLG_LOOSE = 1e-2, TOLG_TIGHT = 2e-3;
 
 static double worst;
 #define REL(name, x, ref, n, tol) do { double _r = rel_l2((x), (ref), (n)); \
@@ -162,6 +188,150 @@ static void test_mlstm_tc_refuses(void) {
   xd_cuda_free(d);
 }
 
+/* ---- backward (xd_cuda_mlstm_chunkwise_backward_tc) ------------------------------------------ */
+static const char *const GRAD_NAMES[5] = {"dq", "dk", "dv", "di", "df"};
+
+typedef struct {
+  float *g[5];
+  size_t n[5];
+} grads;
+static grads grads_host(const mlstm_cfg *c) {
+  grads g;
+  g.n[0] = (size_t)c->B * c->T * c->H * c->P, g.n[1] = (size_t)c->B * c->T * c->G * c->P;
+  g.n[2] = (size_t)c->B * c->T * c->G * c->D, g.n[3] = g.n[4] = (size_t)c->B * c->T * c->H;
+  for (int i = 0; i < 5; i++) g.g[i] = xd_calloc(g.n[i] + 1, sizeof(float));
+  return g;
+}
+static grads grads_dev(const grads *h) { /* zeroed device copies */
+  grads d = *h;
+  for (int i = 0; i < 5; i++) {
+    float *z = xd_calloc(h->n[i] + 1, sizeof(float));
+    d.g[i] = up_raw(z, h->n[i] * 4);
+    free(z);
+  }
+  return d;
+}
+static grads grads_down(const grads *d) {
+  grads h = *d;
+  for (int i = 0; i < 5; i++) h.g[i] = down(d->g[i], d->n[i]);
+  return h;
+}
+static void grads_free(grads *g, int dev) {
+  for (int i = 0; i < 5; i++) dev ? xd_cuda_free(g->g[i]) : free(g->g[i]);
+}
+static int bwd_gpu(int tc, const mlstm_cfg *c, const float *dq, const float *dk, const float *dv, const float *dig,
+                   const float *dfg, const float *dbound, const float *ddh, grads *o) {
+  return (tc ? xd_cuda_mlstm_chunkwise_backward_tc : xd_cuda_mlstm_chunkwise_backward)(
+      ctx, c, dq, dk, dv, dig, dfg, dbound, ddh, o->g[0], o->g[1], o->g[2], o->g[3], o->g[4], &err);
+}
+
+/* One backward accuracy case: the GPU tensor-core forward fills the boundary buffer, the
+ * tensor-core backward runs twice (bitwise compared) and the SIMT backward once on it; the CPU
+ * forward + backward run on the fp32 inputs and on the bf16-rounded q, k, v. */
+static void bw_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, int wide, uint64_t seed) {
+  const int P = 64, D = 64;
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  cfg.chunk = 64, cfg.norm = norm;
+  const size_t nq = (size_t)B * T * H * P, nk = (size_t)B * T * G * P, nv = (size_t)B * T * G * D;
+  const size_t ng = (size_t)B * T * H, nh = (size_t)B * T * H * D, BH = (size_t)B * H, PD = (size_t)P * D;
+  const size_t nb = mlstm_boundary_size(&cfg);
+  tc_inputs in = make_inputs(&cfg, &r, wide);
+  float *dhh = rand_f32(&r, nh, 0, 1.0);
+  float *qb = bf16_round(in.qf, nq), *kb = bf16_round(in.kf, nk), *vb = bf16_round(in.v, nv);
+  mlstm_state init = {in.C0, in.n0, in.m0};
+  const mlstm_state *ip = with_init ? &init : NULL;
+  float *hc = xd_malloc(nh * 4), *bnd = xd_malloc(nb * 4);
+  grads ref = grads_host(&cfg), refb = grads_host(&cfg);
+  mlstm_ws *ws = mlstm_ws_create(&cfg);
+  mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, ip, NULL, bnd, hc);
+  mlstm_chunkwise_backward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, ip, bnd, dhh, ref.g[0], ref.g[1], ref.g[2],
+                           ref.g[3], ref.g[4]);
+  mlstm_chunkwise_forward(&cfg, ws, qb, kb, vb, in.ig, in.fg, ip, NULL, bnd, hc);
+  mlstm_chunkwise_backward(&cfg, ws, qb, kb, vb, in.ig, in.fg, ip, bnd, dhh, refb.g[0], refb.g[1], refb.g[2],
+                           refb.g[3], refb.g[4]);
+  mlstm_ws_free(ws);
+
+  float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nv * 4);
+  float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *dhout = dev_poisoned(nh * 4);
+  float *dC0 = up_raw(in.C0, BH * PD * 4), *dn0 = up_raw(in.n0, BH * P * 4), *dm0 = up_raw(in.m0, BH * 4);
+  float *dbound = dev_poisoned(nb * 4), *ddh = up_raw(dhh, nh * 4);
+  mlstm_state dinit = {dC0, dn0, dm0};
+  grads t1 = grads_dev(&ref), t2 = grads_dev(&ref), so = grads_dev(&ref);
+  GPU(xd_cuda_mlstm_chunkwise_forward_tc_bound(ctx, &cfg, dq, dk, dv, dig, dfg, with_init ? &dinit : NULL, NULL,
+                                               dbound, dhout, &err));
+  GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t1));
+  GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t2));
+  GPU(bwd_gpu(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &so));
+  GPU(xd_cuda_sync(ctx, &err));
+  grads h1 = grads_down(&t1), h2 = grads_down(&t2), hs = grads_down(&so);
+  fprintf(stderr, "    tc backward B%d T%d H%d G%d %s %s%s:\n", B, T, H, G, norm == MLSTM_NORM_MAX ? "max" : "paper",
+          wide ? "wide" : "small", with_init ? " init" : "");
+  int same = 1;
+  for (int i = 0; i < 5; i++) {
+    char name[96];
+    const int gate = i >= 3;
+    snprintf(name, sizeof name, "  %s vs cpu fp32", GRAD_NAMES[i]);
+    REL(name, h1.g[i], ref.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
+    snprintf(name, sizeof name, "  %s vs cpu on bf16-rounded q,k,v", GRAD_NAMES[i]);
+    REL(name, h1.g[i], refb.g[i], ref.n[i], gate ? TOLG_TIGHT : TOLB_TIGHT);
+    snprintf(name, sizeof name, "  %s vs gpu fp32 SIMT backward", GRAD_NAMES[i]);
+    REL(name, h1.g[i], hs.g[i], ref.n[i], gate ? TOLG_LOOSE : TOLB_LOOSE);
+    if (memcmp(h1.g[i], h2.g[i], ref.n[i] * 4) != 0) same = 0;
+  }
+  fprintf(stderr, "    two tc runs bitwise identical: %s\n", same ? "yes" : "NO");
+  CHECK(same);
+  grads_free(&t1, 1), grads_free(&t2, 1), grads_free(&so, 1);
+  grads_free(&h1, 0), grads_free(&h2, 0), grads_free(&hs, 0), grads_free(&ref, 0), grads_free(&refb, 0);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dhout);
+  xd_cuda_free(dC0), xd_cuda_free(dn0), xd_cuda_free(dm0), xd_cuda_free(dbound), xd_cuda_free(ddh);
+  free(hc), free(bnd), free(dhh), free(qb), free(kb), free(vb);
+  free_inputs(&in);
+}
+
+static void test_mlstm_tc_backward(void) {
+  bw_case(1, 200, 4, 2, MLSTM_NORM_PAPER, 1, 1, 911); /* GQA 2:1, wide gates, initial state */
+  bw_case(2, 300, 8, 2, MLSTM_NORM_PAPER, 0, 0, 912); /* GQA 4:1, B = 2, small gates, zero state */
+  bw_case(1, 97, 2, 2, MLSTM_NORM_MAX, 1, 1, 913);    /* H == G, max normaliser */
+  bw_case(1, 40, 4, 1, MLSTM_NORM_PAPER, 1, 0, 914);  /* MQA, shorter than one chunk */
+  bw_case(1, 513, 4, 4, MLSTM_NORM_MAX, 0, 1, 915);   /* one token past a chunk boundary */
+  bw_case(1, 256, 4, 1, MLSTM_NORM_MAX, 1, 0, 916);   /* MQA, max normaliser, T a multiple of the chunk */
+}
+
+/* Unsupported shapes (P = 32; chunk 16) run the SIMT kernels: bitwise equal to the plain entry. */
+static void test_mlstm_tc_backward_fallback(void) {
+  for (int k = 0; k < 2; k++) {
+    xd_rng r;
+    xd_rng_seed(&r, 920 + k);
+    mlstm_cfg cfg = mlstm_cfg_make(1, 100, 4, 2, k ? 64 : 32, 64);
+    cfg.chunk = k ? 16 : 64;
+    const size_t nq = (size_t)cfg.T * cfg.H * cfg.P, nk = (size_t)cfg.T * cfg.G * cfg.P, nv = (size_t)cfg.T * cfg.G * cfg.D;
+    const size_t ng = (size_t)cfg.T * cfg.H, nh = (size_t)cfg.T * cfg.H * cfg.D, nb = mlstm_boundary_size(&cfg);
+    tc_inputs in = make_inputs(&cfg, &r, 1);
+    float *dhh = rand_f32(&r, nh, 0, 1.0), *hc = xd_malloc(nh * 4), *bnd = xd_malloc(nb * 4);
+    mlstm_ws *ws = mlstm_ws_create(&cfg);
+    mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, NULL, bnd, hc);
+    mlstm_ws_free(ws);
+    grads hz = grads_host(&cfg);
+    float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nv * 4);
+    float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *dbound = up_raw(bnd, nb * 4), *ddh = up_raw(dhh, nh * 4);
+    grads a = grads_dev(&hz), b = grads_dev(&hz);
+    GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &a));
+    GPU(bwd_gpu(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &b));
+    grads ha = grads_down(&a), hb = grads_down(&b);
+    int same = 1;
+    for (int i = 0; i < 5; i++) same &= memcmp(ha.g[i], hb.g[i], hz.n[i] * 4) == 0;
+    fprintf(stderr, "    P=%d chunk %d: _tc falls back to SIMT, bitwise equal: %s\n", cfg.P, cfg.chunk, same ? "yes" : "NO");
+    CHECK(same);
+    grads_free(&a, 1), grads_free(&b, 1), grads_free(&ha, 0), grads_free(&hb, 0), grads_free(&hz, 0);
+    xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dbound);
+    xd_cuda_free(ddh);
+    free(dhh), free(hc), free(bnd);
+    free_inputs(&in);
+  }
+}
+
 /* The 1B student shape: accuracy at T = 4096 against the CPU, then timing of both GPU kernels
  * at T = 4096 and 65536 (inputs of 65536 tokens tiled from the 4096-token ones). */
 static double time_fwd(int tc, const mlstm_cfg *cfg, const float *dq, const float *dk, const float *dv,
@@ -232,6 +402,63 @@ static void test_mlstm_tc_1b(void) {
   free_inputs(&in);
 }
 
+/* The backward at the 1B student shape, T = 4096: tensor-core vs CPU fp32 and vs the SIMT GPU
+ * backward (both on the boundary buffer of the GPU tensor-core forward), then the timing of both
+ * GPU backwards in this process (one layer's mLSTM backward). */
+static double time_bwd(int tc, const mlstm_cfg *c, const float *dq, const float *dk, const float *dv, const float *dig,
+                       const float *dfg, const float *dbound, const float *ddh, grads *o, int iters) {
+  if (bwd_gpu(tc, c, dq, dk, dv, dig, dfg, dbound, ddh, o) || xd_cuda_sync(ctx, &err)) return -1;
+  const double t0 = xd_now();
+  for (int i = 0; i < iters; i++)
+    if (bwd_gpu(tc, c, dq, dk, dv, dig, dfg, dbound, ddh, o)) return -1;
+  if (xd_cuda_sync(ctx, &err)) return -1;
+  return (xd_now() - t0) / iters * 1e3;
+}
+
+static void test_mlstm_tc_1b_backward(void) {
+  const int B = 1, H = 32, G = 8, P = 64, D = 64, T = 4096;
+  xd_rng r;
+  xd_rng_seed(&r, 908);
+  mlstm_cfg cfg = mlstm_cfg_make(B, T, H, G, P, D);
+  tc_inputs in = make_inputs(&cfg, &r, 0);
+  const size_t nq = (size_t)T * H * P, nk = (size_t)T * G * P, ng = (size_t)T * H, nh = (size_t)T * H * D;
+  const size_t nb = mlstm_boundary_size(&cfg);
+  float *dhh = rand_f32(&r, nh, 0, 1.0), *hc = xd_malloc(nh * 4), *bnd = xd_malloc(nb * 4);
+  grads ref = grads_host(&cfg);
+  mlstm_ws *ws = mlstm_ws_create(&cfg);
+  mlstm_chunkwise_forward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, NULL, bnd, hc);
+  mlstm_chunkwise_backward(&cfg, ws, in.qf, in.kf, in.v, in.ig, in.fg, NULL, bnd, dhh, ref.g[0], ref.g[1], ref.g[2],
+                           ref.g[3], ref.g[4]);
+  mlstm_ws_free(ws);
+  float *dq = up_raw(in.qf, nq * 4), *dk = up_raw(in.kf, nk * 4), *dv = up_raw(in.v, nk * 4);
+  float *dig = up_raw(in.ig, ng * 4), *dfg = up_raw(in.fg, ng * 4), *dhout = dev_poisoned(nh * 4);
+  float *dbound = dev_poisoned(nb * 4), *ddh = up_raw(dhh, nh * 4);
+  grads t = grads_dev(&ref), so = grads_dev(&ref);
+  GPU(xd_cuda_mlstm_chunkwise_forward_tc_bound(ctx, &cfg, dq, dk, dv, dig, dfg, NULL, NULL, dbound, dhout, &err));
+  GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t));
+  GPU(bwd_gpu(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &so));
+  GPU(xd_cuda_sync(ctx, &err));
+  grads ht = grads_down(&t), hs = grads_down(&so);
+  for (int i = 0; i < 5; i++) {
+    char name[96];
+    snprintf(name, sizeof name, "tc backward 1B shape T4096 %s vs cpu fp32", GRAD_NAMES[i]);
+    REL(name, ht.g[i], ref.g[i], ref.n[i], i >= 3 ? TOLG_LOOSE : TOLB_LOOSE);
+    snprintf(name, sizeof name, "  %s vs gpu fp32 SIMT backward", GRAD_NAMES[i]);
+    REL(name, ht.g[i], hs.g[i], ref.n[i], i >= 3 ? TOLG_LOOSE : TOLB_LOOSE);
+  }
+  const double t_old = time_bwd(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &so, 5);
+  const double t_new = time_bwd(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t, 20);
+  CHECKF(t_old > 0 && t_new > 0, "timing failed: %s", err.msg);
+  printf("TIMING mlstm chunkwise bwd 1B shape (B1 H32 G8 P64 D64 L64) T=%d, one layer: old fp32 SIMT %.3f ms, "
+         "tensor-core %.3f ms, speed-up %.2fx\n", T, t_old, t_new, t_old / t_new);
+  fflush(stdout);
+  grads_free(&t, 1), grads_free(&so, 1), grads_free(&ht, 0), grads_free(&hs, 0), grads_free(&ref, 0);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dhout);
+  xd_cuda_free(dbound), xd_cuda_free(ddh);
+  free(dhh), free(hc), free(bnd);
+  free_inputs(&in);
+}
+
 int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
   if (xd_cuda_ctx_create(&ctx, 0, &err)) {
@@ -243,7 +470,10 @@ int main(int argc, char **argv) {
   if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
   RUN(test_mlstm_tc_accuracy);
   RUN(test_mlstm_tc_refuses);
+  RUN(test_mlstm_tc_backward);
+  RUN(test_mlstm_tc_backward_fallback);
   if (!quick) RUN(test_mlstm_tc_1b);
+  if (!quick) RUN(test_mlstm_tc_1b_backward);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
     xd_t.failed++;

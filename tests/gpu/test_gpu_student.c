@@ -18,9 +18,10 @@
  * test_gpu_ops see 2e-3 per op). A real error (wrong key, wrong state, wrong norm) is O(1).
  * Also: decode with and without the CUDA graph must agree bit for bit (same kernels); the
  * legacy decode kernels (xd_student_cuda_state_use_legacy, one block per head, one warp per
- * GEMV row) and the default split ones agree to 1e-4 at every step (fp32 summation order only),
- * and so do the split step's issue #8 variants "none" and "all" (PDL, fused merge, one-wave
- * K split, short load chains, streamed GEMVs; the default comes from XD_SDEC_VARIANT if set).
+ * GEMV row) and the default ones (one clustered per-head kernel, split-K GEMVs) agree to 1e-4
+ * at every step (fp32 summation order only), and so do the default step without PDL and with
+ * the per-head kernel's other block size (XD_SDEC_* bits; the default comes from
+ * XD_SDEC_VARIANT if set).
  * Exits 77 when no CUDA device is present; "quick" (memcheck) runs three families. */
 #include <math.h>
 #include <stdint.h>
@@ -106,12 +107,13 @@ static void check_family(const char *family, int variant) {
   double wd_f = 0, wd_c = 0;
   double wl = 0;
   const int var0 = xd_student_cuda_state_variant(st);
-  /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph); 3, 4: the split step's
-   * issue #8 variants none and all (XD_SDEC_* bits, graph), each against pass 0 like legacy */
+  /* pass 0: CUDA graph, 1: plain launches, 2: legacy kernels (graph); 3: no variant bits (no
+   * PDL), 4: the per-head kernel's other block size (XD_SDEC_T256 flipped); 3 and 4 in a graph,
+   * each against pass 0 like legacy */
   for (int pass = 0; pass < 5; pass++) {
     xd_student_cuda_state_use_graph(st, pass != 1);
     xd_student_cuda_state_use_legacy(st, pass == 2);
-    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? XD_SDEC_PDL | XD_SDEC_FUSE_MERGE | XD_SDEC_ONEWAVE | XD_SDEC_SHORT | XD_SDEC_STREAM : var0);
+    xd_student_cuda_state_set_variant(st, pass == 3 ? 0 : pass == 4 ? var0 ^ XD_SDEC_T256 : var0);
     if (pass && xd_student_cuda_state_reset(st, &e)) { CHECKF(0, "%s", e.msg); break; }
     for (int t = prefill - 1; t < T; t++) {
       const int rc = t == prefill - 1 ? xd_student_cuda_step(m, st, ids, prefill, gstep, &e)

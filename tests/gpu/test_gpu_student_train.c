@@ -11,7 +11,8 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together;
- *   4. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
+ *   4. the same GPU step with activation recomputation: logits and every gradient bit-identical;
+ *   5. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
  *      backward is the tensor-core kernel (head dim 16k <= 128; the fallback's float atomics are
  *      only reported); then a backward without zero_grad: twice the gradients (the micro-batch
  *      accumulation).
@@ -102,9 +103,10 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   CHECKF(kd_loss_forward(&kd, cpu, targets, mask, tk, tlp, lse, &rc_cpu, &e) == 0, "%s: %s", name, e.msg);
   /* GPU forward before the CPU backward overwrites cpu with its gradient */
   xd_params_cuda *pd = NULL;
-  xd_student_cuda_train *m = NULL;
+  xd_student_cuda_train *m = NULL, *m2 = NULL;
+  float **g1 = NULL; /* the GPU gradients of the default path, per tensor */
   void *d_t = NULL, *d_mask = NULL, *d_tk = NULL, *d_tlp = NULL, *d_ce = NULL, *d_kl = NULL, *d_res = NULL;
-  if (xd_params_cuda_create(&pd, ctx, &s->params, &e) || xd_student_cuda_train_create(&m, ctx, s, pd, B, T, &e)) {
+  if (xd_params_cuda_create(&pd, ctx, &s->params, &e) || xd_student_cuda_train_create(&m, ctx, s, pd, B, T, 0, &e)) {
     CHECKF(0, "%s: create: %s", name, e.msg);
     goto out;
   }
@@ -157,17 +159,17 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   }
   double num = 0, den = 0, wt = 0;
   const char *wn = "";
+  g1 = xd_calloc((size_t)s->params.n, sizeof *g1);
   for (int i = 0; i < s->params.n; i++) {
     const xd_param_info *t = &s->params.t[i];
     const float *gc = xd_params_grad(&s->params, i);
-    float *gg = down(xd_params_cuda_grad(pd, i), t->numel);
+    float *gg = g1[i] = down(xd_params_cuda_grad(pd, i), t->numel);
     double n1 = 0, d1 = 0;
     for (size_t j = 0; j < t->numel; j++) {
       const double dd = (double)gg[j] - gc[j];
       n1 += dd * dd;
       d1 += (double)gc[j] * gc[j];
     }
-    free(gg);
     num += n1;
     den += d1;
     const double rel = isnan(n1) ? INFINITY : d1 > 0 ? sqrt(n1 / d1) : sqrt(n1);
@@ -178,7 +180,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   CHECKF(eall <= tol_all, "%s: all gradients rel L2 %.3e", name, eall);
   { /* run to run: the same forward, loss and backward again give every gradient bit for bit */
     const size_t nt = s->params.n_train;
-    float *g1 = down(xd_params_cuda_grad_all(pd), nt);
+    float *ga = down(xd_params_cuda_grad_all(pd), nt);
     const int rc2 = xd_student_cuda_train_forward(m, ids, &e) || xd_cuda_kd_loss_fused(ctx, &a, &e) ||
                     xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
     CHECKF(rc2 == 0, "%s: second step: %s", name, e.msg);
@@ -189,12 +191,12 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
        * fp32 QK-norm weight gradients directly (qwen3, olmo at head dim 12): reported only */
       const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
       if (exact) {
-        CHECKF(memcmp(g1, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
+        CHECKF(memcmp(ga, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
       } else {
         size_t nd = 0;
-        for (size_t j = 0; j < nt; j++) nd += memcmp(&g1[j], &g2[j], 4) != 0;
+        for (size_t j = 0; j < nt; j++) nd += memcmp(&ga[j], &g2[j], 4) != 0;
         fprintf(stderr, "%-22s two identical steps (atomic SWA backward, head dim %d): %zu of %zu gradient floats differ, rel L2 %.2e\n",
-                name, hd, nd, nt, rel_l2(g2, g1, nt));
+                name, hd, nd, nt, rel_l2(g2, ga, nt));
       }
       /* a second backward without zero_grad (a later micro-batch) adds: 2 g, up to rounding
        * where one backward adds several terms to a tensor (the tied embedding) */
@@ -209,7 +211,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
       }
       free(g2);
     }
-    free(g1);
+    free(ga);
   }
   fprintf(stderr, "%-22s logits %.2e  loss %.2e  gradients %.2e (worst tensor %.2e: %s)\n", name, el, eloss, eall, wt, wn);
   worst_all = fmax(worst_all, eall);
@@ -217,7 +219,37 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     worst_tensor = wt;
     snprintf(worst_name, sizeof worst_name, "%s: %s", name, wn);
   }
+  /* 4. activation recomputation (the layers' inputs kept, the rest recomputed before each
+   * layer's backward): the same step on the same mirror gives the same logits and gradients,
+   * bit for bit */
+  if (xd_student_cuda_train_create(&m2, ctx, s, pd, B, T, 1, &e) || xd_student_cuda_train_forward(m2, ids, &e) ||
+      xd_cuda_download(ctx, cpu, xd_student_cuda_train_logits(m2), (size_t)N * V * 4, &e)) {
+    CHECKF(0, "%s: recompute forward: %s", name, e.msg);
+    goto out;
+  }
+  CHECKF(memcmp(cpu, gpu, (size_t)N * V * 4) == 0, "%s: logits with recomputation differ", name);
+  a.logits = xd_student_cuda_train_logits(m2);
+  a.dlogits = xd_student_cuda_train_dlogits(m2);
+  if (xd_cuda_kd_loss_fused(ctx, &a, &e) || xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m2, &e) ||
+      xd_cuda_sync(ctx, &e)) {
+    CHECKF(0, "%s: recompute backward: %s", name, e.msg);
+    goto out;
+  }
+  int ndiff = 0;
+  for (int i = 0; i < s->params.n; i++) {
+    float *gr = down(xd_params_cuda_grad(pd, i), s->params.t[i].numel);
+    if (memcmp(gr, g1[i], s->params.t[i].numel * sizeof(float)) != 0) {
+      if (ndiff++ < 3) CHECKF(0, "%s: gradient of %s differs with recomputation", name, s->params.t[i].name);
+    }
+    free(gr);
+  }
+  CHECKF(ndiff == 0, "%s: %d gradients differ with recomputation", name, ndiff);
+  if (ndiff == 0) fprintf(stderr, "%-22s recomputation: logits and all %d gradients bit-identical\n", name, s->params.n);
 out:
+  if (g1)
+    for (int i = 0; i < s->params.n; i++) free(g1[i]);
+  free(g1);
+  xd_student_cuda_train_free(m2);
   xd_student_cuda_train_free(m);
   xd_params_cuda_free(pd);
   void *dv[] = {d_t, d_mask, d_tk, d_tlp, d_ce, d_kl, d_res};

@@ -494,22 +494,19 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
   dc->layers = st->layers;
   /* scratch: params, then fp32 vectors */
   const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd;
-  const size_t sz[15] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab,
-                         xd_cuda_sdec_part_floats(dc), H};
-  float *cntf = NULL; /* the fused merge's int counters [H] */
-  float **dst[15] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits, &dc->part, &cntf};
+  const size_t sz[13] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab};
+  float **dst[13] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits};
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 15; k++) off += al256(sz[k] * 4);
+  for (int k = 0; k < 13; k++) off += al256(sz[k] * 4);
   st->scratch_bytes = off;
   if (xd_cuda_malloc(&st->scratch_block, off, e)) goto fail;
   b = st->scratch_block;
   st->prm_d = (xd_cuda_sdec_params *)b;
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 15; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
-  dc->cnt = (int *)cntf;
+  for (int k = 0; k < 13; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
   dc->params = st->prm_d;
   {
-    const char *ev = getenv("XD_SDEC_VARIANT"); /* issue #8 experiments; default: all of them */
+    const char *ev = getenv("XD_SDEC_VARIANT"); /* issue #8 experiments (XD_SDEC_* bits) */
     dc->variant = ev && *ev ? atoi(ev) : XD_SDEC_DEFAULT_VARIANT;
   }
   if (xd_cuda_sdec_check(m->c, dc, e)) goto fail;
@@ -543,7 +540,6 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e) {
   }
   st->pos = 0;
   if (xd_cuda_memset(m->c, st->state_block, 0, off, e)) return -1;
-  if (xd_cuda_memset(m->c, st->dec.cnt, 0, (size_t)m->cfg.n_heads * sizeof(int), e)) return -1;
   return xd_cuda_sync(m->c, e);
 }
 

@@ -68,13 +68,14 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e);
 size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st);
 size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st);
 int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st);
-/* 1 (default): replay the step as a CUDA graph; 0: launch the ~7 kernels per layer one by one. */
+/* 1 (default): replay the step as a CUDA graph; 0: launch the 5 kernels per layer one by one. */
 void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on);
 /* 1: the original one-block-per-head kernels and one-warp-per-row GEMVs (issue #8's "before",
- * kept for comparison and tests); 0 (default): split attention / mLSTM, split-K GEMVs. Results
- * agree up to fp32 summation order. Drops the captured graph. */
+ * kept as the tests' reference); 0 (default): one clustered per-head kernel (prep, attention,
+ * mLSTM, merge), split-K GEMVs. Results agree up to fp32 summation order. Drops the captured
+ * graph. */
 void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on);
-/* Issue #8 variants of the split step (XD_SDEC_PDL | XD_SDEC_FUSE_MERGE bits of cuda_ops.h;
+/* Issue #8 variants of the default step (XD_SDEC_* bits of cuda_ops.h;
  * initial value from the environment variable XD_SDEC_VARIANT, else XD_SDEC_DEFAULT_VARIANT);
  * any variant gives the same results up to fp32 summation order. */
 void xd_student_cuda_state_set_variant(xd_student_cuda_state *st, int variant);

@@ -44,6 +44,9 @@ struct xd_student_cuda_train {
   xd_model_config cfg;
   xd_hybrid_config hy;
   int B, T, N, P;
+  /* activation recomputation: every layer keeps only its input h0; the other saves are one
+   * layer's set (sv[0]'s), refilled by re-running the layer's forward before its backward */
+  int recompute;
   mlstm_cfg mc;
   tl_layer *ly;
   tl_saves *sv;
@@ -102,6 +105,11 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   const size_t nb = mlstm_boundary_size(&m->mc);
   for (int l = 0; l < (m->align ? 1 : c->n_layers); l++) {
     tl_saves *s = &m->sv[l];
+    if (m->recompute && l > 0) { /* layer 0's set, own input */
+      *s = m->sv[0];
+      s->h0 = TF(k, N * D);
+      continue;
+    }
     s->h0 = TF(k, N * D); s->xf = TF(k, N * D); s->xb = TH(k, N * D);
     s->qr = TF(k, N * Hd); s->kr = TF(k, N * Gd); s->vr = TF(k, N * Gd); s->q = TF(k, N * Hd); s->k = TF(k, N * Gd);
     s->loc = TF(k, N * Hd); s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
@@ -130,10 +138,11 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   m->dh16 = TH(k, N * D);
 }
 
-static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align) {
+static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align, int recompute) {
   xd_student_cuda_train m;
   memset(&m, 0, sizeof m);
   m.align = align;
+  m.recompute = recompute;
   m.cfg = *c;
   m.hy = *hy;
   m.B = B;
@@ -147,11 +156,11 @@ static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, 
   free(m.sv);
   return k.off;
 }
-size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
-  return train_bytes(c, hy, B, T, 0);
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute) {
+  return train_bytes(c, hy, B, T, 0, recompute != 0);
 }
 size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
-  return train_bytes(c, hy, B, T, 1);
+  return train_bytes(c, hy, B, T, 1, 0);
 }
 
 /* ---- weights: tensor pointers from the mirror ---------------------------------------------- */
@@ -291,7 +300,7 @@ static int first_writes(xd_student_cuda_train *m, const xd_params *p, xd_params_
 }
 
 static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd, int B, int T,
-                  int align, xd_err *e) {
+                  int align, int recompute, xd_err *e) {
   *out = NULL;
   const xd_model_config *cf = &s->cfg;
   const int d = cf->head_dim, P = s->hy.d_phi;
@@ -303,6 +312,7 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   xd_student_cuda_train *m = xd_calloc(1, sizeof *m);
   m->c = c;
   m->align = align;
+  m->recompute = recompute != 0 && !align;
   m->cfg = *cf;
   m->hy = s->hy;
   m->B = B;
@@ -353,12 +363,12 @@ fail:
 }
 
 int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
-                                 xd_params_cuda *pd, int B, int T, xd_err *e) {
-  return create(out, c, s, pd, B, T, 0, e);
+                                 xd_params_cuda *pd, int B, int T, int recompute, xd_err *e) {
+  return create(out, c, s, pd, B, T, 0, recompute, e);
 }
 int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd,
                                  int B, int T, xd_err *e) {
-  return create(out, c, s, pd, B, T, 1, e);
+  return create(out, c, s, pd, B, T, 1, 0, e);
 }
 
 void xd_student_cuda_train_free(xd_student_cuda_train *m) {
@@ -403,7 +413,8 @@ uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return
 /* The teacher's layer after its attention (xd_teacher_layer_out, unrolled to keep what the
  * backward needs): h1 = h0 + [norm](att Wo^T + bo); MLP; hout = h1 + [norm](act Wdown^T + b).
  * Reads s->h0, s->attb; writes s->h1, s->xmb, s->gu, s->act, (post-norm) s->o1, s->o2, hout
- * (which may be s->h0: it is read before hout is written). */
+ * (which may be s->h0: it is read before hout is written). hout NULL (recomputation before the
+ * backward): only the saves, so the pre-norm down projection is skipped. */
 static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *hout, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
@@ -423,9 +434,10 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   /* MLP: gu = xm Wgu^T (+b), act = silu(g) u, h2 = h1 + [norm](act Wdown^T + b) */
   OP(P_GEMM, xd_cuda_matmul(cx, s->gu, XD_CUDA_BF16, s->xmb, y->w_gu, y->b_gu16, N, D, 2 * F, 0, e));
   OP(P_MLP, xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
+  if (c->post_norm) OP(P_GEMM, xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
+  if (!hout) return 0;
   if (c->post_norm) {
     OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
-    OP(P_GEMM, xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
     OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
   } else {
     OP(P_GEMM, xd_cuda_matmul_res(cx, hout, s->h1, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, e));
@@ -483,6 +495,13 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
   return 0;
 }
 
+/* One layer of the training forward: h0 -> hout (NULL: saves only, see layer_tail). */
+static int layer_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *hout, xd_err *e) {
+  CK(layer_head(m, y, s, e));
+  CK(core_forward(m, y, s, NULL, s->attb, e)); /* the core's output straight in bf16 */
+  return layer_tail(m, y, s, hout, e);
+}
+
 /* ---- forward (xd_student_forward_train) --------------------------------------------------- */
 int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e) {
   const xd_model_config *c = &m->cfg;
@@ -506,9 +525,7 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
     const tl_layer *y = &m->ly[l];
     tl_saves *s = &m->sv[l];
     float *hout = l + 1 < c->n_layers ? m->sv[l + 1].h0 : m->hL;
-    CK(layer_head(m, y, s, e));
-    CK(core_forward(m, y, s, NULL, s->attb, e)); /* the core's output straight in bf16 */
-    CK(layer_tail(m, y, s, hout, e));
+    CK(layer_forward(m, y, s, hout, e));
   }
   OP(P_NORM, xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
   OP(P_GEMM, xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
@@ -542,6 +559,7 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
   const int P = m->P;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
+  const int tc = P == 64 && d == 64 && m->mc.chunk == 64; /* as core_forward (the _tc backward falls back anyway) */
   OP(P_MEM, zero(m, m->dqf, (size_t)N * H * P, e));
   OP(P_MEM, zero(m, m->dkf, (size_t)N * G * P, e));
   OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
@@ -549,7 +567,7 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const mix_shape ms = {N, H, G, d};
   OP(P_MIX_BWD, xd_cuda_mix_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
-  OP(P_MLSTM_BWD, xd_cuda_mlstm_chunkwise_backward(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
+  OP(P_MLSTM_BWD, (tc ? xd_cuda_mlstm_chunkwise_backward_tc : xd_cuda_mlstm_chunkwise_backward)(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
   OP(P_GATES_BWD, xd_cuda_gates_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig,
@@ -586,6 +604,10 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   for (int l = c->n_layers - 1; l >= 0; l--) {
     const tl_layer *y = &m->ly[l];
     const tl_saves *s = &m->sv[l];
+    /* recomputation: the shared saves hold the last layer's from the forward; refill them for
+     * the others from their kept input (same kernels, same inputs: the same bits; it touches none
+     * of the backward's live buffers dh, dh16) */
+    if (m->recompute && l + 1 < c->n_layers) CK(layer_forward(m, y, &m->sv[l], NULL, e));
     /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2); m->dh16 = bf16(do2) (pre-norm: made by
      * the producer of dh, the next layer's input-norm backward or the head) */
     if (c->post_norm) {

@@ -18,6 +18,13 @@
  * the attention and MLP outputs before their norms. Everything is allocated once at create; a
  * step allocates nothing (the ops' own scratch comes from the stream-ordered pool).
  *
+ * Activation recomputation (recompute = 1 at create): every layer keeps only its input h0
+ * [N, D]; one layer's set of the other saves is shared, and the backward re-runs each layer's
+ * forward (all but the last, whose saves the forward leaves in place) right before that layer's
+ * backward. Same kernels on the same inputs, so the gradients are bit-identical to the default;
+ * memory falls from L full sets to L inputs + one set (12.7 -> ~1.3 GiB at the 1B shape, T 4096)
+ * for about one more student forward per step.
+ *
  * Only available with XD_HAVE_CUDA. */
 #ifndef XD_STUDENT_CUDA_TRAIN_H
 #define XD_STUDENT_CUDA_TRAIN_H
@@ -32,14 +39,14 @@
 typedef struct xd_student_cuda_train xd_student_cuda_train;
 
 /* Device memory the training activations take for (B, T), bytes (without the weights). */
-size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T);
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute);
 
 /* s gives the configuration and the tensor table (s->params, the same table pd mirrors); its
  * host weights are not read. Every tensor must be trainable (mode XD_STUDENT_TRAIN_ALL).
  * Fails with one line for shapes the kernels lack (d_phi > 128, head dim > 128 or odd, chunk >
  * 64) or when device memory is short. */
 int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
-                                 xd_params_cuda *pd, int B, int T, xd_err *e);
+                                 xd_params_cuda *pd, int B, int T, int recompute, xd_err *e);
 void xd_student_cuda_train_free(xd_student_cuda_train *m);
 
 /* ids [B,T] on the host (checked against the vocabulary) -> logits [B*T, V] fp32 on the device

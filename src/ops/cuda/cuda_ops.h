@@ -167,6 +167,16 @@ int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const
                                      const float *v, const float *ig, const float *fg, const float *bound,
                                      const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
                                      xd_err *e);
+/* The same backward with the chunk-level products on the tensor cores (bf16 mma.sync, fp32
+ * accumulation; issue #8, src/ops/cuda/mlstm_backward.cu, docs/cuda.md): for P = D = chunk = 64
+ * with 16-byte aligned q, k, v, dh, bound and gradient buffers; any other call runs the fp32
+ * SIMT kernels of xd_cuda_mlstm_chunkwise_backward (same signature, same outputs, same scratch).
+ * Deterministic (no atomics, fixed reduction orders). Relative L2 error against the fp32 CPU
+ * op <= 5e-3 per gradient (tests/gpu/test_gpu_mlstm_tc.c; docs/cuda.md). */
+int xd_cuda_mlstm_chunkwise_backward_tc(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                        const float *v, const float *ig, const float *fg, const float *bound,
+                                        const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
+                                        xd_err *e);
 
 /* Feature map (feature_map_forward / _backward; plain softmax(xP) or hedgehog). fp32. */
 int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,
@@ -380,35 +390,26 @@ typedef struct {
   const xd_cuda_sdec_layer *layers; /* host array [L] */
   const xd_cuda_sdec_params *params;
   /* one token's scratch, fp32: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P], kf [G,P],
-   * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] */
+   * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] (q, k, qf, kf, ig, fg: legacy kernels only) */
   float *h, *xn, *qkv, *q, *k, *qf, *kf, *ig, *fg, *att, *tmp, *act, *logits;
-  /* partials of the split per-head step (xd_cuda_sdec_part_floats floats; unused by legacy) */
-  float *part;
   /* 1: the original kernels (one block per head for prep/core, one warp per GEMV row) kept as
-   * the before-reference of issue #8; 0 (default): split attention / mLSTM, split-K GEMVs */
+   * the reference of issue #8; 0 (default): one clustered per-head kernel, split-K GEMVs */
   int legacy;
-  /* issue #8, split path only (ignored with legacy): XD_SDEC_PDL launches every kernel after the
-   * embedding with programmatic dependent launch (the next kernel's blocks start while the
-   * previous one drains; weight loads issued before griddepcontrol.wait); XD_SDEC_FUSE_MERGE
-   * merges in k_dec_split's last block per head (cnt) instead of a k_dec_merge2 launch;
-   * XD_SDEC_ONEWAVE picks the GEMVs' K split as the largest whose grid fits one wave;
-   * XD_SDEC_SHORT issues each per-head block's global loads in one batch (k_dec_prep3, the
-   * split kernel's sd_split_body3; weights prefetched before the PDL wait); XD_SDEC_STREAM runs
-   * the GEMVs as k_gemv3 (one wave, row groups streamed with the next step's loads in flight
-   * during the current step's FMAs). Bits 16 and up
-   * (benchmarks only): skip the launches of kernel class k (1 << (16 + k)); wrong results. */
+  /* split path only (ignored with legacy), bits XD_SDEC_*: XD_SDEC_PDL launches every kernel
+   * after the embedding with programmatic dependent launch (the next kernel's blocks start
+   * while the previous one drains; weight / state loads issued before griddepcontrol.wait);
+   * XD_SDEC_T256: the per-head kernel with 256 threads per block instead of 128 (taken anyway
+   * when the softmax's d_phi > 128). Bits 16 and up (benchmarks only): skip the launches of
+   * kernel class k (1 << (16 + k)); wrong results. */
   int variant;
-  int *cnt; /* [H] arrival counters of the fused merge, zero between launches */
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_FUSE_MERGE = 2, XD_SDEC_ONEWAVE = 4, XD_SDEC_SHORT = 8, XD_SDEC_STREAM = 16, XD_SDEC_DEFAULT_VARIANT = 5 };
-/* Floats of m->part the split step needs (from L, H, d, P and each layer's W + S). */
-size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m);
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_DEFAULT_VARIANT = 1 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step
  * (weights, state, K/V; not the tiny activations). Classes: XD_SDEC_K_*. */
-enum { XD_SDEC_K_EMBED, XD_SDEC_K_QKV, XD_SDEC_K_PREP, XD_SDEC_K_CORE, XD_SDEC_K_MERGE, XD_SDEC_K_O, XD_SDEC_K_NORM,
-       XD_SDEC_K_GU, XD_SDEC_K_DOWN, XD_SDEC_K_LMHEAD, XD_SDEC_NK };
+enum { XD_SDEC_K_EMBED, XD_SDEC_K_QKV, XD_SDEC_K_PREP, XD_SDEC_K_CORE, XD_SDEC_K_O, XD_SDEC_K_NORM, XD_SDEC_K_GU,
+       XD_SDEC_K_DOWN, XD_SDEC_K_LMHEAD, XD_SDEC_NK };
 const char *xd_cuda_sdec_kname(int k);
 int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double *us, double *bytes, xd_err *e);
 /* graph 1: the same with the step (events included) captured once as a CUDA graph and replayed

@@ -21,6 +21,7 @@
  * thread a strided 4 x 4 micro-tile per 64 x 64 pass; rows padded to odd strides. */
 #include <math.h>
 #include "cuda_common.cuh"
+#include "cuda_mma.cuh"
 
 #define BW_THREADS 256
 
@@ -319,11 +320,20 @@ __global__ void k_bw_scan(bw_args a) {
   const size_t n = (size_t)a.P * a.D + a.P, i = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float *base = a.dCw + (size_t)bh * a.NC * n + i;
+  const float *gl = a.glast + (size_t)bh * a.NC;
   float carry = 0.f;
-  for (int c = a.NC - 1; c >= 1; c--) {
-    const float u = base[(size_t)c * n];
-    base[(size_t)c * n] = carry;
-    carry = a.glast[(size_t)bh * a.NC + c] * carry + u;
+  /* in batches of 8 chunks, loads first (the in-place stores would otherwise serialise them) */
+  for (int c1 = a.NC - 1; c1 >= 1; c1 -= 8) {
+    float u[8], gv[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (c1 - k >= 1) u[k] = base[(size_t)(c1 - k) * n], gv[k] = gl[c1 - k];
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      if (c1 - k >= 1) {
+        base[(size_t)(c1 - k) * n] = carry;
+        carry = gv[k] * carry + u[k];
+      }
   }
   base[0] = carry;
 }
@@ -434,42 +444,687 @@ __global__ void k_bw_gqa_sum(bw_args a, float *dkf, float *dv) {
 }
 
 /* The stabiliser recurrence backwards through time, then the gate gradients. One block per
- * head; tiles of BW_THREADS tokens from the end, scanned by thread 0 out of shared memory. */
+ * head; tiles of GT_TILE tokens from the end. Within a tile the scan
+ *     acc += dm_t; if (branch f) dl_t += acc; else { di_t += acc; acc = 0; }
+ * runs on 32 lanes of warp 0, GT_SEG tokens each: pass 1 gives each segment's effect on acc
+ * (reset or not, and the value it adds or leaves), lane 0 chains the 32 segments from the tile's
+ * carry, pass 2 reruns each segment from its incoming acc writing dl / di. Fixed order: the
+ * result is deterministic (its rounding differs from the one-thread scan only in where the
+ * carried acc joins a segment's sum). */
+#define GT_TILE 1024
+#define GT_SEG (GT_TILE / 32)
 __global__ void __launch_bounds__(BW_THREADS) k_bw_gates(bw_args a, float *dig, float *dfg) {
-  __shared__ double dm_s[BW_THREADS], dl_s[BW_THREADS], di_s[BW_THREADS];
-  __shared__ unsigned char br_s[BW_THREADS];
+  __shared__ double dm_s[GT_TILE], dl_s[GT_TILE], di_s[GT_TILE];
+  __shared__ unsigned char br_s[GT_TILE];
+  __shared__ double segB[32], segIn[32], carry_s;
+  __shared__ int segR[32];
   const int bh = blockIdx.x, b = bh / a.H, h = bh % a.H, tid = threadIdx.x;
-  double acc = 0; /* thread 0's carry between tiles */
-  for (int hi = a.T; hi > 0; hi -= BW_THREADS) {
-    const int lo = max(0, hi - BW_THREADS), n = hi - lo;
-    if (tid < n) {
-      const int t = lo + tid;
+  if (tid == 0) carry_s = 0;
+  for (int hi = a.T; hi > 0; hi -= GT_TILE) {
+    const int lo = max(0, hi - GT_TILE), n = hi - lo;
+    for (int k = tid; k < n; k += blockDim.x) {
+      const int t = lo + k;
       const size_t o = (size_t)bh * a.T + t;
       double dm = a.dmm[o];
       if (t + 1 < a.T && (t + 1) % a.L == 0) dm += a.dmprev[(size_t)bh * a.NC + (t + 1) / a.L];
-      dm_s[tid] = dm, dl_s[tid] = a.db[o], di_s[tid] = a.di[o], br_s[tid] = a.br[o];
+      dm_s[k] = dm, dl_s[k] = a.db[o], di_s[k] = a.di[o], br_s[k] = a.br[o];
     }
     __syncthreads();
-    if (tid == 0)
-      for (int j = n - 1; j >= 0; j--) {
+    if (tid < 32) {
+      const int j0 = tid * GT_SEG, j1 = min(n, j0 + GT_SEG);
+      double acc = 0;
+      int reset = 0;
+      for (int j = j1 - 1; j >= j0; j--) {
+        acc += dm_s[j];
+        if (!br_s[j]) acc = 0, reset = 1;
+      }
+      segB[tid] = acc, segR[tid] = reset;
+      __syncwarp();
+      if (tid == 0) {
+        double cc = carry_s;
+        for (int sg = 31; sg >= 0; sg--) {
+          segIn[sg] = cc;
+          cc = segR[sg] ? segB[sg] : cc + segB[sg];
+        }
+      }
+      __syncwarp();
+      acc = segIn[tid];
+      for (int j = j1 - 1; j >= j0; j--) {
         acc += dm_s[j];
         if (br_s[j]) dl_s[j] += acc;
         else di_s[j] += acc, acc = 0;
       }
+      if (tid == 0) carry_s = acc; /* into the token below the tile */
+    }
     __syncthreads();
-    if (tid < n) {
-      const size_t o = ((size_t)b * a.T + lo + tid) * a.H + h;
-      dig[o] += (float)di_s[tid];
-      dfg[o] += (float)(dl_s[tid] * sigm_d(-(double)a.fg[o]));
+    for (int k = tid; k < n; k += blockDim.x) {
+      const size_t o = ((size_t)b * a.T + lo + k) * a.H + h;
+      dig[o] += (float)di_s[k];
+      dfg[o] += (float)(dl_s[k] * sigm_d(-(double)a.fg[o]));
     }
     __syncthreads();
   }
 }
 
-extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
-                                                const float *v, const float *ig, const float *fg, const float *bound,
-                                                const float *dh, float *dqf, float *dkf, float *dv, float *dig,
-                                                float *dfg, xd_err *e) {
+/* ==== Tensor-core variant (xd_cuda_mlstm_chunkwise_backward_tc, issue #8) ======================
+ * The same schedule, maths and scratch as above; k_bw_local and k_bw_state are replaced by
+ * k_bwtc_local and k_bwtc_state, which do the chunk-level products with bf16 mma.sync m16n8k16
+ * (fp32 accumulation); k_bw_scan, k_bw_gqa_sum and k_bw_gates are shared. Supported: P = D =
+ * chunk = 64 (the student's) with 16-byte aligned q, k, v, dh, bound and gradient buffers; any
+ * other call (P or D != 64, another chunk, a misaligned pointer) runs the SIMT kernels above,
+ * which stay the fallback and the oracle. One block of 128 threads (4 warps) per (head, chunk);
+ * warp w owns chunk rows 16w..16w+15 (tokens j for S, num, dS~, dQ; keys k for dK, dV; state
+ * rows p for U_c), so every output element has one writer.
+ *   k_bwtc_local: S = Q K^T, S~ = s S o Dm (fp32, kept in registers), qc = Q C, num = g s qc +
+ *     S~ V, the normaliser (3.1), dS~ = dnum V^T + dden, E = dS~ o S~ (double sums: rows by quad
+ *     shuffles, columns by per-warp partials added in warp order), dS = dS~ o Dm, dQ = s dS K +
+ *     s g (dnum C^T + dden n), then from shared tiles dK = s dS^T Q, dV = S~^T dnum and
+ *     U_c = s Q^T diag(g) dnum (10 small products, the causal ones on the blocks at or left of
+ *     the diagonal only).
+ *   k_bwtc_state: x = V dC^T, z = K dC, the 3.4 updates of dK, dV and the gate sums.
+ * Rounding: q, k, v enter as bf16 (as in the tensor-core forward). Operands whose errors would
+ * not cancel in the gate gradients enter as a bf16 hi + lo pair (two MMAs, ~16 mantissa bits):
+ * the chunk-start state C and the carried dC (as the forward's C), S~ in num = ... + S~ V, dnum
+ * in dS~ and in dnum C^T, g o dnum in U_c. The reason: the gate gradients are differences of
+ * nearly equal sums (the output is invariant to a common shift of all input gates, so
+ * sum_t di_t ~ 0: rs_j + Eg_j = dnum_j . num_j + dden_j den_j = O(eps)); with num, dS~ and U_c
+ * from single bf16 operands those sums disagree at 1e-3 and the igate bias gradient of the
+ * student test was off by 14% (first GPU run). Single bf16: dS (for dQ, dK), S~^T and dnum in
+ * dV. Gates, stabiliser, normaliser and all gate-gradient sums as in the SIMT kernels (double
+ * scalars, the same formulas). No atomics; every sum has a fixed order: bitwise reproducible. */
+#define BT_L 64   /* chunk = P = D */
+#define BT_LD 72  /* bf16 row stride of the shared tiles (+8: conflict-free fragment loads) */
+#define BT_THREADS 128
+
+struct bt_local_smem {
+  uint16_t Q[BT_L * BT_LD], K[BT_L * BT_LD], V[BT_L * BT_LD]; /* [token][dim] */
+  uint16_t Ch[BT_L * BT_LD], Cl[BT_L * BT_LD];                /* C_start [p][d], hi + lo */
+  uint16_t QT[BT_L * BT_LD];                                  /* [p][j] q_jp */
+  uint16_t ST[BT_L * BT_LD], DT[BT_L * BT_LD];                /* S~^T, dS^T: [k][j] */
+  uint16_t DN[BT_L * BT_LD];                                  /* dnum [j][d] */
+  uint16_t GDh[BT_L * BT_LD], GDl[BT_L * BT_LD];              /* g_j dnum_jd [j][d], hi + lo */
+  double bd[BT_L], md[BT_L], igd[BT_L], rb[BT_L], cb[BT_L];
+  double rsum[BT_L], Egs[BT_L], dms[BT_L], dbs[BT_L], dis[BT_L], colp[4][BT_L], mp;
+  float n[BT_L], g[BT_L], w[BT_L], qn[BT_L], dden[BT_L];
+};
+
+static __device__ __forceinline__ float2 bt_ld2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
+static __device__ __forceinline__ float bt_decay(double x) {
+  const float xf = (float)x;
+  return xf > -87.f ? expf(xf) : 0.f;
+}
+/* Two 8-column C fragments (blocks 2kk, 2kk+1) as one bf16 A fragment (columns 16kk..16kk+15). */
+static __device__ __forceinline__ void bt_c2a(uint32_t (&A)[4], const float (&c0)[4], const float (&c1)[4]) {
+  A[0] = xd_pack_bf16x2(c0[0], c0[1]), A[1] = xd_pack_bf16x2(c0[2], c0[3]);
+  A[2] = xd_pack_bf16x2(c1[0], c1[1]), A[3] = xd_pack_bf16x2(c1[2], c1[3]);
+}
+/* hi = bf16(x), lo = bf16(x - hi) of a pair, packed. */
+static __device__ __forceinline__ void bt_split2(uint32_t &hi, uint32_t &lo, float x0, float x1) {
+  const __nv_bfloat162 hh = __floats2bfloat162_rn(x0, x1);
+  const float2 f = __bfloat1622float2(hh);
+  hi = *reinterpret_cast<const uint32_t *>(&hh);
+  lo = xd_pack_bf16x2(x0 - f.x, x1 - f.y);
+}
+/* bt_c2a as a hi + lo pair of A fragments. */
+static __device__ __forceinline__ void bt_c2a_hl(uint32_t (&H)[4], uint32_t (&Lo)[4], const float (&c0)[4],
+                                                 const float (&c1)[4]) {
+  bt_split2(H[0], Lo[0], c0[0], c0[1]), bt_split2(H[1], Lo[1], c0[2], c0[3]);
+  bt_split2(H[2], Lo[2], c1[0], c1[1]), bt_split2(H[3], Lo[3], c1[2], c1[3]);
+}
+/* hi = bf16(x), lo = bf16(x - hi) for 4 consecutive floats into two bf16 tiles. */
+static __device__ __forceinline__ void bt_split4(uint16_t *hi, uint16_t *lo, float4 cv) {
+  const __nv_bfloat162 h01 = __floats2bfloat162_rn(cv.x, cv.y), h23 = __floats2bfloat162_rn(cv.z, cv.w);
+  const float2 f01 = __bfloat1622float2(h01), f23 = __bfloat1622float2(h23);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t *>(&h01), u.y = *reinterpret_cast<const uint32_t *>(&h23);
+  *reinterpret_cast<uint2 *>(hi) = u;
+  u.x = xd_pack_bf16x2(cv.x - f01.x, cv.y - f01.y), u.y = xd_pack_bf16x2(cv.z - f23.x, cv.w - f23.y);
+  *reinterpret_cast<uint2 *>(lo) = u;
+}
+static __device__ __forceinline__ void bt_pack4(uint16_t *dst, float4 v) {
+  uint2 u;
+  u.x = xd_pack_bf16x2(v.x, v.y), u.y = xd_pack_bf16x2(v.z, v.w);
+  *reinterpret_cast<uint2 *>(dst) = u;
+}
+/* acc[16 rows of this warp][64] += A(16 x 16 kk blocks kk0..kk1-1, row-major tile X rows row0..)
+ * times B(k = token, n) = Y[token][n] (row-major, ldmatrix.trans). */
+static __device__ __forceinline__ void bt_mm_at(float (&acc)[8][4], const uint16_t *X, int row0, const uint16_t *Y,
+                                                int kk0, int kk1, int lane) {
+  const int gq = lane >> 2, tq = lane & 3, lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
+  for (int kk = kk0; kk < kk1; kk++) {
+    uint32_t fa[4];
+    xd_frag_a(fa, X, BT_LD, row0, kk * 16, gq, tq);
+#pragma unroll
+    for (int nd = 0; nd < 8; nd += 2) {
+      uint32_t b0, b1, b2, b3;
+      xd_ldsm_x4_trans(b0, b1, b2, b3, Y + (kk * 16 + lrow) * BT_LD + nd * 8 + lcol);
+      xd_mma16816(acc[nd], fa, b0, b1);
+      xd_mma16816(acc[nd + 1], fa, b2, b3);
+    }
+  }
+}
+
+/* Rows r0 = 16w + lane/4 and r1 = r0 + 8 (when valid) of a warp's 16 x 64 accumulator, times sc:
+ * dst += (add) or dst = ; the loads all come first. */
+static __device__ __forceinline__ void bt_store_rows(const float (&acc)[8][4], float sc, float *dst0, float *dst1,
+                                                     bool v0, bool v1, bool add, int tq) {
+  float2 old[8][2];
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    old[np][0] = add && v0 ? bt_ld2(dst0 + p) : make_float2(0.f, 0.f);
+    old[np][1] = add && v1 ? bt_ld2(dst1 + p) : make_float2(0.f, 0.f);
+  }
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    if (v0) *reinterpret_cast<float2 *>(dst0 + p) = make_float2(old[np][0].x + sc * acc[np][0], old[np][0].y + sc * acc[np][1]);
+    if (v1) *reinterpret_cast<float2 *>(dst1 + p) = make_float2(old[np][1].x + sc * acc[np][2], old[np][1].y + sc * acc[np][3]);
+  }
+}
+
+__global__ void __launch_bounds__(BT_THREADS) k_bwtc_local(bw_args a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bt_local_smem &sm = *reinterpret_cast<bt_local_smem *>(smem_raw);
+  const int bh = blockIdx.x, c = blockIdx.y, b = bh / a.H, h = bh % a.H, gg = h / a.rep, tid = threadIdx.x;
+  const int t0 = c * BT_L, len = min(BT_L, a.T - t0);
+  const size_t BH = (size_t)a.B * a.H, PD = (size_t)BT_L * BT_L, tok = (size_t)b * a.T + t0;
+  const float s = a.s;
+  const float *qb = a.qf + (tok * a.H + h) * BT_L, *kb = a.kf + (tok * a.G + gg) * BT_L;
+  const float *vb = a.v + (tok * a.G + gg) * BT_L;
+  const float *bC = a.bound + ((size_t)bh * a.NC + c) * PD, *bn = a.bound + BH * a.NC * PD + ((size_t)bh * a.NC + c) * BT_L;
+#pragma unroll 2
+  for (int i = tid; i < BT_L * BT_L / 4; i += BT_THREADS) {
+    const int j = i >> 4, p = (i & 15) * 4;
+    float4 qv = make_float4(0.f, 0.f, 0.f, 0.f), kv = qv, vv = qv;
+    if (j < len) {
+      qv = *reinterpret_cast<const float4 *>(qb + (size_t)j * a.H * BT_L + p);
+      kv = *reinterpret_cast<const float4 *>(kb + (size_t)j * a.G * BT_L + p);
+      vv = *reinterpret_cast<const float4 *>(vb + (size_t)j * a.G * BT_L + p);
+    }
+    bt_pack4(sm.Q + j * BT_LD + p, qv), bt_pack4(sm.K + j * BT_LD + p, kv), bt_pack4(sm.V + j * BT_LD + p, vv);
+    bt_split4(sm.Ch + j * BT_LD + p, sm.Cl + j * BT_LD + p, *reinterpret_cast<const float4 *>(bC + (size_t)j * BT_L + p));
+  }
+  for (int j = tid; j < BT_L; j += BT_THREADS) {
+    sm.n[j] = bn[j];
+    if (j >= len) sm.g[j] = 0.f, sm.w[j] = 0.f;
+  }
+  bw_gates(a, bh, c, t0, len, sm.bd, sm.md, sm.igd, sm.g, sm.w, &sm.mp, 1); /* syncs */
+  for (int j = tid; j < BT_L; j += BT_THREADS) {
+    if (j < len) sm.rb[j] = sm.bd[j] - sm.md[j], sm.cb[j] = sm.igd[j] - sm.bd[j];
+    else sm.rb[j] = 0, sm.cb[j] = 0;
+  }
+  {
+    /* qn_j = s q_j . n (bf16 q, as the tensor-core forward's den): one warp per row, in lane order */
+    const int wp = tid >> 5, ln = tid & 31;
+    for (int j = wp; j < BT_L; j += BT_THREADS / 32) {
+      const uint32_t u = xd_ld32s(sm.Q + j * BT_LD + 2 * ln);
+      float x = xd_bf2f((uint16_t)(u & 0xFFFFu)) * sm.n[2 * ln] + xd_bf2f((uint16_t)(u >> 16)) * sm.n[2 * ln + 1];
+      for (int o = 16; o; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+      if (ln == 0) sm.qn[j] = j < len ? s * x : 0.f;
+    }
+  }
+  for (int i = tid; i < BT_L * BT_L / 2; i += BT_THREADS) { /* QT[p][j] = Q[j][p] */
+    const int j = i >> 5, p = (i & 31) * 2;
+    const uint32_t u = xd_ld32s(sm.Q + j * BT_LD + p);
+    sm.QT[p * BT_LD + j] = (uint16_t)(u & 0xFFFFu), sm.QT[(p + 1) * BT_LD + j] = (uint16_t)(u >> 16);
+  }
+  __syncthreads();
+
+  const int warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+  const int r0 = warp * 16 + gq, r1 = r0 + 8;
+  const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
+  const bool v0 = r0 < len, v1 = r1 < len;
+  uint32_t qa[4][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) xd_frag_a(qa[kk], sm.Q, BT_LD, warp * 16, kk * 16, gq, tq);
+  /* S = Q K^T (key blocks at or left of the diagonal), S~ = s S o Dm (fp32, kept), row sums. */
+  float sf[8][4];
+#pragma unroll
+  for (int nb = 0; nb < 8; nb++) {
+    sf[nb][0] = sf[nb][1] = sf[nb][2] = sf[nb][3] = 0.f;
+    if (nb <= 2 * warp + 1) {
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) {
+        const uint32_t b0 = xd_ld32s(sm.K + (nb * 8 + gq) * BT_LD + kk * 16 + 2 * tq);
+        const uint32_t b1 = xd_ld32s(sm.K + (nb * 8 + gq) * BT_LD + kk * 16 + 8 + 2 * tq);
+        xd_mma16816(sf[nb], qa[kk], b0, b1);
+      }
+    }
+  }
+  const double rb0 = sm.rb[r0], rb1 = sm.rb[r1];
+  float rs0 = 0.f, rs1 = 0.f;
+  uint32_t pa[4][4], pl[4][4]; /* S~ as A fragments, hi + lo */
+#pragma unroll
+  for (int nb = 0; nb < 8; nb++) {
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) {
+      const int row = e2 < 2 ? r0 : r1, col = nb * 8 + 2 * tq + (e2 & 1);
+      const float x = (col <= row && row < len) ? s * sf[nb][e2] * bt_decay((e2 < 2 ? rb0 : rb1) + sm.cb[col]) : 0.f;
+      sf[nb][e2] = x;
+      sm.ST[col * BT_LD + row] = xd_f2bf(x);
+    }
+    rs0 += sf[nb][0] + sf[nb][1], rs1 += sf[nb][2] + sf[nb][3];
+    bt_split2(pa[nb >> 1][(nb & 1) * 2 + 0], pl[nb >> 1][(nb & 1) * 2 + 0], sf[nb][0], sf[nb][1]);
+    bt_split2(pa[nb >> 1][(nb & 1) * 2 + 1], pl[nb >> 1][(nb & 1) * 2 + 1], sf[nb][2], sf[nb][3]);
+  }
+  rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
+  rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
+  rs1 += __shfl_xor_sync(0xffffffffu, rs1, 1);
+  rs1 += __shfl_xor_sync(0xffffffffu, rs1, 2);
+  /* qc = Q C (C as hi + lo), num = g s qc + S~ V */
+  float qc[8][4], nm[8][4];
+#pragma unroll
+  for (int nd = 0; nd < 8; nd++) qc[nd][0] = qc[nd][1] = qc[nd][2] = qc[nd][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+    for (int nd = 0; nd < 8; nd += 2) {
+      uint32_t b0, b1, b2, b3;
+      xd_ldsm_x4_trans(b0, b1, b2, b3, sm.Ch + (kk * 16 + lrow) * BT_LD + nd * 8 + lcol);
+      xd_mma16816(qc[nd], qa[kk], b0, b1);
+      xd_mma16816(qc[nd + 1], qa[kk], b2, b3);
+      xd_ldsm_x4_trans(b0, b1, b2, b3, sm.Cl + (kk * 16 + lrow) * BT_LD + nd * 8 + lcol);
+      xd_mma16816(qc[nd], qa[kk], b0, b1);
+      xd_mma16816(qc[nd + 1], qa[kk], b2, b3);
+    }
+  }
+  const float g0 = sm.g[r0], g1 = sm.g[r1];
+#pragma unroll
+  for (int nd = 0; nd < 8; nd++) {
+    qc[nd][0] *= s, qc[nd][1] *= s, qc[nd][2] *= s, qc[nd][3] *= s; /* X = s Q C as the SIMT kernel */
+    nm[nd][0] = g0 * qc[nd][0], nm[nd][1] = g0 * qc[nd][1], nm[nd][2] = g1 * qc[nd][2], nm[nd][3] = g1 * qc[nd][3];
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    if (kk > warp) continue;
+#pragma unroll
+    for (int nd = 0; nd < 8; nd += 2) {
+      uint32_t b0, b1, b2, b3;
+      xd_ldsm_x4_trans(b0, b1, b2, b3, sm.V + (kk * 16 + lrow) * BT_LD + nd * 8 + lcol);
+      xd_mma16816(nm[nd], pa[kk], b0, b1);
+      xd_mma16816(nm[nd + 1], pa[kk], b2, b3);
+      xd_mma16816(nm[nd], pl[kk], b0, b1);
+      xd_mma16816(nm[nd + 1], pl[kk], b2, b3);
+    }
+  }
+  /* Normaliser (3.1): a, dnum = dh / a (in place of num), dden, Eg = g (dnum . X + dden qn). */
+  const float den0 = rs0 + g0 * sm.qn[r0], den1 = rs1 + g1 * sm.qn[r1];
+  float inv0 = 0.f, inv1 = 0.f;
+  {
+    float ad0 = fabsf(den0), ad1 = fabsf(den1);
+    if (a.norm == MLSTM_NORM_MAX) {
+      if (v0) {
+        const float lo = (float)exp(-sm.md[r0]);
+        if (!(ad0 >= lo)) ad0 = lo;
+      }
+      if (v1) {
+        const float lo = (float)exp(-sm.md[r1]);
+        if (!(ad1 >= lo)) ad1 = lo;
+      }
+    }
+    if (v0) inv0 = 1.f / (ad0 + a.eps);
+    if (v1) inv1 = 1.f / (ad1 + a.eps);
+  }
+  const float *dh0 = a.dh + ((tok + r0) * a.H + h) * BT_L, *dh1 = a.dh + ((tok + r1) * a.H + h) * BT_L;
+  float dot0 = 0.f, dot1 = 0.f, dq0 = 0.f, dq1 = 0.f;
+  float2 dhx[8][2];
+#pragma unroll
+  for (int nd = 0; nd < 8; nd++) {
+    const int d = nd * 8 + 2 * tq;
+    dhx[nd][0] = v0 ? bt_ld2(dh0 + d) : make_float2(0.f, 0.f), dhx[nd][1] = v1 ? bt_ld2(dh1 + d) : make_float2(0.f, 0.f);
+  }
+#pragma unroll
+  for (int nd = 0; nd < 8; nd++) {
+    const int d = nd * 8 + 2 * tq;
+    const float2 x0 = dhx[nd][0], x1 = dhx[nd][1];
+    dot0 += x0.x * nm[nd][0] + x0.y * nm[nd][1], dot1 += x1.x * nm[nd][2] + x1.y * nm[nd][3];
+    nm[nd][0] = x0.x * inv0, nm[nd][1] = x0.y * inv0, nm[nd][2] = x1.x * inv1, nm[nd][3] = x1.y * inv1;
+    dq0 += nm[nd][0] * qc[nd][0] + nm[nd][1] * qc[nd][1], dq1 += nm[nd][2] * qc[nd][2] + nm[nd][3] * qc[nd][3];
+    *reinterpret_cast<uint32_t *>(sm.DN + r0 * BT_LD + d) = xd_pack_bf16x2(nm[nd][0], nm[nd][1]);
+    *reinterpret_cast<uint32_t *>(sm.DN + r1 * BT_LD + d) = xd_pack_bf16x2(nm[nd][2], nm[nd][3]);
+    uint32_t hi, lo;
+    bt_split2(hi, lo, g0 * nm[nd][0], g0 * nm[nd][1]);
+    *reinterpret_cast<uint32_t *>(sm.GDh + r0 * BT_LD + d) = hi, *reinterpret_cast<uint32_t *>(sm.GDl + r0 * BT_LD + d) = lo;
+    bt_split2(hi, lo, g1 * nm[nd][2], g1 * nm[nd][3]);
+    *reinterpret_cast<uint32_t *>(sm.GDh + r1 * BT_LD + d) = hi, *reinterpret_cast<uint32_t *>(sm.GDl + r1 * BT_LD + d) = lo;
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    dot0 += __shfl_xor_sync(0xffffffffu, dot0, o), dot1 += __shfl_xor_sync(0xffffffffu, dot1, o);
+    dq0 += __shfl_xor_sync(0xffffffffu, dq0, o), dq1 += __shfl_xor_sync(0xffffffffu, dq1, o);
+  }
+  float dd0 = 0.f, dd1 = 0.f;
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    const int row = rr ? r1 : r0;
+    const bool valid = rr ? v1 : v0;
+    const float inv = rr ? inv1 : inv0, dot = rr ? dot1 : dot0, den = rr ? den1 : den0, dqv = rr ? dq1 : dq0;
+    const float da = -dot * inv * inv;
+    const float sg = den >= 0.f ? 1.f : -1.f, ad = den * sg;
+    float ddj = da * sg;
+    double nmv = 0;
+    if (valid && a.norm == MLSTM_NORM_MAX) {
+      const double lo = exp(-sm.md[row]);
+      if (!(ad >= (float)lo)) ddj = 0.f, nmv = -(double)da * lo;
+    }
+    if (!valid) ddj = 0.f;
+    if (rr) dd1 = ddj;
+    else dd0 = ddj;
+    if (tq == 0) {
+      sm.dden[row] = ddj;
+      sm.dms[row] = nmv;
+      sm.Egs[row] = valid ? (double)sm.g[row] * ((double)dqv + (double)ddj * (double)sm.qn[row]) : 0.0;
+    }
+  }
+  uint32_t dA[4][4], dAl[4][4]; /* dnum as A fragments (k = d), hi + lo */
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) bt_c2a_hl(dA[kk], dAl[kk], nm[2 * kk], nm[2 * kk + 1]);
+  /* dS~ = dnum V^T + dden 1^T (lower triangle), E = dS~ o S~: row sums, per-warp column sums. */
+  float ds[8][4];
+#pragma unroll
+  for (int nb = 0; nb < 8; nb++) {
+    ds[nb][0] = ds[nb][1] = ds[nb][2] = ds[nb][3] = 0.f;
+    if (nb <= 2 * warp + 1) {
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) {
+        const uint32_t b0 = xd_ld32s(sm.V + (nb * 8 + gq) * BT_LD + kk * 16 + 2 * tq);
+        const uint32_t b1 = xd_ld32s(sm.V + (nb * 8 + gq) * BT_LD + kk * 16 + 8 + 2 * tq);
+        xd_mma16816(ds[nb], dA[kk], b0, b1);
+        xd_mma16816(ds[nb], dAl[kk], b0, b1);
+      }
+    }
+  }
+  double er0 = 0, er1 = 0;
+#pragma unroll
+  for (int nb = 0; nb < 8; nb++) {
+    double ec[2];
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) {
+      const int row = e2 < 2 ? r0 : r1, col = nb * 8 + 2 * tq + (e2 & 1);
+      const float x = (col <= row && row < len) ? ds[nb][e2] + (e2 < 2 ? dd0 : dd1) : 0.f;
+      ds[nb][e2] = x;
+      const double E = (double)x * (double)sf[nb][e2];
+      if (e2 < 2) er0 += E, ec[e2] = E;
+      else er1 += E, ec[e2 & 1] += E;
+    }
+#pragma unroll
+    for (int o = 4; o <= 16; o <<= 1) ec[0] += __shfl_xor_sync(0xffffffffu, ec[0], o), ec[1] += __shfl_xor_sync(0xffffffffu, ec[1], o);
+    if (gq == 0) sm.colp[warp][nb * 8 + 2 * tq] = ec[0], sm.colp[warp][nb * 8 + 2 * tq + 1] = ec[1];
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) er0 += __shfl_xor_sync(0xffffffffu, er0, o), er1 += __shfl_xor_sync(0xffffffffu, er1, o);
+  if (tq == 0) sm.rsum[r0] = er0, sm.rsum[r1] = er1;
+  /* dS = dS~ o Dm; dS^T into DT; dQ += s dS K + s g (dnum C^T + dden n). */
+  uint32_t sA[4][4];
+#pragma unroll
+  for (int nb = 0; nb < 8; nb++) {
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) {
+      const int row = e2 < 2 ? r0 : r1, col = nb * 8 + 2 * tq + (e2 & 1);
+      const float x = ds[nb][e2] != 0.f ? ds[nb][e2] * bt_decay((e2 < 2 ? rb0 : rb1) + sm.cb[col]) : 0.f;
+      ds[nb][e2] = x;
+      sm.DT[col * BT_LD + row] = xd_f2bf(x);
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) bt_c2a(sA[kk], ds[2 * kk], ds[2 * kk + 1]);
+  {
+    float q1[8][4], q2[8][4];
+#pragma unroll
+    for (int np = 0; np < 8; np++)
+      q1[np][0] = q1[np][1] = q1[np][2] = q1[np][3] = q2[np][0] = q2[np][1] = q2[np][2] = q2[np][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      if (kk > warp) continue;
+#pragma unroll
+      for (int np = 0; np < 8; np += 2) {
+        uint32_t b0, b1, b2, b3;
+        xd_ldsm_x4_trans(b0, b1, b2, b3, sm.K + (kk * 16 + lrow) * BT_LD + np * 8 + lcol);
+        xd_mma16816(q1[np], sA[kk], b0, b1);
+        xd_mma16816(q1[np + 1], sA[kk], b2, b3);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+      for (int np = 0; np < 8; np++) {
+        const int o = (np * 8 + gq) * BT_LD + kk * 16 + 2 * tq;
+        const uint32_t h0 = xd_ld32s(sm.Ch + o), h1 = xd_ld32s(sm.Ch + o + 8);
+        xd_mma16816(q2[np], dA[kk], h0, h1);
+        xd_mma16816(q2[np], dAl[kk], h0, h1);
+        xd_mma16816(q2[np], dA[kk], xd_ld32s(sm.Cl + o), xd_ld32s(sm.Cl + o + 8));
+      }
+    }
+    float *dq0p = a.dqf + ((tok + r0) * a.H + h) * BT_L, *dq1p = a.dqf + ((tok + r1) * a.H + h) * BT_L;
+    float2 old[8][2]; /* all loads first: the stores below could alias them as far as the compiler knows */
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      old[np][0] = v0 ? bt_ld2(dq0p + p) : make_float2(0.f, 0.f), old[np][1] = v1 ? bt_ld2(dq1p + p) : make_float2(0.f, 0.f);
+    }
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      const float n0 = sm.n[p], n1 = sm.n[p + 1];
+      if (v0) {
+        float2 x = old[np][0];
+        x.x += s * q1[np][0] + s * g0 * (q2[np][0] + dd0 * n0);
+        x.y += s * q1[np][1] + s * g0 * (q2[np][1] + dd0 * n1);
+        *reinterpret_cast<float2 *>(dq0p + p) = x;
+      }
+      if (v1) {
+        float2 x = old[np][1];
+        x.x += s * q1[np][2] + s * g1 * (q2[np][2] + dd1 * n0);
+        x.y += s * q1[np][3] + s * g1 * (q2[np][3] + dd1 * n1);
+        *reinterpret_cast<float2 *>(dq1p + p) = x;
+      }
+    }
+  }
+  __syncthreads(); /* DT, ST, DN, the row / column sums, dden, Egs, dms are complete */
+  /* Gate gradients of the chunk (as k_bw_local). */
+  for (int j = tid; j < len; j += BT_THREADS) {
+    const double cs = sm.colp[0][j] + sm.colp[1][j] + sm.colp[2][j] + sm.colp[3][j], rs = sm.rsum[j];
+    sm.dbs[j] = rs - cs + sm.Egs[j];
+    sm.dms[j] += -rs - sm.Egs[j];
+    sm.dis[j] = cs;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    double sum = 0;
+    for (int j = 0; j < len; j++) sum += sm.Egs[j];
+    a.dmprev[(size_t)bh * a.NC + c] = sum;
+    if (c == a.NC - 1)
+      for (int j = len - 2; j >= 0; j--) sm.dbs[j] += sm.dbs[j + 1];
+    a.glast[(size_t)bh * a.NC + c] = sm.g[len - 1];
+  }
+  __syncthreads();
+  for (int j = tid; j < len; j += BT_THREADS) {
+    const size_t o = (size_t)bh * a.T + t0 + j;
+    a.db[o] = sm.dbs[j], a.dmm[o] = sm.dms[j], a.di[o] = sm.dis[j];
+  }
+  /* dK (intra) = s dS^T Q, dV (intra) = S~^T dnum: rows are keys k = 16w.., sums over j >= k. */
+  const int direct = a.rep == 1;
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
+    bt_mm_at(acc, sm.DT, warp * 16, sm.Q, warp, 4, lane);
+    if (direct)
+      bt_store_rows(acc, s, a.dK + ((tok + r0) * a.G + gg) * BT_L, a.dK + ((tok + r1) * a.G + gg) * BT_L, v0, v1, true, tq);
+    else
+      bt_store_rows(acc, s, a.dK + ((size_t)bh * a.T + t0 + r0) * BT_L, a.dK + ((size_t)bh * a.T + t0 + r1) * BT_L, v0, v1,
+                    false, tq);
+  }
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
+    bt_mm_at(acc, sm.ST, warp * 16, sm.DN, warp, 4, lane);
+    if (direct)
+      bt_store_rows(acc, 1.f, a.dV + ((tok + r0) * a.G + gg) * BT_L, a.dV + ((tok + r1) * a.G + gg) * BT_L, v0, v1, true, tq);
+    else
+      bt_store_rows(acc, 1.f, a.dV + ((size_t)bh * a.T + t0 + r0) * BT_L, a.dV + ((size_t)bh * a.T + t0 + r1) * BT_L, v0, v1,
+                    false, tq);
+  }
+  /* U_c = s Q^T diag(g) dnum, u_c = s Q^T (g o dden) (chunk 0's is never used). */
+  if (c > 0) {
+    float *U = a.dCw + ((size_t)bh * a.NC + c) * (PD + BT_L);
+    float acc[8][4];
+#pragma unroll
+    for (int np = 0; np < 8; np++) acc[np][0] = acc[np][1] = acc[np][2] = acc[np][3] = 0.f;
+    bt_mm_at(acc, sm.QT, warp * 16, sm.GDh, 0, 4, lane);
+    bt_mm_at(acc, sm.QT, warp * 16, sm.GDl, 0, 4, lane);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int d = np * 8 + 2 * tq;
+      *reinterpret_cast<float2 *>(U + (size_t)r0 * BT_L + d) = make_float2(s * acc[np][0], s * acc[np][1]);
+      *reinterpret_cast<float2 *>(U + (size_t)r1 * BT_L + d) = make_float2(s * acc[np][2], s * acc[np][3]);
+    }
+    for (int p = tid; p < BT_L; p += BT_THREADS) {
+      float acc1 = 0.f;
+      for (int j = 0; j < len; j++) acc1 += s * (sm.g[j] * xd_bf2f(sm.Q[j * BT_LD + p])) * sm.dden[j];
+      U[PD + p] = acc1;
+    }
+  }
+}
+
+struct bt_state_smem {
+  uint16_t K[BT_L * BT_LD], V[BT_L * BT_LD], Dh[BT_L * BT_LD], Dl[BT_L * BT_LD]; /* dC_end [p][d] hi + lo */
+  double bd[BT_L], md[BT_L], igd[BT_L], E[BT_L], dix[BT_L], red[BT_THREADS], mp;
+  float dn[BT_L], g[BT_L], w[BT_L];
+};
+
+/* Section 3.4 for chunks 0..NC-2 (all full: only the last chunk may be short). */
+__global__ void __launch_bounds__(BT_THREADS) k_bwtc_state(bw_args a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bt_state_smem &sm = *reinterpret_cast<bt_state_smem *>(smem_raw);
+  const int bh = blockIdx.x, c = blockIdx.y, b = bh / a.H, h = bh % a.H, gg = h / a.rep, tid = threadIdx.x;
+  const int t0 = c * BT_L, len = BT_L;
+  const size_t BH = (size_t)a.B * a.H, PD = (size_t)BT_L * BT_L, tok = (size_t)b * a.T + t0;
+  const float *kb = a.kf + (tok * a.G + gg) * BT_L, *vb = a.v + (tok * a.G + gg) * BT_L;
+  const float *dC = a.dCw + ((size_t)bh * a.NC + c) * (PD + BT_L);
+  const float *bC = a.bound + ((size_t)bh * a.NC + c) * PD, *bn = a.bound + BH * a.NC * PD + ((size_t)bh * a.NC + c) * BT_L;
+  double part = 0;
+  for (int i = tid; i < BT_L * BT_L / 4; i += BT_THREADS) {
+    const int j = i >> 4, p = (i & 15) * 4;
+    bt_pack4(sm.K + j * BT_LD + p, *reinterpret_cast<const float4 *>(kb + (size_t)j * a.G * BT_L + p));
+    bt_pack4(sm.V + j * BT_LD + p, *reinterpret_cast<const float4 *>(vb + (size_t)j * a.G * BT_L + p));
+    const float4 x = *reinterpret_cast<const float4 *>(dC + 4 * (size_t)i), y = *reinterpret_cast<const float4 *>(bC + 4 * (size_t)i);
+    bt_split4(sm.Dh + j * BT_LD + p, sm.Dl + j * BT_LD + p, x);
+    part += (double)x.x * (double)y.x + (double)x.y * (double)y.y + (double)x.z * (double)y.z + (double)x.w * (double)y.w;
+  }
+  for (int p = tid; p < BT_L; p += BT_THREADS) {
+    sm.dn[p] = dC[PD + p];
+    part += (double)dC[PD + p] * (double)bn[p];
+  }
+  sm.red[tid] = part;
+  bw_gates(a, bh, c, t0, len, sm.bd, sm.md, sm.igd, sm.g, sm.w, &sm.mp, 0); /* syncs */
+  for (int st = BT_THREADS / 2; st > 0; st >>= 1) {
+    if (tid < st) sm.red[tid] += sm.red[tid + st];
+    __syncthreads();
+  }
+  const int warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3, r0 = warp * 16 + gq, r1 = r0 + 8;
+  const int direct = a.rep == 1;
+  /* x = V dC^T (x_j = dC v_j): B(k = d, n = p) = dC[p][d] */
+  float x[8][4], z[8][4];
+#pragma unroll
+  for (int np = 0; np < 8; np++) x[np][0] = x[np][1] = x[np][2] = x[np][3] = z[np][0] = z[np][1] = z[np][2] = z[np][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    uint32_t fa[4];
+    xd_frag_a(fa, sm.V, BT_LD, warp * 16, kk * 16, gq, tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int o = (np * 8 + gq) * BT_LD + kk * 16 + 2 * tq;
+      xd_mma16816(x[np], fa, xd_ld32s(sm.Dh + o), xd_ld32s(sm.Dh + o + 8));
+      xd_mma16816(x[np], fa, xd_ld32s(sm.Dl + o), xd_ld32s(sm.Dl + o + 8));
+    }
+  }
+  /* z = K dC (z_j = dC^T k_j) */
+  bt_mm_at(z, sm.K, warp * 16, sm.Dh, 0, 4, lane);
+  bt_mm_at(z, sm.K, warp * 16, sm.Dl, 0, 4, lane);
+  const float w0 = sm.w[r0], w1 = sm.w[r1];
+  float e0 = 0.f, e1 = 0.f, f0 = 0.f, f1 = 0.f; /* x_j . k_j, k_j . dn */
+  float *dk0 = direct ? a.dK + ((tok + r0) * a.G + gg) * BT_L : a.dK + ((size_t)bh * a.T + t0 + r0) * BT_L;
+  float *dk1 = direct ? a.dK + ((tok + r1) * a.G + gg) * BT_L : a.dK + ((size_t)bh * a.T + t0 + r1) * BT_L;
+  float *dv0 = direct ? a.dV + ((tok + r0) * a.G + gg) * BT_L : a.dV + ((size_t)bh * a.T + t0 + r0) * BT_L;
+  float *dv1 = direct ? a.dV + ((tok + r1) * a.G + gg) * BT_L : a.dV + ((size_t)bh * a.T + t0 + r1) * BT_L;
+  /* E_j = w_j (x_j . k_j + k_j . dn) with the bf16 k the state products used */
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    const float n0 = sm.dn[p], n1 = sm.dn[p + 1];
+    const uint32_t u0 = xd_ld32s(sm.K + r0 * BT_LD + p), u1 = xd_ld32s(sm.K + r1 * BT_LD + p);
+    const float k0x = xd_bf2f((uint16_t)(u0 & 0xFFFFu)), k0y = xd_bf2f((uint16_t)(u0 >> 16));
+    const float k1x = xd_bf2f((uint16_t)(u1 & 0xFFFFu)), k1y = xd_bf2f((uint16_t)(u1 >> 16));
+    e0 += x[np][0] * k0x + x[np][1] * k0y, e1 += x[np][2] * k1x + x[np][3] * k1y;
+    f0 += k0x * n0 + k0y * n1, f1 += k1x * n0 + k1y * n1;
+  }
+  {
+    float2 o0[8], o1[8]; /* dK_j += w_j (x_j + dn): loads first */
+#pragma unroll
+    for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dk0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dk1 + np * 8 + 2 * tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      const float n0 = sm.dn[p], n1 = sm.dn[p + 1];
+      *reinterpret_cast<float2 *>(dk0 + p) = make_float2(o0[np].x + w0 * (x[np][0] + n0), o0[np].y + w0 * (x[np][1] + n1));
+      *reinterpret_cast<float2 *>(dk1 + p) = make_float2(o1[np].x + w1 * (x[np][2] + n0), o1[np].y + w1 * (x[np][3] + n1));
+    }
+  }
+  {
+    float2 o0[8], o1[8]; /* dV_j += w_j z_j */
+#pragma unroll
+    for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dv0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dv1 + np * 8 + 2 * tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int p = np * 8 + 2 * tq;
+      *reinterpret_cast<float2 *>(dv0 + p) = make_float2(o0[np].x + w0 * z[np][0], o0[np].y + w0 * z[np][1]);
+      *reinterpret_cast<float2 *>(dv1 + p) = make_float2(o1[np].x + w1 * z[np][2], o1[np].y + w1 * z[np][3]);
+    }
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    e0 += __shfl_xor_sync(0xffffffffu, e0, o), e1 += __shfl_xor_sync(0xffffffffu, e1, o);
+    f0 += __shfl_xor_sync(0xffffffffu, f0, o), f1 += __shfl_xor_sync(0xffffffffu, f1, o);
+  }
+  if (tq == 0) sm.E[r0] = (double)w0 * ((double)e0 + (double)f0), sm.E[r1] = (double)w1 * ((double)e1 + (double)f1);
+  const size_t o = (size_t)bh * a.T + t0;
+  for (int j = tid; j < len; j += BT_THREADS) sm.bd[j] = a.db[o + j], sm.dix[j] = a.di[o + j]; /* bd: free since bw_gates */
+  __syncthreads();
+  if (tid == 0) { /* the gate sums, in the SIMT kernel's order, out of shared memory */
+    const double EgL = (double)sm.g[len - 1] * sm.red[0];
+    double sumE = 0;
+    for (int j = 0; j < len; j++) {
+      sumE += sm.E[j];
+      sm.bd[j] = sm.bd[j] - sm.E[j];
+      sm.dix[j] += sm.E[j];
+    }
+    sm.bd[len - 1] += sumE + EgL;
+    a.dmm[o + len - 1] -= sumE + EgL;
+    a.dmprev[(size_t)bh * a.NC + c] += EgL;
+    double acc = 0;
+    for (int j = len - 1; j >= 0; j--) acc += sm.bd[j], sm.bd[j] = acc; /* b -> l */
+  }
+  __syncthreads();
+  for (int j = tid; j < len; j += BT_THREADS) a.db[o + j] = sm.bd[j], a.di[o + j] = sm.dix[j];
+}
+
+static bool bt_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Whether the tensor-core kernels take this call: P = D = chunk = 64 and 16-byte aligned
+ * q, k, v, dh, bound and gradient rows (float4 / float2 accesses). */
+static bool bw_tc_ok(const mlstm_cfg *cfg, const float *qf, const float *kf, const float *v, const float *bound,
+                     const float *dh, const float *dqf, const float *dkf, const float *dv) {
+  return cfg->P == BT_L && cfg->D == BT_L && cfg->chunk == BT_L && bt_al16(qf) && bt_al16(kf) && bt_al16(v) &&
+         bt_al16(bound) && bt_al16(dh) && bt_al16(dqf) && bt_al16(dkf) && bt_al16(dv);
+}
+
+/* Both entry points: tc selects k_bwtc_local / k_bwtc_state (the caller checked bw_tc_ok). */
+static int bw_run(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf, const float *v,
+                  const float *ig, const float *fg, const float *bound, const float *dh, float *dqf, float *dkf,
+                  float *dv, float *dig, float *dfg, int tc, xd_err *e) {
   XD_ARG(cfg->B > 0 && cfg->T > 0 && cfg->H > 0 && cfg->G > 0 && cfg->H % cfg->G == 0);
   XD_ARG(cfg->P > 0 && cfg->P <= 128 && cfg->D > 0 && cfg->D <= 128 && cfg->chunk >= 1 && cfg->chunk <= 64);
   XD_ARG(bound && qf && kf && v && ig && fg && dh && dqf && dkf && dv && dig && dfg);
@@ -480,7 +1135,8 @@ extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg 
   a.s = (float)(1.0 / sqrt((double)cfg->P));
   a.qf = qf, a.kf = kf, a.v = v, a.ig = ig, a.fg = fg, a.bound = bound, a.dh = dh, a.dqf = dqf;
   const size_t BH = (size_t)a.B * a.H, T = (size_t)a.T, NC = (size_t)a.NC, PD = (size_t)a.P * a.D;
-  const size_t sm1 = bw_local_smem(a.P, a.D, a.L), sm3 = bw_state_smem(a.P, a.D, a.L);
+  const size_t sm1 = tc ? sizeof(bt_local_smem) : bw_local_smem(a.P, a.D, a.L);
+  const size_t sm3 = tc ? sizeof(bt_state_smem) : bw_state_smem(a.P, a.D, a.L);
   if (sm1 > c->smem_optin || sm3 > c->smem_optin)
     return xd_errf(e, "mlstm_backward.cu: chunk %d with P=%d D=%d needs %zu bytes of shared memory, device allows %zu",
                    a.L, a.P, a.D, sm1 > sm3 ? sm1 : sm3, c->smem_optin);
@@ -499,17 +1155,19 @@ extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg 
   a.db = dw, a.dmm = dw + BH * T, a.di = dw + 2 * BH * T, a.dmprev = dw + 3 * BH * T;
   a.br = ws + f_bytes + d_bytes;
   int rc = 0;
-  cudaError_t st = cudaFuncSetAttribute(k_bw_local, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
-  if (st == cudaSuccess) st = cudaFuncSetAttribute(k_bw_state, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm3);
+  void (*k_local)(bw_args) = tc ? k_bwtc_local : k_bw_local, (*k_state)(bw_args) = tc ? k_bwtc_state : k_bw_state;
+  const int nthr = tc ? BT_THREADS : BW_THREADS;
+  cudaError_t st = cudaFuncSetAttribute(k_local, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
+  if (st == cudaSuccess) st = cudaFuncSetAttribute(k_state, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm3);
   if (st == cudaSuccess) {
-    k_bw_local<<<dim3((unsigned)BH, (unsigned)NC), BW_THREADS, sm1, c->stream>>>(a);
+    k_local<<<dim3((unsigned)BH, (unsigned)NC), nthr, sm1, c->stream>>>(a);
     st = cudaGetLastError();
   }
   if (st == cudaSuccess && NC > 1) {
     k_bw_scan<<<dim3((unsigned)BH, xd_ceil_div(PD + a.P, 256)), 256, 0, c->stream>>>(a);
     st = cudaGetLastError();
     if (st == cudaSuccess) {
-      k_bw_state<<<dim3((unsigned)BH, (unsigned)(NC - 1)), BW_THREADS, sm3, c->stream>>>(a);
+      k_state<<<dim3((unsigned)BH, (unsigned)(NC - 1)), nthr, sm3, c->stream>>>(a);
       st = cudaGetLastError();
     }
   }
@@ -527,4 +1185,20 @@ extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg 
   if (rc == 0 && fs != cudaSuccess)
     rc = xd_errf(e, "mlstm_backward.cu:%d: cudaFreeAsync: %s", __LINE__, cudaGetErrorString(fs));
   return rc;
+}
+
+extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                                const float *v, const float *ig, const float *fg, const float *bound,
+                                                const float *dh, float *dqf, float *dkf, float *dv, float *dig,
+                                                float *dfg, xd_err *e) {
+  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, 0, e);
+}
+
+/* Tensor-core kernels where bw_tc_ok, else the SIMT ones (same results up to the bf16 roundings). */
+extern "C" int xd_cuda_mlstm_chunkwise_backward_tc(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf,
+                                                   const float *kf, const float *v, const float *ig, const float *fg,
+                                                   const float *bound, const float *dh, float *dqf, float *dkf,
+                                                   float *dv, float *dig, float *dfg, xd_err *e) {
+  const int tc = bw_tc_ok(cfg, qf, kf, v, bound, dh, dqf, dkf, dv);
+  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, tc, e);
 }

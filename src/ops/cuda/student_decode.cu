@@ -1,10 +1,12 @@
 /* Student inference on the GPU (branch cudastudent): the prefill's glue kernels (fp32 rmsnorm,
  * QK-norm + RoPE prep, a generic-d sliding-window+sinks attention, ring fill) and the
- * constant-memory decode step (GEMV with fused rmsnorm / SwiGLU / residual add, per-head prep,
- * per-head core = local attention over sinks + ring, mLSTM recurrent step and the mixing
- * gate), plus CUDA-graph capture of a launch sequence. Declarations: the "student inference"
- * section of cuda_ops.h. */
+ * constant-memory decode step (split-K GEMVs with fused rmsnorm / SwiGLU / residual add; one
+ * clustered per-head kernel: prep, local attention over sinks + ring, mLSTM recurrent step and
+ * the mixing gate; the original one-block-per-head / one-warp-per-row kernels as the legacy
+ * reference), plus CUDA-graph capture of a launch sequence. Declarations: the "student
+ * inference" section of cuda_ops.h. */
 #include <math.h>
+#include <cooperative_groups.h>
 #include "cuda_common.cuh"
 
 #define SD_THREADS 128
@@ -308,170 +310,16 @@ __global__ void __launch_bounds__(256) k_gemv(float *out, const float *x, const 
 }
 
 
-/* Split-K GEMV (issue #8): a block of 8 warps covers RB = 8 / KS rows, KS warps per row each
- * over Din / KS columns (partials summed in warp order through shared memory, deterministic),
- * `rpw` row groups per block. Each lane keeps GV_U 16-byte weight loads (x2 for SwiGLU's gate
- * and up rows) in flight; the first batch is issued before the prologue (rmsnorm / staging of
- * x), which does not depend on it. x is staged in shared memory only when normed or copied to
- * xout; otherwise read directly (L1). Same output modes as k_gemv. */
-#define GV_U 8
-template <int MODE, int KS>
-__global__ void __launch_bounds__(256) k_gemv2(float *out, const float *x, const float *nw, float eps,
-                                               const uint16_t *W, const float *bias, int Din, int rows, int rpw,
-                                               float *xout) {
-  extern __shared__ float xs[];
-  __shared__ float red[8][2];
-  constexpr int RB = 8 / KS, NP = MODE == GEMV_SWIGLU ? 2 : 1;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kp = warp % KS;
-  const bool vec = (Din % (8 * KS)) == 0; /* the host picks KS > 1 only when it holds */
-  const int klen = vec ? Din / KS : Din, kbeg = vec ? kp * klen : 0;
-  uint4 buf[NP][GV_U];
-  sd_pdl_trigger();
-  {
-    const int row = blockIdx.x * rpw * RB + warp / KS;
-    if (vec && row < rows) {
-#pragma unroll
-      for (int part = 0; part < NP; part++) {
-        const uint16_t *wr = W + (size_t)(row + part * rows) * Din + kbeg;
-#pragma unroll
-        for (int u = 0; u < GV_U; u++) {
-          const int j = lane * 8 + u * 256;
-          buf[part][u] = j < klen ? __ldg(reinterpret_cast<const uint4 *>(wr + j)) : make_uint4(0, 0, 0, 0);
-        }
-      }
-    }
-  }
-  sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
-  const bool staged = nw || xout;
-  if (staged) {
-    /* x staged raw with 16-byte loads (issued 4 deep), sum of squares on the way; then the
-     * norm in shared memory (one more batch of loads, nw) */
-    float r = 1.f, ss = 0.f;
-    const bool v4 = (Din & 3) == 0 && (((uintptr_t)x | (uintptr_t)nw | (uintptr_t)xout) & 15) == 0;
-    if (v4) {
-#pragma unroll 4
-      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
-        const float4 v = __ldg(reinterpret_cast<const float4 *>(x + j));
-        *reinterpret_cast<float4 *>(xs + j) = v;
-        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-    } else {
-      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
-        const float v = x[j];
-        xs[j] = v;
-        ss += v * v;
-      }
-    }
-    if (nw) {
-      ss = sd_block_sum(ss); /* its barriers also publish xs */
-      r = 1.0f / sqrtf(ss / (float)Din + eps);
-    } else {
-      __syncthreads();
-    }
-    if (nw && v4) {
-#pragma unroll 4
-      for (int j = threadIdx.x * 4; j < Din; j += blockDim.x * 4) {
-        const float4 w4 = __ldg(reinterpret_cast<const float4 *>(nw + j));
-        float4 v = *reinterpret_cast<const float4 *>(xs + j);
-        v.x = w4.x * (v.x * r), v.y = w4.y * (v.y * r), v.z = w4.z * (v.z * r), v.w = w4.w * (v.w * r);
-        *reinterpret_cast<float4 *>(xs + j) = v;
-        if (xout && blockIdx.x == 0) *reinterpret_cast<float4 *>(xout + j) = v;
-      }
-    } else {
-      for (int j = threadIdx.x; j < Din; j += blockDim.x) {
-        const float v = nw ? nw[j] * (xs[j] * r) : xs[j];
-        xs[j] = v;
-        if (xout && blockIdx.x == 0) xout[j] = v;
-      }
-    }
-    __syncthreads();
-  }
-  const float *xv = staged ? xs : x;
-  for (int it = 0; it < rpw; it++) {
-    const int row = (blockIdx.x * rpw + it) * RB + warp / KS;
-    float acc[NP];
-#pragma unroll
-    for (int part = 0; part < NP; part++) acc[part] = 0.f;
-    if (row < rows) {
-      if (vec) {
-        for (int c0 = 0; c0 < klen; c0 += 256 * GV_U) {
-          if (it > 0 || c0 > 0) {
-#pragma unroll
-            for (int part = 0; part < NP; part++) {
-              const uint16_t *wr = W + (size_t)(row + part * rows) * Din + kbeg + c0;
-#pragma unroll
-              for (int u = 0; u < GV_U; u++) {
-                const int j = lane * 8 + u * 256;
-                buf[part][u] = c0 + j < klen ? __ldg(reinterpret_cast<const uint4 *>(wr + j)) : make_uint4(0, 0, 0, 0);
-              }
-            }
-          }
-#pragma unroll
-          for (int u = 0; u < GV_U; u++) {
-            const int j = c0 + lane * 8 + u * 256;
-            if (j < klen) {
-              const float4 x0 = *reinterpret_cast<const float4 *>(xv + kbeg + j);
-              const float4 x1 = *reinterpret_cast<const float4 *>(xv + kbeg + j + 4);
-#pragma unroll
-              for (int part = 0; part < NP; part++) {
-                const uint4 w = buf[part][u];
-                float a = acc[part];
-                a += __uint_as_float(w.x << 16) * x0.x + __uint_as_float(w.x & 0xffff0000u) * x0.y;
-                a += __uint_as_float(w.y << 16) * x0.z + __uint_as_float(w.y & 0xffff0000u) * x0.w;
-                a += __uint_as_float(w.z << 16) * x1.x + __uint_as_float(w.z & 0xffff0000u) * x1.y;
-                a += __uint_as_float(w.w << 16) * x1.z + __uint_as_float(w.w & 0xffff0000u) * x1.w;
-                acc[part] = a;
-              }
-            }
-          }
-        }
-      } else {
-#pragma unroll
-        for (int part = 0; part < NP; part++) {
-          const uint16_t *wr = W + (size_t)(row + part * rows) * Din;
-          float a = 0.f;
-          for (int j = lane; j < Din; j += 32) a += xd_bf2f(wr[j]) * xv[j];
-          acc[part] = a;
-        }
-      }
-#pragma unroll
-      for (int part = 0; part < NP; part++) acc[part] = sd_warp_sum(acc[part]);
-    }
-    if (KS > 1) {
-      if (lane == 0) {
-#pragma unroll
-        for (int part = 0; part < NP; part++) red[warp][part] = acc[part];
-      }
-      __syncthreads();
-      if (kp == 0) {
-#pragma unroll
-        for (int part = 0; part < NP; part++) {
-          float a = 0.f;
-          for (int q = 0; q < KS; q++) a += red[warp + q][part];
-          acc[part] = a;
-        }
-      }
-      __syncthreads();
-    }
-    if (lane == 0 && kp == 0 && row < rows) {
-      if (MODE == GEMV_SWIGLU) {
-        const float g = acc[0] + (bias ? bias[row] : 0.f), u = acc[NP - 1] + (bias ? bias[row + rows] : 0.f);
-        out[row] = g / (1.f + expf(-g)) * u;
-      } else {
-        const float y = acc[0] + (bias ? bias[row] : 0.f);
-        if (MODE == GEMV_ACCUM) out[row] += y; else out[row] = y;
-      }
-    }
-  }
-}
-
-/* k_gemv3 (XD_SDEC_STREAM, issue #8): k_gemv2's block layout (RB = 8 / KS rows, KS warps per
- * row, rpw row groups per block) with the warp's work streamed: a sequence of steps (row group,
- * chunk of 256 * GV3_U columns), the 16-byte loads of step s + 1 issued before the FMAs of step
- * s (two register buffers of GV3_U loads per part), so a warp keeps requests in flight across
- * its whole row range instead of one batch per row. Meant for a grid of about one wave with
- * several row groups per block; the per-lane column order is k_gemv2's, so the results are
- * bit-identical to it. Vector path only (Din % (8 * KS) == 0); the host falls back to k_gemv2. */
+/* k_gemv3 (issue #8; the split step's GEMV): a block of 8 warps covers RB = 8 / KS rows, KS
+ * warps per row each over Din / KS columns (partials summed in warp order through shared
+ * memory, deterministic), rpw row groups per block, sized by the host to one wave of resident
+ * blocks. The warp's work is streamed: a sequence of steps (row group, chunk of 256 * GV3_U
+ * columns), the 16-byte loads of step s + 1 issued before the FMAs of step s (two register
+ * buffers of GV3_U loads per part, x2 for SwiGLU's gate and up rows), so a warp keeps requests
+ * in flight across its whole row range; the first step's loads go out before the PDL wait and
+ * the prologue (rmsnorm / staging of x in shared memory, only when normed or copied to xout;
+ * otherwise x is read directly through L1). Vector path only (Din % (8 * KS) == 0); the host
+ * falls back to k_gemv for other Din. Same output modes as k_gemv. */
 #define GV3_U 4
 #define GV3_LOAD(B, ST)                                                                                             \
   do {                                                                                                              \
@@ -549,7 +397,7 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
   GV3_LOAD(b0, 0);
   sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
   const bool staged = nw || xout;
-  if (staged) { /* as k_gemv2: x staged (16-byte loads when aligned), rmsnorm in shared memory */
+  if (staged) { /* x staged raw with 16-byte loads when aligned, sum of squares on the way; then the norm */
     float r = 1.f, ss = 0.f;
     const bool v4 = (Din & 3) == 0 && (((uintptr_t)x | (uintptr_t)nw | (uintptr_t)xout) & 15) == 0;
     if (v4) {
@@ -607,15 +455,6 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
 #undef GV3_STEP
 
 template <int MODE>
-static cudaError_t gemv2_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
-                                const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
-                                int rpw, float *xout) {
-  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *) =
-      KS == 1 ? k_gemv2<MODE, 1> : KS == 2 ? k_gemv2<MODE, 2> : KS == 4 ? k_gemv2<MODE, 4> : k_gemv2<MODE, 8>;
-  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout);
-}
-
-template <int MODE>
 static cudaError_t gemv3_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
                                 const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
                                 int rpw, float *xout) {
@@ -641,48 +480,30 @@ static int gemv3_occ(int mode, int KS, size_t smem) {
 static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out, const float *x, const float *nw, float eps,
                    const uint16_t *W, const float *bias, int Din, int rows, float *xout, xd_err *e) {
   const int sms = c->sm_count > 0 ? c->sm_count : 132;
-  if (!legacy) {
-    /* KS: split K until there are >= 4 blocks per SM (each part >= 256 columns); rpw: row
-     * groups per block beyond 4 blocks per SM (the LM head), at most 4 */
+  if (!legacy && Din % 8 == 0) {
+    /* KS: the largest K split (each part >= 256 columns) whose grid of 8 / KS-row blocks is
+     * one wave at 4 resident blocks per SM; then one wave of k_gemv3 at its occupancy:
+     * rpw = ceil(groups / resident blocks), grid = ceil(groups / rpw) */
     int KS = 1;
-    if (variant & XD_SDEC_ONEWAVE) /* the largest KS whose grid is one wave (4 resident blocks per SM) */
-      while (KS < 8 && (size_t)rows * 2 * KS / 8 <= (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
-    else
-      while (KS < 8 && (size_t)rows * KS / 8 < (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
+    while (KS < 8 && (size_t)rows * 2 * KS / 8 <= (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
     const bool pdl = (variant & XD_SDEC_PDL) != 0;
-    const int RB = 8 / KS;
-    const size_t groups = xd_ceil_div((size_t)rows, (size_t)RB);
-    if ((variant & XD_SDEC_STREAM) && Din % (8 * KS) == 0) {
-      /* one wave of k_gemv3: rpw = ceil(groups / resident blocks), grid = ceil(groups / rpw) */
-      const size_t smem3 = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
-      const int occ = gemv3_occ(mode, KS, smem3);
-      if (occ > 0) {
-        const size_t slots = (size_t)occ * sms;
-        const size_t rpw3 = xd_ceil_div(groups, slots);
-        const unsigned grid3 = (unsigned)xd_ceil_div(groups, rpw3);
-        if (mode == GEMV_STORE)
-          XD_CU(gemv3_launch<GEMV_STORE>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
-        else if (mode == GEMV_ACCUM)
-          XD_CU(gemv3_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
-        else
-          XD_CU(gemv3_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
-        XD_CU_LAUNCH("k_gemv3");
-        return 0;
-      }
+    const size_t groups = xd_ceil_div((size_t)rows, (size_t)(8 / KS));
+    const size_t smem3 = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
+    const int occ = gemv3_occ(mode, KS, smem3);
+    if (occ > 0) {
+      const size_t rpw3 = xd_ceil_div(groups, (size_t)occ * sms);
+      const unsigned grid3 = (unsigned)xd_ceil_div(groups, rpw3);
+      if (mode == GEMV_STORE)
+        XD_CU(gemv3_launch<GEMV_STORE>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+      else if (mode == GEMV_ACCUM)
+        XD_CU(gemv3_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+      else
+        XD_CU(gemv3_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+      XD_CU_LAUNCH("k_gemv3");
+      return 0;
     }
-    size_t rpw = groups / ((size_t)4 * sms);
-    rpw = rpw < 1 ? 1 : rpw > 4 ? 4 : rpw;
-    const unsigned grid = (unsigned)xd_ceil_div(groups, rpw);
-    const size_t smem = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
-    if (mode == GEMV_STORE)
-      XD_CU(gemv2_launch<GEMV_STORE>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
-    else if (mode == GEMV_ACCUM)
-      XD_CU(gemv2_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
-    else
-      XD_CU(gemv2_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid, smem, out, x, nw, eps, W, bias, Din, rows, (int)rpw, xout));
-    XD_CU_LAUNCH("k_gemv2");
-    return 0;
   }
+  /* legacy, Din % 8 != 0 or no occupancy: k_gemv */
   /* rows per block: 8 warps x k rows, k chosen for >= ~2 blocks per SM */
   int rpw = rows / (8 * 2 * sms);
   rpw = rpw < 1 ? 1 : rpw > 8 ? 8 : rpw;
@@ -707,9 +528,7 @@ __global__ void k_dec_embed(float *h, const uint16_t *table, const xd_cuda_sdec_
 
 __device__ __forceinline__ double sd_logsig(double x) { return x >= 0 ? -log1p(exp(-x)) : x - log1p(exp(x)); }
 
-/* Per head: blocks [0,H) query heads, [H,H+G) KV heads. QK-norm + RoPE (the step's rows),
- * feature map; query heads also the gates, KV heads append k (roped) and v to ring / sinks. */
-/* Gates of query head `head` from the layer's (normed) input xn. */
+/* Gates of query head `head` from the layer's (normed) input xn (legacy k_dec_prep). */
 __device__ void sd_gates(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int head) {
   float ai = 0.f, af = 0.f;
   const float *wi = Ly.w_i + (size_t)head * m.D, *wf = Ly.w_f + (size_t)head * m.D;
@@ -724,15 +543,12 @@ __device__ void sd_gates(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, in
   }
 }
 
-/* grid H + G (legacy: query blocks do their gates too) or 2H + G (blocks [H+G, 2H+G): the
- * gates of head blk - H - G, in parallel with the feature maps). */
+/* Legacy (the reference of issue #8), per head: blocks [0,H) query heads, [H,H+G) KV heads.
+ * QK-norm + RoPE (the step's rows), feature map; query heads also the gates, KV heads append k
+ * (roped) and v to ring / sinks. */
 __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   extern __shared__ float sm[];
   const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P;
-  if ((int)blockIdx.x >= H + G) {
-    sd_gates(m, Ly, blockIdx.x - H - G);
-    return;
-  }
   const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
   float *y = sm, *yr = sm + d, *z = sm + 2 * d; /* [d], [d], [P] */
   const xd_cuda_sdec_params *prm = m.params;
@@ -799,234 +615,7 @@ __global__ void k_dec_prep(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
     phi[j] = expf(z[j] - mx) / s1;
     if (m.hedgehog) phi[dp + j] = expf(mn - z[j]) / s2;
   }
-  if (isq && gridDim.x == H + G) sd_gates(m, Ly, head); /* legacy: gates in the head's block */
-}
-
-/* Prep of the split step (issue #8): grid 2H + G, PREP_THREADS threads. Head blocks [0, H + G):
- * one value of d per thread for the norm / RoPE (the norm's sum a block reduction), the feature
- * map z = yr P_head split over the rows of P (np = blockDim / dp parts of ceil(d / np) rows,
- * every load of a part issued together; the parts added in order), softmax through block
- * reductions. Gate blocks [H + G, 2H + G): the two gate dot products with 16-byte loads. */
-#define PREP_THREADS 256
-__global__ void __launch_bounds__(PREP_THREADS) k_dec_prep2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
-  __shared__ float y[128], yr[128], zp[PREP_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P, tid = threadIdx.x;
-  sd_pdl_trigger();
-  sd_pdl_wait();
-  if ((int)blockIdx.x >= H + G) {
-    const int head = blockIdx.x - H - G, D = m.D;
-    const float *wi = Ly.w_i + (size_t)head * D, *wf = Ly.w_f + (size_t)head * D, *xn = m.xn;
-    float ai = 0.f, af = 0.f;
-    if ((D & 3) == 0 && (((uintptr_t)wi | (uintptr_t)wf | (uintptr_t)xn) & 15) == 0) {
-#pragma unroll 4
-      for (int j = tid * 4; j < D; j += blockDim.x * 4) {
-        const float4 x4 = *reinterpret_cast<const float4 *>(xn + j);
-        const float4 a4 = __ldg(reinterpret_cast<const float4 *>(wi + j)), f4 = __ldg(reinterpret_cast<const float4 *>(wf + j));
-        ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
-        af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
-      }
-    } else {
-#pragma unroll 4
-      for (int j = tid; j < D; j += blockDim.x) { ai += xn[j] * wi[j]; af += xn[j] * wf[j]; }
-    }
-    ai = sd_block_sum(ai);
-    af = sd_block_sum(af);
-    if (tid == 0) {
-      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
-      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
-      m.ig[head] = zi;
-      m.fg[head] = zf;
-    }
-    return;
-  }
-  const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
-  const xd_cuda_sdec_params *prm = m.params;
-  const int64_t pos = prm->pos;
-  const float *rawall = m.qkv + (isq ? 0 : (size_t)H * d), *raw = rawall + (size_t)head * d;
-  const float *nw = isq ? Ly.q_norm : Ly.k_norm;
-  const float rv = tid < d ? raw[tid] : 0.f;
-  float r = 1.f;
-  if (m.qk_norm == 2) {
-    float ss = 0.f;
-#pragma unroll 4
-    for (int j = tid; j < nh * d; j += blockDim.x) ss += rawall[j] * rawall[j];
-    ss = sd_block_sum(ss);
-    r = 1.0f / sqrtf(ss / (float)(nh * d) + m.rms_eps);
-  } else if (m.qk_norm == 1) {
-    const float ss = sd_block_sum(rv * rv);
-    r = 1.0f / sqrtf(ss / (float)d + m.rms_eps);
-  }
-  if (tid < d) y[tid] = m.qk_norm == 2 ? nw[head * d + tid] * (rv * r) : m.qk_norm == 1 ? nw[tid] * (rv * r) : rv;
-  __syncthreads();
-  const int half = d / 2;
-  if (tid < half) {
-    const float *cs = prm->cos[Ly.rope_kind], *sn = prm->sin[Ly.rope_kind];
-    const float a = y[tid], b = y[tid + half], c = cs[tid], s = sn[tid];
-    yr[tid] = a * c - b * s;
-    yr[tid + half] = b * c + a * s;
-  }
-  __syncthreads();
-  if (tid < d) {
-    const float yv = yr[tid];
-    (isq ? m.q : m.k)[(size_t)head * d + tid] = yv;
-    if (!isq) {
-      const size_t Gd = (size_t)G * d, slot = (size_t)(pos % Ly.W);
-      const uint16_t kb = xd_f2bf(yv), vb = xd_f2bf(m.qkv[(size_t)(H + G) * d + (size_t)head * d + tid]);
-      Ly.k_ring[slot * Gd + head * d + tid] = kb;
-      Ly.v_ring[slot * Gd + head * d + tid] = vb;
-      if (pos < Ly.S) { Ly.k_sink[pos * Gd + head * d + tid] = kb; Ly.v_sink[pos * Gd + head * d + tid] = vb; }
-    }
-  }
-  /* feature map: z = yr P_head, softmax (hedgehog: [softmax(z), softmax(-z)]); dp <= blockDim */
-  const float *Pm = (isq ? Ly.P_q : Ly.P_k) + (size_t)head * d * dp;
-  const int np = (int)blockDim.x / dp, part = tid / dp, j = tid % dp, ci = (d + np - 1) / np;
-  if (part < np) {
-    const int i0 = part * ci, i1 = min(d, i0 + ci);
-    float a = 0.f;
-#pragma unroll 16
-    for (int i = i0; i < i1; i++) a += yr[i] * __ldg(Pm + (size_t)i * dp + j);
-    zp[tid] = a;
-  }
-  __syncthreads();
-  float z = 0.f;
-  if (tid < dp)
-    for (int q = 0; q < np; q++) z += zp[q * dp + tid];
-  const float mx = sd_block_max(tid < dp ? z : -INFINITY);
-  const float mn = m.hedgehog ? -sd_block_max(tid < dp ? -z : -INFINITY) : 0.f;
-  const float e1 = tid < dp ? expf(z - mx) : 0.f, e2 = m.hedgehog && tid < dp ? expf(mn - z) : 0.f;
-  const float s1 = sd_block_sum(e1);
-  const float s2 = m.hedgehog ? sd_block_sum(e2) : 1.f;
-  float *phi = (isq ? m.qf : m.kf) + (size_t)head * P;
-  if (tid < dp) {
-    phi[tid] = e1 / s1;
-    if (m.hedgehog) phi[dp + tid] = e2 / s2;
-  }
-}
-
-/* k_dec_prep3 (XD_SDEC_SHORT): k_dec_prep2 with the weight loads (the gate rows' first
- * PREP_GPF float4 per thread, the feature map's first PREP_PPF rows of P per thread) and the
- * RoPE row issued before the PDL wait, the rest unchanged (same arithmetic order). */
-#define PREP_GPF 2
-#define PREP_PPF 16
-__global__ void __launch_bounds__(PREP_THREADS) k_dec_prep3(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
-  __shared__ float y[128], yr[128], zp[PREP_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, dp = m.hedgehog ? P / 2 : P, tid = threadIdx.x;
-  sd_pdl_trigger();
-  if ((int)blockIdx.x >= H + G) {
-    const int head = blockIdx.x - H - G, D = m.D;
-    const float *wi = Ly.w_i + (size_t)head * D, *wf = Ly.w_f + (size_t)head * D, *xn = m.xn;
-    float ai = 0.f, af = 0.f;
-    if ((D & 3) == 0 && (((uintptr_t)wi | (uintptr_t)wf | (uintptr_t)xn) & 15) == 0) {
-      /* the first PREP_GPF float4 of each gate row prefetched before the wait (weights) */
-      float4 a4p[PREP_GPF], f4p[PREP_GPF];
-#pragma unroll
-      for (int u = 0; u < PREP_GPF; u++) {
-        const int j = (tid + u * (int)blockDim.x) * 4;
-        a4p[u] = j < D ? __ldg(reinterpret_cast<const float4 *>(wi + j)) : make_float4(0.f, 0.f, 0.f, 0.f);
-        f4p[u] = j < D ? __ldg(reinterpret_cast<const float4 *>(wf + j)) : make_float4(0.f, 0.f, 0.f, 0.f);
-      }
-      sd_pdl_wait();
-#pragma unroll
-      for (int u = 0; u < PREP_GPF; u++) {
-        const int j = (tid + u * (int)blockDim.x) * 4;
-        if (j < D) {
-          const float4 x4 = *reinterpret_cast<const float4 *>(xn + j), a4 = a4p[u], f4 = f4p[u];
-          ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
-          af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
-        }
-      }
-      for (int j = (tid + PREP_GPF * (int)blockDim.x) * 4; j < D; j += blockDim.x * 4) {
-        const float4 x4 = *reinterpret_cast<const float4 *>(xn + j);
-        const float4 a4 = __ldg(reinterpret_cast<const float4 *>(wi + j)), f4 = __ldg(reinterpret_cast<const float4 *>(wf + j));
-        ai += x4.x * a4.x + x4.y * a4.y + x4.z * a4.z + x4.w * a4.w;
-        af += x4.x * f4.x + x4.y * f4.y + x4.z * f4.z + x4.w * f4.w;
-      }
-    } else {
-      sd_pdl_wait();
-#pragma unroll 4
-      for (int j = tid; j < D; j += blockDim.x) { ai += xn[j] * wi[j]; af += xn[j] * wf[j]; }
-    }
-    ai = sd_block_sum(ai);
-    af = sd_block_sum(af);
-    if (tid == 0) {
-      float zi = ai + Ly.b_i[head], zf = af + Ly.b_f[head];
-      if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
-      m.ig[head] = zi;
-      m.fg[head] = zf;
-    }
-    return;
-  }
-  const int blk = blockIdx.x, isq = blk < H, head = isq ? blk : blk - H, nh = isq ? H : G;
-  const xd_cuda_sdec_params *prm = m.params;
-  /* before the wait: this thread's first PREP_PPF rows of the feature map's P (weights) and
-   * the RoPE row (the step's inputs, uploaded before the graph) */
-  const float *Pm = (isq ? Ly.P_q : Ly.P_k) + (size_t)head * d * dp;
-  const int np = (int)blockDim.x / dp, part = tid / dp, j = tid % dp, ci = (d + np - 1) / np;
-  const int i0 = part * ci, i1 = min(d, i0 + ci);
-  float pf[PREP_PPF];
-#pragma unroll
-  for (int u = 0; u < PREP_PPF; u++) pf[u] = part < np && i0 + u < i1 ? __ldg(Pm + (size_t)(i0 + u) * dp + j) : 0.f;
-  const int half = d / 2;
-  float rc = 0.f, rsn = 0.f;
-  if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
-  sd_pdl_wait();
-  const int64_t pos = prm->pos;
-  const float *rawall = m.qkv + (isq ? 0 : (size_t)H * d), *raw = rawall + (size_t)head * d;
-  const float *nw = isq ? Ly.q_norm : Ly.k_norm;
-  const float rv = tid < d ? raw[tid] : 0.f;
-  float r = 1.f;
-  if (m.qk_norm == 2) {
-    float ss = 0.f;
-#pragma unroll 4
-    for (int j = tid; j < nh * d; j += blockDim.x) ss += rawall[j] * rawall[j];
-    ss = sd_block_sum(ss);
-    r = 1.0f / sqrtf(ss / (float)(nh * d) + m.rms_eps);
-  } else if (m.qk_norm == 1) {
-    const float ss = sd_block_sum(rv * rv);
-    r = 1.0f / sqrtf(ss / (float)d + m.rms_eps);
-  }
-  if (tid < d) y[tid] = m.qk_norm == 2 ? nw[head * d + tid] * (rv * r) : m.qk_norm == 1 ? nw[tid] * (rv * r) : rv;
-  __syncthreads();
-  if (tid < half) {
-    const float a = y[tid], b = y[tid + half], c = rc, s = rsn;
-    yr[tid] = a * c - b * s;
-    yr[tid + half] = b * c + a * s;
-  }
-  __syncthreads();
-  if (tid < d) {
-    const float yv = yr[tid];
-    (isq ? m.q : m.k)[(size_t)head * d + tid] = yv;
-    if (!isq) {
-      const size_t Gd = (size_t)G * d, slot = (size_t)(pos % Ly.W);
-      const uint16_t kb = xd_f2bf(yv), vb = xd_f2bf(m.qkv[(size_t)(H + G) * d + (size_t)head * d + tid]);
-      Ly.k_ring[slot * Gd + head * d + tid] = kb;
-      Ly.v_ring[slot * Gd + head * d + tid] = vb;
-      if (pos < Ly.S) { Ly.k_sink[pos * Gd + head * d + tid] = kb; Ly.v_sink[pos * Gd + head * d + tid] = vb; }
-    }
-  }
-  /* feature map: z = yr P_head, softmax (hedgehog: [softmax(z), softmax(-z)]); dp <= blockDim */
-  if (part < np) {
-    float a = 0.f;
-#pragma unroll
-    for (int u = 0; u < PREP_PPF; u++)
-      if (i0 + u < i1) a += yr[i0 + u] * pf[u];
-    for (int i = i0 + PREP_PPF; i < i1; i++) a += yr[i] * __ldg(Pm + (size_t)i * dp + j);
-    zp[tid] = a;
-  }
-  __syncthreads();
-  float z = 0.f;
-  if (tid < dp)
-    for (int q = 0; q < np; q++) z += zp[q * dp + tid];
-  const float mx = sd_block_max(tid < dp ? z : -INFINITY);
-  const float mn = m.hedgehog ? -sd_block_max(tid < dp ? -z : -INFINITY) : 0.f;
-  const float e1 = tid < dp ? expf(z - mx) : 0.f, e2 = m.hedgehog && tid < dp ? expf(mn - z) : 0.f;
-  const float s1 = sd_block_sum(e1);
-  const float s2 = m.hedgehog ? sd_block_sum(e2) : 1.f;
-  float *phi = (isq ? m.qf : m.kf) + (size_t)head * P;
-  if (tid < dp) {
-    phi[tid] = e1 / s1;
-    if (m.hedgehog) phi[dp + tid] = e2 / s2;
-  }
+  if (isq) sd_gates(m, Ly, head);
 }
 
 /* Per query head: local attention over sinks + ring, mLSTM recurrent step, mixing gate;
@@ -1150,400 +739,403 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   }
 }
 
-/* ---- split per-head step (issue #8) -------------------------------------------------------
- * k_dec_split: grid (H, NA + NM). Blocks y < NA: local attention over keys [y*KPB, (y+1)*KPB)
- * of the n = sinks + ring keys (one warp per key for the scores, flash-decode partials m, l,
- * o[d]); blocks y >= NA: rows [t*PT, (t+1)*PT) of the mLSTM state C (P x d) and n: update in
- * place, partial numerator sum_p C[p,:] qf[p] and partial denominator. The gate state m[h] is
- * only read here; k_dec_merge2 (grid H) recomputes the same m_t, writes it, merges the
- * attention partials (rescaled by exp(m_s - M)) and the mLSTM partials, applies the mixing
- * gate and writes att. Partials: m->part = [H, NA, d + 2] then [H, NM, d + 1]. */
-#define SPL_KPB 64
-#define SPL_PT 16
-#define SPL_THREADS 128
-static int spl_na(int W, int S) { return (W + S + SPL_KPB - 1) / SPL_KPB; }
-static int spl_nm(int P) { return (P + SPL_PT - 1) / SPL_PT; }
+/* ---- the per-head step: one clustered kernel (issue #8) ---------------------------------
+ * k_dec_head (replaces the legacy k_dec_prep + k_dec_core): grid (HD_R, H), one thread-block
+ * cluster of HD_R blocks (HD_T = 128 threads each; 256 when the softmax's d_phi > 128 or with
+ * XD_SDEC_T256) per query head h. Block r of the cluster:
+ *   before the PDL wait (nothing an earlier kernel of the step writes): its keys / values of
+ *   the sinks + ring (warp w holds keys r*NW + w + u*NW*HD_R, 32-bit bf16 pairs per lane; the
+ *   newest key, whose ring slot this step overwrites, is not read), its rows of the feature
+ *   maps' P_q / P_k, its columns of the gate rows w_i / w_f, its rows of the mLSTM state C / n,
+ *   m[h], the RoPE row and (rank 0) the mixing gate's weights;
+ *   after the wait: QK-norm + RoPE of the head's q and its KV head's k (every block, d values),
+ *   partial feature-map products and gate dots over its share; cluster barrier; every block
+ *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates; its keys'
+ *   attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
+ *   readout and denominator), both pushed into rank 0's shared memory; cluster barrier; rank 0
+ *   merges, applies the normaliser and the mixing gate, writes att and m[h]. The first query
+ *   head of each KV group (rank 0) appends k, v to the ring / sinks; every block uses the
+ *   bf16-rounded k, v of the step from registers for the newest key, as the legacy kernel reads
+ *   them back from the ring. Two cluster barriers instead of kernel boundaries. */
+#define HD_R 8   /* blocks per head (cluster size) */
+#define HD_FU 4  /* feature-map rows per thread prefetched (more: loaded after the wait) */
+#define HD_GU 2  /* gate columns per thread prefetched */
+#define HD_CU 4  /* mLSTM C elements per thread prefetched */
+#define HD_KEYS 576 /* keys per head prefetched into registers (W + S beyond: loaded after the wait) */
 
-__device__ __forceinline__ void sd_gate(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int h, float *fp, float *ip,
-                                        float *mt_out) {
-  const double l = sd_logsig((double)m.fg[h]), i = (double)m.ig[h], mp = (double)Ly.m[h], a = l + mp;
-  const double mt = a >= i ? a : i;
-  *fp = (float)exp(a - mt);
-  *ip = (float)exp(i - mt);
-  *mt_out = (float)mt;
+/* two block-wide reductions in one pass (blockDim a multiple of 32, every thread gets both) */
+__device__ float2 sd_block_sum2(float a, float b) {
+  __shared__ float2 red2[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = sd_warp_sum(a), b = sd_warp_sum(b);
+  __syncthreads();
+  if (lane == 0) red2[w] = make_float2(a, b);
+  __syncthreads();
+  const float2 v = lane < nw ? red2[lane] : make_float2(0.f, 0.f);
+  return make_float2(sd_warp_sum(v.x), sd_warp_sum(v.y));
+}
+__device__ float2 sd_block_max2(float a, float b) {
+  __shared__ float2 red2m[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  a = sd_warp_max(a), b = sd_warp_max(b);
+  __syncthreads();
+  if (lane == 0) red2m[w] = make_float2(a, b);
+  __syncthreads();
+  const float2 v = lane < nw ? red2m[lane] : make_float2(-INFINITY, -INFINITY);
+  return make_float2(sd_warp_max(v.x), sd_warp_max(v.y));
 }
 
-__device__ void sd_split_body(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA) {
-  __shared__ float qs[128], sc[SPL_KPB], acc[SPL_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
-  const int NM = (P + SPL_PT - 1) / SPL_PT;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int ngrp = blockDim.x / d; /* d <= 128 = blockDim: >= 1 */
-  const int i = threadIdx.x % d, grp = threadIdx.x / d;
-  if ((int)blockIdx.y < NA) {
-    const int s = blockIdx.y;
-    const int64_t t = m.params->pos;
-    const int W = Ly.W, S = Ly.S;
-    const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns = ws < S ? ws : S;
-    const int n = (int)(ns + t - ws + 1);
-    const int k0 = s * SPL_KPB, k1 = min(k0 + SPL_KPB, n);
-    float *pm = m.part + ((size_t)h * NA + s) * (d + 2);
-    if (k0 >= n) { /* empty split (short context) */
-      for (int j = threadIdx.x; j < d; j += blockDim.x) pm[2 + j] = 0.f;
-      if (threadIdx.x == 0) { pm[0] = -INFINITY; pm[1] = 0.f; }
-      return;
-    }
-    const size_t Gd = (size_t)G * d;
-    const float scale = 1.0f / sqrtf((float)d);
-    for (int j = threadIdx.x; j < d; j += blockDim.x) qs[j] = m.q[(size_t)h * d + j];
-    __syncthreads();
-#pragma unroll 4
-    for (int kk = k0 + warp; kk < k1; kk += nwarps) {
-      const uint16_t *kr = (kk < ns ? Ly.k_sink + (size_t)kk * Gd : Ly.k_ring + (size_t)((ws + (kk - ns)) % W) * Gd) + (size_t)g * d;
-      /* d <= 128: at most two bf16 pairs per lane, both loads issued before the sums */
-      const int j0 = lane, j1 = lane + 32;
-      const uint32_t u0 = j0 < d / 2 ? *reinterpret_cast<const uint32_t *>(kr + 2 * j0) : 0u;
-      const uint32_t u1 = j1 < d / 2 ? *reinterpret_cast<const uint32_t *>(kr + 2 * j1) : 0u;
-      float a = 0.f;
-      if (j0 < d / 2) a += qs[2 * j0] * __uint_as_float(u0 << 16) + qs[2 * j0 + 1] * __uint_as_float(u0 & 0xffff0000u);
-      if (j1 < d / 2) a += qs[2 * j1] * __uint_as_float(u1 << 16) + qs[2 * j1 + 1] * __uint_as_float(u1 & 0xffff0000u);
-      a = sd_warp_sum(a);
-      if (lane == 0) sc[kk - k0] = a * scale;
-    }
-    __syncthreads();
-    const int nk = k1 - k0;
-    float mx = -INFINITY;
-    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) mx = fmaxf(mx, sc[kk]);
-    mx = sd_block_max(mx); /* its barriers order the reads of sc before the writes below */
-    float sum = 0.f;
-    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) {
-      const float p = __expf(sc[kk] - mx);
-      sc[kk] = p;
-      sum += p;
-    }
-    sum = sd_block_sum(sum); /* publishes sc */
-    float a = 0.f;
-    if (grp < ngrp) {
-#pragma unroll 8
-      for (int kk = k0 + grp; kk < k1; kk += ngrp) {
-        const uint16_t *vr = kk < ns ? Ly.v_sink + (size_t)kk * Gd : Ly.v_ring + (size_t)((ws + (kk - ns)) % W) * Gd;
-        a += sc[kk - k0] * xd_bf2f(vr[(size_t)g * d + i]);
-      }
-    }
-    acc[threadIdx.x] = a;
-    __syncthreads();
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      float o = 0.f;
-      for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
-      pm[2 + j] = o;
-    }
-    if (threadIdx.x == 0) { pm[0] = mx; pm[1] = sum; }
-    return;
-  }
-  /* mLSTM rows tile */
-  const int tt = blockIdx.y - NA, p0 = tt * SPL_PT, p1 = min(p0 + SPL_PT, P);
-  float fp, ip, mt;
-  sd_gate(m, Ly, h, &fp, &ip, &mt);
-  const float *qf = m.qf + (size_t)h * P, *kf = m.kf + (size_t)g * P;
-  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
-  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
-  float a = 0.f;
-  if (grp < ngrp) {
-    /* all loads of the tile first (the stores to C would otherwise order them), then update */
-    const float vj = v[i];
-    float cv[SPL_PT], kv[SPL_PT], qv[SPL_PT];
-#pragma unroll
-    for (int u = 0; u < SPL_PT; u++) {
-      const int p = p0 + grp + u * ngrp;
-      cv[u] = p < p1 ? C[(size_t)p * d + i] : 0.f;
-      kv[u] = p < p1 ? kf[p] : 0.f;
-      qv[u] = p < p1 ? qf[p] : 0.f;
-    }
-#pragma unroll
-    for (int u = 0; u < SPL_PT; u++) {
-      const int p = p0 + grp + u * ngrp;
-      if (p < p1) {
-        const float cn = fp * cv[u] + (ip * kv[u]) * vj;
-        C[(size_t)p * d + i] = cn;
-        a += cn * qv[u];
-      }
-    }
-  }
-  acc[threadIdx.x] = a;
-  float dn = 0.f;
-  for (int p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
-    const float nv = fp * nn[p] + ip * kf[p];
-    nn[p] = nv;
-    dn += qf[p] * nv;
-  }
-  dn = sd_block_sum(dn); /* publishes acc */
-  float *pm = m.part + (size_t)H * NA * (d + 2) + ((size_t)h * NM + tt) * (d + 1);
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float o = 0.f;
-    for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
-    pm[1 + j] = o;
-  }
-  if (threadIdx.x == 0) pm[0] = dn;
-}
-
-
-/* XD_SDEC_SHORT: sd_split_body with every global load of a block issued in one batch (the
- * attention tile's q, its 64 keys and the values, the ring slots in 32-bit arithmetic; the
- * mLSTM tile's rows of C, k, q, v and n before the gate's inputs), so a block waits for memory
- * once or twice instead of ~8 times. Same arithmetic in the same order as sd_split_body. */
-#define SPL_NW (SPL_THREADS / 32)
-#define SPL_VPF 32
-__device__ void sd_split_body3(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA) {
-  __shared__ float qs[128], sc[SPL_KPB], acc[SPL_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, h = blockIdx.x, g = h / (H / G);
-  const int NM = (P + SPL_PT - 1) / SPL_PT;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int ngrp = SPL_THREADS / d; /* d <= 128 = blockDim: >= 1 */
-  const int i = threadIdx.x % d, grp = threadIdx.x / d;
-  if ((int)blockIdx.y < NA) {
-    const int s = blockIdx.y;
-    const int64_t t = m.params->pos;
-    const int W = Ly.W, S = Ly.S;
-    const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
-    const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64, rb = (int)((ws - ns64) % W); /* key kk >= ns: slot (rb + kk) % W */
-    const int k0 = s * SPL_KPB, k1 = min(k0 + SPL_KPB, n);
-    float *pm = m.part + ((size_t)h * NA + s) * (d + 2);
-    if (k0 >= n) { /* empty split (short context) */
-      for (int j = threadIdx.x; j < d; j += blockDim.x) pm[2 + j] = 0.f;
-      if (threadIdx.x == 0) { pm[0] = -INFINITY; pm[1] = 0.f; }
-      return;
-    }
-    const int Gd = G * d;
-    const float scale = 1.0f / sqrtf((float)d);
-    const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
-    /* the batch: q, this warp's keys (one or two bf16 pairs per lane), this thread's values */
-    const float qv = threadIdx.x < d ? m.q[(size_t)h * d + threadIdx.x] : 0.f;
-    const int j0 = lane, j1 = lane + 32;
-    uint32_t ku0[SPL_KPB / SPL_NW], ku1[SPL_KPB / SPL_NW];
-#pragma unroll
-    for (int u = 0; u < SPL_KPB / SPL_NW; u++) {
-      const int kk = k0 + warp + u * SPL_NW;
-      ku0[u] = ku1[u] = 0u;
-      if (kk < k1) {
-        const uint16_t *kr = kk < ns ? ksb + (size_t)kk * Gd : krb + (size_t)((rb + kk) % W) * Gd;
-        if (j0 < d / 2) ku0[u] = *reinterpret_cast<const uint32_t *>(kr + 2 * j0);
-        if (j1 < d / 2) ku1[u] = *reinterpret_cast<const uint32_t *>(kr + 2 * j1);
-      }
-    }
-    uint16_t vv[SPL_VPF];
-#pragma unroll
-    for (int u = 0; u < SPL_VPF; u++) {
-      const int kk = k0 + grp + u * ngrp;
-      vv[u] = 0;
-      if (grp < ngrp && kk < k1) vv[u] = (kk < ns ? vsb + (size_t)kk * Gd : vrb + (size_t)((rb + kk) % W) * Gd)[i];
-    }
-    if (threadIdx.x < d) qs[threadIdx.x] = qv;
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < SPL_KPB / SPL_NW; u++) {
-      const int kk = k0 + warp + u * SPL_NW;
-      if (kk < k1) { /* warp-uniform */
-        float a = 0.f;
-        if (j0 < d / 2) a += qs[2 * j0] * __uint_as_float(ku0[u] << 16) + qs[2 * j0 + 1] * __uint_as_float(ku0[u] & 0xffff0000u);
-        if (j1 < d / 2) a += qs[2 * j1] * __uint_as_float(ku1[u] << 16) + qs[2 * j1 + 1] * __uint_as_float(ku1[u] & 0xffff0000u);
-        a = sd_warp_sum(a);
-        if (lane == 0) sc[kk - k0] = a * scale;
-      }
-    }
-    __syncthreads();
-    const int nk = k1 - k0;
-    float mx = -INFINITY;
-    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) mx = fmaxf(mx, sc[kk]);
-    mx = sd_block_max(mx);
-    float sum = 0.f;
-    for (int kk = threadIdx.x; kk < nk; kk += blockDim.x) {
-      const float p = __expf(sc[kk] - mx);
-      sc[kk] = p;
-      sum += p;
-    }
-    sum = sd_block_sum(sum); /* publishes sc */
-    float a = 0.f;
-    if (grp < ngrp) {
-#pragma unroll
-      for (int u = 0; u < SPL_VPF; u++) {
-        const int kk = k0 + grp + u * ngrp;
-        if (kk < k1) a += sc[kk - k0] * __uint_as_float((uint32_t)vv[u] << 16);
-      }
-      for (int kk = k0 + grp + SPL_VPF * ngrp; kk < k1; kk += ngrp) /* d > 64 only */
-        a += sc[kk - k0] * xd_bf2f((kk < ns ? vsb + (size_t)kk * Gd : vrb + (size_t)((rb + kk) % W) * Gd)[i]);
-    }
-    acc[threadIdx.x] = a;
-    __syncthreads();
-    for (int j = threadIdx.x; j < d; j += blockDim.x) {
-      float o = 0.f;
-      for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
-      pm[2 + j] = o;
-    }
-    if (threadIdx.x == 0) { pm[0] = mx; pm[1] = sum; }
-    return;
-  }
-  /* mLSTM rows tile: loads of C, k, q, v, n first, then the gate, then the update */
-  const int tt = blockIdx.y - NA, p0 = tt * SPL_PT, p1 = min(p0 + SPL_PT, P);
-  const float *qf = m.qf + (size_t)h * P, *kf = m.kf + (size_t)g * P;
-  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
-  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
-  float cv[SPL_PT], kv[SPL_PT], qv[SPL_PT], vj = 0.f;
-  if (grp < ngrp) {
-    vj = v[i];
-#pragma unroll
-    for (int u = 0; u < SPL_PT; u++) {
-      const int p = p0 + grp + u * ngrp;
-      cv[u] = p < p1 ? C[(size_t)p * d + i] : 0.f;
-      kv[u] = p < p1 ? kf[p] : 0.f;
-      qv[u] = p < p1 ? qf[p] : 0.f;
-    }
-  }
-  const int pn = p0 + threadIdx.x; /* SPL_PT <= blockDim: one n row per thread */
-  const float nold = pn < p1 ? nn[pn] : 0.f, kn = pn < p1 ? kf[pn] : 0.f, qn = pn < p1 ? qf[pn] : 0.f;
-  float fp, ip, mt;
-  sd_gate(m, Ly, h, &fp, &ip, &mt);
-  float a = 0.f;
-  if (grp < ngrp) {
-#pragma unroll
-    for (int u = 0; u < SPL_PT; u++) {
-      const int p = p0 + grp + u * ngrp;
-      if (p < p1) {
-        const float cn = fp * cv[u] + (ip * kv[u]) * vj;
-        C[(size_t)p * d + i] = cn;
-        a += cn * qv[u];
-      }
-    }
-  }
-  acc[threadIdx.x] = a;
-  float dn = 0.f;
-  if (pn < p1) {
-    const float nv = fp * nold + ip * kn;
-    nn[pn] = nv;
-    dn += qn * nv;
-  }
-  dn = sd_block_sum(dn); /* publishes acc */
-  float *pm = m.part + (size_t)H * NA * (d + 2) + ((size_t)h * NM + tt) * (d + 1);
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float o = 0.f;
-    for (int q = 0; q < ngrp; q++) o += acc[q * d + j];
-    pm[1 + j] = o;
-  }
-  if (threadIdx.x == 0) pm[0] = dn;
-}
-
-__device__ void sd_merge_head(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA, int h);
-
-/* FUSED (XD_SDEC_FUSE_MERGE): after its partials, every block of head h counts itself in
- * m.cnt[h] (fence, then one atomic); the last of the NA + NM blocks merges the head (the
- * partials read through L2) and resets the counter. Same merge arithmetic as k_dec_merge2 with
- * SPL_THREADS threads (2 numerator groups instead of 4: fp32 summation order only). */
-template <bool FUSED, bool SHORT>
-__global__ void __launch_bounds__(SPL_THREADS) k_dec_split(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
+/* DW: 32-bit bf16 pairs per lane of a K / V row, 1 (d <= 64) or 2 (d <= 128); HD_T threads
+ * per block (256 or 128; HD_T >= d_phi of the softmax) */
+template <int DW, int HD_T>
+__global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  namespace cg = cooperative_groups;
+  constexpr int HD_NW = HD_T / 32, HD_KU = (HD_KEYS + HD_NW * HD_R - 1) / (HD_NW * HD_R);
+  __shared__ float s_q[128], s_k[128], s_v[128], s_kb[128], s_vb[128];
+  __shared__ float s_zp[2][HD_T], s_z[2][256], s_g[2], s_qf[256], s_kf[256];
+  __shared__ float s_wm[HD_NW], s_wl[HD_NW], s_wo[HD_NW][128], s_num[HD_T];
+  __shared__ float s_gm[HD_R], s_gl[HD_R], s_gden[HD_R], s_go[HD_R][128], s_gn[HD_R][128];
+  cg::cluster_group cl = cg::this_cluster();
+  const int r = (int)cl.block_rank(), h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = m.H, G = m.G, d = m.d, P = m.P, D = m.D, dp = m.hedgehog ? P / 2 : P, g = h / (H / G), half = d / 2;
   sd_pdl_trigger();
+  /* ---- before the wait ---- */
+  const xd_cuda_sdec_params *prm = m.params;
+  const int64_t t = prm->pos;
+  const int W = Ly.W, S = Ly.S;
+  const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
+  const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64, rb = (int)((ws - ns64) % W); /* key kk >= ns: slot (rb + kk) % W */
+  const int Gd = G * d, gw = r * HD_NW + warp, KSTEP = HD_NW * HD_R;
+  const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
+  uint32_t kreg[HD_KU][DW], vreg[HD_KU][DW];
+#pragma unroll
+  for (int u = 0; u < HD_KU; u++) {
+    const int kk = gw + u * KSTEP;
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) kreg[u][w2] = vreg[u][w2] = 0u;
+    if (kk < n - 1) {
+      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)((rb + kk) % W) * Gd;
+      const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) {
+        const int jp = lane + 32 * w2;
+        if (jp < half) {
+          kreg[u][w2] = *reinterpret_cast<const uint32_t *>(kp + 2 * jp);
+          vreg[u][w2] = *reinterpret_cast<const uint32_t *>(vp + 2 * jp);
+        }
+      }
+    }
+  }
+  /* feature maps: block r covers rows [r*ci, (r+1)*ci) of P; thread: column jf, rows [fi0, fi1) */
+  const int ci = (d + HD_R - 1) / HD_R, np = HD_T / dp, part = tid / dp, jf = tid % dp, cj = (ci + np - 1) / np;
+  const int fi0 = r * ci + part * cj, fi1 = part < np ? min(min(d, (r + 1) * ci), fi0 + cj) : fi0;
+  const float *Pq = Ly.P_q + (size_t)h * d * dp, *Pk = Ly.P_k + (size_t)g * d * dp;
+  float pq[HD_FU], pk[HD_FU];
+#pragma unroll
+  for (int u = 0; u < HD_FU; u++) {
+    const bool ok = fi0 + u < fi1;
+    pq[u] = ok ? __ldg(Pq + (size_t)(fi0 + u) * dp + jf) : 0.f;
+    pk[u] = ok ? __ldg(Pk + (size_t)(fi0 + u) * dp + jf) : 0.f;
+  }
+  /* gates: columns [g0, g1) of w_i / w_f */
+  const int cgw = (D + HD_R - 1) / HD_R, g0 = r * cgw, g1 = min(D, g0 + cgw);
+  const float *wi = Ly.w_i + (size_t)h * D, *wf = Ly.w_f + (size_t)h * D;
+  float gwi[HD_GU], gwf[HD_GU];
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) {
+    const int c = g0 + tid + u * HD_T;
+    gwi[u] = c < g1 ? __ldg(wi + c) : 0.f;
+    gwf[u] = c < g1 ? __ldg(wf + c) : 0.f;
+  }
+  const float bi = Ly.b_i[h], bf = Ly.b_f[h];
+  float wm0 = 0.f, wm1 = 0.f, wm2 = 0.f, bmix = 0.f;
+  if (r == 0 && tid < d) {
+    const float *wo = Ly.w_mix + (size_t)h * 3 * d;
+    wm0 = __ldg(wo + tid), wm1 = __ldg(wo + d + tid), wm2 = __ldg(wo + 2 * d + tid);
+  }
+  if (r == 0) bmix = Ly.b_mix[h];
+  /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
+  const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
+  const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
+  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  float creg[HD_CU];
+#pragma unroll
+  for (int u = 0; u < HD_CU; u++) {
+    const int p = p0 + cgp + u * ngrp;
+    creg[u] = cgp < ngrp && p < p1 ? C[(size_t)p * d + cj2] : 0.f;
+  }
+  const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = Ly.m[h];
+  float rc = 0.f, rsn = 0.f;
+  if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
   sd_pdl_wait();
-  if (SHORT) sd_split_body3(m, Ly, NA);
-  else sd_split_body(m, Ly, NA);
-  if (FUSED) {
-    __shared__ int last;
-    const int h = blockIdx.x, NM = (m.P + SPL_PT - 1) / SPL_PT;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(m.cnt + h, 1) == NA + NM - 1;
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      sd_merge_head(m, Ly, NA, h);
-      if (threadIdx.x == 0) m.cnt[h] = 0;
-    }
+  /* ---- the step's q, k, v (raw fp32 from the q|k|v GEMV) and xn ---- */
+  const float *qkv = m.qkv;
+  const float qraw = tid < d ? qkv[(size_t)h * d + tid] : 0.f;
+  const float kraw = tid < d ? qkv[(size_t)H * d + (size_t)g * d + tid] : 0.f;
+  const float vraw = tid < d ? qkv[(size_t)(H + G) * d + (size_t)g * d + tid] : 0.f;
+  float xg[HD_GU];
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) {
+    const int c = g0 + tid + u * HD_T;
+    xg[u] = c < g1 ? m.xn[c] : 0.f;
   }
-}
-
-/* k_dec_merge2 (issue #8; replaces k_dec_merge, whose serial loops over the splits took ~10 us
- * per layer): MERGE_THREADS threads; every global value read once, in one
- * batch per phase: the split maxima / sums / denominators by one thread each (block
- * reductions), the mixing gate's dot by d threads, then the numerators by ngrp = blockDim / d
- * groups over interleaved splits (partials added in group order). */
-#define MERGE_THREADS 256
-__device__ void sd_merge_head(const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly, int NA, int h) {
-  __shared__ float wsc[256], accs[MERGE_THREADS];
-  const int H = m.H, G = m.G, d = m.d, P = m.P, g = h / (H / G), tid = threadIdx.x;
-  const int NM = (P + SPL_PT - 1) / SPL_PT;
-  const float *pa = m.part + (size_t)h * NA * (d + 2);
-  const float *pb = m.part + (size_t)H * NA * (d + 2) + (size_t)h * NM * (d + 1);
-  const float *v = m.qkv + (size_t)(H + G) * d + (size_t)g * d;
-  const float *qraw = m.qkv + (size_t)h * d, *kraw = m.qkv + (size_t)H * d + (size_t)g * d, *wo = Ly.w_mix + (size_t)h * 3 * d;
-  float fp, ip, mt;
-  sd_gate(m, Ly, h, &fp, &ip, &mt);
-  /* phase 1: loads of the split stats, the mLSTM denominators and the mixing gate's inputs */
-  float mloc = -INFINITY, lloc = 0.f, dloc = 0.f, zloc = 0.f;
-  for (int s = tid; s < NA; s += blockDim.x) {
-    const float ms = __ldcg(pa + (size_t)s * (d + 2)), ls = __ldcg(pa + (size_t)s * (d + 2) + 1);
-    if (s == tid) { mloc = ms; lloc = ls; } else { mloc = fmaxf(mloc, ms); }
+  float rq = 1.f, rk = 1.f;
+  if (m.qk_norm == 2) {
+    float a = 0.f, b = 0.f;
+    for (int j = tid; j < H * d; j += HD_T) a += qkv[j] * qkv[j];
+    for (int j = tid; j < G * d; j += HD_T) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
+    const float2 ss = sd_block_sum2(a, b);
+    rq = 1.0f / sqrtf(ss.x / (float)(H * d) + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)(G * d) + m.rms_eps);
+  } else if (m.qk_norm == 1) {
+    const float2 ss = sd_block_sum2(qraw * qraw, kraw * kraw);
+    rq = 1.0f / sqrtf(ss.x / (float)d + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)d + m.rms_eps);
   }
-  for (int q = tid; q < NM; q += blockDim.x) dloc += __ldcg(pb + (size_t)q * (d + 1));
-  for (int i = tid; i < d; i += blockDim.x) zloc += qraw[i] * wo[i] + kraw[i] * wo[d + i] + v[i] * wo[2 * d + i];
-  const float M = sd_block_max(mloc);
-  /* weights exp(m_s - M) (wsc for s < 256, recomputed beyond) */
-  float L = 0.f;
-  for (int s = tid; s < NA; s += blockDim.x) {
-    const float ms = s == tid ? mloc : __ldcg(pa + (size_t)s * (d + 2)), ls = s == tid ? lloc : __ldcg(pa + (size_t)s * (d + 2) + 1);
-    const float w = ms == -INFINITY ? 0.f : expf(ms - M);
-    if (s < 256) wsc[s] = w;
-    L += ls * w;
-  }
-  L = sd_block_sum(L); /* publishes wsc */
-  const float dsum = sd_block_sum(dloc);
-  const float z = sd_block_sum(zloc) + Ly.b_mix[h];
-  const float sq = (float)(1.0 / sqrt((double)P));
-  float ad = fabsf(dsum * sq);
-  if (m.norm_max) {
-    const float lo = expf(-mt);
-    if (!(ad >= lo)) ad = lo;
-  }
-  const float inv = 1.f / (ad + m.mlstm_eps);
-  const float o = 1.f / (1.f + expf(-z));
-  /* phase 2: numerators, ngrp groups of d threads over interleaved splits */
-  const int ngrp = (int)blockDim.x / d, grp = tid / d, j = tid % d;
-  float a = 0.f, b = 0.f;
-  if (grp < ngrp) {
-#pragma unroll 4
-    for (int s = grp; s < NA; s += ngrp) {
-      const float w = s < 256 ? wsc[s] : (__ldcg(pa + (size_t)s * (d + 2)) == -INFINITY ? 0.f : expf(__ldcg(pa + (size_t)s * (d + 2)) - M));
-      a += __ldcg(pa + (size_t)s * (d + 2) + 2 + j) * w;
-    }
-#pragma unroll 4
-    for (int q = grp; q < NM; q += ngrp) b += __ldcg(pb + (size_t)q * (d + 1) + 1 + j);
-    accs[tid] = a;
-  }
-  __syncthreads();
-  float at = 0.f;
-  if (tid < d)
-    for (int q = 0; q < ngrp; q++) at += accs[q * d + tid];
-  __syncthreads();
-  if (grp < ngrp) accs[tid] = b;
-  __syncthreads();
   if (tid < d) {
-    float bt = 0.f;
-    for (int q = 0; q < ngrp; q++) bt += accs[q * d + tid];
-    const float loc = at / L, glob = sq * bt * inv;
-    m.att[(size_t)h * d + tid] = o * glob + (1.f - o) * loc;
+    s_q[tid] = m.qk_norm == 2 ? Ly.q_norm[h * d + tid] * (qraw * rq) : m.qk_norm == 1 ? Ly.q_norm[tid] * (qraw * rq) : qraw;
+    s_k[tid] = m.qk_norm == 2 ? Ly.k_norm[g * d + tid] * (kraw * rk) : m.qk_norm == 1 ? Ly.k_norm[tid] * (kraw * rk) : kraw;
+    s_v[tid] = vraw;
   }
-  if (tid == 0) Ly.m[h] = mt; /* every thread read m[h] (sd_gate) before the barriers above */
+  __syncthreads();
+  if (tid < half) { /* RoPE in place: thread tid owns elements tid and tid + half of both rows */
+    const float a = s_q[tid], b = s_q[tid + half], c = s_k[tid], e2 = s_k[tid + half];
+    s_q[tid] = a * rc - b * rsn, s_q[tid + half] = b * rc + a * rsn;
+    s_k[tid] = c * rc - e2 * rsn, s_k[tid + half] = e2 * rc + c * rsn;
+  }
+  __syncthreads();
+  if (tid < d) { /* the newest key / value as the ring holds them (bf16); the group's first head appends them */
+    const uint16_t kb = xd_f2bf(s_k[tid]), vb = xd_f2bf(vraw);
+    s_kb[tid] = xd_bf2f(kb), s_vb[tid] = xd_bf2f(vb);
+    if (r == 0 && h % (H / G) == 0) {
+      const size_t slot = (size_t)(t % W);
+      Ly.k_ring[slot * Gd + g * d + tid] = kb;
+      Ly.v_ring[slot * Gd + g * d + tid] = vb;
+      if (t < S) { Ly.k_sink[(size_t)t * Gd + g * d + tid] = kb; Ly.v_sink[(size_t)t * Gd + g * d + tid] = vb; }
+    }
+  }
+  /* partial feature-map products and gate dots over this block's share */
+  {
+    float aq = 0.f, ak = 0.f;
+#pragma unroll
+    for (int u = 0; u < HD_FU; u++)
+      if (fi0 + u < fi1) aq += s_q[fi0 + u] * pq[u], ak += s_k[fi0 + u] * pk[u];
+    for (int i = fi0 + HD_FU; i < fi1; i++) aq += s_q[i] * __ldg(Pq + (size_t)i * dp + jf), ak += s_k[i] * __ldg(Pk + (size_t)i * dp + jf);
+    s_zp[0][tid] = aq, s_zp[1][tid] = ak;
+  }
+  float ai = 0.f, af = 0.f;
+#pragma unroll
+  for (int u = 0; u < HD_GU; u++) ai += xg[u] * gwi[u], af += xg[u] * gwf[u];
+  for (int c = g0 + tid + HD_GU * HD_T; c < g1; c += HD_T) ai += m.xn[c] * __ldg(wi + c), af += m.xn[c] * __ldg(wf + c);
+  const float2 gs = sd_block_sum2(ai, af); /* its barriers also publish s_zp */
+  if (tid < dp) {
+    float zq = 0.f, zk = 0.f;
+    for (int q = 0; q < np; q++) zq += s_zp[0][q * dp + tid], zk += s_zp[1][q * dp + tid];
+    s_z[0][tid] = zq, s_z[1][tid] = zk;
+  }
+  if (tid == 0) s_g[0] = gs.x, s_g[1] = gs.y;
+  float zmix = 0.f;
+  if (r == 0) zmix = sd_block_sum(tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f) + bmix;
+  cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
+  /* ---- full feature maps and gates (rank order), softmax ---- */
+  float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
+#pragma unroll
+  for (int rr = 0; rr < HD_R; rr++) {
+    const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
+    if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
+    const float *gr = cl.map_shared_rank(s_g, rr);
+    gi += gr[0], gf += gr[1];
+  }
+  {
+    const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
+    float2 mn = make_float2(0.f, 0.f);
+    if (m.hedgehog) {
+      const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
+      mn = make_float2(-t2.x, -t2.y);
+    }
+    const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
+    const float2 s1 = sd_block_sum2(e1q, e1k);
+    float2 s2 = make_float2(1.f, 1.f);
+    float e2q = 0.f, e2k = 0.f;
+    if (m.hedgehog) {
+      e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
+      s2 = sd_block_sum2(e2q, e2k);
+    }
+    if (tid < dp) {
+      s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
+      if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
+    }
+    __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
+  }
+  float zi = gi + bi, zf = gf + bf;
+  if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+  float fp, ip, mt;
+  {
+    const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
+    const double mtd = a >= i ? a : i;
+    fp = (float)exp(a - mtd), ip = (float)exp(i - mtd), mt = (float)mtd;
+  }
+  /* ---- attention over this block's keys: per warp max / sum / numerator, then the block's ---- */
+  {
+    const float scale = 1.0f / sqrtf((float)d);
+    float sc[HD_KU], mw = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const int kk = gw + u * KSTEP;
+      sc[u] = -INFINITY;
+      if (kk < n) { /* warp-uniform */
+        float a = 0.f;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) {
+          const int jp = lane + 32 * w2;
+          if (jp < half) {
+            const float k0 = kk == n - 1 ? s_kb[2 * jp] : __uint_as_float(kreg[u][w2] << 16);
+            const float k1 = kk == n - 1 ? s_kb[2 * jp + 1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
+            a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
+          }
+        }
+        sc[u] = sd_warp_sum(a) * scale;
+        mw = fmaxf(mw, sc[u]);
+      }
+    }
+    float lw = 0.f, ow[DW][2];
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) ow[w2][0] = ow[w2][1] = 0.f;
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const int kk = gw + u * KSTEP;
+      if (kk < n) {
+        const float p = __expf(sc[u] - mw);
+        lw += p;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) {
+          const int jp = lane + 32 * w2;
+          const float v0 = kk == n - 1 ? (jp < half ? s_vb[2 * jp] : 0.f) : __uint_as_float(vreg[u][w2] << 16);
+          const float v1 = kk == n - 1 ? (jp < half ? s_vb[2 * jp + 1] : 0.f) : __uint_as_float(vreg[u][w2] & 0xffff0000u);
+          ow[w2][0] += p * v0, ow[w2][1] += p * v1;
+        }
+      }
+    }
+    /* keys beyond the prefetched ones (W + S > HD_KU * KSTEP): online softmax */
+    for (int kk = gw + HD_KU * KSTEP; kk < n; kk += KSTEP) {
+      const bool nw_ = kk == n - 1;
+      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)((rb + kk) % W) * Gd;
+      const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
+      float a = 0.f, vv[DW][2];
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) {
+        const int jp = lane + 32 * w2;
+        vv[w2][0] = vv[w2][1] = 0.f;
+        if (jp < half) {
+          const uint32_t ku = nw_ ? 0u : *reinterpret_cast<const uint32_t *>(kp + 2 * jp);
+          const uint32_t vu = nw_ ? 0u : *reinterpret_cast<const uint32_t *>(vp + 2 * jp);
+          const float k0 = nw_ ? s_kb[2 * jp] : __uint_as_float(ku << 16), k1 = nw_ ? s_kb[2 * jp + 1] : __uint_as_float(ku & 0xffff0000u);
+          vv[w2][0] = nw_ ? s_vb[2 * jp] : __uint_as_float(vu << 16), vv[w2][1] = nw_ ? s_vb[2 * jp + 1] : __uint_as_float(vu & 0xffff0000u);
+          a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
+        }
+      }
+      const float s = sd_warp_sum(a) * scale;
+      if (s > mw) {
+        const float f = mw == -INFINITY ? 0.f : __expf(mw - s);
+        lw *= f;
+#pragma unroll
+        for (int w2 = 0; w2 < DW; w2++) ow[w2][0] *= f, ow[w2][1] *= f;
+        mw = s;
+      }
+      const float p = __expf(s - mw);
+      lw += p;
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) ow[w2][0] += p * vv[w2][0], ow[w2][1] += p * vv[w2][1];
+    }
+    if (lane == 0) s_wm[warp] = mw, s_wl[warp] = lw;
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) {
+      const int jp = lane + 32 * w2;
+      if (jp < half) s_wo[warp][2 * jp] = ow[w2][0], s_wo[warp][2 * jp + 1] = ow[w2][1];
+    }
+  }
+  /* ---- mLSTM rows: C = f' C + i' k v^T, n = f' n + i' k; partial C^T q and q.n ---- */
+  float num = 0.f;
+  if (cgp < ngrp) {
+    const float vj = s_v[cj2];
+#pragma unroll
+    for (int u = 0; u < HD_CU; u++) {
+      const int p = p0 + cgp + u * ngrp;
+      if (p < p1) {
+        const float cn = fp * creg[u] + (ip * s_kf[p]) * vj;
+        C[(size_t)p * d + cj2] = cn;
+        num += cn * s_qf[p];
+      }
+    }
+    for (int p = p0 + cgp + HD_CU * ngrp; p < p1; p += ngrp) {
+      const float cn = fp * C[(size_t)p * d + cj2] + (ip * s_kf[p]) * vj;
+      C[(size_t)p * d + cj2] = cn;
+      num += cn * s_qf[p];
+    }
+  }
+  s_num[tid] = num;
+  float den = 0.f;
+  if (tid < p1 - p0) {
+    const float nv = fp * nold + ip * s_kf[p0 + tid];
+    nn[p0 + tid] = nv;
+    den = s_qf[p0 + tid] * nv;
+  }
+  den = sd_block_sum(den); /* its barriers also publish s_num, s_wm, s_wl, s_wo */
+  /* ---- this block's partials into rank 0 ---- */
+  {
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < HD_NW; w++) M = fmaxf(M, s_wm[w]);
+    float *gm = cl.map_shared_rank(s_gm, 0), *gl = cl.map_shared_rank(s_gl, 0), *gden = cl.map_shared_rank(s_gden, 0);
+    float *go = cl.map_shared_rank(&s_go[0][0], 0), *gn = cl.map_shared_rank(&s_gn[0][0], 0);
+    if (tid < d) {
+      float o = 0.f, a = 0.f;
+#pragma unroll
+      for (int w = 0; w < HD_NW; w++) o += s_wm[w] == -INFINITY ? 0.f : s_wo[w][tid] * __expf(s_wm[w] - M);
+      for (int q = 0; q < ngrp; q++) a += s_num[q * d + tid];
+      go[r * 128 + tid] = o, gn[r * 128 + tid] = a;
+    }
+    if (tid == 0) {
+      float L = 0.f;
+#pragma unroll
+      for (int w = 0; w < HD_NW; w++) L += s_wm[w] == -INFINITY ? 0.f : s_wl[w] * __expf(s_wm[w] - M);
+      gm[r] = M, gl[r] = L, gden[r] = den;
+    }
+  }
+  cl.sync(); /* #2: the partials are in rank 0 */
+  if (r != 0) return;
+  if (tid < d) {
+    float M = -INFINITY;
+#pragma unroll
+    for (int rr = 0; rr < HD_R; rr++) M = fmaxf(M, s_gm[rr]);
+    float L = 0.f, o = 0.f, a = 0.f, dn = 0.f;
+#pragma unroll
+    for (int rr = 0; rr < HD_R; rr++) {
+      const float w = s_gm[rr] == -INFINITY ? 0.f : expf(s_gm[rr] - M);
+      L += s_gl[rr] * w, o += s_go[rr][tid] * w, a += s_gn[rr][tid], dn += s_gden[rr];
+    }
+    const float sq = (float)(1.0 / sqrt((double)P));
+    float ad = fabsf(dn * sq);
+    if (m.norm_max) {
+      const float lo = expf(-mt);
+      if (!(ad >= lo)) ad = lo;
+    }
+    const float inv = 1.f / (ad + m.mlstm_eps), om = 1.f / (1.f + expf(-zmix));
+    m.att[(size_t)h * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
+  }
+  if (tid == 0) Ly.m[h] = mt;
 }
 
-__global__ void __launch_bounds__(MERGE_THREADS) k_dec_merge2(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int NA) {
-  sd_pdl_trigger();
-  sd_pdl_wait();
-  sd_merge_head(m, Ly, NA, blockIdx.x);
-}
-
-extern "C" size_t xd_cuda_sdec_part_floats(const xd_cuda_sdec *m) {
-  int na = 1;
-  for (int l = 0; l < m->L; l++) {
-    const int a = spl_na(m->layers[l].W, m->layers[l].S);
-    na = a > na ? a : na;
-  }
-  return (size_t)m->H * na * (m->d + 2) + (size_t)m->H * spl_nm(m->P) * (m->d + 1);
+static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(HD_R, m.H), cfg.blockDim = dim3(t128 ? 128 : 256), cfg.dynamicSmemBytes = 0, cfg.stream = s;
+  cudaLaunchAttribute at[2];
+  at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = HD_R, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at, cfg.numAttrs = pdl ? 2 : 1;
+  void (*k)(const xd_cuda_sdec, const xd_cuda_sdec_layer) =
+      t128 ? (m.d <= 64 ? k_dec_head<1, 128> : k_dec_head<2, 128>) : (m.d <= 64 ? k_dec_head<1, 256> : k_dec_head<2, 256>);
+  return cudaLaunchKernelEx(&cfg, k, m, Ly);
 }
 
 static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
@@ -1558,15 +1150,6 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_ACCUM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
-#define SD_SETG(MODE) \
-  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv2<MODE, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
-  SD_SETG(GEMV_STORE)
-  SD_SETG(GEMV_ACCUM)
-  SD_SETG(GEMV_SWIGLU)
-#undef SD_SETG
 #define SD_SETG(MODE) \
   XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
   XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
@@ -1589,7 +1172,6 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   }
   if (m->legacy && cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
   if (cmax <= c->smem_optin) XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
-  if (!m->legacy && !m->part) return xd_errf(e, "student_decode.cu: the split step needs m->part");
   return 0;
 }
 
@@ -1612,8 +1194,10 @@ static int sd_mark(xd_cuda_ctx *c, sd_prof *pf, int cat, xd_err *e) {
 
 static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err *e) {
   const int D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, qkv = (H + 2 * G) * d, lg = m->legacy;
-  const bool pdl = !lg && (m->variant & XD_SDEC_PDL), fuse = !lg && (m->variant & XD_SDEC_FUSE_MERGE) && m->cnt;
-  const bool shrt = !lg && (m->variant & XD_SDEC_SHORT);
+  const bool pdl = !lg && (m->variant & XD_SDEC_PDL);
+  /* the per-head kernel's block: 128 threads (measured faster at the 1B shape: 4 blocks per SM,
+   * the 256-thread one fits 2) unless XD_SDEC_T256 or the softmax's d_phi needs more */
+  const bool t128 = !(m->variant & XD_SDEC_T256) && (m->hedgehog ? m->P / 2 : m->P) <= 128;
   const int skip = lg ? 0 : m->variant >> 16; /* benchmark ablation only */
 #define SK(k) ((skip >> (k)) & 1)
   SD_MARK(-1);
@@ -1627,30 +1211,17 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
                 D, qkv, m->xn, e))
       return -1;
     SD_MARK(XD_SDEC_K_QKV);
-    if (SK(XD_SDEC_K_PREP)) {
-    } else if (lg || m->d > 128 || (m->hedgehog ? m->P / 2 : m->P) > PREP_THREADS)
-      k_dec_prep<<<lg ? H + G : 2 * H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
-    else
-      XD_CU(sd_launch(pdl, shrt ? k_dec_prep3 : k_dec_prep2, dim3(2 * H + G), dim3(PREP_THREADS), 0, c->stream, *m, *Ly));
-    XD_CU_LAUNCH("k_dec_prep");
-    SD_MARK(XD_SDEC_K_PREP);
-    if (lg) {
+    if (lg) { /* the reference kernels: prep (norm, RoPE, feature maps, gates, ring append), then core */
+      k_dec_prep<<<H + G, SD_THREADS, (size_t)(2 * d + m->P) * sizeof(float), c->stream>>>(*m, *Ly);
+      XD_CU_LAUNCH("k_dec_prep");
+      SD_MARK(XD_SDEC_K_PREP);
       k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
       XD_CU_LAUNCH("k_dec_core");
-      SD_MARK(XD_SDEC_K_CORE);
-    } else if (!SK(XD_SDEC_K_CORE)) {
-      const int NA = spl_na(Ly->W, Ly->S);
-      void (*ks)(const xd_cuda_sdec, const xd_cuda_sdec_layer, int) =
-          fuse ? (shrt ? k_dec_split<true, true> : k_dec_split<true, false>) : (shrt ? k_dec_split<false, true> : k_dec_split<false, false>);
-      XD_CU(sd_launch(pdl, ks, dim3(H, NA + spl_nm(m->P)), dim3(SPL_THREADS), 0, c->stream, *m, *Ly, NA));
-      XD_CU_LAUNCH("k_dec_split");
-      SD_MARK(XD_SDEC_K_CORE);
-      if (!fuse) {
-        XD_CU(sd_launch(pdl, k_dec_merge2, dim3(H), dim3(MERGE_THREADS), 0, c->stream, *m, *Ly, NA));
-        XD_CU_LAUNCH("k_dec_merge2");
-        SD_MARK(XD_SDEC_K_MERGE);
-      }
+    } else if (!SK(XD_SDEC_K_CORE)) { /* prep + attention / mLSTM + merge: one clustered kernel */
+      XD_CU(head_launch(c->stream, pdl, t128, *m, *Ly));
+      XD_CU_LAUNCH("k_dec_head");
     }
+    SD_MARK(XD_SDEC_K_CORE);
     if (m->post_norm) {
       if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_O);
@@ -1682,8 +1253,8 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
 extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) { return sdec_step(c, m, NULL, e); }
 
 extern "C" const char *xd_cuda_sdec_kname(int k) {
-  static const char *nm[XD_SDEC_NK] = {"embed", "qkv GEMV", "prep (norm/rope/fmap/gates)", "core / split attn+mLSTM",
-                                       "merge", "o GEMV", "add+rmsnorm", "gate|up GEMV", "down GEMV", "LM head GEMV"};
+  static const char *nm[XD_SDEC_NK] = {"embed", "qkv GEMV", "prep (legacy)", "per-head (attn+mLSTM)",
+                                       "o GEMV", "add+rmsnorm", "gate|up GEMV", "down GEMV", "LM head GEMV"};
   return k >= 0 && k < XD_SDEC_NK ? nm[k] : "?";
 }
 

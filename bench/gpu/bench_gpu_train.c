@@ -180,8 +180,10 @@ int main(int argc, char **argv) {
       if (profile) tp = xd_now();
       PH(4, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
       double gn = 0;
+      /* the clip factor as the trainer's hook applies it: deferred into the AdamW kernel */
       PH(5, xd_params_cuda_grad_norm(pd, &gn, &err) ||
-                (xd_clip_factor(gn, 1.0) != 1.0 && xd_params_cuda_scale_grad(pd, (float)xd_clip_factor(gn, 1.0), &err)));
+                (xd_clip_factor(gn, 1.0) != 1.0 &&
+                 xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err)));
       PH(6, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
       CK(xd_cuda_sync(c, &err));
 #undef PH

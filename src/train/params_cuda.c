@@ -12,7 +12,7 @@ struct xd_params_cuda {
   xd_cuda_ctx *c;
   int n, ngroups;
   size_t total, n_train, nblocks;
-  size_t *offset;          /* [n] host copies of the table */
+  size_t *offset, *numel;  /* [n] host copies of the table */
   int *trainable;          /* [n] */
   float *lr_mult, *wd_mult; /* [ngroups] */
   float *data, *grad, *m, *v; /* device */
@@ -24,6 +24,12 @@ struct xd_params_cuda {
   double *block_dev;       /* device [nblocks] */
   double *block_host;      /* host [nblocks] */
   size_t bytes;
+  float pend[2];           /* deferred gradient scales, in the order they were asked for */
+  int npend;
+  unsigned char *first;    /* [n] 1: the gradient is written (not added) by its first producer after zero_grad */
+  size_t *zr;              /* [2 nzr] the ranges zero_grad clears when some tensors are first-written */
+  int nzr, nfirst;
+  int fresh;               /* zero_grad ran and the first-written gradients were not produced yet */
 };
 
 static int dalloc(xd_params_cuda *d, void **ptr, size_t bytes, xd_err *e) {
@@ -37,6 +43,7 @@ void xd_params_cuda_free(xd_params_cuda *d) {
   xd_cuda_free(d->data), xd_cuda_free(d->bf16), xd_cuda_free(d->grad), xd_cuda_free(d->m), xd_cuda_free(d->v);
   xd_cuda_free(d->seg_start), xd_cuda_free(d->seg_group), xd_cuda_free(d->chunk_seg), xd_cuda_free(d->block_dev);
   free(d->offset), free(d->trainable), free(d->lr_mult), free(d->wd_mult), free(d->block_host);
+  free(d->first), free(d->zr), free(d->numel);
   free(d);
 }
 
@@ -104,7 +111,10 @@ int xd_params_cuda_create(xd_params_cuda **out, xd_cuda_ctx *c, const xd_params 
   d->n = p->n, d->ngroups = p->ngroups, d->total = p->total, d->n_train = p->n_train, d->nblocks = p->nblocks;
   d->offset = xd_malloc((size_t)(p->n ? p->n : 1) * sizeof *d->offset);
   d->trainable = xd_malloc((size_t)(p->n ? p->n : 1) * sizeof *d->trainable);
-  for (int i = 0; i < p->n; i++) d->offset[i] = p->t[i].offset, d->trainable[i] = p->t[i].trainable;
+  d->first = xd_calloc((size_t)(p->n ? p->n : 1), 1);
+  d->numel = xd_malloc((size_t)(p->n ? p->n : 1) * sizeof *d->numel);
+  for (int i = 0; i < p->n; i++)
+    d->offset[i] = p->t[i].offset, d->numel[i] = p->t[i].numel, d->trainable[i] = p->t[i].trainable;
   d->lr_mult = xd_malloc((size_t)p->ngroups * sizeof(float));
   d->wd_mult = xd_malloc((size_t)p->ngroups * sizeof(float));
   for (int g = 0; g < p->ngroups; g++) d->lr_mult[g] = p->groups[g].lr_mult, d->wd_mult[g] = p->groups[g].wd_mult;
@@ -174,18 +184,88 @@ int xd_params_cuda_download(xd_params_cuda *d, xd_params *p, xd_err *e) {
   return 0;
 }
 
+/* zr = the ranges of [0, n_train) zero_grad clears: the complement of the first-written tensors'
+ * [offset, offset + numel) (their padding included in the cleared part), adjacent ones merged. */
+static void build_zero_ranges(xd_params_cuda *d) {
+  free(d->zr);
+  d->zr = xd_malloc((size_t)(2 * d->n + 2) * sizeof *d->zr);
+  d->nzr = 0;
+  size_t *cut = xd_malloc((size_t)(2 * d->n + 2) * sizeof *cut); /* [lo, hi) of first-written tensors */
+  int nc = 0;
+  for (int i = 0; i < d->n; i++)
+    if (d->first[i]) cut[2 * nc] = d->offset[i], cut[2 * nc + 1] = d->offset[i] + d->numel[i], nc++;
+  for (int a = 1; a < nc; a++) /* by offset */
+    for (int b = a; b > 0 && cut[2 * (b - 1)] > cut[2 * b]; b--) {
+      size_t t0 = cut[2 * b], t1 = cut[2 * b + 1];
+      cut[2 * b] = cut[2 * (b - 1)], cut[2 * b + 1] = cut[2 * (b - 1) + 1];
+      cut[2 * (b - 1)] = t0, cut[2 * (b - 1) + 1] = t1;
+    }
+  size_t pos = 0;
+  for (int k = 0; k <= nc; k++) {
+    const size_t lo = k < nc ? cut[2 * k] : d->n_train;
+    if (lo > pos) d->zr[2 * d->nzr] = pos, d->zr[2 * d->nzr + 1] = lo, d->nzr++;
+    if (k < nc && cut[2 * k + 1] > pos) pos = cut[2 * k + 1];
+  }
+  free(cut);
+}
+
+int xd_params_cuda_set_first_write(xd_params_cuda *d, int idx, xd_err *e) {
+  XD_CHECK(idx >= 0 && idx < d->n);
+  if (!d->trainable[idx]) return xd_errf(e, "params_cuda: first-written gradient of a frozen tensor (%d)", idx);
+  if (!d->first[idx]) d->first[idx] = 1, d->nfirst++;
+  build_zero_ranges(d);
+  d->fresh = 0; /* until the next zero_grad every gradient is a plain sum */
+  return 0;
+}
+
+/* zero_grad ran but no backward wrote the first-written gradients: clear them now (a reader
+ * then sees zeros, as after a full zero_grad). */
+static int settle_fresh(xd_params_cuda *d, xd_err *e) {
+  if (!d->fresh) return 0;
+  for (int i = 0; i < d->n; i++)
+    if (d->first[i] && xd_cuda_memset(d->c, d->grad + d->offset[i], 0, d->numel[i] * sizeof(float), e) != 0) return -1;
+  d->fresh = 0;
+  return 0;
+}
+
 int xd_params_cuda_zero_grad(xd_params_cuda *d, xd_err *e) {
-  return d->n_train ? xd_cuda_memset(d->c, d->grad, 0, d->n_train * sizeof(float), e) : 0;
+  d->npend = 0;
+  if (!d->n_train) return 0;
+  if (!d->nfirst) return xd_cuda_memset(d->c, d->grad, 0, d->n_train * sizeof(float), e);
+  for (int k = 0; k < d->nzr; k++)
+    if (xd_cuda_memset(d->c, d->grad + d->zr[2 * k], 0, (d->zr[2 * k + 1] - d->zr[2 * k]) * sizeof(float), e) != 0)
+      return -1;
+  d->fresh = 1;
+  return 0;
+}
+
+int xd_params_cuda_grad_fresh(const xd_params_cuda *d) { return d->fresh; }
+void xd_params_cuda_grad_written(xd_params_cuda *d) { d->fresh = 0; }
+
+/* The deferred scales, applied to the gradient buffer in order (then none is pending). */
+static int flush_scales(xd_params_cuda *d, xd_err *e) {
+  for (int i = 0; i < d->npend; i++)
+    if (xd_cuda_scale_f32(d->c, d->grad, d->n_train, d->pend[i], e) != 0) return -1;
+  d->npend = 0;
+  return 0;
 }
 
 int xd_params_cuda_scale_grad(xd_params_cuda *d, float s, xd_err *e) {
+  if (settle_fresh(d, e) != 0 || flush_scales(d, e) != 0) return -1;
   return xd_cuda_scale_f32(d->c, d->grad, d->n_train, s, e);
+}
+
+int xd_params_cuda_scale_grad_deferred(xd_params_cuda *d, float s, xd_err *e) {
+  if (d->npend == 2 && flush_scales(d, e) != 0) return -1;
+  d->pend[d->npend++] = s;
+  return 0;
 }
 
 int xd_params_cuda_grad_norm(xd_params_cuda *d, double *norm, xd_err *e) {
   *norm = 0;
   if (!d->n_train) return 0;
-  if (xd_cuda_sumsq_blocks(d->c, d->block_dev, d->grad, d->n_train, XD_PARAMS_BLOCK, e) != 0 ||
+  if (settle_fresh(d, e) != 0) return -1;
+  if (xd_cuda_sumsq_blocks_scaled(d->c, d->block_dev, d->grad, d->n_train, XD_PARAMS_BLOCK, d->pend, d->npend, e) != 0 ||
       xd_cuda_download(d->c, d->block_host, d->block_dev, d->nblocks * sizeof(double), e) != 0)
     return -1;
   double s = 0; /* in order, as xd_params_grad_norm */
@@ -197,6 +277,7 @@ int xd_params_cuda_grad_norm(xd_params_cuda *d, double *norm, xd_err *e) {
 int xd_params_cuda_adamw_step(xd_params_cuda *d, const xd_adamw_cfg *c, double lr, uint64_t t, xd_err *e) {
   XD_CHECK(t >= 1);
   if (!d->n_train) return 0;
+  if (settle_fresh(d, e) != 0) return -1;
   /* the host side of xd_adamw_step, expression for expression */
   const double bc1 = 1.0 - pow(c->beta1, (double)t), bc2 = 1.0 - pow(c->beta2, (double)t);
   const float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
@@ -210,12 +291,15 @@ int xd_params_cuda_adamw_step(xd_params_cuda *d, const xd_adamw_cfg *c, double l
     a.decay[g] = (float)(1.0 - lr * d->lr_mult[g] * c->weight_decay * d->wd_mult[g]);
     a.step[g] = (float)(lr * d->lr_mult[g] / bc1);
   }
+  a.nscale = d->npend; /* the deferred scales, applied as the kernel reads g */
+  for (int i = 0; i < d->npend; i++) a.gscale[i] = d->pend[i];
+  d->npend = 0;
   return xd_cuda_adamw(d->c, &a, e);
 }
 
 /* ---- trainer hooks ------------------------------------------------------------------------ */
 static int hk_zero(void *ctx, xd_err *e) { return xd_params_cuda_zero_grad(ctx, e); }
-static int hk_scale(void *ctx, float s, xd_err *e) { return xd_params_cuda_scale_grad(ctx, s, e); }
+static int hk_scale(void *ctx, float s, xd_err *e) { return xd_params_cuda_scale_grad_deferred(ctx, s, e); }
 static int hk_norm(void *ctx, double *norm, xd_err *e) { return xd_params_cuda_grad_norm(ctx, norm, e); }
 static int hk_adamw(void *ctx, const xd_adamw_cfg *c, double lr, uint64_t t, xd_err *e) {
   return xd_params_cuda_adamw_step(ctx, c, lr, t, e);

@@ -47,13 +47,33 @@ int xd_params_cuda_upload(xd_params_cuda *d, const xd_params *p, xd_err *e);
 int xd_params_cuda_download(xd_params_cuda *d, xd_params *p, xd_err *e);
 int xd_params_cuda_zero_grad(xd_params_cuda *d, xd_err *e);
 int xd_params_cuda_scale_grad(xd_params_cuda *d, float s, xd_err *e);
+/* g *= s deferred (branch trainfuse): nothing runs now; the next grad_norm reads g times the
+ * pending factors and the next adamw_step uses g times them (each product rounded to float in
+ * order: the bits xd_params_cuda_scale_grad would have left), saving a pass over the gradients.
+ * The gradient buffer keeps the unscaled sums (also after adamw_step, which consumes the
+ * factors); zero_grad drops them, scale_grad applies them first. Gradients must not be added
+ * while a factor is pending (the trainer scales only after the last micro-batch). */
+int xd_params_cuda_scale_grad_deferred(xd_params_cuda *d, float s, xd_err *e);
 /* sqrt(sum g^2) over [0, n_train) in double, deterministic: the same fixed XD_PARAMS_BLOCK
  * blocks as xd_params_grad_norm, each summed in double, block sums added in order. NaN/Inf when
- * any gradient is. Synchronises (returns a host double). */
+ * any gradient is. Pending deferred scales are applied to each value read. Synchronises
+ * (returns a host double). */
 int xd_params_cuda_grad_norm(xd_params_cuda *d, double *norm, xd_err *e);
 /* One AdamW step with xd_adamw_step's exact semantics and float formulas (per-group lr/wd
  * multipliers from the host table), then refresh the bf16 mirror of the trainable tensors. */
 int xd_params_cuda_adamw_step(xd_params_cuda *d, const xd_adamw_cfg *cfg, double lr, uint64_t t, xd_err *e);
+
+/* First-written gradients (branch trainfuse): a backward that produces tensor idx's whole
+ * gradient in one write (a GEMM's dW with beta 0) registers it once; zero_grad then clears only
+ * the other gradients and marks the step fresh. The backward asks xd_params_cuda_grad_fresh:
+ * 1 -> write those gradients (they hold stale values), 0 -> add to them (a later micro-batch);
+ * after writing them it calls xd_params_cuda_grad_written. If a reader (grad_norm, scale_grad,
+ * adamw_step) comes while still fresh, the registered gradients are zeroed first, so they
+ * always read as a full zero_grad + sums would. Only direct reads of the gradient buffer between
+ * zero_grad and the backward see stale values there. */
+int xd_params_cuda_set_first_write(xd_params_cuda *d, int idx, xd_err *e);
+int xd_params_cuda_grad_fresh(const xd_params_cuda *d);
+void xd_params_cuda_grad_written(xd_params_cuda *d);
 
 /* Additions (branch gpuopt): */
 xd_cuda_ctx *xd_params_cuda_ctx(const xd_params_cuda *d);
@@ -63,7 +83,8 @@ float *xd_params_cuda_grad_all(const xd_params_cuda *d);
 float *xd_params_cuda_m_all(const xd_params_cuda *d);
 float *xd_params_cuda_v_all(const xd_params_cuda *d);
 uint16_t *xd_params_cuda_bf16_all(const xd_params_cuda *d);
-/* Hooks for xd_trainer_run (ctx = d): zero_grad, scale_grad, grad_norm, adamw_step on the device,
+/* Hooks for xd_trainer_run (ctx = d): zero_grad, scale_grad (deferred: folded into grad_norm and
+ * adamw_step), grad_norm, adamw_step on the device,
  * sync_to_host = xd_params_cuda_download, sync_from_host = xd_params_cuda_upload. */
 void xd_params_cuda_trainer_device(xd_params_cuda *d, xd_trainer_device *out);
 #endif

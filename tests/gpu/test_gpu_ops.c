@@ -80,6 +80,17 @@ static void matmul_case(int N, int Din, int Dout, uint64_t seed) {
   GPU(xd_cuda_download(ctx, got, dof, (size_t)N * Dout * 4, &err));
   snprintf(name, sizeof name, "matmul %dx%dx%d fp32 accumulate", N, Din, Dout);
   REL(name, got, ref, (size_t)N * Dout, TOL_F32);
+  { /* the residual from a separate buffer (xd_cuda_matmul_res): the same bits as copy + accumulate */
+    float *dres = up_raw(r0, (size_t)N * Dout * 4), *dout2 = dev_poisoned((size_t)N * Dout * 4);
+    float *got2 = xd_malloc((size_t)N * Dout * 4);
+    GPU(xd_cuda_matmul_res(ctx, dout2, dres, XD_CUDA_F32, dx, dw, NULL, N, Din, Dout, &err));
+    GPU(xd_cuda_download(ctx, got2, dout2, (size_t)N * Dout * 4, &err));
+    const int same = memcmp(got, got2, (size_t)N * Dout * 4) == 0;
+    fprintf(stderr, "    matmul_res (residual from another buffer) vs copy + accumulate: %s\n", same ? "same bits" : "DIFFERENT");
+    CHECK(same);
+    xd_cuda_free(dres), xd_cuda_free(dout2);
+    free(got2);
+  }
   /* bf16 out, bf16 bias */
   matmul_forward(ref, x, w, b, N, Din, Dout);
   uint16_t *dob = dev_poisoned((size_t)N * Dout * 2);

@@ -34,6 +34,17 @@
 
 static int quick;
 
+/* The XD_PARAMS_ALIGN padding after each trainable tensor is zero in real arenas (the device
+ * AdamW updates it as part of its tensor's segment, the host skips it: zero stays zero). */
+static void zero_padding(const xd_params *p, float *a) {
+  for (int i = 0; i < p->n; i++) {
+    const xd_param_info *t = &p->t[i];
+    if (!t->trainable) continue;
+    const size_t end = t->offset + t->numel, pad = (end + XD_PARAMS_ALIGN - 1) / XD_PARAMS_ALIGN * XD_PARAMS_ALIGN;
+    for (size_t k = end; k < pad && k < p->n_train; k++) a[k] = 0.0f;
+  }
+}
+
 /* A random table: groups 0 (1, 1), 1 "no_decay" (1, 0), 2 "slow" (0.5, 2); frozen tensors in
  * between. Weights N(0, 0.5), m N(0, 1e-2), v |N(0, 1e-4)|. */
 static void build_table(xd_params *p, uint64_t seed) {
@@ -57,13 +68,15 @@ static void build_table(xd_params *p, uint64_t seed) {
   for (size_t i = 0; i < p->total; i++) p->data[i] = (float)(0.5 * xd_rng_normal(&r));
   for (size_t i = 0; i < p->n_train; i++) p->m[i] = (float)(1e-2 * xd_rng_normal(&r));
   for (size_t i = 0; i < p->n_train; i++) p->v[i] = (float)fabs(1e-4 * xd_rng_normal(&r));
+  zero_padding(p, p->data), zero_padding(p, p->m), zero_padding(p, p->v);
 }
 
-static void rand_grads(float *g, size_t n, xd_rng *r) {
+static void rand_grads(const xd_params *p, float *g, size_t n, xd_rng *r) {
   for (size_t i = 0; i < n; i++) {
     const double u = xd_rng_uniform(r);
     g[i] = u < 0.01 ? 0.0f : u < 0.02 ? (float)(1e-40 * xd_rng_normal(r)) : (float)(0.1 * xd_rng_normal(r));
   }
+  zero_padding(p, g);
 }
 
 /* number of elements whose bits differ; max abs and rel difference */
@@ -101,7 +114,7 @@ static void test_adamw(void) {
   xd_rng_seed(&r, 5);
   for (uint64_t t = 1; t <= 5; t++) {
     const double lr = 1e-3 * (double)(6 - t) + 2e-4;
-    rand_grads(p.grad, p.n_train, &r);
+    rand_grads(&p, p.grad, p.n_train, &r);
     GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
     xd_adamw_step(&p, &ACFG, lr, t);
     GPUX(xd_params_cuda_adamw_step(d, &ACFG, lr, t, &err));
@@ -138,7 +151,7 @@ static void test_norm_scale_zero(void) {
   CHECK(n0 == 0); /* created with zero gradients */
   xd_rng r;
   xd_rng_seed(&r, 6);
-  rand_grads(p.grad, p.n_train, &r);
+  rand_grads(&p, p.grad, p.n_train, &r);
   float *dg = xd_params_cuda_grad_all(d);
   GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err));
   double ng, nc = xd_params_grad_norm(&p);
@@ -171,6 +184,104 @@ static void test_norm_scale_zero(void) {
   GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
   CHECK(ng == 0);
   free(g);
+  xd_params_cuda_free(d);
+  xd_params_free(&p);
+}
+
+/* Deferred scales (the trainer's 1/N and clip factors folded into grad_norm and AdamW): the
+ * norm and the AdamW result must be those of the host's two xd_params_scale_grad passes, bit for
+ * bit; one and three factors too (the third applies the first two to the buffer). */
+static void test_deferred_scale(void) {
+  const float fac[3] = {0.5f, 0.37f, 1.7f};
+  for (int nf = 1; nf <= 3; nf++) {
+    xd_params p;
+    build_table(&p, 20 + (uint64_t)nf);
+    xd_params_cuda *d;
+    GPUX(xd_params_cuda_create(&d, ctx, &p, &err));
+    xd_rng r;
+    xd_rng_seed(&r, 30 + (uint64_t)nf);
+    for (uint64_t t = 1; t <= 2; t++) {
+      rand_grads(&p, p.grad, p.n_train, &r);
+      GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
+      for (int i = 0; i < nf; i++) {
+        xd_params_scale_grad(&p, fac[i]);
+        GPUX(xd_params_cuda_scale_grad_deferred(d, fac[i], &err));
+      }
+      double ng, nc = xd_params_grad_norm(&p);
+      GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+      CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "%d deferred factors: norm %.17g vs %.17g", nf, ng, nc);
+      xd_adamw_step(&p, &ACFG, 1e-3, t);
+      GPUX(xd_params_cuda_adamw_step(d, &ACFG, 1e-3, t, &err));
+    }
+    float *w = down(xd_params_cuda_data_all(d), p.total), *m = down(xd_params_cuda_m_all(d), p.n_train),
+          *v = down(xd_params_cuda_v_all(d), p.n_train);
+    char what[64];
+    snprintf(what, sizeof what, "%d deferred: weights", nf);
+    CHECK(cmp_f32(what, w, p.data, p.total) == 0);
+    snprintf(what, sizeof what, "%d deferred: m", nf);
+    CHECK(cmp_f32(what, m, p.m, p.n_train) == 0);
+    snprintf(what, sizeof what, "%d deferred: v", nf);
+    CHECK(cmp_f32(what, v, p.v, p.n_train) == 0);
+    /* zero_grad drops a pending factor: the next norm is of the new gradients as they are */
+    GPUX(xd_params_cuda_scale_grad_deferred(d, 0.25f, &err));
+    GPUX(xd_params_cuda_zero_grad(d, &err));
+    rand_grads(&p, p.grad, p.n_train, &r);
+    GPUX(xd_cuda_upload(ctx, xd_params_cuda_grad_all(d), p.grad, p.n_train * 4, &err));
+    double ng, nc = xd_params_grad_norm(&p);
+    GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+    CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "after zero_grad: norm %.17g vs %.17g", ng, nc);
+    free(w), free(m), free(v);
+    xd_params_cuda_free(d);
+    xd_params_free(&p);
+  }
+}
+
+/* First-written gradients: zero_grad skips them; a reader before the writer sees zeros; after
+ * the writer (here an upload) + grad_written the norm is that of the written values. */
+static void test_first_write(void) {
+  xd_params p;
+  build_table(&p, 40);
+  xd_params_cuda *d;
+  GPUX(xd_params_cuda_create(&d, ctx, &p, &err));
+  int fw[3] = {2, 5, 11}; /* trainable tensors of build_table */
+  for (int k = 0; k < 3; k++) GPUX(xd_params_cuda_set_first_write(d, fw[k], &err));
+  xd_rng r;
+  xd_rng_seed(&r, 41);
+  rand_grads(&p, p.grad, p.n_train, &r);
+  float *dg = xd_params_cuda_grad_all(d);
+  GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err)); /* stale values everywhere */
+  GPUX(xd_params_cuda_zero_grad(d, &err));
+  CHECK(xd_params_cuda_grad_fresh(d) == 1);
+  float *g = down(dg, p.n_train);
+  size_t other = 0, kept = 0;
+  for (int i = 0; i < p.n; i++) {
+    const xd_param_info *t = &p.t[i];
+    if (!t->trainable) continue;
+    const int f = i == fw[0] || i == fw[1] || i == fw[2];
+    for (size_t j = 0; j < t->numel; j++) {
+      if (f) kept += memcmp(&g[t->offset + j], &p.grad[t->offset + j], 4) == 0;
+      else other += g[t->offset + j] != 0;
+    }
+  }
+  size_t nf = 0;
+  for (int k = 0; k < 3; k++) nf += p.t[fw[k]].numel;
+  fprintf(stderr, "    zero_grad with 3 first-written tensors: %zu other gradients nonzero, %zu of %zu first-written left as they were\n",
+          other, kept, nf);
+  CHECK(other == 0 && kept == nf);
+  free(g);
+  /* a reader while fresh: the first-written ones read as zero */
+  double ng;
+  GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+  CHECKF(ng == 0, "norm after zero_grad with stale first-written gradients: %g", ng);
+  CHECK(xd_params_cuda_grad_fresh(d) == 0);
+  /* the writer: new values into the first-written tensors, then the others added */
+  GPUX(xd_params_cuda_zero_grad(d, &err));
+  rand_grads(&p, p.grad, p.n_train, &r);
+  GPUX(xd_cuda_upload(ctx, dg, p.grad, p.n_train * 4, &err));
+  xd_params_cuda_grad_written(d);
+  double nc = xd_params_grad_norm(&p);
+  GPUX(xd_params_cuda_grad_norm(d, &ng, &err));
+  CHECKF(memcmp(&ng, &nc, sizeof ng) == 0, "norm after the writer %.17g vs %.17g", ng, nc);
   xd_params_cuda_free(d);
   xd_params_free(&p);
 }
@@ -339,6 +450,7 @@ static void test_trainer(void) {
   const size_t dw = cmp_f32("final weights device vs host", B.p.data, A.p.data, A.p.total);
   const size_t dm = cmp_f32("final m device vs host", B.p.m, A.p.m, A.p.n_train);
   fprintf(stderr, "    device run vs host run: %s\n", dw == 0 && dm == 0 && worst == 0 ? "bit-identical" : "differ");
+  CHECK(dw == 0 && dm == 0 && worst == 0); /* 2 micro-batches and clipping: the deferred 1/N and clip factors */
   /* device path: 3 steps (checkpoint), then a fresh state resumed from it to 6 */
   ls_init(&C, 1, &hC, &vC);
   ls_cfg(&c, dC, 3);
@@ -448,6 +560,8 @@ int main(int argc, char **argv) {
   RUN(test_adamw);
   RUN(test_norm_scale_zero);
   RUN(test_roundtrip);
+  RUN(test_deferred_scale);
+  RUN(test_first_write);
   RUN(test_trainer);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);

@@ -300,6 +300,16 @@ static void fm_case(int N, int Hx, int d, int dphi, int hedgehog, uint64_t seed)
     SAME("  dP", rdP, hdP, nP);
     free(rphi), free(rdx), free(rdP);
   }
+  { /* XD_CUDA_GRAD_WRITE: dx written into a poisoned buffer, dP still += */
+    float *zdx = xd_calloc(nx, 4), *zdP = dup_f32(dP0, nP);
+    feature_map_backward(zdx, zdP, dphi_, x, P, phi, &s);
+    POISON(gdx, nx); RERUN(gdP, dP0, nP);
+    GPU(xd_cuda_feature_map_backward_ex(ctx, XD_CUDA_GRAD_WRITE, gdx, gdP, gdphi, gx, gP, gphi, &s, &err));
+    float *wdx = down(gdx, nx), *wdP = down(gdP, nP);
+    REL("  write: dx (= into poison)", wdx, zdx, nx, TOL_F32);
+    REL("  write: dP (+=)", wdP, zdP, nP, TOL_RED);
+    free(zdx), free(zdP), free(wdx), free(wdP);
+  }
   xd_cuda_free(gx), xd_cuda_free(gP), xd_cuda_free(gdphi), xd_cuda_free(gphi), xd_cuda_free(gdx), xd_cuda_free(gdP);
   free(x), free(P), free(dphi_), free(dx0), free(dP0), free(phi), free(cdx), free(cdP), free(hphi), free(hdx), free(hdP);
 }
@@ -360,6 +370,19 @@ static void gates_case(int N, int D, int H, float cap, uint64_t seed) {
     SAME("  db_i", dbi, hdbi, H);
     SAME("  db_f", dbf, hdbf, H);
     free(a), free(b), free(cx), free(dwi), free(dwf), free(dbi), free(dbf);
+  }
+  { /* XD_CUDA_GRAD_WRITE: dx written into a poisoned buffer, the parameter gradients still += */
+    float *zdx = xd_calloc(nx, 4), *zwi = dup_f32(dwi0, nw), *zwf = dup_f32(dwf0, nw), *zbi = dup_f32(dbi0, H),
+          *zbf = dup_f32(dbf0, H);
+    gates_backward(zdx, zwi, zbi, zwf, zbf, dig, dfg, x, wi, wf, ig, fg, &s);
+    POISON(gdx, nx); RERUN(gdwi, dwi0, nw); RERUN(gdwf, dwf0, nw); RERUN(gdbi, dbi0, H); RERUN(gdbf, dbf0, H);
+    GPU(xd_cuda_gates_backward_ex(ctx, XD_CUDA_GRAD_WRITE, gdx, gdwi, gdbi, gdwf, gdbf, gdig, gdfg, gx, gwi, gwf, gig, gfg,
+                                  &s, &err));
+    float *wdx = down(gdx, nx), *wwi = down(gdwi, nw), *wbf = down(gdbf, H);
+    REL("  write: dx (= into poison)", wdx, zdx, nx, TOL_F32);
+    REL("  write: dw_i (+=)", wwi, zwi, nw, TOL_RED);
+    REL("  write: db_f (+=)", wbf, zbf, H, TOL_RED);
+    free(zdx), free(zwi), free(zwf), free(zbi), free(zbf), free(wdx), free(wwi), free(wbf);
   }
   xd_cuda_free(gx), xd_cuda_free(gwi), xd_cuda_free(gwf), xd_cuda_free(gbi), xd_cuda_free(gbf), xd_cuda_free(gig), xd_cuda_free(gfg);
   xd_cuda_free(gdig), xd_cuda_free(gdfg), xd_cuda_free(gdx), xd_cuda_free(gdwi), xd_cuda_free(gdwf), xd_cuda_free(gdbi), xd_cuda_free(gdbf);
@@ -426,6 +449,27 @@ static void mix_case(int N, int H, int G, int d, uint64_t seed) {
     SAME("  dh_global", x6, hdhg, nq);
     SAME("  dh_local", x7, hdhl, nq);
     free(a), free(b2), free(x1), free(x2), free(x3), free(x4), free(x5), free(x6), free(x7);
+  }
+  { /* XD_CUDA_GRAD_WRITE: dq, dk, dv, dh_global, dh_local written into poisoned buffers (dk, dv by
+     * the group's first head, then +=), dw_o and db_o still += */
+    float *zq = xd_calloc(nq, 4), *zk = xd_calloc(nk, 4), *zv = xd_calloc(nk, 4), *zhg = xd_calloc(nq, 4),
+          *zhl = xd_calloc(nq, 4), *zw = dup_f32(dw0, nw), *zb = dup_f32(db0, H);
+    mix_backward(zq, zk, zv, zw, zb, zhg, zhl, dout, o, q, k, v, w, hg, hl, &s);
+    POISON(gdq, nq); POISON(gdk, nk); POISON(gdv, nk); POISON(gdhg, nq); POISON(gdhl, nq);
+    RERUN(gdw, dw0, nw); RERUN(gdb, db0, H);
+    GPU(xd_cuda_mix_backward_ex(ctx, XD_CUDA_GRAD_WRITE, gdq, gdk, gdv, gdw, gdb, gdhg, gdhl, gdout, go, gq, gk, gv, gw,
+                                ghg, ghl, &s, &err));
+    float *x1 = down(gdq, nq), *x2 = down(gdk, nk), *x3 = down(gdv, nk), *x4 = down(gdw, nw), *x5 = down(gdb, H);
+    float *x6 = down(gdhg, nq), *x7 = down(gdhl, nq);
+    REL("  write: dq_raw", x1, zq, nq, TOL_F32);
+    REL("  write: dk_raw", x2, zk, nk, TOL_F32);
+    REL("  write: dv_raw", x3, zv, nk, TOL_F32);
+    REL("  write: dh_global", x6, zhg, nq, TOL_F32);
+    REL("  write: dh_local", x7, zhl, nq, TOL_F32);
+    REL("  write: dw_o (+=)", x4, zw, nw, TOL_RED);
+    REL("  write: db_o (+=)", x5, zb, H, TOL_RED);
+    free(zq), free(zk), free(zv), free(zhg), free(zhl), free(zw), free(zb);
+    free(x1), free(x2), free(x3), free(x4), free(x5), free(x6), free(x7);
   }
   xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gw), xd_cuda_free(gb), xd_cuda_free(ghg), xd_cuda_free(ghl);
   xd_cuda_free(gdout), xd_cuda_free(gout), xd_cuda_free(go), xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);

@@ -11,7 +11,11 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together;
- *   4. the same GPU step with activation recomputation: logits and every gradient bit-identical.
+ *   4. the same GPU step with activation recomputation: logits and every gradient bit-identical;
+ *   5. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
+ *      backward is the tensor-core kernel (head dim 16k <= 128; the fallback's float atomics are
+ *      only reported); then a backward without zero_grad: twice the gradients (the micro-batch
+ *      accumulation).
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -174,6 +178,41 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   }
   const double eall = sqrt(num / den);
   CHECKF(eall <= tol_all, "%s: all gradients rel L2 %.3e", name, eall);
+  { /* run to run: the same forward, loss and backward again give every gradient bit for bit */
+    const size_t nt = s->params.n_train;
+    float *ga = down(xd_params_cuda_grad_all(pd), nt);
+    const int rc2 = xd_student_cuda_train_forward(m, ids, &e) || xd_cuda_kd_loss_fused(ctx, &a, &e) ||
+                    xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
+    CHECKF(rc2 == 0, "%s: second step: %s", name, e.msg);
+    if (rc2 == 0) {
+      float *g2 = down(xd_params_cuda_grad_all(pd), nt);
+      /* bit for bit where the SWA backward is the tensor-core kernel (head dim a multiple of 16
+       * up to 128); the fallback kernel sums dK/dV with float atomics, whose last bits reach the
+       * fp32 QK-norm weight gradients directly (qwen3, olmo at head dim 12): reported only */
+      const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
+      if (exact) {
+        CHECKF(memcmp(ga, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
+      } else {
+        size_t nd = 0;
+        for (size_t j = 0; j < nt; j++) nd += memcmp(&ga[j], &g2[j], 4) != 0;
+        fprintf(stderr, "%-22s two identical steps (atomic SWA backward, head dim %d): %zu of %zu gradient floats differ, rel L2 %.2e\n",
+                name, hd, nd, nt, rel_l2(g2, ga, nt));
+      }
+      /* a second backward without zero_grad (a later micro-batch) adds: 2 g, up to rounding
+       * where one backward adds several terms to a tensor (the tied embedding) */
+      if (xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e)) {
+        CHECKF(0, "%s: accumulating backward: %s", name, e.msg);
+      } else {
+        float *g3 = down(xd_params_cuda_grad_all(pd), nt);
+        for (size_t j = 0; j < nt; j++) g2[j] *= 2.0f;
+        const double ea = rel_l2(g3, g2, nt);
+        CHECKF(ea <= 1e-5, "%s: gradients after a second backward vs 2x one: rel L2 %.3e", name, ea);
+        free(g3);
+      }
+      free(g2);
+    }
+    free(ga);
+  }
   fprintf(stderr, "%-22s logits %.2e  loss %.2e  gradients %.2e (worst tensor %.2e: %s)\n", name, el, eloss, eall, wt, wn);
   worst_all = fmax(worst_all, eall);
   if (wt > worst_tensor) {

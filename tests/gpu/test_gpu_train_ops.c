@@ -144,6 +144,24 @@ static void mm_case(int N, int Din, int Dout, uint64_t seed) {
   h1 = down(gdx, nx);
   REL("  bf16 += , dx only", h1, cdx, nx, TOL_BF16_GEMM);
   free(h1);
+  /* XD_CUDA_BW_DX_WRITE: dx written into a NaN-poisoned buffer while dW, db accumulate */
+  poison(gdx, nx * 4), upload_to(gdw, dw0, nw * 4), upload_to(gdb, db0, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdx, XD_CUDA_F32, gdw, gdb, gg, gx, gw, N, Din, Dout,
+                              XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DX_WRITE, &err));
+  h1 = down(gdx, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  bf16 dx = , dW db += (DX_WRITE): dx", h1, zdx, nx, TOL_BF16_GEMM);
+  REL("  bf16 dx = , dW db += (DX_WRITE): dW", h2, cdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 dx = , dW db += (DX_WRITE): db", h3, cdb, Dout, TOL_BF16_GEMM);
+  free(h1), free(h2), free(h3);
+  /* XD_CUDA_BW_DW_WRITE: dW, db written into NaN-poisoned buffers while dx accumulates */
+  upload_to(gdx, dx0, nx * 4), poison(gdw, nw * 4), poison(gdb, Dout * 4);
+  GPU(xd_cuda_matmul_backward(ctx, gdx, XD_CUDA_F32, gdw, gdb, gg, gx, gw, N, Din, Dout,
+                              XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DW_WRITE, &err));
+  h1 = down(gdx, nx), h2 = down(gdw, nw), h3 = down(gdb, Dout);
+  REL("  bf16 dx += , dW db = (DW_WRITE): dx", h1, cdx, nx, TOL_BF16_GEMM);
+  REL("  bf16 dx += , dW db = (DW_WRITE): dW", h2, zdw, nw, TOL_BF16_GEMM);
+  REL("  bf16 dx += , dW db = (DW_WRITE): db", h3, zdb, Dout, TOL_BF16_GEMM);
+  free(h1), free(h2), free(h3);
   upload_to(gdw, dw0, nw * 4);
   GPU(xd_cuda_matmul_backward(ctx, NULL, XD_CUDA_F32, gdw, NULL, gg, gx, gw, N, Din, Dout, XD_CUDA_BW_ACCUMULATE, &err));
   h2 = down(gdw, nw);
@@ -223,6 +241,46 @@ static void rms_dense_case(int N, int C, xd_cuda_dtype xt, xd_cuda_dtype wt, uin
   free(x), free(w), free(g), free(dx0), free(dw0), free(cdx), free(cdw), free(hdx), free(hdw), free(hdw2);
 }
 
+/* xd_cuda_rmsnorm_backward_res: dx = dres + J^T g written into a poisoned buffer (dres a
+ * separate buffer, NULL, or dx itself), dx16 = bf16 of that dx bit for bit, dw +=. */
+static void rms_res_case(int N, int C, xd_cuda_dtype xt, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t n = (size_t)N * C;
+  const float eps = 1e-5f;
+  float *x = xt == XD_CUDA_BF16 ? rand_bf16_values(&r, n, 0.3, 2.0) : rand_f32(&r, n, 0.3, 2.0);
+  float *w = rand_f32(&r, C, 1.0, 0.3), *g = rand_f32(&r, n, 0, 1.0), *res = rand_f32(&r, n, 0, 0.5);
+  float *dw0 = rand_f32(&r, C, 0, 0.1);
+  void *gx = xt == XD_CUDA_BF16 ? (void *)up_bf16(x, n) : up_raw(x, n * 4);
+  float *gw = up_raw(w, C * 4), *gg = up_raw(g, n * 4), *gres = up_raw(res, n * 4), *gdw = up_raw(dw0, C * 4);
+  float *gdx = dev_poisoned(n * 4);
+  uint16_t *gdx16 = dev_poisoned(n * 2);
+  for (int mode = 0; mode < 3; mode++) { /* 0: dres separate, 1: dres NULL, 2: dres == dx (in place) */
+    float *cdx = mode == 1 ? xd_calloc(n, 4) : dup_f32(res, n), *cdw = dup_f32(dw0, C);
+    rms_cpu(cdx, cdw, g, x, w, N, C, eps);
+    if (mode == 2) upload_to(gdx, res, n * 4);
+    else poison(gdx, n * 4);
+    upload_to(gdw, dw0, C * 4);
+    poison(gdx16, n * 2);
+    GPU(xd_cuda_rmsnorm_backward_res(ctx, gdx, gdx16, mode == 0 ? gres : mode == 1 ? NULL : gdx, gdw, gg, gx, xt, gw,
+                                     XD_CUDA_F32, N, C, eps, &err));
+    float *hdx = down(gdx, n), *hdw = down(gdw, C), *hdx16 = down_bf16(gdx16, n);
+    char name[160];
+    snprintf(name, sizeof name, "rmsnorm res N%d C%d x %s, dres %s: dx", N, C, xt == XD_CUDA_BF16 ? "bf16" : "fp32",
+             mode == 0 ? "separate" : mode == 1 ? "NULL" : "in place");
+    REL(name, hdx, cdx, n, TOL_F32);
+    REL("  dw (sum over tokens)", hdw, cdw, C, TOL_RED);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += xd_f32_to_bf16(hdx[i]) != xd_f32_to_bf16(hdx16[i]);
+    fprintf(stderr, "    %-56s %zu of %zu differ\n", "  dx16 vs bf16(dx)", bad, n);
+    CHECK(bad == 0);
+    free(cdx), free(cdw), free(hdx), free(hdw), free(hdx16);
+  }
+  xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gg), xd_cuda_free(gres), xd_cuda_free(gdw), xd_cuda_free(gdx),
+      xd_cuda_free(gdx16);
+  free(x), free(w), free(g), free(res), free(dw0);
+}
+
 /* QK-norm inside fused rows [N, (H + 2G) d]: x bf16 (the q|k|v projection), dout and dx fp32
  * fused gradient buffers; qwen3 per head (n_seg = heads, C = d) or olmo whole projection
  * (n_seg = 1, C = heads * d), on the q or the k slice. Everything outside the slice of dx must
@@ -273,6 +331,9 @@ static void test_rmsnorm_backward(void) {
   qknorm_case(300, 8, 2, 128, 1, 1, 26); /* qwen3 k */
   qknorm_case(45, 6, 3, 64, 0, 0, 27);   /* olmo q: rows of 384 */
   qknorm_case(45, 6, 3, 64, 0, 1, 28);   /* olmo k */
+  rms_res_case(37, 2048, XD_CUDA_F32, 29);
+  rms_res_case(1100, 96, XD_CUDA_BF16, 30);
+  rms_res_case(5, 33, XD_CUDA_F32, 31);
 }
 
 /* ---- rope backward: in place on the dq (or dk) slice of a fused fp32 gradient buffer ---------- */
@@ -341,8 +402,28 @@ static void swiglu_bw_case(int N, int F, uint64_t seed) {
   char name[160];
   snprintf(name, sizeof name, "swiglu backward fused N%d F%d: dgate|dup", N, F);
   REL(name, h, ref, nf, TOL_F32);
-  xd_cuda_free(ggu), xd_cuda_free(gdout), xd_cuda_free(gd);
-  free(gu), free(dout), free(d0), free(g), free(u), free(dg), free(du), free(ref), free(h);
+  /* the bf16 variant: written (poisoned buffer), vs the CPU op from zero gradients */
+  memset(dg, 0, n * 4), memset(du, 0, n * 4);
+  swiglu_backward(dg, du, dout, g, u, n);
+  for (int i = 0; i < N; i++) {
+    memcpy(ref + (size_t)i * 2 * F, dg + (size_t)i * F, (size_t)F * 4);
+    memcpy(ref + (size_t)i * 2 * F + F, du + (size_t)i * F, (size_t)F * 4);
+  }
+  uint16_t *gd16 = dev_poisoned(nf * 2);
+  GPU(xd_cuda_swiglu_backward_bf16(ctx, gd16, gd16 + F, 2 * F, gdout, ggu, ggu + F, 2 * F, N, F, &err));
+  float *h16 = down_bf16(gd16, nf);
+  snprintf(name, sizeof name, "swiglu backward bf16 out N%d F%d: dgate|dup", N, F);
+  REL(name, h16, ref, nf, TOL_BF16);
+  { /* output one element off 4-byte alignment: the one-feature-per-thread kernel; same bits */
+    uint16_t *gd16b = dev_poisoned(nf * 2 + 2);
+    GPU(xd_cuda_swiglu_backward_bf16(ctx, gd16b + 1, gd16b + 1 + F, 2 * F, gdout, ggu, ggu + F, 2 * F, N, F, &err));
+    float *h16b = down_bf16(gd16b + 1, nf);
+    same_bits("  bf16 out, scalar kernel vs paired", h16b, h16, nf);
+    xd_cuda_free(gd16b);
+    free(h16b);
+  }
+  xd_cuda_free(ggu), xd_cuda_free(gdout), xd_cuda_free(gd), xd_cuda_free(gd16);
+  free(gu), free(dout), free(d0), free(g), free(u), free(dg), free(du), free(ref), free(h), free(h16);
 }
 static void test_swiglu_backward(void) {
   swiglu_bw_case(37, 300, 41);
@@ -446,6 +527,30 @@ static void test_matmul_backward_1b(void) {
   xd_cuda_free(g), xd_cuda_free(x), xd_cuda_free(w), xd_cuda_free(dx), xd_cuda_free(dw), xd_cuda_free(db);
 }
 
+/* ---- f32 -> bf16 over strided rows (the fused dq|dk|dv gather) -------------------------------- */
+static void test_f32_to_bf16_2d(void) {
+  xd_rng r;
+  xd_rng_seed(&r, 51);
+  const int rows = 300, cols = 70, lds = 75, ldd = 200, off = 40;
+  float *src = rand_f32(&r, (size_t)rows * lds, 0, 3.0);
+  float *gs = up_raw(src, (size_t)rows * lds * 4);
+  uint16_t *gd = dev_poisoned((size_t)rows * ldd * 2);
+  GPU(xd_cuda_f32_to_bf16_2d(ctx, gd + off, ldd, gs, lds, rows, cols, &err));
+  uint16_t *h = xd_malloc((size_t)rows * ldd * 2);
+  if (xd_cuda_download(ctx, h, gd, (size_t)rows * ldd * 2, &err)) die();
+  size_t bad = 0, touched = 0;
+  for (int i = 0; i < rows; i++)
+    for (int j = 0; j < ldd; j++) {
+      const uint16_t v = h[(size_t)i * ldd + j];
+      if (j >= off && j < off + cols) bad += v != xd_f32_to_bf16(src[(size_t)i * lds + j - off]);
+      else touched += v != 0xFFFF;
+    }
+  fprintf(stderr, "    f32_to_bf16_2d %dx%d: %zu differ from xd_f32_to_bf16, %zu written outside\n", rows, cols, bad, touched);
+  CHECK(bad == 0 && touched == 0);
+  xd_cuda_free(gs), xd_cuda_free(gd);
+  free(src), free(h);
+}
+
 int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
   if (xd_cuda_ctx_create(&ctx, 0, &err)) {
@@ -460,6 +565,7 @@ int main(int argc, char **argv) {
   RUN(test_rope_backward);
   RUN(test_swiglu_backward);
   RUN(test_embedding_backward);
+  RUN(test_f32_to_bf16_2d);
   if (!quick) RUN(test_matmul_backward_1b);
   if (xd_cuda_sync(ctx, &err)) {
     fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);

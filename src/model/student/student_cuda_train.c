@@ -40,6 +40,7 @@ typedef struct {
 
 struct xd_student_cuda_train {
   xd_cuda_ctx *c;
+  xd_params_cuda *pd; /* stage II: its GEMM weight gradients are first-written (params_cuda.h) */
   xd_model_config cfg;
   xd_hybrid_config hy;
   int B, T, N, P;
@@ -58,9 +59,9 @@ struct xd_student_cuda_train {
   int32_t *ids, *pos;
   float *cos_t[2], *sin_t[2];
   /* backward scratch, one layer's worth */
-  float *dh, *dh1, *dx, *dxm, *dout, *dgu, *dsw, *datt, *dqr, *dkr, *dvr, *dq, *dk, *dglob, *dloc, *dqf, *dkf,
-      *dig, *dfg;
-  uint16_t *gb16; /* bf16 copy of the gradient entering a GEMM backward */
+  float *dh, *dh1, *dx, *dxm, *dout, *dsw, *datt, *dqr, *dkr, *dvr, *dq, *dk, *dglob, *dloc, *dqf, *dkf, *dig, *dfg;
+  uint16_t *gb16; /* bf16 gradient entering a GEMM backward: SwiGLU's dgate|dup, the fused dq|dk|dv */
+  uint16_t *dh16; /* bf16 copy of the residual-stream gradient entering the down / o GEMM backward */
   /* stage I (align): one layer's saves reused layer after layer; the teacher's attention output
    * [N, Hd], the core output's gradient [N, Hd] and the layer losses (device doubles [L]) */
   int align;
@@ -129,11 +130,12 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   for (int t = 0; t < 2; t++) { m->cos_t[t] = TF(k, (size_t)m->T * (d / 2)); m->sin_t[t] = TF(k, (size_t)m->T * (d / 2)); }
   const size_t big = N * (2 * F > Hd + 2 * Gd ? 2 * F : Hd + 2 * Gd);
   m->dh = TF(k, N * D); m->dh1 = TF(k, N * D); m->dx = TF(k, N * D); m->dxm = TF(k, N * D); m->dout = TF(k, N * D);
-  m->dgu = TF(k, N * 2 * F); m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
+  m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
   m->dqr = TF(k, N * Hd); m->dkr = TF(k, N * Gd); m->dvr = TF(k, N * Gd); m->dq = TF(k, N * Hd); m->dk = TF(k, N * Gd);
   m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd); m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P);
   m->dig = TF(k, N * H); m->dfg = TF(k, N * H);
   m->gb16 = TH(k, big > N * D ? big : N * D);
+  m->dh16 = TH(k, N * D);
 }
 
 static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align, int recompute) {
@@ -270,6 +272,33 @@ static int bind_weights(xd_student_cuda_train *m, const xd_params *p, xd_params_
   return 0;
 }
 
+/* Stage II: the GEMM weight (and bias) gradients have one producer per backward, the dW GEMM
+ * (the tied embedding: the LM head's, before the embedding backward adds to it), so they are
+ * written with beta 0 after a zero_grad instead of cleared and accumulated into. */
+static int first_writes(xd_student_cuda_train *m, const xd_params *p, xd_params_cuda *pd, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  char n[160];
+  const int head = xd_params_find(p, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  if (head >= 0 && xd_params_cuda_set_first_write(pd, head, e) != 0) return -1;
+  for (int l = 0; l < c->n_layers; l++) {
+    const tl_layer *y = &m->ly[l];
+    const struct { const char *sfx; int on; } t[] = {
+        {"self_attn.q_proj.weight", 1}, {"self_attn.k_proj.weight", 1}, {"self_attn.v_proj.weight", 1},
+        {"self_attn.q_proj.bias", y->gb_qkv != NULL}, {"self_attn.k_proj.bias", y->gb_qkv != NULL},
+        {"self_attn.v_proj.bias", y->gb_qkv != NULL}, {"self_attn.o_proj.weight", 1},
+        {"self_attn.o_proj.bias", y->gb_o != NULL}, {"mlp.gate_proj.weight", 1}, {"mlp.up_proj.weight", 1},
+        {"mlp.gate_proj.bias", y->gb_gu != NULL}, {"mlp.up_proj.bias", y->gb_gu != NULL},
+        {"mlp.down_proj.weight", 1}, {"mlp.down_proj.bias", y->gb_down != NULL}};
+    for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+      if (!t[k].on) continue;
+      snprintf(n, sizeof n, "model.layers.%d.%s", l, t[k].sfx);
+      const int i = xd_params_find(p, n);
+      if (i >= 0 && xd_params_cuda_set_first_write(pd, i, e) != 0) return -1;
+    }
+  }
+  return 0;
+}
+
 static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd, int B, int T,
                   int align, int recompute, xd_err *e) {
   *out = NULL;
@@ -294,7 +323,9 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   m->ly = xd_calloc((size_t)cf->n_layers, sizeof *m->ly);
   m->sv = xd_calloc((size_t)cf->n_layers, sizeof *m->sv);
   m->ids_host = xd_malloc((size_t)m->N * sizeof(int32_t));
+  m->pd = pd;
   if (bind_weights(m, &s->params, pd, e) != 0) goto fail;
+  if (!align && first_writes(m, &s->params, pd, e) != 0) goto fail;
   carve k = {0, 1, NULL};
   layout(m, &k);
   m->bytes = k.off;
@@ -390,14 +421,14 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   const int N = m->N, D = c->hidden, F = c->intermediate, Hd = c->n_heads * c->head_dim;
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
-  /* h1 = h0 + [norm](att Wo^T + bo) */
-  OP(P_MEM, xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
+  /* h1 = h0 + [norm](att Wo^T + bo) (pre-norm: the GEMM reads the residual h0 and writes h1) */
   if (c->post_norm) {
+    OP(P_MEM, xd_cuda_copy(cx, s->h1, s->h0, ND * sizeof(float), e));
     OP(P_GEMM, xd_cuda_matmul(cx, s->o1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 0, e));
     OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, s->h1, s->o1, y->attn_out_norm, N, D, eps, e));
     OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, NULL, N, D, eps, e));
   } else {
-    OP(P_GEMM, xd_cuda_matmul(cx, s->h1, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, 1, e));
+    OP(P_GEMM, xd_cuda_matmul_res(cx, s->h1, s->h0, XD_CUDA_F32, s->attb, y->w_o, y->b_o, N, Hd, D, e));
     OP(P_NORM, xd_cuda_rmsnorm_f32(cx, s->xmb, NULL, s->h1, y->mlp_norm, N, D, eps, e));
   }
   /* MLP: gu = xm Wgu^T (+b), act = silu(g) u, h2 = h1 + [norm](act Wdown^T + b) */
@@ -405,11 +436,11 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   OP(P_MLP, xd_cuda_swiglu_forward(cx, s->act, s->gu, s->gu + F, N, F, 2 * F, e));
   if (c->post_norm) OP(P_GEMM, xd_cuda_matmul(cx, s->o2, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 0, e));
   if (!hout) return 0;
-  OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
   if (c->post_norm) {
+    OP(P_MEM, xd_cuda_copy(cx, hout, s->h1, ND * sizeof(float), e));
     OP(P_NORM, xd_cuda_add_rmsnorm_f32(cx, hout, s->o2, y->mlp_out_norm, N, D, eps, e));
   } else {
-    OP(P_GEMM, xd_cuda_matmul(cx, hout, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, 1, e));
+    OP(P_GEMM, xd_cuda_matmul_res(cx, hout, s->h1, XD_CUDA_F32, s->act, y->w_down, y->b_down, N, F, D, e));
   }
   return 0;
 }
@@ -433,8 +464,10 @@ static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   return 0;
 }
 
-/* The hybrid core (xd_core_forward) on the layer's saved inputs -> out [N, Hd] fp32. */
-static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *out, xd_err *e) {
+/* The hybrid core (xd_core_forward) on the layer's saved inputs -> out [N, Hd] fp32, or with out
+ * NULL out16 [N, Hd] bf16 (the o-projection's input). */
+static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *out, uint16_t *out16,
+                        xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
@@ -457,16 +490,15 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
   OP(P_MLSTM_FWD, (tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
       cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  if (out) OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  else OP(P_MIX, xd_cuda_mix_forward_bf16(cx, out16, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
   return 0;
 }
 
 /* One layer of the training forward: h0 -> hout (NULL: saves only, see layer_tail). */
 static int layer_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, float *hout, xd_err *e) {
-  const size_t nout = (size_t)m->N * m->cfg.n_heads * m->cfg.head_dim;
   CK(layer_head(m, y, s, e));
-  CK(core_forward(m, y, s, m->datt, e));
-  OP(P_MEM, xd_cuda_f32_to_bf16(m->c, s->attb, m->datt, nout, e)); /* datt: free scratch here */
+  CK(core_forward(m, y, s, NULL, s->attb, e)); /* the core's output straight in bf16 */
   return layer_tail(m, y, s, hout, e);
 }
 
@@ -501,12 +533,13 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
 }
 
 /* ---- backward (xd_student_backward) ------------------------------------------------------- */
-/* dW, db += of out = x W^T + b given the fp32 gradient g of out (converted to bf16 first);
- * dx (fp32, may be NULL) += g W. */
-static int lin_back(xd_student_cuda_train *m, float *dx, float *dw, float *db, const float *g, const uint16_t *x,
-                    const uint16_t *w, int Din, int Dout, xd_err *e) {
-  CK(xd_cuda_f32_to_bf16(m->c, m->gb16, g, (size_t)m->N * Dout, e));
-  return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, m->gb16, x, w, m->N, Din, Dout, XD_CUDA_BW_ACCUMULATE, e);
+/* dW, db (+)= and dx (fp32, may be NULL) (+)= of out = x W^T + b given g16, the bf16 gradient of
+ * out (row stride Dout); flags: XD_CUDA_BW_DX_WRITE (dx's one producer: written, no zeroing),
+ * XD_CUDA_BW_DW_WRITE (first backward after zero_grad: dW, db written, see first_writes). */
+static int lin_back16(xd_student_cuda_train *m, float *dx, int flags, float *dw, float *db, const uint16_t *g16,
+                      const uint16_t *x, const uint16_t *w, int Din, int Dout, xd_err *e) {
+  return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, g16, x, w, m->N, Din, Dout,
+                                 XD_CUDA_BW_ACCUMULATE | flags, e);
 }
 static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
   return xd_cuda_memset(m->c, p, 0, n * sizeof(float), e);
@@ -514,41 +547,34 @@ static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
 
 /* Backward of the core (xd_core_backward) from dout [N, Hd]: the layer's hybrid parameter
  * gradients (+=) and, with want_inputs, the gradients of its inputs into m->dx (gates' x),
- * m->dqr, m->dkr, m->dvr (raw projections) and m->dq, m->dk (after QK-norm / RoPE), all zeroed
- * first. Without want_inputs (stage I: the inputs are teacher-forced constants) those buffers
- * are only sinks and the local branch's backward is skipped (it has no parameters). */
+ * m->dqr, m->dkr, m->dvr (raw projections) and m->dq, m->dk (after QK-norm / RoPE), each
+ * WRITTEN by its first producer (mix: dqr, dkr, dvr, dglob, dloc; gates: dx; feature maps: dq,
+ * dk; XD_CUDA_GRAD_WRITE) and added to by the later ones; only the mLSTM's outputs are zeroed.
+ * Without want_inputs (stage I: the inputs are teacher-forced constants) those buffers are only
+ * sinks and the local branch's backward is skipped (it has no parameters). */
 static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_saves *s, const float *dout,
                          int want_inputs, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
-  const int Hd = H * d, Gd = G * d, P = m->P;
-  const size_t ND = (size_t)N * D;
+  const int P = m->P;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
   const int tc = P == 64 && d == 64 && m->mc.chunk == 64; /* as core_forward (the _tc backward falls back anyway) */
-  OP(P_MEM, zero(m, m->dx, ND, e));
-  OP(P_MEM, zero(m, m->dqr, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dkr, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dvr, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dq, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dk, (size_t)N * Gd, e));
-  OP(P_MEM, zero(m, m->dglob, (size_t)N * Hd, e));
-  OP(P_MEM, zero(m, m->dloc, (size_t)N * Hd, e));
   OP(P_MEM, zero(m, m->dqf, (size_t)N * H * P, e));
   OP(P_MEM, zero(m, m->dkf, (size_t)N * G * P, e));
   OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
   OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_MIX_BWD, xd_cuda_mix_backward(cx, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
+  OP(P_MIX_BWD, xd_cuda_mix_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
                           s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
   OP(P_MLSTM_BWD, (tc ? xd_cuda_mlstm_chunkwise_backward_tc : xd_cuda_mlstm_chunkwise_backward)(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
-  OP(P_GATES_BWD, xd_cuda_gates_backward(cx, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig, m->dfg, s->xf, y->w_i, y->w_f,
-                            s->ig, s->fg, &gs, e));
+  OP(P_GATES_BWD, xd_cuda_gates_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig,
+                                            m->dfg, s->xf, y->w_i, y->w_f, s->ig, s->fg, &gs, e));
   const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward(cx, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
   if (!want_inputs) return 0;
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
   OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
@@ -567,46 +593,44 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     CK(xd_cuda_sync(cx, e));
     m->prof_t = xd_now();
   }
-  /* head: logits = rmsnorm(hL) lm_head^T */
-  OP(P_MEM, zero(m, m->dx, ND, e));
+  /* after zero_grad the GEMM weight gradients are written, not added (first_writes) */
+  const int fresh = xd_params_cuda_grad_fresh(m->pd), WD = fresh ? XD_CUDA_BW_DW_WRITE : 0, XW = XD_CUDA_BW_DX_WRITE;
+  /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer); dh = J^T dx
+   * written, with its bf16 copy for the last layer's down projection */
   OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
-                             XD_CUDA_BW_ACCUMULATE, e));
-  OP(P_MEM, zero(m, m->dh, ND, e));
-  OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32, m->final_norm, XD_CUDA_F32, N, D, eps, e));
+                             XD_CUDA_BW_ACCUMULATE | XW | WD, e));
+  OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, m->dh16, NULL, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32,
+                                          m->final_norm, XD_CUDA_F32, N, D, eps, e));
   for (int l = c->n_layers - 1; l >= 0; l--) {
     const tl_layer *y = &m->ly[l];
     const tl_saves *s = &m->sv[l];
     /* recomputation: the shared saves hold the last layer's from the forward; refill them for
-     * the others from their kept input (same kernels, same inputs: the same bits) */
+     * the others from their kept input (same kernels, same inputs: the same bits; it touches none
+     * of the backward's live buffers dh, dh16) */
     if (m->recompute && l + 1 < c->n_layers) CK(layer_forward(m, y, &m->sv[l], NULL, e));
-    /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2) */
-    OP(P_MEM, xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
-    const float *do2 = m->dh;
+    /* h2 = h1 + [norm](o2): dh1 = dh2, do2 = [norm'](dh2); m->dh16 = bf16(do2) (pre-norm: made by
+     * the producer of dh, the next layer's input-norm backward or the head) */
     if (c->post_norm) {
-      OP(P_MEM, zero(m, m->dout, ND, e));
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32, y->mlp_out_norm, XD_CUDA_F32,
-                                  N, D, eps, e));
-      do2 = m->dout;
+      OP(P_MEM, xd_cuda_copy(cx, m->dh1, m->dh, ND * sizeof(float), e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dout, m->dh16, NULL, y->g_mlp_out_norm, m->dh, s->o2, XD_CUDA_F32,
+                                              y->mlp_out_norm, XD_CUDA_F32, N, D, eps, e));
     }
-    OP(P_MEM, zero(m, m->dsw, (size_t)N * F, e));
-    OP(P_GEMM, lin_back(m, m->dsw, y->g_down, y->gb_down, do2, s->act, y->w_down, F, D, e));
-    OP(P_MEM, zero(m, m->dgu, (size_t)N * 2 * F, e));
-    OP(P_MLP, xd_cuda_swiglu_backward(cx, m->dgu, m->dgu + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
-    OP(P_MEM, zero(m, m->dxm, ND, e));
-    OP(P_GEMM, lin_back(m, m->dxm, y->g_gu, y->gb_gu, m->dgu, s->xmb, y->w_gu, D, 2 * F, e));
-    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
-    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh1, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32, y->mlp_norm, XD_CUDA_F32, N, D,
-                                     eps, e));
-    /* h1 = h0 + [norm](o1) */
-    const float *do1 = m->dh1;
+    /* act Wdown^T: dsw written; SwiGLU's backward writes dgate|dup in bf16 straight into the
+     * gate|up GEMM backward's input; dxm written */
+    OP(P_GEMM, lin_back16(m, m->dsw, XW | WD, y->g_down, y->gb_down, m->dh16, s->act, y->w_down, F, D, e));
+    OP(P_MLP, xd_cuda_swiglu_backward_bf16(cx, m->gb16, m->gb16 + F, 2 * F, m->dsw, s->gu, s->gu + F, 2 * F, N, F, e));
+    OP(P_GEMM, lin_back16(m, m->dxm, XW | WD, y->g_gu, y->gb_gu, m->gb16, s->xmb, y->w_gu, D, 2 * F, e));
+    /* h1 = h0 + [norm](o1): pre-norm dh1 = dh2 + [norm'](dxm) in one pass (+ bf16 copy), post-norm
+     * dh1 += dxm, do1 = [norm'](dh1) */
     if (c->post_norm) {
-      OP(P_MEM, zero(m, m->dout, ND, e));
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dout, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32, y->attn_out_norm,
-                                  XD_CUDA_F32, N, D, eps, e));
-      do1 = m->dout;
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dh1, m->dxm, ND, e));
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dout, m->dh16, NULL, y->g_attn_out_norm, m->dh1, s->o1, XD_CUDA_F32,
+                                              y->attn_out_norm, XD_CUDA_F32, N, D, eps, e));
+    } else {
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh1, m->dh16, m->dh, y->g_mlp_norm, m->dxm, s->h1, XD_CUDA_F32,
+                                              y->mlp_norm, XD_CUDA_F32, N, D, eps, e));
     }
-    OP(P_MEM, zero(m, m->datt, (size_t)N * Hd, e));
-    OP(P_GEMM, lin_back(m, m->datt, y->g_o, y->gb_o, do1, s->attb, y->w_o, Hd, D, e));
+    OP(P_GEMM, lin_back16(m, m->datt, XW | WD, y->g_o, y->gb_o, m->dh16, s->attb, y->w_o, Hd, D, e));
     CK(core_backward(m, y, s, m->datt, 1, e));
     /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
     OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
@@ -623,19 +647,25 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
       OP(P_MEM, xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
       OP(P_MEM, xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
     }
-    /* x W^T for q, k, v: their weight (and bias) gradients are adjacent slices of g_qkv */
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv, y->gb_qkv, m->dqr, s->xb, y->w_qkv, D, Hd, e));
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)Hd * D, y->gb_qkv ? y->gb_qkv + Hd : NULL, m->dkr, s->xb,
-                y->w_qkv + (size_t)Hd * D, D, Gd, e));
-    OP(P_GEMM, lin_back(m, m->dx, y->g_qkv + (size_t)(Hd + Gd) * D, y->gb_qkv ? y->gb_qkv + Hd + Gd : NULL, m->dvr, s->xb,
-                y->w_qkv + (size_t)(Hd + Gd) * D, D, Gd, e));
-    /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) */
-    OP(P_MEM, xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
-    if (c->post_norm) OP(P_MEM, xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
-    else OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dh, y->g_attn_norm, m->dx, s->h0, XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N,
-                                     D, eps, e));
+    /* x W^T for the fused q|k|v weight (its gradient and bias gradient are adjacent slices, as
+     * the weight's): dq|dk|dv gathered into one bf16 [N, Hd + 2Gd] buffer, one GEMM backward */
+    const int Q = Hd + 2 * Gd;
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16, (size_t)Q, m->dqr, (size_t)Hd, (size_t)N, (size_t)Hd, e));
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd, (size_t)Q, m->dkr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd + Gd, (size_t)Q, m->dvr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+    OP(P_GEMM, lin_back16(m, m->dx, WD, y->g_qkv, y->gb_qkv, m->gb16, s->xb, y->w_qkv, D, Q, e));
+    /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) (pre-norm: one pass, with the bf16 copy the next
+     * layer's down projection reads) */
+    if (c->post_norm) {
+      OP(P_MEM, xd_cuda_copy(cx, m->dh, m->dh1, ND * sizeof(float), e));
+      OP(P_MEM, xd_cuda_add_f32(cx, m->dh, m->dx, ND, e));
+    } else {
+      OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, l > 0 ? m->dh16 : NULL, m->dh1, y->g_attn_norm, m->dx, s->h0,
+                                              XD_CUDA_F32, y->attn_norm, XD_CUDA_F32, N, D, eps, e));
+    }
   }
   OP(P_EMB, xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e));
+  if (fresh) xd_params_cuda_grad_written(m->pd);
   return 0;
 }
 /* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */
@@ -669,7 +699,7 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
       OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));
       OP(P_MEM, xd_cuda_f32_to_bf16(cx, s->attb, m->a_ref, nout, e));
     }
-    CK(core_forward(m, y, s, m->datt, e));
+    CK(core_forward(m, y, s, m->datt, NULL, e));
     OP(P_MIX, xd_cuda_mse_grad(cx, backward ? m->dcore : NULL, m->datt, m->a_ref, nout, (float)(2.0 / (double)nout), m->d_lsum + l, e));
     if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
     CK(layer_tail(m, y, s, s->h0, e));

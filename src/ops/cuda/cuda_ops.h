@@ -44,6 +44,10 @@ int xd_cuda_copy(xd_cuda_ctx *c, void *dst, const void *src, size_t bytes, xd_er
 /* dtype conversion on the device, n elements (round to nearest even). */
 int xd_cuda_f32_to_bf16(xd_cuda_ctx *c, uint16_t *dst, const float *src, size_t n, xd_err *e);
 int xd_cuda_bf16_to_f32(xd_cuda_ctx *c, float *dst, const uint16_t *src, size_t n, xd_err *e);
+/* The same over rows x cols of strided rows: dst[r*ldd + j] = bf16(src[r*lds + j]) (gathers
+ * slices into a fused bf16 buffer, e.g. dq|dk|dv for one q|k|v GEMM backward). */
+int xd_cuda_f32_to_bf16_2d(xd_cuda_ctx *c, uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows,
+                           size_t cols, xd_err *e);
 /* Deterministic pseudo-random fill, uniform in [-scale, scale) (a counter hash of (seed, i)):
  * random weights for benchmarks without a host round trip. */
 int xd_cuda_fill_uniform_bf16(xd_cuda_ctx *c, uint16_t *dst, size_t n, uint64_t seed, float scale, xd_err *e);
@@ -56,6 +60,11 @@ typedef enum { XD_CUDA_BF16 = 0, XD_CUDA_F32 = 1 } xd_cuda_dtype;
  * then read as well as written). */
 int xd_cuda_matmul(xd_cuda_ctx *c, void *out, xd_cuda_dtype out_dtype, const uint16_t *x, const uint16_t *w,
                    const void *bias, int N, int Din, int Dout, int accumulate, xd_err *e);
+/* out = res + x W^T (+ b): the accumulate form with the residual read from res (same shape and
+ * dtype as out; may equal out), so that a residual stream kept for the backward needs no copy
+ * first (branch trainfuse). */
+int xd_cuda_matmul_res(xd_cuda_ctx *c, void *out, const void *res, xd_cuda_dtype out_dtype, const uint16_t *x,
+                       const uint16_t *w, const void *bias, int N, int Din, int Dout, xd_err *e);
 
 /* ---- teacher ops, bf16 storage, fp32 math ---------------------------------------------- */
 /* RMSNorm (HF order, as rmsnorm_forward): out = w * (x * rsqrt(mean(x^2) + eps)); x, out [N,C], w [C]. */
@@ -188,6 +197,26 @@ int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv
                          float *dh_global, float *dh_local, const float *dout, const float *o, const float *q_raw,
                          const float *k_raw, const float *v_raw, const float *w_o, const float *h_global,
                          const float *h_local, const mix_shape *s, xd_err *e);
+/* mix_forward with out in bf16 (round to nearest even: xd_cuda_f32_to_bf16 of the fp32 out, bit
+ * for bit), for the o-projection's input in training (branch trainfuse). */
+int xd_cuda_mix_forward_bf16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw, const float *k_raw,
+                             const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                             const float *h_local, const mix_shape *s, xd_err *e);
+/* The three backwards above with flags (branch trainfuse): XD_CUDA_GRAD_WRITE writes the
+ * activation gradients instead of adding to them (feature map and gates: dx; mix: dq_raw,
+ * dk_raw, dv_raw, dh_global, dh_local), so a buffer with that one producer needs no zeroing;
+ * the parameter gradients (dP, dw_*, db_*) still accumulate. 0: the functions above. */
+#define XD_CUDA_GRAD_WRITE 1
+int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi,
+                                    const float *x, const float *P, const float *phi, const feature_map_shape *s,
+                                    xd_err *e);
+int xd_cuda_gates_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dw_i, float *db_i, float *dw_f,
+                              float *db_f, const float *dig, const float *dfg, const float *x, const float *w_i,
+                              const float *w_f, const float *ig, const float *fg, const gates_shape *s, xd_err *e);
+int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
+                            float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
+                            const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
+                            const float *h_global, const float *h_local, const mix_shape *s, xd_err *e);
 /* ==== end of student ops, part 2 ============================================================ */
 
 /* ==== GPU teacher model support (src/ops/cuda/decode.cu; used by model/teacher/teacher_cuda) ====
@@ -413,6 +442,9 @@ size_t xd_cuda_mem_used(void);
 /* flags of xd_cuda_matmul_backward / _f32 */
 #define XD_CUDA_BW_ACCUMULATE 1 /* dx, dW, db += (the CPU's semantics); else they are written */
 #define XD_CUDA_BW_OWN_BGRAD 2  /* db by the column-sum kernel even where the epilogue is available */
+#define XD_CUDA_BW_DX_WRITE 4   /* dx written even with XD_CUDA_BW_ACCUMULATE (dW, db still +=): a dx
+                                 * with one producer needs no zeroing (branch trainfuse) */
+#define XD_CUDA_BW_DW_WRITE 8   /* dW and db written even with XD_CUDA_BW_ACCUMULATE (dx still +=) */
 
 /* Matmul backward (cuBLASLt) for out[N,Dout] = x[N,Din] W^T + b, W [Dout,Din] (HF layout):
  *   dx [N,Din] (+)= dout W;  dw [Dout,Din] (+)= dout^T x;  db [Dout] (+)= column sums of dout.
@@ -451,6 +483,14 @@ int xd_cuda_rmsnorm_backward(xd_cuda_ctx *c, float *dx, float *dw, const float *
 int xd_cuda_rmsnorm_backward_segments(xd_cuda_ctx *c, float *dx, int ld_dx, float *dw, const float *dout,
                                       int ld_dout, const void *x, xd_cuda_dtype x_dtype, int ld_x, const void *w,
                                       xd_cuda_dtype w_dtype, int N, int n_seg, int C, float eps, xd_err *e);
+/* The dense form with the residual stream's gradient folded in (branch trainfuse):
+ * dx = dres + J^T dout WRITTEN (dres NULL: dx = J^T dout; dres may equal dx: the += above),
+ * dx16 (NULL = not wanted) = bf16(dx) (round to nearest even) for the GEMM backward that reads
+ * it next; dw += as above. Saves the copy of the residual gradient, the zeroing of dx and the
+ * separate bf16 cast. */
+int xd_cuda_rmsnorm_backward_res(xd_cuda_ctx *c, float *dx, uint16_t *dx16, const float *dres, float *dw,
+                                 const float *dout, const void *x, xd_cuda_dtype x_dtype, const void *w,
+                                 xd_cuda_dtype w_dtype, int N, int C, float eps, xd_err *e);
 /* RoPE backward in place (rope_backward, the transpose rotation R^T), fp32 gradients: dx holds
  * N tokens of n_heads * d values, token n at dx + n*ld (dq or dk inside a fused dq|dk|dv
  * buffer); tables and pos as xd_cuda_rope_forward. */
@@ -463,6 +503,11 @@ int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const float *cos_t,
  * dgate|dup buffer: dgate = dbuf, dup = dbuf + F, ld_d = 2F). */
 int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup, int ld_d, const float *dout,
                             const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e);
+/* The same values WRITTEN in bf16 (round to nearest even; what the fp32 op adds to zeroed
+ * buffers, rounded): dgate / dup bf16 with row stride ld_d. The gate|up GEMM backward reads
+ * them directly (branch trainfuse). */
+int xd_cuda_swiglu_backward_bf16(xd_cuda_ctx *c, uint16_t *dgate, uint16_t *dup, int ld_d, const float *dout,
+                                 const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e);
 /* Embedding backward (embedding_backward): dtable[ids[n], :] += dout[n, :], fp32, table [V,D].
  * Deterministic and bit-identical to the CPU's serial loop: the ids are sorted with their token
  * index (CUB radix sort, stable), and one block per distinct id adds that id's dout rows to
@@ -517,6 +562,11 @@ int xd_cuda_scale_f32(xd_cuda_ctx *c, float *x, size_t n, float s, xd_err *e);
  * order in double (xd_params_grad_norm's per-block sums, bit for bit). ceil(n/block) doubles;
  * block a multiple of 32, x 16-byte aligned. The caller adds the block sums in order. */
 int xd_cuda_sumsq_blocks(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n, size_t block, xd_err *e);
+/* The same over x[i] * scale[0] * ... * scale[nscale-1] (each product rounded to float in that
+ * order, as nscale xd_params_scale_grad passes would leave x), without writing x; nscale <= 2
+ * (branch trainfuse: the trainer's 1/N and clip factors folded into the readers). */
+int xd_cuda_sumsq_blocks_scaled(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n, size_t block,
+                                const float *scale, int nscale, xd_err *e);
 
 #define XD_CUDA_ADAMW_CHUNK 4096     /* elements per thread block of the AdamW kernel */
 #define XD_CUDA_ADAMW_MAX_GROUPS 64  /* parameter groups the per-launch table holds */
@@ -540,6 +590,11 @@ typedef struct {
   const int *chunk_seg;
   float b1, omb1, b2, omb2, eps, sbc2;
   float step[XD_CUDA_ADAMW_MAX_GROUPS], decay[XD_CUDA_ADAMW_MAX_GROUPS];
+  /* deferred gradient scales (branch trainfuse): the kernel uses g * gscale[0] * ... (nscale <= 2
+   * factors, each product rounded to float in order: the bits nscale xd_params_scale_grad passes
+   * would have left in g); g itself is not written. nscale 0: g as it is. */
+  int nscale;
+  float gscale[2];
 } xd_cuda_adamw_args;
 int xd_cuda_adamw(xd_cuda_ctx *c, const xd_cuda_adamw_args *a, xd_err *e);
 /* ==== end of optimiser (branch gpuopt) ======================================================== */

@@ -38,8 +38,9 @@ static int lt_find_algo(xd_cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixL
 
 /* The body, with descriptors owned by the caller so that every exit path frees them. */
 static int matmul_run(xd_cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t *la, cublasLtMatrixLayout_t *lb,
-                      cublasLtMatrixLayout_t *lcd, void *out, xd_cuda_dtype out_dtype, const uint16_t *x,
-                      const uint16_t *w, const void *bias, int N, int Din, int Dout, int accumulate, xd_err *e) {
+                      cublasLtMatrixLayout_t *lcd, void *out, const void *res, xd_cuda_dtype out_dtype,
+                      const uint16_t *x, const uint16_t *w, const void *bias, int N, int Din, int Dout, int accumulate,
+                      xd_err *e) {
   cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   XD_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   XD_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
@@ -55,8 +56,8 @@ static int matmul_run(xd_cuda_ctx *c, cublasLtMatmulDesc_t op, cublasLtMatrixLay
   cublasLtMatmulAlgo_t algo;
   if (lt_find_algo(c, op, *la, *lb, *lcd, N, Din, Dout, (int)out_dtype, bias != NULL, accumulate, &algo, e)) return -1;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  /* C == D in place: allowed by cuBLASLt when both use the same layout. */
-  XD_CUBLAS(cublasLtMatmul(c->lt, op, &alpha, w, *la, x, *lb, &beta, out, *lcd, out, *lcd, &algo, c->lt_ws,
+  /* C == D in place (or C = res, a separate buffer of the same layout): allowed by cuBLASLt. */
+  XD_CUBLAS(cublasLtMatmul(c->lt, op, &alpha, w, *la, x, *lb, &beta, res ? res : out, *lcd, out, *lcd, &algo, c->lt_ws,
                            c->lt_ws_bytes, c->stream));
   return 0;
 }
@@ -69,7 +70,23 @@ extern "C" int xd_cuda_matmul(xd_cuda_ctx *c, void *out, xd_cuda_dtype out_dtype
   cublasLtMatmulDesc_t op = NULL;
   cublasLtMatrixLayout_t la = NULL, lb = NULL, lcd = NULL;
   XD_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  int rc = matmul_run(c, op, &la, &lb, &lcd, out, out_dtype, x, w, bias, N, Din, Dout, accumulate, e);
+  int rc = matmul_run(c, op, &la, &lb, &lcd, out, NULL, out_dtype, x, w, bias, N, Din, Dout, accumulate, e);
+  if (lcd) cublasLtMatrixLayoutDestroy(lcd);
+  if (lb) cublasLtMatrixLayoutDestroy(lb);
+  if (la) cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatmulDescDestroy(op);
+  return rc;
+}
+
+extern "C" int xd_cuda_matmul_res(xd_cuda_ctx *c, void *out, const void *res, xd_cuda_dtype out_dtype,
+                                  const uint16_t *x, const uint16_t *w, const void *bias, int N, int Din, int Dout,
+                                  xd_err *e) {
+  XD_ARG(N > 0 && Din > 0 && Dout > 0 && res != NULL);
+  XD_ARG(out_dtype == XD_CUDA_BF16 || out_dtype == XD_CUDA_F32);
+  cublasLtMatmulDesc_t op = NULL;
+  cublasLtMatrixLayout_t la = NULL, lb = NULL, lcd = NULL;
+  XD_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  int rc = matmul_run(c, op, &la, &lb, &lcd, out, res, out_dtype, x, w, bias, N, Din, Dout, 1, e);
   if (lcd) cublasLtMatrixLayoutDestroy(lcd);
   if (lb) cublasLtMatrixLayoutDestroy(lb);
   if (la) cublasLtMatrixLayoutDestroy(la);

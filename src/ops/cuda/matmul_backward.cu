@@ -250,24 +250,27 @@ int dw_gemm(xd_cuda_ctx *c, gemm_args *g, float *db, int accumulate, int own_bgr
 int mm_backward(xd_cuda_ctx *c, void *dx, cudaDataType_t dx_type, float *dw, float *db, const void *dout,
                 const void *x, const void *w, cudaDataType_t ab, int N, int Din, int Dout, int flags, xd_err *e) {
   XD_ARG(N > 0 && Din > 0 && Dout > 0);
-  XD_ARG((flags & ~(XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_OWN_BGRAD)) == 0);
+  XD_ARG((flags & ~(XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_OWN_BGRAD | XD_CUDA_BW_DX_WRITE | XD_CUDA_BW_DW_WRITE)) == 0);
   const int accumulate = (flags & XD_CUDA_BW_ACCUMULATE) != 0;
   const float beta = accumulate ? 1.0f : 0.0f;
   if (dx) {
     XD_ARG(w != NULL && dout != NULL);
-    gemm_args g = {KIND_DX, ab, dx_type, Din, N, Dout, w, Din, CUBLAS_OP_N, dout, Dout, CUBLAS_OP_N, dx, Din, beta, NULL};
+    const float beta_dx = (flags & XD_CUDA_BW_DX_WRITE) ? 0.0f : beta;
+    gemm_args g = {KIND_DX, ab, dx_type, Din, N, Dout, w, Din, CUBLAS_OP_N, dout, Dout, CUBLAS_OP_N, dx, Din, beta_dx, NULL};
     if (gemm_run(c, &g, e) != 0) return -1; /* no epilogue: 1 cannot come back */
   }
   int db_done = 0;
+  const int acc_w = accumulate && !(flags & XD_CUDA_BW_DW_WRITE); /* dW and db */
   if (dw) {
     XD_ARG(x != NULL && dout != NULL);
-    gemm_args g = {KIND_DW, ab, CUDA_R_32F, Din, Dout, N, x, Din, CUBLAS_OP_N, dout, Dout, CUBLAS_OP_T, dw, Din, beta, NULL};
-    if (dw_gemm(c, &g, db, accumulate, (flags & XD_CUDA_BW_OWN_BGRAD) != 0, Dout, &db_done, e)) return -1;
+    gemm_args g = {KIND_DW, ab, CUDA_R_32F, Din, Dout, N, x, Din, CUBLAS_OP_N, dout, Dout, CUBLAS_OP_T, dw, Din,
+                   acc_w ? 1.0f : 0.0f, NULL};
+    if (dw_gemm(c, &g, db, acc_w, (flags & XD_CUDA_BW_OWN_BGRAD) != 0, Dout, &db_done, e)) return -1;
   }
   if (db && !db_done) {
     XD_ARG(dout != NULL);
-    if (ab == CUDA_R_32F) return colsum(c, db, (const float *)dout, N, Dout, accumulate, e);
-    return colsum(c, db, (const uint16_t *)dout, N, Dout, accumulate, e);
+    if (ab == CUDA_R_32F) return colsum(c, db, (const float *)dout, N, Dout, acc_w, e);
+    return colsum(c, db, (const uint16_t *)dout, N, Dout, acc_w, e);
   }
   return 0;
 }

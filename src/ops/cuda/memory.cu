@@ -110,6 +110,13 @@ __global__ void k_f32_to_bf16(uint16_t *dst, const float *src, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     dst[i] = xd_f2bf(src[i]);
 }
+__global__ void k_f32_to_bf16_2d(uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols) {
+  const size_t n = rows * cols;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const size_t r = i / cols, j = i % cols;
+    dst[r * ldd + j] = xd_f2bf(src[r * lds + j]);
+  }
+}
 __global__ void k_bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     dst[i] = xd_bf2f(src[i]);
@@ -141,6 +148,14 @@ extern "C" int xd_cuda_f32_to_bf16(xd_cuda_ctx *c, uint16_t *dst, const float *s
   if (!n) return 0;
   k_f32_to_bf16<<<grid_for(c, n), 256, 0, c->stream>>>(dst, src, n);
   XD_CU_LAUNCH("f32_to_bf16");
+  return 0;
+}
+extern "C" int xd_cuda_f32_to_bf16_2d(xd_cuda_ctx *c, uint16_t *dst, size_t ldd, const float *src, size_t lds,
+                                      size_t rows, size_t cols, xd_err *e) {
+  if (!rows || !cols) return 0;
+  XD_ARG(ldd >= cols && lds >= cols);
+  k_f32_to_bf16_2d<<<grid_for(c, rows * cols), 256, 0, c->stream>>>(dst, ldd, src, lds, rows, cols);
+  XD_CU_LAUNCH("f32_to_bf16_2d");
   return 0;
 }
 extern "C" int xd_cuda_bf16_to_f32(xd_cuda_ctx *c, float *dst, const uint16_t *src, size_t n, xd_err *e) {

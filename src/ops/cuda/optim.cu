@@ -99,7 +99,15 @@ extern "C" int xd_cuda_scale_f32(xd_cuda_ctx *c, float *x, size_t n, float s, xd
  * values in order: lanes hit 32 different lines per load, but every line is used in full
  * while it sits in L1, and 128 bytes in flight per thread keep enough requests outstanding
  * with only n / block threads. */
-__global__ void __launch_bounds__(64) k_sumsq_blocks(double *out, const float *x, size_t n, size_t block, size_t nb) {
+template <int NS>
+__device__ __forceinline__ float sq_in(float x, float s0, float s1) {
+  if (NS >= 1) x = f_mul(x, s0);
+  if (NS >= 2) x = f_mul(x, s1);
+  return x;
+}
+template <int NS>
+__global__ void __launch_bounds__(64) k_sumsq_blocks(double *out, const float *x, size_t n, size_t block, size_t nb,
+                                                     float s0, float s1) {
   const size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
   if (b >= nb) return;
   const size_t lo = b * block, hi = lo + block < n ? lo + block : n;
@@ -117,25 +125,34 @@ __global__ void __launch_bounds__(64) k_sumsq_blocks(double *out, const float *x
     }
 #pragma unroll
     for (int k = 0; k < 8; k++) {
-      s = d_addsq(s, q[k].x);
-      s = d_addsq(s, q[k].y);
-      s = d_addsq(s, q[k].z);
-      s = d_addsq(s, q[k].w);
+      s = d_addsq(s, sq_in<NS>(q[k].x, s0, s1));
+      s = d_addsq(s, sq_in<NS>(q[k].y, s0, s1));
+      s = d_addsq(s, sq_in<NS>(q[k].z, s0, s1));
+      s = d_addsq(s, sq_in<NS>(q[k].w, s0, s1));
     }
 #pragma unroll
     for (int k = 0; k < 8; k++) q[k] = nq[k];
   }
-  for (size_t i = full; i < hi; i++) s = d_addsq(s, x[i]);
+  for (size_t i = full; i < hi; i++) s = d_addsq(s, sq_in<NS>(x[i], s0, s1));
   out[b] = s;
+}
+extern "C" int xd_cuda_sumsq_blocks_scaled(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n,
+                                           size_t block, const float *scale, int nscale, xd_err *e) {
+  if (!n) return 0;
+  XD_ARG(block > 0 && block % 32 == 0 && ((uintptr_t)x & 15) == 0 && nscale >= 0 && nscale <= 2);
+  XD_ARG(nscale == 0 || scale != NULL);
+  const size_t nb = (n + block - 1) / block;
+  const float s0 = nscale >= 1 ? scale[0] : 1.f, s1 = nscale >= 2 ? scale[1] : 1.f;
+  const unsigned grid = xd_ceil_div(nb, 64);
+  if (nscale == 0) k_sumsq_blocks<0><<<grid, 64, 0, c->stream>>>(block_sums, x, n, block, nb, s0, s1);
+  else if (nscale == 1) k_sumsq_blocks<1><<<grid, 64, 0, c->stream>>>(block_sums, x, n, block, nb, s0, s1);
+  else k_sumsq_blocks<2><<<grid, 64, 0, c->stream>>>(block_sums, x, n, block, nb, s0, s1);
+  XD_CU_LAUNCH("sumsq_blocks");
+  return 0;
 }
 extern "C" int xd_cuda_sumsq_blocks(xd_cuda_ctx *c, double *block_sums, const float *x, size_t n, size_t block,
                                     xd_err *e) {
-  if (!n) return 0;
-  XD_ARG(block > 0 && block % 32 == 0 && ((uintptr_t)x & 15) == 0);
-  const size_t nb = (n + block - 1) / block;
-  k_sumsq_blocks<<<xd_ceil_div(nb, 64), 64, 0, c->stream>>>(block_sums, x, n, block, nb);
-  XD_CU_LAUNCH("sumsq_blocks");
-  return 0;
+  return xd_cuda_sumsq_blocks_scaled(c, block_sums, x, n, block, NULL, 0, e);
 }
 
 /* ---- AdamW ------------------------------------------------------------------------------- */
@@ -145,6 +162,13 @@ __device__ __forceinline__ void adamw_one(float &w, float g, float &m, float &v,
   m = f_add(f_mul(a.b1, m), f_mul(a.omb1, g));
   v = f_add(f_mul(a.b2, v), f_mul(f_mul(a.omb2, g), g));
   w = f_sub(f_mul(w, decay), f_div(f_mul(step, m), f_add(f_div(f_sqrt(v), a.sbc2), a.eps)));
+}
+
+/* g * gscale[0] * ... in order, each product rounded (the deferred xd_params_scale_grad passes) */
+__device__ __forceinline__ float adamw_g(float g, const xd_cuda_adamw_args &a) {
+  if (a.nscale >= 1) g = f_mul(g, a.gscale[0]);
+  if (a.nscale >= 2) g = f_mul(g, a.gscale[1]);
+  return g;
 }
 
 #define ADAMW_THREADS 256
@@ -171,10 +195,10 @@ __global__ void __launch_bounds__(ADAMW_THREADS) k_adamw(const xd_cuda_adamw_arg
 #pragma unroll
     for (int k = 0; k < ADAMW_UNROLL; k++) {
       const size_t q = q0 + (size_t)k * ADAMW_THREADS;
-      adamw_one(w[k].x, g[k].x, m[k].x, v[k].x, a, step, decay);
-      adamw_one(w[k].y, g[k].y, m[k].y, v[k].y, a, step, decay);
-      adamw_one(w[k].z, g[k].z, m[k].z, v[k].z, a, step, decay);
-      adamw_one(w[k].w, g[k].w, m[k].w, v[k].w, a, step, decay);
+      adamw_one(w[k].x, adamw_g(g[k].x, a), m[k].x, v[k].x, a, step, decay);
+      adamw_one(w[k].y, adamw_g(g[k].y, a), m[k].y, v[k].y, a, step, decay);
+      adamw_one(w[k].z, adamw_g(g[k].z, a), m[k].z, v[k].z, a, step, decay);
+      adamw_one(w[k].w, adamw_g(g[k].w, a), m[k].w, v[k].w, a, step, decay);
       __stcs(reinterpret_cast<float4 *>(a.w) + q, w[k]);
       __stcs(reinterpret_cast<float4 *>(a.m) + q, m[k]);
       __stcs(reinterpret_cast<float4 *>(a.v) + q, v[k]);
@@ -197,7 +221,7 @@ __global__ void __launch_bounds__(ADAMW_THREADS) k_adamw(const xd_cuda_adamw_arg
     }
     const int gid = a.seg_group[l];
     float w = a.w[i], m = a.m[i], v = a.v[i];
-    adamw_one(w, a.g[i], m, v, a, a.step[gid], a.decay[gid]);
+    adamw_one(w, adamw_g(a.g[i], a), m, v, a, a.step[gid], a.decay[gid]);
     a.w[i] = w, a.m[i] = m, a.v[i] = v;
     if (a.wb) a.wb[i] = bf16_bits(w);
   }
@@ -205,6 +229,7 @@ __global__ void __launch_bounds__(ADAMW_THREADS) k_adamw(const xd_cuda_adamw_arg
 extern "C" int xd_cuda_adamw(xd_cuda_ctx *c, const xd_cuda_adamw_args *a, xd_err *e) {
   if (!a->n) return 0;
   XD_ARG(a->nchunks == (a->n + XD_CUDA_ADAMW_CHUNK - 1) / XD_CUDA_ADAMW_CHUNK && a->nchunks <= 0x7fffffffu);
+  XD_ARG(a->nscale >= 0 && a->nscale <= 2);
   XD_ARG(((uintptr_t)a->w & 15) == 0 && ((uintptr_t)a->g & 15) == 0 && ((uintptr_t)a->m & 15) == 0 &&
          ((uintptr_t)a->v & 15) == 0 && ((uintptr_t)a->wb & 7) == 0);
   k_adamw<<<(unsigned)a->nchunks, ADAMW_THREADS, 0, c->stream>>>(*a);

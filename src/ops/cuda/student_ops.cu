@@ -398,20 +398,22 @@ extern "C" int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const flo
   return 0;
 }
 
-extern "C" int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP, const float *dphi, const float *x,
-                                            const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
+extern "C" int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi,
+                                               const float *x, const float *P, const float *phi, const
+                                               feature_map_shape *s, xd_err *e) {
   FM_ARGS(s);
+  XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   const int N = s->N, Hx = s->Hx, d = s->d, dph = s->d_phi, dp = feature_map_p_cols(s);
   const long long rows = (long long)N * Hx;
   float *dz = NULL;
   if (st_scratch(c, (size_t)rows * dp * sizeof(float), &dz, e)) return -1;
   k_fm_dz<<<xd_ceil_div((size_t)rows * 32, 256), 256, 0, c->stream>>>(dz, phi, dphi, rows, dph, dp, s->hedgehog);
   XD_CU_LAUNCH("feature map dz");
-  { /* dx_h += dz_h P_h^T */
+  { /* dx_h (+)= dz_h P_h^T */
     gm_desc g = gm_make(N, d, dp, Hx);
     g.A = dz, g.am = (long long)Hx * dp, g.ak = 1, g.ab = dp;
     g.B = P, g.bk = 1, g.bn = dp, g.bb = (long long)d * dp;
-    g.C = dx, g.cm = (long long)Hx * d, g.cn = 1, g.cb = d, g.accumulate = 1;
+    g.C = dx, g.cm = (long long)Hx * d, g.cn = 1, g.cb = d, g.accumulate = !(flags & XD_CUDA_GRAD_WRITE);
     if (gm_run(c, &g, e)) return -1;
   }
   { /* dP_h += x_h^T dz_h (a reduction over the N tokens) */
@@ -422,6 +424,11 @@ extern "C" int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP
     if (gm_run(c, &g, e)) return -1;
   }
   return 0;
+}
+
+extern "C" int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP, const float *dphi, const float *x,
+                                            const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
+  return xd_cuda_feature_map_backward_ex(c, 0, dx, dP, dphi, x, P, phi, s, e);
 }
 
 /* ---- gates ------------------------------------------------------------------------------------ */
@@ -485,11 +492,12 @@ extern "C" int xd_cuda_gates_forward(xd_cuda_ctx *c, float *ig, float *fg, const
   return 0;
 }
 
-extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, float *db_i, float *dw_f, float *db_f,
-                                      const float *dig, const float *dfg, const float *x, const float *w_i,
-                                      const float *w_f, const float *ig, const float *fg, const gates_shape *s,
-                                      xd_err *e) {
+extern "C" int xd_cuda_gates_backward_ex(xd_cuda_ctx *c, int flags, float *dx, float *dw_i, float *db_i, float *dw_f,
+                                         float *db_f, const float *dig, const float *dfg, const float *x, const float
+                                         *w_i, const float *w_f, const float *ig, const float *fg, const gates_shape
+                                         *s, xd_err *e) {
   XD_ARG(s->N > 0 && s->D > 0 && s->H > 0);
+  XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   const int N = s->N, D = s->D, H = s->H;
   const size_t hd = (size_t)H * D, n2 = (size_t)N * 2 * H;
   float *w2 = NULL;
@@ -498,10 +506,10 @@ extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, fl
   if (gates_stack_w(c, w2, w_i, w_f, hd, e)) return -1;
   k_gate_dz2<<<xd_ceil_div(n2, 256), 256, 0, c->stream>>>(dz2, dig, ig, dfg, fg, (long long)n2, H, s->cap);
   XD_CU_LAUNCH("gate dz");
-  gm_desc g = gm_make(N, D, 2 * H, 1); /* dx += dz2 W2 */
+  gm_desc g = gm_make(N, D, 2 * H, 1); /* dx (+)= dz2 W2 */
   g.A = dz2, g.am = 2 * H, g.ak = 1;
   g.B = w2, g.bk = D, g.bn = 1;
-  g.C = dx, g.cm = D, g.cn = 1, g.accumulate = 1;
+  g.C = dx, g.cm = D, g.cn = 1, g.accumulate = !(flags & XD_CUDA_GRAD_WRITE);
   if (gm_run(c, &g, e)) return -1;
   gm_desc g2 = gm_make(2 * H, D, N, 1); /* dW2 = dz2^T x */
   g2.A = dz2, g2.am = 1, g2.ak = 2 * H;
@@ -517,9 +525,19 @@ extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, fl
   return 0;
 }
 
+extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, float *db_i, float *dw_f, float *db_f,
+                                      const float *dig, const float *dfg, const float *x, const float *w_i,
+                                      const float *w_f, const float *ig, const float *fg, const gates_shape *s,
+                                      xd_err *e) {
+  return xd_cuda_gates_backward_ex(c, 0, dx, dw_i, db_i, dw_f, db_f, dig, dfg, x, w_i, w_f, ig, fg, s, e);
+}
+
 /* ---- mixing gate ------------------------------------------------------------------------------ */
 /* One warp per (n, h): o = sigmoid([q, k, v] . w_o^h + b_o^h), out = o hg + (1 - o) hl. */
-__global__ void k_mix_fwd(float *out, float *o, const float *q, const float *k, const float *v, const float *w_o,
+__device__ __forceinline__ void mix_put(float *p, float v) { *p = v; }
+__device__ __forceinline__ void mix_put(uint16_t *p, float v) { *p = xd_f2bf(v); }
+template <typename TO>
+__global__ void k_mix_fwd(TO *out, float *o, const float *q, const float *k, const float *v, const float *w_o,
                           const float *b_o, const float *hg, const float *hl, int N, int H, int G, int d) {
   const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -532,13 +550,14 @@ __global__ void k_mix_fwd(float *out, float *o, const float *q, const float *k, 
   z = warp_sum(z) + b_o[h];
   const float g = 1.f / (1.f + expf(-z));
   if (lane == 0) o[r] = g;
-  for (int i = lane; i < d; i += 32) out[qi + i] = g * hg[qi + i] + (1.f - g) * hl[qi + i];
+  for (int i = lane; i < d; i += 32) mix_put(out + qi + i, g * hg[qi + i] + (1.f - g) * hl[qi + i]);
 }
 /* One warp per (n, KV head g), its rep query heads in order (they share the k/v rows):
- * dz = (dout . (hg - hl)) o (1 - o); dhg += o dout; dhl += (1 - o) dout; d{q,k,v} += dz w. */
+ * dz = (dout . (hg - hl)) o (1 - o); dhg += o dout; dhl += (1 - o) dout; d{q,k,v} += dz w.
+ * write: dhg, dhl, dq written, dk / dv written by the group's first head (then +=). */
 __global__ void k_mix_bwd(float *dq, float *dk, float *dv, float *dhg, float *dhl, float *dz_out, const float *dout,
                           const float *o, const float *w_o, const float *hg, const float *hl, int N, int H, int G,
-                          int d) {
+                          int d, int write) {
   const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (r >= (long long)N * G) return;
@@ -552,15 +571,27 @@ __global__ void k_mix_bwd(float *dq, float *dk, float *dv, float *dhg, float *dh
     for (int i = lane; i < d; i += 32) {
       const float dd = dout[qi + i];
       dg += dd * (hg[qi + i] - hl[qi + i]);
-      dhg[qi + i] += g * dd;
-      dhl[qi + i] += (1.f - g) * dd;
+      if (write) {
+        dhg[qi + i] = g * dd;
+        dhl[qi + i] = (1.f - g) * dd;
+      } else {
+        dhg[qi + i] += g * dd;
+        dhl[qi + i] += (1.f - g) * dd;
+      }
     }
     const float z = warp_sum(dg) * g * (1.f - g);
     if (lane == 0) dz_out[(size_t)n * H + h] = z;
+    const bool first = write && h == gg * rep;
     for (int i = lane; i < d; i += 32) {
-      dq[qi + i] += z * w[i];
-      dk[ki + i] += z * w[d + i];
-      dv[ki + i] += z * w[2 * d + i];
+      if (write) dq[qi + i] = z * w[i];
+      else dq[qi + i] += z * w[i];
+      if (first) {
+        dk[ki + i] = z * w[d + i];
+        dv[ki + i] = z * w[2 * d + i];
+      } else {
+        dk[ki + i] += z * w[d + i];
+        dv[ki + i] += z * w[2 * d + i];
+      }
     }
   }
 }
@@ -627,17 +658,30 @@ extern "C" int xd_cuda_mix_forward(xd_cuda_ctx *c, float *out, float *o, const f
                                    const float *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
   const size_t rows = (size_t)s->N * s->H;
-  k_mix_fwd<<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global,
-                                                                 h_local, s->N, s->H, s->G, s->d);
+  k_mix_fwd<float><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global,
+                                                                        h_local, s->N, s->H, s->G, s->d);
   XD_CU_LAUNCH("mix forward");
   return 0;
 }
 
-extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
-                                    float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
-                                    const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
-                                    const float *h_global, const float *h_local, const mix_shape *s, xd_err *e) {
+extern "C" int xd_cuda_mix_forward_bf16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw, const float *k_raw,
+                                        const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                                        const float *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
+  const size_t rows = (size_t)s->N * s->H;
+  k_mix_fwd<uint16_t><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o,
+                                                                           h_global, h_local, s->N, s->H, s->G, s->d);
+  XD_CU_LAUNCH("mix forward bf16");
+  return 0;
+}
+
+extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float
+                                       *dw_o, float *db_o, float *dh_global, float *dh_local, const float *dout, const
+                                       float *o, const float *q_raw, const float *k_raw, const float *v_raw, const
+                                       float *w_o, const float *h_global, const float *h_local, const mix_shape *s,
+                                       xd_err *e) {
+  MIX_ARGS(s);
+  XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   const int N = s->N, H = s->H, G = s->G, d = s->d, legacy = st_legacy();
   /* slices of tokens: the legacy kernel's blocks are (head, slice), the new one's (group, slice) */
   const int units = legacy ? H : G, blocks = legacy ? 2 * c->sm_count : 4 * c->sm_count, min_per = legacy ? 64 : 32;
@@ -651,7 +695,8 @@ extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw
   if (st_scratch(c, (round64((size_t)N * H) + (size_t)nsplit * H * W) * sizeof(float), &ws, e)) return -1;
   float *dz = ws, *part = ws + round64((size_t)N * H);
   k_mix_bwd<<<xd_ceil_div((size_t)N * G * 32, 256), 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local,
-                                                                         dz, dout, o, w_o, h_global, h_local, N, H, G, d);
+                                                                         dz, dout, o, w_o, h_global, h_local, N, H, G, d,
+                                                                         (flags & XD_CUDA_GRAD_WRITE) != 0);
   XD_CU_LAUNCH("mix backward");
   if (legacy)
     k_mix_dw<<<dim3((unsigned)H, (unsigned)nsplit), 128, 0, c->stream>>>(part, dz, q_raw, k_raw, v_raw, N, H, G, d, per);
@@ -661,4 +706,12 @@ extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw
   k_mix_dw_reduce<<<xd_ceil_div((size_t)H * W, 256), 256, 0, c->stream>>>(dw_o, db_o, part, nsplit, H, d);
   XD_CU_LAUNCH("mix dw reduce");
   return 0;
+}
+
+extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
+                                    float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
+                                    const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
+                                    const float *h_global, const float *h_local, const mix_shape *s, xd_err *e) {
+  return xd_cuda_mix_backward_ex(c, 0, dq_raw, dk_raw, dv_raw, dw_o, db_o, dh_global, dh_local, dout, o, q_raw, k_raw,
+                                 v_raw, w_o, h_global, h_local, s, e);
 }

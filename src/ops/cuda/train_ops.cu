@@ -16,11 +16,13 @@ __device__ __forceinline__ float ldv(const uint16_t *p, size_t i) { return xd_bf
 #define RMS_ROWS 256 /* rows per dw partial: a function of the shape only */
 
 /* One warp per row (8 rows per 256-thread block): rstd, dot = sum g w x, then
- * dx += g w r - x (dot r^3 / C) (the CPU's formula); rstd_out (NULL = not wanted) keeps r. */
+ * dx = res + g w r - x (dot r^3 / C) (the CPU's formula; res == dx: +=, res NULL: written);
+ * dx16 (NULL = not wanted) gets bf16(dx) too, same row stride; rstd_out (NULL = not wanted)
+ * keeps r. */
 template <typename TX, typename TW>
-__global__ void __launch_bounds__(256) k_rms_bw_rows(float *dx, float *rstd_out, const float *g, const TX *x,
-                                                     const TW *w, int rows, int n_seg, int C, size_t ld_dx,
-                                                     size_t ld_g, size_t ld_x, float eps) {
+__global__ void __launch_bounds__(256) k_rms_bw_rows(float *dx, const float *res, uint16_t *dx16, float *rstd_out,
+                                                     const float *g, const TX *x, const TW *w, int rows, int n_seg,
+                                                     int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * 8 + (threadIdx.x >> 5);
   if (r >= rows) return; /* uniform per warp; no block-level sync below */
@@ -41,8 +43,16 @@ __global__ void __launch_bounds__(256) k_rms_bw_rows(float *dx, float *rstd_out,
   const float rs = 1.0f / sqrtf(ss / (float)C + eps);
   if (dx) {
     const float k = dot * rs * rs * rs / (float)C;
-    float *dr = dx + n * ld_dx + s * C;
-    for (int i = lane; i < C; i += 32) dr[i] += gr[i] * ldv(w, i) * rs - ldv(xr, i) * k;
+    const size_t o = n * ld_dx + s * C;
+    float *dr = dx + o;
+    const float *rr = res ? res + o : NULL;
+    uint16_t *hr = dx16 ? dx16 + o : NULL;
+    for (int i = lane; i < C; i += 32) {
+      float v = gr[i] * ldv(w, i) * rs - ldv(xr, i) * k;
+      if (rr) v = rr[i] + v;
+      dr[i] = v;
+      if (hr) hr[i] = xd_f2bf(v);
+    }
   }
   if (rstd_out && lane == 0) rstd_out[r] = rs;
 }
@@ -81,16 +91,17 @@ __global__ void k_sum_parts_add(float *out, const float *part, int nsplit, int c
 }
 
 template <typename TX, typename TW>
-int rms_bw_launch(xd_cuda_ctx *c, float *dx, float *dw, const float *g, const TX *x, const TW *w, int rows, int n_seg,
-                  int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps, xd_err *e) {
+int rms_bw_launch(xd_cuda_ctx *c, float *dx, const float *res, uint16_t *dx16, float *dw, const float *g, const TX *x,
+                  const TW *w, int rows, int n_seg, int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps,
+                  xd_err *e) {
   const unsigned nsplit = xd_ceil_div((size_t)rows, RMS_ROWS);
   float *ws = NULL; /* rstd [rows], then the partials [nsplit, C] */
   if (dw) {
     XD_ARG(nsplit <= 65535u);
     XD_CU(cudaMallocAsync((void **)&ws, ((size_t)rows + (size_t)nsplit * C) * sizeof(float), c->stream));
   }
-  k_rms_bw_rows<TX, TW><<<xd_ceil_div((size_t)rows, 8), 256, 0, c->stream>>>(dx, ws, g, x, w, rows, n_seg, C, ld_dx,
-                                                                                ld_g, ld_x, eps);
+  k_rms_bw_rows<TX, TW><<<xd_ceil_div((size_t)rows, 8), 256, 0, c->stream>>>(dx, res, dx16, ws, g, x, w, rows, n_seg,
+                                                                                C, ld_dx, ld_g, ld_x, eps);
   cudaError_t st = cudaGetLastError();
   if (dw && st == cudaSuccess) {
     float *part = ws + rows;
@@ -139,6 +150,41 @@ __global__ void k_swiglu_bw(float *dgate, float *dup, size_t ld_d, const float *
   dup[n * ld_d + f] += d * g * s;
 }
 
+/* The same, written in bf16 (the input of the gate|up GEMM backward): no fp32 buffer to zero,
+ * accumulate and convert; the values are those the fp32 kernel adds to zeroed buffers, rounded. */
+__global__ void k_swiglu_bw_bf16(uint16_t *dgate, uint16_t *dup, size_t ld_d, const float *dout,
+                                 const uint16_t *gate, const uint16_t *up, size_t ld, int N, int F) {
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (idx >= (size_t)N * F) return;
+  const size_t n = idx / F, f = idx % F;
+  const float g = xd_bf2f(gate[n * ld + f]), u = xd_bf2f(up[n * ld + f]), d = dout[idx];
+  const float s = 1.0f / (1.0f + expf(-g));
+  dgate[n * ld_d + f] = xd_f2bf(d * u * s * (1.0f + g * (1.0f - s)));
+  dup[n * ld_d + f] = xd_f2bf(d * g * s);
+}
+/* The same, two features per thread (F, ld, ld_d even, 4-byte aligned bf16 and 8-byte aligned
+ * dout): bf16x2 loads and stores, float2 dout. The same per-element expression: same bits. */
+__global__ void k_swiglu_bw_bf16x2(uint32_t *dgate, uint32_t *dup, size_t ld_d2, const float2 *dout,
+                                   const uint32_t *gate, const uint32_t *up, size_t ld2, int N, int F2) {
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (idx >= (size_t)N * F2) return;
+  const size_t n = idx / F2, f = idx % F2;
+  const uint32_t gg = gate[n * ld2 + f], uu = up[n * ld2 + f];
+  const float2 dd = dout[idx];
+  float g[2] = {xd_bf2f((uint16_t)(gg & 0xffffu)), xd_bf2f((uint16_t)(gg >> 16))};
+  float u[2] = {xd_bf2f((uint16_t)(uu & 0xffffu)), xd_bf2f((uint16_t)(uu >> 16))};
+  float d[2] = {dd.x, dd.y};
+  uint32_t og = 0, ou = 0;
+#pragma unroll
+  for (int j = 0; j < 2; j++) {
+    const float s = 1.0f / (1.0f + expf(-g[j]));
+    og |= (uint32_t)xd_f2bf(d[j] * u[j] * s * (1.0f + g[j] * (1.0f - s))) << (16 * j);
+    ou |= (uint32_t)xd_f2bf(d[j] * g[j] * s) << (16 * j);
+  }
+  dgate[n * ld_d2 + f] = og;
+  dup[n * ld_d2 + f] = ou;
+}
+
 /* ---- embedding backward --------------------------------------------------------------------- */
 __global__ void k_iota(int32_t *v, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -179,16 +225,32 @@ extern "C" int xd_cuda_rmsnorm_backward_segments(xd_cuda_ctx *c, float *dx, int 
   const int rows = N * n_seg;
   const bool xb = x_dtype == XD_CUDA_BF16, wb = w_dtype == XD_CUDA_BF16;
   if (xb && wb)
-    return rms_bw_launch(c, dx, dw, dout, (const uint16_t *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+    return rms_bw_launch(c, dx, dx, (uint16_t *)NULL, dw, dout, (const uint16_t *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
                          eps, e);
   if (xb)
-    return rms_bw_launch(c, dx, dw, dout, (const uint16_t *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+    return rms_bw_launch(c, dx, dx, (uint16_t *)NULL, dw, dout, (const uint16_t *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
                          eps, e);
   if (wb)
-    return rms_bw_launch(c, dx, dw, dout, (const float *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
+    return rms_bw_launch(c, dx, dx, (uint16_t *)NULL, dw, dout, (const float *)x, (const uint16_t *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x,
                          eps, e);
-  return rms_bw_launch(c, dx, dw, dout, (const float *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x, eps,
+  return rms_bw_launch(c, dx, dx, (uint16_t *)NULL, dw, dout, (const float *)x, (const float *)w, rows, n_seg, C, ld_dx, ld_dout, ld_x, eps,
                        e);
+}
+
+extern "C" int xd_cuda_rmsnorm_backward_res(xd_cuda_ctx *c, float *dx, uint16_t *dx16, const float *dres, float *dw,
+                                            const float *dout, const void *x, xd_cuda_dtype x_dtype, const void *w,
+                                            xd_cuda_dtype w_dtype, int N, int C, float eps, xd_err *e) {
+  XD_ARG(N > 0 && C > 0 && dx != NULL && dout != NULL && x != NULL && w != NULL);
+  XD_ARG(x_dtype == XD_CUDA_BF16 || x_dtype == XD_CUDA_F32);
+  XD_ARG(w_dtype == XD_CUDA_BF16 || w_dtype == XD_CUDA_F32);
+  const size_t ld = (size_t)C;
+  if (x_dtype == XD_CUDA_BF16 && w_dtype == XD_CUDA_BF16)
+    return rms_bw_launch(c, dx, dres, dx16, dw, dout, (const uint16_t *)x, (const uint16_t *)w, N, 1, C, ld, ld, ld, eps, e);
+  if (x_dtype == XD_CUDA_BF16)
+    return rms_bw_launch(c, dx, dres, dx16, dw, dout, (const uint16_t *)x, (const float *)w, N, 1, C, ld, ld, ld, eps, e);
+  if (w_dtype == XD_CUDA_BF16)
+    return rms_bw_launch(c, dx, dres, dx16, dw, dout, (const float *)x, (const uint16_t *)w, N, 1, C, ld, ld, ld, eps, e);
+  return rms_bw_launch(c, dx, dres, dx16, dw, dout, (const float *)x, (const float *)w, N, 1, C, ld, ld, ld, eps, e);
 }
 
 extern "C" int xd_cuda_rmsnorm_backward(xd_cuda_ctx *c, float *dx, float *dw, const float *dout, const void *x,
@@ -214,6 +276,24 @@ extern "C" int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup,
   k_swiglu_bw<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(dgate, dup, (size_t)ld_d, dout, gate, up, (size_t)ld, N,
                                                               F);
   XD_CU_LAUNCH("swiglu_bw");
+  return 0;
+}
+
+extern "C" int xd_cuda_swiglu_backward_bf16(xd_cuda_ctx *c, uint16_t *dgate, uint16_t *dup, int ld_d, const float *dout,
+                                            const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e) {
+  XD_ARG(N > 0 && F > 0 && ld >= F && ld_d >= F);
+  XD_ARG(dgate && dup && dout && gate && up);
+  const size_t total = (size_t)N * F;
+  const bool pairs = F % 2 == 0 && ld % 2 == 0 && ld_d % 2 == 0 && (((uintptr_t)dgate | (uintptr_t)dup |
+                     (uintptr_t)gate | (uintptr_t)up) & 3) == 0 && ((uintptr_t)dout & 7) == 0;
+  if (pairs)
+    k_swiglu_bw_bf16x2<<<xd_ceil_div(total / 2, 256), 256, 0, c->stream>>>(
+        (uint32_t *)dgate, (uint32_t *)dup, (size_t)ld_d / 2, (const float2 *)dout, (const uint32_t *)gate,
+        (const uint32_t *)up, (size_t)ld / 2, N, F / 2);
+  else
+    k_swiglu_bw_bf16<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(dgate, dup, (size_t)ld_d, dout, gate, up,
+                                                                     (size_t)ld, N, F);
+  XD_CU_LAUNCH("swiglu_bw_bf16");
   return 0;
 }
 

@@ -11,7 +11,8 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together;
- *   4. the same GPU step with activation recomputation: logits and every gradient bit-identical;
+ *   4. the same GPU step with activation recomputation: logits bit-identical, every gradient too
+ *      where the step is deterministic (tensor-core SWA backward), else within 1e-3;
  *   5. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
  *      backward is the tensor-core kernel (head dim 16k <= 128; the fallback's float atomics are
  *      only reported); then a backward without zero_grad: twice the gradients (the micro-batch
@@ -220,8 +221,10 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     snprintf(worst_name, sizeof worst_name, "%s: %s", name, wn);
   }
   /* 4. activation recomputation (the layers' inputs kept, the rest recomputed before each
-   * layer's backward): the same step on the same mirror gives the same logits and gradients,
-   * bit for bit */
+   * layer's backward): the same step on the same mirror gives the same logits and, where the
+   * step is deterministic (the tensor-core SWA backward, as in check 5), the same gradients bit
+   * for bit; with the atomic fallback within its run-to-run noise (1e-3 per tensor: a layer
+   * recomputed wrongly is off by O(1)) */
   if (xd_student_cuda_train_create(&m2, ctx, s, pd, B, T, 1, &e) || xd_student_cuda_train_forward(m2, ids, &e) ||
       xd_cuda_download(ctx, cpu, xd_student_cuda_train_logits(m2), (size_t)N * V * 4, &e)) {
     CHECKF(0, "%s: recompute forward: %s", name, e.msg);
@@ -235,16 +238,25 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     CHECKF(0, "%s: recompute backward: %s", name, e.msg);
     goto out;
   }
-  int ndiff = 0;
-  for (int i = 0; i < s->params.n; i++) {
-    float *gr = down(xd_params_cuda_grad(pd, i), s->params.t[i].numel);
-    if (memcmp(gr, g1[i], s->params.t[i].numel * sizeof(float)) != 0) {
-      if (ndiff++ < 3) CHECKF(0, "%s: gradient of %s differs with recomputation", name, s->params.t[i].name);
+  {
+    const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
+    int ndiff = 0;
+    double wr = 0;
+    for (int i = 0; i < s->params.n; i++) {
+      const size_t nel = s->params.t[i].numel;
+      float *gr = down(xd_params_cuda_grad(pd, i), nel);
+      const double rel = rel_l2(gr, g1[i], nel);
+      wr = fmax(wr, rel);
+      if (exact ? memcmp(gr, g1[i], nel * sizeof(float)) != 0 : !(rel <= 1e-3)) {
+        if (ndiff++ < 3) CHECKF(0, "%s: gradient of %s differs with recomputation (rel L2 %.2e)", name, s->params.t[i].name, rel);
+      }
+      free(gr);
     }
-    free(gr);
+    CHECKF(ndiff == 0, "%s: %d gradients differ with recomputation", name, ndiff);
+    if (ndiff == 0)
+      fprintf(stderr, "%-22s recomputation: logits bit-identical, all %d gradients %s (worst rel L2 %.1e)\n", name,
+              s->params.n, exact ? "bit-identical" : "within the atomic kernel's noise", wr);
   }
-  CHECKF(ndiff == 0, "%s: %d gradients differ with recomputation", name, ndiff);
-  if (ndiff == 0) fprintf(stderr, "%-22s recomputation: logits and all %d gradients bit-identical\n", name, s->params.n);
 out:
   if (g1)
     for (int i = 0; i < s->params.n; i++) free(g1[i]);

@@ -53,7 +53,7 @@ static const key_def KEYS[] = {
   {"kd_topk", T_INT, FIELD(kd_topk), "256", "256", K_HASH, "stage II: teacher top-k tokens per position"},
   {"kd_temperature", T_FLOAT, FIELD(kd_temperature), "1.0", "1.0", K_HASH, "stage II: softmax temperature of the KD term"},
   {"recompute", T_BOOL, FIELD(recompute), "false", "false", 0,
-   "stage II on the GPU: keep each layer's input only, recompute its activations in the backward (same bits, ~1/10 of the memory; the CPU keeps all)"},
+   "stage II on the GPU: keep each layer's input only, recompute its activations in the backward (same maths; 1B, T 4096: activations 12.5 -> 4.7 GiB, step +14%; the CPU keeps all)"},
 };
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 

@@ -21,9 +21,11 @@
  * Activation recomputation (recompute = 1 at create): every layer keeps only its input h0
  * [N, D]; one layer's set of the other saves is shared, and the backward re-runs each layer's
  * forward (all but the last, whose saves the forward leaves in place) right before that layer's
- * backward. Same kernels on the same inputs, so the gradients are bit-identical to the default;
- * memory falls from L full sets to L inputs + one set (12.7 -> ~1.3 GiB at the 1B shape, T 4096)
- * for about one more student forward per step.
+ * backward. Same kernels on the same inputs, so the gradients are bit-identical to the default
+ * wherever the step is deterministic (not the atomic SWA backward fallback: last bits);
+ * memory falls from L full sets to L inputs + one set (at the 1B shape, T 4096: 9.4 -> 1.6 GiB, or
+ * 12.45 -> 4.68 GiB with the logits and their gradient) for about one more student forward per
+ * step (+14% on an H100).
  *
  * Only available with XD_HAVE_CUDA. */
 #ifndef XD_STUDENT_CUDA_TRAIN_H

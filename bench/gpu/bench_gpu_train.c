@@ -147,13 +147,7 @@ int main(int argc, char **argv) {
   kd_config kd = kd_config_default(N, cfg.vocab);
   kd.k = K;
   xd_cuda_kd_args a;
-  memset(&a, 0, sizeof a);
-  a.cfg = kd;
-  a.logits = xd_student_cuda_train_logits(m);
-  a.logits_dtype = XD_CUDA_F32;
-  a.dlogits = xd_student_cuda_train_dlogits(m);
-  a.grad_dtype = XD_CUDA_BF16;
-  a.dloss = 1.0f;
+  xd_student_cuda_train_kd_args(m, &kd, &a);
   a.targets = d_targets, a.mask = d_mask, a.tk_ids = d_tk, a.tk_logp = d_tlp, a.row_ce = d_ce, a.row_kl = d_kl, a.res = d_res;
   const xd_adamw_cfg acfg = {0.9, 0.95, 1e-8, 0.1};
   uint64_t adam_t = 0;

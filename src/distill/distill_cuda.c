@@ -110,14 +110,7 @@ static int load_batch(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, xd
 static int forward_loss(xd_distill_cuda *c, kd_result *res, xd_err *e) {
   if (xd_student_cuda_train_forward(c->m, c->inputs, e) != 0) return -1;
   xd_cuda_kd_args a;
-  memset(&a, 0, sizeof a);
-  a.cfg = c->kd;
-  a.logits = xd_student_cuda_train_logits(c->m);
-  a.logits_dtype = XD_CUDA_F32;
-  a.dlogits = xd_student_cuda_train_dlogits(c->m);
-  a.grad_dtype = XD_CUDA_BF16;
-  a.accumulate = 0;
-  a.dloss = 1.0f;
+  xd_student_cuda_train_kd_args(c->m, &c->kd, &a);
   a.targets = c->d_targets;
   a.mask = c->d_mask;
   a.tk_ids = c->d_tk_ids;

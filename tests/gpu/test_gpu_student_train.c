@@ -126,13 +126,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   d_kl = dev_poisoned((size_t)N * 4);
   d_res = dev_poisoned(sizeof(xd_cuda_kd_result));
   xd_cuda_kd_args a;
-  memset(&a, 0, sizeof a);
-  a.cfg = kd;
-  a.logits = xd_student_cuda_train_logits(m);
-  a.logits_dtype = XD_CUDA_F32;
-  a.dlogits = xd_student_cuda_train_dlogits(m);
-  a.grad_dtype = XD_CUDA_BF16;
-  a.dloss = 1.0f;
+  xd_student_cuda_train_kd_args(m, &kd, &a);
   a.targets = d_t;
   a.mask = d_mask;
   a.tk_ids = d_tk;

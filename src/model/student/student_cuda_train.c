@@ -395,6 +395,15 @@ void xd_student_cuda_train_profile_print(const xd_student_cuda_train *m, FILE *f
     if (m->prof_s[i] > 0) fprintf(f, "  %-44s %8.2f\n", prof_name[i], 1e3 * m->prof_s[i] / steps);
 }
 uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return m->dlogits; }
+void xd_student_cuda_train_kd_args(const xd_student_cuda_train *m, const kd_config *kd, xd_cuda_kd_args *a) {
+  memset(a, 0, sizeof *a);
+  a->cfg = *kd;
+  a->logits = m->logits;
+  a->logits_dtype = XD_CUDA_F32;
+  a->dlogits = m->dlogits;
+  a->grad_dtype = XD_CUDA_BF16;
+  a->dloss = 1.0f;
+}
 
 #define CK(x) do { if ((x) != 0) return -1; } while (0)
 /* CK, and with profiling on (xd_student_cuda_train_profile) a synchronisation after the op, its

@@ -57,6 +57,10 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
 float *xd_student_cuda_train_logits(const xd_student_cuda_train *m);
 /* bf16 buffer [B*T, V] for d(loss)/d(logits): the fused KD loss writes it (grad dtype bf16). */
 uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m);
+/* The fused KD loss's arguments for this model (kd's configuration, its fp32 logits in, the bf16
+ * dlogits buffer out, dloss 1, everything else zero): the caller sets the batch's buffers
+ * (targets, mask, top-k ids and log-probs, per-row CE / KL, result). */
+void xd_student_cuda_train_kd_args(const xd_student_cuda_train *m, const kd_config *kd, xd_cuda_kd_args *a);
 /* Backward of the last forward from the dlogits buffer: adds every parameter's gradient into
  * the mirror's grad arena. */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include "core/core.h"
 #include "ops/cuda/cuda_ops.h"
+#include "test.h"
 
 #define GPU_TEST_UNUSED __attribute__((unused))
 
@@ -20,6 +21,34 @@ static xd_err err GPU_TEST_UNUSED;
 static GPU_TEST_UNUSED void gpu_fail(void) {
   fprintf(stderr, "%s\n", err.msg);
   exit(1);
+}
+
+/* Program start: the CUDA context (no usable device: "skip" and exit 77) and the device line.
+ * Returns quick mode: the argument "quick" (what tools/gpu_test.sh gives under compute-sanitizer)
+ * or XD_GPU_QUICK=1. */
+static GPU_TEST_UNUSED int gpu_test_begin(int argc, char **argv) {
+  const char *q = getenv("XD_GPU_QUICK");
+  const int quick = (argc > 1 && strcmp(argv[1], "quick") == 0) || (q && atoi(q));
+  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
+    printf("skip: no usable CUDA device (%s)\n", err.msg);
+    exit(77);
+  }
+  char name[256];
+  int sms = 0;
+  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0)
+    fprintf(stderr, "device: %s, %d SMs%s\n", name, sms, quick ? " (quick mode)" : "");
+  return quick;
+}
+
+/* Program end: a pending asynchronous CUDA error fails the run; frees the context; the exit
+ * status (test_finish). */
+static GPU_TEST_UNUSED int gpu_test_end(void) {
+  if (xd_cuda_sync(ctx, &err)) {
+    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
+    xd_t.failed++;
+  }
+  xd_cuda_ctx_free(ctx);
+  return test_finish();
 }
 
 /* ||x - ref|| / ||ref|| in double (||x - ref|| when ref is all zeros); NaN anywhere -> inf. */

@@ -460,25 +460,13 @@ static void test_mlstm_tc_1b_backward(void) {
 }
 
 int main(int argc, char **argv) {
-  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  const int quick = gpu_test_begin(argc, argv);
   RUN(test_mlstm_tc_accuracy);
   RUN(test_mlstm_tc_refuses);
   RUN(test_mlstm_tc_backward);
   RUN(test_mlstm_tc_backward_fallback);
   if (!quick) RUN(test_mlstm_tc_1b);
   if (!quick) RUN(test_mlstm_tc_1b_backward);
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
   fprintf(stderr, "worst error / bound: %.3f\n", worst);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

@@ -432,14 +432,7 @@ static void test_mlstm(void) {
 }
 
 int main(int argc, char **argv) {
-  quick = argc > 1 && !strcmp(argv[1], "quick");
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  quick = gpu_test_begin(argc, argv);
   RUN(test_matmul);
   RUN(test_rmsnorm);
   RUN(test_rope);
@@ -449,10 +442,5 @@ int main(int argc, char **argv) {
   RUN(test_swa);
   RUN(test_swa_backward);
   RUN(test_mlstm);
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

@@ -548,26 +548,13 @@ static void test_bench(void) {
 }
 
 int main(int argc, char **argv) {
-  quick = (argc > 1 && strcmp(argv[1], "quick") == 0) || (getenv("XD_GPU_QUICK") && atoi(getenv("XD_GPU_QUICK")));
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0)
-    fprintf(stderr, "device: %s, %d SMs%s\n", name, sms, quick ? " (quick mode)" : "");
+  quick = gpu_test_begin(argc, argv);
   RUN(test_adamw);
   RUN(test_norm_scale_zero);
   RUN(test_roundtrip);
   RUN(test_deferred_scale);
   RUN(test_first_write);
   RUN(test_trainer);
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
   if (!quick) RUN(test_bench);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

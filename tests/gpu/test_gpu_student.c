@@ -181,14 +181,7 @@ static void test_olmo2(void) { check_family("olmo2", 0); }
 static void test_olmo3(void) { check_family("olmo3", 0); }
 
 int main(int argc, char **argv) {
-  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  const int quick = gpu_test_begin(argc, argv);
   RUN(test_llama_gqa);
   RUN(test_qwen3_maxnorm_softcap);
   RUN(test_olmo3);
@@ -202,6 +195,5 @@ int main(int argc, char **argv) {
   }
   fprintf(stderr, "worst rel L2 (bound %.0e): forward vs CPU %.3e, decode vs GPU forward %.3e, decode vs CPU %.3e; split vs legacy decode %.3e (bound %.0e)\n", TOL,
           worst_fwd, worst_dec_fwd, worst_dec_cpu, worst_legacy, TOL_LEGACY);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

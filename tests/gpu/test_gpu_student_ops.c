@@ -664,14 +664,7 @@ static void test_student_ops_1b_shape(void) {
 }
 
 int main(int argc, char **argv) {
-  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  const int quick = gpu_test_begin(argc, argv);
   RUN(test_mlstm_backward);
   RUN(test_feature_map);
   RUN(test_gates);
@@ -688,11 +681,6 @@ int main(int argc, char **argv) {
     }
     sb_env(1);
   }
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
   fprintf(stderr, "largest error / bound among passing checks: %.3f\n", worst);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

@@ -389,14 +389,7 @@ static void test_olmo2(void) { check_family("olmo2", 0); }
 static void test_olmo3(void) { check_family("olmo3", 0); }
 
 int main(int argc, char **argv) {
-  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  const int quick = gpu_test_begin(argc, argv);
   RUN(test_llama_gqa);
   RUN(test_olmo3);
   RUN(test_tc_student);
@@ -416,6 +409,5 @@ int main(int argc, char **argv) {
           worst_logits, TOL_LOGITS, worst_loss, TOL_LOSS, worst_tensor, TOL_TENSOR, worst_name, worst_all, TOL_ALL);
   fprintf(stderr, "stage I: worst layer loss rel %.3e (bound %.0e), worst hybrid gradient rel L2 %.3e (bound %.0e)\n",
           worst_align_loss, 3 * TOL_LOSS, worst_align_grad, TOL_TENSOR);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

@@ -261,22 +261,11 @@ done:
   xd_teacher_free(&t);
 }
 
-int main(void) {
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
+int main(int argc, char **argv) {
+  (void)gpu_test_begin(argc, argv);
   xd_set_threads(0);
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
   RUN(test_fixtures);
   RUN(test_random_flash_dims);
   RUN(test_errors);
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

@@ -552,14 +552,7 @@ static void test_f32_to_bf16_2d(void) {
 }
 
 int main(int argc, char **argv) {
-  const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
-  if (xd_cuda_ctx_create(&ctx, 0, &err)) {
-    printf("skip: no usable CUDA device (%s)\n", err.msg);
-    return 77;
-  }
-  char name[256];
-  int sms = 0;
-  if (xd_cuda_device_info(ctx, name, sizeof name, &sms, &err) == 0) fprintf(stderr, "device: %s, %d SMs\n", name, sms);
+  const int quick = gpu_test_begin(argc, argv);
   RUN(test_matmul_backward);
   RUN(test_rmsnorm_backward);
   RUN(test_rope_backward);
@@ -567,11 +560,6 @@ int main(int argc, char **argv) {
   RUN(test_embedding_backward);
   RUN(test_f32_to_bf16_2d);
   if (!quick) RUN(test_matmul_backward_1b);
-  if (xd_cuda_sync(ctx, &err)) {
-    fprintf(stderr, "  FAIL: asynchronous error: %s\n", err.msg);
-    xd_t.failed++;
-  }
   fprintf(stderr, "largest error / bound among the checks: %.3f\n", worst);
-  xd_cuda_ctx_free(ctx);
-  return test_finish();
+  return gpu_test_end();
 }

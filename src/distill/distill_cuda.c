@@ -6,8 +6,9 @@
 
 #ifndef XD_HAVE_CUDA
 int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_topk_reader *cache, xd_student *s,
-                         xd_loader *L, int B, int T, const kd_config *kd, xd_trainer_hooks *hooks, FILE *log, xd_err *e) {
-  (void)t, (void)cache, (void)s, (void)L, (void)B, (void)T, (void)kd, (void)hooks, (void)log;
+                         xd_loader *L, int B, int T, const kd_config *kd, int recompute, xd_trainer_hooks *hooks, FILE *log,
+                         xd_err *e) {
+  (void)t, (void)cache, (void)s, (void)L, (void)B, (void)T, (void)kd, (void)recompute, (void)hooks, (void)log;
   *out = NULL;
   return xd_errf(e, "built without CUDA (configure with -DXD_CUDA=ON)");
 }

@@ -409,11 +409,13 @@ typedef struct {
    * head order into h), no separate o GEMV (taken where the slice fits shared memory);
    * XD_SDEC_FEW: fewer barriers in the per-head kernel (the mixing gate's dot in the gates'
    * reduction, the first cluster barrier split around the attention, a warp-level softmax
-   * beside the gate math). Bits 16 and up (benchmarks only): skip the launches of kernel
-   * class k (1 << (16 + k)); wrong results. */
+   * beside the gate math); XD_SDEC_PRE2: the split-K GEMVs issue their first two load steps
+   * (not one) before the PDL wait (same arithmetic). Bits 16 and up (benchmarks only): skip
+   * the launches of kernel class k (1 << (16 + k)); wrong results. */
   int variant;
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_OFUSE = 4, XD_SDEC_FEW = 8, XD_SDEC_DEFAULT_VARIANT = 1 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_OFUSE = 4, XD_SDEC_FEW = 8, XD_SDEC_PRE2 = 16,
+       XD_SDEC_DEFAULT_VARIANT = 1 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step

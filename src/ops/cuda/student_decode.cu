@@ -1355,18 +1355,13 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
     cmax = s > cmax ? s : cmax;
   }
   if (m->legacy && cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
-  /* XD_SDEC_OFUSE's W_o slice: the per-head kernels may take up to SD_OFUSE_MAX dynamic bytes
-   * (set whatever the variant now, which can change after this check, and for any model: the
-   * limit is per function, other states may be alive) */
-  {
-    void (*hk[4])(const xd_cuda_sdec, const xd_cuda_sdec_layer, int, int) = {k_dec_head<1, 128>, k_dec_head<2, 128>,
-                                                                               k_dec_head<1, 256>, k_dec_head<2, 256>};
-    for (int i = 0; i < 4; i++) {
-      cudaFuncAttributes fa;
-      XD_CU(cudaFuncGetAttributes(&fa, hk[i]));
-      const size_t room = c->smem_optin > fa.sharedSizeBytes ? c->smem_optin - fa.sharedSizeBytes : 0; /* sm_90: ~200 KB */
-      XD_CU(cudaFuncSetAttribute(hk[i], cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(room < SD_OFUSE_MAX ? room : SD_OFUSE_MAX)));
-    }
+  /* XD_SDEC_OFUSE's W_o slice (set whatever the variant now: it can change after this check) */
+  const size_t ob = sd_ofuse_bytes(m);
+  if (ob <= SD_OFUSE_MAX) {
+    XD_CU(cudaFuncSetAttribute(k_dec_head<1, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
+    XD_CU(cudaFuncSetAttribute(k_dec_head<2, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
+    XD_CU(cudaFuncSetAttribute(k_dec_head<1, 256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
+    XD_CU(cudaFuncSetAttribute(k_dec_head<2, 256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
   }
   if (cmax <= c->smem_optin) XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
   return 0;

@@ -494,20 +494,16 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
   dc->layers = st->layers;
   /* scratch: params, then fp32 vectors */
   const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd;
-  const size_t sz[14] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab,
-                         (size_t)H * D};
-  float **dst[14] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp,
-                     &dc->act, &dc->logits, &dc->opart};
+  const size_t sz[13] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab};
+  float **dst[13] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits};
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 14; k++) off += al256(sz[k] * 4);
-  off += al256(8 * sizeof(int)); /* ocnt */
+  for (int k = 0; k < 13; k++) off += al256(sz[k] * 4);
   st->scratch_bytes = off;
   if (xd_cuda_malloc(&st->scratch_block, off, e)) goto fail;
   b = st->scratch_block;
   st->prm_d = (xd_cuda_sdec_params *)b;
   off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 14; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
-  dc->ocnt = (int *)(b + off);
+  for (int k = 0; k < 13; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
   dc->params = st->prm_d;
   {
     const char *ev = getenv("XD_SDEC_VARIANT"); /* issue #8 experiments (XD_SDEC_* bits) */
@@ -544,7 +540,6 @@ int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e) {
   }
   st->pos = 0;
   if (xd_cuda_memset(m->c, st->state_block, 0, off, e)) return -1;
-  if (xd_cuda_memset(m->c, st->dec.ocnt, 0, 8 * sizeof(int), e)) return -1; /* XD_SDEC_OFUSE's counters */
   return xd_cuda_sync(m->c, e);
 }
 

@@ -392,10 +392,6 @@ typedef struct {
   /* one token's scratch, fp32: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P], kf [G,P],
    * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] (q, k, qf, kf, ig, fg: legacy kernels only) */
   float *h, *xn, *qkv, *q, *k, *qf, *kf, *ig, *fg, *att, *tmp, *act, *logits;
-  /* XD_SDEC_OFUSE only: per-head partials of the o projection [H, D] fp32 and 8 arrival
-   * counters (int, zero between steps; the kernel resets them) */
-  float *opart;
-  int *ocnt;
   /* 1: the original kernels (one block per head for prep/core, one warp per GEMV row) kept as
    * the reference of issue #8; 0 (default): one clustered per-head kernel, split-K GEMVs */
   int legacy;
@@ -403,19 +399,13 @@ typedef struct {
    * after the embedding with programmatic dependent launch (the next kernel's blocks start
    * while the previous one drains; weight / state loads issued before griddepcontrol.wait);
    * XD_SDEC_T256: the per-head kernel with 256 threads per block instead of 128 (taken anyway
-   * when the softmax's d_phi > 128); XD_SDEC_OFUSE: the o projection inside the per-head
-   * kernel (each cluster block stages its slice of W_o in shared memory before the PDL wait,
-   * multiplies it by the head's output; the last block per row slice sums the H partials in
-   * head order into h), no separate o GEMV (taken where the slice fits shared memory);
-   * XD_SDEC_FEW: fewer barriers in the per-head kernel (the mixing gate's dot in the gates'
-   * reduction, the first cluster barrier split around the attention, a warp-level softmax
-   * beside the gate math); XD_SDEC_PRE2: the split-K GEMVs issue their first two load steps
-   * (not one) before the PDL wait (same arithmetic). Bits 16 and up (benchmarks only): skip
-   * the launches of kernel class k (1 << (16 + k)); wrong results. */
+   * when the softmax's d_phi > 128); XD_SDEC_PRE2: the split-K GEMVs issue their first two
+   * load steps (not one) before the PDL wait (same arithmetic, bit-identical logits). Bits 16
+   * and up (benchmarks only): skip the launches of kernel class k (1 << (16 + k)); wrong
+   * results. */
   int variant;
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_OFUSE = 4, XD_SDEC_FEW = 8, XD_SDEC_PRE2 = 16,
-       XD_SDEC_DEFAULT_VARIANT = 1 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = 1 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step

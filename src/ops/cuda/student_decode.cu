@@ -771,16 +771,6 @@ __device__ float2 sd_block_sum2(float a, float b) {
   const float2 v = lane < nw ? red2[lane] : make_float2(0.f, 0.f);
   return make_float2(sd_warp_sum(v.x), sd_warp_sum(v.y));
 }
-__device__ float3 sd_block_sum3(float a, float b, float c) {
-  __shared__ float3 red3[32];
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  a = sd_warp_sum(a), b = sd_warp_sum(b), c = sd_warp_sum(c);
-  __syncthreads();
-  if (lane == 0) red3[w] = make_float3(a, b, c);
-  __syncthreads();
-  const float3 v = lane < nw ? red3[lane] : make_float3(0.f, 0.f, 0.f);
-  return make_float3(sd_warp_sum(v.x), sd_warp_sum(v.y), sd_warp_sum(v.z));
-}
 __device__ float2 sd_block_max2(float a, float b) {
   __shared__ float2 red2m[32];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -792,49 +782,12 @@ __device__ float2 sd_block_max2(float a, float b) {
   return make_float2(sd_warp_max(v.x), sd_warp_max(v.y));
 }
 
-/* 4-byte asynchronous global -> shared copy (sm_80+; no registers held while in flight) */
-__device__ __forceinline__ void sd_cp_async4(void *smem, const void *gmem) {
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(sa), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void sd_cp_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-
-/* XD_SDEC_OFUSE: block r of a head's cluster owns rows [r * ro, (r + 1) * ro) of W_o, ro =
- * ceil(D / HD_R); its d columns of the head, as d / 2 bf16 pairs, row stride ows words (odd:
- * one row per thread reads conflict-free) */
-#define SD_OFUSE_MAX (64 * 1024)
-__host__ __device__ __forceinline__ int sd_ofuse_ows(int d) { return (d / 2) & 1 ? d / 2 : d / 2 + 1; }
-static size_t sd_ofuse_bytes(const xd_cuda_sdec *m) {
-  return (size_t)((m->D + HD_R - 1) / HD_R) * sd_ofuse_ows(m->d) * sizeof(uint32_t);
-}
-static bool sd_ofuse_on(const xd_cuda_sdec *m) {
-  return !m->legacy && (m->variant & XD_SDEC_OFUSE) && m->opart && m->ocnt && sd_ofuse_bytes(m) <= SD_OFUSE_MAX;
-}
-
-/* The gates' tail (legacy k_dec_core's arithmetic): soft cap, log-sigmoid forget gate, the
- * stabiliser mt = max(logsig(zf) + m_old, zi) and f' = exp(logsig(zf) + m_old - mt), i' =
- * exp(zi - mt) in double (one of the two is exp(0) = 1 exactly, so only the other is
- * evaluated). */
-__device__ __forceinline__ void sd_gate_math(float zi, float zf, float softcap, float mold, float &fp, float &ip, float &mt) {
-  if (softcap > 0) { zi = softcap * tanhf(zi / softcap); zf = softcap * tanhf(zf / softcap); }
-  const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
-  if (a >= i) fp = 1.f, ip = (float)exp(i - a), mt = (float)a;
-  else fp = (float)exp(a - i), ip = 1.f, mt = (float)i;
-}
-
 /* DW: 32-bit bf16 pairs per lane of a K / V row, 1 (d <= 64) or 2 (d <= 128); HD_T threads
- * per block (256 or 128; HD_T >= d_phi of the softmax). ofuse: XD_SDEC_OFUSE (the o
- * projection; dynamic shared memory sd_ofuse_bytes). few: XD_SDEC_FEW (fewer barriers: the
- * mixing gate's dot in the gates' reduction, cluster barrier #1 split around the attention,
- * warp-level softmax beside the gate math). */
+ * per block (256 or 128; HD_T >= d_phi of the softmax) */
 template <int DW, int HD_T>
-__global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly, int ofuse,
-                                                               int few) {
+__global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   namespace cg = cooperative_groups;
   constexpr int HD_NW = HD_T / 32, HD_KU = (HD_KEYS + HD_NW * HD_R - 1) / (HD_NW * HD_R);
-  extern __shared__ uint32_t s_ow[]; /* ofuse: [ro][ows] bf16 pairs of W_o */
-  __shared__ float s_att[128], s_fgm[3];
-  __shared__ int s_last;
   __shared__ float s_q[128], s_k[128], s_v[128], s_kb[128], s_vb[128];
   __shared__ float s_zp[2][HD_T], s_z[2][256], s_g[2], s_qf[256], s_kf[256];
   __shared__ float s_wm[HD_NW], s_wl[HD_NW], s_wo[HD_NW][128], s_num[HD_T];
@@ -893,12 +846,11 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   }
   const float bi = Ly.b_i[h], bf = Ly.b_f[h];
   float wm0 = 0.f, wm1 = 0.f, wm2 = 0.f, bmix = 0.f;
-  const bool mixer = r == 0 || ofuse; /* the blocks that merge (ofuse: every one) */
-  if (mixer && tid < d) {
+  if (r == 0 && tid < d) {
     const float *wo = Ly.w_mix + (size_t)h * 3 * d;
     wm0 = __ldg(wo + tid), wm1 = __ldg(wo + d + tid), wm2 = __ldg(wo + 2 * d + tid);
   }
-  if (mixer) bmix = Ly.b_mix[h];
+  if (r == 0) bmix = Ly.b_mix[h];
   /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
   const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
   const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
@@ -912,15 +864,6 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = Ly.m[h];
   float rc = 0.f, rsn = 0.f;
   if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
-  /* ofuse: this block's rows [o0, o0 + nro) of W_o, the head's columns, into s_ow (in flight
-   * until sd_cp_wait_all, after the merge) */
-  const int ro = (D + HD_R - 1) / HD_R, o0 = min(D, r * ro), nro = min(D, o0 + ro) - o0, ows = sd_ofuse_ows(d);
-  if (ofuse) {
-    const size_t Hd = (size_t)H * d;
-    const uint16_t *wob = Ly.w_o + (size_t)o0 * Hd + (size_t)h * d;
-    for (int i = warp; i < nro; i += HD_NW)
-      for (int w2 = lane; w2 < half; w2 += 32) sd_cp_async4(s_ow + i * ows + w2, wob + (size_t)i * Hd + 2 * w2);
-  }
   sd_pdl_wait();
   /* ---- the step's q, k, v (raw fp32 from the q|k|v GEMV) and xn ---- */
   const float *qkv = m.qkv;
@@ -979,58 +922,53 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
 #pragma unroll
   for (int u = 0; u < HD_GU; u++) ai += xg[u] * gwi[u], af += xg[u] * gwf[u];
   for (int c = g0 + tid + HD_GU * HD_T; c < g1; c += HD_T) ai += m.xn[c] * __ldg(wi + c), af += m.xn[c] * __ldg(wf + c);
-  const float zmp = mixer && tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f;
-  float2 gs;
-  float zmix = 0.f;
-  if (few) { /* the mixing gate's dot in the same reduction */
-    const float3 g3 = sd_block_sum3(ai, af, zmp); /* its barriers also publish s_zp */
-    gs = make_float2(g3.x, g3.y), zmix = g3.z + bmix;
-  } else {
-    gs = sd_block_sum2(ai, af); /* its barriers also publish s_zp */
-  }
+  const float2 gs = sd_block_sum2(ai, af); /* its barriers also publish s_zp */
   if (tid < dp) {
     float zq = 0.f, zk = 0.f;
     for (int q = 0; q < np; q++) zq += s_zp[0][q * dp + tid], zk += s_zp[1][q * dp + tid];
     s_z[0][tid] = zq, s_z[1][tid] = zk;
   }
   if (tid == 0) s_g[0] = gs.x, s_g[1] = gs.y;
-  float fp = 0.f, ip = 0.f, mt = 0.f;
-  if (few) {
-    cl.barrier_arrive(); /* #1 (split): s_z, s_g released; the attention below runs before the wait */
-  } else {
-    if (mixer) zmix = sd_block_sum(zmp) + bmix;
-    cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
-    /* ---- full feature maps and gates (rank order), softmax ---- */
-    float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
+  float zmix = 0.f;
+  if (r == 0) zmix = sd_block_sum(tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f) + bmix;
+  cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
+  /* ---- full feature maps and gates (rank order), softmax ---- */
+  float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
 #pragma unroll
-    for (int rr = 0; rr < HD_R; rr++) {
-      const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
-      if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
-      const float *gr = cl.map_shared_rank(s_g, rr);
-      gi += gr[0], gf += gr[1];
+  for (int rr = 0; rr < HD_R; rr++) {
+    const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
+    if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
+    const float *gr = cl.map_shared_rank(s_g, rr);
+    gi += gr[0], gf += gr[1];
+  }
+  {
+    const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
+    float2 mn = make_float2(0.f, 0.f);
+    if (m.hedgehog) {
+      const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
+      mn = make_float2(-t2.x, -t2.y);
     }
-    {
-      const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
-      float2 mn = make_float2(0.f, 0.f);
-      if (m.hedgehog) {
-        const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
-        mn = make_float2(-t2.x, -t2.y);
-      }
-      const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
-      const float2 s1 = sd_block_sum2(e1q, e1k);
-      float2 s2 = make_float2(1.f, 1.f);
-      float e2q = 0.f, e2k = 0.f;
-      if (m.hedgehog) {
-        e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
-        s2 = sd_block_sum2(e2q, e2k);
-      }
-      if (tid < dp) {
-        s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
-        if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
-      }
-      __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
+    const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
+    const float2 s1 = sd_block_sum2(e1q, e1k);
+    float2 s2 = make_float2(1.f, 1.f);
+    float e2q = 0.f, e2k = 0.f;
+    if (m.hedgehog) {
+      e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
+      s2 = sd_block_sum2(e2q, e2k);
     }
-    sd_gate_math(gi + bi, gf + bf, m.softcap, mold, fp, ip, mt);
+    if (tid < dp) {
+      s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
+      if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
+    }
+    __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
+  }
+  float zi = gi + bi, zf = gf + bf;
+  if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+  float fp, ip, mt;
+  {
+    const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
+    const double mtd = a >= i ? a : i;
+    fp = (float)exp(a - mtd), ip = (float)exp(i - mtd), mt = (float)mtd;
   }
   /* ---- attention over this block's keys: per warp max / sum / numerator, then the block's ---- */
   {
@@ -1111,64 +1049,6 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       if (jp < half) s_wo[warp][2 * jp] = ow[w2][0], s_wo[warp][2 * jp + 1] = ow[w2][1];
     }
   }
-  if (few) {
-    /* ---- #1's wait; then warp-level softmax (warp 0: q's features, warp 1: k's, each lane
-     * over j = lane + 32 u, rank order) while warp 2 (one lane) sums the gates and runs the
-     * double-precision gate math; one block barrier publishes both ---- */
-    cl.barrier_wait();
-    if (warp < 2) {
-      constexpr int FV = HD_T / 32; /* dp <= HD_T */
-      float zv[FV], ev[FV], mx = -INFINITY, mn = INFINITY, s1 = 0.f;
-#pragma unroll
-      for (int u = 0; u < FV; u++) zv[u] = 0.f;
-#pragma unroll
-      for (int rr = 0; rr < HD_R; rr++) {
-        const float *zr = cl.map_shared_rank(&s_z[warp][0], rr);
-#pragma unroll
-        for (int u = 0; u < FV; u++)
-          if (lane + 32 * u < dp) zv[u] += zr[lane + 32 * u];
-      }
-#pragma unroll
-      for (int u = 0; u < FV; u++)
-        if (lane + 32 * u < dp) mx = fmaxf(mx, zv[u]), mn = fminf(mn, zv[u]);
-      mx = sd_warp_max(mx);
-#pragma unroll
-      for (int u = 0; u < FV; u++) {
-        ev[u] = lane + 32 * u < dp ? expf(zv[u] - mx) : 0.f;
-        s1 += ev[u];
-      }
-      s1 = sd_warp_sum(s1);
-      float *out = warp == 0 ? s_qf : s_kf;
-#pragma unroll
-      for (int u = 0; u < FV; u++)
-        if (lane + 32 * u < dp) out[lane + 32 * u] = ev[u] / s1;
-      if (m.hedgehog) {
-        mn = -sd_warp_max(-mn);
-        float s2 = 0.f;
-#pragma unroll
-        for (int u = 0; u < FV; u++) {
-          ev[u] = lane + 32 * u < dp ? expf(mn - zv[u]) : 0.f;
-          s2 += ev[u];
-        }
-        s2 = sd_warp_sum(s2);
-#pragma unroll
-        for (int u = 0; u < FV; u++)
-          if (lane + 32 * u < dp) out[dp + lane + 32 * u] = ev[u] / s2;
-      }
-    } else if (warp == 2 && lane == 0) {
-      float gi = 0.f, gf = 0.f;
-#pragma unroll
-      for (int rr = 0; rr < HD_R; rr++) {
-        const float *gr = cl.map_shared_rank(s_g, rr);
-        gi += gr[0], gf += gr[1];
-      }
-      float a, b, c;
-      sd_gate_math(gi + bi, gf + bf, m.softcap, mold, a, b, c);
-      s_fgm[0] = a, s_fgm[1] = b, s_fgm[2] = c;
-    }
-    __syncthreads(); /* s_qf, s_kf, s_fgm */
-    fp = s_fgm[0], ip = s_fgm[1], mt = s_fgm[2];
-  }
   /* ---- mLSTM rows: C = f' C + i' k v^T, n = f' n + i' k; partial C^T q and q.n ---- */
   float num = 0.f;
   if (cgp < ngrp) {
@@ -1196,31 +1076,29 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     den = s_qf[p0 + tid] * nv;
   }
   den = sd_block_sum(den); /* its barriers also publish s_num, s_wm, s_wl, s_wo */
-  /* ---- this block's partials into rank 0 (ofuse: into every rank, each merges) ---- */
+  /* ---- this block's partials into rank 0 ---- */
   {
     float M = -INFINITY;
 #pragma unroll
     for (int w = 0; w < HD_NW; w++) M = fmaxf(M, s_wm[w]);
-    float o = 0.f, a = 0.f, L = 0.f;
+    float *gm = cl.map_shared_rank(s_gm, 0), *gl = cl.map_shared_rank(s_gl, 0), *gden = cl.map_shared_rank(s_gden, 0);
+    float *go = cl.map_shared_rank(&s_go[0][0], 0), *gn = cl.map_shared_rank(&s_gn[0][0], 0);
     if (tid < d) {
+      float o = 0.f, a = 0.f;
 #pragma unroll
       for (int w = 0; w < HD_NW; w++) o += s_wm[w] == -INFINITY ? 0.f : s_wo[w][tid] * __expf(s_wm[w] - M);
       for (int q = 0; q < ngrp; q++) a += s_num[q * d + tid];
+      go[r * 128 + tid] = o, gn[r * 128 + tid] = a;
     }
     if (tid == 0) {
+      float L = 0.f;
 #pragma unroll
       for (int w = 0; w < HD_NW; w++) L += s_wm[w] == -INFINITY ? 0.f : s_wl[w] * __expf(s_wm[w] - M);
-    }
-    const int ndst = ofuse ? HD_R : 1;
-    for (int dst = 0; dst < ndst; dst++) {
-      float *gm = cl.map_shared_rank(s_gm, dst), *gl = cl.map_shared_rank(s_gl, dst), *gden = cl.map_shared_rank(s_gden, dst);
-      float *go = cl.map_shared_rank(&s_go[0][0], dst), *gn = cl.map_shared_rank(&s_gn[0][0], dst);
-      if (tid < d) go[r * 128 + tid] = o, gn[r * 128 + tid] = a;
-      if (tid == 0) gm[r] = M, gl[r] = L, gden[r] = den;
+      gm[r] = M, gl[r] = L, gden[r] = den;
     }
   }
-  cl.sync(); /* #2: the partials are in rank 0 (ofuse: in every rank); no remote access after this */
-  if (r != 0 && !ofuse) return;
+  cl.sync(); /* #2: the partials are in rank 0 */
+  if (r != 0) return;
   if (tid < d) {
     float M = -INFINITY;
 #pragma unroll
@@ -1238,95 +1116,23 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       if (!(ad >= lo)) ad = lo;
     }
     const float inv = 1.f / (ad + m.mlstm_eps), om = 1.f / (1.f + expf(-zmix));
-    const float y = om * (sq * a * inv) + (1.f - om) * (o / L);
-    if (r == 0) m.att[(size_t)h * d + tid] = y;
-    s_att[tid] = y;
+    m.att[(size_t)h * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
   }
-  if (tid == 0 && r == 0) Ly.m[h] = mt;
-  if (!ofuse) return;
-  /* ---- ofuse: the o projection. This block's rows of W_o times the head's output -> opart[h];
-   * the last of the H blocks of row slice r (arrival counter) sums the heads in order and
-   * adds the result (+ bias) to h (pre-norm) or stores it in tmp (post-norm) ---- */
-  sd_cp_wait_all();
-  __syncthreads(); /* s_ow (every thread's copies) and s_att */
-  /* the first OR rows per thread: h (pre-norm) and b_o loaded now (used by the last block only,
-   * in flight during the products, the fence and the arrival) */
-  constexpr int OR = 2;
-  float hold[OR], bo[OR];
-#pragma unroll
-  for (int q = 0; q < OR; q++) {
-    const int i = tid + q * HD_T;
-    hold[q] = i < nro && !m.post_norm ? m.h[o0 + i] : 0.f;
-    bo[q] = i < nro && Ly.b_o ? Ly.b_o[o0 + i] : 0.f;
-  }
-  for (int i = tid; i < nro; i += HD_T) {
-    const uint32_t *wr = s_ow + i * ows;
-    float a = 0.f;
-#pragma unroll 8
-    for (int w2 = 0; w2 < half; w2++) {
-      const uint32_t u = wr[w2];
-      a += __uint_as_float(u << 16) * s_att[2 * w2] + __uint_as_float(u & 0xffff0000u) * s_att[2 * w2 + 1];
-    }
-    m.opart[(size_t)h * D + o0 + i] = a;
-  }
-  __threadfence(); /* every thread's partials visible device-wide before the arrival below */
-  __syncthreads();
-  if (tid == 0) {
-    const int old = atomicAdd(m.ocnt + r, 1);
-    s_last = old == H - 1;
-    __threadfence();
-  }
-  __syncthreads();
-  if (!s_last) return;
-  { /* the first OR rows per thread: 32 heads' loads per row in flight at once, summed in head order */
-    float acc[OR];
-#pragma unroll
-    for (int q = 0; q < OR; q++) acc[q] = 0.f;
-    for (int hb = 0; hb < H; hb += 32) {
-      float v[OR][32];
-#pragma unroll
-      for (int q = 0; q < OR; q++)
-#pragma unroll
-        for (int u = 0; u < 32; u++)
-          v[q][u] = hb + u < H && tid + q * HD_T < nro ? __ldcg(m.opart + (size_t)(hb + u) * D + o0 + tid + q * HD_T) : 0.f;
-#pragma unroll
-      for (int q = 0; q < OR; q++)
-#pragma unroll
-        for (int u = 0; u < 32; u++) acc[q] += v[q][u];
-    }
-#pragma unroll
-    for (int q = 0; q < OR; q++) {
-      const int row = o0 + tid + q * HD_T;
-      if (tid + q * HD_T < nro) {
-        const float y = acc[q] + bo[q];
-        if (m.post_norm) m.tmp[row] = y; else m.h[row] = hold[q] + y;
-      }
-    }
-  }
-  for (int i = tid + OR * HD_T; i < nro; i += HD_T) { /* rows beyond (D > 2 * HD_R * HD_T) */
-    const int row = o0 + i;
-    float a = 0.f;
-    for (int hh = 0; hh < H; hh++) a += __ldcg(m.opart + (size_t)hh * D + row);
-    const float y = a + (Ly.b_o ? Ly.b_o[row] : 0.f);
-    if (m.post_norm) m.tmp[row] = y; else m.h[row] += y;
-  }
-  if (tid == 0) m.ocnt[r] = 0; /* for the next layer (it runs after this grid completes) */
+  if (tid == 0) Ly.m[h] = mt;
 }
 
-static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, bool ofuse, bool few, const xd_cuda_sdec &m,
-                               const xd_cuda_sdec_layer &Ly) {
+static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(HD_R, m.H), cfg.blockDim = dim3(t128 ? 128 : 256), cfg.stream = s;
-  cfg.dynamicSmemBytes = ofuse ? sd_ofuse_bytes(&m) : 0;
+  cfg.gridDim = dim3(HD_R, m.H), cfg.blockDim = dim3(t128 ? 128 : 256), cfg.dynamicSmemBytes = 0, cfg.stream = s;
   cudaLaunchAttribute at[2];
   at[0].id = cudaLaunchAttributeClusterDimension;
   at[0].val.clusterDim.x = HD_R, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
   at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   at[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = at, cfg.numAttrs = pdl ? 2 : 1;
-  void (*k)(const xd_cuda_sdec, const xd_cuda_sdec_layer, int, int) =
+  void (*k)(const xd_cuda_sdec, const xd_cuda_sdec_layer) =
       t128 ? (m.d <= 64 ? k_dec_head<1, 128> : k_dec_head<2, 128>) : (m.d <= 64 ? k_dec_head<1, 256> : k_dec_head<2, 256>);
-  return cudaLaunchKernelEx(&cfg, k, m, Ly, ofuse ? 1 : 0, few ? 1 : 0);
+  return cudaLaunchKernelEx(&cfg, k, m, Ly);
 }
 
 static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
@@ -1355,14 +1161,6 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
     cmax = s > cmax ? s : cmax;
   }
   if (m->legacy && cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
-  /* XD_SDEC_OFUSE's W_o slice (set whatever the variant now: it can change after this check) */
-  const size_t ob = sd_ofuse_bytes(m);
-  if (ob <= SD_OFUSE_MAX) {
-    XD_CU(cudaFuncSetAttribute(k_dec_head<1, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
-    XD_CU(cudaFuncSetAttribute(k_dec_head<2, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
-    XD_CU(cudaFuncSetAttribute(k_dec_head<1, 256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
-    XD_CU(cudaFuncSetAttribute(k_dec_head<2, 256>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ob));
-  }
   if (cmax <= c->smem_optin) XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
   return 0;
 }
@@ -1390,7 +1188,6 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
   /* the per-head kernel's block: 128 threads (measured faster at the 1B shape: 4 blocks per SM,
    * the 256-thread one fits 2) unless XD_SDEC_T256 or the softmax's d_phi needs more */
   const bool t128 = !(m->variant & XD_SDEC_T256) && (m->hedgehog ? m->P / 2 : m->P) <= 128;
-  const bool ofuse = sd_ofuse_on(m); /* the o projection inside the per-head kernel */
   const int skip = lg ? 0 : m->variant >> 16; /* benchmark ablation only */
 #define SK(k) ((skip >> (k)) & 1)
   SD_MARK(-1);
@@ -1411,12 +1208,12 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
       k_dec_core<<<H, 2 * SD_THREADS, core_smem(m, Ly->W, Ly->S), c->stream>>>(*m, *Ly);
       XD_CU_LAUNCH("k_dec_core");
     } else if (!SK(XD_SDEC_K_CORE)) { /* prep + attention / mLSTM + merge: one clustered kernel */
-      XD_CU(head_launch(c->stream, pdl, t128, ofuse, (m->variant & XD_SDEC_FEW) != 0, *m, *Ly));
+      XD_CU(head_launch(c->stream, pdl, t128, *m, *Ly));
       XD_CU_LAUNCH("k_dec_head");
     }
     SD_MARK(XD_SDEC_K_CORE);
     if (m->post_norm) {
-      if (!ofuse && !SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_STORE, m->tmp, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_O);
       k_add_rmsnorm<<<1, 256, 0, c->stream>>>(m->h, m->tmp, Ly->attn_out_norm, D, m->rms_eps);
       XD_CU_LAUNCH("k_add_rmsnorm");
@@ -1429,7 +1226,7 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
       XD_CU_LAUNCH("k_add_rmsnorm");
       SD_MARK(XD_SDEC_K_NORM);
     } else {
-      if (!ofuse && !SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
+      if (!SK(XD_SDEC_K_O) && sd_gemv(c, lg, m->variant, GEMV_ACCUM, m->h, m->att, NULL, 0.f, Ly->w_o, Ly->b_o, H * d, D, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_O);
       if (!SK(XD_SDEC_K_GU) && sd_gemv(c, lg, m->variant, GEMV_SWIGLU, m->act, m->h, Ly->mlp_norm, m->rms_eps, Ly->w_gu, Ly->b_gu, D, F, NULL, e)) return -1;
       SD_MARK(XD_SDEC_K_GU);
@@ -1515,7 +1312,6 @@ extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, i
   bytes[XD_SDEC_K_GU] = L * 2 * F * D * 2;
   bytes[XD_SDEC_K_DOWN] = L * D * F * 2;
   bytes[XD_SDEC_K_LMHEAD] = (double)m->V * D * 2;
-  if (sd_ofuse_on(m)) bytes[XD_SDEC_K_CORE] += bytes[XD_SDEC_K_O], bytes[XD_SDEC_K_O] = 0; /* W_o read by the per-head kernel */
   return rc;
 }
 

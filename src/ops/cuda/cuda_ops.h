@@ -405,7 +405,7 @@ typedef struct {
    * results. */
   int variant;
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = 1 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = XD_SDEC_PDL | XD_SDEC_PRE2 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step

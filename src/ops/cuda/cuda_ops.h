@@ -399,11 +399,13 @@ typedef struct {
    * after the embedding with programmatic dependent launch (the next kernel's blocks start
    * while the previous one drains; weight / state loads issued before griddepcontrol.wait);
    * XD_SDEC_T256: the per-head kernel with 256 threads per block instead of 128 (taken anyway
-   * when the softmax's d_phi > 128). Bits 16 and up (benchmarks only): skip the launches of
-   * kernel class k (1 << (16 + k)); wrong results. */
+   * when the softmax's d_phi > 128); XD_SDEC_PRE2: the split-K GEMVs issue their first two
+   * load steps (not one) before the PDL wait (same arithmetic, bit-identical logits). Bits 16
+   * and up (benchmarks only): skip the launches of kernel class k (1 << (16 + k)); wrong
+   * results. */
   int variant;
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_DEFAULT_VARIANT = 1 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = XD_SDEC_PDL | XD_SDEC_PRE2 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step

@@ -382,7 +382,7 @@ __global__ void __launch_bounds__(256) k_gemv(float *out, const float *x, const 
     }                                                                                                               \
   } while (0)
 
-template <int MODE, int KS>
+template <int MODE, int KS, int PRE2>
 __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const float *nw, float eps,
                                                const uint16_t *W, const float *bias, int Din, int rows, int rpw,
                                                float *xout) {
@@ -395,6 +395,7 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
   uint4 b0[NP][GV3_U], b1[NP][GV3_U];
   sd_pdl_trigger();
   GV3_LOAD(b0, 0);
+  if (PRE2 && nst > 1) GV3_LOAD(b1, 1); /* XD_SDEC_PRE2: the second step's loads before the wait too */
   sd_pdl_wait(); /* x (and out for ACCUM) come from the previous kernels */
   const bool staged = nw || xout;
   if (staged) { /* x staged raw with 16-byte loads when aligned, sum of squares on the way; then the norm */
@@ -443,7 +444,7 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
 #pragma unroll
   for (int part = 0; part < NP; part++) acc[part] = 0.f;
   for (int st = 0; st < nst; st += 2) {
-    if (st + 1 < nst) GV3_LOAD(b1, st + 1);
+    if (st + 1 < nst && !(PRE2 && st == 0)) GV3_LOAD(b1, st + 1);
     GV3_STEP(b0, st);
     if (st + 1 < nst) {
       if (st + 2 < nst) GV3_LOAD(b0, st + 2);
@@ -454,26 +455,25 @@ __global__ void __launch_bounds__(256) k_gemv3(float *out, const float *x, const
 #undef GV3_LOAD
 #undef GV3_STEP
 
-template <int MODE>
-static cudaError_t gemv3_launch(cudaStream_t s, bool pdl, int KS, unsigned grid, size_t smem, float *out, const float *x,
-                                const float *nw, float eps, const uint16_t *W, const float *bias, int Din, int rows,
-                                int rpw, float *xout) {
-  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *) =
-      KS == 1 ? k_gemv3<MODE, 1> : KS == 2 ? k_gemv3<MODE, 2> : KS == 4 ? k_gemv3<MODE, 4> : k_gemv3<MODE, 8>;
-  return sd_launch(pdl, k, dim3(grid), dim3(256), smem, s, out, x, nw, eps, W, bias, Din, rows, rpw, xout);
+typedef void (*gemv3_fn)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *);
+template <int MODE, int PRE2>
+static gemv3_fn gemv3_pick_ks(int KS) {
+  return KS == 1 ? k_gemv3<MODE, 1, PRE2> : KS == 2 ? k_gemv3<MODE, 2, PRE2> : KS == 4 ? k_gemv3<MODE, 4, PRE2> : k_gemv3<MODE, 8, PRE2>;
 }
-/* resident blocks per SM of k_gemv3<MODE, KS> (cached; 0 on error) */
-static int gemv3_occ(int mode, int KS, size_t smem) {
-  static int cache[3][4][2];
+/* k_gemv3<mode, KS, pre2> */
+static gemv3_fn gemv3_pick(int mode, int KS, int pre2) {
+  if (mode == GEMV_STORE) return pre2 ? gemv3_pick_ks<GEMV_STORE, 1>(KS) : gemv3_pick_ks<GEMV_STORE, 0>(KS);
+  if (mode == GEMV_ACCUM) return pre2 ? gemv3_pick_ks<GEMV_ACCUM, 1>(KS) : gemv3_pick_ks<GEMV_ACCUM, 0>(KS);
+  return pre2 ? gemv3_pick_ks<GEMV_SWIGLU, 1>(KS) : gemv3_pick_ks<GEMV_SWIGLU, 0>(KS);
+}
+/* resident blocks per SM of k_gemv3<mode, KS, pre2> (cached; 0 on error) */
+static int gemv3_occ(int mode, int KS, int pre2, size_t smem) {
+  static int cache[3][4][2][2];
   const int ki = KS == 1 ? 0 : KS == 2 ? 1 : KS == 4 ? 2 : 3, si = smem > 0;
-  if (cache[mode][ki][si]) return cache[mode][ki][si];
-  void (*k)(float *, const float *, const float *, float, const uint16_t *, const float *, int, int, int, float *);
-  if (mode == GEMV_STORE) k = KS == 1 ? k_gemv3<GEMV_STORE, 1> : KS == 2 ? k_gemv3<GEMV_STORE, 2> : KS == 4 ? k_gemv3<GEMV_STORE, 4> : k_gemv3<GEMV_STORE, 8>;
-  else if (mode == GEMV_ACCUM) k = KS == 1 ? k_gemv3<GEMV_ACCUM, 1> : KS == 2 ? k_gemv3<GEMV_ACCUM, 2> : KS == 4 ? k_gemv3<GEMV_ACCUM, 4> : k_gemv3<GEMV_ACCUM, 8>;
-  else k = KS == 1 ? k_gemv3<GEMV_SWIGLU, 1> : KS == 2 ? k_gemv3<GEMV_SWIGLU, 2> : KS == 4 ? k_gemv3<GEMV_SWIGLU, 4> : k_gemv3<GEMV_SWIGLU, 8>;
+  if (cache[mode][ki][pre2][si]) return cache[mode][ki][pre2][si];
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 256, smem) != cudaSuccess) n = 0;
-  cache[mode][ki][si] = n;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv3_pick(mode, KS, pre2), 256, smem) != cudaSuccess) n = 0;
+  cache[mode][ki][pre2][si] = n;
   return n;
 }
 
@@ -487,18 +487,15 @@ static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out
     int KS = 1;
     while (KS < 8 && (size_t)rows * 2 * KS / 8 <= (size_t)4 * sms && Din % (16 * KS) == 0 && Din / (2 * KS) >= 256) KS *= 2;
     const bool pdl = (variant & XD_SDEC_PDL) != 0;
+    const int pre2 = (variant & XD_SDEC_PRE2) != 0;
     const size_t groups = xd_ceil_div((size_t)rows, (size_t)(8 / KS));
     const size_t smem3 = (nw || xout) ? (size_t)Din * sizeof(float) : 0;
-    const int occ = gemv3_occ(mode, KS, smem3);
+    const int occ = gemv3_occ(mode, KS, pre2, smem3);
     if (occ > 0) {
       const size_t rpw3 = xd_ceil_div(groups, (size_t)occ * sms);
       const unsigned grid3 = (unsigned)xd_ceil_div(groups, rpw3);
-      if (mode == GEMV_STORE)
-        XD_CU(gemv3_launch<GEMV_STORE>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
-      else if (mode == GEMV_ACCUM)
-        XD_CU(gemv3_launch<GEMV_ACCUM>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
-      else
-        XD_CU(gemv3_launch<GEMV_SWIGLU>(c->stream, pdl, KS, grid3, smem3, out, x, nw, eps, W, bias, Din, rows, (int)rpw3, xout));
+      XD_CU(sd_launch(pdl, gemv3_pick(mode, KS, pre2), dim3(grid3), dim3(256), smem3, c->stream, out, x, nw, eps, W, bias,
+                      Din, rows, (int)rpw3, xout));
       XD_CU_LAUNCH("k_gemv3");
       return 0;
     }
@@ -1150,21 +1147,14 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_ACCUM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
   XD_CU(cudaFuncSetAttribute(k_gemv<GEMV_SWIGLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
-#define SD_SETG(MODE) \
-  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm)); \
-  XD_CU(cudaFuncSetAttribute(k_gemv3<MODE, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
-  SD_SETG(GEMV_STORE)
-  SD_SETG(GEMV_ACCUM)
-  SD_SETG(GEMV_SWIGLU)
-#undef SD_SETG
-  /* fill k_gemv3's occupancy cache here, outside any stream capture */
+  /* k_gemv3's shared-memory limit; fill its occupancy cache here, outside any stream capture */
   for (int mode = 0; mode < 3; mode++)
-    for (int ks = 1; ks <= 8; ks *= 2) {
-      gemv3_occ(mode, ks, 0);
-      gemv3_occ(mode, ks, (size_t)m->D * sizeof(float)); /* the staged GEMVs read x [D] */
-    }
+    for (int ks = 1; ks <= 8; ks *= 2)
+      for (int pre2 = 0; pre2 < 2; pre2++) {
+        XD_CU(cudaFuncSetAttribute(gemv3_pick(mode, ks, pre2), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gsm));
+        gemv3_occ(mode, ks, pre2, 0);
+        gemv3_occ(mode, ks, pre2, (size_t)m->D * sizeof(float)); /* the staged GEMVs read x [D] */
+      }
   size_t cmax = 0;
   for (int l = 0; l < m->L; l++) {
     const size_t s = core_smem(m, m->layers[l].W, m->layers[l].S);

@@ -5,13 +5,14 @@
 # is cut into 100 documents (whole lines), 10% held out by `data prepare`; the student has W = 64,
 # S = 4 at T = 256 (SPEC's scale note: W well below the context). Prints the held-out stage I loss
 # before and after, as `xdistill align` reports it.
-#   bench/stage1_prose.sh [STEPS (1000)] [BATCH (16)]      from the repo root, after `make build`
+#   [XD_TEACHER=tests/fixtures/prose-teacher-d64] bench/stage1_prose.sh [STEPS (1000)] [BATCH (16)]
+#   from the repo root, after `make build` (prose-teacher-d64, 2 heads of 64: 10.2x at the defaults)
 # Needs ../shared/corpora/tinyshakespeare. ~10 min on 2 cores at the defaults.
 set -eu -o pipefail
 STEPS=${1:-1000}
 BATCH=${2:-16}
 BIN=${XD_BIN:-build/xdistill}
-TEACHER=tests/fixtures/prose-teacher
+TEACHER=${XD_TEACHER:-tests/fixtures/prose-teacher}
 TEXT=../shared/corpora/tinyshakespeare/input.txt
 [ -f "$TEXT" ] || { echo "stage1_prose: $TEXT is missing" >&2; exit 1; }
 TMP=$(mktemp -d /tmp/xd-stage1-prose.XXXXXX)

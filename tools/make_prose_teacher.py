@@ -10,7 +10,10 @@ of an ordinary language model (a sink at the start, mostly local, some long-rang
 
 Rerun (from the repo root; ../shared must hold corpora/tinyshakespeare):
 
-    python3 tools/make_prose_teacher.py                       # writes tests/fixtures/prose-teacher/
+    python3 tools/make_prose_teacher.py --tokenizer bpe --vocab 1024 --device cuda \
+        --out tests/fixtures/prose-teacher                      # 4 heads of 32
+    python3 tools/make_prose_teacher.py --tokenizer bpe --vocab 1024 --device cuda \
+        --heads 2 --kv-heads 1 --out tests/fixtures/prose-teacher-d64   # 2 heads of 64 (issue #5)
 
 Tokenizer: `--tokenizer bytes` (default) is tests/fixtures/tokenizer_bytes (id = byte value, vocab
 256; BOS/EOS ids 1/2, bytes 0x01/0x02 never occur in the text); `--tokenizer bpe --vocab N` trains

@@ -2,13 +2,13 @@
 # Stage I on the prose teacher (tests/fixtures/prose-teacher: 0.92M-parameter Llama, 1024-token
 # BPE, tinyshakespeare), W 64, S 4, T 256, on the GPU (`align --device cuda`), for runs longer
 # than the CPU allows: does the held-out stage I loss fall 10x (issue #5) with more steps and rows?
-# Usage: BIN=xdistill DATA=prepared-dir [RUNS="steps:rows ..."] [LR=1e-2] [INIT_FLAGS="--feature-map hedgehog ..."]
+# Usage: [XD_TEACHER=tests/fixtures/prose-teacher-d64] BIN=xdistill DATA=prepared-dir [RUNS="steps:rows ..."] [LR=1e-2] [INIT_FLAGS="--feature-map hedgehog ..."]
 #        bash bench/gpu/stage1_prose_cuda.sh
 # (DATA: `xdistill data prepare --tokenizer tests/fixtures/prose-teacher --val-fraction 0.1` of
 # tinyshakespeare split in 100 documents, as bench/stage1_prose.sh does.)
 set -u
 BIN=${BIN:-build/xdistill}
-TEACHER=tests/fixtures/prose-teacher
+TEACHER=${XD_TEACHER:-tests/fixtures/prose-teacher}
 RUNS=${RUNS:-"1000:16 4000:32 12000:64"}
 LR=${LR:-1e-2}
 TMP=$(mktemp -d /tmp/xd-stage1-prose-cuda.XXXXXX)

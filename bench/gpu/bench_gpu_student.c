@@ -234,30 +234,6 @@ int main(int argc, char **argv) {
         const double dt = (xd_now() - t0) / 200;
         best = dt < best ? dt : best;
       }
-      if (v >= 0 && (v & XD_SDEC_TRACE)) { /* decode6 experiment: the per-head kernel's timeline (last layer) */
-        CK(xd_student_cuda_step(m, st, ids, 1, NULL, &err));
-        CK(xd_cuda_sync(c, &err));
-        enum { NB = 32 * 8, NE = XD_SDEC_TREV };
-        static unsigned long long tr[NB * NE * 2];
-        if (xd_cuda_sdec_trace(tr, NB * NE * 2) == NB * NE * 2) {
-          unsigned long long t0 = ~0ull;
-          for (int b = 0; b < NB; b++) if (tr[(b * NE) * 2] && tr[(b * NE) * 2] < t0) t0 = tr[(b * NE) * 2];
-          printf("TRACE variant %d (last layer, 256 blocks; ns after the first block's entry: min / median / max; "
-                 "cycles after the wait, median):", v);
-          for (int ev = 0; ev < NE; ev++) {
-            double a[NB], cyc[NB];
-            int na = 0;
-            for (int b = 0; b < NB; b++) {
-              const unsigned long long *q = tr + (b * NE + ev) * 2, *q2 = tr + (b * NE + 2) * 2;
-              if (q[0] && q[0] >= t0) a[na] = (double)(q[0] - t0), cyc[na] = (double)(long long)(q[1] - q2[1]), na++;
-            }
-            if (!na) continue;
-            qsort(a, na, sizeof *a, cmp_d);
-            printf(" | e%d %.0f/%.0f/%.0f c%.0f", ev, a[0], median(a, na), a[na - 1], median(cyc, na));
-          }
-          printf("\n");
-        }
-      }
       double pu[XD_SDEC_NK], pb[XD_SDEC_NK];
       const int pgr = xd_student_cuda_state_profile_graph(m, st, 10, pu, pb, &err) == 0; /* else plain launches */
       if (!pgr) CK(xd_student_cuda_state_profile(m, st, 10, pu, pb, &err));

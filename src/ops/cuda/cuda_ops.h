@@ -406,18 +406,6 @@ typedef struct {
   int variant;
 } xd_cuda_sdec;
 enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = XD_SDEC_PDL | XD_SDEC_PRE2 };
-/* decode6 experiments (issue #8): XD_SDEC_FGATE: the per-head kernel's gate math (log-sigmoid,
- * stabiliser, exponentials) in fp32 instead of fp64; XD_SDEC_FATT: its attention without
- * per-key branches (scores of all its keys, the newest key from registers, the warp sums
- * interleaved), ring slots without integer division, the mixing-gate dot in the last block
- * reduction; XD_SDEC_SPLIT (with both): cluster barrier #1 split into arrive / wait with the
- * block's attention (local data only) between them; XD_SDEC_TRACE: the per-head kernel records
- * timestamps (xd_cuda_sdec_trace). */
-enum { XD_SDEC_FGATE = 4, XD_SDEC_FATT = 8, XD_SDEC_SPLIT = 32, XD_SDEC_TRACE = 16384 };
-/* the per-head kernel's trace of the last step's last layer: [H][8 blocks][XD_SDEC_TREV][2]
- * (globaltimer ns, clock64), copied to host (n entries at most); returns entries copied */
-#define XD_SDEC_TREV 11
-size_t xd_cuda_sdec_trace(unsigned long long *host, size_t n);
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step

@@ -747,13 +747,18 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
  *   m[h], the RoPE row and (rank 0) the mixing gate's weights;
  *   after the wait: QK-norm + RoPE of the head's q and its KV head's k (every block, d values),
  *   partial feature-map products and gate dots over its share; cluster barrier; every block
- *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates; its keys'
- *   attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
- *   readout and denominator), both pushed into rank 0's shared memory; cluster barrier; rank 0
- *   merges, applies the normaliser and the mixing gate, writes att and m[h]. The first query
- *   head of each KV group (rank 0) appends k, v to the ring / sinks; every block uses the
- *   bf16-rounded k, v of the step from registers for the newest key, as the legacy kernel reads
- *   them back from the ring. Two cluster barriers instead of kernel boundaries. */
+ *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates (fp32); its
+ *   keys' attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
+ *   readout and denominator, the mixing gate's dot in the same block reduction), both pushed
+ *   into rank 0's shared memory; cluster barrier; rank 0 merges, applies the normaliser and the
+ *   mixing gate, writes att and m[h]. The first query head of each KV group (rank 0) appends
+ *   k, v to the ring / sinks; every block uses the bf16-rounded k, v of the step from registers
+ *   for the newest key, as the legacy kernel reads them back from the ring. Two cluster
+ *   barriers instead of kernel boundaries. The kernel is a latency chain (~2 warps per
+ *   scheduler, ncu: ~10 cycles per issued instruction), so its cost is its instruction count
+ *   (branch `decode6`): the attention has no per-key branches (all HD_KU scores computed, keys
+ *   past n masked, the HD_KU warp sums interleaved), ring slots need no integer division, and
+ *   the gate math is fp32, not fp64. */
 #define HD_R 8   /* blocks per head (cluster size) */
 #define HD_FU 4  /* feature-map rows per thread prefetched (more: loaded after the wait) */
 #define HD_GU 2  /* gate columns per thread prefetched */
@@ -782,30 +787,9 @@ __device__ float2 sd_block_max2(float a, float b) {
   return make_float2(sd_warp_max(v.x), sd_warp_max(v.y));
 }
 
-/* XD_SDEC_TRACE (experiment): thread 0 of every block of heads < 32 records (globaltimer,
- * clock64) at XD_SDEC_TREV points of the kernel; the last launch's values stay. */
-#define SD_TRH 32
-__device__ unsigned long long g_sd_trace[SD_TRH * HD_R * XD_SDEC_TREV * 2];
-#define SD_TR(ev)                                                                                   \
-  do {                                                                                              \
-    if (TR && tid == 0 && h < SD_TRH) {                                                             \
-      unsigned long long gt_;                                                                       \
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt_));                                       \
-      const long long ck_ = clock64();                                                              \
-      unsigned long long *p_ = g_sd_trace + (((size_t)h * HD_R + r) * XD_SDEC_TREV + (ev)) * 2;     \
-      p_[0] = gt_, p_[1] = (unsigned long long)ck_;                                                 \
-    }                                                                                               \
-  } while (0)
-extern "C" size_t xd_cuda_sdec_trace(unsigned long long *host, size_t n) {
-  const size_t tot = (size_t)SD_TRH * HD_R * XD_SDEC_TREV * 2, k = n < tot ? n : tot;
-  if (cudaMemcpyFromSymbol(host, g_sd_trace, k * sizeof(unsigned long long)) != cudaSuccess) return 0;
-  return k;
-}
-
 /* DW: 32-bit bf16 pairs per lane of a K / V row, 1 (d <= 64) or 2 (d <= 128); HD_T threads
- * per block (256 or 128; HD_T >= d_phi of the softmax); TR: XD_SDEC_TRACE; OPT: XD_SDEC_FGATE |
- * XD_SDEC_FATT bits */
-template <int DW, int HD_T, int TR, int OPT>
+ * per block (256 or 128; HD_T >= d_phi of the softmax) */
+template <int DW, int HD_T>
 __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
   namespace cg = cooperative_groups;
   constexpr int HD_NW = HD_T / 32, HD_KU = (HD_KEYS + HD_NW * HD_R - 1) / (HD_NW * HD_R);
@@ -817,15 +801,13 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   const int r = (int)cl.block_rank(), h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int H = m.H, G = m.G, d = m.d, P = m.P, D = m.D, dp = m.hedgehog ? P / 2 : P, g = h / (H / G), half = d / 2;
   sd_pdl_trigger();
-  SD_TR(0);
   /* ---- before the wait ---- */
   const xd_cuda_sdec_params *prm = m.params;
   const int64_t t = prm->pos;
   const int W = Ly.W, S = Ly.S;
   const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
-  constexpr bool FATT = (OPT & XD_SDEC_FATT) != 0, FGATE = (OPT & XD_SDEC_FGATE) != 0, SPLIT = (OPT & XD_SDEC_SPLIT) != 0;
   const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64; /* key kk >= ns: slot (rb + kk) % W */
-  const int rb = FATT && ws - ns64 < 0x7fffffff ? (int)((uint32_t)(ws - ns64) % (uint32_t)W) : (int)((ws - ns64) % W);
+  const int rb = ws - ns64 < 0x7fffffff ? (int)((uint32_t)(ws - ns64) % (uint32_t)W) : (int)((ws - ns64) % W);
   const int Gd = G * d, gw = r * HD_NW + warp, KSTEP = HD_NW * HD_R;
   const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
   uint32_t kreg[HD_KU][DW], vreg[HD_KU][DW];
@@ -835,8 +817,9 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
 #pragma unroll
     for (int w2 = 0; w2 < DW; w2++) kreg[u][w2] = vreg[u][w2] = 0u;
     if (kk < n - 1) {
-      int sl = rb + kk; /* < 2W + S: the ring slot without a division (FATT) */
-      if (FATT) { if (sl >= W) sl -= W; if (sl >= W) sl %= W; } else sl %= W;
+      int sl = rb + kk; /* < 2W + S: the ring slot, a division only when S >= W */
+      if (sl >= W) sl -= W;
+      if (sl >= W) sl %= W;
       const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)sl * Gd;
       const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
 #pragma unroll
@@ -877,7 +860,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     wm0 = __ldg(wo + tid), wm1 = __ldg(wo + d + tid), wm2 = __ldg(wo + 2 * d + tid);
   }
   if (r == 0) bmix = Ly.b_mix[h];
-  const float sqP = FATT ? (float)(1.0 / sqrt((double)P)) : 0.f; /* the mLSTM readout's 1/sqrt(P), before the wait */
+  const float sqP = (float)(1.0 / sqrt((double)P)); /* the mLSTM readout's 1/sqrt(P), before the wait */
   /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
   const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
   const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
@@ -891,9 +874,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = Ly.m[h];
   float rc = 0.f, rsn = 0.f;
   if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
-  SD_TR(1);
   sd_pdl_wait();
-  SD_TR(2);
   /* ---- the step's q, k, v (raw fp32 from the q|k|v GEMV) and xn ---- */
   const float *qkv = m.qkv;
   const float qraw = tid < d ? qkv[(size_t)h * d + tid] : 0.f;
@@ -928,7 +909,6 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     s_k[tid] = c * rc - e2 * rsn, s_k[tid + half] = e2 * rc + c * rsn;
   }
   __syncthreads();
-  SD_TR(3);
   if (tid < d) { /* the newest key / value as the ring holds them (bf16); the group's first head appends them */
     const uint16_t kb = xd_f2bf(s_k[tid]), vb = xd_f2bf(vraw);
     s_kb[tid] = xd_bf2f(kb), s_vb[tid] = xd_bf2f(vb);
@@ -959,98 +939,99 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     s_z[0][tid] = zq, s_z[1][tid] = zk;
   }
   if (tid == 0) s_g[0] = gs.x, s_g[1] = gs.y;
-  float zmix = 0.f; /* FATT: summed with the denominator below */
+  /* the mixing gate's dot (rank 0): summed with the mLSTM denominator's reduction below */
   const float zmix_t = r == 0 && tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f;
-  if (!FATT && r == 0) zmix = sd_block_sum(zmix_t) + bmix;
-  SD_TR(4);
+  cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
+  /* ---- full feature maps and gates (rank order), softmax ---- */
+  float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
+#pragma unroll
+  for (int rr = 0; rr < HD_R; rr++) {
+    const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
+    if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
+    const float *gr = cl.map_shared_rank(s_g, rr);
+    gi += gr[0], gf += gr[1];
+  }
+  {
+    const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
+    float2 mn = make_float2(0.f, 0.f);
+    if (m.hedgehog) {
+      const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
+      mn = make_float2(-t2.x, -t2.y);
+    }
+    const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
+    const float2 s1 = sd_block_sum2(e1q, e1k);
+    float2 s2 = make_float2(1.f, 1.f);
+    float e2q = 0.f, e2k = 0.f;
+    if (m.hedgehog) {
+      e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
+      s2 = sd_block_sum2(e2q, e2k);
+    }
+    if (tid < dp) {
+      s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
+      if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
+    }
+    __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
+  }
+  float zi = gi + bi, zf = gf + bf;
+  if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
+  float fp, ip, mt;
+  { /* fp32 (the legacy kernel and the CPU use fp64: ~1e-6 relative in the logits) */
+    const float l = zf >= 0.f ? -log1pf(expf(-zf)) : zf - log1pf(expf(zf)), a = l + mold;
+    mt = a >= zi ? a : zi;
+    fp = expf(a - mt), ip = expf(zi - mt);
+  }
   /* ---- attention over this block's keys: per warp max / sum / numerator, then the block's ---- */
-  auto attend = [&]() {
+  {
     const float scale = 1.0f / sqrtf((float)d);
     float sc[HD_KU], mw = -INFINITY;
     float lw = 0.f, ow[DW][2];
 #pragma unroll
     for (int w2 = 0; w2 < DW; w2++) ow[w2][0] = ow[w2][1] = 0.f;
-    if (FATT) { /* no per-key branches: every prefetched key's score (zeros beyond n, masked), the
-                 * newest key / value and q from registers, the HD_KU warp sums interleaved */
-      float qv[DW][2], kn[DW][2], vn[DW][2];
+    /* no per-key branches: every prefetched key's score (zeros beyond n, masked), the newest
+     * key / value and q from registers, the HD_KU warp sums interleaved */
+    float qv[DW][2], kn[DW][2], vn[DW][2];
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) {
+      const int jp = lane + 32 * w2;
+      const bool ok = jp < half;
+      qv[w2][0] = ok ? s_q[2 * jp] : 0.f, qv[w2][1] = ok ? s_q[2 * jp + 1] : 0.f;
+      kn[w2][0] = ok ? s_kb[2 * jp] : 0.f, kn[w2][1] = ok ? s_kb[2 * jp + 1] : 0.f;
+      vn[w2][0] = ok ? s_vb[2 * jp] : 0.f, vn[w2][1] = ok ? s_vb[2 * jp + 1] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const bool isn = gw + u * KSTEP == n - 1;
+      float a = 0.f;
 #pragma unroll
       for (int w2 = 0; w2 < DW; w2++) {
-        const int jp = lane + 32 * w2;
-        const bool ok = jp < half;
-        qv[w2][0] = ok ? s_q[2 * jp] : 0.f, qv[w2][1] = ok ? s_q[2 * jp + 1] : 0.f;
-        kn[w2][0] = ok ? s_kb[2 * jp] : 0.f, kn[w2][1] = ok ? s_kb[2 * jp + 1] : 0.f;
-        vn[w2][0] = ok ? s_vb[2 * jp] : 0.f, vn[w2][1] = ok ? s_vb[2 * jp + 1] : 0.f;
+        const float k0 = isn ? kn[w2][0] : __uint_as_float(kreg[u][w2] << 16);
+        const float k1 = isn ? kn[w2][1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
+        a += qv[w2][0] * k0 + qv[w2][1] * k1;
       }
+      sc[u] = a;
+    }
 #pragma unroll
-      for (int u = 0; u < HD_KU; u++) {
-        const bool isn = gw + u * KSTEP == n - 1;
-        float a = 0.f;
+    for (int o = 16; o > 0; o >>= 1) {
 #pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const float k0 = isn ? kn[w2][0] : __uint_as_float(kreg[u][w2] << 16);
-          const float k1 = isn ? kn[w2][1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
-          a += qv[w2][0] * k0 + qv[w2][1] * k1;
-        }
-        sc[u] = a;
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-#pragma unroll
-        for (int u = 0; u < HD_KU; u++) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
-      }
-#pragma unroll
-      for (int u = 0; u < HD_KU; u++) {
-        sc[u] = gw + u * KSTEP < n ? sc[u] * scale : -INFINITY;
-        mw = fmaxf(mw, sc[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < HD_KU; u++) {
-        const int kk = gw + u * KSTEP;
-        const bool isn = kk == n - 1;
-        const float p = kk < n ? __expf(sc[u] - mw) : 0.f;
-        lw += p;
-#pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const float v0 = isn ? vn[w2][0] : __uint_as_float(vreg[u][w2] << 16);
-          const float v1 = isn ? vn[w2][1] : __uint_as_float(vreg[u][w2] & 0xffff0000u);
-          ow[w2][0] += p * v0, ow[w2][1] += p * v1;
-        }
-      }
-    } else {
+      for (int u = 0; u < HD_KU; u++) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+    }
 #pragma unroll
     for (int u = 0; u < HD_KU; u++) {
-      const int kk = gw + u * KSTEP;
-      sc[u] = -INFINITY;
-      if (kk < n) { /* warp-uniform */
-        float a = 0.f;
-#pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const int jp = lane + 32 * w2;
-          if (jp < half) {
-            const float k0 = kk == n - 1 ? s_kb[2 * jp] : __uint_as_float(kreg[u][w2] << 16);
-            const float k1 = kk == n - 1 ? s_kb[2 * jp + 1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
-            a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
-          }
-        }
-        sc[u] = sd_warp_sum(a) * scale;
-        mw = fmaxf(mw, sc[u]);
-      }
+      sc[u] = gw + u * KSTEP < n ? sc[u] * scale : -INFINITY;
+      mw = fmaxf(mw, sc[u]);
     }
 #pragma unroll
     for (int u = 0; u < HD_KU; u++) {
       const int kk = gw + u * KSTEP;
-      if (kk < n) {
-        const float p = __expf(sc[u] - mw);
-        lw += p;
+      const bool isn = kk == n - 1;
+      const float p = kk < n ? __expf(sc[u] - mw) : 0.f;
+      lw += p;
 #pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const int jp = lane + 32 * w2;
-          const float v0 = kk == n - 1 ? (jp < half ? s_vb[2 * jp] : 0.f) : __uint_as_float(vreg[u][w2] << 16);
-          const float v1 = kk == n - 1 ? (jp < half ? s_vb[2 * jp + 1] : 0.f) : __uint_as_float(vreg[u][w2] & 0xffff0000u);
-          ow[w2][0] += p * v0, ow[w2][1] += p * v1;
-        }
+      for (int w2 = 0; w2 < DW; w2++) {
+        const float v0 = isn ? vn[w2][0] : __uint_as_float(vreg[u][w2] << 16);
+        const float v1 = isn ? vn[w2][1] : __uint_as_float(vreg[u][w2] & 0xffff0000u);
+        ow[w2][0] += p * v0, ow[w2][1] += p * v1;
       }
-    }
     }
     /* keys beyond the prefetched ones (W + S > HD_KU * KSTEP): online softmax */
     for (int kk = gw + HD_KU * KSTEP; kk < n; kk += KSTEP) {
@@ -1089,60 +1070,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       const int jp = lane + 32 * w2;
       if (jp < half) s_wo[warp][2 * jp] = ow[w2][0], s_wo[warp][2 * jp + 1] = ow[w2][1];
     }
-  };
-  if (SPLIT) { /* XD_SDEC_SPLIT: the block's attention (local data only) between arrive and wait */
-    cl.barrier_arrive();
-    attend();
-    cl.barrier_wait(); /* #1 */
-  } else {
-    cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
   }
-  SD_TR(5);
-  /* ---- full feature maps and gates (rank order), softmax ---- */
-  float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
-#pragma unroll
-  for (int rr = 0; rr < HD_R; rr++) {
-    const float *zr = cl.map_shared_rank(&s_z[0][0], rr);
-    if (tid < dp) zq += zr[tid], zk += zr[256 + tid];
-    const float *gr = cl.map_shared_rank(s_g, rr);
-    gi += gr[0], gf += gr[1];
-  }
-  {
-    const float2 mx = sd_block_max2(tid < dp ? zq : -INFINITY, tid < dp ? zk : -INFINITY);
-    float2 mn = make_float2(0.f, 0.f);
-    if (m.hedgehog) {
-      const float2 t2 = sd_block_max2(tid < dp ? -zq : -INFINITY, tid < dp ? -zk : -INFINITY);
-      mn = make_float2(-t2.x, -t2.y);
-    }
-    const float e1q = tid < dp ? expf(zq - mx.x) : 0.f, e1k = tid < dp ? expf(zk - mx.y) : 0.f;
-    const float2 s1 = sd_block_sum2(e1q, e1k);
-    float2 s2 = make_float2(1.f, 1.f);
-    float e2q = 0.f, e2k = 0.f;
-    if (m.hedgehog) {
-      e2q = tid < dp ? expf(mn.x - zq) : 0.f, e2k = tid < dp ? expf(mn.y - zk) : 0.f;
-      s2 = sd_block_sum2(e2q, e2k);
-    }
-    if (tid < dp) {
-      s_qf[tid] = e1q / s1.x, s_kf[tid] = e1k / s1.y;
-      if (m.hedgehog) s_qf[dp + tid] = e2q / s2.x, s_kf[dp + tid] = e2k / s2.y;
-    }
-    __syncthreads(); /* s_qf, s_kf for the mLSTM rows */
-  }
-  float zi = gi + bi, zf = gf + bf;
-  if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
-  float fp, ip, mt;
-  if (FGATE) { /* fp32 gate math */
-    const float l = zf >= 0.f ? -log1pf(expf(-zf)) : zf - log1pf(expf(zf)), a = l + mold;
-    mt = a >= zi ? a : zi;
-    fp = expf(a - mt), ip = expf(zi - mt);
-  } else {
-    const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
-    const double mtd = a >= i ? a : i;
-    fp = (float)exp(a - mtd), ip = (float)exp(i - mtd), mt = (float)mtd;
-  }
-  SD_TR(6);
-  if (!SPLIT) attend();
-  SD_TR(7);
   /* ---- mLSTM rows: C = f' C + i' k v^T, n = f' n + i' k; partial C^T q and q.n ---- */
   float num = 0.f;
   if (cgp < ngrp) {
@@ -1169,13 +1097,11 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     nn[p0 + tid] = nv;
     den = s_qf[p0 + tid] * nv;
   }
-  if (FATT) { /* the mixing gate's dot (rank 0) in the same reduction */
+  float zmix; /* with the mixing gate's dot (rank 0); the barriers also publish s_num, s_wm, s_wl, s_wo */
+  {
     const float2 dz = sd_block_sum2(den, zmix_t);
     den = dz.x, zmix = dz.y + bmix;
-  } else {
-    den = sd_block_sum(den); /* its barriers also publish s_num, s_wm, s_wl, s_wo */
   }
-  SD_TR(8);
   /* ---- this block's partials into rank 0 ---- */
   {
     float M = -INFINITY;
@@ -1198,7 +1124,6 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     }
   }
   cl.sync(); /* #2: the partials are in rank 0 */
-  SD_TR(9);
   if (r != 0) return;
   if (tid < d) {
     float M = -INFINITY;
@@ -1210,7 +1135,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       const float w = s_gm[rr] == -INFINITY ? 0.f : expf(s_gm[rr] - M);
       L += s_gl[rr] * w, o += s_go[rr][tid] * w, a += s_gn[rr][tid], dn += s_gden[rr];
     }
-    const float sq = FATT ? sqP : (float)(1.0 / sqrt((double)P));
+    const float sq = sqP;
     float ad = fabsf(dn * sq);
     if (m.norm_max) {
       const float lo = expf(-mt);
@@ -1220,7 +1145,6 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     m.att[(size_t)h * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
   }
   if (tid == 0) Ly.m[h] = mt;
-  SD_TR(10);
 }
 
 static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly) {
@@ -1232,21 +1156,8 @@ static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cud
   at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   at[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = at, cfg.numAttrs = pdl ? 2 : 1;
-  const int opt = m.variant & (XD_SDEC_FGATE | XD_SDEC_FATT | XD_SDEC_SPLIT);
-  void (*k)(const xd_cuda_sdec, const xd_cuda_sdec_layer);
-#define HD_PICK(o) (t128 ? (m.d <= 64 ? k_dec_head<1, 128, 0, o> : k_dec_head<2, 128, 0, o>) : (m.d <= 64 ? k_dec_head<1, 256, 0, o> : k_dec_head<2, 256, 0, o>))
-  if (opt == 12) k = HD_PICK(12);
-  else if (opt == 44) k = HD_PICK(44);
-  else k = HD_PICK(0);
-#undef HD_PICK
-  if (t128 && m.d <= 64) { /* the 1B shape's instance: each bit alone and traced */
-    const bool tr = (m.variant & XD_SDEC_TRACE) != 0;
-    if (opt == 0 && tr) k = k_dec_head<1, 128, 1, 0>;
-    if (opt == 12 && tr) k = k_dec_head<1, 128, 1, 12>;
-    if (opt == 44 && tr) k = k_dec_head<1, 128, 1, 44>;
-    if (opt == XD_SDEC_FGATE) k = k_dec_head<1, 128, 0, 4>;
-    if (opt == XD_SDEC_FATT) k = k_dec_head<1, 128, 0, 8>;
-  }
+  void (*k)(const xd_cuda_sdec, const xd_cuda_sdec_layer) =
+      t128 ? (m.d <= 64 ? k_dec_head<1, 128> : k_dec_head<2, 128>) : (m.d <= 64 ? k_dec_head<1, 256> : k_dec_head<2, 256>);
   return cudaLaunchKernelEx(&cfg, k, m, Ly);
 }
 

@@ -359,7 +359,7 @@ decode:;
       const double dd = (double)chk_logits[1][v] - chk_logits[0][v];
       num += dd * dd, den += (double)chk_logits[0][v] * chk_logits[0][v];
     }
-    printf("  default vs legacy logits after a 1K prefill + 8 steps: rel L2 %.3e (fp32 summation order only)\n",
+    printf("  default vs legacy logits after a 1K prefill + 8 steps: rel L2 %.3e (fp32 summation order, fp32 gate math)\n",
            den > 0 ? sqrt(num / den) : sqrt(num));
     free(chk_logits[0]), free(chk_logits[1]);
   }

@@ -19,7 +19,7 @@
  * Also: decode with and without the CUDA graph must agree bit for bit (same kernels); the
  * legacy decode kernels (xd_student_cuda_state_use_legacy, one block per head, one warp per
  * GEMV row) and the default ones (one clustered per-head kernel, split-K GEMVs) agree to 1e-4
- * at every step (fp32 summation order only), and so do the default step without PDL and with
+ * at every step (fp32 summation order; the default kernel's gate math is fp32), and so do the default step without PDL and with
  * the per-head kernel's other block size (XD_SDEC_* bits; the default comes from
  * XD_SDEC_VARIANT if set).
  * Exits 77 when no CUDA device is present; "quick" (memcheck) runs three families. */

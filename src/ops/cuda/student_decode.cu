@@ -747,13 +747,18 @@ __global__ void k_dec_core(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
  *   m[h], the RoPE row and (rank 0) the mixing gate's weights;
  *   after the wait: QK-norm + RoPE of the head's q and its KV head's k (every block, d values),
  *   partial feature-map products and gate dots over its share; cluster barrier; every block
- *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates; its keys'
- *   attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
- *   readout and denominator), both pushed into rank 0's shared memory; cluster barrier; rank 0
- *   merges, applies the normaliser and the mixing gate, writes att and m[h]. The first query
- *   head of each KV group (rank 0) appends k, v to the ring / sinks; every block uses the
- *   bf16-rounded k, v of the step from registers for the newest key, as the legacy kernel reads
- *   them back from the ring. Two cluster barriers instead of kernel boundaries. */
+ *   sums the HD_R partials (distributed shared memory, rank order), softmax, gates (fp32); its
+ *   keys' attention partial (max, sum, numerator) and its mLSTM rows (update in place, partial
+ *   readout and denominator, the mixing gate's dot in the same block reduction), both pushed
+ *   into rank 0's shared memory; cluster barrier; rank 0 merges, applies the normaliser and the
+ *   mixing gate, writes att and m[h]. The first query head of each KV group (rank 0) appends
+ *   k, v to the ring / sinks; every block uses the bf16-rounded k, v of the step from registers
+ *   for the newest key, as the legacy kernel reads them back from the ring. Two cluster
+ *   barriers instead of kernel boundaries. The kernel is a latency chain (~2 warps per
+ *   scheduler, ncu: ~10 cycles per issued instruction), so its cost is its instruction count
+ *   (branch `decode6`): the attention has no per-key branches (all HD_KU scores computed, keys
+ *   past n masked, the HD_KU warp sums interleaved), ring slots need no integer division, and
+ *   the gate math is fp32, not fp64. */
 #define HD_R 8   /* blocks per head (cluster size) */
 #define HD_FU 4  /* feature-map rows per thread prefetched (more: loaded after the wait) */
 #define HD_GU 2  /* gate columns per thread prefetched */
@@ -801,7 +806,8 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   const int64_t t = prm->pos;
   const int W = Ly.W, S = Ly.S;
   const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
-  const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64, rb = (int)((ws - ns64) % W); /* key kk >= ns: slot (rb + kk) % W */
+  const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64; /* key kk >= ns: slot (rb + kk) % W */
+  const int rb = ws - ns64 < 0x7fffffff ? (int)((uint32_t)(ws - ns64) % (uint32_t)W) : (int)((ws - ns64) % W);
   const int Gd = G * d, gw = r * HD_NW + warp, KSTEP = HD_NW * HD_R;
   const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
   uint32_t kreg[HD_KU][DW], vreg[HD_KU][DW];
@@ -811,7 +817,10 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
 #pragma unroll
     for (int w2 = 0; w2 < DW; w2++) kreg[u][w2] = vreg[u][w2] = 0u;
     if (kk < n - 1) {
-      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)((rb + kk) % W) * Gd;
+      int sl = rb + kk; /* < 2W + S: the ring slot, a division only when S >= W */
+      if (sl >= W) sl -= W;
+      if (sl >= W) sl %= W;
+      const size_t off = kk < ns ? (size_t)kk * Gd : (size_t)sl * Gd;
       const uint16_t *kp = (kk < ns ? ksb : krb) + off, *vp = (kk < ns ? vsb : vrb) + off;
 #pragma unroll
       for (int w2 = 0; w2 < DW; w2++) {
@@ -851,6 +860,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     wm0 = __ldg(wo + tid), wm1 = __ldg(wo + d + tid), wm2 = __ldg(wo + 2 * d + tid);
   }
   if (r == 0) bmix = Ly.b_mix[h];
+  const float sqP = (float)(1.0 / sqrt((double)P)); /* the mLSTM readout's 1/sqrt(P), before the wait */
   /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
   const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
   const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
@@ -929,8 +939,8 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     s_z[0][tid] = zq, s_z[1][tid] = zk;
   }
   if (tid == 0) s_g[0] = gs.x, s_g[1] = gs.y;
-  float zmix = 0.f;
-  if (r == 0) zmix = sd_block_sum(tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f) + bmix;
+  /* the mixing gate's dot (rank 0): summed with the mLSTM denominator's reduction below */
+  const float zmix_t = r == 0 && tid < d ? qraw * wm0 + kraw * wm1 + vraw * wm2 : 0.f;
   cl.sync(); /* #1: every block's s_z, s_g visible to the cluster */
   /* ---- full feature maps and gates (rank order), softmax ---- */
   float zq = 0.f, zk = 0.f, gi = 0.f, gf = 0.f;
@@ -965,50 +975,62 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   float zi = gi + bi, zf = gf + bf;
   if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zf = m.softcap * tanhf(zf / m.softcap); }
   float fp, ip, mt;
-  {
-    const double l = sd_logsig((double)zf), i = (double)zi, a = l + (double)mold;
-    const double mtd = a >= i ? a : i;
-    fp = (float)exp(a - mtd), ip = (float)exp(i - mtd), mt = (float)mtd;
+  { /* fp32 (the legacy kernel and the CPU use fp64: ~1e-6 relative in the logits) */
+    const float l = zf >= 0.f ? -log1pf(expf(-zf)) : zf - log1pf(expf(zf)), a = l + mold;
+    mt = a >= zi ? a : zi;
+    fp = expf(a - mt), ip = expf(zi - mt);
   }
   /* ---- attention over this block's keys: per warp max / sum / numerator, then the block's ---- */
   {
     const float scale = 1.0f / sqrtf((float)d);
     float sc[HD_KU], mw = -INFINITY;
-#pragma unroll
-    for (int u = 0; u < HD_KU; u++) {
-      const int kk = gw + u * KSTEP;
-      sc[u] = -INFINITY;
-      if (kk < n) { /* warp-uniform */
-        float a = 0.f;
-#pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const int jp = lane + 32 * w2;
-          if (jp < half) {
-            const float k0 = kk == n - 1 ? s_kb[2 * jp] : __uint_as_float(kreg[u][w2] << 16);
-            const float k1 = kk == n - 1 ? s_kb[2 * jp + 1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
-            a += s_q[2 * jp] * k0 + s_q[2 * jp + 1] * k1;
-          }
-        }
-        sc[u] = sd_warp_sum(a) * scale;
-        mw = fmaxf(mw, sc[u]);
-      }
-    }
     float lw = 0.f, ow[DW][2];
 #pragma unroll
     for (int w2 = 0; w2 < DW; w2++) ow[w2][0] = ow[w2][1] = 0.f;
+    /* no per-key branches: every prefetched key's score (zeros beyond n, masked), the newest
+     * key / value and q from registers, the HD_KU warp sums interleaved */
+    float qv[DW][2], kn[DW][2], vn[DW][2];
+#pragma unroll
+    for (int w2 = 0; w2 < DW; w2++) {
+      const int jp = lane + 32 * w2;
+      const bool ok = jp < half;
+      qv[w2][0] = ok ? s_q[2 * jp] : 0.f, qv[w2][1] = ok ? s_q[2 * jp + 1] : 0.f;
+      kn[w2][0] = ok ? s_kb[2 * jp] : 0.f, kn[w2][1] = ok ? s_kb[2 * jp + 1] : 0.f;
+      vn[w2][0] = ok ? s_vb[2 * jp] : 0.f, vn[w2][1] = ok ? s_vb[2 * jp + 1] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      const bool isn = gw + u * KSTEP == n - 1;
+      float a = 0.f;
+#pragma unroll
+      for (int w2 = 0; w2 < DW; w2++) {
+        const float k0 = isn ? kn[w2][0] : __uint_as_float(kreg[u][w2] << 16);
+        const float k1 = isn ? kn[w2][1] : __uint_as_float(kreg[u][w2] & 0xffff0000u);
+        a += qv[w2][0] * k0 + qv[w2][1] * k1;
+      }
+      sc[u] = a;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+      for (int u = 0; u < HD_KU; u++) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], o);
+    }
+#pragma unroll
+    for (int u = 0; u < HD_KU; u++) {
+      sc[u] = gw + u * KSTEP < n ? sc[u] * scale : -INFINITY;
+      mw = fmaxf(mw, sc[u]);
+    }
 #pragma unroll
     for (int u = 0; u < HD_KU; u++) {
       const int kk = gw + u * KSTEP;
-      if (kk < n) {
-        const float p = __expf(sc[u] - mw);
-        lw += p;
+      const bool isn = kk == n - 1;
+      const float p = kk < n ? __expf(sc[u] - mw) : 0.f;
+      lw += p;
 #pragma unroll
-        for (int w2 = 0; w2 < DW; w2++) {
-          const int jp = lane + 32 * w2;
-          const float v0 = kk == n - 1 ? (jp < half ? s_vb[2 * jp] : 0.f) : __uint_as_float(vreg[u][w2] << 16);
-          const float v1 = kk == n - 1 ? (jp < half ? s_vb[2 * jp + 1] : 0.f) : __uint_as_float(vreg[u][w2] & 0xffff0000u);
-          ow[w2][0] += p * v0, ow[w2][1] += p * v1;
-        }
+      for (int w2 = 0; w2 < DW; w2++) {
+        const float v0 = isn ? vn[w2][0] : __uint_as_float(vreg[u][w2] << 16);
+        const float v1 = isn ? vn[w2][1] : __uint_as_float(vreg[u][w2] & 0xffff0000u);
+        ow[w2][0] += p * v0, ow[w2][1] += p * v1;
       }
     }
     /* keys beyond the prefetched ones (W + S > HD_KU * KSTEP): online softmax */
@@ -1075,7 +1097,11 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     nn[p0 + tid] = nv;
     den = s_qf[p0 + tid] * nv;
   }
-  den = sd_block_sum(den); /* its barriers also publish s_num, s_wm, s_wl, s_wo */
+  float zmix; /* with the mixing gate's dot (rank 0); the barriers also publish s_num, s_wm, s_wl, s_wo */
+  {
+    const float2 dz = sd_block_sum2(den, zmix_t);
+    den = dz.x, zmix = dz.y + bmix;
+  }
   /* ---- this block's partials into rank 0 ---- */
   {
     float M = -INFINITY;
@@ -1109,7 +1135,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       const float w = s_gm[rr] == -INFINITY ? 0.f : expf(s_gm[rr] - M);
       L += s_gl[rr] * w, o += s_go[rr][tid] * w, a += s_gn[rr][tid], dn += s_gden[rr];
     }
-    const float sq = (float)(1.0 / sqrt((double)P));
+    const float sq = sqP;
     float ad = fabsf(dn * sq);
     if (m.norm_max) {
       const float lo = expf(-mt);

@@ -32,6 +32,9 @@ void xd_cuda_ctx_free(xd_cuda_ctx *c);
 int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e);
 /* The device name and SM count, for reports. */
 int xd_cuda_device_info(xd_cuda_ctx *c, char *name, size_t name_len, int *sm_count, xd_err *e);
+/* Opens (on != 0, after a synchronisation) or closes (after one) a profiler capture range
+ * (cudaProfilerStart / Stop): `ncu --profile-from-start off` then sees only the kernels inside. */
+int xd_cuda_profiler_range(xd_cuda_ctx *c, int on, xd_err *e);
 
 /* ---- memory ---------------------------------------------------------------------------- */
 int xd_cuda_malloc(void **p, size_t bytes, xd_err *e);

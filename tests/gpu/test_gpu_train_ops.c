@@ -28,6 +28,7 @@
  * under compute-sanitizer). Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core/core.h"
 #include "ops/cpu/embedding.h"
@@ -334,6 +335,63 @@ static void test_rmsnorm_backward(void) {
   rms_res_case(37, 2048, XD_CUDA_F32, 29);
   rms_res_case(1100, 96, XD_CUDA_BF16, 30);
   rms_res_case(5, 33, XD_CUDA_F32, 31);
+  rms_res_case(203, 3000, XD_CUDA_BF16, 32); /* fused path, 4 column quads a thread, some idle */
+  rms_res_case(4096, 2048, XD_CUDA_F32, 33); /* the stage II call at the 1B shape */
+}
+
+/* The stage II call at the 1B shape (N 4096, C 2048, x / w fp32, dres separate, dx16, dw): the
+ * fused kernel (default) vs the two-kernel path (XD_TRAIN_OPS_LEGACY=1) in one process; both
+ * against the CPU, bitwise run to run, and timed (median of 20) with the bytes they must move. */
+static double median(double *x, int n);
+static void test_rmsnorm_backward_1b(void) {
+  enum { N = 4096, C = 2048, IT = 20 };
+  const size_t n = (size_t)N * C;
+  const float eps = 1e-5f;
+  xd_rng r;
+  xd_rng_seed(&r, 34);
+  float *x = rand_f32(&r, n, 0.3, 2.0), *w = rand_f32(&r, C, 1.0, 0.3), *g = rand_f32(&r, n, 0, 1.0);
+  float *res = rand_f32(&r, n, 0, 0.5), *dw0 = rand_f32(&r, C, 0, 0.1);
+  float *cdx = dup_f32(res, n), *cdw = dup_f32(dw0, C);
+  rms_cpu(cdx, cdw, g, x, w, N, C, eps);
+  float *gx = up_raw(x, n * 4), *gw = up_raw(w, C * 4), *gg = up_raw(g, n * 4), *gres = up_raw(res, n * 4);
+  float *gdw = up_raw(dw0, C * 4), *gdx = dev_poisoned(n * 4);
+  uint16_t *gdx16 = dev_poisoned(n * 2);
+  const double bytes = 4.0 * n * 4 + 2.0 * n; /* g, x, dres read; dx written (fp32) and dx16 (bf16) */
+  double ms[2] = {0, 0};
+  for (int mode = 0; mode < 2; mode++) { /* 0: fused (default), 1: XD_TRAIN_OPS_LEGACY=1 */
+    if (mode) setenv("XD_TRAIN_OPS_LEGACY", "1", 1);
+    float *first = NULL;
+    for (int rep = 0; rep < 2; rep++) {
+      upload_to(gdw, dw0, C * 4);
+      poison(gdx, n * 4);
+      GPU(xd_cuda_rmsnorm_backward_res(ctx, gdx, gdx16, gres, gdw, gg, gx, XD_CUDA_F32, gw, XD_CUDA_F32, N, C, eps, &err));
+      float *hdx = down(gdx, n), *hdw = down(gdw, C);
+      if (rep == 0) {
+        REL(mode ? "rmsnorm res 1B shape, two-kernel path: dx" : "rmsnorm res 1B shape, fused: dx", hdx, cdx, n, TOL_F32);
+        REL("  dw (sum over 4096 tokens)", hdw, cdw, C, TOL_RED);
+        first = hdw;
+      } else {
+        same_bits("  dw run twice", hdw, first, C);
+        free(hdw), free(first);
+      }
+      free(hdx);
+    }
+    double t[IT];
+    for (int it = 0; it < IT + 1; it++) {
+      if (xd_cuda_sync(ctx, &err)) die();
+      const double t0 = xd_now();
+      GPU(xd_cuda_rmsnorm_backward_res(ctx, gdx, gdx16, gres, gdw, gg, gx, XD_CUDA_F32, gw, XD_CUDA_F32, N, C, eps, &err));
+      if (xd_cuda_sync(ctx, &err)) die();
+      if (it) t[it - 1] = xd_now() - t0;
+    }
+    ms[mode] = median(t, IT) * 1e3;
+    unsetenv("XD_TRAIN_OPS_LEGACY");
+  }
+  fprintf(stderr, "    TIMING rmsnorm backward (res, dx16, dw) N %d C %d: fused %.3f ms (%.0f GB/s), two-kernel %.3f ms "
+                  "(%.0f GB/s), %.2fx\n", N, C, ms[0], bytes / ms[0] / 1e6, ms[1], bytes / ms[1] / 1e6, ms[1] / ms[0]);
+  xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gg), xd_cuda_free(gres), xd_cuda_free(gdw), xd_cuda_free(gdx),
+      xd_cuda_free(gdx16);
+  free(x), free(w), free(g), free(res), free(dw0), free(cdx), free(cdw);
 }
 
 /* ---- rope backward: in place on the dq (or dk) slice of a fused fp32 gradient buffer ---------- */
@@ -559,6 +617,7 @@ int main(int argc, char **argv) {
   RUN(test_swiglu_backward);
   RUN(test_embedding_backward);
   RUN(test_f32_to_bf16_2d);
+  if (!quick) RUN(test_rmsnorm_backward_1b);
   if (!quick) RUN(test_matmul_backward_1b);
   fprintf(stderr, "largest error / bound among the checks: %.3f\n", worst);
   return gpu_test_end();

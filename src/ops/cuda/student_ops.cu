@@ -379,6 +379,139 @@ __global__ void k_fm_dz(float *dz, const float *phi, const float *dphi, long lon
   }
 }
 
+/* ---- fused softmax feature-map backward, d = d_phi = 64 (branch ewise) -------------------------
+ * One kernel instead of dz pass + dx GEMM + dP split-K GEMM (+ its reduce): a 256-thread block
+ * owns one head and FMB_SPAN consecutive tokens, in tiles of 64 tokens: dz = phi (dphi -
+ * sum(dphi phi)) into shared memory (the dz kernel's arithmetic and order: bit-identical dz),
+ * the x tile beside it, then dx_tile = dz P_h^T (P_h^T staged once per block) written (or
+ * added), and dP_h's partial += x_tile^T dz in registers; the partial goes to scratch, and
+ * k_fm_dp_reduce adds the spans in order (deterministic, a function of the shape). phi, dphi
+ * and x are read once, dx written once. Thread (ty, tx) = (tid / 16, tid % 16) owns rows
+ * ty + 16 r (r < 4) and the column quad 4 tx of both products. */
+#define FMB_SPAN 256
+#define FMB_LD 68 /* padded row of the 64-wide shared tiles (16-byte aligned rows) */
+__global__ void __launch_bounds__(256) k_fm_bw_fused(float *dx, float *part, const float *dphi, const float *x,
+                                                     const float *P, const float *phi, int N, int Hx, int write) {
+  extern __shared__ float4 fmb_sh4[];
+  float *PT = reinterpret_cast<float *>(fmb_sh4), *dz = PT + 64 * FMB_LD, *xs = dz + 64 * FMB_LD;
+  const int h = blockIdx.y, span = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+  const int ty = tid >> 4, tx = tid & 15;
+  const int n0 = span * FMB_SPAN, n1 = min(N, n0 + FMB_SPAN);
+  const float *Ph = P + (size_t)h * 64 * 64;
+  for (int e = tid; e < 64 * 64; e += 256) PT[(e % 64) * FMB_LD + e / 64] = Ph[e]; /* PT[j][i] = P[i][j] */
+  float pacc[4][4] = {};
+  for (int t0 = n0; t0 < n1; t0 += 64) {
+    const int nt = min(64, n1 - t0);
+    /* dz rows: warp w, rows 8w..8w+7; lane owns columns lane and lane + 32 (k_fm_dz's order) */
+    for (int rr = 0; rr < 8; rr++) {
+      const int t = wid * 8 + rr;
+      float z0 = 0.f, z1 = 0.f;
+      if (t < nt) {
+        const size_t ro = ((size_t)(t0 + t) * Hx + h) * 64;
+        const float y0 = phi[ro + lane], y1 = phi[ro + lane + 32], g0 = dphi[ro + lane], g1 = dphi[ro + lane + 32];
+        float a = 0.f;
+        a += g0 * y0;
+        a += g1 * y1;
+        a = warp_sum(a);
+        z0 = y0 * (g0 - a), z1 = y1 * (g1 - a);
+      }
+      dz[t * FMB_LD + lane] = z0, dz[t * FMB_LD + lane + 32] = z1;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      const int idx = tid + 256 * q, t = idx >> 4, c4 = idx & 15;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (t < nt) v = *reinterpret_cast<const float4 *>(x + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * c4);
+      *reinterpret_cast<float4 *>(xs + t * FMB_LD + 4 * c4) = v;
+    }
+    __syncthreads();
+    { /* dx rows t = ty + 16 r, columns 4 tx..4 tx + 3: sum over j in order */
+      float acc[4][4] = {};
+#pragma unroll 4
+      for (int j = 0; j < 64; j += 4) {
+        float4 a[4], b[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[r] = *reinterpret_cast<const float4 *>(dz + (ty + 16 * r) * FMB_LD + j);
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++) b[jj] = *reinterpret_cast<const float4 *>(PT + (j + jj) * FMB_LD + 4 * tx);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+          const float av[4] = {a[r].x, a[r].y, a[r].z, a[r].w};
+#pragma unroll
+          for (int jj = 0; jj < 4; jj++) {
+            acc[r][0] = fmaf(av[jj], b[jj].x, acc[r][0]);
+            acc[r][1] = fmaf(av[jj], b[jj].y, acc[r][1]);
+            acc[r][2] = fmaf(av[jj], b[jj].z, acc[r][2]);
+            acc[r][3] = fmaf(av[jj], b[jj].w, acc[r][3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int t = ty + 16 * r;
+        if (t >= nt) continue;
+        float4 *o = reinterpret_cast<float4 *>(dx + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * tx);
+        float4 v = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+        if (!write) {
+          const float4 old = *o;
+          v.x = old.x + v.x, v.y = old.y + v.y, v.z = old.z + v.z, v.w = old.w + v.w;
+        }
+        *o = v;
+      }
+    }
+    /* dP partial rows i = ty + 16 r, columns 4 tx..: sum over the tile's tokens in order (the
+     * zero rows past nt add nothing) */
+#pragma unroll 4
+    for (int t = 0; t < 64; t++) {
+      const float4 b = *reinterpret_cast<const float4 *>(dz + t * FMB_LD + 4 * tx);
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const float a = xs[t * FMB_LD + ty + 16 * r];
+        pacc[r][0] = fmaf(a, b.x, pacc[r][0]);
+        pacc[r][1] = fmaf(a, b.y, pacc[r][1]);
+        pacc[r][2] = fmaf(a, b.z, pacc[r][2]);
+        pacc[r][3] = fmaf(a, b.w, pacc[r][3]);
+      }
+    }
+    __syncthreads();
+  }
+  float *pp = part + ((size_t)h * gridDim.x + span) * 64 * 64;
+#pragma unroll
+  for (int r = 0; r < 4; r++)
+    *reinterpret_cast<float4 *>(pp + (ty + 16 * r) * 64 + 4 * tx) =
+        make_float4(pacc[r][0], pacc[r][1], pacc[r][2], pacc[r][3]);
+}
+/* dP[h][e] += sum over the spans in order. */
+__global__ void k_fm_dp_reduce(float *dP, const float *part, int nspan, int Hx) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= Hx * 4096) return;
+  const int h = i >> 12, e = i & 4095;
+  const float *p = part + (size_t)h * nspan * 4096 + e;
+  float acc = 0.f;
+  for (int s = 0; s < nspan; s++) acc += p[(size_t)s * 4096];
+  dP[i] += acc;
+}
+#define FMB_SMEM (3 * 64 * FMB_LD * (int)sizeof(float))
+/* XD_STUDENT_OPS_UNFUSED=1 (read at every call): the feature-map backward's three-pass path
+ * (dz kernel + two products) instead of k_fm_bw_fused, kept for comparisons. */
+static int fm_bw_fused(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi, const float *x,
+                       const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
+  if (s->hedgehog || s->d != 64 || s->d_phi != 64 || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED") ||
+      (((uintptr_t)dx | (uintptr_t)x) & 15))
+    return 1;
+  const int N = s->N, Hx = s->Hx, nspan = (N + FMB_SPAN - 1) / FMB_SPAN;
+  XD_ARG(Hx <= 65535);
+  float *part = NULL;
+  if (st_scratch(c, (size_t)Hx * nspan * 4096 * sizeof(float), &part, e)) return -1;
+  XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
+  k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
+      dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
+  XD_CU_LAUNCH("feature map backward (fused)");
+  k_fm_dp_reduce<<<xd_ceil_div((size_t)Hx * 4096, 256), 256, 0, c->stream>>>(dP, part, nspan, Hx);
+  XD_CU_LAUNCH("feature map dP reduce");
+  return 0;
+}
+
 #define FM_ARGS(s)                                                                                              \
   XD_ARG((s)->N > 0 && (s)->Hx > 0 && (s)->d > 0 && (s)->d_phi > 0 && (!(s)->hedgehog || (s)->d_phi % 2 == 0))
 
@@ -405,6 +538,10 @@ extern "C" int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float 
   XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   const int N = s->N, Hx = s->Hx, d = s->d, dph = s->d_phi, dp = feature_map_p_cols(s);
   const long long rows = (long long)N * Hx;
+  {
+    const int rc = fm_bw_fused(c, flags, dx, dP, dphi, x, P, phi, s, e);
+    if (rc <= 0) return rc;
+  }
   float *dz = NULL;
   if (st_scratch(c, (size_t)rows * dp * sizeof(float), &dz, e)) return -1;
   k_fm_dz<<<xd_ceil_div((size_t)rows * 32, 256), 256, 0, c->stream>>>(dz, phi, dphi, rows, dph, dp, s->hedgehog);

@@ -301,6 +301,40 @@ __global__ void k_rope_bw(float *x, int ld, const float *cos_t, const float *sin
   row[i + half] = g2 * cs - g1 * sn;
 }
 
+/* ---- rope backward + residual add + bf16 gather (no QK-norm), two pair elements a thread ---- */
+__device__ __forceinline__ uint32_t bf2pack(float a, float b) { return (uint32_t)xd_f2bf(a) | (uint32_t)xd_f2bf(b) << 16; }
+__global__ void k_rope_bw_qkv16(uint32_t *out, size_t ldo2, const float *dq, const float *dqr, const float *dk,
+                                const float *dkr, const float *dvr, const float *cos_t, const float *sin_t,
+                                const int32_t *pos, int N, int H, int G, int half) {
+  const int d = 2 * half, hp = half / 2;
+  const size_t nrot = (size_t)(H + G) * hp, U = nrot + (size_t)G * half;
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (idx >= (size_t)N * U) return;
+  const size_t n = idx / U, u = idx % U;
+  uint32_t *orow = out + n * ldo2;
+  if (u < nrot) {
+    const int head = (int)(u / hp), i = 2 * (int)(u % hp);
+    const bool isq = head < H;
+    const int hh = isq ? head : head - H, nh = isq ? H : G;
+    const size_t ro = (n * nh + hh) * (size_t)d;
+    const float *g = (isq ? dq : dk) + ro, *r = (isq ? dqr : dkr) + ro;
+    const size_t t = (size_t)pos[n] * half + i;
+    const float2 cs = *reinterpret_cast<const float2 *>(cos_t + t), sn = *reinterpret_cast<const float2 *>(sin_t + t);
+    const float2 g1 = *reinterpret_cast<const float2 *>(g + i), g2 = *reinterpret_cast<const float2 *>(g + i + half);
+    const float2 r1 = *reinterpret_cast<const float2 *>(r + i), r2 = *reinterpret_cast<const float2 *>(r + i + half);
+    /* k_rope_bw's expressions, then k_add_f32's add */
+    const float a0 = g1.x * cs.x + g2.x * sn.x, a1 = g1.y * cs.y + g2.y * sn.y;
+    const float b0 = g2.x * cs.x - g1.x * sn.x, b1 = g2.y * cs.y - g1.y * sn.y;
+    const size_t col = (isq ? 0 : (size_t)H * d) + (size_t)hh * d + i;
+    orow[col / 2] = bf2pack(r1.x + a0, r1.y + a1);
+    orow[(col + half) / 2] = bf2pack(r2.x + b0, r2.y + b1);
+  } else {
+    const size_t p = u - nrot; /* element pair of the v row */
+    const float2 v = *reinterpret_cast<const float2 *>(dvr + n * (size_t)G * d + 2 * p);
+    orow[(size_t)(H + G) * d / 2 + p] = bf2pack(v.x, v.y);
+  }
+}
+
 /* ---- swiglu backward: one thread per (token, feature) --------------------------------------- */
 __global__ void k_swiglu_bw(float *dgate, float *dup, size_t ld_d, const float *dout, const uint16_t *gate,
                             const uint16_t *up, size_t ld, int N, int F) {
@@ -428,6 +462,21 @@ extern "C" int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const fl
   const size_t total = (size_t)N * n_heads * (d / 2);
   k_rope_bw<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(dx, ld, cos_t, sin_t, pos, N, n_heads, d / 2);
   XD_CU_LAUNCH("rope_bw");
+  return 0;
+}
+
+extern "C" int xd_cuda_rope_backward_qkv_bf16(xd_cuda_ctx *c, uint16_t *out, int ldo, const float *dq,
+                                              const float *dqr, const float *dk, const float *dkr, const float *dvr,
+                                              const float *cos_t, const float *sin_t, const int32_t *pos, int N,
+                                              int H, int G, int d, xd_err *e) {
+  XD_ARG(N > 0 && H > 0 && G > 0 && d > 0 && d % 4 == 0 && ldo % 2 == 0 && (size_t)ldo >= (size_t)(H + 2 * G) * d);
+  XD_ARG(out && dq && dqr && dk && dkr && dvr && cos_t && sin_t && pos);
+  XD_ARG((((uintptr_t)out & 3) | (((uintptr_t)dq | (uintptr_t)dqr | (uintptr_t)dk | (uintptr_t)dkr | (uintptr_t)dvr |
+                                   (uintptr_t)cos_t | (uintptr_t)sin_t) & 7)) == 0);
+  const size_t total = (size_t)N * ((size_t)(H + G) * (d / 4) + (size_t)G * (d / 2));
+  k_rope_bw_qkv16<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>((uint32_t *)out, (size_t)ldo / 2, dq, dqr, dk, dkr,
+                                                                  dvr, cos_t, sin_t, pos, N, H, G, d / 2);
+  XD_CU_LAUNCH("rope_bw_qkv16");
   return 0;
 }
 

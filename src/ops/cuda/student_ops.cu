@@ -390,7 +390,7 @@ __global__ void k_fm_dz(float *dz, const float *phi, const float *dphi, long lon
  * ty + 16 r (r < 4) and the column quad 4 tx of both products. */
 #define FMB_SPAN 256
 #define FMB_LD 68 /* padded row of the 64-wide shared tiles (16-byte aligned rows) */
-__global__ void __launch_bounds__(256) k_fm_bw_fused(float *dx, float *part, const float *dphi, const float *x,
+__global__ void __launch_bounds__(256, 4) k_fm_bw_fused(float *dx, float *part, const float *dphi, const float *x,
                                                      const float *P, const float *phi, int N, int Hx, int write) {
   extern __shared__ float4 fmb_sh4[];
   float *PT = reinterpret_cast<float *>(fmb_sh4), *dz = PT + 64 * FMB_LD, *xs = dz + 64 * FMB_LD;

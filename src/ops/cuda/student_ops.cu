@@ -515,10 +515,73 @@ static int fm_bw_fused(xd_cuda_ctx *c, int flags, float *dx, float *dP, const fl
 #define FM_ARGS(s)                                                                                              \
   XD_ARG((s)->N > 0 && (s)->Hx > 0 && (s)->d > 0 && (s)->d_phi > 0 && (!(s)->hedgehog || (s)->d_phi % 2 == 0))
 
+/* Fused softmax feature-map forward, d = d_phi = 64 (branch ewise): a 256-thread block owns one
+ * head and 64 tokens: x tile and P_h in shared memory, z = x P_h (thread (ty, tx) rows ty + 16 r,
+ * column quad 4 tx, the sum over i in order), then each row's softmax over its 16 threads
+ * (half-warp shuffles) and one float4 store per row quad: x read once, phi written once (was a
+ * product into phi, then a softmax pass reading and writing it again). */
+__global__ void __launch_bounds__(256) k_fm_fwd_fused(float *phi, const float *x, const float *P, int N, int Hx) {
+  __shared__ __align__(16) float Ps[64 * FMB_LD], xs[64 * FMB_LD];
+  const int h = blockIdx.y, t0 = blockIdx.x * 64, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+  const int nt = min(64, N - t0);
+  const float *Ph = P + (size_t)h * 64 * 64;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const int idx = tid + 256 * q, r = idx >> 4, c4 = idx & 15;
+    *reinterpret_cast<float4 *>(Ps + r * FMB_LD + 4 * c4) = *reinterpret_cast<const float4 *>(Ph + r * 64 + 4 * c4);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < nt) v = *reinterpret_cast<const float4 *>(x + ((size_t)(t0 + r) * Hx + h) * 64 + 4 * c4);
+    *reinterpret_cast<float4 *>(xs + r * FMB_LD + 4 * c4) = v;
+  }
+  __syncthreads();
+  float acc[4][4] = {};
+#pragma unroll 4
+  for (int i = 0; i < 64; i += 4) {
+    float4 a[4], b[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) a[r] = *reinterpret_cast<const float4 *>(xs + (ty + 16 * r) * FMB_LD + i);
+#pragma unroll
+    for (int ii = 0; ii < 4; ii++) b[ii] = *reinterpret_cast<const float4 *>(Ps + (i + ii) * FMB_LD + 4 * tx);
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const float av[4] = {a[r].x, a[r].y, a[r].z, a[r].w};
+#pragma unroll
+      for (int ii = 0; ii < 4; ii++) {
+        acc[r][0] = fmaf(av[ii], b[ii].x, acc[r][0]);
+        acc[r][1] = fmaf(av[ii], b[ii].y, acc[r][1]);
+        acc[r][2] = fmaf(av[ii], b[ii].z, acc[r][2]);
+        acc[r][3] = fmaf(av[ii], b[ii].w, acc[r][3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    float mx = fmaxf(fmaxf(acc[r][0], acc[r][1]), fmaxf(acc[r][2], acc[r][3]));
+#pragma unroll
+    for (int o = 8; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float ex[4], sm = 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; c++) ex[c] = expf(acc[r][c] - mx), sm += ex[c];
+#pragma unroll
+    for (int o = 8; o; o >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, o);
+    const float inv = 1.f / sm;
+    const int t = ty + 16 * r;
+    if (t < nt)
+      *reinterpret_cast<float4 *>(phi + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * tx) =
+          make_float4(ex[0] * inv, ex[1] * inv, ex[2] * inv, ex[3] * inv);
+  }
+}
+
 extern "C" int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,
                                            const feature_map_shape *s, xd_err *e) {
   FM_ARGS(s);
   const int N = s->N, Hx = s->Hx, d = s->d, dphi = s->d_phi, dp = feature_map_p_cols(s);
+  if (!s->hedgehog && d == 64 && dphi == 64 && !st_legacy() && !env_on("XD_STUDENT_OPS_UNFUSED") &&
+      !(((uintptr_t)phi | (uintptr_t)x | (uintptr_t)P) & 15) && Hx <= 65535) {
+    k_fm_fwd_fused<<<dim3(xd_ceil_div((size_t)N, 64), (unsigned)Hx), 256, 0, c->stream>>>(phi, x, P, N, Hx);
+    XD_CU_LAUNCH("feature map forward (fused)");
+    return 0;
+  }
   /* z_h [N, dp] = x_h [N, d] P_h [d, dp] straight into phi's first dp columns of each head */
   gm_desc g = gm_make(N, dp, d, Hx);
   g.A = x, g.am = (long long)Hx * d, g.ak = 1, g.ab = d;

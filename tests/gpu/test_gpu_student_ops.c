@@ -435,6 +435,17 @@ static void mix_case(int N, int H, int G, int d, uint64_t seed) {
   REL("  dh_local", hdhl, cdhl, nq, TOL_F32);
   REL("  dw_o (sum over tokens)", hdw, cdw, nw, TOL_RED);
   REL("  db_o (sum over tokens)", hdb, cdb, H, TOL_RED);
+  { /* the bf16-output forward (the training step's): bf16 of the fp32 forward's out, bit for bit */
+    uint16_t *g16 = dev_poisoned(nq * 2), *h16 = xd_malloc(nq * 2);
+    float *go2 = dev_poisoned(no * 4);
+    GPU(xd_cuda_mix_forward_bf16(ctx, g16, go2, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
+    GPU(xd_cuda_download(ctx, h16, g16, nq * 2, &err));
+    size_t bad = 0;
+    for (size_t i = 0; i < nq; i++) bad += h16[i] != xd_f32_to_bf16(hout[i]);
+    fprintf(stderr, "    %-56s %zu of %zu differ\n", "  forward_bf16 vs bf16(out)", bad, nq);
+    CHECK(bad == 0);
+    xd_cuda_free(g16), xd_cuda_free(go2), free(h16);
+  }
   POISON(gout, nq); POISON(go, no); RERUN(gdq, dq0, nq); RERUN(gdk, dk0, nk); RERUN(gdv, dv0, nk);
   RERUN(gdw, dw0, nw); RERUN(gdb, db0, H); RERUN(gdhg, dhg0, nq); RERUN(gdhl, dhl0, nq);
   GPU(xd_cuda_mix_forward(ctx, gout, go, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
@@ -485,6 +496,9 @@ static void test_mix(void) {
   mix_case(150, 8, 2, 64, 401);
   mix_case(700, 4, 4, 32, 402);
   mix_case(33, 6, 1, 40, 403);
+  mix_case(70, 3, 3, 64, 404);   /* head dim 64 kernels, one head per group */
+  mix_case(129, 4, 2, 64, 405);  /* two heads per group, 3 token slices (the last of 1) */
+  mix_case(40, 16, 2, 64, 406);  /* 8 heads per group: the general kernels */
 }
 
 

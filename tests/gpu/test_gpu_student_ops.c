@@ -24,10 +24,11 @@
  * Without an argument the program also times the mLSTM forward + backward at the
  * Llama-3.2-1B student shape (B 1, H 32, G 8, T 4096, P 64 / 128, D 64, chunk 64) and checks
  * that shape against the CPU, and times the feature maps (q and k), gates and mix forward and
- * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in three GEMM modes: the
+ * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in four modes: the
  * default (cuBLASLt, with the SIMT split-K kept where cuBLASLt would not split a reduction over
- * tokens), all SIMT (XD_STUDENT_OPS_SIMT=1: the original kernels) and every reduction over
- * tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1), checking bitwise run-to-run equality
+ * tokens, and the fused head-dim-64 kernels of branch ewise), all SIMT (XD_STUDENT_OPS_SIMT=1: the
+ * original kernels), every reduction over tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1)
+ * and unfused (XD_STUDENT_OPS_UNFUSED=1: the default before branch ewise), checking bitwise run-to-run equality
  * and each mode against the SIMT one (same bounds) there, then reruns the small cases in the
  * two other modes; "quick" skips all that (used under compute-sanitizer); "ops" runs the small cases and
  * the 1B-shape feature map / gate / mix timings only.

@@ -16,6 +16,9 @@
  *
  * Usage: bench_gpu_train [T] [timed steps] [recompute]   (defaults 4096, 8; "quick": T 512, 2 steps,
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
+ * XD_BENCH_CUPROF=1: a profiler capture range (xd_cuda_profiler_range) around the first timed
+ * stage II step, then exit (for `ncu --profile-from-start off`: per-kernel times of one step
+ * without the breakdown's synchronisations).
  * Lines starting "XD " are machine-readable (tools/gpu_test.sh greps them). */
 #include <math.h>
 #include <stdio.h>
@@ -159,10 +162,13 @@ int main(int argc, char **argv) {
   double ph[7][16];
   double steps[64], losses[64];
   const int warm = 2, n = reps < 64 ? reps : 64;
-  for (int pass = 0; pass < 2; pass++) {
+  const char *cuprof_env = getenv("XD_BENCH_CUPROF");
+  const int cuprof = cuprof_env && *cuprof_env && strcmp(cuprof_env, "0") != 0;
+  for (int pass = 0; pass < 2 - cuprof; pass++) {
     const int profile = pass == 1, iters = profile ? (n < 16 ? n : 16) : warm + n;
     xd_student_cuda_train_profile(m, profile);
     for (int it = 0; it < iters; it++) {
+      if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 1, &err));
       double tp = xd_now(), ts0 = tp;
 #define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp; tp = now; } } while (0)
       PH(0, xd_teacher_cuda_forward(&tc, &ts, tok, B, T, NULL, &err));
@@ -180,6 +186,7 @@ int main(int argc, char **argv) {
                  xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err)));
       PH(6, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
       CK(xd_cuda_sync(c, &err));
+      if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 0, &err));
 #undef PH
       if (!profile && it >= warm) {
         steps[it - warm] = xd_now() - ts0;
@@ -188,6 +195,10 @@ int main(int argc, char **argv) {
       if (!profile) printf("step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", it + 1, res.r.loss, res.r.ce,
                            res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
+  }
+  if (cuprof) {
+    printf("XD_BENCH_CUPROF: one stage II step captured (step %d), exiting\n", warm + 1);
+    goto done;
   }
   const double step = median(steps, n);
   const double tps = N / step;
@@ -244,6 +255,7 @@ int main(int argc, char **argv) {
     free(ll);
     xd_student_cuda_train_free(ma);
   }
+done:
   xd_teacher_cuda_state_free(&ts);
   xd_teacher_cuda_free(&tc);
   xd_student_cuda_train_free(m);

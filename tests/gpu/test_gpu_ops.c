@@ -123,6 +123,47 @@ static void test_rmsnorm(void) {
   free(x), free(w), free(ref), free(got);
 }
 
+/* The fp32-input norms (the GPU teacher's xd_cuda_rmsnorm_f32_forward: bf16 weight and output,
+ * row stride ldx; the student's xd_cuda_rmsnorm_f32: fp32 weight, bf16 and fp32 outputs, or a
+ * plain copy without weight) at widths on and off their vectorised paths. */
+static void rms_f32_case(int N, int C, int ldx, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const size_t n = (size_t)N * C;
+  float *x = rand_f32(&r, (size_t)N * ldx, 0, 2.0), *w = rand_f32(&r, C, 1.0, 0.2), *xd = xd_malloc(n * 4);
+  for (int i = 0; i < N; i++) memcpy(xd + (size_t)i * C, x + (size_t)i * ldx, (size_t)C * 4);
+  float *wb = xd_malloc((size_t)C * 4);
+  for (int i = 0; i < C; i++) wb[i] = xd_bf16_to_f32(xd_f32_to_bf16(w[i]));
+  float *ref = xd_malloc(n * 4), *refb = xd_malloc(n * 4), *got = xd_malloc(n * 4);
+  rmsnorm_forward(ref, NULL, xd, w, N, C, 1e-5f);
+  rmsnorm_forward(refb, NULL, xd, wb, N, C, 1e-5f);
+  float *gx = up_raw(x, (size_t)N * ldx * 4), *gxd = up_raw(xd, n * 4), *gw = up_raw(w, (size_t)C * 4);
+  uint16_t *gwb = up_bf16(wb, C), *gout = dev_poisoned(n * 2);
+  float *gof = dev_poisoned(n * 4);
+  char name[128];
+  GPU(xd_cuda_rmsnorm_f32_forward(ctx, gout, gx, (size_t)ldx, gwb, N, C, 1e-5f, &err));
+  GPU(down_bf16(got, gout, n));
+  snprintf(name, sizeof name, "rmsnorm fp32 in %dx%d (ld %d), bf16 w / out", N, C, ldx);
+  REL(name, got, refb, n, TOL_BF16);
+  GPU(xd_cuda_rmsnorm_f32(ctx, gout, gof, gxd, gw, N, C, 1e-5f, &err));
+  GPU(xd_cuda_download(ctx, got, gof, n * 4, &err));
+  snprintf(name, sizeof name, "rmsnorm fp32 in / w %dx%d: fp32 out", N, C);
+  REL(name, got, ref, n, TOL_F32);
+  GPU(down_bf16(got, gout, n));
+  REL("  bf16 out", got, ref, n, TOL_BF16);
+  GPU(xd_cuda_rmsnorm_f32(ctx, gout, gof, gxd, NULL, N, C, 1e-5f, &err));
+  GPU(xd_cuda_download(ctx, got, gof, n * 4, &err));
+  CHECKF(memcmp(got, xd, n * 4) == 0, "rmsnorm_f32 without weight is not a copy");
+  xd_cuda_free(gx), xd_cuda_free(gxd), xd_cuda_free(gw), xd_cuda_free(gwb), xd_cuda_free(gout), xd_cuda_free(gof);
+  free(x), free(w), free(xd), free(wb), free(ref), free(refb), free(got);
+}
+static void test_rmsnorm_f32(void) {
+  rms_f32_case(33, 2048, 2048, 25);  /* the 1B width: vectorised, two quads a thread */
+  rms_f32_case(7, 3000, 3004, 26);   /* four quads a thread, some idle; strided rows */
+  rms_f32_case(9, 100, 100, 27);     /* narrow: student vectorised, teacher scalar */
+  rms_f32_case(5, 66, 70, 28);       /* not a multiple of 4: scalar kernels */
+}
+
 static void test_rope(void) {
   /* q of a fused q|k|v row: rope on the first nh*d values of rows of width ld; the rest of
    * each row must be left as it was. */
@@ -435,6 +476,7 @@ int main(int argc, char **argv) {
   quick = gpu_test_begin(argc, argv);
   RUN(test_matmul);
   RUN(test_rmsnorm);
+  RUN(test_rmsnorm_f32);
   RUN(test_rope);
   RUN(test_swiglu);
   RUN(test_embedding);

@@ -24,12 +24,14 @@
  * Without an argument the program also times the mLSTM forward + backward at the
  * Llama-3.2-1B student shape (B 1, H 32, G 8, T 4096, P 64 / 128, D 64, chunk 64) and checks
  * that shape against the CPU, and times the feature maps (q and k), gates and mix forward and
- * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in three GEMM modes: the
+ * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in four modes: the
  * default (cuBLASLt, with the SIMT split-K kept where cuBLASLt would not split a reduction over
- * tokens), all SIMT (XD_STUDENT_OPS_SIMT=1: the original kernels) and every reduction over
- * tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1), checking bitwise run-to-run equality
+ * tokens, and the fused head-dim-64 kernels of branch ewise), all SIMT (XD_STUDENT_OPS_SIMT=1: the
+ * original kernels), every reduction over tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1)
+ * and unfused (XD_STUDENT_OPS_UNFUSED=1: the default before branch ewise), checking bitwise run-to-run equality
  * and each mode against the SIMT one (same bounds) there, then reruns the small cases in the
- * two other modes; "quick" skips all that (used under compute-sanitizer).
+ * two other modes; "quick" skips all that (used under compute-sanitizer); "ops" runs the small cases and
+ * the 1B-shape feature map / gate / mix timings only.
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
@@ -318,6 +320,8 @@ static void test_feature_map(void) {
   fm_case(93, 2, 48, 64, 1, 202);
   fm_case(1500, 4, 64, 64, 0, 203); /* split-K path for dP */
   fm_case(1100, 2, 64, 128, 1, 204);
+  fm_case(63, 3, 64, 64, 0, 205);   /* fused backward: one partial tile */
+  fm_case(4100, 2, 64, 64, 0, 206); /* fused backward: 17 spans, the last of 4 tokens */
 }
 
 /* ---- gates ------------------------------------------------------------------------------------ */
@@ -432,6 +436,17 @@ static void mix_case(int N, int H, int G, int d, uint64_t seed) {
   REL("  dh_local", hdhl, cdhl, nq, TOL_F32);
   REL("  dw_o (sum over tokens)", hdw, cdw, nw, TOL_RED);
   REL("  db_o (sum over tokens)", hdb, cdb, H, TOL_RED);
+  { /* the bf16-output forward (the training step's): bf16 of the fp32 forward's out, bit for bit */
+    uint16_t *g16 = dev_poisoned(nq * 2), *h16 = xd_malloc(nq * 2);
+    float *go2 = dev_poisoned(no * 4);
+    GPU(xd_cuda_mix_forward_bf16(ctx, g16, go2, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
+    GPU(xd_cuda_download(ctx, h16, g16, nq * 2, &err));
+    size_t bad = 0;
+    for (size_t i = 0; i < nq; i++) bad += h16[i] != xd_f32_to_bf16(hout[i]);
+    fprintf(stderr, "    %-56s %zu of %zu differ\n", "  forward_bf16 vs bf16(out)", bad, nq);
+    CHECK(bad == 0);
+    xd_cuda_free(g16), xd_cuda_free(go2), free(h16);
+  }
   POISON(gout, nq); POISON(go, no); RERUN(gdq, dq0, nq); RERUN(gdk, dk0, nk); RERUN(gdv, dv0, nk);
   RERUN(gdw, dw0, nw); RERUN(gdb, db0, H); RERUN(gdhg, dhg0, nq); RERUN(gdhl, dhl0, nq);
   GPU(xd_cuda_mix_forward(ctx, gout, go, gq, gk, gv, gw, gb, ghg, ghl, &s, &err));
@@ -482,6 +497,9 @@ static void test_mix(void) {
   mix_case(150, 8, 2, 64, 401);
   mix_case(700, 4, 4, 32, 402);
   mix_case(33, 6, 1, 40, 403);
+  mix_case(70, 3, 3, 64, 404);   /* head dim 64 kernels, one head per group */
+  mix_case(129, 4, 2, 64, 405);  /* two heads per group, 3 token slices (the last of 1) */
+  mix_case(40, 16, 2, 64, 406);  /* 8 heads per group: the general kernels */
 }
 
 
@@ -491,13 +509,16 @@ typedef struct {
   float *dev, *first, *ref;
   double tol;
 } det_buf; /* an output checked for bitwise equality between two runs, and against the SIMT mode's */
-static const char *const sb_mode[3] = {"SIMT", "cuBLASLt (default)", "cuBLASLt + SIMT reductions"};
+static const char *const sb_mode[4] = {"SIMT", "cuBLASLt + fused (default)", "cuBLASLt + SIMT reductions",
+                                       "unfused (XD_STUDENT_OPS_UNFUSED)"};
 static void sb_env(int mode) {
-  unsetenv("XD_STUDENT_OPS_SIMT"), unsetenv("XD_STUDENT_OPS_SIMT_RED");
+  unsetenv("XD_STUDENT_OPS_SIMT"), unsetenv("XD_STUDENT_OPS_SIMT_RED"), unsetenv("XD_STUDENT_OPS_UNFUSED");
   if (mode == 0) setenv("XD_STUDENT_OPS_SIMT", "1", 1);
   if (mode == 2) setenv("XD_STUDENT_OPS_SIMT_RED", "1", 1);
+  if (mode == 3) setenv("XD_STUDENT_OPS_UNFUSED", "1", 1);
 }
-/* mode 0: XD_STUDENT_OPS_SIMT=1, 1: default (cuBLASLt), 2: XD_STUDENT_OPS_SIMT_RED=1 */
+/* mode 0: XD_STUDENT_OPS_SIMT=1, 1: default (cuBLASLt, fused kernels), 2: XD_STUDENT_OPS_SIMT_RED=1,
+ * 3: XD_STUDENT_OPS_UNFUSED=1 (the default before the fused kernels of branch ewise) */
 static void sb_time(const char *what, int mode, double *fwd_ms, double *bwd_ms, int (*fwd)(void *), int (*bwd)(void *),
                     int (*reset)(void *), void *arg, det_buf *det, int ndet) {
   sb_env(mode);
@@ -608,24 +629,25 @@ static float *dev_rand(xd_rng *r, size_t n, double mean, double scale) {
 }
 static void sb_report(const char *what, const double *f, const double *b) {
   fprintf(stderr, "    TIMING %s, ms a layer (x16 layers = a step), median of 7:\n", what);
-  for (int m = 0; m < 3; m++)
-    fprintf(stderr, "      %-28s fwd %.3f bwd %.3f (x16: %.1f + %.1f ms)%s\n", sb_mode[m], f[m], b[m], 16 * f[m], 16 * b[m],
+  for (int m = 0; m < 4; m++)
+    fprintf(stderr, "      %-34s fwd %.3f bwd %.3f (x16: %.1f + %.1f ms)%s\n", sb_mode[m], f[m], b[m], 16 * f[m], 16 * b[m],
             "");
-  fprintf(stderr, "      default vs SIMT: %.1fx (fwd + bwd)\n", (f[0] + b[0]) / (f[1] + b[1]));
+  fprintf(stderr, "      default vs SIMT: %.1fx, vs unfused: %.2fx (fwd + bwd)\n", (f[0] + b[0]) / (f[1] + b[1]),
+          (f[3] + b[3]) / (f[1] + b[1]));
 }
 static void test_student_ops_1b_shape(void) {
   xd_rng r;
   xd_rng_seed(&r, 77);
   const size_t nq = (size_t)SB_N * SB_H * SB_d, nk = (size_t)SB_N * SB_G * SB_d, nPq = (size_t)SB_H * SB_d * SB_P,
                nPk = (size_t)SB_G * SB_d * SB_P, nx = (size_t)SB_N * SB_D, nw = (size_t)SB_H * SB_D, ng = (size_t)SB_N * SB_H;
-  double f[3], b3[3];
+  double f[4], b3[4];
   { /* feature maps: q (32 heads) and k (8 heads), as a layer calls them */
     fm_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nPq, 0, 0.4), dev_rand(&r, nPk, 0, 0.4),
                  dev_poisoned(nq * 4), dev_poisoned(nk * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1),
                  dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nPq, 0, 0.1), dev_rand(&r, nPk, 0, 0.1)};
     det_buf det[6] = {{nq, b.phq, NULL, NULL, TOL_F32}, {nk, b.phk, NULL, NULL, TOL_F32}, {nq, b.dxq, NULL, NULL, TOL_F32},
                       {nk, b.dxk, NULL, NULL, TOL_F32}, {nPq, b.dPq, NULL, NULL, TOL_RED}, {nPk, b.dPk, NULL, NULL, TOL_RED}};
-    for (int mode = 0; mode < 3; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
+    for (int mode = 0; mode < 4; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
     sb_report("feature maps q (H 32) + k (G 8)", f, b3);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
@@ -639,7 +661,7 @@ static void test_student_ops_1b_shape(void) {
     det_buf det[7] = {{ng, b.ig, NULL, NULL, TOL_F32},  {ng, b.fg, NULL, NULL, TOL_F32},    {nx, b.dx, NULL, NULL, TOL_F32},
                       {nw, b.dwi, NULL, NULL, TOL_RED}, {nw, b.dwf, NULL, NULL, TOL_RED},   {SB_H, b.dbi, NULL, NULL, TOL_RED},
                       {SB_H, b.dbf, NULL, NULL, TOL_RED}};
-    for (int mode = 0; mode < 3; mode++) sb_time("gates", mode, &f[mode], &b3[mode], ga_f, ga_b, ga_r, &b, det, 7);
+    for (int mode = 0; mode < 4; mode++) sb_time("gates", mode, &f[mode], &b3[mode], ga_f, ga_b, ga_r, &b, det, 7);
     sb_report("gates (N 4096, D 2048, H 32)", f, b3);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
@@ -655,7 +677,7 @@ static void test_student_ops_1b_shape(void) {
     det_buf det[9] = {{nq, b.out, NULL, NULL, TOL_F32},  {ng, b.o, NULL, NULL, TOL_F32},   {nq, b.dq, NULL, NULL, TOL_F32},
                       {nk, b.dk, NULL, NULL, TOL_F32},   {nk, b.dv, NULL, NULL, TOL_F32},  {nw3, b.dw, NULL, NULL, TOL_RED},
                       {SB_H, b.db, NULL, NULL, TOL_RED}, {nq, b.dhg, NULL, NULL, TOL_F32}, {nq, b.dhl, NULL, NULL, TOL_F32}};
-    for (int mode = 0; mode < 3; mode++) sb_time("mix", mode, &f[mode], &b3[mode], mx_f, mx_b, mx_r, &b, det, 9);
+    for (int mode = 0; mode < 4; mode++) sb_time("mix", mode, &f[mode], &b3[mode], mx_f, mx_b, mx_r, &b, det, 9);
     sb_report("mix (N 4096, H 32, G 8, d 64)", f, b3);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
@@ -669,9 +691,11 @@ int main(int argc, char **argv) {
   RUN(test_feature_map);
   RUN(test_gates);
   RUN(test_mix);
+  /* "ops": the small cases and the 1B-shape timings of the feature maps, gates and mix only */
+  const int ops_only = argc > 1 && strcmp(argv[1], "ops") == 0;
   if (!quick) RUN(test_student_ops_1b_shape);
-  if (!quick) RUN(test_mlstm_1b_shape);
-  if (!quick) { /* the small cases through the other GEMM paths as well */
+  if (!quick && !ops_only) RUN(test_mlstm_1b_shape);
+  if (!quick && !ops_only) { /* the small cases through the other GEMM paths as well */
     for (int mode = 0; mode <= 2; mode += 2) {
       sb_env(mode);
       fprintf(stderr, "== %s mode (XD_STUDENT_OPS_%s=1)\n", sb_mode[mode], mode ? "SIMT_RED" : "SIMT");

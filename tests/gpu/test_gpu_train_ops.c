@@ -28,6 +28,7 @@
  * under compute-sanitizer). Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include "core/core.h"
 #include "ops/cpu/embedding.h"
@@ -334,6 +335,63 @@ static void test_rmsnorm_backward(void) {
   rms_res_case(37, 2048, XD_CUDA_F32, 29);
   rms_res_case(1100, 96, XD_CUDA_BF16, 30);
   rms_res_case(5, 33, XD_CUDA_F32, 31);
+  rms_res_case(203, 3000, XD_CUDA_BF16, 32); /* fused path, 4 column quads a thread, some idle */
+  rms_res_case(4096, 2048, XD_CUDA_F32, 33); /* the stage II call at the 1B shape */
+}
+
+/* The stage II call at the 1B shape (N 4096, C 2048, x / w fp32, dres separate, dx16, dw): the
+ * fused kernel (default) vs the two-kernel path (XD_TRAIN_OPS_LEGACY=1) in one process; both
+ * against the CPU, bitwise run to run, and timed (median of 20) with the bytes they must move. */
+static double median(double *x, int n);
+static void test_rmsnorm_backward_1b(void) {
+  enum { N = 4096, C = 2048, IT = 20 };
+  const size_t n = (size_t)N * C;
+  const float eps = 1e-5f;
+  xd_rng r;
+  xd_rng_seed(&r, 34);
+  float *x = rand_f32(&r, n, 0.3, 2.0), *w = rand_f32(&r, C, 1.0, 0.3), *g = rand_f32(&r, n, 0, 1.0);
+  float *res = rand_f32(&r, n, 0, 0.5), *dw0 = rand_f32(&r, C, 0, 0.1);
+  float *cdx = dup_f32(res, n), *cdw = dup_f32(dw0, C);
+  rms_cpu(cdx, cdw, g, x, w, N, C, eps);
+  float *gx = up_raw(x, n * 4), *gw = up_raw(w, C * 4), *gg = up_raw(g, n * 4), *gres = up_raw(res, n * 4);
+  float *gdw = up_raw(dw0, C * 4), *gdx = dev_poisoned(n * 4);
+  uint16_t *gdx16 = dev_poisoned(n * 2);
+  const double bytes = 4.0 * n * 4 + 2.0 * n; /* g, x, dres read; dx written (fp32) and dx16 (bf16) */
+  double ms[2] = {0, 0};
+  for (int mode = 0; mode < 2; mode++) { /* 0: fused (default), 1: XD_TRAIN_OPS_LEGACY=1 */
+    if (mode) setenv("XD_TRAIN_OPS_LEGACY", "1", 1);
+    float *first = NULL;
+    for (int rep = 0; rep < 2; rep++) {
+      upload_to(gdw, dw0, C * 4);
+      poison(gdx, n * 4);
+      GPU(xd_cuda_rmsnorm_backward_res(ctx, gdx, gdx16, gres, gdw, gg, gx, XD_CUDA_F32, gw, XD_CUDA_F32, N, C, eps, &err));
+      float *hdx = down(gdx, n), *hdw = down(gdw, C);
+      if (rep == 0) {
+        REL(mode ? "rmsnorm res 1B shape, two-kernel path: dx" : "rmsnorm res 1B shape, fused: dx", hdx, cdx, n, TOL_F32);
+        REL("  dw (sum over 4096 tokens)", hdw, cdw, C, TOL_RED);
+        first = hdw;
+      } else {
+        same_bits("  dw run twice", hdw, first, C);
+        free(hdw), free(first);
+      }
+      free(hdx);
+    }
+    double t[IT];
+    for (int it = 0; it < IT + 1; it++) {
+      if (xd_cuda_sync(ctx, &err)) die();
+      const double t0 = xd_now();
+      GPU(xd_cuda_rmsnorm_backward_res(ctx, gdx, gdx16, gres, gdw, gg, gx, XD_CUDA_F32, gw, XD_CUDA_F32, N, C, eps, &err));
+      if (xd_cuda_sync(ctx, &err)) die();
+      if (it) t[it - 1] = xd_now() - t0;
+    }
+    ms[mode] = median(t, IT) * 1e3;
+    unsetenv("XD_TRAIN_OPS_LEGACY");
+  }
+  fprintf(stderr, "    TIMING rmsnorm backward (res, dx16, dw) N %d C %d: fused %.3f ms (%.0f GB/s), two-kernel %.3f ms "
+                  "(%.0f GB/s), %.2fx\n", N, C, ms[0], bytes / ms[0] / 1e6, ms[1], bytes / ms[1] / 1e6, ms[1] / ms[0]);
+  xd_cuda_free(gx), xd_cuda_free(gw), xd_cuda_free(gg), xd_cuda_free(gres), xd_cuda_free(gdw), xd_cuda_free(gdx),
+      xd_cuda_free(gdx16);
+  free(x), free(w), free(g), free(res), free(dw0), free(cdx), free(cdw);
 }
 
 /* ---- rope backward: in place on the dq (or dk) slice of a fused fp32 gradient buffer ---------- */
@@ -370,10 +428,78 @@ static void rope_bw_case(int N, int nh, int d, int off_heads, int ld_heads, uint
   xd_cuda_free(gg), xd_cuda_free(gct), xd_cuda_free(gst), xd_cuda_free(gpos);
   free(inv), free(ct), free(st), free(pos), free(g), free(dense), free(ref), free(h);
 }
+/* xd_cuda_rope_backward_qkv_bf16 (the student's q|k|v gradient without QK-norm): against the CPU
+ * (rope_backward, the adds, bf16 rounding) and bit for bit against the three-step GPU path it
+ * replaces (rope backward in place, add, bf16 gather); the padding past (H + 2G) d is untouched. */
+static void rope_qkv_case(int N, int H, int G, int d, int pad, uint64_t seed) {
+  const int half = d / 2, n_pos = 300, Hd = H * d, Gd = G * d, ldo = Hd + 2 * Gd + pad;
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  xd_rope_config rc = {0};
+  rc.kind = XD_ROPE_LLAMA3, rc.theta = 500000.0, rc.factor = 32.0, rc.low_freq_factor = 1.0;
+  rc.high_freq_factor = 4.0, rc.original_max_pos = 8192;
+  float *inv = xd_malloc((size_t)half * 4), scl = 1.f;
+  rope_inv_freq(&rc, d, 131072, n_pos, inv, &scl);
+  float *ct = xd_malloc((size_t)n_pos * half * 4), *st = xd_malloc((size_t)n_pos * half * 4);
+  rope_table(ct, st, inv, scl, n_pos, half);
+  int32_t *pos = xd_malloc((size_t)N * 4);
+  for (int i = 0; i < N; i++) pos[i] = (int32_t)(xd_rng_u64(&r) % n_pos);
+  const size_t nq = (size_t)N * Hd, nk = (size_t)N * Gd, no = (size_t)N * ldo;
+  float *dq = rand_f32(&r, nq, 0, 1.0), *dqr = rand_f32(&r, nq, 0, 1.0), *dk = rand_f32(&r, nk, 0, 1.0);
+  float *dkr = rand_f32(&r, nk, 0, 1.0), *dvr = rand_f32(&r, nk, 0, 1.0);
+  /* CPU: rope_backward in place, the adds, then the fused row */
+  float *cq = dup_f32(dq, nq), *ck = dup_f32(dk, nk), *ref = xd_calloc(no, 4);
+  rope_backward(cq, cq, ct, st, pos, N, H, d);
+  rope_backward(ck, ck, ct, st, pos, N, G, d);
+  for (int n = 0; n < N; n++) {
+    for (int j = 0; j < Hd; j++) ref[(size_t)n * ldo + j] = dqr[(size_t)n * Hd + j] + cq[(size_t)n * Hd + j];
+    for (int j = 0; j < Gd; j++) {
+      ref[(size_t)n * ldo + Hd + j] = dkr[(size_t)n * Gd + j] + ck[(size_t)n * Gd + j];
+      ref[(size_t)n * ldo + Hd + Gd + j] = dvr[(size_t)n * Gd + j];
+    }
+  }
+  float *gct = up_raw(ct, (size_t)n_pos * half * 4), *gst = up_raw(st, (size_t)n_pos * half * 4);
+  int32_t *gpos = up_raw(pos, (size_t)N * 4);
+  float *gq = up_raw(dq, nq * 4), *gqr = up_raw(dqr, nq * 4), *gk = up_raw(dk, nk * 4), *gkr = up_raw(dkr, nk * 4);
+  float *gvr = up_raw(dvr, nk * 4);
+  uint16_t *go = dev_poisoned(no * 2), *go3 = dev_poisoned(no * 2);
+  GPU(xd_cuda_rope_backward_qkv_bf16(ctx, go, ldo, gq, gqr, gk, gkr, gvr, gct, gst, gpos, N, H, G, d, &err));
+  /* the three-step path (it modifies dq, dk, dqr, dkr in place: after the fused call) */
+  GPU(xd_cuda_rope_backward(ctx, gq, Hd, gct, gst, gpos, N, H, d, &err));
+  GPU(xd_cuda_rope_backward(ctx, gk, Gd, gct, gst, gpos, N, G, d, &err));
+  GPU(xd_cuda_add_f32(ctx, gqr, gq, nq, &err));
+  GPU(xd_cuda_add_f32(ctx, gkr, gk, nk, &err));
+  GPU(xd_cuda_f32_to_bf16_2d(ctx, go3, (size_t)ldo, gqr, (size_t)Hd, (size_t)N, (size_t)Hd, &err));
+  GPU(xd_cuda_f32_to_bf16_2d(ctx, go3 + Hd, (size_t)ldo, gkr, (size_t)Gd, (size_t)N, (size_t)Gd, &err));
+  GPU(xd_cuda_f32_to_bf16_2d(ctx, go3 + Hd + Gd, (size_t)ldo, gvr, (size_t)Gd, (size_t)N, (size_t)Gd, &err));
+  uint16_t *h = xd_malloc(no * 2), *h3 = xd_malloc(no * 2);
+  if (xd_cuda_download(ctx, h, go, no * 2, &err) || xd_cuda_download(ctx, h3, go3, no * 2, &err)) die();
+  float *hf = xd_malloc(no * 4), *rf = xd_malloc(no * 4);
+  size_t diff = 0, outside = 0, k = 0;
+  for (int n = 0; n < N; n++)
+    for (int j = 0; j < ldo; j++) {
+      const size_t i = (size_t)n * ldo + j;
+      if (j >= Hd + 2 * Gd) { outside += h[i] != 0xFFFF; continue; }
+      diff += h[i] != h3[i];
+      hf[k] = xd_bf16_to_f32(h[i]), rf[k] = ref[i], k++;
+    }
+  char name[160];
+  snprintf(name, sizeof name, "rope backward + add + bf16 q|k|v N%d H%d G%d d%d", N, H, G, d);
+  REL(name, hf, rf, k, TOL_BF16);
+  fprintf(stderr, "    %-56s %zu differ, %zu written outside\n", "  vs rope_backward + add + f32_to_bf16_2d", diff, outside);
+  CHECK(diff == 0 && outside == 0);
+  xd_cuda_free(gct), xd_cuda_free(gst), xd_cuda_free(gpos), xd_cuda_free(gq), xd_cuda_free(gqr), xd_cuda_free(gk);
+  xd_cuda_free(gkr), xd_cuda_free(gvr), xd_cuda_free(go), xd_cuda_free(go3);
+  free(inv), free(ct), free(st), free(pos), free(dq), free(dqr), free(dk), free(dkr), free(dvr), free(cq), free(ck);
+  free(ref), free(h), free(h3), free(hf), free(rf);
+}
 static void test_rope_backward(void) {
   rope_bw_case(50, 6, 64, 0, 10, 31);   /* dq: heads 0..5 of rows of 10 heads */
   rope_bw_case(77, 2, 128, 8, 12, 32);  /* dk: heads 8..9 of rows of 12 heads, d 128 */
   rope_bw_case(13, 3, 6, 0, 3, 33);     /* dense, tiny odd half */
+  rope_qkv_case(97, 8, 2, 64, 0, 34);   /* the 1B head layout, GQA 4:1 */
+  rope_qkv_case(33, 3, 3, 12, 6, 35);   /* d 12 (half 6), G = H, padded rows */
+  rope_qkv_case(2048, 32, 8, 64, 0, 36);
 }
 
 /* ---- swiglu backward: fused gate|up (bf16) in, fused dgate|dup (fp32) accumulated -------------- */
@@ -559,6 +685,7 @@ int main(int argc, char **argv) {
   RUN(test_swiglu_backward);
   RUN(test_embedding_backward);
   RUN(test_f32_to_bf16_2d);
+  if (!quick) RUN(test_rmsnorm_backward_1b);
   if (!quick) RUN(test_matmul_backward_1b);
   fprintf(stderr, "largest error / bound among the checks: %.3f\n", worst);
   return gpu_test_end();

@@ -641,27 +641,38 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     }
     OP(P_GEMM, lin_back16(m, m->datt, XW | WD, y->g_o, y->gb_o, m->dh16, s->attb, y->w_o, Hd, D, e));
     CK(core_backward(m, y, s, m->datt, 1, e));
-    /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
-    OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
-    OP(P_ROPE, xd_cuda_rope_backward(cx, m->dk, Gd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, G, d, e));
-    if (c->qk_norm == XD_QKNORM_HEAD) {
-      OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dqr, Hd, y->g_q_norm, m->dq, Hd, s->qr, XD_CUDA_F32, Hd, y->q_norm,
-                                           XD_CUDA_F32, N, H, d, eps, e));
-      OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dkr, Gd, y->g_k_norm, m->dk, Gd, s->kr, XD_CUDA_F32, Gd, y->k_norm,
-                                           XD_CUDA_F32, N, G, d, eps, e));
-    } else if (c->qk_norm == XD_QKNORM_PROJ) {
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dqr, y->g_q_norm, m->dq, s->qr, XD_CUDA_F32, y->q_norm, XD_CUDA_F32, N, Hd, eps, e));
-      OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dkr, y->g_k_norm, m->dk, s->kr, XD_CUDA_F32, y->k_norm, XD_CUDA_F32, N, Gd, eps, e));
+    const int Q = Hd + 2 * Gd;
+    if (c->qk_norm == XD_QKNORM_NONE && d % 4 == 0) {
+      /* q = rope(q_raw): dq_raw = dqr + R^T dq, k likewise, straight into the fused bf16
+       * dq|dk|dv of the GEMM backward below (one pass instead of RoPE's transpose in place, the
+       * two adds and the three gathers; the same arithmetic per element) */
+      OP(P_ROPE, xd_cuda_rope_backward_qkv_bf16(cx, m->gb16, Q, m->dq, m->dqr, m->dk, m->dkr, m->dvr, m->cos_t[y->kind],
+                                                m->sin_t[y->kind], m->pos, N, H, G, d, e));
     } else {
-      OP(P_MEM, xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
-      OP(P_MEM, xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
+      /* q = rope(qknorm(q_raw)): RoPE's transpose, then the QK-norm */
+      OP(P_ROPE, xd_cuda_rope_backward(cx, m->dq, Hd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, d, e));
+      OP(P_ROPE, xd_cuda_rope_backward(cx, m->dk, Gd, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, G, d, e));
+      if (c->qk_norm == XD_QKNORM_HEAD) {
+        OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dqr, Hd, y->g_q_norm, m->dq, Hd, s->qr, XD_CUDA_F32, Hd,
+                                                     y->q_norm, XD_CUDA_F32, N, H, d, eps, e));
+        OP(P_ROPE, xd_cuda_rmsnorm_backward_segments(cx, m->dkr, Gd, y->g_k_norm, m->dk, Gd, s->kr, XD_CUDA_F32, Gd,
+                                                     y->k_norm, XD_CUDA_F32, N, G, d, eps, e));
+      } else if (c->qk_norm == XD_QKNORM_PROJ) {
+        OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dqr, y->g_q_norm, m->dq, s->qr, XD_CUDA_F32, y->q_norm, XD_CUDA_F32, N,
+                                            Hd, eps, e));
+        OP(P_NORM, xd_cuda_rmsnorm_backward(cx, m->dkr, y->g_k_norm, m->dk, s->kr, XD_CUDA_F32, y->k_norm, XD_CUDA_F32, N,
+                                            Gd, eps, e));
+      } else {
+        OP(P_MEM, xd_cuda_add_f32(cx, m->dqr, m->dq, (size_t)N * Hd, e));
+        OP(P_MEM, xd_cuda_add_f32(cx, m->dkr, m->dk, (size_t)N * Gd, e));
+      }
+      /* dq|dk|dv gathered into one bf16 [N, Hd + 2Gd] buffer */
+      OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16, (size_t)Q, m->dqr, (size_t)Hd, (size_t)N, (size_t)Hd, e));
+      OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd, (size_t)Q, m->dkr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+      OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd + Gd, (size_t)Q, m->dvr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
     }
     /* x W^T for the fused q|k|v weight (its gradient and bias gradient are adjacent slices, as
-     * the weight's): dq|dk|dv gathered into one bf16 [N, Hd + 2Gd] buffer, one GEMM backward */
-    const int Q = Hd + 2 * Gd;
-    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16, (size_t)Q, m->dqr, (size_t)Hd, (size_t)N, (size_t)Hd, e));
-    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd, (size_t)Q, m->dkr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
-    OP(P_GEMM, xd_cuda_f32_to_bf16_2d(cx, m->gb16 + Hd + Gd, (size_t)Q, m->dvr, (size_t)Gd, (size_t)N, (size_t)Gd, e));
+     * the weight's): one GEMM backward */
     OP(P_GEMM, lin_back16(m, m->dx, WD, y->g_qkv, y->gb_qkv, m->gb16, s->xb, y->w_qkv, D, Q, e));
     /* x = [rmsnorm](h0): dh0 = dh1 + [norm'](dx) (pre-norm: one pass, with the bf16 copy the next
      * layer's down projection reads) */

@@ -32,6 +32,9 @@ void xd_cuda_ctx_free(xd_cuda_ctx *c);
 int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e);
 /* The device name and SM count, for reports. */
 int xd_cuda_device_info(xd_cuda_ctx *c, char *name, size_t name_len, int *sm_count, xd_err *e);
+/* Opens (on != 0, after a synchronisation) or closes (after one) a profiler capture range
+ * (cudaProfilerStart / Stop): `ncu --profile-from-start off` then sees only the kernels inside. */
+int xd_cuda_profiler_range(xd_cuda_ctx *c, int on, xd_err *e);
 
 /* ---- memory ---------------------------------------------------------------------------- */
 int xd_cuda_malloc(void **p, size_t bytes, xd_err *e);
@@ -498,6 +501,14 @@ int xd_cuda_rmsnorm_backward_res(xd_cuda_ctx *c, float *dx, uint16_t *dx16, cons
  * buffer); tables and pos as xd_cuda_rope_forward. */
 int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const float *cos_t, const float *sin_t,
                           const int32_t *pos, int N, int n_heads, int d, xd_err *e);
+/* The student's q|k|v gradient without QK-norm in one pass (branch ewise): row n of out (bf16,
+ * row stride ldo >= (H + 2G) d) = [bf16(dqr + R^T dq) | bf16(dkr + R^T dk) | bf16(dvr)], i.e.
+ * xd_cuda_rope_backward on dq [N, H d] and dk [N, G d] (dense), the adds into dqr / dkr and the
+ * bf16 gather into the fused q|k|v GEMM backward's input, with the same per-element arithmetic;
+ * dq, dk, dqr, dkr, dvr are only read. d a multiple of 4, ldo even, 8-byte aligned buffers. */
+int xd_cuda_rope_backward_qkv_bf16(xd_cuda_ctx *c, uint16_t *out, int ldo, const float *dq, const float *dqr,
+                                   const float *dk, const float *dkr, const float *dvr, const float *cos_t,
+                                   const float *sin_t, const int32_t *pos, int N, int H, int G, int d, xd_err *e);
 /* SwiGLU backward (swiglu_backward): for n < N, f < F with g = gate[n*ld+f], u = up[n*ld+f]
  * (bf16, as the forward reads them; fused gate|up: gate = buf, up = buf + F, ld = 2F):
  * dgate[n*ld_d+f] += dout[n*F+f] u s (1 + g (1 - s)), dup[n*ld_d+f] += dout[n*F+f] g s,

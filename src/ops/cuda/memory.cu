@@ -1,5 +1,6 @@
 /* Context, device memory helpers, dtype conversion and random fills. */
 #include <stdlib.h>
+#include <cuda_profiler_api.h>
 #include "cuda_common.cuh"
 
 extern "C" int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e) {
@@ -56,6 +57,12 @@ extern "C" void xd_cuda_ctx_free(xd_cuda_ctx *c) {
 extern "C" int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e) {
   XD_CU(cudaStreamSynchronize(c->stream));
   XD_CU(cudaGetLastError());
+  return 0;
+}
+
+extern "C" int xd_cuda_profiler_range(xd_cuda_ctx *c, int on, xd_err *e) {
+  XD_CU(cudaStreamSynchronize(c->stream));
+  XD_CU(on ? cudaProfilerStart() : cudaProfilerStop());
   return 0;
 }
 

@@ -379,13 +379,209 @@ __global__ void k_fm_dz(float *dz, const float *phi, const float *dphi, long lon
   }
 }
 
+/* ---- fused softmax feature-map backward, d = d_phi = 64 (branch ewise) -------------------------
+ * One kernel instead of dz pass + dx GEMM + dP split-K GEMM (+ its reduce): a 256-thread block
+ * owns one head and FMB_SPAN consecutive tokens, in tiles of 64 tokens: dz = phi (dphi -
+ * sum(dphi phi)) into shared memory (the dz kernel's arithmetic and order: bit-identical dz),
+ * the x tile beside it, then dx_tile = dz P_h^T (P_h^T staged once per block) written (or
+ * added), and dP_h's partial += x_tile^T dz in registers; the partial goes to scratch, and
+ * k_fm_dp_reduce adds the spans in order (deterministic, a function of the shape). phi, dphi
+ * and x are read once, dx written once. Thread (ty, tx) = (tid / 16, tid % 16) owns rows
+ * ty + 16 r (r < 4) and the column quad 4 tx of both products. */
+#define FMB_SPAN 256
+#define FMB_LD 68 /* padded row of the 64-wide shared tiles (16-byte aligned rows) */
+__global__ void __launch_bounds__(256, 4) k_fm_bw_fused(float *dx, float *part, const float *dphi, const float *x,
+                                                     const float *P, const float *phi, int N, int Hx, int write) {
+  extern __shared__ float4 fmb_sh4[];
+  float *PT = reinterpret_cast<float *>(fmb_sh4), *dz = PT + 64 * FMB_LD, *xs = dz + 64 * FMB_LD;
+  const int h = blockIdx.y, span = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+  const int ty = tid >> 4, tx = tid & 15;
+  const int n0 = span * FMB_SPAN, n1 = min(N, n0 + FMB_SPAN);
+  const float *Ph = P + (size_t)h * 64 * 64;
+  for (int e = tid; e < 64 * 64; e += 256) PT[(e % 64) * FMB_LD + e / 64] = Ph[e]; /* PT[j][i] = P[i][j] */
+  float pacc[4][4] = {};
+  for (int t0 = n0; t0 < n1; t0 += 64) {
+    const int nt = min(64, n1 - t0);
+    /* dz rows: warp w, rows 8w..8w+7; lane owns columns lane and lane + 32 (k_fm_dz's order) */
+    for (int rr = 0; rr < 8; rr++) {
+      const int t = wid * 8 + rr;
+      float z0 = 0.f, z1 = 0.f;
+      if (t < nt) {
+        const size_t ro = ((size_t)(t0 + t) * Hx + h) * 64;
+        const float y0 = phi[ro + lane], y1 = phi[ro + lane + 32], g0 = dphi[ro + lane], g1 = dphi[ro + lane + 32];
+        float a = 0.f;
+        a += g0 * y0;
+        a += g1 * y1;
+        a = warp_sum(a);
+        z0 = y0 * (g0 - a), z1 = y1 * (g1 - a);
+      }
+      dz[t * FMB_LD + lane] = z0, dz[t * FMB_LD + lane + 32] = z1;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      const int idx = tid + 256 * q, t = idx >> 4, c4 = idx & 15;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (t < nt) v = *reinterpret_cast<const float4 *>(x + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * c4);
+      *reinterpret_cast<float4 *>(xs + t * FMB_LD + 4 * c4) = v;
+    }
+    __syncthreads();
+    { /* dx rows t = ty + 16 r, columns 4 tx..4 tx + 3: sum over j in order */
+      float acc[4][4] = {};
+#pragma unroll 4
+      for (int j = 0; j < 64; j += 4) {
+        float4 a[4], b[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) a[r] = *reinterpret_cast<const float4 *>(dz + (ty + 16 * r) * FMB_LD + j);
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++) b[jj] = *reinterpret_cast<const float4 *>(PT + (j + jj) * FMB_LD + 4 * tx);
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+          const float av[4] = {a[r].x, a[r].y, a[r].z, a[r].w};
+#pragma unroll
+          for (int jj = 0; jj < 4; jj++) {
+            acc[r][0] = fmaf(av[jj], b[jj].x, acc[r][0]);
+            acc[r][1] = fmaf(av[jj], b[jj].y, acc[r][1]);
+            acc[r][2] = fmaf(av[jj], b[jj].z, acc[r][2]);
+            acc[r][3] = fmaf(av[jj], b[jj].w, acc[r][3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int t = ty + 16 * r;
+        if (t >= nt) continue;
+        float4 *o = reinterpret_cast<float4 *>(dx + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * tx);
+        float4 v = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+        if (!write) {
+          const float4 old = *o;
+          v.x = old.x + v.x, v.y = old.y + v.y, v.z = old.z + v.z, v.w = old.w + v.w;
+        }
+        *o = v;
+      }
+    }
+    /* dP partial rows i = ty + 16 r, columns 4 tx..: sum over the tile's tokens in order (the
+     * zero rows past nt add nothing) */
+#pragma unroll 4
+    for (int t = 0; t < 64; t++) {
+      const float4 b = *reinterpret_cast<const float4 *>(dz + t * FMB_LD + 4 * tx);
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const float a = xs[t * FMB_LD + ty + 16 * r];
+        pacc[r][0] = fmaf(a, b.x, pacc[r][0]);
+        pacc[r][1] = fmaf(a, b.y, pacc[r][1]);
+        pacc[r][2] = fmaf(a, b.z, pacc[r][2]);
+        pacc[r][3] = fmaf(a, b.w, pacc[r][3]);
+      }
+    }
+    __syncthreads();
+  }
+  float *pp = part + ((size_t)h * gridDim.x + span) * 64 * 64;
+#pragma unroll
+  for (int r = 0; r < 4; r++)
+    *reinterpret_cast<float4 *>(pp + (ty + 16 * r) * 64 + 4 * tx) =
+        make_float4(pacc[r][0], pacc[r][1], pacc[r][2], pacc[r][3]);
+}
+/* dP[h][e] += sum over the spans in order. */
+__global__ void k_fm_dp_reduce(float *dP, const float *part, int nspan, int Hx) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= Hx * 4096) return;
+  const int h = i >> 12, e = i & 4095;
+  const float *p = part + (size_t)h * nspan * 4096 + e;
+  float acc = 0.f;
+  for (int s = 0; s < nspan; s++) acc += p[(size_t)s * 4096];
+  dP[i] += acc;
+}
+#define FMB_SMEM (3 * 64 * FMB_LD * (int)sizeof(float))
+/* XD_STUDENT_OPS_UNFUSED=1 (read at every call): the feature-map backward's three-pass path
+ * (dz kernel + two products) instead of k_fm_bw_fused, kept for comparisons. */
+static int fm_bw_fused(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi, const float *x,
+                       const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
+  if (s->hedgehog || s->d != 64 || s->d_phi != 64 || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED") ||
+      (((uintptr_t)dx | (uintptr_t)x) & 15))
+    return 1;
+  const int N = s->N, Hx = s->Hx, nspan = (N + FMB_SPAN - 1) / FMB_SPAN;
+  XD_ARG(Hx <= 65535);
+  float *part = NULL;
+  if (st_scratch(c, (size_t)Hx * nspan * 4096 * sizeof(float), &part, e)) return -1;
+  XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
+  k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
+      dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
+  XD_CU_LAUNCH("feature map backward (fused)");
+  k_fm_dp_reduce<<<xd_ceil_div((size_t)Hx * 4096, 256), 256, 0, c->stream>>>(dP, part, nspan, Hx);
+  XD_CU_LAUNCH("feature map dP reduce");
+  return 0;
+}
+
 #define FM_ARGS(s)                                                                                              \
   XD_ARG((s)->N > 0 && (s)->Hx > 0 && (s)->d > 0 && (s)->d_phi > 0 && (!(s)->hedgehog || (s)->d_phi % 2 == 0))
+
+/* Fused softmax feature-map forward, d = d_phi = 64 (branch ewise): a 256-thread block owns one
+ * head and 64 tokens: x tile and P_h in shared memory, z = x P_h (thread (ty, tx) rows ty + 16 r,
+ * column quad 4 tx, the sum over i in order), then each row's softmax over its 16 threads
+ * (half-warp shuffles) and one float4 store per row quad: x read once, phi written once (was a
+ * product into phi, then a softmax pass reading and writing it again). */
+__global__ void __launch_bounds__(256) k_fm_fwd_fused(float *phi, const float *x, const float *P, int N, int Hx) {
+  __shared__ __align__(16) float Ps[64 * FMB_LD], xs[64 * FMB_LD];
+  const int h = blockIdx.y, t0 = blockIdx.x * 64, tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
+  const int nt = min(64, N - t0);
+  const float *Ph = P + (size_t)h * 64 * 64;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const int idx = tid + 256 * q, r = idx >> 4, c4 = idx & 15;
+    *reinterpret_cast<float4 *>(Ps + r * FMB_LD + 4 * c4) = *reinterpret_cast<const float4 *>(Ph + r * 64 + 4 * c4);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < nt) v = *reinterpret_cast<const float4 *>(x + ((size_t)(t0 + r) * Hx + h) * 64 + 4 * c4);
+    *reinterpret_cast<float4 *>(xs + r * FMB_LD + 4 * c4) = v;
+  }
+  __syncthreads();
+  float acc[4][4] = {};
+#pragma unroll 4
+  for (int i = 0; i < 64; i += 4) {
+    float4 a[4], b[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) a[r] = *reinterpret_cast<const float4 *>(xs + (ty + 16 * r) * FMB_LD + i);
+#pragma unroll
+    for (int ii = 0; ii < 4; ii++) b[ii] = *reinterpret_cast<const float4 *>(Ps + (i + ii) * FMB_LD + 4 * tx);
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const float av[4] = {a[r].x, a[r].y, a[r].z, a[r].w};
+#pragma unroll
+      for (int ii = 0; ii < 4; ii++) {
+        acc[r][0] = fmaf(av[ii], b[ii].x, acc[r][0]);
+        acc[r][1] = fmaf(av[ii], b[ii].y, acc[r][1]);
+        acc[r][2] = fmaf(av[ii], b[ii].z, acc[r][2]);
+        acc[r][3] = fmaf(av[ii], b[ii].w, acc[r][3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    float mx = fmaxf(fmaxf(acc[r][0], acc[r][1]), fmaxf(acc[r][2], acc[r][3]));
+#pragma unroll
+    for (int o = 8; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float ex[4], sm = 0.f;
+#pragma unroll
+    for (int c = 0; c < 4; c++) ex[c] = expf(acc[r][c] - mx), sm += ex[c];
+#pragma unroll
+    for (int o = 8; o; o >>= 1) sm += __shfl_xor_sync(0xffffffffu, sm, o);
+    const float inv = 1.f / sm;
+    const int t = ty + 16 * r;
+    if (t < nt)
+      *reinterpret_cast<float4 *>(phi + ((size_t)(t0 + t) * Hx + h) * 64 + 4 * tx) =
+          make_float4(ex[0] * inv, ex[1] * inv, ex[2] * inv, ex[3] * inv);
+  }
+}
 
 extern "C" int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,
                                            const feature_map_shape *s, xd_err *e) {
   FM_ARGS(s);
   const int N = s->N, Hx = s->Hx, d = s->d, dphi = s->d_phi, dp = feature_map_p_cols(s);
+  if (!s->hedgehog && d == 64 && dphi == 64 && !st_legacy() && !env_on("XD_STUDENT_OPS_UNFUSED") &&
+      !(((uintptr_t)phi | (uintptr_t)x | (uintptr_t)P) & 15) && Hx <= 65535) {
+    k_fm_fwd_fused<<<dim3(xd_ceil_div((size_t)N, 64), (unsigned)Hx), 256, 0, c->stream>>>(phi, x, P, N, Hx);
+    XD_CU_LAUNCH("feature map forward (fused)");
+    return 0;
+  }
   /* z_h [N, dp] = x_h [N, d] P_h [d, dp] straight into phi's first dp columns of each head */
   gm_desc g = gm_make(N, dp, d, Hx);
   g.A = x, g.am = (long long)Hx * d, g.ak = 1, g.ab = d;
@@ -405,6 +601,10 @@ extern "C" int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float 
   XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   const int N = s->N, Hx = s->Hx, d = s->d, dph = s->d_phi, dp = feature_map_p_cols(s);
   const long long rows = (long long)N * Hx;
+  {
+    const int rc = fm_bw_fused(c, flags, dx, dP, dphi, x, P, phi, s, e);
+    if (rc <= 0) return rc;
+  }
   float *dz = NULL;
   if (st_scratch(c, (size_t)rows * dp * sizeof(float), &dz, e)) return -1;
   k_fm_dz<<<xd_ceil_div((size_t)rows * 32, 256), 256, 0, c->stream>>>(dz, phi, dphi, rows, dph, dp, s->hedgehog);
@@ -536,6 +736,10 @@ extern "C" int xd_cuda_gates_backward(xd_cuda_ctx *c, float *dx, float *dw_i, fl
 /* One warp per (n, h): o = sigmoid([q, k, v] . w_o^h + b_o^h), out = o hg + (1 - o) hl. */
 __device__ __forceinline__ void mix_put(float *p, float v) { *p = v; }
 __device__ __forceinline__ void mix_put(uint16_t *p, float v) { *p = xd_f2bf(v); }
+__device__ __forceinline__ void mix_put2(float *p, float a, float b) { *reinterpret_cast<float2 *>(p) = make_float2(a, b); }
+__device__ __forceinline__ void mix_put2(uint16_t *p, float a, float b) {
+  *reinterpret_cast<uint32_t *>(p) = (uint32_t)xd_f2bf(a) | (uint32_t)xd_f2bf(b) << 16;
+}
 template <typename TO>
 __global__ void k_mix_fwd(TO *out, float *o, const float *q, const float *k, const float *v, const float *w_o,
                           const float *b_o, const float *hg, const float *hl, int N, int H, int G, int d) {
@@ -651,12 +855,176 @@ __global__ void k_mix_dw_reduce(float *dw_o, float *db_o, const float *part, int
   else db_o[h] += acc;
 }
 
+/* ---- head dim 64: one warp per (token, KV group), lane = element pair (branch ewise) ----------
+ * The group's REP query heads share the k / v rows: they are loaded once, every load of the
+ * token is issued before the REP dot products (independent warp sums), float2 accesses.
+ * Forward: the same per-element formulas as k_mix_fwd (the dot in another order). */
+template <typename TO, int REP>
+__global__ void __launch_bounds__(256) k_mix_fwd64(TO *out, float *o, const float *q, const float *k, const float *v,
+                                                   const float *w_o, const float *b_o, const float *hg,
+                                                   const float *hl, int N, int G) {
+  const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31, i = 2 * lane, H = G * REP;
+  if (r >= (long long)N * G) return;
+  const int n = (int)(r / G), g = (int)(r % G);
+  const size_t ki = ((size_t)n * G + g) * 64 + i;
+  const float2 kv = *reinterpret_cast<const float2 *>(k + ki), vv = *reinterpret_cast<const float2 *>(v + ki);
+  float2 qv[REP], gv[REP], lv[REP];
+  float z[REP];
+#pragma unroll
+  for (int j = 0; j < REP; j++) {
+    const size_t qi = ((size_t)n * H + g * REP + j) * 64 + i;
+    qv[j] = *reinterpret_cast<const float2 *>(q + qi);
+    gv[j] = *reinterpret_cast<const float2 *>(hg + qi);
+    lv[j] = *reinterpret_cast<const float2 *>(hl + qi);
+  }
+#pragma unroll
+  for (int j = 0; j < REP; j++) {
+    const float *w = w_o + (size_t)(g * REP + j) * 192 + i;
+    const float2 wq = *reinterpret_cast<const float2 *>(w), wk = *reinterpret_cast<const float2 *>(w + 64),
+                 wv = *reinterpret_cast<const float2 *>(w + 128);
+    z[j] = qv[j].x * wq.x + kv.x * wk.x + vv.x * wv.x;
+    z[j] += qv[j].y * wq.y + kv.y * wk.y + vv.y * wv.y;
+  }
+#pragma unroll
+  for (int j = 0; j < REP; j++) z[j] = warp_sum(z[j]);
+#pragma unroll
+  for (int j = 0; j < REP; j++) {
+    const int h = g * REP + j;
+    const float gg = 1.f / (1.f + expf(-(z[j] + b_o[h])));
+    if (lane == 0) o[(size_t)n * H + h] = gg;
+    const size_t qi = ((size_t)n * H + h) * 64 + i;
+    mix_put2(out + qi, gg * gv[j].x + (1.f - gg) * lv[j].x, gg * gv[j].y + (1.f - gg) * lv[j].y);
+  }
+}
+
+/* Backward with the dw_o / db_o reduction fused in: a block of 8 warps owns (KV group g, slice
+ * of MIXB_SPAN tokens); warp w takes tokens w, w + 8, ... of the slice; per token the k_mix_bwd
+ * outputs (dz = (dout . (hg - hl)) o (1 - o); dhg, dhl, dq written or added; dk / dv from the
+ * group's heads in head order, the first head writing in write mode) and, in registers, the
+ * partial sums z [q_h, k_g, v_g, 1] of dw_o / db_o; the 8 warps' partials are added in warp order
+ * into part[slice][h][3d + 1] (k_mix_dw_reduce adds the slices in order): no dz buffer and no
+ * second pass over q / k / v. Deterministic, a function of the shape. */
+#define MIXB_SPAN 64
+template <int REP>
+__global__ void __launch_bounds__(256) k_mix_bwd64(float *dq, float *dk, float *dv, float *dhg, float *dhl, float *part,
+                                                   const float *dout, const float *o, const float *q, const float *k,
+                                                   const float *v, const float *w_o, const float *hg, const float *hl,
+                                                   int N, int G, int write) {
+  __shared__ float red[8][REP][193];
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, i = 2 * lane, H = G * REP;
+  const int g = blockIdx.x, slice = blockIdx.y;
+  float2 wq[REP], wk[REP], wv[REP];
+#pragma unroll
+  for (int j = 0; j < REP; j++) {
+    const float *w = w_o + (size_t)(g * REP + j) * 192 + i;
+    wq[j] = *reinterpret_cast<const float2 *>(w);
+    wk[j] = *reinterpret_cast<const float2 *>(w + 64);
+    wv[j] = *reinterpret_cast<const float2 *>(w + 128);
+  }
+  float2 aq[REP], ak[REP], av[REP];
+  float ab[REP];
+#pragma unroll
+  for (int j = 0; j < REP; j++) aq[j] = ak[j] = av[j] = make_float2(0.f, 0.f), ab[j] = 0.f;
+  const int t1 = min(N, (slice + 1) * MIXB_SPAN);
+  for (int n = slice * MIXB_SPAN + wid; n < t1; n += 8) {
+    const size_t ki = ((size_t)n * G + g) * 64 + i;
+    const float2 kv = *reinterpret_cast<const float2 *>(k + ki), vv = *reinterpret_cast<const float2 *>(v + ki);
+    float2 dkv = make_float2(0.f, 0.f), dvv = make_float2(0.f, 0.f);
+    if (!write) dkv = *reinterpret_cast<const float2 *>(dk + ki), dvv = *reinterpret_cast<const float2 *>(dv + ki);
+    float2 dd[REP], gv[REP], lv[REP], qv[REP];
+    float og[REP], dg[REP];
+#pragma unroll
+    for (int j = 0; j < REP; j++) {
+      const size_t qi = ((size_t)n * H + g * REP + j) * 64 + i;
+      dd[j] = *reinterpret_cast<const float2 *>(dout + qi);
+      gv[j] = *reinterpret_cast<const float2 *>(hg + qi);
+      lv[j] = *reinterpret_cast<const float2 *>(hl + qi);
+      qv[j] = *reinterpret_cast<const float2 *>(q + qi);
+      og[j] = o[(size_t)n * H + g * REP + j];
+    }
+#pragma unroll
+    for (int j = 0; j < REP; j++) {
+      dg[j] = dd[j].x * (gv[j].x - lv[j].x);
+      dg[j] += dd[j].y * (gv[j].y - lv[j].y);
+    }
+#pragma unroll
+    for (int j = 0; j < REP; j++) dg[j] = warp_sum(dg[j]);
+#pragma unroll
+    for (int j = 0; j < REP; j++) {
+      const float gg = og[j], z = dg[j] * gg * (1.f - gg);
+      const size_t qi = ((size_t)n * H + g * REP + j) * 64 + i;
+      float2 a = make_float2(gg * dd[j].x, gg * dd[j].y), b = make_float2((1.f - gg) * dd[j].x, (1.f - gg) * dd[j].y);
+      float2 c = make_float2(z * wq[j].x, z * wq[j].y);
+      if (!write) {
+        const float2 a0 = *reinterpret_cast<const float2 *>(dhg + qi), b0 = *reinterpret_cast<const float2 *>(dhl + qi),
+                     c0 = *reinterpret_cast<const float2 *>(dq + qi);
+        a.x = a0.x + a.x, a.y = a0.y + a.y, b.x = b0.x + b.x, b.y = b0.y + b.y, c.x = c0.x + c.x, c.y = c0.y + c.y;
+      }
+      *reinterpret_cast<float2 *>(dhg + qi) = a;
+      *reinterpret_cast<float2 *>(dhl + qi) = b;
+      *reinterpret_cast<float2 *>(dq + qi) = c;
+      dkv.x += z * wk[j].x, dkv.y += z * wk[j].y;
+      dvv.x += z * wv[j].x, dvv.y += z * wv[j].y;
+      aq[j].x += z * qv[j].x, aq[j].y += z * qv[j].y;
+      ak[j].x += z * kv.x, ak[j].y += z * kv.y;
+      av[j].x += z * vv.x, av[j].y += z * vv.y;
+      ab[j] += z;
+    }
+    *reinterpret_cast<float2 *>(dk + ki) = dkv;
+    *reinterpret_cast<float2 *>(dv + ki) = dvv;
+  }
+#pragma unroll
+  for (int j = 0; j < REP; j++) {
+    red[wid][j][i] = aq[j].x, red[wid][j][i + 1] = aq[j].y;
+    red[wid][j][64 + i] = ak[j].x, red[wid][j][64 + i + 1] = ak[j].y;
+    red[wid][j][128 + i] = av[j].x, red[wid][j][128 + i + 1] = av[j].y;
+    if (lane == 0) red[wid][j][192] = ab[j];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < REP * 193; e += 256) {
+    const int j = e / 193, c = e % 193;
+    float t = red[0][j][c];
+#pragma unroll
+    for (int w = 1; w < 8; w++) t += red[w][j][c];
+    part[((size_t)slice * H + g * REP + j) * 193 + c] = t;
+  }
+}
+
 #define MIX_ARGS(s) XD_ARG((s)->N > 0 && (s)->G > 0 && (s)->H % (s)->G == 0 && (s)->d > 0)
+
+/* The head-dim-64 kernels apply (and XD_STUDENT_OPS_SIMT / _UNFUSED are off): REP = H / G in
+ * {1, 2, 4} (the backward's shared partials of REP = 8 would not fit 48 KB), 8-byte aligned rows. */
+static int mix64_ok(const mix_shape *s, const void *const *ptrs, int np) {
+  const int rep = s->H / s->G;
+  if (s->d != 64 || (rep != 1 && rep != 2 && rep != 4) || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED"))
+    return 0;
+  for (int j = 0; j < np; j++)
+    if ((uintptr_t)ptrs[j] & 7) return 0;
+  return 1;
+}
+template <typename TO>
+static int mix_fwd64_launch(xd_cuda_ctx *c, TO *out, float *o, const float *q, const float *k, const float *v,
+                            const float *w_o, const float *b_o, const float *hg, const float *hl, const mix_shape *s,
+                            xd_err *e) {
+  const unsigned blocks = xd_ceil_div((size_t)s->N * s->G * 32, 256);
+  switch (s->H / s->G) {
+  case 1: k_mix_fwd64<TO, 1><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  case 2: k_mix_fwd64<TO, 2><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  default: k_mix_fwd64<TO, 4><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  }
+  XD_CU_LAUNCH("mix forward (d 64)");
+  return 0;
+}
 
 extern "C" int xd_cuda_mix_forward(xd_cuda_ctx *c, float *out, float *o, const float *q_raw, const float *k_raw,
                                    const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
                                    const float *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
+  {
+    const void *pp[] = {out, q_raw, k_raw, v_raw, w_o, h_global, h_local};
+    if (mix64_ok(s, pp, 7)) return mix_fwd64_launch(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
+  }
   const size_t rows = (size_t)s->N * s->H;
   k_mix_fwd<float><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global,
                                                                         h_local, s->N, s->H, s->G, s->d);
@@ -668,6 +1036,11 @@ extern "C" int xd_cuda_mix_forward_bf16(xd_cuda_ctx *c, uint16_t *out, float *o,
                                         const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
                                         const float *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
+  {
+    const void *pp[] = {q_raw, k_raw, v_raw, w_o, h_global, h_local};
+    if (mix64_ok(s, pp, 6) && !((uintptr_t)out & 3))
+      return mix_fwd64_launch(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
+  }
   const size_t rows = (size_t)s->N * s->H;
   k_mix_fwd<uint16_t><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o,
                                                                            h_global, h_local, s->N, s->H, s->G, s->d);
@@ -682,6 +1055,29 @@ extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw,
                                        xd_err *e) {
   MIX_ARGS(s);
   XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
+  {
+    const void *pp[] = {dq_raw, dk_raw, dv_raw, dh_global, dh_local, dout, q_raw, k_raw, v_raw, w_o, h_global, h_local};
+    if (mix64_ok(s, pp, 12)) {
+      const int N = s->N, H = s->H, G = s->G, nslice = (N + MIXB_SPAN - 1) / MIXB_SPAN;
+      XD_ARG(nslice <= 65535);
+      float *part = NULL;
+      if (st_scratch(c, (size_t)nslice * H * 193 * sizeof(float), &part, e)) return -1;
+      const dim3 grid((unsigned)G, (unsigned)nslice);
+      const int wr = (flags & XD_CUDA_GRAD_WRITE) != 0;
+#define MIXB(R) k_mix_bwd64<R><<<grid, 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local, part, dout, o, \
+                                                              q_raw, k_raw, v_raw, w_o, h_global, h_local, N, G, wr)
+      switch (H / G) {
+      case 1: MIXB(1); break;
+      case 2: MIXB(2); break;
+      default: MIXB(4); break;
+      }
+#undef MIXB
+      XD_CU_LAUNCH("mix backward (d 64, fused dw)");
+      k_mix_dw_reduce<<<xd_ceil_div((size_t)H * 193, 256), 256, 0, c->stream>>>(dw_o, db_o, part, nslice, H, 64);
+      XD_CU_LAUNCH("mix dw reduce");
+      return 0;
+    }
+  }
   const int N = s->N, H = s->H, G = s->G, d = s->d, legacy = st_legacy();
   /* slices of tokens: the legacy kernel's blocks are (head, slice), the new one's (group, slice) */
   const int units = legacy ? H : G, blocks = legacy ? 2 * c->sm_count : 4 * c->sm_count, min_per = legacy ? 64 : 32;

@@ -50,9 +50,36 @@ __global__ void k_rope(uint16_t *x, int ld, const float *cos_t, const float *sin
   row[i + half] = xd_f2bf(b * cs + a * sn);
 }
 
+/* Two consecutive pairs per thread (branch ewise): bf16x2 loads / stores and float2 table reads
+ * (half even, ld even, x 4-byte aligned); the same per-element arithmetic. */
+__global__ void k_rope2(uint32_t *x, int ld2, const float *cos_t, const float *sin_t, const int32_t *pos, int N,
+                        int n_heads, int half) {
+  const int hp = half / 2;
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  const size_t total = (size_t)N * n_heads * hp;
+  if (idx >= total) return;
+  const int i = 2 * (int)(idx % hp);
+  const int hh = (int)((idx / hp) % n_heads);
+  const size_t n = idx / ((size_t)hp * n_heads);
+  uint32_t *row = x + n * (size_t)ld2 + (size_t)hh * half;
+  const size_t t = (size_t)pos[n] * half + i;
+  const float2 cs = *reinterpret_cast<const float2 *>(cos_t + t), sn = *reinterpret_cast<const float2 *>(sin_t + t);
+  const uint32_t ua = row[i / 2], ub = row[(i + half) / 2];
+  const float a0 = xd_bf2f((uint16_t)(ua & 0xffffu)), a1 = xd_bf2f((uint16_t)(ua >> 16));
+  const float b0 = xd_bf2f((uint16_t)(ub & 0xffffu)), b1 = xd_bf2f((uint16_t)(ub >> 16));
+  row[i / 2] = (uint32_t)xd_f2bf(a0 * cs.x - b0 * sn.x) | (uint32_t)xd_f2bf(a1 * cs.y - b1 * sn.y) << 16;
+  row[(i + half) / 2] = (uint32_t)xd_f2bf(b0 * cs.x + a0 * sn.x) | (uint32_t)xd_f2bf(b1 * cs.y + a1 * sn.y) << 16;
+}
+
 extern "C" int xd_cuda_rope_forward(xd_cuda_ctx *c, uint16_t *x, int ld, const float *cos_t, const float *sin_t,
                                     const int32_t *pos, int N, int n_heads, int d, xd_err *e) {
   XD_ARG(N > 0 && n_heads > 0 && d > 0 && d % 2 == 0 && ld >= n_heads * d);
+  if (d % 4 == 0 && ld % 2 == 0 && !((uintptr_t)x & 3) && !(((uintptr_t)cos_t | (uintptr_t)sin_t) & 7)) {
+    const size_t total2 = (size_t)N * n_heads * (d / 4);
+    k_rope2<<<xd_ceil_div(total2, 256), 256, 0, c->stream>>>((uint32_t *)x, ld / 2, cos_t, sin_t, pos, N, n_heads, d / 2);
+    XD_CU_LAUNCH("rope2");
+    return 0;
+  }
   const size_t total = (size_t)N * n_heads * (d / 2);
   k_rope<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>(x, ld, cos_t, sin_t, pos, N, n_heads, d / 2);
   XD_CU_LAUNCH("rope");

@@ -4,10 +4,19 @@
  * the CPU op. Reductions over tokens are deterministic (fixed partials, fixed-order sums, no
  * float atomics); the embedding's duplicate ids are summed in token order after a stable sort. */
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 #include <cub/device/device_radix_sort.cuh>
 #include "cuda_common.cuh"
 
 namespace {
+
+/* XD_TRAIN_OPS_LEGACY=1 (read at every call): the rmsnorm backward's original two-kernel path
+ * (rows, then dw partials over 256-row splits), kept for comparisons (tests/gpu/test_gpu_train_ops). */
+bool rms_bw_legacy() {
+  const char *v = getenv("XD_TRAIN_OPS_LEGACY");
+  return v && *v && strcmp(v, "0") != 0;
+}
 
 __device__ __forceinline__ float ldv(const float *p, size_t i) { return p[i]; }
 __device__ __forceinline__ float ldv(const uint16_t *p, size_t i) { return xd_bf2f(p[i]); }
@@ -90,10 +99,164 @@ __global__ void k_sum_parts_add(float *out, const float *part, int nsplit, int c
   out[col] += t;
 }
 
+/* ---- fused dense rmsnorm backward (branch ewise) ------------------------------------------
+ * One pass over the rows for dx AND the dw partials (the two-kernel path above reads dout and x
+ * twice and writes / reads rstd). A 256-thread block owns RMSF_ROWS consecutive rows; thread t
+ * owns the column quads 4 (t + 256 j), j < NV (C <= 1024 NV), as float4 (bf16 x: 8-byte
+ * loads); w stays in registers; the next row's loads are issued before the current row's block
+ * reduction (one __syncthreads per row: the reduction buffer alternates). Per element the
+ * arithmetic is the two-kernel path's (dx = res + g w r - x k, dw partial += g x r); only the
+ * summation order of ss / dot (per thread, then warps in order) and of the dw partials (rows
+ * of a block in order, then blocks in order) differs: deterministic, a function of the shape. */
+#define RMSF_ROWS 8
+__device__ __forceinline__ float4 ld4(const float *p, size_t i) { return *reinterpret_cast<const float4 *>(p + i); }
+__device__ __forceinline__ float4 ld4(const uint16_t *p, size_t i) {
+  const uint2 u = *reinterpret_cast<const uint2 *>(p + i);
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+template <typename TX, typename TW, int NV>
+__global__ void __launch_bounds__(256) k_rms_bw_fused(float *dx, const float *res, uint16_t *dx16, float *part,
+                                                      const float *g, const TX *x, const TW *w, int rows, int C,
+                                                      float eps) {
+  __shared__ float red[2][2][8];
+  const int t = threadIdx.x, lane = t & 31, wid = t >> 5;
+  const int r0 = blockIdx.x * RMSF_ROWS, r1 = min(rows, r0 + RMSF_ROWS);
+  bool on[NV];
+  float4 wv[NV], acc[NV], gv[NV], xv[NV], rv[NV], gn[NV], xn[NV], rn[NV];
+#pragma unroll
+  for (int j = 0; j < NV; j++) {
+    const int col = 4 * (t + 256 * j);
+    on[j] = col < C;
+    wv[j] = on[j] ? ld4(w, col) : make_float4(0.f, 0.f, 0.f, 0.f);
+    acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    gv[j] = xv[j] = rv[j] = gn[j] = xn[j] = rn[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (on[j] && r0 < r1) {
+      const size_t o = (size_t)r0 * C + col;
+      gv[j] = ld4(g, o), xv[j] = ld4(x, o);
+      if (res && dx) rv[j] = ld4(res, o);
+    }
+  }
+  const float inv_c = 1.0f / (float)C;
+  for (int r = r0, par = 0; r < r1; r++, par ^= 1) {
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+      ss += xv[j].x * xv[j].x + xv[j].y * xv[j].y + xv[j].z * xv[j].z + xv[j].w * xv[j].w;
+      dot += gv[j].x * wv[j].x * xv[j].x + gv[j].y * wv[j].y * xv[j].y + gv[j].z * wv[j].z * xv[j].z +
+             gv[j].w * wv[j].w * xv[j].w;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    }
+    if (lane == 0) red[par][0][wid] = ss, red[par][1][wid] = dot;
+    if (r + 1 < r1) { /* the next row's loads in flight during the reduction */
+#pragma unroll
+      for (int j = 0; j < NV; j++)
+        if (on[j]) {
+          const size_t o = (size_t)(r + 1) * C + 4 * (t + 256 * j);
+          gn[j] = ld4(g, o), xn[j] = ld4(x, o);
+          if (res && dx) rn[j] = ld4(res, o);
+        }
+    }
+    __syncthreads();
+    ss = red[par][0][0], dot = red[par][1][0];
+#pragma unroll
+    for (int i = 1; i < 8; i++) ss += red[par][0][i], dot += red[par][1][i];
+    const float rs = 1.0f / sqrtf(ss / (float)C + eps);
+    const float k = dot * rs * rs * rs * inv_c;
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+      if (!on[j]) continue;
+      const size_t o = (size_t)r * C + 4 * (t + 256 * j);
+      if (dx) {
+        float4 v;
+        v.x = gv[j].x * wv[j].x * rs - xv[j].x * k;
+        v.y = gv[j].y * wv[j].y * rs - xv[j].y * k;
+        v.z = gv[j].z * wv[j].z * rs - xv[j].z * k;
+        v.w = gv[j].w * wv[j].w * rs - xv[j].w * k;
+        if (res) v.x = rv[j].x + v.x, v.y = rv[j].y + v.y, v.z = rv[j].z + v.z, v.w = rv[j].w + v.w;
+        *reinterpret_cast<float4 *>(dx + o) = v;
+        if (dx16) {
+          uint2 h;
+          h.x = (uint32_t)xd_f2bf(v.x) | (uint32_t)xd_f2bf(v.y) << 16;
+          h.y = (uint32_t)xd_f2bf(v.z) | (uint32_t)xd_f2bf(v.w) << 16;
+          *reinterpret_cast<uint2 *>(dx16 + o) = h;
+        }
+      }
+      acc[j].x += gv[j].x * xv[j].x * rs;
+      acc[j].y += gv[j].y * xv[j].y * rs;
+      acc[j].z += gv[j].z * xv[j].z * rs;
+      acc[j].w += gv[j].w * xv[j].w * rs;
+      gv[j] = gn[j], xv[j] = xn[j], rv[j] = rn[j];
+    }
+  }
+  if (part)
+#pragma unroll
+    for (int j = 0; j < NV; j++)
+      if (on[j]) *reinterpret_cast<float4 *>(part + (size_t)blockIdx.x * C + 4 * (t + 256 * j)) = acc[j];
+}
+
+/* dw[col] += sum over the partials in order: 32 columns x 8 row phases per block (the phases
+ * take every 8th partial, then are added in phase order: fixed). */
+__global__ void __launch_bounds__(256) k_rms_dw_reduce(float *dw, const float *part, int nsplit, int C) {
+  __shared__ float red[8][33];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5, col = blockIdx.x * 32 + tx;
+  float a = 0.f;
+  if (col < C)
+    for (int s = ty; s < nsplit; s += 8) a += part[(size_t)s * C + col];
+  red[ty][tx] = a;
+  __syncthreads();
+  if (ty == 0 && col < C) {
+    float t = red[0][tx];
+#pragma unroll
+    for (int i = 1; i < 8; i++) t += red[i][tx];
+    dw[col] += t;
+  }
+}
+
+/* The fused path, or 1 when the call does not fit it (nothing queued). */
+template <typename TX, typename TW>
+int rms_bw_fused(xd_cuda_ctx *c, float *dx, const float *res, uint16_t *dx16, float *dw, const float *g, const TX *x,
+                 const TW *w, int rows, int n_seg, int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps, xd_err *e) {
+  if (n_seg != 1 || C % 4 || C > 4096 || ld_dx != (size_t)C || ld_g != (size_t)C || ld_x != (size_t)C) return 1;
+  const size_t ax = sizeof(TX) * 4, aw = sizeof(TW) * 4;
+  if (((uintptr_t)dx | (uintptr_t)res | (uintptr_t)g) & 15 || (uintptr_t)x % ax || (uintptr_t)w % aw ||
+      (uintptr_t)dx16 & 7)
+    return 1;
+  const unsigned nb = xd_ceil_div((size_t)rows, RMSF_ROWS);
+  float *part = NULL;
+  if (dw) XD_CU(cudaMallocAsync((void **)&part, (size_t)nb * C * sizeof(float), c->stream));
+  const int nv = (C + 1023) / 1024;
+  if (nv == 1)
+    k_rms_bw_fused<TX, TW, 1><<<nb, 256, 0, c->stream>>>(dx, res, dx16, part, g, x, w, rows, C, eps);
+  else if (nv == 2)
+    k_rms_bw_fused<TX, TW, 2><<<nb, 256, 0, c->stream>>>(dx, res, dx16, part, g, x, w, rows, C, eps);
+  else
+    k_rms_bw_fused<TX, TW, 4><<<nb, 256, 0, c->stream>>>(dx, res, dx16, part, g, x, w, rows, C, eps);
+  cudaError_t st = cudaGetLastError();
+  if (dw && st == cudaSuccess) {
+    k_rms_dw_reduce<<<xd_ceil_div((size_t)C, 32), 256, 0, c->stream>>>(dw, part, (int)nb, C);
+    st = cudaGetLastError();
+  }
+  const cudaError_t fs = part ? cudaFreeAsync(part, c->stream) : cudaSuccess;
+  if (st != cudaSuccess)
+    return xd_errf(e, "train_ops.cu:%d: rmsnorm backward (fused) launch: %s (%s)", __LINE__, cudaGetErrorName(st),
+                   cudaGetErrorString(st));
+  XD_CU(fs);
+  return 0;
+}
+
 template <typename TX, typename TW>
 int rms_bw_launch(xd_cuda_ctx *c, float *dx, const float *res, uint16_t *dx16, float *dw, const float *g, const TX *x,
                   const TW *w, int rows, int n_seg, int C, size_t ld_dx, size_t ld_g, size_t ld_x, float eps,
                   xd_err *e) {
+  if (!rms_bw_legacy()) {
+    const int rc = rms_bw_fused(c, dx, res, dx16, dw, g, x, w, rows, n_seg, C, ld_dx, ld_g, ld_x, eps, e);
+    if (rc <= 0) return rc;
+  }
   const unsigned nsplit = xd_ceil_div((size_t)rows, RMS_ROWS);
   float *ws = NULL; /* rstd [rows], then the partials [nsplit, C] */
   if (dw) {
@@ -136,6 +299,40 @@ __global__ void k_rope_bw(float *x, int ld, const float *cos_t, const float *sin
   const float g1 = row[i], g2 = row[i + half];
   row[i] = g1 * cs + g2 * sn;
   row[i + half] = g2 * cs - g1 * sn;
+}
+
+/* ---- rope backward + residual add + bf16 gather (no QK-norm), two pair elements a thread ---- */
+__device__ __forceinline__ uint32_t bf2pack(float a, float b) { return (uint32_t)xd_f2bf(a) | (uint32_t)xd_f2bf(b) << 16; }
+__global__ void k_rope_bw_qkv16(uint32_t *out, size_t ldo2, const float *dq, const float *dqr, const float *dk,
+                                const float *dkr, const float *dvr, const float *cos_t, const float *sin_t,
+                                const int32_t *pos, int N, int H, int G, int half) {
+  const int d = 2 * half, hp = half / 2;
+  const size_t nrot = (size_t)(H + G) * hp, U = nrot + (size_t)G * half;
+  const size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (idx >= (size_t)N * U) return;
+  const size_t n = idx / U, u = idx % U;
+  uint32_t *orow = out + n * ldo2;
+  if (u < nrot) {
+    const int head = (int)(u / hp), i = 2 * (int)(u % hp);
+    const bool isq = head < H;
+    const int hh = isq ? head : head - H, nh = isq ? H : G;
+    const size_t ro = (n * nh + hh) * (size_t)d;
+    const float *g = (isq ? dq : dk) + ro, *r = (isq ? dqr : dkr) + ro;
+    const size_t t = (size_t)pos[n] * half + i;
+    const float2 cs = *reinterpret_cast<const float2 *>(cos_t + t), sn = *reinterpret_cast<const float2 *>(sin_t + t);
+    const float2 g1 = *reinterpret_cast<const float2 *>(g + i), g2 = *reinterpret_cast<const float2 *>(g + i + half);
+    const float2 r1 = *reinterpret_cast<const float2 *>(r + i), r2 = *reinterpret_cast<const float2 *>(r + i + half);
+    /* k_rope_bw's expressions, then k_add_f32's add */
+    const float a0 = g1.x * cs.x + g2.x * sn.x, a1 = g1.y * cs.y + g2.y * sn.y;
+    const float b0 = g2.x * cs.x - g1.x * sn.x, b1 = g2.y * cs.y - g1.y * sn.y;
+    const size_t col = (isq ? 0 : (size_t)H * d) + (size_t)hh * d + i;
+    orow[col / 2] = bf2pack(r1.x + a0, r1.y + a1);
+    orow[(col + half) / 2] = bf2pack(r2.x + b0, r2.y + b1);
+  } else {
+    const size_t p = u - nrot; /* element pair of the v row */
+    const float2 v = *reinterpret_cast<const float2 *>(dvr + n * (size_t)G * d + 2 * p);
+    orow[(size_t)(H + G) * d / 2 + p] = bf2pack(v.x, v.y);
+  }
 }
 
 /* ---- swiglu backward: one thread per (token, feature) --------------------------------------- */
@@ -209,6 +406,37 @@ __global__ void k_emb_bw(float *dtable, const float *dout, const int32_t *keys, 
   }
 }
 
+/* The same with four columns per thread (D a multiple of 4, 16-byte aligned rows; branch ewise):
+ * grid (sorted position, 1024-column slice), float4 loads; the run's rows are loaded eight
+ * ahead of the adds (independent of them), which are the same fp32 additions in the same token
+ * order per column as k_emb_bw's: the same bits. The head of a long run (Zipf ids: the most
+ * frequent of 4096 tokens appears hundreds of times) no longer walks D / 256 columns in turn. */
+__global__ void __launch_bounds__(256) k_emb_bw4(float *dtable, const float *dout, const int32_t *keys,
+                                                 const int32_t *tok, int N, int D, int V) {
+  const int i = blockIdx.x;
+  const int id = keys[i];
+  if ((i > 0 && keys[i - 1] == id) || id < 0 || id >= V) return;
+  const int col = 4 * (threadIdx.x + 256 * blockIdx.y);
+  if (col >= D) return;
+  int j1 = i + 1;
+  while (j1 < N && keys[j1] == id) j1++;
+  float4 *t = reinterpret_cast<float4 *>(dtable + (size_t)id * D + col);
+  float4 acc = *t;
+  int j = i;
+  for (; j + 8 <= j1; j += 8) {
+    float4 v[8];
+#pragma unroll
+    for (int u = 0; u < 8; u++) v[u] = *reinterpret_cast<const float4 *>(dout + (size_t)tok[j + u] * D + col);
+#pragma unroll
+    for (int u = 0; u < 8; u++) acc.x += v[u].x, acc.y += v[u].y, acc.z += v[u].z, acc.w += v[u].w;
+  }
+  for (; j < j1; j++) {
+    const float4 v = *reinterpret_cast<const float4 *>(dout + (size_t)tok[j] * D + col);
+    acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+  }
+  *t = acc;
+}
+
 } /* namespace */
 
 extern "C" int xd_cuda_rmsnorm_backward_segments(xd_cuda_ctx *c, float *dx, int ld_dx, float *dw, const float *dout,
@@ -268,6 +496,21 @@ extern "C" int xd_cuda_rope_backward(xd_cuda_ctx *c, float *dx, int ld, const fl
   return 0;
 }
 
+extern "C" int xd_cuda_rope_backward_qkv_bf16(xd_cuda_ctx *c, uint16_t *out, int ldo, const float *dq,
+                                              const float *dqr, const float *dk, const float *dkr, const float *dvr,
+                                              const float *cos_t, const float *sin_t, const int32_t *pos, int N,
+                                              int H, int G, int d, xd_err *e) {
+  XD_ARG(N > 0 && H > 0 && G > 0 && d > 0 && d % 4 == 0 && ldo % 2 == 0 && (size_t)ldo >= (size_t)(H + 2 * G) * d);
+  XD_ARG(out && dq && dqr && dk && dkr && dvr && cos_t && sin_t && pos);
+  XD_ARG((((uintptr_t)out & 3) | (((uintptr_t)dq | (uintptr_t)dqr | (uintptr_t)dk | (uintptr_t)dkr | (uintptr_t)dvr |
+                                   (uintptr_t)cos_t | (uintptr_t)sin_t) & 7)) == 0);
+  const size_t total = (size_t)N * ((size_t)(H + G) * (d / 4) + (size_t)G * (d / 2));
+  k_rope_bw_qkv16<<<xd_ceil_div(total, 256), 256, 0, c->stream>>>((uint32_t *)out, (size_t)ldo / 2, dq, dqr, dk, dkr,
+                                                                  dvr, cos_t, sin_t, pos, N, H, G, d / 2);
+  XD_CU_LAUNCH("rope_bw_qkv16");
+  return 0;
+}
+
 extern "C" int xd_cuda_swiglu_backward(xd_cuda_ctx *c, float *dgate, float *dup, int ld_d, const float *dout,
                                        const uint16_t *gate, const uint16_t *up, int ld, int N, int F, xd_err *e) {
   XD_ARG(N > 0 && F > 0 && ld >= F && ld_d >= F);
@@ -314,7 +557,10 @@ extern "C" int xd_cuda_embedding_backward(xd_cuda_ctx *c, float *dtable, const f
   if (st == cudaSuccess)
     st = cub::DeviceRadixSort::SortPairs(tmp, sort_bytes, ids, keys, tok_in, tok, N, 0, 32, c->stream);
   if (st == cudaSuccess) {
-    k_emb_bw<<<N, 256, 0, c->stream>>>(dtable, dout, keys, tok, N, D, V);
+    if (D % 4 == 0 && !(((uintptr_t)dtable | (uintptr_t)dout) & 15))
+      k_emb_bw4<<<dim3((unsigned)N, xd_ceil_div((size_t)D, 1024)), 256, 0, c->stream>>>(dtable, dout, keys, tok, N, D, V);
+    else
+      k_emb_bw<<<N, 256, 0, c->stream>>>(dtable, dout, keys, tok, N, D, V);
     st = cudaGetLastError();
   }
   const cudaError_t fs = cudaFreeAsync(ws, c->stream);

@@ -40,4 +40,15 @@ static __device__ __forceinline__ void xd_frag_a(uint32_t (&a)[4], const uint16_
   a[2] = xd_ld32s(s + (row0 + gq) * lds + c0 + 8 + 2 * tq);
   a[3] = xd_ld32s(s + (row0 + gq + 8) * lds + c0 + 8 + 2 * tq);
 }
+/* 16-byte global -> shared copy without a register round trip (sm_80+); valid 0 zero-fills the
+ * 16 bytes (src-size 0, nothing is read; gmem must still be a valid address). */
+static __device__ __forceinline__ void xd_cp_async16(void *smem, const void *gmem, bool valid) {
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+static __device__ __forceinline__ void xd_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+/* wait until at most N committed groups are still in flight */
+template <int N>
+static __device__ __forceinline__ void xd_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 #endif

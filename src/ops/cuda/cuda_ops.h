@@ -110,11 +110,19 @@ int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *lse, const u
  * to run. d a multiple of 16 up to 128 with 16-byte aligned buffers; otherwise (d <= 256) it
  * runs the reference. Uses a scratch buffer of the context (grown on first use; not to be
  * called while a graph is being captured the first time at a new size).
+ * It first converts q, dout, k and v (as a bf16 hi + lo pair) to bf16 copies in that scratch
+ * and then streams tiles by cp.async, two stages deep.
+ * xd_cuda_swa_backward_v1: the previous tensor-core version, kept for comparison: the same
+ * blocks and arithmetic (bitwise the same results), fp32 tiles converted as they are staged,
+ * one at a time.
  * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
  * with atomics (the last bits may vary from run to run); d <= 256. */
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                          xd_err *e);
+int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                            xd_err *e);
 int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                              xd_err *e);

@@ -109,7 +109,14 @@ extern "C" int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, fl
  * hi + lo pair (two MMAs, ~16 bits), and D = bf16(dout) . out uses the same rounded dout as
  * dP. Then dP - D = bf16(dout) . (v_s - out) to ~2^-16. Relative L2 error vs the fp32 CPU twin
  * ~4e-3 (tests/gpu/test_gpu_ops.c).
- * Fast path: d a multiple of 16 up to 128, 16-byte aligned buffers; else the reference. */
+ * Fast path: d a multiple of 16 up to 128, 16-byte aligned buffers; else the reference.
+ * Pipelined version (xd_cuda_swa_backward; the above is xd_cuda_swa_backward_v1): a prologue
+ * (k_sb_prep_q: D_t as k_sb_rowdot plus bf16 copies of dout and q; k_sb_prep_kv: bf16 k and
+ * the v hi + lo pair) writes the operands once in the rounding the staging used, then
+ * k_sb_dkv_p / k_sb_dq_p run the same blocks, tile order and MMA sequence (shared
+ * sb_dkv_tile / sb_dq_tile) with the next tile fetched by cp.async into a second shared-memory
+ * stage while the current one is computed. Same operands, same order: the results are
+ * bitwise those of v1 (tests/gpu/test_gpu_ops.c checks it). */
 #include "cuda_mma.cuh"
 
 #define SB_BK 64          /* keys per dK/dV block, queries per dQ block (4 warps x 16) */
@@ -120,6 +127,9 @@ struct sb_args {
   const float *q, *k, *v, *out, *dout, *lse;
   float *dq, *dk, *dv;
   float *Dt;   /* [B,T,H] */
+  /* bf16 copies made once per call by the pipelined kernels' prologue (scratch): q, dout
+   * [B,T,H,d]; k, v as hi (= bf16(v)) and lo (= bf16(v - hi)) [B,T,G,d] */
+  uint16_t *q16, *o16, *k16, *vh16, *vl16;
   float *part; /* sink partials: dK [nc][B][G][Sp][d], then dV the same */
   int B, T, H, G, W, S;
   int nkb;        /* window-mode key blocks */
@@ -175,123 +185,108 @@ __device__ __forceinline__ void sb_stage_hilo(uint16_t *hi, uint16_t *lo, const 
   }
 }
 
+/* One query tile of the dK / dV blocks: S^T = K Q^T, P^T, dP^T = V dO^T (v as hi + lo),
+ * dS^T = P^T o (dP^T - D), then dV += P^T dO, dK += dS^T Q into this warp's register tiles.
+ * Ks/Vs/Vl [SB_BK][D+8], Qs/Os [BQ][D+8] bf16; Ls = lse * log2(e), Ds = D_t of the tile's rows. */
 template <int D, int BQ>
-__global__ void __launch_bounds__(SB_THREADS) k_sb_dkv(sb_args a) {
+__device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)[D / 8][4], const uint16_t *Ks,
+                                            const uint16_t *Vs, const uint16_t *Vl, const uint16_t *Qs,
+                                            const uint16_t *Os, const float *Ls, const float *Ds, const sb_args &a,
+                                            bool sink, int q0, int s0, int s1) {
   constexpr int LDS = D + 8;
-  extern __shared__ __align__(16) uint16_t sb_smem[];
-  uint16_t *Ks = sb_smem, *Vs = Ks + SB_BK * LDS, *Vl = Vs + SB_BK * LDS, *Qs = Vl + SB_BK * LDS, *Os = Qs + BQ * LDS;
-  float *Ls = reinterpret_cast<float *>(Os + BQ * LDS), *Ds = Ls + BQ;
-  const int T = a.T, H = a.H, G = a.G, Hg = H / G;
-  const int g = blockIdx.y, b = blockIdx.z;
+  const int T = a.T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-  const int nsink_blocks = a.nsb * a.nc;
-  const bool sink = (int)blockIdx.x < nsink_blocks;
-  int k0, qt_lo, qt_hi, chunk = 0;
-  if (sink) {
-    const int kb = blockIdx.x % a.nsb;
-    chunk = blockIdx.x / a.nsb;
-    k0 = kb * SB_BK;
-    qt_lo = a.sq_lo + chunk * SB_SINK_CHUNK;
-    qt_hi = min(qt_lo + SB_SINK_CHUNK, a.nqt) - 1;
-  } else {
-    const int kb = blockIdx.x - nsink_blocks;
-    k0 = kb * SB_BK;
-    const int k1 = min(T - 1, k0 + SB_BK - 1);
-    qt_lo = k0 / BQ;
-    qt_hi = min(T - 1, k1 + a.W - 1) / BQ;
-  }
-  const int kw0 = k0 + warp * 16;          /* this warp's first key */
-  const int s0 = kw0 + gq, s1 = s0 + 8;    /* this lane's two key rows */
-  /* warp-uniform: does this warp hold any key with work in this mode? */
-  const bool warp_live = sink ? kw0 < a.Sp : kw0 < T;
-
-  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
-  sb_stage<D, SB_BK>(Ks, a.k + (size_t)b * T * ldkv + (size_t)g * D, ldkv, k0, T);
-  sb_stage_hilo<D, SB_BK>(Vs, Vl, a.v + (size_t)b * T * ldkv + (size_t)g * D, ldkv, k0, T);
-
-  float dka[D / 8][4], dva[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++)
-#pragma unroll
-    for (int e2 = 0; e2 < 4; e2++) dka[i][e2] = dva[i][e2] = 0.f;
-  const float LOG2E = 1.4426950408889634f;
   const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
-
-  for (int hg = 0; hg < Hg; hg++) {
-    const int h = g * Hg + hg;
-    for (int qt = qt_lo; qt <= qt_hi; qt++) {
-      const int q0 = qt * BQ;
-      __syncthreads(); /* the previous tile's readers are done */
-      sb_stage<D, BQ>(Qs, a.q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
-      sb_stage<D, BQ>(Os, a.dout + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
-      for (int r = threadIdx.x; r < BQ; r += SB_THREADS) {
-        const bool ok = q0 + r < T;
-        const size_t ri = ((size_t)b * T + (ok ? q0 + r : 0)) * H + h;
-        Ls[r] = ok ? a.lse[ri] * LOG2E : 0.f;
-        Ds[r] = ok ? a.Dt[ri] : 0.f;
-      }
-      __syncthreads();
-      if (!warp_live) continue;
-      /* warp-uniform skip of tiles that none of the warp's keys see */
-      if (!sink && (q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)) continue;
-      float st[BQ / 8][4], dp[BQ / 8][4];
+  float st[BQ / 8][4], dp[BQ / 8][4];
 #pragma unroll
-      for (int nb = 0; nb < BQ / 8; nb++)
+  for (int nb = 0; nb < BQ / 8; nb++)
 #pragma unroll
-        for (int e2 = 0; e2 < 4; e2++) st[nb][e2] = dp[nb][e2] = 0.f;
+    for (int e2 = 0; e2 < 4; e2++) st[nb][e2] = dp[nb][e2] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        uint32_t ka[4], va[4], vl[4];
-        xd_frag_a(ka, Ks, LDS, warp * 16, kk * 16, gq, tq);
-        xd_frag_a(va, Vs, LDS, warp * 16, kk * 16, gq, tq);
-        xd_frag_a(vl, Vl, LDS, warp * 16, kk * 16, gq, tq);
+  for (int kk = 0; kk < D / 16; kk++) {
+    uint32_t ka[4], va[4], vl[4];
+    xd_frag_a(ka, Ks, LDS, warp * 16, kk * 16, gq, tq);
+    xd_frag_a(va, Vs, LDS, warp * 16, kk * 16, gq, tq);
+    xd_frag_a(vl, Vl, LDS, warp * 16, kk * 16, gq, tq);
 #pragma unroll
-        for (int nb = 0; nb < BQ / 8; nb++) {
-          const uint16_t *qr = Qs + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
-          const uint16_t *orr = Os + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
-          xd_mma16816(st[nb], ka, xd_ld32s(qr), xd_ld32s(qr + 8));
-          const uint32_t o0 = xd_ld32s(orr), o1 = xd_ld32s(orr + 8);
-          xd_mma16816(dp[nb], va, o0, o1);
-          xd_mma16816(dp[nb], vl, o0, o1);
-        }
-      }
-      /* mask, P^T and dS^T, packed as A fragments (rows = keys, columns = queries) */
-      uint32_t pa[BQ / 16][4], sa[BQ / 16][4];
-#pragma unroll
-      for (int nb = 0; nb < BQ / 8; nb++) {
-        float p[4], ds[4];
-#pragma unroll
-        for (int e2 = 0; e2 < 4; e2++) {
-          const int c = nb * 8 + 2 * tq + (e2 & 1), t = q0 + c, s = e2 < 2 ? s0 : s1;
-          const bool ok = sink ? (s < a.Sp && t < T && t - s >= a.W) : (s < T && t < T && s <= t && t - s < a.W);
-          p[e2] = ok ? exp2f(st[nb][e2] * a.scale_log2 - Ls[c]) : 0.f;
-          ds[e2] = p[e2] * (dp[nb][e2] - Ds[c]);
-        }
-        pa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(p[0], p[1]);
-        pa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(p[2], p[3]);
-        sa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(ds[0], ds[1]);
-        sa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(ds[2], ds[3]);
-      }
-      /* dV += P^T dO, dK += dS^T Q (k = queries, n = dims: ldmatrix.trans of the row-major tiles) */
-#pragma unroll
-      for (int kk = 0; kk < BQ / 16; kk++) {
-#pragma unroll
-        for (int nd = 0; nd < D / 8; nd += 2) {
-          uint32_t b0, b1, b2, b3;
-          xd_ldsm_x4_trans(b0, b1, b2, b3, Os + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
-          xd_mma16816(dva[nd], pa[kk], b0, b1);
-          xd_mma16816(dva[nd + 1], pa[kk], b2, b3);
-          xd_ldsm_x4_trans(b0, b1, b2, b3, Qs + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
-          xd_mma16816(dka[nd], sa[kk], b0, b1);
-          xd_mma16816(dka[nd + 1], sa[kk], b2, b3);
-        }
-      }
+    for (int nb = 0; nb < BQ / 8; nb++) {
+      const uint16_t *qr = Qs + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
+      const uint16_t *orr = Os + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
+      xd_mma16816(st[nb], ka, xd_ld32s(qr), xd_ld32s(qr + 8));
+      const uint32_t o0 = xd_ld32s(orr), o1 = xd_ld32s(orr + 8);
+      xd_mma16816(dp[nb], va, o0, o1);
+      xd_mma16816(dp[nb], vl, o0, o1);
     }
   }
-  if (!warp_live) return;
-  if (sink) {
+  /* mask, P^T and dS^T, packed as A fragments (rows = keys, columns = queries) */
+  uint32_t pa[BQ / 16][4], sa[BQ / 16][4];
+#pragma unroll
+  for (int nb = 0; nb < BQ / 8; nb++) {
+    float p[4], ds[4];
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) {
+      const int c = nb * 8 + 2 * tq + (e2 & 1), t = q0 + c, s = e2 < 2 ? s0 : s1;
+      const bool ok = sink ? (s < a.Sp && t < T && t - s >= a.W) : (s < T && t < T && s <= t && t - s < a.W);
+      p[e2] = ok ? exp2f(st[nb][e2] * a.scale_log2 - Ls[c]) : 0.f;
+      ds[e2] = p[e2] * (dp[nb][e2] - Ds[c]);
+    }
+    pa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(p[0], p[1]);
+    pa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(p[2], p[3]);
+    sa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(ds[0], ds[1]);
+    sa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(ds[2], ds[3]);
+  }
+  /* dV += P^T dO, dK += dS^T Q (k = queries, n = dims: ldmatrix.trans of the row-major tiles) */
+#pragma unroll
+  for (int kk = 0; kk < BQ / 16; kk++) {
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd += 2) {
+      uint32_t b0, b1, b2, b3;
+      xd_ldsm_x4_trans(b0, b1, b2, b3, Os + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
+      xd_mma16816(dva[nd], pa[kk], b0, b1);
+      xd_mma16816(dva[nd + 1], pa[kk], b2, b3);
+      xd_ldsm_x4_trans(b0, b1, b2, b3, Qs + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
+      xd_mma16816(dka[nd], sa[kk], b0, b1);
+      xd_mma16816(dka[nd + 1], sa[kk], b2, b3);
+    }
+  }
+}
+
+/* A dK / dV block's keys and query-tile range: window mode (keys k0..k0+63, the queries that
+ * see them through the window) or sink mode (a 64-key block of sinks, a chunk of far queries). */
+struct sb_kv_range {
+  bool sink;
+  int k0, qt_lo, qt_hi, chunk;
+};
+__device__ __forceinline__ sb_kv_range sb_kv_range_of(const sb_args &a, int BQ) {
+  sb_kv_range r;
+  const int nsink_blocks = a.nsb * a.nc;
+  r.sink = (int)blockIdx.x < nsink_blocks;
+  r.chunk = 0;
+  if (r.sink) {
+    const int kb = blockIdx.x % a.nsb;
+    r.chunk = blockIdx.x / a.nsb;
+    r.k0 = kb * SB_BK;
+    r.qt_lo = a.sq_lo + r.chunk * SB_SINK_CHUNK;
+    r.qt_hi = min(r.qt_lo + SB_SINK_CHUNK, a.nqt) - 1;
+  } else {
+    r.k0 = ((int)blockIdx.x - nsink_blocks) * SB_BK;
+    const int k1 = min(a.T - 1, r.k0 + SB_BK - 1);
+    r.qt_lo = r.k0 / BQ;
+    r.qt_hi = min(a.T - 1, k1 + a.W - 1) / BQ;
+  }
+  return r;
+}
+
+/* The end of a dK / dV block: sink mode stores its partials (scale dK, dV) to scratch; window
+ * mode adds them to dk, dv. */
+template <int D>
+__device__ __forceinline__ void sb_dkv_store(const sb_args &a, const sb_kv_range &r, const float (&dka)[D / 8][4],
+                                             const float (&dva)[D / 8][4], int g, int b, int s0, int s1) {
+  const int T = a.T, G = a.G, tq = (threadIdx.x & 31) & 3;
+  const size_t ldkv = (size_t)G * D;
+  if (r.sink) {
     const size_t plane = (size_t)a.nc * a.B * G * a.Sp * D;
-    float *pk = a.part + (((size_t)chunk * a.B + b) * G + g) * a.Sp * D, *pv = pk + plane;
+    float *pk = a.part + (((size_t)r.chunk * a.B + b) * G + g) * a.Sp * D, *pv = pk + plane;
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd++) {
       const int c = nd * 8 + 2 * tq;
@@ -329,6 +324,144 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dkv(sb_args a) {
   }
 }
 
+/* v1 (xd_cuda_swa_backward_v1): fp32 tiles converted to bf16 as they are staged, one tile at a
+ * time (load, barrier, compute, barrier). */
+template <int D, int BQ>
+__global__ void __launch_bounds__(SB_THREADS) k_sb_dkv(sb_args a) {
+  constexpr int LDS = D + 8;
+  extern __shared__ __align__(16) uint16_t sb_smem[];
+  uint16_t *Ks = sb_smem, *Vs = Ks + SB_BK * LDS, *Vl = Vs + SB_BK * LDS, *Qs = Vl + SB_BK * LDS, *Os = Qs + BQ * LDS;
+  float *Ls = reinterpret_cast<float *>(Os + BQ * LDS), *Ds = Ls + BQ;
+  const int T = a.T, H = a.H, G = a.G, Hg = H / G;
+  const int g = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+  const sb_kv_range r = sb_kv_range_of(a, BQ);
+  const int kw0 = r.k0 + warp * 16;        /* this warp's first key */
+  const int s0 = kw0 + gq, s1 = s0 + 8;    /* this lane's two key rows */
+  /* warp-uniform: does this warp hold any key with work in this mode? */
+  const bool warp_live = r.sink ? kw0 < a.Sp : kw0 < T;
+
+  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
+  sb_stage<D, SB_BK>(Ks, a.k + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+  sb_stage_hilo<D, SB_BK>(Vs, Vl, a.v + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) dka[i][e2] = dva[i][e2] = 0.f;
+  const float LOG2E = 1.4426950408889634f;
+
+  for (int hg = 0; hg < Hg; hg++) {
+    const int h = g * Hg + hg;
+    for (int qt = r.qt_lo; qt <= r.qt_hi; qt++) {
+      const int q0 = qt * BQ;
+      __syncthreads(); /* the previous tile's readers are done */
+      sb_stage<D, BQ>(Qs, a.q + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
+      sb_stage<D, BQ>(Os, a.dout + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
+      for (int rr = threadIdx.x; rr < BQ; rr += SB_THREADS) {
+        const bool ok = q0 + rr < T;
+        const size_t ri = ((size_t)b * T + (ok ? q0 + rr : 0)) * H + h;
+        Ls[rr] = ok ? a.lse[ri] * LOG2E : 0.f;
+        Ds[rr] = ok ? a.Dt[ri] : 0.f;
+      }
+      __syncthreads();
+      if (!warp_live) continue;
+      /* warp-uniform skip of tiles that none of the warp's keys see */
+      if (!r.sink && (q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)) continue;
+      sb_dkv_tile<D, BQ>(dka, dva, Ks, Vs, Vl, Qs, Os, Ls, Ds, a, r.sink, q0, s0, s1);
+    }
+  }
+  if (!warp_live) return;
+  sb_dkv_store<D>(a, r, dka, dva, g, b, s0, s1);
+}
+
+/* ROWS rows of D bf16 values (row r at base + r*ld) -> shared tile [ROWS][D+8] by cp.async;
+ * rows at or past T (counted from r0) are zero-filled. */
+template <int D, int ROWS>
+__device__ __forceinline__ void sb_fetch(uint16_t *s, const uint16_t *base, size_t ld, int r0, int T) {
+  constexpr int LDS = D + 8, CH = D / 8; /* 16-byte chunks per row */
+  for (int i = threadIdx.x; i < ROWS * CH; i += SB_THREADS) {
+    const int r = i / CH, c = (i % CH) * 8;
+    const bool ok = r0 + r < T;
+    xd_cp_async16(s + r * LDS + c, base + (size_t)(ok ? r0 + r : 0) * ld + c, ok);
+  }
+}
+
+/* Pipelined (xd_cuda_swa_backward): the same block and tile order and the same arithmetic as
+ * k_sb_dkv, from the prologue's bf16 copies, with the next query tile's Q / dO fetched by
+ * cp.async (and its lse, D loaded into registers) while the current one is computed: two
+ * stages of Q, dO, Ls, Ds in shared memory. */
+template <int D, int BQ>
+__global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_args a) {
+  constexpr int LDS = D + 8;
+  extern __shared__ __align__(16) uint16_t sb_smem[];
+  uint16_t *Ks = sb_smem, *Vs = Ks + SB_BK * LDS, *Vl = Vs + SB_BK * LDS;
+  uint16_t *Qs0 = Vl + SB_BK * LDS, *Os0 = Qs0 + 2 * BQ * LDS;           /* [2][BQ][LDS] each */
+  float *Ls0 = reinterpret_cast<float *>(Os0 + 2 * BQ * LDS), *Ds0 = Ls0 + 2 * BQ; /* [2][BQ] each */
+  const int T = a.T, H = a.H, G = a.G, Hg = H / G;
+  const int g = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+  const sb_kv_range r = sb_kv_range_of(a, BQ);
+  const int kw0 = r.k0 + warp * 16;
+  const int s0 = kw0 + gq, s1 = s0 + 8;
+  const bool warp_live = r.sink ? kw0 < a.Sp : kw0 < T;
+  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
+  const float LOG2E = 1.4426950408889634f;
+  const int nqt = r.qt_hi - r.qt_lo + 1, n_it = Hg * nqt;
+
+  sb_fetch<D, SB_BK>(Ks, a.k16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+  sb_fetch<D, SB_BK>(Vs, a.vh16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+  sb_fetch<D, SB_BK>(Vl, a.vl16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+  /* iteration it: query head g*Hg + it / nqt, query tile qt_lo + it % nqt (k_sb_dkv's order) */
+  float nl = 0.f, nd = 0.f; /* the next tile's lse, D of row threadIdx.x (< BQ) */
+  auto fetch_tile = [&](int it, int buf) {
+    const int h = g * Hg + it / nqt, q0 = (r.qt_lo + it % nqt) * BQ;
+    sb_fetch<D, BQ>(Qs0 + buf * BQ * LDS, a.q16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
+    sb_fetch<D, BQ>(Os0 + buf * BQ * LDS, a.o16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
+    if ((int)threadIdx.x < BQ) {
+      const int rr = threadIdx.x;
+      const bool ok = q0 + rr < T;
+      const size_t ri = ((size_t)b * T + (ok ? q0 + rr : 0)) * H + h;
+      nl = ok ? a.lse[ri] * LOG2E : 0.f;
+      nd = ok ? a.Dt[ri] : 0.f;
+    }
+  };
+  auto put_rows = [&](int buf) {
+    if ((int)threadIdx.x < BQ) Ls0[buf * BQ + threadIdx.x] = nl, Ds0[buf * BQ + threadIdx.x] = nd;
+  };
+  fetch_tile(0, 0);
+  xd_cp_async_commit();
+  put_rows(0);
+
+  float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++)
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) dka[i][e2] = dva[i][e2] = 0.f;
+
+  for (int it = 0; it < n_it; it++) {
+    const int buf = it & 1;
+    const bool more = it + 1 < n_it;
+    if (more) { /* buffer buf ^ 1 was last read in iteration it - 1, before its closing barrier */
+      fetch_tile(it + 1, buf ^ 1);
+      xd_cp_async_commit();
+      xd_cp_async_wait<1>();
+    } else {
+      xd_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int q0 = (r.qt_lo + it % nqt) * BQ;
+    if (warp_live && (r.sink || !(q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)))
+      sb_dkv_tile<D, BQ>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
+                         Ds0 + buf * BQ, a, r.sink, q0, s0, s1);
+    if (more) put_rows(buf ^ 1);
+    __syncthreads();
+  }
+  if (!warp_live) return;
+  sb_dkv_store<D>(a, r, dka, dva, g, b, s0, s1);
+}
+
 /* dk, dv of the sink keys += the sink-mode partials, summed over the chunks in order. */
 __global__ void k_sb_sink_sum(sb_args a, int d) {
   const size_t n = (size_t)a.B * a.Sp * a.G * d;
@@ -350,87 +483,82 @@ __global__ void k_sb_sink_sum(sb_args a, int d) {
   a.dv[o] += sv;
 }
 
+/* One key tile of the dQ blocks: S = Q K^T, P = exp(S scale - lse), dP = dO V^T (v as hi + lo),
+ * dS = P o (dP - D), dQ += dS K into this warp's register tile. Qs/Os/Ks/Vs/Vl [SB_BK][D+8]
+ * bf16; rows r0, r1 of this lane with L = lse * log2(e) and D_t. */
 template <int D>
-__global__ void __launch_bounds__(SB_THREADS) k_sb_dq(sb_args a) {
+__device__ __forceinline__ void sb_dq_tile(float (&dqa)[D / 8][4], const uint16_t *Qs, const uint16_t *Os,
+                                           const uint16_t *Ks, const uint16_t *Vs, const uint16_t *Vl,
+                                           const sb_args &a, int k0, int r0, int r1, float L0, float L1, float D0,
+                                           float D1) {
   constexpr int LDS = D + 8;
-  extern __shared__ __align__(16) uint16_t sb_smem[];
-  uint16_t *Qs = sb_smem, *Os = Qs + SB_BK * LDS, *Ks = Os + SB_BK * LDS, *Vs = Ks + SB_BK * LDS, *Vl = Vs + SB_BK * LDS;
-  const int T = a.T, H = a.H, G = a.G;
-  const int qb = gridDim.x - 1 - blockIdx.x; /* longest (latest) query blocks first */
-  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / G);
+  const int T = a.T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-  const int q_lo = qb * SB_BK, q_hi = min(T, q_lo + SB_BK) - 1;
-  const int r0 = q_lo + warp * 16 + gq, r1 = r0 + 8;
-  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
-  sb_stage<D, SB_BK>(Qs, a.q + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
-  sb_stage<D, SB_BK>(Os, a.dout + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
-  const float LOG2E = 1.4426950408889634f;
-  const size_t i0 = ((size_t)b * T + min(r0, T - 1)) * H + h, i1 = ((size_t)b * T + min(r1, T - 1)) * H + h;
-  const float L0 = a.lse[i0] * LOG2E, L1 = a.lse[i1] * LOG2E, D0 = a.Dt[i0], D1 = a.Dt[i1];
-  float dqa[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
   const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
-  const float *kbase = a.k + (size_t)b * T * ldkv + (size_t)g * D, *vbase = a.v + (size_t)b * T * ldkv + (size_t)g * D;
-
-  const int j_max = q_hi / SB_BK;
-  const int j_win = max(0, q_lo - a.W + 1) / SB_BK;
-  int j = (0 < j_win && a.S <= 0) ? j_win : 0;
-  while (j >= 0) {
-    const int k0 = j * SB_BK;
-    __syncthreads();
-    sb_stage<D, SB_BK>(Ks, kbase, ldkv, k0, T);
-    sb_stage_hilo<D, SB_BK>(Vs, Vl, vbase, ldkv, k0, T);
-    __syncthreads();
-    float st[SB_BK / 8][4], dp[SB_BK / 8][4];
+  float st[SB_BK / 8][4], dp[SB_BK / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < SB_BK / 8; nb++)
+  for (int nb = 0; nb < SB_BK / 8; nb++)
 #pragma unroll
-      for (int e2 = 0; e2 < 4; e2++) st[nb][e2] = dp[nb][e2] = 0.f;
+    for (int e2 = 0; e2 < 4; e2++) st[nb][e2] = dp[nb][e2] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-      uint32_t qa[4], oa[4];
-      xd_frag_a(qa, Qs, LDS, warp * 16, kk * 16, gq, tq);
-      xd_frag_a(oa, Os, LDS, warp * 16, kk * 16, gq, tq);
-#pragma unroll
-      for (int nb = 0; nb < SB_BK / 8; nb++) {
-        const uint16_t *kr = Ks + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
-        const uint16_t *vr = Vs + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
-        const uint16_t *vlr = Vl + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
-        xd_mma16816(st[nb], qa, xd_ld32s(kr), xd_ld32s(kr + 8));
-        xd_mma16816(dp[nb], oa, xd_ld32s(vr), xd_ld32s(vr + 8));
-        xd_mma16816(dp[nb], oa, xd_ld32s(vlr), xd_ld32s(vlr + 8));
-      }
-    }
-    uint32_t sa[SB_BK / 16][4];
+  for (int kk = 0; kk < D / 16; kk++) {
+    uint32_t qa[4], oa[4];
+    xd_frag_a(qa, Qs, LDS, warp * 16, kk * 16, gq, tq);
+    xd_frag_a(oa, Os, LDS, warp * 16, kk * 16, gq, tq);
 #pragma unroll
     for (int nb = 0; nb < SB_BK / 8; nb++) {
-      float ds[4];
-#pragma unroll
-      for (int e2 = 0; e2 < 4; e2++) {
-        const int key = k0 + nb * 8 + 2 * tq + (e2 & 1), row = e2 < 2 ? r0 : r1;
-        const bool ok = row < T && key <= row && (row - key < a.W || key < a.S);
-        const float p = ok ? exp2f(st[nb][e2] * a.scale_log2 - (e2 < 2 ? L0 : L1)) : 0.f;
-        ds[e2] = p * (dp[nb][e2] - (e2 < 2 ? D0 : D1));
-      }
-      sa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(ds[0], ds[1]);
-      sa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(ds[2], ds[3]);
+      const uint16_t *kr = Ks + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
+      const uint16_t *vr = Vs + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
+      const uint16_t *vlr = Vl + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
+      xd_mma16816(st[nb], qa, xd_ld32s(kr), xd_ld32s(kr + 8));
+      xd_mma16816(dp[nb], oa, xd_ld32s(vr), xd_ld32s(vr + 8));
+      xd_mma16816(dp[nb], oa, xd_ld32s(vlr), xd_ld32s(vlr + 8));
     }
-#pragma unroll
-    for (int kk = 0; kk < SB_BK / 16; kk++) {
-#pragma unroll
-      for (int nd = 0; nd < D / 8; nd += 2) {
-        uint32_t b0, b1, b2, b3;
-        xd_ldsm_x4_trans(b0, b1, b2, b3, Ks + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
-        xd_mma16816(dqa[nd], sa[kk], b0, b1);
-        xd_mma16816(dqa[nd + 1], sa[kk], b2, b3);
-      }
-    }
-    /* next key tile: sinks, then the window (attention.cu's att_next_tile) */
-    j++;
-    if (j < j_win && j * SB_BK >= a.S) j = j_win;
-    if (j > j_max) j = -1;
   }
+  uint32_t sa[SB_BK / 16][4];
+#pragma unroll
+  for (int nb = 0; nb < SB_BK / 8; nb++) {
+    float ds[4];
+#pragma unroll
+    for (int e2 = 0; e2 < 4; e2++) {
+      const int key = k0 + nb * 8 + 2 * tq + (e2 & 1), row = e2 < 2 ? r0 : r1;
+      const bool ok = row < T && key <= row && (row - key < a.W || key < a.S);
+      const float p = ok ? exp2f(st[nb][e2] * a.scale_log2 - (e2 < 2 ? L0 : L1)) : 0.f;
+      ds[e2] = p * (dp[nb][e2] - (e2 < 2 ? D0 : D1));
+    }
+    sa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(ds[0], ds[1]);
+    sa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(ds[2], ds[3]);
+  }
+#pragma unroll
+  for (int kk = 0; kk < SB_BK / 16; kk++) {
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd += 2) {
+      uint32_t b0, b1, b2, b3;
+      xd_ldsm_x4_trans(b0, b1, b2, b3, Ks + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
+      xd_mma16816(dqa[nd], sa[kk], b0, b1);
+      xd_mma16816(dqa[nd + 1], sa[kk], b2, b3);
+    }
+  }
+}
+
+/* The key tiles a dQ block visits, in attention.cu's order: the sinks' tiles, then the window's
+ * (first: sb_dq_first; then sb_dq_next until -1). */
+struct sb_dq_tiles {
+  int j_win, j_max, S;
+};
+__device__ __forceinline__ int sb_dq_first(const sb_dq_tiles &t) { return (0 < t.j_win && t.S <= 0) ? t.j_win : 0; }
+__device__ __forceinline__ int sb_dq_next(const sb_dq_tiles &t, int j) {
+  j++;
+  if (j < t.j_win && j * SB_BK >= t.S) j = t.j_win;
+  return j > t.j_max ? -1 : j;
+}
+
+/* dq += scale dQ of this lane's rows r0, r1 */
+template <int D>
+__device__ __forceinline__ void sb_dq_store(const sb_args &a, const float (&dqa)[D / 8][4], int h, int b, int r0,
+                                            int r1) {
+  const int T = a.T, tq = (threadIdx.x & 31) & 3;
+  const size_t ldq = (size_t)a.H * D;
   float *dqb = a.dq + (size_t)b * T * ldq + (size_t)h * D;
 #pragma unroll
   for (int nd = 0; nd < D / 8; nd++) {
@@ -451,13 +579,131 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq(sb_args a) {
 }
 
 template <int D>
-static int sb_launch(xd_cuda_ctx *c, const sb_args &a, xd_err *e) {
+__global__ void __launch_bounds__(SB_THREADS) k_sb_dq(sb_args a) {
+  constexpr int LDS = D + 8;
+  extern __shared__ __align__(16) uint16_t sb_smem[];
+  uint16_t *Qs = sb_smem, *Os = Qs + SB_BK * LDS, *Ks = Os + SB_BK * LDS, *Vs = Ks + SB_BK * LDS, *Vl = Vs + SB_BK * LDS;
+  const int T = a.T, H = a.H, G = a.G;
+  const int qb = gridDim.x - 1 - blockIdx.x; /* longest (latest) query blocks first */
+  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / G);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+  const int q_lo = qb * SB_BK, q_hi = min(T, q_lo + SB_BK) - 1;
+  const int r0 = q_lo + warp * 16 + gq, r1 = r0 + 8;
+  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
+  sb_stage<D, SB_BK>(Qs, a.q + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
+  sb_stage<D, SB_BK>(Os, a.dout + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
+  const float LOG2E = 1.4426950408889634f;
+  const size_t i0 = ((size_t)b * T + min(r0, T - 1)) * H + h, i1 = ((size_t)b * T + min(r1, T - 1)) * H + h;
+  const float L0 = a.lse[i0] * LOG2E, L1 = a.lse[i1] * LOG2E, D0 = a.Dt[i0], D1 = a.Dt[i1];
+  float dqa[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+  const float *kbase = a.k + (size_t)b * T * ldkv + (size_t)g * D, *vbase = a.v + (size_t)b * T * ldkv + (size_t)g * D;
+  const sb_dq_tiles tl = {max(0, q_lo - a.W + 1) / SB_BK, q_hi / SB_BK, a.S};
+  for (int j = sb_dq_first(tl); j >= 0; j = sb_dq_next(tl, j)) {
+    const int k0 = j * SB_BK;
+    __syncthreads();
+    sb_stage<D, SB_BK>(Ks, kbase, ldkv, k0, T);
+    sb_stage_hilo<D, SB_BK>(Vs, Vl, vbase, ldkv, k0, T);
+    __syncthreads();
+    sb_dq_tile<D>(dqa, Qs, Os, Ks, Vs, Vl, a, k0, r0, r1, L0, L1, D0, D1);
+  }
+  sb_dq_store<D>(a, dqa, h, b, r0, r1);
+}
+
+/* Pipelined dQ: k_sb_dq's blocks, order and arithmetic from the bf16 copies, with the next key
+ * tile (K, V hi, V lo) fetched by cp.async while the current one is computed (two stages). */
+template <int D>
+__global__ void __launch_bounds__(SB_THREADS) k_sb_dq_p(sb_args a) {
+  constexpr int LDS = D + 8, TILE = SB_BK * LDS;
+  extern __shared__ __align__(16) uint16_t sb_smem[];
+  uint16_t *Qs = sb_smem, *Os = Qs + TILE, *KV0 = Os + TILE; /* KV0: [2 stages][K, V hi, V lo][TILE] */
+  const int T = a.T, H = a.H, G = a.G;
+  const int qb = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / G);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+  const int q_lo = qb * SB_BK, q_hi = min(T, q_lo + SB_BK) - 1;
+  const int r0 = q_lo + warp * 16 + gq, r1 = r0 + 8;
+  const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
+  const size_t kvoff = (size_t)b * T * ldkv + (size_t)g * D;
+  const sb_dq_tiles tl = {max(0, q_lo - a.W + 1) / SB_BK, q_hi / SB_BK, a.S};
+  auto fetch_kv = [&](int j, int buf) {
+    uint16_t *st = KV0 + buf * 3 * TILE;
+    sb_fetch<D, SB_BK>(st, a.k16 + kvoff, ldkv, j * SB_BK, T);
+    sb_fetch<D, SB_BK>(st + TILE, a.vh16 + kvoff, ldkv, j * SB_BK, T);
+    sb_fetch<D, SB_BK>(st + 2 * TILE, a.vl16 + kvoff, ldkv, j * SB_BK, T);
+  };
+  sb_fetch<D, SB_BK>(Qs, a.q16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
+  sb_fetch<D, SB_BK>(Os, a.o16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
+  int j = sb_dq_first(tl);
+  fetch_kv(j, 0);
+  xd_cp_async_commit();
+  const float LOG2E = 1.4426950408889634f;
+  const size_t i0 = ((size_t)b * T + min(r0, T - 1)) * H + h, i1 = ((size_t)b * T + min(r1, T - 1)) * H + h;
+  const float L0 = a.lse[i0] * LOG2E, L1 = a.lse[i1] * LOG2E, D0 = a.Dt[i0], D1 = a.Dt[i1];
+  float dqa[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+  for (int buf = 0; j >= 0; buf ^= 1) {
+    const int jn = sb_dq_next(tl, j);
+    if (jn >= 0) { /* stage buf ^ 1 was last read before the previous iteration's closing barrier */
+      fetch_kv(jn, buf ^ 1);
+      xd_cp_async_commit();
+      xd_cp_async_wait<1>();
+    } else {
+      xd_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t *st = KV0 + buf * 3 * TILE;
+    sb_dq_tile<D>(dqa, Qs, Os, st, st + TILE, st + 2 * TILE, a, j * SB_BK, r0, r1, L0, L1, D0, D1);
+    __syncthreads();
+    j = jn;
+  }
+  sb_dq_store<D>(a, dqa, h, b, r0, r1);
+}
+
+/* Prologue of the pipelined kernels, part 1: one warp per (b, t, h) row: D_t = bf16(dout_t) .
+ * out_t (k_sb_rowdot's arithmetic, so both versions see the same D) and the bf16 copies of
+ * dout and q. */
+__global__ void k_sb_prep_q(float *Dt, uint16_t *o16, uint16_t *q16, const float *dout, const float *out,
+                            const float *q, size_t rows, int d) {
+  const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  float acc = 0.f;
+  for (int i = lane; i < d; i += 32) {
+    const __nv_bfloat16 ob = __float2bfloat16_rn(dout[row * d + i]);
+    acc += __bfloat162float(ob) * out[row * d + i];
+    o16[row * d + i] = __bfloat16_as_ushort(ob);
+    q16[row * d + i] = __bfloat16_as_ushort(__float2bfloat16_rn(q[row * d + i]));
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) Dt[row] = acc;
+}
+
+/* Part 2: k to bf16, v to the bf16 pair hi = bf16(v), lo = bf16(v - hi) (sb_stage_hilo's). */
+__global__ void k_sb_prep_kv(uint16_t *k16, uint16_t *vh, uint16_t *vl, const float *k, const float *v, size_t n) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  k16[i] = __bfloat16_as_ushort(__float2bfloat16_rn(k[i]));
+  const float x = v[i];
+  const __nv_bfloat16 hb = __float2bfloat16_rn(x);
+  vh[i] = __bfloat16_as_ushort(hb);
+  vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
+}
+
+template <int D>
+static int sb_launch(xd_cuda_ctx *c, const sb_args &a, bool pipelined, xd_err *e) {
   constexpr int BQ = D <= 64 ? 64 : 32;
-  const size_t smem_kv = (size_t)(3 * SB_BK + 2 * BQ) * (D + 8) * sizeof(uint16_t) + 2 * BQ * sizeof(float);
-  const size_t smem_q = (size_t)5 * SB_BK * (D + 8) * sizeof(uint16_t);
+  constexpr size_t ROW = (D + 8) * sizeof(uint16_t);
+  const size_t smem_kv = pipelined ? (3 * SB_BK + 4 * BQ) * ROW + 4 * BQ * sizeof(float)
+                                   : (3 * SB_BK + 2 * BQ) * ROW + 2 * BQ * sizeof(float);
+  const size_t smem_q = (size_t)(pipelined ? 8 : 5) * SB_BK * ROW;
   if (smem_kv > c->smem_optin || smem_q > c->smem_optin) return xd_errf(e, "swa_backward: d %d needs too much shared memory", D);
-  XD_CU(cudaFuncSetAttribute(k_sb_dkv<D, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
-  XD_CU(cudaFuncSetAttribute(k_sb_dq<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
+  auto kdkv = pipelined ? k_sb_dkv_p<D, BQ> : k_sb_dkv<D, BQ>;
+  auto kdq = pipelined ? k_sb_dq_p<D> : k_sb_dq<D>;
+  XD_CU(cudaFuncSetAttribute(kdkv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
+  XD_CU(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
   sb_args x = a;
   x.nkb = xd_ceil_div(a.T, SB_BK);
   x.nqt = xd_ceil_div(a.T, BQ);
@@ -467,7 +713,7 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, xd_err *e) {
   x.nc = far ? xd_ceil_div(x.nqt - x.sq_lo, SB_SINK_CHUNK) : 0;
   if (x.nsb == 0 || x.nc == 0) x.nsb = x.nc = 0;
   const dim3 gkv(x.nkb + x.nsb * x.nc, a.G, a.B);
-  k_sb_dkv<D, BQ><<<gkv, SB_THREADS, smem_kv, c->stream>>>(x);
+  kdkv<<<gkv, SB_THREADS, smem_kv, c->stream>>>(x);
   XD_CU_LAUNCH("swa_backward dkv");
   if (x.nc > 0) {
     const size_t n = (size_t)a.B * a.Sp * a.G * D;
@@ -475,14 +721,15 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, xd_err *e) {
     XD_CU_LAUNCH("swa_backward sink sum");
   }
   const dim3 gq(xd_ceil_div(a.T, SB_BK), a.H, a.B);
-  k_sb_dq<D><<<gq, SB_THREADS, smem_q, c->stream>>>(x);
+  kdq<<<gq, SB_THREADS, smem_q, c->stream>>>(x);
   XD_CU_LAUNCH("swa_backward dq");
   return 0;
 }
 
-extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
-                                    const float *q, const float *k, const float *v, const float *out,
-                                    const float *lse, const swa_shape *sh, xd_err *e) {
+static size_t sb_align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                  const float *v, const float *out, const float *lse, const swa_shape *sh, bool pipelined, xd_err *e) {
   XD_ARG(sh->B > 0 && sh->T > 0 && sh->H > 0 && sh->G > 0 && sh->H % sh->G == 0);
   XD_ARG(sh->d > 0 && sh->d <= SWA_BWD_MAXD && sh->W >= 1 && sh->S >= 0);
   const int d = sh->d;
@@ -499,10 +746,14 @@ extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float 
   a.Sp = sh->S < sh->T ? sh->S : sh->T;
   a.scale = (float)(1.0 / sqrt((double)d));
   a.scale_log2 = (float)(1.0 / sqrt((double)d) * 1.4426950408889634);
-  /* scratch: D rows, then the sink partials (upper bound over BQ: the smaller query tile, 32) */
-  const size_t rows = (size_t)sh->B * sh->T * sh->H;
+  /* scratch: D rows, the sink partials (upper bound over BQ: the smaller query tile, 32), then
+   * (pipelined) the bf16 copies of q, dout [rows][d] and k, v hi, v lo [B T G][d], each
+   * 256-byte aligned for cp.async */
+  const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
   const size_t nc_max = a.Sp > 0 ? xd_ceil_div(xd_ceil_div(sh->T, 32), SB_SINK_CHUNK) : 0;
-  const size_t need = (rows + 2 * nc_max * sh->B * sh->G * a.Sp * d) * sizeof(float);
+  const size_t f32_bytes = sb_align256((rows + 2 * nc_max * sh->B * sh->G * a.Sp * d) * sizeof(float));
+  const size_t q16_bytes = sb_align256(rows * d * sizeof(uint16_t)), kv16_bytes = sb_align256(kv * sizeof(uint16_t));
+  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0);
   if (need > c->swa_ws_bytes) {
     if (c->swa_ws) XD_CU(cudaFree(c->swa_ws));
     c->swa_ws = NULL, c->swa_ws_bytes = 0;
@@ -511,16 +762,39 @@ extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float 
   }
   a.Dt = (float *)c->swa_ws;
   a.part = a.Dt + rows;
-  k_sb_rowdot<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, dout, out, rows, d);
-  XD_CU_LAUNCH("swa_backward rowdot");
-  switch (d) {
-    case 16: return sb_launch<16>(c, a, e);
-    case 32: return sb_launch<32>(c, a, e);
-    case 48: return sb_launch<48>(c, a, e);
-    case 64: return sb_launch<64>(c, a, e);
-    case 80: return sb_launch<80>(c, a, e);
-    case 96: return sb_launch<96>(c, a, e);
-    case 112: return sb_launch<112>(c, a, e);
-    default: return sb_launch<128>(c, a, e);
+  if (pipelined) {
+    char *p16 = (char *)c->swa_ws + f32_bytes;
+    a.q16 = (uint16_t *)p16, a.o16 = (uint16_t *)(p16 + q16_bytes);
+    a.k16 = (uint16_t *)(p16 + 2 * q16_bytes), a.vh16 = (uint16_t *)(p16 + 2 * q16_bytes + kv16_bytes);
+    a.vl16 = (uint16_t *)(p16 + 2 * q16_bytes + 2 * kv16_bytes);
+    k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
+    XD_CU_LAUNCH("swa_backward prep q");
+    k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);
+    XD_CU_LAUNCH("swa_backward prep kv");
+  } else {
+    k_sb_rowdot<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, dout, out, rows, d);
+    XD_CU_LAUNCH("swa_backward rowdot");
   }
+  switch (d) {
+    case 16: return sb_launch<16>(c, a, pipelined, e);
+    case 32: return sb_launch<32>(c, a, pipelined, e);
+    case 48: return sb_launch<48>(c, a, pipelined, e);
+    case 64: return sb_launch<64>(c, a, pipelined, e);
+    case 80: return sb_launch<80>(c, a, pipelined, e);
+    case 96: return sb_launch<96>(c, a, pipelined, e);
+    case 112: return sb_launch<112>(c, a, pipelined, e);
+    default: return sb_launch<128>(c, a, pipelined, e);
+  }
+}
+
+extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                                    const float *q, const float *k, const float *v, const float *out,
+                                    const float *lse, const swa_shape *sh, xd_err *e) {
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, true, e);
+}
+
+extern "C" int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                                       const float *q, const float *k, const float *v, const float *out,
+                                       const float *lse, const swa_shape *sh, xd_err *e) {
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, false, e);
 }

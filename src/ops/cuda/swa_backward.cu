@@ -7,6 +7,7 @@
  * dk and dv receive contributions from many queries: fp32 atomicAdd (order not fixed, so the
  * last bits may differ between runs). Cost O(B T H (W+S) d), no tensor cores yet. */
 #include <math.h>
+#include <stdlib.h>
 #include "cuda_common.cuh"
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -787,10 +788,13 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   }
 }
 
+/* XD_SWA_BWD_V1=1 (read at every call) runs v1 instead: to time the stage II step with either
+ * version in one process (bench_gpu_train); same results, bit for bit. */
 extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
                                     const float *lse, const swa_shape *sh, xd_err *e) {
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, true, e);
+  const char *v1 = getenv("XD_SWA_BWD_V1");
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, !(v1 && v1[0] == '1'), e);
 }
 
 extern "C" int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,

@@ -185,6 +185,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
        * up to 128); the fallback kernel sums dK/dV with float atomics, whose last bits reach the
        * fp32 QK-norm weight gradients directly (qwen3, olmo at head dim 12): reported only */
       const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
+      const double noise = exact ? 0.0 : rel_l2(g2, ga, nt); /* run to run, atomic fallback only */
       if (exact) {
         CHECKF(memcmp(ga, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
       } else {
@@ -194,14 +195,17 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
                 name, hd, nd, nt, rel_l2(g2, ga, nt));
       }
       /* a second backward without zero_grad (a later micro-batch) adds: 2 g, up to rounding
-       * where one backward adds several terms to a tensor (the tied embedding) */
+       * where one backward adds several terms to a tensor (the tied embedding), plus, under the
+       * atomic SWA fallback, the run-to-run difference of the second backward measured above
+       * (g3 - 2 g2 is such a difference, halved relative to 2 g2): bound 1e-5 + twice that noise */
       if (xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e)) {
         CHECKF(0, "%s: accumulating backward: %s", name, e.msg);
       } else {
         float *g3 = down(xd_params_cuda_grad_all(pd), nt);
         for (size_t j = 0; j < nt; j++) g2[j] *= 2.0f;
         const double ea = rel_l2(g3, g2, nt);
-        CHECKF(ea <= 1e-5, "%s: gradients after a second backward vs 2x one: rel L2 %.3e", name, ea);
+        CHECKF(ea <= 1e-5 + 2 * noise, "%s: gradients after a second backward vs 2x one: rel L2 %.3e (run-to-run noise %.3e)",
+               name, ea, noise);
         free(g3);
       }
       free(g2);

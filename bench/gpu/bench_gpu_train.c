@@ -7,6 +7,13 @@
  * 1.24B parameters, the gradient norm, clipping to 1.0 and AdamW (fp32 master weights and
  * moments on the device). The timed loop synchronises once per step (the loss download, as the
  * trainer does); a second pass with a synchronisation after each phase gives the breakdown.
+ * The teacher runs on its own stream (distill/teacher_topk_cuda.h); four schedules are timed in
+ * the same run (see mode_name below; XD_BENCH_TEACHER="2,3" picks some): "serial" (each step
+ * submits its own batch's teacher and waits for it before the student's forward) and three that
+ * let it overlap the student; "ahead" is what distill --device cuda does (the next batch's
+ * teacher submitted after the loss, before the backward; the wait just before the KD loss), and
+ * the "XD stage2_step" line reports it. XD_PRIO=student (default, as distill) | teacher | none:
+ * which stream has the device's highest priority.
  *
  * MFU = model FLOPs / (step time x 989.4 TFLOP/s, the H100 SXM's dense bf16 peak): student
  * 6 x (non-embedding matrices + LM head) per token for forward + backward, teacher 2 x the same
@@ -25,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core/core.h"
+#include "distill/teacher_topk_cuda.h"
 #include "model/student/student.h"
 #include "model/student/student_cuda_train.h"
 #include "model/teacher/teacher_cuda.h"
@@ -36,6 +44,8 @@
 #define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
 
 static xd_err err;
+/* The teacher schedule distill --device cuda uses (the "XD stage2_step" line reports it). */
+#define XD_BENCH_DEFAULT_MODE 1
 
 static int cmp_d(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
@@ -66,7 +76,10 @@ int main(int argc, char **argv) {
   const int B = 1, N = B * T, K = 256;
   const int recompute = argc > 3 && strcmp(argv[3], "recompute") == 0;
   xd_cuda_ctx *c = NULL;
-  if (xd_cuda_ctx_create(&c, 0, &err)) {
+  const char *prio_env = getenv("XD_PRIO"); /* student (default) | teacher | none: whose stream goes first */
+  const char *prio = prio_env && *prio_env ? prio_env : "student";
+  const int student_prio = strcmp(prio, "student") == 0, teacher_prio = strcmp(prio, "teacher") == 0;
+  if (xd_cuda_ctx_create_prio(&c, 0, student_prio, &err)) {
     printf("skip: no usable CUDA device (%s)\n", err.msg);
     return 77;
   }
@@ -108,29 +121,24 @@ int main(int argc, char **argv) {
   CK(xd_params_cuda_create(&pd, c, &s.params, &err));
   xd_student_cuda_train *m = NULL;
   CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, &err));
-  xd_teacher_cuda tc;
-  CK(xd_teacher_cuda_upload(&tc, c, &s.base, &err));
-  xd_teacher_cuda_state ts;
-  CK(xd_teacher_cuda_state_alloc(&ts, &tc, B, T, T, N, 0, &err));
-  int32_t *d_targets, *d_tk, *d_bad;
+  xd_teacher_topk_cuda *tp = NULL;
+  CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, teacher_prio, &err));
+  int32_t *d_targets;
   uint8_t *d_mask;
-  float *d_tlp, *d_ce, *d_kl;
+  float *d_ce, *d_kl;
   xd_cuda_kd_result *d_res;
   CK(xd_cuda_malloc((void **)&d_targets, (size_t)N * 4, &err));
   CK(xd_cuda_malloc((void **)&d_mask, (size_t)N, &err));
-  CK(xd_cuda_malloc((void **)&d_tk, (size_t)N * K * 4, &err));
-  CK(xd_cuda_malloc((void **)&d_tlp, (size_t)N * K * 4, &err));
   CK(xd_cuda_malloc((void **)&d_ce, (size_t)N * 4, &err));
   CK(xd_cuda_malloc((void **)&d_kl, (size_t)N * 4, &err));
   CK(xd_cuda_malloc((void **)&d_res, sizeof *d_res, &err));
-  CK(xd_cuda_malloc((void **)&d_bad, 4, &err));
   size_t fr1 = 0;
   CK(xd_cuda_mem_info(c, &fr1, &tot, &err));
   printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB%s, "
          "teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
          xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T, recompute) / 1073741824.0,
          recompute ? " (recomputed)" : "",
-         (tc.weight_bytes + ts.act_bytes) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
+         xd_teacher_topk_cuda_bytes(tp) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
 
   /* ---- data: Zipf-like tokens (rank r drawn with weight 1/(r+1)); a fixed batch ---- */
   int32_t *tok = xd_malloc(((size_t)N + 1) * 4), *targets = xd_malloc((size_t)N * 4);
@@ -151,56 +159,85 @@ int main(int argc, char **argv) {
   kd.k = K;
   xd_cuda_kd_args a;
   xd_student_cuda_train_kd_args(m, &kd, &a);
-  a.targets = d_targets, a.mask = d_mask, a.tk_ids = d_tk, a.tk_logp = d_tlp, a.row_ce = d_ce, a.row_kl = d_kl, a.res = d_res;
+  a.targets = d_targets, a.mask = d_mask, a.row_ce = d_ce, a.row_kl = d_kl, a.res = d_res;
   const xd_adamw_cfg acfg = {0.9, 0.95, 1e-8, 0.1};
   uint64_t adam_t = 0;
   const double lr = 1e-4;
 
-  /* phases: 0 teacher fwd, 1 top-k, 2 student fwd, 3 loss, 4 backward, 5 norm + clip, 6 AdamW */
-  static const char *const phase[7] = {"teacher forward", "teacher top-k", "student forward", "KD loss + dlogits",
+  /* phases: 0 teacher fwd + top-k, 1 student fwd, 2 loss, 3 backward, 4 norm + clip, 5 AdamW */
+  static const char *const phase[6] = {"teacher forward + top-k", "student forward", "KD loss + dlogits",
                                        "student backward", "grad norm + clip", "AdamW + bf16 refresh"};
-  double ph[7][16];
-  double steps[64], losses[64];
+  /* teacher schedules: 0 serial (submit, wait, then the student); the rest wait just before the
+   * KD loss, so the teacher may overlap the student's forward: 1 "ahead" (the next batch's
+   * teacher submitted after the loss, before the backward: it runs beside the backward), 2
+   * "after-bwd" (the same, but starting on the GPU when the backward is done: beside the norm,
+   * AdamW and the next forward), 3 "beside-fwd" (each step submits its own batch first thing: beside
+   * the previous AdamW's tail and this forward) */
+  static const char *const mode_name[4] = {"serial", "ahead", "after-bwd", "beside-fwd"};
+  double ph[6][16];
+  static double steps_v[4][64];
+  double losses[64];
+  int mode_on[4] = {1, 1, 1, 1};
+  const char *modes_env = getenv("XD_BENCH_TEACHER"); /* e.g. "0,2": the schedules to time */
+  if (modes_env && *modes_env) {
+    for (int md = 1; md < 4; md++) mode_on[md] = 0;
+    for (const char *q = modes_env; *q; q++)
+      if (*q >= '1' && *q <= '3') mode_on[*q - '0'] = 1;
+  }
+  mode_on[XD_BENCH_DEFAULT_MODE] = 1;
   const int warm = 2, n = reps < 64 ? reps : 64;
   const char *cuprof_env = getenv("XD_BENCH_CUPROF");
   const int cuprof = cuprof_env && *cuprof_env && strcmp(cuprof_env, "0") != 0;
-  for (int pass = 0; pass < 2 - cuprof; pass++) {
-    const int profile = pass == 1, iters = profile ? (n < 16 ? n : 16) : warm + n;
+  /* passes 0-3: the schedules, timed; 4: serial with a sync after each phase (breakdown);
+   * XD_BENCH_CUPROF: the default schedule only, its first timed step captured */
+  for (int pass = 0; pass < 5; pass++) {
+    if (pass < 4 && !mode_on[pass]) continue;
+    if (cuprof && pass != XD_BENCH_DEFAULT_MODE) continue;
+    const int profile = pass == 4, mode = profile ? 0 : pass, iters = profile ? (n < 16 ? n : 16) : warm + n;
+    int slot = 0, pending = 0; /* pending: this step's teacher already submitted into slot */
     xd_student_cuda_train_profile(m, profile);
     for (int it = 0; it < iters; it++) {
       if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 1, &err));
-      double tp = xd_now(), ts0 = tp;
-#define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp; tp = now; } } while (0)
-      PH(0, xd_teacher_cuda_forward(&tc, &ts, tok, B, T, NULL, &err));
-      PH(1, xd_cuda_topk_logprobs(c, ts.logits, XD_CUDA_F32, N, cfg.vocab, K, d_tk, d_tlp, d_bad, &err));
-      PH(2, xd_student_cuda_train_forward(m, tok, &err));
-      PH(3, xd_cuda_kd_loss_fused(c, &a, &err));
+      double tp0 = xd_now(), ts0 = tp0;
+#define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp0; tp0 = now; } } while (0)
+      if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
+      if (mode == 0) PH(0, xd_teacher_topk_cuda_wait(tp, slot, c, &err) || (profile && xd_teacher_topk_cuda_check(tp, slot, &err)));
+      a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
+      PH(1, xd_student_cuda_train_forward(m, tok, &err));
+      if (mode != 0) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
+      PH(2, xd_cuda_kd_loss_fused(c, &a, &err));
       xd_cuda_kd_result res;
       CK(xd_cuda_download(c, &res, d_res, sizeof res, &err)); /* the trainer's one sync per micro-batch */
-      if (profile) tp = xd_now();
-      PH(4, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
+      CK(xd_teacher_topk_cuda_check(tp, slot, &err));
+      if (profile) tp0 = xd_now();
+      pending = mode == 1 || mode == 2; /* the last step too: its time must include the overlap */
+      slot ^= 1;
+      if (pending && mode == 1) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err)); /* the next step's teacher */
+      PH(3, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
+      if (pending && mode == 2) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, c, &err)); /* starts after the backward */
       double gn = 0;
       /* the clip factor as the trainer's hook applies it: deferred into the AdamW kernel */
-      PH(5, xd_params_cuda_grad_norm(pd, &gn, &err) ||
+      PH(4, xd_params_cuda_grad_norm(pd, &gn, &err) ||
                 (xd_clip_factor(gn, 1.0) != 1.0 &&
                  xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err)));
-      PH(6, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
-      CK(xd_cuda_sync(c, &err));
+      PH(5, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
+      if (mode != 3) CK(xd_cuda_sync(c, &err)); /* beside-fwd: the next step's teacher goes in first */
       if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 0, &err));
 #undef PH
       if (!profile && it >= warm) {
-        steps[it - warm] = xd_now() - ts0;
+        steps_v[mode][it - warm] = xd_now() - ts0;
         losses[it - warm] = res.r.loss;
       }
-      if (!profile) printf("step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", it + 1, res.r.loss, res.r.ce,
-                           res.r.kl, gn, (xd_now() - ts0) * 1e3);
+      if (!profile) printf("%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[mode], it + 1,
+                           res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
+    CK(xd_cuda_sync(c, &err));
   }
   if (cuprof) {
-    printf("XD_BENCH_CUPROF: one stage II step captured (step %d), exiting\n", warm + 1);
+    printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);
     goto done;
   }
-  const double step = median(steps, n);
+  const double step = median(steps_v[XD_BENCH_DEFAULT_MODE], n), step_serial = median(steps_v[0], n);
   const double tps = N / step;
   /* model FLOPs per token */
   const double D = cfg.hidden, d = cfg.head_dim, H = cfg.n_heads, L = cfg.n_layers, P = hy.d_phi, C = hy.chunk;
@@ -217,11 +254,15 @@ int main(int argc, char **argv) {
          "(student fwd+bwd %.2f, teacher fwd %.2f): %.1f TFLOP/s = MFU %.1f%% (student part alone %.1f%%)\n",
          T, step * 1e3, n, tps, (f_student + f_teacher) / 1e9, f_student / 1e9, f_teacher / 1e9,
          (f_student + f_teacher) * tps / 1e12, 100 * mfu, 100 * mfu_s);
+  printf("  teacher schedules (%s stream first):", prio);
+  for (int md = 0; md < 4; md++)
+    if (mode_on[md]) printf(" %s %.1f ms (%.3fx serial);", mode_name[md], median(steps_v[md], n) * 1e3, step_serial / median(steps_v[md], n));
+  printf(" reported: %s\n", mode_name[XD_BENCH_DEFAULT_MODE]);
   printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
   printf("breakdown (synchronised after each phase, median ms):");
   const int np = n < 16 ? n : 16;
   double tot_ph = 0;
-  for (int i = 0; i < 7; i++) {
+  for (int i = 0; i < 6; i++) {
     const double v = median(ph[i], np);
     tot_ph += v;
     printf(" %s %.2f;", phase[i], v * 1e3);
@@ -256,11 +297,10 @@ int main(int argc, char **argv) {
     xd_student_cuda_train_free(ma);
   }
 done:
-  xd_teacher_cuda_state_free(&ts);
-  xd_teacher_cuda_free(&tc);
+  xd_teacher_topk_cuda_free(tp);
   xd_student_cuda_train_free(m);
   xd_params_cuda_free(pd);
-  void *dv[] = {d_targets, d_mask, d_tk, d_tlp, d_ce, d_kl, d_res, d_bad};
+  void *dv[] = {d_targets, d_mask, d_ce, d_kl, d_res};
   for (size_t i = 0; i < sizeof dv / sizeof *dv; i++) xd_cuda_free(dv[i]);
   free(tok), free(targets), free(mask);
   xd_student_free(&s);

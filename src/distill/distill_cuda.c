@@ -37,30 +37,41 @@ int xd_align_cuda_download(xd_align_cuda *c, xd_err *e) {
   return xd_errf(e, "--device cuda: built without CUDA");
 }
 #else
+#include "distill/teacher_topk_cuda.h"
 #include "model/student/student_cuda_train.h"
 #include "model/teacher/teacher_cuda.h"
 #include "train/params_cuda.h"
 
+/* The online teacher runs on a stream of its own (teacher_topk_cuda.h): after the loss of batch
+ * i, the teacher's forward + top-k of batch i+1 (the loader's next rows, known in advance) are
+ * submitted into the other of two slots and run beside the student's backward and optimiser
+ * step; the next step uses that slot when its rows are the ones submitted, and otherwise (the
+ * first step, after a resume or an evaluation, or with XD_TEACHER_PREFETCH=0) submits its own
+ * batch first. Either way the student's forward runs before the wait for the top-k (only the KD
+ * loss needs them). Same kernels, same inputs: the numbers do not depend on the schedule. On an
+ * H100 at the 1B shape this gains only ~1-2% (bench_gpu_train, docs/perf.md): the step is
+ * compute-bound nearly throughout, and two compute-bound streams mostly take turns. */
 struct xd_distill_cuda {
-  xd_cuda_ctx *cx;
+  xd_cuda_ctx *cx; /* the student's stream (high priority) */
   xd_params_cuda *pd;
   xd_student_cuda_train *m;
-  xd_teacher_cuda t;
-  xd_teacher_cuda_state ts;
-  int have_t;
+  xd_teacher_topk_cuda *tp; /* online teacher, or NULL with a cache */
   const xd_topk_reader *cache;
   xd_student *s;
   xd_loader *L;
   int B, T, k;
   kd_config kd;
   xd_trainer_device dev;
-  /* host batch */
-  int32_t *tokens, *inputs, *targets, *tk_ids;
-  uint8_t *mask_row, *mask;
+  int prefetch;        /* submit the next batch's teacher during this step's backward */
+  int pf_slot;         /* slot holding the submitted next batch, -1: none */
+  uint64_t *pf_rows;   /* its rows [B] */
+  /* host batch, per slot */
+  int32_t *tokens, *inputs[2], *targets[2], *tk_ids;
+  uint8_t *mask_row, *mask[2];
   float *tk_logp;
   uint64_t *rows;
-  /* device batch and loss outputs */
-  int32_t *d_targets, *d_tk_ids, *d_bad_row;
+  /* device batch and loss outputs (top-k buffers: the cache's; the online teacher has its slots) */
+  int32_t *d_targets, *d_tk_ids;
   uint8_t *d_mask;
   float *d_tk_logp, *d_row_ce, *d_row_kl;
   xd_cuda_kd_result *d_res;
@@ -68,60 +79,56 @@ struct xd_distill_cuda {
 
 void xd_distill_cuda_free(xd_distill_cuda *c) {
   if (!c) return;
+  xd_teacher_topk_cuda_free(c->tp);
   xd_student_cuda_train_free(c->m);
-  if (c->have_t) {
-    xd_teacher_cuda_state_free(&c->ts);
-    xd_teacher_cuda_free(&c->t);
-  }
   xd_params_cuda_free(c->pd);
-  void *d[] = {c->d_targets, c->d_tk_ids, c->d_bad_row, c->d_mask, c->d_tk_logp, c->d_row_ce, c->d_row_kl, c->d_res};
+  void *d[] = {c->d_targets, c->d_tk_ids, c->d_mask, c->d_tk_logp, c->d_row_ce, c->d_row_kl, c->d_res};
   for (size_t i = 0; i < sizeof d / sizeof *d; i++) xd_cuda_free(d[i]);
-  void *h[] = {c->tokens, c->inputs, c->targets, c->tk_ids, c->mask_row, c->mask, c->tk_logp, c->rows};
+  void *h[] = {c->tokens, c->inputs[0], c->inputs[1], c->targets[0], c->targets[1], c->tk_ids, c->mask_row,
+               c->mask[0], c->mask[1], c->tk_logp, c->rows, c->pf_rows};
   for (size_t i = 0; i < sizeof h / sizeof *h; i++) free(h[i]);
   if (c->cx) xd_cuda_ctx_free(c->cx);
   free(c);
 }
 
-/* The batch of `rows` into the device: ids (through the student's forward), targets, mask, and
- * the teacher's top-k (cache rows uploaded, or the online teacher's forward + top-k). */
-static int load_batch(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, xd_err *e) {
-  const size_t N = (size_t)c->B * c->T, nk = N * (size_t)c->k;
-  if (xd_distill_read_rows(L, rows, c->B, c->T, c->s->cfg.vocab, c->tokens, c->mask_row, c->inputs, c->targets, c->mask,
-                           e) != 0)
+/* The batch of `rows` into the host buffers of `slot`, and for the online teacher its forward
+ * + top-k submitted into that slot (the teacher's stream; returns without waiting). */
+static int prepare_batch(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, int slot, xd_err *e) {
+  if (xd_distill_read_rows(L, rows, c->B, c->T, c->s->cfg.vocab, c->tokens, c->mask_row, c->inputs[slot],
+                           c->targets[slot], c->mask[slot], e) != 0)
     return -1;
-  if (xd_cuda_upload(c->cx, c->d_targets, c->targets, N * 4, e) || xd_cuda_upload(c->cx, c->d_mask, c->mask, N, e))
-    return -1;
-  if (c->cache) {
-    if (xd_distill_cache_rows(c->cache, rows, c->B, c->T, c->k, c->tk_ids, c->tk_logp, e) != 0) return -1;
-    if (xd_cuda_upload(c->cx, c->d_tk_ids, c->tk_ids, nk * 4, e) || xd_cuda_upload(c->cx, c->d_tk_logp, c->tk_logp, nk * 4, e))
-      return -1;
-  } else {
-    if (xd_teacher_cuda_forward(&c->t, &c->ts, c->inputs, c->B, c->T, NULL, e) != 0) return -1;
-    if (xd_cuda_topk_logprobs(c->cx, c->ts.logits, XD_CUDA_F32, (int)N, c->s->cfg.vocab, c->k, c->d_tk_ids, c->d_tk_logp,
-                              c->d_bad_row, e) != 0)
-      return -1;
-    int32_t bad = -1;
-    if (xd_cuda_download(c->cx, &bad, c->d_bad_row, sizeof bad, e) != 0) return -1;
-    if (bad >= 0) return xd_errf(e, "teacher logits of row %d are not finite (GPU teacher forward)", bad);
-  }
-  return 0;
+  return c->tp ? xd_teacher_topk_cuda_submit(c->tp, slot, c->inputs[slot], NULL, e) : 0;
 }
 
-/* Forward + fused loss (+ its gradient into the dlogits buffer); res on the host. */
-static int forward_loss(xd_distill_cuda *c, kd_result *res, xd_err *e) {
-  if (xd_student_cuda_train_forward(c->m, c->inputs, e) != 0) return -1;
+/* The prepared batch of `slot` on the student's stream: targets, mask, and the cache's top-k rows
+ * (the online teacher's slot is waited for in forward_loss, after the student's forward). */
+static int use_batch(xd_distill_cuda *c, const uint64_t *rows, int slot, xd_err *e) {
+  const size_t N = (size_t)c->B * c->T, nk = N * (size_t)c->k;
+  if (xd_cuda_upload(c->cx, c->d_targets, c->targets[slot], N * 4, e) || xd_cuda_upload(c->cx, c->d_mask, c->mask[slot], N, e))
+    return -1;
+  if (c->tp) return 0;
+  if (xd_distill_cache_rows(c->cache, rows, c->B, c->T, c->k, c->tk_ids, c->tk_logp, e) != 0) return -1;
+  return xd_cuda_upload(c->cx, c->d_tk_ids, c->tk_ids, nk * 4, e) || xd_cuda_upload(c->cx, c->d_tk_logp, c->tk_logp, nk * 4, e);
+}
+
+/* Forward + fused loss (+ its gradient into the dlogits buffer) of the batch in `slot`; res on
+ * the host. */
+static int forward_loss(xd_distill_cuda *c, int slot, kd_result *res, xd_err *e) {
+  if (xd_student_cuda_train_forward(c->m, c->inputs[slot], e) != 0) return -1;
+  if (c->tp && xd_teacher_topk_cuda_wait(c->tp, slot, c->cx, e) != 0) return -1; /* the KD loss needs it, the forward not */
   xd_cuda_kd_args a;
   xd_student_cuda_train_kd_args(c->m, &c->kd, &a);
   a.targets = c->d_targets;
   a.mask = c->d_mask;
-  a.tk_ids = c->d_tk_ids;
-  a.tk_logp = c->d_tk_logp;
+  a.tk_ids = c->tp ? xd_teacher_topk_cuda_ids(c->tp, slot) : c->d_tk_ids;
+  a.tk_logp = c->tp ? xd_teacher_topk_cuda_logp(c->tp, slot) : c->d_tk_logp;
   a.row_ce = c->d_row_ce;
   a.row_kl = c->d_row_kl;
   a.res = c->d_res;
   if (xd_cuda_kd_loss_fused(c->cx, &a, e) != 0) return -1;
   xd_cuda_kd_result r;
   if (xd_cuda_download(c->cx, &r, c->d_res, sizeof r, e) != 0) return -1;
+  if (c->tp && xd_teacher_topk_cuda_check(c->tp, slot, e) != 0) return -1; /* the more precise message first */
   if (r.bad_pos >= 0)
     return xd_errf(e, "position %lld: target or teacher top-k id outside the vocabulary, or a non-finite teacher log-prob",
                    (long long)r.bad_pos);
@@ -130,8 +137,9 @@ static int forward_loss(xd_distill_cuda *c, kd_result *res, xd_err *e) {
 }
 
 int xd_distill_cuda_eval_rows(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, kd_result *res, xd_err *e) {
-  if (load_batch(c, L, rows, e) != 0) return -1;
-  return forward_loss(c, res, e);
+  const int slot = c->pf_slot >= 0 ? c->pf_slot ^ 1 : 0; /* a submitted next batch stays valid */
+  if (prepare_batch(c, L, rows, slot, e) != 0 || use_batch(c, rows, slot, e) != 0) return -1;
+  return forward_loss(c, slot, res, e);
 }
 
 int xd_distill_cuda_download(xd_distill_cuda *c, xd_err *e) { return xd_params_cuda_download(c->pd, &c->s->params, e); }
@@ -142,8 +150,21 @@ static int step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_mic
   (void)p, (void)step, (void)micro, (void)n_micro, (void)rng;
   xd_distill_next_rows(c->L, c->B, c->rows);
   xd_loader_next(c->L, c->tokens, c->mask_row); /* advances the loader; rows re-read by index */
+  int slot = 0;
+  if (c->pf_slot >= 0 && memcmp(c->pf_rows, c->rows, (size_t)c->B * sizeof *c->rows) == 0) {
+    slot = c->pf_slot; /* submitted during the previous step */
+  } else {
+    slot = c->pf_slot >= 0 ? c->pf_slot ^ 1 : 0;
+    if (prepare_batch(c, c->L, c->rows, slot, e) != 0) return -1;
+  }
+  c->pf_slot = -1;
   kd_result r;
-  if (load_batch(c, c->L, c->rows, e) != 0 || forward_loss(c, &r, e) != 0) return -1;
+  if (use_batch(c, c->rows, slot, e) != 0 || forward_loss(c, slot, &r, e) != 0) return -1;
+  if (c->prefetch) { /* the next batch's teacher beside this step's backward and optimiser step */
+    xd_distill_next_rows(c->L, c->B, c->pf_rows);
+    if (prepare_batch(c, c->L, c->pf_rows, slot ^ 1, e) != 0) return -1;
+    c->pf_slot = slot ^ 1;
+  }
   if (r.count > 0 && xd_student_cuda_train_backward(c->m, e) != 0) return -1;
   xd_distill_result(out, &r);
   return 0;
@@ -167,38 +188,38 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
   c->kd.N = B * T;
   c->kd.V = s->cfg.vocab;
   const size_t N = (size_t)B * T, nk = N * (size_t)kd->k;
-  if (xd_cuda_ctx_create(&c->cx, 0, e) != 0) goto fail;
+  c->pf_slot = -1;
+  const char *pf = getenv("XD_TEACHER_PREFETCH");
+  c->prefetch = t && !(pf && strcmp(pf, "0") == 0);
+  if (xd_cuda_ctx_create_prio(&c->cx, 0, 1, e) != 0) goto fail; /* the student's blocks first */
   if (xd_params_cuda_create(&c->pd, c->cx, &s->params, e) != 0) goto fail;
-  if (t) {
-    if (xd_teacher_cuda_upload(&c->t, c->cx, t, e) != 0) goto fail;
-    c->have_t = 1;
-    if (xd_teacher_cuda_state_alloc(&c->ts, &c->t, B, T, T, (int)N, 0, e) != 0) {
-      xd_teacher_cuda_free(&c->t);
-      c->have_t = 0;
-      goto fail;
-    }
-  }
+  if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, 0, e) != 0) goto fail;
   if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, e) != 0) goto fail;
-  AL(c->d_targets, N * 4); AL(c->d_mask, N); AL(c->d_tk_ids, nk * 4); AL(c->d_tk_logp, nk * 4);
-  AL(c->d_row_ce, N * 4); AL(c->d_row_kl, N * 4); AL(c->d_res, sizeof(xd_cuda_kd_result)); AL(c->d_bad_row, 4);
+  AL(c->d_targets, N * 4); AL(c->d_mask, N);
+  if (!t) { AL(c->d_tk_ids, nk * 4); AL(c->d_tk_logp, nk * 4); }
+  AL(c->d_row_ce, N * 4); AL(c->d_row_kl, N * 4); AL(c->d_res, sizeof(xd_cuda_kd_result));
   c->tokens = xd_malloc((size_t)B * (T + 1) * sizeof(int32_t));
   c->mask_row = xd_malloc((size_t)B * (T + 1));
-  c->inputs = xd_malloc(N * sizeof(int32_t));
-  c->targets = xd_malloc(N * sizeof(int32_t));
-  c->mask = xd_malloc(N);
+  for (int i = 0; i < 2; i++) {
+    c->inputs[i] = xd_malloc(N * sizeof(int32_t));
+    c->targets[i] = xd_malloc(N * sizeof(int32_t));
+    c->mask[i] = xd_malloc(N);
+  }
   c->tk_ids = xd_malloc(nk * sizeof(int32_t) + 1);
   c->tk_logp = xd_malloc(nk * sizeof(float) + 1);
   c->rows = xd_malloc((size_t)B * sizeof(uint64_t));
+  c->pf_rows = xd_malloc((size_t)B * sizeof(uint64_t));
   if (log) {
     char name[256] = "?";
     int sms = 0;
     size_t fr = 0, tot = 0;
     xd_cuda_device_info(c->cx, name, sizeof name, &sms, e);
     xd_cuda_mem_info(c->cx, &fr, &tot, e);
-    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | teacher %.0f MiB | "
+    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | teacher %.0f MiB%s | "
             "free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
             xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T, recompute) / 1048576.0, recompute ? " (recomputed)" : "",
-            c->have_t ? (c->t.weight_bytes + c->ts.act_bytes) / 1048576.0 : 0.0, fr / 1048576.0, tot / 1048576.0);
+            c->tp ? xd_teacher_topk_cuda_bytes(c->tp) / 1048576.0 : 0.0,
+            c->prefetch ? " (own stream, one batch ahead)" : "", fr / 1048576.0, tot / 1048576.0);
   }
   xd_params_cuda_trainer_device(c->pd, &c->dev);
   memset(hooks, 0, sizeof *hooks);

@@ -11,6 +11,9 @@
 #     fixed order);
 #   - --recompute (activation recomputation) follows the default GPU run (2e-3, as above; the
 #     bit-identity of the gradients is checked in test_gpu_student_train);
+#   - the online teacher submitted one batch ahead on its own stream (the default) follows the
+#     run where each step waits for its own teacher (XD_TEACHER_PREFETCH=0; 2e-3, as above: the
+#     top-k are bit-identical, test_gpu_teacher);
 #   - a CPU checkpoint resumes on the GPU (one checkpoint format);
 #   - distill --teacher-cache on the GPU (a cache from the fp32 CPU teacher) follows the online
 #     GPU run (2e-2: the GPU teacher is bf16).
@@ -86,6 +89,10 @@ check "distill: GPU per-step loss, CE, KL follow the CPU's" "compare '$TMP/d_cpu
 "$BIN" "${DIST[@]}" --teacher $TEA --device cuda --recompute --out "$TMP/d_rc" >/dev/null 2>"$TMP/d_rc.log"
 check "distill --device cuda --recompute follows the default GPU run" \
   "[ $? -eq 0 ] && grep -q '(recomputed)' '$TMP/d_rc.log' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_rc/train/metrics.jsonl' 2e-3 loss,ce,kl"
+# the online teacher one batch ahead on its own stream (default) vs each step waiting for its own
+XD_TEACHER_PREFETCH=0 "$BIN" "${DIST[@]}" --teacher $TEA --device cuda --out "$TMP/d_nopf" >/dev/null 2>"$TMP/d_nopf.log"
+check "distill --device cuda, teacher one batch ahead (default), follows XD_TEACHER_PREFETCH=0" \
+  "[ $? -eq 0 ] && grep -q 'one batch ahead' '$TMP/d_gpu.log' && ! grep -q 'one batch ahead' '$TMP/d_nopf.log' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_nopf/train/metrics.jsonl' 2e-3 loss,ce,kl"
 kill_at "$TMP/d_kill" 7 "${DIST[@]}" --teacher $TEA --device cuda
 check "distill --device cuda: SIGKILL at step 7 + resume matches the uninterrupted run" \
   "compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_kill/train/metrics.jsonl' 2e-3 loss,ce,kl"

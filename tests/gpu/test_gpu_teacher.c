@@ -13,12 +13,16 @@
  *  4. the same on random teachers with head dims 64 / 128 (flash prefill, split-K decode over
  *     more than 1024 keys, a sliding window, QK-norm), where the fixtures (head dim 12 / 16) only
  *     reach the generic kernel;
- *  5. one-line errors: bad token id, KV cache overflow.
+ *  5. one-line errors: bad token id, KV cache overflow;
+ *  6. stage II's teacher on its own stream (distill/teacher_topk_cuda.h): two batches submitted
+ *     into both slots at once give, bit for bit, the top-k of the same forward + top-k run on
+ *     one stream; a teacher with non-finite logits is reported by row.
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
 #include <stdint.h>
 #include "core/core.h"
 #include "io/npy.h"
+#include "distill/teacher_topk_cuda.h"
 #include "model/teacher/teacher.h"
 #include "model/teacher/teacher_cuda.h"
 #include "ops/cpu/threads.h"
@@ -261,11 +265,78 @@ done:
   xd_teacher_free(&t);
 }
 
+/* Forward + top-k on the test's own stream: the reference for the pipelined slots. */
+static int direct_topk(const xd_teacher *t, const int32_t *ids, int B, int T, int k, int32_t *h_ids, float *h_logp) {
+  xd_teacher_cuda g;
+  xd_teacher_cuda_state s;
+  const size_t nk = (size_t)B * T * k;
+  int32_t *d_ids = NULL;
+  float *d_logp = NULL;
+  if (xd_teacher_cuda_upload(&g, ctx, t, &err)) return -1;
+  int rc = xd_teacher_cuda_state_alloc(&s, &g, B, T, T, B * T, 0, &err);
+  if (rc == 0) {
+    rc = xd_cuda_malloc((void **)&d_ids, nk * 4, &err) || xd_cuda_malloc((void **)&d_logp, nk * 4, &err) ||
+         xd_teacher_cuda_forward(&g, &s, ids, B, T, NULL, &err) ||
+         xd_cuda_topk_logprobs(ctx, s.logits, XD_CUDA_F32, B * T, t->cfg.vocab, k, d_ids, d_logp, NULL, &err) ||
+         xd_cuda_download(ctx, h_ids, d_ids, nk * 4, &err) || xd_cuda_download(ctx, h_logp, d_logp, nk * 4, &err);
+    xd_teacher_cuda_state_free(&s);
+  }
+  xd_cuda_free(d_ids);
+  xd_cuda_free(d_logp);
+  xd_teacher_cuda_free(&g);
+  return rc;
+}
+
+static void test_topk_pipeline(void) {
+  xd_model_config c;
+  xd_err e = {{0}};
+  if (xd_config_load(&c, FIX "/llama-gqa/fp32", &e)) SKIP("fixture absent");
+  c.hidden = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.intermediate = 512, c.vocab = 1000;
+  for (int i = 0; i < c.n_eos; i++) c.eos_token_ids[i] %= c.vocab;
+  xd_teacher t;
+  xd_teacher_init_random(&t, &c, 17, 0.06f);
+  const int B = 2, T = 300, k = 40;
+  const size_t N = (size_t)B * T, nk = N * k;
+  int32_t *ids = xd_malloc(2 * N * 4), *ref_ids = xd_malloc(2 * nk * 4), *got_ids = xd_malloc(2 * nk * 4);
+  float *ref_lp = xd_malloc(2 * nk * 4), *got_lp = xd_malloc(2 * nk * 4);
+  xd_rng r;
+  xd_rng_seed(&r, 23);
+  for (size_t i = 0; i < 2 * N; i++) ids[i] = (int32_t)(xd_rng_u64(&r) % c.vocab);
+  xd_teacher_topk_cuda *tp = NULL;
+  GPU(direct_topk(&t, ids, B, T, k, ref_ids, ref_lp));
+  GPU(direct_topk(&t, ids + N, B, T, k, ref_ids + nk, ref_lp + nk));
+  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 0, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, NULL, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids + N, NULL, &err)); /* both in flight */
+  for (int sl = 0; sl < 2; sl++) {
+    GPU(xd_teacher_topk_cuda_wait(tp, sl, ctx, &err));
+    GPU(xd_cuda_download(ctx, got_ids + sl * nk, xd_teacher_topk_cuda_ids(tp, sl), nk * 4, &err));
+    GPU(xd_cuda_download(ctx, got_lp + sl * nk, xd_teacher_topk_cuda_logp(tp, sl), nk * 4, &err));
+    GPU(xd_teacher_topk_cuda_check(tp, sl, &err));
+  }
+  size_t diff = 0;
+  for (size_t i = 0; i < 2 * nk; i++) diff += got_ids[i] != ref_ids[i] || memcmp(&got_lp[i], &ref_lp[i], 4) != 0;
+  printf("      teacher top-k on its own stream, 2 slots in flight vs one stream: %zu of %zu entries differ\n", diff, 2 * nk);
+  CHECKF(diff == 0, "pipelined teacher top-k differs from the direct run in %zu entries", diff);
+  /* a NaN final norm: every logit non-finite, reported from row 0 */
+  xd_teacher_topk_cuda_free(tp);
+  tp = NULL;
+  t.final_norm[0] = NAN;
+  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 0, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids, NULL, &err));
+  CHECK(xd_teacher_topk_cuda_check(tp, 1, &err) == -1 && strstr(err.msg, "row 0 are not finite"));
+done:
+  xd_teacher_topk_cuda_free(tp);
+  free(ids), free(ref_ids), free(got_ids), free(ref_lp), free(got_lp);
+  xd_teacher_free(&t);
+}
+
 int main(int argc, char **argv) {
   (void)gpu_test_begin(argc, argv);
   xd_set_threads(0);
   RUN(test_fixtures);
   RUN(test_random_flash_dims);
   RUN(test_errors);
+  RUN(test_topk_pipeline);
   return gpu_test_end();
 }

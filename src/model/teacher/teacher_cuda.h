@@ -101,6 +101,11 @@ void xd_teacher_cuda_reset(xd_teacher_cuda_state *s);
  * host_logits when not NULL. Needs B*T <= s->B * s->max_tn, T <= s->cap, B*T <= s->logit_rows. */
 int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
                             float *host_logits, xd_err *e);
+/* The same without host_logits and without waiting: the work is queued on t's stream and the
+ * host returns at once (ids are staged before it returns). s->logits is ready for work queued
+ * after it on that stream, or for another stream after an event recorded behind it. */
+int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
+                                  xd_err *e);
 /* Append Tn tokens per sequence (ids [s->B, Tn], host) to the KV cache: prefill (Tn = prompt
  * length) or one decode step (Tn = 1). Logits [B*Tn, V], or [B, V] for the last position when
  * last_only, in s->logits (device) and host_logits when not NULL. */

@@ -27,7 +27,18 @@ extern "C" {
 typedef struct xd_cuda_ctx xd_cuda_ctx;
 /* Selects device `device` (usually 0), creates a non-blocking stream and a cuBLASLt handle. */
 int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e);
+/* The same with the stream at the device's highest priority (high_priority != 0) or its lowest
+ * (the default): where two contexts share the GPU (stage II's student and its online teacher),
+ * the block scheduler serves the high-priority stream's blocks first. */
+int xd_cuda_ctx_create_prio(xd_cuda_ctx **out, int device, int high_priority, xd_err *e);
 void xd_cuda_ctx_free(xd_cuda_ctx *c);
+/* Ordering between contexts' streams: record an event on one, make another wait for it
+ * (cudaEventRecord / cudaStreamWaitEvent; the host does not block). */
+typedef struct xd_cuda_event xd_cuda_event;
+int xd_cuda_event_create(xd_cuda_event **out, xd_err *e);
+void xd_cuda_event_free(xd_cuda_event *ev); /* NULL is fine */
+int xd_cuda_event_record(xd_cuda_ctx *c, xd_cuda_event *ev, xd_err *e);
+int xd_cuda_wait_event(xd_cuda_ctx *c, xd_cuda_event *ev, xd_err *e);
 /* Waits for all work on the context's stream; reports any asynchronous kernel fault. */
 int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e);
 /* The device name and SM count, for reports. */

@@ -4,6 +4,10 @@
 #include "cuda_common.cuh"
 
 extern "C" int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e) {
+  return xd_cuda_ctx_create_prio(out, device, 0, e);
+}
+
+extern "C" int xd_cuda_ctx_create_prio(xd_cuda_ctx **out, int device, int high_priority, xd_err *e) {
   *out = NULL;
   int n = 0;
   XD_CU(cudaGetDeviceCount(&n));
@@ -15,7 +19,10 @@ extern "C" int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e) {
   int smem = 0;
   cudaError_t st = cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device);
   if (st == cudaSuccess) st = cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (st == cudaSuccess) st = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+  int prio_low = 0, prio_high = 0;
+  if (st == cudaSuccess) st = cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high);
+  if (st == cudaSuccess)
+    st = cudaStreamCreateWithPriority(&c->stream, cudaStreamNonBlocking, high_priority ? prio_high : prio_low);
   c->smem_optin = (size_t)smem;
   /* 32 MiB: what cuBLASLt asks for its larger Hopper kernels. */
   c->lt_ws_bytes = (size_t)32 << 20;
@@ -57,6 +64,28 @@ extern "C" void xd_cuda_ctx_free(xd_cuda_ctx *c) {
 extern "C" int xd_cuda_sync(xd_cuda_ctx *c, xd_err *e) {
   XD_CU(cudaStreamSynchronize(c->stream));
   XD_CU(cudaGetLastError());
+  return 0;
+}
+
+extern "C" int xd_cuda_event_create(xd_cuda_event **out, xd_err *e) {
+  cudaEvent_t ev = NULL;
+  *out = NULL;
+  XD_CU(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  *out = (xd_cuda_event *)ev;
+  return 0;
+}
+
+extern "C" void xd_cuda_event_free(xd_cuda_event *ev) {
+  if (ev) cudaEventDestroy((cudaEvent_t)ev);
+}
+
+extern "C" int xd_cuda_event_record(xd_cuda_ctx *c, xd_cuda_event *ev, xd_err *e) {
+  XD_CU(cudaEventRecord((cudaEvent_t)ev, c->stream));
+  return 0;
+}
+
+extern "C" int xd_cuda_wait_event(xd_cuda_ctx *c, xd_cuda_event *ev, xd_err *e) {
+  XD_CU(cudaStreamWaitEvent(c->stream, (cudaEvent_t)ev, 0));
   return 0;
 }
 

@@ -1,0 +1,97 @@
+/* Stage II's online teacher on its own stream (teacher_topk_cuda.h). */
+#include "distill/teacher_topk_cuda.h"
+
+#ifdef XD_HAVE_CUDA
+#include <stdlib.h>
+#include "model/teacher/teacher_cuda.h"
+
+typedef struct {
+  int32_t *ids, *bad_row; /* [N,k], [1] */
+  float *logp;            /* [N,k] */
+  xd_cuda_event *done;    /* recorded behind the slot's top-k */
+} topk_slot;
+
+struct xd_teacher_topk_cuda {
+  xd_cuda_ctx *cx; /* owned: the teacher's stream (lowest priority) */
+  xd_teacher_cuda t;
+  xd_teacher_cuda_state ts;
+  int have_t, have_ts;
+  int B, T, k, V;
+  topk_slot slot[2];
+  xd_cuda_event *start; /* recorded on `after`'s stream by submit */
+};
+
+void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p) {
+  if (!p) return;
+  if (p->cx) {
+    xd_err e;
+    (void)xd_cuda_sync(p->cx, &e); /* a submitted batch may still be running */
+  }
+  for (int i = 0; i < 2; i++) {
+    xd_cuda_free(p->slot[i].ids);
+    xd_cuda_free(p->slot[i].bad_row);
+    xd_cuda_free(p->slot[i].logp);
+    xd_cuda_event_free(p->slot[i].done);
+  }
+  xd_cuda_event_free(p->start);
+  if (p->have_ts) xd_teacher_cuda_state_free(&p->ts);
+  if (p->have_t) xd_teacher_cuda_free(&p->t);
+  if (p->cx) xd_cuda_ctx_free(p->cx);
+  free(p);
+}
+
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int high_priority,
+                                xd_err *e) {
+  *out = NULL;
+  if (k < 1 || k > XD_CUDA_TOPK_MAX) return xd_errf(e, "GPU teacher top-k: k %d outside [1, %d]", k, XD_CUDA_TOPK_MAX);
+  xd_teacher_topk_cuda *p = xd_calloc(1, sizeof *p);
+  p->B = B, p->T = T, p->k = k, p->V = t->cfg.vocab;
+  const size_t N = (size_t)B * T, nk = N * (size_t)k;
+  int rc = xd_cuda_ctx_create_prio(&p->cx, 0, high_priority, e);
+  if (rc == 0) rc = xd_cuda_event_create(&p->start, e);
+  if (rc == 0) rc = xd_teacher_cuda_upload(&p->t, p->cx, t, e);
+  if (rc == 0) p->have_t = 1;
+  if (rc == 0) rc = xd_teacher_cuda_state_alloc(&p->ts, &p->t, B, T, T, (int)N, 0, e);
+  if (rc == 0) p->have_ts = 1;
+  for (int i = 0; i < 2 && rc == 0; i++) {
+    topk_slot *s = &p->slot[i];
+    rc = xd_cuda_malloc((void **)&s->ids, nk * 4, e) || xd_cuda_malloc((void **)&s->logp, nk * 4, e) ||
+         xd_cuda_malloc((void **)&s->bad_row, 4, e) || xd_cuda_event_create(&s->done, e);
+  }
+  if (rc != 0) {
+    xd_teacher_topk_cuda_free(p);
+    return -1;
+  }
+  *out = p;
+  return 0;
+}
+
+int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_cuda_ctx *after, xd_err *e) {
+  topk_slot *s = &p->slot[slot & 1];
+  if (after && (xd_cuda_event_record(after, p->start, e) != 0 || xd_cuda_wait_event(p->cx, p->start, e) != 0)) return -1;
+  if (xd_teacher_cuda_forward_async(&p->t, &p->ts, inputs, p->B, p->T, e) != 0 ||
+      xd_cuda_topk_logprobs(p->cx, p->ts.logits, XD_CUDA_F32, p->B * p->T, p->V, p->k, s->ids, s->logp, s->bad_row, e) != 0)
+    return -1;
+  return xd_cuda_event_record(p->cx, s->done, e);
+}
+
+int xd_teacher_topk_cuda_wait(xd_teacher_topk_cuda *p, int slot, xd_cuda_ctx *consumer, xd_err *e) {
+  return xd_cuda_wait_event(consumer, p->slot[slot & 1].done, e);
+}
+
+int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e) {
+  int32_t bad = -1;
+  if (xd_cuda_download(p->cx, &bad, p->slot[slot & 1].bad_row, sizeof bad, e) != 0) return -1;
+  if (bad >= 0) return xd_errf(e, "teacher logits of row %d are not finite (GPU teacher forward)", bad);
+  return 0;
+}
+
+const int32_t *xd_teacher_topk_cuda_ids(const xd_teacher_topk_cuda *p, int slot) { return p->slot[slot & 1].ids; }
+const float *xd_teacher_topk_cuda_logp(const xd_teacher_topk_cuda *p, int slot) { return p->slot[slot & 1].logp; }
+
+size_t xd_teacher_topk_cuda_bytes(const xd_teacher_topk_cuda *p) {
+  return p->t.weight_bytes + p->ts.act_bytes + 2 * (size_t)p->B * p->T * p->k * 8;
+}
+#else
+typedef int xd_teacher_topk_cuda_needs_cuda; /* nothing without CUDA (ISO C: no empty unit) */
+#endif

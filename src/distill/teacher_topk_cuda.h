@@ -1,0 +1,45 @@
+/* Stage II's online teacher on the GPU, on a stream of its own (issue #8): the teacher's
+ * forward and top-k of a batch are submitted ahead of use, so that the teacher of batch i+1
+ * runs while the student's backward and optimiser step of batch i run on the student's stream.
+ * The teacher reads only its own weights and the batch's ids, so nothing orders it behind the
+ * student; the student's KD loss waits on an event recorded behind the top-k (no host wait).
+ * Two slots hold the top-k (ids [N,k] int32, log-probs [N,k] fp32) and a bad-row flag each:
+ * one being consumed, one being filled. The numbers are those of the same kernels run serially
+ * (same inputs, same kernels, same order within the stream): the pipelining changes only when
+ * they run.
+ *
+ * Stream priorities: the teacher's is chosen at creation (high_priority), the student's by its
+ * own context (xd_cuda_ctx_create_prio); with the student's high, its blocks go first and the
+ * teacher's fill what it leaves idle. */
+#ifndef XD_TEACHER_TOPK_CUDA_H
+#define XD_TEACHER_TOPK_CUDA_H
+#include <stdint.h>
+#include "core/core.h"
+#include "model/teacher/teacher.h"
+
+typedef struct xd_teacher_topk_cuda xd_teacher_topk_cuda;
+typedef struct xd_cuda_ctx xd_cuda_ctx;
+
+/* Uploads t (bf16) into a new context on GPU 0 (its stream at the device's highest priority
+ * when high_priority, else the lowest) and allocates its activations for B x T and two top-k
+ * slots of k. */
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int high_priority,
+                                xd_err *e);
+/* Waits for the teacher's stream, then frees everything. NULL is fine. */
+void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p);
+/* Queues forward + top-k of inputs [B,T] (host; staged before the call returns) into `slot`
+ * (0 or 1) and returns without waiting for the GPU. after: NULL, or a context whose work queued
+ * so far the teacher waits for before it starts (on the GPU; e.g. the student's backward, so
+ * that the teacher runs beside the optimiser step rather than the backward). */
+int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_cuda_ctx *after, xd_err *e);
+/* Makes work queued next on `consumer` wait for the slot's top-k (no host wait). */
+int xd_teacher_topk_cuda_wait(xd_teacher_topk_cuda *p, int slot, xd_cuda_ctx *consumer, xd_err *e);
+/* Host check, after the consumer has synchronised past its wait: fails naming the first row
+ * whose teacher logits were not finite. Waits for the teacher's stream. */
+int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e);
+/* The slot's device buffers. */
+const int32_t *xd_teacher_topk_cuda_ids(const xd_teacher_topk_cuda *p, int slot);
+const float *xd_teacher_topk_cuda_logp(const xd_teacher_topk_cuda *p, int slot);
+/* Device bytes: weights + activations + both slots. */
+size_t xd_teacher_topk_cuda_bytes(const xd_teacher_topk_cuda *p);
+#endif

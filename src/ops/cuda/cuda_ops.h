@@ -14,6 +14,7 @@
 #ifndef XD_OPS_CUDA_OPS_H
 #define XD_OPS_CUDA_OPS_H
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include "xdistill.h"
 
@@ -77,6 +78,12 @@ int xd_cuda_matmul(xd_cuda_ctx *c, void *out, xd_cuda_dtype out_dtype, const uin
 /* out = res + x W^T (+ b): the accumulate form with the residual read from res (same shape and
  * dtype as out; may equal out), so that a residual stream kept for the backward needs no copy
  * first (branch trainfuse). */
+/* Kernel lab (gemm_lab.cu; bench/gpu/bench_gpu_gemm.c): column-major D[m,n] = op(A) op(B) (+ beta
+ * D), A and B bf16 with tight leading dimensions, D bf16 or fp32: times each of the first
+ * max_algos (<= 16) algorithms cuBLASLt's heuristic offers, reps runs each after two warm-ups,
+ * prints one line per algorithm to f (NULL: quiet) and returns the first's and the fastest's ms. */
+int xd_cuda_gemm_lab(xd_cuda_ctx *c, int trans_a, int trans_b, int m, int n, int k, xd_cuda_dtype out_dtype, float beta,
+                     int max_algos, int reps, const char *label, FILE *f, double *ms_first, double *ms_best, xd_err *e);
 int xd_cuda_matmul_res(xd_cuda_ctx *c, void *out, const void *res, xd_cuda_dtype out_dtype, const uint16_t *x,
                        const uint16_t *w, const void *bias, int N, int Din, int Dout, xd_err *e);
 

@@ -253,31 +253,96 @@ static void test_embedding(void) {
 }
 
 /* ---- attention ------------------------------------------------------------------------ */
+/* Configurations of xd_cuda_attention_forward_cfg per head dim (attention.cu): -1 = v1, 0 = the
+ * default, 1..n fixed block shapes of the second version. */
+static int att_ncfg(int d) { return d == 64 ? 4 : 5; }
+
+/* Runs v1, the default and every fixed configuration on the same device inputs, output (and
+ * lse) poisoned before each: each against the CPU (out: bf16 bound; lse 1e-4: fp32 scores of
+ * exact bf16 inputs), and the default against v1 (the same function up to rounding: out within
+ * a few bf16 ulps, bound 5e-3; lse 1e-5). */
+static void attn_check_all(const char *tag, const float *ref, const float *lref, size_t nq, size_t nl,
+                           const uint16_t *dq, const uint16_t *dk, const uint16_t *dv, const xd_cuda_attn_dims *ga) {
+  float *got = xd_malloc(nq * 4), *o1 = xd_malloc(nq * 4), *lgot = xd_malloc(nl * 4 + 4), *l1 = xd_malloc(nl * 4 + 4);
+  uint16_t *dout = dev_poisoned(nq * 2);
+  float *dl = lref ? dev_poisoned(nl * 4) : NULL;
+  double r_v1 = 0, r_new = 0, r_worst = 0, rl_v1 = 0, rl_new = 0, rl_worst = 0, r_nv = 0, rl_nv = 0;
+  for (int cfg = -1; cfg <= att_ncfg(ga->d); cfg++) {
+    GPU(xd_cuda_memset(ctx, dout, 0xFF, nq * 2, &err));
+    if (dl) GPU(xd_cuda_memset(ctx, dl, 0xFF, nl * 4, &err));
+    GPU(xd_cuda_attention_forward_cfg(ctx, dout, dl, dq, dk, dv, ga, cfg, &err));
+    GPU(down_bf16(got, dout, nq));
+    const double r = rel_l2(got, ref, nq);
+    CHECKF(r <= TOL_BF16, "%s cfg %d: out rel err %.3e > %.1e", tag, cfg, r, TOL_BF16);
+    double rl = 0;
+    if (dl) {
+      GPU(xd_cuda_download(ctx, lgot, dl, nl * 4, &err));
+      rl = rel_l2(lgot, lref, nl);
+      CHECKF(rl <= 1e-4, "%s cfg %d: lse rel err %.3e > 1e-4", tag, cfg, rl);
+    }
+    if (cfg == -1) {
+      r_v1 = r, rl_v1 = rl;
+      memcpy(o1, got, nq * 4);
+      if (dl) memcpy(l1, lgot, nl * 4);
+    } else {
+      if (cfg == 0) {
+        r_new = r, rl_new = rl;
+        r_nv = rel_l2(got, o1, nq);
+        CHECKF(r_nv <= 5e-3, "%s: new vs v1 out rel %.3e > 5e-3", tag, r_nv);
+        if (dl) {
+          rl_nv = rel_l2(lgot, l1, nl);
+          CHECKF(rl_nv <= 1e-5, "%s: new vs v1 lse rel %.3e > 1e-5", tag, rl_nv);
+        }
+      }
+      r_worst = fmax(r_worst, r), rl_worst = fmax(rl_worst, rl);
+    }
+  }
+  fprintf(stderr, "    %-40s out rel v1 %.2e new %.2e (worst cfg %.2e), new vs v1 %.2e", tag, r_v1, r_new, r_worst, r_nv);
+  if (dl) fprintf(stderr, "; lse v1 %.2e new %.2e (worst %.2e), new vs v1 %.2e", rl_v1, rl_new, rl_worst, rl_nv);
+  fprintf(stderr, "\n");
+  xd_cuda_free(dout), xd_cuda_free(dl);
+  free(got), free(o1), free(lgot), free(l1);
+}
+
+/* q uploaded with row stride ldq = H d + qpad (pad elements NaN: never read). */
+static uint16_t *up_q_strided(const float *q, int BT, int H, int d, int qpad) {
+  const int ldq = H * d + qpad;
+  float *qp = xd_malloc((size_t)BT * ldq * 4 + 4);
+  for (int t = 0; t < BT; t++) {
+    for (int i = 0; i < H * d; i++) qp[(size_t)t * ldq + i] = q[(size_t)t * H * d + i];
+    for (int i = H * d; i < ldq; i++) qp[(size_t)t * ldq + i] = NAN;
+  }
+  uint16_t *dq = up_bf16(qp, (size_t)BT * ldq);
+  free(qp);
+  return dq;
+}
+
 /* Teacher causal attention (window 0 or an HF sliding window) vs causal_attention_forward. */
-static void causal_case(int B, int T, int H, int G, int d, int window, uint64_t seed) {
+static void causal_case(int B, int T, int H, int G, int d, int window, int qpad, uint64_t seed) {
   xd_rng r;
   xd_rng_seed(&r, seed);
   const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d;
   float *q = rand_bf16_values(&r, nq, 1.0), *k = rand_bf16_values(&r, nk, 1.0), *v = rand_bf16_values(&r, nk, 1.0);
-  float *ref = xd_malloc(nq * 4), *got = xd_malloc(nq * 4);
+  float *ref = xd_malloc(nq * 4);
   causal_attention_dims a = {B, T, T, H, G, d, 0, window, (size_t)T * G * d};
   const size_t ns = causal_attention_scratch(&a);
   float *scr = xd_malloc(ns * 4);
   causal_attention_forward(ref, q, k, v, &a, scr, ns);
-  uint16_t *dq = up_bf16(q, nq), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk), *dout = dev_poisoned(nq * 2);
-  xd_cuda_attn_dims ga = {B, T, H, G, d, window, 0, H * d, G * d, G * d, H * d};
-  GPU(xd_cuda_attention_forward(ctx, dout, NULL, dq, dk, dv, &ga, &err));
-  GPU(down_bf16(got, dout, nq));
+  uint16_t *dq = up_q_strided(q, B * T, H, d, qpad), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk);
+  xd_cuda_attn_dims ga = {B, T, H, G, d, window, 0, H * d + qpad, G * d, G * d, H * d};
   char name[96];
-  snprintf(name, sizeof name, "causal attn B%d T%d H%d G%d d%d win%d", B, T, H, G, d, window);
-  REL(name, got, ref, nq, TOL_BF16);
-  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dout);
-  free(q), free(k), free(v), free(ref), free(got), free(scr);
+  snprintf(name, sizeof name, "causal B%d T%d H%d G%d d%d win%d ldq+%d", B, T, H, G, d, window, qpad);
+  attn_check_all(name, ref, NULL, nq, 0, dq, dk, dv, &ga);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv);
+  free(q), free(k), free(v), free(ref), free(scr);
 }
 static void test_causal_attention(void) {
-  causal_case(2, 200, 8, 2, 64, 0, 61);
-  causal_case(1, 130, 4, 4, 128, 0, 62);
-  causal_case(2, 257, 8, 1, 64, 50, 63); /* HF sliding window, MQA */
+  causal_case(2, 200, 8, 2, 64, 0, 0, 61);
+  causal_case(1, 130, 4, 4, 128, 0, 0, 62);
+  causal_case(2, 257, 8, 1, 64, 50, 0, 63);  /* HF sliding window, MQA */
+  causal_case(1, 333, 6, 2, 128, 0, 2, 64);  /* d 128, 3 heads a group, q rows 4-byte aligned only */
+  causal_case(1, 520, 4, 2, 64, 0, 8, 65);   /* several 128-row blocks, strided q (fused q|k|v-like) */
+  causal_case(1, 384, 4, 1, 128, 130, 0, 66); /* HF window over two tiles, T a multiple of 128 */
 }
 
 /* Student local branch vs swa_forward, out and lse. */
@@ -286,28 +351,90 @@ static void swa_case(int B, int T, int H, int G, int d, int W, int S, uint64_t s
   xd_rng_seed(&r, seed);
   const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
   float *q = rand_bf16_values(&r, nq, 1.0), *k = rand_bf16_values(&r, nk, 1.0), *v = rand_bf16_values(&r, nk, 1.0);
-  float *ref = xd_malloc(nq * 4), *got = xd_malloc(nq * 4), *lref = xd_malloc(nl * 4), *lgot = xd_malloc(nl * 4);
+  float *ref = xd_malloc(nq * 4), *lref = xd_malloc(nl * 4);
   swa_shape sh = {B, T, H, G, d, W, S};
   swa_forward(ref, lref, q, k, v, &sh);
-  uint16_t *dq = up_bf16(q, nq), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk), *dout = dev_poisoned(nq * 2);
-  float *dl = dev_poisoned(nl * 4);
+  uint16_t *dq = up_bf16(q, nq), *dk = up_bf16(k, nk), *dv = up_bf16(v, nk);
   xd_cuda_attn_dims ga = {B, T, H, G, d, W, S, H * d, G * d, G * d, H * d};
-  GPU(xd_cuda_attention_forward(ctx, dout, dl, dq, dk, dv, &ga, &err));
-  GPU(down_bf16(got, dout, nq));
-  GPU(xd_cuda_download(ctx, lgot, dl, nl * 4, &err));
   char name[96];
-  snprintf(name, sizeof name, "swa out T%d H%d G%d d%d W%d S%d", T, H, G, d, W, S);
-  REL(name, got, ref, nq, TOL_BF16);
-  snprintf(name, sizeof name, "swa lse T%d W%d S%d", T, W, S);
-  REL(name, lgot, lref, nl, 1e-4); /* fp32 scores of exact bf16 inputs: far tighter than bf16 */
-  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dout), xd_cuda_free(dl);
-  free(q), free(k), free(v), free(ref), free(got), free(lref), free(lgot);
+  snprintf(name, sizeof name, "swa B%d T%d H%d G%d d%d W%d S%d", B, T, H, G, d, W, S);
+  attn_check_all(name, ref, lref, nq, nl, dq, dk, dv, &ga);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv);
+  free(q), free(k), free(v), free(ref), free(lref);
 }
 static void test_swa(void) {
   swa_case(2, 300, 4, 2, 64, 40, 4, 71);
   swa_case(1, 256, 4, 2, 64, 64, 70, 72); /* sinks reach over a key-tile boundary */
   swa_case(1, 200, 2, 1, 128, 1, 0, 73);  /* W = 1: each token sees only itself */
   swa_case(1, 333, 8, 2, 64, 100, 1, 74);
+  swa_case(1, 300, 4, 2, 64, 128, 64, 75);  /* W and S on tile boundaries */
+  swa_case(1, 500, 4, 1, 128, 100, 65, 76); /* d 128, sinks one past a tile */
+  swa_case(2, 700, 4, 2, 64, 512, 4, 77);   /* the 1B window and sinks, T past W */
+  swa_case(1, 260, 2, 2, 64, 300, 3, 78);   /* W > T */
+}
+
+static int quick; /* "quick" argument (memcheck): no timing at the 1B shape */
+
+/* One layer's attention forward at the Llama-3.2-1B shape (B 1, T 4096, 32 heads, 8 KV heads):
+ * every configuration, two interleaved rounds of 20 calls, the faster round of each; the
+ * default's output checked against v1's. */
+static void attn_time_case(const char *tag, int T, int H, int G, int d, int W, int S) {
+  const size_t nq = (size_t)T * H * d, nk = (size_t)T * G * d, nl = (size_t)T * H;
+  uint16_t *dq = NULL, *dk = NULL, *dv = NULL;
+  GPU(xd_cuda_malloc((void **)&dq, nq * 2, &err));
+  GPU(xd_cuda_malloc((void **)&dk, nk * 2, &err));
+  GPU(xd_cuda_malloc((void **)&dv, nk * 2, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, dq, nq, 101 + d, 1.7f, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, dk, nk, 202 + d, 1.7f, &err));
+  GPU(xd_cuda_fill_uniform_bf16(ctx, dv, nk, 303 + d, 1.7f, &err));
+  uint16_t *dout = dev_poisoned(nq * 2), *dout1 = dev_poisoned(nq * 2);
+  float *dl = W > 0 ? dev_poisoned(nl * 4) : NULL, *dl1 = W > 0 ? dev_poisoned(nl * 4) : NULL;
+  xd_cuda_attn_dims ga = {1, T, H, G, d, W, S, H * d, G * d, G * d, H * d};
+  double pairs = 0; /* visible (query, key) pairs */
+  for (int t = 0; t < T; t++) pairs += W > 0 ? (t + 1 < W ? t + 1 : W) + (t + 1 - W > 0 ? (t + 1 - W < S ? t + 1 - W : S) : 0) : t + 1;
+  const double flop = 4.0 * d * H * pairs;
+  const int nc = att_ncfg(d);
+  double ms[16];
+  for (int i = 0; i < 16; i++) ms[i] = 1e30;
+  for (int round = 0; round < 2; round++)
+    for (int cfg = -1; cfg <= nc; cfg++) {
+      for (int i = 0; i < 2; i++) GPU(xd_cuda_attention_forward_cfg(ctx, dout, dl, dq, dk, dv, &ga, cfg, &err));
+      GPU(xd_cuda_sync(ctx, &err));
+      const double t0 = xd_now();
+      for (int i = 0; i < 20; i++) GPU(xd_cuda_attention_forward_cfg(ctx, dout, dl, dq, dk, dv, &ga, cfg, &err));
+      GPU(xd_cuda_sync(ctx, &err));
+      ms[cfg + 1] = fmin(ms[cfg + 1], (xd_now() - t0) * 1e3 / 20);
+    }
+  for (int cfg = -1; cfg <= nc; cfg++)
+    printf("RESULT attn_fwd_cfg %s cfg %d ms %.4f tflops %.1f\n", tag, cfg, ms[cfg + 1], flop / ms[cfg + 1] * 1e-9);
+  printf("RESULT attn_fwd %s new_ms %.4f new_tflops %.1f v1_ms %.4f v1_tflops %.1f speedup %.2f\n", tag, ms[1],
+         flop / ms[1] * 1e-9, ms[0], flop / ms[0] * 1e-9, ms[0] / ms[1]);
+  /* the default against v1 on these inputs */
+  GPU(xd_cuda_attention_forward_cfg(ctx, dout, dl, dq, dk, dv, &ga, 0, &err));
+  GPU(xd_cuda_attention_forward_cfg(ctx, dout1, dl1, dq, dk, dv, &ga, -1, &err));
+  float *o = xd_malloc(nq * 4), *o1 = xd_malloc(nq * 4);
+  GPU(down_bf16(o, dout, nq));
+  GPU(down_bf16(o1, dout1, nq));
+  const double r = rel_l2(o, o1, nq);
+  fprintf(stderr, "    attn fwd 1B %s: new %.3f ms (%.0f TFLOP/s), v1 %.3f ms (%.0f TFLOP/s), new vs v1 out rel %.2e\n",
+          tag, ms[1], flop / ms[1] * 1e-9, ms[0], flop / ms[0] * 1e-9, r);
+  CHECKF(r <= 5e-3, "%s: new vs v1 out rel %.3e", tag, r);
+  if (dl) {
+    float *l = down(dl, nl), *l1 = down(dl1, nl);
+    const double rl = rel_l2(l, l1, nl);
+    fprintf(stderr, "    attn fwd 1B %s: new vs v1 lse rel %.2e\n", tag, rl);
+    CHECKF(rl <= 1e-5, "%s: new vs v1 lse rel %.3e", tag, rl);
+    free(l), free(l1);
+  }
+  free(o), free(o1);
+  xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dout), xd_cuda_free(dout1);
+  xd_cuda_free(dl), xd_cuda_free(dl1);
+}
+static void test_attn_timing(void) {
+  if (quick) return;
+  attn_time_case("causal_d64", 4096, 32, 8, 64, 0, 0);
+  attn_time_case("window_sinks_d64", 4096, 32, 8, 64, 512, 4);
+  attn_time_case("causal_d128", 4096, 32, 8, 128, 0, 0);
 }
 
 /* Backward vs swa_backward, both from the CPU forward's out and lse; accumulation into nonzero
@@ -372,8 +499,6 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
   }
   free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv), free(hq), free(hk), free(hv);
 }
-
-static int quick; /* "quick" argument (memcheck): no timing at the 1B shape */
 
 /* Time at the Llama-3.2-1B student shape: one layer's SWA backward, new (pipelined) vs v1 (two
  * interleaved rounds) vs the reference. */
@@ -498,6 +623,7 @@ int main(int argc, char **argv) {
   RUN(test_embedding);
   RUN(test_causal_attention);
   RUN(test_swa);
+  RUN(test_attn_timing);
   RUN(test_swa_backward);
   RUN(test_mlstm);
   return gpu_test_end();

@@ -119,6 +119,16 @@ typedef struct {
 } xd_cuda_attn_dims;
 int xd_cuda_attention_forward(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                               const uint16_t *v, const xd_cuda_attn_dims *a, xd_err *e);
+/* The first version (64-row blocks, branch before attnfwd), kept for comparison; the same
+ * function up to rounding. XD_ATTN_FWD_V1=1 in the environment makes xd_cuda_attention_forward
+ * run it (read at every call: the stage II step timed with either in one process). */
+int xd_cuda_attention_forward_v1(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                                 const uint16_t *v, const xd_cuda_attn_dims *a, xd_err *e);
+/* Tests and timings: cfg 0 = the default, -1 = v1, 1..4 (d 64) / 1..5 (d 128) = fixed block
+ * configurations of the second version (attention.cu names them); XD_ATTN_FWD_CFG=n (d 64) /
+ * XD_ATTN_FWD_CFG128=n (d 128) make xd_cuda_attention_forward run one. */
+int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                                  const uint16_t *v, const xd_cuda_attn_dims *a, int cfg, xd_err *e);
 
 /* ---- sliding-window+sinks attention backward (the twin of swa_backward) -------------------
  * q, out, dout, dq [B,T,H,d]; k, v, dk, dv [B,T,G,d] fp32; lse [B,T,H] from the forward

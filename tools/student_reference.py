@@ -23,7 +23,7 @@ Commands (from the repo root; OMP_NUM_THREADS=1 is enough for everything but `be
            family a small perturbed student (written here from the teacher fixture, following
            docs/checkpoint-format.md), ids.npy and float64 reference logits_f64.npy.
   bench    [--seq 4096] [--tiny] [--no-compile] [--device cuda] [--reps N]
-           [--only teacher,stage1,stage2,prefill] [--stage2-variants eager,eager_blocked,compiled,compiled_flex]
+           [--only teacher,stage1,stage2,prefill] [--stage2-variants eager,eager_blocked,compiled,compiled_flex,compiled_accum8]
            teacher prefill, stage I step, stage II step and student prefill at the Llama-3.2-1B shape
            with random weights, bf16 autocast, chunkwise mLSTM (fp32 states); prints
            `RESULT <name> <tokens/s>` and one grep-able line per measurement:
@@ -34,7 +34,9 @@ Commands (from the repo root; OMP_NUM_THREADS=1 is enough for everything but `be
            (SDPA over query blocks: only window + sinks), compiled (eager_blocked with each decoder
            layer torch.compile'd once and reused by all layers, teacher's too, loss compiled; the
            warm-up steps' excess over the steady step is reported as compile_s), compiled_flex
-           (compiled, local branch by flex_attention). Only stage II on a GPU:
+           (compiled, local branch by flex_attention), compiled_accum8 (compiled, 8 micro-batches
+           per optimiser step: gradient accumulation, reported per micro-batch as
+           stage2_micro_compiled_accum8; not a candidate for stage2_best). Only stage II on a GPU:
              python3 tools/student_reference.py bench --only stage2 | grep '^REF '
            --tiny: a small shape on CPU (a float64 self-check, then a smoke test of the same paths).
 """
@@ -890,7 +892,8 @@ def bench_tiny_selfcheck(cfg, hy):
 
 
 STAGES = ("teacher", "stage1", "stage2", "prefill")
-STAGE2_VARIANTS = ("eager", "eager_blocked", "compiled", "compiled_flex")
+STAGE2_VARIANTS = ("eager", "eager_blocked", "compiled", "compiled_flex", "compiled_accum8")
+ACCUM = 8  # micro-batches per optimiser step of the *_accum8 variant
 
 
 def regional_compile(model, on):
@@ -1118,15 +1121,20 @@ def cmd_bench(a):
         print("  eager: local branch SDPA with a T x T mask; eager_blocked: local branch SDPA over query "
               "blocks of %d (window + sinks only); compiled: eager_blocked with every decoder layer "
               "(student and teacher) torch.compile'd (regional, dynamic=False) and the loss compiled; "
-              "compiled_flex: compiled with flex_attention (block mask) for the local branch" % LOCAL_BLOCK)
+              "compiled_flex: compiled with flex_attention (block mask) for the local branch; compiled_accum8: "
+              "compiled with %d micro-batches per optimiser step (gradient accumulation), reported per "
+              "micro-batch" % (LOCAL_BLOCK, ACCUM))
 
         for var in variants:
             name = {"eager": "stage2_step", "eager_blocked": "stage2_step_blocked",
-                    "compiled": "stage2_step_compiled", "compiled_flex": "stage2_step_compiled_flex"}[var]
-            local = {"eager": "sdpa", "eager_blocked": "blocked", "compiled": "blocked", "compiled_flex": "flex"}[var]
+                    "compiled": "stage2_step_compiled", "compiled_flex": "stage2_step_compiled_flex",
+                    "compiled_accum8": "stage2_micro_compiled_accum8"}[var]
+            local = {"eager": "sdpa", "eager_blocked": "blocked", "compiled": "blocked", "compiled_flex": "flex",
+                     "compiled_accum8": "blocked"}[var]
             compiled = var.startswith("compiled")
+            n_micro = ACCUM if var.endswith("_accum8") else 1
 
-            def run2(compiled=compiled, local=local, name=name):
+            def run2(compiled=compiled, local=local, name=name, n_micro=n_micro):
                 for layer in student.model.layers:
                     layer.self_attn.local_impl = local
                 if local == "flex":
@@ -1139,15 +1147,17 @@ def cmd_bench(a):
                     lossf = torch.compile(kd_loss, dynamic=False)
 
                 def step():
-                    with torch.no_grad():
-                        tl = teacher(input_ids=ids, use_cache=False).logits
-                        t_val, t_idx = tl.topk(topk, dim=-1)   # top-k of the bf16 logits (no fp32 copy)
-                        t_val = t_val.float()
-                        del tl
-                    with amp():
-                        logits = student(input_ids=ids, use_cache=False).logits
-                    loss = lossf(logits, ids, t_idx, t_val)
-                    loss.backward()
+                    for _ in range(n_micro):
+                        with torch.no_grad():
+                            tl = teacher(input_ids=ids, use_cache=False).logits
+                            t_val, t_idx = tl.topk(topk, dim=-1)   # top-k of the bf16 logits (no fp32 copy)
+                            t_val = t_val.float()
+                            del tl
+                        with amp():
+                            logits = student(input_ids=ids, use_cache=False).logits
+                        loss = lossf(logits, ids, t_idx, t_val) / n_micro
+                        loss.backward()
+                        del logits
                     torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
                     opt2.step()
                     opt2.zero_grad(set_to_none=True)
@@ -1157,7 +1167,7 @@ def cmd_bench(a):
                     if compiled:
                         st, cs = timed_compiled(step, warm + 1)
                         print("  " + dynamo_stats())
-                        report(name, st, cs)
+                        report(name, st / n_micro, cs)
                     else:
                         report(name, _timed(step, dev, warm, reps))
                     print("  last step's loss %.5f" % step().item())

@@ -23,6 +23,8 @@
  *
  * Usage: bench_gpu_train [T] [timed steps] [recompute]   (defaults 4096, 8; "quick": T 512, 2 steps,
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
+ * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
+ * micro-batch (what a run with batch A follows: the optimiser amortised).
  * XD_BENCH_CUPROF=1: a profiler capture range (xd_cuda_profiler_range) around the first timed
  * stage II step, then exit (for `ncu --profile-from-start off`: per-kernel times of one step
  * without the breakdown's synchronisations).
@@ -272,6 +274,47 @@ int main(int argc, char **argv) {
   xd_student_cuda_train_profile(m, 0);
   printf("XD stage2_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f mfu_student=%.4f T=%d recompute=%d device=\"%s\"\n", tps,
          step * 1e3, mfu, mfu_s, T, recompute, dev);
+
+  /* Gradient accumulation (XD_BENCH_ACCUM=A): optimiser steps over A micro-batches, as a run with
+   * batch A x micro_batch 1 does (the paper's batches are 64 sequences): zero_grad, A x (teacher
+   * ahead, forward, loss, backward), scale 1/A, grad norm, clip, AdamW. One step of warm-up, two
+   * timed; the time per micro-batch is what such a run's tokens/s follow (the optimiser amortised). */
+  const char *acc_env = getenv("XD_BENCH_ACCUM");
+  const int A = acc_env ? atoi(acc_env) : 0;
+  if (A > 1 && !cuprof) {
+    double acc_t[2] = {0, 0};
+    int slot = 0, pending = 0;
+    for (int s2 = 0; s2 < 3; s2++) {
+      const double ta = xd_now();
+      CK(xd_params_cuda_zero_grad(pd, &err));
+      for (int mb = 0; mb < A; mb++) {
+        if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
+        a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
+        CK(xd_student_cuda_train_forward(m, tok, &err));
+        CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
+        CK(xd_cuda_kd_loss_fused(c, &a, &err));
+        xd_cuda_kd_result res;
+        CK(xd_cuda_download(c, &res, d_res, sizeof res, &err));
+        CK(xd_teacher_topk_cuda_check(tp, slot, &err));
+        slot ^= 1;
+        CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
+        pending = 1;
+        CK(xd_student_cuda_train_backward(m, &err));
+      }
+      double gn = 0;
+      CK(xd_params_cuda_scale_grad_deferred(pd, 1.0f / (float)A, &err));
+      CK(xd_params_cuda_grad_norm(pd, &gn, &err));
+      if (xd_clip_factor(gn, 1.0) != 1.0) CK(xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err));
+      CK(xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
+      CK(xd_cuda_sync(c, &err));
+      if (s2 > 0) acc_t[s2 - 1] = (xd_now() - ta) / A;
+    }
+    const double tm = 0.5 * (acc_t[0] + acc_t[1]);
+    printf("stage II with gradient accumulation over %d micro-batches (teacher ahead): %.1f ms per micro-batch of %d "
+           "tokens (two optimiser steps: %.1f, %.1f) -> %.0f tokens/s, MFU %.1f%%\n", A, tm * 1e3, N, acc_t[0] * 1e3,
+           acc_t[1] * 1e3, N / tm, 100 * (f_student + f_teacher) * (N / tm) / peak);
+    printf("XD stage2_accum A=%d ms_per_micro=%.2f tokens_per_s=%.0f\n", A, tm * 1e3, N / tm);
+  }
 
   /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid
    * core forward, MSE and core backward) ---- */

@@ -14,8 +14,9 @@
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, bench_gpu_student (student prefill vs teacher at
 #      4K-64K, decode latency and its bandwidth bound), bench_gpu_train (stage I / II steps at the
-#      1B shape: tokens/s, MFU, per-op profile) and the PyTorch stage II reference
-#      (tools/student_reference.py bench --only stage2), then bench_gpu_teacher again.
+#      1B shape: tokens/s, MFU, per-op profile; stage II also with gradient accumulation over 8
+#      micro-batches) and the PyTorch stage II reference (tools/student_reference.py bench --only
+#      stage2; the same three measures), then bench_gpu_teacher again.
 # XD_GPU_TESTS="test_gpu_a cli_b" runs only those programs and tests/gpu/cli_*.sh scripts; XD_GPU_SKIP_BENCH=1 skips 4.
 # Logs go to $OUT (default ./gpu-out). Exit status: non-zero when the build, a test or
 # memcheck failed; benchmark failures are reported but do not change it.
@@ -101,10 +102,10 @@ if [ -x "$BIN/bench_gpu_student" ]; then
 fi
 if [ -x "$BIN/bench_gpu_train" ]; then
   echo "== bench_gpu_train (stage I / stage II step at the 1B shape, T=$T)"
-  "$BIN/bench_gpu_train" "$T" 2>&1 | tee "$OUT/bench_train.txt"
-  echo "== PyTorch stage II reference (eager and compiled; same call)"
-  PYTHONUNBUFFERED=1 timeout 300 python3 tools/student_reference.py bench --seq "$T" --only stage2 --reps 5 \
-    --stage2-variants eager,compiled 2>&1 | grep -v Warning | tee "$OUT/ref_stage2.txt"
+  XD_BENCH_ACCUM=8 "$BIN/bench_gpu_train" "$T" 2>&1 | tee "$OUT/bench_train.txt"
+  echo "== PyTorch stage II reference (eager, compiled, compiled with 8 micro-batches a step; same call)"
+  PYTHONUNBUFFERED=1 timeout 420 python3 tools/student_reference.py bench --seq "$T" --only stage2 --reps 5 \
+    --stage2-variants eager,compiled,compiled_accum8 2>&1 | grep -v Warning | tee "$OUT/ref_stage2.txt"
 fi
 echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"

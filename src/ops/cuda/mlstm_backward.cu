@@ -15,6 +15,10 @@
  *   k_bw_gqa_sum            with H > G, per-head dK/dV summed over the group in head order
  *   k_bw_gates   (B*H)      the stabiliser recurrence backwards through time (double), then
  *                           dig += di, dfg += dl sigmoid(-f)
+ * Branch mlbw: by default k_bw_scan2 and k_bw_gates2 (one block per (head, 1024-token tile))
+ * replace k_bw_scan / k_bw_gates, and the tensor-core path with 2 <= H/G <= 4 runs k_bwtc_state_g
+ * (state terms + GQA sum in one launch) for k_bwtc_state + k_bw_gqa_sum; the same bits, the old
+ * kernels behind XD_MLSTM_BW_OLD=1 (see those kernels).
  * No atomics: deterministic. Gate scalars (cumsums, m, their gradients) are double, as on the
  * CPU; each decay exponent is formed in double and rounded once before the fp32 exp.
  * Shared-memory products use one helper (blk_mm): a 256-thread block as a 16 x 16 grid, each

@@ -25,6 +25,8 @@
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
  * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
  * micro-batch (what a run with batch A follows: the optimiser amortised).
+ * XD_BENCH_MLSTM_AB=1: the "ahead" schedule timed again with XD_MLSTM_BW_OLD=1 (the mLSTM backward
+ * kernels from before branch mlbw), printed beside the current ones.
  * XD_BENCH_CUPROF=1: a profiler capture range (xd_cuda_profiler_range) around the first timed
  * stage II step, then exit (for `ncu --profile-from-start off`: per-kernel times of one step
  * without the breakdown's synchronisations).
@@ -177,7 +179,7 @@ int main(int argc, char **argv) {
    * the previous AdamW's tail and this forward) */
   static const char *const mode_name[4] = {"serial", "ahead", "after-bwd", "beside-fwd"};
   double ph[6][16];
-  static double steps_v[4][64];
+  static double steps_v[5][64]; /* [4]: the "ahead" schedule again with XD_MLSTM_BW_OLD=1 (XD_BENCH_MLSTM_AB) */
   double losses[64];
   int mode_on[4] = {1, 1, 1, 1};
   const char *modes_env = getenv("XD_BENCH_TEACHER"); /* e.g. "0,2": the schedules to time */
@@ -190,12 +192,18 @@ int main(int argc, char **argv) {
   const int warm = 2, n = reps < 64 ? reps : 64;
   const char *cuprof_env = getenv("XD_BENCH_CUPROF");
   const int cuprof = cuprof_env && *cuprof_env && strcmp(cuprof_env, "0") != 0;
+  const char *ab_env = getenv("XD_BENCH_MLSTM_AB");
+  const int mlstm_ab = ab_env && *ab_env && strcmp(ab_env, "0") != 0;
   /* passes 0-3: the schedules, timed; 4: serial with a sync after each phase (breakdown);
-   * XD_BENCH_CUPROF: the default schedule only, its first timed step captured */
-  for (int pass = 0; pass < 5; pass++) {
+   * 5 (XD_BENCH_MLSTM_AB=1): "ahead" again with the mLSTM backward kernels from before branch
+   * mlbw (XD_MLSTM_BW_OLD=1, read by each call; the same bits); XD_BENCH_CUPROF: the default
+   * schedule only, its first timed step captured */
+  for (int pass = 0; pass < 6; pass++) {
     if (pass < 4 && !mode_on[pass]) continue;
+    if (pass == 5 && (!mlstm_ab || cuprof)) continue;
     if (cuprof && pass != XD_BENCH_DEFAULT_MODE) continue;
-    const int profile = pass == 4, mode = profile ? 0 : pass, iters = profile ? (n < 16 ? n : 16) : warm + n;
+    if (pass == 5) setenv("XD_MLSTM_BW_OLD", "1", 1);
+    const int profile = pass == 4, mode = profile ? 0 : pass == 5 ? 1 : pass, iters = profile ? (n < 16 ? n : 16) : warm + n;
     int slot = 0, pending = 0; /* pending: this step's teacher already submitted into slot */
     xd_student_cuda_train_profile(m, profile);
     for (int it = 0; it < iters; it++) {
@@ -227,13 +235,14 @@ int main(int argc, char **argv) {
       if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 0, &err));
 #undef PH
       if (!profile && it >= warm) {
-        steps_v[mode][it - warm] = xd_now() - ts0;
+        steps_v[pass == 5 ? 4 : mode][it - warm] = xd_now() - ts0;
         losses[it - warm] = res.r.loss;
       }
-      if (!profile) printf("%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[mode], it + 1,
-                           res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
+      if (!profile) printf("%s%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[mode],
+                           pass == 5 ? " (XD_MLSTM_BW_OLD=1)" : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
     CK(xd_cuda_sync(c, &err));
+    if (pass == 5) unsetenv("XD_MLSTM_BW_OLD");
   }
   if (cuprof) {
     printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);
@@ -260,6 +269,9 @@ int main(int argc, char **argv) {
   for (int md = 0; md < 4; md++)
     if (mode_on[md]) printf(" %s %.1f ms (%.3fx serial);", mode_name[md], median(steps_v[md], n) * 1e3, step_serial / median(steps_v[md], n));
   printf(" reported: %s\n", mode_name[XD_BENCH_DEFAULT_MODE]);
+  if (mlstm_ab)
+    printf("  mLSTM backward A/B (ahead schedule, same process): current kernels %.1f ms, XD_MLSTM_BW_OLD=1 %.1f ms "
+           "(%.3fx)\n", median(steps_v[1], n) * 1e3, median(steps_v[4], n) * 1e3, median(steps_v[4], n) / median(steps_v[1], n));
   printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
   printf("breakdown (synchronised after each phase, median ms):");
   const int np = n < 16 ? n : 16;

@@ -35,6 +35,10 @@
  * Measured on an H100 (docs/perf.md, 2026-11-28): vs fp32 <= 5.0e-3 (dq) / 2.5e-3 (df); vs the
  * rounded inputs <= 2.3e-3 (dv) / 4.2e-4 (di); with single bf16 dnum and S~ (the first version)
  * dq and dk were 8.8e-3 off the rounded-input reference in the wide-gate cases.
+ * Every case also runs the kernels from before branch mlbw (xd_cuda_mlstm_chunkwise_backward_tc_ex
+ * with old = 1: k_bw_scan, k_bwtc_state + k_bw_gqa_sum, k_bw_gates) and requires the same bits
+ * from the current ones (k_bw_scan2, the fused k_bwtc_state_g, k_bw_gates2); at the 1B shape it
+ * prints a RESULT mlstm_bw_small line with per-launch times (events) of both sets.
  * Unsupported shapes (P = 32, chunk 16) must give bitwise the plain entry point's result.
  * Without an argument the program also checks the Llama-3.2-1B student shape (B 1, H 32, G 8,
  * P = D = 64, chunk 64) at T = 4096 against the CPU, and times the new and the old
@@ -225,6 +229,26 @@ static int bwd_gpu(int tc, const mlstm_cfg *c, const float *dq, const float *dk,
       ctx, c, dq, dk, dv, dig, dfg, dbound, ddh, o->g[0], o->g[1], o->g[2], o->g[3], o->g[4], &err);
 }
 
+/* The tensor-core backward with the kernels before branch mlbw (old = 1) or the current ones;
+ * kms (or NULL): per-launch times (xd_cuda_mlstm_chunkwise_backward_tc_ex). */
+static int bwd_tc_ex(int old, const mlstm_cfg *c, const float *dq, const float *dk, const float *dv, const float *dig,
+                     const float *dfg, const float *dbound, const float *ddh, grads *o, float *kms) {
+  return xd_cuda_mlstm_chunkwise_backward_tc_ex(ctx, c, dq, dk, dv, dig, dfg, dbound, ddh, o->g[0], o->g[1], o->g[2],
+                                                o->g[3], o->g[4], old, kms, &err);
+}
+/* Bitwise comparison of two host gradient sets; prints the first differing element. */
+static int grads_same(const grads *x, const grads *y, const char *what) {
+  int same = 1;
+  for (int i = 0; i < 5; i++)
+    for (size_t k = 0; k < x->n[i]; k++)
+      if (memcmp(&x->g[i][k], &y->g[i][k], 4) != 0) {
+        fprintf(stderr, "    %s: %s[%zu] differs: %.9g vs %.9g\n", what, GRAD_NAMES[i], k, x->g[i][k], y->g[i][k]);
+        same = 0;
+        break;
+      }
+  return same;
+}
+
 /* One backward accuracy case: the GPU tensor-core forward fills the boundary buffer, the
  * tensor-core backward runs twice (bitwise compared) and the SIMT backward once on it; the CPU
  * forward + backward run on the fp32 inputs and on the bf16-rounded q, k, v. */
@@ -258,14 +282,15 @@ static void bw_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, 
   float *dC0 = up_raw(in.C0, BH * PD * 4), *dn0 = up_raw(in.n0, BH * P * 4), *dm0 = up_raw(in.m0, BH * 4);
   float *dbound = dev_poisoned(nb * 4), *ddh = up_raw(dhh, nh * 4);
   mlstm_state dinit = {dC0, dn0, dm0};
-  grads t1 = grads_dev(&ref), t2 = grads_dev(&ref), so = grads_dev(&ref);
+  grads t1 = grads_dev(&ref), t2 = grads_dev(&ref), so = grads_dev(&ref), tv1 = grads_dev(&ref);
   GPU(xd_cuda_mlstm_chunkwise_forward_tc_bound(ctx, &cfg, dq, dk, dv, dig, dfg, with_init ? &dinit : NULL, NULL,
                                                dbound, dhout, &err));
   GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t1));
   GPU(bwd_gpu(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t2));
   GPU(bwd_gpu(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &so));
+  GPU(bwd_tc_ex(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &tv1, NULL));
   GPU(xd_cuda_sync(ctx, &err));
-  grads h1 = grads_down(&t1), h2 = grads_down(&t2), hs = grads_down(&so);
+  grads h1 = grads_down(&t1), h2 = grads_down(&t2), hs = grads_down(&so), hv1 = grads_down(&tv1);
   fprintf(stderr, "    tc backward B%d T%d H%d G%d %s %s%s:\n", B, T, H, G, norm == MLSTM_NORM_MAX ? "max" : "paper",
           wide ? "wide" : "small", with_init ? " init" : "");
   int same = 1;
@@ -282,8 +307,12 @@ static void bw_case(int B, int T, int H, int G, mlstm_norm norm, int with_init, 
   }
   fprintf(stderr, "    two tc runs bitwise identical: %s\n", same ? "yes" : "NO");
   CHECK(same);
-  grads_free(&t1, 1), grads_free(&t2, 1), grads_free(&so, 1);
-  grads_free(&h1, 0), grads_free(&h2, 0), grads_free(&hs, 0), grads_free(&ref, 0), grads_free(&refb, 0);
+  const int same_v1 = grads_same(&h1, &hv1, "new vs old kernels");
+  fprintf(stderr, "    new scan / state+GQA / gate kernels bitwise equal to the old ones: %s\n", same_v1 ? "yes" : "NO");
+  CHECK(same_v1);
+  grads_free(&t1, 1), grads_free(&t2, 1), grads_free(&so, 1), grads_free(&tv1, 1);
+  grads_free(&h1, 0), grads_free(&h2, 0), grads_free(&hs, 0), grads_free(&hv1, 0), grads_free(&ref, 0),
+      grads_free(&refb, 0);
   xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dhout);
   xd_cuda_free(dC0), xd_cuda_free(dn0), xd_cuda_free(dm0), xd_cuda_free(dbound), xd_cuda_free(ddh);
   free(hc), free(bnd), free(dhh), free(qb), free(kb), free(vb);
@@ -297,6 +326,7 @@ static void test_mlstm_tc_backward(void) {
   bw_case(1, 40, 4, 1, MLSTM_NORM_PAPER, 1, 0, 914);  /* MQA, shorter than one chunk */
   bw_case(1, 513, 4, 4, MLSTM_NORM_MAX, 0, 1, 915);   /* one token past a chunk boundary */
   bw_case(1, 256, 4, 1, MLSTM_NORM_MAX, 1, 0, 916);   /* MQA, max normaliser, T a multiple of the chunk */
+  bw_case(1, 4200, 4, 2, MLSTM_NORM_PAPER, 0, 1, 917); /* 5 gate tiles (2 groups of k_bw_gates2), 66 chunks */
 }
 
 /* Unsupported shapes (P = 32; chunk 16) run the SIMT kernels: bitwise equal to the plain entry. */
@@ -446,12 +476,64 @@ static void test_mlstm_tc_1b_backward(void) {
     snprintf(name, sizeof name, "  %s vs gpu fp32 SIMT backward", GRAD_NAMES[i]);
     REL(name, ht.g[i], hs.g[i], ref.n[i], i >= 3 ? TOLG_LOOSE : TOLB_LOOSE);
   }
+  /* the kernels before branch mlbw on the same inputs: the same bits */
+  grads tv1 = grads_dev(&ref);
+  GPU(bwd_tc_ex(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &tv1, NULL));
+  GPU(xd_cuda_sync(ctx, &err));
+  grads hv1 = grads_down(&tv1);
+  const int same_v1 = grads_same(&ht, &hv1, "1B shape new vs old kernels");
+  fprintf(stderr, "    1B shape: new scan / state+GQA / gate kernels bitwise equal to the old ones: %s\n",
+          same_v1 ? "yes" : "NO");
+  CHECK(same_v1);
   const double t_old = time_bwd(0, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &so, 5);
   const double t_new = time_bwd(1, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t, 20);
   CHECKF(t_old > 0 && t_new > 0, "timing failed: %s", err.msg);
   printf("TIMING mlstm chunkwise bwd 1B shape (B1 H32 G8 P64 D64 L64) T=%d, one layer: old fp32 SIMT %.3f ms, "
          "tensor-core %.3f ms, speed-up %.2fx\n", T, t_old, t_new, t_old / t_new);
+  /* Per-kernel times, new vs old (branch mlbw), alternating, median of 15 each; then whole calls. */
+  enum { NR = 15 };
+  float km[2][NR][5];
+  for (int ri = 0; ri < NR; ri++)
+    for (int old = 0; old < 2; old++)
+      if (bwd_tc_ex(old, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, old ? &tv1 : &t, km[old][ri])) {
+        CHECKF(0, "per-kernel timing failed: %s", err.msg);
+        return;
+      }
+  double med[2][5];
+  for (int old = 0; old < 2; old++)
+    for (int k = 0; k < 5; k++) {
+      float v[NR];
+      for (int ri = 0; ri < NR; ri++) v[ri] = km[old][ri][k];
+      for (int i = 1; i < NR; i++) /* insertion sort */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) { const float x = v[j]; v[j] = v[j - 1], v[j - 1] = x; }
+      med[old][k] = v[NR / 2];
+    }
+  double tcall[2];
+  for (int old = 0; old < 2; old++) {
+    if (bwd_tc_ex(old, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t, NULL) || xd_cuda_sync(ctx, &err)) {
+      CHECKF(0, "timing failed: %s", err.msg);
+      return;
+    }
+    const double t0 = xd_now();
+    for (int i = 0; i < 20; i++)
+      if (bwd_tc_ex(old, &cfg, dq, dk, dv, dig, dfg, dbound, ddh, &t, NULL)) {
+        CHECKF(0, "timing failed: %s", err.msg);
+        return;
+      }
+    if (xd_cuda_sync(ctx, &err)) return;
+    tcall[old] = (xd_now() - t0) / 20 * 1e3;
+  }
+  const double small_new = med[0][1] + med[0][2] + med[0][3] + med[0][4];
+  const double small_old = med[1][1] + med[1][2] + med[1][3] + med[1][4];
+  printf("RESULT mlstm_bw_small T=%d (us, median of %d, events per launch) new: local %.1f scan %.1f state+gqa %.1f "
+         "gqa %.1f gates %.1f | old: local %.1f scan %.1f state %.1f gqa %.1f gates %.1f | scan+gqa+gates new %.1f "
+         "old %.1f, with state new %.1f old %.1f | whole call new %.3f ms old %.3f ms\n",
+         T, NR, 1e3 * med[0][0], 1e3 * med[0][1], 1e3 * med[0][2], 1e3 * med[0][3], 1e3 * med[0][4], 1e3 * med[1][0],
+         1e3 * med[1][1], 1e3 * med[1][2], 1e3 * med[1][3], 1e3 * med[1][4],
+         1e3 * (med[0][1] + med[0][3] + med[0][4]), 1e3 * (med[1][1] + med[1][3] + med[1][4]), 1e3 * small_new,
+         1e3 * small_old, tcall[0], tcall[1]);
   fflush(stdout);
+  grads_free(&tv1, 1), grads_free(&hv1, 0);
   grads_free(&t, 1), grads_free(&so, 1), grads_free(&ht, 0), grads_free(&hs, 0), grads_free(&ref, 0);
   xd_cuda_free(dq), xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(dig), xd_cuda_free(dfg), xd_cuda_free(dhout);
   xd_cuda_free(dbound), xd_cuda_free(ddh);

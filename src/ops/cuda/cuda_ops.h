@@ -216,6 +216,15 @@ int xd_cuda_mlstm_chunkwise_backward_tc(xd_cuda_ctx *c, const mlstm_cfg *cfg, co
                                         const float *v, const float *ig, const float *fg, const float *bound,
                                         const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,
                                         xd_err *e);
+/* xd_cuda_mlstm_chunkwise_backward_tc for tests and benchmarks (branch mlbw): old = 1 runs the
+ * scan, state + GQA sum and gate kernels from before that branch (bitwise the same results;
+ * XD_MLSTM_BW_OLD=1 makes both entry points above do the same); kernel_ms (NULL: none) gets the
+ * time of each launch in ms from events, synchronising: [local, scan, state (with the GQA sum
+ * when fused), GQA sum, gates], 0 for a launch that did not run. */
+int xd_cuda_mlstm_chunkwise_backward_tc_ex(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
+                                           const float *v, const float *ig, const float *fg, const float *bound,
+                                           const float *dh, float *dqf, float *dkf, float *dv, float *dig,
+                                           float *dfg, int old, float *kernel_ms, xd_err *e);
 
 /* Feature map (feature_map_forward / _backward; plain softmax(xP) or hedgehog). fp32. */
 int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, const float *P,

@@ -15,11 +15,16 @@
  *   k_bw_gqa_sum            with H > G, per-head dK/dV summed over the group in head order
  *   k_bw_gates   (B*H)      the stabiliser recurrence backwards through time (double), then
  *                           dig += di, dfg += dl sigmoid(-f)
+ * Branch mlbw: by default k_bw_scan2 and k_bw_gates2 (one block per (head, 1024-token tile))
+ * replace k_bw_scan / k_bw_gates, and the tensor-core path with 2 <= H/G <= 4 runs k_bwtc_state_g
+ * (state terms + GQA sum in one launch) for k_bwtc_state + k_bw_gqa_sum; the same bits, the old
+ * kernels behind XD_MLSTM_BW_OLD=1 (see those kernels).
  * No atomics: deterministic. Gate scalars (cumsums, m, their gradients) are double, as on the
  * CPU; each decay exponent is formed in double and rounded once before the fp32 exp.
  * Shared-memory products use one helper (blk_mm): a 256-thread block as a 16 x 16 grid, each
  * thread a strided 4 x 4 micro-tile per 64 x 64 pass; rows padded to odd strides. */
 #include <math.h>
+#include <stdlib.h>
 #include "cuda_common.cuh"
 #include "cuda_mma.cuh"
 
@@ -115,12 +120,12 @@ static __device__ __forceinline__ double sigm_d(double x) {
 
 /* Gates of chunk c of head bh (as chunk_gates on the CPU): bd cumsum b, md stabiliser m,
  * igd input gate (double, [len]); g, w (float); the branch into a.br when write_br. m_prev from bound. */
-static __device__ void bw_gates(const bw_args &a, int bh, int c, int t0, int len, double *bd, double *md, double *igd,
-                                float *g, float *w, double *mprev_out, int write_br) {
-  const int b = bh / a.H, h = bh % a.H, tid = threadIdx.x;
+static __device__ void bw_gates_n(const bw_args &a, int bh, int c, int t0, int len, double *bd, double *md,
+                                  double *igd, float *g, float *w, double *mprev_out, int write_br, int tid, int nthr) {
+  const int b = bh / a.H, h = bh % a.H;
   const size_t BH = (size_t)a.B * a.H, PD = (size_t)a.P * a.D;
   const double m_prev = (double)a.bound[BH * a.NC * (PD + a.P) + (size_t)bh * a.NC + c];
-  for (int j = tid; j < len; j += blockDim.x) {
+  for (int j = tid; j < len; j += nthr) {
     const size_t o = ((size_t)b * a.T + t0 + j) * a.H + h;
     igd[j] = (double)a.ig[o];
     bd[j] = logsig_d((double)a.fg[o]); /* l_j, scanned below */
@@ -141,12 +146,17 @@ static __device__ void bw_gates(const bw_args &a, int bh, int c, int t0, int len
     *mprev_out = m_prev;
   }
   __syncthreads();
-  for (int j = tid; j < len; j += blockDim.x) {
+  for (int j = tid; j < len; j += nthr) {
     g[j] = (float)exp(bd[j] + m_prev - md[j]);
     const float x = (float)(bd[len - 1] - bd[j] + igd[j] - md[len - 1]);
     w[j] = x > -87.f ? expf(x) : 0.f;
   }
   __syncthreads();
+}
+/* The whole block (tid = threadIdx.x, blockDim.x threads). */
+static __device__ __forceinline__ void bw_gates(const bw_args &a, int bh, int c, int t0, int len, double *bd, double *md,
+                                                double *igd, float *g, float *w, double *mprev_out, int write_br) {
+  bw_gates_n(a, bh, c, t0, len, bd, md, igd, g, w, mprev_out, write_br, threadIdx.x, blockDim.x);
 }
 
 /* Decay Dm[j][k] = exp(b_j - b_k + i_k - m_j), k <= j (the CPU's rounding and underflow). */
@@ -503,6 +513,133 @@ __global__ void __launch_bounds__(BW_THREADS) k_bw_gates(bw_args a, float *dig, 
       dfg[o] += (float)(dl_s[k] * sigm_d(-(double)a.fg[o]));
     }
     __syncthreads();
+  }
+}
+
+/* ==== Branch mlbw (issue #8): faster k_bw_scan and k_bw_gates, the same bits ==================
+ * k_bw_scan and k_bw_gates above stay as the reference (XD_MLSTM_BW_OLD=1, the _ex entry with
+ * old = 1); these replace them by default and give bitwise the same results (same operations on
+ * the same values in the same order; tests/gpu/test_gpu_mlstm_tc.c compares them bit for bit).
+ *
+ * k_bw_scan2: k_bw_scan's recurrence, but a thread issues the loads of up to SC2_B chunks (all 63
+ * at T = 4096) before the first store, and the g_last of the batch come from shared memory: one
+ * round trip to memory per batch instead of one per 8 chunks. */
+#define SC2_B 64
+__global__ void __launch_bounds__(256) k_bw_scan2(bw_args a) {
+  __shared__ float gl_s[SC2_B];
+  const int bh = blockIdx.x;
+  const size_t n = (size_t)a.P * a.D + a.P, i = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
+  const bool act = i < n;
+  float *base = a.dCw + (size_t)bh * a.NC * n + (act ? i : 0);
+  const float *gl = a.glast + (size_t)bh * a.NC;
+  float carry = 0.f;
+  for (int c1 = a.NC - 1; c1 >= 1; c1 -= SC2_B) {
+    __syncthreads(); /* the previous batch's gl_s is read */
+    if (threadIdx.x < SC2_B && c1 - (int)threadIdx.x >= 1) gl_s[threadIdx.x] = gl[c1 - threadIdx.x];
+    float u[SC2_B];
+    if (act) {
+#pragma unroll
+      for (int k = 0; k < SC2_B; k++)
+        if (c1 - k >= 1) u[k] = base[(size_t)(c1 - k) * n];
+    }
+    __syncthreads();
+    if (act) {
+#pragma unroll
+      for (int k = 0; k < SC2_B; k++)
+        if (c1 - k >= 1) {
+          const float gv = gl_s[k];
+          base[(size_t)(c1 - k) * n] = carry;
+          carry = gv * carry + u[k];
+        }
+    }
+  }
+  if (act) base[0] = carry;
+}
+
+/* k_bw_gates2: k_bw_gates' arithmetic (tiles of GT_TILE tokens from the end, 32 segments of
+ * GT_SEG tokens a tile, the segments chained from the tile's incoming carry, the carry into the
+ * tile below = segment 0 rerun from its incoming value), one block per (head, tile) instead of
+ * one per head. The carry into tile kt is a serial function of the tiles above it, so block
+ * (bh, kt) recomputes the segment summaries of tiles 0..kt (GT_GRP tiles at a time in shared
+ * memory, one thread per segment) and thread 0 chains them exactly as k_bw_gates' lane 0 did;
+ * then it reruns its own tile's segments and writes dig / dfg. Tiles counted from the top:
+ * tile k covers [max(0, T - (k+1) GT_TILE), T - k GT_TILE). */
+#define GT_GRP 4
+__global__ void __launch_bounds__(BW_THREADS) k_bw_gates2(bw_args a, float *dig, float *dfg) {
+  __shared__ double dm_s[GT_GRP][GT_TILE]; /* own tile: the acc after each token, in place */
+  __shared__ unsigned char br_s[GT_GRP][GT_TILE];
+  __shared__ double segB[GT_GRP][32], segIn[32], carry_s;
+  __shared__ int segR[GT_GRP][32];
+  const int bh = blockIdx.x, kt = blockIdx.y, b = bh / a.H, h = bh % a.H, tid = threadIdx.x;
+  int own = 0; /* slot of tile kt in the last group */
+  if (tid == 0) carry_s = 0;
+  for (int g0 = 0; g0 <= kt; g0 += GT_GRP) {
+    const int g1 = min(kt, g0 + GT_GRP - 1), ng = g1 - g0 + 1;
+    __syncthreads(); /* the previous group is chained */
+    for (int idx = tid; idx < ng * GT_TILE; idx += blockDim.x) {
+      const int sl = idx / GT_TILE, k = idx % GT_TILE, hi = a.T - (g0 + sl) * GT_TILE, lo = max(0, hi - GT_TILE);
+      if (k < hi - lo) {
+        const int t = lo + k;
+        const size_t o = (size_t)bh * a.T + t;
+        double dm = a.dmm[o];
+        if (t + 1 < a.T && (t + 1) % a.L == 0) dm += a.dmprev[(size_t)bh * a.NC + (t + 1) / a.L];
+        dm_s[sl][k] = dm, br_s[sl][k] = a.br[o];
+      }
+    }
+    __syncthreads();
+    if (tid < 32 * ng) { /* k_bw_gates' pass 1, one segment a thread */
+      const int sl = tid >> 5, sg = tid & 31, hi = a.T - (g0 + sl) * GT_TILE, n = hi - max(0, hi - GT_TILE);
+      const int j0 = sg * GT_SEG, j1 = min(n, j0 + GT_SEG);
+      double acc = 0;
+      int reset = 0;
+      for (int j = j1 - 1; j >= j0; j--) {
+        acc += dm_s[sl][j];
+        if (!br_s[sl][j]) acc = 0, reset = 1;
+      }
+      segB[sl][sg] = acc, segR[sl][sg] = reset;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      double ct = carry_s;
+      for (int sl = 0; sl < ng; sl++) {
+        double cc = ct;
+        for (int sg = 31; sg >= 0; sg--) {
+          if (g0 + sl == kt) segIn[sg] = cc;
+          if (sg == 0 && g0 + sl < kt) { /* lane 0's pass 2 of this tile: the carry into the next */
+            const int hi = a.T - (g0 + sl) * GT_TILE, n = hi - max(0, hi - GT_TILE), j1 = min(n, GT_SEG);
+            double acc = cc;
+            for (int j = j1 - 1; j >= 0; j--) {
+              acc += dm_s[sl][j];
+              if (!br_s[sl][j]) acc = 0;
+            }
+            ct = acc;
+          }
+          cc = segR[sl][sg] ? segB[sl][sg] : cc + segB[sl][sg];
+        }
+      }
+      carry_s = ct;
+    }
+    own = kt - g0;
+  }
+  __syncthreads();
+  const int hi = a.T - kt * GT_TILE, lo = max(0, hi - GT_TILE), n = hi - lo;
+  if (tid < 32) { /* pass 2: the acc each token adds to dl or di */
+    const int j0 = tid * GT_SEG, j1 = min(n, j0 + GT_SEG);
+    double acc = segIn[tid];
+    for (int j = j1 - 1; j >= j0; j--) {
+      acc += dm_s[own][j];
+      dm_s[own][j] = acc;
+      if (!br_s[own][j]) acc = 0;
+    }
+  }
+  __syncthreads();
+  for (int k = tid; k < n; k += blockDim.x) {
+    const size_t o = (size_t)bh * a.T + lo + k, og = ((size_t)b * a.T + lo + k) * a.H + h;
+    double dl = a.db[o], di = a.di[o];
+    if (br_s[own][k]) dl += dm_s[own][k];
+    else di += dm_s[own][k];
+    dig[og] += (float)di;
+    dfg[og] += (float)(dl * sigm_d(-(double)a.fg[og]));
   }
 }
 
@@ -1111,6 +1248,183 @@ __global__ void __launch_bounds__(BT_THREADS) k_bwtc_state(bw_args a) {
   for (int j = tid; j < len; j += BT_THREADS) a.db[o + j] = sm.bd[j], a.di[o + j] = sm.dix[j];
 }
 
+/* ==== Branch mlbw: k_bwtc_state with the GQA sum fused (k_bwtc_state_g) =======================
+ * One block of REP x 128 threads per (b, KV head, chunk), chunks 0..NC-1: the REP heads of the
+ * group run k_bwtc_state's code side by side (head hq on warps 4hq..4hq+3, the K and V tiles
+ * staged once for all of them), but instead of adding the state terms to the per-head dK / dV
+ * slices in memory (which k_bw_gqa_sum then read again), each head stages its slice
+ * (intra part from k_bwtc_local + state term, k_bwtc_state's expression) in shared memory and
+ * the block adds the REP slices in head order into dkf / dv (k_bw_gqa_sum's order: acc = 0,
+ * acc += slice of head 0, 1, ..., then dkf += acc). The last chunk (no state terms) only sums
+ * its intra slices. Same operations on the same values: bitwise k_bwtc_state + k_bw_gqa_sum.
+ * Per-head slices are read once, never rewritten: 1/3 of the old bytes for them. */
+struct bt_sg_head {
+  double bd[BT_L], md[BT_L], igd[BT_L], E[BT_L], dix[BT_L], red[BT_THREADS], mp;
+  float dn[BT_L], g[BT_L], w[BT_L];
+};
+template <int REP>
+struct bt_sg_smem {
+  uint16_t K[BT_L * BT_LD], V[BT_L * BT_LD];
+  union {
+    uint16_t D[REP][2][BT_L * BT_LD]; /* dC_end hi, lo of each head */
+    float S[REP][BT_L * BT_LD];       /* then the staged dK (then dV) slice of each head */
+  } u;
+  bt_sg_head hd[REP];
+};
+
+/* dst rows (row j at dst + j * ldst) += sum over heads, in head order, of the staged slices
+ * (rows < len); all REP x 128 threads, float4. */
+template <int REP>
+static __device__ __forceinline__ void bt_sg_sum(const bt_sg_smem<REP> &sm, float *dst, size_t ldst, int len, int tid) {
+  for (int i = tid; i < BT_L * BT_L / 4; i += REP * BT_THREADS) {
+    const int j = i >> 4, p = (i & 15) * 4;
+    if (j >= len) continue;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int hq = 0; hq < REP; hq++) {
+      const float4 x = *reinterpret_cast<const float4 *>(&sm.u.S[hq][j * BT_LD + p]);
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    float4 *d = reinterpret_cast<float4 *>(dst + (size_t)j * ldst + p);
+    const float4 o = *d;
+    *d = make_float4(o.x + acc.x, o.y + acc.y, o.z + acc.z, o.w + acc.w);
+  }
+}
+
+template <int REP>
+__global__ void __launch_bounds__(REP * BT_THREADS, 1) k_bwtc_state_g(bw_args a, float *dkf, float *dvf) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bt_sg_smem<REP> &sm = *reinterpret_cast<bt_sg_smem<REP> *>(smem_raw);
+  const int tid = threadIdx.x, hq = tid / BT_THREADS, ltid = tid % BT_THREADS;
+  const int bg = blockIdx.x, c = blockIdx.y, b = bg / a.G, gg = bg % a.G, h = gg * REP + hq, bh = b * a.H + h;
+  const int t0 = c * BT_L, len = min(BT_L, a.T - t0);
+  const size_t BH = (size_t)a.B * a.H, PD = (size_t)BT_L * BT_L, tok = (size_t)b * a.T + t0;
+  float *dkg = dkf + (tok * a.G + gg) * BT_L, *dvg = dvf + (tok * a.G + gg) * BT_L;
+  const size_t ldg = (size_t)a.G * BT_L;
+  if (c == a.NC - 1) { /* no state terms: the intra slices, summed in head order */
+    for (int m = 0; m < 2; m++) {
+      const float *src = m ? a.dV : a.dK;
+      for (int i = tid; i < REP * BT_L * BT_L / 4; i += REP * BT_THREADS) {
+        const int r = i / (BT_L * BT_L / 4), j = (i >> 4) % BT_L, p = (i & 15) * 4;
+        if (j < len)
+          *reinterpret_cast<float4 *>(&sm.u.S[r][j * BT_LD + p]) =
+              *reinterpret_cast<const float4 *>(src + ((size_t)(b * a.H + gg * REP + r) * a.T + t0 + j) * BT_L + p);
+      }
+      __syncthreads();
+      bt_sg_sum<REP>(sm, m ? dvg : dkg, ldg, len, tid);
+      __syncthreads();
+    }
+    return;
+  }
+  bt_sg_head &hd = sm.hd[hq];
+  uint16_t *Dh = sm.u.D[hq][0], *Dl = sm.u.D[hq][1];
+  const float *kb = a.kf + (tok * a.G + gg) * BT_L, *vb = a.v + (tok * a.G + gg) * BT_L;
+  const float *dC = a.dCw + ((size_t)bh * a.NC + c) * (PD + BT_L);
+  const float *bC = a.bound + ((size_t)bh * a.NC + c) * PD, *bn = a.bound + BH * a.NC * PD + ((size_t)bh * a.NC + c) * BT_L;
+  for (int i = tid; i < BT_L * BT_L / 4; i += REP * BT_THREADS) {
+    const int j = i >> 4, p = (i & 15) * 4;
+    bt_pack4(sm.K + j * BT_LD + p, *reinterpret_cast<const float4 *>(kb + (size_t)j * a.G * BT_L + p));
+    bt_pack4(sm.V + j * BT_LD + p, *reinterpret_cast<const float4 *>(vb + (size_t)j * a.G * BT_L + p));
+  }
+  double part = 0; /* k_bwtc_state's per-thread order */
+  for (int i = ltid; i < BT_L * BT_L / 4; i += BT_THREADS) {
+    const int j = i >> 4, p = (i & 15) * 4;
+    const float4 x = *reinterpret_cast<const float4 *>(dC + 4 * (size_t)i), y = *reinterpret_cast<const float4 *>(bC + 4 * (size_t)i);
+    bt_split4(Dh + j * BT_LD + p, Dl + j * BT_LD + p, x);
+    part += (double)x.x * (double)y.x + (double)x.y * (double)y.y + (double)x.z * (double)y.z + (double)x.w * (double)y.w;
+  }
+  for (int p = ltid; p < BT_L; p += BT_THREADS) {
+    hd.dn[p] = dC[PD + p];
+    part += (double)dC[PD + p] * (double)bn[p];
+  }
+  hd.red[ltid] = part;
+  bw_gates_n(a, bh, c, t0, len, hd.bd, hd.md, hd.igd, hd.g, hd.w, &hd.mp, 0, ltid, BT_THREADS); /* syncs */
+  for (int st = BT_THREADS / 2; st > 0; st >>= 1) {
+    if (ltid < st) hd.red[ltid] += hd.red[ltid + st];
+    __syncthreads();
+  }
+  const int warp = ltid >> 5, lane = ltid & 31, gq = lane >> 2, tq = lane & 3, r0 = warp * 16 + gq, r1 = r0 + 8;
+  float x[8][4], z[8][4];
+#pragma unroll
+  for (int np = 0; np < 8; np++) x[np][0] = x[np][1] = x[np][2] = x[np][3] = z[np][0] = z[np][1] = z[np][2] = z[np][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    uint32_t fa[4];
+    xd_frag_a(fa, sm.V, BT_LD, warp * 16, kk * 16, gq, tq);
+#pragma unroll
+    for (int np = 0; np < 8; np++) {
+      const int o = (np * 8 + gq) * BT_LD + kk * 16 + 2 * tq;
+      xd_mma16816(x[np], fa, xd_ld32s(Dh + o), xd_ld32s(Dh + o + 8));
+      xd_mma16816(x[np], fa, xd_ld32s(Dl + o), xd_ld32s(Dl + o + 8));
+    }
+  }
+  bt_mm_at(z, sm.K, warp * 16, Dh, 0, 4, lane);
+  bt_mm_at(z, sm.K, warp * 16, Dl, 0, 4, lane);
+  const float w0 = hd.w[r0], w1 = hd.w[r1];
+  float e0 = 0.f, e1 = 0.f, f0 = 0.f, f1 = 0.f;
+  const float *dk0 = a.dK + ((size_t)bh * a.T + t0 + r0) * BT_L, *dk1 = a.dK + ((size_t)bh * a.T + t0 + r1) * BT_L;
+  const float *dv0 = a.dV + ((size_t)bh * a.T + t0 + r0) * BT_L, *dv1 = a.dV + ((size_t)bh * a.T + t0 + r1) * BT_L;
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    const float n0 = hd.dn[p], n1 = hd.dn[p + 1];
+    const uint32_t u0 = xd_ld32s(sm.K + r0 * BT_LD + p), u1 = xd_ld32s(sm.K + r1 * BT_LD + p);
+    const float k0x = xd_bf2f((uint16_t)(u0 & 0xFFFFu)), k0y = xd_bf2f((uint16_t)(u0 >> 16));
+    const float k1x = xd_bf2f((uint16_t)(u1 & 0xFFFFu)), k1y = xd_bf2f((uint16_t)(u1 >> 16));
+    e0 += x[np][0] * k0x + x[np][1] * k0y, e1 += x[np][2] * k1x + x[np][3] * k1y;
+    f0 += k0x * n0 + k0y * n1, f1 += k1x * n0 + k1y * n1;
+  }
+  float2 o0[8], o1[8]; /* the intra dK slice: loads first */
+#pragma unroll
+  for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dk0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dk1 + np * 8 + 2 * tq);
+  __syncthreads(); /* every head is done with its dC tiles: the union becomes the staging */
+  float *S = sm.u.S[hq];
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    const float n0 = hd.dn[p], n1 = hd.dn[p + 1];
+    *reinterpret_cast<float2 *>(S + r0 * BT_LD + p) = make_float2(o0[np].x + w0 * (x[np][0] + n0), o0[np].y + w0 * (x[np][1] + n1));
+    *reinterpret_cast<float2 *>(S + r1 * BT_LD + p) = make_float2(o1[np].x + w1 * (x[np][2] + n0), o1[np].y + w1 * (x[np][3] + n1));
+  }
+#pragma unroll
+  for (int np = 0; np < 8; np++) o0[np] = bt_ld2(dv0 + np * 8 + 2 * tq), o1[np] = bt_ld2(dv1 + np * 8 + 2 * tq);
+  __syncthreads();
+  bt_sg_sum<REP>(sm, dkg, ldg, len, tid);
+  __syncthreads();
+#pragma unroll
+  for (int np = 0; np < 8; np++) {
+    const int p = np * 8 + 2 * tq;
+    *reinterpret_cast<float2 *>(S + r0 * BT_LD + p) = make_float2(o0[np].x + w0 * z[np][0], o0[np].y + w0 * z[np][1]);
+    *reinterpret_cast<float2 *>(S + r1 * BT_LD + p) = make_float2(o1[np].x + w1 * z[np][2], o1[np].y + w1 * z[np][3]);
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    e0 += __shfl_xor_sync(0xffffffffu, e0, o), e1 += __shfl_xor_sync(0xffffffffu, e1, o);
+    f0 += __shfl_xor_sync(0xffffffffu, f0, o), f1 += __shfl_xor_sync(0xffffffffu, f1, o);
+  }
+  if (tq == 0) hd.E[r0] = (double)w0 * ((double)e0 + (double)f0), hd.E[r1] = (double)w1 * ((double)e1 + (double)f1);
+  const size_t o = (size_t)bh * a.T + t0;
+  for (int j = ltid; j < len; j += BT_THREADS) hd.bd[j] = a.db[o + j], hd.dix[j] = a.di[o + j];
+  __syncthreads();
+  bt_sg_sum<REP>(sm, dvg, ldg, len, tid);
+  if (ltid == 0) { /* the gate sums, k_bwtc_state's order */
+    const double EgL = (double)hd.g[len - 1] * hd.red[0];
+    double sumE = 0;
+    for (int j = 0; j < len; j++) {
+      sumE += hd.E[j];
+      hd.bd[j] = hd.bd[j] - hd.E[j];
+      hd.dix[j] += hd.E[j];
+    }
+    hd.bd[len - 1] += sumE + EgL;
+    a.dmm[o + len - 1] -= sumE + EgL;
+    a.dmprev[(size_t)bh * a.NC + c] += EgL;
+    double acc = 0;
+    for (int j = len - 1; j >= 0; j--) acc += hd.bd[j], hd.bd[j] = acc;
+  }
+  __syncthreads();
+  for (int j = ltid; j < len; j += BT_THREADS) a.db[o + j] = hd.bd[j], a.di[o + j] = hd.dix[j];
+}
+
 static bool bt_al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* Whether the tensor-core kernels take this call: P = D = chunk = 64 and 16-byte aligned
@@ -1121,10 +1435,17 @@ static bool bw_tc_ok(const mlstm_cfg *cfg, const float *qf, const float *kf, con
          bt_al16(bound) && bt_al16(dh) && bt_al16(dqf) && bt_al16(dkf) && bt_al16(dv);
 }
 
+/* XD_MLSTM_BW_OLD=1: the kernels before branch mlbw (k_bw_scan, k_bwtc_state + k_bw_gqa_sum,
+ * k_bw_gates; the same bits, slower). */
+static int bw_old_env(void) {
+  const char *s = getenv("XD_MLSTM_BW_OLD");
+  return s && s[0] == '1';
+}
+
 /* Both entry points: tc selects k_bwtc_local / k_bwtc_state (the caller checked bw_tc_ok). */
 static int bw_run(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf, const float *v,
                   const float *ig, const float *fg, const float *bound, const float *dh, float *dqf, float *dkf,
-                  float *dv, float *dig, float *dfg, int tc, xd_err *e) {
+                  float *dv, float *dig, float *dfg, int tc, int old, float *kms, xd_err *e) {
   XD_ARG(cfg->B > 0 && cfg->T > 0 && cfg->H > 0 && cfg->G > 0 && cfg->H % cfg->G == 0);
   XD_ARG(cfg->P > 0 && cfg->P <= 128 && cfg->D > 0 && cfg->D <= 128 && cfg->chunk >= 1 && cfg->chunk <= 64);
   XD_ARG(bound && qf && kf && v && ig && fg && dh && dqf && dkf && dv && dig && dfg);
@@ -1157,28 +1478,61 @@ static int bw_run(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const f
   int rc = 0;
   void (*k_local)(bw_args) = tc ? k_bwtc_local : k_bw_local, (*k_state)(bw_args) = tc ? k_bwtc_state : k_bw_state;
   const int nthr = tc ? BT_THREADS : BW_THREADS;
-  cudaError_t st = cudaFuncSetAttribute(k_local, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
+  /* Branch mlbw: with the tensor-core kernels and 2 <= H/G <= 4, k_bwtc_state_g does the state
+   * terms and the GQA sum in one launch (every chunk); old = 1 keeps the kernels before it. */
+  void (*k_sg)(bw_args, float *, float *) = NULL;
+  size_t sm_sg = 0;
+  if (tc && !old && a.rep == 2) k_sg = k_bwtc_state_g<2>, sm_sg = sizeof(bt_sg_smem<2>);
+  if (tc && !old && a.rep == 3) k_sg = k_bwtc_state_g<3>, sm_sg = sizeof(bt_sg_smem<3>);
+  if (tc && !old && a.rep == 4) k_sg = k_bwtc_state_g<4>, sm_sg = sizeof(bt_sg_smem<4>);
+  if (k_sg && sm_sg > c->smem_optin) k_sg = NULL;
+  /* kms: per-kernel times [local, scan, state (+ GQA sum when fused), GQA sum, gates] */
+  cudaEvent_t ev[6] = {0};
+  cudaError_t st = cudaSuccess;
+  if (kms)
+    for (int k = 0; k < 6 && st == cudaSuccess; k++) st = cudaEventCreate(&ev[k]);
+#define BW_MARK(k) do { if (kms && st == cudaSuccess) st = cudaEventRecord(ev[k], c->stream); } while (0)
+  if (st == cudaSuccess) st = cudaFuncSetAttribute(k_local, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm1);
   if (st == cudaSuccess) st = cudaFuncSetAttribute(k_state, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm3);
+  if (st == cudaSuccess && k_sg) st = cudaFuncSetAttribute(k_sg, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm_sg);
+  BW_MARK(0);
   if (st == cudaSuccess) {
     k_local<<<dim3((unsigned)BH, (unsigned)NC), nthr, sm1, c->stream>>>(a);
     st = cudaGetLastError();
   }
+  BW_MARK(1);
   if (st == cudaSuccess && NC > 1) {
-    k_bw_scan<<<dim3((unsigned)BH, xd_ceil_div(PD + a.P, 256)), 256, 0, c->stream>>>(a);
+    if (old) k_bw_scan<<<dim3((unsigned)BH, xd_ceil_div(PD + a.P, 256)), 256, 0, c->stream>>>(a);
+    else k_bw_scan2<<<dim3((unsigned)BH, xd_ceil_div(PD + a.P, 256)), 256, 0, c->stream>>>(a);
     st = cudaGetLastError();
-    if (st == cudaSuccess) {
-      k_state<<<dim3((unsigned)BH, (unsigned)(NC - 1)), nthr, sm3, c->stream>>>(a);
-      st = cudaGetLastError();
-    }
   }
-  if (st == cudaSuccess && a.rep > 1) {
+  BW_MARK(2);
+  if (st == cudaSuccess && k_sg) {
+    k_sg<<<dim3((unsigned)(a.B * a.G), (unsigned)NC), a.rep * BT_THREADS, sm_sg, c->stream>>>(a, dkf, dv);
+    st = cudaGetLastError();
+  } else if (st == cudaSuccess && NC > 1) {
+    k_state<<<dim3((unsigned)BH, (unsigned)(NC - 1)), nthr, sm3, c->stream>>>(a);
+    st = cudaGetLastError();
+  }
+  BW_MARK(3);
+  if (st == cudaSuccess && a.rep > 1 && !k_sg) {
     k_bw_gqa_sum<<<(unsigned)((size_t)a.B * T), 256, 0, c->stream>>>(a, dkf, dv);
     st = cudaGetLastError();
   }
+  BW_MARK(4);
   if (st == cudaSuccess) {
-    k_bw_gates<<<(unsigned)BH, BW_THREADS, 0, c->stream>>>(a, dig, dfg);
+    if (old) k_bw_gates<<<(unsigned)BH, BW_THREADS, 0, c->stream>>>(a, dig, dfg);
+    else k_bw_gates2<<<dim3((unsigned)BH, xd_ceil_div(T, GT_TILE)), BW_THREADS, 0, c->stream>>>(a, dig, dfg);
     st = cudaGetLastError();
   }
+  BW_MARK(5);
+#undef BW_MARK
+  if (kms && st == cudaSuccess) {
+    st = cudaEventSynchronize(ev[5]);
+    for (int k = 0; k < 5 && st == cudaSuccess; k++) st = cudaEventElapsedTime(&kms[k], ev[k], ev[k + 1]);
+  }
+  for (int k = 0; k < 6; k++)
+    if (ev[k]) cudaEventDestroy(ev[k]);
   if (st != cudaSuccess)
     rc = xd_errf(e, "mlstm_backward.cu:%d: mlstm chunkwise backward launch: %s", __LINE__, cudaGetErrorString(st));
   const cudaError_t fs = cudaFreeAsync(ws, c->stream);
@@ -1191,7 +1545,7 @@ extern "C" int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg 
                                                 const float *v, const float *ig, const float *fg, const float *bound,
                                                 const float *dh, float *dqf, float *dkf, float *dv, float *dig,
                                                 float *dfg, xd_err *e) {
-  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, 0, e);
+  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, 0, bw_old_env(), NULL, e);
 }
 
 /* Tensor-core kernels where bw_tc_ok, else the SIMT ones (same results up to the bf16 roundings). */
@@ -1200,5 +1554,14 @@ extern "C" int xd_cuda_mlstm_chunkwise_backward_tc(xd_cuda_ctx *c, const mlstm_c
                                                    const float *bound, const float *dh, float *dqf, float *dkf,
                                                    float *dv, float *dig, float *dfg, xd_err *e) {
   const int tc = bw_tc_ok(cfg, qf, kf, v, bound, dh, dqf, dkf, dv);
-  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, tc, e);
+  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, tc, bw_old_env(), NULL, e);
+}
+
+extern "C" int xd_cuda_mlstm_chunkwise_backward_tc_ex(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf,
+                                                      const float *kf, const float *v, const float *ig,
+                                                      const float *fg, const float *bound, const float *dh, float *dqf,
+                                                      float *dkf, float *dv, float *dig, float *dfg, int old,
+                                                      float *kernel_ms, xd_err *e) {
+  const int tc = bw_tc_ok(cfg, qf, kf, v, bound, dh, dqf, dkf, dv);
+  return bw_run(c, cfg, qf, kf, v, ig, fg, bound, dh, dqf, dkf, dv, dig, dfg, tc, old != 0, kernel_ms, e);
 }

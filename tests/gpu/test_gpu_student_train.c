@@ -16,7 +16,7 @@
  *   5. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
  *      backward is the tensor-core kernel (head dim 16k <= 128; the fallback's float atomics are
  *      only reported); then a backward without zero_grad: twice the gradients (the micro-batch
- *      accumulation).
+ *      accumulation; 1e-5, or 1e-4 under the fallback, whose bit flips reach the k|v weights).
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -195,17 +195,39 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
                 name, hd, nd, nt, rel_l2(g2, ga, nt));
       }
       /* a second backward without zero_grad (a later micro-batch) adds: 2 g, up to rounding
-       * where one backward adds several terms to a tensor (the tied embedding), plus, under the
-       * atomic SWA fallback, the run-to-run difference of the second backward measured above
-       * (g3 - 2 g2 is such a difference, halved relative to 2 g2): bound 1e-5 + twice that noise */
+       * where one backward adds several terms to a tensor (the tied embedding): bound 1e-5. Under
+       * the atomic SWA fallback the third backward's dK/dV may differ from the second's in the
+       * last bits, and one such bit can flip the bf16 rounding of a dv / dk element, which the k|v
+       * projection's weight gradient then carries (measured: 2.43e-5 over all gradients, 96% of
+       * it in a v_proj weight at 6.7e-5, in runs where the two identical steps above agreed to
+       * 3e-9 and in others where they differed by 4.9e-5): bound 1e-4 there. An accumulation that
+       * overwrites instead of adding would be off by ~0.5. */
       if (xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e)) {
         CHECKF(0, "%s: accumulating backward: %s", name, e.msg);
       } else {
         float *g3 = down(xd_params_cuda_grad_all(pd), nt);
         for (size_t j = 0; j < nt; j++) g2[j] *= 2.0f;
         const double ea = rel_l2(g3, g2, nt);
-        CHECKF(ea <= 1e-5 + 2 * noise, "%s: gradients after a second backward vs 2x one: rel L2 %.3e (run-to-run noise %.3e)",
-               name, ea, noise);
+        /* the tensor that differs most, named in the report */
+        double wr = 0, wshare = 0;
+        const char *wname = "";
+        {
+          double tot = 0;
+          for (size_t j = 0; j < nt; j++) tot += ((double)g3[j] - g2[j]) * ((double)g3[j] - g2[j]);
+          for (int i = 0; i < s->params.n; i++) {
+            const xd_param_info *t = &s->params.t[i];
+            const size_t o = (size_t)(xd_params_data(&s->params, i) - s->params.data);
+            if (!t->trainable || o + t->numel > nt) continue;
+            double n1 = 0, d1 = 0;
+            for (size_t j = o; j < o + t->numel; j++) {
+              n1 += ((double)g3[j] - g2[j]) * ((double)g3[j] - g2[j]);
+              d1 += (double)g2[j] * g2[j];
+            }
+            if (tot > 0 && n1 / tot > wshare) wshare = n1 / tot, wname = t->name, wr = d1 > 0 ? sqrt(n1 / d1) : sqrt(n1);
+          }
+        }
+        CHECKF(ea <= (exact ? 1e-5 : 1e-4), "%s: gradients after a second backward vs 2x one: rel L2 %.3e (run-to-run noise %.3e; "
+               "%.0f%% of the difference in %s, rel L2 %.3e there)", name, ea, noise, 100 * wshare, wname, wr);
         free(g3);
       }
       free(g2);

@@ -16,42 +16,10 @@
  *   C 16x8 : c0,c1 (g, 2t..2t+1) c2,c3 (g+8, 2t..2t+1) */
 #include <math.h>
 #include <stdlib.h>
-#include "cuda_common.cuh"
+#include "cuda_mma.cuh"
 
 #define ATT_BR 64
 #define ATT_BC 64
-
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
-  return *reinterpret_cast<uint32_t *>(&v);
-}
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-  const int n = valid ? 16 : 0; /* src-size 0: the 16 bytes are zero-filled */
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-/* Four 8x8 b16 matrices, transposed on the way: with V row-major [key][dim] in shared memory
- * this yields the m16n8k16 B fragments (k = key, n = dim) of two adjacent 8-wide dim blocks. */
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
-                                                  const void *smem_row) {
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(sa));
-}
 
 /* Next key tile this query block visits after tile j (sinks, then the window), or -1. */
 __device__ __forceinline__ int att_next_tile(int j, int j_max, int j_win, int sinks) {
@@ -92,10 +60,10 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
       const int key = ch / (D / 8), col = (ch % (D / 8)) * 8;
       const bool ok = k0 + key < T;
       const size_t row = ok ? (size_t)(k0 + key) : 0;
-      cp_async16(Ks + key * LDS + col, kbase + row * a.ldk + col, ok);
-      cp_async16(Vs + key * LDS + col, vbase + row * a.ldv + col, ok);
+      xd_cp_async16(Ks + key * LDS + col, kbase + row * a.ldk + col, ok);
+      xd_cp_async16(Vs + key * LDS + col, vbase + row * a.ldv + col, ok);
     }
-    cp_async_commit();
+    xd_cp_async_commit();
   };
 
   const int j_max = q_hi / ATT_BC;
@@ -125,9 +93,9 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
     const int jn = att_next_tile(j, j_max, j_win, a.sinks);
     if (jn >= 0) {
       load_tile(jn, st ^ 1); /* overlaps with this tile's maths */
-      cp_async_wait<1>();
+      xd_cp_async_wait<1>();
     } else {
-      cp_async_wait<0>();
+      xd_cp_async_wait<0>();
     }
     __syncthreads();
     const uint16_t *Ks = att_smem + st * 2 * TILE, *Vs = Ks + TILE;
@@ -141,7 +109,7 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
       for (int kk = 0; kk < D / 16; kk++) {
         const uint32_t b0 = *reinterpret_cast<const uint32_t *>(Ks + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq);
         const uint32_t b1 = *reinterpret_cast<const uint32_t *>(Ks + (nb * 8 + gq) * LDS + kk * 16 + 8 + 2 * tq);
-        mma_bf16_16816(s[nb], qa[kk], b0, b1);
+        xd_mma16816(s[nb], qa[kk], b0, b1);
       }
     }
     /* The mask matters only on tiles that reach past the diagonal or T, or hold keys that
@@ -194,8 +162,8 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
       const float p0 = exp2f(s[nb][0] - ref0), p1 = exp2f(s[nb][1] - ref0);
       const float p2 = exp2f(s[nb][2] - ref1), p3 = exp2f(s[nb][3] - ref1);
       l0 += p0 + p1, l1 += p2 + p3;
-      pa[nb >> 1][(nb & 1) * 2 + 0] = pack_bf16x2(p0, p1);
-      pa[nb >> 1][(nb & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+      pa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(p0, p1);
+      pa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(p2, p3);
     }
     /* O += P V: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the four 8x8 matrices
      * (keys +0..7 / +8..15 of dim block nd, then the same of block nd+1). */
@@ -205,9 +173,9 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
 #pragma unroll
       for (int nd = 0; nd < D / 8; nd += 2) {
         uint32_t b0, b1, b2, b3;
-        ldmatrix_x4_trans(b0, b1, b2, b3, Vs + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
-        mma_bf16_16816(oacc[nd], pa[kk], b0, b1);
-        mma_bf16_16816(oacc[nd + 1], pa[kk], b2, b3);
+        xd_ldsm_x4_trans(b0, b1, b2, b3, Vs + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
+        xd_mma16816(oacc[nd], pa[kk], b0, b1);
+        xd_mma16816(oacc[nd + 1], pa[kk], b2, b3);
       }
     }
     __syncthreads(); /* this stage is refilled two tiles from now */
@@ -223,8 +191,8 @@ __global__ void __launch_bounds__(128) k_attention_fwd(uint16_t *__restrict__ ou
 #pragma unroll
   for (int nd = 0; nd < D / 8; nd++) {
     const int c0 = nd * 8 + 2 * tq;
-    if (r0 < T) *reinterpret_cast<uint32_t *>(obase + (size_t)r0 * a.ldo + c0) = pack_bf16x2(oacc[nd][0] * inv0, oacc[nd][1] * inv0);
-    if (r1 < T) *reinterpret_cast<uint32_t *>(obase + (size_t)r1 * a.ldo + c0) = pack_bf16x2(oacc[nd][2] * inv1, oacc[nd][3] * inv1);
+    if (r0 < T) *reinterpret_cast<uint32_t *>(obase + (size_t)r0 * a.ldo + c0) = xd_pack_bf16x2(oacc[nd][0] * inv0, oacc[nd][1] * inv0);
+    if (r1 < T) *reinterpret_cast<uint32_t *>(obase + (size_t)r1 * a.ldo + c0) = xd_pack_bf16x2(oacc[nd][2] * inv1, oacc[nd][3] * inv1);
   }
   if (lse && tq == 0) {
     const float ln2 = 0.69314718055994531f;
@@ -277,13 +245,6 @@ static int attention_forward_v1(xd_cuda_ctx *c, uint16_t *out, float *lse, const
  *    the window edge or T; a tile that no row of the warp can see is skipped by that warp.
  *  - grid (B*H, query blocks): the block scheduler starts the latest (longest causal) query
  *    blocks of every head first, so the short ones fill the tail. */
-__device__ __forceinline__ void ldmatrix_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
-                                            const void *smem_row) {
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(sa));
-}
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -314,7 +275,7 @@ __device__ __forceinline__ void att2_tile(float (&oacc)[MT][D / 8][4], float (&m
       for (int h2 = 0; h2 < 2; h2++) {
         if constexpr (QS) {
           /* A 16x16: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15) */
-          ldmatrix_x4(qf[mt][h2][0], qf[mt][h2][1], qf[mt][h2][2], qf[mt][h2][3],
+          xd_ldsm_x4(qf[mt][h2][0], qf[mt][h2][1], qf[mt][h2][2], qf[mt][h2][3],
                       Qs + (mt * 16 + lr + (lm & 1) * 8) * LDS + (2 * k2 + h2) * 16 + (lm >> 1) * 8);
         } else {
 #pragma unroll
@@ -325,11 +286,11 @@ __device__ __forceinline__ void att2_tile(float (&oacc)[MT][D / 8][4], float (&m
     for (int nb = 0; nb < BC / 8; nb++) {
       /* keys nb*8.., dims k2*32 + {0, 8, 16, 24}: b0, b1 of k-step 2 k2, then of 2 k2 + 1 */
       uint32_t b0, b1, b2, b3;
-      ldmatrix_x4(b0, b1, b2, b3, Ks + (nb * 8 + lr) * LDS + k2 * 32 + lm * 8);
+      xd_ldsm_x4(b0, b1, b2, b3, Ks + (nb * 8 + lr) * LDS + k2 * 32 + lm * 8);
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        mma_bf16_16816(s[mt][nb], qf[mt][0], b0, b1);
-        mma_bf16_16816(s[mt][nb], qf[mt][1], b2, b3);
+        xd_mma16816(s[mt][nb], qf[mt][0], b0, b1);
+        xd_mma16816(s[mt][nb], qf[mt][1], b2, b3);
       }
     }
   }
@@ -375,8 +336,8 @@ __device__ __forceinline__ void att2_tile(float (&oacc)[MT][D / 8][4], float (&m
       const float p0 = fast_exp2(fmaf(s[mt][nb][0], sl2, -ref0)), p1 = fast_exp2(fmaf(s[mt][nb][1], sl2, -ref0));
       const float p2 = fast_exp2(fmaf(s[mt][nb][2], sl2, -ref1)), p3 = fast_exp2(fmaf(s[mt][nb][3], sl2, -ref1));
       l[mt][0] += p0 + p1, l[mt][1] += p2 + p3;
-      pa[mt][nb >> 1][(nb & 1) * 2 + 0] = pack_bf16x2(p0, p1);
-      pa[mt][nb >> 1][(nb & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+      pa[mt][nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(p0, p1);
+      pa[mt][nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(p2, p3);
     }
   }
   /* O += P V: matrices (keys +0..7, dims nd*8..), (keys +8..15, nd*8..), then the same of nd+1. */
@@ -386,11 +347,11 @@ __device__ __forceinline__ void att2_tile(float (&oacc)[MT][D / 8][4], float (&m
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd += 2) {
       uint32_t b0, b1, b2, b3;
-      ldmatrix_x4_trans(b0, b1, b2, b3, Vs + (kk * 16 + vrow) * LDS + nd * 8 + vcol);
+      xd_ldsm_x4_trans(b0, b1, b2, b3, Vs + (kk * 16 + vrow) * LDS + nd * 8 + vcol);
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        mma_bf16_16816(oacc[mt][nd], pa[mt][kk], b0, b1);
-        mma_bf16_16816(oacc[mt][nd + 1], pa[mt][kk], b2, b3);
+        xd_mma16816(oacc[mt][nd], pa[mt][kk], b0, b1);
+        xd_mma16816(oacc[mt][nd + 1], pa[mt][kk], b2, b3);
       }
     }
   }
@@ -428,10 +389,10 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
       const int key = ch / (D / 8), col = (ch % (D / 8)) * 8;
       const bool ok = k0 + key < T; /* rows past T: zeros (a masked score still multiplies V) */
       const size_t row = ok ? (size_t)(k0 + key) : 0;
-      cp_async16(Ks + key * LDS + col, kbase + row * a.ldk + col, ok);
-      cp_async16(Vs + key * LDS + col, vbase + row * a.ldv + col, ok);
+      xd_cp_async16(Ks + key * LDS + col, kbase + row * a.ldk + col, ok);
+      xd_cp_async16(Vs + key * LDS + col, vbase + row * a.ldv + col, ok);
     }
-    cp_async_commit();
+    xd_cp_async_commit();
   };
 
   /* Q rows of the block (rows past T: zeros); only 4-byte alignment is promised for q, so
@@ -445,7 +406,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
     const bool ok = q_lo + r < T;
     const uint16_t *src = qbase + (size_t)(ok ? q_lo + r : 0) * a.ldq + col;
     if (q16) {
-      cp_async16(Qs + r * LDS + col, src, ok);
+      xd_cp_async16(Qs + r * LDS + col, src, ok);
     } else {
 #pragma unroll
       for (int i = 0; i < 8; i += 2)
@@ -456,7 +417,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
   const int j_win = a.window > 0 ? max(0, q_lo - a.window + 1) / BC : 0;
   int j = (0 < j_win && a.sinks <= 0) ? j_win : 0;
   load_tile(j, 0); /* commits the Q copies too */
-  cp_async_wait<0>();
+  xd_cp_async_wait<0>();
   __syncthreads();
 
   const int lr = lane & 7, lm = lane >> 3;
@@ -466,7 +427,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++)
-        ldmatrix_x4(qa[mt][kk][0], qa[mt][kk][1], qa[mt][kk][2], qa[mt][kk][3],
+        xd_ldsm_x4(qa[mt][kk][0], qa[mt][kk][1], qa[mt][kk][2], qa[mt][kk][3],
                     Qs + (warp * MT * 16 + mt * 16 + lr + (lm & 1) * 8) * LDS + kk * 16 + (lm >> 1) * 8);
   }
   const uint16_t *Qw = Qs + warp * MT * 16 * LDS;
@@ -498,7 +459,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
         att2_tile<D, MT, BC, QS, false>(oacc, m, l, qa, Qw, Ks, Vs, k0, wlo, a, sl2, lane);
     }
     if (jn >= 0) {
-      cp_async_wait<0>();
+      xd_cp_async_wait<0>();
       __syncthreads();
     }
     j = jn;
@@ -519,10 +480,10 @@ __global__ void __launch_bounds__(NW * 32, MINB) k_attn_fwd2(uint16_t *__restric
       const int c0 = nd * 8 + 2 * tq;
       if (r0 < T)
         *reinterpret_cast<uint32_t *>(obase + (size_t)r0 * a.ldo + c0) =
-            pack_bf16x2(oacc[mt][nd][0] * inv0, oacc[mt][nd][1] * inv0);
+            xd_pack_bf16x2(oacc[mt][nd][0] * inv0, oacc[mt][nd][1] * inv0);
       if (r1 < T)
         *reinterpret_cast<uint32_t *>(obase + (size_t)r1 * a.ldo + c0) =
-            pack_bf16x2(oacc[mt][nd][2] * inv1, oacc[mt][nd][3] * inv1);
+            xd_pack_bf16x2(oacc[mt][nd][2] * inv1, oacc[mt][nd][3] * inv1);
     }
     if (lse && tq == 0) {
       const float ln2 = 0.69314718055994531f;

@@ -1,6 +1,6 @@
 /* Tensor-core fragment helpers (mma.sync m16n8k16 bf16 -> fp32, ldmatrix, bf16 packing),
- * static so that each .cu file gets its own copy (no device linking). The same helpers as
- * attention.cu's and mlstm_tc.cu's local ones, which may move here later.
+ * static so that each .cu file gets its own copy (no device linking); used by attention.cu,
+ * mlstm_tc.cu, mlstm_backward.cu and swa_backward.cu.
  * Fragment layouts of m16n8k16 (g = lane/4, t = lane%4):
  *   A 16x16: a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..) a3 (g+8, 2t+8..)
  *   B 16x8 : b0 (k 2t..2t+1, n g) b1 (k 2t+8.., n g)
@@ -28,6 +28,15 @@ static __device__ __forceinline__ void xd_ldsm_x4_trans(uint32_t &r0, uint32_t &
                                                         const void *smem_row) {
   const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(sa));
+}
+/* Four 8x8 b16 matrices as stored (no transpose): with X row-major [n][k] in shared memory the
+ * same lane addressing gives B fragments of two adjacent 8-wide n blocks, or an A fragment. */
+static __device__ __forceinline__ void xd_ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                                  const void *smem_row) {
+  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(sa));
 }

@@ -29,32 +29,13 @@
  *   C 16x8 : c0,c1 (g, 2t..2t+1) c2,c3 (g+8, 2t..2t+1)
  * Shapes: P = D = 64, chunk 64 (the student's); anything else is refused. */
 #include <math.h>
-#include "cuda_common.cuh"
+#include "cuda_mma.cuh"
 
 #define TC_L 64   /* chunk */
 #define TC_P 64   /* feature dim = value dim */
 #define TC_LD 72  /* bf16 row stride of the shared tiles (+8: conflict-free fragment loads) */
 #define TC_THREADS 128
 
-__device__ __forceinline__ void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t tc_pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t *>(&v);
-}
-__device__ __forceinline__ void tc_ldsm_x4_trans(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
-                                                 const void *smem_row) {
-  const unsigned sa = (unsigned)__cvta_generic_to_shared(smem_row);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(sa));
-}
-__device__ __forceinline__ uint32_t tc_ld32(const uint16_t *p) { return *reinterpret_cast<const uint32_t *>(p); }
 __device__ __forceinline__ double tc_logsig(double f) { return f >= 0 ? -log1p(exp(-f)) : f - log1p(exp(f)); }
 
 struct tc_args {
@@ -134,15 +115,15 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_local(tc_args a) {
 #pragma unroll
   for (int kk = 0; kk < TC_L / 16; kk++) {
     uint32_t fa[4];
-    fa[0] = tc_ld32(KT + pr * TC_LD + kk * 16 + 2 * tq);
-    fa[1] = tc_ld32(KT + (pr + 8) * TC_LD + kk * 16 + 2 * tq);
-    fa[2] = tc_ld32(KT + pr * TC_LD + kk * 16 + 8 + 2 * tq);
-    fa[3] = tc_ld32(KT + (pr + 8) * TC_LD + kk * 16 + 8 + 2 * tq);
+    fa[0] = xd_ld32s(KT + pr * TC_LD + kk * 16 + 2 * tq);
+    fa[1] = xd_ld32s(KT + (pr + 8) * TC_LD + kk * 16 + 2 * tq);
+    fa[2] = xd_ld32s(KT + pr * TC_LD + kk * 16 + 8 + 2 * tq);
+    fa[3] = xd_ld32s(KT + (pr + 8) * TC_LD + kk * 16 + 8 + 2 * tq);
 #pragma unroll
     for (int nb = 0; nb < TC_P / 8; nb++) {
-      const uint32_t b0 = tc_ld32(VT + (nb * 8 + gq) * TC_LD + kk * 16 + 2 * tq);
-      const uint32_t b1 = tc_ld32(VT + (nb * 8 + gq) * TC_LD + kk * 16 + 8 + 2 * tq);
-      tc_mma(acc[nb], fa, b0, b1);
+      const uint32_t b0 = xd_ld32s(VT + (nb * 8 + gq) * TC_LD + kk * 16 + 2 * tq);
+      const uint32_t b1 = xd_ld32s(VT + (nb * 8 + gq) * TC_LD + kk * 16 + 8 + 2 * tq);
+      xd_mma16816(acc[nb], fa, b0, b1);
     }
   }
   float *Cl = a.bC + ci * TC_P * TC_P;
@@ -259,18 +240,18 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
     }
     const float4 cv = *reinterpret_cast<const float4 *>(Cs + (size_t)j * TC_P + p);
     uint2 u;
-    u.x = tc_pack(qv.x, qv.y), u.y = tc_pack(qv.z, qv.w);
+    u.x = xd_pack_bf16x2(qv.x, qv.y), u.y = xd_pack_bf16x2(qv.z, qv.w);
     *reinterpret_cast<uint2 *>(sm.Q + j * TC_LD + p) = u;
-    u.x = tc_pack(kv.x, kv.y), u.y = tc_pack(kv.z, kv.w);
+    u.x = xd_pack_bf16x2(kv.x, kv.y), u.y = xd_pack_bf16x2(kv.z, kv.w);
     *reinterpret_cast<uint2 *>(sm.K + j * TC_LD + p) = u;
-    u.x = tc_pack(vv.x, vv.y), u.y = tc_pack(vv.z, vv.w);
+    u.x = xd_pack_bf16x2(vv.x, vv.y), u.y = xd_pack_bf16x2(vv.z, vv.w);
     *reinterpret_cast<uint2 *>(sm.V + j * TC_LD + p) = u;
     /* hi = bf16(C), lo = bf16(C - hi) */
     const __nv_bfloat162 h01 = __floats2bfloat162_rn(cv.x, cv.y), h23 = __floats2bfloat162_rn(cv.z, cv.w);
     const float2 f01 = __bfloat1622float2(h01), f23 = __bfloat1622float2(h23);
     u.x = *reinterpret_cast<const uint32_t *>(&h01), u.y = *reinterpret_cast<const uint32_t *>(&h23);
     *reinterpret_cast<uint2 *>(sm.Ch + j * TC_LD + p) = u;
-    u.x = tc_pack(cv.x - f01.x, cv.y - f01.y), u.y = tc_pack(cv.z - f23.x, cv.w - f23.y);
+    u.x = xd_pack_bf16x2(cv.x - f01.x, cv.y - f01.y), u.y = xd_pack_bf16x2(cv.z - f23.x, cv.w - f23.y);
     *reinterpret_cast<uint2 *>(sm.Cl + j * TC_LD + p) = u;
   }
   for (int p = tid; p < TC_P; p += TC_THREADS) sm.n[p] = a.bn[ci * TC_P + p];
@@ -308,10 +289,10 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
   uint32_t qa[TC_P / 16][4];
 #pragma unroll
   for (int kk = 0; kk < TC_P / 16; kk++) {
-    qa[kk][0] = tc_ld32(sm.Q + r0 * TC_LD + kk * 16 + 2 * tq);
-    qa[kk][1] = tc_ld32(sm.Q + r1 * TC_LD + kk * 16 + 2 * tq);
-    qa[kk][2] = tc_ld32(sm.Q + r0 * TC_LD + kk * 16 + 8 + 2 * tq);
-    qa[kk][3] = tc_ld32(sm.Q + r1 * TC_LD + kk * 16 + 8 + 2 * tq);
+    qa[kk][0] = xd_ld32s(sm.Q + r0 * TC_LD + kk * 16 + 2 * tq);
+    qa[kk][1] = xd_ld32s(sm.Q + r1 * TC_LD + kk * 16 + 2 * tq);
+    qa[kk][2] = xd_ld32s(sm.Q + r0 * TC_LD + kk * 16 + 8 + 2 * tq);
+    qa[kk][3] = xd_ld32s(sm.Q + r1 * TC_LD + kk * 16 + 8 + 2 * tq);
   }
   /* S = Q K^T over the key blocks at or left of the diagonal (nb <= 2 warp + 1). */
   float s[TC_L / 8][4];
@@ -321,9 +302,9 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
     if (nb <= 2 * warp + 1) {
 #pragma unroll
       for (int kk = 0; kk < TC_P / 16; kk++) {
-        const uint32_t b0 = tc_ld32(sm.K + (nb * 8 + gq) * TC_LD + kk * 16 + 2 * tq);
-        const uint32_t b1 = tc_ld32(sm.K + (nb * 8 + gq) * TC_LD + kk * 16 + 8 + 2 * tq);
-        tc_mma(s[nb], qa[kk], b0, b1);
+        const uint32_t b0 = xd_ld32s(sm.K + (nb * 8 + gq) * TC_LD + kk * 16 + 2 * tq);
+        const uint32_t b1 = xd_ld32s(sm.K + (nb * 8 + gq) * TC_LD + kk * 16 + 8 + 2 * tq);
+        xd_mma16816(s[nb], qa[kk], b0, b1);
       }
     }
   }
@@ -343,8 +324,8 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
       v[e2] = (col <= row && row < len && x > -87.0) ? a.s * s[nb][e2] * __expf((float)x) : 0.f;
     }
     rs0 += v[0] + v[1], rs1 += v[2] + v[3];
-    pa[nb >> 1][(nb & 1) * 2 + 0] = tc_pack(v[0], v[1]);
-    pa[nb >> 1][(nb & 1) * 2 + 1] = tc_pack(v[2], v[3]);
+    pa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(v[0], v[1]);
+    pa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(v[2], v[3]);
   }
   rs0 += __shfl_xor_sync(0xffffffffu, rs0, 1);
   rs0 += __shfl_xor_sync(0xffffffffu, rs0, 2);
@@ -361,12 +342,12 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
 #pragma unroll
     for (int nd = 0; nd < TC_P / 8; nd += 2) {
       uint32_t b0, b1, b2, b3;
-      tc_ldsm_x4_trans(b0, b1, b2, b3, sm.Ch + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
-      tc_mma(o[nd], qa[kk], b0, b1);
-      tc_mma(o[nd + 1], qa[kk], b2, b3);
-      tc_ldsm_x4_trans(b0, b1, b2, b3, sm.Cl + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
-      tc_mma(o[nd], qa[kk], b0, b1);
-      tc_mma(o[nd + 1], qa[kk], b2, b3);
+      xd_ldsm_x4_trans(b0, b1, b2, b3, sm.Ch + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
+      xd_mma16816(o[nd], qa[kk], b0, b1);
+      xd_mma16816(o[nd + 1], qa[kk], b2, b3);
+      xd_ldsm_x4_trans(b0, b1, b2, b3, sm.Cl + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
+      xd_mma16816(o[nd], qa[kk], b0, b1);
+      xd_mma16816(o[nd + 1], qa[kk], b2, b3);
     }
   }
   const float gs0 = sm.gs[r0], gs1 = sm.gs[r1];
@@ -378,9 +359,9 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_out(tc_args a) {
 #pragma unroll
       for (int nd = 0; nd < TC_P / 8; nd += 2) {
         uint32_t b0, b1, b2, b3;
-        tc_ldsm_x4_trans(b0, b1, b2, b3, sm.V + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
-        tc_mma(o[nd], pa[kk], b0, b1);
-        tc_mma(o[nd + 1], pa[kk], b2, b3);
+        xd_ldsm_x4_trans(b0, b1, b2, b3, sm.V + (kk * 16 + lrow) * TC_LD + nd * 8 + lcol);
+        xd_mma16816(o[nd], pa[kk], b0, b1);
+        xd_mma16816(o[nd + 1], pa[kk], b2, b3);
       }
     }
   }

@@ -7,13 +7,11 @@
  * 1.24B parameters, the gradient norm, clipping to 1.0 and AdamW (fp32 master weights and
  * moments on the device). The timed loop synchronises once per step (the loss download, as the
  * trainer does); a second pass with a synchronisation after each phase gives the breakdown.
- * The teacher runs on its own stream (distill/teacher_topk_cuda.h); four schedules are timed in
- * the same run (see mode_name below; XD_BENCH_TEACHER="2,3" picks some): "serial" (each step
- * submits its own batch's teacher and waits for it before the student's forward) and three that
- * let it overlap the student; "ahead" is what distill --device cuda does (the next batch's
- * teacher submitted after the loss, before the backward; the wait just before the KD loss), and
- * the "XD stage2_step" line reports it. XD_PRIO=student (default, as distill) | teacher | none:
- * which stream has the device's highest priority.
+ * The teacher runs on its own stream (distill/teacher_topk_cuda.h); two schedules are timed in
+ * the same run: "serial" (each step submits its own batch's teacher and waits for it before the
+ * student's forward; distill with XD_TEACHER_PREFETCH=0) and "ahead" (distill's default: the next
+ * batch's teacher submitted after the loss, before the backward; the wait just before the KD
+ * loss), which the "XD stage2_step" line reports.
  *
  * MFU = model FLOPs / (step time x 989.4 TFLOP/s, the H100 SXM's dense bf16 peak): student
  * 6 x (non-embedding matrices + LM head) per token for forward + backward, teacher 2 x the same
@@ -48,8 +46,6 @@
 #define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
 
 static xd_err err;
-/* The teacher schedule distill --device cuda uses (the "XD stage2_step" line reports it). */
-#define XD_BENCH_DEFAULT_MODE 1
 
 static int cmp_d(const void *a, const void *b) {
   const double x = *(const double *)a, y = *(const double *)b;
@@ -80,10 +76,7 @@ int main(int argc, char **argv) {
   const int B = 1, N = B * T, K = 256;
   const int recompute = argc > 3 && strcmp(argv[3], "recompute") == 0;
   xd_cuda_ctx *c = NULL;
-  const char *prio_env = getenv("XD_PRIO"); /* student (default) | teacher | none: whose stream goes first */
-  const char *prio = prio_env && *prio_env ? prio_env : "student";
-  const int student_prio = strcmp(prio, "student") == 0, teacher_prio = strcmp(prio, "teacher") == 0;
-  if (xd_cuda_ctx_create_prio(&c, 0, student_prio, &err)) {
+  if (xd_cuda_ctx_create_prio(&c, 0, 1, &err)) { /* the student's stream first, as distill's */
     printf("skip: no usable CUDA device (%s)\n", err.msg);
     return 77;
   }
@@ -126,7 +119,7 @@ int main(int argc, char **argv) {
   xd_student_cuda_train *m = NULL;
   CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, &err));
   xd_teacher_topk_cuda *tp = NULL;
-  CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, teacher_prio, &err));
+  CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, &err));
   int32_t *d_targets;
   uint8_t *d_mask;
   float *d_ce, *d_kl;
@@ -171,84 +164,73 @@ int main(int argc, char **argv) {
   /* phases: 0 teacher fwd + top-k, 1 student fwd, 2 loss, 3 backward, 4 norm + clip, 5 AdamW */
   static const char *const phase[6] = {"teacher forward + top-k", "student forward", "KD loss + dlogits",
                                        "student backward", "grad norm + clip", "AdamW + bf16 refresh"};
-  /* teacher schedules: 0 serial (submit, wait, then the student); the rest wait just before the
-   * KD loss, so the teacher may overlap the student's forward: 1 "ahead" (the next batch's
-   * teacher submitted after the loss, before the backward: it runs beside the backward), 2
-   * "after-bwd" (the same, but starting on the GPU when the backward is done: beside the norm,
-   * AdamW and the next forward), 3 "beside-fwd" (each step submits its own batch first thing: beside
-   * the previous AdamW's tail and this forward) */
-  static const char *const mode_name[4] = {"serial", "ahead", "after-bwd", "beside-fwd"};
+  /* teacher schedules: 0 "serial" (submit, wait, then the student: XD_TEACHER_PREFETCH=0) and
+   * 1 "ahead" (distill's: the next batch's teacher submitted after the loss, before the backward,
+   * and the wait just before the KD loss, so it may run beside the backward, AdamW and the next
+   * forward). Session 6 also measured a start after the backward and a submission beside the
+   * forward, and each stream first by priority: none was better (docs/perf.md). */
+  static const char *const mode_name[2] = {"serial", "ahead"};
   double ph[6][16];
-  static double steps_v[5][64]; /* [4]: the "ahead" schedule again with XD_MLSTM_BW_OLD=1 (XD_BENCH_MLSTM_AB) */
+  static double steps_v[3][64]; /* [2]: "ahead" again with XD_MLSTM_BW_OLD=1 (XD_BENCH_MLSTM_AB) */
   double losses[64];
-  int mode_on[4] = {1, 1, 1, 1};
-  const char *modes_env = getenv("XD_BENCH_TEACHER"); /* e.g. "0,2": the schedules to time */
-  if (modes_env && *modes_env) {
-    for (int md = 1; md < 4; md++) mode_on[md] = 0;
-    for (const char *q = modes_env; *q; q++)
-      if (*q >= '1' && *q <= '3') mode_on[*q - '0'] = 1;
-  }
-  mode_on[XD_BENCH_DEFAULT_MODE] = 1;
   const int warm = 2, n = reps < 64 ? reps : 64;
   const char *cuprof_env = getenv("XD_BENCH_CUPROF");
   const int cuprof = cuprof_env && *cuprof_env && strcmp(cuprof_env, "0") != 0;
   const char *ab_env = getenv("XD_BENCH_MLSTM_AB");
   const int mlstm_ab = ab_env && *ab_env && strcmp(ab_env, "0") != 0;
-  /* passes 0-3: the schedules, timed; 4: serial with a sync after each phase (breakdown);
-   * 5 (XD_BENCH_MLSTM_AB=1): "ahead" again with the mLSTM backward kernels from before branch
-   * mlbw (XD_MLSTM_BW_OLD=1, read by each call; the same bits); XD_BENCH_CUPROF: the default
-   * schedule only, its first timed step captured */
-  for (int pass = 0; pass < 6; pass++) {
-    if (pass < 4 && !mode_on[pass]) continue;
-    if (pass == 5 && (!mlstm_ab || cuprof)) continue;
-    if (cuprof && pass != XD_BENCH_DEFAULT_MODE) continue;
-    if (pass == 5) setenv("XD_MLSTM_BW_OLD", "1", 1);
-    const int profile = pass == 4, mode = profile ? 0 : pass == 5 ? 1 : pass, iters = profile ? (n < 16 ? n : 16) : warm + n;
+  /* passes 0-1: the schedules, timed; 2: serial with a sync after each phase (breakdown);
+   * 3 (XD_BENCH_MLSTM_AB=1): "ahead" again with the mLSTM backward kernels from before branch
+   * mlbw (XD_MLSTM_BW_OLD=1, read by each call; the same bits); XD_BENCH_CUPROF: "ahead" only,
+   * its first timed step captured */
+  for (int pass = 0; pass < 4; pass++) {
+    if (pass == 3 && (!mlstm_ab || cuprof)) continue;
+    if (cuprof && pass != 1) continue;
+    if (pass == 3) setenv("XD_MLSTM_BW_OLD", "1", 1);
+    const int profile = pass == 2, ahead = pass == 1 || pass == 3, iters = profile ? (n < 16 ? n : 16) : warm + n;
     int slot = 0, pending = 0; /* pending: this step's teacher already submitted into slot */
     xd_student_cuda_train_profile(m, profile);
     for (int it = 0; it < iters; it++) {
       if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 1, &err));
       double tp0 = xd_now(), ts0 = tp0;
 #define PH(i, call) do { CK(call); if (profile) { CK(xd_cuda_sync(c, &err)); const double now = xd_now(); ph[i][it] = now - tp0; tp0 = now; } } while (0)
-      if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
-      if (mode == 0) PH(0, xd_teacher_topk_cuda_wait(tp, slot, c, &err) || (profile && xd_teacher_topk_cuda_check(tp, slot, &err)));
+      if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
+      if (!ahead) PH(0, xd_teacher_topk_cuda_wait(tp, slot, c, &err) || (profile && xd_teacher_topk_cuda_check(tp, slot, &err)));
       a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
       PH(1, xd_student_cuda_train_forward(m, tok, &err));
-      if (mode != 0) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
+      if (ahead) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
       PH(2, xd_cuda_kd_loss_fused(c, &a, &err));
       xd_cuda_kd_result res;
       CK(xd_cuda_download(c, &res, d_res, sizeof res, &err)); /* the trainer's one sync per micro-batch */
       CK(xd_teacher_topk_cuda_check(tp, slot, &err));
       if (profile) tp0 = xd_now();
-      pending = mode == 1 || mode == 2; /* the last step too: its time must include the overlap */
+      pending = ahead; /* the last step too: its time must include the overlap */
       slot ^= 1;
-      if (pending && mode == 1) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err)); /* the next step's teacher */
+      if (pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err)); /* the next step's teacher */
       PH(3, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
-      if (pending && mode == 2) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, c, &err)); /* starts after the backward */
       double gn = 0;
       /* the clip factor as the trainer's hook applies it: deferred into the AdamW kernel */
       PH(4, xd_params_cuda_grad_norm(pd, &gn, &err) ||
                 (xd_clip_factor(gn, 1.0) != 1.0 &&
                  xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err)));
       PH(5, xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
-      if (mode != 3) CK(xd_cuda_sync(c, &err)); /* beside-fwd: the next step's teacher goes in first */
+      CK(xd_cuda_sync(c, &err));
       if (cuprof && it == warm) CK(xd_cuda_profiler_range(c, 0, &err));
 #undef PH
       if (!profile && it >= warm) {
-        steps_v[pass == 5 ? 4 : mode][it - warm] = xd_now() - ts0;
+        steps_v[pass == 3 ? 2 : pass][it - warm] = xd_now() - ts0;
         losses[it - warm] = res.r.loss;
       }
-      if (!profile) printf("%s%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[mode],
-                           pass == 5 ? " (XD_MLSTM_BW_OLD=1)" : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
+      if (!profile) printf("%s%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[ahead],
+                           pass == 3 ? " (XD_MLSTM_BW_OLD=1)" : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
     CK(xd_cuda_sync(c, &err));
-    if (pass == 5) unsetenv("XD_MLSTM_BW_OLD");
+    if (pass == 3) unsetenv("XD_MLSTM_BW_OLD");
   }
   if (cuprof) {
     printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);
     goto done;
   }
-  const double step = median(steps_v[XD_BENCH_DEFAULT_MODE], n), step_serial = median(steps_v[0], n);
+  const double step = median(steps_v[1], n), step_serial = median(steps_v[0], n);
   const double tps = N / step;
   /* model FLOPs per token */
   const double D = cfg.hidden, d = cfg.head_dim, H = cfg.n_heads, L = cfg.n_layers, P = hy.d_phi, C = hy.chunk;
@@ -265,13 +247,11 @@ int main(int argc, char **argv) {
          "(student fwd+bwd %.2f, teacher fwd %.2f): %.1f TFLOP/s = MFU %.1f%% (student part alone %.1f%%)\n",
          T, step * 1e3, n, tps, (f_student + f_teacher) / 1e9, f_student / 1e9, f_teacher / 1e9,
          (f_student + f_teacher) * tps / 1e12, 100 * mfu, 100 * mfu_s);
-  printf("  teacher schedules (%s stream first):", prio);
-  for (int md = 0; md < 4; md++)
-    if (mode_on[md]) printf(" %s %.1f ms (%.3fx serial);", mode_name[md], median(steps_v[md], n) * 1e3, step_serial / median(steps_v[md], n));
-  printf(" reported: %s\n", mode_name[XD_BENCH_DEFAULT_MODE]);
+  printf("  teacher ahead (reported) vs serial (XD_TEACHER_PREFETCH=0): %.1f vs %.1f ms, %.3fx\n", step * 1e3,
+         step_serial * 1e3, step_serial / step);
   if (mlstm_ab)
     printf("  mLSTM backward A/B (ahead schedule, same process): current kernels %.1f ms, XD_MLSTM_BW_OLD=1 %.1f ms "
-           "(%.3fx)\n", median(steps_v[1], n) * 1e3, median(steps_v[4], n) * 1e3, median(steps_v[4], n) / median(steps_v[1], n));
+           "(%.3fx)\n", median(steps_v[1], n) * 1e3, median(steps_v[2], n) * 1e3, median(steps_v[2], n) / median(steps_v[1], n));
   printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
   printf("breakdown (synchronised after each phase, median ms):");
   const int np = n < 16 ? n : 16;
@@ -300,7 +280,7 @@ int main(int argc, char **argv) {
       const double ta = xd_now();
       CK(xd_params_cuda_zero_grad(pd, &err));
       for (int mb = 0; mb < A; mb++) {
-        if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
+        if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
         a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
         CK(xd_student_cuda_train_forward(m, tok, &err));
         CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
@@ -309,7 +289,7 @@ int main(int argc, char **argv) {
         CK(xd_cuda_download(c, &res, d_res, sizeof res, &err));
         CK(xd_teacher_topk_cuda_check(tp, slot, &err));
         slot ^= 1;
-        CK(xd_teacher_topk_cuda_submit(tp, slot, tok, NULL, &err));
+        CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
         pending = 1;
         CK(xd_student_cuda_train_backward(m, &err));
       }

@@ -97,7 +97,7 @@ static int prepare_batch(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows,
   if (xd_distill_read_rows(L, rows, c->B, c->T, c->s->cfg.vocab, c->tokens, c->mask_row, c->inputs[slot],
                            c->targets[slot], c->mask[slot], e) != 0)
     return -1;
-  return c->tp ? xd_teacher_topk_cuda_submit(c->tp, slot, c->inputs[slot], NULL, e) : 0;
+  return c->tp ? xd_teacher_topk_cuda_submit(c->tp, slot, c->inputs[slot], e) : 0;
 }
 
 /* The prepared batch of `slot` on the student's stream: targets, mask, and the cache's top-k rows
@@ -193,7 +193,7 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
   c->prefetch = t && !(pf && strcmp(pf, "0") == 0);
   if (xd_cuda_ctx_create_prio(&c->cx, 0, 1, e) != 0) goto fail; /* the student's blocks first */
   if (xd_params_cuda_create(&c->pd, c->cx, &s->params, e) != 0) goto fail;
-  if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, 0, e) != 0) goto fail;
+  if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, e) != 0) goto fail;
   if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, e) != 0) goto fail;
   AL(c->d_targets, N * 4); AL(c->d_mask, N);
   if (!t) { AL(c->d_tk_ids, nk * 4); AL(c->d_tk_logp, nk * 4); }

@@ -18,7 +18,6 @@ struct xd_teacher_topk_cuda {
   int have_t, have_ts;
   int B, T, k, V;
   topk_slot slot[2];
-  xd_cuda_event *start; /* recorded on `after`'s stream by submit */
 };
 
 void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p) {
@@ -33,22 +32,19 @@ void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p) {
     xd_cuda_free(p->slot[i].logp);
     xd_cuda_event_free(p->slot[i].done);
   }
-  xd_cuda_event_free(p->start);
   if (p->have_ts) xd_teacher_cuda_state_free(&p->ts);
   if (p->have_t) xd_teacher_cuda_free(&p->t);
   if (p->cx) xd_cuda_ctx_free(p->cx);
   free(p);
 }
 
-int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int high_priority,
-                                xd_err *e) {
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, xd_err *e) {
   *out = NULL;
   if (k < 1 || k > XD_CUDA_TOPK_MAX) return xd_errf(e, "GPU teacher top-k: k %d outside [1, %d]", k, XD_CUDA_TOPK_MAX);
   xd_teacher_topk_cuda *p = xd_calloc(1, sizeof *p);
   p->B = B, p->T = T, p->k = k, p->V = t->cfg.vocab;
   const size_t N = (size_t)B * T, nk = N * (size_t)k;
-  int rc = xd_cuda_ctx_create_prio(&p->cx, 0, high_priority, e);
-  if (rc == 0) rc = xd_cuda_event_create(&p->start, e);
+  int rc = xd_cuda_ctx_create(&p->cx, 0, e); /* the lowest stream priority */
   if (rc == 0) rc = xd_teacher_cuda_upload(&p->t, p->cx, t, e);
   if (rc == 0) p->have_t = 1;
   if (rc == 0) rc = xd_teacher_cuda_state_alloc(&p->ts, &p->t, B, T, T, (int)N, 0, e);
@@ -66,9 +62,8 @@ int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t,
   return 0;
 }
 
-int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_cuda_ctx *after, xd_err *e) {
+int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_err *e) {
   topk_slot *s = &p->slot[slot & 1];
-  if (after && (xd_cuda_event_record(after, p->start, e) != 0 || xd_cuda_wait_event(p->cx, p->start, e) != 0)) return -1;
   if (xd_teacher_cuda_forward_async(&p->t, &p->ts, inputs, p->B, p->T, e) != 0 ||
       xd_cuda_topk_logprobs(p->cx, p->ts.logits, XD_CUDA_F32, p->B * p->T, p->V, p->k, s->ids, s->logp, s->bad_row, e) != 0)
     return -1;

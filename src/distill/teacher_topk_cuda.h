@@ -8,9 +8,9 @@
  * (same inputs, same kernels, same order within the stream): the pipelining changes only when
  * they run.
  *
- * Stream priorities: the teacher's is chosen at creation (high_priority), the student's by its
- * own context (xd_cuda_ctx_create_prio); with the student's high, its blocks go first and the
- * teacher's fill what it leaves idle. */
+ * The teacher's stream has the device's lowest priority; the caller gives the student's context
+ * the highest (xd_cuda_ctx_create_prio), so that the student's blocks go first and the teacher's
+ * fill what it leaves idle. */
 #ifndef XD_TEACHER_TOPK_CUDA_H
 #define XD_TEACHER_TOPK_CUDA_H
 #include <stdint.h>
@@ -20,18 +20,14 @@
 typedef struct xd_teacher_topk_cuda xd_teacher_topk_cuda;
 typedef struct xd_cuda_ctx xd_cuda_ctx;
 
-/* Uploads t (bf16) into a new context on GPU 0 (its stream at the device's highest priority
- * when high_priority, else the lowest) and allocates its activations for B x T and two top-k
- * slots of k. */
-int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int high_priority,
-                                xd_err *e);
+/* Uploads t (bf16) into a new context on GPU 0 and allocates its activations for B x T and two
+ * top-k slots of k. */
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, xd_err *e);
 /* Waits for the teacher's stream, then frees everything. NULL is fine. */
 void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p);
 /* Queues forward + top-k of inputs [B,T] (host; staged before the call returns) into `slot`
- * (0 or 1) and returns without waiting for the GPU. after: NULL, or a context whose work queued
- * so far the teacher waits for before it starts (on the GPU; e.g. the student's backward, so
- * that the teacher runs beside the optimiser step rather than the backward). */
-int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_cuda_ctx *after, xd_err *e);
+ * (0 or 1) and returns without waiting for the GPU. */
+int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_err *e);
 /* Makes work queued next on `consumer` wait for the slot's top-k (no host wait). */
 int xd_teacher_topk_cuda_wait(xd_teacher_topk_cuda *p, int slot, xd_cuda_ctx *consumer, xd_err *e);
 /* Host check, after the consumer has synchronised past its wait: fails naming the first row

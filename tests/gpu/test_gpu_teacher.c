@@ -305,9 +305,9 @@ static void test_topk_pipeline(void) {
   xd_teacher_topk_cuda *tp = NULL;
   GPU(direct_topk(&t, ids, B, T, k, ref_ids, ref_lp));
   GPU(direct_topk(&t, ids + N, B, T, k, ref_ids + nk, ref_lp + nk));
-  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 0, &err));
-  GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, NULL, &err));
-  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids + N, NULL, &err)); /* both in flight */
+  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids + N, &err)); /* both in flight */
   for (int sl = 0; sl < 2; sl++) {
     GPU(xd_teacher_topk_cuda_wait(tp, sl, ctx, &err));
     GPU(xd_cuda_download(ctx, got_ids + sl * nk, xd_teacher_topk_cuda_ids(tp, sl), nk * 4, &err));
@@ -322,8 +322,8 @@ static void test_topk_pipeline(void) {
   xd_teacher_topk_cuda_free(tp);
   tp = NULL;
   t.final_norm[0] = NAN;
-  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 0, &err));
-  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids, NULL, &err));
+  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, &err));
+  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids, &err));
   CHECK(xd_teacher_topk_cuda_check(tp, 1, &err) == -1 && strstr(err.msg, "row 0 are not finite"));
 done:
   xd_teacher_topk_cuda_free(tp);

@@ -429,19 +429,19 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
   return 0;
 }
 
-int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
-                            float *host_logits, xd_err *e) {
-  if (B <= 0 || T <= 0) return xd_errf(e, "GPU teacher: empty batch (%d x %d)", B, T);
-  if (body(t, s, ids, B, T, 0, 0, e)) return -1;
-  if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits, (size_t)B * T * t->cfg.vocab * 4, e);
-  return xd_cuda_sync(t->ctx, e);
-}
-
 int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
                                   xd_err *e) {
   if (B <= 0 || T <= 0) return xd_errf(e, "GPU teacher: empty batch (%d x %d)", B, T);
   return body(t, s, ids, B, T, 0, 0, e);
 }
+
+int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
+                            float *host_logits, xd_err *e) {
+  if (xd_teacher_cuda_forward_async(t, s, ids, B, T, e)) return -1;
+  if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits, (size_t)B * T * t->cfg.vocab * 4, e);
+  return xd_cuda_sync(t->ctx, e);
+}
+
 
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e) {

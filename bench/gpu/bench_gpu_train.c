@@ -23,8 +23,9 @@
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
  * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
  * micro-batch (what a run with batch A follows: the optimiser amortised).
- * XD_BENCH_MLSTM_AB=1: the "ahead" schedule timed again with XD_MLSTM_BW_OLD=1 (the mLSTM backward
- * kernels from before branch mlbw), printed beside the current ones.
+ * XD_BENCH_AB=NAME=VALUE: the "ahead" schedule timed again with that environment variable set
+ * (a kernel switch read at each call, e.g. XD_SWA_BWD=2 or XD_MLSTM_BW_OLD=1), printed beside
+ * the default: an A/B of one op inside the whole step, same process and inputs.
  * XD_BENCH_CUPROF=1: a profiler capture range (xd_cuda_profiler_range) around the first timed
  * stage II step, then exit (for `ncu --profile-from-start off`: per-kernel times of one step
  * without the breakdown's synchronisations).
@@ -75,6 +76,17 @@ int main(int argc, char **argv) {
   const int reps = quick ? 2 : argc > 2 ? atoi(argv[2]) : 8;
   const int B = 1, N = B * T, K = 256;
   const int recompute = argc > 3 && strcmp(argv[3], "recompute") == 0;
+  /* XD_BENCH_AB=NAME=VALUE, split into ab_name / ab_value */
+  char ab_name[64] = "", ab_value[64] = "";
+  const char *ab_env = getenv("XD_BENCH_AB"), *ab_eq = ab_env ? strchr(ab_env, '=') : NULL;
+  if (ab_eq && ab_eq > ab_env && (size_t)(ab_eq - ab_env) < sizeof ab_name && strlen(ab_eq + 1) < sizeof ab_value) {
+    memcpy(ab_name, ab_env, (size_t)(ab_eq - ab_env));
+    strcpy(ab_value, ab_eq + 1);
+  } else if (ab_env && *ab_env) {
+    fprintf(stderr, "bench_gpu_train: XD_BENCH_AB must be NAME=VALUE (got '%s')\n", ab_env);
+    return 2;
+  }
+  const int ab_on = ab_name[0] != 0;
   xd_cuda_ctx *c = NULL;
   if (xd_cuda_ctx_create_prio(&c, 0, 1, &err)) { /* the student's stream first, as distill's */
     printf("skip: no usable CUDA device (%s)\n", err.msg);
@@ -171,21 +183,20 @@ int main(int argc, char **argv) {
    * forward, and each stream first by priority: none was better (docs/perf.md). */
   static const char *const mode_name[2] = {"serial", "ahead"};
   double ph[6][16];
-  static double steps_v[3][64]; /* [2]: "ahead" again with XD_MLSTM_BW_OLD=1 (XD_BENCH_MLSTM_AB) */
+  static double steps_v[3][64]; /* [2]: "ahead" again with XD_BENCH_AB's variable set */
   double losses[64];
   const int warm = 2, n = reps < 64 ? reps : 64;
   const char *cuprof_env = getenv("XD_BENCH_CUPROF");
   const int cuprof = cuprof_env && *cuprof_env && strcmp(cuprof_env, "0") != 0;
-  const char *ab_env = getenv("XD_BENCH_MLSTM_AB");
-  const int mlstm_ab = ab_env && *ab_env && strcmp(ab_env, "0") != 0;
   /* passes 0-1: the schedules, timed; 2: serial with a sync after each phase (breakdown);
-   * 3 (XD_BENCH_MLSTM_AB=1): "ahead" again with the mLSTM backward kernels from before branch
-   * mlbw (XD_MLSTM_BW_OLD=1, read by each call; the same bits); XD_BENCH_CUPROF: "ahead" only,
+   * 3 (XD_BENCH_AB=NAME=VALUE): "ahead" again with that variable set; XD_BENCH_CUPROF: "ahead" only,
    * its first timed step captured */
-  for (int pass = 0; pass < 4; pass++) {
-    if (pass == 3 && (!mlstm_ab || cuprof)) continue;
+  static const int pass_order[4] = {0, 1, 3, 2}; /* the profile pass last: its per-op sums are printed below */
+  for (int oi = 0; oi < 4; oi++) {
+    const int pass = pass_order[oi];
+    if (pass == 3 && (!ab_on || cuprof)) continue;
     if (cuprof && pass != 1) continue;
-    if (pass == 3) setenv("XD_MLSTM_BW_OLD", "1", 1);
+    if (pass == 3) setenv(ab_name, ab_value, 1);
     const int profile = pass == 2, ahead = pass == 1 || pass == 3, iters = profile ? (n < 16 ? n : 16) : warm + n;
     int slot = 0, pending = 0; /* pending: this step's teacher already submitted into slot */
     xd_student_cuda_train_profile(m, profile);
@@ -220,11 +231,11 @@ int main(int argc, char **argv) {
         steps_v[pass == 3 ? 2 : pass][it - warm] = xd_now() - ts0;
         losses[it - warm] = res.r.loss;
       }
-      if (!profile) printf("%s%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[ahead],
-                           pass == 3 ? " (XD_MLSTM_BW_OLD=1)" : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
+      if (!profile) printf("%s%s%s%s step %d: loss %.5f (CE %.4f, KL %.4f), grad norm %.3f, %.1f ms\n", mode_name[ahead],
+                           pass == 3 ? " with " : "", pass == 3 ? ab_name : "", pass == 3 ? "=..." : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
     CK(xd_cuda_sync(c, &err));
-    if (pass == 3) unsetenv("XD_MLSTM_BW_OLD");
+    if (pass == 3) unsetenv(ab_name);
   }
   if (cuprof) {
     printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);
@@ -249,9 +260,9 @@ int main(int argc, char **argv) {
          (f_student + f_teacher) * tps / 1e12, 100 * mfu, 100 * mfu_s);
   printf("  teacher ahead (reported) vs serial (XD_TEACHER_PREFETCH=0): %.1f vs %.1f ms, %.3fx\n", step * 1e3,
          step_serial * 1e3, step_serial / step);
-  if (mlstm_ab)
-    printf("  mLSTM backward A/B (ahead schedule, same process): current kernels %.1f ms, XD_MLSTM_BW_OLD=1 %.1f ms "
-           "(%.3fx)\n", median(steps_v[1], n) * 1e3, median(steps_v[2], n) * 1e3, median(steps_v[2], n) / median(steps_v[1], n));
+  if (ab_on)
+    printf("  A/B (ahead schedule, same process): default %.1f ms, %s=%s %.1f ms (%.3fx)\n", median(steps_v[1], n) * 1e3,
+           ab_name, ab_value, median(steps_v[2], n) * 1e3, median(steps_v[2], n) / median(steps_v[1], n));
   printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
   printf("breakdown (synchronised after each phase, median ms):");
   const int np = n < 16 ? n : 16;

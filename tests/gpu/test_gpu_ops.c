@@ -440,8 +440,11 @@ static void test_attn_timing(void) {
 /* Backward vs swa_backward, both from the CPU forward's out and lse; accumulation into nonzero
  * gradients checks the += contract. Each case runs the reference kernel (fp32, atomics: fp32
  * bound) and xd_cuda_swa_backward twice from the same start: the two results must be bitwise
- * identical (no atomics, fixed summation order), and bitwise those of xd_cuda_swa_backward_v1
- * (the same operands and MMA order, staged without the pipeline). Its bound: fp32 where d falls back to the
+ * identical (no atomics, fixed summation order); v2 must be bitwise v1 (the same operands and
+ * MMA order, staged without the pipeline), and the default (v3 at d <= 64: dq from the dS the
+ * dK / dV kernel stored) must give v2's dk, dv bit for bit and its dq to fp32 summation-order
+ * noise (1e-4 bound; a bf16 flip of one dS element between the two kernels' S = QK^T orders
+ * would show as ~1e-5). Its bound: fp32 where d falls back to the
  * reference (d not a multiple of 16), else TOL_BF16 = 1e-2: q, k, dout, P and dS enter the
  * MMAs as bf16 (2^-9 relative rounding each, random in sign; v as a bf16 hi + lo pair), so
  * each gradient, a sum of such products over hundreds of keys or queries, sits a few 1e-3
@@ -457,17 +460,18 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
   swa_shape sh = {B, T, H, G, d, W, S};
   swa_forward(out, lse, q, k, v, &sh);
   float *gdq = up_raw(dq, nq * 4), *gdk = up_raw(dk, nk * 4), *gdv = up_raw(dv, nk * 4);
-  float *fdq[3], *fdk[3], *fdv[3]; /* new twice, then v1 */
-  for (int i = 0; i < 3; i++) fdq[i] = up_raw(dq, nq * 4), fdk[i] = up_raw(dk, nk * 4), fdv[i] = up_raw(dv, nk * 4);
+  float *fdq[4], *fdk[4], *fdv[4]; /* new twice, v1, v2 */
+  for (int i = 0; i < 4; i++) fdq[i] = up_raw(dq, nq * 4), fdk[i] = up_raw(dk, nk * 4), fdv[i] = up_raw(dv, nk * 4);
   swa_backward(dq, dk, dv, dout, q, k, v, out, lse, &sh);
   float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
   float *go = up_raw(out, nq * 4), *gl = up_raw(lse, nl * 4);
   GPU(xd_cuda_swa_backward_ref(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
   for (int i = 0; i < 2; i++) GPU(xd_cuda_swa_backward(ctx, fdq[i], fdk[i], fdv[i], gdo, gq, gk, gv, go, gl, &sh, &err));
   GPU(xd_cuda_swa_backward_v1(ctx, fdq[2], fdk[2], fdv[2], gdo, gq, gk, gv, go, gl, &sh, &err));
+  GPU(xd_cuda_swa_backward_v2(ctx, fdq[3], fdk[3], fdv[3], gdo, gq, gk, gv, go, gl, &sh, &err));
   float *hq = down(gdq, nq), *hk = down(gdk, nk), *hv = down(gdv, nk);
-  float *fq[3], *fk[3], *fv[3];
-  for (int i = 0; i < 3; i++) fq[i] = down(fdq[i], nq), fk[i] = down(fdk[i], nk), fv[i] = down(fdv[i], nk);
+  float *fq[4], *fk[4], *fv[4];
+  for (int i = 0; i < 4; i++) fq[i] = down(fdq[i], nq), fk[i] = down(fdk[i], nk), fv[i] = down(fdv[i], nk);
   char name[96];
   snprintf(name, sizeof name, "swa bwd ref dq B%d T%d H%d G%d d%d W%d S%d", B, T, H, G, d, W, S);
   REL(name, hq, dq, nq, TOL_F32);
@@ -482,18 +486,23 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
     fprintf(stderr, "    %-44s %s\n", "  new: two runs bitwise identical", same ? "yes" : "NO");
     CHECKF(same, "swa_backward: two runs differ (B%d T%d d%d)", B, T, d);
     /* the pipelined kernels stage the same bf16 operands and run v1's MMA sequence */
-    const int same_v1 = !memcmp(fq[0], fq[2], nq * 4) && !memcmp(fk[0], fk[2], nk * 4) && !memcmp(fv[0], fv[2], nk * 4);
-    fprintf(stderr, "    %-44s %s\n", "  new vs v1 bitwise identical", same_v1 ? "yes" : "NO");
+    const int same_v1 = !memcmp(fq[3], fq[2], nq * 4) && !memcmp(fk[3], fk[2], nk * 4) && !memcmp(fv[3], fv[2], nk * 4);
+    fprintf(stderr, "    %-44s %s\n", "  v2 vs v1 bitwise identical", same_v1 ? "yes" : "NO");
     if (!same_v1) {
-      REL("  new vs v1 dq", fq[0], fq[2], nq, TOL_F32);
-      REL("  new vs v1 dk", fk[0], fk[2], nk, TOL_F32);
-      REL("  new vs v1 dv", fv[0], fv[2], nk, TOL_F32);
+      REL("  v2 vs v1 dq", fq[3], fq[2], nq, TOL_F32);
+      REL("  v2 vs v1 dk", fk[3], fk[2], nk, TOL_F32);
+      REL("  v2 vs v1 dv", fv[3], fv[2], nk, TOL_F32);
     }
     CHECKF(same_v1, "swa_backward: pipelined and v1 differ (B%d T%d d%d)", B, T, d);
+    const int same_kv = !memcmp(fk[0], fk[3], nk * 4) && !memcmp(fv[0], fv[3], nk * 4);
+    fprintf(stderr, "    %-44s %s\n", "  new vs v2 dk, dv bitwise identical", same_kv ? "yes" : "NO");
+    CHECKF(same_kv, "swa_backward: new and v2 dk / dv differ (B%d T%d d%d)", B, T, d);
+    if (memcmp(fq[0], fq[3], nq * 4)) REL("  new vs v2 dq", fq[0], fq[3], nq, 1e-4);
+    else fprintf(stderr, "    %-44s %s\n", "  new vs v2 dq bitwise identical", "yes");
   }
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
   xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     xd_cuda_free(fdq[i]), xd_cuda_free(fdk[i]), xd_cuda_free(fdv[i]);
     free(fq[i]), free(fk[i]), free(fv[i]);
   }
@@ -519,12 +528,13 @@ static void swa_bwd_timing(void) {
   swa_shape sh = {B, T, H, G, d, W, S};
   typedef int (*swa_bwd_fn)(xd_cuda_ctx *, float *, float *, float *, const float *, const float *, const float *,
                             const float *, const float *, const float *, const swa_shape *, xd_err *);
-  const swa_bwd_fn fns[3] = {xd_cuda_swa_backward, xd_cuda_swa_backward_v1, xd_cuda_swa_backward_ref};
-  double ms[3][2]; /* [version][round]: new, v1, new, v1 interleaved rounds, then ref once */
+  const swa_bwd_fn fns[4] = {xd_cuda_swa_backward, xd_cuda_swa_backward_v1, xd_cuda_swa_backward_v2,
+                             xd_cuda_swa_backward_ref};
+  double ms[4][2]; /* [version][round]: new, v1, v2 interleaved rounds, then ref once */
   for (int round = 0; round < 2; round++)
-    for (int which = 0; which < 3; which++) {
-      if (which == 2 && round == 1) { ms[2][1] = ms[2][0]; continue; }
-      const int reps = which == 2 ? 3 : 20;
+    for (int which = 0; which < 4; which++) {
+      if (which == 3 && round == 1) { ms[3][1] = ms[3][0]; continue; }
+      const int reps = which == 3 ? 3 : 20;
       for (int i = 0; i < 2; i++) /* warm-up */
         GPU(fns[which](ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
       GPU(xd_cuda_sync(ctx, &err));
@@ -533,9 +543,12 @@ static void swa_bwd_timing(void) {
       GPU(xd_cuda_sync(ctx, &err));
       ms[which][round] = (xd_now() - t0) * 1e3 / reps;
     }
-  fprintf(stderr, "    swa bwd 1B shape (B%d T%d H%d G%d d%d W%d S%d): new %.3f / %.3f ms, v1 %.3f / %.3f ms, ref %.3f ms\n",
-          B, T, H, G, d, W, S, ms[0][0], ms[0][1], ms[1][0], ms[1][1], ms[2][0]);
-  printf("RESULT swa_backward_1b new_ms %.3f v1_ms %.3f ref_ms %.3f\n", ms[0][1], ms[1][1], ms[2][0]);
+  fprintf(stderr,
+          "    swa bwd 1B shape (B%d T%d H%d G%d d%d W%d S%d): new %.3f / %.3f ms, v1 %.3f / %.3f ms, v2 %.3f / %.3f ms, "
+          "ref %.3f ms\n",
+          B, T, H, G, d, W, S, ms[0][0], ms[0][1], ms[1][0], ms[1][1], ms[2][0], ms[2][1], ms[3][0]);
+  printf("RESULT swa_backward_1b new_ms %.3f v1_ms %.3f v2_ms %.3f ref_ms %.3f\n", ms[0][1], ms[1][1], ms[2][1],
+         ms[3][0]);
   xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
   free(q), free(k), free(v), free(dout);
@@ -551,6 +564,8 @@ static void test_swa_backward(void) {
   swa_bwd_case(2, 300, 2, 2, 64, 1, 0, 97);     /* W = 1 */
   swa_bwd_case(1, 97, 4, 2, 40, 20, 2, 98);     /* d 40: falls back to the reference */
   swa_bwd_case(1, 1100, 4, 2, 64, 512, 4, 99);  /* the 1B window and sinks, T past W */
+  swa_bwd_case(1, 260, 2, 1, 16, 70, 5, 100);   /* d 16 */
+  swa_bwd_case(2, 390, 6, 3, 48, 130, 66, 101); /* d 48, two sink blocks, W across tiles */
   if (!quick) swa_bwd_timing();
 }
 

@@ -40,6 +40,15 @@ static __device__ __forceinline__ void xd_ldsm_x4(uint32_t &r0, uint32_t &r1, ui
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                : "r"(sa));
 }
+/* The 8x8 b16 matrix whose fragment this lane holds (row g, columns 2t..2t+1), transposed:
+ * the result is this lane's fragment of X^T (row g, columns 2t..2t+1 of X^T = X[2t..2t+1][g]).
+ * sm_75+; lets a kernel hand a tile produced as (rows k, columns m) to a consumer that wants
+ * it as an A fragment (rows m). */
+static __device__ __forceinline__ uint32_t xd_movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
 /* A fragment (16 rows x 16 columns starting at column c0) of a row-major bf16 tile in shared
  * memory with row stride lds; row0 = first of the 16 rows. */
 static __device__ __forceinline__ void xd_frag_a(uint32_t (&a)[4], const uint16_t *s, int lds, int row0, int c0,

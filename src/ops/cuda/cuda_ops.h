@@ -139,15 +139,23 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * runs the reference. Uses a scratch buffer of the context (grown on first use; not to be
  * called while a graph is being captured the first time at a new size).
  * It first converts q, dout, k and v (as a bf16 hi + lo pair) to bf16 copies in that scratch
- * and then streams tiles by cp.async, two stages deep.
- * xd_cuda_swa_backward_v1: the previous tensor-core version, kept for comparison: the same
- * blocks and arithmetic (bitwise the same results), fp32 tiles converted as they are staged,
- * one at a time.
+ * and then streams tiles by cp.async, two stages deep; for d <= 64 (v3) the dK / dV kernel
+ * also stores each tile's bf16 dS (the value its dK product uses) in dQ-fragment order, and the
+ * dQ kernel multiplies those by K instead of recomputing S, P and dP (scratch: 8 KB per 64x64
+ * tile of the window and sinks, B H ceil(T/64) ((W+62)/64 + 1 + sink blocks) of them).
+ * xd_cuda_swa_backward_v2: the pipelined version without the stored dS (the default for
+ * d > 64); v3's dk and dv are bitwise v2's, its dq the same products summed in another order.
+ * xd_cuda_swa_backward_v1: the first tensor-core version, kept for comparison: v2's blocks
+ * and arithmetic (bitwise the same results), fp32 tiles converted as they are staged, one at
+ * a time.
  * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
  * with atomics (the last bits may vary from run to run); d <= 256. */
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                          xd_err *e);
+int xd_cuda_swa_backward_v2(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                            xd_err *e);
 int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                             const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                             xd_err *e);

@@ -138,6 +138,10 @@ struct sb_args {
   int sq_lo, nqt; /* first query tile of the sink range, query tiles in all */
   int Sp;         /* sink rows kept: min(S, T) */
   float scale, scale_log2;
+  /* v3 (dS stored): dS tiles [B][H][nqt][nslot][512 uint4] bf16 in dQ-fragment order (see
+   * sb_ds_store); slots 0..nwin-1 the window's key tiles j - jwin(qt), then the sink blocks */
+  uint4 *ds;
+  int nslot, nwin;
 };
 
 __global__ void k_sb_rowdot(float *Dt, const float *dout, const float *out, size_t rows, int d) {
@@ -186,14 +190,44 @@ __device__ __forceinline__ void sb_stage_hilo(uint16_t *hi, uint16_t *lo, const 
   }
 }
 
+/* v3: hand this warp's dS^T (16 keys x 64 queries, bf16 A fragments sa[kk] with rows = keys)
+ * to the dQ kernel as A fragments with rows = queries. The tile (64 queries x 64 keys, 8 KB) is
+ * stored as [w'][kk'][lane] uint4: dQ warp w' (queries 16w'..16w'+15) reads its fragment of key
+ * block kk' (keys 16kk'..) with one coalesced 16-byte load a lane; this warp holds kk' = warp.
+ * Each 8x8 block is transposed in registers (movmatrix): a0' = T(keys 0-7, queries 16w'..+7),
+ * a1' = T(keys 0-7, queries 16w'+8..), a2' / a3' the same for keys 8-15. dsw null: zeros (a
+ * warp with no visible pair in this tile). */
+template <int BQ>
+__device__ __forceinline__ void sb_ds_store(uint4 *dsw, const uint32_t (&sa)[BQ / 16][4]) {
+  static_assert(BQ == 4 * 16, "dS store: the dQ block's 4 warps x 16 queries");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int w = 0; w < 4; w++) {
+    const uint4 f = make_uint4(xd_movmatrix_trans(sa[w][0]), xd_movmatrix_trans(sa[w][2]),
+                               xd_movmatrix_trans(sa[w][1]), xd_movmatrix_trans(sa[w][3]));
+    __stcg(dsw + (w * 4 + warp) * 32 + lane, f);
+  }
+}
+__device__ __forceinline__ void sb_ds_zero(uint4 *dsw) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int w = 0; w < 4; w++) __stcg(dsw + (w * 4 + warp) * 32 + lane, make_uint4(0, 0, 0, 0));
+}
+/* The stored tile of (b, h, query tile qt, slot). */
+__device__ __forceinline__ uint4 *sb_ds_tile(const sb_args &a, int b, int h, int qt, int slot) {
+  return a.ds + ((((size_t)b * a.H + h) * a.nqt + qt) * a.nslot + slot) * 512;
+}
+/* First window key tile of query tile qt (64 rows): keys below it are outside every row's window. */
+__device__ __forceinline__ int sb_jwin(const sb_args &a, int qt) { return max(0, qt * SB_BK - a.W + 1) / SB_BK; }
+
 /* One query tile of the dK / dV blocks: S^T = K Q^T, P^T, dP^T = V dO^T (v as hi + lo),
  * dS^T = P^T o (dP^T - D), then dV += P^T dO, dK += dS^T Q into this warp's register tiles.
  * Ks/Vs/Vl [SB_BK][D+8], Qs/Os [BQ][D+8] bf16; Ls = lse * log2(e), Ds = D_t of the tile's rows. */
-template <int D, int BQ>
+template <int D, int BQ, bool STORE = false>
 __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)[D / 8][4], const uint16_t *Ks,
                                             const uint16_t *Vs, const uint16_t *Vl, const uint16_t *Qs,
                                             const uint16_t *Os, const float *Ls, const float *Ds, const sb_args &a,
-                                            bool sink, int q0, int s0, int s1) {
+                                            bool sink, int q0, int s0, int s1, uint4 *dsw = nullptr) {
   constexpr int LDS = D + 8;
   const int T = a.T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
@@ -236,6 +270,7 @@ __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)
     sa[nb >> 1][(nb & 1) * 2 + 0] = xd_pack_bf16x2(ds[0], ds[1]);
     sa[nb >> 1][(nb & 1) * 2 + 1] = xd_pack_bf16x2(ds[2], ds[3]);
   }
+  if constexpr (STORE) sb_ds_store<BQ>(dsw, sa);
   /* dV += P^T dO, dK += dS^T Q (k = queries, n = dims: ldmatrix.trans of the row-major tiles) */
 #pragma unroll
   for (int kk = 0; kk < BQ / 16; kk++) {
@@ -393,7 +428,7 @@ __device__ __forceinline__ void sb_fetch(uint16_t *s, const uint16_t *base, size
  * k_sb_dkv, from the prologue's bf16 copies, with the next query tile's Q / dO fetched by
  * cp.async (and its lse, D loaded into registers) while the current one is computed: two
  * stages of Q, dO, Ls, Ds in shared memory. */
-template <int D, int BQ>
+template <int D, int BQ, bool STORE>
 __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_args a) {
   constexpr int LDS = D + 8;
   extern __shared__ __align__(16) uint16_t sb_smem[];
@@ -452,10 +487,16 @@ __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_arg
       xd_cp_async_wait<0>();
     }
     __syncthreads();
-    const int q0 = (r.qt_lo + it % nqt) * BQ;
+    const int qt = r.qt_lo + it % nqt, q0 = qt * BQ;
+    uint4 *dsw = nullptr;
+    if constexpr (STORE)
+      dsw = sb_ds_tile(a, b, g * Hg + it / nqt, qt,
+                       r.sink ? a.nwin + r.k0 / SB_BK : r.k0 / SB_BK - sb_jwin(a, qt));
     if (warp_live && (r.sink || !(q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)))
-      sb_dkv_tile<D, BQ>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
-                         Ds0 + buf * BQ, a, r.sink, q0, s0, s1);
+      sb_dkv_tile<D, BQ, STORE>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
+                                Ds0 + buf * BQ, a, r.sink, q0, s0, s1, dsw);
+    else if constexpr (STORE)
+      sb_ds_zero(dsw);
     if (more) put_rows(buf ^ 1);
     __syncthreads();
   }
@@ -663,6 +704,73 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq_p(sb_args a) {
   sb_dq_store<D>(a, dqa, h, b, r0, r1);
 }
 
+/* v3 dQ: dQ = dS K from the tiles k_sb_dkv_p<.., true> stored, no recomputation of S, P, dP.
+ * One block (4 warps x 16 queries) per (64-query tile, h, b) over its slots in a fixed order
+ * (the sink blocks' far-query tiles, then the window's key tiles j = jwin..qt); K tiles by
+ * cp.async two stages deep, the dS fragments straight from global memory (one 16-byte load a
+ * lane per 16 keys), the next slot's loaded while the current one is multiplied. */
+template <int D>
+__global__ void __launch_bounds__(SB_THREADS) k_sb_dq_s(sb_args a) {
+  constexpr int LDS = D + 8, TILE = SB_BK * LDS;
+  extern __shared__ __align__(16) uint16_t sb_smem[]; /* K: [2 stages][TILE] */
+  const int T = a.T, H = a.H, G = a.G;
+  const int qt = gridDim.x - 1 - blockIdx.x; /* longest (latest) query tiles first */
+  const int h = blockIdx.y, b = blockIdx.z, g = h / (H / G);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+  const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8, lcol = (lane >> 4) * 8;
+  const int q_lo = qt * SB_BK, q_hi = min(T, q_lo + SB_BK) - 1;
+  const int r0 = q_lo + warp * 16 + gq, r1 = r0 + 8;
+  const size_t ldkv = (size_t)G * D;
+  const uint16_t *kbase = a.k16 + (size_t)b * T * ldkv + (size_t)g * D;
+  const int jwin = sb_jwin(a, qt), nsink = (a.nsb > 0 && qt >= a.sq_lo) ? a.nsb : 0;
+  const int n = nsink + q_hi / SB_BK - jwin + 1;
+  const uint4 *dsq = sb_ds_tile(a, b, h, qt, 0) + warp * 4 * 32 + lane;
+  /* item i: (key tile, slot) */
+  auto key_tile = [&](int i) { return i < nsink ? i : jwin + i - nsink; };
+  auto slot = [&](int i) { return i < nsink ? a.nwin + i : i - nsink; };
+  auto load_frags = [&](uint4 (&f)[4], int i) {
+    const uint4 *p = dsq + (size_t)slot(i) * 512;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) f[kk] = __ldcg(p + kk * 32);
+  };
+  sb_fetch<D, SB_BK>(sb_smem, kbase, ldkv, key_tile(0) * SB_BK, T);
+  xd_cp_async_commit();
+  uint4 f[4], nf[4];
+  load_frags(f, 0);
+  float dqa[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; i++) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+  for (int i = 0; i < n; i++) {
+    const int buf = i & 1;
+    if (i + 1 < n) { /* stage buf ^ 1 was last read before the previous iteration's closing barrier */
+      sb_fetch<D, SB_BK>(sb_smem + (buf ^ 1) * TILE, kbase, ldkv, key_tile(i + 1) * SB_BK, T);
+      xd_cp_async_commit();
+      load_frags(nf, i + 1);
+      xd_cp_async_wait<1>();
+    } else {
+      xd_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t *Ks = sb_smem + buf * TILE;
+#pragma unroll
+    for (int kk = 0; kk < SB_BK / 16; kk++) {
+      const uint32_t fa[4] = {f[kk].x, f[kk].y, f[kk].z, f[kk].w};
+#pragma unroll
+      for (int nd = 0; nd < D / 8; nd += 2) {
+        uint32_t b0, b1, b2, b3;
+        xd_ldsm_x4_trans(b0, b1, b2, b3, Ks + (kk * 16 + lrow) * LDS + nd * 8 + lcol);
+        xd_mma16816(dqa[nd], fa, b0, b1);
+        xd_mma16816(dqa[nd + 1], fa, b2, b3);
+      }
+    }
+    __syncthreads();
+    if (i + 1 < n)
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) f[kk] = nf[kk];
+  }
+  sb_dq_store<D>(a, dqa, h, b, r0, r1);
+}
+
 /* Prologue of the pipelined kernels, part 1: one warp per (b, t, h) row: D_t = bf16(dout_t) .
  * out_t (k_sb_rowdot's arithmetic, so both versions see the same D) and the bf16 copies of
  * dout and q. */
@@ -693,26 +801,41 @@ __global__ void k_sb_prep_kv(uint16_t *k16, uint16_t *vh, uint16_t *vl, const fl
   vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
 }
 
+/* The launch geometry sb_args carries: key / query tile counts, the sink-mode blocks, and
+ * (v3, BQ = 64) the stored dS slots a query tile has: nwin window key tiles at most
+ * (qt - jwin(qt) + 1 <= (W + 62) / 64 + 1), then one per sink block. */
+static void sb_geometry(sb_args *x, int BQ) {
+  x->nkb = xd_ceil_div(x->T, SB_BK);
+  x->nqt = xd_ceil_div(x->T, BQ);
+  x->sq_lo = x->W / BQ;
+  const bool far = x->Sp > 0 && x->W < x->T; /* some query lies W or more past a sink */
+  x->nsb = far ? xd_ceil_div(x->Sp, SB_BK) : 0;
+  x->nc = far ? xd_ceil_div(x->nqt - x->sq_lo, SB_SINK_CHUNK) : 0;
+  if (x->nsb == 0 || x->nc == 0) x->nsb = x->nc = 0;
+  const int nwin = (int)(((long long)x->W + 62) / SB_BK + 1);
+  x->nwin = nwin < x->nqt ? nwin : x->nqt;
+  x->nslot = x->nwin + x->nsb;
+}
+
+/* ver: 1 = v1, 2 = pipelined, 3 = pipelined dK / dV storing dS + k_sb_dq_s (d <= 64 only;
+ * sb_run passes 2 otherwise). */
 template <int D>
-static int sb_launch(xd_cuda_ctx *c, const sb_args &a, bool pipelined, xd_err *e) {
+static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, xd_err *e) {
   constexpr int BQ = D <= 64 ? 64 : 32;
+  const bool pipelined = ver >= 2;
   constexpr size_t ROW = (D + 8) * sizeof(uint16_t);
   const size_t smem_kv = pipelined ? (3 * SB_BK + 4 * BQ) * ROW + 4 * BQ * sizeof(float)
                                    : (3 * SB_BK + 2 * BQ) * ROW + 2 * BQ * sizeof(float);
-  const size_t smem_q = (size_t)(pipelined ? 8 : 5) * SB_BK * ROW;
+  const size_t smem_q = ver == 3 ? 2 * SB_BK * ROW : (size_t)(pipelined ? 8 : 5) * SB_BK * ROW;
   if (smem_kv > c->smem_optin || smem_q > c->smem_optin) return xd_errf(e, "swa_backward: d %d needs too much shared memory", D);
-  auto kdkv = pipelined ? k_sb_dkv_p<D, BQ> : k_sb_dkv<D, BQ>;
-  auto kdq = pipelined ? k_sb_dq_p<D> : k_sb_dq<D>;
+  void (*kdkv)(sb_args) = ver == 1 ? k_sb_dkv<D, BQ> : k_sb_dkv_p<D, BQ, false>;
+  void (*kdq)(sb_args) = ver == 1 ? k_sb_dq<D> : k_sb_dq_p<D>;
+  if constexpr (BQ == 64)
+    if (ver == 3) kdkv = k_sb_dkv_p<D, BQ, true>, kdq = k_sb_dq_s<D>;
   XD_CU(cudaFuncSetAttribute(kdkv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
   XD_CU(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
   sb_args x = a;
-  x.nkb = xd_ceil_div(a.T, SB_BK);
-  x.nqt = xd_ceil_div(a.T, BQ);
-  x.sq_lo = a.W / BQ;
-  const bool far = a.Sp > 0 && a.W < a.T; /* some query lies W or more past a sink */
-  x.nsb = far ? xd_ceil_div(a.Sp, SB_BK) : 0;
-  x.nc = far ? xd_ceil_div(x.nqt - x.sq_lo, SB_SINK_CHUNK) : 0;
-  if (x.nsb == 0 || x.nc == 0) x.nsb = x.nc = 0;
+  sb_geometry(&x, BQ);
   const dim3 gkv(x.nkb + x.nsb * x.nc, a.G, a.B);
   kdkv<<<gkv, SB_THREADS, smem_kv, c->stream>>>(x);
   XD_CU_LAUNCH("swa_backward dkv");
@@ -730,7 +853,7 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, bool pipelined, xd_err *e
 static size_t sb_align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                  const float *v, const float *out, const float *lse, const swa_shape *sh, bool pipelined, xd_err *e) {
+                  const float *v, const float *out, const float *lse, const swa_shape *sh, int ver, xd_err *e) {
   XD_ARG(sh->B > 0 && sh->T > 0 && sh->H > 0 && sh->G > 0 && sh->H % sh->G == 0);
   XD_ARG(sh->d > 0 && sh->d <= SWA_BWD_MAXD && sh->W >= 1 && sh->S >= 0);
   const int d = sh->d;
@@ -747,14 +870,18 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   a.Sp = sh->S < sh->T ? sh->S : sh->T;
   a.scale = (float)(1.0 / sqrt((double)d));
   a.scale_log2 = (float)(1.0 / sqrt((double)d) * 1.4426950408889634);
+  if (ver == 3 && d > 64) ver = 2; /* dS fragments need the 64-query tiles of d <= 64 */
+  const bool pipelined = ver >= 2;
+  sb_geometry(&a, d <= 64 ? 64 : 32);
   /* scratch: D rows, the sink partials (upper bound over BQ: the smaller query tile, 32), then
-   * (pipelined) the bf16 copies of q, dout [rows][d] and k, v hi, v lo [B T G][d], each
-   * 256-byte aligned for cp.async */
+   * (pipelined) the bf16 copies of q, dout [rows][d] and k, v hi, v lo [B T G][d], then (v3)
+   * the dS tiles, each 256-byte aligned for cp.async */
   const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
   const size_t nc_max = a.Sp > 0 ? xd_ceil_div(xd_ceil_div(sh->T, 32), SB_SINK_CHUNK) : 0;
   const size_t f32_bytes = sb_align256((rows + 2 * nc_max * sh->B * sh->G * a.Sp * d) * sizeof(float));
   const size_t q16_bytes = sb_align256(rows * d * sizeof(uint16_t)), kv16_bytes = sb_align256(kv * sizeof(uint16_t));
-  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0);
+  const size_t ds_bytes = ver == 3 ? (size_t)sh->B * sh->H * a.nqt * a.nslot * 512 * sizeof(uint4) : 0;
+  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0) + ds_bytes;
   if (need > c->swa_ws_bytes) {
     if (c->swa_ws) XD_CU(cudaFree(c->swa_ws));
     c->swa_ws = NULL, c->swa_ws_bytes = 0;
@@ -768,6 +895,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     a.q16 = (uint16_t *)p16, a.o16 = (uint16_t *)(p16 + q16_bytes);
     a.k16 = (uint16_t *)(p16 + 2 * q16_bytes), a.vh16 = (uint16_t *)(p16 + 2 * q16_bytes + kv16_bytes);
     a.vl16 = (uint16_t *)(p16 + 2 * q16_bytes + 2 * kv16_bytes);
+    if (ver == 3) a.ds = (uint4 *)(p16 + 2 * q16_bytes + 3 * kv16_bytes);
     k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
     XD_CU_LAUNCH("swa_backward prep q");
     k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);
@@ -777,28 +905,36 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     XD_CU_LAUNCH("swa_backward rowdot");
   }
   switch (d) {
-    case 16: return sb_launch<16>(c, a, pipelined, e);
-    case 32: return sb_launch<32>(c, a, pipelined, e);
-    case 48: return sb_launch<48>(c, a, pipelined, e);
-    case 64: return sb_launch<64>(c, a, pipelined, e);
-    case 80: return sb_launch<80>(c, a, pipelined, e);
-    case 96: return sb_launch<96>(c, a, pipelined, e);
-    case 112: return sb_launch<112>(c, a, pipelined, e);
-    default: return sb_launch<128>(c, a, pipelined, e);
+    case 16: return sb_launch<16>(c, a, ver, e);
+    case 32: return sb_launch<32>(c, a, ver, e);
+    case 48: return sb_launch<48>(c, a, ver, e);
+    case 64: return sb_launch<64>(c, a, ver, e);
+    case 80: return sb_launch<80>(c, a, ver, e);
+    case 96: return sb_launch<96>(c, a, ver, e);
+    case 112: return sb_launch<112>(c, a, ver, e);
+    default: return sb_launch<128>(c, a, ver, e);
   }
 }
 
-/* XD_SWA_BWD_V1=1 (read at every call) runs v1 instead: to time the stage II step with either
- * version in one process (bench_gpu_train); same results, bit for bit. */
+/* XD_SWA_BWD=1 or 2 (read at every call) runs v1 / v2 instead: to time the stage II step with
+ * each version in one process (bench_gpu_train). v1 and v2 give the same bits; v3 the same dk,
+ * dv and a dq summed in another grouping. */
 extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                     const float *q, const float *k, const float *v, const float *out,
                                     const float *lse, const swa_shape *sh, xd_err *e) {
-  const char *v1 = getenv("XD_SWA_BWD_V1");
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, !(v1 && v1[0] == '1'), e);
+  const char *ver = getenv("XD_SWA_BWD");
+  const int which = ver && (ver[0] == '1' || ver[0] == '2') && ver[1] == 0 ? ver[0] - '0' : 3;
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, which, e);
+}
+
+extern "C" int xd_cuda_swa_backward_v2(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                                       const float *q, const float *k, const float *v, const float *out,
+                                       const float *lse, const swa_shape *sh, xd_err *e) {
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 2, e);
 }
 
 extern "C" int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v, const float *out,
                                        const float *lse, const swa_shape *sh, xd_err *e) {
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, false, e);
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 1, e);
 }

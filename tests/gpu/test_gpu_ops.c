@@ -460,8 +460,8 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
   swa_shape sh = {B, T, H, G, d, W, S};
   swa_forward(out, lse, q, k, v, &sh);
   float *gdq = up_raw(dq, nq * 4), *gdk = up_raw(dk, nk * 4), *gdv = up_raw(dv, nk * 4);
-  float *fdq[4], *fdk[4], *fdv[4]; /* new twice, v1, v2 */
-  for (int i = 0; i < 4; i++) fdq[i] = up_raw(dq, nq * 4), fdk[i] = up_raw(dk, nk * 4), fdv[i] = up_raw(dv, nk * 4);
+  float *fdq[6], *fdk[6], *fdv[6]; /* new twice, v1, v2, new with the head split off, then forced on */
+  for (int i = 0; i < 6; i++) fdq[i] = up_raw(dq, nq * 4), fdk[i] = up_raw(dk, nk * 4), fdv[i] = up_raw(dv, nk * 4);
   swa_backward(dq, dk, dv, dout, q, k, v, out, lse, &sh);
   float *gq = up_raw(q, nq * 4), *gk = up_raw(k, nk * 4), *gv = up_raw(v, nk * 4), *gdo = up_raw(dout, nq * 4);
   float *go = up_raw(out, nq * 4), *gl = up_raw(lse, nl * 4);
@@ -469,9 +469,14 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
   for (int i = 0; i < 2; i++) GPU(xd_cuda_swa_backward(ctx, fdq[i], fdk[i], fdv[i], gdo, gq, gk, gv, go, gl, &sh, &err));
   GPU(xd_cuda_swa_backward_v1(ctx, fdq[2], fdk[2], fdv[2], gdo, gq, gk, gv, go, gl, &sh, &err));
   GPU(xd_cuda_swa_backward_v2(ctx, fdq[3], fdk[3], fdv[3], gdo, gq, gk, gv, go, gl, &sh, &err));
+  for (int i = 4; i < 6; i++) {
+    setenv("XD_SWA_BWD_SPLIT", i == 4 ? "0" : "1", 1);
+    GPU(xd_cuda_swa_backward(ctx, fdq[i], fdk[i], fdv[i], gdo, gq, gk, gv, go, gl, &sh, &err));
+  }
+  unsetenv("XD_SWA_BWD_SPLIT");
   float *hq = down(gdq, nq), *hk = down(gdk, nk), *hv = down(gdv, nk);
-  float *fq[4], *fk[4], *fv[4];
-  for (int i = 0; i < 4; i++) fq[i] = down(fdq[i], nq), fk[i] = down(fdk[i], nk), fv[i] = down(fdv[i], nk);
+  float *fq[6], *fk[6], *fv[6];
+  for (int i = 0; i < 6; i++) fq[i] = down(fdq[i], nq), fk[i] = down(fdk[i], nk), fv[i] = down(fdv[i], nk);
   char name[96];
   snprintf(name, sizeof name, "swa bwd ref dq B%d T%d H%d G%d d%d W%d S%d", B, T, H, G, d, W, S);
   REL(name, hq, dq, nq, TOL_F32);
@@ -494,15 +499,24 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
       REL("  v2 vs v1 dv", fv[3], fv[2], nk, TOL_F32);
     }
     CHECKF(same_v1, "swa_backward: pipelined and v1 differ (B%d T%d d%d)", B, T, d);
-    const int same_kv = !memcmp(fk[0], fk[3], nk * 4) && !memcmp(fv[0], fv[3], nk * 4);
-    fprintf(stderr, "    %-44s %s\n", "  new vs v2 dk, dv bitwise identical", same_kv ? "yes" : "NO");
-    CHECKF(same_kv, "swa_backward: new and v2 dk / dv differ (B%d T%d d%d)", B, T, d);
-    if (memcmp(fq[0], fq[3], nq * 4)) REL("  new vs v2 dq", fq[0], fq[3], nq, 1e-4);
+    /* unsplit: v2's dk, dv (the same kernel body plus the dS store) */
+    const int same_kv = !memcmp(fk[4], fk[3], nk * 4) && !memcmp(fv[4], fv[3], nk * 4);
+    fprintf(stderr, "    %-44s %s\n", "  new unsplit vs v2 dk, dv bitwise identical", same_kv ? "yes" : "NO");
+    CHECKF(same_kv, "swa_backward: new (unsplit) and v2 dk / dv differ (B%d T%d d%d)", B, T, d);
+    if (memcmp(fq[4], fq[3], nq * 4)) REL("  new vs v2 dq", fq[4], fq[3], nq, 1e-4);
     else fprintf(stderr, "    %-44s %s\n", "  new vs v2 dq bitwise identical", "yes");
+    /* head split (forced; where H/G is odd it is a no-op): the same dq, dk and dv summed per
+     * half and then added (fp32 order) */
+    const int same_q = !memcmp(fq[5], fq[4], nq * 4);
+    fprintf(stderr, "    %-44s %s\n", "  split vs unsplit dq bitwise identical", same_q ? "yes" : "NO");
+    CHECKF(same_q, "swa_backward: split changed dq (B%d T%d d%d)", B, T, d);
+    REL("  split vs unsplit dk", fk[5], fk[4], nk, 1e-5); /* rounding: ~1e-7, 6.2e-7 seen at T 1100 */
+    REL("  split vs unsplit dv", fv[5], fv[4], nk, 1e-5);
+    REL("  split dk vs CPU", fk[5], dk, nk, tol);
   }
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
   xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < 6; i++) {
     xd_cuda_free(fdq[i]), xd_cuda_free(fdk[i]), xd_cuda_free(fdv[i]);
     free(fq[i]), free(fk[i]), free(fv[i]);
   }
@@ -530,6 +544,20 @@ static void swa_bwd_timing(void) {
                             const float *, const float *, const float *, const swa_shape *, xd_err *);
   const swa_bwd_fn fns[4] = {xd_cuda_swa_backward, xd_cuda_swa_backward_v1, xd_cuda_swa_backward_v2,
                              xd_cuda_swa_backward_ref};
+  /* the default with the head split forced off / on; three interleaved rounds, the fastest of each */
+  double ms_split[2] = {1e30, 1e30};
+  for (int round = 0; round < 3; round++)
+    for (int sp = 0; sp < 2; sp++) {
+      setenv("XD_SWA_BWD_SPLIT", sp ? "1" : "0", 1);
+      for (int i = 0; i < 2; i++) GPU(xd_cuda_swa_backward(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+      GPU(xd_cuda_sync(ctx, &err));
+      const double t0 = xd_now();
+      for (int i = 0; i < 20; i++) GPU(xd_cuda_swa_backward(ctx, gdq, gdk, gdv, gdo, gq, gk, gv, go, gl, &sh, &err));
+      GPU(xd_cuda_sync(ctx, &err));
+      const double t = (xd_now() - t0) * 1e3 / 20;
+      if (t < ms_split[sp]) ms_split[sp] = t;
+    }
+  unsetenv("XD_SWA_BWD_SPLIT");
   double ms[4][2]; /* [version][round]: new, v1, v2 interleaved rounds, then ref once */
   for (int round = 0; round < 2; round++)
     for (int which = 0; which < 4; which++) {
@@ -547,8 +575,8 @@ static void swa_bwd_timing(void) {
           "    swa bwd 1B shape (B%d T%d H%d G%d d%d W%d S%d): new %.3f / %.3f ms, v1 %.3f / %.3f ms, v2 %.3f / %.3f ms, "
           "ref %.3f ms\n",
           B, T, H, G, d, W, S, ms[0][0], ms[0][1], ms[1][0], ms[1][1], ms[2][0], ms[2][1], ms[3][0]);
-  printf("RESULT swa_backward_1b new_ms %.3f v1_ms %.3f v2_ms %.3f ref_ms %.3f\n", ms[0][1], ms[1][1], ms[2][1],
-         ms[3][0]);
+  printf("RESULT swa_backward_1b new_ms %.3f v1_ms %.3f v2_ms %.3f ref_ms %.3f split_off_ms %.3f split_on_ms %.3f\n",
+         ms[0][1], ms[1][1], ms[2][1], ms[3][0], ms_split[0], ms_split[1]);
   xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
   free(q), free(k), free(v), free(dout);
@@ -630,6 +658,10 @@ static void test_mlstm(void) {
 
 int main(int argc, char **argv) {
   quick = gpu_test_begin(argc, argv);
+  if (argc > 1 && strcmp(argv[1], "swa_timing") == 0) { /* only the 1B-shape SWA backward timing (for ncu) */
+    swa_bwd_timing();
+    return gpu_test_end();
+  }
   RUN(test_matmul);
   RUN(test_rmsnorm);
   RUN(test_rmsnorm_f32);

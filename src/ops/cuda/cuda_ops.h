@@ -142,9 +142,13 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * and then streams tiles by cp.async, two stages deep; for d <= 64 (v3) the dK / dV kernel
  * also stores each tile's bf16 dS (the value its dK product uses) in dQ-fragment order, and the
  * dQ kernel multiplies those by K instead of recomputing S, P and dP (scratch: 8 KB per 64x64
- * tile of the window and sinks, B H ceil(T/64) ((W+62)/64 + 1 + sink blocks) of them).
+ * tile of the window and sinks, B H ceil(T/64) ((W+62)/64 + 1 + sink blocks) of them); where
+ * it fills the GPU in fewer waves, each dK / dV block is split by halves of the query heads
+ * (scratch 4 B T G d floats; dk, dv then differ from v2 by fp32 rounding, ~1e-7;
+ * XD_SWA_BWD_SPLIT=0/1 forces it off / on).
  * xd_cuda_swa_backward_v2: the pipelined version without the stored dS (the default for
- * d > 64); v3's dk and dv are bitwise v2's, its dq the same products summed in another order.
+ * d > 64); unsplit v3's dk and dv are bitwise v2's, its dq the same products summed in another
+ * order.
  * xd_cuda_swa_backward_v1: the first tensor-core version, kept for comparison: v2's blocks
  * and arithmetic (bitwise the same results), fp32 tiles converted as they are staged, one at
  * a time.

@@ -142,6 +142,10 @@ struct sb_args {
    * sb_ds_store); slots 0..nwin-1 the window's key tiles j - jwin(qt), then the sink blocks */
   uint4 *ds;
   int nslot, nwin;
+  /* hsplit 2: each window-mode key block is two blocks, one per half of the group's query heads,
+   * storing scale dK, dV partials to hpart [half][dk, dv][B][T][G][d] (k_sb_half_sum adds them) */
+  int hsplit;
+  float *hpart;
 };
 
 __global__ void k_sb_rowdot(float *Dt, const float *dout, const float *out, size_t rows, int d) {
@@ -291,13 +295,13 @@ __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)
  * see them through the window) or sink mode (a 64-key block of sinks, a chunk of far queries). */
 struct sb_kv_range {
   bool sink;
-  int k0, qt_lo, qt_hi, chunk;
+  int k0, qt_lo, qt_hi, chunk, half; /* half: which half of the heads (hsplit 2), else 0 */
 };
 __device__ __forceinline__ sb_kv_range sb_kv_range_of(const sb_args &a, int BQ) {
   sb_kv_range r;
   const int nsink_blocks = a.nsb * a.nc;
   r.sink = (int)blockIdx.x < nsink_blocks;
-  r.chunk = 0;
+  r.chunk = 0, r.half = 0;
   if (r.sink) {
     const int kb = blockIdx.x % a.nsb;
     r.chunk = blockIdx.x / a.nsb;
@@ -305,7 +309,9 @@ __device__ __forceinline__ sb_kv_range sb_kv_range_of(const sb_args &a, int BQ) 
     r.qt_lo = a.sq_lo + r.chunk * SB_SINK_CHUNK;
     r.qt_hi = min(r.qt_lo + SB_SINK_CHUNK, a.nqt) - 1;
   } else {
-    r.k0 = ((int)blockIdx.x - nsink_blocks) * SB_BK;
+    const int wi = (int)blockIdx.x - nsink_blocks;
+    r.k0 = (wi % a.nkb) * SB_BK;
+    r.half = wi / a.nkb;
     const int k1 = min(a.T - 1, r.k0 + SB_BK - 1);
     r.qt_lo = r.k0 / BQ;
     r.qt_hi = min(a.T - 1, k1 + a.W - 1) / BQ;
@@ -333,6 +339,21 @@ __device__ __forceinline__ void sb_dkv_store(const sb_args &a, const sb_kv_range
       if (s1 < a.Sp) {
         *reinterpret_cast<float2 *>(pk + (size_t)s1 * D + c) = make_float2(a.scale * dka[nd][2], a.scale * dka[nd][3]);
         *reinterpret_cast<float2 *>(pv + (size_t)s1 * D + c) = make_float2(dva[nd][2], dva[nd][3]);
+      }
+    }
+  } else if (a.hsplit > 1) {
+    const size_t plane = (size_t)a.B * T * ldkv;
+    float *pk = a.hpart + (size_t)r.half * 2 * plane + (size_t)b * T * ldkv + (size_t)g * D, *pv = pk + plane;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) {
+      const int c = nd * 8 + 2 * tq;
+      if (s0 < T) {
+        *reinterpret_cast<float2 *>(pk + (size_t)s0 * ldkv + c) = make_float2(a.scale * dka[nd][0], a.scale * dka[nd][1]);
+        *reinterpret_cast<float2 *>(pv + (size_t)s0 * ldkv + c) = make_float2(dva[nd][0], dva[nd][1]);
+      }
+      if (s1 < T) {
+        *reinterpret_cast<float2 *>(pk + (size_t)s1 * ldkv + c) = make_float2(a.scale * dka[nd][2], a.scale * dka[nd][3]);
+        *reinterpret_cast<float2 *>(pv + (size_t)s1 * ldkv + c) = make_float2(dva[nd][2], dva[nd][3]);
       }
     }
   } else {
@@ -444,15 +465,16 @@ __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_arg
   const bool warp_live = r.sink ? kw0 < a.Sp : kw0 < T;
   const size_t ldkv = (size_t)G * D, ldq = (size_t)H * D;
   const float LOG2E = 1.4426950408889634f;
-  const int nqt = r.qt_hi - r.qt_lo + 1, n_it = Hg * nqt;
+  const int Hb = r.sink ? Hg : Hg / a.hsplit, h0 = g * Hg + r.half * Hb; /* this block's query heads */
+  const int nqt = r.qt_hi - r.qt_lo + 1, n_it = Hb * nqt;
 
   sb_fetch<D, SB_BK>(Ks, a.k16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
   sb_fetch<D, SB_BK>(Vs, a.vh16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
   sb_fetch<D, SB_BK>(Vl, a.vl16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
-  /* iteration it: query head g*Hg + it / nqt, query tile qt_lo + it % nqt (k_sb_dkv's order) */
+  /* iteration it: query head h0 + it / nqt, query tile qt_lo + it % nqt (k_sb_dkv's order) */
   float nl = 0.f, nd = 0.f; /* the next tile's lse, D of row threadIdx.x (< BQ) */
   auto fetch_tile = [&](int it, int buf) {
-    const int h = g * Hg + it / nqt, q0 = (r.qt_lo + it % nqt) * BQ;
+    const int h = h0 + it / nqt, q0 = (r.qt_lo + it % nqt) * BQ;
     sb_fetch<D, BQ>(Qs0 + buf * BQ * LDS, a.q16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
     sb_fetch<D, BQ>(Os0 + buf * BQ * LDS, a.o16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q0, T);
     if ((int)threadIdx.x < BQ) {
@@ -490,7 +512,7 @@ __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_arg
     const int qt = r.qt_lo + it % nqt, q0 = qt * BQ;
     uint4 *dsw = nullptr;
     if constexpr (STORE)
-      dsw = sb_ds_tile(a, b, g * Hg + it / nqt, qt,
+      dsw = sb_ds_tile(a, b, h0 + it / nqt, qt,
                        r.sink ? a.nwin + r.k0 / SB_BK : r.k0 / SB_BK - sb_jwin(a, qt));
     if (warp_live && (r.sink || !(q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)))
       sb_dkv_tile<D, BQ, STORE>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
@@ -523,6 +545,21 @@ __global__ void k_sb_sink_sum(sb_args a, int d) {
   const size_t o = (((size_t)b * a.T + s) * a.G + g) * d + c;
   a.dk[o] += sk;
   a.dv[o] += sv;
+}
+
+/* hsplit 2: dk, dv += the two halves' partials (half 0 + half 1), before the sink sums. */
+__global__ void k_sb_half_sum(sb_args a, int d) {
+  const size_t n = (size_t)a.B * a.T * a.G * d;
+  const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  if (i >= n) return;
+  const float4 *p = reinterpret_cast<const float4 *>(a.hpart);
+  const size_t q = i / 4, plane = n / 4;
+  const float4 k0 = p[q], v0 = p[plane + q], k1 = p[2 * plane + q], v1 = p[3 * plane + q];
+  float4 &dk = reinterpret_cast<float4 *>(a.dk)[q], &dv = reinterpret_cast<float4 *>(a.dv)[q];
+  float4 x = dk, y = dv;
+  x.x += k0.x + k1.x, x.y += k0.y + k1.y, x.z += k0.z + k1.z, x.w += k0.w + k1.w;
+  y.x += v0.x + v1.x, y.y += v0.y + v1.y, y.z += v0.z + v1.z, y.w += v0.w + v1.w;
+  dk = x, dv = y;
 }
 
 /* One key tile of the dQ blocks: S = Q K^T, P = exp(S scale - lse), dP = dO V^T (v as hi + lo),
@@ -836,9 +873,28 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, xd_err *e) {
   XD_CU(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
   sb_args x = a;
   sb_geometry(&x, BQ);
-  const dim3 gkv(x.nkb + x.nsb * x.nc, a.G, a.B);
+  x.hsplit = 1;
+  if (ver == 3 && x.hpart) {
+    /* Split the window-mode blocks by halves of the heads when that packs the grid into fewer
+     * (half-length) waves: at the 1B shape 512 heavy blocks on 132 SMs x 3 take two full waves
+     * (1.29 waves of work), 1024 half blocks three half waves. XD_SWA_BWD_SPLIT=0 / 1 forces. */
+    int per_sm = 0;
+    XD_CU(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kdkv, SB_THREADS, smem_kv));
+    const long long slots = (long long)(per_sm > 0 ? per_sm : 1) * c->sm_count;
+    const long long nw = (long long)x.nkb * a.G * a.B, ns = (long long)x.nsb * x.nc * a.G * a.B;
+    const long long w1 = (nw + ns + slots - 1) / slots, w2 = (2 * nw + ns + slots - 1) / slots;
+    const char *env = getenv("XD_SWA_BWD_SPLIT");
+    const bool split = env && (env[0] == '0' || env[0] == '1') ? env[0] == '1' : w2 < 1.8 * w1; /* w2 half waves vs w1 */
+    if (split) x.hsplit = 2;
+  }
+  const dim3 gkv(x.nkb * x.hsplit + x.nsb * x.nc, a.G, a.B);
   kdkv<<<gkv, SB_THREADS, smem_kv, c->stream>>>(x);
   XD_CU_LAUNCH("swa_backward dkv");
+  if (x.hsplit > 1) {
+    const size_t n4 = (size_t)a.B * a.T * a.G * D / 4;
+    k_sb_half_sum<<<xd_ceil_div(n4, 256), 256, 0, c->stream>>>(x, D);
+    XD_CU_LAUNCH("swa_backward half sum");
+  }
   if (x.nc > 0) {
     const size_t n = (size_t)a.B * a.Sp * a.G * D;
     k_sb_sink_sum<<<xd_ceil_div(n, 256), 256, 0, c->stream>>>(x, D);
@@ -879,9 +935,11 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
   const size_t nc_max = a.Sp > 0 ? xd_ceil_div(xd_ceil_div(sh->T, 32), SB_SINK_CHUNK) : 0;
   const size_t f32_bytes = sb_align256((rows + 2 * nc_max * sh->B * sh->G * a.Sp * d) * sizeof(float));
+  const bool can_split = ver == 3 && (sh->H / sh->G) % 2 == 0;
+  const size_t hpart_bytes = can_split ? sb_align256(4 * kv * sizeof(float)) : 0;
   const size_t q16_bytes = sb_align256(rows * d * sizeof(uint16_t)), kv16_bytes = sb_align256(kv * sizeof(uint16_t));
   const size_t ds_bytes = ver == 3 ? (size_t)sh->B * sh->H * a.nqt * a.nslot * 512 * sizeof(uint4) : 0;
-  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0) + ds_bytes;
+  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0) + ds_bytes + hpart_bytes;
   if (need > c->swa_ws_bytes) {
     if (c->swa_ws) XD_CU(cudaFree(c->swa_ws));
     c->swa_ws = NULL, c->swa_ws_bytes = 0;
@@ -896,6 +954,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     a.k16 = (uint16_t *)(p16 + 2 * q16_bytes), a.vh16 = (uint16_t *)(p16 + 2 * q16_bytes + kv16_bytes);
     a.vl16 = (uint16_t *)(p16 + 2 * q16_bytes + 2 * kv16_bytes);
     if (ver == 3) a.ds = (uint4 *)(p16 + 2 * q16_bytes + 3 * kv16_bytes);
+    if (can_split) a.hpart = (float *)(p16 + 2 * q16_bytes + 3 * kv16_bytes + ds_bytes);
     k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
     XD_CU_LAUNCH("swa_backward prep q");
     k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);

@@ -197,6 +197,7 @@ int main(int argc, char **argv) {
     if (pass == 3 && (!ab_on || cuprof)) continue;
     if (cuprof && pass != 1) continue;
     if (pass == 3) setenv(ab_name, ab_value, 1);
+    xd_student_cuda_train_graphs(m, -1); /* graphs re-captured with this pass's switches */
     const int profile = pass == 2, ahead = pass == 1 || pass == 3, iters = profile ? (n < 16 ? n : 16) : warm + n;
     int slot = 0, pending = 0; /* pending: this step's teacher already submitted into slot */
     xd_student_cuda_train_profile(m, profile);
@@ -235,7 +236,10 @@ int main(int argc, char **argv) {
                            pass == 3 ? " with " : "", pass == 3 ? ab_name : "", pass == 3 ? "=..." : "", it + 1, res.r.loss, res.r.ce, res.r.kl, gn, (xd_now() - ts0) * 1e3);
     }
     CK(xd_cuda_sync(c, &err));
-    if (pass == 3) unsetenv(ab_name);
+    if (pass == 3) {
+      unsetenv(ab_name);
+      xd_student_cuda_train_graphs(m, -1);
+    }
   }
   if (cuprof) {
     printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);

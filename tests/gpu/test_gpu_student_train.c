@@ -230,6 +230,34 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
                "%.0f%% of the difference in %s, rel L2 %.3e there)", name, ea, noise, 100 * wshare, wname, wr);
         free(g3);
       }
+      /* CUDA graphs of the backward (on by default): the first call of each zero_grad state ran
+       * as launched, the second captured a graph. Here the zero-grad graph is replayed (must give
+       * the first step's gradients: bit for bit where exact), then the accumulating one captured
+       * (second call) and replayed: the two accumulated results equal each other. */
+      float *g4 = NULL, *g5 = NULL, *g6 = NULL;
+      const int rc4 = xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
+      CHECKF(rc4 == 0, "%s: graph replay: %s", name, e.msg);
+      if (rc4 == 0) {
+        g4 = down(xd_params_cuda_grad_all(pd), nt);
+        const int rc5 = xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
+        if (rc5 == 0) g5 = down(xd_params_cuda_grad_all(pd), nt);
+        const int rc6 = rc5 || xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) ||
+                        xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
+        CHECKF(rc6 == 0, "%s: accumulating graph: %s", name, e.msg);
+        if (rc6 == 0) g6 = down(xd_params_cuda_grad_all(pd), nt);
+      }
+      if (g4 && g6) {
+        const double e4 = rel_l2(g4, ga, nt), e6 = rel_l2(g6, g5, nt);
+        if (exact) {
+          CHECKF(memcmp(g4, ga, nt * 4) == 0 && memcmp(g6, g5, nt * 4) == 0,
+                 "%s: backward graph replays differ from the launched kernels (rel L2 %.3e, %.3e)", name, e4, e6);
+          fprintf(stderr, "%-22s backward graphs (zero-grad and accumulating): replays bit-identical\n", name);
+        } else {
+          CHECKF(e4 <= 1e-3 && e6 <= 1e-3, "%s: backward graph replays: rel L2 %.3e, %.3e", name, e4, e6);
+          fprintf(stderr, "%-22s backward graphs: replays within the atomic kernel's noise (%.1e, %.1e)\n", name, e4, e6);
+        }
+      }
+      free(g4), free(g5), free(g6);
       free(g2);
     }
     free(ga);

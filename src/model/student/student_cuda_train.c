@@ -47,6 +47,10 @@ struct xd_student_cuda_train {
   /* activation recomputation: every layer keeps only its input h0; the other saves are one
    * layer's set (sv[0]'s), refilled by re-running the layer's forward before its backward */
   int recompute;
+  /* CUDA graphs of the backward, one per value of `fresh` (xd_student_cuda_train_backward) */
+  int graphs, bw_calls[2];
+  void *bw_graph[2];
+  unsigned bw_gen[2]; /* the context's scratch generation each graph was captured at */
   mlstm_cfg mc;
   tl_layer *ly;
   tl_saves *sv;
@@ -313,6 +317,7 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   m->c = c;
   m->align = align;
   m->recompute = recompute != 0 && !align;
+  xd_student_cuda_train_graphs(m, -1);
   m->cfg = *cf;
   m->hy = s->hy;
   m->B = B;
@@ -373,6 +378,7 @@ int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, co
 
 void xd_student_cuda_train_free(xd_student_cuda_train *m) {
   if (!m) return;
+  for (int i = 0; i < 2; i++) xd_cuda_graph_free(m->bw_graph[i]);
   xd_cuda_free(m->block);
   free(m->ly);
   free(m->sv);
@@ -381,6 +387,18 @@ void xd_student_cuda_train_free(xd_student_cuda_train *m) {
 }
 
 float *xd_student_cuda_train_logits(const xd_student_cuda_train *m) { return m->logits; }
+
+void xd_student_cuda_train_graphs(xd_student_cuda_train *m, int on) {
+  if (on < 0) {
+    const char *g = getenv("XD_CUDA_GRAPHS");
+    on = !(g && g[0] == '0');
+  }
+  for (int i = 0; i < 2; i++) {
+    xd_cuda_graph_free(m->bw_graph[i]);
+    m->bw_graph[i] = NULL, m->bw_calls[i] = 0;
+  }
+  m->graphs = on;
+}
 
 void xd_student_cuda_train_profile(xd_student_cuda_train *m, int on) {
   m->prof = on;
@@ -590,20 +608,18 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   return 0;
 }
 
-int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
+/* The backward's kernels, queued on the student's stream; fresh: the GEMM weight gradients are
+ * written, not added (first_writes, after zero_grad). Nothing here reads back from the device or
+ * depends on host state that changes between steps of one run, so the sequence can be captured
+ * as a CUDA graph (xd_student_cuda_train_backward) and replayed. */
+static int train_backward_body(xd_student_cuda_train *m, int fresh, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
   const int F = c->intermediate, V = c->vocab, Hd = H * d, Gd = G * d;
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
-  if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
-  if (m->prof) {
-    CK(xd_cuda_sync(cx, e));
-    m->prof_t = xd_now();
-  }
-  /* after zero_grad the GEMM weight gradients are written, not added (first_writes) */
-  const int fresh = xd_params_cuda_grad_fresh(m->pd), WD = fresh ? XD_CUDA_BW_DW_WRITE : 0, XW = XD_CUDA_BW_DX_WRITE;
+  const int WD = fresh ? XD_CUDA_BW_DW_WRITE : 0, XW = XD_CUDA_BW_DX_WRITE;
   /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer); dh = J^T dx
    * written, with its bf16 copy for the last layer's down projection */
   OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
@@ -685,6 +701,48 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     }
   }
   OP(P_EMB, xd_cuda_embedding_backward(cx, m->g_embed, m->dh, m->ids, N, D, V, e));
+  return 0;
+}
+
+/* The stage II backward. With graphs on (the default; XD_CUDA_GRAPHS=0 at create turns them off)
+ * and profiling off, the first call for each value of `fresh` runs the kernels as launched, the
+ * second captures them as a CUDA graph and every later one replays it: the same kernels with the
+ * same arguments in the same order (the same bits), ~700 launches as one. A capture the driver
+ * refuses turns graphs off for this model and runs the kernels as launched. */
+int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
+  if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
+  const int fresh = xd_params_cuda_grad_fresh(m->pd) ? 1 : 0;
+  if (m->prof) {
+    CK(xd_cuda_sync(m->c, e));
+    m->prof_t = xd_now();
+  }
+  if (m->graphs && !m->prof) {
+    if (m->bw_graph[fresh] && m->bw_gen[fresh] != xd_cuda_ws_generation(m->c)) {
+      xd_cuda_graph_free(m->bw_graph[fresh]); /* a scratch buffer it uses has moved: capture again */
+      m->bw_graph[fresh] = NULL;
+    }
+    if (m->bw_graph[fresh]) {
+      CK(xd_cuda_graph_launch(m->c, m->bw_graph[fresh], e));
+      if (fresh) xd_params_cuda_grad_written(m->pd);
+      return 0;
+    }
+    if (m->bw_calls[fresh]++ >= 1) {
+      xd_err inner = {{0}};
+      CK(xd_cuda_graph_capture_begin(m->c, e));
+      const int rc = train_backward_body(m, fresh, &inner);
+      xd_err cap = {{0}};
+      m->bw_gen[fresh] = xd_cuda_ws_generation(m->c);
+      if (xd_cuda_graph_capture_end(m->c, rc, &inner, &m->bw_graph[fresh], &cap) == 0) {
+        CK(xd_cuda_graph_launch(m->c, m->bw_graph[fresh], e));
+        if (fresh) xd_params_cuda_grad_written(m->pd);
+        return 0;
+      }
+      if (rc) return xd_errf(e, "%s", inner.msg); /* the body itself failed: report it */
+      fprintf(stderr, "student on CUDA: backward graph capture refused (%s); running without graphs\n", cap.msg);
+      m->graphs = 0;
+    }
+  }
+  CK(train_backward_body(m, fresh, e));
   if (fresh) xd_params_cuda_grad_written(m->pd);
   return 0;
 }

@@ -62,8 +62,13 @@ uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m);
  * (targets, mask, top-k ids and log-probs, per-row CE / KL, result). */
 void xd_student_cuda_train_kd_args(const xd_student_cuda_train *m, const kd_config *kd, xd_cuda_kd_args *a);
 /* Backward of the last forward from the dlogits buffer: adds every parameter's gradient into
- * the mirror's grad arena. */
+ * the mirror's grad arena. From its second call on (per zero_grad state) it replays a CUDA graph
+ * of its kernels (the same bits, fewer launch gaps) unless graphs are off. */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e);
+/* Graphs of the backward on (1) or off (0), or -1: on unless XD_CUDA_GRAPHS=0 (the default at
+ * create). Drops the graphs captured so far: call it after changing a kernel switch read from
+ * the environment (XD_SWA_BWD, ...), which a captured graph would not see. */
+void xd_student_cuda_train_graphs(xd_student_cuda_train *m, int on);
 /* Profiling: on = 1 synchronises after every op of the forward / backward / align step and adds
  * its time to an op class (resets the sums); print writes ms per step over `steps` steps. */
 void xd_student_cuda_train_profile(xd_student_cuda_train *m, int on);

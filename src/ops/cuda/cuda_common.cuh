@@ -55,6 +55,7 @@ struct xd_cuda_ctx {
   int sg_cache_next;
   void *st_ws; /* scratch of the student ops (dz of the feature map / gate backward, ...), grown on demand */
   size_t st_ws_bytes;
+  unsigned ws_gen; /* +1 whenever swa_ws or st_ws moves: a captured graph holding them is stale */
 };
 
 static inline const char *xd_file_base(const char *f) {

@@ -487,6 +487,17 @@ int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);
 /* Captures xd_cuda_sdec_step into an executable CUDA graph (replay with xd_cuda_graph_launch). */
 int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e);
 int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e);
+/* Any sequence of this context's stream work as a graph: _capture_begin, the calls (queued, not
+ * run), then _capture_end with the calls' status: on success *graph_exec is the executable graph
+ * (run it with xd_cuda_graph_launch, free with xd_cuda_graph_free); on a failed call or a capture
+ * the driver refused (an op that synchronises, a first allocation) it returns -1 with the
+ * reason, *graph_exec NULL, and nothing of the sequence has run. Host-side effects of the calls
+ * (caches, grown scratch) did happen. */
+int xd_cuda_graph_capture_begin(xd_cuda_ctx *c, xd_err *e);
+/* Changes whenever the context's grown-on-demand scratch buffers move (a graph that captured
+ * kernels using them must be captured again). */
+unsigned xd_cuda_ws_generation(const xd_cuda_ctx *c);
+int xd_cuda_graph_capture_end(xd_cuda_ctx *c, int body_rc, const xd_err *body_err, void **graph_exec, xd_err *e);
 void xd_cuda_graph_free(void *graph_exec);
 /* Device memory in use (total - free, cudaMemGetInfo), for reports. */
 size_t xd_cuda_mem_used(void);

@@ -1414,6 +1414,36 @@ extern "C" int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e)
   return 0;
 }
 
+extern "C" unsigned xd_cuda_ws_generation(const xd_cuda_ctx *c) { return c->ws_gen; }
+
+extern "C" int xd_cuda_graph_capture_begin(xd_cuda_ctx *c, xd_err *e) {
+  XD_CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+  return 0;
+}
+
+extern "C" int xd_cuda_graph_capture_end(xd_cuda_ctx *c, int body_rc, const xd_err *body_err, void **graph_exec,
+                                         xd_err *e) {
+  *graph_exec = NULL;
+  cudaGraph_t g = NULL;
+  const cudaError_t st = cudaStreamEndCapture(c->stream, &g);
+  if (body_rc) {
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError(); /* a refused call inside the capture leaves its error pending */
+    return xd_errf(e, "%s", body_err ? body_err->msg : "graph capture: a call failed");
+  }
+  if (st != cudaSuccess) {
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    return xd_errf(e, "graph capture: cudaStreamEndCapture: %s", cudaGetErrorString(st));
+  }
+  cudaGraphExec_t ex = NULL;
+  const cudaError_t si = cudaGraphInstantiate(&ex, g, 0);
+  cudaGraphDestroy(g);
+  if (si != cudaSuccess) return xd_errf(e, "graph capture: cudaGraphInstantiate: %s", cudaGetErrorString(si));
+  *graph_exec = (void *)ex;
+  return 0;
+}
+
 extern "C" void xd_cuda_graph_free(void *graph_exec) {
   if (graph_exec) cudaGraphExecDestroy((cudaGraphExec_t)graph_exec);
 }

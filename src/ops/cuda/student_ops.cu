@@ -293,6 +293,7 @@ static int gm_run(xd_cuda_ctx *c, const gm_desc *g, xd_err *e) {
  * the old buffer (cudaFree waits for the work queued on it). */
 static int st_scratch(xd_cuda_ctx *c, size_t bytes, float **out, xd_err *e) {
   if (bytes > c->st_ws_bytes) {
+    c->ws_gen++;
     if (c->st_ws) XD_CU(cudaFree(c->st_ws));
     c->st_ws = NULL, c->st_ws_bytes = 0;
     XD_CU(cudaMalloc(&c->st_ws, bytes));

@@ -941,6 +941,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   const size_t ds_bytes = ver == 3 ? (size_t)sh->B * sh->H * a.nqt * a.nslot * 512 * sizeof(uint4) : 0;
   const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0) + ds_bytes + hpart_bytes;
   if (need > c->swa_ws_bytes) {
+    c->ws_gen++;
     if (c->swa_ws) XD_CU(cudaFree(c->swa_ws));
     c->swa_ws = NULL, c->swa_ws_bytes = 0;
     XD_CU(cudaMalloc(&c->swa_ws, need));

@@ -230,11 +230,23 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
                "%.0f%% of the difference in %s, rel L2 %.3e there)", name, ea, noise, 100 * wshare, wname, wr);
         free(g3);
       }
-      /* CUDA graphs of the backward (on by default): the first call of each zero_grad state ran
-       * as launched, the second captured a graph. Here the zero-grad graph is replayed (must give
-       * the first step's gradients: bit for bit where exact), then the accumulating one captured
-       * (second call) and replayed: the two accumulated results equal each other. */
+      /* CUDA graphs (on by default): the first forward and the first backward of each zero_grad
+       * state ran as launched, the second captured a graph. Here the forward's graph is replayed
+       * (the same logits), then the zero-grad backward's (must give the first step's gradients:
+       * bit for bit where exact), then the accumulating one captured (second call) and replayed:
+       * the two accumulated results equal each other. */
       float *g4 = NULL, *g5 = NULL, *g6 = NULL;
+      { /* the forward's graph (captured by the second step) replayed: the same logits, bit for bit */
+        float *l2 = down(xd_student_cuda_train_logits(m), (size_t)N * V), *l3 = NULL;
+        const int rcf = xd_student_cuda_train_forward(m, ids, &e) || xd_cuda_sync(ctx, &e);
+        CHECKF(rcf == 0, "%s: forward graph replay: %s", name, e.msg);
+        if (rcf == 0) {
+          l3 = down(xd_student_cuda_train_logits(m), (size_t)N * V);
+          CHECKF(memcmp(l2, l3, (size_t)N * V * 4) == 0, "%s: forward graph replay: logits differ (rel L2 %.3e)", name,
+                 rel_l2(l3, l2, (size_t)N * V));
+        }
+        free(l2), free(l3);
+      }
       const int rc4 = xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_backward(m, &e) || xd_cuda_sync(ctx, &e);
       CHECKF(rc4 == 0, "%s: graph replay: %s", name, e.msg);
       if (rc4 == 0) {

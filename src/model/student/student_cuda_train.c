@@ -47,10 +47,10 @@ struct xd_student_cuda_train {
   /* activation recomputation: every layer keeps only its input h0; the other saves are one
    * layer's set (sv[0]'s), refilled by re-running the layer's forward before its backward */
   int recompute;
-  /* CUDA graphs of the backward, one per value of `fresh` (xd_student_cuda_train_backward) */
-  int graphs, bw_calls[2];
-  void *bw_graph[2];
-  unsigned bw_gen[2]; /* the context's scratch generation each graph was captured at */
+  /* CUDA graphs (run_graphed): [0], [1] the backward for fresh 0 / 1, [2] the forward */
+  int graphs, g_calls[3];
+  void *graph[3];
+  unsigned g_gen[3]; /* the context's scratch generation each graph was captured at */
   mlstm_cfg mc;
   tl_layer *ly;
   tl_saves *sv;
@@ -378,7 +378,7 @@ int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, co
 
 void xd_student_cuda_train_free(xd_student_cuda_train *m) {
   if (!m) return;
-  for (int i = 0; i < 2; i++) xd_cuda_graph_free(m->bw_graph[i]);
+  for (int i = 0; i < 3; i++) xd_cuda_graph_free(m->graph[i]);
   xd_cuda_free(m->block);
   free(m->ly);
   free(m->sv);
@@ -393,9 +393,9 @@ void xd_student_cuda_train_graphs(xd_student_cuda_train *m, int on) {
     const char *g = getenv("XD_CUDA_GRAPHS");
     on = !(g && g[0] == '0');
   }
-  for (int i = 0; i < 2; i++) {
-    xd_cuda_graph_free(m->bw_graph[i]);
-    m->bw_graph[i] = NULL, m->bw_calls[i] = 0;
+  for (int i = 0; i < 3; i++) {
+    xd_cuda_graph_free(m->graph[i]);
+    m->graph[i] = NULL, m->g_calls[i] = 0;
   }
   m->graphs = on;
 }
@@ -530,21 +530,57 @@ static int layer_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *
 }
 
 /* ---- forward (xd_student_forward_train) --------------------------------------------------- */
+/* body(m, arg, e) queues a fixed sequence of kernels on the student's stream. With graphs on and
+ * profiling off: the first call for this slot runs them as launched, the second captures them as
+ * a CUDA graph and launches it, later calls replay it (the same kernels with the same arguments
+ * in the same order: the same bits, fewer launch gaps). A graph is captured again when a context
+ * scratch buffer it uses has moved since; a capture the driver refuses turns graphs off for this
+ * model and runs the kernels as launched. */
+static int run_graphed(xd_student_cuda_train *m, int slot, int (*body)(xd_student_cuda_train *, int, xd_err *),
+                       int arg, xd_err *e) {
+  if (m->graphs && !m->prof) {
+    if (m->graph[slot] && m->g_gen[slot] != xd_cuda_ws_generation(m->c)) {
+      xd_cuda_graph_free(m->graph[slot]);
+      m->graph[slot] = NULL;
+    }
+    if (m->graph[slot]) return xd_cuda_graph_launch(m->c, m->graph[slot], e);
+    if (m->g_calls[slot]++ >= 1) {
+      xd_err inner = {{0}}, cap = {{0}};
+      CK(xd_cuda_graph_capture_begin(m->c, e));
+      const int rc = body(m, arg, &inner);
+      m->g_gen[slot] = xd_cuda_ws_generation(m->c);
+      if (xd_cuda_graph_capture_end(m->c, rc, &inner, &m->graph[slot], &cap) == 0)
+        return xd_cuda_graph_launch(m->c, m->graph[slot], e);
+      if (rc) return xd_errf(e, "%s", inner.msg); /* the body itself failed: report it */
+      fprintf(stderr, "student on CUDA: graph capture refused (%s); running without graphs\n", cap.msg);
+      m->graphs = 0;
+    }
+  }
+  return body(m, arg, e);
+}
+static int train_forward_body(xd_student_cuda_train *m, int unused, xd_err *e);
+
 int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e) {
+  const int N = m->N, V = m->cfg.vocab;
+  if (m->align) return xd_errf(e, "student on CUDA: stage II forward on a stage I model");
+  CK(xd_check_token_ids(ids, (size_t)N, V, e));
+  memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
+  CK(xd_cuda_upload(m->c, m->ids, ids, (size_t)N * 4, e));
+  if (m->prof) {
+    CK(xd_cuda_sync(m->c, e));
+    m->prof_t = xd_now();
+  }
+  return run_graphed(m, 2, train_forward_body, 0, e);
+}
+
+/* The forward's kernels after the ids' upload (graph slot 2; the same rules as the backward's). */
+static int train_forward_body(xd_student_cuda_train *m, int unused, xd_err *e) {
+  (void)unused;
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int N = m->N, D = c->hidden, V = c->vocab;
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
-  if (m->align) return xd_errf(e, "student on CUDA: stage II forward on a stage I model");
-  CK(xd_check_token_ids(ids, (size_t)N, V, e));
-  memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
-  CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
-  if (m->prof) {
-    CK(xd_cuda_sync(cx, e));
-    m->prof_t = xd_now();
-  }
-
   /* h = embedding(ids): the bf16 table's rows, widened (the residual stream is fp32) */
   OP(P_EMB, xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
   OP(P_MEM, xd_cuda_bf16_to_f32(cx, m->sv[0].h0, m->hnb, ND, e));
@@ -704,11 +740,7 @@ static int train_backward_body(xd_student_cuda_train *m, int fresh, xd_err *e) {
   return 0;
 }
 
-/* The stage II backward. With graphs on (the default; XD_CUDA_GRAPHS=0 at create turns them off)
- * and profiling off, the first call for each value of `fresh` runs the kernels as launched, the
- * second captures them as a CUDA graph and every later one replays it: the same kernels with the
- * same arguments in the same order (the same bits), ~700 launches as one. A capture the driver
- * refuses turns graphs off for this model and runs the kernels as launched. */
+/* The stage II backward: run_graphed, one graph per value of `fresh` (~700 launches as one). */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
   const int fresh = xd_params_cuda_grad_fresh(m->pd) ? 1 : 0;
@@ -716,33 +748,7 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
     CK(xd_cuda_sync(m->c, e));
     m->prof_t = xd_now();
   }
-  if (m->graphs && !m->prof) {
-    if (m->bw_graph[fresh] && m->bw_gen[fresh] != xd_cuda_ws_generation(m->c)) {
-      xd_cuda_graph_free(m->bw_graph[fresh]); /* a scratch buffer it uses has moved: capture again */
-      m->bw_graph[fresh] = NULL;
-    }
-    if (m->bw_graph[fresh]) {
-      CK(xd_cuda_graph_launch(m->c, m->bw_graph[fresh], e));
-      if (fresh) xd_params_cuda_grad_written(m->pd);
-      return 0;
-    }
-    if (m->bw_calls[fresh]++ >= 1) {
-      xd_err inner = {{0}};
-      CK(xd_cuda_graph_capture_begin(m->c, e));
-      const int rc = train_backward_body(m, fresh, &inner);
-      xd_err cap = {{0}};
-      m->bw_gen[fresh] = xd_cuda_ws_generation(m->c);
-      if (xd_cuda_graph_capture_end(m->c, rc, &inner, &m->bw_graph[fresh], &cap) == 0) {
-        CK(xd_cuda_graph_launch(m->c, m->bw_graph[fresh], e));
-        if (fresh) xd_params_cuda_grad_written(m->pd);
-        return 0;
-      }
-      if (rc) return xd_errf(e, "%s", inner.msg); /* the body itself failed: report it */
-      fprintf(stderr, "student on CUDA: backward graph capture refused (%s); running without graphs\n", cap.msg);
-      m->graphs = 0;
-    }
-  }
-  CK(train_backward_body(m, fresh, e));
+  CK(run_graphed(m, fresh, train_backward_body, fresh, e));
   if (fresh) xd_params_cuda_grad_written(m->pd);
   return 0;
 }

@@ -429,6 +429,24 @@ static void check_align(const char *family) {
     CHECKF(rel <= TOL_TENSOR, "%s: stage I gradient of %s rel L2 %.3e", family, ti->name, rel);
   }
   fprintf(stderr, "%-22s stage I: layer losses %.2e, hybrid gradients %.2e (worst)\n", family, wl, wg);
+  { /* CUDA graphs (on by default): the second align step captured one, the third replays it; both
+     * give the first step's losses and gradients (the same kernels and arguments) */
+    const size_t nt = s.params.n_train;
+    float *g1 = down(xd_params_cuda_grad_all(pd), nt), *g3 = NULL;
+    double *gl3 = xd_calloc((size_t)L, sizeof(double));
+    int rc = 0;
+    for (int rep = 0; rep < 2 && rc == 0; rep++)
+      rc = xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_align_step(m, ids, 1, gl3, &e) || xd_cuda_sync(ctx, &e);
+    CHECKF(rc == 0, "%s: stage I graph replay: %s", family, e.msg);
+    if (rc == 0) {
+      g3 = down(xd_params_cuda_grad_all(pd), nt);
+      const int same = !memcmp(g1, g3, nt * 4) && !memcmp(gl, gl3, (size_t)L * sizeof(double));
+      const double eg = rel_l2(g3, g1, nt);
+      CHECKF(same || eg <= 1e-6, "%s: stage I graph replay: gradients rel L2 %.3e from the launched step", family, eg);
+      fprintf(stderr, "%-22s stage I graph replay: %s\n", family, same ? "losses and gradients bit-identical" : "within 1e-6");
+    }
+    free(g1), free(g3), free(gl3);
+  }
   worst_align_loss = fmax(worst_align_loss, wl);
   worst_align_grad = fmax(worst_align_grad, wg);
 out:

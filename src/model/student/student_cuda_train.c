@@ -47,10 +47,11 @@ struct xd_student_cuda_train {
   /* activation recomputation: every layer keeps only its input h0; the other saves are one
    * layer's set (sv[0]'s), refilled by re-running the layer's forward before its backward */
   int recompute;
-  /* CUDA graphs (run_graphed): [0], [1] the backward for fresh 0 / 1, [2] the forward */
-  int graphs, g_calls[3];
-  void *graph[3];
-  unsigned g_gen[3]; /* the context's scratch generation each graph was captured at */
+  /* CUDA graphs (run_graphed): [0], [1] the backward for fresh 0 / 1, [2] the forward, [3], [4]
+   * stage I's align step without / with its backward */
+  int graphs, g_calls[5];
+  void *graph[5];
+  unsigned g_gen[5]; /* the context's scratch generation each graph was captured at */
   mlstm_cfg mc;
   tl_layer *ly;
   tl_saves *sv;
@@ -378,7 +379,7 @@ int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, co
 
 void xd_student_cuda_train_free(xd_student_cuda_train *m) {
   if (!m) return;
-  for (int i = 0; i < 3; i++) xd_cuda_graph_free(m->graph[i]);
+  for (int i = 0; i < 5; i++) xd_cuda_graph_free(m->graph[i]);
   xd_cuda_free(m->block);
   free(m->ly);
   free(m->sv);
@@ -393,7 +394,7 @@ void xd_student_cuda_train_graphs(xd_student_cuda_train *m, int on) {
     const char *g = getenv("XD_CUDA_GRAPHS");
     on = !(g && g[0] == '0');
   }
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 5; i++) {
     xd_cuda_graph_free(m->graph[i]);
     m->graph[i] = NULL, m->g_calls[i] = 0;
   }
@@ -753,19 +754,14 @@ int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   return 0;
 }
 /* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */
-int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int backward, double *layer_loss, xd_err *e) {
+/* The align step's kernels after the ids' upload, up to the per-layer loss sums (graph slots 3 / 4:
+ * run_graphed's rules). */
+static int align_step_body(xd_student_cuda_train *m, int backward, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, V = c->vocab;
   const int Hd = H * d, Gd = G * d;
   const size_t nout = (size_t)N * Hd;
-  if (!m->align) return xd_errf(e, "student on CUDA: align step on a stage II model");
-  CK(xd_check_token_ids(ids, (size_t)N, V, e));
-  CK(xd_cuda_upload(cx, m->ids, ids, (size_t)N * 4, e));
-  if (m->prof) {
-    CK(xd_cuda_sync(cx, e));
-    m->prof_t = xd_now();
-  }
   tl_saves *s = &m->sv[0]; /* one layer's activations, reused */
   OP(P_EMB, xd_cuda_embedding_forward(cx, m->hnb, m->ids, m->embed16, N, D, V, e));
   OP(P_MEM, xd_cuda_bf16_to_f32(cx, s->h0, m->hnb, (size_t)N * D, e));
@@ -788,7 +784,22 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
     if (backward) CK(core_backward(m, y, s, m->dcore, 0, e));
     CK(layer_tail(m, y, s, s->h0, e));
   }
-  CK(xd_cuda_download(cx, layer_loss, m->d_lsum, (size_t)c->n_layers * sizeof(double), e));
+  return 0;
+}
+
+int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int backward, double *layer_loss, xd_err *e) {
+  const xd_model_config *c = &m->cfg;
+  const int N = m->N;
+  const size_t nout = (size_t)N * c->n_heads * c->head_dim;
+  if (!m->align) return xd_errf(e, "student on CUDA: align step on a stage II model");
+  CK(xd_check_token_ids(ids, (size_t)N, c->vocab, e));
+  CK(xd_cuda_upload(m->c, m->ids, ids, (size_t)N * 4, e));
+  if (m->prof) {
+    CK(xd_cuda_sync(m->c, e));
+    m->prof_t = xd_now();
+  }
+  CK(run_graphed(m, backward ? 4 : 3, align_step_body, backward != 0, e));
+  CK(xd_cuda_download(m->c, layer_loss, m->d_lsum, (size_t)c->n_layers * sizeof(double), e));
   for (int l = 0; l < c->n_layers; l++) layer_loss[l] /= (double)nout;
   return 0;
 }

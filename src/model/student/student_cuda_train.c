@@ -534,12 +534,18 @@ static int layer_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *
 /* body(m, arg, e) queues a fixed sequence of kernels on the student's stream. With graphs on and
  * profiling off: the first call for this slot runs them as launched, the second captures them as
  * a CUDA graph and launches it, later calls replay it (the same kernels with the same arguments
- * in the same order: the same bits, fewer launch gaps). A graph is captured again when a context
+ * in the same order: the same bits, fewer launch gaps). With profiling on, every call runs them
+ * as launched after a synchronisation that starts the profile's clock. A graph is captured again when a context
  * scratch buffer it uses has moved since; a capture the driver refuses turns graphs off for this
  * model and runs the kernels as launched. */
 static int run_graphed(xd_student_cuda_train *m, int slot, int (*body)(xd_student_cuda_train *, int, xd_err *),
                        int arg, xd_err *e) {
-  if (m->graphs && !m->prof) {
+  if (m->prof) { /* the profile's clock starts with the body's first op: launched, no graph */
+    CK(xd_cuda_sync(m->c, e));
+    m->prof_t = xd_now();
+    return body(m, arg, e);
+  }
+  if (m->graphs) {
     if (m->graph[slot] && m->g_gen[slot] != xd_cuda_ws_generation(m->c)) {
       xd_cuda_graph_free(m->graph[slot]);
       m->graph[slot] = NULL;
@@ -567,10 +573,6 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
   CK(xd_check_token_ids(ids, (size_t)N, V, e));
   memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
   CK(xd_cuda_upload(m->c, m->ids, ids, (size_t)N * 4, e));
-  if (m->prof) {
-    CK(xd_cuda_sync(m->c, e));
-    m->prof_t = xd_now();
-  }
   return run_graphed(m, 2, train_forward_body, 0, e);
 }
 
@@ -745,10 +747,6 @@ static int train_backward_body(xd_student_cuda_train *m, int fresh, xd_err *e) {
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
   const int fresh = xd_params_cuda_grad_fresh(m->pd) ? 1 : 0;
-  if (m->prof) {
-    CK(xd_cuda_sync(m->c, e));
-    m->prof_t = xd_now();
-  }
   CK(run_graphed(m, fresh, train_backward_body, fresh, e));
   if (fresh) xd_params_cuda_grad_written(m->pd);
   return 0;
@@ -794,10 +792,6 @@ int xd_student_cuda_align_step(xd_student_cuda_train *m, const int32_t *ids, int
   if (!m->align) return xd_errf(e, "student on CUDA: align step on a stage II model");
   CK(xd_check_token_ids(ids, (size_t)N, c->vocab, e));
   CK(xd_cuda_upload(m->c, m->ids, ids, (size_t)N * 4, e));
-  if (m->prof) {
-    CK(xd_cuda_sync(m->c, e));
-    m->prof_t = xd_now();
-  }
   CK(run_graphed(m, backward ? 4 : 3, align_step_body, backward != 0, e));
   CK(xd_cuda_download(m->c, layer_loss, m->d_lsum, (size_t)c->n_layers * sizeof(double), e));
   for (int l = 0; l < c->n_layers; l++) layer_loss[l] /= (double)nout;

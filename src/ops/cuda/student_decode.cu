@@ -1389,31 +1389,6 @@ extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, i
 }
 
 /* ---- CUDA graphs ------------------------------------------------------------------------- */
-extern "C" int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e) {
-  *graph_exec = NULL;
-  cudaGraph_t g = NULL;
-  XD_CU(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
-  xd_err inner = {{0}};
-  const int rc = xd_cuda_sdec_step(c, m, &inner);
-  const cudaError_t st = cudaStreamEndCapture(c->stream, &g);
-  if (rc) {
-    if (g) cudaGraphDestroy(g);
-    return xd_errf(e, "%s", inner.msg);
-  }
-  if (st != cudaSuccess) return xd_errf(e, "student_decode.cu: cudaStreamEndCapture: %s", cudaGetErrorString(st));
-  cudaGraphExec_t ex = NULL;
-  const cudaError_t si = cudaGraphInstantiate(&ex, g, 0);
-  cudaGraphDestroy(g);
-  if (si != cudaSuccess) return xd_errf(e, "student_decode.cu: cudaGraphInstantiate: %s", cudaGetErrorString(si));
-  *graph_exec = (void *)ex;
-  return 0;
-}
-
-extern "C" int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e) {
-  XD_CU(cudaGraphLaunch((cudaGraphExec_t)graph_exec, c->stream));
-  return 0;
-}
-
 extern "C" unsigned xd_cuda_ws_generation(const xd_cuda_ctx *c) { return c->ws_gen; }
 
 extern "C" int xd_cuda_graph_capture_begin(xd_cuda_ctx *c, xd_err *e) {
@@ -1441,6 +1416,19 @@ extern "C" int xd_cuda_graph_capture_end(xd_cuda_ctx *c, int body_rc, const xd_e
   cudaGraphDestroy(g);
   if (si != cudaSuccess) return xd_errf(e, "graph capture: cudaGraphInstantiate: %s", cudaGetErrorString(si));
   *graph_exec = (void *)ex;
+  return 0;
+}
+
+extern "C" int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e) {
+  *graph_exec = NULL;
+  if (xd_cuda_graph_capture_begin(c, e)) return -1;
+  xd_err inner = {{0}};
+  const int rc = xd_cuda_sdec_step(c, m, &inner);
+  return xd_cuda_graph_capture_end(c, rc, &inner, graph_exec, e);
+}
+
+extern "C" int xd_cuda_graph_launch(xd_cuda_ctx *c, void *graph_exec, xd_err *e) {
+  XD_CU(cudaGraphLaunch((cudaGraphExec_t)graph_exec, c->stream));
   return 0;
 }
 

@@ -199,8 +199,8 @@ __device__ __forceinline__ void sb_stage_hilo(uint16_t *hi, uint16_t *lo, const 
  * stored as [w'][kk'][lane] uint4: dQ warp w' (queries 16w'..16w'+15) reads its fragment of key
  * block kk' (keys 16kk'..) with one coalesced 16-byte load a lane; this warp holds kk' = warp.
  * Each 8x8 block is transposed in registers (movmatrix): a0' = T(keys 0-7, queries 16w'..+7),
- * a1' = T(keys 0-7, queries 16w'+8..), a2' / a3' the same for keys 8-15. dsw null: zeros (a
- * warp with no visible pair in this tile). */
+ * a1' = T(keys 0-7, queries 16w'+8..), a2' / a3' the same for keys 8-15. sb_ds_zero stores
+ * zeros in the same places (a warp with no visible pair in this tile). */
 template <int BQ>
 __device__ __forceinline__ void sb_ds_store(uint4 *dsw, const uint32_t (&sa)[BQ / 16][4]) {
   static_assert(BQ == 4 * 16, "dS store: the dQ block's 4 warps x 16 queries");
@@ -321,6 +321,27 @@ __device__ __forceinline__ sb_kv_range sb_kv_range_of(const sb_args &a, int BQ) 
 
 /* The end of a dK / dV block: sink mode stores its partials (scale dK, dV) to scratch; window
  * mode adds them to dk, dv. */
+/* Plain stores of a dK / dV block's partials (scale dK, dV) for this lane's key rows s0, s1 below
+ * lim: row s at pk + s * ld (the sink partials and the head-split halves). */
+template <int D>
+__device__ __forceinline__ void sb_store_partials(float *pk, float *pv, size_t ld, int lim, float scale,
+                                                  const float (&dka)[D / 8][4], const float (&dva)[D / 8][4], int s0,
+                                                  int s1) {
+  const int tq = (threadIdx.x & 31) & 3;
+#pragma unroll
+  for (int nd = 0; nd < D / 8; nd++) {
+    const int c = nd * 8 + 2 * tq;
+    if (s0 < lim) {
+      *reinterpret_cast<float2 *>(pk + (size_t)s0 * ld + c) = make_float2(scale * dka[nd][0], scale * dka[nd][1]);
+      *reinterpret_cast<float2 *>(pv + (size_t)s0 * ld + c) = make_float2(dva[nd][0], dva[nd][1]);
+    }
+    if (s1 < lim) {
+      *reinterpret_cast<float2 *>(pk + (size_t)s1 * ld + c) = make_float2(scale * dka[nd][2], scale * dka[nd][3]);
+      *reinterpret_cast<float2 *>(pv + (size_t)s1 * ld + c) = make_float2(dva[nd][2], dva[nd][3]);
+    }
+  }
+}
+
 template <int D>
 __device__ __forceinline__ void sb_dkv_store(const sb_args &a, const sb_kv_range &r, const float (&dka)[D / 8][4],
                                              const float (&dva)[D / 8][4], int g, int b, int s0, int s1) {
@@ -328,34 +349,12 @@ __device__ __forceinline__ void sb_dkv_store(const sb_args &a, const sb_kv_range
   const size_t ldkv = (size_t)G * D;
   if (r.sink) {
     const size_t plane = (size_t)a.nc * a.B * G * a.Sp * D;
-    float *pk = a.part + (((size_t)r.chunk * a.B + b) * G + g) * a.Sp * D, *pv = pk + plane;
-#pragma unroll
-    for (int nd = 0; nd < D / 8; nd++) {
-      const int c = nd * 8 + 2 * tq;
-      if (s0 < a.Sp) {
-        *reinterpret_cast<float2 *>(pk + (size_t)s0 * D + c) = make_float2(a.scale * dka[nd][0], a.scale * dka[nd][1]);
-        *reinterpret_cast<float2 *>(pv + (size_t)s0 * D + c) = make_float2(dva[nd][0], dva[nd][1]);
-      }
-      if (s1 < a.Sp) {
-        *reinterpret_cast<float2 *>(pk + (size_t)s1 * D + c) = make_float2(a.scale * dka[nd][2], a.scale * dka[nd][3]);
-        *reinterpret_cast<float2 *>(pv + (size_t)s1 * D + c) = make_float2(dva[nd][2], dva[nd][3]);
-      }
-    }
+    float *pk = a.part + (((size_t)r.chunk * a.B + b) * G + g) * a.Sp * D;
+    sb_store_partials<D>(pk, pk + plane, D, a.Sp, a.scale, dka, dva, s0, s1);
   } else if (a.hsplit > 1) {
     const size_t plane = (size_t)a.B * T * ldkv;
-    float *pk = a.hpart + (size_t)r.half * 2 * plane + (size_t)b * T * ldkv + (size_t)g * D, *pv = pk + plane;
-#pragma unroll
-    for (int nd = 0; nd < D / 8; nd++) {
-      const int c = nd * 8 + 2 * tq;
-      if (s0 < T) {
-        *reinterpret_cast<float2 *>(pk + (size_t)s0 * ldkv + c) = make_float2(a.scale * dka[nd][0], a.scale * dka[nd][1]);
-        *reinterpret_cast<float2 *>(pv + (size_t)s0 * ldkv + c) = make_float2(dva[nd][0], dva[nd][1]);
-      }
-      if (s1 < T) {
-        *reinterpret_cast<float2 *>(pk + (size_t)s1 * ldkv + c) = make_float2(a.scale * dka[nd][2], a.scale * dka[nd][3]);
-        *reinterpret_cast<float2 *>(pv + (size_t)s1 * ldkv + c) = make_float2(dva[nd][2], dva[nd][3]);
-      }
-    }
+    float *pk = a.hpart + (size_t)r.half * 2 * plane + (size_t)b * T * ldkv + (size_t)g * D;
+    sb_store_partials<D>(pk, pk + plane, ldkv, T, a.scale, dka, dva, s0, s1);
   } else {
     float *dkb = a.dk + (size_t)b * T * ldkv + (size_t)g * D, *dvb = a.dv + (size_t)b * T * ldkv + (size_t)g * D;
 #pragma unroll

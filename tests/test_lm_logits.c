@@ -60,7 +60,7 @@ static void test_fixture_metrics(void) {
   buf[n] = 0;
   cJSON *ex = cJSON_Parse(buf);
   bigram b = {0, 0};
-  xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 64, 4, "bigram-logits"};
+  xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 64, 4, "bigram-logits", NULL};
   xd_lm lm;
   xd_lm_from_logits(&lm, &m);
   struct { const char *fmt, *file, *key, *metrics[4]; size_t maxlen; } cases[] = {
@@ -95,7 +95,7 @@ static void test_fixture_metrics(void) {
 
 static void test_greedy_generation(void) {
   bigram b = {0, 0};
-  xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 64, 1, "bigram-logits"};
+  xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 64, 1, "bigram-logits", NULL};
   xd_lm lm;
   xd_lm_from_logits(&lm, &m);
   const int32_t prompt[] = {'G', 'o', '.'};
@@ -124,8 +124,71 @@ static void test_greedy_generation(void) {
   CHECK(lm.generate_until == NULL);
 }
 
+/* A scorer (xd_logits_model.score) written from the bigram's definition, without its forward:
+ * the row that predicts token pos0 + j + 1 is that of the id at pos0 + j. */
+typedef struct {
+  size_t calls, seqs, max_len;
+} scorer;
+static int bg_score(void *ctx, const xd_ll_seq *q, size_t n, xd_ll_result *out, xd_err *e) {
+  scorer *sc = ctx;
+  (void)e;
+  sc->calls++;
+  sc->seqs += n;
+  for (size_t i = 0; i < n; i++) {
+    if (q[i].len > sc->max_len) sc->max_len = q[i].len;
+    double s = 0;
+    int greedy = 1;
+    for (size_t j = 0; j < q[i].n_tok; j++) {
+      const int a = q[i].ids[q[i].pos0 + j];
+      int am = 0;
+      for (int v = 1; v < V; v++)
+        if (score(a, v) > score(a, am)) am = v;
+      double z = 0;
+      for (int v = 0; v < V; v++) z += exp((double)score(a, v) - (double)score(a, am));
+      s += (double)score(a, q[i].toks[j]) - (double)score(a, am) - log(z);
+      greedy &= am == q[i].toks[j];
+    }
+    out[i].logprob = s, out[i].is_greedy = greedy;
+  }
+  return 0;
+}
+
+/* The same requests scored by the host path and by a score callback agree: same inputs, same
+ * positions, the context cut from the left as max_length demands, the same errors. */
+static void test_score_callback(void) {
+  bigram b = {0, 0};
+  scorer sc = {0, 0, 0};
+  xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 8, 1, "bigram-logits", NULL};
+  xd_logits_model ms = m;
+  ms.ctx = &sc, ms.score = bg_score;
+  xd_lm lm, lms;
+  xd_lm_from_logits(&lm, &m);
+  xd_lm_from_logits(&lms, &ms);
+  const int32_t cx[] = {'T', 'h', 'e', ' ', 'c', 'a', 't', ' ', 's', 'a'}, c1[] = {'t'}, c2[] = {' ', 'a', 'b'},
+                c3[] = {'x', 'y', 'z', 'w'}, go[] = {'G', 'o', '.'};
+  const xd_ll_request rq[] = {{cx, 10, c1, 1}, {cx, 10, c2, 3}, {cx, 3, c3, 4}, {go, 3, c2, 3}, {cx, 4, c2 + 1, 2}};
+  const size_t n = sizeof rq / sizeof *rq;
+  xd_ll_result a[8], s[8];
+  xd_err e = {{0}};
+  CHECK(lm.loglikelihood(lm.ctx, rq, n, a, &e) == 0);
+  CHECK(lms.loglikelihood(lms.ctx, rq, n, s, &e) == 0);
+  CHECK(sc.calls == 1 && sc.seqs == n && sc.max_len == 8); /* one call; inputs cut to max_length */
+  for (size_t i = 0; i < n; i++) {
+    CHECK_REL(s[i].logprob, a[i].logprob, 1e-12, 1e-12);
+    CHECK(s[i].is_greedy == a[i].is_greedy);
+  }
+  CHECK(a[3].is_greedy && !a[2].is_greedy); /* "Go." then " ab": the successor chain */
+  /* errors come before any scoring */
+  const int32_t bad[] = {5, 999};
+  const xd_ll_request rb[] = {{cx, 10, c1, 1}, {bad, 1, bad + 1, 1}};
+  CHECK(lms.loglikelihood(lms.ctx, rb, 2, s, &e) == -1 && strstr(e.msg, "999") && sc.calls == 1);
+  const xd_ll_request rl = {cx, 10, cx, 9}; /* continuation longer than max_length */
+  CHECK(lms.loglikelihood(lms.ctx, &rl, 1, s, &e) == -1 && strstr(e.msg, "does not fit") && sc.calls == 1);
+}
+
 int main(void) {
   RUN(test_fixture_metrics);
   RUN(test_greedy_generation);
+  RUN(test_score_callback);
   return test_finish();
 }

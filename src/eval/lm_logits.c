@@ -17,40 +17,60 @@ static double row_logprob(const float *row, int vocab, int32_t tok, int *argmax)
   return (double)row[tok] - (double)mx - log(z);
 }
 
+/* Request q as the model's input (context cut from the left to fit max_length) into seq
+ * (>= max_length + 1 ids) and *out (pointing into seq and q); ids checked against the vocabulary. */
+static int ll_prepare(const xd_logits_model *m, const xd_ll_request *q, int32_t *seq, xd_ll_seq *out, xd_err *e) {
+  size_t nc = q->n_context, m_ = q->n_continuation;
+  if (m_ == 0 || m_ > m->max_length) return xd_errf(e, "%s: continuation of %zu tokens does not fit %zu", m->name, m_, m->max_length);
+  if (nc + m_ - 1 > m->max_length) nc = m->max_length + 1 - m_;
+  if (nc == 0) return xd_errf(e, "%s: empty context", m->name);
+  const int32_t *cx = q->context + (q->n_context - nc);
+  const size_t len = nc + m_ - 1;
+  memcpy(seq, cx, nc * sizeof *seq);
+  memcpy(seq + nc, q->continuation, (m_ - 1) * sizeof *seq);
+  for (size_t i = 0; i < len; i++)
+    if (seq[i] < 0 || seq[i] >= m->vocab) return xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, seq[i], m->vocab);
+  for (size_t j = 0; j < m_; j++)
+    if (q->continuation[j] < 0 || q->continuation[j] >= m->vocab)
+      return xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, q->continuation[j], m->vocab);
+  out->ids = seq, out->len = len, out->pos0 = nc - 1, out->n_tok = m_, out->toks = q->continuation;
+  return 0;
+}
+
 static int logits_ll(void *ctx, const xd_ll_request *reqs, size_t n, xd_ll_result *out, xd_err *e) {
   xd_logits_model *m = ctx;
+  if (m->score) { /* all requests prepared, then scored together */
+    size_t total = 1;
+    for (size_t r = 0; r < n; r++) total += reqs[r].n_context + reqs[r].n_continuation; /* >= each input */
+    int32_t *seq = xd_malloc(total * sizeof *seq);
+    xd_ll_seq *sq = xd_malloc((n ? n : 1) * sizeof *sq);
+    int rc = 0;
+    for (size_t r = 0, off = 0; r < n && !rc; off += reqs[r].n_context + reqs[r].n_continuation, r++)
+      rc = ll_prepare(m, &reqs[r], seq + off, &sq[r], e);
+    if (!rc) rc = m->score(m->ctx, sq, n, out, e);
+    free(sq);
+    free(seq);
+    return rc;
+  }
   int32_t *seq = xd_malloc((m->max_length + 1) * sizeof *seq);
   float *logits = NULL;
   size_t cap = 0;
   int rc = 0;
   for (size_t r = 0; r < n && !rc; r++) {
-    const xd_ll_request *q = &reqs[r];
-    /* input = context ++ continuation[:-1]; cut the context from the left to fit */
-    size_t nc = q->n_context, m_ = q->n_continuation;
-    if (m_ == 0 || m_ > m->max_length) { rc = xd_errf(e, "%s: continuation of %zu tokens does not fit %zu", m->name, m_, m->max_length); break; }
-    if (nc + m_ - 1 > m->max_length) nc = m->max_length + 1 - m_;
-    if (nc == 0) { rc = xd_errf(e, "%s: empty context", m->name); break; }
-    const int32_t *cx = q->context + (q->n_context - nc);
-    size_t len = nc + m_ - 1;
-    memcpy(seq, cx, nc * sizeof *seq);
-    memcpy(seq + nc, q->continuation, (m_ - 1) * sizeof *seq);
-    for (size_t i = 0; i < len; i++)
-      if (seq[i] < 0 || seq[i] >= m->vocab) { rc = xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, seq[i], m->vocab); break; }
-    if (rc) break;
-    if (len * (size_t)m->vocab > cap) {
-      cap = len * (size_t)m->vocab;
+    xd_ll_seq q;
+    if ((rc = ll_prepare(m, &reqs[r], seq, &q, e)) != 0) break;
+    if (q.len * (size_t)m->vocab > cap) {
+      cap = q.len * (size_t)m->vocab;
       free(logits);
       logits = xd_malloc(cap * sizeof *logits);
     }
-    if (m->forward(m->ctx, seq, len, logits, e)) { rc = -1; break; }
+    if (m->forward(m->ctx, seq, q.len, logits, e)) { rc = -1; break; }
     double s = 0;
     int greedy = 1;
-    for (size_t j = 0; j < m_; j++) {
-      int32_t tok = q->continuation[j];
-      if (tok < 0 || tok >= m->vocab) { rc = xd_errf(e, "%s: token id %d out of range [0, %d)", m->name, tok, m->vocab); break; }
+    for (size_t j = 0; j < q.n_tok; j++) {
       int am;
-      s += row_logprob(logits + (nc - 1 + j) * (size_t)m->vocab, m->vocab, tok, &am);
-      greedy &= am == tok;
+      s += row_logprob(logits + (q.pos0 + j) * (size_t)m->vocab, m->vocab, q.toks[j], &am);
+      greedy &= am == q.toks[j];
     }
     out[r].logprob = s;
     out[r].is_greedy = greedy;

@@ -7,6 +7,16 @@
 #define XD_EVAL_LM_LOGITS_H
 #include "eval/lm.h"
 
+/* One log-likelihood request prepared for scoring: the model's input ids [len] (context cut from
+ * the left to fit, then the continuation but its last token), and the n_tok continuation
+ * tokens toks scored at positions pos0 .. pos0 + n_tok - 1 (the logits row of position p
+ * predicts token p + 1). Every id is in [0, vocab). */
+typedef struct {
+  const int32_t *ids;
+  size_t len, pos0, n_tok;
+  const int32_t *toks;
+} xd_ll_seq;
+
 typedef struct {
   void *ctx;
   /* logits[i * vocab + v] = score of token v following ids[0..i], for i in [0, n); n <= max_length */
@@ -20,6 +30,11 @@ typedef struct {
   size_t max_length;
   size_t batch_size;
   const char *name;
+  /* Optional: score n prepared requests at once (out[i].logprob = sum over its tokens of log
+   * p(token), out[i].is_greedy = every token was the first argmax), e.g. batched on a device
+   * without bringing whole logits rows to the host. NULL: forward + log-softmax on the host,
+   * one request at a time. */
+  int (*score)(void *ctx, const xd_ll_seq *seqs, size_t n, xd_ll_result *out, xd_err *e);
 } xd_logits_model;
 
 /* Fill *lm with callbacks over m (m must outlive lm). */

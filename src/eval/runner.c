@@ -23,6 +23,10 @@ struct xd_runner_gpu {
   xd_teacher_cuda_state dec;    /* teacher decoding (KV cache, B = 1): feeds <= dec_tn, length <= dec_cap */
   int dec_tn, dec_cap;
   xd_student_cuda_state *st;    /* student decoding (constant memory) */
+  /* log-likelihood scoring (gpu_score): scored rows / tokens and their results, cap entries */
+  int32_t *d_rows, *d_toks, *d_greedy;
+  double *d_lp;
+  size_t ll_cap;
 };
 
 /* The size to hold need: have, or else doubled from max(have, 64) up to need, but not past
@@ -42,6 +46,7 @@ static void gpu_free(struct xd_runner_gpu *g) {
   xd_teacher_cuda_state_free(&g->fwd);
   xd_teacher_cuda_state_free(&g->dec);
   if (g->st) xd_student_cuda_state_free(g->st);
+  xd_cuda_free(g->d_rows), xd_cuda_free(g->d_toks), xd_cuda_free(g->d_greedy), xd_cuda_free(g->d_lp);
   if (g->s) xd_student_cuda_free(g->s);
   if (g->t_up) xd_teacher_cuda_free(&g->t);
   if (g->ctx) xd_cuda_ctx_free(g->ctx);
@@ -100,6 +105,99 @@ static int gpu_forward(xd_runner *r, const int32_t *ids, int B, int T, float *lo
     g->fwd_cap = rows;
   }
   return xd_teacher_cuda_forward(&g->t, &g->fwd, ids, B, T, logits, e);
+}
+
+/* ---- log-likelihoods on the GPU (xd_logits_model.score) ----
+ * Requests sorted by input length (longest first, ties in request order) are packed into
+ * batches of up to LL_MAX_B sequences padded on the right to the batch's longest (every model
+ * here is causal: a position never sees what follows it, so padding changes nothing before it)
+ * while the batch's fp32 logits [B*T, V] stay within LL_LOGIT_BYTES (a longer single request runs
+ * alone); one forward per batch leaves its logits on the device and xd_cuda_token_logprobs scores
+ * the requested rows there: a double and a flag per continuation token come back instead of
+ * whole rows of the vocabulary (V floats each). Same maths as the host path (max and first
+ * argmax in fp32, log-sum-exp in double); a batch's GEMMs may sum in another order than a
+ * single sequence's (fp32 rounding). */
+#define LL_MAX_B 64
+#define LL_LOGIT_BYTES ((size_t)1 << 30)
+
+typedef struct {
+  size_t len, idx;
+} ll_key;
+static int ll_cmp(const void *a, const void *b) {
+  const ll_key *x = a, *y = b;
+  if (x->len != y->len) return x->len > y->len ? -1 : 1;
+  return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+static int ll_reserve(struct xd_runner_gpu *g, size_t n, xd_err *e) {
+  if (n <= g->ll_cap) return 0;
+  size_t cap = g->ll_cap ? g->ll_cap : 256;
+  while (cap < n) cap *= 2;
+  xd_cuda_free(g->d_rows), xd_cuda_free(g->d_toks), xd_cuda_free(g->d_greedy), xd_cuda_free(g->d_lp);
+  g->d_rows = g->d_toks = g->d_greedy = NULL, g->d_lp = NULL, g->ll_cap = 0;
+  if (xd_cuda_malloc((void **)&g->d_rows, cap * 4, e) || xd_cuda_malloc((void **)&g->d_toks, cap * 4, e) ||
+      xd_cuda_malloc((void **)&g->d_greedy, cap * 4, e) || xd_cuda_malloc((void **)&g->d_lp, cap * 8, e))
+    return -1;
+  g->ll_cap = cap;
+  return 0;
+}
+
+static int gpu_score(void *ctx, const xd_ll_seq *q, size_t n, xd_ll_result *out, xd_err *e) {
+  xd_runner *r = ctx;
+  struct xd_runner_gpu *g = r->gpu;
+  const int V = r->cfg.vocab;
+  size_t budget = LL_LOGIT_BYTES / ((size_t)V * sizeof(float));
+  if (budget < 1) budget = 1;
+  ll_key *ord = xd_malloc((n ? n : 1) * sizeof *ord);
+  for (size_t i = 0; i < n; i++) ord[i].len = q[i].len, ord[i].idx = i;
+  qsort(ord, n, sizeof *ord, ll_cmp);
+  size_t maxtok = 0, maxids = 0;
+  for (size_t i = 0; i < n; i++) maxtok += q[i].n_tok;
+  maxids = n ? (ord[0].len * (n < LL_MAX_B ? n : LL_MAX_B)) : 0;
+  int32_t *ids = xd_malloc((maxids ? maxids : 1) * sizeof *ids), *rows = xd_malloc((maxtok ? maxtok : 1) * 4);
+  int32_t *toks = xd_malloc((maxtok ? maxtok : 1) * 4), *greedy = xd_malloc((maxtok ? maxtok : 1) * 4);
+  double *lp = xd_malloc((maxtok ? maxtok : 1) * sizeof *lp);
+  int rc = ll_reserve(g, maxtok, e);
+  for (size_t i0 = 0; i0 < n && !rc;) {
+    const size_t T = ord[i0].len;
+    size_t B = 1;
+    while (i0 + B < n && B < LL_MAX_B && (B + 1) * T <= budget) B++;
+    size_t nt = 0;
+    for (size_t b = 0; b < B; b++) {
+      const xd_ll_seq *s = &q[ord[i0 + b].idx];
+      int32_t *dst = ids + b * T;
+      memcpy(dst, s->ids, s->len * sizeof *dst);
+      for (size_t t = s->len; t < T; t++) dst[t] = s->ids[s->len - 1]; /* padding: any valid id */
+      for (size_t j = 0; j < s->n_tok; j++, nt++) {
+        rows[nt] = (int32_t)(b * T + s->pos0 + j);
+        toks[nt] = s->toks[j];
+      }
+    }
+    const float *dl = NULL;
+    if (r->is_student) {
+      rc = xd_student_cuda_forward(g->s, ids, (int)B, (int)T, NULL, 0, e);
+      dl = xd_student_cuda_logits(g->s);
+    } else {
+      rc = gpu_forward(r, ids, (int)B, (int)T, NULL, e);
+      dl = g->fwd.logits;
+    }
+    if (!rc) rc = xd_cuda_upload(g->ctx, g->d_rows, rows, nt * 4, e) || xd_cuda_upload(g->ctx, g->d_toks, toks, nt * 4, e) ||
+                  xd_cuda_token_logprobs(g->ctx, g->d_lp, g->d_greedy, dl, V, g->d_rows, g->d_toks, (int)nt, e) ||
+                  xd_cuda_download(g->ctx, lp, g->d_lp, nt * sizeof *lp, e) ||
+                  xd_cuda_download(g->ctx, greedy, g->d_greedy, nt * 4, e)
+             ? -1 : 0;
+    for (size_t b = 0, k = 0; b < B && !rc; b++) {
+      const xd_ll_seq *s = &q[ord[i0 + b].idx];
+      double sum = 0;
+      int all = 1;
+      for (size_t j = 0; j < s->n_tok; j++, k++) sum += lp[k], all &= greedy[k] != 0;
+      out[ord[i0 + b].idx].logprob = sum;
+      out[ord[i0 + b].idx].is_greedy = all;
+    }
+    i0 += B;
+  }
+  free(ord), free(ids), free(rows), free(toks), free(greedy), free(lp);
+  return rc ? xd_err_prefix(e, "--device cuda: scoring"), -1 : 0;
 }
 
 /* Ready the shared decoding state for a new sequence of up to cap tokens fed max_prefill at a time. */
@@ -412,6 +510,12 @@ int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
   m->max_length = r->cfg.max_pos > 1 ? (size_t)r->cfg.max_pos : 2048;
   m->batch_size = batch ? batch : 1;
   m->name = r->name;
+#ifdef XD_HAVE_CUDA
+  /* scored on the device, batched; XD_EVAL_HOST_SCORE=1: whole logits rows to the host, one
+   * request per forward (the path before; kept for comparisons, docs/perf.md) */
+  const char *hs = getenv("XD_EVAL_HOST_SCORE");
+  if (r->gpu && !(hs && strcmp(hs, "1") == 0)) m->score = gpu_score;
+#endif
   xd_lm_from_logits(lm, m);
   lm->generate_until = lm_generate;
   return 0;

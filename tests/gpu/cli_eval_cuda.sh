@@ -118,6 +118,20 @@ for m in prose prose_student gqa gqa_student; do
     || bad "$m: --device $GPU scores differ from the CPU's beyond the tolerance"
 done
 
+# the GPU scores log-likelihood requests batched (packed by length, padded on the right) on the
+# device: many requests per call against 4, and against the previous path (whole logits rows to
+# the host, one request per forward: XD_EVAL_HOST_SCORE=1)
+if [ "$GPU" = cuda ]; then
+  for m in prose_student gqa; do
+    "$BIN" eval --model "$TMP/$m" --tasks "$TASKS" --num-fewshot 0 --batch 64 --device cuda --out "$TMP/$m.b64.json" \
+      >/dev/null 2>"$TMP/$m.b64.err" && compare "$TMP/$m.gpu.json" "$TMP/$m.b64.json" \
+      && ok "$m: --batch 64 on the GPU agrees with --batch 4" || bad "$m: --batch 64 on the GPU differs from --batch 4"
+    XD_EVAL_HOST_SCORE=1 "$BIN" eval --model "$TMP/$m" --tasks "$TASKS" --num-fewshot 0 --batch 4 --device cuda \
+      --out "$TMP/$m.host.json" >/dev/null 2>"$TMP/$m.host.err" && compare "$TMP/$m.host.json" "$TMP/$m.gpu.json" \
+      && ok "$m: device-side scoring agrees with host-side scoring" || bad "$m: device-side scoring differs from host-side scoring"
+  done
+fi
+
 # --reference on the GPU: both models on the device, comparison written
 "$BIN" eval --model "$TMP/prose_student" --reference "$TMP/prose" --tasks "mc:$EV/mc.jsonl" --num-fewshot 0 \
   --device "$GPU" --out "$TMP/ref.json" >"$TMP/ref.out" 2>"$TMP/ref.err" && [ -s "$TMP/ref.compare.json" ] \

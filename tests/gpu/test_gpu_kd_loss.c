@@ -397,6 +397,59 @@ static int run_topk(void *p) {
   return xd_cuda_topk_logprobs(ctx, t->z, t->dt, t->N, t->V, t->k, t->ids, t->lp, NULL, &err);
 }
 
+/* xd_cuda_token_logprobs (the evaluator's device-side scoring) against the host's arithmetic
+ * (eval/lm_logits.c: max and first argmax in fp32, log-sum-exp in double, sequential): random
+ * rows at a 128K vocabulary plus rows with a tied maximum (the first index must win), the
+ * maximum at index 0 and at V - 1, and scored tokens that are and are not the argmax. */
+static void test_token_logprobs(void) {
+  const int V = 128256, R = 9, n = 24;
+  xd_rng r;
+  xd_rng_seed(&r, 4242);
+  float *z = xd_malloc((size_t)R * V * sizeof(float));
+  fill_logits(&r, z, R, V);
+  z[(size_t)1 * V + 0] = 40.f;                                  /* row 1: max at 0 */
+  z[(size_t)2 * V + V - 1] = 40.f;                              /* row 2: max at V - 1 */
+  z[(size_t)3 * V + 777] = z[(size_t)3 * V + 90000] = 50.f;     /* row 3: tie, first wins */
+  for (int v = 0; v < V; v++) z[(size_t)4 * V + v] = -3.25f;    /* row 4: all equal */
+  int32_t rows[24], toks[24];
+  for (int i = 0; i < n; i++) {
+    rows[i] = i % R;
+    toks[i] = (int32_t)(xd_rng_u64(&r) % (uint64_t)V);
+  }
+  toks[1] = 0, toks[2] = V - 1, toks[3] = 90000, toks[12] = 777, toks[4] = 0; /* argmax hits and a tie loser */
+  rows[12] = 3;
+  float *d_z = up_raw(z, (size_t)R * V * sizeof(float));
+  int32_t *d_rows = up_raw(rows, sizeof rows), *d_toks = up_raw(toks, sizeof toks);
+  double *d_lp = dev_poisoned(n * sizeof(double));
+  int32_t *d_g = dev_poisoned(n * sizeof(int32_t));
+  if (xd_cuda_token_logprobs(ctx, d_lp, d_g, d_z, V, d_rows, d_toks, n, &err)) gpu_fail();
+  double lp[24];
+  int32_t g[24];
+  if (xd_cuda_download(ctx, lp, d_lp, sizeof lp, &err) || xd_cuda_download(ctx, g, d_g, sizeof g, &err)) gpu_fail();
+  double worst = 0;
+  int greedy_ok = 1, hits = 0;
+  for (int i = 0; i < n; i++) {
+    const float *x = z + (size_t)rows[i] * V;
+    float mx = x[0];
+    int am = 0;
+    for (int v = 1; v < V; v++)
+      if (x[v] > mx) mx = x[v], am = v;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)x[v] - (double)mx);
+    const double ref = (double)x[toks[i]] - (double)mx - log(sum);
+    const double d = fabs(lp[i] - ref) / fmax(fabs(ref), 1.0); /* ~0 for a dominant argmax */
+    worst = d > worst ? d : worst;
+    greedy_ok &= g[i] == (am == toks[i]);
+    hits += am == toks[i];
+  }
+  fprintf(stderr, "  token log-probs, V %d, %d tokens (%d argmax hits): max rel err %.2e vs the host's\n", V, n, hits, worst);
+  CHECKF(worst <= 1e-12, "rel err %.3g", worst);
+  CHECK(greedy_ok);
+  CHECK(hits == 4 && g[4] == 1 && g[3] == 0); /* row 4: all equal, index 0 wins; row 3: the tie's second is not */
+  xd_cuda_free(d_z), xd_cuda_free(d_rows), xd_cuda_free(d_toks), xd_cuda_free(d_lp), xd_cuda_free(d_g);
+  free(z);
+}
+
 static void bench(void) {
   const int N = 4096, V = 128256, k = KD_DEFAULT_TOPK, R = 64, reps = 9;
   const size_t nz = (size_t)N * V;
@@ -502,6 +555,7 @@ int main(int argc, char **argv) {
   quick = gpu_test_begin(argc, argv);
   RUN(test_topk);
   RUN(test_fused);
+  RUN(test_token_logprobs);
   printf("max rel errors: fp32 outputs %.2e, bf16 outputs %.2e, loss scalars %.2e\n", worst_f32, worst_bf16,
          worst_loss);
   if (!quick) RUN(test_bench);

@@ -441,6 +441,8 @@ int xd_student_cuda_forward(xd_student_cuda *m, const int32_t *ids, int B, int T
   return run_forward(m, ids, B, T, NULL, logits, last_only, e);
 }
 
+const float *xd_student_cuda_logits(const xd_student_cuda *m) { return m->a.logits; }
+
 /* ---- decoding ----------------------------------------------------------------------------- */
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 

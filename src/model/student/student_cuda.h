@@ -56,6 +56,8 @@ size_t xd_student_cuda_weight_bytes(const xd_student_cuda *m);
  * buffers grow to the largest B*T seen and are kept. */
 int xd_student_cuda_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, float *logits, int last_only,
                             xd_err *e);
+/* The last forward's logits on the device ([B*T, V] or [B, V] fp32), valid until the next call. */
+const float *xd_student_cuda_logits(const xd_student_cuda *m);
 
 /* Decode state of one sequence: per layer the mLSTM (C, n, m) per query head in fp32 and the
  * K/V of the S sinks plus a ring buffer of the last W tokens in bf16; plus one token's scratch

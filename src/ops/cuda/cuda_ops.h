@@ -279,6 +279,14 @@ int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_
                             const float *h_global, const float *h_local, const mix_shape *s, xd_err *e);
 /* ==== end of student ops, part 2 ============================================================ */
 
+/* Evaluation (logprob.cu): for i < n, with x = logits + rows[i] * V (fp32, device):
+ * lp[i] = log softmax(x)[toks[i]] and greedy[i] = (toks[i] is x's FIRST argmax), as
+ * eval/lm_logits.c computes them on the host (max in fp32, log-sum-exp in double; the sum's order
+ * differs: ~1e-16 relative). rows, toks [n] int32, lp [n] double, greedy [n] int32, all on the
+ * device; the caller keeps rows inside logits and toks in [0, V). */
+int xd_cuda_token_logprobs(xd_cuda_ctx *c, double *lp, int32_t *greedy, const float *logits, int V,
+                           const int32_t *rows, const int32_t *toks, int n, xd_err *e);
+
 /* ==== GPU teacher model support (src/ops/cuda/decode.cu; used by model/teacher/teacher_cuda) ====
  * fp32 residual stream helpers, QK-norm on slices of the fused q|k|v buffer, KV-cache append,
  * attention of a few queries over a KV cache (decode; split over the keys), greedy argmax. */

@@ -144,9 +144,9 @@ int main(int argc, char **argv) {
   size_t fr1 = 0;
   CK(xd_cuda_mem_info(c, &fr1, &tot, &err));
   printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB%s, "
-         "teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
+         "op scratch %.2f GiB (after the first step), teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
          xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T, recompute) / 1073741824.0,
-         recompute ? " (recomputed)" : "",
+         recompute ? " (recomputed)" : "", xd_student_cuda_train_scratch_bytes(&cfg, &hy, B, T) / 1073741824.0,
          xd_teacher_topk_cuda_bytes(tp) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
 
   /* ---- data: Zipf-like tokens (rank r drawn with weight 1/(r+1)); a fixed batch ---- */

@@ -215,9 +215,10 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
     size_t fr = 0, tot = 0;
     xd_cuda_device_info(c->cx, name, sizeof name, &sms, e);
     xd_cuda_mem_info(c->cx, &fr, &tot, e);
-    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | teacher %.0f MiB%s | "
-            "free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
+    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | op scratch %.0f MiB | "
+            "teacher %.0f MiB%s | free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
             xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T, recompute) / 1048576.0, recompute ? " (recomputed)" : "",
+            xd_student_cuda_train_scratch_bytes(&s->cfg, &s->hy, B, T) / 1048576.0,
             c->tp ? xd_teacher_topk_cuda_bytes(c->tp) / 1048576.0 : 0.0,
             c->prefetch ? " (own stream, one batch ahead)" : "", fr / 1048576.0, tot / 1048576.0);
   }
@@ -340,8 +341,9 @@ int xd_align_cuda_init(xd_align_cuda **out, const xd_teacher *t, xd_student *s, 
     xd_cuda_device_info(c->cx, name, sizeof name, &sms, e);
     xd_cuda_mem_info(c->cx, &fr, &tot, e);
     fprintf(log, "align --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations (one layer) %.0f MiB | "
-            "free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
-            xd_student_cuda_align_bytes(&s->cfg, &s->hy, B, T) / 1048576.0, fr / 1048576.0, tot / 1048576.0);
+            "op scratch %.0f MiB | free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
+            xd_student_cuda_align_bytes(&s->cfg, &s->hy, B, T) / 1048576.0,
+            xd_student_cuda_train_scratch_bytes(&s->cfg, &s->hy, B, T) / 1048576.0, fr / 1048576.0, tot / 1048576.0);
   }
   xd_params_cuda_trainer_device(c->pd, &c->dev);
   memset(hooks, 0, sizeof *hooks);

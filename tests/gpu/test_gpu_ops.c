@@ -582,7 +582,32 @@ static void swa_bwd_timing(void) {
   free(q), free(k), free(v), free(dout);
 }
 
+/* The memory plan's SWA figure (xd_cuda_swa_backward_scratch_bytes) is what a fresh context's
+ * scratch grows to on the first call. */
+static void swa_scratch_case(int B, int T, int H, int G, int d, int W, int S) {
+  xd_rng r;
+  xd_rng_seed(&r, (uint64_t)(T * 131 + d));
+  const size_t nq = (size_t)B * T * H * d, nk = (size_t)B * T * G * d, nl = (size_t)B * T * H;
+  float *h = rand_f32(&r, nq, 0, 0.5);
+  xd_cuda_ctx *c2 = NULL;
+  if (xd_cuda_ctx_create(&c2, 0, &err)) gpu_fail();
+  float *q = up_raw(h, nq * 4), *o = up_raw(h, nq * 4), *dout = up_raw(h, nq * 4), *dq = up_raw(h, nq * 4);
+  float *k = up_raw(h, nk * 4), *v = up_raw(h, nk * 4), *dk = up_raw(h, nk * 4), *dv = up_raw(h, nk * 4), *lse = up_raw(h, nl * 4);
+  const swa_shape sh = {B, T, H, G, d, W, S};
+  if (xd_cuda_swa_backward(c2, dq, dk, dv, dout, q, k, v, o, lse, &sh, &err) || xd_cuda_sync(c2, &err)) gpu_fail();
+  const size_t want = xd_cuda_swa_backward_scratch_bytes(&sh), got = xd_cuda_ctx_scratch_bytes(c2);
+  CHECKF(got == want, "B %d T %d H %d G %d d %d W %d S %d: scratch %zu, plan says %zu", B, T, H, G, d, W, S, got, want);
+  xd_cuda_free(q), xd_cuda_free(o), xd_cuda_free(dout), xd_cuda_free(dq), xd_cuda_free(k), xd_cuda_free(v);
+  xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(lse);
+  xd_cuda_ctx_free(c2);
+  free(h);
+}
+
 static void test_swa_backward(void) {
+  swa_scratch_case(1, 1100, 32, 8, 64, 512, 4); /* v3, head split: the 1B layer */
+  swa_scratch_case(2, 300, 6, 3, 64, 100, 2);   /* v3, odd group: no split */
+  swa_scratch_case(1, 333, 8, 2, 128, 100, 3);  /* d 128: v2 */
+  swa_scratch_case(1, 97, 4, 2, 40, 20, 2);     /* d 40: the reference, no scratch */
   swa_bwd_case(2, 150, 4, 2, 64, 32, 4, 91);    /* T % 64 != 0, W < block, GQA */
   swa_bwd_case(1, 120, 2, 1, 128, 50, 60, 92);  /* d 128, many sinks */
   swa_bwd_case(1, 200, 4, 4, 64, 300, 0, 93);   /* W > T, no sinks, G = H */

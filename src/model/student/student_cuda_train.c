@@ -167,6 +167,17 @@ size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_con
 size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
   return train_bytes(c, hy, B, T, 1, 0);
 }
+size_t xd_student_cuda_train_scratch_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
+  size_t swa = 0;
+  for (int l = 0; l < c->n_layers; l++) { /* the context's scratch grows to the largest layer's */
+    const swa_shape sw = {B, T, c->n_heads, c->n_kv_heads, c->head_dim, xd_hybrid_layer_window(c, hy, l),
+                          xd_hybrid_layer_sinks(c, hy, l)};
+    const size_t b = xd_cuda_swa_backward_scratch_bytes(&sw);
+    swa = b > swa ? b : swa;
+  }
+  const mlstm_cfg mc = make_mc(c, hy, B, T);
+  return swa + xd_cuda_mlstm_backward_scratch_bytes(&mc);
+}
 
 /* ---- weights: tensor pointers from the mirror ---------------------------------------------- */
 typedef struct {

@@ -79,6 +79,11 @@ void xd_student_cuda_train_profile_print(const xd_student_cuda_train *m, FILE *f
  * (made by `init` from that teacher and not trained since: the caller checks). One layer's
  * activations only, reused layer after layer. */
 size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T);
+/* The largest op scratch of either step besides the activations, bytes: the SWA backward's
+ * context scratch (bf16 copies, stored dS tiles, head-split halves) plus one mLSTM backward
+ * call's (stream-ordered, kept by the pool): ~0.35 GB at the 1B shape and T 4096, ~16x that at
+ * 64K. */
+size_t xd_student_cuda_train_scratch_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T);
 int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd,
                                  int B, int T, xd_err *e);
 /* One teacher-forced pass over ids [B,T] (host): per layer the teacher's x, q, k, v and its

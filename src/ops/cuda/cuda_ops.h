@@ -33,6 +33,9 @@ int xd_cuda_ctx_create(xd_cuda_ctx **out, int device, xd_err *e);
  * the block scheduler serves the high-priority stream's blocks first. */
 int xd_cuda_ctx_create_prio(xd_cuda_ctx **out, int device, int high_priority, xd_err *e);
 void xd_cuda_ctx_free(xd_cuda_ctx *c);
+/* Bytes of the scratch the context holds now (the SWA backward's and the student ops', grown on
+ * demand): what memory plans must count besides the callers' own buffers. */
+size_t xd_cuda_ctx_scratch_bytes(const xd_cuda_ctx *c);
 /* Ordering between contexts' streams: record an event on one, make another wait for it
  * (cudaEventRecord / cudaStreamWaitEvent; the host does not block). */
 typedef struct xd_cuda_event xd_cuda_event;
@@ -154,6 +157,9 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * a time.
  * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
  * with atomics (the last bits may vary from run to run); d <= 256. */
+/* Bytes of the context scratch xd_cuda_swa_backward takes for sh (its default version; 0 where
+ * it runs the reference): for memory plans. */
+size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh);
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                          xd_err *e);
@@ -214,6 +220,8 @@ int xd_cuda_mlstm_chunkwise_forward_bound(xd_cuda_ctx *c, const mlstm_cfg *cfg, 
  * cumsums backwards through time (one block per head, double precision as on the CPU).
  * Scratch: B*H*NC*(P*D + P) floats, B*H*T*(3 doubles + 1 byte), and with H > G the per-head
  * dK/dV B*H*T*(P + D) floats (~170 MB at B*H = 32, T = 4096, P = 128, D = 64). */
+/* Bytes of the stream-ordered scratch one backward call takes (either version), for memory plans. */
+size_t xd_cuda_mlstm_backward_scratch_bytes(const mlstm_cfg *cfg);
 int xd_cuda_mlstm_chunkwise_backward(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf,
                                      const float *v, const float *ig, const float *fg, const float *bound,
                                      const float *dh, float *dqf, float *dkf, float *dv, float *dig, float *dfg,

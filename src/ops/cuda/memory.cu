@@ -51,6 +51,8 @@ extern "C" int xd_cuda_ctx_create_prio(xd_cuda_ctx **out, int device, int high_p
   return 0;
 }
 
+extern "C" size_t xd_cuda_ctx_scratch_bytes(const xd_cuda_ctx *c) { return c->swa_ws_bytes + c->st_ws_bytes; }
+
 extern "C" void xd_cuda_ctx_free(xd_cuda_ctx *c) {
   if (!c) return;
   if (c->lt) cublasLtDestroy(c->lt);

@@ -1442,6 +1442,24 @@ static int bw_old_env(void) {
   return s && s[0] == '1';
 }
 
+/* The backward's one scratch allocation: dCw, glast (floats), per-head dK/dV (floats, GQA
+ * only), 16-byte aligned, then db, dmm, di, dmprev (doubles), then br (bytes). */
+static void bw_scratch(const mlstm_cfg *cfg, size_t *f_bytes, size_t *d_bytes, size_t *b_bytes) {
+  const size_t BH = (size_t)cfg->B * cfg->H, T = (size_t)cfg->T, NC = (T + cfg->chunk - 1) / cfg->chunk;
+  const size_t P = (size_t)cfg->P, PD = P * cfg->D, rep = (size_t)(cfg->H / cfg->G);
+  const size_t n_dcw = BH * NC * (PD + P), n_gl = BH * NC, n_hk = rep > 1 ? BH * T * (P + cfg->D) : 0;
+  *f_bytes = ((n_dcw + n_gl + n_hk) * sizeof(float) + 15) & ~(size_t)15;
+  *d_bytes = (3 * BH * T + BH * NC) * sizeof(double);
+  *b_bytes = BH * T;
+}
+
+extern "C" size_t xd_cuda_mlstm_backward_scratch_bytes(const mlstm_cfg *cfg) {
+  if (cfg->B < 1 || cfg->T < 1 || cfg->H < 1 || cfg->G < 1 || cfg->H % cfg->G || cfg->chunk < 1) return 0;
+  size_t f, d, b;
+  bw_scratch(cfg, &f, &d, &b);
+  return f + d + b;
+}
+
 /* Both entry points: tc selects k_bwtc_local / k_bwtc_state (the caller checked bw_tc_ok). */
 static int bw_run(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const float *kf, const float *v,
                   const float *ig, const float *fg, const float *bound, const float *dh, float *dqf, float *dkf,
@@ -1461,13 +1479,11 @@ static int bw_run(xd_cuda_ctx *c, const mlstm_cfg *cfg, const float *qf, const f
   if (sm1 > c->smem_optin || sm3 > c->smem_optin)
     return xd_errf(e, "mlstm_backward.cu: chunk %d with P=%d D=%d needs %zu bytes of shared memory, device allows %zu",
                    a.L, a.P, a.D, sm1 > sm3 ? sm1 : sm3, c->smem_optin);
-  /* one scratch allocation: dCw, glast (floats), db, dmm, di, dmprev (doubles), per-head
-   * dK/dV (floats, GQA only), br (bytes) */
-  const size_t n_dcw = BH * NC * (PD + a.P), n_gl = BH * NC, n_hk = a.rep > 1 ? BH * T * (a.P + a.D) : 0;
-  const size_t f_bytes = ((n_dcw + n_gl + n_hk) * sizeof(float) + 15) & ~(size_t)15;
-  const size_t d_bytes = (3 * BH * T + BH * NC) * sizeof(double);
+  size_t f_bytes, d_bytes, b_bytes;
+  bw_scratch(cfg, &f_bytes, &d_bytes, &b_bytes);
+  const size_t n_dcw = BH * NC * (PD + a.P), n_gl = BH * NC;
   unsigned char *ws = NULL;
-  XD_CU(cudaMallocAsync((void **)&ws, f_bytes + d_bytes + BH * T, c->stream));
+  XD_CU(cudaMallocAsync((void **)&ws, f_bytes + d_bytes + b_bytes, c->stream));
   float *fw = (float *)ws;
   a.dCw = fw, a.glast = fw + n_dcw;
   if (a.rep > 1) a.dK = fw + n_dcw + n_gl, a.dV = a.dK + BH * T * a.P;

@@ -907,6 +907,26 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, xd_err *e) {
 
 static size_t sb_align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
+/* The scratch of sb_run for version ver (after its d > 64 fallback to v2): D rows, the sink
+ * partials (upper bound over BQ: the smaller query tile, 32), then (pipelined) the bf16 copies
+ * of q, dout [rows][d] and k, v hi, v lo [B T G][d], then (v3) the dS tiles, then (v3 with an
+ * even group) the head-split halves, each 256-byte aligned for cp.async. a: sb_geometry's. */
+typedef struct {
+  size_t f32, q16, kv16, ds, hpart, total;
+} sb_scratch;
+static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver) {
+  sb_scratch z;
+  const int d = sh->d;
+  const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
+  const size_t nc_max = a->Sp > 0 ? xd_ceil_div(xd_ceil_div(sh->T, 32), SB_SINK_CHUNK) : 0;
+  z.f32 = sb_align256((rows + 2 * nc_max * sh->B * sh->G * a->Sp * d) * sizeof(float));
+  z.hpart = ver == 3 && (sh->H / sh->G) % 2 == 0 ? sb_align256(4 * kv * sizeof(float)) : 0;
+  z.q16 = sb_align256(rows * d * sizeof(uint16_t)), z.kv16 = sb_align256(kv * sizeof(uint16_t));
+  z.ds = ver == 3 ? (size_t)sh->B * sh->H * a->nqt * a->nslot * 512 * sizeof(uint4) : 0;
+  z.total = z.f32 + (ver >= 2 ? 2 * z.q16 + 3 * z.kv16 : 0) + z.ds + z.hpart;
+  return z;
+}
+
 static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                   const float *v, const float *out, const float *lse, const swa_shape *sh, int ver, xd_err *e) {
   XD_ARG(sh->B > 0 && sh->T > 0 && sh->H > 0 && sh->G > 0 && sh->H % sh->G == 0);
@@ -928,17 +948,10 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   if (ver == 3 && d > 64) ver = 2; /* dS fragments need the 64-query tiles of d <= 64 */
   const bool pipelined = ver >= 2;
   sb_geometry(&a, d <= 64 ? 64 : 32);
-  /* scratch: D rows, the sink partials (upper bound over BQ: the smaller query tile, 32), then
-   * (pipelined) the bf16 copies of q, dout [rows][d] and k, v hi, v lo [B T G][d], then (v3)
-   * the dS tiles, each 256-byte aligned for cp.async */
   const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
-  const size_t nc_max = a.Sp > 0 ? xd_ceil_div(xd_ceil_div(sh->T, 32), SB_SINK_CHUNK) : 0;
-  const size_t f32_bytes = sb_align256((rows + 2 * nc_max * sh->B * sh->G * a.Sp * d) * sizeof(float));
-  const bool can_split = ver == 3 && (sh->H / sh->G) % 2 == 0;
-  const size_t hpart_bytes = can_split ? sb_align256(4 * kv * sizeof(float)) : 0;
-  const size_t q16_bytes = sb_align256(rows * d * sizeof(uint16_t)), kv16_bytes = sb_align256(kv * sizeof(uint16_t));
-  const size_t ds_bytes = ver == 3 ? (size_t)sh->B * sh->H * a.nqt * a.nslot * 512 * sizeof(uint4) : 0;
-  const size_t need = f32_bytes + (pipelined ? 2 * q16_bytes + 3 * kv16_bytes : 0) + ds_bytes + hpart_bytes;
+  const sb_scratch z = sb_scratch_of(sh, &a, ver);
+  const bool can_split = z.hpart > 0;
+  const size_t f32_bytes = z.f32, q16_bytes = z.q16, kv16_bytes = z.kv16, ds_bytes = z.ds, need = z.total;
   if (need > c->swa_ws_bytes) {
     c->ws_gen++;
     if (c->swa_ws) XD_CU(cudaFree(c->swa_ws));
@@ -973,6 +986,18 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     case 112: return sb_launch<112>(c, a, ver, e);
     default: return sb_launch<128>(c, a, ver, e);
   }
+}
+
+extern "C" size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh) {
+  if (sh->B < 1 || sh->T < 1 || sh->H < 1 || sh->G < 1 || sh->d % 16 != 0 || sh->d > 128 || sh->T > (1 << 30) / SB_BK)
+    return 0; /* the reference path: no scratch */
+  sb_args a;
+  memset(&a, 0, sizeof a);
+  a.B = sh->B, a.T = sh->T, a.H = sh->H, a.G = sh->G, a.W = sh->W, a.S = sh->S;
+  a.Sp = sh->S < sh->T ? sh->S : sh->T;
+  const int ver = sh->d > 64 ? 2 : 3;
+  sb_geometry(&a, sh->d <= 64 ? 64 : 32);
+  return sb_scratch_of(sh, &a, ver).total;
 }
 
 /* XD_SWA_BWD=1 or 2 (read at every call) runs v1 / v2 instead: to time the stage II step with

@@ -21,6 +21,7 @@
  *
  * Usage: bench_gpu_train [T] [timed steps] [recompute]   (defaults 4096, 8; "quick": T 512, 2 steps,
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
+ * XD_BENCH_B=B: B sequences per micro-batch (default 1).
  * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
  * micro-batch (what a run with batch A follows: the optimiser amortised).
  * XD_BENCH_AB=NAME=VALUE: the "ahead" schedule timed again with that environment variable set
@@ -74,7 +75,8 @@ int main(int argc, char **argv) {
   const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
   const int T = quick ? 512 : argc > 1 ? atoi(argv[1]) : 4096;
   const int reps = quick ? 2 : argc > 2 ? atoi(argv[2]) : 8;
-  const int B = 1, N = B * T, K = 256;
+  const char *b_env = getenv("XD_BENCH_B"); /* sequences per micro-batch (default 1) */
+  const int B = b_env && atoi(b_env) > 0 ? atoi(b_env) : 1, N = B * T, K = 256;
   const int recompute = argc > 3 && strcmp(argv[3], "recompute") == 0;
   /* XD_BENCH_AB=NAME=VALUE, split into ab_name / ab_value */
   char ab_name[64] = "", ab_value[64] = "";
@@ -258,9 +260,9 @@ int main(int argc, char **argv) {
   const double f_teacher = 2.0 * mat + attn_teacher;
   const double peak = 989.4e12;
   const double mfu = (f_student + f_teacher) * tps / peak, mfu_s = f_student * tps / peak;
-  printf("stage II step, T %d, batch 1: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token "
+  printf("stage II step, T %d, batch %d: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token "
          "(student fwd+bwd %.2f, teacher fwd %.2f): %.1f TFLOP/s = MFU %.1f%% (student part alone %.1f%%)\n",
-         T, step * 1e3, n, tps, (f_student + f_teacher) / 1e9, f_student / 1e9, f_teacher / 1e9,
+         T, B, step * 1e3, n, tps, (f_student + f_teacher) / 1e9, f_student / 1e9, f_teacher / 1e9,
          (f_student + f_teacher) * tps / 1e12, 100 * mfu, 100 * mfu_s);
   printf("  teacher ahead (reported) vs serial (XD_TEACHER_PREFETCH=0): %.1f vs %.1f ms, %.3fx\n", step * 1e3,
          step_serial * 1e3, step_serial / step);
@@ -340,8 +342,8 @@ int main(int argc, char **argv) {
     }
     const double step1 = median(st1, n), tps1 = N / step1;
     const double f1 = 2.0 * (mat - (double)cfg.vocab * cfg.hidden) + attn_teacher + attn_local + 3.0 * mlstm;
-    printf("stage I step, T %d, batch 1: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token: MFU %.1f%%\n",
-           T, step1 * 1e3, n, tps1, f1 / 1e9, 100 * f1 * tps1 / peak);
+    printf("stage I step, T %d, batch %d: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token: MFU %.1f%%\n",
+           T, B, step1 * 1e3, n, tps1, f1 / 1e9, 100 * f1 * tps1 / peak);
     printf("XD stage1_step tokens_per_s=%.0f step_ms=%.2f mfu=%.4f T=%d\n", tps1, step1 * 1e3, f1 * tps1 / peak, T);
     free(ll);
     xd_student_cuda_train_free(ma);

@@ -111,14 +111,15 @@ static int gpu_forward(xd_runner *r, const int32_t *ids, int B, int T, float *lo
  * Requests sorted by input length (longest first, ties in request order) are packed into
  * batches of up to LL_MAX_B sequences padded on the right to the batch's longest (every model
  * here is causal: a position never sees what follows it, so padding changes nothing before it)
- * while the batch's fp32 logits [B*T, V] stay within LL_LOGIT_BYTES (a longer single request runs
- * alone); one forward per batch leaves its logits on the device and xd_cuda_token_logprobs scores
- * the requested rows there: a double and a flag per continuation token come back instead of
- * whole rows of the vocabulary (V floats each). Same maths as the host path (max and first
+ * while the batch's fp32 logits [B*T, V] stay within LL_LOGIT_BYTES and its tokens within
+ * LL_MAX_TOKENS (a longer single request runs alone); one forward per batch leaves its logits
+ * on the device and xd_cuda_token_logprobs scores the requested rows there: a double and a flag
+ * per continuation token come back instead of whole rows of the vocabulary (V floats each). Same maths as the host path (max and first
  * argmax in fp32, log-sum-exp in double); a batch's GEMMs may sum in another order than a
  * single sequence's (fp32 rounding). */
 #define LL_MAX_B 64
 #define LL_LOGIT_BYTES ((size_t)1 << 30)
+#define LL_MAX_TOKENS 16384
 
 typedef struct {
   size_t len, idx;
@@ -147,6 +148,7 @@ static int gpu_score(void *ctx, const xd_ll_seq *q, size_t n, xd_ll_result *out,
   struct xd_runner_gpu *g = r->gpu;
   const int V = r->cfg.vocab;
   size_t budget = LL_LOGIT_BYTES / ((size_t)V * sizeof(float));
+  if (budget > LL_MAX_TOKENS) budget = LL_MAX_TOKENS; /* the activations grow with B*T too */
   if (budget < 1) budget = 1;
   ll_key *ord = xd_malloc((n ? n : 1) * sizeof *ord);
   for (size_t i = 0; i < n; i++) ord[i].len = q[i].len, ord[i].idx = i;

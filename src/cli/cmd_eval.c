@@ -22,7 +22,8 @@ static const char usage[] =
   "  --tasks LIST       comma-separated task specs: NAME (tasks/NAME.json), FILE.json (a task\n"
   "                     definition), or [NAME=]FORMAT:PATH[,FEWSHOT_PATH]; repeatable\n"
   "  --limit N          first N documents of each task (default: all)\n"
-  "  --batch N          requests per model call (default 1)\n"
+  "  --batch N          requests per model call (default 1; 64 with --device cuda, which packs\n"
+  "                     them by length into batched forwards)\n"
   "  --num-fewshot K    few-shot examples (default: each task's own)\n"
   "  --seed S           few-shot sampling seed (default 1234)\n"
   "  --out R.json       results JSON (written atomically; role = the checkpoint kind, or\n"
@@ -33,9 +34,10 @@ static const char usage[] =
   "  --tokenizer PATH   tokenizer.json or directory for both models (default: each model's)\n"
   "  --threads N        CPU threads\n"
   "  --device D         cpu (default) or cuda: the model(s) on GPU 0 (bf16 matrices, fp32 logits):\n"
-  "                     log-likelihoods by the GPU forward, generation by the GPU teacher's KV\n"
-  "                     cache / the student's recurrent state; scores agree with the CPU's up to\n"
-  "                     bf16 rounding (near-tied choices may flip); weights' memory to stderr\n"
+  "                     log-likelihoods by batched GPU forwards scored on the device, generation\n"
+  "                     by the GPU teacher's KV cache / the student's recurrent state; scores\n"
+  "                     agree with the CPU's up to bf16 rounding (near-tied choices may flip);\n"
+  "                     weights' memory to stderr\n"
   "A progress line goes to stderr; a summary table to stdout.\n";
 
 #define MAX_TASKS 64
@@ -146,7 +148,7 @@ int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *out = NULL, *reference = NULL, *tokenizer = NULL;
   char *specs[MAX_TASKS];
   int n_specs = 0, threads = 0, cuda = 0;
-  long limit = 0, batch = 1, fewshot = -1, seed = 1234;
+  long limit = 0, batch = 0, fewshot = -1, seed = 1234; /* batch 0: the device's default */
   double grid = 0.001;
   int rc = 0;
   for (int i = 1; i < argc && !rc; i++) {
@@ -170,6 +172,7 @@ int cmd_eval(int argc, char **argv) {
     } else rc = cli_failf("eval: unknown argument '%s' (see --help)", a);
   }
   if (!rc && (!model || n_specs == 0)) rc = cli_failf("eval: --model and --tasks are required (see --help)");
+  if (batch == 0) batch = cuda ? 64 : 1; /* the GPU packs a call's requests into batched forwards */
   xd_err e = {0};
   int n_grid = 0;
   if (!rc && reference && xd_wintie_grid_steps(grid, &n_grid, &e)) rc = cli_fail(&e);

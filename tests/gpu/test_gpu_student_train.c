@@ -11,12 +11,11 @@
  *   2. loss, CE and KL of the fused GPU KD loss vs kd_loss_forward on the CPU logits;
  *   3. the gradient of EVERY parameter tensor after the GPU backward vs xd_student_backward:
  *      relative L2 per tensor, and over all tensors together;
- *   4. the same GPU step with activation recomputation: logits bit-identical, every gradient too
- *      where the step is deterministic (tensor-core SWA backward), else within 1e-3;
- *   5. the same step again: every gradient bit for bit (run-to-run determinism) where the SWA
- *      backward is the tensor-core kernel (head dim 16k <= 128; the fallback's float atomics are
- *      only reported); then a backward without zero_grad: twice the gradients (the micro-batch
- *      accumulation; 1e-5, or 1e-4 under the fallback, whose bit flips reach the k|v weights).
+ *   4. the same GPU step with activation recomputation: logits and every gradient bit-identical;
+ *   5. the same step again: every gradient bit for bit (run-to-run determinism: the SWA backward
+ *      is the tensor-core kernel for head dims 16k <= 128 and the fixed-order fallback otherwise;
+ *      the fallback summed with float atomics until session 8); then a backward without
+ *      zero_grad: twice the gradients (the micro-batch accumulation; 1e-5).
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -184,7 +183,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
       /* bit for bit where the SWA backward is the tensor-core kernel (head dim a multiple of 16
        * up to 128); the fallback kernel sums dK/dV with float atomics, whose last bits reach the
        * fp32 QK-norm weight gradients directly (qwen3, olmo at head dim 12): reported only */
-      const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
+      const int hd = s->cfg.head_dim, exact = hd <= 256; /* the tensor-core SWA backward or its fixed-order fallback: deterministic */
       const double noise = exact ? 0.0 : rel_l2(g2, ga, nt); /* run to run, atomic fallback only */
       if (exact) {
         CHECKF(memcmp(ga, g2, nt * 4) == 0, "%s: the gradients of two identical steps differ", name);
@@ -299,7 +298,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
     goto out;
   }
   {
-    const int hd = s->cfg.head_dim, exact = hd % 16 == 0 && hd <= 128;
+    const int hd = s->cfg.head_dim, exact = hd <= 256; /* the tensor-core SWA backward or its fixed-order fallback: deterministic */
     int ndiff = 0;
     double wr = 0;
     for (int i = 0; i < s->params.n; i++) {

@@ -139,7 +139,7 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * xd_cuda_swa_backward: FlashAttention-2-style on the tensor cores (bf16 operands, fp32
  * accumulation, ~3e-3 relative L2 vs the fp32 CPU op), no atomics: bitwise identical from run
  * to run. d a multiple of 16 up to 128 with 16-byte aligned buffers; otherwise (d <= 256) it
- * runs the reference. Uses a scratch buffer of the context (grown on first use; not to be
+ * runs xd_cuda_swa_backward_det (fp32, deterministic too). Uses a scratch buffer of the context (grown on first use; not to be
  * called while a graph is being captured the first time at a new size).
  * It first converts q, dout, k and v (as a bf16 hi + lo pair) to bf16 copies in that scratch
  * and then streams tiles by cp.async, two stages deep; for d <= 64 (v3) the dK / dV kernel
@@ -169,6 +169,12 @@ int xd_cuda_swa_backward_v2(xd_cuda_ctx *c, float *dq, float *dk, float *dv, con
 int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                             const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                             xd_err *e);
+/* The reference's fp32 arithmetic (the same per-pair values; its dq bit for bit) with dk and dv
+ * gathered per key row in a fixed order instead of atomics: bitwise identical from run to run,
+ * any d <= 256 (xd_cuda_swa_backward's fallback; ~2x the reference's work). */
+int xd_cuda_swa_backward_det(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
+                             xd_err *e);
 int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                              xd_err *e);

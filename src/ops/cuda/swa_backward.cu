@@ -5,7 +5,9 @@
  * sequence. With p = exp(s - lse) from the saved lse and D_t = dout_t . out_t:
  *   ds = p (dout_t . v_s - D_t);  dq_t += scale ds k_s;  dk_s += scale ds q_t;  dv_s += p dout_t
  * dk and dv receive contributions from many queries: fp32 atomicAdd (order not fixed, so the
- * last bits may differ between runs). Cost O(B T H (W+S) d), no tensor cores yet. */
+ * last bits may differ between runs). Cost O(B T H (W+S) d), no tensor cores.
+ * xd_cuda_swa_backward_det: the same values gathered per key row in a fixed order (below), the
+ * fallback of xd_cuda_swa_backward for the shapes its tensor-core kernels do not take. */
 #include <math.h>
 #include <stdlib.h>
 #include "cuda_common.cuh"
@@ -81,6 +83,135 @@ extern "C" int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, fl
   k_swa_backward_ref<<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, dk, dv, dout, q, k, v, out, lse, *sh,
                                                                           (float)(1.0 / sqrt((double)sh->d)));
   XD_CU_LAUNCH("swa_backward_ref");
+  return 0;
+}
+
+/* ==== xd_cuda_swa_backward_det: the reference's arithmetic in a fixed order ====================
+ * What xd_cuda_swa_backward runs for the shapes its tensor-core kernels do not take (head dims
+ * that are not a multiple of 16, d > 128, unaligned buffers): the reference's per-pair values
+ * (the same dot products, warp sums and exponentials) without atomics, so that a small student
+ * trains to the same bits on every run and on resume. Part 1, one warp per query row: dq (the
+ * reference's own loop, so its dq bit for bit) and D_t into a scratch row. Part 2, one warp per
+ * key row (b, s, g): the queries that see key s (all t >= s for a sink, else t in [s, s+W-1])
+ * for each head of the group in order, p and ds recomputed from lse_t and D_t, dk_s and dv_s
+ * summed in registers and added once. Every (t, s) pair is computed twice: fine for a fallback. */
+__global__ void k_swa_bwd_det_q(float *dq, float *Dt_out, const float *dout, const float *q, const float *k,
+                                const float *v, const float *out, const float *lse, swa_shape sh, float scale) {
+  const int warps = blockDim.x >> 5;
+  const size_t row = (size_t)blockIdx.x * warps + (threadIdx.x >> 5); /* (b*T + t)*H + h */
+  const int lane = threadIdx.x & 31;
+  if (row >= (size_t)sh.B * sh.T * sh.H) return;
+  const int h = (int)(row % sh.H), t = (int)((row / sh.H) % sh.T), b = (int)(row / ((size_t)sh.H * sh.T));
+  const int g = h / (sh.H / sh.G), d = sh.d;
+  const float *qr = q + row * d, *dor = dout + row * d, *orow = out + row * d;
+  float qv[SWA_BWD_MAXD / 32], dov[SWA_BWD_MAXD / 32], dqv[SWA_BWD_MAXD / 32];
+  float Dt = 0.f;
+#pragma unroll
+  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+    const int i = lane + 32 * r;
+    qv[r] = i < d ? qr[i] : 0.f;
+    dov[r] = i < d ? dor[i] : 0.f;
+    dqv[r] = 0.f;
+    if (i < d) Dt += dov[r] * orow[i];
+  }
+  Dt = warp_sum(Dt);
+  if (lane == 0) Dt_out[row] = Dt;
+  const float L = lse[row];
+  const int w0 = max(0, t - sh.W + 1);
+  const int n_sink = min(sh.S, w0);
+  for (int kk = 0; kk < n_sink + (t - w0 + 1); kk++) {
+    const int s = kk < n_sink ? kk : w0 + (kk - n_sink);
+    const size_t kvrow = (((size_t)b * sh.T + s) * sh.G + g) * d;
+    float sc = 0.f, dp = 0.f;
+#pragma unroll
+    for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+      const int i = lane + 32 * r;
+      if (i < d) sc += qv[r] * k[kvrow + i], dp += dov[r] * v[kvrow + i];
+    }
+    sc = warp_sum(sc) * scale;
+    dp = warp_sum(dp);
+    const float p = expf(sc - L);
+    const float ds = p * (dp - Dt);
+#pragma unroll
+    for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+      const int i = lane + 32 * r;
+      if (i < d) dqv[r] += scale * ds * k[kvrow + i];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+    const int i = lane + 32 * r;
+    if (i < d) dq[row * d + i] += dqv[r];
+  }
+}
+
+__global__ void k_swa_bwd_det_kv(float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                 const float *v, const float *lse, const float *Dt, swa_shape sh, float scale) {
+  const int warps = blockDim.x >> 5;
+  const size_t row = (size_t)blockIdx.x * warps + (threadIdx.x >> 5); /* (b*T + s)*G + g */
+  const int lane = threadIdx.x & 31;
+  if (row >= (size_t)sh.B * sh.T * sh.G) return;
+  const int g = (int)(row % sh.G), s = (int)((row / sh.G) % sh.T), b = (int)(row / ((size_t)sh.G * sh.T));
+  const int d = sh.d, rep = sh.H / sh.G;
+  float kv_[SWA_BWD_MAXD / 32], vv[SWA_BWD_MAXD / 32], ak[SWA_BWD_MAXD / 32], av[SWA_BWD_MAXD / 32];
+#pragma unroll
+  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+    const int i = lane + 32 * r;
+    kv_[r] = i < d ? k[row * d + i] : 0.f;
+    vv[r] = i < d ? v[row * d + i] : 0.f;
+    ak[r] = av[r] = 0.f;
+  }
+  const int t_end = s < sh.S ? sh.T - 1 : min(sh.T - 1, s + sh.W - 1);
+  for (int hh = 0; hh < rep; hh++) {
+    const int h = g * rep + hh;
+    for (int t = s; t <= t_end; t++) {
+      const size_t qrow = ((size_t)b * sh.T + t) * sh.H + h;
+      const float *qr = q + qrow * d, *dor = dout + qrow * d;
+      float sc = 0.f, dp = 0.f;
+#pragma unroll
+      for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+        const int i = lane + 32 * r;
+        if (i < d) sc += qr[i] * kv_[r], dp += dor[i] * vv[r];
+      }
+      sc = warp_sum(sc) * scale;
+      dp = warp_sum(dp);
+      const float p = expf(sc - lse[qrow]);
+      const float ds = p * (dp - Dt[qrow]);
+#pragma unroll
+      for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+        const int i = lane + 32 * r;
+        if (i < d) ak[r] += scale * ds * qr[i], av[r] += p * dor[i];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
+    const int i = lane + 32 * r;
+    if (i < d) dk[row * d + i] += ak[r], dv[row * d + i] += av[r];
+  }
+}
+
+extern "C" int xd_cuda_swa_backward_det(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                                        const float *q, const float *k, const float *v, const float *out,
+                                        const float *lse, const swa_shape *sh, xd_err *e) {
+  XD_ARG(sh->B > 0 && sh->T > 0 && sh->H > 0 && sh->G > 0 && sh->H % sh->G == 0);
+  XD_ARG(sh->d > 0 && sh->d <= SWA_BWD_MAXD && sh->W >= 1 && sh->S >= 0);
+  const size_t rows = (size_t)sh->B * sh->T * sh->H, krows = (size_t)sh->B * sh->T * sh->G;
+  const float scale = (float)(1.0 / sqrt((double)sh->d));
+  const int warps = 8;
+  float *Dt = NULL;
+  XD_CU(cudaMallocAsync((void **)&Dt, rows * sizeof(float), c->stream)); /* stream-ordered, pooled */
+  k_swa_bwd_det_q<<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, Dt, dout, q, k, v, out, lse, *sh, scale);
+  cudaError_t st = cudaGetLastError();
+  if (st == cudaSuccess) {
+    k_swa_bwd_det_kv<<<xd_ceil_div(krows, warps), warps * 32, 0, c->stream>>>(dk, dv, dout, q, k, v, lse, Dt, *sh, scale);
+    st = cudaGetLastError();
+  }
+  const cudaError_t fs = cudaFreeAsync(Dt, c->stream);
+  if (st != cudaSuccess)
+    return xd_errf(e, "swa_backward.cu:%d: deterministic fallback launch: %s (%s)", __LINE__, cudaGetErrorName(st),
+                   cudaGetErrorString(st));
+  XD_CU(fs);
   return 0;
 }
 
@@ -936,7 +1067,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   const void *ptrs[] = {dq, dk, dv, dout, q, k, v, out};
   for (const void *p : ptrs) aligned = aligned && ((uintptr_t)p & 15) == 0;
   if (d % 16 != 0 || d > 128 || !aligned || sh->T > (1 << 30) / SB_BK)
-    return xd_cuda_swa_backward_ref(c, dq, dk, dv, dout, q, k, v, out, lse, sh, e);
+    return xd_cuda_swa_backward_det(c, dq, dk, dv, dout, q, k, v, out, lse, sh, e);
   sb_args a;
   memset(&a, 0, sizeof a);
   a.q = q, a.k = k, a.v = v, a.out = out, a.dout = dout, a.lse = lse;
@@ -990,7 +1121,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
 
 extern "C" size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh) {
   if (sh->B < 1 || sh->T < 1 || sh->H < 1 || sh->G < 1 || sh->d % 16 != 0 || sh->d > 128 || sh->T > (1 << 30) / SB_BK)
-    return 0; /* the reference path: no scratch */
+    return 0; /* the fixed-order fallback: no context scratch (its B T H floats of D_t are pooled) */
   sb_args a;
   memset(&a, 0, sizeof a);
   a.B = sh->B, a.T = sh->T, a.H = sh->H, a.G = sh->G, a.W = sh->W, a.S = sh->S;

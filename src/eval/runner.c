@@ -114,9 +114,9 @@ static int gpu_forward(xd_runner *r, const int32_t *ids, int B, int T, float *lo
  * while the batch's fp32 logits [B*T, V] stay within LL_LOGIT_BYTES and its tokens within
  * LL_MAX_TOKENS (a longer single request runs alone); one forward per batch leaves its logits
  * on the device and xd_cuda_token_logprobs scores the requested rows there: a double and a flag
- * per continuation token come back instead of whole rows of the vocabulary (V floats each). Same maths as the host path (max and first
- * argmax in fp32, log-sum-exp in double); a batch's GEMMs may sum in another order than a
- * single sequence's (fp32 rounding). */
+ * per continuation token come back instead of whole rows of the vocabulary (V floats each).
+ * Same maths as the host path (max and first argmax in fp32, log-sum-exp in double); a batch's
+ * GEMMs may sum in another order than a single sequence's (fp32 rounding). */
 #define LL_MAX_B 64
 #define LL_LOGIT_BYTES ((size_t)1 << 30)
 #define LL_MAX_TOKENS 16384

@@ -7,6 +7,7 @@
  *     silu(g)*u) to bf16 (2^-9 relative each); the residual stream and logits stay fp32. For the
  *     bf16 checkpoints only the activation rounding remains;
  *  2. prefill of the first half + one-token decode steps vs the full forward, both on the GPU
+ *     (each model also with one sequence, B 1);
  *     (relative L2 <= 1e-2: the same bf16 roundings, different kernels / GEMM shapes);
  *  3. greedy generation vs the CPU's (and transformers' greedy.npy): equal, or a flip at a
  *     near-tie of the CPU logits (top-2 gap <= 2e-2 of max |logit|), reported;
@@ -204,6 +205,9 @@ static void test_fixtures(void) {
       xd_err e = {{0}};
       if (xd_teacher_load(&t, dir, &e)) { fprintf(stderr, "  %s\n", e.msg); CHECK(0); continue; }
       check_model(name, &t, ids, B, T, T / 2, Tg - T, w ? NULL : greedy);
+      /* one sequence (generate, eval): B 1 decode as well as the batch */
+      snprintf(name, sizeof name, "%s/%s B1", families[f], w ? "bf16" : "fp32");
+      check_model(name, &t, ids, 1, T, T / 2, Tg - T, NULL);
       xd_teacher_free(&t);
     }
     free(ids);
@@ -230,6 +234,9 @@ static void random_case(const char *fam, const char *name, int D, int H, int G, 
   xd_rng_seed(&r, 9);
   for (int i = 0; i < B * T; i++) ids[i] = (int32_t)(xd_rng_u64(&r) % c.vocab);
   check_model(name, &t, ids, B, T, P, 8, NULL);
+  char n1[96];
+  snprintf(n1, sizeof n1, "%s B1", name);
+  check_model(n1, &t, ids, 1, T, P, 8, NULL); /* one sequence, as generate and eval decode */
   free(ids);
   xd_teacher_free(&t);
 }

@@ -17,8 +17,9 @@ static double row_logprob(const float *row, int vocab, int32_t tok, int *argmax)
   return (double)row[tok] - (double)mx - log(z);
 }
 
-/* Request q as the model's input (context cut from the left to fit max_length) into seq
- * (>= max_length + 1 ids) and *out (pointing into seq and q); ids checked against the vocabulary. */
+/* Request q as the model's input (context cut from the left to fit max_length) into seq (room
+ * for min(n_context + n_continuation, max_length + 1) ids) and *out (pointing into seq and q);
+ * every id checked against the vocabulary. */
 static int ll_prepare(const xd_logits_model *m, const xd_ll_request *q, int32_t *seq, xd_ll_seq *out, xd_err *e) {
   size_t nc = q->n_context, m_ = q->n_continuation;
   if (m_ == 0 || m_ > m->max_length) return xd_errf(e, "%s: continuation of %zu tokens does not fit %zu", m->name, m_, m->max_length);

@@ -139,8 +139,9 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * xd_cuda_swa_backward: FlashAttention-2-style on the tensor cores (bf16 operands, fp32
  * accumulation, ~3e-3 relative L2 vs the fp32 CPU op), no atomics: bitwise identical from run
  * to run. d a multiple of 16 up to 128 with 16-byte aligned buffers; otherwise (d <= 256) it
- * runs xd_cuda_swa_backward_det (fp32, deterministic too). Uses a scratch buffer of the context (grown on first use; not to be
- * called while a graph is being captured the first time at a new size).
+ * runs xd_cuda_swa_backward_det (fp32, deterministic too). Uses a scratch buffer of the context
+ * (grown on first use; not to be called while a graph is being captured the first time at a new
+ * size).
  * It first converts q, dout, k and v (as a bf16 hi + lo pair) to bf16 copies in that scratch
  * and then streams tiles by cp.async, two stages deep; for d <= 64 (v3) the dK / dV kernel
  * also stores each tile's bf16 dS (the value its dK product uses) in dQ-fragment order, and the
@@ -158,7 +159,7 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
  * with atomics (the last bits may vary from run to run); d <= 256. */
 /* Bytes of the context scratch xd_cuda_swa_backward takes for sh (its default version; 0 where
- * it runs the reference): for memory plans. */
+ * it runs the fixed-order fallback, whose B T H floats are pooled): for memory plans. */
 size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh);
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,

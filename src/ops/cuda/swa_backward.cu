@@ -19,8 +19,13 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 #define SWA_BWD_MAXD 256
 
-__global__ void k_swa_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                               const float *v, const float *out, const float *lse, swa_shape sh, float scale) {
+/* One warp per query row (b, t, h): dq_t over the visible keys (sinks then window, the CPU
+ * order). ATOMIC_KV (the reference): dk_s, dv_s += with float atomics; otherwise (the fixed-order
+ * fallback's part 1) D_t goes to Dt_out and dk / dv are left to k_swa_bwd_det_kv. */
+template <bool ATOMIC_KV>
+__global__ void k_swa_bwd_rows(float *dq, float *dk, float *dv, float *Dt_out, const float *dout, const float *q,
+                               const float *k, const float *v, const float *out, const float *lse, swa_shape sh,
+                               float scale) {
   const int warps = blockDim.x >> 5;
   const size_t row = (size_t)blockIdx.x * warps + (threadIdx.x >> 5); /* (b*T + t)*H + h */
   const int lane = threadIdx.x & 31;
@@ -39,6 +44,7 @@ __global__ void k_swa_backward_ref(float *dq, float *dk, float *dv, const float 
     if (i < d) Dt += dov[r] * orow[i];
   }
   Dt = warp_sum(Dt);
+  if (!ATOMIC_KV && lane == 0) Dt_out[row] = Dt;
   const float L = lse[row];
   const int w0 = max(0, t - sh.W + 1);
   const int n_sink = min(sh.S, w0);
@@ -61,8 +67,10 @@ __global__ void k_swa_backward_ref(float *dq, float *dk, float *dv, const float 
       const int i = lane + 32 * r;
       if (i < d) {
         dqv[r] += scale * ds * k[kvrow + i];
-        atomicAdd(dk + kvrow + i, scale * ds * qv[r]);
-        atomicAdd(dv + kvrow + i, p * dov[r]);
+        if (ATOMIC_KV) {
+          atomicAdd(dk + kvrow + i, scale * ds * qv[r]);
+          atomicAdd(dv + kvrow + i, p * dov[r]);
+        }
       }
     }
   }
@@ -80,8 +88,9 @@ extern "C" int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, fl
   XD_ARG(sh->d > 0 && sh->d <= SWA_BWD_MAXD && sh->W >= 1 && sh->S >= 0);
   const size_t rows = (size_t)sh->B * sh->T * sh->H;
   const int warps = 8;
-  k_swa_backward_ref<<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, dk, dv, dout, q, k, v, out, lse, *sh,
-                                                                          (float)(1.0 / sqrt((double)sh->d)));
+  const float scale = (float)(1.0 / sqrt((double)sh->d));
+  k_swa_bwd_rows<true><<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, dk, dv, NULL, dout, q, k, v, out,
+                                                                             lse, *sh, scale);
   XD_CU_LAUNCH("swa_backward_ref");
   return 0;
 }
@@ -94,57 +103,8 @@ extern "C" int xd_cuda_swa_backward_ref(xd_cuda_ctx *c, float *dq, float *dk, fl
  * reference's own loop, so its dq bit for bit) and D_t into a scratch row. Part 2, one warp per
  * key row (b, s, g): the queries that see key s (all t >= s for a sink, else t in [s, s+W-1])
  * for each head of the group in order, p and ds recomputed from lse_t and D_t, dk_s and dv_s
- * summed in registers and added once. Every (t, s) pair is computed twice: fine for a fallback. */
-__global__ void k_swa_bwd_det_q(float *dq, float *Dt_out, const float *dout, const float *q, const float *k,
-                                const float *v, const float *out, const float *lse, swa_shape sh, float scale) {
-  const int warps = blockDim.x >> 5;
-  const size_t row = (size_t)blockIdx.x * warps + (threadIdx.x >> 5); /* (b*T + t)*H + h */
-  const int lane = threadIdx.x & 31;
-  if (row >= (size_t)sh.B * sh.T * sh.H) return;
-  const int h = (int)(row % sh.H), t = (int)((row / sh.H) % sh.T), b = (int)(row / ((size_t)sh.H * sh.T));
-  const int g = h / (sh.H / sh.G), d = sh.d;
-  const float *qr = q + row * d, *dor = dout + row * d, *orow = out + row * d;
-  float qv[SWA_BWD_MAXD / 32], dov[SWA_BWD_MAXD / 32], dqv[SWA_BWD_MAXD / 32];
-  float Dt = 0.f;
-#pragma unroll
-  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
-    const int i = lane + 32 * r;
-    qv[r] = i < d ? qr[i] : 0.f;
-    dov[r] = i < d ? dor[i] : 0.f;
-    dqv[r] = 0.f;
-    if (i < d) Dt += dov[r] * orow[i];
-  }
-  Dt = warp_sum(Dt);
-  if (lane == 0) Dt_out[row] = Dt;
-  const float L = lse[row];
-  const int w0 = max(0, t - sh.W + 1);
-  const int n_sink = min(sh.S, w0);
-  for (int kk = 0; kk < n_sink + (t - w0 + 1); kk++) {
-    const int s = kk < n_sink ? kk : w0 + (kk - n_sink);
-    const size_t kvrow = (((size_t)b * sh.T + s) * sh.G + g) * d;
-    float sc = 0.f, dp = 0.f;
-#pragma unroll
-    for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
-      const int i = lane + 32 * r;
-      if (i < d) sc += qv[r] * k[kvrow + i], dp += dov[r] * v[kvrow + i];
-    }
-    sc = warp_sum(sc) * scale;
-    dp = warp_sum(dp);
-    const float p = expf(sc - L);
-    const float ds = p * (dp - Dt);
-#pragma unroll
-    for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
-      const int i = lane + 32 * r;
-      if (i < d) dqv[r] += scale * ds * k[kvrow + i];
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < SWA_BWD_MAXD / 32; r++) {
-    const int i = lane + 32 * r;
-    if (i < d) dq[row * d + i] += dqv[r];
-  }
-}
-
+ * summed in registers and added once. Part 1 is the reference's own kernel (k_swa_bwd_rows)
+ * without its atomics. Every (t, s) pair is computed twice: fine for a fallback. */
 __global__ void k_swa_bwd_det_kv(float *dk, float *dv, const float *dout, const float *q, const float *k,
                                  const float *v, const float *lse, const float *Dt, swa_shape sh, float scale) {
   const int warps = blockDim.x >> 5;
@@ -201,7 +161,8 @@ extern "C" int xd_cuda_swa_backward_det(xd_cuda_ctx *c, float *dq, float *dk, fl
   const int warps = 8;
   float *Dt = NULL;
   XD_CU(cudaMallocAsync((void **)&Dt, rows * sizeof(float), c->stream)); /* stream-ordered, pooled */
-  k_swa_bwd_det_q<<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, Dt, dout, q, k, v, out, lse, *sh, scale);
+  k_swa_bwd_rows<false><<<xd_ceil_div(rows, warps), warps * 32, 0, c->stream>>>(dq, NULL, NULL, Dt, dout, q, k, v, out,
+                                                                              lse, *sh, scale);
   cudaError_t st = cudaGetLastError();
   if (st == cudaSuccess) {
     k_swa_bwd_det_kv<<<xd_ceil_div(krows, warps), warps * 32, 0, c->stream>>>(dk, dv, dout, q, k, v, lse, Dt, *sh, scale);

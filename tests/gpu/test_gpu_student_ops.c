@@ -26,11 +26,13 @@
  * that shape against the CPU, and times the feature maps (q and k), gates and mix forward and
  * backward at the 1B shape (N 4096, D 2048, H 32, G 8, d 64, d_phi 64) in four modes: the
  * default (cuBLASLt, with the SIMT split-K kept where cuBLASLt would not split a reduction over
- * tokens, and the fused head-dim-64 kernels of branch ewise), all SIMT (XD_STUDENT_OPS_SIMT=1: the
+ * tokens, and the fused head-dim-64 kernels: branch ewise, the feature maps since on the tensor
+ * cores), all SIMT (XD_STUDENT_OPS_SIMT=1: the
  * original kernels), every reduction over tokens on the SIMT split-K (XD_STUDENT_OPS_SIMT_RED=1)
- * and unfused (XD_STUDENT_OPS_UNFUSED=1: the default before branch ewise), checking bitwise run-to-run equality
- * and each mode against the SIMT one (same bounds) there, then reruns the small cases in the
- * two other modes; "quick" skips all that (used under compute-sanitizer); "ops" runs the small cases and
+ * and unfused (XD_STUDENT_OPS_UNFUSED=1: the default before branch ewise), for the feature maps also
+ * the fused fp32 SIMT kernels (XD_STUDENT_OPS_FM_SIMT=1: the default before the 3xTF32 tensor-core
+ * ones), checking bitwise run-to-run equality and each mode against the SIMT one (same bounds)
+ * there, then reruns the small cases in the other modes; "quick" skips all that (used under compute-sanitizer); "ops" runs the small cases and
  * the 1B-shape feature map / gate / mix timings only.
  * Exits 77 (skip) when no CUDA device is present. */
 #include <math.h>
@@ -509,16 +511,20 @@ typedef struct {
   float *dev, *first, *ref;
   double tol;
 } det_buf; /* an output checked for bitwise equality between two runs, and against the SIMT mode's */
-static const char *const sb_mode[4] = {"SIMT", "cuBLASLt + fused (default)", "cuBLASLt + SIMT reductions",
-                                       "unfused (XD_STUDENT_OPS_UNFUSED)"};
+static const char *const sb_mode[5] = {"SIMT", "cuBLASLt + fused (default)", "cuBLASLt + SIMT reductions",
+                                       "unfused (XD_STUDENT_OPS_UNFUSED)", "fused fp32 SIMT (XD_STUDENT_OPS_FM_SIMT)"};
 static void sb_env(int mode) {
   unsetenv("XD_STUDENT_OPS_SIMT"), unsetenv("XD_STUDENT_OPS_SIMT_RED"), unsetenv("XD_STUDENT_OPS_UNFUSED");
+  unsetenv("XD_STUDENT_OPS_FM_SIMT");
+  if (mode == 4) setenv("XD_STUDENT_OPS_FM_SIMT", "1", 1);
   if (mode == 0) setenv("XD_STUDENT_OPS_SIMT", "1", 1);
   if (mode == 2) setenv("XD_STUDENT_OPS_SIMT_RED", "1", 1);
   if (mode == 3) setenv("XD_STUDENT_OPS_UNFUSED", "1", 1);
 }
 /* mode 0: XD_STUDENT_OPS_SIMT=1, 1: default (cuBLASLt, fused kernels), 2: XD_STUDENT_OPS_SIMT_RED=1,
- * 3: XD_STUDENT_OPS_UNFUSED=1 (the default before the fused kernels of branch ewise) */
+ * 3: XD_STUDENT_OPS_UNFUSED=1 (the default before the fused kernels of branch ewise),
+ * 4 (feature maps only): XD_STUDENT_OPS_FM_SIMT=1 (the fused fp32 SIMT kernels, the default
+ * before the tensor-core ones) */
 static void sb_time(const char *what, int mode, double *fwd_ms, double *bwd_ms, int (*fwd)(void *), int (*bwd)(void *),
                     int (*reset)(void *), void *arg, det_buf *det, int ndet) {
   sb_env(mode);
@@ -627,28 +633,30 @@ static float *dev_rand(xd_rng *r, size_t n, double mean, double scale) {
   free(h);
   return d;
 }
-static void sb_report(const char *what, const double *f, const double *b) {
+static void sb_report(const char *what, const double *f, const double *b, int nmodes) {
   fprintf(stderr, "    TIMING %s, ms a layer (x16 layers = a step), median of 7:\n", what);
-  for (int m = 0; m < 4; m++)
+  for (int m = 0; m < nmodes; m++)
     fprintf(stderr, "      %-34s fwd %.3f bwd %.3f (x16: %.1f + %.1f ms)%s\n", sb_mode[m], f[m], b[m], 16 * f[m], 16 * b[m],
             "");
   fprintf(stderr, "      default vs SIMT: %.1fx, vs unfused: %.2fx (fwd + bwd)\n", (f[0] + b[0]) / (f[1] + b[1]),
           (f[3] + b[3]) / (f[1] + b[1]));
+  if (nmodes > 4)
+    fprintf(stderr, "      default vs %s: fwd %.2fx, bwd %.2fx\n", sb_mode[4], f[4] / f[1], b[4] / b[1]);
 }
 static void test_student_ops_1b_shape(void) {
   xd_rng r;
   xd_rng_seed(&r, 77);
   const size_t nq = (size_t)SB_N * SB_H * SB_d, nk = (size_t)SB_N * SB_G * SB_d, nPq = (size_t)SB_H * SB_d * SB_P,
                nPk = (size_t)SB_G * SB_d * SB_P, nx = (size_t)SB_N * SB_D, nw = (size_t)SB_H * SB_D, ng = (size_t)SB_N * SB_H;
-  double f[4], b3[4];
+  double f[5], b3[5];
   { /* feature maps: q (32 heads) and k (8 heads), as a layer calls them */
     fm_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nPq, 0, 0.4), dev_rand(&r, nPk, 0, 0.4),
                  dev_poisoned(nq * 4), dev_poisoned(nk * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1),
                  dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nPq, 0, 0.1), dev_rand(&r, nPk, 0, 0.1)};
     det_buf det[6] = {{nq, b.phq, NULL, NULL, TOL_F32}, {nk, b.phk, NULL, NULL, TOL_F32}, {nq, b.dxq, NULL, NULL, TOL_F32},
                       {nk, b.dxk, NULL, NULL, TOL_F32}, {nPq, b.dPq, NULL, NULL, TOL_RED}, {nPk, b.dPk, NULL, NULL, TOL_RED}};
-    for (int mode = 0; mode < 4; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
-    sb_report("feature maps q (H 32) + k (G 8)", f, b3);
+    for (int mode = 0; mode < 5; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
+    sb_report("feature maps q (H 32) + k (G 8)", f, b3, 5);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
     for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
@@ -662,7 +670,7 @@ static void test_student_ops_1b_shape(void) {
                       {nw, b.dwi, NULL, NULL, TOL_RED}, {nw, b.dwf, NULL, NULL, TOL_RED},   {SB_H, b.dbi, NULL, NULL, TOL_RED},
                       {SB_H, b.dbf, NULL, NULL, TOL_RED}};
     for (int mode = 0; mode < 4; mode++) sb_time("gates", mode, &f[mode], &b3[mode], ga_f, ga_b, ga_r, &b, det, 7);
-    sb_report("gates (N 4096, D 2048, H 32)", f, b3);
+    sb_report("gates (N 4096, D 2048, H 32)", f, b3, 4);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
     for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
@@ -678,7 +686,7 @@ static void test_student_ops_1b_shape(void) {
                       {nk, b.dk, NULL, NULL, TOL_F32},   {nk, b.dv, NULL, NULL, TOL_F32},  {nw3, b.dw, NULL, NULL, TOL_RED},
                       {SB_H, b.db, NULL, NULL, TOL_RED}, {nq, b.dhg, NULL, NULL, TOL_F32}, {nq, b.dhl, NULL, NULL, TOL_F32}};
     for (int mode = 0; mode < 4; mode++) sb_time("mix", mode, &f[mode], &b3[mode], mx_f, mx_b, mx_r, &b, det, 9);
-    sb_report("mix (N 4096, H 32, G 8, d 64)", f, b3);
+    sb_report("mix (N 4096, H 32, G 8, d 64)", f, b3, 4);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
     for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
@@ -703,6 +711,9 @@ int main(int argc, char **argv) {
       RUN(test_gates);
       RUN(test_mix);
     }
+    sb_env(4);
+    fprintf(stderr, "== %s mode\n", sb_mode[4]);
+    RUN(test_feature_map);
     sb_env(1);
   }
   fprintf(stderr, "largest error / bound among passing checks: %.3f\n", worst);

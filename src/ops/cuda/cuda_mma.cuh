@@ -1,6 +1,6 @@
 /* Tensor-core fragment helpers (mma.sync m16n8k16 bf16 -> fp32, ldmatrix, bf16 packing),
  * static so that each .cu file gets its own copy (no device linking); used by attention.cu,
- * mlstm_tc.cu, mlstm_backward.cu and swa_backward.cu.
+ * mlstm_tc.cu, mlstm_backward.cu, swa_backward.cu and student_ops.cu.
  * Fragment layouts of m16n8k16 (g = lane/4, t = lane%4):
  *   A 16x16: a0 (g, 2t..2t+1) a1 (g+8, 2t..) a2 (g, 2t+8..) a3 (g+8, 2t+8..)
  *   B 16x8 : b0 (k 2t..2t+1, n g) b1 (k 2t+8.., n g)
@@ -69,4 +69,33 @@ static __device__ __forceinline__ void xd_cp_async_commit() { asm volatile("cp.a
 /* wait until at most N committed groups are still in flight */
 template <int N>
 static __device__ __forceinline__ void xd_cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+/* fp32 products on the tensor cores at fp32 accuracy ("3xTF32"): x = hi + lo with hi = tf32(x)
+ * (10 explicit mantissa bits) and lo = tf32(x - hi) (x - hi is exact), and
+ * a b ~= a_lo b_hi + a_hi b_lo + a_hi b_hi: the dropped a_lo b_lo is ~2^-22 of the product,
+ * so each product is within a few fp32 roundings of the fp32 one, at tensor-core speed.
+ * m16n8k8 tf32 fragments (g = lane/4, t = lane%4):
+ *   A 16x8: a0 (g, t) a1 (g+8, t) a2 (g, t+4) a3 (g+8, t+4)
+ *   B 8x8 : b0 (k t, n g) b1 (k t+4, n g)
+ *   C 16x8: as m16n8k16's. */
+static __device__ __forceinline__ void xd_tf32_split(float x, uint32_t &hi, uint32_t &lo) {
+  uint32_t h, l;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(h) : "f"(x));
+  const float r = x - __uint_as_float(h);
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(l) : "f"(r));
+  hi = h, lo = l;
+}
+static __device__ __forceinline__ void xd_mma1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* c += a b in 3xTF32 (the small terms first) */
+static __device__ __forceinline__ void xd_mma3xtf32(float (&c)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
+                                                    uint32_t bh0, uint32_t bh1, uint32_t bl0, uint32_t bl1) {
+  xd_mma1688_tf32(c, alo, bh0, bh1);
+  xd_mma1688_tf32(c, ahi, bl0, bl1);
+  xd_mma1688_tf32(c, ahi, bh0, bh1);
+}
 #endif

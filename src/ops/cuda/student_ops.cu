@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include "cuda_common.cuh"
+#include "cuda_mma.cuh"
 
 /* ---- batched strided GEMM ------------------------------------------------------------------ */
 typedef struct {
@@ -493,21 +494,282 @@ __global__ void k_fm_dp_reduce(float *dP, const float *part, int nspan, int Hx) 
   dP[i] += acc;
 }
 #define FMB_SMEM (3 * 64 * FMB_LD * (int)sizeof(float))
+
+/* ---- feature maps on the tensor cores, d = d_phi = 64 (3xTF32: fp32 accuracy) -----------------
+ * The fused SIMT kernels above (XD_STUDENT_OPS_FM_SIMT=1) spend their time on fp32 FMAs and
+ * load latency; in 3xTF32 (cuda_mma.cuh) the products cost less than the loads. Each warp owns
+ * 16-token strips of one head; the contraction index is permuted to suit the loads (a sum is a
+ * sum: only the order of the fp32 additions changes). P_h's B fragments, split into tf32 hi /
+ * lo, are laid out once per call by k_fm_frags in fragment order (scratch, 32 KB a head) and
+ * copied into shared memory by each block with 16-byte cp.async (one 8-byte shared load per
+ * fragment, no bank conflicts). */
+#define FMT_THREADS 128
+#define FMT_SPAN FMB_SPAN     /* tokens per block (16 strips of 16, 4 per warp) */
+static_assert(FMB_SPAN == 256, "k_fm_fwd_tc: 16 strips of 16 tokens a block");
+#define FMT_FRAG (8 * 8 * 32) /* uint2 fragments of one 64x64 matrix: [k-step][n-tile][lane] */
+#define FMT_FRAG_BYTES (2 * FMT_FRAG * sizeof(uint2)) /* hi then lo, one head */
+/* fr[h][0 / 1][e]: P_h's hi / lo B fragments. transpose 0 (forward): B[k][n] = P[k][n], the
+ * k-slots of k-step ks = 2p + s being rows 16p + 4t + 2s (slot t) and + 1 (slot t + 4);
+ * transpose 1 (backward): B[k = j][n = i] = P[i][j], the k-slots of k-step ks being
+ * j = 8 ks + 2t and + 1 (the columns a C fragment holds, so dz's accumulator registers are
+ * the A fragment as they are). One block a head. */
+__global__ void __launch_bounds__(256) k_fm_frags(uint2 *fr, const float *P, int transpose) {
+  __shared__ float Ps[64 * 65];
+  const float *Ph = P + (size_t)blockIdx.x * 4096;
+  for (int e = threadIdx.x; e < 4096; e += 256) Ps[(e >> 6) * 65 + (e & 63)] = Ph[e];
+  __syncthreads();
+  uint2 *hi = fr + (size_t)blockIdx.x * 2 * FMT_FRAG, *lo = hi + FMT_FRAG;
+  for (int e = threadIdx.x; e < FMT_FRAG; e += 256) {
+    const int lane = e & 31, nt = (e >> 5) & 7, ks = e >> 8, g = lane >> 2, t = lane & 3;
+    float v0, v1;
+    if (!transpose) {
+      const int k0 = 16 * (ks >> 1) + 4 * t + 2 * (ks & 1);
+      v0 = Ps[k0 * 65 + 8 * nt + g], v1 = Ps[(k0 + 1) * 65 + 8 * nt + g];
+    } else {
+      const int i = 8 * nt + g, j0 = 8 * ks + 2 * t;
+      v0 = Ps[i * 65 + j0], v1 = Ps[i * 65 + j0 + 1];
+    }
+    uint32_t h0, l0, h1, l1;
+    xd_tf32_split(v0, h0, l0);
+    xd_tf32_split(v1, h1, l1);
+    hi[e] = make_uint2(h0, h1), lo[e] = make_uint2(l0, l1);
+  }
+}
+/* head h's fragments (32 KB) into shared memory: 16 cp.async of 16 bytes a thread, in flight
+ * together; the caller waits (xd_cp_async_wait) and synchronises */
+static __device__ __forceinline__ void fmt_stage(uint2 *sh, const uint2 *fr, int h) {
+  const uint4 *src = reinterpret_cast<const uint4 *>(fr + (size_t)h * 2 * FMT_FRAG);
+  uint4 *dst = reinterpret_cast<uint4 *>(sh);
+#pragma unroll
+  for (int q = 0; q < (int)(FMT_FRAG_BYTES / 16 / FMT_THREADS); q++)
+    xd_cp_async16(dst + threadIdx.x + q * FMT_THREADS, src + threadIdx.x + q * FMT_THREADS, true);
+  xd_cp_async_commit();
+}
+
+/* phi = softmax(x P_h) per token row. Thread (g, t) of a strip loads float4 columns 16p + 4t of
+ * rows g and g + 8, which are the A fragments of k-steps 2p (.x, .y) and 2p + 1 (.z, .w) (the
+ * next strip's loads issued before this one's products); the accumulator holds columns
+ * 8 nt + 2t, + 1 of both rows, so a row's softmax is over the 4 lanes of its group. */
+static __device__ __forceinline__ void fmt_load_strip(float4 (&xa)[4], float4 (&xb)[4], const float *x, int r0, int N,
+                                                      int Hx, int h, int g, int t) {
+  const int ta = r0 + g, tb = r0 + g + 8;
+#pragma unroll
+  for (int p = 0; p < 4; p++) {
+    xa[p] = ta < N ? *reinterpret_cast<const float4 *>(x + ((size_t)ta * Hx + h) * 64 + 16 * p + 4 * t)
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+    xb[p] = tb < N ? *reinterpret_cast<const float4 *>(x + ((size_t)tb * Hx + h) * 64 + 16 * p + 4 * t)
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+__global__ void __launch_bounds__(FMT_THREADS) k_fm_fwd_tc(float *phi, const float *x, const uint2 *fr, int N, int Hx) {
+  __shared__ __align__(16) uint2 Bh[2 * FMT_FRAG];
+  const uint2 *Bl = Bh + FMT_FRAG;
+  const int h = blockIdx.y, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  fmt_stage(Bh, fr, h);
+  const int base = blockIdx.x * FMT_SPAN;
+  float4 xa[4], xb[4];
+  fmt_load_strip(xa, xb, x, base + 16 * wid, N, Hx, h, g, t);
+  xd_cp_async_wait<0>();
+  __syncthreads();
+  for (int st = wid; st < FMT_SPAN / 16; st += FMT_THREADS / 32) {
+    const int r0 = base + 16 * st;
+    if (r0 >= N) break;
+    float4 ca[4], cb[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) ca[p] = xa[p], cb[p] = xb[p];
+    if (st + FMT_THREADS / 32 < FMT_SPAN / 16) fmt_load_strip(xa, xb, x, r0 + 16 * (FMT_THREADS / 32), N, Hx, h, g, t);
+    float acc[8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < 8; ks++) {
+      const float4 va = ca[ks >> 1], vb = cb[ks >> 1];
+      const float a[4] = {(ks & 1) ? va.z : va.x, (ks & 1) ? vb.z : vb.x, (ks & 1) ? va.w : va.y,
+                          (ks & 1) ? vb.w : vb.y};
+      uint32_t ah[4], al[4];
+#pragma unroll
+      for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+        const uint2 bh = Bh[(ks * 8 + nt) * 32 + lane], bl = Bl[(ks * 8 + nt) * 32 + lane];
+        xd_mma3xtf32(acc[nt], ah, al, bh.x, bh.y, bl.x, bl.y);
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) { /* row g (c0, c1), then row g + 8 (c2, c3) */
+      float mx = acc[0][2 * half];
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) mx = fmaxf(mx, fmaxf(acc[nt][2 * half], acc[nt][2 * half + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      float ex[16], sm = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+        ex[2 * nt] = expf(acc[nt][2 * half] - mx), ex[2 * nt + 1] = expf(acc[nt][2 * half + 1] - mx);
+        sm += ex[2 * nt] + ex[2 * nt + 1];
+      }
+      sm += __shfl_xor_sync(0xffffffffu, sm, 1);
+      sm += __shfl_xor_sync(0xffffffffu, sm, 2);
+      const float inv = 1.f / sm;
+      const int tok = r0 + g + 8 * half;
+      if (tok < N) {
+        float *o = phi + ((size_t)tok * Hx + h) * 64 + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+          *reinterpret_cast<float2 *>(o + 8 * nt) = make_float2(ex[2 * nt] * inv, ex[2 * nt + 1] * inv);
+      }
+    }
+  }
+}
+
+/* Backward: dz = phi (dphi - sum(dphi phi)) in accumulator layout (rows g, g + 8 of the warp's
+ * strip, columns 8 nt + 2t, + 1), dx_strip (+)= dz P_h^T with dz's registers as the A fragments;
+ * dz and x (copied by cp.async, issued first) go to shared memory for dP_h's partial +=
+ * x_tile^T dz_tile (warp w: rows i = 16 w .. 16 w + 15, all 64 columns, over the tile's 64
+ * tokens), which k_fm_dp_reduce adds over the spans in order, as for k_fm_bw_fused
+ * (FMT_SPAN == FMB_SPAN: the same partials buffer). */
+#define FMT_LD 72 /* padded row: the fragment loads of 8 x 4 lanes hit 32 different banks */
+#define FMT_BW_SMEM ((int)FMT_FRAG_BYTES + 2 * 64 * FMT_LD * (int)sizeof(float))
+__global__ void __launch_bounds__(FMT_THREADS) k_fm_bw_tc(float *dx, float *part, const float *dphi, const float *x,
+                                                          const uint2 *fr, const float *phi, int N, int Hx, int write) {
+  extern __shared__ uint4 fmt_sh[];
+  const uint2 *Bh = reinterpret_cast<const uint2 *>(fmt_sh), *Bl = Bh + FMT_FRAG;
+  float *xs = reinterpret_cast<float *>(fmt_sh + FMT_FRAG_BYTES / 16), *dzs = xs + 64 * FMT_LD;
+  const int h = blockIdx.y, span = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2,
+            t = lane & 3;
+  const int n0 = span * FMT_SPAN, n1 = min(N, n0 + FMT_SPAN);
+  fmt_stage(reinterpret_cast<uint2 *>(fmt_sh), fr, h);
+  float pacc[8][4] = {};
+  for (int t0 = n0; t0 < n1; t0 += 64) {
+    const int ra = 16 * wid + g, rb = ra + 8; /* the thread's two rows of the tile */
+    const int ta = t0 + ra, tb = t0 + rb;
+#pragma unroll
+    for (int q = 0; q < 8; q++) { /* the warp's 16 rows of x: 16 x 16 bytes a row, 2 rows a pass */
+      const int r = 16 * wid + 2 * q + (lane >> 4), c4 = lane & 15, tok = t0 + r;
+      xd_cp_async16(xs + r * FMT_LD + 4 * c4, x + ((size_t)(tok < n1 ? tok : n0) * Hx + h) * 64 + 4 * c4, tok < n1);
+    }
+    xd_cp_async_commit();
+    float dz[8][4];
+    {
+      float2 y[2][8], gr[2][8];
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const int tok = half ? tb : ta;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          if (tok < n1) {
+            const size_t o = ((size_t)tok * Hx + h) * 64 + 8 * nt + 2 * t;
+            y[half][nt] = *reinterpret_cast<const float2 *>(phi + o);
+            gr[half][nt] = *reinterpret_cast<const float2 *>(dphi + o);
+          } else {
+            y[half][nt] = gr[half][nt] = make_float2(0.f, 0.f);
+          }
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        float a = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          a = fmaf(gr[half][nt].x, y[half][nt].x, a);
+          a = fmaf(gr[half][nt].y, y[half][nt].y, a);
+        }
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        a += __shfl_xor_sync(0xffffffffu, a, 2);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          dz[nt][2 * half] = y[half][nt].x * (gr[half][nt].x - a);
+          dz[nt][2 * half + 1] = y[half][nt].y * (gr[half][nt].y - a);
+          *reinterpret_cast<float2 *>(dzs + (half ? rb : ra) * FMT_LD + 8 * nt + 2 * t) =
+              make_float2(dz[nt][2 * half], dz[nt][2 * half + 1]);
+        }
+      }
+    }
+    xd_cp_async_wait<0>();
+    __syncthreads(); /* the fragments (first tile), xs and dzs complete */
+    { /* dx rows (ra, rb), columns i = 8 nt + 2t, + 1: sum over j */
+      float acc[8][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < 8; ks++) {
+        const float a[4] = {dz[ks][0], dz[ks][2], dz[ks][1], dz[ks][3]};
+        uint32_t ah[4], al[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          const uint2 bh = Bh[(ks * 8 + nt) * 32 + lane], bl = Bl[(ks * 8 + nt) * 32 + lane];
+          xd_mma3xtf32(acc[nt], ah, al, bh.x, bh.y, bl.x, bl.y);
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const int tok = half ? tb : ta;
+        if (tok >= n1) continue;
+        float *o = dx + ((size_t)tok * Hx + h) * 64 + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          float2 v = make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+          if (!write) {
+            const float2 old = *reinterpret_cast<const float2 *>(o + 8 * nt);
+            v.x = old.x + v.x, v.y = old.y + v.y;
+          }
+          *reinterpret_cast<float2 *>(o + 8 * nt) = v;
+        }
+      }
+    }
+    /* dP partial rows i = 16 wid + g (+ 8), columns j = 8 nt + 2t, + 1: A = x^T (i, token),
+     * B = dz (token, j), k-steps of 8 tokens (the zero rows past n1 add nothing) */
+#pragma unroll 2
+    for (int ks = 0; ks < 8; ks++) {
+      const float *xr = xs + (8 * ks + t) * FMT_LD + 16 * wid + g;
+      const float a[4] = {xr[0], xr[8], xr[4 * FMT_LD], xr[4 * FMT_LD + 8]};
+      uint32_t ah[4], al[4];
+#pragma unroll
+      for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
+      const float *zr = dzs + (8 * ks + t) * FMT_LD + g;
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) {
+        uint32_t bh0, bl0, bh1, bl1;
+        xd_tf32_split(zr[8 * nt], bh0, bl0);
+        xd_tf32_split(zr[4 * FMT_LD + 8 * nt], bh1, bl1);
+        xd_mma3xtf32(pacc[nt], ah, al, bh0, bh1, bl0, bl1);
+      }
+    }
+    __syncthreads();
+  }
+  float *pp = part + ((size_t)h * gridDim.x + span) * 4096;
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    const int i = 16 * wid + g, j = 8 * nt + 2 * t;
+    *reinterpret_cast<float2 *>(pp + i * 64 + j) = make_float2(pacc[nt][0], pacc[nt][1]);
+    *reinterpret_cast<float2 *>(pp + (i + 8) * 64 + j) = make_float2(pacc[nt][2], pacc[nt][3]);
+  }
+}
+
 /* XD_STUDENT_OPS_UNFUSED=1 (read at every call): the feature-map backward's three-pass path
  * (dz kernel + two products) instead of k_fm_bw_fused, kept for comparisons. */
 static int fm_bw_fused(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi, const float *x,
                        const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
   if (s->hedgehog || s->d != 64 || s->d_phi != 64 || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED") ||
-      (((uintptr_t)dx | (uintptr_t)x) & 15))
+      (((uintptr_t)dx | (uintptr_t)x | (uintptr_t)phi | (uintptr_t)dphi) & 15))
     return 1;
   const int N = s->N, Hx = s->Hx, nspan = (N + FMB_SPAN - 1) / FMB_SPAN;
   XD_ARG(Hx <= 65535);
   float *part = NULL;
-  if (st_scratch(c, (size_t)Hx * nspan * 4096 * sizeof(float), &part, e)) return -1;
-  XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
-  k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
-      dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
-  XD_CU_LAUNCH("feature map backward (fused)");
+  const size_t part_bytes = (size_t)Hx * nspan * 4096 * sizeof(float); /* a multiple of 16 */
+  if (st_scratch(c, part_bytes + (size_t)Hx * FMT_FRAG_BYTES, &part, e)) return -1;
+  if (env_on("XD_STUDENT_OPS_FM_SIMT")) {
+    XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
+    k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
+        dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
+    XD_CU_LAUNCH("feature map backward (fused)");
+  } else {
+    uint2 *fr = reinterpret_cast<uint2 *>(reinterpret_cast<unsigned char *>(part) + part_bytes);
+    k_fm_frags<<<(unsigned)Hx, 256, 0, c->stream>>>(fr, P, 1);
+    XD_CU_LAUNCH("feature map fragments");
+    XD_CU(cudaFuncSetAttribute(k_fm_bw_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, FMT_BW_SMEM));
+    k_fm_bw_tc<<<dim3((unsigned)nspan, (unsigned)Hx), FMT_THREADS, FMT_BW_SMEM, c->stream>>>(
+        dx, part, dphi, x, fr, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
+    XD_CU_LAUNCH("feature map backward (tensor cores)");
+  }
   k_fm_dp_reduce<<<xd_ceil_div((size_t)Hx * 4096, 256), 256, 0, c->stream>>>(dP, part, nspan, Hx);
   XD_CU_LAUNCH("feature map dP reduce");
   return 0;
@@ -579,8 +841,17 @@ extern "C" int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const flo
   const int N = s->N, Hx = s->Hx, d = s->d, dphi = s->d_phi, dp = feature_map_p_cols(s);
   if (!s->hedgehog && d == 64 && dphi == 64 && !st_legacy() && !env_on("XD_STUDENT_OPS_UNFUSED") &&
       !(((uintptr_t)phi | (uintptr_t)x | (uintptr_t)P) & 15) && Hx <= 65535) {
-    k_fm_fwd_fused<<<dim3(xd_ceil_div((size_t)N, 64), (unsigned)Hx), 256, 0, c->stream>>>(phi, x, P, N, Hx);
-    XD_CU_LAUNCH("feature map forward (fused)");
+    if (env_on("XD_STUDENT_OPS_FM_SIMT")) {
+      k_fm_fwd_fused<<<dim3(xd_ceil_div((size_t)N, 64), (unsigned)Hx), 256, 0, c->stream>>>(phi, x, P, N, Hx);
+      XD_CU_LAUNCH("feature map forward (fused)");
+    } else {
+      uint2 *fr = NULL;
+      if (st_scratch(c, (size_t)Hx * FMT_FRAG_BYTES, reinterpret_cast<float **>(&fr), e)) return -1;
+      k_fm_frags<<<(unsigned)Hx, 256, 0, c->stream>>>(fr, P, 0);
+      XD_CU_LAUNCH("feature map fragments");
+      k_fm_fwd_tc<<<dim3(xd_ceil_div((size_t)N, FMT_SPAN), (unsigned)Hx), FMT_THREADS, 0, c->stream>>>(phi, x, fr, N, Hx);
+      XD_CU_LAUNCH("feature map forward (tensor cores)");
+    }
     return 0;
   }
   /* z_h [N, dp] = x_h [N, d] P_h [d, dp] straight into phi's first dp columns of each head */

@@ -546,6 +546,20 @@ static __device__ __forceinline__ void fmt_stage(uint2 *sh, const uint2 *fr, int
   xd_cp_async_commit();
 }
 
+/* acc[nt] += A B over one k-step: a = the A fragment (rows g, g + 8; slots t, t + 4), B = k-step
+ * ks's staged hi / lo fragments, all 8 n-tiles */
+static __device__ __forceinline__ void fmt_kstep(float (&acc)[8][4], const float (&a)[4], const uint2 *Bh,
+                                                 const uint2 *Bl, int ks, int lane) {
+  uint32_t ah[4], al[4];
+#pragma unroll
+  for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
+#pragma unroll
+  for (int nt = 0; nt < 8; nt++) {
+    const uint2 bh = Bh[(ks * 8 + nt) * 32 + lane], bl = Bl[(ks * 8 + nt) * 32 + lane];
+    xd_mma3xtf32(acc[nt], ah, al, bh.x, bh.y, bl.x, bl.y);
+  }
+}
+
 /* phi = softmax(x P_h) per token row. Thread (g, t) of a strip loads float4 columns 16p + 4t of
  * rows g and g + 8, which are the A fragments of k-steps 2p (.x, .y) and 2p + 1 (.z, .w) (the
  * next strip's loads issued before this one's products); the accumulator holds columns
@@ -584,14 +598,7 @@ __global__ void __launch_bounds__(FMT_THREADS) k_fm_fwd_tc(float *phi, const flo
       const float4 va = ca[ks >> 1], vb = cb[ks >> 1];
       const float a[4] = {(ks & 1) ? va.z : va.x, (ks & 1) ? vb.z : vb.x, (ks & 1) ? va.w : va.y,
                           (ks & 1) ? vb.w : vb.y};
-      uint32_t ah[4], al[4];
-#pragma unroll
-      for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
-#pragma unroll
-      for (int nt = 0; nt < 8; nt++) {
-        const uint2 bh = Bh[(ks * 8 + nt) * 32 + lane], bl = Bl[(ks * 8 + nt) * 32 + lane];
-        xd_mma3xtf32(acc[nt], ah, al, bh.x, bh.y, bl.x, bl.y);
-      }
+      fmt_kstep(acc, a, Bh, Bl, ks, lane);
     }
 #pragma unroll
     for (int half = 0; half < 2; half++) { /* row g (c0, c1), then row g + 8 (c2, c3) */
@@ -690,14 +697,7 @@ __global__ void __launch_bounds__(FMT_THREADS) k_fm_bw_tc(float *dx, float *part
 #pragma unroll
       for (int ks = 0; ks < 8; ks++) {
         const float a[4] = {dz[ks][0], dz[ks][2], dz[ks][1], dz[ks][3]};
-        uint32_t ah[4], al[4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) xd_tf32_split(a[r], ah[r], al[r]);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-          const uint2 bh = Bh[(ks * 8 + nt) * 32 + lane], bl = Bl[(ks * 8 + nt) * 32 + lane];
-          xd_mma3xtf32(acc[nt], ah, al, bh.x, bh.y, bl.x, bl.y);
-        }
+        fmt_kstep(acc, a, Bh, Bl, ks, lane);
       }
 #pragma unroll
       for (int half = 0; half < 2; half++) {

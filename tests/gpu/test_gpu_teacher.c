@@ -152,6 +152,31 @@ static void check_model(const char *name, const xd_teacher *cpu, const int32_t *
     }
     free(cinc);
   }
+  /* The one-token steps read their position on the device and, from the second on, replay a CUDA
+   * graph (without dynamic NTK): the same run with XD_CUDA_GRAPHS=0 (every kernel launched) must
+   * give the same logits bit for bit, and the graph must have been made. */
+  {
+    const int dynamic = cpu->cfg.rope[0].kind == XD_ROPE_DYNAMIC || cpu->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+    if (!dynamic && T - P >= 2) CHECKF(s.graph != NULL, "%s: %d one-token steps made no CUDA graph", name, T - P);
+    setenv("XD_CUDA_GRAPHS", "0", 1);
+    int32_t *pre = xd_malloc((size_t)B * P * 4);
+    for (int b = 0; b < B; b++) memcpy(pre + (size_t)b * P, ids + (size_t)b * T, (size_t)P * 4);
+    xd_teacher_cuda_reset(&s);
+    int rc = xd_teacher_cuda_step(&g, &s, pre, P, 1, NULL, &err);
+    free(pre);
+    size_t diff = 0;
+    for (int t = P; !rc && t < T; t++) {
+      for (int b = 0; b < B; b++) step[b] = ids[(size_t)b * T + t];
+      rc = xd_teacher_cuda_step(&g, &s, step, 1, 1, row, &err);
+      for (int b = 0; !rc && b < B; b++)
+        diff += memcmp(inc + ((size_t)b * T + t) * V, row + (size_t)b * V, (size_t)V * 4) != 0;
+    }
+    unsetenv("XD_CUDA_GRAPHS");
+    GPU(rc);
+    fprintf(stderr, "  %-22s %d one-token steps launched vs graph-replayed: %zu of %d logit rows differ\n", name, T - P,
+            diff, B * (T - P));
+    CHECKF(diff == 0, "%s: launched and graph-replayed steps differ in %zu rows", name, diff);
+  }
   /* greedy: GPU vs CPU (vs transformers where given) */
   {
     xd_err e = {{0}};

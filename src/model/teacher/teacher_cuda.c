@@ -244,6 +244,7 @@ static size_t layout_acts(xd_teacher_cuda_state *s, const xd_teacher_cuda *t, ch
   s->ids = carve(&cv, N * 4);
   s->pos = carve(&cv, N * 4);
   s->next = carve(&cv, (size_t)s->B * 4);
+  s->dstep = carve(&cv, (size_t)(s->B + 1) * 4);
   for (int i = 0; i < 2; i++) {
     s->cos[i] = carve(&cv, (size_t)s->cap * half * 4);
     s->sin[i] = carve(&cv, (size_t)s->cap * half * 4);
@@ -318,6 +319,7 @@ int xd_teacher_cuda_state_alloc(xd_teacher_cuda_state *s, const xd_teacher_cuda 
     }
   }
   s->host_pos = xd_malloc((size_t)B * max_tn * sizeof(int32_t));
+  s->host_step = xd_malloc((size_t)(B + 1) * sizeof(int32_t));
   xd_rope_tables_alloc(&s->rope, c, cap);
   if (upload_rope_rows(s, 0, cap, e) || xd_cuda_sync(t->ctx, e)) {
     xd_teacher_cuda_state_free(s);
@@ -332,6 +334,8 @@ void xd_teacher_cuda_state_free(xd_teacher_cuda_state *s) {
   free(s->k);
   free(s->v);
   free(s->host_pos);
+  free(s->host_step);
+  xd_cuda_graph_free(s->graph);
   if (s->rope.inv_freq) xd_rope_tables_free(&s->rope);
   memset(s, 0, sizeof *s);
 }
@@ -340,33 +344,54 @@ void xd_teacher_cuda_reset(xd_teacher_cuda_state *s) { s->len = 0; }
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* Tn new tokens for each of B sequences at positions off .. off+Tn-1. use_kv: append k, v to the
- * cache and attend over it; else attend within the fused buffer (off = 0). */
-static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn, int use_kv,
-                int last_only, xd_err *e) {
+static int is_dynamic(const xd_model_config *c) {
+  return c->rope[0].kind == XD_ROPE_DYNAMIC || c->rope[1].kind == XD_ROPE_DYNAMIC;
+}
+
+/* The host side of a step: checks, then the uploads: ids and positions (host offsets), or with
+ * at (a one-token step that reads its position on the device) {len, ids} into s->dstep. */
+static int body_prep(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn,
+                     int use_kv, int last_only, int at, xd_err *e) {
   const xd_model_config *c = &t->cfg;
   xd_cuda_ctx *ctx = t->ctx;
-  const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, F = c->intermediate, V = c->vocab;
-  const int N = B * Tn, W = t->qkv_w, off = use_kv ? s->len : 0, Tk = off + Tn;
-  const float eps = (float)c->rms_eps;
+  const int N = B * Tn, off = use_kv ? s->len : 0, Tk = off + Tn;
   if ((size_t)N > (size_t)s->B * s->max_tn)
     return xd_errf(e, "GPU teacher: %d x %d tokens exceed the %d x %d the activations hold", B, Tn, s->B, s->max_tn);
   if (Tk > s->cap)
     return xd_errf(e, "GPU teacher: %d tokens cached + %d new exceed the capacity %d", off, Tn, s->cap);
   if ((last_only ? B : N) > s->logit_rows)
     return xd_errf(e, "GPU teacher: %d logit rows exceed the %d allocated", last_only ? B : N, s->logit_rows);
-  if (xd_check_token_ids(ids, (size_t)N, V, e)) return -1;
+  if (xd_check_token_ids(ids, (size_t)N, c->vocab, e)) return -1;
+  if (at) {
+    s->host_step[0] = off;
+    memcpy(s->host_step + 1, ids, (size_t)B * sizeof(int32_t));
+    return xd_cuda_upload(ctx, s->dstep, s->host_step, (size_t)(B + 1) * sizeof(int32_t), e);
+  }
   for (int b = 0; b < B; b++)
     for (int i = 0; i < Tn; i++) s->host_pos[b * Tn + i] = off + i;
   if (xd_cuda_upload(ctx, s->ids, ids, (size_t)N * 4, e) || xd_cuda_upload(ctx, s->pos, s->host_pos, (size_t)N * 4, e))
     return -1;
-  const int dynamic = c->rope[0].kind == XD_ROPE_DYNAMIC || c->rope[1].kind == XD_ROPE_DYNAMIC;
-  if (dynamic) { /* tables depend on the length: rebuilt for Tk, rows of the new positions sent */
+  if (is_dynamic(c)) { /* tables depend on the length: rebuilt for Tk, rows of the new positions sent */
     xd_rope_tables_update(&s->rope, c, Tk);
     if (upload_rope_rows(s, off, Tk, e)) return -1;
   }
+  return 0;
+}
+
+/* The kernels of a step (after body_prep): with at, every position is read from s->dstep on
+ * the device and nothing depends on the host's offset, so the sequence can be captured as a
+ * CUDA graph and replayed at any position (the attention's grid and workspace sized for cap). */
+static int body_kernels(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int B, int Tn, int use_kv,
+                        int last_only, int at, xd_err *e) {
+  const xd_model_config *c = &t->cfg;
+  xd_cuda_ctx *ctx = t->ctx;
+  const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, F = c->intermediate, V = c->vocab;
+  const int N = B * Tn, W = t->qkv_w, off = use_kv ? s->len : 0;
+  const float eps = (float)c->rms_eps;
+  const int32_t *ids_d = at ? s->dstep + 1 : s->ids;
+  if (at && xd_cuda_positions_at(ctx, s->pos, s->dstep, B, Tn, e)) return -1;
   /* embedding (bf16 rows) -> fp32 residual */
-  if (xd_cuda_embedding_forward(ctx, s->x, s->ids, t->embed, N, D, V, e) ||
+  if (xd_cuda_embedding_forward(ctx, s->x, ids_d, t->embed, N, D, V, e) ||
       xd_cuda_bf16_to_f32(ctx, s->h, s->x, (size_t)N * D, e))
     return -1;
   for (int l = 0; l < c->n_layers; l++) {
@@ -388,8 +413,12 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
     if (xd_cuda_rope_forward(ctx, q, W, s->cos[kind], s->sin[kind], s->pos, N, H, d, e) ||
         xd_cuda_rope_forward(ctx, k, W, s->cos[kind], s->sin[kind], s->pos, N, G, d, e))
       return -1;
-    if (use_kv && xd_cuda_kv_append(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, off, e)) return -1;
-    if (off == 0 && is_flash_d(d)) {
+    if (at) {
+      if (xd_cuda_kv_append_at(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, s->dstep, e)) return -1;
+    } else if (use_kv && xd_cuda_kv_append(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, off, e)) {
+      return -1;
+    }
+    if (!at && off == 0 && is_flash_d(d)) {
       xd_cuda_attn_dims a = {B, Tn, H, G, d, window, 0, W, W, W, H * d};
       if (xd_cuda_attention_forward(ctx, s->att, NULL, q, k, v, &a, e)) return -1;
     } else {
@@ -398,6 +427,7 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
       const uint16_t *kk = k, *vv = v;
       if (use_kv) a.ldkv = G * d, a.kv_bstride = (size_t)s->cap * G * d, kk = s->k[l], vv = s->v[l];
       else a.ldkv = W, a.kv_bstride = (size_t)Tn * W;
+      if (at) a.off_dev = s->dstep, a.max_keys = s->cap;
       if (xd_cuda_attention_decode(ctx, s->att, q, kk, vv, &a, s->ws, s->ws_bytes, e)) return -1;
     }
     if (!c->post_norm) {
@@ -419,7 +449,6 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
       return -1;
     }
   }
-  if (use_kv) s->len += Tn;
   const int rows = last_only ? B : N;
   const float *hin = last_only ? s->h + (size_t)(Tn - 1) * D : s->h;
   const size_t ld = last_only ? (size_t)Tn * D : (size_t)D;
@@ -429,10 +458,21 @@ static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_
   return 0;
 }
 
+/* Tn new tokens for each of B sequences at positions off .. off+Tn-1 (launched, no graph).
+ * use_kv: append k, v to the cache and attend over it; else attend within the fused buffer
+ * (off = 0). */
+static int body(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn, int use_kv,
+                int last_only, int at, xd_err *e) {
+  if (body_prep(t, s, ids, B, Tn, use_kv, last_only, at, e) || body_kernels(t, s, B, Tn, use_kv, last_only, at, e))
+    return -1;
+  if (use_kv) s->len += Tn;
+  return 0;
+}
+
 int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
                                   xd_err *e) {
   if (B <= 0 || T <= 0) return xd_errf(e, "GPU teacher: empty batch (%d x %d)", B, T);
-  return body(t, s, ids, B, T, 0, 0, e);
+  return body(t, s, ids, B, T, 0, 0, 0, e);
 }
 
 int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
@@ -443,11 +483,53 @@ int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, 
 }
 
 
+/* A one-token step (at): the first runs as launched, the second is captured as a CUDA graph
+ * and launched, later ones replay it (after the {len, ids} upload). A graph is captured again
+ * for another teacher, another last_only or moved context scratch; a capture the driver refuses
+ * turns graphs off for this state (the step runs as launched). XD_CUDA_GRAPHS=0: no graph. */
+static int step_graphed(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int last_only,
+                        xd_err *e) {
+  xd_cuda_ctx *ctx = t->ctx;
+  const char *genv = getenv("XD_CUDA_GRAPHS");
+  const int graphs = !(genv && genv[0] == '0') && !s->g_off;
+  if (body_prep(t, s, ids, s->B, 1, 1, last_only, 1, e)) return -1;
+  if (s->graph && (s->g_t != (const void *)t || s->g_last != last_only || s->g_gen != xd_cuda_ws_generation(ctx))) {
+    xd_cuda_graph_free(s->graph);
+    s->graph = NULL, s->g_calls = 0;
+  }
+  int rc;
+  if (graphs && s->graph) {
+    rc = xd_cuda_graph_launch(ctx, s->graph, e);
+  } else if (!graphs || s->g_calls++ == 0) {
+    rc = body_kernels(t, s, s->B, 1, 1, last_only, 1, e);
+  } else {
+    xd_err inner = {{0}}, cap = {{0}};
+    if (xd_cuda_graph_capture_begin(ctx, e)) return -1;
+    const int brc = body_kernels(t, s, s->B, 1, 1, last_only, 1, &inner);
+    if (xd_cuda_graph_capture_end(ctx, brc, &inner, &s->graph, &cap) == 0) {
+      s->g_t = t, s->g_last = last_only, s->g_gen = xd_cuda_ws_generation(ctx);
+      rc = xd_cuda_graph_launch(ctx, s->graph, e);
+    } else { /* nothing of the capture ran: launch the kernels */
+      fprintf(stderr, "teacher on CUDA: decode graph capture refused (%s); running without graphs\n", cap.msg);
+      s->g_off = 1;
+      rc = body_kernels(t, s, s->B, 1, 1, last_only, 1, e);
+    }
+  }
+  if (rc) return -1;
+  s->len += 1;
+  return 0;
+}
+
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e) {
   if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
   if (Tn <= 0) return xd_errf(e, "GPU teacher: no tokens to append");
-  if (body(t, s, ids, s->B, Tn, 1, last_only, e)) return -1;
+  const int at = Tn == 1 && !is_dynamic(&t->cfg);
+  if (!at) {
+    if (body(t, s, ids, s->B, Tn, 1, last_only, 0, e)) return -1;
+  } else if (step_graphed(t, s, ids, last_only, e)) {
+    return -1;
+  }
   const size_t rows = last_only ? (size_t)s->B : (size_t)s->B * Tn;
   if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits, rows * t->cfg.vocab * 4, e);
   return 0;

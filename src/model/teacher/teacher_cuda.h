@@ -85,6 +85,16 @@ typedef struct {
   xd_rope_tables rope;        /* host tables (dynamic NTK rebuilds them per length) */
   int32_t *host_pos;
   size_t kv_bytes, act_bytes;
+  /* One-token steps (decode_at): dstep = {len, ids[B]} on the device, uploaded from host_step
+   * before each step; the kernels read the position from it, so the step is captured once as a
+   * CUDA graph (graph, for teacher g_t and last_only g_last, at scratch generation g_gen) and
+   * replayed at every position. g_calls: steps run so far (the second one captures); g_off:
+   * graphs refused by the driver for this state. */
+  int32_t *dstep, *host_step;
+  void *graph;
+  const void *g_t;
+  int g_calls, g_last, g_off;
+  unsigned g_gen;
 } xd_teacher_cuda_state;
 
 void xd_teacher_cuda_plan_of(const xd_teacher_cuda *t, int B, int max_tn, int cap, int logit_rows, int with_kv,
@@ -108,7 +118,10 @@ int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_stat
                                   xd_err *e);
 /* Append Tn tokens per sequence (ids [s->B, Tn], host) to the KV cache: prefill (Tn = prompt
  * length) or one decode step (Tn = 1). Logits [B*Tn, V], or [B, V] for the last position when
- * last_only, in s->logits (device) and host_logits when not NULL. */
+ * last_only, in s->logits (device) and host_logits when not NULL. A one-token step (without
+ * dynamic NTK) reads its position on the device and, from the second such step of a state on,
+ * replays a CUDA graph of its ~12 launches per layer (XD_CUDA_GRAPHS=0: launched every time;
+ * the same kernels, the same bits). */
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e);
 /* Greedy decoding, the contract of xd_teacher_generate; s must have B rows, max_tn >= T,

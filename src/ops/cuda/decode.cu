@@ -130,7 +130,8 @@ extern "C" int xd_cuda_rmsnorm_add_f32(xd_cuda_ctx *c, float *h, const float *t,
 
 /* ---- KV cache append --------------------------------------------------------------------- */
 __global__ void k_kv_append(uint16_t *ck, uint16_t *cv, const uint16_t *sk, const uint16_t *sv, int ld, int Tn,
-                            int kvdim, int cap, int off, size_t total) {
+                            int kvdim, int cap, int off, const int32_t *off_dev, size_t total) {
+  if (off_dev) off = *off_dev;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     const size_t row = i / kvdim, col = i % kvdim; /* row = b*Tn + t */
     const size_t b = row / Tn, t = row % Tn;
@@ -147,8 +148,32 @@ extern "C" int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *ca
   const size_t total = (size_t)B * Tn * kvdim;
   unsigned g = xd_ceil_div(total, 256);
   if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
-  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, total);
+  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, NULL, total);
   XD_CU_LAUNCH("kv_append");
+  return 0;
+}
+
+extern "C" int xd_cuda_kv_append_at(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
+                                    const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap,
+                                    const int32_t *off_dev, xd_err *e) {
+  XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && Tn <= cap && off_dev);
+  const size_t total = (size_t)B * Tn * kvdim;
+  unsigned g = xd_ceil_div(total, 256);
+  if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
+  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, 0, off_dev, total);
+  XD_CU_LAUNCH("kv_append_at");
+  return 0;
+}
+
+/* pos[b * Tn + i] = *off_dev + i */
+__global__ void k_positions(int32_t *pos, const int32_t *off_dev, int Tn, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) pos[i] = *off_dev + i % Tn;
+}
+extern "C" int xd_cuda_positions_at(xd_cuda_ctx *c, int32_t *pos, const int32_t *off_dev, int B, int Tn, xd_err *e) {
+  XD_ARG(B > 0 && Tn > 0 && (size_t)B * Tn < (1u << 30) && off_dev);
+  k_positions<<<xd_ceil_div((size_t)B * Tn, 256), 256, 0, c->stream>>>(pos, off_dev, Tn, B * Tn);
+  XD_CU_LAUNCH("positions");
   return 0;
 }
 
@@ -159,8 +184,8 @@ extern "C" int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *ca
  * 8 elements of the row); 256 / tpr rows are in flight at a time.
  *   1. scores for the chunk into shared memory (fp32, scale folded into q);
  *   2. one warp per head: max, exp, sum over the chunk;
- *   3. P V accumulated per lane, reduced over the rows of a warp with shuffles and over warps
- *      with shared-memory atomics;
+ *   3. P V accumulated per lane, reduced over the rows of a warp with shuffles and over the
+ *      warps in warp order (deterministic);
  *   4. one chunk: out = o / l (bf16); several: o, m, l to the workspace, merged by k_attn_merge. */
 #define DEC_THREADS 256
 #define DEC_MAXR 8
@@ -171,7 +196,25 @@ struct dec_args {
   int B, Tq, H, G, d, R, nsub, off, window, ldq, ldo, ldkv, n_split, chunk, tpr;
   size_t kv_bstride;
   float scale;
+  const int32_t *off_dev; /* non-NULL: the offset, read at run time; n_split / chunk follow from it */
+  int target;             /* dec_split's block target (the host's plan of the splits) */
+  int n_grid;             /* splits in the grid and the workspace's stride (>= every n_split) */
 };
+
+/* The splits of Tk keys: enough blocks for about two waves (target splits per query row and
+ * head group), chunks of 64 .. DEC_CHUNK keys. *n_ws (>= *n_split) grows monotonically with Tk,
+ * so a workspace or grid sized for the longest context serves every shorter one. The host's plan
+ * and the device's (off_dev) are this one function: the same splits, the same bits. */
+__host__ __device__ static inline void dec_split(int Tk, int target, int *n_split, int *chunk, int *n_ws) {
+  const int n_min = (Tk + DEC_CHUNK - 1) / DEC_CHUNK, useful = (Tk + 63) / 64;
+  int n = target < useful ? target : useful;
+  if (n < n_min) n = n_min;
+  if (n < 1) n = 1;
+  const int ch = (Tk + n - 1) / n;
+  *n_ws = n;
+  *chunk = ch;
+  *n_split = (Tk + ch - 1) / ch;
+}
 
 template <int VEC>
 __device__ __forceinline__ void load_row(float *f, const uint16_t *row, int lr, int tpr, int d, bool valid) {
@@ -207,24 +250,31 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_decode(uint16_t *__restric
   __shared__ float sc[DEC_MAXR][DEC_CHUNK];
   __shared__ float ob[DEC_MAXR][DEC_MAXD];
   __shared__ float sm[DEC_MAXR], sl[DEC_MAXR];
-  const int split = blockIdx.x % a.n_split;
+  int off = a.off, n_split = a.n_split, chunk = a.chunk;
+  if (a.off_dev) {
+    int n_ws;
+    off = *a.off_dev;
+    dec_split(off + a.Tq, a.target, &n_split, &chunk, &n_ws);
+  }
+  const int split = blockIdx.x % a.n_grid;
+  if (split >= n_split) return; /* a grid sized for a longer context */
   const int g = blockIdx.y / a.nsub, sub = blockIdx.y % a.nsub;
-  const int row = blockIdx.x / a.n_split; /* b*Tq + i */
+  const int row = blockIdx.x / a.n_grid; /* b*Tq + i */
   const int b = row / a.Tq, i = row % a.Tq;
-  const int p = a.off + i;
+  const int p = off + i;
   const int h0 = g * a.R + sub * DEC_MAXR;
   const int nr = min(DEC_MAXR, a.R - sub * DEC_MAXR);
   const int lo = a.window > 0 ? max(0, p - a.window + 1) : 0;
-  const int s0 = max(split * a.chunk, lo), s1 = min(split * a.chunk + a.chunk, p + 1);
+  const int s0 = max(split * chunk, lo), s1 = min(split * chunk + chunk, p + 1);
   const int tid = threadIdx.x, tpr = a.tpr, lr = tid % tpr, ks = tid / tpr, rpb = DEC_THREADS / tpr;
   const int d = a.d;
   if (s0 >= s1) { /* nothing visible in this split (only possible with several splits) */
     for (int t = tid; t < nr * d; t += DEC_THREADS) {
       const int r = t / d, el = t % d;
-      part_o[(((size_t)row * a.H + h0 + r) * a.n_split + split) * d + el] = 0.f;
+      part_o[(((size_t)row * a.H + h0 + r) * a.n_grid + split) * d + el] = 0.f;
     }
     if (tid < nr) {
-      float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_split + split) * 2;
+      float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_grid + split) * 2;
       ml[0] = -INFINITY, ml[1] = 0.f;
     }
     return;
@@ -305,34 +355,52 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_decode(uint16_t *__restric
   for (int r = 0; r < DEC_MAXR; r++) {
     if (r < nr) {
 #pragma unroll
-      for (int kk = 0; kk < 8; kk++) {
-        float x = acc[r][kk];
-        for (int o = 16; o >= tpr; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-        const int el = elem_of<VEC>(lr, kk, tpr);
-        if (lane < tpr && el < d) atomicAdd(&ob[r][el], x);
-      }
+      for (int kk = 0; kk < 8; kk++)
+        for (int o = 16; o >= tpr; o >>= 1) acc[r][kk] += __shfl_xor_sync(0xffffffffu, acc[r][kk], o);
     }
   }
-  __syncthreads();
+  /* the warps' sums added in warp order (not shared-memory atomics): the same bits every run */
+  for (int w = 0; w < DEC_THREADS / 32; w++) {
+    if (warp == w && lane < tpr) {
+#pragma unroll
+      for (int r = 0; r < DEC_MAXR; r++) {
+        if (r < nr) {
+#pragma unroll
+          for (int kk = 0; kk < 8; kk++) {
+            const int el = elem_of<VEC>(lr, kk, tpr);
+            if (el < d) ob[r][el] += acc[r][kk];
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
   /* 4. output */
   for (int t = tid; t < nr * d; t += DEC_THREADS) {
     const int r = t / d, el = t % d;
-    if (a.n_split == 1)
+    if (n_split == 1)
       out[(size_t)row * a.ldo + (size_t)(h0 + r) * d + el] = xd_f2bf(ob[r][el] / sl[r]);
     else
-      part_o[(((size_t)row * a.H + h0 + r) * a.n_split + split) * d + el] = ob[r][el];
+      part_o[(((size_t)row * a.H + h0 + r) * a.n_grid + split) * d + el] = ob[r][el];
   }
-  if (a.n_split > 1 && tid < nr) {
-    float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_split + split) * 2;
+  if (n_split > 1 && tid < nr) {
+    float *ml = part_ml + (((size_t)row * a.H + h0 + tid) * a.n_grid + split) * 2;
     ml[0] = sm[tid], ml[1] = sl[tid];
   }
 }
 
-/* One block per (query row, head): merge the splits' (o, m, l). */
+/* One block per (query row, head): merge the splits' (o, m, l); the workspace's stride is n_grid.
+ * off_dev non-NULL: n_split from the run-time offset (nothing to do when it is 1: the attention
+ * kernel wrote out). */
 __global__ void k_attn_merge(uint16_t *out, const float *part_o, const float *part_ml, int H, int d, int n_split,
-                             int ldo) {
+                             int ldo, int n_grid, const int32_t *off_dev, int Tq, int target) {
+  if (off_dev) {
+    int chunk, n_ws;
+    dec_split(*off_dev + Tq, target, &n_split, &chunk, &n_ws);
+    if (n_split == 1) return;
+  }
   const size_t rh = blockIdx.x; /* row*H + h */
-  const float *ml = part_ml + rh * n_split * 2;
+  const float *ml = part_ml + rh * n_grid * 2;
   float M = -INFINITY;
   for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[2 * s]);
   float L = 0.f;
@@ -341,34 +409,28 @@ __global__ void k_attn_merge(uint16_t *out, const float *part_o, const float *pa
   for (int el = threadIdx.x; el < d; el += blockDim.x) {
     float o = 0.f;
     for (int s = 0; s < n_split; s++)
-      if (ml[2 * s] != -INFINITY) o += part_o[(rh * n_split + s) * d + el] * __expf(ml[2 * s] - M);
+      if (ml[2 * s] != -INFINITY) o += part_o[(rh * n_grid + s) * d + el] * __expf(ml[2 * s] - M);
     out[row * ldo + h * d + el] = xd_f2bf(o / L);
   }
 }
 
-/* Splits: enough blocks for about two waves, chunks of 64 .. DEC_CHUNK keys. *n_ws (>= *n_split)
- * grows monotonically with the key count, so a workspace sized for the longest context serves
- * every shorter one. */
-static void dec_plan(const xd_cuda_ctx *c, const xd_cuda_decode_dims *a, int *n_split, int *chunk, int *n_ws) {
-  const int Tk = a->q_offset + a->Tq;
+/* The block target of dec_split for these dims (independent of the key count). */
+static int dec_target(const xd_cuda_ctx *c, const xd_cuda_decode_dims *a) {
   const int R = a->H / a->G, nsub = (R + DEC_MAXR - 1) / DEC_MAXR;
   const double base = (double)a->B * a->Tq * a->G * nsub;
-  const int n_min = (Tk + DEC_CHUNK - 1) / DEC_CHUNK;
-  const int target = (int)ceil(2.0 * (c->sm_count > 0 ? c->sm_count : 132) / base);
-  const int useful = (Tk + 63) / 64;
-  int n = target < useful ? target : useful;
-  if (n < n_min) n = n_min;
-  if (n < 1) n = 1;
-  const int ch = (Tk + n - 1) / n;
-  *n_ws = n;
-  *chunk = ch;
-  *n_split = (Tk + ch - 1) / ch;
+  const double t = ceil(2.0 * (c->sm_count > 0 ? c->sm_count : 132) / base);
+  return t > 1e6 ? 1000000 : (int)t;
+}
+/* The plan for the dims' key count: q_offset + Tq, or max_keys with off_dev (the grid and
+ * workspace for the longest context the run-time offset may give). */
+static void dec_plan(const xd_cuda_ctx *c, const xd_cuda_decode_dims *a, int *n_split, int *chunk, int *n_ws) {
+  dec_split(a->off_dev ? a->max_keys : a->q_offset + a->Tq, dec_target(c, a), n_split, chunk, n_ws);
 }
 
 extern "C" size_t xd_cuda_attention_decode_ws(xd_cuda_ctx *c, const xd_cuda_decode_dims *a) {
   int n_split, ch, n;
   dec_plan(c, a, &n_split, &ch, &n);
-  if (n_split <= 1) return 0;
+  if ((a->off_dev ? n : n_split) <= 1) return 0; /* off_dev: the grid's n splits (xd_cuda_attention_decode) */
   return (size_t)a->B * a->Tq * a->H * n * (a->d + 2) * sizeof(float);
 }
 
@@ -379,19 +441,23 @@ extern "C" int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uin
   XD_ARG(a->d > 0 && a->d <= DEC_MAXD && a->q_offset >= 0 && a->window >= 0);
   XD_ARG(a->ldq >= a->H * a->d && a->ldo >= a->H * a->d && a->ldkv >= a->G * a->d);
   XD_ARG((size_t)a->q_offset + a->Tq < (1u << 30));
+  XD_ARG(!a->off_dev || (a->max_keys >= a->Tq && a->max_keys < (1 << 30)));
   int n_split, chunk, n_ws;
   dec_plan(c, a, &n_split, &chunk, &n_ws);
-  XD_ARG((size_t)n_split * a->B * a->Tq < (1u << 31) && (size_t)a->B * a->Tq * a->H < (1u << 31));
+  /* off_dev: a grid of n_ws splits, the most any offset up to max_keys - Tq gives (dec_split) */
+  const int n_grid = a->off_dev ? n_ws : n_split;
+  XD_ARG((size_t)n_grid * a->B * a->Tq < (1u << 31) && (size_t)a->B * a->Tq * a->H < (1u << 31));
   const size_t need = xd_cuda_attention_decode_ws(c, a);
   if (need > ws_bytes)
     return xd_errf(e, "decode.cu: attention over %d keys for %d x %d queries needs %zu bytes of workspace, %zu given",
-                   a->q_offset + a->Tq, a->B, a->Tq, need, ws_bytes);
+                   a->off_dev ? a->max_keys : a->q_offset + a->Tq, a->B, a->Tq, need, ws_bytes);
   dec_args g;
   g.B = a->B, g.Tq = a->Tq, g.H = a->H, g.G = a->G, g.d = a->d, g.R = a->H / a->G;
   g.nsub = (g.R + DEC_MAXR - 1) / DEC_MAXR;
   g.off = a->q_offset, g.window = a->window, g.ldq = a->ldq, g.ldo = a->ldo, g.ldkv = a->ldkv;
   g.n_split = n_split, g.chunk = chunk, g.kv_bstride = a->kv_bstride;
   g.scale = (float)(1.0 / sqrt((double)a->d));
+  g.off_dev = a->off_dev, g.target = dec_target(c, a), g.n_grid = n_grid;
   const bool vec = a->d % 8 == 0 && a->ldkv % 8 == 0 && a->kv_bstride % 8 == 0 &&
                    (((uintptr_t)k | (uintptr_t)v) & 15) == 0;
   const int per = vec ? a->d / 8 : a->d; /* 16-byte pieces (or elements) per row */
@@ -401,17 +467,18 @@ extern "C" int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uin
     while (tpr * 8 < a->d) tpr *= 2;
   }
   g.tpr = tpr;
-  float *part_o = n_split > 1 ? (float *)ws : NULL;
-  float *part_ml = n_split > 1 ? part_o + (size_t)a->B * a->Tq * a->H * n_split * a->d : NULL;
-  const dim3 grid((unsigned)((size_t)n_split * a->B * a->Tq), (unsigned)(a->G * g.nsub));
+  const bool merge = n_grid > 1; /* off_dev: the run-time n_split may still be 1 (k_attn_merge returns) */
+  float *part_o = merge ? (float *)ws : NULL;
+  float *part_ml = merge ? part_o + (size_t)a->B * a->Tq * a->H * n_grid * a->d : NULL;
+  const dim3 grid((unsigned)((size_t)n_grid * a->B * a->Tq), (unsigned)(a->G * g.nsub));
   if (vec)
     k_attn_decode<8><<<grid, DEC_THREADS, 0, c->stream>>>(out, part_o, part_ml, q, k, v, g);
   else
     k_attn_decode<1><<<grid, DEC_THREADS, 0, c->stream>>>(out, part_o, part_ml, q, k, v, g);
   XD_CU_LAUNCH("attention_decode");
-  if (n_split > 1) {
-    k_attn_merge<<<(unsigned)((size_t)a->B * a->Tq * a->H), 64, 0, c->stream>>>(out, part_o, part_ml, a->H, a->d,
-                                                                               n_split, a->ldo);
+  if (merge) {
+    k_attn_merge<<<(unsigned)((size_t)a->B * a->Tq * a->H), 64, 0, c->stream>>>(
+        out, part_o, part_ml, a->H, a->d, n_split, a->ldo, n_grid, a->off_dev, a->Tq, g.target);
     XD_CU_LAUNCH("attention_merge");
   }
   return 0;

@@ -27,4 +27,8 @@ echo '{"txt": 1}' | $BIN encode --tokenizer $TOK >/dev/null 2>"$TMP/err"; rc=$?
 check "bad input line is an error" "[ $rc -ne 0 ] && grep -q 'line 1' $TMP/err"
 echo '{"ids": [1, "x"]}' | $BIN decode --tokenizer $TOK >/dev/null 2>"$TMP/err"; rc=$?
 check "bad ids is an error" "[ $rc -ne 0 ] && grep -q '^xdistill: error: <stdin>: line 1' $TMP/err"
+printf '%s\n' '{"ids": [1]}' '{"ids": [1e10]}' | $BIN decode --tokenizer $TOK >/dev/null 2>"$TMP/err"; rc=$?
+check "an id past 32 bits is an error (range checked before the cast)" "[ $rc -ne 0 ] && grep -q 'line 2: \"ids\" must hold 32-bit integers' $TMP/err"
+printf '%s\r\n\n%s\n' '{"text": "a"}' '{"text": "b"}' | $BIN encode --tokenizer $TOK > "$TMP/crlf.jsonl"; rc=$?
+check "CRLF and blank lines: one output line per text" "[ $rc -eq 0 ] && [ \$(wc -l < $TMP/crlf.jsonl) -eq 2 ]"
 exit $fail

@@ -25,4 +25,15 @@ int cli_take_flag(int *argc, char **argv, const char *flag, const char **out);
 /* --device VALUE: "cpu" (*cuda = 0) or "cuda" (*cuda = 1); returns 1 after printing an error
  * for anything else, or for "cuda" in a build without the CUDA backend. cmd names the command. */
 int cli_parse_device(const char *cmd, const char *value, int *cuda);
+
+/* The tokenizer filters (`encode`, `decode`): argv is `--tokenizer DIR` and at most the one
+ * switch `flag` (*flag_on = 1 when given); anything else, or no DIR, prints usage to stderr and
+ * fails. Then the tokenizer is loaded and each non-empty line of stdin (CR / LF trimmed) is
+ * parsed as JSON and handed to fn(t, obj, lineno, *flag_on), which writes its output line (0) or
+ * fails (non-zero, after cli_fail*); obj is NULL for a line that is not JSON (fn says what it
+ * expected). Returns the first failure, else 0 after flushing stdout. */
+struct cJSON;
+struct xd_tokenizer;
+int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag, int *flag_on,
+                         int (*fn)(struct xd_tokenizer *t, const struct cJSON *obj, long lineno, int flag_on));
 #endif

@@ -1,7 +1,10 @@
+#include <cjson/cJSON.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
 #include "model/teacher/teacher_cuda.h"
+#include "tokenizer/tokenizer.h"
 
 int cli_fail(const xd_err *e) {
   fprintf(stderr, "xdistill: error: %s\n", e->msg);
@@ -42,4 +45,36 @@ int cli_parse_device(const char *cmd, const char *value, int *cuda) {
     return 0;
   }
   return cli_failf("%s: --device must be cpu or cuda, got '%s'", cmd, value);
+}
+
+int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag, int *flag_on,
+                         int (*fn)(xd_tokenizer *t, const cJSON *obj, long lineno, int flag_on)) {
+  const char *dir = NULL;
+  *flag_on = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) dir = argv[++i];
+    else if (!strcmp(argv[i], flag)) *flag_on = 1;
+    else { fputs(usage, stderr); return cli_failf("%s: unknown argument '%s'", cmd, argv[i]); }
+  }
+  if (!dir) { fputs(usage, stderr); return cli_failf("%s: --tokenizer DIR is required", cmd); }
+  xd_err e;
+  xd_tokenizer *t;
+  if (xd_tokenizer_load(&t, dir, &e)) return cli_fail(&e);
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  long lineno = 0;
+  int rc = 0;
+  while (!rc && (len = getline(&line, &cap, stdin)) >= 0) {
+    lineno++;
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+    if (len == 0) continue;
+    cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
+    rc = fn(t, j, lineno, *flag_on);
+    cJSON_Delete(j);
+  }
+  free(line);
+  xd_tokenizer_free(t);
+  if (!rc && fflush(stdout)) rc = cli_failf("<stdout>: write failed");
+  return rc;
 }

@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include "test.h"
 #include "model/config.h"
+#include "model/student/hybrid_config.h"
 
 static int parse(xd_model_config *c, const char *json, xd_err *e) {
   return xd_config_parse(c, json, strlen(json), "cfg.json", e);
@@ -53,6 +54,30 @@ static void test_dialects(void) {
 
 typedef struct { const char *json, *want; } bad_case;
 
+/* The student's "xdistill" block: numbers beyond their types' ranges are errors, never converted
+ * (converting such a double to int or float is undefined). */
+static void test_hybrid_numbers(void) {
+  static const struct { const char *json, *want; } cases[] = {
+      {"{\"xdistill\": {\"format_version\": 1, \"window\": 1e300}}", "xdistill.window must be an integer"},
+      {"{\"xdistill\": {\"format_version\": 1, \"gate_softcap\": 1e300}}", "xdistill.gate_softcap must be a number"},
+      {"{\"xdistill\": {\"format_version\": 1, \"eps\": -1e39}}", "xdistill.eps must be a number"},
+      {"{\"xdistill\": {\"format_version\": 4e9}}", "xdistill.format_version must be an integer"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    xd_hybrid_config h;
+    int present = 0;
+    xd_err e = {{0}};
+    const int rc = xd_hybrid_parse(&h, &present, cases[i].json, strlen(cases[i].json), 64, "cfg.json", &e);
+    CHECKF(rc == -1 && present && strstr(e.msg, cases[i].want), "case %zu: rc %d msg '%s'", i, rc, e.msg);
+  }
+  xd_hybrid_config h;
+  int present = 0;
+  xd_err e = {{0}};
+  const char *ok = "{\"xdistill\": {\"format_version\": 1, \"window\": 32, \"gate_softcap\": 15.5}}";
+  CHECKF(xd_hybrid_parse(&h, &present, ok, strlen(ok), 64, "cfg.json", &e) == 0 && h.window == 32 && h.gate_softcap == 15.5f,
+         "%s", e.msg);
+}
+
 static void test_errors(void) {
   const bad_case cases[] = {
     {"{\"model_type\": \"llama\", " BASE, "cfg.json: not valid JSON"},
@@ -77,6 +102,7 @@ static void test_errors(void) {
     {"{\"model_type\": \"olmo3\", " BASE ", \"layer_types\": [\"local\", \"full_attention\"], \"sliding_window\": 4}", "layer_types[0] 'local' is not"},
     {"{\"model_type\": \"llama\", " BASE ", \"hidden_act\": \"gelu\"}", "hidden_act 'gelu' is not supported"},
     {"{\"model_type\": \"llama\", " BASE ", \"eos_token_id\": [1, -2]}", "eos_token_id entries must be non-negative integers"},
+    {"{\"model_type\": \"llama\", " BASE ", \"eos_token_id\": [1, 1e300]}", "eos_token_id entries must be non-negative integers"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     xd_model_config c;
@@ -158,5 +184,6 @@ int main(void) {
   RUN(test_errors);
   RUN(test_published_configs);
   RUN(test_rope_cases);
+  RUN(test_hybrid_numbers);
   return test_finish();
 }

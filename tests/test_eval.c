@@ -421,6 +421,22 @@ static void test_task_definition(void) {
   CHECK(xd_task_load(&t, "def", def, NULL, NULL, NULL, &e) == -1 && strstr(e.msg, "arith.jsonl:1") && strstr(e.msg, "nope"));
   write_text(def, "{\"name\": \"bad\", \"format\": \"jsonl\"}");
   CHECK(xd_task_load(&t, "def", def, NULL, NULL, NULL, &e) == -1 && strstr(e.msg, "arith.json"));
+  /* numbers beyond their ranges are errors, never converted (an out-of-range double's conversion
+   * to an integer type is undefined) */
+  static const char *const out_of_range[] = {
+      "\"kind\": \"generate\", \"prompt_template\": \"{prompt}\", \"max_new_tokens\": 1e300",
+      "\"kind\": \"multiple_choice\", \"prompt_template\": \"{prompt}\", \"num_fewshot\": 1e30",
+      "\"kind\": \"multiple_choice\", \"prompt_template\": \"{prompt}\", \"limit\": 1e300",
+      "\"kind\": \"multiple_choice\", \"prompt_template\": \"{prompt}\", \"seed\": -1"};
+  for (size_t i = 0; i < sizeof out_of_range / sizeof out_of_range[0]; i++) {
+    char text[512];
+    snprintf(text, sizeof text, "{\"name\": \"r\", \"format\": \"jsonl\", \"data\": \"arith.jsonl\", %s}", out_of_range[i]);
+    write_text(def, text);
+    t = NULL;
+    const int rc = xd_task_load(&t, "def", def, NULL, NULL, NULL, &e);
+    CHECKF(rc == -1 && t == NULL && strstr(e.msg, "arith.json"), "out-of-range case %zu: rc %d msg '%s'", i, rc, e.msg);
+    xd_task_free(t);
+  }
 }
 
 static void test_task_spec(void) {
@@ -453,6 +469,7 @@ static void test_malformed_inputs(void) {
     {"mc", "{\"query\": \"q\", \"choices\": [\"a\"], \"gold\": 0}\n{\"query\": \"q\", \"choices\": [\"a\"], \"gold\": 3}\n", "bad.jsonl:2"},
     {"mc", "{\"query\": \"q\", \"choices\": [\"a\", 5], \"gold\": 0}\n", "bad.jsonl:1"},
     {"mc", "not json\n", "bad.jsonl:1"},
+    {"mc", "{\"query\": \"q\", \"choices\": [\"a\"], \"gold\": 1e300}\n", "bad.jsonl:1"},
     {"mc", "", "no JSON lines"},
     {"winogrande", "{\"context_options\": [\"a\"], \"gold\": 0}\n", "bad.jsonl:1"},
     {"lambada", "{\"context\": \"a\", \"continuation\": \"\"}\n", "bad.jsonl:1"},

@@ -167,7 +167,10 @@ static const char *jstr(const cJSON *o, const char *key) {
 
 static int jint(const cJSON *o, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) return -1;
+  /* range first: converting an out-of-range double to int is undefined */
+  if (!cJSON_IsNumber(v) || !(v->valuedouble >= -2147483648.0 && v->valuedouble <= 2147483647.0) ||
+      v->valuedouble != (double)(int)v->valuedouble)
+    return -1;
   *out = (int)v->valuedouble;
   return 0;
 }
@@ -890,8 +893,9 @@ static int read_custom(xd_task *t, load_ctx *c, const cJSON *def, const char *de
     else if (!strcmp(ex, "gsm8k")) t->extract = XD_EXTRACT_GSM8K;
     else return xd_errf(e, "%s: extract must be none, number or gsm8k", defpath);
     const cJSON *mn = cJSON_GetObjectItemCaseSensitive(def, "max_new_tokens");
-    t->max_new_tokens = cJSON_IsNumber(mn) ? (int)mn->valuedouble : 256;
-    if (t->max_new_tokens < 1 || t->max_new_tokens > 1 << 20) return xd_errf(e, "%s: max_new_tokens out of range", defpath);
+    const double mnv = cJSON_IsNumber(mn) ? mn->valuedouble : 256;
+    if (!(mnv >= 1 && mnv <= 1 << 20)) return xd_errf(e, "%s: max_new_tokens out of range", defpath);
+    t->max_new_tokens = (int)mnv;
     t->ignore_case = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(def, "ignore_case"));
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(def, "until");
     if (u) {
@@ -1016,12 +1020,17 @@ static int read_def(xd_task *t, load_ctx *c, xd_err *e) {
   xd_task_options opt = *c->opt;
   const cJSON *v;
   if (!rc && opt.num_fewshot < 0 && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "num_fewshot"))) {
-    if (v->valuedouble < 0 || v->valuedouble > 1000) rc = xd_errf(e, "%s: num_fewshot out of range", c->path);
-    opt.num_fewshot = (int)v->valuedouble;
+    if (!(v->valuedouble >= 0 && v->valuedouble <= 1000)) rc = xd_errf(e, "%s: num_fewshot out of range", c->path);
+    else opt.num_fewshot = (int)v->valuedouble;
   }
-  if (!rc && opt.limit == 0 && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "limit")) && v->valuedouble > 0)
-    opt.limit = (size_t)v->valuedouble;
-  if (!rc && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "seed")) && opt.seed == 1234) opt.seed = (uint64_t)v->valuedouble;
+  if (!rc && opt.limit == 0 && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "limit")) && v->valuedouble > 0) {
+    if (!(v->valuedouble <= 1e15)) rc = xd_errf(e, "%s: limit out of range", c->path);
+    else opt.limit = (size_t)v->valuedouble;
+  }
+  if (!rc && cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(def, "seed")) && opt.seed == 1234) {
+    if (!(v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0)) rc = xd_errf(e, "%s: seed must be in [0, 2^53]", c->path);
+    else opt.seed = (uint64_t)v->valuedouble;
+  }
   if (!rc) {
     char *dpath = resolve_rel(c->path, data), *fpath = fs ? resolve_rel(c->path, fs) : NULL;
     load_ctx c2 = {dpath, fpath, &opt, {{0}}, def_str(def, "target_delimiter", " "), def_str(def, "fewshot_delimiter", "\n\n"),

@@ -167,8 +167,9 @@ static int parse_obj(xd_model_config *c, const cJSON *o, const char *name, xd_er
   if (eos && cJSON_IsArray(eos)) {
     const cJSON *it;
     cJSON_ArrayForEach(it, eos) {
-      if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 0)
-        return xd_errf(e, "%s: eos_token_id entries must be non-negative integers", name);
+      if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || !(it->valuedouble >= 0) ||
+          it->valuedouble > 2147483647.0)
+        return xd_errf(e, "%s: eos_token_id entries must be non-negative integers below 2^31", name);
       if (c->n_eos < XD_MAX_EOS) c->eos_token_ids[c->n_eos++] = (int)it->valuedouble;
     }
   } else if (eos && !cJSON_IsNull(eos)) {

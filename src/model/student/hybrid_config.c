@@ -46,7 +46,9 @@ static int get_int(const cJSON *o, const char *key, int *out, const char *name, 
 static int get_float(const cJSON *o, const char *key, float *out, const char *name, xd_err *e) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!j) return 0;
-  if (!cJSON_IsNumber(j)) return xd_errf(e, "%s: xdistill.%s must be a number", name, key);
+  /* range first: converting a double beyond FLT_MAX to float is undefined */
+  if (!cJSON_IsNumber(j) || !(fabs(j->valuedouble) <= 3.0e38))
+    return xd_errf(e, "%s: xdistill.%s must be a number", name, key);
   *out = (float)j->valuedouble;
   return 0;
 }

@@ -157,6 +157,10 @@ sums "$TMP/a_ref" >"$TMP/a_ref.sums"; sums "$TMP/d_ref" >"$TMP/d_ref.sums"
 expect_error "align: missing teacher dir" "$TMP/no-teacher" "$BIN" "${ALIGN[@]/$TEA/$TMP/no-teacher}" --out "$TMP/a_ref" --resume
 expect_error "distill: missing teacher dir" "$TMP/no-teacher" "$BIN" "${DIST[@]}" --teacher "$TMP/no-teacher" --out "$TMP/d_ref" --resume
 expect_error "teacher-cache: missing teacher dir" "$TMP/no-teacher" "$BIN" teacher-cache --teacher "$TMP/no-teacher" --data "$TMP/text" --out "$TMP/x.bin" --seq-len 64 --k 16
+expect_error "teacher-cache: --seq-len not a number" "teacher-cache: --seq-len must be a positive integer" "$BIN" teacher-cache --teacher "$TMP/no-teacher" --data "$TMP/text" --out "$TMP/x.bin" --seq-len 64x --k 16
+expect_error "teacher-cache: --k past int" "teacher-cache: --k must be a positive integer" "$BIN" teacher-cache --teacher "$TMP/no-teacher" --data "$TMP/text" --out "$TMP/x.bin" --seq-len 64 --k 99999999999
+expect_error "demo: --align-steps not a number" "demo: --align-steps must be a positive integer" "$BIN" demo --align-steps 10x
+expect_error "demo: negative --seed" "demo: --seed must be an unsigned integer" "$BIN" demo --seed -3
 OTHER=tests/fixtures/teachers/llama-gqa/fp32
 if [ -d $OTHER ]; then
   "$BIN" init --teacher $OTHER --out "$TMP/other_student" --window 8 --sinks 2 --chunk 8 >/dev/null 2>&1

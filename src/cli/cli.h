@@ -26,6 +26,14 @@ int cli_take_flag(int *argc, char **argv, const char *flag, const char **out);
  * for anything else, or for "cuda" in a build without the CUDA backend. cmd names the command. */
 int cli_parse_device(const char *cmd, const char *value, int *cuda);
 
+/* Numbers on the command line: the whole of s, within [lo, hi] (finite for a double); else one
+ * line "<cmd>: <opt> must be a positive integer (at most hi), got 's'" (lo 1), "... an integer in
+ * [lo, hi] ...", "... a number ..." or "... an unsigned integer ..." and 1. */
+int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out);
+int cli_parse_double(const char *cmd, const char *opt, const char *s, double *out);
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
+
 /* The tokenizer filters (`encode`, `decode`): argv is `--tokenizer DIR` and at most the one
  * switch `flag` (*flag_on = 1 when given); anything else, or no DIR, prints usage to stderr and
  * fails. Then the tokenizer is loaded and each non-empty line of stdin (CR / LF trimmed) is

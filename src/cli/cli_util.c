@@ -1,4 +1,6 @@
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,4 +79,37 @@ int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usa
   xd_tokenizer_free(t);
   if (!rc && fflush(stdout)) rc = cli_failf("<stdout>: write failed");
   return rc;
+}
+
+int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  const long v = strtol(s, &end, 10);
+  if (!*s || *end || errno || v < lo || v > hi) {
+    if (lo == 1) return cli_failf("%s: %s must be a positive integer (at most %ld), got '%s'", cmd, opt, hi, s);
+    return cli_failf("%s: %s must be an integer in [%ld, %ld], got '%s'", cmd, opt, lo, hi, s);
+  }
+  *out = v;
+  return 0;
+}
+int cli_parse_int(const char *cmd, const char *opt, const char *s, int lo, int hi, int *out) {
+  long v;
+  if (cli_parse_long(cmd, opt, s, lo, hi, &v)) return 1;
+  *out = (int)v;
+  return 0;
+}
+int cli_parse_double(const char *cmd, const char *opt, const char *s, double *out) {
+  char *end;
+  const double v = strtod(s, &end);
+  if (!*s || *end || !isfinite(v)) return cli_failf("%s: %s must be a number, got '%s'", cmd, opt, s);
+  *out = v;
+  return 0;
+}
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  const unsigned long long v = *s && *s != '-' && *s != '+' ? strtoull(s, &end, 10) : 0;
+  if (!*s || *s == '-' || *s == '+' || *end || errno) return cli_failf("%s: %s must be an unsigned integer, got '%s'", cmd, opt, s);
+  *out = v;
+  return 0;
 }

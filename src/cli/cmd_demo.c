@@ -57,16 +57,16 @@ int cmd_demo(int argc, char **argv) {
     i++;
     if (!strcmp(a, "--out")) o.out = v;
     else if (!strcmp(a, "--teacher")) o.teacher = v;
-    else if (!strcmp(a, "--align-steps")) o.align_steps = atoi(v);
-    else if (!strcmp(a, "--distill-steps")) o.distill_steps = atoi(v);
-    else if (!strcmp(a, "--seed")) o.seed = strtoull(v, NULL, 10);
-    else if (!strcmp(a, "--distill-lr")) o.distill_lr = atof(v);
-    else if (!strcmp(a, "--align-lr")) o.align_lr = atof(v);
-    else if (!strcmp(a, "--eval")) o.n_eval = atoi(v);
-    else if (!strcmp(a, "--kd-gamma")) o.kd_gamma = atof(v);
-    else if (!strcmp(a, "--window")) o.window = atoi(v);
-    else if (!strcmp(a, "--seq-len")) o.seq_len = atoi(v);
-    else if (!strcmp(a, "--batch")) o.batch = atoi(v);
+    else if (!strcmp(a, "--align-steps")) { if (cli_parse_int("demo", a, v, 1, 100000000, &o.align_steps)) return 1; }
+    else if (!strcmp(a, "--distill-steps")) { if (cli_parse_int("demo", a, v, 1, 100000000, &o.distill_steps)) return 1; }
+    else if (!strcmp(a, "--seed")) { if (cli_parse_u64("demo", a, v, &o.seed)) return 1; }
+    else if (!strcmp(a, "--distill-lr")) { if (cli_parse_double("demo", a, v, &o.distill_lr)) return 1; }
+    else if (!strcmp(a, "--align-lr")) { if (cli_parse_double("demo", a, v, &o.align_lr)) return 1; }
+    else if (!strcmp(a, "--eval")) { if (cli_parse_int("demo", a, v, 1, 1000000, &o.n_eval)) return 1; }
+    else if (!strcmp(a, "--kd-gamma")) { if (cli_parse_double("demo", a, v, &o.kd_gamma)) return 1; }
+    else if (!strcmp(a, "--window")) { if (cli_parse_int("demo", a, v, 1, 1 << 20, &o.window)) return 1; }
+    else if (!strcmp(a, "--seq-len")) { if (cli_parse_int("demo", a, v, 2, 1 << 20, &o.seq_len)) return 1; }
+    else if (!strcmp(a, "--batch")) { if (cli_parse_int("demo", a, v, 1, 1 << 16, &o.batch)) return 1; }
     else return cli_failf("demo: unknown option '%s' (see --help)", a);
   }
   if (o.align_steps < 1 || o.distill_steps < 1 || o.n_eval < 1 || o.window < 1 || o.seq_len < 2 || o.batch < 1 || !(o.align_lr > 0) || !(o.distill_lr > 0))

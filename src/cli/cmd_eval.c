@@ -42,14 +42,6 @@ static const char usage[] =
 
 #define MAX_TASKS 64
 
-static int parse_long(const char *s, const char *opt, long lo, long hi, long *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) return cli_failf("eval: %s must be an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
-  *out = v;
-  return 0;
-}
-
 static int is_bare_name(const char *s) {
   if (!*s) return 0;
   for (; *s; s++)
@@ -160,11 +152,11 @@ int cmd_eval(int argc, char **argv) {
     else if (!strcmp(a, "--reference")) reference = argv[++i];
     else if (!strcmp(a, "--tokenizer")) tokenizer = argv[++i];
     else if (!strcmp(a, "--device")) rc = cli_parse_device("eval", argv[++i], &cuda);
-    else if (!strcmp(a, "--limit")) rc = parse_long(argv[++i], "--limit", 0, 1L << 40, &limit);
-    else if (!strcmp(a, "--batch")) rc = parse_long(argv[++i], "--batch", 1, 1 << 20, &batch);
-    else if (!strcmp(a, "--num-fewshot")) rc = parse_long(argv[++i], "--num-fewshot", 0, 1000, &fewshot);
-    else if (!strcmp(a, "--seed")) rc = parse_long(argv[++i], "--seed", 0, 2147483647L, &seed);
-    else if (!strcmp(a, "--threads")) { long t; rc = parse_long(argv[++i], "--threads", 1, 4096, &t); threads = (int)t; }
+    else if (!strcmp(a, "--limit")) rc = cli_parse_long("eval", "--limit", argv[++i], 0, 1L << 40, &limit);
+    else if (!strcmp(a, "--batch")) rc = cli_parse_long("eval", "--batch", argv[++i], 1, 1 << 20, &batch);
+    else if (!strcmp(a, "--num-fewshot")) rc = cli_parse_long("eval", "--num-fewshot", argv[++i], 0, 1000, &fewshot);
+    else if (!strcmp(a, "--seed")) rc = cli_parse_long("eval", "--seed", argv[++i], 0, 2147483647L, &seed);
+    else if (!strcmp(a, "--threads")) { long t; rc = cli_parse_long("eval", "--threads", argv[++i], 1, 4096, &t); threads = (int)t; }
     else if (!strcmp(a, "--grid")) {
       char *end;
       grid = strtod(argv[++i], &end);

@@ -46,25 +46,6 @@ static const char usage[] =
 
 #define MAX_STOPS 32
 
-static int parse_int(const char *s, const char *opt, long lo, long hi, int *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || v < lo || v > hi) {
-    if (lo == 1) return cli_failf("generate: %s must be a positive integer (at most %ld), got '%s'", opt, hi, s);
-    return cli_failf("generate: %s must be an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
-  }
-  *out = (int)v;
-  return 0;
-}
-
-static int parse_double(const char *s, const char *opt, double *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (!*s || *end || !isfinite(v)) return cli_failf("generate: %s must be a number, got '%s'", opt, s);
-  *out = v;
-  return 0;
-}
-
 static void emit(const char *s, size_t n, void *user) {
   (void)user;
   fwrite(s, 1, n, stdout);
@@ -156,12 +137,12 @@ int cmd_generate(int argc, char **argv) {
       if (!stops[n_stops][0]) return cli_failf("generate: --stop needs a non-empty string");
       n_stops++;
     }
-    else if (!strcmp(a, "--max-new")) { if (parse_int(argv[++i], "--max-new", 1, 1000000, &max_new)) return 1; }
-    else if (!strcmp(a, "--threads")) { if (parse_int(argv[++i], "--threads", 1, 4096, &threads)) return 1; }
-    else if (!strcmp(a, "--top-k")) { if (parse_int(argv[++i], "--top-k", 0, 1 << 30, &o.sp.top_k)) return 1; }
-    else if (!strcmp(a, "--seed")) { if (parse_int(argv[++i], "--seed", 0, 2147483647, &seed)) return 1; }
-    else if (!strcmp(a, "--temperature")) { if (parse_double(argv[++i], "--temperature", &o.sp.temperature)) return 1; }
-    else if (!strcmp(a, "--top-p")) { if (parse_double(argv[++i], "--top-p", &o.sp.top_p)) return 1; }
+    else if (!strcmp(a, "--max-new")) { if (cli_parse_int("generate", "--max-new", argv[++i], 1, 1000000, &max_new)) return 1; }
+    else if (!strcmp(a, "--threads")) { if (cli_parse_int("generate", "--threads", argv[++i], 1, 4096, &threads)) return 1; }
+    else if (!strcmp(a, "--top-k")) { if (cli_parse_int("generate", "--top-k", argv[++i], 0, 1 << 30, &o.sp.top_k)) return 1; }
+    else if (!strcmp(a, "--seed")) { if (cli_parse_int("generate", "--seed", argv[++i], 0, 2147483647, &seed)) return 1; }
+    else if (!strcmp(a, "--temperature")) { if (cli_parse_double("generate", "--temperature", argv[++i], &o.sp.temperature)) return 1; }
+    else if (!strcmp(a, "--top-p")) { if (cli_parse_double("generate", "--top-p", argv[++i], &o.sp.top_p)) return 1; }
     else return cli_failf("generate: unknown argument '%s' (see --help)", a);
   }
   if (!model || (!ids_path == !prompt)) return cli_failf("generate: --model and one of --ids or --prompt are required (see --help)");

@@ -23,8 +23,10 @@ int cmd_teacher_cache(int argc, char **argv) {
     return 1;
   if (argc > 1) return cli_failf("teacher-cache: unknown option '%s' (see --help)", argv[1]);
   if (!tdir || !data || !out) return cli_failf("teacher-cache: --teacher, --data and --out are required (see --help)");
-  const int T = atoi(ts), K = atoi(ks), B = atoi(bs);
-  if (T < 1 || K < 1 || B < 1) return cli_failf("teacher-cache: --seq-len, --k and --batch must be positive integers");
+  int T, K, B;
+  if (cli_parse_int("teacher-cache", "--seq-len", ts, 1, 1 << 24, &T) || cli_parse_int("teacher-cache", "--k", ks, 1, 1 << 24, &K) ||
+      cli_parse_int("teacher-cache", "--batch", bs, 1, 1 << 16, &B))
+    return 1;
   xd_err e;
   xd_teacher t;
   if (xd_teacher_load(&t, tdir, &e) != 0) return cli_fail(&e);

@@ -116,7 +116,8 @@ static const char *json_str(const cJSON *o, const char *k) {
 static int json_int(const cJSON *v, int64_t lo, int64_t hi, int64_t *out) {
   if (!cJSON_IsNumber(v)) return -1;
   double d = v->valuedouble;
-  if (d != (double)(int64_t)d || d < (double)lo || d > (double)hi) return -1;
+  /* range first: converting a double beyond int64 is undefined */
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return -1;
   *out = (int64_t)d;
   return 0;
 }

@@ -1,6 +1,5 @@
 /* `xdistill data prepare|info`: tokenise corpora into train/validation token shards
  * (src/data/prepare.h, docs/data-format.md), and summarise/verify a prepared directory. */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,15 +40,6 @@ static int enc_chat(void *ctx, const xd_chat_message *m, int n, int32_t **ids, u
   return xd_chat_encode(((tok_ctx *)ctx)->t, m, n, 0, ids, mask, len, e);
 }
 
-static int parse_u64(const char *s, uint64_t *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || s[0] == '-') return -1;
-  *out = v;
-  return 0;
-}
-
 static int cmd_data_prepare(int argc, char **argv) {
   const char *tok_path = NULL, *out = NULL;
   xd_prepare_opts o = {.val_fraction = 0.01, .seed = 1, .shard_tokens = 1u << 24, .progress = stderr};
@@ -61,17 +51,13 @@ static int cmd_data_prepare(int argc, char **argv) {
     if (!strcmp(a, "--tokenizer") && has) tok_path = argv[++i];
     else if (!strcmp(a, "--out") && has) out = argv[++i];
     else if (!strcmp(a, "--val-fraction") && has) {
-      char *end;
-      o.val_fraction = strtod(argv[++i], &end);
-      if (*end || end == argv[i]) rc = cli_failf("data prepare: --val-fraction '%s' is not a number", argv[i]);
+      rc = cli_parse_double("data prepare", a, argv[++i], &o.val_fraction);
     } else if (!strcmp(a, "--seed") && has) {
-      if (parse_u64(argv[++i], &o.seed)) rc = cli_failf("data prepare: --seed '%s' is not a non-negative integer", argv[i]);
+      rc = cli_parse_u64("data prepare", a, argv[++i], &o.seed);
     } else if (!strcmp(a, "--shard-tokens") && has) {
-      if (parse_u64(argv[++i], &o.shard_tokens)) rc = cli_failf("data prepare: --shard-tokens '%s' is not a positive integer", argv[i]);
+      rc = cli_parse_u64("data prepare", a, argv[++i], &o.shard_tokens);
     } else if (!strcmp(a, "--threads") && has) {
-      uint64_t t;
-      if (parse_u64(argv[++i], &t) || t < 1 || t > 4096) rc = cli_failf("data prepare: --threads '%s' is not a count in [1, 4096]", argv[i]);
-      o.threads = (int)t;
+      rc = cli_parse_int("data prepare", a, argv[++i], 1, 4096, &o.threads);
     } else if (!strcmp(a, "--add-bos")) o.add_bos = 1;
     else if (!strcmp(a, "--force")) o.force = 1;
     else if (!strcmp(a, "--quiet")) o.progress = NULL;

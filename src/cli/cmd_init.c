@@ -23,14 +23,6 @@ static const char *usage =
   "  --chunk L           chunk length of the chunkwise mLSTM (default 64)\n"
   "  --gate-softcap C    soft cap of the gate pre-activations, 0 = off (default 15)\n";
 
-static int parse_int(const char *flag, const char *v, int *out) {
-  char *end;
-  long x = strtol(v, &end, 10);
-  if (*v == 0 || *end || x < -1000000000L || x > 1000000000L) return cli_failf("%s: '%s' is not an integer", flag, v);
-  *out = (int)x;
-  return 0;
-}
-
 int cmd_init(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
   const char *teacher = NULL, *out = NULL, *fmap = NULL, *norm = NULL;
@@ -42,16 +34,15 @@ int cmd_init(int argc, char **argv) {
     i++;
     if (!strcmp(a, "--teacher")) teacher = v;
     else if (!strcmp(a, "--out")) out = v;
-    else if (!strcmp(a, "--window")) { if (parse_int(a, v, &window)) return 1; }
-    else if (!strcmp(a, "--sinks")) { if (parse_int(a, v, &sinks)) return 1; }
-    else if (!strcmp(a, "--d-phi")) { if (parse_int(a, v, &dphi)) return 1; }
-    else if (!strcmp(a, "--chunk")) { if (parse_int(a, v, &chunk)) return 1; }
+    else if (!strcmp(a, "--window")) { if (cli_parse_int("init", a, v, 0, 1 << 30, &window)) return 1; }
+    else if (!strcmp(a, "--sinks")) { if (cli_parse_int("init", a, v, 0, 1 << 30, &sinks)) return 1; }
+    else if (!strcmp(a, "--d-phi")) { if (cli_parse_int("init", a, v, 1, 1 << 30, &dphi)) return 1; }
+    else if (!strcmp(a, "--chunk")) { if (cli_parse_int("init", a, v, 1, 1 << 30, &chunk)) return 1; }
     else if (!strcmp(a, "--feature-map")) fmap = v;
     else if (!strcmp(a, "--normalizer")) norm = v;
     else if (!strcmp(a, "--gate-softcap")) {
-      char *end;
-      softcap = strtod(v, &end);
-      if (*end || *v == 0) return cli_failf("--gate-softcap: '%s' is not a number", v);
+      if (cli_parse_double("init", a, v, &softcap)) return 1;
+      if (!(softcap >= 0 && softcap <= 1e30)) return cli_failf("init: --gate-softcap must be in [0, 1e30] (0 = off), got '%s'", v);
     } else return cli_failf("init: unknown option '%s' (see --help)", a);
   }
   if (!teacher || !out) return cli_failf("init: --teacher DIR and --out DIR are required (see --help)");

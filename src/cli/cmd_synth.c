@@ -1,5 +1,4 @@
 /* xdistill synth: write the synthetic task domains (train/eval jsonl per domain). */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cli/cli.h"
@@ -23,24 +22,6 @@ static const char usage_text[] =
   "\n"
   "Domains are described in docs/synth.md.\n";
 
-static int parse_u64(const char *flag, const char *s, uint64_t *out) {
-  if (!s || !*s || *s == '-' || *s == '+') return cli_failf("%s: expected an unsigned integer, got '%s'", flag, s ? s : "");
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || *end) return cli_failf("%s: expected an unsigned integer, got '%s'", flag, s);
-  *out = v;
-  return 0;
-}
-
-static int parse_int(const char *flag, const char *s, int lo, int hi, int *out) {
-  uint64_t v;
-  if (parse_u64(flag, s, &v)) return 1;
-  if (v < (uint64_t)lo || v > (uint64_t)hi) return cli_failf("%s %s: must be in [%d, %d]", flag, s, lo, hi);
-  *out = (int)v;
-  return 0;
-}
-
 int cmd_synth(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage_text, stdout); return 0; }
   xd_synth_opts o;
@@ -54,10 +35,10 @@ int cmd_synth(int argc, char **argv) {
     if (i + 1 >= argc) return cli_failf("synth: %s needs a value", a);
     const char *v = argv[++i];
     if (!strcmp(a, "--out")) out = v;
-    else if (!strcmp(a, "--seed")) { if (parse_u64(a, v, &o.seed)) return 1; }
-    else if (!strcmp(a, "--train")) { if (parse_int(a, v, 0, 10000000, &o.n_train)) return 1; }
-    else if (!strcmp(a, "--eval")) { if (parse_int(a, v, 0, 10000000, &o.n_eval)) return 1; }
-    else if (!strcmp(a, "--recall-gap")) { if (parse_int(a, v, 1, 1000, &o.recall_gap)) return 1; }
+    else if (!strcmp(a, "--seed")) { if (cli_parse_u64("synth", a, v, &o.seed)) return 1; }
+    else if (!strcmp(a, "--train")) { if (cli_parse_int("synth", a, v, 0, 10000000, &o.n_train)) return 1; }
+    else if (!strcmp(a, "--eval")) { if (cli_parse_int("synth", a, v, 0, 10000000, &o.n_eval)) return 1; }
+    else if (!strcmp(a, "--recall-gap")) { if (cli_parse_int("synth", a, v, 1, 1000, &o.recall_gap)) return 1; }
     else if (!strcmp(a, "--domains")) { if (xd_synth_parse_domains(v, &o.domain_mask, &e)) return cli_fail(&e); }
     else return cli_failf("synth: unknown option '%s' (see `xdistill synth --help`)", a);
   }

@@ -22,9 +22,7 @@ int cmd_compare(int argc, char **argv) {
   double grid = 0.001;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--grid") && i + 1 < argc) {
-      char *end;
-      grid = strtod(argv[++i], &end);
-      if (*end || end == argv[i]) return cli_failf("--grid: '%s' is not a number", argv[i]);
+      if (cli_parse_double("compare", "--grid", argv[++i], &grid)) return 1;
     } else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (argv[i][0] == '-' && argv[i][1]) return cli_failf("compare: unknown option '%s' (see --help)", argv[i]);
     else if (nf < 2) files[nf++] = argv[i];

@@ -156,12 +156,9 @@ int cmd_eval(int argc, char **argv) {
     else if (!strcmp(a, "--batch")) rc = cli_parse_long("eval", "--batch", argv[++i], 1, 1 << 20, &batch);
     else if (!strcmp(a, "--num-fewshot")) rc = cli_parse_long("eval", "--num-fewshot", argv[++i], 0, 1000, &fewshot);
     else if (!strcmp(a, "--seed")) rc = cli_parse_long("eval", "--seed", argv[++i], 0, 2147483647L, &seed);
-    else if (!strcmp(a, "--threads")) { long t; rc = cli_parse_long("eval", "--threads", argv[++i], 1, 4096, &t); threads = (int)t; }
-    else if (!strcmp(a, "--grid")) {
-      char *end;
-      grid = strtod(argv[++i], &end);
-      if (*end || !argv[i][0]) rc = cli_failf("eval: --grid must be a number, got '%s'", argv[i]);
-    } else rc = cli_failf("eval: unknown argument '%s' (see --help)", a);
+    else if (!strcmp(a, "--threads")) rc = cli_parse_int("eval", "--threads", argv[++i], 1, 4096, &threads);
+    else if (!strcmp(a, "--grid")) rc = cli_parse_double("eval", "--grid", argv[++i], &grid);
+    else rc = cli_failf("eval: unknown argument '%s' (see --help)", a);
   }
   if (!rc && (!model || n_specs == 0)) rc = cli_failf("eval: --model and --tasks are required (see --help)");
   if (batch == 0) batch = cuda ? 64 : 1; /* the GPU packs a call's requests into batched forwards */

@@ -34,10 +34,7 @@ int cmd_forward(int argc, char **argv) {
       if (cli_parse_device("forward", argv[++i], &cuda)) return 1;
     }
     else if (!strcmp(a, "--threads")) {
-      char *end;
-      long v = strtol(argv[++i], &end, 10);
-      if (*end || v <= 0 || v > 4096) return cli_failf("forward: --threads must be a positive integer, got '%s'", argv[i]);
-      threads = (int)v;
+      if (cli_parse_int("forward", a, argv[++i], 1, 4096, &threads)) return 1;
     } else return cli_failf("forward: unknown argument '%s' (see --help)", a);
   }
   if (!model || !ids_path || !out) return cli_failf("forward: --model, --ids and --out are required (see --help)");

@@ -78,9 +78,7 @@ int cmd_report(int argc, char **argv) {
     else if (!strcmp(a, "--out") && i + 1 < argc) { out = argv[++i]; mode = 0; }
     else if (!strcmp(a, "--title") && i + 1 < argc) { title = argv[++i]; mode = 0; }
     else if (!strcmp(a, "--grid") && i + 1 < argc) {
-      char *end;
-      grid = strtod(argv[++i], &end);
-      if (*end || end == argv[i]) rc = cli_failf("--grid: '%s' is not a number", argv[i]);
+      rc = cli_parse_double("report", "--grid", argv[++i], &grid);
       mode = 0;
     } else if (a[0] == '-' && a[1] == '-') rc = cli_failf("report: unknown or incomplete option '%s' (see --help)", a);
     else if (mode == 1) res_args[n_res++] = a;

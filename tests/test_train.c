@@ -720,6 +720,10 @@ static void test_config_files_and_flags(void) {
   CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 1, "--lr") == -1 && strstr(e.msg, "--lr needs a value"));
   CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 4, "--batch", "64", "--micro_batch", "5") == -1 && strstr(e.msg, "multiple of micro_batch"));
   CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 2, "--schedule", "linear") == -1 && strstr(e.msg, "'linear'"));
+  /* values whose float conversions downstream (AdamW, the KD loss) would overflow are refused */
+  CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 2, "--lr", "1e300") == -1 && strstr(e.msg, "lr must be in (0, 1e6]"));
+  CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 2, "--adam_eps", "1e300") == -1 && strstr(e.msg, "adam_eps must be in (0, 1]"));
+  CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 2, "--kd_temperature", "1e300") == -1 && strstr(e.msg, "kd_temperature"));
   CHECK(args_config(&c, XD_STAGE_ALIGN, &e, 1, "stray") == -1 && strstr(e.msg, "unexpected argument 'stray'"));
   snprintf(bad, sizeof bad, "%s/dup.yaml", dir);
   write_text(bad, "lr: 0.1\nlr: 0.2\n");

@@ -284,21 +284,22 @@ int xd_train_config_validate(const xd_train_config *c, xd_err *e) {
   REQ(c->batch >= 1 && c->micro_batch >= 1, "batch and micro_batch must be >= 1");
   REQ(c->batch % c->micro_batch == 0, "batch (%" PRId64 ") must be a multiple of micro_batch (%" PRId64 ")", c->batch, c->micro_batch);
   REQ(c->seq_len >= 1, "seq_len must be >= 1");
-  REQ(c->lr > 0, "lr must be > 0 (got %g)", c->lr);
+  /* upper bounds keep every derived float (AdamW's step, decay, eps; the KD loss's scale) finite */
+  REQ(c->lr > 0 && c->lr <= 1e6, "lr must be in (0, 1e6] (got %g)", c->lr);
   REQ(c->lr_min >= 0 && c->lr_min <= c->lr, "lr_min must be in [0, lr] (got %g)", c->lr_min);
   REQ(c->warmup_steps >= 0, "warmup_steps must be >= 0");
-  REQ(c->weight_decay >= 0, "weight_decay must be >= 0");
+  REQ(c->weight_decay >= 0 && c->weight_decay <= 1e6, "weight_decay must be in [0, 1e6]");
   REQ(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1, "beta1 and beta2 must be in [0, 1)");
-  REQ(c->adam_eps > 0, "adam_eps must be > 0");
-  REQ(c->grad_clip >= 0, "grad_clip must be >= 0 (0 turns clipping off)");
+  REQ(c->adam_eps > 0 && c->adam_eps <= 1, "adam_eps must be in (0, 1]");
+  REQ(c->grad_clip >= 0 && c->grad_clip <= 1e30, "grad_clip must be in [0, 1e30] (0 turns clipping off)");
   REQ(c->max_skips >= 1, "max_skips must be >= 1");
   REQ(c->ckpt_every >= 0, "ckpt_every must be >= 0");
   REQ(c->ckpt_keep >= 1 && c->ckpt_keep <= 1000000, "ckpt_keep must be >= 1");
   REQ(c->log_every >= 1, "log_every must be >= 1");
   REQ(c->out_dir[0], "out_dir must not be empty");
-  REQ(c->kd_gamma >= 0 && c->kd_beta >= 0, "kd_gamma and kd_beta must be >= 0");
+  REQ(c->kd_gamma >= 0 && c->kd_beta >= 0 && c->kd_gamma <= 1e6 && c->kd_beta <= 1e6, "kd_gamma and kd_beta must be in [0, 1e6]");
   REQ(c->kd_topk >= 1, "kd_topk must be >= 1");
-  REQ(c->kd_temperature > 0, "kd_temperature must be > 0");
+  REQ(c->kd_temperature > 0 && c->kd_temperature <= 1e6, "kd_temperature must be in (0, 1e6]");
 #undef REQ
   xd_sched_kind sk;
   if (xd_schedule_parse(c->schedule, &sk, e) != 0) return xd_err_prefix(e, "configuration: key 'schedule'");

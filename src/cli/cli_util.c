@@ -108,8 +108,10 @@ int cli_parse_double(const char *cmd, const char *opt, const char *s, double *ou
 int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
   char *end;
   errno = 0;
-  const unsigned long long v = *s && *s != '-' && *s != '+' ? strtoull(s, &end, 10) : 0;
-  if (!*s || *s == '-' || *s == '+' || *end || errno) return cli_failf("%s: %s must be an unsigned integer, got '%s'", cmd, opt, s);
+  /* strtoull accepts a sign after leading blanks and negates: only digits (after blanks) pass */
+  const int signed_ = strpbrk(s, "+-") != NULL;
+  const unsigned long long v = *s && !signed_ ? strtoull(s, &end, 10) : 0;
+  if (!*s || signed_ || *end || errno) return cli_failf("%s: %s must be an unsigned integer, got '%s'", cmd, opt, s);
   *out = v;
   return 0;
 }

@@ -141,28 +141,28 @@ __global__ void k_kv_append(uint16_t *ck, uint16_t *cv, const uint16_t *sk, cons
   }
 }
 
+/* off_dev non-NULL: the offset is read there when the kernel runs (off unused) */
+static int kv_append_launch(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
+                            const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off,
+                            const int32_t *off_dev, xd_err *e) {
+  const size_t total = (size_t)B * Tn * kvdim;
+  unsigned g = xd_ceil_div(total, 256);
+  if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
+  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, off_dev, total);
+  XD_CU_LAUNCH("kv_append");
+  return 0;
+}
 extern "C" int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
                                  const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off,
                                  xd_err *e) {
   XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && off >= 0 && off + Tn <= cap);
-  const size_t total = (size_t)B * Tn * kvdim;
-  unsigned g = xd_ceil_div(total, 256);
-  if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
-  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, NULL, total);
-  XD_CU_LAUNCH("kv_append");
-  return 0;
+  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, off, NULL, e);
 }
-
 extern "C" int xd_cuda_kv_append_at(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
                                     const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap,
                                     const int32_t *off_dev, xd_err *e) {
   XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && Tn <= cap && off_dev);
-  const size_t total = (size_t)B * Tn * kvdim;
-  unsigned g = xd_ceil_div(total, 256);
-  if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
-  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, 0, off_dev, total);
-  XD_CU_LAUNCH("kv_append_at");
-  return 0;
+  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, 0, off_dev, e);
 }
 
 /* pos[b * Tn + i] = *off_dev + i */

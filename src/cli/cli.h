@@ -35,13 +35,13 @@ int cli_parse_double(const char *cmd, const char *opt, const char *s, double *ou
 int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
 
 /* The tokenizer filters (`encode`, `decode`): argv is `--tokenizer DIR` and at most the one
- * switch `flag` (*flag_on = 1 when given); anything else, or no DIR, prints usage to stderr and
- * fails. Then the tokenizer is loaded and each non-empty line of stdin (CR / LF trimmed) is
- * parsed as JSON and handed to fn(t, obj, lineno, *flag_on), which writes its output line (0) or
+ * switch `flag` (flag_on below: 1 when given); anything else, or no DIR, prints usage to stderr
+ * and fails. Then the tokenizer is loaded and each non-empty line of stdin (CR / LF trimmed) is
+ * parsed as JSON and handed to fn(t, obj, lineno, flag_on), which writes its output line (0) or
  * fails (non-zero, after cli_fail*); obj is NULL for a line that is not JSON (fn says what it
  * expected). Returns the first failure, else 0 after flushing stdout. */
 struct cJSON;
 struct xd_tokenizer;
-int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag, int *flag_on,
+int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag,
                          int (*fn)(struct xd_tokenizer *t, const struct cJSON *obj, long lineno, int flag_on));
 #endif

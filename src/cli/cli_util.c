@@ -49,13 +49,13 @@ int cli_parse_device(const char *cmd, const char *value, int *cuda) {
   return cli_failf("%s: --device must be cpu or cuda, got '%s'", cmd, value);
 }
 
-int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag, int *flag_on,
+int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usage, const char *flag,
                          int (*fn)(xd_tokenizer *t, const cJSON *obj, long lineno, int flag_on)) {
   const char *dir = NULL;
-  *flag_on = 0;
+  int flag_on = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) dir = argv[++i];
-    else if (!strcmp(argv[i], flag)) *flag_on = 1;
+    else if (!strcmp(argv[i], flag)) flag_on = 1;
     else { fputs(usage, stderr); return cli_failf("%s: unknown argument '%s'", cmd, argv[i]); }
   }
   if (!dir) { fputs(usage, stderr); return cli_failf("%s: --tokenizer DIR is required", cmd); }
@@ -72,7 +72,7 @@ int cli_tokenizer_filter(int argc, char **argv, const char *cmd, const char *usa
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
     if (len == 0) continue;
     cJSON *j = cJSON_ParseWithLength(line, (size_t)len);
-    rc = fn(t, j, lineno, *flag_on);
+    rc = fn(t, j, lineno, flag_on);
     cJSON_Delete(j);
   }
   free(line);

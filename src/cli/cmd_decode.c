@@ -54,6 +54,5 @@ static int decode_line(xd_tokenizer *t, const cJSON *j, long lineno, int skip) {
 
 int cmd_decode(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(USAGE, stdout); return 0; }
-  int skip;
-  return cli_tokenizer_filter(argc, argv, "decode", USAGE, "--skip-special", &skip, decode_line);
+  return cli_tokenizer_filter(argc, argv, "decode", USAGE, "--skip-special", decode_line);
 }

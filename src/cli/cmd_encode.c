@@ -28,6 +28,5 @@ static int encode_line(xd_tokenizer *t, const cJSON *j, long lineno, int add_spe
 
 int cmd_encode(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(USAGE, stdout); return 0; }
-  int add_special;
-  return cli_tokenizer_filter(argc, argv, "encode", USAGE, "--add-special", &add_special, encode_line);
+  return cli_tokenizer_filter(argc, argv, "encode", USAGE, "--add-special", encode_line);
 }

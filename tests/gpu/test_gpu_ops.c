@@ -520,6 +520,31 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
     REL("  split vs unsplit dk", fk[5], fk[4], nk, 1e-5); /* rounding: ~1e-7, 6.2e-7 seen at T 1100 */
     REL("  split vs unsplit dv", fv[5], fv[4], nk, 1e-5);
     REL("  split dk vs CPU", fk[5], dk, nk, tol);
+    /* _pre (the forward's bf16 copies of q, k, v and a bf16 out) vs the default on the same
+     * values in fp32 (out rounded to bf16 first): the same operands, so the same bits */
+    uint16_t *q16 = NULL, *k16 = NULL, *v16 = NULL, *o16 = NULL;
+    float *gor = NULL, *pq[2], *pk[2], *pv[2];
+    GPU(xd_cuda_malloc((void **)&q16, nq * 2, &err) || xd_cuda_malloc((void **)&k16, nk * 2, &err) ||
+        xd_cuda_malloc((void **)&v16, nk * 2, &err) || xd_cuda_malloc((void **)&o16, nq * 2, &err) ||
+        xd_cuda_malloc((void **)&gor, nq * 4, &err));
+    GPU(xd_cuda_f32_to_bf16(ctx, q16, gq, nq, &err) || xd_cuda_f32_to_bf16(ctx, k16, gk, nk, &err) ||
+        xd_cuda_f32_to_bf16(ctx, v16, gv, nk, &err) || xd_cuda_f32_to_bf16(ctx, o16, go, nq, &err) ||
+        xd_cuda_bf16_to_f32(ctx, gor, o16, nq, &err));
+    for (int i = 0; i < 2; i++) pq[i] = up_raw(dq, nq * 4), pk[i] = up_raw(dk, nk * 4), pv[i] = up_raw(dv, nk * 4);
+    GPU(xd_cuda_swa_backward(ctx, pq[0], pk[0], pv[0], gdo, gq, gk, gv, gor, gl, &sh, &err));
+    const xd_cuda_swa_bf16 pre = {q16, k16, v16, o16};
+    GPU(xd_cuda_swa_backward_pre(ctx, pq[1], pk[1], pv[1], gdo, gv, &pre, gl, &sh, &err));
+    float *hpq[2], *hpk[2], *hpv[2];
+    for (int i = 0; i < 2; i++) hpq[i] = down(pq[i], nq), hpk[i] = down(pk[i], nk), hpv[i] = down(pv[i], nk);
+    const int same_pre = !memcmp(hpq[1], hpq[0], nq * 4) && !memcmp(hpk[1], hpk[0], nk * 4) &&
+                         !memcmp(hpv[1], hpv[0], nk * 4);
+    fprintf(stderr, "    %-44s %s\n", "  bf16 inputs (_pre) vs fp32 bitwise identical", same_pre ? "yes" : "NO");
+    CHECKF(same_pre, "swa_backward_pre differs from swa_backward on the same values (B%d T%d d%d)", B, T, d);
+    for (int i = 0; i < 2; i++) {
+      xd_cuda_free(pq[i]), xd_cuda_free(pk[i]), xd_cuda_free(pv[i]);
+      free(hpq[i]), free(hpk[i]), free(hpv[i]);
+    }
+    xd_cuda_free(q16), xd_cuda_free(k16), xd_cuda_free(v16), xd_cuda_free(o16), xd_cuda_free(gor);
   }
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
   xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);

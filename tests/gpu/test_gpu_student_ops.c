@@ -273,6 +273,11 @@ static void test_mlstm_1b_shape(void) {
 }
 
 /* ---- feature maps ----------------------------------------------------------------------------- */
+static float *dev_rand_f32(xd_rng *r, size_t n, double mean, double scale) {
+  float *h = rand_f32(r, n, mean, scale), *d = up_raw(h, n * 4);
+  free(h);
+  return d;
+}
 static void fm_case(int N, int Hx, int d, int dphi, int hedgehog, uint64_t seed) {
   xd_rng r;
   xd_rng_seed(&r, seed);
@@ -317,7 +322,58 @@ static void fm_case(int N, int Hx, int d, int dphi, int hedgehog, uint64_t seed)
   xd_cuda_free(gx), xd_cuda_free(gP), xd_cuda_free(gdphi), xd_cuda_free(gphi), xd_cuda_free(gdx), xd_cuda_free(gdP);
   free(x), free(P), free(dphi_), free(dx0), free(dP0), free(phi), free(cdx), free(cdP), free(hphi), free(hdx), free(hdP);
 }
+/* q and k maps through xd_cuda_feature_map_{forward,backward}_pair vs one call each: bit for bit
+ * (the paired launch runs each head's block exactly as the map's own launch does). */
+static void fm_pair_case(int N, int Hq, int Hk, int d, int dphi, uint64_t seed) {
+  xd_rng r;
+  xd_rng_seed(&r, seed);
+  const feature_map_shape sq = {N, Hq, d, dphi, 0}, sk = {N, Hk, d, dphi, 0};
+  const int dp = feature_map_p_cols(&sq);
+  const size_t nx[2] = {(size_t)N * Hq * d, (size_t)N * Hk * d}, nP[2] = {(size_t)Hq * d * dp, (size_t)Hk * d * dp};
+  const size_t nf[2] = {(size_t)N * Hq * dphi, (size_t)N * Hk * dphi};
+  float *gx[2], *gP[2], *gdf[2], *gdP0[2], *res[2][6];
+  for (int m = 0; m < 2; m++) {
+    gx[m] = dev_rand_f32(&r, nx[m], 0, 1.0), gP[m] = dev_rand_f32(&r, nP[m], 0, 0.4);
+    gdf[m] = dev_rand_f32(&r, nf[m], 0, 1.0), gdP0[m] = dev_rand_f32(&r, nP[m], 0, 0.1);
+  }
+  for (int paired = 0; paired < 2; paired++) {
+    float *phi[2], *dx[2], *dP[2];
+    for (int m = 0; m < 2; m++) {
+      phi[m] = dev_poisoned(nf[m] * 4), dx[m] = dev_poisoned(nx[m] * 4), dP[m] = dev_poisoned(nP[m] * 4);
+      GPU(xd_cuda_copy(ctx, dP[m], gdP0[m], nP[m] * 4, &err));
+    }
+    const xd_cuda_fm_fwd fa = {phi[0], gx[0], gP[0], sq}, fb = {phi[1], gx[1], gP[1], sk};
+    const xd_cuda_fm_bwd ba = {dx[0], dP[0], gdf[0], gx[0], gP[0], phi[0], sq},
+                         bb = {dx[1], dP[1], gdf[1], gx[1], gP[1], phi[1], sk};
+    if (paired) {
+      GPU(xd_cuda_feature_map_forward_pair(ctx, &fa, &fb, &err));
+      GPU(xd_cuda_feature_map_backward_pair(ctx, XD_CUDA_GRAD_WRITE, &ba, &bb, &err));
+    } else {
+      GPU(xd_cuda_feature_map_forward(ctx, fa.phi, fa.x, fa.P, &sq, &err));
+      GPU(xd_cuda_feature_map_forward(ctx, fb.phi, fb.x, fb.P, &sk, &err));
+      GPU(xd_cuda_feature_map_backward_ex(ctx, XD_CUDA_GRAD_WRITE, ba.dx, ba.dP, ba.dphi, ba.x, ba.P, ba.phi, &sq, &err));
+      GPU(xd_cuda_feature_map_backward_ex(ctx, XD_CUDA_GRAD_WRITE, bb.dx, bb.dP, bb.dphi, bb.x, bb.P, bb.phi, &sk, &err));
+    }
+    for (int m = 0; m < 2; m++) {
+      res[paired][3 * m] = down(phi[m], nf[m]), res[paired][3 * m + 1] = down(dx[m], nx[m]);
+      res[paired][3 * m + 2] = down(dP[m], nP[m]);
+      xd_cuda_free(phi[m]), xd_cuda_free(dx[m]), xd_cuda_free(dP[m]);
+    }
+  }
+  static const char *const what[6] = {"phi_q", "dx_q", "dP_q", "phi_k", "dx_k", "dP_k"};
+  const size_t cnt[6] = {nf[0], nx[0], nP[0], nf[1], nx[1], nP[1]};
+  for (int j = 0; j < 6; j++) {
+    const int same = memcmp(res[1][j], res[0][j], cnt[j] * 4) == 0;
+    fprintf(stderr, "    pair N%d Hq%d Hk%d d%d: %-24s %s\n", N, Hq, Hk, d, what[j],
+            same ? "bitwise the two calls'" : "DIFFERS from the two calls");
+    CHECKF(same, "feature map pair: %s differs from one call per map", what[j]);
+    free(res[0][j]), free(res[1][j]);
+  }
+  for (int m = 0; m < 2; m++) xd_cuda_free(gx[m]), xd_cuda_free(gP[m]), xd_cuda_free(gdf[m]), xd_cuda_free(gdP0[m]);
+}
 static void test_feature_map(void) {
+  fm_pair_case(700, 4, 2, 64, 64, 207); /* the tensor-core kernels: one launch over 6 heads */
+  fm_pair_case(300, 3, 1, 64, 128, 208); /* d_phi 128: the two calls */
   fm_case(77, 4, 64, 128, 0, 201);
   fm_case(93, 2, 48, 64, 1, 202);
   fm_case(1500, 4, 64, 64, 0, 203); /* split-K path for dP */
@@ -488,6 +544,46 @@ static void mix_case(int N, int H, int G, int d, uint64_t seed) {
     free(zq), free(zk), free(zv), free(zhg), free(zhl), free(zw), free(zb);
     free(x1), free(x2), free(x3), free(x4), free(x5), free(x6), free(x7);
   }
+  { /* h_local in bf16 (the training step's attention output as it is) vs the fp32 entry points on
+     * its fp32 conversion: bit for bit, forward (out, o) and backward (written) */
+    uint16_t *hl16 = xd_malloc(nq * 2), *o16[2];
+    float *hlr = xd_malloc(nq * 4);
+    for (size_t i = 0; i < nq; i++) hl16[i] = xd_f32_to_bf16(hl[i]), hlr[i] = xd_bf16_to_f32(hl16[i]);
+    uint16_t *ghl16 = (uint16_t *)up_raw(hl16, nq * 2);
+    float *ghlr = up_raw(hlr, nq * 4), *res[2][9];
+    for (int m = 0; m < 2; m++) {
+      o16[m] = dev_poisoned(nq * 2);
+      POISON(go, no); POISON(gdq, nq); POISON(gdk, nk); POISON(gdv, nk); POISON(gdhg, nq); POISON(gdhl, nq);
+      RERUN(gdw, dw0, nw); RERUN(gdb, db0, H);
+      if (m == 0) {
+        GPU(xd_cuda_mix_forward_bf16(ctx, o16[m], go, gq, gk, gv, gw, gb, ghg, ghlr, &s, &err));
+        GPU(xd_cuda_mix_backward_ex(ctx, XD_CUDA_GRAD_WRITE, gdq, gdk, gdv, gdw, gdb, gdhg, gdhl, gdout, go, gq, gk, gv,
+                                    gw, ghg, ghlr, &s, &err));
+      } else {
+        GPU(xd_cuda_mix_forward_bf16_hl16(ctx, o16[m], go, gq, gk, gv, gw, gb, ghg, ghl16, &s, &err));
+        GPU(xd_cuda_mix_backward_hl16(ctx, XD_CUDA_GRAD_WRITE, gdq, gdk, gdv, gdw, gdb, gdhg, gdhl, gdout, go, gq, gk,
+                                      gv, gw, ghg, ghl16, &s, &err));
+      }
+      res[m][0] = down(go, no), res[m][1] = down(gdq, nq), res[m][2] = down(gdk, nk), res[m][3] = down(gdv, nk);
+      res[m][4] = down(gdw, nw), res[m][5] = down(gdb, H), res[m][6] = down(gdhg, nq), res[m][7] = down(gdhl, nq);
+      res[m][8] = xd_malloc(nq * 2);
+      GPU(xd_cuda_download(ctx, res[m][8], o16[m], nq * 2, &err));
+    }
+    static const char *const what[9] = {"  hl16: o", "  hl16: dq_raw", "  hl16: dk_raw", "  hl16: dv_raw",
+                                        "  hl16: dw_o", "  hl16: db_o", "  hl16: dh_global", "  hl16: dh_local",
+                                        "  hl16: out (bf16 pairs as floats)"};
+    const size_t cnt[9] = {no, nq, nk, nk, nw, H, nq, nq, nq / 2};
+    for (int j = 0; j < 9; j++) {
+      const int same = memcmp(res[1][j], res[0][j], cnt[j] * sizeof(float)) == 0;
+      fprintf(stderr, "    %-48s %s\n", what[j], same ? "bitwise the fp32 path's" : "DIFFERS from the fp32 path");
+      CHECKF(same, "%s: differs from the fp32 h_local path", what[j]);
+    }
+    for (int m = 0; m < 2; m++) {
+      xd_cuda_free(o16[m]);
+      for (int j = 0; j < 9; j++) free(res[m][j]);
+    }
+    xd_cuda_free(ghl16), xd_cuda_free(ghlr), free(hl16), free(hlr);
+  }
   xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv), xd_cuda_free(gw), xd_cuda_free(gb), xd_cuda_free(ghg), xd_cuda_free(ghl);
   xd_cuda_free(gdout), xd_cuda_free(gout), xd_cuda_free(go), xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv);
   xd_cuda_free(gdw), xd_cuda_free(gdb), xd_cuda_free(gdhg), xd_cuda_free(gdhl);
@@ -511,8 +607,10 @@ typedef struct {
   float *dev, *first, *ref;
   double tol;
 } det_buf; /* an output checked for bitwise equality between two runs, and against the SIMT mode's */
-static const char *const sb_mode[5] = {"SIMT", "cuBLASLt + fused (default)", "cuBLASLt + SIMT reductions",
-                                       "unfused (XD_STUDENT_OPS_UNFUSED)", "fused fp32 SIMT (XD_STUDENT_OPS_FM_SIMT)"};
+static const char *const sb_mode[6] = {"SIMT", "cuBLASLt + fused (default)", "cuBLASLt + SIMT reductions",
+                                       "unfused (XD_STUDENT_OPS_UNFUSED)", "fused fp32 SIMT (XD_STUDENT_OPS_FM_SIMT)",
+                                       "default, q and k in one launch"};
+static int fm_paired; /* mode 5 (feature maps only): the _pair entry points, as the trainer calls them */
 static void sb_env(int mode) {
   unsetenv("XD_STUDENT_OPS_SIMT"), unsetenv("XD_STUDENT_OPS_SIMT_RED"), unsetenv("XD_STUDENT_OPS_UNFUSED");
   unsetenv("XD_STUDENT_OPS_FM_SIMT");
@@ -520,6 +618,7 @@ static void sb_env(int mode) {
   if (mode == 0) setenv("XD_STUDENT_OPS_SIMT", "1", 1);
   if (mode == 2) setenv("XD_STUDENT_OPS_SIMT_RED", "1", 1);
   if (mode == 3) setenv("XD_STUDENT_OPS_UNFUSED", "1", 1);
+  /* mode 5: the default switches (the caller pairs the calls) */
 }
 /* mode 0: XD_STUDENT_OPS_SIMT=1, 1: default (cuBLASLt, fused kernels), 2: XD_STUDENT_OPS_SIMT_RED=1,
  * 3: XD_STUDENT_OPS_UNFUSED=1 (the default before the fused kernels of branch ewise),
@@ -571,12 +670,21 @@ typedef struct {
 static int fm_f(void *a) {
   fm_bufs *b = a;
   const feature_map_shape fq = {SB_N, SB_H, SB_d, SB_P, 0}, fk = {SB_N, SB_G, SB_d, SB_P, 0};
+  if (fm_paired) {
+    const xd_cuda_fm_fwd mq = {b->phq, b->xq, b->Pq, fq}, mk = {b->phk, b->xk, b->Pk, fk};
+    return xd_cuda_feature_map_forward_pair(ctx, &mq, &mk, &err);
+  }
   return xd_cuda_feature_map_forward(ctx, b->phq, b->xq, b->Pq, &fq, &err) ||
          xd_cuda_feature_map_forward(ctx, b->phk, b->xk, b->Pk, &fk, &err);
 }
 static int fm_b(void *a) {
   fm_bufs *b = a;
   const feature_map_shape fq = {SB_N, SB_H, SB_d, SB_P, 0}, fk = {SB_N, SB_G, SB_d, SB_P, 0};
+  if (fm_paired) {
+    const xd_cuda_fm_bwd mq = {b->dxq, b->dPq, b->dphq, b->xq, b->Pq, b->phq, fq},
+                         mk = {b->dxk, b->dPk, b->dphk, b->xk, b->Pk, b->phk, fk};
+    return xd_cuda_feature_map_backward_pair(ctx, 0, &mq, &mk, &err);
+  }
   return xd_cuda_feature_map_backward(ctx, b->dxq, b->dPq, b->dphq, b->xq, b->Pq, b->phq, &fq, &err) ||
          xd_cuda_feature_map_backward(ctx, b->dxk, b->dPk, b->dphk, b->xk, b->Pk, b->phk, &fk, &err);
 }
@@ -628,11 +736,6 @@ static int mx_r(void *a) {
          xd_cuda_memset(ctx, b->db, 0, SB_H * 4, &err) || xd_cuda_memset(ctx, b->dhg, 0, nq, &err) ||
          xd_cuda_memset(ctx, b->dhl, 0, nq, &err);
 }
-static float *dev_rand(xd_rng *r, size_t n, double mean, double scale) {
-  float *h = rand_f32(r, n, mean, scale), *d = up_raw(h, n * 4);
-  free(h);
-  return d;
-}
 static void sb_report(const char *what, const double *f, const double *b, int nmodes) {
   fprintf(stderr, "    TIMING %s, ms a layer (x16 layers = a step), median of 7:\n", what);
   for (int m = 0; m < nmodes; m++)
@@ -648,24 +751,30 @@ static void test_student_ops_1b_shape(void) {
   xd_rng_seed(&r, 77);
   const size_t nq = (size_t)SB_N * SB_H * SB_d, nk = (size_t)SB_N * SB_G * SB_d, nPq = (size_t)SB_H * SB_d * SB_P,
                nPk = (size_t)SB_G * SB_d * SB_P, nx = (size_t)SB_N * SB_D, nw = (size_t)SB_H * SB_D, ng = (size_t)SB_N * SB_H;
-  double f[5], b3[5];
+  double f[6], b3[6];
   { /* feature maps: q (32 heads) and k (8 heads), as a layer calls them */
-    fm_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nPq, 0, 0.4), dev_rand(&r, nPk, 0, 0.4),
-                 dev_poisoned(nq * 4), dev_poisoned(nk * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1),
-                 dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nPq, 0, 0.1), dev_rand(&r, nPk, 0, 0.1)};
+    fm_bufs b = {dev_rand_f32(&r, nq, 0, 1), dev_rand_f32(&r, nk, 0, 1), dev_rand_f32(&r, nPq, 0, 0.4), dev_rand_f32(&r, nPk, 0, 0.4),
+                 dev_poisoned(nq * 4), dev_poisoned(nk * 4), dev_rand_f32(&r, nq, 0, 1), dev_rand_f32(&r, nk, 0, 1),
+                 dev_rand_f32(&r, nq, 0, 0.1), dev_rand_f32(&r, nk, 0, 0.1), dev_rand_f32(&r, nPq, 0, 0.1), dev_rand_f32(&r, nPk, 0, 0.1)};
     det_buf det[6] = {{nq, b.phq, NULL, NULL, TOL_F32}, {nk, b.phk, NULL, NULL, TOL_F32}, {nq, b.dxq, NULL, NULL, TOL_F32},
                       {nk, b.dxk, NULL, NULL, TOL_F32}, {nPq, b.dPq, NULL, NULL, TOL_RED}, {nPk, b.dPk, NULL, NULL, TOL_RED}};
-    for (int mode = 0; mode < 5; mode++) sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
+    for (int mode = 0; mode < 6; mode++) {
+      fm_paired = mode == 5;
+      sb_time("feature maps", mode, &f[mode], &b3[mode], fm_f, fm_b, fm_r, &b, det, 6);
+    }
+    fm_paired = 0;
     sb_report("feature maps q (H 32) + k (G 8)", f, b3, 5);
+    fprintf(stderr, "      %-34s fwd %.3f bwd %.3f: vs the two calls fwd %.2fx, bwd %.2fx\n", sb_mode[5], f[5], b3[5],
+            f[1] / f[5], b3[1] / b3[5]);
     for (size_t i = 0; i < sizeof det / sizeof det[0]; i++) free(det[i].ref), free(det[i].first);
     float **p = (float **)&b;
     for (size_t i = 0; i < sizeof b / sizeof(float *); i++) xd_cuda_free(p[i]);
   }
   { /* gates */
-    gate_bufs b = {dev_rand(&r, nx, 0, 1), dev_rand(&r, nw, 0, 6.0 / sqrt(SB_D)), dev_rand(&r, nw, 0, 6.0 / sqrt(SB_D)),
-                   dev_rand(&r, SB_H, 0, 2), dev_rand(&r, SB_H, 4, 1), dev_poisoned(ng * 4), dev_poisoned(ng * 4),
-                   dev_rand(&r, ng, 0, 1), dev_rand(&r, ng, 0, 1), dev_rand(&r, nx, 0, 0.1), dev_rand(&r, nw, 0, 0.1),
-                   dev_rand(&r, nw, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1)};
+    gate_bufs b = {dev_rand_f32(&r, nx, 0, 1), dev_rand_f32(&r, nw, 0, 6.0 / sqrt(SB_D)), dev_rand_f32(&r, nw, 0, 6.0 / sqrt(SB_D)),
+                   dev_rand_f32(&r, SB_H, 0, 2), dev_rand_f32(&r, SB_H, 4, 1), dev_poisoned(ng * 4), dev_poisoned(ng * 4),
+                   dev_rand_f32(&r, ng, 0, 1), dev_rand_f32(&r, ng, 0, 1), dev_rand_f32(&r, nx, 0, 0.1), dev_rand_f32(&r, nw, 0, 0.1),
+                   dev_rand_f32(&r, nw, 0, 0.1), dev_rand_f32(&r, SB_H, 0, 0.1), dev_rand_f32(&r, SB_H, 0, 0.1)};
     det_buf det[7] = {{ng, b.ig, NULL, NULL, TOL_F32},  {ng, b.fg, NULL, NULL, TOL_F32},    {nx, b.dx, NULL, NULL, TOL_F32},
                       {nw, b.dwi, NULL, NULL, TOL_RED}, {nw, b.dwf, NULL, NULL, TOL_RED},   {SB_H, b.dbi, NULL, NULL, TOL_RED},
                       {SB_H, b.dbf, NULL, NULL, TOL_RED}};
@@ -677,11 +786,11 @@ static void test_student_ops_1b_shape(void) {
   }
   { /* mix */
     const size_t nw3 = (size_t)SB_H * 3 * SB_d;
-    mix_bufs b = {dev_rand(&r, nq, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nk, 0, 1), dev_rand(&r, nw3, 0, 0.3),
-                  dev_rand(&r, SB_H, -1, 1), dev_rand(&r, nq, 0, 1), dev_rand(&r, nq, 0, 1), dev_poisoned(nq * 4),
-                  dev_poisoned(ng * 4), dev_rand(&r, nq, 0, 1), dev_rand(&r, nq, 0, 0.1), dev_rand(&r, nk, 0, 0.1),
-                  dev_rand(&r, nk, 0, 0.1), dev_rand(&r, nw3, 0, 0.1), dev_rand(&r, SB_H, 0, 0.1), dev_rand(&r, nq, 0, 0.1),
-                  dev_rand(&r, nq, 0, 0.1)};
+    mix_bufs b = {dev_rand_f32(&r, nq, 0, 1), dev_rand_f32(&r, nk, 0, 1), dev_rand_f32(&r, nk, 0, 1), dev_rand_f32(&r, nw3, 0, 0.3),
+                  dev_rand_f32(&r, SB_H, -1, 1), dev_rand_f32(&r, nq, 0, 1), dev_rand_f32(&r, nq, 0, 1), dev_poisoned(nq * 4),
+                  dev_poisoned(ng * 4), dev_rand_f32(&r, nq, 0, 1), dev_rand_f32(&r, nq, 0, 0.1), dev_rand_f32(&r, nk, 0, 0.1),
+                  dev_rand_f32(&r, nk, 0, 0.1), dev_rand_f32(&r, nw3, 0, 0.1), dev_rand_f32(&r, SB_H, 0, 0.1), dev_rand_f32(&r, nq, 0, 0.1),
+                  dev_rand_f32(&r, nq, 0, 0.1)};
     det_buf det[9] = {{nq, b.out, NULL, NULL, TOL_F32},  {ng, b.o, NULL, NULL, TOL_F32},   {nq, b.dq, NULL, NULL, TOL_F32},
                       {nk, b.dk, NULL, NULL, TOL_F32},   {nk, b.dv, NULL, NULL, TOL_F32},  {nw3, b.dw, NULL, NULL, TOL_RED},
                       {SB_H, b.db, NULL, NULL, TOL_RED}, {nq, b.dhg, NULL, NULL, TOL_F32}, {nq, b.dhl, NULL, NULL, TOL_F32}};

@@ -32,10 +32,13 @@ static const char *const prof_name[P_COUNT] = {"GEMMs (fwd+bwd, incl. bf16 casts
                                                "gates fwd", "gates bwd", "mix fwd (+stage I MSE)", "mix bwd", "RMSNorms",
                                                "QK-norm/RoPE", "SwiGLU", "embedding", "memset/copy/convert"};
 
-/* Saved activations of one layer (see the header). */
+/* Saved activations of one layer (see the header). The local branch's output is kept as the
+ * attention forward makes it: bf16 locb with head dims 64 / 128 (fast_attn), else fp32 loc (the
+ * other is NULL); qb, kb, vb are bf16(q), bf16(k), bf16(v_raw), the attention forward's
+ * operands, which the SWA backward reads again. */
 typedef struct {
   float *h0, *xf, *qr, *kr, *vr, *q, *k, *loc, *lse, *qf, *kf, *ig, *fg, *glob, *bound, *o, *h1, *o1, *o2;
-  uint16_t *xb, *attb, *xmb, *gu, *act;
+  uint16_t *xb, *attb, *xmb, *gu, *act, *qb, *kb, *vb, *locb;
 } tl_saves;
 
 struct xd_student_cuda_train {
@@ -60,7 +63,7 @@ struct xd_student_cuda_train {
   float *g_embed, *g_lm_head, *g_final_norm;
   /* whole-model buffers */
   float *hL, *logits;
-  uint16_t *hnb, *dlogits, *qb, *kb, *vb, *locb;
+  uint16_t *hnb, *dlogits;
   int32_t *ids, *pos;
   float *cos_t[2], *sin_t[2];
   /* backward scratch, one layer's worth */
@@ -94,6 +97,10 @@ static void *take(carve *k, size_t bytes) {
 #define TF(k, n) ((float *)take((k), (size_t)(n) * sizeof(float)))
 #define TH(k, n) ((uint16_t *)take((k), (size_t)(n) * sizeof(uint16_t)))
 
+/* The local branch runs the tensor-core attention (bf16 output) at these head dims, else the
+ * fp32 reference. */
+static int fast_attn(const xd_model_config *c) { return c->head_dim == 64 || c->head_dim == 128; }
+
 static mlstm_cfg make_mc(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
   mlstm_cfg mc = mlstm_cfg_make(B, T, c->n_heads, c->n_kv_heads, hy->d_phi, c->head_dim);
   mc.chunk = hy->chunk;
@@ -117,7 +124,8 @@ static void layout(xd_student_cuda_train *m, carve *k) {
     }
     s->h0 = TF(k, N * D); s->xf = TF(k, N * D); s->xb = TH(k, N * D);
     s->qr = TF(k, N * Hd); s->kr = TF(k, N * Gd); s->vr = TF(k, N * Gd); s->q = TF(k, N * Hd); s->k = TF(k, N * Gd);
-    s->loc = TF(k, N * Hd); s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
+    s->loc = fast_attn(c) ? NULL : TF(k, N * Hd); s->locb = fast_attn(c) ? TH(k, N * Hd) : NULL;
+    s->qb = TH(k, N * Hd); s->kb = TH(k, N * Gd); s->vb = TH(k, N * Gd); s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
     s->ig = TF(k, N * H); s->fg = TF(k, N * H); s->glob = TF(k, N * Hd); s->bound = TF(k, nb); s->o = TF(k, N * H);
     s->attb = TH(k, N * Hd); s->h1 = TF(k, N * D); s->xmb = TH(k, N * D); s->gu = TH(k, N * 2 * F); s->act = TH(k, N * F);
     s->o1 = c->post_norm ? TF(k, N * D) : NULL;
@@ -130,7 +138,6 @@ static void layout(xd_student_cuda_train *m, carve *k) {
     m->hL = TF(k, N * D); m->logits = TF(k, N * V); m->dlogits = TH(k, N * V);
   }
   m->hnb = TH(k, N * D);
-  m->qb = TH(k, N * Hd); m->kb = TH(k, N * Gd); m->vb = TH(k, N * Gd); m->locb = TH(k, N * Hd);
   m->ids = (int32_t *)take(k, N * 4); m->pos = (int32_t *)take(k, N * 4);
   for (int t = 0; t < 2; t++) { m->cos_t[t] = TF(k, (size_t)m->T * (d / 2)); m->sin_t[t] = TF(k, (size_t)m->T * (d / 2)); }
   const size_t big = N * (2 * F > Hd + 2 * Gd ? 2 * F : Hd + 2 * Gd);
@@ -485,7 +492,7 @@ static int layer_tail(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
 }
 
 /* x = [rmsnorm](h0) (olmo: x = h0); q_raw, k_raw, v_raw = x W^T + b (three GEMMs on the fused
- * weight's slices); QK-norm + RoPE -> q, k (fp32) and q, k, v in bf16 (m->qb, kb, vb). */
+ * weight's slices); QK-norm + RoPE -> q, k (fp32) and q, k, v in bf16 (s->qb, kb, vb). */
 static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
@@ -498,7 +505,7 @@ static int layer_head(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s, 
   OP(P_GEMM, xd_cuda_matmul(cx, s->kr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)Hd * D, y->b_qkv ? y->b_qkv + Hd : NULL, N, D, Gd, 0, e));
   OP(P_GEMM, xd_cuda_matmul(cx, s->vr, XD_CUDA_F32, s->xb, y->w_qkv + (size_t)(Hd + Gd) * D, y->b_qkv ? y->b_qkv + Hd + Gd : NULL,
                     N, D, Gd, 0, e));
-  OP(P_ROPE, xd_cuda_student_qk_prep(cx, s->q, s->k, m->qb, m->kb, m->vb, s->qr, s->kr, s->vr, y->q_norm, y->k_norm,
+  OP(P_ROPE, xd_cuda_student_qk_prep(cx, s->q, s->k, s->qb, s->kb, s->vb, s->qr, s->kr, s->vr, y->q_norm, y->k_norm,
                              (int)c->qk_norm, m->cos_t[y->kind], m->sin_t[y->kind], m->pos, N, H, G, d, eps, e));
   return 0;
 }
@@ -511,26 +518,31 @@ static int core_forward(xd_student_cuda_train *m, const tl_layer *y, tl_saves *s
   xd_cuda_ctx *cx = m->c;
   const int B = m->B, T = m->T, N = m->N, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim;
   const int Hd = H * d, Gd = G * d, P = m->P;
-  const int fast_attn = d == 64 || d == 128, hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
+  const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
   const int tc = P == 64 && d == 64 && m->mc.chunk == 64;
   /* the hybrid core (xd_core_forward) */
-  if (fast_attn) {
+  if (s->locb) { /* fast_attn */
     const xd_cuda_attn_dims ad = {B, T, H, G, d, y->W, y->S, Hd, Gd, Gd, Hd};
-    OP(P_ATTN, xd_cuda_attention_forward(cx, m->locb, s->lse, m->qb, m->kb, m->vb, &ad, e));
-    OP(P_MEM, xd_cuda_bf16_to_f32(cx, s->loc, m->locb, (size_t)N * Hd, e));
+    OP(P_ATTN, xd_cuda_attention_forward(cx, s->locb, s->lse, s->qb, s->kb, s->vb, &ad, e));
   } else {
     OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, s->loc, s->lse, s->q, s->k, s->vr, B, T, H, G, d, y->W, y->S, e));
   }
-  const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_FMAP, xd_cuda_feature_map_forward(cx, s->qf, s->q, y->P_q, &fq, e));
-  OP(P_FMAP, xd_cuda_feature_map_forward(cx, s->kf, s->k, y->P_k, &fk, e));
+  const xd_cuda_fm_fwd fq = {s->qf, s->q, y->P_q, {N, H, d, P, hh}}, fk = {s->kf, s->k, y->P_k, {N, G, d, P, hh}};
+  OP(P_FMAP, xd_cuda_feature_map_forward_pair(cx, &fq, &fk, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
   OP(P_GATES, xd_cuda_gates_forward(cx, s->ig, s->fg, s->xf, y->w_i, y->b_i, y->w_f, y->b_f, &gs, e));
   OP(P_MLSTM_FWD, (tc ? xd_cuda_mlstm_chunkwise_forward_tc_bound : xd_cuda_mlstm_chunkwise_forward_bound)(
       cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, NULL, NULL, s->bound, s->glob, e));
   const mix_shape ms = {N, H, G, d};
-  if (out) OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
-  else OP(P_MIX, xd_cuda_mix_forward_bf16(cx, out16, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  if (out && s->locb)
+    OP(P_MIX, xd_cuda_mix_forward_hl16(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->locb, &ms, e));
+  else if (out)
+    OP(P_MIX, xd_cuda_mix_forward(cx, out, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
+  else if (s->locb)
+    OP(P_MIX, xd_cuda_mix_forward_bf16_hl16(cx, out16, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->locb,
+                                            &ms, e));
+  else
+    OP(P_MIX, xd_cuda_mix_forward_bf16(cx, out16, s->o, s->qr, s->kr, s->vr, y->w_mix, y->b_mix, s->glob, s->loc, &ms, e));
   return 0;
 }
 
@@ -642,19 +654,28 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
   OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
   const mix_shape ms = {N, H, G, d};
-  OP(P_MIX_BWD, xd_cuda_mix_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob, m->dloc, dout, s->o, s->qr,
-                          s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
+  if (s->locb)
+    OP(P_MIX_BWD, xd_cuda_mix_backward_hl16(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob,
+                                            m->dloc, dout, s->o, s->qr, s->kr, s->vr, y->w_mix, s->glob, s->locb, &ms, e));
+  else
+    OP(P_MIX_BWD, xd_cuda_mix_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob,
+                                          m->dloc, dout, s->o, s->qr, s->kr, s->vr, y->w_mix, s->glob, s->loc, &ms, e));
   OP(P_MLSTM_BWD, (tc ? xd_cuda_mlstm_chunkwise_backward_tc : xd_cuda_mlstm_chunkwise_backward)(cx, &m->mc, s->qf, s->kf, s->vr, s->ig, s->fg, s->bound, m->dglob, m->dqf, m->dkf,
                                       m->dvr, m->dig, m->dfg, e));
   const gates_shape gs = {N, D, H, m->hy.gate_softcap};
   OP(P_GATES_BWD, xd_cuda_gates_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dx, y->g_w_i, y->g_b_i, y->g_w_f, y->g_b_f, m->dig,
                                             m->dfg, s->xf, y->w_i, y->w_f, s->ig, s->fg, &gs, e));
-  const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, &fq, e));
-  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_ex(cx, XD_CUDA_GRAD_WRITE, m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, &fk, e));
+  const xd_cuda_fm_bwd fq = {m->dq, y->g_P_q, m->dqf, s->q, y->P_q, s->qf, {N, H, d, P, hh}};
+  const xd_cuda_fm_bwd fk = {m->dk, y->g_P_k, m->dkf, s->k, y->P_k, s->kf, {N, G, d, P, hh}};
+  OP(P_FMAP_BWD, xd_cuda_feature_map_backward_pair(cx, XD_CUDA_GRAD_WRITE, &fq, &fk, e));
   if (!want_inputs) return 0;
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
-  OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
+  if (s->locb) { /* the forward's bf16 operands and output, as they are */
+    const xd_cuda_swa_bf16 pre = {s->qb, s->kb, s->vb, s->locb};
+    OP(P_SWA_BWD, xd_cuda_swa_backward_pre(cx, m->dq, m->dk, m->dvr, m->dloc, s->vr, &pre, s->lse, &sw, e));
+  } else {
+    OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
+  }
   return 0;
 }
 
@@ -782,7 +803,7 @@ static int align_step_body(xd_student_cuda_train *m, int backward, xd_err *e) {
     const int tw = xd_config_layer_window(c, l);
     if (d == 64 || d == 128) {
       const xd_cuda_attn_dims ad = {B, T, H, G, d, tw, 0, Hd, Gd, Gd, Hd};
-      OP(P_ATTN, xd_cuda_attention_forward(cx, s->attb, NULL, m->qb, m->kb, m->vb, &ad, e));
+      OP(P_ATTN, xd_cuda_attention_forward(cx, s->attb, NULL, s->qb, s->kb, s->vb, &ad, e));
       OP(P_MEM, xd_cuda_bf16_to_f32(cx, m->a_ref, s->attb, nout, e));
     } else {
       OP(P_ATTN, xd_cuda_swa_naive_forward_lse(cx, m->a_ref, NULL, s->q, s->k, s->vr, B, T, H, G, d, tw > 0 ? tw : T, 0, e));

@@ -170,6 +170,18 @@ int xd_cuda_swa_backward_v2(xd_cuda_ctx *c, float *dq, float *dk, float *dv, con
 int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                             const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                             xd_err *e);
+/* xd_cuda_swa_backward (its default version) given the bf16 copies the forward already made:
+ * q, k, v rounded to nearest even ([B,T,H,d], [B,T,G,d], [B,T,G,d]) and out, which must be
+ * exactly bf16 (the attention forward's bf16 output; the fp32 out of xd_cuda_swa_backward is
+ * its conversion). Instead of rounding q, k, v and reading the fp32 out, the prologue only
+ * makes dout's copy, D_t and v's lo part (from the fp32 v and pre->v): the same operands, so
+ * the same bits as xd_cuda_swa_backward on the fp32 values. Same scratch. Needs the
+ * tensor-core path (d a multiple of 16 up to 128, 16-byte aligned buffers); fails otherwise. */
+typedef struct {
+  const uint16_t *q, *k, *v, *out;
+} xd_cuda_swa_bf16;
+int xd_cuda_swa_backward_pre(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *v,
+                             const xd_cuda_swa_bf16 *pre, const float *lse, const swa_shape *sh, xd_err *e);
 /* The reference's fp32 arithmetic (the same per-pair values; its dq bit for bit) with dk and dv
  * gathered per key row in a fixed order instead of atomics: bitwise identical from run to run,
  * any d <= 256 (xd_cuda_swa_backward's fallback; ~2x the reference's work). */
@@ -258,6 +270,24 @@ int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const float *x, cons
                                 const feature_map_shape *s, xd_err *e);
 int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP, const float *dphi, const float *x,
                                  const float *P, const float *phi, const feature_map_shape *s, xd_err *e);
+/* Two feature maps in one go (the student's q and k maps: same N): the same results as a call
+ * of the function above for each, in fewer launches where both take the tensor-core kernels
+ * (one fragment layout and one product launch over both maps' heads, which also fills the
+ * GPU better than k's few heads alone); otherwise the two calls. */
+typedef struct {
+  float *phi;
+  const float *x, *P;
+  feature_map_shape s;
+} xd_cuda_fm_fwd;
+typedef struct {
+  float *dx, *dP;
+  const float *dphi, *x, *P, *phi;
+  feature_map_shape s;
+} xd_cuda_fm_bwd;
+int xd_cuda_feature_map_forward_pair(xd_cuda_ctx *c, const xd_cuda_fm_fwd *a, const xd_cuda_fm_fwd *b, xd_err *e);
+/* flags as xd_cuda_feature_map_backward_ex (below). */
+int xd_cuda_feature_map_backward_pair(xd_cuda_ctx *c, int flags, const xd_cuda_fm_bwd *a, const xd_cuda_fm_bwd *b,
+                                      xd_err *e);
 /* Gate pre-activations with the optional soft cap (gates_forward / _backward). fp32. */
 int xd_cuda_gates_forward(xd_cuda_ctx *c, float *ig, float *fg, const float *x, const float *w_i, const float *b_i,
                           const float *w_f, const float *b_f, const gates_shape *s, xd_err *e);
@@ -292,6 +322,23 @@ int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_
                             float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
                             const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
                             const float *h_global, const float *h_local, const mix_shape *s, xd_err *e);
+/* xd_cuda_mix_forward, _forward_bf16 and _backward_ex with h_local in bf16 (the attention
+ * forward's bf16 output as it is, no fp32 copy): the same bits as those functions on its fp32
+ * conversion. */
+int xd_cuda_mix_forward_hl16(xd_cuda_ctx *c, float *out, float *o, const float *q_raw, const float *k_raw,
+                             const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                             const uint16_t *h_local, const mix_shape *s, xd_err *e);
+int xd_cuda_mix_forward_bf16_hl16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw, const float *k_raw,
+                                  const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                                  const uint16_t *h_local, const mix_shape *s, xd_err *e);
+int xd_cuda_mix_backward_hl16(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
+                              float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
+                              const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
+                              const float *h_global, const uint16_t *h_local, const mix_shape *s, xd_err *e);
+/* out[col] (+)= sum_r a[r * cols + col] (fp32 [rows, cols]; accumulate 0 writes): partials
+ * over fixed 256-row splits, then added in split order; deterministic, a function of the shape
+ * (the bias gradients' sums of matmul_backward.cu). */
+int xd_cuda_colsum_f32(xd_cuda_ctx *c, float *out, const float *a, int rows, int cols, int accumulate, xd_err *e);
 /* ==== end of student ops, part 2 ============================================================ */
 
 /* Evaluation (logprob.cu): for i < n, with x = logits + rows[i] * V (fp32, device):

@@ -304,3 +304,9 @@ extern "C" int xd_cuda_matmul_backward_bgrad_path(const xd_cuda_ctx *c, xd_cuda_
   }
   return seen;
 }
+
+extern "C" int xd_cuda_colsum_f32(xd_cuda_ctx *c, float *out, const float *a, int rows, int cols, int accumulate,
+                                  xd_err *e) {
+  XD_ARG(rows > 0 && cols > 0 && out && a);
+  return colsum(c, out, a, rows, cols, accumulate, e);
+}

@@ -7,7 +7,7 @@
  *                   w~_k = exp(b_L - b_k + i_k - ml) and ml = max_k (b_L - b_k + i_k); also b_L
  *                   (the chunk's sum of log sigmoid f) and ml, in double. Cl goes straight
  *                   into the boundary buffer slot of chunk c (C [BH, NC, P, D], n [BH, NC, P]).
- *   2. k_tc_mscan   one thread per head, sequential over chunks (scalars only):
+ *   2. k_tc_mscan   one warp per head, sequential over chunks (scalars only):
  *                   m_end = max(b_L + m_prev, ml), rounded to float at each boundary as the
  *                   CPU does; it leaves the exponents of gC = exp(b_L + m_prev - m_end) and
  *                   sC = exp(ml - m_end) in place of b_L and ml.
@@ -135,24 +135,40 @@ __global__ void __launch_bounds__(TC_THREADS) k_tc_local(tc_args a) {
   }
 }
 
-/* ---- phase 2a: stabiliser scan over chunks (one thread per head) ------------------------------- */
-__global__ void k_tc_mscan(tc_args a, int BH) {
-  const int bh = blockIdx.x * blockDim.x + threadIdx.x;
-  if (bh >= BH) return;
+/* ---- phase 2a: stabiliser scan over chunks (one warp per head) ------------------------------ */
+/* Only the m chain is sequential; the exponentials of gC and sC are taken in parallel by
+ * k_tc_cscan, which gets their (double) exponents in place of b_L and ml. The warp stages a tile
+ * of the head's b_L and ml in shared memory with parallel loads, lane 0 runs the chain over it
+ * (shared-memory latency per chunk instead of a dependent global load), the warp writes the
+ * results back: the same operations in the same order as one thread over global memory. */
+#define TC_MSCAN_TILE 256
+#define TC_MSCAN_WARPS 4
+__global__ void __launch_bounds__(32 * TC_MSCAN_WARPS) k_tc_mscan(tc_args a, int BH) {
+  __shared__ double sbl[TC_MSCAN_WARPS][TC_MSCAN_TILE], sml[TC_MSCAN_WARPS][TC_MSCAN_TILE];
+  __shared__ float sbm[TC_MSCAN_WARPS][TC_MSCAN_TILE];
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, bh = blockIdx.x * TC_MSCAN_WARPS + w;
+  if (bh >= BH) return; /* whole warps; only __syncwarp below */
   double m = a.m0 ? (double)a.m0[bh] : 0.0;
   const size_t o = (size_t)bh * a.NC;
-  /* Only the m chain is sequential; the exponentials of gC and sC are taken in parallel by
-   * k_tc_cscan, which gets their (double) exponents in place of b_L and ml. */
-#pragma unroll 8
-  for (int c = 0; c < a.NC; c++) {
-    a.bm[o + c] = (float)m;
-    const double bl = a.bL[o + c], ml = a.ml[o + c], f = bl + m;
-    const double mn = f >= ml ? f : ml; /* tie -> forget branch, as the CPU */
-    a.bL[o + c] = f - mn;               /* log gC = b_L + m_prev - m_end */
-    a.ml[o + c] = ml - mn;              /* log sC = ml - m_end */
-    m = (double)(float)mn;              /* the boundary m in state precision, as the CPU */
+  for (int c0 = 0; c0 < a.NC; c0 += TC_MSCAN_TILE) {
+    const int n = min(TC_MSCAN_TILE, a.NC - c0);
+    for (int i = lane; i < n; i += 32) sbl[w][i] = a.bL[o + c0 + i], sml[w][i] = a.ml[o + c0 + i];
+    __syncwarp();
+    if (lane == 0)
+      for (int i = 0; i < n; i++) {
+        sbm[w][i] = (float)m;
+        const double bl = sbl[w][i], ml = sml[w][i], f = bl + m;
+        const double mn = f >= ml ? f : ml; /* tie -> forget branch, as the CPU */
+        sbl[w][i] = f - mn;                 /* log gC = b_L + m_prev - m_end */
+        sml[w][i] = ml - mn;                /* log sC = ml - m_end */
+        m = (double)(float)mn;              /* the boundary m in state precision, as the CPU */
+      }
+    __syncwarp();
+    for (int i = lane; i < n; i += 32)
+      a.bm[o + c0 + i] = sbm[w][i], a.bL[o + c0 + i] = sbl[w][i], a.ml[o + c0 + i] = sml[w][i];
+    __syncwarp();
   }
-  if (a.m1) a.m1[bh] = (float)m;
+  if (lane == 0 && a.m1) a.m1[bh] = (float)m;
 }
 
 /* ---- phase 2b: C and n scan over chunks, in place in the boundary buffer ------------------------- */
@@ -417,7 +433,7 @@ extern "C" int xd_cuda_mlstm_chunkwise_forward_tc_bound(xd_cuda_ctx *c, const ml
   if (st == cudaSuccess) {
     const dim3 grid((unsigned)NC, (unsigned)BH);
     k_tc_local<<<grid, TC_THREADS, 0, c->stream>>>(a);
-    k_tc_mscan<<<xd_ceil_div(BH, 64), 64, 0, c->stream>>>(a, (int)BH);
+    k_tc_mscan<<<xd_ceil_div(BH, TC_MSCAN_WARPS), 32 * TC_MSCAN_WARPS, 0, c->stream>>>(a, (int)BH);
     k_tc_cscan<<<dim3(xd_ceil_div(TC_P * TC_P / 4 + TC_P / 4, 128), (unsigned)BH), 128, 0, c->stream>>>(a);
     k_tc_out<<<grid, TC_THREADS, smem, c->stream>>>(a);
     st = cudaGetLastError();

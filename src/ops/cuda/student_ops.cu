@@ -312,21 +312,6 @@ static gm_desc gm_make(int M, int N, int K, int batch) {
   return g;
 }
 
-/* out[col] += sum_n X[n * ld + col * cs] for col < ncol, in a fixed order (one block a column). */
-__global__ void k_colsum(float *out, const float *X, int n_rows, long long ld, long long cs) {
-  __shared__ float red[256];
-  const int col = blockIdx.x, tid = threadIdx.x;
-  float acc = 0.f;
-  for (int n = tid; n < n_rows; n += 256) acc += X[n * ld + col * cs];
-  red[tid] = acc;
-  __syncthreads();
-  for (int st = 128; st > 0; st >>= 1) {
-    if (tid < st) red[tid] += red[tid + st];
-    __syncthreads();
-  }
-  if (tid == 0) out[col] += red[0];
-}
-
 /* ---- feature maps ---------------------------------------------------------------------------- */
 static __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
@@ -513,9 +498,11 @@ static_assert(FMB_SPAN == 256, "k_fm_fwd_tc: 16 strips of 16 tokens a block");
  * transpose 1 (backward): B[k = j][n = i] = P[i][j], the k-slots of k-step ks being
  * j = 8 ks + 2t and + 1 (the columns a C fragment holds, so dz's accumulator registers are
  * the A fragment as they are). One block a head. */
-__global__ void __launch_bounds__(256) k_fm_frags(uint2 *fr, const float *P, int transpose) {
+/* Block b lays out head b of the maps' heads in order: P0's H0 heads, then P1's. */
+__global__ void __launch_bounds__(256) k_fm_frags(uint2 *fr, const float *P0, int H0, const float *P1, int transpose) {
   __shared__ float Ps[64 * 65];
-  const float *Ph = P + (size_t)blockIdx.x * 4096;
+  const int b = blockIdx.x;
+  const float *Ph = b < H0 ? P0 + (size_t)b * 4096 : P1 + (size_t)(b - H0) * 4096;
   for (int e = threadIdx.x; e < 4096; e += 256) Ps[(e >> 6) * 65 + (e & 63)] = Ph[e];
   __syncthreads();
   uint2 *hi = fr + (size_t)blockIdx.x * 2 * FMT_FRAG, *lo = hi + FMT_FRAG;
@@ -564,6 +551,16 @@ static __device__ __forceinline__ void fmt_kstep(float (&acc)[8][4], const float
  * rows g and g + 8, which are the A fragments of k-steps 2p (.x, .y) and 2p + 1 (.z, .w) (the
  * next strip's loads issued before this one's products); the accumulator holds columns
  * 8 nt + 2t, + 1 of both rows, so a row's softmax is over the 4 lanes of its group. */
+/* The feature maps one tensor-core launch covers: map 0's H0 heads, then map 1's H1 (0: one
+ * map). Block row y takes map sel = y >= H0 and its head y - sel H0; the fragments of all heads
+ * lie in that order (k_fm_frags). out is phi (forward) or dx (backward); part [H][nspan][4096]
+ * the dP partials of each map. */
+struct fmt_maps {
+  float *out0, *out1, *part0, *part1;
+  const float *x0, *x1, *phi0, *phi1, *dphi0, *dphi1;
+  int H0, H1;
+};
+
 static __device__ __forceinline__ void fmt_load_strip(float4 (&xa)[4], float4 (&xb)[4], const float *x, int r0, int N,
                                                       int Hx, int h, int g, int t) {
   const int ta = r0 + g, tb = r0 + g + 8;
@@ -575,11 +572,14 @@ static __device__ __forceinline__ void fmt_load_strip(float4 (&xa)[4], float4 (&
                    : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 }
-__global__ void __launch_bounds__(FMT_THREADS) k_fm_fwd_tc(float *phi, const float *x, const uint2 *fr, int N, int Hx) {
+__global__ void __launch_bounds__(FMT_THREADS) k_fm_fwd_tc(fmt_maps m, const uint2 *fr, int N) {
   __shared__ __align__(16) uint2 Bh[2 * FMT_FRAG];
   const uint2 *Bl = Bh + FMT_FRAG;
-  const int h = blockIdx.y, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  fmt_stage(Bh, fr, h);
+  const int y = blockIdx.y, sel = y >= m.H0, h = sel ? y - m.H0 : y, Hx = sel ? m.H1 : m.H0;
+  float *phi = sel ? m.out1 : m.out0;
+  const float *x = sel ? m.x1 : m.x0;
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  fmt_stage(Bh, fr, y);
   const int base = blockIdx.x * FMT_SPAN;
   float4 xa[4], xb[4];
   fmt_load_strip(xa, xb, x, base + 16 * wid, N, Hx, h, g, t);
@@ -635,15 +635,16 @@ __global__ void __launch_bounds__(FMT_THREADS) k_fm_fwd_tc(float *phi, const flo
  * (FMT_SPAN == FMB_SPAN: the same partials buffer). */
 #define FMT_LD 72 /* padded row: the fragment loads of 8 x 4 lanes hit 32 different banks */
 #define FMT_BW_SMEM ((int)FMT_FRAG_BYTES + 2 * 64 * FMT_LD * (int)sizeof(float))
-__global__ void __launch_bounds__(FMT_THREADS) k_fm_bw_tc(float *dx, float *part, const float *dphi, const float *x,
-                                                          const uint2 *fr, const float *phi, int N, int Hx, int write) {
+__global__ void __launch_bounds__(FMT_THREADS) k_fm_bw_tc(fmt_maps m, const uint2 *fr, int N, int write) {
   extern __shared__ uint4 fmt_sh[];
   const uint2 *Bh = reinterpret_cast<const uint2 *>(fmt_sh), *Bl = Bh + FMT_FRAG;
   float *xs = reinterpret_cast<float *>(fmt_sh + FMT_FRAG_BYTES / 16), *dzs = xs + 64 * FMT_LD;
-  const int h = blockIdx.y, span = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2,
-            t = lane & 3;
+  const int y = blockIdx.y, sel = y >= m.H0, h = sel ? y - m.H0 : y, Hx = sel ? m.H1 : m.H0;
+  float *dx = sel ? m.out1 : m.out0, *part = sel ? m.part1 : m.part0;
+  const float *x = sel ? m.x1 : m.x0, *phi = sel ? m.phi1 : m.phi0, *dphi = sel ? m.dphi1 : m.dphi0;
+  const int span = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int n0 = span * FMT_SPAN, n1 = min(N, n0 + FMT_SPAN);
-  fmt_stage(reinterpret_cast<uint2 *>(fmt_sh), fr, h);
+  fmt_stage(reinterpret_cast<uint2 *>(fmt_sh), fr, y);
   float pacc[8][4] = {};
   for (int t0 = n0; t0 < n1; t0 += 64) {
     const int ra = 16 * wid + g, rb = ra + 8; /* the thread's two rows of the tile */
@@ -744,32 +745,84 @@ __global__ void __launch_bounds__(FMT_THREADS) k_fm_bw_tc(float *dx, float *part
   }
 }
 
-/* XD_STUDENT_OPS_UNFUSED=1 (read at every call): the feature-map backward's three-pass path
- * (dz kernel + two products) instead of k_fm_bw_fused, kept for comparisons. */
-static int fm_bw_fused(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi, const float *x,
-                       const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
+/* The tensor-core kernels take map s (d = d_phi = 64 softmax, 16-byte aligned rows) unless a
+ * switch asks for the kernels before them: XD_STUDENT_OPS_UNFUSED=1 (the backward's three-pass
+ * path, the forward's product + softmax) or XD_STUDENT_OPS_FM_SIMT=1 (the fused fp32 SIMT
+ * kernels); both read at every call, kept for comparisons. */
+static bool fmt_ok(const feature_map_shape *s, const void *const *pp, int np) {
+  if (s->hedgehog || s->d != 64 || s->d_phi != 64 || s->Hx > 65535 || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED") ||
+      env_on("XD_STUDENT_OPS_FM_SIMT"))
+    return false;
+  for (int i = 0; i < np; i++)
+    if ((uintptr_t)pp[i] & 15) return false;
+  return true;
+}
+static bool fmt_fwd_ok(const xd_cuda_fm_fwd *a) {
+  const void *pp[] = {a->phi, a->x, a->P};
+  return fmt_ok(&a->s, pp, 3);
+}
+static bool fmt_bwd_ok(const xd_cuda_fm_bwd *a) {
+  const void *pp[] = {a->dx, a->x, a->phi, a->dphi};
+  return fmt_ok(&a->s, pp, 4);
+}
+
+/* One tensor-core launch (and one fragment launch) for map a and, b non-NULL, map b (same N):
+ * every block does what it does in a's or b's own launch, so the results are those of two. */
+static int fmt_forward(xd_cuda_ctx *c, const xd_cuda_fm_fwd *a, const xd_cuda_fm_fwd *b, xd_err *e) {
+  const int N = a->s.N, H0 = a->s.Hx, H1 = b ? b->s.Hx : 0;
+  XD_ARG(H0 + H1 <= 65535 && (!b || b->s.N == N));
+  uint2 *fr = NULL;
+  if (st_scratch(c, (size_t)(H0 + H1) * FMT_FRAG_BYTES, reinterpret_cast<float **>(&fr), e)) return -1;
+  k_fm_frags<<<(unsigned)(H0 + H1), 256, 0, c->stream>>>(fr, a->P, H0, b ? b->P : NULL, 0);
+  XD_CU_LAUNCH("feature map fragments");
+  fmt_maps m;
+  memset(&m, 0, sizeof m);
+  m.out0 = a->phi, m.x0 = a->x, m.H0 = H0;
+  if (b) m.out1 = b->phi, m.x1 = b->x, m.H1 = H1;
+  k_fm_fwd_tc<<<dim3(xd_ceil_div((size_t)N, FMT_SPAN), (unsigned)(H0 + H1)), FMT_THREADS, 0, c->stream>>>(m, fr, N);
+  XD_CU_LAUNCH("feature map forward (tensor cores)");
+  return 0;
+}
+static int fmt_backward(xd_cuda_ctx *c, int flags, const xd_cuda_fm_bwd *a, const xd_cuda_fm_bwd *b, xd_err *e) {
+  const int N = a->s.N, H0 = a->s.Hx, H1 = b ? b->s.Hx : 0, nspan = (N + FMB_SPAN - 1) / FMB_SPAN;
+  XD_ARG(H0 + H1 <= 65535 && (!b || b->s.N == N));
+  float *part = NULL;
+  const size_t per_head = (size_t)nspan * 4096, part_bytes = (size_t)(H0 + H1) * per_head * sizeof(float);
+  if (st_scratch(c, part_bytes + (size_t)(H0 + H1) * FMT_FRAG_BYTES, &part, e)) return -1;
+  uint2 *fr = reinterpret_cast<uint2 *>(reinterpret_cast<unsigned char *>(part) + part_bytes);
+  k_fm_frags<<<(unsigned)(H0 + H1), 256, 0, c->stream>>>(fr, a->P, H0, b ? b->P : NULL, 1);
+  XD_CU_LAUNCH("feature map fragments");
+  fmt_maps m;
+  memset(&m, 0, sizeof m);
+  m.out0 = a->dx, m.part0 = part, m.x0 = a->x, m.phi0 = a->phi, m.dphi0 = a->dphi, m.H0 = H0;
+  if (b) m.out1 = b->dx, m.part1 = part + (size_t)H0 * per_head, m.x1 = b->x, m.phi1 = b->phi, m.dphi1 = b->dphi, m.H1 = H1;
+  XD_CU(cudaFuncSetAttribute(k_fm_bw_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, FMT_BW_SMEM));
+  k_fm_bw_tc<<<dim3((unsigned)nspan, (unsigned)(H0 + H1)), FMT_THREADS, FMT_BW_SMEM, c->stream>>>(
+      m, fr, N, (flags & XD_CUDA_GRAD_WRITE) != 0);
+  XD_CU_LAUNCH("feature map backward (tensor cores)");
+  k_fm_dp_reduce<<<xd_ceil_div((size_t)H0 * 4096, 256), 256, 0, c->stream>>>(a->dP, m.part0, nspan, H0);
+  XD_CU_LAUNCH("feature map dP reduce");
+  if (b) {
+    k_fm_dp_reduce<<<xd_ceil_div((size_t)H1 * 4096, 256), 256, 0, c->stream>>>(b->dP, m.part1, nspan, H1);
+    XD_CU_LAUNCH("feature map dP reduce");
+  }
+  return 0;
+}
+
+/* The fused fp32 SIMT backward (XD_STUDENT_OPS_FM_SIMT=1), or 1 when it does not apply. */
+static int fm_bw_simt(xd_cuda_ctx *c, int flags, float *dx, float *dP, const float *dphi, const float *x,
+                      const float *P, const float *phi, const feature_map_shape *s, xd_err *e) {
   if (s->hedgehog || s->d != 64 || s->d_phi != 64 || st_legacy() || env_on("XD_STUDENT_OPS_UNFUSED") ||
-      (((uintptr_t)dx | (uintptr_t)x | (uintptr_t)phi | (uintptr_t)dphi) & 15))
+      !env_on("XD_STUDENT_OPS_FM_SIMT") || (((uintptr_t)dx | (uintptr_t)x | (uintptr_t)phi | (uintptr_t)dphi) & 15))
     return 1;
   const int N = s->N, Hx = s->Hx, nspan = (N + FMB_SPAN - 1) / FMB_SPAN;
   XD_ARG(Hx <= 65535);
   float *part = NULL;
-  const size_t part_bytes = (size_t)Hx * nspan * 4096 * sizeof(float); /* a multiple of 16 */
-  if (st_scratch(c, part_bytes + (size_t)Hx * FMT_FRAG_BYTES, &part, e)) return -1;
-  if (env_on("XD_STUDENT_OPS_FM_SIMT")) {
-    XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
-    k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
-        dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
-    XD_CU_LAUNCH("feature map backward (fused)");
-  } else {
-    uint2 *fr = reinterpret_cast<uint2 *>(reinterpret_cast<unsigned char *>(part) + part_bytes);
-    k_fm_frags<<<(unsigned)Hx, 256, 0, c->stream>>>(fr, P, 1);
-    XD_CU_LAUNCH("feature map fragments");
-    XD_CU(cudaFuncSetAttribute(k_fm_bw_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, FMT_BW_SMEM));
-    k_fm_bw_tc<<<dim3((unsigned)nspan, (unsigned)Hx), FMT_THREADS, FMT_BW_SMEM, c->stream>>>(
-        dx, part, dphi, x, fr, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
-    XD_CU_LAUNCH("feature map backward (tensor cores)");
-  }
+  if (st_scratch(c, (size_t)Hx * nspan * 4096 * sizeof(float), &part, e)) return -1;
+  XD_CU(cudaFuncSetAttribute(k_fm_bw_fused, cudaFuncAttributeMaxDynamicSharedMemorySize, FMB_SMEM));
+  k_fm_bw_fused<<<dim3((unsigned)nspan, (unsigned)Hx), 256, FMB_SMEM, c->stream>>>(
+      dx, part, dphi, x, P, phi, N, Hx, (flags & XD_CUDA_GRAD_WRITE) != 0);
+  XD_CU_LAUNCH("feature map backward (fused)");
   k_fm_dp_reduce<<<xd_ceil_div((size_t)Hx * 4096, 256), 256, 0, c->stream>>>(dP, part, nspan, Hx);
   XD_CU_LAUNCH("feature map dP reduce");
   return 0;
@@ -844,15 +897,10 @@ extern "C" int xd_cuda_feature_map_forward(xd_cuda_ctx *c, float *phi, const flo
     if (env_on("XD_STUDENT_OPS_FM_SIMT")) {
       k_fm_fwd_fused<<<dim3(xd_ceil_div((size_t)N, 64), (unsigned)Hx), 256, 0, c->stream>>>(phi, x, P, N, Hx);
       XD_CU_LAUNCH("feature map forward (fused)");
-    } else {
-      uint2 *fr = NULL;
-      if (st_scratch(c, (size_t)Hx * FMT_FRAG_BYTES, reinterpret_cast<float **>(&fr), e)) return -1;
-      k_fm_frags<<<(unsigned)Hx, 256, 0, c->stream>>>(fr, P, 0);
-      XD_CU_LAUNCH("feature map fragments");
-      k_fm_fwd_tc<<<dim3(xd_ceil_div((size_t)N, FMT_SPAN), (unsigned)Hx), FMT_THREADS, 0, c->stream>>>(phi, x, fr, N, Hx);
-      XD_CU_LAUNCH("feature map forward (tensor cores)");
+      return 0;
     }
-    return 0;
+    const xd_cuda_fm_fwd a = {phi, x, P, *s};
+    return fmt_forward(c, &a, NULL, e);
   }
   /* z_h [N, dp] = x_h [N, d] P_h [d, dp] straight into phi's first dp columns of each head */
   gm_desc g = gm_make(N, dp, d, Hx);
@@ -874,7 +922,9 @@ extern "C" int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float 
   const int N = s->N, Hx = s->Hx, d = s->d, dph = s->d_phi, dp = feature_map_p_cols(s);
   const long long rows = (long long)N * Hx;
   {
-    const int rc = fm_bw_fused(c, flags, dx, dP, dphi, x, P, phi, s, e);
+    const xd_cuda_fm_bwd a = {dx, dP, dphi, x, P, phi, *s};
+    if (fmt_bwd_ok(&a)) return fmt_backward(c, flags, &a, NULL, e);
+    const int rc = fm_bw_simt(c, flags, dx, dP, dphi, x, P, phi, s, e);
     if (rc <= 0) return rc;
   }
   float *dz = NULL;
@@ -896,6 +946,28 @@ extern "C" int xd_cuda_feature_map_backward_ex(xd_cuda_ctx *c, int flags, float 
     if (gm_run(c, &g, e)) return -1;
   }
   return 0;
+}
+
+extern "C" int xd_cuda_feature_map_forward_pair(xd_cuda_ctx *c, const xd_cuda_fm_fwd *a, const xd_cuda_fm_fwd *b,
+                                                xd_err *e) {
+  XD_ARG(a && b);
+  FM_ARGS(&a->s);
+  FM_ARGS(&b->s);
+  if (fmt_fwd_ok(a) && fmt_fwd_ok(b) && a->s.N == b->s.N && a->s.Hx + b->s.Hx <= 65535) return fmt_forward(c, a, b, e);
+  if (xd_cuda_feature_map_forward(c, a->phi, a->x, a->P, &a->s, e)) return -1;
+  return xd_cuda_feature_map_forward(c, b->phi, b->x, b->P, &b->s, e);
+}
+
+extern "C" int xd_cuda_feature_map_backward_pair(xd_cuda_ctx *c, int flags, const xd_cuda_fm_bwd *a,
+                                                 const xd_cuda_fm_bwd *b, xd_err *e) {
+  XD_ARG(a && b);
+  FM_ARGS(&a->s);
+  FM_ARGS(&b->s);
+  XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
+  if (fmt_bwd_ok(a) && fmt_bwd_ok(b) && a->s.N == b->s.N && a->s.Hx + b->s.Hx <= 65535)
+    return fmt_backward(c, flags, a, b, e);
+  if (xd_cuda_feature_map_backward_ex(c, flags, a->dx, a->dP, a->dphi, a->x, a->P, a->phi, &a->s, e)) return -1;
+  return xd_cuda_feature_map_backward_ex(c, flags, b->dx, b->dP, b->dphi, b->x, b->P, b->phi, &b->s, e);
 }
 
 extern "C" int xd_cuda_feature_map_backward(xd_cuda_ctx *c, float *dx, float *dP, const float *dphi, const float *x,
@@ -930,12 +1002,14 @@ __global__ void k_gate_dz2(float *dz2, const float *dig, const float *ig, const 
   const float q = cap > 0.f ? y / cap : 0.f;
   dz2[i] = dy * (1.f - q * q);
 }
-/* dw_i += dW2[:H], dw_f += dW2[H:] */
-__global__ void k_gate_dw_add(float *dw_i, float *dw_f, const float *dw2, long long hd) {
+/* dw_i += dW2[:H], dw_f += dW2[H:]; then db_i += db2[:H], db_f += db2[H:] */
+__global__ void k_gate_dw_add(float *dw_i, float *dw_f, float *db_i, float *db_f, const float *dw2, const float *db2,
+                              long long hd, int H) {
   const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= 2 * hd) return;
   if (i < hd) dw_i[i] += dw2[i];
-  else dw_f[i - hd] += dw2[i];
+  else if (i < 2 * hd) dw_f[i - hd] += dw2[i];
+  else if (i < 2 * hd + H) db_i[i - 2 * hd] += db2[i - 2 * hd];
+  else if (i < 2 * hd + 2 * H) db_f[i - 2 * hd - H] += db2[i - 2 * hd];
 }
 
 static int gates_stack_w(xd_cuda_ctx *c, float *w2, const float *w_i, const float *w_f, size_t hd, xd_err *e) {
@@ -973,8 +1047,8 @@ extern "C" int xd_cuda_gates_backward_ex(xd_cuda_ctx *c, int flags, float *dx, f
   const int N = s->N, D = s->D, H = s->H;
   const size_t hd = (size_t)H * D, n2 = (size_t)N * 2 * H;
   float *w2 = NULL;
-  if (st_scratch(c, (2 * round64(2 * hd) + n2) * sizeof(float), &w2, e)) return -1;
-  float *dw2 = w2 + round64(2 * hd), *dz2 = dw2 + round64(2 * hd);
+  if (st_scratch(c, (2 * round64(2 * hd) + round64(2 * (size_t)H) + n2) * sizeof(float), &w2, e)) return -1;
+  float *dw2 = w2 + round64(2 * hd), *db2 = dw2 + round64(2 * hd), *dz2 = db2 + round64(2 * (size_t)H);
   if (gates_stack_w(c, w2, w_i, w_f, hd, e)) return -1;
   k_gate_dz2<<<xd_ceil_div(n2, 256), 256, 0, c->stream>>>(dz2, dig, ig, dfg, fg, (long long)n2, H, s->cap);
   XD_CU_LAUNCH("gate dz");
@@ -988,12 +1062,10 @@ extern "C" int xd_cuda_gates_backward_ex(xd_cuda_ctx *c, int flags, float *dx, f
   g2.B = x, g2.bk = D, g2.bn = 1;
   g2.C = dw2, g2.cm = D, g2.cn = 1;
   if (gm_run(c, &g2, e)) return -1;
-  k_gate_dw_add<<<xd_ceil_div(2 * hd, 256), 256, 0, c->stream>>>(dw_i, dw_f, dw2, (long long)hd);
-  XD_CU_LAUNCH("gate dw add");
-  k_colsum<<<(unsigned)H, 256, 0, c->stream>>>(db_i, dz2, N, 2 * H, 1); /* db += sum_n dz */
-  XD_CU_LAUNCH("gate db_i");
-  k_colsum<<<(unsigned)H, 256, 0, c->stream>>>(db_f, dz2 + H, N, 2 * H, 1);
-  XD_CU_LAUNCH("gate db_f");
+  if (xd_cuda_colsum_f32(c, db2, dz2, N, 2 * H, 0, e)) return -1; /* db2 = sum_n dz2 (coalesced row splits) */
+  k_gate_dw_add<<<xd_ceil_div(2 * hd + 2 * H, 256), 256, 0, c->stream>>>(dw_i, dw_f, db_i, db_f, dw2, db2,
+                                                                          (long long)hd, H);
+  XD_CU_LAUNCH("gate dw, db add");
   return 0;
 }
 
@@ -1012,9 +1084,17 @@ __device__ __forceinline__ void mix_put2(float *p, float a, float b) { *reinterp
 __device__ __forceinline__ void mix_put2(uint16_t *p, float a, float b) {
   *reinterpret_cast<uint32_t *>(p) = (uint32_t)xd_f2bf(a) | (uint32_t)xd_f2bf(b) << 16;
 }
-template <typename TO>
+/* h_local in fp32 or bf16 (the attention forward's output as it is: its values, no copy) */
+__device__ __forceinline__ float mix_ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float mix_ld(const uint16_t *p, size_t i) { return __uint_as_float((uint32_t)p[i] << 16); }
+__device__ __forceinline__ float2 mix_ld2(const float *p, size_t i) { return *reinterpret_cast<const float2 *>(p + i); }
+__device__ __forceinline__ float2 mix_ld2(const uint16_t *p, size_t i) {
+  const uint32_t u = *reinterpret_cast<const uint32_t *>(p + i);
+  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+template <typename TO, typename TL>
 __global__ void k_mix_fwd(TO *out, float *o, const float *q, const float *k, const float *v, const float *w_o,
-                          const float *b_o, const float *hg, const float *hl, int N, int H, int G, int d) {
+                          const float *b_o, const float *hg, const TL *hl, int N, int H, int G, int d) {
   const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (r >= (long long)N * H) return;
@@ -1026,13 +1106,14 @@ __global__ void k_mix_fwd(TO *out, float *o, const float *q, const float *k, con
   z = warp_sum(z) + b_o[h];
   const float g = 1.f / (1.f + expf(-z));
   if (lane == 0) o[r] = g;
-  for (int i = lane; i < d; i += 32) mix_put(out + qi + i, g * hg[qi + i] + (1.f - g) * hl[qi + i]);
+  for (int i = lane; i < d; i += 32) mix_put(out + qi + i, g * hg[qi + i] + (1.f - g) * mix_ld(hl, qi + i));
 }
 /* One warp per (n, KV head g), its rep query heads in order (they share the k/v rows):
  * dz = (dout . (hg - hl)) o (1 - o); dhg += o dout; dhl += (1 - o) dout; d{q,k,v} += dz w.
  * write: dhg, dhl, dq written, dk / dv written by the group's first head (then +=). */
+template <typename TL>
 __global__ void k_mix_bwd(float *dq, float *dk, float *dv, float *dhg, float *dhl, float *dz_out, const float *dout,
-                          const float *o, const float *w_o, const float *hg, const float *hl, int N, int H, int G,
+                          const float *o, const float *w_o, const float *hg, const TL *hl, int N, int H, int G,
                           int d, int write) {
   const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -1046,7 +1127,7 @@ __global__ void k_mix_bwd(float *dq, float *dk, float *dv, float *dhg, float *dh
     float dg = 0.f;
     for (int i = lane; i < d; i += 32) {
       const float dd = dout[qi + i];
-      dg += dd * (hg[qi + i] - hl[qi + i]);
+      dg += dd * (hg[qi + i] - mix_ld(hl, qi + i));
       if (write) {
         dhg[qi + i] = g * dd;
         dhl[qi + i] = (1.f - g) * dd;
@@ -1131,10 +1212,10 @@ __global__ void k_mix_dw_reduce(float *dw_o, float *db_o, const float *part, int
  * The group's REP query heads share the k / v rows: they are loaded once, every load of the
  * token is issued before the REP dot products (independent warp sums), float2 accesses.
  * Forward: the same per-element formulas as k_mix_fwd (the dot in another order). */
-template <typename TO, int REP>
+template <typename TO, typename TL, int REP>
 __global__ void __launch_bounds__(256) k_mix_fwd64(TO *out, float *o, const float *q, const float *k, const float *v,
                                                    const float *w_o, const float *b_o, const float *hg,
-                                                   const float *hl, int N, int G) {
+                                                   const TL *hl, int N, int G) {
   const long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31, i = 2 * lane, H = G * REP;
   if (r >= (long long)N * G) return;
@@ -1148,7 +1229,7 @@ __global__ void __launch_bounds__(256) k_mix_fwd64(TO *out, float *o, const floa
     const size_t qi = ((size_t)n * H + g * REP + j) * 64 + i;
     qv[j] = *reinterpret_cast<const float2 *>(q + qi);
     gv[j] = *reinterpret_cast<const float2 *>(hg + qi);
-    lv[j] = *reinterpret_cast<const float2 *>(hl + qi);
+    lv[j] = mix_ld2(hl, qi);
   }
 #pragma unroll
   for (int j = 0; j < REP; j++) {
@@ -1178,10 +1259,10 @@ __global__ void __launch_bounds__(256) k_mix_fwd64(TO *out, float *o, const floa
  * into part[slice][h][3d + 1] (k_mix_dw_reduce adds the slices in order): no dz buffer and no
  * second pass over q / k / v. Deterministic, a function of the shape. */
 #define MIXB_SPAN 64
-template <int REP>
+template <typename TL, int REP>
 __global__ void __launch_bounds__(256) k_mix_bwd64(float *dq, float *dk, float *dv, float *dhg, float *dhl, float *part,
                                                    const float *dout, const float *o, const float *q, const float *k,
-                                                   const float *v, const float *w_o, const float *hg, const float *hl,
+                                                   const float *v, const float *w_o, const float *hg, const TL *hl,
                                                    int N, int G, int write) {
   __shared__ float red[8][REP][193];
   const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, i = 2 * lane, H = G * REP;
@@ -1211,7 +1292,7 @@ __global__ void __launch_bounds__(256) k_mix_bwd64(float *dq, float *dk, float *
       const size_t qi = ((size_t)n * H + g * REP + j) * 64 + i;
       dd[j] = *reinterpret_cast<const float2 *>(dout + qi);
       gv[j] = *reinterpret_cast<const float2 *>(hg + qi);
-      lv[j] = *reinterpret_cast<const float2 *>(hl + qi);
+      lv[j] = mix_ld2(hl, qi);
       qv[j] = *reinterpret_cast<const float2 *>(q + qi);
       og[j] = o[(size_t)n * H + g * REP + j];
     }
@@ -1275,56 +1356,69 @@ static int mix64_ok(const mix_shape *s, const void *const *ptrs, int np) {
     if ((uintptr_t)ptrs[j] & 7) return 0;
   return 1;
 }
-template <typename TO>
+template <typename TO, typename TL>
 static int mix_fwd64_launch(xd_cuda_ctx *c, TO *out, float *o, const float *q, const float *k, const float *v,
-                            const float *w_o, const float *b_o, const float *hg, const float *hl, const mix_shape *s,
+                            const float *w_o, const float *b_o, const float *hg, const TL *hl, const mix_shape *s,
                             xd_err *e) {
   const unsigned blocks = xd_ceil_div((size_t)s->N * s->G * 32, 256);
   switch (s->H / s->G) {
-  case 1: k_mix_fwd64<TO, 1><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
-  case 2: k_mix_fwd64<TO, 2><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
-  default: k_mix_fwd64<TO, 4><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  case 1: k_mix_fwd64<TO, TL, 1><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  case 2: k_mix_fwd64<TO, TL, 2><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
+  default: k_mix_fwd64<TO, TL, 4><<<blocks, 256, 0, c->stream>>>(out, o, q, k, v, w_o, b_o, hg, hl, s->N, s->G); break;
   }
   XD_CU_LAUNCH("mix forward (d 64)");
+  return 0;
+}
+
+/* out fp32 or bf16, h_local fp32 or bf16: the d-64 kernel where it applies (out in pairs: 8-byte
+ * aligned fp32, 4-byte aligned bf16), else one warp per (n, h). */
+template <typename TO, typename TL>
+static int mix_forward_run(xd_cuda_ctx *c, TO *out, float *o, const float *q_raw, const float *k_raw,
+                           const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                           const TL *h_local, const mix_shape *s, xd_err *e) {
+  MIX_ARGS(s);
+  {
+    const void *pp[] = {q_raw, k_raw, v_raw, w_o, h_global, h_local};
+    if (mix64_ok(s, pp, 6) && !((uintptr_t)out & (2 * sizeof(TO) - 1)))
+      return mix_fwd64_launch(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
+  }
+  const size_t rows = (size_t)s->N * s->H;
+  k_mix_fwd<TO, TL><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o,
+                                                                         h_global, h_local, s->N, s->H, s->G, s->d);
+  XD_CU_LAUNCH("mix forward");
   return 0;
 }
 
 extern "C" int xd_cuda_mix_forward(xd_cuda_ctx *c, float *out, float *o, const float *q_raw, const float *k_raw,
                                    const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
                                    const float *h_local, const mix_shape *s, xd_err *e) {
-  MIX_ARGS(s);
-  {
-    const void *pp[] = {out, q_raw, k_raw, v_raw, w_o, h_global, h_local};
-    if (mix64_ok(s, pp, 7)) return mix_fwd64_launch(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
-  }
-  const size_t rows = (size_t)s->N * s->H;
-  k_mix_fwd<float><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global,
-                                                                        h_local, s->N, s->H, s->G, s->d);
-  XD_CU_LAUNCH("mix forward");
-  return 0;
+  return mix_forward_run(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
 }
 
 extern "C" int xd_cuda_mix_forward_bf16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw, const float *k_raw,
                                         const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
                                         const float *h_local, const mix_shape *s, xd_err *e) {
-  MIX_ARGS(s);
-  {
-    const void *pp[] = {q_raw, k_raw, v_raw, w_o, h_global, h_local};
-    if (mix64_ok(s, pp, 6) && !((uintptr_t)out & 3))
-      return mix_fwd64_launch(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
-  }
-  const size_t rows = (size_t)s->N * s->H;
-  k_mix_fwd<uint16_t><<<xd_ceil_div(rows * 32, 256), 256, 0, c->stream>>>(out, o, q_raw, k_raw, v_raw, w_o, b_o,
-                                                                           h_global, h_local, s->N, s->H, s->G, s->d);
-  XD_CU_LAUNCH("mix forward bf16");
-  return 0;
+  return mix_forward_run(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
 }
 
-extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float
-                                       *dw_o, float *db_o, float *dh_global, float *dh_local, const float *dout, const
-                                       float *o, const float *q_raw, const float *k_raw, const float *v_raw, const
-                                       float *w_o, const float *h_global, const float *h_local, const mix_shape *s,
-                                       xd_err *e) {
+extern "C" int xd_cuda_mix_forward_hl16(xd_cuda_ctx *c, float *out, float *o, const float *q_raw, const float *k_raw,
+                                        const float *v_raw, const float *w_o, const float *b_o, const float *h_global,
+                                        const uint16_t *h_local, const mix_shape *s, xd_err *e) {
+  return mix_forward_run(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
+}
+
+extern "C" int xd_cuda_mix_forward_bf16_hl16(xd_cuda_ctx *c, uint16_t *out, float *o, const float *q_raw,
+                                             const float *k_raw, const float *v_raw, const float *w_o,
+                                             const float *b_o, const float *h_global, const uint16_t *h_local,
+                                             const mix_shape *s, xd_err *e) {
+  return mix_forward_run(c, out, o, q_raw, k_raw, v_raw, w_o, b_o, h_global, h_local, s, e);
+}
+
+template <typename TL>
+static int mix_backward_run(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,
+                            float *db_o, float *dh_global, float *dh_local, const float *dout, const float *o,
+                            const float *q_raw, const float *k_raw, const float *v_raw, const float *w_o,
+                            const float *h_global, const TL *h_local, const mix_shape *s, xd_err *e) {
   MIX_ARGS(s);
   XD_ARG((flags & ~XD_CUDA_GRAD_WRITE) == 0);
   {
@@ -1336,8 +1430,8 @@ extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw,
       if (st_scratch(c, (size_t)nslice * H * 193 * sizeof(float), &part, e)) return -1;
       const dim3 grid((unsigned)G, (unsigned)nslice);
       const int wr = (flags & XD_CUDA_GRAD_WRITE) != 0;
-#define MIXB(R) k_mix_bwd64<R><<<grid, 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local, part, dout, o, \
-                                                              q_raw, k_raw, v_raw, w_o, h_global, h_local, N, G, wr)
+#define MIXB(R) k_mix_bwd64<TL, R><<<grid, 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local, part, dout, \
+                                                                  o, q_raw, k_raw, v_raw, w_o, h_global, h_local, N, G, wr)
       switch (H / G) {
       case 1: MIXB(1); break;
       case 2: MIXB(2); break;
@@ -1362,9 +1456,9 @@ extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw,
   float *ws = NULL; /* dz [N, H], then part [nsplit, H, W] */
   if (st_scratch(c, (round64((size_t)N * H) + (size_t)nsplit * H * W) * sizeof(float), &ws, e)) return -1;
   float *dz = ws, *part = ws + round64((size_t)N * H);
-  k_mix_bwd<<<xd_ceil_div((size_t)N * G * 32, 256), 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local,
-                                                                         dz, dout, o, w_o, h_global, h_local, N, H, G, d,
-                                                                         (flags & XD_CUDA_GRAD_WRITE) != 0);
+  k_mix_bwd<TL><<<xd_ceil_div((size_t)N * G * 32, 256), 256, 0, c->stream>>>(dq_raw, dk_raw, dv_raw, dh_global, dh_local,
+                                                                             dz, dout, o, w_o, h_global, h_local, N, H, G,
+                                                                             d, (flags & XD_CUDA_GRAD_WRITE) != 0);
   XD_CU_LAUNCH("mix backward");
   if (legacy)
     k_mix_dw<<<dim3((unsigned)H, (unsigned)nsplit), 128, 0, c->stream>>>(part, dz, q_raw, k_raw, v_raw, N, H, G, d, per);
@@ -1374,6 +1468,24 @@ extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw,
   k_mix_dw_reduce<<<xd_ceil_div((size_t)H * W, 256), 256, 0, c->stream>>>(dw_o, db_o, part, nsplit, H, d);
   XD_CU_LAUNCH("mix dw reduce");
   return 0;
+}
+
+extern "C" int xd_cuda_mix_backward_ex(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw, float
+                                       *dw_o, float *db_o, float *dh_global, float *dh_local, const float *dout, const
+                                       float *o, const float *q_raw, const float *k_raw, const float *v_raw, const
+                                       float *w_o, const float *h_global, const float *h_local, const mix_shape *s,
+                                       xd_err *e) {
+  return mix_backward_run(c, flags, dq_raw, dk_raw, dv_raw, dw_o, db_o, dh_global, dh_local, dout, o, q_raw, k_raw,
+                          v_raw, w_o, h_global, h_local, s, e);
+}
+
+extern "C" int xd_cuda_mix_backward_hl16(xd_cuda_ctx *c, int flags, float *dq_raw, float *dk_raw, float *dv_raw,
+                                         float *dw_o, float *db_o, float *dh_global, float *dh_local,
+                                         const float *dout, const float *o, const float *q_raw, const float *k_raw,
+                                         const float *v_raw, const float *w_o, const float *h_global,
+                                         const uint16_t *h_local, const mix_shape *s, xd_err *e) {
+  return mix_backward_run(c, flags, dq_raw, dk_raw, dv_raw, dw_o, db_o, dh_global, dh_local, dout, o, q_raw, k_raw,
+                          v_raw, w_o, h_global, h_local, s, e);
 }
 
 extern "C" int xd_cuda_mix_backward(xd_cuda_ctx *c, float *dq_raw, float *dk_raw, float *dv_raw, float *dw_o,

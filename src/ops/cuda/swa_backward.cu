@@ -929,6 +929,30 @@ __global__ void k_sb_prep_kv(uint16_t *k16, uint16_t *vh, uint16_t *vl, const fl
   vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
 }
 
+/* The prologue when the forward's bf16 copies are given (xd_cuda_swa_backward_pre): D_t and
+ * dout's bf16 copy as k_sb_prep_q, with out read from its bf16 form (out is exactly a bf16
+ * value, so the products are k_sb_prep_q's), and no q copy. */
+__global__ void k_sb_prep_o16(float *Dt, uint16_t *o16, const float *dout, const uint16_t *out16, size_t rows, int d) {
+  const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  float acc = 0.f;
+  for (int i = lane; i < d; i += 32) {
+    const __nv_bfloat16 ob = __float2bfloat16_rn(dout[row * d + i]);
+    acc += __bfloat162float(ob) * __uint_as_float((uint32_t)out16[row * d + i] << 16);
+    o16[row * d + i] = __bfloat16_as_ushort(ob);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) Dt[row] = acc;
+}
+
+/* v's lo part from the given hi = bf16(v): k_sb_prep_kv's vl. */
+__global__ void k_sb_prep_vlo(uint16_t *vl, const float *v, const uint16_t *vh, size_t n) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v[i] - __uint_as_float((uint32_t)vh[i] << 16)));
+}
+
 /* The launch geometry sb_args carries: key / query tile counts, the sink-mode blocks, and
  * (v3, BQ = 64) the stored dS slots a query tile has: nwin window key tiles at most
  * (qt - jwin(qt) + 1 <= (W + 62) / 64 + 1), then one per sink block. */
@@ -1019,16 +1043,23 @@ static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver) 
   return z;
 }
 
+/* pre (NULL: none): the forward's bf16 copies of q, k, v and out, read in place of q, k, out
+ * (which may then be NULL) and of the prologue's copies; the pipelined kernels only. */
 static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                  const float *v, const float *out, const float *lse, const swa_shape *sh, int ver, xd_err *e) {
+                  const float *v, const float *out, const float *lse, const swa_shape *sh, int ver,
+                  const xd_cuda_swa_bf16 *pre, xd_err *e) {
   XD_ARG(sh->B > 0 && sh->T > 0 && sh->H > 0 && sh->G > 0 && sh->H % sh->G == 0);
   XD_ARG(sh->d > 0 && sh->d <= SWA_BWD_MAXD && sh->W >= 1 && sh->S >= 0);
+  XD_ARG(!pre || (ver >= 2 && pre->q && pre->k && pre->v && pre->out));
   const int d = sh->d;
   bool aligned = true;
-  const void *ptrs[] = {dq, dk, dv, dout, q, k, v, out};
+  const void *ptrs[] = {dq, dk, dv, dout, q, k, v, out, pre ? pre->q : NULL, pre ? pre->k : NULL,
+                        pre ? pre->v : NULL, pre ? pre->out : NULL};
   for (const void *p : ptrs) aligned = aligned && ((uintptr_t)p & 15) == 0;
-  if (d % 16 != 0 || d > 128 || !aligned || sh->T > (1 << 30) / SB_BK)
+  if (d % 16 != 0 || d > 128 || !aligned || sh->T > (1 << 30) / SB_BK) {
+    if (pre) return xd_errf(e, "swa_backward: bf16 inputs need d a multiple of 16 up to 128 and 16-byte aligned buffers");
     return xd_cuda_swa_backward_det(c, dq, dk, dv, dout, q, k, v, out, lse, sh, e);
+  }
   sb_args a;
   memset(&a, 0, sizeof a);
   a.q = q, a.k = k, a.v = v, a.out = out, a.dout = dout, a.lse = lse;
@@ -1060,10 +1091,19 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     a.vl16 = (uint16_t *)(p16 + 2 * q16_bytes + 2 * kv16_bytes);
     if (ver == 3) a.ds = (uint4 *)(p16 + 2 * q16_bytes + 3 * kv16_bytes);
     if (can_split) a.hpart = (float *)(p16 + 2 * q16_bytes + 3 * kv16_bytes + ds_bytes);
-    k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
-    XD_CU_LAUNCH("swa_backward prep q");
-    k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);
-    XD_CU_LAUNCH("swa_backward prep kv");
+    if (pre) { /* the kernels only read q16, k16, vh16 */
+      a.q16 = const_cast<uint16_t *>(pre->q), a.k16 = const_cast<uint16_t *>(pre->k);
+      a.vh16 = const_cast<uint16_t *>(pre->v);
+      k_sb_prep_o16<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, dout, pre->out, rows, d);
+      XD_CU_LAUNCH("swa_backward prep dout");
+      k_sb_prep_vlo<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.vl16, v, pre->v, kv);
+      XD_CU_LAUNCH("swa_backward prep v lo");
+    } else {
+      k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
+      XD_CU_LAUNCH("swa_backward prep q");
+      k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);
+      XD_CU_LAUNCH("swa_backward prep kv");
+    }
   } else {
     k_sb_rowdot<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, dout, out, rows, d);
     XD_CU_LAUNCH("swa_backward rowdot");
@@ -1100,17 +1140,25 @@ extern "C" int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float 
                                     const float *lse, const swa_shape *sh, xd_err *e) {
   const char *ver = getenv("XD_SWA_BWD");
   const int which = ver && (ver[0] == '1' || ver[0] == '2') && ver[1] == 0 ? ver[0] - '0' : 3;
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, which, e);
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, which, NULL, e);
 }
 
 extern "C" int xd_cuda_swa_backward_v2(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v, const float *out,
                                        const float *lse, const swa_shape *sh, xd_err *e) {
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 2, e);
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 2, NULL, e);
 }
 
 extern "C" int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                                        const float *q, const float *k, const float *v, const float *out,
                                        const float *lse, const swa_shape *sh, xd_err *e) {
-  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 1, e);
+  return sb_run(c, dq, dk, dv, dout, q, k, v, out, lse, sh, 1, NULL, e);
+}
+
+/* The default version reading the forward's bf16 copies (cuda_ops.h). */
+extern "C" int xd_cuda_swa_backward_pre(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
+                                        const float *v, const xd_cuda_swa_bf16 *pre, const float *lse,
+                                        const swa_shape *sh, xd_err *e) {
+  XD_ARG(pre != NULL && v != NULL);
+  return sb_run(c, dq, dk, dv, dout, NULL, NULL, v, NULL, lse, sh, 3, pre, e);
 }

@@ -144,8 +144,8 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   m->dh = TF(k, N * D); m->dh1 = TF(k, N * D); m->dx = TF(k, N * D); m->dxm = TF(k, N * D); m->dout = TF(k, N * D);
   m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
   m->dqr = TF(k, N * Hd); m->dkr = TF(k, N * Gd); m->dvr = TF(k, N * Gd); m->dq = TF(k, N * Hd); m->dk = TF(k, N * Gd);
-  m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd); m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P);
-  m->dig = TF(k, N * H); m->dfg = TF(k, N * H);
+  m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd);
+  m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P); m->dig = TF(k, N * H); m->dfg = TF(k, N * H); /* adjacent: one memset */
   m->gb16 = TH(k, big > N * D ? big : N * D);
   m->dh16 = TH(k, N * D);
 }
@@ -630,9 +630,6 @@ static int lin_back16(xd_student_cuda_train *m, float *dx, int flags, float *dw,
   return xd_cuda_matmul_backward(m->c, dx, XD_CUDA_F32, dw, db, g16, x, w, m->N, Din, Dout,
                                  XD_CUDA_BW_ACCUMULATE | flags, e);
 }
-static int zero(xd_student_cuda_train *m, float *p, size_t n, xd_err *e) {
-  return xd_cuda_memset(m->c, p, 0, n * sizeof(float), e);
-}
 
 /* Backward of the core (xd_core_backward) from dout [N, Hd]: the layer's hybrid parameter
  * gradients (+=) and, with want_inputs, the gradients of its inputs into m->dx (gates' x),
@@ -649,10 +646,8 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const int P = m->P;
   const int hh = m->hy.feature_map == XD_FMAP_HEDGEHOG;
   const int tc = P == 64 && d == 64 && m->mc.chunk == 64; /* as core_forward (the _tc backward falls back anyway) */
-  OP(P_MEM, zero(m, m->dqf, (size_t)N * H * P, e));
-  OP(P_MEM, zero(m, m->dkf, (size_t)N * G * P, e));
-  OP(P_MEM, zero(m, m->dig, (size_t)N * H, e));
-  OP(P_MEM, zero(m, m->dfg, (size_t)N * H, e));
+  /* dqf, dkf, dig, dfg are adjacent in the block (layout()): one memset for the four */
+  OP(P_MEM, xd_cuda_memset(cx, m->dqf, 0, (size_t)((char *)(m->dfg + (size_t)N * H) - (char *)m->dqf), e));
   const mix_shape ms = {N, H, G, d};
   if (s->locb)
     OP(P_MIX_BWD, xd_cuda_mix_backward_hl16(cx, XD_CUDA_GRAD_WRITE, m->dqr, m->dkr, m->dvr, y->g_w_mix, y->g_b_mix, m->dglob,

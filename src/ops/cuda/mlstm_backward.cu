@@ -565,6 +565,7 @@ __global__ void __launch_bounds__(256) k_bw_scan2(bw_args a) {
  * then it reruns its own tile's segments and writes dig / dfg. Tiles counted from the top:
  * tile k covers [max(0, T - (k+1) GT_TILE), T - k GT_TILE). */
 #define GT_GRP 4
+#define GT_LD 8 /* loads a thread keeps in flight */
 __global__ void __launch_bounds__(BW_THREADS) k_bw_gates2(bw_args a, float *dig, float *dfg) {
   __shared__ double dm_s[GT_GRP][GT_TILE]; /* own tile: the acc after each token, in place */
   __shared__ unsigned char br_s[GT_GRP][GT_TILE];
@@ -576,14 +577,31 @@ __global__ void __launch_bounds__(BW_THREADS) k_bw_gates2(bw_args a, float *dig,
   for (int g0 = 0; g0 <= kt; g0 += GT_GRP) {
     const int g1 = min(kt, g0 + GT_GRP - 1), ng = g1 - g0 + 1;
     __syncthreads(); /* the previous group is chained */
-    for (int idx = tid; idx < ng * GT_TILE; idx += blockDim.x) {
-      const int sl = idx / GT_TILE, k = idx % GT_TILE, hi = a.T - (g0 + sl) * GT_TILE, lo = max(0, hi - GT_TILE);
-      if (k < hi - lo) {
-        const int t = lo + k;
-        const size_t o = (size_t)bh * a.T + t;
-        double dm = a.dmm[o];
-        if (t + 1 < a.T && (t + 1) % a.L == 0) dm += a.dmprev[(size_t)bh * a.NC + (t + 1) / a.L];
-        dm_s[sl][k] = dm, br_s[sl][k] = a.br[o];
+    /* GT_LD elements a thread at a time, every load issued before the first use (a loop of
+     * load -> shared store waited for each load in turn: ~a global latency an element) */
+    for (int i0 = 0; i0 < ng * GT_TILE; i0 += GT_LD * BW_THREADS) {
+      double dm[GT_LD], dp[GT_LD];
+      unsigned char bv[GT_LD];
+#pragma unroll
+      for (int u = 0; u < GT_LD; u++) {
+        const int idx = i0 + u * BW_THREADS + tid, sl = idx / GT_TILE, k = idx % GT_TILE;
+        const int hi = a.T - (g0 + sl) * GT_TILE, lo = max(0, hi - GT_TILE), t = lo + k;
+        dm[u] = dp[u] = 0, bv[u] = 0;
+        if (idx < ng * GT_TILE && k < hi - lo) {
+          const size_t o = (size_t)bh * a.T + t;
+          dm[u] = a.dmm[o], bv[u] = a.br[o];
+          if (t + 1 < a.T && (t + 1) % a.L == 0) dp[u] = a.dmprev[(size_t)bh * a.NC + (t + 1) / a.L];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < GT_LD; u++) {
+        const int idx = i0 + u * BW_THREADS + tid, sl = idx / GT_TILE, k = idx % GT_TILE;
+        const int hi = a.T - (g0 + sl) * GT_TILE, lo = max(0, hi - GT_TILE), t = lo + k;
+        if (idx < ng * GT_TILE && k < hi - lo) {
+          double v = dm[u];
+          if (t + 1 < a.T && (t + 1) % a.L == 0) v += dp[u];
+          dm_s[sl][k] = v, br_s[sl][k] = bv[u];
+        }
       }
     }
     __syncthreads();
@@ -633,13 +651,28 @@ __global__ void __launch_bounds__(BW_THREADS) k_bw_gates2(bw_args a, float *dig,
     }
   }
   __syncthreads();
-  for (int k = tid; k < n; k += blockDim.x) {
-    const size_t o = (size_t)bh * a.T + lo + k, og = ((size_t)b * a.T + lo + k) * a.H + h;
-    double dl = a.db[o], di = a.di[o];
-    if (br_s[own][k]) dl += dm_s[own][k];
-    else di += dm_s[own][k];
-    dig[og] += (float)di;
-    dfg[og] += (float)(dl * sigm_d(-(double)a.fg[og]));
+  for (int k0 = 0; k0 < n; k0 += GT_LD * BW_THREADS) { /* loads first, as above */
+    double dl[GT_LD], di[GT_LD];
+    float f[GT_LD], gi[GT_LD], gf[GT_LD];
+#pragma unroll
+    for (int u = 0; u < GT_LD; u++) {
+      const int k = k0 + u * BW_THREADS + tid;
+      dl[u] = di[u] = 0, f[u] = gi[u] = gf[u] = 0.f;
+      if (k < n) {
+        const size_t o = (size_t)bh * a.T + lo + k, og = ((size_t)b * a.T + lo + k) * a.H + h;
+        dl[u] = a.db[o], di[u] = a.di[o], f[u] = a.fg[og], gi[u] = dig[og], gf[u] = dfg[og];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < GT_LD; u++) {
+      const int k = k0 + u * BW_THREADS + tid;
+      if (k >= n) continue;
+      const size_t og = ((size_t)b * a.T + lo + k) * a.H + h;
+      if (br_s[own][k]) dl[u] += dm_s[own][k];
+      else di[u] += dm_s[own][k];
+      dig[og] = gi[u] + (float)di[u];
+      dfg[og] = gf[u] + (float)(dl[u] * sigm_d(-(double)f[u]));
+    }
   }
 }
 

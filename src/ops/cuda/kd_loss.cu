@@ -71,6 +71,32 @@ __device__ __forceinline__ void stream_row(const T *z, int V, bool vec, F &f) {
   }
 }
 
+/* The same, back to front with streaming (evict-first) loads, for a row's second pass: the
+ * elements the first pass read last, the likeliest still in L2, come first. Same calls, each
+ * element once, in another order (for order-free passes). */
+template <int TH, typename T, typename F>
+__device__ __forceinline__ void stream_row_rev(const T *z, int V, bool vec, F &f) {
+  constexpr int U = 8 / sizeof(T);
+  if (vec) {
+    const int nvec = V >> 3;
+    int c = nvec - 1 - (int)threadIdx.x;
+    for (; c >= (U - 1) * TH; c -= U * TH) {
+      float x[U][8];
+#pragma unroll
+      for (int u = 0; u < U; u++) ld8<true>(z + 8 * (size_t)(c - u * TH), x[u]);
+#pragma unroll
+      for (int u = 0; u < U; u++) f.vec(x[u], 8 * (c - u * TH));
+    }
+    for (; c >= 0; c -= TH) {
+      float x[8];
+      ld8<true>(z + 8 * (size_t)c, x);
+      f.vec(x, 8 * c);
+    }
+  } else {
+    for (int v = V - 1 - (int)threadIdx.x; v >= 0; v -= TH) f.one(ld1(z, (size_t)v), v);
+  }
+}
+
 /* ---- online max / sum-exp (fp32), NaN-propagating --------------------------------------- */
 struct OnlineLse {
   float m = -INFINITY, s = 0.f;
@@ -279,9 +305,11 @@ __global__ void __launch_bounds__(TK_TH, 2)
   const unsigned bin = (unsigned)s_bin, above = s_above, inbin = hist[bin];
   int nsel;
   if (above + inbin <= (unsigned)TK_CAP) {
-    /* pass 2: everything from the threshold bin up (< k above it, so the top k are in there) */
+    /* pass 2: everything from the threshold bin up (< k above it, so the top k are in there);
+     * arrival order does not matter (sorted below by value, then id), so back to front: the
+     * 4096 x 128K fp32 rows' top-k 0.981 -> 0.950 ms on an H200 */
     TkCollect col{bin, &s_n, buf};
-    stream_row<TK_TH>(z, V, vec, col);
+    stream_row_rev<TK_TH>(z, V, vec, col);
     nsel = (int)(above + inbin);
   } else {
     /* massive ties around the threshold: exact 32-bit threshold T by two more radix levels,

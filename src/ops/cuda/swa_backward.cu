@@ -901,8 +901,12 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq_s(sb_args a) {
 
 /* Prologue of the pipelined kernels, part 1: one warp per (b, t, h) row: D_t = bf16(dout_t) .
  * out_t (k_sb_rowdot's arithmetic, so both versions see the same D) and the bf16 copies of
- * dout and q. */
-__global__ void k_sb_prep_q(float *Dt, uint16_t *o16, uint16_t *q16, const float *dout, const float *out,
+ * dout and (q16 non-NULL) q. out is fp32, or bf16 when the forward's copy is given
+ * (xd_cuda_swa_backward_pre: out is then exactly a bf16 value, so the products are the same). */
+__device__ __forceinline__ float sb_ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float sb_ld(const uint16_t *p, size_t i) { return __uint_as_float((uint32_t)p[i] << 16); }
+template <typename TO>
+__global__ void k_sb_prep_q(float *Dt, uint16_t *o16, uint16_t *q16, const float *dout, const TO *out,
                             const float *q, size_t rows, int d) {
   const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -910,9 +914,9 @@ __global__ void k_sb_prep_q(float *Dt, uint16_t *o16, uint16_t *q16, const float
   float acc = 0.f;
   for (int i = lane; i < d; i += 32) {
     const __nv_bfloat16 ob = __float2bfloat16_rn(dout[row * d + i]);
-    acc += __bfloat162float(ob) * out[row * d + i];
+    acc += __bfloat162float(ob) * sb_ld(out, row * d + i);
     o16[row * d + i] = __bfloat16_as_ushort(ob);
-    q16[row * d + i] = __bfloat16_as_ushort(__float2bfloat16_rn(q[row * d + i]));
+    if (q16) q16[row * d + i] = __bfloat16_as_ushort(__float2bfloat16_rn(q[row * d + i]));
   }
   acc = warp_sum(acc);
   if (lane == 0) Dt[row] = acc;
@@ -927,23 +931,6 @@ __global__ void k_sb_prep_kv(uint16_t *k16, uint16_t *vh, uint16_t *vl, const fl
   const __nv_bfloat16 hb = __float2bfloat16_rn(x);
   vh[i] = __bfloat16_as_ushort(hb);
   vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
-}
-
-/* The prologue when the forward's bf16 copies are given (xd_cuda_swa_backward_pre): D_t and
- * dout's bf16 copy as k_sb_prep_q, with out read from its bf16 form (out is exactly a bf16
- * value, so the products are k_sb_prep_q's), and no q copy. */
-__global__ void k_sb_prep_o16(float *Dt, uint16_t *o16, const float *dout, const uint16_t *out16, size_t rows, int d) {
-  const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  float acc = 0.f;
-  for (int i = lane; i < d; i += 32) {
-    const __nv_bfloat16 ob = __float2bfloat16_rn(dout[row * d + i]);
-    acc += __bfloat162float(ob) * __uint_as_float((uint32_t)out16[row * d + i] << 16);
-    o16[row * d + i] = __bfloat16_as_ushort(ob);
-  }
-  acc = warp_sum(acc);
-  if (lane == 0) Dt[row] = acc;
 }
 
 /* v's lo part from the given hi = bf16(v): k_sb_prep_kv's vl. */
@@ -1094,12 +1081,13 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     if (pre) { /* the kernels only read q16, k16, vh16 */
       a.q16 = const_cast<uint16_t *>(pre->q), a.k16 = const_cast<uint16_t *>(pre->k);
       a.vh16 = const_cast<uint16_t *>(pre->v);
-      k_sb_prep_o16<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, dout, pre->out, rows, d);
+      k_sb_prep_q<uint16_t><<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, NULL, dout, pre->out, NULL, rows,
+                                                                          d);
       XD_CU_LAUNCH("swa_backward prep dout");
       k_sb_prep_vlo<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.vl16, v, pre->v, kv);
       XD_CU_LAUNCH("swa_backward prep v lo");
     } else {
-      k_sb_prep_q<<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
+      k_sb_prep_q<float><<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
       XD_CU_LAUNCH("swa_backward prep q");
       k_sb_prep_kv<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.k16, a.vh16, a.vl16, k, v, kv);
       XD_CU_LAUNCH("swa_backward prep kv");

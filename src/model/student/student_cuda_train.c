@@ -125,7 +125,8 @@ static void layout(xd_student_cuda_train *m, carve *k) {
     s->h0 = TF(k, N * D); s->xf = TF(k, N * D); s->xb = TH(k, N * D);
     s->qr = TF(k, N * Hd); s->kr = TF(k, N * Gd); s->vr = TF(k, N * Gd); s->q = TF(k, N * Hd); s->k = TF(k, N * Gd);
     s->loc = fast_attn(c) ? NULL : TF(k, N * Hd); s->locb = fast_attn(c) ? TH(k, N * Hd) : NULL;
-    s->qb = TH(k, N * Hd); s->kb = TH(k, N * Gd); s->vb = TH(k, N * Gd); s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
+    s->qb = TH(k, N * Hd); s->kb = TH(k, N * Gd); s->vb = TH(k, N * Gd);
+    s->lse = TF(k, N * H); s->qf = TF(k, N * H * P); s->kf = TF(k, N * G * P);
     s->ig = TF(k, N * H); s->fg = TF(k, N * H); s->glob = TF(k, N * Hd); s->bound = TF(k, nb); s->o = TF(k, N * H);
     s->attb = TH(k, N * Hd); s->h1 = TF(k, N * D); s->xmb = TH(k, N * D); s->gu = TH(k, N * 2 * F); s->act = TH(k, N * F);
     s->o1 = c->post_norm ? TF(k, N * D) : NULL;
@@ -145,7 +146,8 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   m->dsw = TF(k, N * F); m->datt = TF(k, N * Hd);
   m->dqr = TF(k, N * Hd); m->dkr = TF(k, N * Gd); m->dvr = TF(k, N * Gd); m->dq = TF(k, N * Hd); m->dk = TF(k, N * Gd);
   m->dglob = TF(k, N * Hd); m->dloc = TF(k, N * Hd);
-  m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P); m->dig = TF(k, N * H); m->dfg = TF(k, N * H); /* adjacent: one memset */
+  /* dqf, dkf, dig, dfg adjacent: core_backward clears them with one memset */
+  m->dqf = TF(k, N * H * P); m->dkf = TF(k, N * G * P); m->dig = TF(k, N * H); m->dfg = TF(k, N * H);
   m->gb16 = TH(k, big > N * D ? big : N * D);
   m->dh16 = TH(k, N * D);
 }

@@ -71,30 +71,32 @@ __device__ __forceinline__ void stream_row(const T *z, int V, bool vec, F &f) {
   }
 }
 
-/* The same, back to front with streaming (evict-first) loads, for a row's second pass: the
- * elements the first pass read last, the likeliest still in L2, come first. Same calls, each
- * element once, in another order (for order-free passes). */
+/* The 8-wide vectors of a row, back to front with streaming (evict-first) loads, U of them in
+ * flight per thread, f.vec(x[8], first index) on each: a row's second pass, which meets first
+ * the vectors the first pass read last (the likeliest still in L2). Each vector once. */
+template <int TH, int U, typename T, typename F>
+__device__ __forceinline__ void stream_vec_rev(const T *z, int V, F &f) {
+  const int nvec = V >> 3;
+  int c = nvec - 1 - (int)threadIdx.x;
+  for (; c >= (U - 1) * TH; c -= U * TH) {
+    float x[U][8];
+#pragma unroll
+    for (int u = 0; u < U; u++) ld8<true>(z + 8 * (size_t)(c - u * TH), x[u]);
+#pragma unroll
+    for (int u = 0; u < U; u++) f.vec(x[u], 8 * (c - u * TH));
+  }
+  for (; c >= 0; c -= TH) {
+    float x[8];
+    ld8<true>(z + 8 * (size_t)c, x);
+    f.vec(x, 8 * c);
+  }
+}
+/* stream_row's calls back to front (for order-free passes): 64 bytes in flight per thread. */
 template <int TH, typename T, typename F>
 __device__ __forceinline__ void stream_row_rev(const T *z, int V, bool vec, F &f) {
-  constexpr int U = 8 / sizeof(T);
-  if (vec) {
-    const int nvec = V >> 3;
-    int c = nvec - 1 - (int)threadIdx.x;
-    for (; c >= (U - 1) * TH; c -= U * TH) {
-      float x[U][8];
-#pragma unroll
-      for (int u = 0; u < U; u++) ld8<true>(z + 8 * (size_t)(c - u * TH), x[u]);
-#pragma unroll
-      for (int u = 0; u < U; u++) f.vec(x[u], 8 * (c - u * TH));
-    }
-    for (; c >= 0; c -= TH) {
-      float x[8];
-      ld8<true>(z + 8 * (size_t)c, x);
-      f.vec(x, 8 * c);
-    }
-  } else {
+  if (vec) stream_vec_rev<TH, 8 / sizeof(T)>(z, V, f);
+  else
     for (int v = V - 1 - (int)threadIdx.x; v >= 0; v -= TH) f.one(ld1(z, (size_t)v), v);
-  }
 }
 
 /* ---- online max / sum-exp (fp32), NaN-propagating --------------------------------------- */
@@ -421,41 +423,22 @@ template <typename Tout> __device__ void zero_row(Tout *d, int V, bool vec, int 
   }
 }
 
-/* Pass 2 of the fused kernel over 8-wide vectors, back to front (the vectors pass 1 read
- * last, most likely still in L2, first), U vectors in flight per thread: d = sce * exp(z - lf)
- * (+ d when ACC). z and d may be the same buffer (each thread reads its vector, then writes it). */
-template <int TH, int U, bool ACC, typename Tin, typename Tout>
-__device__ __forceinline__ void pass2_vec(const Tin *z, Tout *d, int V, float sce, float lf) {
-  const int nvec = V >> 3;
-  int c = nvec - 1 - (int)threadIdx.x;
-  for (; c >= (U - 1) * TH; c -= U * TH) {
-    float x[U][8];
-#pragma unroll
-    for (int u = 0; u < U; u++) ld8<true>(z + 8 * (size_t)(c - u * TH), x[u]);
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      float o[8];
-      if (ACC) ld8<true>(d + 8 * (size_t)(c - u * TH), o);
-#pragma unroll
-      for (int q = 0; q < 8; q++) {
-        const float g = sce * __expf(x[u][q] - lf);
-        x[u][q] = ACC ? o[q] + g : g;
-      }
-      st8cs(d + 8 * (size_t)(c - u * TH), x[u]);
-    }
-  }
-  for (; c >= 0; c -= TH) {
-    float x[8], o[8];
-    ld8<true>(z + 8 * (size_t)c, x);
-    if (ACC) ld8<true>(d + 8 * (size_t)c, o);
+/* Pass 2 of the fused kernel on one 8-wide vector x of z at v0: d = sce * exp(z - lf) (+ d when
+ * ACC). z and d may be the same buffer (the vector is read before it is written). */
+template <bool ACC, typename Tout> struct Pass2Vec {
+  Tout *d;
+  float sce, lf;
+  __device__ __forceinline__ void vec(float *x, int v0) {
+    float o[8];
+    if (ACC) ld8<true>(d + v0, o);
 #pragma unroll
     for (int q = 0; q < 8; q++) {
       const float g = sce * __expf(x[q] - lf);
       x[q] = ACC ? o[q] + g : g;
     }
-    st8cs(d + 8 * (size_t)c, x);
+    st8cs(d + v0, x);
   }
-}
+};
 
 struct FusedParams {
   int V, k;
@@ -596,10 +579,13 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   /* pass 2, back to front: g = sce * exp(z - lse) (+ old) */
   if (p.vec) {
     constexpr int U = 8 / sizeof(Tin); /* 64 bytes of logits in flight per thread */
-    if (p.accumulate)
-      pass2_vec<TH, U / 2, true>(z, d, V, sce, lf);
-    else
-      pass2_vec<TH, U, false>(z, d, V, sce, lf);
+    if (p.accumulate) {
+      Pass2Vec<true, Tout> f{d, sce, lf};
+      stream_vec_rev<TH, U / 2>(z, V, f);
+    } else {
+      Pass2Vec<false, Tout> f{d, sce, lf};
+      stream_vec_rev<TH, U>(z, V, f);
+    }
   } else {
     for (int v = V - 1 - tid; v >= 0; v -= TH) {
       const float g = sce * __expf(ld1(z, (size_t)v) - lf);

@@ -22,7 +22,7 @@ Commands (from the repo root; OMP_NUM_THREADS=1 is enough for everything but `be
            rewrite tests/fixtures/student-reference/ (tests/test_student_reference.c): per
            family a small perturbed student (written here from the teacher fixture, following
            docs/checkpoint-format.md), ids.npy and float64 reference logits_f64.npy.
-  bench    [--seq 4096] [--tiny] [--no-compile] [--device cuda] [--reps N]
+  bench    [--seq 4096] [--batch B] [--tiny] [--no-compile] [--device cuda] [--reps N]
            [--only teacher,stage1,stage2,prefill] [--stage2-variants eager,eager_blocked,compiled,compiled_flex,compiled_accum8]
            teacher prefill, stage I step, stage II step and student prefill at the Llama-3.2-1B shape
            with random weights, bf16 autocast, chunkwise mLSTM (fp32 states); prints
@@ -38,6 +38,8 @@ Commands (from the repo root; OMP_NUM_THREADS=1 is enough for everything but `be
            per optimiser step: gradient accumulation, reported per micro-batch as
            stage2_micro_compiled_accum8; not a candidate for stage2_best). Only stage II on a GPU:
              python3 tools/student_reference.py bench --only stage2 | grep '^REF '
+           --batch B: B sequences of --seq tokens per (micro-)batch (default 1; tokens/s counts
+           all B T tokens), to compare with bench_gpu_train's XD_BENCH_B at the same batch.
            --tiny: a small shape on CPU (a float64 self-check, then a smoke test of the same paths).
 """
 import argparse
@@ -781,6 +783,7 @@ def main(argv=None):
     c.add_argument("--seq", type=int, default=4096); c.add_argument("--tiny", action="store_true")
     c.add_argument("--no-compile", action="store_true"); c.add_argument("--device", default=None)
     c.add_argument("--reps", type=int, default=5)
+    c.add_argument("--batch", type=int, default=1, help="sequences per (micro-)batch (default 1)")
     c.add_argument("--fp32-matmul", default="high", choices=("high", "highest"),
                    help="high: TF32 for fp32 matrix products on CUDA (default); highest: full fp32")
     c.add_argument("--only", default="", help="comma list of %s (default: all)" % ",".join(STAGES))
@@ -923,7 +926,9 @@ def cmd_bench(a):
     dev = torch.device(a.device or ("cpu" if a.tiny else "cuda"))
     cfg, hy, topk = bench_config(a.tiny)
     T = a.seq if not (a.tiny and a.seq == 4096) else 64
-    B = 1
+    B = a.batch
+    if B < 1:
+        raise SystemExit("--batch: %d is not a positive number of sequences" % B)
     only = [x for x in a.only.split(",") if x] if a.only else list(STAGES)
     variants = [x for x in a.stage2_variants.split(",") if x]
     for x in only:

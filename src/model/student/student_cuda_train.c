@@ -669,7 +669,7 @@ static int core_backward(xd_student_cuda_train *m, const tl_layer *y, const tl_s
   const swa_shape sw = {B, T, H, G, d, y->W, y->S};
   if (s->locb) { /* the forward's bf16 operands and output, as they are */
     const xd_cuda_swa_bf16 pre = {s->qb, s->kb, s->vb, s->locb};
-    OP(P_SWA_BWD, xd_cuda_swa_backward_pre(cx, m->dq, m->dk, m->dvr, m->dloc, s->vr, &pre, s->lse, &sw, e));
+    OP(P_SWA_BWD, xd_cuda_swa_backward_pre(cx, m->dq, m->dk, m->dvr, m->dloc, &pre, s->lse, &sw, e));
   } else {
     OP(P_SWA_BWD, xd_cuda_swa_backward(cx, m->dq, m->dk, m->dvr, m->dloc, s->q, s->k, s->vr, s->loc, s->lse, &sw, e));
   }

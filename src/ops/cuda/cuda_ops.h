@@ -172,15 +172,17 @@ int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, float *dv, con
                             xd_err *e);
 /* xd_cuda_swa_backward (its default version) given the bf16 copies the forward already made:
  * q, k, v rounded to nearest even ([B,T,H,d], [B,T,G,d], [B,T,G,d]) and out, which must be
- * exactly bf16 (the attention forward's bf16 output; the fp32 out of xd_cuda_swa_backward is
- * its conversion). Instead of rounding q, k, v and reading the fp32 out, the prologue only
- * makes dout's copy, D_t and v's lo part (from the fp32 v and pre->v): the same operands, so
- * the same bits as xd_cuda_swa_backward on the fp32 values. Same scratch. Needs the
- * tensor-core path (d a multiple of 16 up to 128, 16-byte aligned buffers); fails otherwise. */
+ * exactly bf16 (the attention forward's bf16 output). Instead of rounding q, k, v and reading
+ * the fp32 out, the prologue only makes dout's copy and D_t. It differs from
+ * xd_cuda_swa_backward on the same values in one operand: dP = dO V^T takes v as that single
+ * bf16 value (the one the forward multiplied), not as the hi + lo pair, so that dP - D cancels
+ * between values of one bf16 forward (D_t = bf16(dout) . out with the bf16 out; swa_backward.cu
+ * says why). Same scratch. Needs the tensor-core path (d a multiple of 16 up to 128, 16-byte
+ * aligned buffers); fails otherwise. */
 typedef struct {
   const uint16_t *q, *k, *v, *out;
 } xd_cuda_swa_bf16;
-int xd_cuda_swa_backward_pre(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *v,
+int xd_cuda_swa_backward_pre(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
                              const xd_cuda_swa_bf16 *pre, const float *lse, const swa_shape *sh, xd_err *e);
 /* The reference's fp32 arithmetic (the same per-pair values; its dq bit for bit) with dk and dv
  * gathered per key row in a fixed order instead of atomics: bitwise identical from run to run,

@@ -319,7 +319,7 @@ __device__ __forceinline__ int sb_jwin(const sb_args &a, int qt) { return max(0,
 /* One query tile of the dK / dV blocks: S^T = K Q^T, P^T, dP^T = V dO^T (v as hi + lo),
  * dS^T = P^T o (dP^T - D), then dV += P^T dO, dK += dS^T Q into this warp's register tiles.
  * Ks/Vs/Vl [SB_BK][D+8], Qs/Os [BQ][D+8] bf16; Ls = lse * log2(e), Ds = D_t of the tile's rows. */
-template <int D, int BQ, bool STORE = false>
+template <int D, int BQ, bool STORE = false, bool VLO = true>
 __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)[D / 8][4], const uint16_t *Ks,
                                             const uint16_t *Vs, const uint16_t *Vl, const uint16_t *Qs,
                                             const uint16_t *Os, const float *Ls, const float *Ds, const sb_args &a,
@@ -338,7 +338,7 @@ __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)
     uint32_t ka[4], va[4], vl[4];
     xd_frag_a(ka, Ks, LDS, warp * 16, kk * 16, gq, tq);
     xd_frag_a(va, Vs, LDS, warp * 16, kk * 16, gq, tq);
-    xd_frag_a(vl, Vl, LDS, warp * 16, kk * 16, gq, tq);
+    if constexpr (VLO) xd_frag_a(vl, Vl, LDS, warp * 16, kk * 16, gq, tq);
 #pragma unroll
     for (int nb = 0; nb < BQ / 8; nb++) {
       const uint16_t *qr = Qs + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
@@ -346,7 +346,7 @@ __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)
       xd_mma16816(st[nb], ka, xd_ld32s(qr), xd_ld32s(qr + 8));
       const uint32_t o0 = xd_ld32s(orr), o1 = xd_ld32s(orr + 8);
       xd_mma16816(dp[nb], va, o0, o1);
-      xd_mma16816(dp[nb], vl, o0, o1);
+      if constexpr (VLO) xd_mma16816(dp[nb], vl, o0, o1);
     }
   }
   /* mask, P^T and dS^T, packed as A fragments (rows = keys, columns = queries) */
@@ -540,7 +540,7 @@ __device__ __forceinline__ void sb_fetch(uint16_t *s, const uint16_t *base, size
  * k_sb_dkv, from the prologue's bf16 copies, with the next query tile's Q / dO fetched by
  * cp.async (and its lse, D loaded into registers) while the current one is computed: two
  * stages of Q, dO, Ls, Ds in shared memory. */
-template <int D, int BQ, bool STORE>
+template <int D, int BQ, bool STORE, bool VLO>
 __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_args a) {
   constexpr int LDS = D + 8;
   extern __shared__ __align__(16) uint16_t sb_smem[];
@@ -561,7 +561,7 @@ __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_arg
 
   sb_fetch<D, SB_BK>(Ks, a.k16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
   sb_fetch<D, SB_BK>(Vs, a.vh16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
-  sb_fetch<D, SB_BK>(Vl, a.vl16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
+  if constexpr (VLO) sb_fetch<D, SB_BK>(Vl, a.vl16 + (size_t)b * T * ldkv + (size_t)g * D, ldkv, r.k0, T);
   /* iteration it: query head h0 + it / nqt, query tile qt_lo + it % nqt (k_sb_dkv's order) */
   float nl = 0.f, nd = 0.f; /* the next tile's lse, D of row threadIdx.x (< BQ) */
   auto fetch_tile = [&](int it, int buf) {
@@ -606,7 +606,7 @@ __global__ void __launch_bounds__(SB_THREADS, D <= 96 ? 3 : 2) k_sb_dkv_p(sb_arg
       dsw = sb_ds_tile(a, b, h0 + it / nqt, qt,
                        r.sink ? a.nwin + r.k0 / SB_BK : r.k0 / SB_BK - sb_jwin(a, qt));
     if (warp_live && (r.sink || !(q0 + BQ - 1 < kw0 || q0 - (kw0 + 15) >= a.W)))
-      sb_dkv_tile<D, BQ, STORE>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
+      sb_dkv_tile<D, BQ, STORE, VLO>(dka, dva, Ks, Vs, Vl, Qs0 + buf * BQ * LDS, Os0 + buf * BQ * LDS, Ls0 + buf * BQ,
                                 Ds0 + buf * BQ, a, r.sink, q0, s0, s1, dsw);
     else if constexpr (STORE)
       sb_ds_zero(dsw);
@@ -656,7 +656,7 @@ __global__ void k_sb_half_sum(sb_args a, int d) {
 /* One key tile of the dQ blocks: S = Q K^T, P = exp(S scale - lse), dP = dO V^T (v as hi + lo),
  * dS = P o (dP - D), dQ += dS K into this warp's register tile. Qs/Os/Ks/Vs/Vl [SB_BK][D+8]
  * bf16; rows r0, r1 of this lane with L = lse * log2(e) and D_t. */
-template <int D>
+template <int D, bool VLO = true>
 __device__ __forceinline__ void sb_dq_tile(float (&dqa)[D / 8][4], const uint16_t *Qs, const uint16_t *Os,
                                            const uint16_t *Ks, const uint16_t *Vs, const uint16_t *Vl,
                                            const sb_args &a, int k0, int r0, int r1, float L0, float L1, float D0,
@@ -682,7 +682,7 @@ __device__ __forceinline__ void sb_dq_tile(float (&dqa)[D / 8][4], const uint16_
       const uint16_t *vlr = Vl + (nb * 8 + gq) * LDS + kk * 16 + 2 * tq;
       xd_mma16816(st[nb], qa, xd_ld32s(kr), xd_ld32s(kr + 8));
       xd_mma16816(dp[nb], oa, xd_ld32s(vr), xd_ld32s(vr + 8));
-      xd_mma16816(dp[nb], oa, xd_ld32s(vlr), xd_ld32s(vlr + 8));
+      if constexpr (VLO) xd_mma16816(dp[nb], oa, xd_ld32s(vlr), xd_ld32s(vlr + 8));
     }
   }
   uint32_t sa[SB_BK / 16][4];
@@ -783,7 +783,7 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq(sb_args a) {
 
 /* Pipelined dQ: k_sb_dq's blocks, order and arithmetic from the bf16 copies, with the next key
  * tile (K, V hi, V lo) fetched by cp.async while the current one is computed (two stages). */
-template <int D>
+template <int D, bool VLO>
 __global__ void __launch_bounds__(SB_THREADS) k_sb_dq_p(sb_args a) {
   constexpr int LDS = D + 8, TILE = SB_BK * LDS;
   extern __shared__ __align__(16) uint16_t sb_smem[];
@@ -801,7 +801,7 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq_p(sb_args a) {
     uint16_t *st = KV0 + buf * 3 * TILE;
     sb_fetch<D, SB_BK>(st, a.k16 + kvoff, ldkv, j * SB_BK, T);
     sb_fetch<D, SB_BK>(st + TILE, a.vh16 + kvoff, ldkv, j * SB_BK, T);
-    sb_fetch<D, SB_BK>(st + 2 * TILE, a.vl16 + kvoff, ldkv, j * SB_BK, T);
+    if constexpr (VLO) sb_fetch<D, SB_BK>(st + 2 * TILE, a.vl16 + kvoff, ldkv, j * SB_BK, T);
   };
   sb_fetch<D, SB_BK>(Qs, a.q16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
   sb_fetch<D, SB_BK>(Os, a.o16 + (size_t)b * T * ldq + (size_t)h * D, ldq, q_lo, T);
@@ -825,7 +825,7 @@ __global__ void __launch_bounds__(SB_THREADS) k_sb_dq_p(sb_args a) {
     }
     __syncthreads();
     const uint16_t *st = KV0 + buf * 3 * TILE;
-    sb_dq_tile<D>(dqa, Qs, Os, st, st + TILE, st + 2 * TILE, a, j * SB_BK, r0, r1, L0, L1, D0, D1);
+    sb_dq_tile<D, VLO>(dqa, Qs, Os, st, st + TILE, st + 2 * TILE, a, j * SB_BK, r0, r1, L0, L1, D0, D1);
     __syncthreads();
     j = jn;
   }
@@ -933,13 +933,6 @@ __global__ void k_sb_prep_kv(uint16_t *k16, uint16_t *vh, uint16_t *vl, const fl
   vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(hb)));
 }
 
-/* v's lo part from the given hi = bf16(v): k_sb_prep_kv's vl. */
-__global__ void k_sb_prep_vlo(uint16_t *vl, const float *v, const uint16_t *vh, size_t n) {
-  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  vl[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v[i] - __uint_as_float((uint32_t)vh[i] << 16)));
-}
-
 /* The launch geometry sb_args carries: key / query tile counts, the sink-mode blocks, and
  * (v3, BQ = 64) the stored dS slots a query tile has: nwin window key tiles at most
  * (qt - jwin(qt) + 1 <= (W + 62) / 64 + 1), then one per sink block. */
@@ -959,7 +952,7 @@ static void sb_geometry(sb_args *x, int BQ) {
 /* ver: 1 = v1, 2 = pipelined, 3 = pipelined dK / dV storing dS + k_sb_dq_s (d <= 64 only;
  * sb_run passes 2 otherwise). */
 template <int D>
-static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, xd_err *e) {
+static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, bool vlo, xd_err *e) {
   constexpr int BQ = D <= 64 ? 64 : 32;
   const bool pipelined = ver >= 2;
   constexpr size_t ROW = (D + 8) * sizeof(uint16_t);
@@ -967,10 +960,10 @@ static int sb_launch(xd_cuda_ctx *c, const sb_args &a, int ver, xd_err *e) {
                                    : (3 * SB_BK + 2 * BQ) * ROW + 2 * BQ * sizeof(float);
   const size_t smem_q = ver == 3 ? 2 * SB_BK * ROW : (size_t)(pipelined ? 8 : 5) * SB_BK * ROW;
   if (smem_kv > c->smem_optin || smem_q > c->smem_optin) return xd_errf(e, "swa_backward: d %d needs too much shared memory", D);
-  void (*kdkv)(sb_args) = ver == 1 ? k_sb_dkv<D, BQ> : k_sb_dkv_p<D, BQ, false>;
-  void (*kdq)(sb_args) = ver == 1 ? k_sb_dq<D> : k_sb_dq_p<D>;
+  void (*kdkv)(sb_args) = ver == 1 ? k_sb_dkv<D, BQ> : vlo ? k_sb_dkv_p<D, BQ, false, true> : k_sb_dkv_p<D, BQ, false, false>;
+  void (*kdq)(sb_args) = ver == 1 ? k_sb_dq<D> : vlo ? k_sb_dq_p<D, true> : k_sb_dq_p<D, false>;
   if constexpr (BQ == 64)
-    if (ver == 3) kdkv = k_sb_dkv_p<D, BQ, true>, kdq = k_sb_dq_s<D>;
+    if (ver == 3) kdkv = vlo ? k_sb_dkv_p<D, BQ, true, true> : k_sb_dkv_p<D, BQ, true, false>, kdq = k_sb_dq_s<D>;
   XD_CU(cudaFuncSetAttribute(kdkv, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
   XD_CU(cudaFuncSetAttribute(kdq, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
   sb_args x = a;
@@ -1030,8 +1023,12 @@ static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver) 
   return z;
 }
 
-/* pre (NULL: none): the forward's bf16 copies of q, k, v and out, read in place of q, k, out
- * (which may then be NULL) and of the prologue's copies; the pipelined kernels only. */
+/* pre (NULL: none): the forward's bf16 copies of q, k, v and out, read in place of q, k, v, out
+ * (which may then be NULL) and of the prologue's copies; the pipelined kernels only. With pre,
+ * dP = dO V^T takes v as the single bf16 value the forward multiplied (no lo part): D_t is
+ * then bf16(dout) . out with out the forward's bf16 output, so dP - D cancels between values
+ * of the same bf16 forward (exactly where attention is one key, W = 1), and the lo part would
+ * only add v - bf16(v) against a D that never saw it. */
 static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                   const float *v, const float *out, const float *lse, const swa_shape *sh, int ver,
                   const xd_cuda_swa_bf16 *pre, xd_err *e) {
@@ -1084,8 +1081,6 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
       k_sb_prep_q<uint16_t><<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, NULL, dout, pre->out, NULL, rows,
                                                                           d);
       XD_CU_LAUNCH("swa_backward prep dout");
-      k_sb_prep_vlo<<<xd_ceil_div(kv, 256), 256, 0, c->stream>>>(a.vl16, v, pre->v, kv);
-      XD_CU_LAUNCH("swa_backward prep v lo");
     } else {
       k_sb_prep_q<float><<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, a.q16, dout, out, q, rows, d);
       XD_CU_LAUNCH("swa_backward prep q");
@@ -1097,14 +1092,14 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
     XD_CU_LAUNCH("swa_backward rowdot");
   }
   switch (d) {
-    case 16: return sb_launch<16>(c, a, ver, e);
-    case 32: return sb_launch<32>(c, a, ver, e);
-    case 48: return sb_launch<48>(c, a, ver, e);
-    case 64: return sb_launch<64>(c, a, ver, e);
-    case 80: return sb_launch<80>(c, a, ver, e);
-    case 96: return sb_launch<96>(c, a, ver, e);
-    case 112: return sb_launch<112>(c, a, ver, e);
-    default: return sb_launch<128>(c, a, ver, e);
+    case 16: return sb_launch<16>(c, a, ver, !pre, e);
+    case 32: return sb_launch<32>(c, a, ver, !pre, e);
+    case 48: return sb_launch<48>(c, a, ver, !pre, e);
+    case 64: return sb_launch<64>(c, a, ver, !pre, e);
+    case 80: return sb_launch<80>(c, a, ver, !pre, e);
+    case 96: return sb_launch<96>(c, a, ver, !pre, e);
+    case 112: return sb_launch<112>(c, a, ver, !pre, e);
+    default: return sb_launch<128>(c, a, ver, !pre, e);
   }
 }
 
@@ -1145,8 +1140,8 @@ extern "C" int xd_cuda_swa_backward_v1(xd_cuda_ctx *c, float *dq, float *dk, flo
 
 /* The default version reading the forward's bf16 copies (cuda_ops.h). */
 extern "C" int xd_cuda_swa_backward_pre(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout,
-                                        const float *v, const xd_cuda_swa_bf16 *pre, const float *lse,
-                                        const swa_shape *sh, xd_err *e) {
-  XD_ARG(pre != NULL && v != NULL);
-  return sb_run(c, dq, dk, dv, dout, NULL, NULL, v, NULL, lse, sh, 3, pre, e);
+                                        const xd_cuda_swa_bf16 *pre, const float *lse, const swa_shape *sh,
+                                        xd_err *e) {
+  XD_ARG(pre != NULL);
+  return sb_run(c, dq, dk, dv, dout, NULL, NULL, NULL, NULL, lse, sh, 3, pre, e);
 }

@@ -23,7 +23,8 @@
  * 2 layers; "recompute": the stage II step with activation recomputation, stage I skipped)
  * XD_BENCH_B=B: B sequences per micro-batch (default 1).
  * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
- * micro-batch (what a run with batch A follows: the optimiser amortised).
+ * micro-batch (what a run with batch A follows: the optimiser amortised), with the teacher one
+ * micro-batch ahead (distill's default) and serial, alternating in one process.
  * XD_BENCH_AB=NAME=VALUE: the "ahead" schedule timed again with that environment variable set
  * (a kernel switch read at each call, e.g. XD_SWA_BWD=2 or XD_MLSTM_BW_OLD=1), printed beside
  * the default: an A/B of one op inside the whole step, same process and inputs.
@@ -291,38 +292,58 @@ int main(int argc, char **argv) {
   const char *acc_env = getenv("XD_BENCH_ACCUM");
   const int A = acc_env ? atoi(acc_env) : 0;
   if (A > 1 && !cuprof) {
-    double acc_t[2] = {0, 0};
-    int slot = 0, pending = 0;
-    for (int s2 = 0; s2 < 3; s2++) {
-      const double ta = xd_now();
-      CK(xd_params_cuda_zero_grad(pd, &err));
-      for (int mb = 0; mb < A; mb++) {
-        if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
-        a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
-        CK(xd_student_cuda_train_forward(m, tok, &err));
-        CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
-        CK(xd_cuda_kd_loss_fused(c, &a, &err));
-        xd_cuda_kd_result res;
-        CK(xd_cuda_download(c, &res, d_res, sizeof res, &err));
-        CK(xd_teacher_topk_cuda_check(tp, slot, &err));
-        slot ^= 1;
-        CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
-        pending = 1;
-        CK(xd_student_cuda_train_backward(m, &err));
+    /* two schedules, alternating (ahead, serial, ahead, serial), each round one warm-up step
+     * and one timed: "ahead" submits the next micro-batch's teacher after this one's loss
+     * (distill's default), "serial" submits each teacher just before its own student forward
+     * and makes the student's stream wait for it first (XD_TEACHER_PREFETCH=0): no overlap. The
+     * warm-up step also absorbs the ahead round's first micro-batch, whose teacher has nothing
+     * to run beside (a run pays that once, not every optimiser step). */
+    double acc_t[2][4];
+    int n_t[2] = {0, 0};
+    for (int round = 0; round < 4; round++) {
+      const int serial = round & 1;
+      int slot = 0, pending = 0;
+      for (int s2 = 0; s2 < 2; s2++) {
+        const double ta = xd_now();
+        CK(xd_params_cuda_zero_grad(pd, &err));
+        for (int mb = 0; mb < A; mb++) {
+          if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
+          if (serial) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
+          a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
+          CK(xd_student_cuda_train_forward(m, tok, &err));
+          if (!serial) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
+          CK(xd_cuda_kd_loss_fused(c, &a, &err));
+          xd_cuda_kd_result res;
+          CK(xd_cuda_download(c, &res, d_res, sizeof res, &err));
+          CK(xd_teacher_topk_cuda_check(tp, slot, &err));
+          slot ^= 1;
+          if (!serial) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
+          pending = !serial;
+          CK(xd_student_cuda_train_backward(m, &err));
+        }
+        double gn = 0;
+        CK(xd_params_cuda_scale_grad_deferred(pd, 1.0f / (float)A, &err));
+        CK(xd_params_cuda_grad_norm(pd, &gn, &err));
+        if (xd_clip_factor(gn, 1.0) != 1.0) CK(xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err));
+        CK(xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
+        CK(xd_cuda_sync(c, &err));
+        if (s2 > 0) acc_t[serial][n_t[serial]++] = (xd_now() - ta) / A;
       }
-      double gn = 0;
-      CK(xd_params_cuda_scale_grad_deferred(pd, 1.0f / (float)A, &err));
-      CK(xd_params_cuda_grad_norm(pd, &gn, &err));
-      if (xd_clip_factor(gn, 1.0) != 1.0) CK(xd_params_cuda_scale_grad_deferred(pd, (float)xd_clip_factor(gn, 1.0), &err));
-      CK(xd_params_cuda_adamw_step(pd, &acfg, lr, ++adam_t, &err));
-      CK(xd_cuda_sync(c, &err));
-      if (s2 > 0) acc_t[s2 - 1] = (xd_now() - ta) / A;
+      if (pending) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err) || xd_cuda_sync(c, &err)); /* drain */
     }
-    const double tm = 0.5 * (acc_t[0] + acc_t[1]);
+    double tm = 0, tsr = 0;
+    for (int i = 0; i < n_t[0]; i++) tm += acc_t[0][i] / n_t[0];
+    for (int i = 0; i < n_t[1]; i++) tsr += acc_t[1][i] / n_t[1];
     printf("stage II with gradient accumulation over %d micro-batches (teacher ahead): %.1f ms per micro-batch of %d "
-           "tokens (two optimiser steps: %.1f, %.1f) -> %.0f tokens/s, MFU %.1f%%\n", A, tm * 1e3, N, acc_t[0] * 1e3,
-           acc_t[1] * 1e3, N / tm, 100 * (f_student + f_teacher) * (N / tm) / peak);
-    printf("XD stage2_accum A=%d ms_per_micro=%.2f tokens_per_s=%.0f\n", A, tm * 1e3, N / tm);
+           "tokens (%d optimiser steps:", A, tm * 1e3, N, n_t[0]);
+    for (int i = 0; i < n_t[0]; i++) printf(" %.1f", acc_t[0][i] * 1e3);
+    printf(") -> %.0f tokens/s, MFU %.1f%%\n", N / tm, 100 * (f_student + f_teacher) * (N / tm) / peak);
+    printf("  the same with the teacher serial (not beside the backward): %.1f ms (", tsr * 1e3);
+    for (int i = 0; i < n_t[1]; i++) printf(" %.1f", acc_t[1][i] * 1e3);
+    printf(") -> %.0f tokens/s, MFU %.1f%%; ahead / serial %.3f\n", N / tsr,
+           100 * (f_student + f_teacher) * (N / tsr) / peak, tm / tsr);
+    printf("XD stage2_accum A=%d ms_per_micro=%.2f tokens_per_s=%.0f serial_ms_per_micro=%.2f\n", A, tm * 1e3, N / tm,
+           tsr * 1e3);
   }
 
   /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid

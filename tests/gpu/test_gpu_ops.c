@@ -437,6 +437,27 @@ static void test_attn_timing(void) {
   attn_time_case("causal_d128", 4096, 32, 8, 128, 0, 0);
 }
 
+/* The bf16 copies xd_cuda_swa_backward_pre reads (the forward's, here rounded from fp32 q, k,
+ * v [nq / nk / nk] and out [nq] on the device); 0 or -1 with err set. */
+static int swa_bf16_make(xd_cuda_swa_bf16 *pre, const float *q, const float *k, const float *v, const float *out,
+                         size_t nq, size_t nk) {
+  uint16_t *b[4] = {NULL, NULL, NULL, NULL};
+  const float *src[4] = {q, k, v, out};
+  const size_t n[4] = {nq, nk, nk, nq};
+  memset(pre, 0, sizeof *pre);
+  for (int i = 0; i < 4; i++)
+    if (xd_cuda_malloc((void **)&b[i], n[i] * 2, &err) || xd_cuda_f32_to_bf16(ctx, b[i], src[i], n[i], &err)) {
+      for (int j = 0; j <= i; j++) xd_cuda_free(b[j]);
+      return -1;
+    }
+  pre->q = b[0], pre->k = b[1], pre->v = b[2], pre->out = b[3];
+  return 0;
+}
+static void swa_bf16_free(const xd_cuda_swa_bf16 *pre) {
+  xd_cuda_free((void *)pre->q), xd_cuda_free((void *)pre->k), xd_cuda_free((void *)pre->v);
+  xd_cuda_free((void *)pre->out);
+}
+
 /* Backward vs swa_backward, both from the CPU forward's out and lse; accumulation into nonzero
  * gradients checks the += contract. Each case runs the reference kernel (fp32, atomics: fp32
  * bound) and xd_cuda_swa_backward twice from the same start: the two results must be bitwise
@@ -526,12 +547,8 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
      * alone) against the CPU at the bf16 bound, two runs bitwise identical; at W = 1 its dP - D
      * cancels between the same bf16 values (out = bf16(v)), so it must stay as close as the
      * default there */
-    uint16_t *q16 = NULL, *k16 = NULL, *v16 = NULL, *o16 = NULL;
-    GPU(xd_cuda_malloc((void **)&q16, nq * 2, &err) || xd_cuda_malloc((void **)&k16, nk * 2, &err) ||
-        xd_cuda_malloc((void **)&v16, nk * 2, &err) || xd_cuda_malloc((void **)&o16, nq * 2, &err));
-    GPU(xd_cuda_f32_to_bf16(ctx, q16, gq, nq, &err) || xd_cuda_f32_to_bf16(ctx, k16, gk, nk, &err) ||
-        xd_cuda_f32_to_bf16(ctx, v16, gv, nk, &err) || xd_cuda_f32_to_bf16(ctx, o16, go, nq, &err));
-    const xd_cuda_swa_bf16 pre = {q16, k16, v16, o16};
+    xd_cuda_swa_bf16 pre;
+    GPU(swa_bf16_make(&pre, gq, gk, gv, go, nq, nk));
     for (int i = 0; i < 2; i++) GPU(xd_cuda_swa_backward_pre(ctx, pq[i], pk[i], pv[i], gdo, &pre, gl, &sh, &err));
     float *hpq[2], *hpk[2], *hpv[2];
     for (int i = 0; i < 2; i++) hpq[i] = down(pq[i], nq), hpk[i] = down(pk[i], nk), hpv[i] = down(pv[i], nk);
@@ -549,7 +566,7 @@ static void swa_bwd_case(int B, int T, int H, int G, int d, int W, int S, uint64
       CHECK(e_pre <= 2 * e_def + 1e-6);
     }
     for (int i = 0; i < 2; i++) free(hpq[i]), free(hpk[i]), free(hpv[i]);
-    xd_cuda_free(q16), xd_cuda_free(k16), xd_cuda_free(v16), xd_cuda_free(o16);
+    swa_bf16_free(&pre);
   }
   xd_cuda_free(gdq), xd_cuda_free(gdk), xd_cuda_free(gdv), xd_cuda_free(gq), xd_cuda_free(gk), xd_cuda_free(gv);
   xd_cuda_free(gdo), xd_cuda_free(go), xd_cuda_free(gl);
@@ -598,12 +615,8 @@ static void swa_bwd_timing(void) {
   unsetenv("XD_SWA_BWD_SPLIT");
   /* the default vs _pre (the stage II step's entry: the forward's bf16 q, k, v, out; dP with v
    * alone), three interleaved rounds, the fastest of each */
-  uint16_t *q16 = NULL, *k16 = NULL, *v16 = NULL, *o16 = NULL;
-  GPU(xd_cuda_malloc((void **)&q16, nq * 2, &err) || xd_cuda_malloc((void **)&k16, nk * 2, &err) ||
-      xd_cuda_malloc((void **)&v16, nk * 2, &err) || xd_cuda_malloc((void **)&o16, nq * 2, &err));
-  GPU(xd_cuda_f32_to_bf16(ctx, q16, gq, nq, &err) || xd_cuda_f32_to_bf16(ctx, k16, gk, nk, &err) ||
-      xd_cuda_f32_to_bf16(ctx, v16, gv, nk, &err) || xd_cuda_f32_to_bf16(ctx, o16, go, nq, &err));
-  const xd_cuda_swa_bf16 pre = {q16, k16, v16, o16};
+  xd_cuda_swa_bf16 pre;
+  GPU(swa_bf16_make(&pre, gq, gk, gv, go, nq, nk));
   double ms_pre[2] = {1e30, 1e30};
   for (int round = 0; round < 3; round++)
     for (int wp = 0; wp < 2; wp++) {
@@ -620,7 +633,7 @@ static void swa_bwd_timing(void) {
       const double t = (xd_now() - t0) * 1e3 / 20;
       if (t < ms_pre[wp]) ms_pre[wp] = t;
     }
-  xd_cuda_free(q16), xd_cuda_free(k16), xd_cuda_free(v16), xd_cuda_free(o16);
+  swa_bf16_free(&pre);
   double ms[4][2]; /* [version][round]: new, v1, v2 interleaved rounds, then ref once */
   for (int round = 0; round < 2; round++)
     for (int which = 0; which < 4; which++) {

@@ -24,7 +24,8 @@
  * XD_BENCH_B=B: B sequences per micro-batch (default 1).
  * XD_BENCH_ACCUM=A: also optimiser steps over A micro-batches (gradient accumulation), timed per
  * micro-batch (what a run with batch A follows: the optimiser amortised), with the teacher one
- * micro-batch ahead (distill's default) and serial, alternating in one process.
+ * micro-batch ahead (distill's default) and serial, alternating in one process; the SM clock and
+ * board power sampled meanwhile (bench_power.h, NVML) and the MFU at that clock.
  * XD_BENCH_AB=NAME=VALUE: the "ahead" schedule timed again with that environment variable set
  * (a kernel switch read at each call, e.g. XD_SWA_BWD=2 or XD_MLSTM_BW_OLD=1), printed beside
  * the default: an A/B of one op inside the whole step, same process and inputs.
@@ -44,6 +45,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "train/optim.h"
 #include "train/params_cuda.h"
+#include "bench_power.h"
 #include "bench_shapes.h"
 
 #define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
@@ -300,6 +302,8 @@ int main(int argc, char **argv) {
      * to run beside (a run pays that once, not every optimiser step). */
     double acc_t[2][4];
     int n_t[2] = {0, 0};
+    bench_power pw;
+    bench_power_start(&pw); /* clock and power through both schedules (no NVML: nothing) */
     for (int round = 0; round < 4; round++) {
       const int serial = round & 1;
       int slot = 0, pending = 0;
@@ -331,6 +335,7 @@ int main(int argc, char **argv) {
       }
       if (pending) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err) || xd_cuda_sync(c, &err)); /* drain */
     }
+    const bench_power_stats ps = bench_power_stop(&pw);
     double tm = 0, tsr = 0;
     for (int i = 0; i < n_t[0]; i++) tm += acc_t[0][i] / n_t[0];
     for (int i = 0; i < n_t[1]; i++) tsr += acc_t[1][i] / n_t[1];
@@ -342,8 +347,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_t[1]; i++) printf(" %.1f", acc_t[1][i] * 1e3);
     printf(") -> %.0f tokens/s, MFU %.1f%%; ahead / serial %.3f\n", N / tsr,
            100 * (f_student + f_teacher) * (N / tsr) / peak, tm / tsr);
-    printf("XD stage2_accum A=%d ms_per_micro=%.2f tokens_per_s=%.0f serial_ms_per_micro=%.2f\n", A, tm * 1e3, N / tm,
-           tsr * 1e3);
+    bench_power_print(stdout, "during the accumulation", &ps);
+    /* the nominal peak (989.4 TFLOP/s) is 4096 dense bf16 FLOPs a clock a SM x 132 SMs x 1830 MHz:
+     * the same at the clock the run actually had */
+    if (ps.n > 0)
+      printf("  MFU against the peak at that mean clock (%.0f MHz of the nominal 1830): %.1f%%\n", ps.clock_mhz,
+             100 * (f_student + f_teacher) * (N / tm) / (peak * ps.clock_mhz / 1830.0));
+    printf("XD stage2_accum A=%d ms_per_micro=%.2f tokens_per_s=%.0f serial_ms_per_micro=%.2f sm_clock_mhz=%.0f "
+           "board_w=%.0f\n", A, tm * 1e3, N / tm, tsr * 1e3, ps.clock_mhz, ps.power_w);
   }
 
   /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid

@@ -316,9 +316,10 @@ __device__ __forceinline__ uint4 *sb_ds_tile(const sb_args &a, int b, int h, int
 /* First window key tile of query tile qt (64 rows): keys below it are outside every row's window. */
 __device__ __forceinline__ int sb_jwin(const sb_args &a, int qt) { return max(0, qt * SB_BK - a.W + 1) / SB_BK; }
 
-/* One query tile of the dK / dV blocks: S^T = K Q^T, P^T, dP^T = V dO^T (v as hi + lo),
- * dS^T = P^T o (dP^T - D), then dV += P^T dO, dK += dS^T Q into this warp's register tiles.
- * Ks/Vs/Vl [SB_BK][D+8], Qs/Os [BQ][D+8] bf16; Ls = lse * log2(e), Ds = D_t of the tile's rows. */
+/* One query tile of the dK / dV blocks: S^T = K Q^T, P^T, dP^T = V dO^T (v as hi + lo; with VLO
+ * false hi alone, the _pre entry point's), dS^T = P^T o (dP^T - D), then dV += P^T dO,
+ * dK += dS^T Q into this warp's register tiles. Ks/Vs/Vl [SB_BK][D+8], Qs/Os [BQ][D+8] bf16;
+ * Ls = lse * log2(e), Ds = D_t of the tile's rows. */
 template <int D, int BQ, bool STORE = false, bool VLO = true>
 __device__ __forceinline__ void sb_dkv_tile(float (&dka)[D / 8][4], float (&dva)[D / 8][4], const uint16_t *Ks,
                                             const uint16_t *Vs, const uint16_t *Vl, const uint16_t *Qs,
@@ -653,9 +654,9 @@ __global__ void k_sb_half_sum(sb_args a, int d) {
   dk = x, dv = y;
 }
 
-/* One key tile of the dQ blocks: S = Q K^T, P = exp(S scale - lse), dP = dO V^T (v as hi + lo),
- * dS = P o (dP - D), dQ += dS K into this warp's register tile. Qs/Os/Ks/Vs/Vl [SB_BK][D+8]
- * bf16; rows r0, r1 of this lane with L = lse * log2(e) and D_t. */
+/* One key tile of the dQ blocks: S = Q K^T, P = exp(S scale - lse), dP = dO V^T (v as hi + lo;
+ * with VLO false hi alone), dS = P o (dP - D), dQ += dS K into this warp's register tile.
+ * Qs/Os/Ks/Vs/Vl [SB_BK][D+8] bf16; rows r0, r1 of this lane with L = lse * log2(e) and D_t. */
 template <int D, bool VLO = true>
 __device__ __forceinline__ void sb_dq_tile(float (&dqa)[D / 8][4], const uint16_t *Qs, const uint16_t *Os,
                                            const uint16_t *Ks, const uint16_t *Vs, const uint16_t *Vl,

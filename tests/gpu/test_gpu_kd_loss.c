@@ -179,6 +179,49 @@ typedef struct {
   uint64_t seed;
 } fcase;
 
+/* a's loss again in row blocks, as the student's chunked LM head runs it: _begin, _rows over an
+ * uneven split (the second block first, its logits and gradient at their own pointers), _end.
+ * Every output must equal the whole-call's (g, lse, rce, rkl, res), bit for bit. */
+static void split_check(const xd_cuda_kd_args *a, fcase f, const float *zs, const float *d0, const float *g,
+                        const float *lse, const float *rce, const float *rkl, const xd_cuda_kd_result *res,
+                        const char *name) {
+  const int N = f.N, V = f.V;
+  const size_t nz = (size_t)N * V, zi = f.in == XD_CUDA_BF16 ? 2 : 4, zo = f.out == XD_CUDA_BF16 ? 2 : 4;
+  void *dz = up_as(zs, nz, f.in), *dd;
+  if (f.mode == INPLACE) dd = dz;
+  else if (f.mode == ACCUMULATE) dd = up_as(d0, nz, f.out);
+  else dd = dev_poisoned(nz * zo);
+  float *dlse = dev_poisoned((size_t)N * 4), *dce = dev_poisoned((size_t)N * 4), *dkl = dev_poisoned((size_t)N * 4);
+  xd_cuda_kd_result *dres = dev_poisoned(sizeof(xd_cuda_kd_result)), r2;
+  xd_cuda_kd_args b = *a;
+  b.logits = dz, b.dlogits = dd, b.lse = dlse, b.row_ce = dce, b.row_kl = dkl, b.res = dres;
+  const int cut = N / 3 + 1 < N ? N / 3 + 1 : N;
+  float *g2 = xd_malloc(nz * 4), *l2 = xd_malloc((size_t)N * 4), *c2 = xd_malloc((size_t)N * 4), *k2 = xd_malloc((size_t)N * 4);
+  GPU(xd_cuda_kd_loss_begin(ctx, &b, &err));
+  for (int part = 1; part >= 0; part--) {
+    const int r0 = part ? cut : 0, n = part ? N - cut : cut;
+    xd_cuda_kd_args p = b;
+    p.logits = (const char *)dz + (size_t)r0 * V * zi;
+    p.dlogits = (char *)dd + (size_t)r0 * V * zo;
+    GPU(xd_cuda_kd_loss_rows(ctx, &p, r0, n, &err));
+  }
+  GPU(xd_cuda_kd_loss_end(ctx, &b, &err));
+  GPU(xd_cuda_download(ctx, &r2, dres, sizeof r2, &err));
+  GPU(down_as(g2, dd, nz, f.out));
+  GPU(xd_cuda_download(ctx, l2, dlse, (size_t)N * 4, &err));
+  GPU(xd_cuda_download(ctx, c2, dce, (size_t)N * 4, &err));
+  GPU(xd_cuda_download(ctx, k2, dkl, (size_t)N * 4, &err));
+  const int same = memcmp(g2, g, nz * 4) == 0 && memcmp(l2, lse, (size_t)N * 4) == 0 &&
+                   memcmp(c2, rce, (size_t)N * 4) == 0 && memcmp(k2, rkl, (size_t)N * 4) == 0 &&
+                   memcmp(&r2.r.loss, &res->r.loss, sizeof(double)) == 0 && r2.r.ce == res->r.ce &&
+                   r2.r.kl == res->r.kl && r2.r.count == res->r.count && r2.bad_pos == res->bad_pos;
+  CHECKF(same, "%s: in row blocks [0,%d) [%d,%d) not bit for bit the whole call's (loss %.9g vs %.9g)", name, cut, cut,
+         N, r2.r.loss, res->r.loss);
+  if (dd != dz) xd_cuda_free(dd);
+  xd_cuda_free(dz), xd_cuda_free(dlse), xd_cuda_free(dce), xd_cuda_free(dkl), xd_cuda_free(dres);
+  free(g2), free(l2), free(c2), free(k2);
+}
+
 static void fused_case(fcase f) {
   xd_rng r;
   xd_rng_seed(&r, f.seed);
@@ -275,6 +318,7 @@ static void fused_case(fcase f) {
     if (!mask[n])
       for (int v = 0; v < V; v++) masked_ok &= g[(size_t)n * V + v] == (f.mode == ACCUMULATE ? d0[(size_t)n * V + v] : 0.f);
   CHECKF(masked_ok, "%s: masked rows not as the CPU op leaves them", name);
+  split_check(&a, f, zs, d0, g, lse, rce, rkl, &res, name);
   xd_cuda_free(dz), xd_cuda_free(dtg), xd_cuda_free(dids), xd_cuda_free(dlp), xd_cuda_free(dmask);
   if (dd != dz) xd_cuda_free(dd);
   xd_cuda_free(dlse), xd_cuda_free(dce), xd_cuda_free(dkl), xd_cuda_free(dres);
@@ -317,6 +361,20 @@ static void fused_bad_input(void) {
           res.r.loss);
   CHECK(res.bad_pos == 5);
   CHECK(isnan(res.r.loss));
+  { /* in row blocks [4, 12) then [0, 4): bad_pos is still the row among all, the lowest */
+    GPU(xd_cuda_kd_loss_begin(ctx, &a, &err));
+    xd_cuda_kd_args p = a;
+    p.logits = p.dlogits = dz + (size_t)4 * V;
+    GPU(xd_cuda_kd_loss_rows(ctx, &p, 4, N - 4, &err));
+    p.logits = p.dlogits = dz;
+    GPU(xd_cuda_kd_loss_rows(ctx, &p, 0, 4, &err));
+    GPU(xd_cuda_kd_loss_end(ctx, &a, &err));
+    GPU(xd_cuda_download(ctx, &res, dres, sizeof res, &err));
+    CHECKF(res.bad_pos == 5, "kd fused bad input in row blocks: bad_pos %lld (expect 5)", (long long)res.bad_pos);
+    CHECK(isnan(res.r.loss));
+    /* a block outside [0, N) is refused */
+    CHECK(xd_cuda_kd_loss_rows(ctx, &p, 8, N - 7, &err) != 0);
+  }
   xd_cuda_free(dz), xd_cuda_free(dlp), xd_cuda_free(dids), xd_cuda_free(dtg), xd_cuda_free(dm);
   xd_cuda_free(dce), xd_cuda_free(dkl), xd_cuda_free(dres);
   free(z), free(lp), free(ids);

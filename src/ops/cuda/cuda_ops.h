@@ -471,6 +471,15 @@ typedef struct {
  * in fp32 from the gathered logits in the CPU op's order), and a one-block reduction of the
  * per-row values in row order in fp64 (deterministic, no float atomics). */
 int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e);
+/* The same three launches one by one, for callers that hold the logits of some rows at a time
+ * (the student's LM head in row blocks): _begin (the mask count over all cfg.N rows, the result
+ * cleared), _rows for rows [r0, r0+n) with a->logits and a->dlogits holding THOSE rows (their row
+ * 0 is row r0; targets, mask, top-k, lse, row_ce, row_kl index all N rows; bad_pos is the row
+ * among all N), called for every row once in any order, then _end (the reduction). Per row the
+ * same arithmetic, so begin + rows over any split + end = xd_cuda_kd_loss_fused, bit for bit. */
+int xd_cuda_kd_loss_begin(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e);
+int xd_cuda_kd_loss_rows(xd_cuda_ctx *c, const xd_cuda_kd_args *a, int r0, int n, xd_err *e);
+int xd_cuda_kd_loss_end(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e);
 /* ==== end of the KD loss section =========================================================== */
 
 /* ==== student inference (branch cudastudent): prefill glue and the decode step ==============

@@ -449,6 +449,7 @@ struct FusedParams {
   const float *tk_logp;
   float *lse, *row_ce, *row_kl;
   xd_cuda_kd_result *res;
+  size_t row0; /* the first row of this launch among all N (logits / dlogits hold this launch's rows only) */
   bool accumulate, vec;
 };
 
@@ -468,9 +469,9 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
   __shared__ float s_zy, s_oldy;
   __shared__ int s_yin;
   const int tid = threadIdx.x, V = p.V, k = p.k;
-  const size_t row = blockIdx.x;
-  const Tin *z = logits + row * (size_t)V;
-  Tout *d = dlogits + row * (size_t)V;
+  const size_t row = p.row0 + blockIdx.x;
+  const Tin *z = logits + blockIdx.x * (size_t)V;
+  Tout *d = dlogits + blockIdx.x * (size_t)V;
 
   if (p.mask && !p.mask[row]) {
     if (!p.accumulate) zero_row(d, V, p.vec, TH);
@@ -604,10 +605,9 @@ __global__ void __launch_bounds__(TH, 1024 / TH) k_kd_fused(const Tin *logits, T
 }
 
 template <typename Tin, typename Tout>
-int launch_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, const FusedParams &p, int threads, xd_err *e) {
+int launch_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, const FusedParams &p, unsigned N, int threads, xd_err *e) {
   const Tin *z = static_cast<const Tin *>(a->logits);
   Tout *d = static_cast<Tout *>(a->dlogits);
-  const unsigned N = (unsigned)a->cfg.N;
   if (threads == 256)
     k_kd_fused<Tin, Tout, 256><<<N, 256, 0, c->stream>>>(z, d, p);
   else if (threads == 512)
@@ -645,41 +645,57 @@ extern "C" int xd_cuda_topk_logprobs(xd_cuda_ctx *c, const void *logits, xd_cuda
   return 0;
 }
 
-extern "C" int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e) {
+/* The arguments every entry point of the fused loss checks. */
+static int kd_args_check(const xd_cuda_kd_args *a, xd_err *e) {
   const kd_config *cf = &a->cfg;
   XD_ARG(cf->N >= 0 && cf->V > 0 && cf->k >= 1 && cf->k <= cf->V && cf->k <= XD_CUDA_TOPK_MAX);
   XD_ARG(cf->tau > 0);
   XD_ARG(a->logits_dtype == XD_CUDA_BF16 || a->logits_dtype == XD_CUDA_F32);
   XD_ARG(a->grad_dtype == XD_CUDA_BF16 || a->grad_dtype == XD_CUDA_F32);
   XD_ARG(a->logits && a->dlogits && a->targets && a->tk_ids && a->tk_logp && a->row_ce && a->row_kl && a->res);
-  const bool inplace = a->dlogits == a->logits;
-  XD_ARG(!inplace || a->grad_dtype == a->logits_dtype);
+  XD_ARG(a->dlogits != a->logits || a->grad_dtype == a->logits_dtype);
   XD_ARG(a->threads == 0 || a->threads == 256 || a->threads == 512 || a->threads == 1024);
+  return 0;
+}
+
+extern "C" int xd_cuda_kd_loss_begin(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e) {
+  if (kd_args_check(a, e)) return -1;
+  k_kd_count<<<1, 1024, 0, c->stream>>>(a->mask, a->cfg.N, a->res);
+  XD_CU_LAUNCH("kd_count");
+  return 0;
+}
+
+extern "C" int xd_cuda_kd_loss_rows(xd_cuda_ctx *c, const xd_cuda_kd_args *a, int r0, int n, xd_err *e) {
+  if (kd_args_check(a, e)) return -1;
+  const kd_config *cf = &a->cfg;
+  XD_ARG(r0 >= 0 && n >= 0 && r0 <= cf->N - n);
+  if (n == 0) return 0;
   const int threads = a->threads ? a->threads : (cf->V >= 32768 ? 512 : 256);
-  FusedParams p;
+  FusedParams p; /* the per-row arrays whole: the kernel indexes them by the row among all N */
   p.V = cf->V, p.k = cf->k;
   p.tau = cf->tau, p.gamma = cf->gamma, p.beta = cf->beta, p.dloss = a->dloss;
   p.targets = a->targets, p.mask = a->mask, p.tk_ids = a->tk_ids, p.tk_logp = a->tk_logp;
   p.lse = a->lse, p.row_ce = a->row_ce, p.row_kl = a->row_kl, p.res = a->res;
-  p.accumulate = !inplace && a->accumulate;
+  p.row0 = (size_t)r0;
+  p.accumulate = a->dlogits != a->logits && a->accumulate;
   p.vec = cf->V % 8 == 0 && ((uintptr_t)a->logits & 15) == 0 && ((uintptr_t)a->dlogits & 15) == 0;
+  const bool ib = a->logits_dtype == XD_CUDA_BF16, ob = a->grad_dtype == XD_CUDA_BF16;
+  const unsigned N = (unsigned)n;
+  if (ib && ob) return launch_fused<uint16_t, uint16_t>(c, a, p, N, threads, e);
+  if (ib) return launch_fused<uint16_t, float>(c, a, p, N, threads, e);
+  if (ob) return launch_fused<float, uint16_t>(c, a, p, N, threads, e);
+  return launch_fused<float, float>(c, a, p, N, threads, e);
+}
 
-  k_kd_count<<<1, 1024, 0, c->stream>>>(a->mask, cf->N, a->res);
-  XD_CU_LAUNCH("kd_count");
-  if (cf->N > 0) {
-    const bool ib = a->logits_dtype == XD_CUDA_BF16, ob = a->grad_dtype == XD_CUDA_BF16;
-    int rc;
-    if (ib && ob)
-      rc = launch_fused<uint16_t, uint16_t>(c, a, p, threads, e);
-    else if (ib)
-      rc = launch_fused<uint16_t, float>(c, a, p, threads, e);
-    else if (ob)
-      rc = launch_fused<float, uint16_t>(c, a, p, threads, e);
-    else
-      rc = launch_fused<float, float>(c, a, p, threads, e);
-    if (rc) return rc;
-  }
+extern "C" int xd_cuda_kd_loss_end(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e) {
+  if (kd_args_check(a, e)) return -1;
+  const kd_config *cf = &a->cfg;
   k_kd_reduce<<<1, 1024, 0, c->stream>>>(a->mask, a->row_ce, a->row_kl, cf->N, cf->gamma, cf->beta, a->res);
   XD_CU_LAUNCH("kd_reduce");
   return 0;
+}
+
+extern "C" int xd_cuda_kd_loss_fused(xd_cuda_ctx *c, const xd_cuda_kd_args *a, xd_err *e) {
+  if (xd_cuda_kd_loss_begin(c, a, e) || xd_cuda_kd_loss_rows(c, a, 0, a->cfg.N, e)) return -1;
+  return xd_cuda_kd_loss_end(c, a, e);
 }

@@ -134,9 +134,11 @@ int main(int argc, char **argv) {
   xd_params_cuda *pd = NULL;
   CK(xd_params_cuda_create(&pd, c, &s.params, &err));
   xd_student_cuda_train *m = NULL;
-  CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, &err));
+  const char *hr_env = getenv("XD_HEAD_ROWS"); /* distill's rule: rows of logits held at once */
+  const int head_rows = hr_env && *hr_env ? atoi(hr_env) : XD_STUDENT_HEAD_ROWS;
+  CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, head_rows, &err));
   xd_teacher_topk_cuda *tp = NULL;
-  CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, &err));
+  CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, head_rows, &err));
   int32_t *d_targets;
   uint8_t *d_mask;
   float *d_ce, *d_kl;
@@ -148,10 +150,12 @@ int main(int argc, char **argv) {
   CK(xd_cuda_malloc((void **)&d_res, sizeof *d_res, &err));
   size_t fr1 = 0;
   CK(xd_cuda_mem_info(c, &fr1, &tot, &err));
-  printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB%s, "
-         "op scratch %.2f GiB (after the first step), teacher weights + activations %.2f GiB; %.2f GiB in use of %.2f\n",
-         xd_params_cuda_bytes(pd) / 1073741824.0, xd_student_cuda_train_bytes(&cfg, &hy, B, T, recompute) / 1073741824.0,
-         recompute ? " (recomputed)" : "", xd_student_cuda_train_scratch_bytes(&cfg, &hy, B, T) / 1073741824.0,
+  printf("memory: parameters + gradients + AdamW moments + bf16 mirror %.2f GiB, student activations %.2f GiB%s "
+         "(LM head in blocks of %d rows), op scratch %.2f GiB (after the first step), teacher weights + activations %.2f GiB; "
+         "%.2f GiB in use of %.2f\n",
+         xd_params_cuda_bytes(pd) / 1073741824.0,
+         xd_student_cuda_train_bytes(&cfg, &hy, B, T, recompute, head_rows) / 1073741824.0, recompute ? " (recomputed)" : "",
+         xd_student_cuda_train_head_rows(m), xd_student_cuda_train_scratch_bytes(&cfg, &hy, B, T) / 1073741824.0,
          xd_teacher_topk_cuda_bytes(tp) / 1073741824.0, (tot - fr1) / 1073741824.0, tot / 1073741824.0);
 
   /* ---- data: Zipf-like tokens (rank r drawn with weight 1/(r+1)); a fixed batch ---- */
@@ -213,9 +217,10 @@ int main(int argc, char **argv) {
       if (!pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err));
       if (!ahead) PH(0, xd_teacher_topk_cuda_wait(tp, slot, c, &err) || (profile && xd_teacher_topk_cuda_check(tp, slot, &err)));
       a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
-      PH(1, xd_student_cuda_train_forward(m, tok, &err));
+      /* zero_grad before the loss: in row blocks the loss already writes the LM head's gradient */
+      PH(1, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_forward(m, tok, &err));
       if (ahead) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
-      PH(2, xd_cuda_kd_loss_fused(c, &a, &err));
+      PH(2, xd_student_cuda_train_loss(m, &a, 1, &err));
       xd_cuda_kd_result res;
       CK(xd_cuda_download(c, &res, d_res, sizeof res, &err)); /* the trainer's one sync per micro-batch */
       CK(xd_teacher_topk_cuda_check(tp, slot, &err));
@@ -223,7 +228,7 @@ int main(int argc, char **argv) {
       pending = ahead; /* the last step too: its time must include the overlap */
       slot ^= 1;
       if (pending) CK(xd_teacher_topk_cuda_submit(tp, slot, tok, &err)); /* the next step's teacher */
-      PH(3, xd_params_cuda_zero_grad(pd, &err) || xd_student_cuda_train_backward(m, &err));
+      PH(3, xd_student_cuda_train_backward(m, &err));
       double gn = 0;
       /* the clip factor as the trainer's hook applies it: deferred into the AdamW kernel */
       PH(4, xd_params_cuda_grad_norm(pd, &gn, &err) ||
@@ -249,6 +254,12 @@ int main(int argc, char **argv) {
   if (cuprof) {
     printf("XD_BENCH_CUPROF: one pipelined stage II step captured (step %d), exiting\n", warm + 1);
     goto done;
+  }
+  { /* what the device holds now: the above plus the ops' pooled scratch (the peak a run needs) */
+    size_t fr2 = 0;
+    CK(xd_cuda_mem_info(c, &fr2, &tot, &err));
+    printf("memory in use after the steps (pooled op scratch included): %.2f GiB of %.2f\n", (tot - fr2) / 1073741824.0,
+           tot / 1073741824.0);
   }
   const double step = median(steps_v[1], n), step_serial = median(steps_v[0], n);
   const double tps = N / step;
@@ -316,7 +327,7 @@ int main(int argc, char **argv) {
           a.tk_ids = xd_teacher_topk_cuda_ids(tp, slot), a.tk_logp = xd_teacher_topk_cuda_logp(tp, slot);
           CK(xd_student_cuda_train_forward(m, tok, &err));
           if (!serial) CK(xd_teacher_topk_cuda_wait(tp, slot, c, &err));
-          CK(xd_cuda_kd_loss_fused(c, &a, &err));
+          CK(xd_student_cuda_train_loss(m, &a, 1, &err));
           xd_cuda_kd_result res;
           CK(xd_cuda_download(c, &res, d_res, sizeof res, &err));
           CK(xd_teacher_topk_cuda_check(tp, slot, &err));

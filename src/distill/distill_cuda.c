@@ -111,9 +111,9 @@ static int use_batch(xd_distill_cuda *c, const uint64_t *rows, int slot, xd_err 
   return xd_cuda_upload(c->cx, c->d_tk_ids, c->tk_ids, nk * 4, e) || xd_cuda_upload(c->cx, c->d_tk_logp, c->tk_logp, nk * 4, e);
 }
 
-/* Forward + fused loss (+ its gradient into the dlogits buffer) of the batch in `slot`; res on
- * the host. */
-static int forward_loss(xd_distill_cuda *c, int slot, kd_result *res, xd_err *e) {
+/* Forward + fused loss of the batch in `slot` (with backward: its gradient, and in row blocks
+ * the LM head's backward); res on the host. */
+static int forward_loss(xd_distill_cuda *c, int slot, int backward, kd_result *res, xd_err *e) {
   if (xd_student_cuda_train_forward(c->m, c->inputs[slot], e) != 0) return -1;
   if (c->tp && xd_teacher_topk_cuda_wait(c->tp, slot, c->cx, e) != 0) return -1; /* the KD loss needs it, the forward not */
   xd_cuda_kd_args a;
@@ -125,7 +125,7 @@ static int forward_loss(xd_distill_cuda *c, int slot, kd_result *res, xd_err *e)
   a.row_ce = c->d_row_ce;
   a.row_kl = c->d_row_kl;
   a.res = c->d_res;
-  if (xd_cuda_kd_loss_fused(c->cx, &a, e) != 0) return -1;
+  if (xd_student_cuda_train_loss(c->m, &a, backward, e) != 0) return -1;
   xd_cuda_kd_result r;
   if (xd_cuda_download(c->cx, &r, c->d_res, sizeof r, e) != 0) return -1;
   if (c->tp && xd_teacher_topk_cuda_check(c->tp, slot, e) != 0) return -1; /* the more precise message first */
@@ -139,7 +139,7 @@ static int forward_loss(xd_distill_cuda *c, int slot, kd_result *res, xd_err *e)
 int xd_distill_cuda_eval_rows(xd_distill_cuda *c, xd_loader *L, const uint64_t *rows, kd_result *res, xd_err *e) {
   const int slot = c->pf_slot >= 0 ? c->pf_slot ^ 1 : 0; /* a submitted next batch stays valid */
   if (prepare_batch(c, L, rows, slot, e) != 0 || use_batch(c, rows, slot, e) != 0) return -1;
-  return forward_loss(c, slot, res, e);
+  return forward_loss(c, slot, 0, res, e);
 }
 
 int xd_distill_cuda_download(xd_distill_cuda *c, xd_err *e) { return xd_params_cuda_download(c->pd, &c->s->params, e); }
@@ -159,7 +159,7 @@ static int step_fn(void *vctx, xd_params *p, uint64_t step, int micro, int n_mic
   }
   c->pf_slot = -1;
   kd_result r;
-  if (use_batch(c, c->rows, slot, e) != 0 || forward_loss(c, slot, &r, e) != 0) return -1;
+  if (use_batch(c, c->rows, slot, e) != 0 || forward_loss(c, slot, 1, &r, e) != 0) return -1;
   if (c->prefetch) { /* the next batch's teacher beside this step's backward and optimiser step */
     xd_distill_next_rows(c->L, c->B, c->pf_rows);
     if (prepare_batch(c, c->L, c->pf_rows, slot ^ 1, e) != 0) return -1;
@@ -193,8 +193,10 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
   c->prefetch = t && !(pf && strcmp(pf, "0") == 0);
   if (xd_cuda_ctx_create_prio(&c->cx, 0, 1, e) != 0) goto fail; /* the student's blocks first */
   if (xd_params_cuda_create(&c->pd, c->cx, &s->params, e) != 0) goto fail;
-  if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, e) != 0) goto fail;
-  if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, e) != 0) goto fail;
+  const char *hr = getenv("XD_HEAD_ROWS");
+  const int head_rows = hr && *hr ? atoi(hr) : XD_STUDENT_HEAD_ROWS; /* rows of logits held at once */
+  if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, head_rows, e) != 0) goto fail;
+  if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, head_rows, e) != 0) goto fail;
   AL(c->d_targets, N * 4); AL(c->d_mask, N);
   if (!t) { AL(c->d_tk_ids, nk * 4); AL(c->d_tk_logp, nk * 4); }
   AL(c->d_row_ce, N * 4); AL(c->d_row_kl, N * 4); AL(c->d_res, sizeof(xd_cuda_kd_result));
@@ -215,9 +217,11 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
     size_t fr = 0, tot = 0;
     xd_cuda_device_info(c->cx, name, sizeof name, &sms, e);
     xd_cuda_mem_info(c->cx, &fr, &tot, e);
-    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s | op scratch %.0f MiB | "
-            "teacher %.0f MiB%s | free %.0f of %.0f MiB\n", name, xd_params_cuda_bytes(c->pd) / 1048576.0,
-            xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T, recompute) / 1048576.0, recompute ? " (recomputed)" : "",
+    const int hrows = xd_student_cuda_train_head_rows(c->m);
+    fprintf(log, "distill --device cuda: %s | parameters+grads+AdamW %.0f MiB | activations %.0f MiB%s, LM head in blocks of "
+            "%d rows | op scratch %.0f MiB | teacher %.0f MiB%s | free %.0f of %.0f MiB\n", name,
+            xd_params_cuda_bytes(c->pd) / 1048576.0, xd_student_cuda_train_bytes(&s->cfg, &s->hy, B, T, recompute, hrows) / 1048576.0,
+            recompute ? " (recomputed)" : "", hrows,
             xd_student_cuda_train_scratch_bytes(&s->cfg, &s->hy, B, T) / 1048576.0,
             c->tp ? xd_teacher_topk_cuda_bytes(c->tp) / 1048576.0 : 0.0,
             c->prefetch ? " (own stream, one batch ahead)" : "", fr / 1048576.0, tot / 1048576.0);

@@ -21,8 +21,11 @@ typedef struct xd_teacher_topk_cuda xd_teacher_topk_cuda;
 typedef struct xd_cuda_ctx xd_cuda_ctx;
 
 /* Uploads t (bf16) into a new context on GPU 0 and allocates its activations for B x T and two
- * top-k slots of k. */
-int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, xd_err *e);
+ * top-k slots of k. The fp32 logits are made head_rows rows at a time (0 or >= B*T: all at
+ * once), each block's top-k taken before the next block's logits overwrite them: 4 V bytes a
+ * row held (2.0 GiB for 4096 rows at V 128256), the same ids and log-probs. */
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int head_rows,
+                                xd_err *e);
 /* Waits for the teacher's stream, then frees everything. NULL is fine. */
 void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p);
 /* Queues forward + top-k of inputs [B,T] (host; staged before the call returns) into `slot`

@@ -15,7 +15,9 @@
  *   5. the same step again: every gradient bit for bit (run-to-run determinism: the SWA backward
  *      is the tensor-core kernel for head dims 16k <= 128 and the fixed-order fallback otherwise;
  *      the fallback summed with float atomics until session 8); then a backward without
- *      zero_grad: twice the gradients (the micro-batch accumulation; 1e-5).
+ *      zero_grad: twice the gradients (the micro-batch accumulation; 1e-5);
+ *   6. the LM head in row blocks (create's head_rows N/3 + 1): the loss and every gradient as
+ *      with the whole logits (1e-6 / 1e-5), run to run bit for bit, a second backward refused.
  * Variants: qwen3 with the gate soft cap, and with the stock xLSTM normaliser (looser bounds, below).
  * Bounds: logits 2e-2 and loss 1e-2 (bf16 weights and GEMM inputs, as test_gpu_student); per
  * tensor gradient 6e-2 and all together 2e-2: the backward adds bf16 roundings of every GEMM's
@@ -103,10 +105,10 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
   CHECKF(kd_loss_forward(&kd, cpu, targets, mask, tk, tlp, lse, &rc_cpu, &e) == 0, "%s: %s", name, e.msg);
   /* GPU forward before the CPU backward overwrites cpu with its gradient */
   xd_params_cuda *pd = NULL;
-  xd_student_cuda_train *m = NULL, *m2 = NULL;
+  xd_student_cuda_train *m = NULL, *m2 = NULL, *m3 = NULL;
   float **g1 = NULL; /* the GPU gradients of the default path, per tensor */
   void *d_t = NULL, *d_mask = NULL, *d_tk = NULL, *d_tlp = NULL, *d_ce = NULL, *d_kl = NULL, *d_res = NULL;
-  if (xd_params_cuda_create(&pd, ctx, &s->params, &e) || xd_student_cuda_train_create(&m, ctx, s, pd, B, T, 0, &e)) {
+  if (xd_params_cuda_create(&pd, ctx, &s->params, &e) || xd_student_cuda_train_create(&m, ctx, s, pd, B, T, 0, 0, &e)) {
     CHECKF(0, "%s: create: %s", name, e.msg);
     goto out;
   }
@@ -284,7 +286,7 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
    * step is deterministic (the tensor-core SWA backward, as in check 5), the same gradients bit
    * for bit; with the atomic fallback within its run-to-run noise (1e-3 per tensor: a layer
    * recomputed wrongly is off by O(1)) */
-  if (xd_student_cuda_train_create(&m2, ctx, s, pd, B, T, 1, &e) || xd_student_cuda_train_forward(m2, ids, &e) ||
+  if (xd_student_cuda_train_create(&m2, ctx, s, pd, B, T, 1, 0, &e) || xd_student_cuda_train_forward(m2, ids, &e) ||
       xd_cuda_download(ctx, cpu, xd_student_cuda_train_logits(m2), (size_t)N * V * 4, &e)) {
     CHECKF(0, "%s: recompute forward: %s", name, e.msg);
     goto out;
@@ -316,10 +318,60 @@ static void run_case(const char *name, xd_student *s, int B, int T, uint64_t see
       fprintf(stderr, "%-22s recomputation: logits bit-identical, all %d gradients %s (worst rel L2 %.1e)\n", name,
               s->params.n, exact ? "bit-identical" : "within the atomic kernel's noise", wr);
   }
+  /* 6. the LM head in row blocks (head_rows N/3 + 1: three blocks, the last shorter): the loss
+   * and every gradient as with the whole logits, up to the order of dW_head's fp32 sums over
+   * rows and the GEMMs' choices per row count (bound: loss 1e-6, all gradients 1e-5 relative
+   * L2; a block's rows or gradient misplaced is O(1)); a second backward without the loss
+   * refused; the same step twice bit for bit where the step is deterministic */
+  {
+    const int hr = N / 3 + 1;
+    const int nt = (int)s->params.n_train;
+    float *gb = NULL, *gb2 = NULL;
+    xd_cuda_kd_result rb, rb2;
+    xd_err e2 = {{0}};
+    int rc = xd_student_cuda_train_create(&m3, ctx, s, pd, B, T, 0, hr, &e);
+    for (int rep = 0; rep < 2 && rc == 0; rep++) {
+      rc = xd_params_cuda_zero_grad(pd, &e) || xd_student_cuda_train_forward(m3, ids, &e) ||
+           xd_student_cuda_train_loss(m3, &a, 1, &e) || xd_cuda_download(ctx, rep ? &rb2 : &rb, d_res, sizeof rb, &e) ||
+           xd_student_cuda_train_backward(m3, &e) || xd_cuda_sync(ctx, &e);
+      if (rc == 0 && rep == 0) {
+        gb = down(xd_params_cuda_grad_all(pd), (size_t)nt);
+        CHECKF(xd_student_cuda_train_backward(m3, &e2) != 0 && strstr(e2.msg, "without"),
+               "%s: a second backward in row blocks without the loss was not refused", name);
+      }
+      if (rc == 0 && rep == 1) gb2 = down(xd_params_cuda_grad_all(pd), (size_t)nt);
+    }
+    CHECKF(rc == 0 && xd_student_cuda_train_logits(m3) == NULL && xd_student_cuda_train_head_rows(m3) == hr,
+           "%s: row blocks of %d: %s", name, hr, e.msg);
+    if (rc == 0) {
+      const double bl = fabs(rb.r.loss - rg.r.loss) / fabs(rg.r.loss);
+      double bn = 0, bd = 0;
+      for (int i = 0; i < s->params.n; i++) {
+        const size_t o = (size_t)(xd_params_data(&s->params, i) - s->params.data), nel = s->params.t[i].numel;
+        if (!s->params.t[i].trainable || o + nel > (size_t)nt) continue;
+        for (size_t j = 0; j < nel; j++) {
+          const double dd = (double)gb[o + j] - g1[i][j];
+          bn += dd * dd;
+          bd += (double)g1[i][j] * g1[i][j];
+        }
+      }
+      const double eg = sqrt(bn / bd);
+      const int exact = s->cfg.head_dim <= 256;
+      CHECKF(bl <= 1e-6 && rb.r.count == rg.r.count && rb.bad_pos == -1, "%s: row blocks: loss %.9g vs whole %.9g",
+             name, rb.r.loss, rg.r.loss);
+      CHECKF(eg <= 1e-5, "%s: row blocks of %d: gradients vs whole logits rel L2 %.3e", name, hr, eg);
+      CHECKF(!exact || (memcmp(gb, gb2, (size_t)nt * 4) == 0 && memcmp(&rb, &rb2, sizeof rb) == 0),
+             "%s: row blocks: two identical steps differ", name);
+      fprintf(stderr, "%-22s LM head in row blocks of %d: loss rel %.1e, gradients rel L2 %.1e vs whole logits%s\n", name,
+              hr, bl, eg, exact ? "; run to run bit-identical" : "");
+    }
+    free(gb), free(gb2);
+  }
 out:
   if (g1)
     for (int i = 0; i < s->params.n; i++) free(g1[i]);
   free(g1);
+  xd_student_cuda_train_free(m3);
   xd_student_cuda_train_free(m2);
   xd_student_cuda_train_free(m);
   xd_params_cuda_free(pd);

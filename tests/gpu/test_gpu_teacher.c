@@ -337,24 +337,44 @@ static void test_topk_pipeline(void) {
   xd_teacher_topk_cuda *tp = NULL;
   GPU(direct_topk(&t, ids, B, T, k, ref_ids, ref_lp));
   GPU(direct_topk(&t, ids + N, B, T, k, ref_ids + nk, ref_lp + nk));
-  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, &err));
-  GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, &err));
-  GPU(xd_teacher_topk_cuda_submit(tp, 1, ids + N, &err)); /* both in flight */
-  for (int sl = 0; sl < 2; sl++) {
-    GPU(xd_teacher_topk_cuda_wait(tp, sl, ctx, &err));
-    GPU(xd_cuda_download(ctx, got_ids + sl * nk, xd_teacher_topk_cuda_ids(tp, sl), nk * 4, &err));
-    GPU(xd_cuda_download(ctx, got_lp + sl * nk, xd_teacher_topk_cuda_logp(tp, sl), nk * 4, &err));
-    GPU(xd_teacher_topk_cuda_check(tp, sl, &err));
+  /* the logits all at once (head_rows 0), then in row blocks of 257 (257, 257, 86 rows) */
+  for (int hr = 0; hr <= 257; hr += 257) {
+    GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, hr, &err));
+    GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, &err));
+    GPU(xd_teacher_topk_cuda_submit(tp, 1, ids + N, &err)); /* both in flight */
+    for (int sl = 0; sl < 2; sl++) {
+      GPU(xd_teacher_topk_cuda_wait(tp, sl, ctx, &err));
+      GPU(xd_cuda_download(ctx, got_ids + sl * nk, xd_teacher_topk_cuda_ids(tp, sl), nk * 4, &err));
+      GPU(xd_cuda_download(ctx, got_lp + sl * nk, xd_teacher_topk_cuda_logp(tp, sl), nk * 4, &err));
+      GPU(xd_teacher_topk_cuda_check(tp, sl, &err));
+    }
+    size_t diff = 0;
+    for (size_t i = 0; i < 2 * nk; i++) diff += got_ids[i] != ref_ids[i] || memcmp(&got_lp[i], &ref_lp[i], 4) != 0;
+    printf("      teacher top-k on its own stream (logits in blocks of %d rows), 2 slots in flight vs one stream: %zu of "
+           "%zu entries differ\n", hr ? hr : (int)N, diff, 2 * nk);
+    CHECKF(diff == 0, "pipelined teacher top-k (head rows %d) differs from the direct run in %zu entries", hr, diff);
+    xd_teacher_topk_cuda_free(tp);
+    tp = NULL;
   }
-  size_t diff = 0;
-  for (size_t i = 0; i < 2 * nk; i++) diff += got_ids[i] != ref_ids[i] || memcmp(&got_lp[i], &ref_lp[i], 4) != 0;
-  printf("      teacher top-k on its own stream, 2 slots in flight vs one stream: %zu of %zu entries differ\n", diff, 2 * nk);
-  CHECKF(diff == 0, "pipelined teacher top-k differs from the direct run in %zu entries", diff);
+  { /* a NaN embedding row at position 128 of sequence 1: its rows 128..299 non-finite (causal;
+     * 128 starts an attention tile, so no masked-out product 0 * NaN reaches an earlier query),
+     * batch rows 428..599, in the second block of 257: reported as row 428 of the batch */
+    const int32_t x = c.vocab - 1;
+    for (size_t i = 0; i < N; i++)
+      if (ids[i] == x) ids[i] = 0;
+    ids[T + 128] = x;
+    const float keep = t.embed[(size_t)x * c.hidden];
+    t.embed[(size_t)x * c.hidden] = NAN;
+    GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 257, &err));
+    GPU(xd_teacher_topk_cuda_submit(tp, 0, ids, &err));
+    CHECKF(xd_teacher_topk_cuda_check(tp, 0, &err) == -1 && strstr(err.msg, "row 428 are not finite"), "%s", err.msg);
+    t.embed[(size_t)x * c.hidden] = keep;
+    xd_teacher_topk_cuda_free(tp);
+    tp = NULL;
+  }
   /* a NaN final norm: every logit non-finite, reported from row 0 */
-  xd_teacher_topk_cuda_free(tp);
-  tp = NULL;
   t.final_norm[0] = NAN;
-  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, &err));
+  GPU(xd_teacher_topk_cuda_create(&tp, &t, B, T, k, 0, &err));
   GPU(xd_teacher_topk_cuda_submit(tp, 1, ids, &err));
   CHECK(xd_teacher_topk_cuda_check(tp, 1, &err) == -1 && strstr(err.msg, "row 0 are not finite"));
 done:

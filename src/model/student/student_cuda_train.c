@@ -26,11 +26,12 @@ typedef struct {
 
 /* Op classes of the profile (xd_student_cuda_train_profile). */
 enum { P_GEMM, P_ATTN, P_SWA_BWD, P_MLSTM_FWD, P_MLSTM_BWD, P_FMAP, P_FMAP_BWD, P_GATES, P_GATES_BWD, P_MIX, P_MIX_BWD,
-       P_NORM, P_ROPE, P_MLP, P_EMB, P_MEM, P_COUNT };
+       P_NORM, P_ROPE, P_MLP, P_EMB, P_MEM, P_LOSS, P_COUNT };
 static const char *const prof_name[P_COUNT] = {"GEMMs (fwd+bwd, incl. bf16 casts of dout)", "attention fwd", "SWA bwd",
                                                "mLSTM fwd", "mLSTM bwd", "feature maps fwd", "feature maps bwd",
                                                "gates fwd", "gates bwd", "mix fwd (+stage I MSE)", "mix bwd", "RMSNorms",
-                                               "QK-norm/RoPE", "SwiGLU", "embedding", "memset/copy/convert"};
+                                               "QK-norm/RoPE", "SwiGLU", "embedding", "memset/copy/convert",
+                                               "KD loss (LM head in row blocks)"};
 
 /* Saved activations of one layer (see the header). The local branch's output is kept as the
  * attention forward makes it: bf16 locb with head dims 64 / 128 (fast_attn), else fp32 loc (the
@@ -47,6 +48,11 @@ struct xd_student_cuda_train {
   xd_model_config cfg;
   xd_hybrid_config hy;
   int B, T, N, P;
+  /* rows of logits held at once: N (whole: the forward makes all logits, the backward starts
+   * with the LM head's) or fewer (row blocks: xd_student_cuda_train_loss runs the LM head, the
+   * loss and the LM head's backward block by block; head_grad: it ran with the gradient since the
+   * last forward, which the backward needs) */
+  int head_rows, head_grad;
   /* activation recomputation: every layer keeps only its input h0; the other saves are one
    * layer's set (sv[0]'s), refilled by re-running the layer's forward before its backward */
   int recompute;
@@ -62,8 +68,8 @@ struct xd_student_cuda_train {
   const float *final_norm;
   float *g_embed, *g_lm_head, *g_final_norm;
   /* whole-model buffers */
-  float *hL, *logits;
-  uint16_t *hnb, *dlogits;
+  float *hL, *logits;      /* [N, D], [head_rows, V] */
+  uint16_t *hnb, *dlogits; /* [N, D], [head_rows, V] */
   int32_t *ids, *pos;
   float *cos_t[2], *sin_t[2];
   /* backward scratch, one layer's worth */
@@ -136,7 +142,8 @@ static void layout(xd_student_cuda_train *m, carve *k) {
     for (int l = 1; l < c->n_layers; l++) m->sv[l] = m->sv[0];
     m->a_ref = TF(k, N * Hd); m->dcore = TF(k, N * Hd); m->d_lsum = (double *)take(k, (size_t)c->n_layers * sizeof(double));
   } else {
-    m->hL = TF(k, N * D); m->logits = TF(k, N * V); m->dlogits = TH(k, N * V);
+    const size_t HR = (size_t)m->head_rows;
+    m->hL = TF(k, N * D); m->logits = TF(k, HR * V); m->dlogits = TH(k, HR * V);
   }
   m->hnb = TH(k, N * D);
   m->ids = (int32_t *)take(k, N * 4); m->pos = (int32_t *)take(k, N * 4);
@@ -152,7 +159,11 @@ static void layout(xd_student_cuda_train *m, carve *k) {
   m->dh16 = TH(k, N * D);
 }
 
-static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align, int recompute) {
+/* head_rows as create keeps it: 1..N, else N (0: all rows) */
+static int clamp_head_rows(int head_rows, int N) { return head_rows > 0 && head_rows < N ? head_rows : N; }
+
+static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int align, int recompute,
+                          int head_rows) {
   xd_student_cuda_train m;
   memset(&m, 0, sizeof m);
   m.align = align;
@@ -162,6 +173,7 @@ static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, 
   m.B = B;
   m.T = T;
   m.N = B * T;
+  m.head_rows = clamp_head_rows(head_rows, m.N);
   m.P = hy->d_phi;
   m.mc = make_mc(c, hy, B, T);
   m.sv = xd_calloc((size_t)c->n_layers, sizeof *m.sv);
@@ -170,11 +182,12 @@ static size_t train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, 
   free(m.sv);
   return k.off;
 }
-size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute) {
-  return train_bytes(c, hy, B, T, 0, recompute != 0);
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute,
+                                   int head_rows) {
+  return train_bytes(c, hy, B, T, 0, recompute != 0, head_rows);
 }
 size_t xd_student_cuda_align_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
-  return train_bytes(c, hy, B, T, 1, 0);
+  return train_bytes(c, hy, B, T, 1, 0, 0);
 }
 size_t xd_student_cuda_train_scratch_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T) {
   size_t swa = 0;
@@ -325,7 +338,7 @@ static int first_writes(xd_student_cuda_train *m, const xd_params *p, xd_params_
 }
 
 static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd, int B, int T,
-                  int align, int recompute, xd_err *e) {
+                  int align, int recompute, int head_rows, xd_err *e) {
   *out = NULL;
   const xd_model_config *cf = &s->cfg;
   const int d = cf->head_dim, P = s->hy.d_phi;
@@ -344,6 +357,7 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   m->B = B;
   m->T = T;
   m->N = B * T;
+  m->head_rows = clamp_head_rows(head_rows, m->N);
   m->P = P;
   m->mc = make_mc(cf, &s->hy, B, T);
   m->ly = xd_calloc((size_t)cf->n_layers, sizeof *m->ly);
@@ -389,12 +403,12 @@ fail:
 }
 
 int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
-                                 xd_params_cuda *pd, int B, int T, int recompute, xd_err *e) {
-  return create(out, c, s, pd, B, T, 0, recompute, e);
+                                 xd_params_cuda *pd, int B, int T, int recompute, int head_rows, xd_err *e) {
+  return create(out, c, s, pd, B, T, 0, recompute, head_rows, e);
 }
 int xd_student_cuda_align_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s, xd_params_cuda *pd,
                                  int B, int T, xd_err *e) {
-  return create(out, c, s, pd, B, T, 1, 0, e);
+  return create(out, c, s, pd, B, T, 1, 0, 0, e);
 }
 
 void xd_student_cuda_train_free(xd_student_cuda_train *m) {
@@ -407,7 +421,8 @@ void xd_student_cuda_train_free(xd_student_cuda_train *m) {
   free(m);
 }
 
-float *xd_student_cuda_train_logits(const xd_student_cuda_train *m) { return m->logits; }
+float *xd_student_cuda_train_logits(const xd_student_cuda_train *m) { return m->head_rows == m->N ? m->logits : NULL; }
+int xd_student_cuda_train_head_rows(const xd_student_cuda_train *m) { return m->head_rows; }
 
 void xd_student_cuda_train_graphs(xd_student_cuda_train *m, int on) {
   if (on < 0) {
@@ -433,7 +448,7 @@ void xd_student_cuda_train_profile_print(const xd_student_cuda_train *m, FILE *f
   for (int i = 0; i < P_COUNT; i++)
     if (m->prof_s[i] > 0) fprintf(f, "  %-44s %8.2f\n", prof_name[i], 1e3 * m->prof_s[i] / steps);
 }
-uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return m->dlogits; }
+uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m) { return m->head_rows == m->N ? m->dlogits : NULL; }
 void xd_student_cuda_train_kd_args(const xd_student_cuda_train *m, const kd_config *kd, xd_cuda_kd_args *a) {
   memset(a, 0, sizeof *a);
   a->cfg = *kd;
@@ -598,6 +613,7 @@ int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, 
   CK(xd_check_token_ids(ids, (size_t)N, V, e));
   memcpy(m->ids_host, ids, (size_t)N * sizeof(int32_t));
   CK(xd_cuda_upload(m->c, m->ids, ids, (size_t)N * 4, e));
+  m->head_grad = 0;
   return run_graphed(m, 2, train_forward_body, 0, e);
 }
 
@@ -619,7 +635,43 @@ static int train_forward_body(xd_student_cuda_train *m, int unused, xd_err *e) {
     CK(layer_forward(m, y, s, hout, e));
   }
   OP(P_NORM, xd_cuda_rmsnorm_f32(cx, m->hnb, NULL, m->hL, m->final_norm, N, D, eps, e));
-  OP(P_GEMM, xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
+  if (m->head_rows == N) OP(P_GEMM, xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, m->hnb, m->lm_head16, NULL, N, D, V, 0, e));
+  return 0;
+}
+
+int xd_student_cuda_train_loss(xd_student_cuda_train *m, const xd_cuda_kd_args *a, int backward, xd_err *e) {
+  if (m->align) return xd_errf(e, "student on CUDA: stage II loss on a stage I model");
+  xd_cuda_ctx *cx = m->c;
+  const int N = m->N, D = m->cfg.hidden, V = m->cfg.vocab, R = m->head_rows;
+  if (a->cfg.N != N || a->cfg.V != V)
+    return xd_errf(e, "student on CUDA: KD loss of %d x %d logits for a model of %d x %d", a->cfg.N, a->cfg.V, N, V);
+  if (R == N) return xd_cuda_kd_loss_fused(cx, a, e);
+  /* row blocks of R: logits = hnb[r0:r0+n] lm_head^T, the loss rows writing their bf16 gradient,
+   * and with the gradient dx[r0:r0+n] (its one producer: written) and dW_head (+=; written by the
+   * first block after zero_grad, as the whole backward's GEMM: first_writes) */
+  xd_cuda_kd_args p = *a;
+  p.logits = m->logits, p.logits_dtype = XD_CUDA_F32, p.dlogits = m->dlogits, p.grad_dtype = XD_CUDA_BF16;
+  p.accumulate = 0;
+  const int fresh = backward && xd_params_cuda_grad_fresh(m->pd);
+  if (m->prof) {
+    CK(xd_cuda_sync(cx, e));
+    m->prof_t = xd_now();
+  }
+  m->head_grad = 0;
+  OP(P_LOSS, xd_cuda_kd_loss_begin(cx, &p, e));
+  for (int r0 = 0; r0 < N; r0 += R) {
+    const int n = N - r0 < R ? N - r0 : R;
+    const uint16_t *x = m->hnb + (size_t)r0 * D;
+    OP(P_GEMM, xd_cuda_matmul(cx, m->logits, XD_CUDA_F32, x, m->lm_head16, NULL, n, D, V, 0, e));
+    OP(P_LOSS, xd_cuda_kd_loss_rows(cx, &p, r0, n, e));
+    if (backward)
+      OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx + (size_t)r0 * D, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, x,
+                                         m->lm_head16, n, D, V,
+                                         XD_CUDA_BW_ACCUMULATE | XD_CUDA_BW_DX_WRITE | (fresh && r0 == 0 ? XD_CUDA_BW_DW_WRITE : 0),
+                                         e));
+  }
+  OP(P_LOSS, xd_cuda_kd_loss_end(cx, &p, e));
+  m->head_grad = backward != 0;
   return 0;
 }
 
@@ -688,10 +740,12 @@ static int train_backward_body(xd_student_cuda_train *m, int fresh, xd_err *e) {
   const size_t ND = (size_t)N * D;
   const float eps = (float)c->rms_eps;
   const int WD = fresh ? XD_CUDA_BW_DW_WRITE : 0, XW = XD_CUDA_BW_DX_WRITE;
-  /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer); dh = J^T dx
-   * written, with its bf16 copy for the last layer's down projection */
-  OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D, V,
-                             XD_CUDA_BW_ACCUMULATE | XW | WD, e));
+  /* head: logits = rmsnorm(hL) lm_head^T. dx written by the GEMM (its one producer; in row
+   * blocks the loss wrote it); dh = J^T dx written, with its bf16 copy for the last layer's down
+   * projection */
+  if (m->head_rows == N)
+    OP(P_GEMM, xd_cuda_matmul_backward(cx, m->dx, XD_CUDA_F32, m->g_lm_head, NULL, m->dlogits, m->hnb, m->lm_head16, N, D,
+                                       V, XD_CUDA_BW_ACCUMULATE | XW | WD, e));
   OP(P_NORM, xd_cuda_rmsnorm_backward_res(cx, m->dh, m->dh16, NULL, m->g_final_norm, m->dx, m->hL, XD_CUDA_F32,
                                           m->final_norm, XD_CUDA_F32, N, D, eps, e));
   for (int l = c->n_layers - 1; l >= 0; l--) {
@@ -775,9 +829,13 @@ static int train_backward_body(xd_student_cuda_train *m, int fresh, xd_err *e) {
 /* The stage II backward: run_graphed, one graph per value of `fresh` (~700 launches as one). */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e) {
   if (m->align) return xd_errf(e, "student on CUDA: stage II backward on a stage I model");
+  if (m->head_rows < m->N && !m->head_grad)
+    return xd_errf(e, "student on CUDA: backward without xd_student_cuda_train_loss(.., backward 1) since the forward "
+                   "(the LM head in row blocks runs its backward in the loss)");
   const int fresh = xd_params_cuda_grad_fresh(m->pd) ? 1 : 0;
   CK(run_graphed(m, fresh, train_backward_body, fresh, e));
   if (fresh) xd_params_cuda_grad_written(m->pd);
+  m->head_grad = 0; /* the head's gradient is in: a second backward would add the rest again */
   return 0;
 }
 /* ---- stage I (align.c's run_batch + align_hook) -------------------------------------------- */

@@ -41,29 +41,51 @@
 typedef struct xd_student_cuda_train xd_student_cuda_train;
 
 /* Device memory the training activations take for (B, T), bytes (without the weights). */
-size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute);
+size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute,
+                                   int head_rows);
+
+/* Rows of the stage II LM head held at once: distill's default (env XD_HEAD_ROWS overrides; 0 =
+ * all rows). Its fp32 logits and bf16 gradient take 6 V bytes a row: 2.9 GiB at V 128256. */
+#define XD_STUDENT_HEAD_ROWS 4096
 
 /* s gives the configuration and the tensor table (s->params, the same table pd mirrors); its
  * host weights are not read. Every tensor must be trainable (mode XD_STUDENT_TRAIN_ALL).
  * Fails with one line for shapes the kernels lack (d_phi > 128, head dim > 128 or odd, chunk >
- * 64) or when device memory is short. */
+ * 64) or when device memory is short.
+ * head_rows: rows of logits [., V] held at once. 0 or >= B*T: all ("whole": the forward makes
+ * the logits, xd_student_cuda_train_logits reads them, the backward starts with the LM head's).
+ * Fewer ("row blocks"): the forward stops at the final norm, and xd_student_cuda_train_loss runs
+ * the LM head, the KD loss and, with the gradient, the LM head's backward block by block, so
+ * the logits and their gradient take head_rows / (B*T) of their whole size; the gradients are
+ * the whole mode's up to the order of dW_head's fp32 sums over rows. */
 int xd_student_cuda_train_create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student *s,
-                                 xd_params_cuda *pd, int B, int T, int recompute, xd_err *e);
+                                 xd_params_cuda *pd, int B, int T, int recompute, int head_rows, xd_err *e);
 void xd_student_cuda_train_free(xd_student_cuda_train *m);
 
-/* ids [B,T] on the host (checked against the vocabulary) -> logits [B*T, V] fp32 on the device
- * (xd_student_cuda_train_logits), saving the activations. */
+/* ids [B,T] on the host (checked against the vocabulary) -> with whole logits, logits [B*T, V]
+ * fp32 on the device (xd_student_cuda_train_logits), saving the activations; in row blocks the
+ * final norm's output only (the loss makes the logits). */
 int xd_student_cuda_train_forward(xd_student_cuda_train *m, const int32_t *ids, xd_err *e);
+/* The logits [B*T, V] and the bf16 buffer [B*T, V] for d(loss)/d(logits) (the fused KD loss
+ * writes it, grad dtype bf16) with whole logits; NULL in row blocks. */
 float *xd_student_cuda_train_logits(const xd_student_cuda_train *m);
-/* bf16 buffer [B*T, V] for d(loss)/d(logits): the fused KD loss writes it (grad dtype bf16). */
 uint16_t *xd_student_cuda_train_dlogits(const xd_student_cuda_train *m);
+int xd_student_cuda_train_head_rows(const xd_student_cuda_train *m); /* as kept: 1 .. B*T */
 /* The fused KD loss's arguments for this model (kd's configuration, its fp32 logits in, the bf16
  * dlogits buffer out, dloss 1, everything else zero): the caller sets the batch's buffers
  * (targets, mask, top-k ids and log-probs, per-row CE / KL, result). */
 void xd_student_cuda_train_kd_args(const xd_student_cuda_train *m, const kd_config *kd, xd_cuda_kd_args *a);
-/* Backward of the last forward from the dlogits buffer: adds every parameter's gradient into
+/* The KD loss of the last forward (a: from xd_student_cuda_train_kd_args, the batch's buffers
+ * set; its cfg must be B*T x V), queued on the model's stream, result in a->res. Whole logits:
+ * xd_cuda_kd_loss_fused(a). Row blocks: per block the LM head GEMM, the loss's rows and, with
+ * backward != 0, the LM head's backward (dW_head += or first-written, the final norm's dx), the
+ * same numbers per row as the whole call. */
+int xd_student_cuda_train_loss(xd_student_cuda_train *m, const xd_cuda_kd_args *a, int backward, xd_err *e);
+/* Backward of the last forward from the loss's gradient: adds every parameter's gradient into
  * the mirror's grad arena. From its second call on (per zero_grad state) it replays a CUDA graph
- * of its kernels (the same bits, fewer launch gaps) unless graphs are off. */
+ * of its kernels (the same bits, fewer launch gaps) unless graphs are off. In row blocks it needs
+ * xd_student_cuda_train_loss(.., backward 1) since the forward, once per backward (it refuses
+ * otherwise). */
 int xd_student_cuda_train_backward(xd_student_cuda_train *m, xd_err *e);
 /* Graphs of the backward on (1) or off (0), or -1: on unless XD_CUDA_GRAPHS=0 (the default at
  * create). Drops the graphs captured so far: call it after changing a kernel switch read from

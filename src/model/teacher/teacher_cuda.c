@@ -350,6 +350,9 @@ static int is_dynamic(const xd_model_config *c) {
 
 /* The host side of a step: checks, then the uploads: ids and positions (host offsets), or with
  * at (a one-token step that reads its position on the device) {len, ids} into s->dstep. */
+/* last_only: 0 logits of every row, 1 of each sequence's last, HEAD_NONE none (the final norm's
+ * output in s->x only: xd_teacher_cuda_head_rows makes the logits). */
+enum { HEAD_NONE = 2 };
 static int body_prep(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn,
                      int use_kv, int last_only, int at, xd_err *e) {
   const xd_model_config *c = &t->cfg;
@@ -359,7 +362,7 @@ static int body_prep(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const i
     return xd_errf(e, "GPU teacher: %d x %d tokens exceed the %d x %d the activations hold", B, Tn, s->B, s->max_tn);
   if (Tk > s->cap)
     return xd_errf(e, "GPU teacher: %d tokens cached + %d new exceed the capacity %d", off, Tn, s->cap);
-  if ((last_only ? B : N) > s->logit_rows)
+  if (last_only != HEAD_NONE && (last_only ? B : N) > s->logit_rows)
     return xd_errf(e, "GPU teacher: %d logit rows exceed the %d allocated", last_only ? B : N, s->logit_rows);
   if (xd_check_token_ids(ids, (size_t)N, c->vocab, e)) return -1;
   if (at) {
@@ -449,11 +452,11 @@ static int body_kernels(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int 
       return -1;
     }
   }
-  const int rows = last_only ? B : N;
-  const float *hin = last_only ? s->h + (size_t)(Tn - 1) * D : s->h;
-  const size_t ld = last_only ? (size_t)Tn * D : (size_t)D;
-  if (xd_cuda_rmsnorm_f32_forward(ctx, s->x, hin, ld, t->final_norm, rows, D, eps, e) ||
-      xd_cuda_matmul(ctx, s->logits, XD_CUDA_F32, s->x, t->lm_head, NULL, rows, D, V, 0, e))
+  const int last = last_only == 1, rows = last ? B : N;
+  const float *hin = last ? s->h + (size_t)(Tn - 1) * D : s->h;
+  const size_t ld = last ? (size_t)Tn * D : (size_t)D;
+  if (xd_cuda_rmsnorm_f32_forward(ctx, s->x, hin, ld, t->final_norm, rows, D, eps, e)) return -1;
+  if (last_only != HEAD_NONE && xd_cuda_matmul(ctx, s->logits, XD_CUDA_F32, s->x, t->lm_head, NULL, rows, D, V, 0, e))
     return -1;
   return 0;
 }
@@ -473,6 +476,20 @@ int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_stat
                                   xd_err *e) {
   if (B <= 0 || T <= 0) return xd_errf(e, "GPU teacher: empty batch (%d x %d)", B, T);
   return body(t, s, ids, B, T, 0, 0, 0, e);
+}
+
+int xd_teacher_cuda_forward_hidden_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B,
+                                         int T, xd_err *e) {
+  if (B <= 0 || T <= 0) return xd_errf(e, "GPU teacher: empty batch (%d x %d)", B, T);
+  return body(t, s, ids, B, T, 0, HEAD_NONE, 0, e);
+}
+
+int xd_teacher_cuda_head_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int r0, int n, xd_err *e) {
+  if (r0 < 0 || n < 1 || n > s->logit_rows || (size_t)r0 + n > (size_t)s->B * s->max_tn)
+    return xd_errf(e, "GPU teacher: logit rows [%d, %d) outside the %d x %d activations or above the %d allocated", r0,
+                   r0 + n, s->B, s->max_tn, s->logit_rows);
+  const int D = t->cfg.hidden;
+  return xd_cuda_matmul(t->ctx, s->logits, XD_CUDA_F32, s->x + (size_t)r0 * D, t->lm_head, NULL, n, D, t->cfg.vocab, 0, e);
 }
 
 int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
@@ -523,6 +540,7 @@ static int step_graphed(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, cons
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e) {
   if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
+  last_only = last_only != 0; /* 0 / 1 (HEAD_NONE is internal) */
   if (Tn <= 0) return xd_errf(e, "GPU teacher: no tokens to append");
   const int at = Tn == 1 && !is_dynamic(&t->cfg);
   if (!at) {

@@ -116,6 +116,12 @@ int xd_teacher_cuda_forward(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, 
  * after it on that stream, or for another stream after an event recorded behind it. */
 int xd_teacher_cuda_forward_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int T,
                                   xd_err *e);
+/* The same up to the final norm: its bf16 output [B*T, D] in s->x, no logits (needs no logit
+ * rows). xd_teacher_cuda_head_rows then makes the logits of rows [r0, r0+n) in s->logits [n, V]
+ * (n <= s->logit_rows), queued on t's stream: the same GEMM per row block. */
+int xd_teacher_cuda_forward_hidden_async(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B,
+                                         int T, xd_err *e);
+int xd_teacher_cuda_head_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int r0, int n, xd_err *e);
 /* Append Tn tokens per sequence (ids [s->B, Tn], host) to the KV cache: prefill (Tn = prompt
  * length) or one decode step (Tn = 1). Logits [B*Tn, V], or [B, V] for the last position when
  * last_only, in s->logits (device) and host_logits when not NULL. A one-token step (without

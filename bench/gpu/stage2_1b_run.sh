@@ -5,11 +5,12 @@
 # tokenizer, prepared beforehand), twice:
 #   A: uninterrupted;
 #   B: killed with SIGKILL right after its mid-run checkpoint, then `--resume`d to the end.
-# Prints both loss curves (first / mid / last) and how far B's resumed steps are from A's.
-# The GPU step is not bit-deterministic (the SWA backward sums dK/dV with float atomics), so B
-# matches A to rounding, not bitwise; tests/cli_stages.sh proves bit-exact resume on the CPU.
+# Prints both loss curves (first / mid / last) and how far B's resumed steps are from A's (at
+# head dim 64 every kernel of the step sums in a fixed order, so B should match A bit for bit).
+# BATCH sequences a step in micro-batches of MICRO (default 1 and 1; BATCH 4 MICRO 4 takes the LM
+# heads' row blocks, ~70 GiB).
 # Usage (repo root, GPU machine):
-#   BIN=xdistill DATA=prepared-dir TOK=tokenizer-dir OUT=logdir bash bench/gpu/stage2_1b_run.sh [STEPS] [SEQ]
+#   BIN=xdistill DATA=prepared-dir TOK=tokenizer-dir OUT=logdir [BATCH=b MICRO=m] bash bench/gpu/stage2_1b_run.sh [STEPS] [SEQ]
 set -u -o pipefail
 STEPS=${1:-200}
 SEQ=${2:-4096}
@@ -22,8 +23,8 @@ python3 tools/make_random_teacher.py "$W/teacher" "$TOK" >"$OUT/teacher.log" 2>&
 "$BIN" init --teacher "$W/teacher" --out "$W/student" --window 512 --sinks 4 --chunk 64 >"$OUT/init.log" 2>&1 ||
   { tail -5 "$OUT/init.log"; exit 1; }
 echo "== teacher + student made in $(($(date +%s) - t0)) s"
-ARGS=(distill --device cuda --teacher "$W/teacher" --student "$W/student" --data "$DATA" --seq_len "$SEQ" --batch 1
-      --micro_batch 1 --steps "$STEPS" --lr 1e-4 --warmup_steps 10 --schedule constant --ckpt_every "$MID"
+ARGS=(distill --device cuda --teacher "$W/teacher" --student "$W/student" --data "$DATA" --seq_len "$SEQ" --batch "${BATCH:-1}"
+      --micro_batch "${MICRO:-1}" --steps "$STEPS" --lr 1e-4 --warmup_steps 10 --schedule constant --ckpt_every "$MID"
       --ckpt_keep 1 --log_every 20 --seed 5)
 t1=$(date +%s)
 "$BIN" "${ARGS[@]}" --out "$W/a" 2>"$OUT/run_a.log"

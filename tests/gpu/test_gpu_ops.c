@@ -660,7 +660,8 @@ static void swa_bwd_timing(void) {
 }
 
 /* The memory plan's SWA figure (xd_cuda_swa_backward_scratch_bytes) is what a fresh context's
- * scratch grows to on the first call. */
+ * scratch grows to on the first call, for the fp32 entry and (tensor-core head dims) for _pre,
+ * which needs less (no bf16 copies of q, k, v). */
 static void swa_scratch_case(int B, int T, int H, int G, int d, int W, int S) {
   xd_rng r;
   xd_rng_seed(&r, (uint64_t)(T * 131 + d));
@@ -672,8 +673,22 @@ static void swa_scratch_case(int B, int T, int H, int G, int d, int W, int S) {
   float *k = up_raw(h, nk * 4), *v = up_raw(h, nk * 4), *dk = up_raw(h, nk * 4), *dv = up_raw(h, nk * 4), *lse = up_raw(h, nl * 4);
   const swa_shape sh = {B, T, H, G, d, W, S};
   if (xd_cuda_swa_backward(c2, dq, dk, dv, dout, q, k, v, o, lse, &sh, &err) || xd_cuda_sync(c2, &err)) gpu_fail();
-  const size_t want = xd_cuda_swa_backward_scratch_bytes(&sh), got = xd_cuda_ctx_scratch_bytes(c2);
+  const size_t want = xd_cuda_swa_backward_scratch_bytes(&sh, 0), got = xd_cuda_ctx_scratch_bytes(c2);
   CHECKF(got == want, "B %d T %d H %d G %d d %d W %d S %d: scratch %zu, plan says %zu", B, T, H, G, d, W, S, got, want);
+  if (d % 16 == 0 && d <= 128) {
+    xd_cuda_ctx *c3 = NULL;
+    xd_cuda_swa_bf16 pre;
+    if (xd_cuda_ctx_create(&c3, 0, &err) || swa_bf16_make(&pre, q, k, v, o, nq, nk) || xd_cuda_sync(ctx, &err) ||
+        xd_cuda_swa_backward_pre(c3, dq, dk, dv, dout, &pre, lse, &sh, &err) || xd_cuda_sync(c3, &err))
+      gpu_fail();
+    const size_t want3 = xd_cuda_swa_backward_scratch_bytes(&sh, 1), got3 = xd_cuda_ctx_scratch_bytes(c3);
+    CHECKF(got3 == want3 && want3 < want, "B %d T %d d %d: _pre scratch %zu, plan says %zu (fp32 entry %zu)", B, T, d, got3,
+           want3, want);
+    fprintf(stderr, "    SWA backward scratch B %d T %d H %d G %d d %d: fp32 entry %zu, _pre %zu bytes (= the plans)\n", B, T,
+            H, G, d, want, want3);
+    swa_bf16_free(&pre);
+    xd_cuda_ctx_free(c3);
+  }
   xd_cuda_free(q), xd_cuda_free(o), xd_cuda_free(dout), xd_cuda_free(dq), xd_cuda_free(k), xd_cuda_free(v);
   xd_cuda_free(dk), xd_cuda_free(dv), xd_cuda_free(lse);
   xd_cuda_ctx_free(c2);

@@ -194,7 +194,7 @@ size_t xd_student_cuda_train_scratch_bytes(const xd_model_config *c, const xd_hy
   for (int l = 0; l < c->n_layers; l++) { /* the context's scratch grows to the largest layer's */
     const swa_shape sw = {B, T, c->n_heads, c->n_kv_heads, c->head_dim, xd_hybrid_layer_window(c, hy, l),
                           xd_hybrid_layer_sinks(c, hy, l)};
-    const size_t b = xd_cuda_swa_backward_scratch_bytes(&sw);
+    const size_t b = xd_cuda_swa_backward_scratch_bytes(&sw, fast_attn(c)); /* core_backward's entry */
     swa = b > swa ? b : swa;
   }
   const mlstm_cfg mc = make_mc(c, hy, B, T);

@@ -158,9 +158,10 @@ int xd_cuda_attention_forward_cfg(xd_cuda_ctx *c, uint16_t *out, float *lse, con
  * a time.
  * xd_cuda_swa_backward_ref: the first version, fp32, one warp per query row, dk and dv summed
  * with atomics (the last bits may vary from run to run); d <= 256. */
-/* Bytes of the context scratch xd_cuda_swa_backward takes for sh (its default version; 0 where
- * it runs the fixed-order fallback, whose B T H floats are pooled): for memory plans. */
-size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh);
+/* Bytes of the context scratch xd_cuda_swa_backward (pre 0) or xd_cuda_swa_backward_pre (pre 1,
+ * which makes no bf16 copies of q, k, v) takes for sh (the default version; 0 where the fp32
+ * entry runs the fixed-order fallback, whose B T H floats are pooled): for memory plans. */
+size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh, int pre);
 int xd_cuda_swa_backward(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *dout, const float *q,
                          const float *k, const float *v, const float *out, const float *lse, const swa_shape *sh,
                          xd_err *e);

@@ -1006,12 +1006,13 @@ static size_t sb_align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
 /* The scratch of sb_run for version ver (after its d > 64 fallback to v2): D rows, the sink
  * partials (upper bound over BQ: the smaller query tile, 32), then (pipelined) the bf16 copies
- * of q, dout [rows][d] and k, v hi, v lo [B T G][d], then (v3) the dS tiles, then (v3 with an
- * even group) the head-split halves, each 256-byte aligned for cp.async. a: sb_geometry's. */
+ * of dout [rows][d] and, without pre (the forward's copies), of q [rows][d] and k, v hi, v lo
+ * [B T G][d], then (v3) the dS tiles, then (v3 with an even group) the head-split halves, each
+ * 256-byte aligned for cp.async. a: sb_geometry's. */
 typedef struct {
   size_t f32, q16, kv16, ds, hpart, total;
 } sb_scratch;
-static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver) {
+static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver, bool pre) {
   sb_scratch z;
   const int d = sh->d;
   const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
@@ -1020,7 +1021,7 @@ static sb_scratch sb_scratch_of(const swa_shape *sh, const sb_args *a, int ver) 
   z.hpart = ver == 3 && (sh->H / sh->G) % 2 == 0 ? sb_align256(4 * kv * sizeof(float)) : 0;
   z.q16 = sb_align256(rows * d * sizeof(uint16_t)), z.kv16 = sb_align256(kv * sizeof(uint16_t));
   z.ds = ver == 3 ? (size_t)sh->B * sh->H * a->nqt * a->nslot * 512 * sizeof(uint4) : 0;
-  z.total = z.f32 + (ver >= 2 ? 2 * z.q16 + 3 * z.kv16 : 0) + z.ds + z.hpart;
+  z.total = z.f32 + (ver >= 2 ? (pre ? z.q16 : 2 * z.q16 + 3 * z.kv16) : 0) + z.ds + z.hpart;
   return z;
 }
 
@@ -1057,7 +1058,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   const bool pipelined = ver >= 2;
   sb_geometry(&a, d <= 64 ? 64 : 32);
   const size_t rows = (size_t)sh->B * sh->T * sh->H, kv = (size_t)sh->B * sh->T * sh->G * d;
-  const sb_scratch z = sb_scratch_of(sh, &a, ver);
+  const sb_scratch z = sb_scratch_of(sh, &a, ver, pre != NULL);
   const bool can_split = z.hpart > 0;
   const size_t f32_bytes = z.f32, q16_bytes = z.q16, kv16_bytes = z.kv16, ds_bytes = z.ds, need = z.total;
   if (need > c->swa_ws_bytes) {
@@ -1070,13 +1071,17 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   a.Dt = (float *)c->swa_ws;
   a.part = a.Dt + rows;
   if (pipelined) {
-    char *p16 = (char *)c->swa_ws + f32_bytes;
-    a.q16 = (uint16_t *)p16, a.o16 = (uint16_t *)(p16 + q16_bytes);
-    a.k16 = (uint16_t *)(p16 + 2 * q16_bytes), a.vh16 = (uint16_t *)(p16 + 2 * q16_bytes + kv16_bytes);
-    a.vl16 = (uint16_t *)(p16 + 2 * q16_bytes + 2 * kv16_bytes);
-    if (ver == 3) a.ds = (uint4 *)(p16 + 2 * q16_bytes + 3 * kv16_bytes);
-    if (can_split) a.hpart = (float *)(p16 + 2 * q16_bytes + 3 * kv16_bytes + ds_bytes);
-    if (pre) { /* the kernels only read q16, k16, vh16 */
+    char *p16 = (char *)c->swa_ws + f32_bytes; /* sb_scratch_of's order */
+    a.o16 = (uint16_t *)p16;
+    p16 += q16_bytes;
+    if (!pre) {
+      a.q16 = (uint16_t *)p16, a.k16 = (uint16_t *)(p16 + q16_bytes);
+      a.vh16 = (uint16_t *)(p16 + q16_bytes + kv16_bytes), a.vl16 = (uint16_t *)(p16 + q16_bytes + 2 * kv16_bytes);
+      p16 += q16_bytes + 3 * kv16_bytes;
+    }
+    if (ver == 3) a.ds = (uint4 *)p16;
+    if (can_split) a.hpart = (float *)(p16 + ds_bytes);
+    if (pre) { /* the kernels only read q16, k16, vh16: the forward's */
       a.q16 = const_cast<uint16_t *>(pre->q), a.k16 = const_cast<uint16_t *>(pre->k);
       a.vh16 = const_cast<uint16_t *>(pre->v);
       k_sb_prep_q<uint16_t><<<xd_ceil_div(rows, 8), 256, 0, c->stream>>>(a.Dt, a.o16, NULL, dout, pre->out, NULL, rows,
@@ -1104,7 +1109,7 @@ static int sb_run(xd_cuda_ctx *c, float *dq, float *dk, float *dv, const float *
   }
 }
 
-extern "C" size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh) {
+extern "C" size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh, int pre) {
   if (sh->B < 1 || sh->T < 1 || sh->H < 1 || sh->G < 1 || sh->d % 16 != 0 || sh->d > 128 || sh->T > (1 << 30) / SB_BK)
     return 0; /* the fixed-order fallback: no context scratch (its B T H floats of D_t are pooled) */
   sb_args a;
@@ -1113,7 +1118,7 @@ extern "C" size_t xd_cuda_swa_backward_scratch_bytes(const swa_shape *sh) {
   a.Sp = sh->S < sh->T ? sh->S : sh->T;
   const int ver = sh->d > 64 ? 2 : 3;
   sb_geometry(&a, sh->d <= 64 ? 64 : 32);
-  return sb_scratch_of(sh, &a, ver).total;
+  return sb_scratch_of(sh, &a, ver, pre != 0).total;
 }
 
 /* XD_SWA_BWD=1 or 2 (read at every call) runs v1 / v2 instead: to time the stage II step with

@@ -513,6 +513,37 @@ static void test_align_llama_gqa(void) { check_align("llama-gqa"); }
 static void test_align_qwen3(void) { check_align("qwen3"); }
 static void test_align_olmo3(void) { check_align("olmo3"); }
 
+/* A micro-batch the device cannot hold (B*T = 2^26 tokens of a fixture student): create refuses
+ * it before allocating, with the sizes and what to lower (and, in stage II without it, that
+ * --recompute helps); with recomputation, without that advice. */
+static void test_too_large(void) {
+  char sdir[600];
+  if (test_make_student("llama-gqa", 5, 2, 4, sdir, sizeof sdir) != 0) SKIP("fixture missing");
+  xd_err e = {{0}};
+  xd_student s;
+  CHECKF(xd_student_load(&s, sdir, XD_STUDENT_TRAIN_ALL, &e) == 0, "%s", e.msg);
+  if (xd_t.case_failed) return;
+  const int B = 4096, T = 16384;
+  size_t fr = 0, tot = 0;
+  xd_params_cuda *pd = NULL;
+  xd_student_cuda_train *m = NULL;
+  CHECKF(xd_cuda_mem_info(ctx, &fr, &tot, &e) == 0 && xd_params_cuda_create(&pd, ctx, &s.params, &e) == 0, "%s", e.msg);
+  const size_t need = xd_student_cuda_train_bytes(&s.cfg, &s.hy, B, T, 1, 0);
+  if (!xd_t.case_failed && need > fr) {
+    for (int rc = 0; rc < 2; rc++) {
+      e.msg[0] = 0;
+      CHECKF(xd_student_cuda_train_create(&m, ctx, &s, pd, B, T, rc, 0, &e) != 0 && m == NULL &&
+                 strstr(e.msg, "lower --micro_batch or --seq_len") && (strstr(e.msg, "--recompute") != NULL) == !rc,
+             "recompute %d: %s", rc, e.msg);
+      fprintf(stderr, "  refused (recompute %d): %s\n", rc, e.msg);
+    }
+  } else if (!xd_t.case_failed) {
+    fprintf(stderr, "  skipped: %.0f GiB would fit in the %.0f GiB free\n", need / 1073741824.0, fr / 1073741824.0);
+  }
+  xd_params_cuda_free(pd);
+  xd_student_free(&s);
+}
+
 static void test_llama_gqa(void) { check_family("llama-gqa", 0); }
 static void test_llama_mha_bias(void) { check_family("llama-mha-bias", 0); }
 static void test_llama3_rope(void) { check_family("llama3-rope", 0); }
@@ -529,6 +560,7 @@ int main(int argc, char **argv) {
   RUN(test_olmo3);
   RUN(test_tc_student);
   RUN(test_align_llama_gqa);
+  RUN(test_too_large);
   if (!quick) {
     RUN(test_align_qwen3);
     RUN(test_align_olmo3);

@@ -371,9 +371,16 @@ static int create(xd_student_cuda_train **out, xd_cuda_ctx *c, const xd_student 
   m->bytes = k.off;
   size_t fr = 0, tot = 0;
   if (xd_cuda_mem_info(c, &fr, &tot, e) != 0) goto fail;
-  if (m->bytes > fr)
-    { xd_errf(e, "student on CUDA (training): activations for %d x %d need %.1f GiB, the device has %.1f GiB free (lower --batch or --seq)",
-              B, T, m->bytes / 1073741824.0, fr / 1073741824.0); goto fail; }
+  /* the ops' scratch (SWA / mLSTM backward) grows in the stream-ordered pool during the first
+   * step: counted here, so that a micro-batch too large fails now with advice, not mid-step */
+  const size_t scratch = align ? xd_cuda_mlstm_backward_scratch_bytes(&m->mc) /* no SWA backward in stage I */
+                               : xd_student_cuda_train_scratch_bytes(cf, &s->hy, B, T);
+  if (m->bytes + scratch > fr) {
+    xd_errf(e, "student on CUDA (training): activations for %d x %d need %.1f GiB and the ops' scratch %.1f GiB, the device "
+            "has %.1f GiB free (lower --micro_batch or --seq_len%s)", B, T, m->bytes / 1073741824.0,
+            scratch / 1073741824.0, fr / 1073741824.0, align || m->recompute ? "" : ", or add --recompute");
+    goto fail;
+  }
   if (xd_cuda_malloc(&m->block, m->bytes, e) != 0) goto fail;
   carve k2 = {0, 0, m->block};
   layout(m, &k2);

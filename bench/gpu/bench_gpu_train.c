@@ -182,9 +182,11 @@ int main(int argc, char **argv) {
   uint64_t adam_t = 0;
   const double lr = 1e-4;
 
-  /* phases: 0 teacher fwd + top-k, 1 student fwd, 2 loss, 3 backward, 4 norm + clip, 5 AdamW */
-  static const char *const phase[6] = {"teacher forward + top-k", "student forward", "KD loss + dlogits",
-                                       "student backward", "grad norm + clip", "AdamW + bf16 refresh"};
+  /* phases: 0 teacher fwd + top-k, 1 zero_grad + student fwd, 2 loss (row blocks: with the LM head), 3 backward,
+   * 4 norm + clip, 5 AdamW */
+  static const char *const phase[6] = {"teacher forward + top-k", "zero_grad + student forward",
+                                       "KD loss (+ LM head fwd / bwd in row blocks)", "student backward",
+                                       "grad norm + clip", "AdamW + bf16 refresh"};
   /* teacher schedules: 0 "serial" (submit, wait, then the student: XD_TEACHER_PREFETCH=0) and
    * 1 "ahead" (distill's: the next batch's teacher submitted after the loss, before the backward,
    * and the wait just before the KD loss, so it may run beside the backward, AdamW and the next

@@ -11,6 +11,9 @@
 #   - --recompute (activation recomputation) and the online teacher submitted one batch ahead
 #     on its own stream (the default) against each step waiting for its own teacher
 #     (XD_TEACHER_PREFETCH=0) give the default GPU run's bytes too (same kernels, same order);
+#   - the LM heads in row blocks (XD_HEAD_ROWS=37) follow the whole-logits run (5e-3; 6.9e-4 on
+#     an H200: the LM head gradient's sums in another order, then 20 steps of lr 1e-3) and resume
+#     byte-identically;
 #   - a CPU checkpoint resumes on the GPU (one checkpoint format);
 #   - distill --teacher-cache on the GPU (a cache from the fp32 CPU teacher) follows the online
 #     GPU run (2e-2: the GPU teacher is bf16).
@@ -90,6 +93,16 @@ check "distill --device cuda --recompute is byte-identical to the default GPU ru
 XD_TEACHER_PREFETCH=0 "$BIN" "${DIST[@]}" --teacher $TEA --device cuda --out "$TMP/d_nopf" >/dev/null 2>"$TMP/d_nopf.log"
 check "distill --device cuda, teacher one batch ahead (default), is byte-identical to XD_TEACHER_PREFETCH=0" \
   "[ $? -eq 0 ] && grep -q 'one batch ahead' '$TMP/d_gpu.log' && ! grep -q 'one batch ahead' '$TMP/d_nopf.log' && cmp -s '$TMP/d_gpu/model.safetensors' '$TMP/d_nopf/model.safetensors' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_nopf/train/metrics.jsonl' 0 loss,ce,kl"
+# the LM heads in row blocks of 37 (micro-batches of 4 x 64 = 256 rows: 7 blocks, the last
+# shorter; distill's default is 4096, so with these sizes every other run holds all rows): step 1
+# the same loss bit for bit, later steps within the order of the LM head gradient's sums; killed
+# and resumed, byte-identical to its own uninterrupted run
+XD_HEAD_ROWS=37 "$BIN" "${DIST[@]}" --teacher $TEA --device cuda --out "$TMP/d_rows" >/dev/null 2>"$TMP/d_rows.log"
+check "distill --device cuda with the LM heads in row blocks of 37 follows the whole-logits run" \
+  "[ $? -eq 0 ] && grep -q 'LM head in blocks of 37 rows' '$TMP/d_rows.log' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_rows/train/metrics.jsonl' 5e-3 loss,ce,kl && head -1 '$TMP/d_gpu/train/metrics.jsonl' | cut -d, -f1-3 | cmp -s - <(head -1 '$TMP/d_rows/train/metrics.jsonl' | cut -d, -f1-3)"
+XD_HEAD_ROWS=37 kill_at "$TMP/d_rows_kill" 7 "${DIST[@]}" --teacher $TEA --device cuda
+check "distill --device cuda in row blocks: SIGKILL at step 7 + resume is byte-identical" \
+  "cmp -s '$TMP/d_rows/model.safetensors' '$TMP/d_rows_kill/model.safetensors' && compare '$TMP/d_rows/train/metrics.jsonl' '$TMP/d_rows_kill/train/metrics.jsonl' 0 loss,ce,kl"
 kill_at "$TMP/d_kill" 7 "${DIST[@]}" --teacher $TEA --device cuda
 check "distill --device cuda: SIGKILL at step 7 + resume is byte-identical" \
   "cmp -s '$TMP/d_gpu/model.safetensors' '$TMP/d_kill/model.safetensors' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_kill/train/metrics.jsonl' 0 loss,ce,kl"

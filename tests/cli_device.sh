@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# --device on forward / generate / align / distill / eval: bad values and `--device cuda` where it cannot run (a build
+# --device on forward / generate / align / distill / eval / teacher-cache: bad values and `--device cuda` where it cannot run (a build
 # without CUDA, or no usable GPU, as on CI) give exactly one line "xdistill: error: ..." and exit 1;
 # --device cpu is the default path. On a machine with a GPU the cuda cases are skipped here
 # (tests/gpu/test_gpu_teacher.c checks the GPU results).
@@ -57,7 +57,10 @@ else
   [ ! -e "$TMP/evs.json" ] && ok "eval student: no results file after the error" || bad "eval wrote $TMP/evs.json despite the error"
   expect_error "distill --device cuda (no GPU)" "--device cuda" "$BIN" distill --teacher $TEA --student "$TMP/tstudent" --data "$TMP/data" --out "$TMP/d" --seq_len 16 --batch 2 --micro_batch 2 --steps 2 --kd_topk 8 --device cuda
   [ ! -e "$TMP/d" ] && ok "distill: no output after the error" || bad "distill wrote $TMP/d despite the error"
+  expect_error "teacher-cache --device cuda (no GPU)" "--device cuda" "$BIN" teacher-cache --teacher $TEA --data "$TMP/data" --out "$TMP/tc.bin" --seq-len 16 --k 8 --batch 2 --device cuda
+  [ -z "$(ls "$TMP" | grep '^tc\.bin')" ] && ok "teacher-cache: no cache file (nor its temp) after the error" || bad "teacher-cache left $(ls "$TMP" | grep '^tc')"
 fi
+expect_error "teacher-cache --device tpu" "--device must be cpu or cuda" "$BIN" teacher-cache --teacher $M --data "$TMP/x" --out "$TMP/x.bin" --device tpu
 expect_error "align --device tpu" "--device must be cpu or cuda" "$BIN" align --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "distill --device tpu" "--device must be cpu or cuda" "$BIN" distill --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "eval --device tpu" "--device must be cpu or cuda" "$BIN" eval --model tests/fixtures/tiny-teacher --tasks mc:tests/fixtures/eval/mc.jsonl --device tpu

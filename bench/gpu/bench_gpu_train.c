@@ -134,8 +134,7 @@ int main(int argc, char **argv) {
   xd_params_cuda *pd = NULL;
   CK(xd_params_cuda_create(&pd, c, &s.params, &err));
   xd_student_cuda_train *m = NULL;
-  const char *hr_env = getenv("XD_HEAD_ROWS"); /* distill's rule: rows of logits held at once */
-  const int head_rows = hr_env && *hr_env ? atoi(hr_env) : XD_STUDENT_HEAD_ROWS;
+  const int head_rows = xd_stage2_head_rows(); /* distill's rule: rows of logits held at once */
   CK(xd_student_cuda_train_create(&m, c, &s, pd, B, T, recompute, head_rows, &err));
   xd_teacher_topk_cuda *tp = NULL;
   CK(xd_teacher_topk_cuda_create(&tp, &s.base, B, T, K, head_rows, &err));

@@ -193,8 +193,7 @@ int xd_distill_cuda_init(xd_distill_cuda **out, const xd_teacher *t, const xd_to
   c->prefetch = t && !(pf && strcmp(pf, "0") == 0);
   if (xd_cuda_ctx_create_prio(&c->cx, 0, 1, e) != 0) goto fail; /* the student's blocks first */
   if (xd_params_cuda_create(&c->pd, c->cx, &s->params, e) != 0) goto fail;
-  const char *hr = getenv("XD_HEAD_ROWS");
-  const int head_rows = hr && *hr ? atoi(hr) : XD_STUDENT_HEAD_ROWS; /* rows of logits held at once */
+  const int head_rows = xd_stage2_head_rows(); /* rows of logits held at once */
   if (t && xd_teacher_topk_cuda_create(&c->tp, t, B, T, kd->k, head_rows, e) != 0) goto fail;
   if (xd_student_cuda_train_create(&c->m, c->cx, s, c->pd, B, T, recompute, head_rows, e) != 0) goto fail;
   AL(c->d_targets, N * 4); AL(c->d_mask, N);

@@ -1,8 +1,14 @@
 /* Stage II's online teacher on its own stream (teacher_topk_cuda.h). */
 #include "distill/teacher_topk_cuda.h"
 
-#ifdef XD_HAVE_CUDA
 #include <stdlib.h>
+
+int xd_stage2_head_rows(void) {
+  const char *s = getenv("XD_HEAD_ROWS");
+  return s && *s ? atoi(s) : XD_HEAD_ROWS_DEFAULT;
+}
+
+#ifdef XD_HAVE_CUDA
 #include "model/teacher/teacher_cuda.h"
 
 typedef struct {
@@ -12,7 +18,8 @@ typedef struct {
 } topk_slot;
 
 struct xd_teacher_topk_cuda {
-  xd_cuda_ctx *cx; /* owned: the teacher's stream (lowest priority) */
+  xd_cuda_ctx *cx;   /* owned: the teacher's stream (lowest priority) */
+  xd_cuda_ctx *copy; /* owned, made by the first _fetch: downloads that wait for one slot only */
   xd_teacher_cuda t;
   xd_teacher_cuda_state ts;
   int have_t, have_ts;
@@ -36,6 +43,7 @@ void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p) {
   }
   if (p->have_ts) xd_teacher_cuda_state_free(&p->ts);
   if (p->have_t) xd_teacher_cuda_free(&p->t);
+  if (p->copy) xd_cuda_ctx_free(p->copy);
   if (p->cx) xd_cuda_ctx_free(p->cx);
   free(p->bad_host);
   free(p);
@@ -96,6 +104,22 @@ int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e) {
   return 0;
 }
 
+int xd_teacher_topk_cuda_fetch(xd_teacher_topk_cuda *p, int slot, int32_t *ids, float *logp, xd_err *e) {
+  const topk_slot *s = &p->slot[slot & 1];
+  const size_t nk = (size_t)p->B * p->T * p->k;
+  if (!p->copy && xd_cuda_ctx_create(&p->copy, 0, e) != 0) return -1;
+  /* the copy stream waits for this slot's event, not for what was queued on the teacher's
+   * stream after it (the next batch), so the next batch computes while this one is written */
+  if (xd_cuda_wait_event(p->copy, s->done, e) != 0 ||
+      xd_cuda_download(p->copy, p->bad_host, s->bad_row, (size_t)p->n_blocks * 4, e) != 0)
+    return -1;
+  for (int b = 0; b < p->n_blocks; b++)
+    if (p->bad_host[b] >= 0)
+      return xd_errf(e, "teacher logits of row %lld are not finite (GPU teacher forward)",
+                     (long long)b * p->rows + p->bad_host[b]);
+  return xd_cuda_download(p->copy, ids, s->ids, nk * 4, e) || xd_cuda_download(p->copy, logp, s->logp, nk * 4, e) ? -1 : 0;
+}
+
 const int32_t *xd_teacher_topk_cuda_ids(const xd_teacher_topk_cuda *p, int slot) { return p->slot[slot & 1].ids; }
 const float *xd_teacher_topk_cuda_logp(const xd_teacher_topk_cuda *p, int slot) { return p->slot[slot & 1].logp; }
 
@@ -103,5 +127,20 @@ size_t xd_teacher_topk_cuda_bytes(const xd_teacher_topk_cuda *p) {
   return p->t.weight_bytes + p->ts.act_bytes + 2 * ((size_t)p->B * p->T * p->k * 8 + (size_t)p->n_blocks * 4);
 }
 #else
-typedef int xd_teacher_topk_cuda_needs_cuda; /* nothing without CUDA (ISO C: no empty unit) */
+/* Without CUDA: what callers outside the CUDA-only code (teacher-cache) link against. */
+int xd_teacher_topk_cuda_create(xd_teacher_topk_cuda **out, const xd_teacher *t, int B, int T, int k, int head_rows,
+                                xd_err *e) {
+  (void)t, (void)B, (void)T, (void)k, (void)head_rows;
+  *out = NULL;
+  return xd_errf(e, "built without CUDA (configure with -DXD_CUDA=ON)");
+}
+void xd_teacher_topk_cuda_free(xd_teacher_topk_cuda *p) { (void)p; }
+int xd_teacher_topk_cuda_submit(xd_teacher_topk_cuda *p, int slot, const int32_t *inputs, xd_err *e) {
+  (void)p, (void)slot, (void)inputs;
+  return xd_errf(e, "built without CUDA");
+}
+int xd_teacher_topk_cuda_fetch(xd_teacher_topk_cuda *p, int slot, int32_t *ids, float *logp, xd_err *e) {
+  (void)p, (void)slot, (void)ids, (void)logp;
+  return xd_errf(e, "built without CUDA");
+}
 #endif

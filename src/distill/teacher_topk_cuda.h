@@ -20,6 +20,13 @@
 typedef struct xd_teacher_topk_cuda xd_teacher_topk_cuda;
 typedef struct xd_cuda_ctx xd_cuda_ctx;
 
+/* Rows of logits stage II holds at once, for the student's LM head and the teacher's top-k
+ * alike (distill, teacher-cache, bench_gpu_train): env XD_HEAD_ROWS when set (0: all rows), else
+ * 4096. The row blocks change the order of the LM head gradient's fp32 sums, so a resumed run
+ * keeps it for the same bits. */
+#define XD_HEAD_ROWS_DEFAULT 4096
+int xd_stage2_head_rows(void);
+/* Create, free, submit and fetch link in builds without CUDA too (create then fails). */
 /* Uploads t (bf16) into a new context on GPU 0 and allocates its activations for B x T and two
  * top-k slots of k. The fp32 logits are made head_rows rows at a time (0 or >= B*T: all at
  * once), each block's top-k taken before the next block's logits overwrite them: 4 V bytes a
@@ -36,6 +43,10 @@ int xd_teacher_topk_cuda_wait(xd_teacher_topk_cuda *p, int slot, xd_cuda_ctx *co
 /* Host check, after the consumer has synchronised past its wait: fails naming the first row
  * whose teacher logits were not finite. Waits for the teacher's stream. */
 int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e);
+/* The slot's top-k on the host (ids [B*T, k], logp [B*T, k]), for the teacher-cache command:
+ * waits for that slot only (through a copy stream of its own, so a batch submitted after it
+ * keeps computing), then fails like _check or downloads. */
+int xd_teacher_topk_cuda_fetch(xd_teacher_topk_cuda *p, int slot, int32_t *ids, float *logp, xd_err *e);
 /* The slot's device buffers. */
 const int32_t *xd_teacher_topk_cuda_ids(const xd_teacher_topk_cuda *p, int slot);
 const float *xd_teacher_topk_cuda_logp(const xd_teacher_topk_cuda *p, int slot);

@@ -16,7 +16,8 @@
 #     byte-identically;
 #   - a CPU checkpoint resumes on the GPU (one checkpoint format);
 #   - distill --teacher-cache on the GPU (a cache from the fp32 CPU teacher) follows the online
-#     GPU run (2e-2: the GPU teacher is bf16).
+#     GPU run (2e-2: the GPU teacher is bf16); from a cache made by `teacher-cache --device cuda`
+#     (the same kernels and shapes as the online teacher) it is byte-identical to it.
 set -u
 BIN=${XD_BIN:-build/xdistill}
 TEA=tests/fixtures/tiny-teacher
@@ -116,4 +117,11 @@ check "distill: a CPU checkpoint resumes on the GPU" "[ $? -eq 0 ] && grep -q 'r
 "$BIN" "${DIST[@]}" --teacher-cache "$TMP/topk.bin" --device cuda --out "$TMP/d_cache" >/dev/null 2>"$TMP/d_cache.log"
 check "distill --teacher-cache --device cuda follows the online GPU run (cache from the fp32 CPU teacher)" \
   "[ $? -eq 0 ] && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_cache/train/metrics.jsonl' 2e-2 loss,ce,kl"
+# the cache made by the GPU teacher (the same bf16 forward and top-k as distill's online teacher,
+# with the same batch of 4 x 64): distill from it is byte-identical to the online GPU run
+"$BIN" teacher-cache --teacher $TEA --data "$TMP/text" --out "$TMP/topk_gpu.bin" --seq-len 64 --k 16 --batch 4 --device cuda >/dev/null 2>"$TMP/tc_gpu.log"
+check "teacher-cache --device cuda" "[ $? -eq 0 ] && grep -q 'GPU teacher in bf16' '$TMP/tc_gpu.log' && ! cmp -s '$TMP/topk.bin' '$TMP/topk_gpu.bin'"
+"$BIN" "${DIST[@]}" --teacher-cache "$TMP/topk_gpu.bin" --device cuda --out "$TMP/d_cache_gpu" >/dev/null 2>"$TMP/d_cache_gpu.log"
+check "distill --teacher-cache (made on the GPU) --device cuda is byte-identical to the online GPU run" \
+  "[ $? -eq 0 ] && cmp -s '$TMP/d_gpu/model.safetensors' '$TMP/d_cache_gpu/model.safetensors' && compare '$TMP/d_gpu/train/metrics.jsonl' '$TMP/d_cache_gpu/train/metrics.jsonl' 0 loss,ce,kl"
 exit $fail

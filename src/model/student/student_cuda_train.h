@@ -44,15 +44,13 @@ typedef struct xd_student_cuda_train xd_student_cuda_train;
 size_t xd_student_cuda_train_bytes(const xd_model_config *c, const xd_hybrid_config *hy, int B, int T, int recompute,
                                    int head_rows);
 
-/* Rows of the stage II LM head held at once: distill's default (env XD_HEAD_ROWS overrides; 0 =
- * all rows). Its fp32 logits and bf16 gradient take 6 V bytes a row: 2.9 GiB at V 128256. */
-#define XD_STUDENT_HEAD_ROWS 4096
 
 /* s gives the configuration and the tensor table (s->params, the same table pd mirrors); its
  * host weights are not read. Every tensor must be trainable (mode XD_STUDENT_TRAIN_ALL).
  * Fails with one line for shapes the kernels lack (d_phi > 128, head dim > 128 or odd, chunk >
  * 64) or when device memory is short.
- * head_rows: rows of logits [., V] held at once. 0 or >= B*T: all ("whole": the forward makes
+ * head_rows: rows of logits [., V] held at once (distill: xd_stage2_head_rows(), 4096; the fp32
+ * logits and their bf16 gradient take 6 V bytes a row, 2.9 GiB at V 128256). 0 or >= B*T: all ("whole": the forward makes
  * the logits, xd_student_cuda_train_logits reads them, the backward starts with the LM head's).
  * Fewer ("row blocks"): the forward stops at the final norm, and xd_student_cuda_train_loss runs
  * the LM head, the KD loss and, with the gradient, the LM head's backward block by block, so

@@ -3,7 +3,7 @@
  * File layout (little-endian), docs/topk-cache.md:
  *   header (64 bytes): magic "XDTOPK\0\0", u32 version = 1, u32 k, u32 vocab, u32 seq_len,
  *                      u64 n_rows, u64 tokenizer_hash, u64 payload_checksum (FNV-1a 64 of the
- *                      payload), 8 reserved bytes (zero)
+ *                      payload), 16 reserved bytes (zero)
  *   payload: n_rows records, one per training row of seq_len positions; each record holds
  *            ids  int32 [seq_len, k]  (teacher's top-k token ids per position, by falling log-prob)
  *            logp float  [seq_len, k] (teacher's full-vocabulary log-softmax of those ids, temperature 1)

@@ -95,13 +95,18 @@ int xd_teacher_topk_cuda_wait(xd_teacher_topk_cuda *p, int slot, xd_cuda_ctx *co
   return xd_cuda_wait_event(consumer, p->slot[slot & 1].done, e);
 }
 
-int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e) {
-  if (xd_cuda_download(p->cx, p->bad_host, p->slot[slot & 1].bad_row, (size_t)p->n_blocks * 4, e) != 0) return -1;
+/* The first non-finite row among the blocks' flags in p->bad_host, as an error. */
+static int bad_rows_error(const xd_teacher_topk_cuda *p, xd_err *e) {
   for (int b = 0; b < p->n_blocks; b++)
     if (p->bad_host[b] >= 0)
-      return xd_errf(e, "teacher logits of row %lld are not finite (GPU teacher forward)",
+      return xd_errf(e, "teacher logits of batch row %lld are not finite (GPU teacher forward)",
                      (long long)b * p->rows + p->bad_host[b]);
   return 0;
+}
+
+int xd_teacher_topk_cuda_check(xd_teacher_topk_cuda *p, int slot, xd_err *e) {
+  if (xd_cuda_download(p->cx, p->bad_host, p->slot[slot & 1].bad_row, (size_t)p->n_blocks * 4, e) != 0) return -1;
+  return bad_rows_error(p, e);
 }
 
 int xd_teacher_topk_cuda_fetch(xd_teacher_topk_cuda *p, int slot, int32_t *ids, float *logp, xd_err *e) {
@@ -111,12 +116,8 @@ int xd_teacher_topk_cuda_fetch(xd_teacher_topk_cuda *p, int slot, int32_t *ids, 
   /* the copy stream waits for this slot's event, not for what was queued on the teacher's
    * stream after it (the next batch), so the next batch computes while this one is written */
   if (xd_cuda_wait_event(p->copy, s->done, e) != 0 ||
-      xd_cuda_download(p->copy, p->bad_host, s->bad_row, (size_t)p->n_blocks * 4, e) != 0)
+      xd_cuda_download(p->copy, p->bad_host, s->bad_row, (size_t)p->n_blocks * 4, e) != 0 || bad_rows_error(p, e) != 0)
     return -1;
-  for (int b = 0; b < p->n_blocks; b++)
-    if (p->bad_host[b] >= 0)
-      return xd_errf(e, "teacher logits of row %lld are not finite (GPU teacher forward)",
-                     (long long)b * p->rows + p->bad_host[b]);
   return xd_cuda_download(p->copy, ids, s->ids, nk * 4, e) || xd_cuda_download(p->copy, logp, s->logp, nk * 4, e) ? -1 : 0;
 }
 

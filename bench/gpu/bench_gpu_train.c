@@ -372,6 +372,12 @@ int main(int argc, char **argv) {
   /* ---- stage I: align step (teacher forward through the shared weights + per layer the hybrid
    * core forward, MSE and core backward) ---- */
   if (!recompute) {
+    /* stage I alone on the device: the stage II model and its teacher go first, so that
+     * nvidia-smi's peak over the run is stage II's, not the two models' together */
+    xd_teacher_topk_cuda_free(tp);
+    tp = NULL;
+    xd_student_cuda_train_free(m);
+    m = NULL;
     xd_student_cuda_train *ma = NULL;
     CK(xd_student_cuda_align_create(&ma, c, &s, pd, B, T, &err));
     double *ll = xd_calloc((size_t)cfg.n_layers, sizeof(double)), st1[64];

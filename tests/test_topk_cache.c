@@ -1,5 +1,6 @@
 /* Teacher top-k cache: round trip, and corrupt files refused with a message naming the file. */
 #include "test.h"
+#include "distill/teacher_topk_cuda.h"
 #include "distill/topk_cache.h"
 
 static void write_cache(const char *path, int rows, int32_t *ids, float *lp) {
@@ -62,7 +63,22 @@ static void test_round_trip(void) {
   xd_topk_writer_abort(&w);
 }
 
+/* XD_HEAD_ROWS (the row blocks of stage II's LM heads, distill / teacher-cache --device cuda):
+ * a count is taken as it is (0: all rows); anything else falls back to the default. */
+static void test_head_rows_env(void) {
+  const struct { const char *v; int want; } c[] = {{"", XD_HEAD_ROWS_DEFAULT}, {"0", 0}, {"37", 37},
+                                                   {"2k", XD_HEAD_ROWS_DEFAULT}, {"-5", XD_HEAD_ROWS_DEFAULT},
+                                                   {"99999999999", XD_HEAD_ROWS_DEFAULT}};
+  for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+    setenv("XD_HEAD_ROWS", c[i].v, 1);
+    CHECKF(xd_stage2_head_rows() == c[i].want, "XD_HEAD_ROWS='%s': %d, want %d", c[i].v, xd_stage2_head_rows(), c[i].want);
+  }
+  unsetenv("XD_HEAD_ROWS");
+  CHECK(xd_stage2_head_rows() == XD_HEAD_ROWS_DEFAULT);
+}
+
 int main(void) {
   RUN(test_round_trip);
+  RUN(test_head_rows_env);
   return test_finish();
 }

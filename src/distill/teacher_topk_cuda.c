@@ -1,11 +1,21 @@
 /* Stage II's online teacher on its own stream (teacher_topk_cuda.h). */
 #include "distill/teacher_topk_cuda.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 int xd_stage2_head_rows(void) {
   const char *s = getenv("XD_HEAD_ROWS");
-  return s && *s ? atoi(s) : XD_HEAD_ROWS_DEFAULT;
+  if (!s || !*s) return XD_HEAD_ROWS_DEFAULT;
+  char *end = NULL;
+  errno = 0;
+  const long v = strtol(s, &end, 10);
+  if (errno || *end || v < 0 || v > (1L << 30)) {
+    fprintf(stderr, "xdistill: XD_HEAD_ROWS='%s' is not a row count (0 = all rows); using %d\n", s, XD_HEAD_ROWS_DEFAULT);
+    return XD_HEAD_ROWS_DEFAULT;
+  }
+  return (int)v;
 }
 
 #ifdef XD_HAVE_CUDA

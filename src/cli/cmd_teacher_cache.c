@@ -29,7 +29,7 @@ typedef struct {
   xd_teacher_topk_cuda *gpu; /* NULL: the CPU */
   xd_teacher_acts ta;        /* CPU */
   float *logits;             /* CPU [B*T, V] */
-  int32_t *tk[2];            /* CPU [B*T, K] per slot */
+  int32_t *tk[2];            /* host [B*T, K]: the CPU's per slot; the GPU's downloads in [0] */
   float *lp[2];
 } cache_source;
 
@@ -39,14 +39,11 @@ static int source_submit(cache_source *c, int slot, const int32_t *ids, int nb, 
   return topk_logprobs(c->logits, nb * c->T, c->t->cfg.vocab, c->K, c->tk[slot], c->lp[slot], e);
 }
 
-/* The slot's top-k into tk, lp (the GPU: downloaded; the CPU: pointed at). */
-static int source_collect(cache_source *c, int slot, int32_t **tk, float **lp, int32_t *tk_host, float *lp_host, xd_err *e) {
-  if (!c->gpu) {
-    *tk = c->tk[slot], *lp = c->lp[slot];
-    return 0;
-  }
-  *tk = tk_host, *lp = lp_host;
-  return xd_teacher_topk_cuda_fetch(c->gpu, slot, tk_host, lp_host, e);
+/* The slot's top-k on the host (the GPU's downloaded into buffer 0, the CPU's where it was made). */
+static int source_collect(cache_source *c, int slot, int32_t **tk, float **lp, xd_err *e) {
+  const int h = c->gpu ? 0 : slot;
+  *tk = c->tk[h], *lp = c->lp[h];
+  return c->gpu ? xd_teacher_topk_cuda_fetch(c->gpu, slot, *tk, *lp, e) : 0;
 }
 
 /* ids [B, T] of rows r0 .. r0+nb-1; the rows past nb (the last, short batch on the GPU, whose
@@ -89,19 +86,17 @@ int cmd_teacher_cache(int argc, char **argv) {
   xd_topk_writer w;
   int rc = xd_topk_writer_open(&w, out, (uint32_t)K, (uint32_t)t.cfg.vocab, (uint32_t)T,
                                xd_tokenizer_hash_value(xd_loader_tokenizer_hash(L)), &e);
-  int32_t *row = xd_malloc((size_t)(T + 1) * sizeof(int32_t)), *ids = xd_malloc(N * sizeof(int32_t)), *tk_host = NULL;
-  float *lp_host = NULL;
+  int32_t *row = xd_malloc((size_t)(T + 1) * sizeof(int32_t)), *ids = xd_malloc(N * sizeof(int32_t));
   if (gpu) {
     if (rc == 0 && xd_teacher_topk_cuda_create(&c.gpu, &t, B, T, K, xd_stage2_head_rows(), &e) != 0) {
       xd_err_prefix(&e, "--device cuda");
       rc = -1;
     }
-    tk_host = xd_malloc(NK * sizeof(int32_t)), lp_host = xd_malloc(NK * sizeof(float));
   } else {
     xd_teacher_acts_alloc(&c.ta, &t.cfg, B * T, T);
     c.logits = xd_malloc(N * (size_t)t.cfg.vocab * sizeof(float));
-    for (int s = 0; s < 2; s++) c.tk[s] = xd_malloc(NK * sizeof(int32_t)), c.lp[s] = xd_malloc(NK * sizeof(float));
   }
+  for (int s = 0; s < (gpu ? 1 : 2); s++) c.tk[s] = xd_malloc(NK * sizeof(int32_t)), c.lp[s] = xd_malloc(NK * sizeof(float));
   const double t0 = xd_now();
   double last_report = 0;
   int progressed = 0; /* a progress line is open on stderr */
@@ -118,7 +113,7 @@ int cmd_teacher_cache(int argc, char **argv) {
     const int nb = (int)(rows - r0 < (uint64_t)B ? rows - r0 : (uint64_t)B);
     int32_t *tk;
     float *lp;
-    rc = source_collect(&c, (int)((i - 1) & 1), &tk, &lp, tk_host, lp_host, &e);
+    rc = source_collect(&c, (int)((i - 1) & 1), &tk, &lp, &e);
     for (int b = 0; rc == 0 && b < nb; b++) rc = xd_topk_writer_add(&w, tk + (size_t)b * T * K, lp + (size_t)b * T * K, &e);
     const double dt = xd_now() - t0, done = (double)(r0 + (uint64_t)nb);
     if (dt < last_report + 1.0 && i < n_batches) continue; /* at most one progress line a second */
@@ -133,7 +128,7 @@ int cmd_teacher_cache(int argc, char **argv) {
   if (!gpu) xd_teacher_acts_free(&c.ta);
   free(c.logits);
   for (int s = 0; s < 2; s++) free(c.tk[s]), free(c.lp[s]);
-  free(row); free(ids); free(tk_host); free(lp_host);
+  free(row); free(ids);
   xd_loader_free(L);
   xd_teacher_free(&t);
   if (rc != 0) return cli_fail(&e);

@@ -348,11 +348,12 @@ static int is_dynamic(const xd_model_config *c) {
   return c->rope[0].kind == XD_ROPE_DYNAMIC || c->rope[1].kind == XD_ROPE_DYNAMIC;
 }
 
-/* The host side of a step: checks, then the uploads: ids and positions (host offsets), or with
- * at (a one-token step that reads its position on the device) {len, ids} into s->dstep. */
 /* last_only: 0 logits of every row, 1 of each sequence's last, HEAD_NONE none (the final norm's
  * output in s->x only: xd_teacher_cuda_head_rows makes the logits). */
 enum { HEAD_NONE = 2 };
+
+/* The host side of a step: checks, then the uploads: ids and positions (host offsets), or with
+ * at (a one-token step that reads its position on the device) {len, ids} into s->dstep. */
 static int body_prep(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn,
                      int use_kv, int last_only, int at, xd_err *e) {
   const xd_model_config *c = &t->cfg;

@@ -56,15 +56,18 @@ struct xd_student_cuda {
 
 struct xd_student_cuda_state {
   xd_student_cuda *m;
+  int B;                      /* sequences (slots) */
   xd_cuda_sdec dec;
   xd_cuda_sdec_layer *layers;
-  xd_cuda_sdec_params prm;    /* host copy of the step inputs */
-  xd_cuda_sdec_params *prm_d; /* device */
+  xd_cuda_sdec_params *prm;   /* host copy of the step inputs [B] */
+  xd_cuda_sdec_params *prm_d; /* device [B] */
+  int32_t *next_d;            /* device [B]: greedy next ids (xd_student_cuda_argmax) */
   void *state_block, *scratch_block;
-  size_t state_bytes, scratch_bytes;
+  size_t state_bytes, state_block_bytes, scratch_bytes;
   void *graph;
-  int use_graph;
-  int64_t pos;
+  unsigned graph_gen; /* cuBLASLt workspace generation the batched step's graph was captured with */
+  int use_graph, plain_steps;
+  int64_t *pos; /* [B] */
 };
 
 /* ---- helpers ----------------------------------------------------------------------------- */
@@ -335,9 +338,9 @@ static int rope_ensure(xd_student_cuda *m, int T, xd_err *e) {
 #define CK(x) do { if ((x) != 0) return -1; } while (0)
 
 /* The forward over B sequences of T; with st (B == 1) the prefill hand-off: final mLSTM
- * states and the sink + ring K/V go into the decode state. */
-static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_student_cuda_state *st, float *logits,
-                       int last_only, xd_err *e) {
+ * states and the sink + ring K/V go into slot `slot` of the decode state. */
+static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_student_cuda_state *st, int slot,
+                       float *logits, int last_only, xd_err *e) {
   const xd_model_config *c = &m->cfg;
   xd_cuda_ctx *cx = m->c;
   const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, F = c->intermediate, V = c->vocab;
@@ -384,12 +387,14 @@ static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_
       CK(xd_cuda_swa_naive_forward(cx, a->loc, a->q, a->k, a->vr, B, T, H, G, d, y->W, y->S, e));
     }
     mlstm_state fin = {0};
-    if (st) {
+    if (st) { /* slot `slot` of each [B, ...] state array */
       const xd_cuda_sdec_layer *sl = &st->layers[l];
-      CK(xd_cuda_student_ring_fill(cx, sl->k_sink, sl->v_sink, sl->k_ring, sl->v_ring, a->kb, a->vb, T, Gd, y->W, y->S, e));
-      fin.C = sl->C;
-      fin.n = sl->n;
-      fin.m = sl->m;
+      const size_t so = (size_t)slot * y->S * Gd, ro = (size_t)slot * y->W * Gd;
+      CK(xd_cuda_student_ring_fill(cx, sl->k_sink + so, sl->v_sink + so, sl->k_ring + ro, sl->v_ring + ro, a->kb, a->vb,
+                                   T, Gd, y->W, y->S, e));
+      fin.C = sl->C + (size_t)slot * H * P * d;
+      fin.n = sl->n + (size_t)slot * H * P;
+      fin.m = sl->m + (size_t)slot * H;
     }
     const feature_map_shape fq = {N, H, d, P, hh}, fk = {N, G, d, P, hh};
     CK(xd_cuda_feature_map_forward(cx, a->qf, a->q, y->P_q, &fq, e));
@@ -438,7 +443,7 @@ static int run_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, xd_
 
 int xd_student_cuda_forward(xd_student_cuda *m, const int32_t *ids, int B, int T, float *logits, int last_only,
                             xd_err *e) {
-  return run_forward(m, ids, B, T, NULL, logits, last_only, e);
+  return run_forward(m, ids, B, T, NULL, 0, logits, last_only, e);
 }
 
 const float *xd_student_cuda_logits(const xd_student_cuda *m) { return m->a.logits; }
@@ -447,24 +452,33 @@ const float *xd_student_cuda_logits(const xd_student_cuda *m) { return m->a.logi
 static size_t al256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m, xd_err *e) {
+  return xd_student_cuda_state_alloc_batch(out, m, 1, e);
+}
+
+int xd_student_cuda_state_alloc_batch(xd_student_cuda_state **out, xd_student_cuda *m, int B, xd_err *e) {
   *out = NULL;
   const xd_model_config *c = &m->cfg;
   const int L = c->n_layers, D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, P = m->P;
   const size_t Gd = (size_t)G * d;
   if (d / 2 > XD_SDEC_MAX_HALF) return xd_errf(e, "student on CUDA: head dim %d above the decode step's %d", d, 2 * XD_SDEC_MAX_HALF);
+  if (B < 1 || B > 65535) return xd_errf(e, "student on CUDA: %d sequences in one decode state (1 .. 65535)", B);
   xd_student_cuda_state *st = xd_calloc(1, sizeof *st);
   st->m = m;
+  st->B = B;
   st->use_graph = 1;
   st->layers = xd_calloc((size_t)L, sizeof *st->layers);
-  /* one block for the state proper: per layer C, n, m (fp32), sinks, ring (bf16) */
+  st->prm = xd_calloc((size_t)B, sizeof *st->prm);
+  st->pos = xd_calloc((size_t)B, sizeof *st->pos);
+  /* one block for the state proper: per layer C, n, m (fp32), sinks, ring (bf16), each [B, ...] */
   size_t off = 0, exact = 0;
   size_t *lo = xd_malloc((size_t)L * 7 * sizeof(size_t));
   for (int l = 0; l < L; l++) {
     const size_t sz[7] = {(size_t)H * P * d * 4, (size_t)H * P * 4, (size_t)H * 4, (size_t)m->ly[l].S * Gd * 2,
                           (size_t)m->ly[l].S * Gd * 2, (size_t)m->ly[l].W * Gd * 2, (size_t)m->ly[l].W * Gd * 2};
-    for (int k = 0; k < 7; k++) { lo[l * 7 + k] = off; off += al256(sz[k]); exact += sz[k]; }
+    for (int k = 0; k < 7; k++) { lo[l * 7 + k] = off; off += al256(sz[k] * B); exact += sz[k] * B; }
   }
   st->state_bytes = exact;
+  st->state_block_bytes = off;
   if (xd_cuda_malloc(&st->state_block, off, e)) goto fail;
   char *b = st->state_block;
   for (int l = 0; l < L; l++) {
@@ -480,7 +494,7 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
     sl->attn_norm = y->attn_norm, sl->mlp_norm = y->mlp_norm, sl->attn_out_norm = y->attn_out_norm;
     sl->mlp_out_norm = y->mlp_out_norm, sl->q_norm = y->q_norm, sl->k_norm = y->k_norm;
     sl->w_qkv = y->w_qkv, sl->w_o = y->w_o, sl->w_gu = y->w_gu, sl->w_down = y->w_down;
-    sl->b_qkv = y->b_qkv, sl->b_o = y->b_o, sl->b_gu = y->b_gu, sl->b_down = y->b_down;
+    sl->b_qkv = y->b_qkv, sl->b_o = y->b_o, sl->b_gu = y->b_gu, sl->b_down = y->b_down, sl->b_gu16 = y->b_gu16;
     sl->P_q = y->P_q, sl->P_k = y->P_k, sl->w_i = y->w_i, sl->b_i = y->b_i, sl->w_f = y->w_f, sl->b_f = y->b_f;
     sl->w_mix = y->w_mix, sl->b_mix = y->b_mix;
     sl->rope_kind = y->kind, sl->W = y->W, sl->S = y->S;
@@ -489,23 +503,33 @@ int xd_student_cuda_state_alloc(xd_student_cuda_state **out, xd_student_cuda *m,
   lo = NULL;
   xd_cuda_sdec *dc = &st->dec;
   dc->L = L, dc->D = D, dc->F = c->intermediate, dc->H = H, dc->G = G, dc->d = d, dc->P = P, dc->V = c->vocab;
+  dc->B = B;
   dc->qk_norm = (int)c->qk_norm, dc->post_norm = c->post_norm, dc->hedgehog = m->hy.feature_map == XD_FMAP_HEDGEHOG;
   dc->norm_max = m->hy.normalizer == XD_NORM_XLSTM;
   dc->rms_eps = (float)c->rms_eps, dc->mlstm_eps = (float)m->hy.eps, dc->softcap = m->hy.gate_softcap;
   dc->embed = m->embed, dc->lm_head = m->lm_head, dc->final_norm = m->final_norm;
   dc->layers = st->layers;
-  /* scratch: params, then fp32 vectors */
-  const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd;
-  const size_t sz[13] = {D, D, qkv, Hd, Gd, (size_t)H * P, (size_t)G * P, H, H, Hd, D, c->intermediate, c->vocab};
+  /* scratch: params [B], next ids [B], then fp32 rows [B, ...] (the batched step uses h, xn, qkv,
+   * att, tmp, logits only: no legacy kernels, bf16 GEMM activations), then its bf16 GEMM inputs */
+  const size_t Hd = (size_t)H * d, qkv = Hd + 2 * Gd, F = (size_t)c->intermediate;
+  const int bat = B > 1;
+  const size_t sz[13] = {D, D, qkv, bat ? 0 : Hd, bat ? 0 : Gd, bat ? 0 : (size_t)H * P, bat ? 0 : (size_t)G * P,
+                         bat ? 0 : H, bat ? 0 : H, Hd, D, bat ? 0 : F, c->vocab};
   float **dst[13] = {&dc->h, &dc->xn, &dc->qkv, &dc->q, &dc->k, &dc->qf, &dc->kf, &dc->ig, &dc->fg, &dc->att, &dc->tmp, &dc->act, &dc->logits};
-  off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 13; k++) off += al256(sz[k] * 4);
+  const size_t sz16[4] = {bat ? D : 0, bat ? Hd : 0, bat ? F : 0, bat ? 2 * F : 0};
+  uint16_t **dst16[4] = {&dc->xb, &dc->attb, &dc->actb, &dc->gub};
+  off = al256(sizeof(xd_cuda_sdec_params) * B) + al256((size_t)B * 4);
+  for (int k = 0; k < 13; k++) off += al256(sz[k] * B * 4);
+  for (int k = 0; k < 4; k++) off += al256(sz16[k] * B * 2);
   st->scratch_bytes = off;
   if (xd_cuda_malloc(&st->scratch_block, off, e)) goto fail;
   b = st->scratch_block;
   st->prm_d = (xd_cuda_sdec_params *)b;
-  off = al256(sizeof(xd_cuda_sdec_params));
-  for (int k = 0; k < 13; k++) { *dst[k] = (float *)(b + off); off += al256(sz[k] * 4); }
+  off = al256(sizeof(xd_cuda_sdec_params) * B);
+  st->next_d = (int32_t *)(b + off);
+  off += al256((size_t)B * 4);
+  for (int k = 0; k < 13; k++) { *dst[k] = sz[k] ? (float *)(b + off) : NULL; off += al256(sz[k] * B * 4); }
+  for (int k = 0; k < 4; k++) { *dst16[k] = sz16[k] ? (uint16_t *)(b + off) : NULL; off += al256(sz16[k] * B * 2); }
   dc->params = st->prm_d;
   {
     const char *ev = getenv("XD_SDEC_VARIANT"); /* issue #8 experiments (XD_SDEC_* bits) */
@@ -527,31 +551,28 @@ void xd_student_cuda_state_free(xd_student_cuda_state *st) {
   xd_cuda_free(st->state_block);
   xd_cuda_free(st->scratch_block);
   free(st->layers);
+  free(st->prm);
+  free(st->pos);
   free(st);
 }
 
 int xd_student_cuda_state_reset(xd_student_cuda_state *st, xd_err *e) {
-  size_t off = 0;
-  const xd_student_cuda *m = st->m;
-  const size_t Gd = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim;
-  for (int l = 0; l < m->cfg.n_layers; l++) { /* the padded block size, recomputed */
-    const size_t sz[7] = {(size_t)m->cfg.n_heads * m->P * m->cfg.head_dim * 4, (size_t)m->cfg.n_heads * m->P * 4,
-                          (size_t)m->cfg.n_heads * 4, (size_t)m->ly[l].S * Gd * 2, (size_t)m->ly[l].S * Gd * 2,
-                          (size_t)m->ly[l].W * Gd * 2, (size_t)m->ly[l].W * Gd * 2};
-    for (int k = 0; k < 7; k++) off += al256(sz[k]);
-  }
-  st->pos = 0;
-  if (xd_cuda_memset(m->c, st->state_block, 0, off, e)) return -1;
-  return xd_cuda_sync(m->c, e);
+  for (int b = 0; b < st->B; b++) st->pos[b] = 0;
+  if (xd_cuda_memset(st->m->c, st->state_block, 0, st->state_block_bytes, e)) return -1;
+  return xd_cuda_sync(st->m->c, e);
 }
 
+int xd_student_cuda_state_batch(const xd_student_cuda_state *st) { return st->B; }
 size_t xd_student_cuda_state_bytes(const xd_student_cuda_state *st) { return st->state_bytes; }
 size_t xd_student_cuda_scratch_bytes(const xd_student_cuda_state *st) { return st->scratch_bytes; }
-int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st) { return st->pos; }
+int64_t xd_student_cuda_state_pos(const xd_student_cuda_state *st) { return st->pos[0]; }
+int64_t xd_student_cuda_state_pos_of(const xd_student_cuda_state *st, int slot) {
+  return slot >= 0 && slot < st->B ? st->pos[slot] : -1;
+}
 void xd_student_cuda_state_use_graph(xd_student_cuda_state *st, int on) { st->use_graph = on; }
 static void fill_params(const xd_model_config *c, xd_cuda_sdec_params *p, int32_t id, int64_t pos);
 void xd_student_cuda_state_use_legacy(xd_student_cuda_state *st, int on) {
-  if (st->dec.legacy == (on != 0)) return;
+  if (st->dec.legacy == (on != 0) || st->B > 1) return; /* one sequence only */
   st->dec.legacy = on != 0;
   xd_cuda_graph_free(st->graph); /* captured with the other kernels */
   st->graph = NULL;
@@ -563,16 +584,19 @@ void xd_student_cuda_state_set_variant(xd_student_cuda_state *st, int variant) {
   st->graph = NULL;
 }
 int xd_student_cuda_state_variant(const xd_student_cuda_state *st) { return st->dec.variant; }
+/* token 0 for every slot, each at its position */
+static int profile_params(xd_student_cuda *m, xd_student_cuda_state *st, xd_err *e) {
+  for (int b = 0; b < st->B; b++) fill_params(&m->cfg, &st->prm[b], 0, st->pos[b]);
+  return xd_cuda_upload(m->c, st->prm_d, st->prm, (size_t)st->B * sizeof *st->prm, e);
+}
 int xd_student_cuda_state_profile(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us, double *bytes,
                                   xd_err *e) {
-  fill_params(&m->cfg, &st->prm, 0, st->pos);
-  CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
+  CK(profile_params(m, st, e));
   return xd_cuda_sdec_profile(m->c, &st->dec, reps, us, bytes, e);
 }
 int xd_student_cuda_state_profile_graph(xd_student_cuda *m, xd_student_cuda_state *st, int reps, double *us,
                                         double *bytes, xd_err *e) {
-  fill_params(&m->cfg, &st->prm, 0, st->pos);
-  CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
+  CK(profile_params(m, st, e));
   return xd_cuda_sdec_profile_ex(m->c, &st->dec, reps, 1, us, bytes, e);
 }
 
@@ -594,28 +618,70 @@ static void fill_params(const xd_model_config *c, xd_cuda_sdec_params *p, int32_
   }
 }
 
+/* One step of the state's sequences (params uploaded): the captured graph from the second step
+ * of a state on (a batched step's GEMMs may grow the context's cuBLASLt workspace on their first
+ * call, which a capture cannot do; a workspace moved since the capture means a new capture). */
+static int step_launch(xd_student_cuda *m, xd_student_cuda_state *st, xd_err *e) {
+  if (!st->use_graph) return xd_cuda_sdec_step(m->c, &st->dec, e);
+  if (st->graph && st->B > 1 && st->graph_gen != xd_cuda_ws_generation(m->c)) {
+    xd_cuda_graph_free(st->graph);
+    st->graph = NULL;
+  }
+  if (!st->graph && st->B > 1 && st->plain_steps++ == 0) return xd_cuda_sdec_step(m->c, &st->dec, e);
+  if (!st->graph) {
+    CK(xd_cuda_sdec_graph_capture(m->c, &st->dec, &st->graph, e));
+    st->graph_gen = xd_cuda_ws_generation(m->c);
+  }
+  return xd_cuda_graph_launch(m->c, st->graph, e);
+}
+
 int xd_student_cuda_step(xd_student_cuda *m, xd_student_cuda_state *st, const int32_t *ids, int n, float *logits,
                          xd_err *e) {
+  if (st->B != 1) return xd_errf(e, "student step: the state holds %d sequences (xd_student_cuda_step_batch)", st->B);
   if (n < 1) return xd_errf(e, "student step: no tokens");
   CK(xd_check_token_ids(ids, (size_t)n, m->cfg.vocab, e));
-  if (st->pos == 0 && n > 1) {
-    CK(run_forward(m, ids, 1, n, st, logits, 1, e));
-    st->pos = n;
-    return 0;
-  }
+  if (st->pos[0] == 0 && n > 1) return xd_student_cuda_prefill(m, st, 0, ids, n, logits, e);
   for (int i = 0; i < n; i++) {
-    fill_params(&m->cfg, &st->prm, ids[i], st->pos);
-    CK(xd_cuda_upload(m->c, st->prm_d, &st->prm, sizeof st->prm, e));
-    if (st->use_graph) {
-      if (!st->graph) CK(xd_cuda_sdec_graph_capture(m->c, &st->dec, &st->graph, e));
-      CK(xd_cuda_graph_launch(m->c, st->graph, e));
-    } else {
-      CK(xd_cuda_sdec_step(m->c, &st->dec, e));
-    }
-    st->pos++;
+    fill_params(&m->cfg, &st->prm[0], ids[i], st->pos[0]);
+    CK(xd_cuda_upload(m->c, st->prm_d, &st->prm[0], sizeof *st->prm, e));
+    CK(step_launch(m, st, e));
+    st->pos[0]++;
   }
   if (logits) CK(xd_cuda_download(m->c, logits, st->dec.logits, (size_t)m->cfg.vocab * sizeof(float), e));
   return 0;
+}
+
+int xd_student_cuda_prefill(xd_student_cuda *m, xd_student_cuda_state *st, int slot, const int32_t *ids, int n,
+                            float *logits, xd_err *e) {
+  if (slot < 0 || slot >= st->B) return xd_errf(e, "student prefill: slot %d outside the state's %d", slot, st->B);
+  if (n < 1) return xd_errf(e, "student prefill: no tokens");
+  CK(xd_check_token_ids(ids, (size_t)n, m->cfg.vocab, e));
+  st->pos[slot] = -1; /* unusable until the prefill has run */
+  CK(run_forward(m, ids, 1, n, st, slot, logits, 1, e));
+  /* the last token's logits also into the slot's row, where xd_student_cuda_argmax reads */
+  CK(xd_cuda_copy(m->c, st->dec.logits + (size_t)slot * m->cfg.vocab, m->a.logits, (size_t)m->cfg.vocab * sizeof(float), e));
+  st->pos[slot] = n;
+  return 0;
+}
+
+int xd_student_cuda_step_batch(xd_student_cuda *m, xd_student_cuda_state *st, const int32_t *ids, float *logits,
+                               xd_err *e) {
+  const int B = st->B;
+  CK(xd_check_token_ids(ids, (size_t)B, m->cfg.vocab, e));
+  for (int b = 0; b < B; b++) {
+    if (st->pos[b] < 0) return xd_errf(e, "student step: slot %d has no state (its prefill failed)", b);
+    fill_params(&m->cfg, &st->prm[b], ids[b], st->pos[b]);
+  }
+  CK(xd_cuda_upload(m->c, st->prm_d, st->prm, (size_t)B * sizeof *st->prm, e));
+  CK(step_launch(m, st, e));
+  for (int b = 0; b < B; b++) st->pos[b]++;
+  if (logits) CK(xd_cuda_download(m->c, logits, st->dec.logits, (size_t)B * m->cfg.vocab * sizeof(float), e));
+  return 0;
+}
+
+int xd_student_cuda_argmax(xd_student_cuda *m, xd_student_cuda_state *st, int32_t *next, xd_err *e) {
+  CK(xd_cuda_argmax_f32(m->c, st->next_d, st->dec.logits, st->B, m->cfg.vocab, e));
+  return xd_cuda_download(m->c, next, st->next_d, (size_t)st->B * sizeof *next, e);
 }
 
 /* ---- CLI helpers ---------------------------------------------------------------------------- */
@@ -660,30 +726,36 @@ int xd_student_cuda_generate_dir(const char *dir, const int32_t *ids, int B, int
   xd_student_cuda *m;
   xd_model_config cfg;
   if (open_dir(dir, &ctx, &m, &cfg, e)) return -1;
+  /* all rows at once: one state of B slots, each prefilled alone, then batched steps (a row
+   * that has stopped keeps stepping on its last token, its output unchanged) */
   xd_student_cuda_state *st = NULL;
-  int rc = xd_student_cuda_state_alloc(&st, m, e);
-  const int V = cfg.vocab, total = T + max_new;
-  float *logits = rc ? NULL : xd_malloc((size_t)V * sizeof *logits);
+  int rc = xd_student_cuda_state_alloc_batch(&st, m, B, e);
+  const int total = T + max_new;
+  int32_t *next = xd_malloc((size_t)B * sizeof *next);
+  int *done = xd_calloc((size_t)B, sizeof *done), live = B;
   if (!rc)
-    fprintf(stderr, "cuda: student weights %.1f MiB, decode state %.2f MiB (independent of the length)\n",
-            (double)xd_student_cuda_weight_bytes(m) / (1 << 20), (double)xd_student_cuda_state_bytes(st) / (1 << 20));
+    fprintf(stderr, "cuda: student weights %.1f MiB, decode state %.2f MiB for %d sequence%s (independent of the length)\n",
+            (double)xd_student_cuda_weight_bytes(m) / (1 << 20), (double)xd_student_cuda_state_bytes(st) / (1 << 20), B,
+            B > 1 ? "s" : "");
   for (int b = 0; b < B && !rc; b++) {
-    int32_t *row = out + (size_t)b * total;
-    memcpy(row, ids + (size_t)b * T, (size_t)T * sizeof *row);
-    int n = T;
-    rc = xd_student_cuda_state_reset(st, e);
-    if (!rc) rc = xd_student_cuda_step(m, st, row, T, logits, e);
-    while (!rc && n < total) {
-      int32_t tok = 0; /* greedy: the first of equal maxima, as xd_argmax */
-      for (int v = 1; v < V; v++)
-        if (logits[v] > logits[tok]) tok = v;
-      row[n++] = tok;
-      if (stop_at_eos && is_eos(&cfg, tok)) break;
-      if (n < total) rc = xd_student_cuda_step(m, st, &tok, 1, logits, e);
-    }
-    n_out[b] = n;
+    memcpy(out + (size_t)b * total, ids + (size_t)b * T, (size_t)T * sizeof *out);
+    n_out[b] = T;
+    rc = xd_student_cuda_prefill(m, st, b, ids + (size_t)b * T, T, NULL, e);
   }
-  free(logits);
+  for (int n = T; !rc && n < total && live > 0; n++) {
+    rc = xd_student_cuda_argmax(m, st, next, e); /* greedy: the first of equal maxima, as xd_argmax */
+    for (int b = 0; b < B && !rc; b++) {
+      if (done[b]) {
+        next[b] = out[(size_t)b * total + n_out[b] - 1];
+        continue;
+      }
+      out[(size_t)b * total + n_out[b]++] = next[b];
+      if (stop_at_eos && is_eos(&cfg, next[b])) done[b] = 1, live--;
+    }
+    if (!rc && n + 1 < total && live > 0) rc = xd_student_cuda_step_batch(m, st, next, NULL, e);
+  }
+  free(next);
+  free(done);
   xd_student_cuda_state_free(st);
   xd_student_cuda_free(m);
   xd_cuda_ctx_free(ctx);

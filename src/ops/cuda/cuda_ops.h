@@ -517,10 +517,11 @@ int xd_cuda_student_ring_fill(xd_cuda_ctx *c, uint16_t *k_sink, uint16_t *v_sink
                               uint16_t *v_ring, const uint16_t *kb, const uint16_t *vb, int n, int Gd, int W, int S,
                               xd_err *e);
 
-/* One decode step of one sequence (the twin of student.c's decode_one). All pointers are
- * device pointers except `layers` (a host array of L). Per-step inputs live in device memory
- * (`params`: token id, position, the RoPE rows of that position) so that the launch sequence
- * can be captured once in a CUDA graph and replayed. */
+/* One decode step of one sequence (the twin of student.c's decode_one), or of B sequences each
+ * at its own position (B > 1: the batched step, below). All pointers are device pointers except
+ * `layers` (a host array of L). Per-step inputs live in device memory (`params`: token id,
+ * position, the RoPE rows of that position; [B] of them) so that the launch sequence can be
+ * captured once in a CUDA graph and replayed. */
 #define XD_SDEC_MAX_HALF 128
 typedef struct {
   int64_t pos;    /* position of the token being fed */
@@ -534,8 +535,9 @@ typedef struct {
   const float *b_qkv, *b_o, *b_gu, *b_down;    /* fp32 or NULL */
   const float *P_q, *P_k, *w_i, *b_i, *w_f, *b_f, *w_mix, *b_mix; /* fp32 hybrid parameters */
   int rope_kind, W, S;                         /* RoPE table (0 full, 1 sliding), window, sinks */
-  float *C, *n, *m;                            /* mLSTM state [H,P,d], [H,P], [H] fp32 */
-  uint16_t *k_sink, *v_sink, *k_ring, *v_ring; /* [S,G,d], [W,G,d] bf16 */
+  const uint16_t *b_gu16;                      /* bf16 copy of b_gu (batched step) or NULL */
+  float *C, *n, *m;                            /* mLSTM state [B,H,P,d], [B,H,P], [B,H] fp32 */
+  uint16_t *k_sink, *v_sink, *k_ring, *v_ring; /* [B,S,G,d], [B,W,G,d] bf16 */
 } xd_cuda_sdec_layer;
 typedef struct {
   int L, D, F, H, G, d, P, V;
@@ -544,10 +546,18 @@ typedef struct {
   const uint16_t *embed, *lm_head;
   const float *final_norm;
   const xd_cuda_sdec_layer *layers; /* host array [L] */
-  const xd_cuda_sdec_params *params;
-  /* one token's scratch, fp32: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P], kf [G,P],
-   * ig, fg [H], att [Hd], tmp [D], act [F], logits [V] (q, k, qf, kf, ig, fg: legacy kernels only) */
+  const xd_cuda_sdec_params *params; /* [B] */
+  /* B sequences (0 or 1: one). B > 1, the batched step: the projections are cuBLASLt GEMMs
+   * over the B rows (inputs rounded to bf16, as in prefill), the per-head kernel one cluster
+   * per (head, sequence); no PDL, no legacy kernels, every other field as for one sequence
+   * with [B, ...] scratch rows. */
+  int B;
+  /* each token's scratch, fp32 [B, ...]: h [D], xn [D], qkv [(H+2G)d], q [Hd], k [Gd], qf [H,P],
+   * kf [G,P], ig, fg [H], att [Hd], tmp [D], act [F], logits [V] (q, k, qf, kf, ig, fg: legacy
+   * kernels only) */
   float *h, *xn, *qkv, *q, *k, *qf, *kf, *ig, *fg, *att, *tmp, *act, *logits;
+  /* batched step only, bf16 [B, ...]: GEMM inputs xb [D], attb [Hd], act [F]; gate|up [2F] */
+  uint16_t *xb, *attb, *actb, *gub;
   /* 1: the original kernels (one block per head for prep/core, one warp per GEMV row) kept as
    * the reference of issue #8; 0 (default): one clustered per-head kernel, split-K GEMVs */
   int legacy;
@@ -556,16 +566,23 @@ typedef struct {
    * while the previous one drains; weight / state loads issued before griddepcontrol.wait);
    * XD_SDEC_T256: the per-head kernel with 256 threads per block instead of 128 (taken anyway
    * when the softmax's d_phi > 128); XD_SDEC_PRE2: the split-K GEMVs issue their first two
-   * load steps (not one) before the PDL wait (same arithmetic, bit-identical logits). Bits 16
+   * load steps (not one) before the PDL wait (same arithmetic, bit-identical logits);
+   * batched step (B > 1) only: the per-head work of a sequence runs in k_dec_group (one block
+   * per KV group) once B * G >= half the SMs, else in the one-sequence step's clustered kernel
+   * (8 blocks per head; also where k_dec_group's shared memory or H / G > 16 do not fit);
+   * XD_SDEC_BGROUP: k_dec_group at any B, XD_SDEC_BCLUS: the clustered kernel at any B. Bits 16
    * and up (benchmarks only): skip the launches of kernel class k (1 << (16 + k)); wrong
    * results. */
   int variant;
 } xd_cuda_sdec;
-enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_PRE2 = 16, XD_SDEC_DEFAULT_VARIANT = XD_SDEC_PDL | XD_SDEC_PRE2 };
+enum { XD_SDEC_PDL = 1, XD_SDEC_T256 = 2, XD_SDEC_BCLUS = 8, XD_SDEC_PRE2 = 16, XD_SDEC_BGROUP = 32,
+       XD_SDEC_DEFAULT_VARIANT = XD_SDEC_PDL | XD_SDEC_PRE2 };
 /* Per-kernel breakdown of one step: runs it `reps` times (the state advances as in real steps
  * at the same position) with a cudaEvent after every launch; us[k] = mean device time per step
  * of kernel class k (all layers), bytes[k] = bytes that class must read + write per step
- * (weights, state, K/V; not the tiny activations). Classes: XD_SDEC_K_*. */
+ * (weights, state, K/V; not the tiny activations). Classes: XD_SDEC_K_*; in the batched step
+ * (B > 1) "norm" also holds the rmsnorms and the bf16 conversion, "qkv" / "o" / "gate|up" /
+ * "down" / "LM head" the GEMMs (gate|up with the SwiGLU), "per-head" the per-head kernel(s). */
 enum { XD_SDEC_K_EMBED, XD_SDEC_K_QKV, XD_SDEC_K_PREP, XD_SDEC_K_CORE, XD_SDEC_K_O, XD_SDEC_K_NORM, XD_SDEC_K_GU,
        XD_SDEC_K_DOWN, XD_SDEC_K_LMHEAD, XD_SDEC_NK };
 const char *xd_cuda_sdec_kname(int k);
@@ -576,9 +593,11 @@ int xd_cuda_sdec_profile(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, double
 int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m, int reps, int graph, double *us, double *bytes,
                             xd_err *e);
 /* Validates the shapes the step supports (d even and <= 128, d_phi <= 256, GEMV inputs and
- * W + S within shared memory) and sets the kernels' shared-memory limits; once, before use. */
+ * W + S within shared memory; B > 1 without legacy kernels) and sets the kernels'
+ * shared-memory limits; once, before use. */
 int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);
-/* Queues one step: embedding of params->id, every layer, logits [V]; updates the state in place. */
+/* Queues one step: embedding of params[b].id, every layer, logits [B, V]; updates the state in
+ * place. */
 int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e);
 /* Captures xd_cuda_sdec_step into an executable CUDA graph (replay with xd_cuda_graph_launch). */
 int xd_cuda_sdec_graph_capture(xd_cuda_ctx *c, const xd_cuda_sdec *m, void **graph_exec, xd_err *e);

@@ -564,9 +564,11 @@ static int sd_gemv(xd_cuda_ctx *c, int legacy, int variant, int mode, float *out
   return 0;
 }
 
+/* h[b] = embedding row of params[b].id, b = blockIdx.y (one sequence: grid y 1) */
 __global__ void k_dec_embed(float *h, const uint16_t *table, const xd_cuda_sdec_params *prm, int D) {
   sd_pdl_trigger();
-  const size_t id = (size_t)prm->id;
+  const size_t id = (size_t)prm[blockIdx.y].id;
+  h += (size_t)blockIdx.y * D;
   for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < D; j += gridDim.x * blockDim.x) h[j] = xd_bf2f(table[id * D + j]);
 }
 
@@ -849,14 +851,19 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   const int H = m.H, G = m.G, d = m.d, P = m.P, D = m.D, dp = m.hedgehog ? P / 2 : P, g = h / (H / G), half = d / 2;
   sd_pdl_trigger();
   /* ---- before the wait ---- */
-  const xd_cuda_sdec_params *prm = m.params;
+  /* sequence bz of a batched step (blockIdx.z; 0 in the one-sequence step): its inputs, its
+   * scratch rows and its slot of the layer's state, [B, ...] each */
+  const int bz = blockIdx.z;
+  const xd_cuda_sdec_params *prm = m.params + bz;
   const int64_t t = prm->pos;
   const int W = Ly.W, S = Ly.S;
   const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
   const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64; /* key kk >= ns: slot (rb + kk) % W */
   const int rb = ws - ns64 < 0x7fffffff ? (int)((uint32_t)(ws - ns64) % (uint32_t)W) : (int)((ws - ns64) % W);
   const int Gd = G * d, gw = r * HD_NW + warp, KSTEP = HD_NW * HD_R;
-  const uint16_t *ksb = Ly.k_sink + g * d, *krb = Ly.k_ring + g * d, *vsb = Ly.v_sink + g * d, *vrb = Ly.v_ring + g * d;
+  uint16_t *const k_sink = Ly.k_sink + (size_t)bz * S * Gd, *const v_sink = Ly.v_sink + (size_t)bz * S * Gd;
+  uint16_t *const k_ring = Ly.k_ring + (size_t)bz * W * Gd, *const v_ring = Ly.v_ring + (size_t)bz * W * Gd;
+  const uint16_t *ksb = k_sink + g * d, *krb = k_ring + g * d, *vsb = v_sink + g * d, *vrb = v_ring + g * d;
   uint32_t kreg[HD_KU][DW], vreg[HD_KU][DW];
 #pragma unroll
   for (int u = 0; u < HD_KU; u++) {
@@ -911,19 +918,19 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   /* mLSTM rows [p0, p1) of C (thread: column cj2, rows p0 + cgp + u * ngrp) and n */
   const int cp = (P + HD_R - 1) / HD_R, p0 = min(P, r * cp), p1 = min(P, p0 + cp);
   const int ngrp = HD_T / d, cgp = tid / d, cj2 = tid % d;
-  float *C = Ly.C + (size_t)h * P * d, *nn = Ly.n + (size_t)h * P;
+  float *C = Ly.C + ((size_t)bz * H + h) * P * d, *nn = Ly.n + ((size_t)bz * H + h) * P, *mst = Ly.m + (size_t)bz * H;
   float creg[HD_CU];
 #pragma unroll
   for (int u = 0; u < HD_CU; u++) {
     const int p = p0 + cgp + u * ngrp;
     creg[u] = cgp < ngrp && p < p1 ? C[(size_t)p * d + cj2] : 0.f;
   }
-  const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = Ly.m[h];
+  const float nold = tid < p1 - p0 ? nn[p0 + tid] : 0.f, mold = mst[h];
   float rc = 0.f, rsn = 0.f;
   if (tid < half) rc = prm->cos[Ly.rope_kind][tid], rsn = prm->sin[Ly.rope_kind][tid];
   sd_pdl_wait();
   /* ---- the step's q, k, v (raw fp32 from the q|k|v GEMV) and xn ---- */
-  const float *qkv = m.qkv;
+  const float *qkv = m.qkv + (size_t)bz * (H + 2 * G) * d, *xn = m.xn + (size_t)bz * D;
   const float qraw = tid < d ? qkv[(size_t)h * d + tid] : 0.f;
   const float kraw = tid < d ? qkv[(size_t)H * d + (size_t)g * d + tid] : 0.f;
   const float vraw = tid < d ? qkv[(size_t)(H + G) * d + (size_t)g * d + tid] : 0.f;
@@ -931,7 +938,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
 #pragma unroll
   for (int u = 0; u < HD_GU; u++) {
     const int c = g0 + tid + u * HD_T;
-    xg[u] = c < g1 ? m.xn[c] : 0.f;
+    xg[u] = c < g1 ? xn[c] : 0.f;
   }
   float rq = 1.f, rk = 1.f;
   if (m.qk_norm == 2) {
@@ -961,9 +968,9 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
     s_kb[tid] = xd_bf2f(kb), s_vb[tid] = xd_bf2f(vb);
     if (r == 0 && h % (H / G) == 0) {
       const size_t slot = (size_t)(t % W);
-      Ly.k_ring[slot * Gd + g * d + tid] = kb;
-      Ly.v_ring[slot * Gd + g * d + tid] = vb;
-      if (t < S) { Ly.k_sink[(size_t)t * Gd + g * d + tid] = kb; Ly.v_sink[(size_t)t * Gd + g * d + tid] = vb; }
+      k_ring[slot * Gd + g * d + tid] = kb;
+      v_ring[slot * Gd + g * d + tid] = vb;
+      if (t < S) { k_sink[(size_t)t * Gd + g * d + tid] = kb; v_sink[(size_t)t * Gd + g * d + tid] = vb; }
     }
   }
   /* partial feature-map products and gate dots over this block's share */
@@ -978,7 +985,7 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   float ai = 0.f, af = 0.f;
 #pragma unroll
   for (int u = 0; u < HD_GU; u++) ai += xg[u] * gwi[u], af += xg[u] * gwf[u];
-  for (int c = g0 + tid + HD_GU * HD_T; c < g1; c += HD_T) ai += m.xn[c] * __ldg(wi + c), af += m.xn[c] * __ldg(wf + c);
+  for (int c = g0 + tid + HD_GU * HD_T; c < g1; c += HD_T) ai += xn[c] * __ldg(wi + c), af += xn[c] * __ldg(wf + c);
   const float2 gs = sd_block_sum2(ai, af); /* its barriers also publish s_zp */
   if (tid < dp) {
     float zq = 0.f, zk = 0.f;
@@ -1189,14 +1196,323 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
       if (!(ad >= lo)) ad = lo;
     }
     const float inv = 1.f / (ad + m.mlstm_eps), om = 1.f / (1.f + expf(-zmix));
-    m.att[(size_t)h * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
+    m.att[((size_t)bz * H + h) * d + tid] = om * (sq * a * inv) + (1.f - om) * (o / L);
   }
-  if (tid == 0) Ly.m[h] = mt;
+  if (tid == 0) mst[h] = mt;
+}
+
+/* ---- the batched step's per-head kernel: one block per (KV group, sequence) ----------------
+ * k_dec_group (B > 1, issue #8): the clustered kernel above is built for one sequence's latency
+ * (8 blocks of short dependent chains per head); with many sequences its ~10 us blocks, 4
+ * resident per SM, make it latency-bound (~90 us a sequence per step at the 1B shape against
+ * ~6 us of state bytes). Here one block of GR_T threads does a whole KV group g of sequence bz:
+ * its HQ = H / G query heads share the K / V rows, which are read once (not once per head),
+ * and every loop streams independent loads (a key row per thread for the scores, bf16 pairs of
+ * V and float2 pairs of C per thread, several rows in flight). Same maths as k_dec_head (fp32
+ * gates), in this order: q / k / v of the group (QK-norm, RoPE; k, v appended to the ring /
+ * sinks by this block, their only writer), feature maps and their softmax, gates, scores and
+ * softmax over the n keys, P V, the mLSTM rows of every head (C, n in place), the mixing gate,
+ * att. Shared memory (dynamic, floats): y [HQ+1][d] (q heads, then k: normed, roped), raw
+ * [HQ+2][d] (q heads, k, v as projected), kvb [2][d] (k, v rounded to bf16, as the ring holds
+ * them: the newest key / value of the attention; the feature map and the mLSTM take them
+ * unrounded), zf [HQ+1][P] (feature maps), sc [HQ][n], red [RP][HQ][d] (P V and C^T q
+ * partials, RP = GR_T / (d/2) row parts), loc [HQ][d], st [HQ][8] (per-head scalars). */
+#define GR_T 256
+#define GR_U 8 /* rows whose loads a thread issues before using them (P V, mLSTM) */
+static size_t group_smem(const xd_cuda_sdec *m, int W, int S) {
+  const size_t HQ = (size_t)(m->H / m->G), d = (size_t)m->d, rp = GR_T / (d / 2);
+  return ((HQ + 1) * d + (HQ + 2) * d + 2 * d + (HQ + 1) * (size_t)m->P + HQ * (size_t)(W + S) + rp * HQ * d + HQ * d + HQ * 8) *
+         sizeof(float);
+}
+
+template <int HQM>
+__global__ void __launch_bounds__(GR_T, 4) k_dec_group(const xd_cuda_sdec m, const xd_cuda_sdec_layer Ly) {
+  extern __shared__ float gsm[];
+  const int H = m.H, G = m.G, d = m.d, P = m.P, D = m.D, HQ = H / G, half = d / 2, dp = m.hedgehog ? P / 2 : P;
+  const int g = blockIdx.x, bz = blockIdx.y, h0 = g * HQ, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int NW = GR_T / 32, RP = GR_T / half; /* row parts of the pair-wise loops (thread: pair jp of part rp) */
+  const xd_cuda_sdec_params *prm = m.params + bz;
+  const int64_t t = prm->pos;
+  const int W = Ly.W, S = Ly.S;
+  const int64_t ws = t - W + 1 > 0 ? t - W + 1 : 0, ns64 = ws < S ? ws : S;
+  const int n = (int)(ns64 + t - ws + 1), ns = (int)ns64;
+  const int rb = (int)((ws - ns64) % W);
+  const size_t Gd = (size_t)G * d;
+  uint16_t *const k_sink = Ly.k_sink + (size_t)bz * S * Gd, *const v_sink = Ly.v_sink + (size_t)bz * S * Gd;
+  uint16_t *const k_ring = Ly.k_ring + (size_t)bz * W * Gd, *const v_ring = Ly.v_ring + (size_t)bz * W * Gd;
+  const float *qkv = m.qkv + (size_t)bz * (H + 2 * G) * d, *xn = m.xn + (size_t)bz * D;
+  float *y = gsm, *raw = y + (HQ + 1) * d, *kvb = raw + (HQ + 2) * d, *zf = kvb + 2 * d, *sc = zf + (HQ + 1) * P;
+  float *red = sc + HQ * n, *loc = red + RP * HQ * d, *st = loc + HQ * d;
+  /* ---- q heads h0 .. h0+HQ-1, k, v of the group: raw, sums of squares, norm, RoPE ---- */
+  for (int i = tid; i < (HQ + 2) * d; i += GR_T) {
+    const int r = i / d, j = i % d;
+    raw[i] = r < HQ ? qkv[(size_t)(h0 + r) * d + j] : qkv[(size_t)(H + (r - HQ) * G + g) * d + j];
+  }
+  float rq = 1.f, rk = 1.f; /* qk_norm 2: one scale for all q heads, one for the k heads (whole projections) */
+  if (m.qk_norm == 2) {
+    float a = 0.f, b = 0.f;
+    for (int j = tid; j < H * d; j += GR_T) a += qkv[j] * qkv[j];
+    for (int j = tid; j < G * d; j += GR_T) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
+    const float2 ss = sd_block_sum2(a, b);
+    rq = 1.0f / sqrtf(ss.x / (float)(H * d) + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)(G * d) + m.rms_eps);
+  }
+  __syncthreads();
+  if (m.qk_norm == 1) { /* per head over d: warp w, rows w, w + NW, ... (HQ q rows, then k) */
+    for (int r = warp; r <= HQ; r += NW) {
+      float a = 0.f;
+      for (int j = lane; j < d; j += 32) a += raw[r * d + j] * raw[r * d + j];
+      a = sd_warp_sum(a);
+      if (lane == 0) st[(r < HQ ? r : 0) * 8 + (r < HQ ? 0 : 1)] = 1.0f / sqrtf(a / (float)d + m.rms_eps);
+    }
+    __syncthreads();
+  }
+  const float *cs = prm->cos[Ly.rope_kind], *sn = prm->sin[Ly.rope_kind];
+  for (int i = tid; i < (HQ + 1) * half; i += GR_T) {
+    const int r = i / half, j = i % half, isq = r < HQ;
+    const float sc_ = m.qk_norm == 2 ? (isq ? rq : rk) : m.qk_norm == 1 ? st[(isq ? r : 0) * 8 + (isq ? 0 : 1)] : 1.f;
+    const float *nw = isq ? Ly.q_norm : Ly.k_norm;
+    const size_t wo = m.qk_norm == 2 ? (size_t)(isq ? h0 + r : g) * d : 0;
+    float a = raw[r * d + j] * sc_, b = raw[r * d + j + half] * sc_;
+    if (m.qk_norm) a *= nw[wo + j], b *= nw[wo + j + half];
+    y[r * d + j] = a * cs[j] - b * sn[j], y[r * d + j + half] = b * cs[j] + a * sn[j];
+  }
+  __syncthreads();
+  /* the step's k, v rounded to bf16 into the ring (and a sink while t < S) and kvb */
+  for (int j = tid; j < d; j += GR_T) {
+    const uint16_t kb = xd_f2bf(y[HQ * d + j]), vb = xd_f2bf(raw[(HQ + 1) * d + j]);
+    kvb[j] = xd_bf2f(kb), kvb[d + j] = xd_bf2f(vb);
+    const size_t slot = (size_t)(t % W);
+    k_ring[slot * Gd + (size_t)g * d + j] = kb, v_ring[slot * Gd + (size_t)g * d + j] = vb;
+    if (t < S) k_sink[(size_t)t * Gd + (size_t)g * d + j] = kb, v_sink[(size_t)t * Gd + (size_t)g * d + j] = vb;
+  }
+  /* ---- feature-map products z [HQ+1][dp] (into zf's first dp columns) ---- */
+  for (int o = tid; o < (HQ + 1) * dp; o += GR_T) {
+    const int r = o / dp, j = o % dp;
+    const float *Pm = r < HQ ? Ly.P_q + (size_t)(h0 + r) * d * dp : Ly.P_k + (size_t)g * d * dp;
+    float a = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < d; i++) a += y[r * d + i] * __ldg(Pm + (size_t)i * dp + j);
+    zf[r * P + j] = a;
+  }
+  __syncthreads();
+  /* softmax of each row (hedgehog: [softmax(z), softmax(-z)]), warp per row */
+  for (int r = warp; r <= HQ; r += NW) {
+    float *z = zf + r * P;
+    float mx = -INFINITY, mn = INFINITY;
+    for (int j = lane; j < dp; j += 32) mx = fmaxf(mx, z[j]), mn = fminf(mn, z[j]);
+    mx = sd_warp_max(mx);
+    mn = -sd_warp_max(-mn);
+    float s1 = 0.f, s2 = 0.f;
+    for (int j = lane; j < dp; j += 32) {
+      s1 += expf(z[j] - mx);
+      if (m.hedgehog) s2 += expf(mn - z[j]);
+    }
+    s1 = sd_warp_sum(s1), s2 = sd_warp_sum(s2);
+    for (int j = lane; j < dp; j += 32) {
+      const float v = z[j];
+      z[j] = expf(v - mx) / s1;
+      if (m.hedgehog) z[dp + j] = expf(mn - v) / s2;
+    }
+  }
+  /* ---- gates: warp per (head, input / forget) dot of xn with the gate row ---- */
+  for (int pr = warp; pr < 2 * HQ; pr += NW) {
+    const int r = pr >> 1;
+    const float *wr = ((pr & 1) ? Ly.w_f : Ly.w_i) + (size_t)(h0 + r) * D;
+    float a = 0.f;
+    if ((D & 3) == 0 && (((uintptr_t)wr | (uintptr_t)xn) & 15) == 0) {
+#pragma unroll 4
+      for (int j = lane * 4; j < D; j += 128) {
+        const float4 w4 = __ldg(reinterpret_cast<const float4 *>(wr + j)), x4 = *reinterpret_cast<const float4 *>(xn + j);
+        a += w4.x * x4.x + w4.y * x4.y + w4.z * x4.z + w4.w * x4.w;
+      }
+    } else {
+      for (int j = lane; j < D; j += 32) a += wr[j] * xn[j];
+    }
+    a = sd_warp_sum(a);
+    if (lane == 0) st[r * 8 + 2 + (pr & 1)] = a + ((pr & 1) ? Ly.b_f : Ly.b_i)[h0 + r];
+  }
+  __syncthreads();
+  if (tid < HQ) { /* stabilised gates (fp32, as k_dec_head): st[r] = {.., .., zi, zf, fp, ip, mt, ..} */
+    float zi = st[tid * 8 + 2], zfg = st[tid * 8 + 3];
+    if (m.softcap > 0) { zi = m.softcap * tanhf(zi / m.softcap); zfg = m.softcap * tanhf(zfg / m.softcap); }
+    float *mst = Ly.m + (size_t)bz * H + h0 + tid;
+    const float l = zfg >= 0.f ? -log1pf(expf(-zfg)) : zfg - log1pf(expf(zfg)), a = l + *mst;
+    const float mt = a >= zi ? a : zi;
+    st[tid * 8 + 4] = expf(a - mt), st[tid * 8 + 5] = expf(zi - mt), st[tid * 8 + 6] = mt;
+    *mst = mt;
+  }
+  /* ---- scores: a key row per thread, all HQ heads at once ---- */
+  const float scale = 1.0f / sqrtf((float)d);
+  for (int kk = tid; kk < n; kk += GR_T) {
+    float acc[HQM];
+#pragma unroll
+    for (int r = 0; r < HQM; r++) acc[r] = 0.f;
+    if (kk == n - 1) { /* the newest key, as rounded above */
+      for (int i = 0; i < d; i++) {
+        const float kv = kvb[i];
+#pragma unroll
+        for (int r = 0; r < HQM; r++)
+          if (r < HQ) acc[r] += y[r * d + i] * kv;
+      }
+    } else {
+      int sl = rb + kk;
+      if (sl >= W) sl -= W;
+      if (sl >= W) sl %= W;
+      const uint16_t *kr = (kk < ns ? k_sink + (size_t)kk * Gd : k_ring + (size_t)sl * Gd) + (size_t)g * d;
+      if ((d & 7) == 0) {
+        for (int i = 0; i < d; i += 8) {
+          const uint4 u = *reinterpret_cast<const uint4 *>(kr + i);
+          const float k8[8] = {__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                               __uint_as_float(u.y & 0xffff0000u), __uint_as_float(u.z << 16), __uint_as_float(u.z & 0xffff0000u),
+                               __uint_as_float(u.w << 16), __uint_as_float(u.w & 0xffff0000u)};
+#pragma unroll
+          for (int r = 0; r < HQM; r++)
+            if (r < HQ) {
+#pragma unroll
+              for (int q = 0; q < 8; q++) acc[r] += y[r * d + i + q] * k8[q];
+            }
+        }
+      } else {
+        for (int i = 0; i < d; i++) {
+          const float kv = xd_bf2f(kr[i]);
+#pragma unroll
+          for (int r = 0; r < HQM; r++)
+            if (r < HQ) acc[r] += y[r * d + i] * kv;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < HQM; r++)
+      if (r < HQ) sc[r * n + kk] = acc[r] * scale;
+  }
+  __syncthreads();
+  for (int r = warp; r < HQ; r += NW) { /* softmax numerators in place; st[r*8+0] = their sum */
+    float mx = -INFINITY;
+    for (int kk = lane; kk < n; kk += 32) mx = fmaxf(mx, sc[r * n + kk]);
+    mx = sd_warp_max(mx);
+    float s = 0.f;
+    for (int kk = lane; kk < n; kk += 32) {
+      const float p = __expf(sc[r * n + kk] - mx);
+      sc[r * n + kk] = p;
+      s += p;
+    }
+    s = sd_warp_sum(s);
+    if (lane == 0) st[r * 8] = s;
+  }
+  __syncthreads();
+  /* ---- P V: thread = bf16 pair jp of V rows kk = rp, rp + RP, ...; GR_U rows' loads in
+   * flight before their products ---- */
+  const int jp = tid % half, rp = tid / half;
+  if (rp < RP) {
+    float acc[HQM][2];
+#pragma unroll
+    for (int r = 0; r < HQM; r++) acc[r][0] = acc[r][1] = 0.f;
+    for (int k0 = rp; k0 < n; k0 += GR_U * RP) {
+      uint32_t u[GR_U];
+#pragma unroll
+      for (int q = 0; q < GR_U; q++) {
+        const int kk = k0 + q * RP;
+        u[q] = 0u;
+        if (kk < n - 1) {
+          int sl = rb + kk;
+          if (sl >= W) sl -= W;
+          if (sl >= W) sl %= W;
+          const uint16_t *vr = (kk < ns ? v_sink + (size_t)kk * Gd : v_ring + (size_t)sl * Gd) + (size_t)g * d;
+          u[q] = *reinterpret_cast<const uint32_t *>(vr + 2 * jp);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < GR_U; q++) {
+        const int kk = k0 + q * RP;
+        if (kk < n) {
+          const bool nw_ = kk == n - 1;
+          const float v0 = nw_ ? kvb[d + 2 * jp] : __uint_as_float(u[q] << 16);
+          const float v1 = nw_ ? kvb[d + 2 * jp + 1] : __uint_as_float(u[q] & 0xffff0000u);
+#pragma unroll
+          for (int r = 0; r < HQM; r++)
+            if (r < HQ) {
+              const float p = sc[r * n + kk];
+              acc[r][0] += p * v0, acc[r][1] += p * v1;
+            }
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < HQM; r++)
+      if (r < HQ) red[(rp * HQ + r) * d + 2 * jp] = acc[r][0], red[(rp * HQ + r) * d + 2 * jp + 1] = acc[r][1];
+  }
+  __syncthreads();
+  for (int i = tid; i < HQ * d; i += GR_T) { /* parts summed in order */
+    const int r = i / d, j = i % d;
+    float a = 0.f;
+    for (int q = 0; q < RP; q++) a += red[(q * HQ + r) * d + j];
+    loc[i] = a / st[r * 8];
+  }
+  __syncthreads();
+  /* ---- mLSTM rows: C = f' C + i' kf v^T (float2 pairs of row p), C^T qf partials ---- */
+  const float *kfe = zf + HQ * P;
+  if (rp < RP) {
+    const float v0 = raw[(HQ + 1) * d + 2 * jp], v1 = raw[(HQ + 1) * d + 2 * jp + 1];
+    for (int r = 0; r < HQ; r++) { /* GR_U rows' loads in flight, then their updates */
+      const float fp = st[r * 8 + 4], ip = st[r * 8 + 5];
+      const float *qfr = zf + r * P;
+      float *C = Ly.C + ((size_t)bz * H + h0 + r) * P * d;
+      float a0 = 0.f, a1 = 0.f;
+      for (int p0 = rp; p0 < P; p0 += GR_U * RP) {
+        float2 c[GR_U];
+#pragma unroll
+        for (int q = 0; q < GR_U; q++) {
+          const int p = p0 + q * RP;
+          c[q] = p < P ? *reinterpret_cast<const float2 *>(C + (size_t)p * d + 2 * jp) : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int q = 0; q < GR_U; q++) {
+          const int p = p0 + q * RP;
+          if (p < P) {
+            const float ik = ip * kfe[p];
+            c[q].x = fp * c[q].x + ik * v0, c[q].y = fp * c[q].y + ik * v1;
+            *reinterpret_cast<float2 *>(C + (size_t)p * d + 2 * jp) = c[q];
+            a0 += c[q].x * qfr[p], a1 += c[q].y * qfr[p];
+          }
+        }
+      }
+      red[(rp * HQ + r) * d + 2 * jp] = a0, red[(rp * HQ + r) * d + 2 * jp + 1] = a1;
+    }
+  }
+  /* n = f' n + i' kf and q.n per head (warp per head); the mixing gate's dot */
+  for (int r = warp; r < HQ; r += NW) {
+    const float fp = st[r * 8 + 4], ip = st[r * 8 + 5];
+    float *nn = Ly.n + ((size_t)bz * H + h0 + r) * P;
+    float den = 0.f, z = 0.f;
+    for (int p = lane; p < P; p += 32) {
+      const float nv = fp * nn[p] + ip * kfe[p];
+      nn[p] = nv;
+      den += zf[r * P + p] * nv;
+    }
+    const float *wo = Ly.w_mix + (size_t)(h0 + r) * 3 * d;
+    for (int i = lane; i < d; i += 32) z += raw[r * d + i] * wo[i] + raw[HQ * d + i] * wo[d + i] + raw[(HQ + 1) * d + i] * wo[2 * d + i];
+    den = sd_warp_sum(den), z = sd_warp_sum(z);
+    if (lane == 0) st[r * 8 + 1] = den, st[r * 8 + 7] = z + Ly.b_mix[h0 + r];
+  }
+  __syncthreads();
+  const float sqP = (float)(1.0 / sqrt((double)P));
+  for (int i = tid; i < HQ * d; i += GR_T) {
+    const int r = i / d, j = i % d;
+    float a = 0.f;
+    for (int q = 0; q < RP; q++) a += red[(q * HQ + r) * d + j];
+    float ad = fabsf(st[r * 8 + 1] * sqP);
+    if (m.norm_max) {
+      const float lo = expf(-st[r * 8 + 6]);
+      if (!(ad >= lo)) ad = lo;
+    }
+    const float inv = 1.f / (ad + m.mlstm_eps), om = 1.f / (1.f + expf(-st[r * 8 + 7]));
+    m.att[((size_t)bz * H + h0 + r) * d + j] = om * (sqP * a * inv) + (1.f - om) * loc[i];
+  }
 }
 
 static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cuda_sdec &m, const xd_cuda_sdec_layer &Ly) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(HD_R, m.H), cfg.blockDim = dim3(t128 ? 128 : 256), cfg.dynamicSmemBytes = 0, cfg.stream = s;
+  cfg.gridDim = dim3(HD_R, m.H, m.B > 1 ? m.B : 1), cfg.blockDim = dim3(t128 ? 128 : 256), cfg.dynamicSmemBytes = 0, cfg.stream = s;
   cudaLaunchAttribute at[2];
   at[0].id = cudaLaunchAttributeClusterDimension;
   at[0].val.clusterDim.x = HD_R, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
@@ -1211,6 +1527,8 @@ static cudaError_t head_launch(cudaStream_t s, bool pdl, bool t128, const xd_cud
 static size_t core_smem(const xd_cuda_sdec *m, int W, int S) { return ((size_t)2 * m->d + 2 * SD_THREADS + (size_t)(W + S)) * sizeof(float); }
 
 extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
+  if (m->B > 1 && m->legacy) return xd_errf(e, "student_decode.cu: the legacy decode kernels take one sequence (B %d)", m->B);
+  if (m->B > 65535) return xd_errf(e, "student_decode.cu: %d sequences in one decode step (at most 65535)", m->B);
   if (m->d > SD_THREADS || m->d % 2) return xd_errf(e, "student_decode.cu: head dim %d not supported by the decode step (even, <= %d)", m->d, SD_THREADS);
   if (m->d / 2 > XD_SDEC_MAX_HALF) return xd_errf(e, "student_decode.cu: head dim %d above the decode step's %d", m->d, 2 * XD_SDEC_MAX_HALF);
   if (m->P > 256) return xd_errf(e, "student_decode.cu: d_phi %d above the decode step's 256", m->P);
@@ -1235,6 +1553,16 @@ extern "C" int xd_cuda_sdec_check(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err 
   }
   if (m->legacy && cmax > c->smem_optin) return xd_errf(e, "student_decode.cu: window + sinks too large for the decode step's shared memory");
   if (cmax <= c->smem_optin) XD_CU(cudaFuncSetAttribute(k_dec_core, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cmax));
+  size_t gmax = 0; /* the batched step's k_dec_group (the clustered kernel where it does not fit) */
+  for (int l = 0; l < m->L; l++) {
+    const size_t s = group_smem(m, m->layers[l].W, m->layers[l].S);
+    gmax = s > gmax ? s : gmax;
+  }
+  if (m->B > 1 && gmax <= c->smem_optin) {
+    XD_CU(cudaFuncSetAttribute(k_dec_group<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gmax));
+    XD_CU(cudaFuncSetAttribute(k_dec_group<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gmax));
+    XD_CU(cudaFuncSetAttribute(k_dec_group<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)gmax));
+  }
   return 0;
 }
 
@@ -1313,7 +1641,77 @@ static int sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err 
 #undef SK
 }
 
-extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) { return sdec_step(c, m, NULL, e); }
+/* B > 1 sequences, each at its own position: the layer's projections as GEMMs over the B rows
+ * (bf16 inputs, fp32 accumulation and output: prefill's ops and numerics, so B weights are read
+ * once per step, not B times), the per-head kernel one cluster per (head, sequence). */
+static int sdec_step_batch(xd_cuda_ctx *c, const xd_cuda_sdec *m, sd_prof *pf, xd_err *e) {
+  const int B = m->B, D = m->D, H = m->H, G = m->G, d = m->d, F = m->F, Hd = H * d, qkv = (H + 2 * G) * d;
+  const float eps = m->rms_eps;
+  const bool t128 = !(m->variant & XD_SDEC_T256) && (m->hedgehog ? m->P / 2 : m->P) <= 128;
+  SD_MARK(-1);
+  k_dec_embed<<<dim3(xd_ceil_div(D, 256), B), 256, 0, c->stream>>>(m->h, m->embed, m->params, D);
+  XD_CU_LAUNCH("k_dec_embed");
+  SD_MARK(XD_SDEC_K_EMBED);
+#define SB(call) do { if (call) return -1; } while (0)
+  for (int l = 0; l < m->L; l++) {
+    const xd_cuda_sdec_layer *Ly = &m->layers[l];
+    /* xn: the layer's input as the gates read it (normed, or h itself in post-norm) */
+    SB(xd_cuda_rmsnorm_f32(c, m->xb, m->xn, m->h, m->post_norm ? NULL : Ly->attn_norm, B, D, eps, e));
+    SD_MARK(XD_SDEC_K_NORM);
+    SB(xd_cuda_matmul(c, m->qkv, XD_CUDA_F32, m->xb, Ly->w_qkv, Ly->b_qkv, B, D, qkv, 0, e));
+    SD_MARK(XD_SDEC_K_QKV);
+    const int HQ = H / G;
+    const size_t gsm = group_smem(m, Ly->W, Ly->S);
+    if (!(m->variant & XD_SDEC_BCLUS) && HQ <= 16 && gsm <= c->smem_optin &&
+               ((m->variant & XD_SDEC_BGROUP) || B * G >= (c->sm_count > 0 ? c->sm_count : 132) / 2)) {
+      /* one block per (KV group, sequence), once there are enough of them to fill the card
+       * (measured at the 1B shape, H200: 4 sequences 1.90 ms a step vs the clustered kernel's
+       * 1.59, 16 sequences 1.99 vs 2.64) */
+      if (HQ <= 4) k_dec_group<4><<<dim3(G, B), GR_T, gsm, c->stream>>>(*m, *Ly);
+      else if (HQ <= 8) k_dec_group<8><<<dim3(G, B), GR_T, gsm, c->stream>>>(*m, *Ly);
+      else k_dec_group<16><<<dim3(G, B), GR_T, gsm, c->stream>>>(*m, *Ly);
+      XD_CU_LAUNCH("k_dec_group");
+    } else {
+      XD_CU(head_launch(c->stream, false, t128, *m, *Ly));
+      XD_CU_LAUNCH("k_dec_head");
+    }
+    SD_MARK(XD_SDEC_K_CORE);
+    SB(xd_cuda_f32_to_bf16(c, m->attb, m->att, (size_t)B * Hd, e));
+    SD_MARK(XD_SDEC_K_NORM);
+    if (m->post_norm) {
+      SB(xd_cuda_matmul(c, m->tmp, XD_CUDA_F32, m->attb, Ly->w_o, Ly->b_o, B, Hd, D, 0, e));
+      SD_MARK(XD_SDEC_K_O);
+      SB(xd_cuda_add_rmsnorm_f32(c, m->h, m->tmp, Ly->attn_out_norm, B, D, eps, e));
+      SB(xd_cuda_rmsnorm_f32(c, m->xb, NULL, m->h, NULL, B, D, eps, e));
+    } else {
+      SB(xd_cuda_matmul(c, m->h, XD_CUDA_F32, m->attb, Ly->w_o, Ly->b_o, B, Hd, D, 1, e));
+      SD_MARK(XD_SDEC_K_O);
+      SB(xd_cuda_rmsnorm_f32(c, m->xb, NULL, m->h, Ly->mlp_norm, B, D, eps, e));
+    }
+    SD_MARK(XD_SDEC_K_NORM);
+    SB(xd_cuda_matmul(c, m->gub, XD_CUDA_BF16, m->xb, Ly->w_gu, Ly->b_gu16, B, D, 2 * F, 0, e));
+    SB(xd_cuda_swiglu_forward(c, m->actb, m->gub, m->gub + F, B, F, 2 * F, e));
+    SD_MARK(XD_SDEC_K_GU);
+    if (m->post_norm) {
+      SB(xd_cuda_matmul(c, m->tmp, XD_CUDA_F32, m->actb, Ly->w_down, Ly->b_down, B, F, D, 0, e));
+      SD_MARK(XD_SDEC_K_DOWN);
+      SB(xd_cuda_add_rmsnorm_f32(c, m->h, m->tmp, Ly->mlp_out_norm, B, D, eps, e));
+      SD_MARK(XD_SDEC_K_NORM);
+    } else {
+      SB(xd_cuda_matmul(c, m->h, XD_CUDA_F32, m->actb, Ly->w_down, Ly->b_down, B, F, D, 1, e));
+      SD_MARK(XD_SDEC_K_DOWN);
+    }
+  }
+  SB(xd_cuda_rmsnorm_f32(c, m->xb, NULL, m->h, m->final_norm, B, D, eps, e));
+  SB(xd_cuda_matmul(c, m->logits, XD_CUDA_F32, m->xb, m->lm_head, NULL, B, D, m->V, 0, e));
+  SD_MARK(XD_SDEC_K_LMHEAD);
+#undef SB
+  return 0;
+}
+
+extern "C" int xd_cuda_sdec_step(xd_cuda_ctx *c, const xd_cuda_sdec *m, xd_err *e) {
+  return m->B > 1 ? sdec_step_batch(c, m, NULL, e) : sdec_step(c, m, NULL, e);
+}
 
 extern "C" const char *xd_cuda_sdec_kname(int k) {
   static const char *nm[XD_SDEC_NK] = {"embed", "qkv GEMV", "prep (legacy)", "per-head (attn+mLSTM)",
@@ -1347,7 +1745,7 @@ extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, i
     if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile capture failed");
     if (rc == 0) {
       xd_err inner = {{0}};
-      const int r1 = sdec_step(c, m, pf, &inner);
+      const int r1 = m->B > 1 ? sdec_step_batch(c, m, pf, &inner) : sdec_step(c, m, pf, &inner);
       const cudaError_t st = cudaStreamEndCapture(c->stream, &g);
       if (r1) rc = xd_errf(e, "%s", inner.msg);
       else if (st != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile capture: %s", cudaGetErrorString(st));
@@ -1360,7 +1758,7 @@ extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, i
       if (cudaGraphLaunch(gx, c->stream) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile graph launch failed");
     } else {
       pf->n = 0;
-      rc = sdec_step(c, m, pf, e);
+      rc = m->B > 1 ? sdec_step_batch(c, m, pf, e) : sdec_step(c, m, pf, e);
     }
     if (rc == 0 && cudaStreamSynchronize(c->stream) != cudaSuccess) rc = xd_errf(e, "student_decode.cu: profile sync failed");
     for (int i = 1; i < pf->n && rc == 0; i++) {
@@ -1377,10 +1775,11 @@ extern "C" int xd_cuda_sdec_profile_ex(xd_cuda_ctx *c, const xd_cuda_sdec *m0, i
   double kv = 0;
   for (int l = 0; l < m->L; l++) kv += (double)(m->layers[l].W + m->layers[l].S) * G * d * 2 * 2;
   const int dp = m->hedgehog ? m->P / 2 : m->P;
-  bytes[XD_SDEC_K_EMBED] = D * 2;
+  const double nb = m->B > 1 ? m->B : 1; /* per-sequence classes: state, K/V, embedding rows */
+  bytes[XD_SDEC_K_EMBED] = nb * D * 2;
   bytes[XD_SDEC_K_QKV] = L * qkv * D * 2;
   bytes[XD_SDEC_K_PREP] = L * ((H + G) * d * dp * 4 + 2 * H * D * 4 + 2 * G * d * 2);
-  bytes[XD_SDEC_K_CORE] = L * (H * P * d * 4 * 2 + H * P * 4 * 2) + kv;
+  bytes[XD_SDEC_K_CORE] = nb * (L * (H * P * d * 4 * 2 + H * P * 4 * 2) + kv);
   bytes[XD_SDEC_K_O] = L * D * H * d * 2;
   bytes[XD_SDEC_K_GU] = L * 2 * F * D * 2;
   bytes[XD_SDEC_K_DOWN] = L * D * F * 2;

@@ -13,7 +13,8 @@
 #      time big shapes skip that part), appended to $OUT/memcheck.txt, when the tool is present;
 #   4. bench_gpu_teacher (Llama-3.2-1B shape, T = XD_BENCH_T, default 4096), then the PyTorch
 #      reference tools/bench_reference.py, bench_gpu_student (student prefill vs teacher at
-#      4K-64K, decode latency and its bandwidth bound), bench_gpu_train (stage I / II steps at the
+#      4K-64K, decode latency and its bandwidth bound), bench_gpu_throughput (generation tokens/s
+#      over a batch, student vs teacher at 1K-64K within 80 GiB), bench_gpu_train (stage I / II steps at the
 #      1B shape: tokens/s, MFU, per-op profile; stage II also with gradient accumulation over 8
 #      micro-batches) and the PyTorch stage II reference (tools/student_reference.py bench --only
 #      stage2; the same three measures), then bench_gpu_teacher again.
@@ -32,7 +33,7 @@ TESTS=${XD_GPU_TESTS:-$(for f in tests/gpu/test_gpu_*.c; do basename "$f" .c; do
 TESTS=$(for t in $TESTS; do case $t in cli_*) ;; *) echo "$t" ;; esac; done) # the programs (cli_* are scripts)
 BIN=""
 if cmake -S . -B build-gpu -DXD_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student bench_gpu_train xdistill >>"$OUT/build.log" 2>&1; then
+   cmake --build build-gpu -j"$(nproc)" --target $TESTS bench_gpu_teacher bench_gpu_student bench_gpu_throughput bench_gpu_train xdistill >>"$OUT/build.log" 2>&1; then
   BIN=build-gpu
   echo "== built here (build-gpu)"
 elif [ -n "${XD_GPU_PREBUILT:-}" ] && { [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ] || [ -e "$XD_GPU_PREBUILT/test_gpu_ops.gz" ]; }; then
@@ -100,6 +101,10 @@ if [ -x "$BIN/bench_gpu_student" ]; then
   echo "== bench_gpu_student (prefill 4K/16K/64K vs the teacher, decode latency, bandwidth bound)"
   "$BIN/bench_gpu_student" 2>&1 | tee "$OUT/bench_student.txt"
 fi
+if [ -x "$BIN/bench_gpu_throughput" ]; then
+  echo "== bench_gpu_throughput (generation tokens/s over a batch: student vs teacher, 1K-64K, 80 GiB)"
+  "$BIN/bench_gpu_throughput" 2>&1 | tee "$OUT/bench_throughput.txt"
+fi
 if [ -x "$BIN/bench_gpu_train" ]; then
   echo "== bench_gpu_train (stage I / stage II step at the 1B shape, T=$T)"
   XD_BENCH_ACCUM=8 "$BIN/bench_gpu_train" "$T" 2>&1 | tee "$OUT/bench_train.txt"
@@ -110,7 +115,7 @@ fi
 echo "== bench_gpu_teacher again"
 "$BIN/bench_gpu_teacher" "$T" 2>&1 | grep -E 'teacher forward|RESULT' | tee "$OUT/bench2.txt"
 echo "== summary"
-grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt "$OUT"/bench_student.txt 2>/dev/null
+grep -h RESULT "$OUT"/bench.txt "$OUT"/ref.txt "$OUT"/bench2.txt "$OUT"/bench_student.txt "$OUT"/bench_throughput.txt 2>/dev/null
 grep -h '^XD ' "$OUT"/bench_train.txt 2>/dev/null
 grep -h '^REF ' "$OUT"/ref_stage2.txt 2>/dev/null
 grep -E 'passed, .* failed' "$OUT/test.txt"

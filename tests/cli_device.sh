@@ -43,6 +43,9 @@ else
   expect_error "forward --device cuda, student (no GPU)" "--device cuda" "$BIN" forward --model "$TMP/student" --ids $IDS --out "$TMP/s.npy" --device cuda
   [ ! -e "$TMP/s.npy" ] && ok "no student output file after the error" || bad "student output file written despite the error"
   expect_error "generate --device cuda, student (no GPU)" "--device cuda" "$BIN" generate --model "$TMP/student" --ids $IDS --max-new 2 --device cuda
+  # text on the GPU: the same one line, nothing on stdout
+  expect_error "generate --prompt --device cuda (no GPU)" "--device cuda" "$BIN" generate --model tests/fixtures/tiny-teacher --prompt hi --device cuda
+  [ ! -s "$TMP/out" ] && ok "generate --prompt --device cuda: nothing on stdout" || bad "generate --prompt --device cuda printed $(cat "$TMP/out")"
   # training on the GPU: one line, exit 1, nothing written to --out
   TEA=tests/fixtures/tiny-teacher
   for d in $(seq 1 40); do echo "{\"text\": \"the king shall speak of love and war in hall $d.\"}"; done >"$TMP/text.jsonl"
@@ -64,5 +67,4 @@ expect_error "teacher-cache --device tpu" "--device must be cpu or cuda" "$BIN" 
 expect_error "align --device tpu" "--device must be cpu or cuda" "$BIN" align --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "distill --device tpu" "--device must be cpu or cuda" "$BIN" distill --teacher $M --student "$TMP/x" --data "$TMP/x" --out "$TMP/x" --device tpu
 expect_error "eval --device tpu" "--device must be cpu or cuda" "$BIN" eval --model tests/fixtures/tiny-teacher --tasks mc:tests/fixtures/eval/mc.jsonl --device tpu
-expect_error "generate --device cuda --prompt" "" "$BIN" generate --model $M --prompt hi --device cuda
 exit $fail

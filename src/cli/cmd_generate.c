@@ -14,9 +14,11 @@ static const char usage[] =
   "usage: xdistill generate --model DIR --ids IDS.npy --max-new N [--ignore-eos] [--with-prompt] [--threads N]\n"
   "                         [--device cpu|cuda]\n"
   "       xdistill generate --model DIR --prompt TEXT [--chat] [--system TEXT] [--temperature T]\n"
-  "                         [--top-k K] [--top-p P] [--seed S] [--max-new N] [--stop STR]... [--threads N]\n\n"
-  "Decoding with the fp32 CPU model: a teacher (prefill, then one token at a time with a KV cache)\n"
-  "or a hybrid xLSTM student (prefill, then one token at a time in constant memory).\n"
+  "                         [--top-k K] [--top-p P] [--seed S] [--max-new N] [--stop STR]... [--threads N]\n"
+  "                         [--device cpu|cuda]\n\n"
+  "Decoding with the fp32 CPU model (or on GPU 0 with --device cuda): a teacher (prefill, then one\n"
+  "token at a time with a KV cache) or a hybrid xLSTM student (prefill, then one token at a time in\n"
+  "constant memory).\n"
   "  --model DIR        teacher or student checkpoint directory\n"
   "  --threads N        CPU threads\n"
   "  --max-new N        tokens to generate at most (text mode default 256)\n"
@@ -26,9 +28,9 @@ static const char usage[] =
   "                     prints the generated ids, space-separated, one line per row (a row stops\n"
   "                     after its first EOS, which is printed)\n"
   "  --with-prompt      print the prompt ids before the generated ones\n"
-  "  --device D         cpu (default) or cuda: the model on GPU 0 (bf16 matrices, greedy; a teacher\n"
-  "                     with its KV cache, a student with its constant-memory state; prints its\n"
-  "                     memory to stderr)\n"
+  "  --device D         cpu (default) or cuda: the model on GPU 0 (bf16 matrices; a teacher with\n"
+  "                     its KV cache, a student with its constant-memory state; --ids: greedy, the\n"
+  "                     rows decoded together, memory printed to stderr; --prompt: also sampling)\n"
   "Text (tokenizer.json of the model directory, or --tokenizer):\n"
   "  --prompt TEXT      prompt; the generated text is streamed to stdout (complete UTF-8\n"
   "                     characters only), ending with a newline\n"
@@ -150,14 +152,16 @@ int cmd_generate(int argc, char **argv) {
   if (ids_path && (chat || system || n_stops || tokenizer || chat_format))
     return cli_failf("generate: --chat, --system, --stop, --tokenizer and --chat-format need --prompt");
   if (system && !chat) return cli_failf("generate: --system needs --chat");
-  if (cuda && !ids_path) return cli_failf("generate: --device cuda supports --ids (greedy) only; --prompt runs on the CPU for now");
   xd_err e = {0};
   if (xd_sample_params_check(&o.sp, &e)) return cli_fail(&e);
   xd_set_threads(threads);
   xd_runner r;
   memset(&r, 0, sizeof r);
-  /* the GPU path loads the model itself (one host copy at a time): here only its config */
-  if (cuda ? xd_config_load(&r.cfg, model, &e) : xd_runner_load(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, &e))
+  /* --ids on the GPU loads the model itself (one host copy at a time): here only its config;
+   * text on the GPU runs the runner's GPU model (decoder on the device, sampling on the host) */
+  const int cfg_only = cuda && ids_path;
+  if (cfg_only ? xd_config_load(&r.cfg, model, &e)
+               : xd_runner_load_on(&r, model, tokenizer, ids_path ? XD_TOK_SKIP : XD_TOK_REQUIRED, cuda, &e))
     return cli_fail(&e);
   int rc = 0;
   if (ids_path) {
@@ -201,22 +205,15 @@ int cmd_generate(int argc, char **argv) {
         const double dt = xd_now() - t0;
         if (stats) {
           /* decode memory: the teacher's KV cache grows with the sequence, the student's state not */
-          size_t state;
-          if (r.is_student) {
-            xd_student_state st;
-            xd_student_state_alloc(&st, &r.student);
-            state = xd_student_state_bytes(&st);
-            xd_student_state_free(&st);
-          } else {
-            state = (size_t)2 * r.cfg.n_layers * (n + ng) * r.cfg.n_kv_heads * r.cfg.head_dim * sizeof(float);
-          }
-          fprintf(stderr, "[%s] prompt %zu tokens, generated %zu tokens in %.3f s (%.1f tokens/s), decode state %.2f MiB, stop: %s\n",
-                  r.is_student ? "student" : "teacher", n, ng, dt, dt > 0 ? (double)ng / dt : 0.0, state / 1048576.0, why);
+          const size_t state = xd_runner_decode_state_bytes(&r, n + ng);
+          fprintf(stderr, "[%s%s] prompt %zu tokens, generated %zu tokens in %.3f s (%.1f tokens/s), decode state %.2f MiB, stop: %s\n",
+                  r.is_student ? "student" : "teacher", cuda ? ", cuda" : "", n, ng, dt, dt > 0 ? (double)ng / dt : 0.0,
+                  state / 1048576.0, why);
         }
       }
     }
     free(ids);
   }
-  if (!cuda) xd_runner_free(&r);
+  if (!cfg_only) xd_runner_free(&r);
   return rc ? cli_fail(&e) : 0;
 }

@@ -305,6 +305,19 @@ void xd_runner_free(xd_runner *r) {
   memset(r, 0, sizeof *r);
 }
 
+size_t xd_runner_decode_state_bytes(const xd_runner *r, size_t n) {
+  const size_t kv = (size_t)2 * r->cfg.n_layers * n * r->cfg.n_kv_heads * r->cfg.head_dim; /* K and V elements */
+#ifdef XD_HAVE_CUDA
+  if (r->gpu) return r->is_student ? (r->gpu->st ? xd_student_cuda_state_bytes(r->gpu->st) : 0) : kv * 2;
+#endif
+  if (!r->is_student) return kv * sizeof(float);
+  xd_student_state st; /* its size, from the shapes */
+  xd_student_state_alloc(&st, &r->student);
+  const size_t b = xd_student_state_bytes(&st);
+  xd_student_state_free(&st);
+  return b;
+}
+
 int xd_runner_is_eos(const xd_runner *r, int32_t id) {
   for (int i = 0; i < r->cfg.n_eos; i++)
     if (r->cfg.eos_token_ids[i] == id) return 1;

@@ -48,6 +48,10 @@ int xd_runner_load(xd_runner *r, const char *dir, const char *tokenizer, int tok
  * so only one xd_decoder of a GPU runner may be in use at a time. */
 int xd_runner_load_on(xd_runner *r, const char *dir, const char *tokenizer, int tok_mode, int cuda, xd_err *e);
 void xd_runner_free(xd_runner *r);
+/* Device (GPU) or host bytes of the decoding state after n tokens: the student's recurrent state
+ * (the same at any n; on the GPU the decoder's state, which exists once a decoder has run), the
+ * teacher's K and V cache of n positions (fp32 on the CPU, bf16 on the GPU). */
+size_t xd_runner_decode_state_bytes(const xd_runner *r, size_t n);
 /* 1 if id is one of the config's eos_token_id(s) or the tokenizer's EOS. */
 int xd_runner_is_eos(const xd_runner *r, int32_t id);
 /* ids [B,T] -> logits [B,T,V]. */

@@ -164,6 +164,26 @@ PY
   done
 fi
 
+# `generate --prompt --device cuda` (text through the runner's GPU model): greedy text against the
+# CPU's (printed: bf16 may flip a near tie), the stats line names the device, and seeded sampling
+# repeats itself.
+if [ "$GPU" = cuda ]; then
+  for m in prose prose_student; do
+    "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 --device cuda --stats >"$TMP/tg.out" 2>"$TMP/tg.err" \
+      && [ -s "$TMP/tg.out" ] && grep -q "^\[.*cuda\] prompt .* decode state" "$TMP/tg.err" \
+      && ok "$m: generate --prompt --device cuda ($(tail -1 "$TMP/tg.err" | sed 's/.*generated/generated/'))" \
+      || bad "$m: generate --prompt --device cuda: $(tail -1 "$TMP/tg.err")"
+    "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 >"$TMP/tc.out" 2>/dev/null
+    cmp -s "$TMP/tg.out" "$TMP/tc.out" && echo "  $m: greedy text equal to the CPU's" || echo "  $m: greedy text differs from the CPU's"
+    for i in 1 2; do
+      "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 --temperature 0.8 --top-k 20 --seed 3 --device cuda \
+        >"$TMP/ts$i.out" 2>/dev/null
+    done
+    [ -s "$TMP/ts1.out" ] && cmp -s "$TMP/ts1.out" "$TMP/ts2.out" && ok "$m: seeded sampling on the GPU repeats itself" \
+      || bad "$m: seeded sampling on the GPU: empty or not repeated"
+  done
+fi
+
 # --reference on the GPU: both models on the device, comparison written
 "$BIN" eval --model "$TMP/prose_student" --reference "$TMP/prose" --tasks "mc:$EV/mc.jsonl" --num-fewshot 0 \
   --device "$GPU" --out "$TMP/ref.json" >"$TMP/ref.out" 2>"$TMP/ref.err" && [ -s "$TMP/ref.compare.json" ] \

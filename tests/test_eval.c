@@ -24,6 +24,8 @@ typedef struct {
   const char *const *gen_out;
   int n_gen;
   int saw_stop_question;
+  size_t gen_batches, gen_batch_max; /* mock_gen_batch's calls and their largest size */
+  int gen_requests, gen_fail_at;
 } mock;
 
 static void mock_init(mock *m, int uniform) {
@@ -94,9 +96,27 @@ static int mock_gen(void *ctx, const int32_t *prompt, size_t n, const char *cons
   return 0;
 }
 
+/* generate_until_batch through mock_gen, recording the calls' sizes; fails on request
+ * m->gen_fail_at (1-based, 0 = never) with every output left NULL, as the contract asks */
+static int mock_gen_batch(void *ctx, const int32_t *const *prompts, const size_t *n_prompts, size_t n,
+                          const char *const *stops, size_t n_stops, int max_new, char **outs, xd_err *e) {
+  mock *m = ctx;
+  m->gen_batches++;
+  if (n > m->gen_batch_max) m->gen_batch_max = n;
+  for (size_t k = 0; k < n; k++) outs[k] = NULL;
+  for (size_t k = 0; k < n; k++) {
+    if (++m->gen_requests == m->gen_fail_at || mock_gen(ctx, prompts[k], n_prompts[k], stops, n_stops, max_new, &outs[k], e)) {
+      if (m->gen_requests == m->gen_fail_at) xd_errf(e, "mock: request %d fails", m->gen_fail_at);
+      for (size_t j = 0; j < n; j++) { free(outs[j]); outs[j] = NULL; }
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static xd_lm mock_lm(mock *m, size_t max_length, size_t batch) {
   m->max_length = max_length;
-  xd_lm lm = {m, mock_ll, mock_gen, mock_encode, 256, max_length, batch, "mock-bigram"};
+  xd_lm lm = {m, mock_ll, mock_gen, mock_encode, 256, max_length, batch, "mock-bigram", NULL};
   return lm;
 }
 
@@ -321,6 +341,29 @@ static void test_generation_exact_match(void) {
   CHECK_REL(metric(&r, "exact_match_strict"), 1.0 / 4, 1e-12, 1e-12);
   CHECK(m->saw_stop_question);
   xd_task_result_free(&r);
+  /* the same through generate_until_batch: batches of batch_size (3: one of 3, one of 1), the
+   * same scores and per-doc items */
+  {
+    xd_lm lb = mock_lm(m, 512, 3);
+    lb.generate_until_batch = mock_gen_batch;
+    xd_eval_options ob = {0, NULL, 1};
+    xd_task_result rb, r1;
+    CHECKF(xd_eval_run(t, &lb, &ob, &rb, &e) == 0, "%s", e.msg);
+    CHECK(m->gen_batches == 2 && m->gen_batch_max == 3 && m->gen_requests == 4);
+    CHECK_REL(metric(&rb, "exact_match"), 2.0 / 4, 1e-12, 1e-12);
+    CHECK_REL(metric(&rb, "exact_match_strict"), 1.0 / 4, 1e-12, 1e-12);
+    lb.generate_until_batch = NULL; /* batch_size 3 without the callback: one at a time */
+    CHECKF(xd_eval_run(t, &lb, &ob, &r1, &e) == 0, "%s", e.msg);
+    CHECK(m->gen_batches == 2);
+    CHECK(rb.n == 4 && r1.n == 4 && rb.items && r1.items && memcmp(rb.items, r1.items, 4 * sizeof *rb.items) == 0);
+    xd_task_result_free(&rb);
+    xd_task_result_free(&r1);
+    /* a failing batch: one error line naming the task and the docs, nothing leaked (ASan) */
+    lb.generate_until_batch = mock_gen_batch;
+    m->gen_requests = 0, m->gen_fail_at = 2;
+    CHECK(xd_eval_run(t, &lb, &ob, &rb, &e) == -1 && strstr(e.msg, "docs 0-2") && strstr(e.msg, "request 2 fails"));
+    m->gen_fail_at = 0;
+  }
   /* a model without generate_until is refused with a clear error */
   lm.generate_until = NULL;
   CHECK(xd_eval_run(t, &lm, &o, &r, &e) == -1 && strstr(e.msg, "cannot generate"));
@@ -682,7 +725,7 @@ static int wt_ll(void *ctx, const xd_ll_request *reqs, size_t n, xd_ll_result *o
  * contexts are cut from the left. */
 static void test_encode_pair_semantics(void) {
   wordtok *w = calloc(1, sizeof *w);
-  xd_lm lm = {w, wt_ll, NULL, wt_encode, 1000, 2048, 8, "wordtok"};
+  xd_lm lm = {w, wt_ll, NULL, wt_encode, 1000, 2048, 8, "wordtok", NULL};
   char *ctxs[3] = {"The cat ", "", "ab"};
   char *conts[3][1] = {{"sat"}, {"Hello world"}, {"cd"}};
   xd_task_doc docs[3];

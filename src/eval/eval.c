@@ -214,12 +214,78 @@ static void ascii_lower(char *s) {
   for (; *s; s++) *s = (char)tolower((unsigned char)*s);
 }
 
-static int run_generate(const xd_task *t, const xd_lm *lm, progress *pg, xd_task_result *res, int keep, xd_err *e) {
+/* Score doc i's generation (out, freed here): exact match of the extracted answer. */
+static void score_generation(const xd_task *t, size_t i, char *out, int keep, xd_task_result *res, double *em,
+                             double *em_strict) {
+  /* cut at the first stop string, whether or not the model already did */
+  for (size_t s = 0; s < t->n_until; s++) {
+    char *hit = t->until[s][0] ? strstr(out, t->until[s]) : NULL;
+    if (hit) *hit = 0;
+  }
+  int strict = 0;
+  char *got = xd_extract_answer(out, t->extract, &strict);
+  char *want = xd_strdup(t->docs[i].answer);
+  if (t->ignore_case) { ascii_lower(got); ascii_lower(want); }
+  const int hit = !strcmp(got, want);
+  *em += hit;
+  *em_strict += hit && strict;
+  if (keep) res->items[i] = hit;
+  free(got);
+  free(want);
+  free(out);
+}
+
+/* Docs [i0, i0 + n) through generate_until_batch: encoded (left-truncated as one at a time), one
+ * call, scored in order. */
+static int generate_group(const xd_task *t, const xd_lm *lm, size_t i0, size_t n, size_t max_new, progress *pg,
+                          xd_task_result *res, int keep, double *em, double *em_strict, xd_err *e) {
+  int32_t **ids = xd_calloc(n, sizeof *ids);
+  const int32_t **pr = xd_calloc(n, sizeof *pr);
+  size_t *np = xd_calloc(n, sizeof *np);
+  char **outs = xd_calloc(n, sizeof *outs);
+  int rc = 0;
+  for (size_t k = 0; k < n && !rc; k++) {
+    const xd_task_doc *d = &t->docs[i0 + k];
+    size_t len;
+    if (lm->encode(lm->ctx, d->prompt, strlen(d->prompt), &ids[k], &len, e)) {
+      xd_err_prefix(e, "%s doc %zu", t->name, i0 + k);
+      rc = -1;
+      break;
+    }
+    const size_t room = lm->max_length - max_new, off = len > room ? len - room : 0;
+    pr[k] = ids[k] + off, np[k] = len - off;
+  }
+  if (!rc && lm->generate_until_batch(lm->ctx, pr, np, n, (const char *const *)t->until, t->n_until, (int)max_new, outs, e)) {
+    xd_err_prefix(e, "%s docs %zu-%zu", t->name, i0, i0 + n - 1);
+    rc = -1;
+  }
+  for (size_t k = 0; k < n; k++) {
+    if (!rc) {
+      score_generation(t, i0 + k, outs[k], keep, res, em, em_strict);
+      progress_tick(pg, i0 + k + 1, 0);
+    } else {
+      free(outs[k]);
+    }
+    free(ids[k]);
+  }
+  free(ids), free(pr), free(np), free(outs);
+  return rc;
+}
+
+static int run_generate(const xd_task *t, const xd_lm *lm, size_t bs, progress *pg, xd_task_result *res, int keep,
+                        xd_err *e) {
   double em = 0, em_strict = 0;
   /* a small model (demo context lengths) keeps at least half its context for the prompt */
   size_t max_new = (size_t)t->max_new_tokens;
   if (max_new > lm->max_length / 2) max_new = lm->max_length / 2;
-  for (size_t i = 0; i < t->n_docs; i++) {
+  const size_t group = lm->generate_until_batch && bs > 1 ? bs : 1;
+  for (size_t i = 0; i < t->n_docs;) {
+    if (group > 1) { /* up to batch_size docs decoded together */
+      const size_t n = t->n_docs - i < group ? t->n_docs - i : group;
+      if (generate_group(t, lm, i, n, max_new, pg, res, keep, &em, &em_strict, e)) return -1;
+      i += n;
+      continue;
+    }
     const xd_task_doc *d = &t->docs[i];
     int32_t *ids;
     size_t n;
@@ -229,23 +295,9 @@ static int run_generate(const xd_task *t, const xd_lm *lm, progress *pg, xd_task
     int rc = lm->generate_until(lm->ctx, ids + off, n - off, (const char *const *)t->until, t->n_until, (int)max_new, &out, e);
     free(ids);
     if (rc) return xd_err_prefix(e, "%s doc %zu", t->name, i);
-    /* cut at the first stop string, whether or not the model already did */
-    for (size_t s = 0; s < t->n_until; s++) {
-      char *hit = t->until[s][0] ? strstr(out, t->until[s]) : NULL;
-      if (hit) *hit = 0;
-    }
-    int strict = 0;
-    char *got = xd_extract_answer(out, t->extract, &strict);
-    char *want = xd_strdup(d->answer);
-    if (t->ignore_case) { ascii_lower(got); ascii_lower(want); }
-    int hit = !strcmp(got, want);
-    em += hit;
-    em_strict += hit && strict;
-    if (keep) res->items[i] = hit;
-    free(got);
-    free(want);
-    free(out);
-    progress_tick(pg, i + 1, 0);
+    score_generation(t, i, out, keep, res, &em, &em_strict);
+    i++;
+    progress_tick(pg, i, 0);
   }
   add_metric(res, "exact_match", em / (double)t->n_docs, 1);
   if (t->extract == XD_EXTRACT_GSM8K) add_metric(res, "exact_match_strict", em_strict / (double)t->n_docs, 1);
@@ -329,7 +381,7 @@ int xd_eval_run(const xd_task *task, const xd_lm *lm, const xd_eval_options *opt
   switch (task->kind) {
     case XD_TASK_MULTIPLE_CHOICE:
     case XD_TASK_LOGLIKELIHOOD: rc = run_loglik(task, lm, bs, &pg, res, opt->keep_items, e); break;
-    case XD_TASK_GENERATE: rc = run_generate(task, lm, &pg, res, opt->keep_items, e); break;
+    case XD_TASK_GENERATE: rc = run_generate(task, lm, bs, &pg, res, opt->keep_items, e); break;
     default: rc = run_perplexity(task, lm, &pg, res, opt->keep_items, e); break;
   }
   if (rc) { xd_task_result_free(res); return -1; }

@@ -12,6 +12,10 @@
  *  - generate_until: greedy decoding from the prompt until one of the stop strings appears in
  *    the decoded text or max_new tokens were produced; out_text (heap, NUL-terminated, caller
  *    frees) is the generated text with the first stop string and everything after it removed.
+ *  - generate_until_batch (optional): generate_until for n prompts at once (the evaluator sends
+ *    up to batch_size); out_texts[i] as generate_until's out_text for prompts[i]. A model that
+ *    decodes many sequences together (the GPU student) sets it; results equal generate_until's
+ *    up to the model's batched numerics.
  *  - encode: text -> ids without special tokens (no BOS), as HF encode(add_special_tokens=False). */
 #ifndef XD_EVAL_LM_H
 #define XD_EVAL_LM_H
@@ -43,6 +47,9 @@ typedef struct xd_lm {
   size_t max_length;   /* model context length in tokens (>= 2) */
   size_t batch_size;   /* requests per loglikelihood call (>= 1) */
   const char *name;    /* model path or name, recorded in results */
+  /* Optional (NULL: generate_until per request): generation of n requests at once. */
+  int (*generate_until_batch)(void *ctx, const int32_t *const *prompts, const size_t *n_prompts, size_t n,
+                              const char *const *stops, size_t n_stops, int max_new, char **out_texts, xd_err *e);
 } xd_lm;
 
 #endif

@@ -23,6 +23,7 @@ struct xd_runner_gpu {
   xd_teacher_cuda_state dec;    /* teacher decoding (KV cache, B = 1): feeds <= dec_tn, length <= dec_cap */
   int dec_tn, dec_cap;
   xd_student_cuda_state *st;    /* student decoding (constant memory) */
+  xd_student_cuda_state *stb;   /* student, batched generation: the last call's count of slots */
   /* log-likelihood scoring (gpu_score): scored rows / tokens and their results, cap entries */
   int32_t *d_rows, *d_toks, *d_greedy;
   double *d_lp;
@@ -46,6 +47,7 @@ static void gpu_free(struct xd_runner_gpu *g) {
   xd_teacher_cuda_state_free(&g->fwd);
   xd_teacher_cuda_state_free(&g->dec);
   if (g->st) xd_student_cuda_state_free(g->st);
+  if (g->stb) xd_student_cuda_state_free(g->stb);
   xd_cuda_free(g->d_rows), xd_cuda_free(g->d_toks), xd_cuda_free(g->d_greedy), xd_cuda_free(g->d_lp);
   if (g->s) xd_student_cuda_free(g->s);
   if (g->t_up) xd_teacher_cuda_free(&g->t);
@@ -506,6 +508,75 @@ static int lm_generate(void *ctx, const int32_t *prompt, size_t n_prompt, const 
   return xd_runner_generate(r, prompt, n_prompt, &o, NULL, NULL, out_text, NULL, e);
 }
 
+#ifdef XD_HAVE_CUDA
+/* generate_until_batch for a GPU student: the n prompts in one batched state (each slot
+ * prefilled alone, then one step for all), greedy; per request lm_generate's semantics (prompt
+ * cut to max_length, stop at EOS, a stop string, max_new or a full context), each with its own
+ * streaming detokenizer. A request that has stopped keeps stepping on its last token, unread. */
+static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const size_t *n_prompts, size_t n,
+                             const char *const *stops, size_t n_stops, int max_new, char **out_texts, xd_err *e) {
+  xd_logits_model *m = ctx;
+  xd_runner *r = m->ctx;
+  struct xd_runner_gpu *g = r->gpu;
+  for (size_t k = 0; k < n; k++) out_texts[k] = NULL;
+  if (n == 0) return 0;
+  if (n > 65535) return xd_errf(e, "%s: %zu requests in one generation batch (at most 65535)", r->name, n);
+  if (g->stb && xd_student_cuda_state_batch(g->stb) != (int)n) {
+    xd_student_cuda_state_free(g->stb);
+    g->stb = NULL;
+  }
+  if (!g->stb && xd_student_cuda_state_alloc_batch(&g->stb, g->s, (int)n, e)) return -1;
+  xd_detok *dt = xd_calloc(n, sizeof *dt);
+  int *left = xd_calloc(n, sizeof *left), live = 0, rc = 0;
+  int32_t *next = xd_calloc(n, sizeof *next), *last = xd_calloc(n, sizeof *last);
+  for (size_t k = 0; k < n; k++) {
+    const int32_t *p = prompts[k];
+    size_t np = n_prompts[k];
+    if (np == 0) p = &m->prefix_id, np = 1;
+    if (np > m->max_length) p += np - m->max_length, np = m->max_length;
+    const size_t room = m->max_length - np; /* o.max_total: the context's room */
+    left[k] = max_new > 0 ? (size_t)max_new < room ? max_new : (int)room : 0;
+    xd_detok_init(&dt[k], r->tok, stops, n_stops);
+    last[k] = p[np - 1];
+    live += left[k] > 0;
+    /* a request with nothing to generate is not prefilled: its slot keeps a one-token prompt */
+    if (!rc) rc = xd_student_cuda_prefill(g->s, g->stb, (int)k, left[k] > 0 ? p : &last[k], left[k] > 0 ? (int)np : 1, NULL, e);
+  }
+  while (!rc && live > 0) {
+    if (xd_student_cuda_argmax(g->s, g->stb, next, e)) { rc = -1; break; }
+    for (size_t k = 0; k < n && !rc; k++) {
+      if (left[k] <= 0) { next[k] = last[k]; continue; }
+      const int32_t tok = next[k];
+      int stop = xd_runner_is_eos(r, tok);
+      if (!stop) {
+        const char *piece;
+        size_t n_piece;
+        const int st = xd_detok_push(&dt[k], tok, &piece, &n_piece, e);
+        if (st < 0) rc = -1;
+        stop = st == 1;
+        last[k] = tok;
+        left[k]--;
+      }
+      if (stop) left[k] = 0;
+      if (left[k] == 0) live--;
+    }
+    if (!rc && live > 0 && xd_student_cuda_step_batch(g->s, g->stb, next, NULL, e)) rc = -1;
+  }
+  for (size_t k = 0; k < n; k++) {
+    if (!rc) {
+      const char *piece;
+      size_t n_piece;
+      xd_detok_finish(&dt[k], &piece, &n_piece);
+      out_texts[k] = dt[k].text; /* handed over */
+      dt[k].text = NULL;
+    }
+    xd_detok_free(&dt[k]);
+  }
+  free(dt), free(left), free(next), free(last);
+  return rc;
+}
+#endif
+
 int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
   if (!r->tok) return xd_errf(e, "%s: evaluation needs a tokenizer", r->name);
   xd_logits_model *m = &r->lm_src;
@@ -533,5 +604,11 @@ int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
 #endif
   xd_lm_from_logits(lm, m);
   lm->generate_until = lm_generate;
+#ifdef XD_HAVE_CUDA
+  /* the GPU student decodes a task's generation requests batch_size at a time;
+   * XD_EVAL_GEN_BATCH=0: one at a time (the path before; kept for comparisons) */
+  const char *gb = getenv("XD_EVAL_GEN_BATCH");
+  if (r->gpu && r->is_student && !(gb && strcmp(gb, "0") == 0)) lm->generate_until_batch = lm_generate_batch;
+#endif
   return 0;
 }

@@ -164,6 +164,30 @@ PY
   done
 fi
 
+# eval's generation on a GPU student decodes batch_size requests together (generate_until_batch:
+# one batched state, stop strings and EOS per request): 6 docs at --batch 4 (a batch of 4, then
+# of 2) against one request at a time (XD_EVAL_GEN_BATCH=0): the same metrics and per-doc items.
+if [ "$GPU" = cuda ]; then
+  for q in "What is 2 + 2?" "Name a king." "Where is the castle?" "How many swords?" "Who rode out?" "What did the queen say?"; do
+    printf '{"question": "%s", "answer": "#### 4"}\n' "$q"
+  done >"$TMP/gen6.jsonl"
+  for m in prose_student gqa_student; do
+    XD_EVAL_GEN_BATCH=0 "$BIN" eval --model "$TMP/$m" --tasks "gen=gsm8k:$TMP/gen6.jsonl" --num-fewshot 0 --batch 4 --device cuda \
+      --out "$TMP/$m.g1.json" >/dev/null 2>"$TMP/$m.g1.err" \
+      && "$BIN" eval --model "$TMP/$m" --tasks "gen=gsm8k:$TMP/gen6.jsonl" --num-fewshot 0 --batch 4 --device cuda \
+      --out "$TMP/$m.gb.json" >/dev/null 2>"$TMP/$m.gb.err" \
+      && python3 - "$TMP/$m.g1.json" "$TMP/$m.gb.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p))["tasks"][0] for p in sys.argv[1:3])
+same = a["metrics"] == b["metrics"] and a.get("items") == b.get("items") and a["n"] == b["n"] == 6
+print(f"  one at a time {a['metrics']} {a['seconds']:.3f} s | batched {b['metrics']} {b['seconds']:.3f} s")
+sys.exit(0 if same else 1)
+PY
+    [ $? -eq 0 ] && ok "$m: batched eval generation scores as one request at a time" \
+      || bad "$m: batched eval generation differs: $(tail -1 "$TMP/$m.gb.err")"
+  done
+fi
+
 # `generate --prompt --device cuda` (text through the runner's GPU model): greedy text against the
 # CPU's (printed: bf16 may flip a near tie), the stats line names the device, and seeded sampling
 # repeats itself.

@@ -177,6 +177,39 @@ static void check_model(const char *name, const xd_teacher *cpu, const int32_t *
             diff, B * (T - P));
     CHECKF(diff == 0, "%s: launched and graph-replayed steps differ in %zu rows", name, diff);
   }
+  /* rows at different lengths (xd_teacher_cuda_prefill_row / _step_rows, batched generation):
+   * row b prefilled with its first P - 2b tokens (at least 1), then one token a step for every
+   * row, each at its own position, fed its own sequence: every logit row vs the common-length
+   * run above (inc) at the same position; a common step is refused until a reset */
+  if (!(cpu->cfg.rope[0].kind == XD_ROPE_DYNAMIC || cpu->cfg.rope[1].kind == XD_ROPE_DYNAMIC)) {
+    int *pb = xd_malloc((size_t)B * sizeof *pb), steps = T;
+    for (int b = 0; b < B; b++) {
+      pb[b] = P - 2 * b > 1 ? P - 2 * b : 1;
+      steps = T - pb[b] < steps ? T - pb[b] : steps;
+    }
+    xd_teacher_cuda_reset(&s);
+    double w = 0;
+    int rc = 0;
+    for (int b = B - 1; b >= 0 && !rc; b--) { /* any order: each row's logits stay in its row */
+      rc = xd_teacher_cuda_prefill_row(&g, &s, b, ids + (size_t)b * T, pb[b], NULL, &err);
+    }
+    for (int j = 0; j <= steps && !rc; j++) {
+      if (j > 0) {
+        for (int b = 0; b < B; b++) step[b] = ids[(size_t)b * T + pb[b] + j - 1];
+        rc = xd_teacher_cuda_step_rows(&g, &s, step, NULL, &err);
+      }
+      if (!rc) rc = xd_cuda_download(ctx, row, s.logits, (size_t)B * V * 4, &err);
+      for (int b = 0; b < B && !rc; b++) w = fmax(w, rel_l2(row + (size_t)b * V, inc + ((size_t)b * T + pb[b] - 1 + j) * V, V));
+    }
+    GPU(rc);
+    fprintf(stderr, "  %-22s rows at different lengths (prefill %d..%d, %d steps) vs the common-length run: rel L2 %.3e (bound %.0e)\n",
+            name, pb[B - 1], pb[0], steps, w, TOL_DECODE);
+    CHECKF(w <= TOL_DECODE, "%s: rows at different lengths rel L2 %.3e > %.0e", name, w, TOL_DECODE);
+    CHECKF(xd_teacher_cuda_step(&g, &s, step, 1, 1, NULL, &err) == -1 && strstr(err.msg, "different lengths"),
+           "%s: a common step on rows at different lengths was not refused", name);
+    xd_teacher_cuda_reset(&s);
+    free(pb);
+  }
   /* greedy: GPU vs CPU (vs transformers where given) */
   {
     xd_err e = {{0}};

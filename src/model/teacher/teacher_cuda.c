@@ -221,8 +221,14 @@ static size_t ws_need(const xd_teacher_cuda *t, int B, int max_tn, int cap, int 
   }
   if (!is_flash_d(c->head_dim)) { /* full forward / prefill from 0 through the split kernel */
     xd_cuda_decode_dims a = decode_dims(c, B, max_tn, 0);
-    const size_t w2 = xd_cuda_attention_decode_ws(t->ctx, &a);
+    size_t w2 = xd_cuda_attention_decode_ws(t->ctx, &a);
     if (w2 > ws) ws = w2;
+    if (with_kv && B > 1) { /* one row's prefill of up to B * max_tn tokens (xd_teacher_cuda_prefill_row) */
+      const int64_t n1 = (int64_t)B * max_tn < cap ? (int64_t)B * max_tn : cap;
+      a = decode_dims(c, 1, (int)n1, 0);
+      w2 = xd_cuda_attention_decode_ws(t->ctx, &a);
+      if (w2 > ws) ws = w2;
+    }
   }
   return ws;
 }
@@ -244,7 +250,7 @@ static size_t layout_acts(xd_teacher_cuda_state *s, const xd_teacher_cuda *t, ch
   s->ids = carve(&cv, N * 4);
   s->pos = carve(&cv, N * 4);
   s->next = carve(&cv, (size_t)s->B * 4);
-  s->dstep = carve(&cv, (size_t)(s->B + 1) * 4);
+  s->dstep = carve(&cv, (size_t)2 * s->B * 4);
   for (int i = 0; i < 2; i++) {
     s->cos[i] = carve(&cv, (size_t)s->cap * half * 4);
     s->sin[i] = carve(&cv, (size_t)s->cap * half * 4);
@@ -319,7 +325,8 @@ int xd_teacher_cuda_state_alloc(xd_teacher_cuda_state *s, const xd_teacher_cuda 
     }
   }
   s->host_pos = xd_malloc((size_t)B * max_tn * sizeof(int32_t));
-  s->host_step = xd_malloc((size_t)(B + 1) * sizeof(int32_t));
+  s->host_step = xd_malloc((size_t)2 * B * sizeof(int32_t));
+  s->lens = xd_calloc((size_t)B, sizeof *s->lens);
   xd_rope_tables_alloc(&s->rope, c, cap);
   if (upload_rope_rows(s, 0, cap, e) || xd_cuda_sync(t->ctx, e)) {
     xd_teacher_cuda_state_free(s);
@@ -335,12 +342,13 @@ void xd_teacher_cuda_state_free(xd_teacher_cuda_state *s) {
   free(s->v);
   free(s->host_pos);
   free(s->host_step);
+  free(s->lens);
   xd_cuda_graph_free(s->graph);
   if (s->rope.inv_freq) xd_rope_tables_free(&s->rope);
   memset(s, 0, sizeof *s);
 }
 
-void xd_teacher_cuda_reset(xd_teacher_cuda_state *s) { s->len = 0; }
+void xd_teacher_cuda_reset(xd_teacher_cuda_state *s) { s->len = 0, s->ragged = 0; }
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
@@ -353,23 +361,27 @@ static int is_dynamic(const xd_model_config *c) {
 enum { HEAD_NONE = 2 };
 
 /* The host side of a step: checks, then the uploads: ids and positions (host offsets), or with
- * at (a one-token step that reads its position on the device) {len, ids} into s->dstep. */
+ * at (a one-token step that reads its positions on the device) {lens[B], ids[B]} into s->dstep
+ * (every row at len, or with ragged at its own lens[b]). */
 static int body_prep(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int B, int Tn,
                      int use_kv, int last_only, int at, xd_err *e) {
   const xd_model_config *c = &t->cfg;
   xd_cuda_ctx *ctx = t->ctx;
-  const int N = B * Tn, off = use_kv ? s->len : 0, Tk = off + Tn;
+  const int N = B * Tn, off = use_kv ? s->len : 0;
+  int Tk = off + Tn;
+  if (at && s->ragged)
+    for (int b = 0; b < B; b++) Tk = s->lens[b] + Tn > Tk ? s->lens[b] + Tn : Tk;
   if ((size_t)N > (size_t)s->B * s->max_tn)
     return xd_errf(e, "GPU teacher: %d x %d tokens exceed the %d x %d the activations hold", B, Tn, s->B, s->max_tn);
   if (Tk > s->cap)
-    return xd_errf(e, "GPU teacher: %d tokens cached + %d new exceed the capacity %d", off, Tn, s->cap);
+    return xd_errf(e, "GPU teacher: %d tokens cached + %d new exceed the capacity %d", Tk - Tn, Tn, s->cap);
   if (last_only != HEAD_NONE && (last_only ? B : N) > s->logit_rows)
     return xd_errf(e, "GPU teacher: %d logit rows exceed the %d allocated", last_only ? B : N, s->logit_rows);
   if (xd_check_token_ids(ids, (size_t)N, c->vocab, e)) return -1;
   if (at) {
-    s->host_step[0] = off;
-    memcpy(s->host_step + 1, ids, (size_t)B * sizeof(int32_t));
-    return xd_cuda_upload(ctx, s->dstep, s->host_step, (size_t)(B + 1) * sizeof(int32_t), e);
+    for (int b = 0; b < B; b++) s->host_step[b] = s->ragged ? s->lens[b] : off;
+    memcpy(s->host_step + B, ids, (size_t)B * sizeof(int32_t));
+    return xd_cuda_upload(ctx, s->dstep, s->host_step, (size_t)2 * B * sizeof(int32_t), e);
   }
   for (int b = 0; b < B; b++)
     for (int i = 0; i < Tn; i++) s->host_pos[b * Tn + i] = off + i;
@@ -392,8 +404,8 @@ static int body_kernels(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int 
   const int D = c->hidden, H = c->n_heads, G = c->n_kv_heads, d = c->head_dim, F = c->intermediate, V = c->vocab;
   const int N = B * Tn, W = t->qkv_w, off = use_kv ? s->len : 0;
   const float eps = (float)c->rms_eps;
-  const int32_t *ids_d = at ? s->dstep + 1 : s->ids;
-  if (at && xd_cuda_positions_at(ctx, s->pos, s->dstep, B, Tn, e)) return -1;
+  const int32_t *ids_d = at ? s->dstep + B : s->ids;
+  if (at && xd_cuda_positions_at(ctx, s->pos, s->dstep, 1, B, Tn, e)) return -1;
   /* embedding (bf16 rows) -> fp32 residual */
   if (xd_cuda_embedding_forward(ctx, s->x, ids_d, t->embed, N, D, V, e) ||
       xd_cuda_bf16_to_f32(ctx, s->h, s->x, (size_t)N * D, e))
@@ -418,7 +430,7 @@ static int body_kernels(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int 
         xd_cuda_rope_forward(ctx, k, W, s->cos[kind], s->sin[kind], s->pos, N, G, d, e))
       return -1;
     if (at) {
-      if (xd_cuda_kv_append_at(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, s->dstep, e)) return -1;
+      if (xd_cuda_kv_append_at(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, s->dstep, 1, e)) return -1;
     } else if (use_kv && xd_cuda_kv_append(ctx, s->k[l], s->v[l], k, v, W, B, Tn, G * d, s->cap, off, e)) {
       return -1;
     }
@@ -431,7 +443,7 @@ static int body_kernels(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int 
       const uint16_t *kk = k, *vv = v;
       if (use_kv) a.ldkv = G * d, a.kv_bstride = (size_t)s->cap * G * d, kk = s->k[l], vv = s->v[l];
       else a.ldkv = W, a.kv_bstride = (size_t)Tn * W;
-      if (at) a.off_dev = s->dstep, a.max_keys = s->cap;
+      if (at) a.off_dev = s->dstep, a.max_keys = s->cap, a.off_per_seq = 1;
       if (xd_cuda_attention_decode(ctx, s->att, q, kk, vv, &a, s->ws, s->ws_bytes, e)) return -1;
     }
     if (!c->post_norm) {
@@ -534,13 +546,17 @@ static int step_graphed(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, cons
     }
   }
   if (rc) return -1;
-  s->len += 1;
+  if (s->ragged)
+    for (int b = 0; b < s->B; b++) s->lens[b]++;
+  else
+    s->len += 1;
   return 0;
 }
 
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e) {
   if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
+  if (s->ragged) return xd_errf(e, "GPU teacher: the rows are at different lengths (xd_teacher_cuda_step_rows)");
   last_only = last_only != 0; /* 0 / 1 (HEAD_NONE is internal) */
   if (Tn <= 0) return xd_errf(e, "GPU teacher: no tokens to append");
   const int at = Tn == 1 && !is_dynamic(&t->cfg);
@@ -551,6 +567,53 @@ int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, con
   }
   const size_t rows = last_only ? (size_t)s->B : (size_t)s->B * Tn;
   if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits, rows * t->cfg.vocab * 4, e);
+  return 0;
+}
+
+int xd_teacher_cuda_prefill_row(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int b, const int32_t *ids,
+                                int n, float *host_logits, xd_err *e) {
+  const xd_model_config *c = &t->cfg;
+  if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
+  if (b < 0 || b >= s->B) return xd_errf(e, "GPU teacher: row %d outside the state's %d", b, s->B);
+  if (n < 1 || n > s->cap) return xd_errf(e, "GPU teacher: a prompt of %d tokens for a cache of %d", n, s->cap);
+  if (is_dynamic(c)) return xd_errf(e, "GPU teacher: rows at different lengths need a fixed RoPE (not dynamic NTK)");
+  if (!s->ragged) { /* from here on every row has its own length */
+    for (int r = 0; r < s->B; r++) s->lens[r] = s->len;
+    s->ragged = 1;
+  }
+  /* the one-sequence prefill (B 1, offset 0) on row b's cache and logits row: the state's
+   * pointers moved there for the call, then back */
+  const size_t Gd = (size_t)c->n_kv_heads * c->head_dim;
+  float *const logits0 = s->logits;
+  const int len0 = s->len;
+  for (int l = 0; l < c->n_layers; l++) s->k[l] += (size_t)b * s->cap * Gd, s->v[l] += (size_t)b * s->cap * Gd;
+  s->logits += (size_t)b * c->vocab;
+  s->len = 0;
+  s->lens[b] = -1; /* unusable unless the prefill completes */
+  s->ragged = 0;   /* body's one-sequence path */
+  const int rc = body(t, s, ids, 1, n, 1, 1, 0, e);
+  for (int l = 0; l < c->n_layers; l++) s->k[l] -= (size_t)b * s->cap * Gd, s->v[l] -= (size_t)b * s->cap * Gd;
+  s->logits = logits0;
+  s->len = len0;
+  s->ragged = 1;
+  if (rc) return -1;
+  s->lens[b] = n;
+  if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits + (size_t)b * c->vocab, (size_t)c->vocab * 4, e);
+  return 0;
+}
+
+int xd_teacher_cuda_step_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids,
+                              float *host_logits, xd_err *e) {
+  if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
+  if (is_dynamic(&t->cfg)) return xd_errf(e, "GPU teacher: rows at different lengths need a fixed RoPE (not dynamic NTK)");
+  if (!s->ragged) {
+    for (int r = 0; r < s->B; r++) s->lens[r] = s->len;
+    s->ragged = 1;
+  }
+  for (int r = 0; r < s->B; r++)
+    if (s->lens[r] < 0) return xd_errf(e, "GPU teacher: row %d has no prompt (its prefill failed)", r);
+  if (step_graphed(t, s, ids, 1, e)) return -1;
+  if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits, (size_t)s->B * t->cfg.vocab * 4, e);
   return 0;
 }
 

@@ -74,6 +74,10 @@ size_t xd_teacher_cuda_weight_bytes(const xd_model_config *c);
 typedef struct {
   xd_cuda_ctx *ctx;           /* the teacher's (not owned) */
   int B, max_tn, cap, logit_rows, with_kv, len;
+  /* ragged (after xd_teacher_cuda_prefill_row): each row at its own length lens[b] (host [B]);
+   * else every row at len */
+  int32_t *lens;
+  int ragged;
   uint16_t **k, **v;          /* per layer [B, cap, G*d] (host array of device pointers) */
   void *kv_arena, *act_arena;
   float *h, *tmp, *logits;    /* [N,D], [N,D], [logit_rows, V] */
@@ -85,7 +89,7 @@ typedef struct {
   xd_rope_tables rope;        /* host tables (dynamic NTK rebuilds them per length) */
   int32_t *host_pos;
   size_t kv_bytes, act_bytes;
-  /* One-token steps (decode_at): dstep = {len, ids[B]} on the device, uploaded from host_step
+  /* One-token steps (decode_at): dstep = {lens[B], ids[B]} on the device, uploaded from host_step
    * before each step; the kernels read the position from it, so the step is captured once as a
    * CUDA graph (graph, for teacher g_t and last_only g_last, at scratch generation g_gen) and
    * replayed at every position. g_calls: steps run so far (the second one captures); g_off:
@@ -130,6 +134,17 @@ int xd_teacher_cuda_head_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s
  * the same kernels, the same bits). */
 int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int Tn,
                          int last_only, float *host_logits, xd_err *e);
+/* Rows at different lengths (batched generation of prompts of any lengths; not for dynamic NTK
+ * RoPE): xd_teacher_cuda_prefill_row starts row b with its own prompt ids[n] (the one-sequence
+ * prefill on that row's cache; n <= cap and n <= B * max_tn; its last logits in s->logits row b,
+ * and host_logits [V] when not NULL); xd_teacher_cuda_step_rows appends one token to every row
+ * (ids [B], host), each at its own position, logits [B, V] in s->logits (host_logits when not
+ * NULL); every row's length + 1 must stay <= cap. From the first of these on, xd_teacher_cuda_step
+ * refuses the state until xd_teacher_cuda_reset. */
+int xd_teacher_cuda_prefill_row(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int b, const int32_t *ids,
+                                int n, float *host_logits, xd_err *e);
+int xd_teacher_cuda_step_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids,
+                              float *host_logits, xd_err *e);
 /* Greedy decoding, the contract of xd_teacher_generate; s must have B rows, max_tn >= T,
  * cap >= T + max_new, logit_rows >= B, a KV cache (its content is replaced). */
 int xd_teacher_cuda_generate(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, const int32_t *ids, int T,

@@ -374,11 +374,13 @@ int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, cons
                       const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off, xd_err *e);
 /* The same at the offset *off_dev (a device int read when the kernel runs; the caller keeps
  * *off_dev + Tn <= cap), and pos[b * Tn + i] = *off_dev + i (RoPE's positions): the pieces of a
- * decode step that a CUDA graph can replay at every position. */
+ * decode step that a CUDA graph can replay at every position. per_seq: off_dev holds B offsets,
+ * sequence b's at off_dev[b] (rows at different lengths). */
 int xd_cuda_kv_append_at(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
                          const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, const int32_t *off_dev,
+                         int per_seq, xd_err *e);
+int xd_cuda_positions_at(xd_cuda_ctx *c, int32_t *pos, const int32_t *off_dev, int per_seq, int B, int Tn,
                          xd_err *e);
-int xd_cuda_positions_at(xd_cuda_ctx *c, int32_t *pos, const int32_t *off_dev, int B, int Tn, xd_err *e);
 
 /* Attention of Tq queries per sequence over keys in memory (a KV cache, or the fused buffer):
  * query i of sequence b (row b*Tq + i of q, stride ldq) sits at position q_offset + i and sees
@@ -397,9 +399,11 @@ typedef struct {
   /* Optional (zero: unused): off_dev, a device int read when the kernels run, replaces q_offset
    * (every sequence at the same offset), so a CUDA graph of a decode step stays valid as the cache
    * grows; the grid and workspace are then sized for max_keys >= offset + Tq keys, and the
-   * splits follow the run-time offset exactly as q_offset would give them (same bits). */
+   * splits follow the run-time offset exactly as q_offset would give them (same bits). With
+   * off_per_seq, off_dev holds B offsets, sequence b's at off_dev[b] (its splits from its own). */
   const int32_t *off_dev;
   int max_keys;
+  int off_per_seq;
 } xd_cuda_decode_dims;
 /* Workspace bytes for these dims (the count of keys is q_offset + Tq, or max_keys with off_dev;
  * it grows with it). */

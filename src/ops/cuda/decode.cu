@@ -130,25 +130,26 @@ extern "C" int xd_cuda_rmsnorm_add_f32(xd_cuda_ctx *c, float *h, const float *t,
 
 /* ---- KV cache append --------------------------------------------------------------------- */
 __global__ void k_kv_append(uint16_t *ck, uint16_t *cv, const uint16_t *sk, const uint16_t *sv, int ld, int Tn,
-                            int kvdim, int cap, int off, const int32_t *off_dev, size_t total) {
-  if (off_dev) off = *off_dev;
+                            int kvdim, int cap, int off, const int32_t *off_dev, int per_seq, size_t total) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     const size_t row = i / kvdim, col = i % kvdim; /* row = b*Tn + t */
     const size_t b = row / Tn, t = row % Tn;
-    const size_t dst = (b * cap + off + t) * kvdim + col;
+    const int o = off_dev ? off_dev[per_seq ? b : 0] : off;
+    const size_t dst = (b * cap + o + t) * kvdim + col;
     ck[dst] = sk[row * ld + col];
     cv[dst] = sv[row * ld + col];
   }
 }
 
-/* off_dev non-NULL: the offset is read there when the kernel runs (off unused) */
+/* off_dev non-NULL: the offset is read there when the kernel runs (off unused): off_dev[b] with
+ * per_seq, else off_dev[0] */
 static int kv_append_launch(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
                             const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off,
-                            const int32_t *off_dev, xd_err *e) {
+                            const int32_t *off_dev, int per_seq, xd_err *e) {
   const size_t total = (size_t)B * Tn * kvdim;
   unsigned g = xd_ceil_div(total, 256);
   if (g > (unsigned)c->sm_count * 16) g = (unsigned)c->sm_count * 16;
-  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, off_dev, total);
+  k_kv_append<<<g, 256, 0, c->stream>>>(cache_k, cache_v, src_k, src_v, ld, Tn, kvdim, cap, off, off_dev, per_seq, total);
   XD_CU_LAUNCH("kv_append");
   return 0;
 }
@@ -156,23 +157,24 @@ extern "C" int xd_cuda_kv_append(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *ca
                                  const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap, int off,
                                  xd_err *e) {
   XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && off >= 0 && off + Tn <= cap);
-  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, off, NULL, e);
+  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, off, NULL, 0, e);
 }
 extern "C" int xd_cuda_kv_append_at(xd_cuda_ctx *c, uint16_t *cache_k, uint16_t *cache_v, const uint16_t *src_k,
                                     const uint16_t *src_v, int ld, int B, int Tn, int kvdim, int cap,
-                                    const int32_t *off_dev, xd_err *e) {
+                                    const int32_t *off_dev, int per_seq, xd_err *e) {
   XD_ARG(B > 0 && Tn > 0 && kvdim > 0 && ld >= kvdim && Tn <= cap && off_dev);
-  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, 0, off_dev, e);
+  return kv_append_launch(c, cache_k, cache_v, src_k, src_v, ld, B, Tn, kvdim, cap, 0, off_dev, per_seq, e);
 }
 
-/* pos[b * Tn + i] = *off_dev + i */
-__global__ void k_positions(int32_t *pos, const int32_t *off_dev, int Tn, int n) {
+/* pos[b * Tn + i] = off_dev[per_seq ? b : 0] + i */
+__global__ void k_positions(int32_t *pos, const int32_t *off_dev, int per_seq, int Tn, int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) pos[i] = *off_dev + i % Tn;
+  if (i < n) pos[i] = off_dev[per_seq ? i / Tn : 0] + i % Tn;
 }
-extern "C" int xd_cuda_positions_at(xd_cuda_ctx *c, int32_t *pos, const int32_t *off_dev, int B, int Tn, xd_err *e) {
+extern "C" int xd_cuda_positions_at(xd_cuda_ctx *c, int32_t *pos, const int32_t *off_dev, int per_seq, int B, int Tn,
+                                    xd_err *e) {
   XD_ARG(B > 0 && Tn > 0 && (size_t)B * Tn < (1u << 30) && off_dev);
-  k_positions<<<xd_ceil_div((size_t)B * Tn, 256), 256, 0, c->stream>>>(pos, off_dev, Tn, B * Tn);
+  k_positions<<<xd_ceil_div((size_t)B * Tn, 256), 256, 0, c->stream>>>(pos, off_dev, per_seq, Tn, B * Tn);
   XD_CU_LAUNCH("positions");
   return 0;
 }
@@ -197,6 +199,7 @@ struct dec_args {
   size_t kv_bstride;
   float scale;
   const int32_t *off_dev; /* non-NULL: the offset, read at run time; n_split / chunk follow from it */
+  int off_per_seq;        /* off_dev[b] per sequence, else off_dev[0] */
   int target;             /* dec_split's block target (the host's plan of the splits) */
   int n_grid;             /* splits in the grid and the workspace's stride (>= every n_split) */
 };
@@ -250,17 +253,17 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_decode(uint16_t *__restric
   __shared__ float sc[DEC_MAXR][DEC_CHUNK];
   __shared__ float ob[DEC_MAXR][DEC_MAXD];
   __shared__ float sm[DEC_MAXR], sl[DEC_MAXR];
+  const int row = blockIdx.x / a.n_grid; /* b*Tq + i */
+  const int b = row / a.Tq, i = row % a.Tq;
   int off = a.off, n_split = a.n_split, chunk = a.chunk;
   if (a.off_dev) {
     int n_ws;
-    off = *a.off_dev;
+    off = a.off_dev[a.off_per_seq ? b : 0];
     dec_split(off + a.Tq, a.target, &n_split, &chunk, &n_ws);
   }
   const int split = blockIdx.x % a.n_grid;
   if (split >= n_split) return; /* a grid sized for a longer context */
   const int g = blockIdx.y / a.nsub, sub = blockIdx.y % a.nsub;
-  const int row = blockIdx.x / a.n_grid; /* b*Tq + i */
-  const int b = row / a.Tq, i = row % a.Tq;
   const int p = off + i;
   const int h0 = g * a.R + sub * DEC_MAXR;
   const int nr = min(DEC_MAXR, a.R - sub * DEC_MAXR);
@@ -393,13 +396,13 @@ __global__ void __launch_bounds__(DEC_THREADS) k_attn_decode(uint16_t *__restric
  * off_dev non-NULL: n_split from the run-time offset (nothing to do when it is 1: the attention
  * kernel wrote out). */
 __global__ void k_attn_merge(uint16_t *out, const float *part_o, const float *part_ml, int H, int d, int n_split,
-                             int ldo, int n_grid, const int32_t *off_dev, int Tq, int target) {
+                             int ldo, int n_grid, const int32_t *off_dev, int per_seq, int Tq, int target) {
+  const size_t rh = blockIdx.x; /* row*H + h */
   if (off_dev) {
     int chunk, n_ws;
-    dec_split(*off_dev + Tq, target, &n_split, &chunk, &n_ws);
+    dec_split(off_dev[per_seq ? rh / H / Tq : 0] + Tq, target, &n_split, &chunk, &n_ws);
     if (n_split == 1) return;
   }
-  const size_t rh = blockIdx.x; /* row*H + h */
   const float *ml = part_ml + rh * n_grid * 2;
   float M = -INFINITY;
   for (int s = 0; s < n_split; s++) M = fmaxf(M, ml[2 * s]);
@@ -457,7 +460,7 @@ extern "C" int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uin
   g.off = a->q_offset, g.window = a->window, g.ldq = a->ldq, g.ldo = a->ldo, g.ldkv = a->ldkv;
   g.n_split = n_split, g.chunk = chunk, g.kv_bstride = a->kv_bstride;
   g.scale = (float)(1.0 / sqrt((double)a->d));
-  g.off_dev = a->off_dev, g.target = dec_target(c, a), g.n_grid = n_grid;
+  g.off_dev = a->off_dev, g.off_per_seq = a->off_per_seq, g.target = dec_target(c, a), g.n_grid = n_grid;
   const bool vec = a->d % 8 == 0 && a->ldkv % 8 == 0 && a->kv_bstride % 8 == 0 &&
                    (((uintptr_t)k | (uintptr_t)v) & 15) == 0;
   const int per = vec ? a->d / 8 : a->d; /* 16-byte pieces (or elements) per row */
@@ -478,7 +481,7 @@ extern "C" int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uin
   XD_CU_LAUNCH("attention_decode");
   if (merge) {
     k_attn_merge<<<(unsigned)((size_t)a->B * a->Tq * a->H), 64, 0, c->stream>>>(
-        out, part_o, part_ml, a->H, a->d, n_split, a->ldo, n_grid, a->off_dev, a->Tq, g.target);
+        out, part_o, part_ml, a->H, a->d, n_split, a->ldo, n_grid, a->off_dev, a->off_per_seq, a->Tq, g.target);
     XD_CU_LAUNCH("attention_merge");
   }
   return 0;

@@ -24,6 +24,8 @@ struct xd_runner_gpu {
   int dec_tn, dec_cap;
   xd_student_cuda_state *st;    /* student decoding (constant memory) */
   xd_student_cuda_state *stb;   /* student, batched generation: the last call's count of slots */
+  xd_teacher_cuda_state tb;     /* teacher, batched generation (rows at different lengths) */
+  int tb_B, tb_tn, tb_cap;
   /* log-likelihood scoring (gpu_score): scored rows / tokens and their results, cap entries */
   int32_t *d_rows, *d_toks, *d_greedy;
   double *d_lp;
@@ -48,6 +50,7 @@ static void gpu_free(struct xd_runner_gpu *g) {
   xd_teacher_cuda_state_free(&g->dec);
   if (g->st) xd_student_cuda_state_free(g->st);
   if (g->stb) xd_student_cuda_state_free(g->stb);
+  xd_teacher_cuda_state_free(&g->tb);
   xd_cuda_free(g->d_rows), xd_cuda_free(g->d_toks), xd_cuda_free(g->d_greedy), xd_cuda_free(g->d_lp);
   if (g->s) xd_student_cuda_free(g->s);
   if (g->t_up) xd_teacher_cuda_free(&g->t);
@@ -509,23 +512,64 @@ static int lm_generate(void *ctx, const int32_t *prompt, size_t n_prompt, const 
 }
 
 #ifdef XD_HAVE_CUDA
-/* generate_until_batch for a GPU student: the n prompts in one batched state (each slot
- * prefilled alone, then one step for all), greedy; per request lm_generate's semantics (prompt
- * cut to max_length, stop at EOS, a stop string, max_new or a full context), each with its own
- * streaming detokenizer. A request that has stopped keeps stepping on its last token, unread. */
+/* The batched decoder of the GPU model: a student's batched state (slots), or a teacher's state
+ * of rows at different lengths, sized for this call (n rows; prompts of up to max_np tokens, up
+ * to max_new more each). */
+static int gen_batch_ready(xd_runner *r, int n, int max_np, int max_new, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  if (r->is_student) {
+    if (g->stb && xd_student_cuda_state_batch(g->stb) != n) {
+      xd_student_cuda_state_free(g->stb);
+      g->stb = NULL;
+    }
+    return g->stb ? 0 : xd_student_cuda_state_alloc_batch(&g->stb, g->s, n, e);
+  }
+  /* activations for one row's prefill of max_np tokens (B * max_tn rows), a cache of
+   * max_np + max_new positions per row */
+  const int tn = (max_np + n - 1) / n, cap = max_np + (max_new > 0 ? max_new : 0) + 1;
+  if (g->tb_B == n && g->tb_tn >= tn && g->tb_cap >= cap) return 0;
+  xd_teacher_cuda_state_free(&g->tb);
+  g->tb_B = g->tb_tn = g->tb_cap = 0;
+  if (xd_teacher_cuda_state_alloc(&g->tb, &g->t, n, tn, cap, n, 1, e)) return -1;
+  g->tb_B = n, g->tb_tn = tn, g->tb_cap = cap;
+  return 0;
+}
+static int gen_batch_prefill(xd_runner *r, int k, const int32_t *p, int np, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  return r->is_student ? xd_student_cuda_prefill(g->s, g->stb, k, p, np, NULL, e)
+                       : xd_teacher_cuda_prefill_row(&g->t, &g->tb, k, p, np, NULL, e);
+}
+static int gen_batch_argmax(xd_runner *r, int32_t *next, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  if (r->is_student) return xd_student_cuda_argmax(g->s, g->stb, next, e);
+  if (xd_cuda_argmax_f32(g->ctx, g->tb.next, g->tb.logits, g->tb.B, r->cfg.vocab, e)) return -1;
+  return xd_cuda_download(g->ctx, next, g->tb.next, (size_t)g->tb.B * sizeof *next, e);
+}
+static int gen_batch_step(xd_runner *r, const int32_t *ids, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  return r->is_student ? xd_student_cuda_step_batch(g->s, g->stb, ids, NULL, e)
+                       : xd_teacher_cuda_step_rows(&g->t, &g->tb, ids, NULL, e);
+}
+
+/* generate_until_batch for a GPU model: the n prompts decoded together (the student's batched
+ * state, the teacher's rows at different lengths; each prefilled alone, then one step for all),
+ * greedy; per request lm_generate's semantics (prompt cut to max_length, stop at EOS, a stop
+ * string, max_new or a full context), each with its own streaming detokenizer. A request that
+ * has stopped keeps stepping on its last token, unread. */
 static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const size_t *n_prompts, size_t n,
                              const char *const *stops, size_t n_stops, int max_new, char **out_texts, xd_err *e) {
   xd_logits_model *m = ctx;
   xd_runner *r = m->ctx;
-  struct xd_runner_gpu *g = r->gpu;
   for (size_t k = 0; k < n; k++) out_texts[k] = NULL;
   if (n == 0) return 0;
   if (n > 65535) return xd_errf(e, "%s: %zu requests in one generation batch (at most 65535)", r->name, n);
-  if (g->stb && xd_student_cuda_state_batch(g->stb) != (int)n) {
-    xd_student_cuda_state_free(g->stb);
-    g->stb = NULL;
+  size_t max_np = 1;
+  for (size_t k = 0; k < n; k++) {
+    const size_t np = n_prompts[k] > m->max_length ? m->max_length : n_prompts[k];
+    max_np = np > max_np ? np : max_np;
   }
-  if (!g->stb && xd_student_cuda_state_alloc_batch(&g->stb, g->s, (int)n, e)) return -1;
+  if (max_np > (1u << 24)) return xd_errf(e, "%s: a prompt of %zu tokens", r->name, max_np);
+  if (gen_batch_ready(r, (int)n, (int)max_np, max_new, e)) return -1;
   xd_detok *dt = xd_calloc(n, sizeof *dt);
   int *left = xd_calloc(n, sizeof *left), live = 0, rc = 0;
   int32_t *next = xd_calloc(n, sizeof *next), *last = xd_calloc(n, sizeof *last);
@@ -540,10 +584,10 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     last[k] = p[np - 1];
     live += left[k] > 0;
     /* a request with nothing to generate is not prefilled: its slot keeps a one-token prompt */
-    if (!rc) rc = xd_student_cuda_prefill(g->s, g->stb, (int)k, left[k] > 0 ? p : &last[k], left[k] > 0 ? (int)np : 1, NULL, e);
+    if (!rc) rc = gen_batch_prefill(r, (int)k, left[k] > 0 ? p : &last[k], left[k] > 0 ? (int)np : 1, e);
   }
   while (!rc && live > 0) {
-    if (xd_student_cuda_argmax(g->s, g->stb, next, e)) { rc = -1; break; }
+    if (gen_batch_argmax(r, next, e)) { rc = -1; break; }
     for (size_t k = 0; k < n && !rc; k++) {
       if (left[k] <= 0) { next[k] = last[k]; continue; }
       const int32_t tok = next[k];
@@ -560,7 +604,7 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
       if (stop) left[k] = 0;
       if (left[k] == 0) live--;
     }
-    if (!rc && live > 0 && xd_student_cuda_step_batch(g->s, g->stb, next, NULL, e)) rc = -1;
+    if (!rc && live > 0 && gen_batch_step(r, next, e)) rc = -1;
   }
   for (size_t k = 0; k < n; k++) {
     if (!rc) {
@@ -605,10 +649,12 @@ int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
   xd_lm_from_logits(lm, m);
   lm->generate_until = lm_generate;
 #ifdef XD_HAVE_CUDA
-  /* the GPU student decodes a task's generation requests batch_size at a time;
+  /* on the GPU a task's generation requests are decoded batch_size at a time (a teacher with
+   * dynamic NTK RoPE, whose rows cannot be at different lengths, one at a time);
    * XD_EVAL_GEN_BATCH=0: one at a time (the path before; kept for comparisons) */
   const char *gb = getenv("XD_EVAL_GEN_BATCH");
-  if (r->gpu && r->is_student && !(gb && strcmp(gb, "0") == 0)) lm->generate_until_batch = lm_generate_batch;
+  const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+  if (r->gpu && (r->is_student || !dyn) && !(gb && strcmp(gb, "0") == 0)) lm->generate_until_batch = lm_generate_batch;
 #endif
   return 0;
 }

@@ -164,14 +164,15 @@ PY
   done
 fi
 
-# eval's generation on a GPU student decodes batch_size requests together (generate_until_batch:
-# one batched state, stop strings and EOS per request): 6 docs at --batch 4 (a batch of 4, then
-# of 2) against one request at a time (XD_EVAL_GEN_BATCH=0): the same metrics and per-doc items.
+# eval's generation on the GPU decodes batch_size requests together (generate_until_batch: the
+# student's batched state, the teacher's rows at different lengths; stop strings and EOS per
+# request): 6 docs at --batch 4 (a batch of 4, then of 2) against one request at a time
+# (XD_EVAL_GEN_BATCH=0): the same metrics and per-doc items.
 if [ "$GPU" = cuda ]; then
   for q in "What is 2 + 2?" "Name a king." "Where is the castle?" "How many swords?" "Who rode out?" "What did the queen say?"; do
     printf '{"question": "%s", "answer": "#### 4"}\n' "$q"
   done >"$TMP/gen6.jsonl"
-  for m in prose_student gqa_student; do
+  for m in prose prose_student gqa gqa_student; do
     XD_EVAL_GEN_BATCH=0 "$BIN" eval --model "$TMP/$m" --tasks "gen=gsm8k:$TMP/gen6.jsonl" --num-fewshot 0 --batch 4 --device cuda \
       --out "$TMP/$m.g1.json" >/dev/null 2>"$TMP/$m.g1.err" \
       && "$BIN" eval --model "$TMP/$m" --tasks "gen=gsm8k:$TMP/gen6.jsonl" --num-fewshot 0 --batch 4 --device cuda \

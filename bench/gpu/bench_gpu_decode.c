@@ -24,18 +24,11 @@
 #include "core/core.h"
 #include "model/teacher/teacher_cuda.h"
 #include "bench_shapes.h"
+#include "bench_median.h"
 
 static xd_err err;
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_decode: error: %s\n", err.msg); exit(1); } } while (0)
 
-static int cmp_d(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* Device copy bandwidth in bytes/s (read + write). */
 static double copy_bandwidth(xd_cuda_ctx *c) {
@@ -53,7 +46,7 @@ static double copy_bandwidth(xd_cuda_ctx *c) {
   }
   xd_cuda_free(a);
   xd_cuda_free(b);
-  return 2.0 * bytes / median(t, 10);
+  return 2.0 * bytes / bench_median(t, 10);
 }
 
 static void bench_teacher(xd_cuda_ctx *ctx, double bw, int max_ctx) {
@@ -87,7 +80,7 @@ static void bench_teacher(xd_cuda_ctx *ctx, double bw, int max_ctx) {
       if (i >= 0) tp[i] = xd_now() - t0;
     }
     if (reps) {
-      const double tm = median(tp, reps);
+      const double tm = bench_median(tp, reps);
       printf("teacher prefill T=%d: %.1f ms = %.0f tokens/s\n", T, tm * 1e3, T / tm);
       printf("RESULT teacher_prefill_tokens_per_s=%.0f T=%d\n", T / tm, T);
     }
@@ -102,7 +95,7 @@ static void bench_teacher(xd_cuda_ctx *ctx, double bw, int max_ctx) {
       CK(xd_cuda_sync(ctx, &err));
       if (i >= warm) td[i - warm] = xd_now() - t0;
     }
-    const double tm = median(td, steps);
+    const double tm = bench_median(td, steps);
     const int Tk = T + warm + steps / 2; /* mid-run context */
     const double kv_read = 2.0 * c.n_layers * (double)Tk * c.n_kv_heads * c.head_dim * 2;
     const double bytes = (double)t.weight_bytes + kv_read, bound = bytes / bw;

@@ -35,18 +35,11 @@
 #include "ops/cpu/rope.h"
 #include "ops/cuda/cuda_ops.h"
 #include "bench_shapes.h"
+#include "bench_median.h"
 
 static xd_err err;
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_student: error: %s\n", err.msg); exit(1); } } while (0)
 
-static int cmp_d(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 static void *dalloc(size_t bytes) {
   void *p = NULL;
   CK(xd_cuda_malloc(&p, bytes, &err));
@@ -164,7 +157,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(c, &err));
       if (i >= 2) t[i - 2] = xd_now() - t0;
     }
-    bw = 2.0 * bytes / median(t, 10);
+    bw = 2.0 * bytes / bench_median(t, 10);
     printf("ceiling: device copy %.0f GB/s (read + write, %zu MiB, median of 10)\n", bw / 1e9, bytes >> 20);
     xd_cuda_free(a), xd_cuda_free(b);
   }
@@ -261,7 +254,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(c, &err));
       if (k) t[k - 1] = xd_now() - t0;
     }
-    sp[i] = median(t, reps);
+    sp[i] = bench_median(t, reps);
   }
   const size_t mem_student = xd_cuda_mem_used();
   {
@@ -276,7 +269,7 @@ int main(int argc, char **argv) {
         CK(xd_cuda_sync(c, &err));
         if (k) t[k - 1] = xd_now() - t0;
       }
-      tp[i] = median(t, reps);
+      tp[i] = bench_median(t, reps);
     }
     teacher_free(&tm);
   }

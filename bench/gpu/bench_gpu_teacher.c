@@ -19,6 +19,7 @@
 #include "core/core.h"
 #include "ops/cpu/rope.h"
 #include "ops/cuda/cuda_ops.h"
+#include "bench_median.h"
 
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_teacher: error: %s\n", err.msg); exit(1); } } while (0)
 
@@ -30,14 +31,6 @@ typedef struct {
   uint16_t *w_qkv, *w_o, *w_gu, *w_down, *ln1, *ln2;
 } layer_t;
 
-static int cmp_d(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void *dalloc(size_t bytes, xd_err *e) {
   void *p = NULL;
@@ -101,7 +94,7 @@ static double time_forward(model_t *m, int what, int warm, int reps, xd_err *e) 
     if (forward(m, what, e) || xd_cuda_sync(m->c, e)) return -1;
     t[i] = xd_now() - t0;
   }
-  return median(t, reps);
+  return bench_median(t, reps);
 }
 
 int main(int argc, char **argv) {
@@ -132,7 +125,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(m.c, &err));
       if (i >= 2) t[i - 2] = xd_now() - t0;
     }
-    const double tc = median(t, 10);
+    const double tc = bench_median(t, 10);
     printf("ceiling: device copy %.0f GB/s (read + write, 2 GiB, median of 10)\n", 2.0 * bytes / tc / 1e9);
     xd_cuda_free(a), xd_cuda_free(b);
     const int n = 8192;
@@ -145,7 +138,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(m.c, &err));
       if (i >= 3) t[i - 3] = xd_now() - t0;
     }
-    const double tg = median(t, 10);
+    const double tg = bench_median(t, 10);
     printf("ceiling: cuBLASLt bf16 GEMM 8192^3 %.0f TFLOP/s (random data, median of 10)\n", 2.0 * n * n * (double)n / tg / 1e12);
     xd_cuda_free(x), xd_cuda_free(w), xd_cuda_free(o);
   }
@@ -242,7 +235,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(m.c, &err));
       if (i >= 2) t[i - 2] = xd_now() - t0;
     }
-    printf("student SWA W=512 S=4, one layer: %.3f ms\n", median(t, 10) * 1e3);
+    printf("student SWA W=512 S=4, one layer: %.3f ms\n", bench_median(t, 10) * 1e3);
     xd_cuda_free(lse);
     mlstm_cfg cfg = mlstm_cfg_make(1, T, s.H, s.G, s.hd, s.hd);
     const size_t nq = (size_t)T * s.H * s.hd, nk = (size_t)T * s.G * s.hd;
@@ -267,7 +260,7 @@ int main(int argc, char **argv) {
       CK(xd_cuda_sync(m.c, &err));
       if (i >= 2) t[i - 2] = xd_now() - t0;
     }
-    printf("student mLSTM chunkwise fwd (fp32, H=32 G=8 P=D=64 L=64), one layer: %.3f ms\n", median(t, 5) * 1e3);
+    printf("student mLSTM chunkwise fwd (fp32, H=32 G=8 P=D=64 L=64), one layer: %.3f ms\n", bench_median(t, 5) * 1e3);
     xd_cuda_free(q), xd_cuda_free(k), xd_cuda_free(v), xd_cuda_free(h), xd_cuda_free(ig), xd_cuda_free(fg);
     xd_cuda_free(tmp);
   }

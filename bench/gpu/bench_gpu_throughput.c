@@ -30,6 +30,7 @@
 #include "model/student/student_cuda.h"
 #include "model/teacher/teacher_cuda.h"
 #include "bench_shapes.h"
+#include "bench_median.h"
 
 static xd_err err;
 #define CK(call) do { if ((call) != 0) { fprintf(stderr, "bench_gpu_throughput: error: %s\n", err.msg); exit(1); } } while (0)
@@ -38,14 +39,6 @@ enum { NB = 7, NC = 4, STEPS = 20, WARM = 3, SPRE = 600 };
 static const int batches[NB] = {1, 4, 16, 32, 64, 256, 1024};
 static const int contexts[NC] = {1024, 4096, 16384, 65536};
 
-static int cmp_d(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-  qsort(v, n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* teacher tokens/s at B sequences over a cache of C positions; 0 when it does not fit */
 static double teacher_row(xd_cuda_ctx *ctx, const xd_teacher_cuda *t, int B, int C, double budget) {
@@ -74,7 +67,7 @@ static double teacher_row(xd_cuda_ctx *ctx, const xd_teacher_cuda *t, int B, int
     CK(xd_cuda_sync(ctx, &err));
     if (i >= WARM) tv[i - WARM] = xd_now() - t0;
   }
-  const double tm = median(tv, STEPS);
+  const double tm = bench_median(tv, STEPS);
   printf("teacher B=%-5d ctx=%-6d %8.3f ms/step %9.0f tokens/s  memory %.1f GiB (KV cache %.1f)\n", B, C, tm * 1e3,
          B / tm, mem / 1073741824.0, p.kv / 1073741824.0);
   printf("RESULT teacher_gen_tokens_per_s=%.0f B=%d ctx=%d mem_gib=%.2f\n", B / tm, B, C, mem / 1073741824.0);
@@ -118,7 +111,7 @@ static double student_row(xd_cuda_ctx *ctx, xd_student_cuda *m, int B, int pair,
     CK(xd_cuda_sync(ctx, &err));
     if (i >= WARM) tv[i - WARM] = xd_now() - t0;
   }
-  const double tm = median(tv, STEPS);
+  const double tm = bench_median(tv, STEPS);
   if (getenv("XD_BENCH_PROFILE")) { /* per-class device time of one step (events between launches, no graph) */
     double us[XD_SDEC_NK], by[XD_SDEC_NK];
     CK(xd_student_cuda_state_profile(m, st, 5, us, by, &err));

@@ -47,19 +47,12 @@
 #include "train/params_cuda.h"
 #include "bench_power.h"
 #include "bench_shapes.h"
+#include "bench_median.h"
 
 #define CK(x) do { if ((x) != 0) { fprintf(stderr, "bench_gpu_train: %s\n", err.msg); return 1; } } while (0)
 
 static xd_err err;
 
-static int cmp_d(const void *a, const void *b) {
-  const double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_d);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* fast deterministic fill (splitmix64 per element): 1.2e9 values in about a second */
 static void fill(float *w, size_t n, uint64_t seed, double mean, double scale) {
@@ -262,7 +255,7 @@ int main(int argc, char **argv) {
     printf("memory in use after the steps (pooled op scratch included): %.2f GiB of %.2f\n", (tot - fr2) / 1073741824.0,
            tot / 1073741824.0);
   }
-  const double step = median(steps_v[1], n), step_serial = median(steps_v[0], n);
+  const double step = bench_median(steps_v[1], n), step_serial = bench_median(steps_v[0], n);
   const double tps = N / step;
   /* model FLOPs per token */
   const double D = cfg.hidden, d = cfg.head_dim, H = cfg.n_heads, L = cfg.n_layers, P = hy.d_phi, C = hy.chunk;
@@ -282,14 +275,14 @@ int main(int argc, char **argv) {
   printf("  teacher ahead (reported) vs serial (XD_TEACHER_PREFETCH=0): %.1f vs %.1f ms, %.3fx\n", step * 1e3,
          step_serial * 1e3, step_serial / step);
   if (ab_on)
-    printf("  A/B (ahead schedule, same process): default %.1f ms, %s=%s %.1f ms (%.3fx)\n", median(steps_v[1], n) * 1e3,
-           ab_name, ab_value, median(steps_v[2], n) * 1e3, median(steps_v[2], n) / median(steps_v[1], n));
+    printf("  A/B (ahead schedule, same process): default %.1f ms, %s=%s %.1f ms (%.3fx)\n", bench_median(steps_v[1], n) * 1e3,
+           ab_name, ab_value, bench_median(steps_v[2], n) * 1e3, bench_median(steps_v[2], n) / bench_median(steps_v[1], n));
   printf("losses over the timed steps (the same batch, lr %.0e): %.4f -> %.4f\n", lr, losses[0], losses[n - 1]);
   printf("breakdown (synchronised after each phase, median ms):");
   const int np = n < 16 ? n : 16;
   double tot_ph = 0;
   for (int i = 0; i < 6; i++) {
-    const double v = median(ph[i], np);
+    const double v = bench_median(ph[i], np);
     tot_ph += v;
     printf(" %s %.2f;", phase[i], v * 1e3);
   }
@@ -390,7 +383,7 @@ int main(int argc, char **argv) {
       CK(xd_student_cuda_align_step(ma, tok, 1, ll, &err));
       if (it >= warm) st1[it - warm] = xd_now() - tq;
     }
-    const double step1 = median(st1, n), tps1 = N / step1;
+    const double step1 = bench_median(st1, n), tps1 = N / step1;
     const double f1 = 2.0 * (mat - (double)cfg.vocab * cfg.hidden) + attn_teacher + attn_local + 3.0 * mlstm;
     printf("stage I step, T %d, batch %d: %.1f ms median of %d -> %.0f tokens/s; model FLOPs %.2f GFLOP/token: MFU %.1f%%\n",
            T, B, step1 * 1e3, n, tps1, f1 / 1e9, 100 * f1 * tps1 / peak);

@@ -836,6 +836,17 @@ __device__ float2 sd_block_max2(float a, float b) {
   return make_float2(sd_warp_max(v.x), sd_warp_max(v.y));
 }
 
+/* qk_norm 2 (OLMo's projection-wide QK-norm): 1 / rms of one token's whole q projection [H*d]
+ * (.x) and k projection [G*d] (.y), summed by a block of NT threads in a fixed order */
+template <int NT>
+__device__ __forceinline__ float2 sd_proj_rscale(const float *qkv, int H, int G, int d, float eps) {
+  float a = 0.f, b = 0.f;
+  for (int j = threadIdx.x; j < H * d; j += NT) a += qkv[j] * qkv[j];
+  for (int j = threadIdx.x; j < G * d; j += NT) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
+  const float2 ss = sd_block_sum2(a, b);
+  return make_float2(1.0f / sqrtf(ss.x / (float)(H * d) + eps), 1.0f / sqrtf(ss.y / (float)(G * d) + eps));
+}
+
 /* DW: 32-bit bf16 pairs per lane of a K / V row, 1 (d <= 64) or 2 (d <= 128); HD_T threads
  * per block (256 or 128; HD_T >= d_phi of the softmax) */
 template <int DW, int HD_T>
@@ -942,11 +953,8 @@ __global__ void __launch_bounds__(HD_T, 512 / HD_T) k_dec_head(const xd_cuda_sde
   }
   float rq = 1.f, rk = 1.f;
   if (m.qk_norm == 2) {
-    float a = 0.f, b = 0.f;
-    for (int j = tid; j < H * d; j += HD_T) a += qkv[j] * qkv[j];
-    for (int j = tid; j < G * d; j += HD_T) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
-    const float2 ss = sd_block_sum2(a, b);
-    rq = 1.0f / sqrtf(ss.x / (float)(H * d) + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)(G * d) + m.rms_eps);
+    const float2 rs = sd_proj_rscale<HD_T>(qkv, H, G, d, m.rms_eps);
+    rq = rs.x, rk = rs.y;
   } else if (m.qk_norm == 1) {
     const float2 ss = sd_block_sum2(qraw * qraw, kraw * kraw);
     rq = 1.0f / sqrtf(ss.x / (float)d + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)d + m.rms_eps);
@@ -1250,11 +1258,8 @@ __global__ void __launch_bounds__(GR_T, 4) k_dec_group(const xd_cuda_sdec m, con
   }
   float rq = 1.f, rk = 1.f; /* qk_norm 2: one scale for all q heads, one for the k heads (whole projections) */
   if (m.qk_norm == 2) {
-    float a = 0.f, b = 0.f;
-    for (int j = tid; j < H * d; j += GR_T) a += qkv[j] * qkv[j];
-    for (int j = tid; j < G * d; j += GR_T) b += qkv[(size_t)H * d + j] * qkv[(size_t)H * d + j];
-    const float2 ss = sd_block_sum2(a, b);
-    rq = 1.0f / sqrtf(ss.x / (float)(H * d) + m.rms_eps), rk = 1.0f / sqrtf(ss.y / (float)(G * d) + m.rms_eps);
+    const float2 rs = sd_proj_rscale<GR_T>(qkv, H, G, d, m.rms_eps);
+    rq = rs.x, rk = rs.y;
   }
   __syncthreads();
   if (m.qk_norm == 1) { /* per head over d: warp w, rows w, w + NW, ... (HQ q rows, then k) */

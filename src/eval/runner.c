@@ -569,7 +569,16 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     max_np = np > max_np ? np : max_np;
   }
   if (max_np > (1u << 24)) return xd_errf(e, "%s: a prompt of %zu tokens", r->name, max_np);
-  if (gen_batch_ready(r, (int)n, (int)max_np, max_new, e)) return -1;
+  if (gen_batch_ready(r, (int)n, (int)max_np, max_new, e)) {
+    /* the batch's state does not fit (long prompts: the teacher's cache is n rows of them): one
+     * request at a time, as without the batch callback */
+    for (size_t k = 0; k < n; k++)
+      if (lm_generate(ctx, prompts[k], n_prompts[k], stops, n_stops, max_new, &out_texts[k], e)) {
+        for (size_t j = 0; j <= k; j++) free(out_texts[j]), out_texts[j] = NULL;
+        return -1;
+      }
+    return 0;
+  }
   xd_detok *dt = xd_calloc(n, sizeof *dt);
   int *left = xd_calloc(n, sizeof *left), live = 0, rc = 0;
   int32_t *next = xd_calloc(n, sizeof *next), *last = xd_calloc(n, sizeof *last);
@@ -579,11 +588,11 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     if (np == 0) p = &m->prefix_id, np = 1;
     if (np > m->max_length) p += np - m->max_length, np = m->max_length;
     const size_t room = m->max_length - np; /* o.max_total: the context's room */
-    left[k] = max_new > 0 ? (size_t)max_new < room ? max_new : (int)room : 0;
+    left[k] = max_new <= 0 ? 0 : (size_t)max_new < room ? max_new : (int)room;
     xd_detok_init(&dt[k], r->tok, stops, n_stops);
     last[k] = p[np - 1];
     live += left[k] > 0;
-    /* a request with nothing to generate is not prefilled: its slot keeps a one-token prompt */
+    /* a request with nothing to generate gets a one-token prefill: its slot only has to be valid */
     if (!rc) rc = gen_batch_prefill(r, (int)k, left[k] > 0 ? p : &last[k], left[k] > 0 ? (int)np : 1, e);
   }
   while (!rc && live > 0) {

@@ -639,6 +639,7 @@ int xd_student_cuda_step(xd_student_cuda *m, xd_student_cuda_state *st, const in
                          xd_err *e) {
   if (st->B != 1) return xd_errf(e, "student step: the state holds %d sequences (xd_student_cuda_step_batch)", st->B);
   if (n < 1) return xd_errf(e, "student step: no tokens");
+  if (st->pos[0] < 0) return xd_errf(e, "student step: the state has no prompt (its prefill failed; reset it)");
   CK(xd_check_token_ids(ids, (size_t)n, m->cfg.vocab, e));
   if (st->pos[0] == 0 && n > 1) return xd_student_cuda_prefill(m, st, 0, ids, n, logits, e);
   for (int i = 0; i < n; i++) {

@@ -235,8 +235,8 @@ static void score_generation(const xd_task *t, size_t i, char *out, int keep, xd
   free(out);
 }
 
-/* Docs [i0, i0 + n) through generate_until_batch: encoded (left-truncated as one at a time), one
- * call, scored in order. */
+/* Docs [i0, i0 + n): encoded and cut from the left to leave max_new tokens of context, generated
+ * (one generate_until_batch call, or generate_until per doc), scored in order. */
 static int generate_group(const xd_task *t, const xd_lm *lm, size_t i0, size_t n, size_t max_new, progress *pg,
                           xd_task_result *res, int keep, double *em, double *em_strict, xd_err *e) {
   int32_t **ids = xd_calloc(n, sizeof *ids);
@@ -255,9 +255,18 @@ static int generate_group(const xd_task *t, const xd_lm *lm, size_t i0, size_t n
     const size_t room = lm->max_length - max_new, off = len > room ? len - room : 0;
     pr[k] = ids[k] + off, np[k] = len - off;
   }
-  if (!rc && lm->generate_until_batch(lm->ctx, pr, np, n, (const char *const *)t->until, t->n_until, (int)max_new, outs, e)) {
-    xd_err_prefix(e, "%s docs %zu-%zu", t->name, i0, i0 + n - 1);
-    rc = -1;
+  const char *const *until = (const char *const *)t->until;
+  if (!rc && lm->generate_until_batch) {
+    if (lm->generate_until_batch(lm->ctx, pr, np, n, until, t->n_until, (int)max_new, outs, e)) {
+      xd_err_prefix(e, "%s docs %zu-%zu", t->name, i0, i0 + n - 1);
+      rc = -1;
+    }
+  } else {
+    for (size_t k = 0; k < n && !rc; k++)
+      if (lm->generate_until(lm->ctx, pr[k], np[k], until, t->n_until, (int)max_new, &outs[k], e)) {
+        xd_err_prefix(e, "%s doc %zu", t->name, i0 + k);
+        rc = -1;
+      }
   }
   for (size_t k = 0; k < n; k++) {
     if (!rc) {
@@ -278,26 +287,11 @@ static int run_generate(const xd_task *t, const xd_lm *lm, size_t bs, progress *
   /* a small model (demo context lengths) keeps at least half its context for the prompt */
   size_t max_new = (size_t)t->max_new_tokens;
   if (max_new > lm->max_length / 2) max_new = lm->max_length / 2;
+  /* up to batch_size docs decoded together where the model can, else one at a time */
   const size_t group = lm->generate_until_batch && bs > 1 ? bs : 1;
-  for (size_t i = 0; i < t->n_docs;) {
-    if (group > 1) { /* up to batch_size docs decoded together */
-      const size_t n = t->n_docs - i < group ? t->n_docs - i : group;
-      if (generate_group(t, lm, i, n, max_new, pg, res, keep, &em, &em_strict, e)) return -1;
-      i += n;
-      continue;
-    }
-    const xd_task_doc *d = &t->docs[i];
-    int32_t *ids;
-    size_t n;
-    if (lm->encode(lm->ctx, d->prompt, strlen(d->prompt), &ids, &n, e)) return xd_err_prefix(e, "%s doc %zu", t->name, i);
-    size_t room = lm->max_length - max_new, off = n > room ? n - room : 0;
-    char *out = NULL;
-    int rc = lm->generate_until(lm->ctx, ids + off, n - off, (const char *const *)t->until, t->n_until, (int)max_new, &out, e);
-    free(ids);
-    if (rc) return xd_err_prefix(e, "%s doc %zu", t->name, i);
-    score_generation(t, i, out, keep, res, &em, &em_strict);
-    i++;
-    progress_tick(pg, i, 0);
+  for (size_t i = 0; i < t->n_docs; i += group) {
+    const size_t n = t->n_docs - i < group ? t->n_docs - i : group;
+    if (generate_group(t, lm, i, n, max_new, pg, res, keep, &em, &em_strict, e)) return -1;
   }
   add_metric(res, "exact_match", em / (double)t->n_docs, 1);
   if (t->extract == XD_EXTRACT_GSM8K) add_metric(res, "exact_match_strict", em_strict / (double)t->n_docs, 1);

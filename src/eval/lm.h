@@ -14,7 +14,7 @@
  *    frees) is the generated text with the first stop string and everything after it removed.
  *  - generate_until_batch (optional): generate_until for n prompts at once (the evaluator sends
  *    up to batch_size); out_texts[i] as generate_until's out_text for prompts[i]. A model that
- *    decodes many sequences together (the GPU student) sets it; results equal generate_until's
+ *    decodes many sequences together (the GPU runner) sets it; results equal generate_until's
  *    up to the model's batched numerics.
  *  - encode: text -> ids without special tokens (no BOS), as HF encode(add_special_tokens=False). */
 #ifndef XD_EVAL_LM_H

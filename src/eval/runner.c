@@ -493,6 +493,13 @@ static int lm_decode(void *ctx, const int32_t *ids, size_t n, char **text, xd_er
   return xd_tokenizer_decode(r->tok, ids, n, 1, text, &len, e);
 }
 
+/* An evaluation prompt as the model takes it: an empty one is the prefix token, a long one is
+ * cut from the left to max_length. */
+static void lm_prompt(const xd_logits_model *m, const int32_t **prompt, size_t *n_prompt) {
+  if (*n_prompt == 0) *prompt = &m->prefix_id, *n_prompt = 1;
+  if (*n_prompt > m->max_length) *prompt += *n_prompt - m->max_length, *n_prompt = m->max_length;
+}
+
 /* Greedy generation through the decoder (KV cache / recurrent state) instead of the adaptor's
  * full re-forward per token; same semantics (prompt cut from the left to max_length, stop at
  * EOS, a stop string, max_new, or a full context). */
@@ -500,8 +507,7 @@ static int lm_generate(void *ctx, const int32_t *prompt, size_t n_prompt, const 
                        int max_new, char **out_text, xd_err *e) {
   xd_logits_model *m = ctx;
   xd_runner *r = m->ctx;
-  if (n_prompt == 0) { prompt = &m->prefix_id; n_prompt = 1; }
-  if (n_prompt > m->max_length) { prompt += n_prompt - m->max_length; n_prompt = m->max_length; }
+  lm_prompt(m, &prompt, &n_prompt);
   xd_gen_options o;
   xd_gen_options_default(&o);
   o.max_new = max_new > 0 ? max_new : 0;
@@ -565,7 +571,9 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
   if (n > 65535) return xd_errf(e, "%s: %zu requests in one generation batch (at most 65535)", r->name, n);
   size_t max_np = 1;
   for (size_t k = 0; k < n; k++) {
-    const size_t np = n_prompts[k] > m->max_length ? m->max_length : n_prompts[k];
+    const int32_t *p = prompts[k];
+    size_t np = n_prompts[k];
+    lm_prompt(m, &p, &np);
     max_np = np > max_np ? np : max_np;
   }
   if (max_np > (1u << 24)) return xd_errf(e, "%s: a prompt of %zu tokens", r->name, max_np);
@@ -585,8 +593,7 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
   for (size_t k = 0; k < n; k++) {
     const int32_t *p = prompts[k];
     size_t np = n_prompts[k];
-    if (np == 0) p = &m->prefix_id, np = 1;
-    if (np > m->max_length) p += np - m->max_length, np = m->max_length;
+    lm_prompt(m, &p, &np);
     const size_t room = m->max_length - np; /* o.max_total: the context's room */
     left[k] = max_new <= 0 ? 0 : (size_t)max_new < room ? max_new : (int)room;
     xd_detok_init(&dt[k], r->tok, stops, n_stops);

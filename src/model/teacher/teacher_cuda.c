@@ -570,6 +570,13 @@ int xd_teacher_cuda_step(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, con
   return 0;
 }
 
+/* From here on every row has its own length (starting from the common one). */
+static void make_ragged(xd_teacher_cuda_state *s) {
+  if (s->ragged) return;
+  for (int r = 0; r < s->B; r++) s->lens[r] = s->len;
+  s->ragged = 1;
+}
+
 int xd_teacher_cuda_prefill_row(const xd_teacher_cuda *t, xd_teacher_cuda_state *s, int b, const int32_t *ids,
                                 int n, float *host_logits, xd_err *e) {
   const xd_model_config *c = &t->cfg;
@@ -577,10 +584,7 @@ int xd_teacher_cuda_prefill_row(const xd_teacher_cuda *t, xd_teacher_cuda_state 
   if (b < 0 || b >= s->B) return xd_errf(e, "GPU teacher: row %d outside the state's %d", b, s->B);
   if (n < 1 || n > s->cap) return xd_errf(e, "GPU teacher: a prompt of %d tokens for a cache of %d", n, s->cap);
   if (is_dynamic(c)) return xd_errf(e, "GPU teacher: rows at different lengths need a fixed RoPE (not dynamic NTK)");
-  if (!s->ragged) { /* from here on every row has its own length */
-    for (int r = 0; r < s->B; r++) s->lens[r] = s->len;
-    s->ragged = 1;
-  }
+  make_ragged(s);
   /* the one-sequence prefill (B 1, offset 0) on row b's cache and logits row: the state's
    * pointers moved there for the call, then back */
   const size_t Gd = (size_t)c->n_kv_heads * c->head_dim;
@@ -590,12 +594,10 @@ int xd_teacher_cuda_prefill_row(const xd_teacher_cuda *t, xd_teacher_cuda_state 
   s->logits += (size_t)b * c->vocab;
   s->len = 0;
   s->lens[b] = -1; /* unusable unless the prefill completes */
-  s->ragged = 0;   /* body's one-sequence path */
   const int rc = body(t, s, ids, 1, n, 1, 1, 0, e);
   for (int l = 0; l < c->n_layers; l++) s->k[l] -= (size_t)b * s->cap * Gd, s->v[l] -= (size_t)b * s->cap * Gd;
   s->logits = logits0;
   s->len = len0;
-  s->ragged = 1;
   if (rc) return -1;
   s->lens[b] = n;
   if (host_logits) return xd_cuda_download(t->ctx, host_logits, s->logits + (size_t)b * c->vocab, (size_t)c->vocab * 4, e);
@@ -606,10 +608,7 @@ int xd_teacher_cuda_step_rows(const xd_teacher_cuda *t, xd_teacher_cuda_state *s
                               float *host_logits, xd_err *e) {
   if (!s->with_kv) return xd_errf(e, "GPU teacher: this state has no KV cache");
   if (is_dynamic(&t->cfg)) return xd_errf(e, "GPU teacher: rows at different lengths need a fixed RoPE (not dynamic NTK)");
-  if (!s->ragged) {
-    for (int r = 0; r < s->B; r++) s->lens[r] = s->len;
-    s->ragged = 1;
-  }
+  make_ragged(s);
   for (int r = 0; r < s->B; r++)
     if (s->lens[r] < 0) return xd_errf(e, "GPU teacher: row %d has no prompt (its prefill failed)", r);
   if (step_graphed(t, s, ids, 1, e)) return -1;

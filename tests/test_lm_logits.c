@@ -62,7 +62,9 @@ static void test_fixture_metrics(void) {
   bigram b = {0, 0};
   xd_logits_model m = {&b, bg_forward, bg_encode, bg_decode, V, 256, -1, 64, 4, "bigram-logits", NULL};
   xd_lm lm;
+  memset(&lm, 0xA5, sizeof lm); /* a stack variable's garbage: the adaptor must clear the optional callbacks */
   xd_lm_from_logits(&lm, &m);
+  CHECK(lm.generate_until_batch == NULL);
   struct { const char *fmt, *file, *key, *metrics[4]; size_t maxlen; } cases[] = {
     {"mc", "mc.jsonl", "mc", {"acc", "acc_norm"}, 2048},
     {"winogrande", "winogrande.jsonl", "winogrande", {"acc"}, 2048},

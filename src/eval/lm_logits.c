@@ -126,6 +126,7 @@ static int logits_encode(void *ctx, const char *text, size_t len, int32_t **ids,
 }
 
 void xd_lm_from_logits(xd_lm *lm, xd_logits_model *m) {
+  memset(lm, 0, sizeof *lm); /* optional callbacks (generate_until_batch) absent unless the caller sets them */
   lm->ctx = m;
   lm->loglikelihood = logits_ll;
   lm->generate_until = m->decode ? logits_generate : NULL;

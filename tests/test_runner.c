@@ -4,8 +4,9 @@
  * hybrid parameters): `xdistill forward` on the student == xd_student_forward, student
  * `generate --ids` == greedy decoding by full forwards of the growing sequence, cached
  * generation (KV cache / recurrent state) == the evaluator's re-forward generation, xd_lm
- * log-likelihoods == log-softmax sums over forward logits (1e-5), and an eval run on a tiny
- * multiple-choice task whose accuracies follow from those log-likelihoods. Text goes through the
+ * log-likelihoods == log-softmax sums over forward logits (1e-5), an eval run on a tiny
+ * multiple-choice task whose accuracies follow from those log-likelihoods, and eval's batched
+ * generation (xd_batch_decoder) == one request at a time. Text goes through the
  * byte-level tokenizer fixture (256 ids, id = byte). */
 #define _GNU_SOURCE /* memmem */
 #include "test.h"
@@ -547,6 +548,46 @@ static void test_eval_loglikelihood(void) {
   check_eval(g_student);
 }
 
+/* eval's batched generation (generate_until_batch over xd_batch_decoder; XD_EVAL_GEN_BATCH=1
+ * sends the CPU through it): the same texts as generate_until one request at a time, with more
+ * requests than the batch, a stop string, prompts of different lengths and one cut by the context. */
+static void check_eval_batch(const char *model, const char *name) {
+  xd_err e = {0};
+  xd_runner r;
+  if (xd_runner_load(&r, model, TOKENIZER, XD_TOK_REQUIRED, &e)) { CHECKF(0, "%s", e.msg); return; }
+  xd_lm lm;
+  setenv("XD_EVAL_GEN_BATCH", "0", 1);
+  CHECK(xd_runner_lm(&r, &lm, 4, &e) == 0 && lm.generate_until_batch == NULL);
+  setenv("XD_EVAL_GEN_BATCH", "1", 1);
+  CHECK(xd_runner_lm(&r, &lm, 4, &e) == 0 && lm.generate_until_batch != NULL);
+  unsetenv("XD_EVAL_GEN_BATCH");
+  if (!lm.generate_until_batch) { xd_runner_free(&r); return; }
+  const char *texts[5] = {"Once upon a time", "ab", "The quick brown fox jumps over the lazy dog and then some more words",
+                          "x", "Hello there"};
+  int32_t *ids[5];
+  size_t n[5];
+  for (int i = 0; i < 5; i++) CHECK(lm.encode(lm.ctx, texts[i], strlen(texts[i]), &ids[i], &n[i], &e) == 0);
+  const char *stops[1] = {"e"};
+  for (int with_stop = 0; with_stop < 2; with_stop++) {
+    char *got[5];
+    CHECKF(lm.generate_until_batch(lm.ctx, (const int32_t *const *)ids, n, 5, stops, with_stop, 40, got, &e) == 0, "%s", e.msg);
+    for (int i = 0; i < 5; i++) {
+      char *want = NULL;
+      CHECK(lm.generate_until(lm.ctx, ids[i], n[i], stops, with_stop, 40, &want, &e) == 0);
+      CHECKF(want && got[i] && !strcmp(want, got[i]), "%s request %d (stop %d): '%s' vs '%s'", name, i, with_stop,
+             got[i] ? got[i] : "NULL", want ? want : "NULL");
+      free(want), free(got[i]);
+    }
+  }
+  for (int i = 0; i < 5; i++) free(ids[i]);
+  xd_runner_free(&r);
+}
+
+static void test_eval_batch_generation(void) {
+  check_eval_batch(TEACHER, "teacher");
+  check_eval_batch(g_student, "student");
+}
+
 int main(void) {
   /* tiny models: one thread (OpenMP spin-waits dominate on a shared machine); the CLI children
    * inherit it */
@@ -570,6 +611,7 @@ int main(void) {
   RUN(test_cli_generate_student);
   RUN(test_generation_cached);
   RUN(test_eval_loglikelihood);
+  RUN(test_eval_batch_generation);
   char cmd[700];
   snprintf(cmd, sizeof cmd, "rm -rf %s", test_tmpdir("runner"));
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", test_tmpdir("runner"));

@@ -401,6 +401,164 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
   return 0;
 }
 
+/* ---- batched decoding -------------------------------------------------------------------- */
+struct xd_batch_decoder {
+  xd_runner *r;
+  int n, cap, V;
+  int *len;          /* [n] tokens in the slot's state (GPU: including an idle slot's filler) */
+  uint8_t *started;  /* [n] started by the caller */
+  int32_t *last;     /* [n] the last token fed */
+  xd_decoder *dec;   /* CPU: [n] */
+  float *logits;     /* CPU: [n, V] each slot's latest */
+  int32_t *ids;      /* GPU: [n] one step's ids */
+};
+
+#ifdef XD_HAVE_CUDA
+/* The GPU runner's batched state for n slots of up to cap tokens: the student's slots, or the
+ * teacher's rows (activations for one row's prefill of cap - 1 tokens: B * max_tn rows). Kept
+ * in the runner across calls while it fits. */
+static int gpu_batch_ready(xd_runner *r, int n, int cap, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  if (r->is_student) {
+    if (g->stb && xd_student_cuda_state_batch(g->stb) != n) {
+      xd_student_cuda_state_free(g->stb);
+      g->stb = NULL;
+    }
+    return g->stb ? 0 : xd_student_cuda_state_alloc_batch(&g->stb, g->s, n, e);
+  }
+  const int tn = (cap - 1 + n - 1) / n;
+  if (g->tb_B == n && g->tb_tn >= tn && g->tb_cap >= cap) return 0;
+  xd_teacher_cuda_state_free(&g->tb);
+  g->tb_B = g->tb_tn = g->tb_cap = 0;
+  if (xd_teacher_cuda_state_alloc(&g->tb, &g->t, n, tn, cap, n, 1, e)) return -1;
+  g->tb_B = n, g->tb_tn = tn, g->tb_cap = cap;
+  return 0;
+}
+static int gpu_batch_start(xd_runner *r, int k, const int32_t *p, int np, xd_err *e) {
+  struct xd_runner_gpu *g = r->gpu;
+  return r->is_student ? xd_student_cuda_prefill(g->s, g->stb, k, p, np, NULL, e)
+                       : xd_teacher_cuda_prefill_row(&g->t, &g->tb, k, p, np, NULL, e);
+}
+#endif
+
+int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, int cap, xd_err *e) {
+  *out = NULL;
+  if (n_slots < 1 || n_slots > 65535) return xd_errf(e, "%s: %d decoding slots (1 to 65535)", r->name, n_slots);
+  if (cap < 2 || cap > (1 << 24)) return xd_errf(e, "%s: decoding length %d out of range [2, 2^24]", r->name, cap);
+  xd_batch_decoder *b = xd_calloc(1, sizeof *b);
+  b->r = r, b->n = n_slots, b->cap = cap, b->V = r->cfg.vocab;
+  b->len = xd_calloc((size_t)n_slots, sizeof *b->len);
+  b->started = xd_calloc((size_t)n_slots, 1);
+  b->last = xd_calloc((size_t)n_slots, sizeof *b->last);
+  if (r->gpu) {
+#ifdef XD_HAVE_CUDA
+    b->ids = xd_calloc((size_t)n_slots, sizeof *b->ids);
+    int rc = gpu_batch_ready(r, n_slots, cap, e);
+    /* every slot needs a state before the first step: a one-token filler */
+    for (int k = 0; k < n_slots && !rc; k++) rc = gpu_batch_start(r, k, &b->last[k], 1, e), b->len[k] = 1;
+    if (rc) {
+      xd_batch_decoder_free(b);
+      return xd_err_prefix(e, "--device cuda"), -1;
+    }
+#endif
+  } else {
+    b->dec = xd_calloc((size_t)n_slots, sizeof *b->dec);
+    b->logits = xd_calloc((size_t)n_slots * b->V, sizeof *b->logits);
+  }
+  *out = b;
+  return 0;
+}
+
+void xd_batch_decoder_free(xd_batch_decoder *b) {
+  if (!b) return;
+  if (b->dec)
+    for (int k = 0; k < b->n; k++) xd_decoder_free(&b->dec[k]);
+  free(b->dec), free(b->logits), free(b->ids), free(b->len), free(b->started), free(b->last);
+  free(b);
+}
+
+int xd_batch_decoder_slots(const xd_batch_decoder *b) { return b->n; }
+
+int xd_batch_decoder_start(xd_batch_decoder *b, int slot, const int32_t *ids, int n, xd_err *e) {
+  xd_runner *r = b->r;
+  if (slot < 0 || slot >= b->n) return xd_errf(e, "%s: slot %d of %d", r->name, slot, b->n);
+  if (n < 1 || n > b->cap - 1) return xd_errf(e, "%s: a prompt of %d tokens (1 to %d here)", r->name, n, b->cap - 1);
+  if (xd_check_token_ids(ids, (size_t)n, r->cfg.vocab, e)) return xd_err_prefix(e, "%s", r->name), -1;
+  b->started[slot] = 0;
+  if (r->gpu) {
+#ifdef XD_HAVE_CUDA
+    if (gpu_batch_start(r, slot, ids, n, e)) return -1;
+#endif
+  } else {
+    xd_decoder_free(&b->dec[slot]); /* a lone decoder per slot: its state, its cache of cap */
+    xd_decoder_init(&b->dec[slot], r, b->cap, n);
+    if (xd_decoder_feed(&b->dec[slot], ids, n, b->logits + (size_t)slot * b->V, e)) return -1;
+  }
+  b->len[slot] = n;
+  b->last[slot] = ids[n - 1];
+  b->started[slot] = 1;
+  return 0;
+}
+
+int xd_batch_decoder_step(xd_batch_decoder *b, const int32_t *ids, const uint8_t *active, xd_err *e) {
+  xd_runner *r = b->r;
+  for (int k = 0; k < b->n; k++) {
+    if (!b->started[k] || (active && !active[k])) continue;
+    if (b->len[k] + 1 > b->cap) return xd_errf(e, "%s: slot %d is full (%d tokens)", r->name, k, b->cap);
+    if (ids[k] < 0 || ids[k] >= r->cfg.vocab) return xd_errf(e, "%s: token id %d out of range [0, %d)", r->name, ids[k], r->cfg.vocab);
+  }
+  if (r->gpu) {
+#ifdef XD_HAVE_CUDA
+    for (int k = 0; k < b->n; k++) {
+      const int on = b->started[k] && (!active || active[k]);
+      if (!on && !r->is_student && b->len[k] + 1 > b->cap) { /* an idle row about to fill: restart it */
+        if (gpu_batch_start(r, k, &b->last[k], 1, e)) return -1;
+        b->len[k] = 1;
+      }
+      b->ids[k] = on ? ids[k] : b->last[k];
+    }
+    struct xd_runner_gpu *g = r->gpu;
+    if (r->is_student ? xd_student_cuda_step_batch(g->s, g->stb, b->ids, NULL, e)
+                      : xd_teacher_cuda_step_rows(&g->t, &g->tb, b->ids, NULL, e)) return -1;
+    for (int k = 0; k < b->n; k++) b->len[k]++, b->last[k] = b->ids[k];
+    return 0;
+#endif
+  }
+  for (int k = 0; k < b->n; k++) {
+    if (!b->started[k] || (active && !active[k])) continue;
+    if (xd_decoder_feed(&b->dec[k], &ids[k], 1, b->logits + (size_t)k * b->V, e)) return -1;
+    b->len[k]++;
+    b->last[k] = ids[k];
+  }
+  return 0;
+}
+
+int xd_batch_decoder_argmax(xd_batch_decoder *b, int32_t *next, xd_err *e) {
+  if (b->r->gpu) {
+#ifdef XD_HAVE_CUDA
+    struct xd_runner_gpu *g = b->r->gpu;
+    if (b->r->is_student) return xd_student_cuda_argmax(g->s, g->stb, next, e);
+    if (xd_cuda_argmax_f32(g->ctx, g->tb.next, g->tb.logits, g->tb.B, b->V, e)) return -1;
+    return xd_cuda_download(g->ctx, next, g->tb.next, (size_t)g->tb.B * sizeof *next, e);
+#endif
+  }
+  for (int k = 0; k < b->n; k++) next[k] = b->started[k] ? xd_argmax(b->logits + (size_t)k * b->V, b->V) : 0;
+  return 0;
+}
+
+int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err *e) {
+  if (slot < 0 || slot >= b->n) return xd_errf(e, "%s: slot %d of %d", b->r->name, slot, b->n);
+  if (b->r->gpu) {
+#ifdef XD_HAVE_CUDA
+    struct xd_runner_gpu *g = b->r->gpu;
+    if (b->r->is_student) return xd_student_cuda_slot_logits(g->s, g->stb, slot, logits, e);
+    return xd_cuda_download(g->ctx, logits, g->tb.logits + (size_t)slot * b->V, (size_t)b->V * sizeof *logits, e);
+#endif
+  }
+  memcpy(logits, b->logits + (size_t)slot * b->V, (size_t)b->V * sizeof *logits);
+  return 0;
+}
+
 /* ---- generation -------------------------------------------------------------------------- */
 void xd_gen_options_default(xd_gen_options *o) {
   memset(o, 0, sizeof *o);
@@ -517,51 +675,10 @@ static int lm_generate(void *ctx, const int32_t *prompt, size_t n_prompt, const 
   return xd_runner_generate(r, prompt, n_prompt, &o, NULL, NULL, out_text, NULL, e);
 }
 
-#ifdef XD_HAVE_CUDA
-/* The batched decoder of the GPU model: a student's batched state (slots), or a teacher's state
- * of rows at different lengths, sized for this call (n rows; prompts of up to max_np tokens, up
- * to max_new more each). */
-static int gen_batch_ready(xd_runner *r, int n, int max_np, int max_new, xd_err *e) {
-  struct xd_runner_gpu *g = r->gpu;
-  if (r->is_student) {
-    if (g->stb && xd_student_cuda_state_batch(g->stb) != n) {
-      xd_student_cuda_state_free(g->stb);
-      g->stb = NULL;
-    }
-    return g->stb ? 0 : xd_student_cuda_state_alloc_batch(&g->stb, g->s, n, e);
-  }
-  /* activations for one row's prefill of max_np tokens (B * max_tn rows), a cache of
-   * max_np + max_new positions per row */
-  const int tn = (max_np + n - 1) / n, cap = max_np + (max_new > 0 ? max_new : 0) + 1;
-  if (g->tb_B == n && g->tb_tn >= tn && g->tb_cap >= cap) return 0;
-  xd_teacher_cuda_state_free(&g->tb);
-  g->tb_B = g->tb_tn = g->tb_cap = 0;
-  if (xd_teacher_cuda_state_alloc(&g->tb, &g->t, n, tn, cap, n, 1, e)) return -1;
-  g->tb_B = n, g->tb_tn = tn, g->tb_cap = cap;
-  return 0;
-}
-static int gen_batch_prefill(xd_runner *r, int k, const int32_t *p, int np, xd_err *e) {
-  struct xd_runner_gpu *g = r->gpu;
-  return r->is_student ? xd_student_cuda_prefill(g->s, g->stb, k, p, np, NULL, e)
-                       : xd_teacher_cuda_prefill_row(&g->t, &g->tb, k, p, np, NULL, e);
-}
-static int gen_batch_argmax(xd_runner *r, int32_t *next, xd_err *e) {
-  struct xd_runner_gpu *g = r->gpu;
-  if (r->is_student) return xd_student_cuda_argmax(g->s, g->stb, next, e);
-  if (xd_cuda_argmax_f32(g->ctx, g->tb.next, g->tb.logits, g->tb.B, r->cfg.vocab, e)) return -1;
-  return xd_cuda_download(g->ctx, next, g->tb.next, (size_t)g->tb.B * sizeof *next, e);
-}
-static int gen_batch_step(xd_runner *r, const int32_t *ids, xd_err *e) {
-  struct xd_runner_gpu *g = r->gpu;
-  return r->is_student ? xd_student_cuda_step_batch(g->s, g->stb, ids, NULL, e)
-                       : xd_teacher_cuda_step_rows(&g->t, &g->tb, ids, NULL, e);
-}
-
-/* generate_until_batch for a GPU model: the n prompts decoded together (the student's batched
- * state, the teacher's rows at different lengths; each prefilled alone, then one step for all),
- * greedy; per request lm_generate's semantics (prompt cut to max_length, stop at EOS, a stop
- * string, max_new or a full context), each with its own streaming detokenizer. A request that
- * has stopped keeps stepping on its last token, unread. */
+/* generate_until_batch for a GPU model: the n prompts decoded together in a batched decoder
+ * (each prefilled alone, then one step for all), greedy; per request lm_generate's semantics
+ * (prompt cut to max_length, stop at EOS, a stop string, max_new or a full context), each with
+ * its own streaming detokenizer. */
 static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const size_t *n_prompts, size_t n,
                              const char *const *stops, size_t n_stops, int max_new, char **out_texts, xd_err *e) {
   xd_logits_model *m = ctx;
@@ -577,7 +694,9 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     max_np = np > max_np ? np : max_np;
   }
   if (max_np > (1u << 24)) return xd_errf(e, "%s: a prompt of %zu tokens", r->name, max_np);
-  if (gen_batch_ready(r, (int)n, (int)max_np, max_new, e)) {
+  xd_batch_decoder *bd;
+  xd_err ignored = {0};
+  if (xd_batch_decoder_create(&bd, r, (int)n, (int)max_np + (max_new > 0 ? max_new : 0) + 1, &ignored)) {
     /* the batch's state does not fit (long prompts: the teacher's cache is n rows of them): one
      * request at a time, as without the batch callback */
     for (size_t k = 0; k < n; k++)
@@ -589,7 +708,8 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
   }
   xd_detok *dt = xd_calloc(n, sizeof *dt);
   int *left = xd_calloc(n, sizeof *left), live = 0, rc = 0;
-  int32_t *next = xd_calloc(n, sizeof *next), *last = xd_calloc(n, sizeof *last);
+  int32_t *next = xd_calloc(n, sizeof *next);
+  uint8_t *active = xd_calloc(n, 1);
   for (size_t k = 0; k < n; k++) {
     const int32_t *p = prompts[k];
     size_t np = n_prompts[k];
@@ -597,15 +717,14 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     const size_t room = m->max_length - np; /* o.max_total: the context's room */
     left[k] = max_new <= 0 ? 0 : (size_t)max_new < room ? max_new : (int)room;
     xd_detok_init(&dt[k], r->tok, stops, n_stops);
-    last[k] = p[np - 1];
     live += left[k] > 0;
-    /* a request with nothing to generate gets a one-token prefill: its slot only has to be valid */
-    if (!rc) rc = gen_batch_prefill(r, (int)k, left[k] > 0 ? p : &last[k], left[k] > 0 ? (int)np : 1, e);
+    if (!rc && left[k] > 0) rc = xd_batch_decoder_start(bd, (int)k, p, (int)np, e);
   }
   while (!rc && live > 0) {
-    if (gen_batch_argmax(r, next, e)) { rc = -1; break; }
+    if (xd_batch_decoder_argmax(bd, next, e)) { rc = -1; break; }
     for (size_t k = 0; k < n && !rc; k++) {
-      if (left[k] <= 0) { next[k] = last[k]; continue; }
+      active[k] = 0;
+      if (left[k] <= 0) continue;
       const int32_t tok = next[k];
       int stop = xd_runner_is_eos(r, tok);
       if (!stop) {
@@ -614,13 +733,13 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
         const int st = xd_detok_push(&dt[k], tok, &piece, &n_piece, e);
         if (st < 0) rc = -1;
         stop = st == 1;
-        last[k] = tok;
         left[k]--;
       }
       if (stop) left[k] = 0;
       if (left[k] == 0) live--;
+      active[k] = left[k] > 0;
     }
-    if (!rc && live > 0 && gen_batch_step(r, next, e)) rc = -1;
+    if (!rc && live > 0 && xd_batch_decoder_step(bd, next, active, e)) rc = -1;
   }
   for (size_t k = 0; k < n; k++) {
     if (!rc) {
@@ -632,10 +751,10 @@ static int lm_generate_batch(void *ctx, const int32_t *const *prompts, const siz
     }
     xd_detok_free(&dt[k]);
   }
-  free(dt), free(left), free(next), free(last);
+  xd_batch_decoder_free(bd);
+  free(dt), free(left), free(next), free(active);
   return rc;
 }
-#endif
 
 int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
   if (!r->tok) return xd_errf(e, "%s: evaluation needs a tokenizer", r->name);
@@ -664,13 +783,13 @@ int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
 #endif
   xd_lm_from_logits(lm, m);
   lm->generate_until = lm_generate;
-#ifdef XD_HAVE_CUDA
   /* on the GPU a task's generation requests are decoded batch_size at a time (a teacher with
-   * dynamic NTK RoPE, whose rows cannot be at different lengths, one at a time);
-   * XD_EVAL_GEN_BATCH=0: one at a time (the path before; kept for comparisons) */
+   * dynamic NTK RoPE, whose rows cannot be at different lengths, one at a time); on the CPU one
+   * at a time (a batch would give the same results, no sooner). XD_EVAL_GEN_BATCH=0: one at a
+   * time (comparisons); =1: batched on the CPU too (tests: the batched path, exact there). */
   const char *gb = getenv("XD_EVAL_GEN_BATCH");
   const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
-  if (r->gpu && (r->is_student || !dyn) && !(gb && strcmp(gb, "0") == 0)) lm->generate_until_batch = lm_generate_batch;
-#endif
+  const int batched = gb && *gb ? strcmp(gb, "0") != 0 : r->gpu != NULL;
+  if (batched && (!r->gpu || r->is_student || !dyn)) lm->generate_until_batch = lm_generate_batch;
   return 0;
 }

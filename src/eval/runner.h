@@ -74,6 +74,32 @@ void xd_decoder_free(xd_decoder *d);
 /* Feed ids[n] (n >= 1) and get the logits of the last one [V]. */
 int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_err *e);
 
+/* Batched decoding: n_slots sequences decoded together, each slot (re)started on its own prompt
+ * at any time (batched generation, continuous batching in `serve`).
+ *  - CPU: one xd_decoder per slot; a step feeds the active slots one after another (each slot's
+ *    logits are exactly those of a lone xd_decoder).
+ *  - GPU: the student's batched state (one step advances every slot: GEMMs over the slots'
+ *    rows, bf16 inputs, so logits differ from the one-sequence decoder's by ~1e-3 relative),
+ *    the teacher's rows at different lengths. An idle slot steps too, on its last token, unread;
+ *    an idle teacher row is restarted on that token before its cache fills.
+ * cap: the longest sequence (prompt + generated) a slot may reach (the teacher's cache per slot;
+ * the student's state does not depend on it). A GPU runner has one batched state: one
+ * xd_batch_decoder at a time, and not alongside an xd_decoder. */
+typedef struct xd_batch_decoder xd_batch_decoder;
+int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, int cap, xd_err *e);
+void xd_batch_decoder_free(xd_batch_decoder *b);
+int xd_batch_decoder_slots(const xd_batch_decoder *b);
+/* Start `slot` anew with ids[n] (1 <= n <= cap - 1: room for one more token). */
+int xd_batch_decoder_start(xd_batch_decoder *b, int slot, const int32_t *ids, int n, xd_err *e);
+/* One token ids[s] for every slot s with active[s] (active NULL: every started slot); each
+ * active slot's length + 1 must stay <= cap. */
+int xd_batch_decoder_step(xd_batch_decoder *b, const int32_t *ids, const uint8_t *active, xd_err *e);
+/* next[s] = the first argmax of slot s's latest logits (the GPU computes them on the device);
+ * slots never started get 0. */
+int xd_batch_decoder_argmax(xd_batch_decoder *b, int32_t *next, xd_err *e);
+/* logits [V] (host) = slot's latest logits (those of its start or of its last step). */
+int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err *e);
+
 typedef struct {
   int max_new;                /* tokens to generate at most */
   int stop_at_eos;            /* stop (without emitting it) at an EOS id */

@@ -121,5 +121,7 @@ int xd_student_cuda_step_batch(xd_student_cuda *m, xd_student_cuda_state *st, co
                                xd_err *e);
 /* next[B] (host) = the first argmax of each slot's latest logits (of its prefill or last step). */
 int xd_student_cuda_argmax(xd_student_cuda *m, xd_student_cuda_state *st, int32_t *next, xd_err *e);
+/* logits (host [V]) = slot `slot`'s latest logits (of its prefill or last step; sampling). */
+int xd_student_cuda_slot_logits(xd_student_cuda *m, xd_student_cuda_state *st, int slot, float *logits, xd_err *e);
 #endif
 #endif

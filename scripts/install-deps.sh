@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages xdistill builds against. Idempotent: does nothing when all are present.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang libopenblas-dev libpcre2-dev libutf8proc-dev libcjson-dev libyaml-dev zlib1g-dev)
+pkgs=(build-essential cmake pkg-config clang libopenblas-dev libpcre2-dev libutf8proc-dev libcjson-dev libyaml-dev zlib1g-dev libmicrohttpd-dev curl jq)
 # libFuzzer for the fuzz smoke test (package name follows the clang version Debian ships).
 if apt-cache show libclang-rt-14-dev >/dev/null 2>&1; then pkgs+=(libclang-rt-14-dev); fi
 missing=()

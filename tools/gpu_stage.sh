@@ -25,10 +25,15 @@ fi
 for p in $PROGS; do cp "$BUILD/$p" "$DEST/prebuilt/" && strip "$DEST/prebuilt/$p" && gzip -f "$DEST/prebuilt/$p"; done
 # Shared libraries outside glibc/libstdc++/CUDA's cuBLAS (which the GPU machine has).
 (for p in $PROGS; do ldd "$BUILD/$p"; done) | awk '/=> \//{print $3}' | sort -u |
-  grep -E 'openblas|gfortran|quadmath|gomp|cudart|cjson|pcre2|utf8proc|yaml' | while read -r lib; do
+  grep -E 'openblas|gfortran|quadmath|gomp|cudart|cjson|pcre2|utf8proc|yaml|microhttpd' | while read -r lib; do
     case "$lib" in
       *openblas*) gzip -c "$lib" >"$DEST/prebuilt/lib/$(basename "$lib").gz" ;;
       *) cp -L "$lib" "$DEST/prebuilt/lib/" ;;
     esac
   done
+# libmicrohttpd's own libraries (GnuTLS and friends), used on the GPU machine only where it has
+# none of that name (gpu_test.sh): its system copies stay first for everything else.
+mkdir -p "$DEST/prebuilt/lib/fallback"
+ldd "$(ldd "$BUILD/xdistill" | awk '/microhttpd/{print $3}')" | awk '/=> \//{print $3}' | grep -vE '/libc\.so|/ld-linux' |
+  while read -r lib; do cp -L "$lib" "$DEST/prebuilt/lib/fallback/"; done
 du -sh "$DEST"

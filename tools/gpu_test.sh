@@ -44,6 +44,9 @@ elif [ -n "${XD_GPU_PREBUILT:-}" ] && { [ -x "$XD_GPU_PREBUILT/test_gpu_ops" ] |
   mkdir -p "$LIBDIR"
   cp -f "$BIN"/lib/* "$LIBDIR"/ 2>/dev/null
   for f in "$LIBDIR"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+  for f in "$BIN"/lib/fallback/*; do # libmicrohttpd's libraries, where the machine has none
+    [ -e "$f" ] && ! ldconfig -p | grep -qF "$(basename "$f")" && cp -f "$f" "$LIBDIR"/
+  done
   CUBLAS_DIR=$(dirname "$(find /usr/local /opt /usr/lib -name 'libcublasLt.so.13*' 2>/dev/null | head -1)" 2>/dev/null)
   export LD_LIBRARY_PATH="$LIBDIR:${CUBLAS_DIR:-/usr/local/cuda/lib64}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 else

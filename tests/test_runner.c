@@ -83,6 +83,91 @@ static void test_sample_masks(void) {
     }
 }
 
+/* The masks at a vocabulary of 3000 with many ties (logits on a 0.25 grid): the heap ranking
+ * and the nucleus search past the first 64 ranked tokens against the reference. */
+static void test_sample_masks_large(void) {
+  xd_rng r;
+  xd_rng_seed(&r, 14);
+  const int V = 3000;
+  float *lg = malloc(V * sizeof *lg);
+  double *ref = malloc(V * sizeof *ref);
+  const xd_sample_params cases[] = {{1.0, 0, 0.95}, {0.7, 0, 0.3}, {1.2, 500, 0.99}, {0.8, 100, 1.0}, {1.0, 0, 1.0}, {2.5, 0, 0.999}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    for (int v = 0; v < V; v++) lg[v] = 0.25f * (float)floor(8.0 * xd_rng_normal(&r));
+    xd_sampler s;
+    xd_sampler_init(&s, V, &cases[c], 1);
+    xd_sampler_probs(&s, lg);
+    ref_probs(lg, V, &cases[c], ref);
+    int kept = 0, mask_bad = 0, order_bad = 0;
+    double err = 0;
+    for (int t = 0; t < V; t++) {
+      kept += ref[t] > 0;
+      mask_bad += (ref[t] > 0) != (s.probs[t] > 0);
+      err = fmax(err, fabs(s.probs[t] - ref[t]) / fmax(ref[t], 1e-12));
+    }
+    for (int j = 1; j < s.n_kept; j++) order_bad += cases[c].top_k || cases[c].top_p < 1
+                                                      ? !(lg[s.order[j - 1]] > lg[s.order[j]] || (lg[s.order[j - 1]] == lg[s.order[j]] && s.order[j - 1] < s.order[j]))
+                                                      : s.order[j] != j;
+    CHECKF(mask_bad == 0 && kept == s.n_kept, "case %zu: %d masked differently, kept %d vs %d", c, mask_bad, s.n_kept, kept);
+    CHECKF(err < 1e-12, "case %zu: probabilities rel err %.3g", c, err);
+    CHECKF(order_bad == 0, "case %zu: %d kept tokens out of order", c, order_bad);
+    xd_sampler_free(&s);
+  }
+  free(lg);
+  free(ref);
+}
+
+typedef struct { float v; int i; } ranked;
+static int ranked_cmp(const void *a, const void *b) { /* logit descending, ties by lower id */
+  const ranked *x = a, *y = b;
+  if (x->v != y->v) return x->v > y->v ? -1 : 1;
+  return (x->i > y->i) - (x->i < y->i);
+}
+
+/* xd_sampler_next_candidates (the GPU's top-ranked tokens) draws what xd_sampler_next draws from
+ * the whole row, seed for seed; where the candidates cannot decide it says so (-1) and leaves the
+ * rng for the whole-row draw. */
+static void test_sample_candidates(void) {
+  xd_rng r;
+  xd_rng_seed(&r, 15);
+  const int V = 2000, M = 64;
+  float *lg = malloc(V * sizeof *lg);
+  int32_t ids[64];
+  double d[64];
+  const struct { xd_sample_params p; float scale; int decides; } cases[] = {
+    {{1.0, 40, 1.0}, 1.0f, 1}, {{0.8, 40, 0.9}, 1.0f, 1}, {{1.0, 100, 1.0}, 1.0f, 0}, {{0.7, 0, 0.5}, 4.0f, 1},
+    {{1.0, 0, 0.99}, 0.3f, 0}, {{1.0, 0, 1.0}, 1.0f, 0}, {{0, 0, 1.0}, 1.0f, 1}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    xd_sampler a, b;
+    xd_sampler_init(&a, V, &cases[c].p, 77);
+    xd_sampler_init(&b, V, &cases[c].p, 77);
+    int same = 0, decided = 0;
+    const int n = 100;
+    for (int i = 0; i < n; i++) {
+      rand_logits(&r, lg, V, cases[c].scale);
+      /* the candidates: the M top-ranked by a full sort (the reference ranking) */
+      ranked *all = malloc(V * sizeof *all);
+      for (int v = 0; v < V; v++) all[v].v = lg[v], all[v].i = v;
+      qsort(all, (size_t)V, sizeof *all, ranked_cmp);
+      const double mx = all[0].v;
+      double z = 0;
+      for (int v = 0; v < V; v++) z += exp(((double)lg[v] - mx) / (cases[c].p.temperature > 0 ? cases[c].p.temperature : 1));
+      for (int j = 0; j < M; j++) ids[j] = all[j].i, d[j] = (double)all[j].v - mx;
+      free(all);
+      const int32_t ta = xd_sampler_next(&a, lg);
+      int32_t tb = xd_sampler_next_candidates(&b, ids, d, M, z);
+      decided += tb >= 0;
+      if (tb < 0) tb = xd_sampler_next(&b, lg);
+      same += ta == tb;
+    }
+    CHECKF(same == n, "case %zu: %d of %d draws differ", c, n - same, n);
+    CHECKF(cases[c].decides ? decided == n : decided == 0, "case %zu: the candidates decided %d of %d draws", c, decided, n);
+    xd_sampler_free(&a);
+    xd_sampler_free(&b);
+  }
+  free(lg);
+}
+
 static void test_sample_greedy_and_seed(void) {
   xd_rng r;
   xd_rng_seed(&r, 12);
@@ -594,6 +679,8 @@ int main(void) {
   setenv("OMP_NUM_THREADS", "1", 1);
   xd_set_threads(1);
   RUN(test_sample_masks);
+  RUN(test_sample_masks_large);
+  RUN(test_sample_candidates);
   RUN(test_sample_greedy_and_seed);
   RUN(test_sample_frequencies);
   RUN(test_sample_params_check);

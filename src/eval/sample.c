@@ -35,11 +35,50 @@ int32_t xd_argmax(const float *logits, int vocab) {
   return am;
 }
 
-typedef struct { float v; int i; } scored;
-static int cmp_desc(const void *a, const void *b) {
-  const scored *x = a, *y = b;
-  if (x->v != y->v) return x->v > y->v ? -1 : 1;
-  return (x->i > y->i) - (x->i < y->i);
+/* Rank order of the sampler: higher logit first, ties by lower id. */
+static int ranks_above(const float *l, int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); }
+
+static void sift_down(const float *l, int *h, int n, int i) { /* h: a heap whose root ranks lowest */
+  for (;;) {
+    int c = 2 * i + 1;
+    if (c >= n) return;
+    if (c + 1 < n && ranks_above(l, h[c], h[c + 1])) c++;
+    if (!ranks_above(l, h[i], h[c])) return;
+    const int t = h[i];
+    h[i] = h[c], h[c] = t;
+    i = c;
+  }
+}
+
+/* out[0..m) = the m top-ranked ids of logits[V], best first: a heap of m (O(V log m)) instead of
+ * sorting the vocabulary (a 150k sort is ~10 ms a token). */
+static void top_ranked(const float *l, int V, int m, int *out) {
+  for (int v = 0; v < m; v++) out[v] = v;
+  for (int i = m / 2 - 1; i >= 0; i--) sift_down(l, out, m, i);
+  for (int v = m; v < V; v++)
+    if (ranks_above(l, v, out[0])) {
+      out[0] = v;
+      sift_down(l, out, m, 0);
+    }
+  for (int n = m - 1; n > 0; n--) { /* pop the lowest to the back: best first */
+    const int t = out[0];
+    out[0] = out[n], out[n] = t;
+    sift_down(l, out, n, 0);
+  }
+}
+
+/* Keep the smallest prefix of order[0..n) whose mass (probs, normalised) reaches top_p;
+ * renormalise it. Returns its length. */
+static int nucleus(xd_sampler *s, int n) {
+  double c = 0;
+  int keep = 0;
+  while (keep < n) {
+    c += s->probs[s->order[keep++]];
+    if (c >= s->p.top_p) break;
+  }
+  for (int j = keep; j < n; j++) s->probs[s->order[j]] = 0;
+  for (int j = 0; j < keep; j++) s->probs[s->order[j]] /= c;
+  return keep;
 }
 
 void xd_sampler_probs(xd_sampler *s, const float *logits) {
@@ -52,35 +91,39 @@ void xd_sampler_probs(xd_sampler *s, const float *logits) {
     s->n_kept = 1;
     return;
   }
-  /* sort by logit (temperature keeps the order); the full sort is a few ms at 150k vocab */
-  scored *sc = xd_malloc((size_t)V * sizeof *sc);
-  for (int v = 0; v < V; v++) { sc[v].v = logits[v]; sc[v].i = v; }
-  qsort(sc, (size_t)V, sizeof *sc, cmp_desc);
-  for (int v = 0; v < V; v++) s->order[v] = sc[v].i;
-  free(sc);
-  int n = (s->p.top_k > 0 && s->p.top_k < V) ? s->p.top_k : V;
-  /* softmax(logits / T) over the top-k, in double, from the max for stability */
-  const double mx = logits[s->order[0]], invT = 1.0 / s->p.temperature;
+  /* softmax(logits / T) in double, from the max for stability (temperature keeps the order) */
+  const double mx = logits[xd_argmax(logits, V)], invT = 1.0 / s->p.temperature;
+  if (s->p.top_k > 0 && s->p.top_k < V) { /* over the top k only */
+    const int k = s->p.top_k;
+    top_ranked(logits, V, k, s->order);
+    double z = 0;
+    for (int j = 0; j < k; j++) z += s->probs[s->order[j]] = exp(((double)logits[s->order[j]] - mx) * invT);
+    for (int j = 0; j < k; j++) s->probs[s->order[j]] /= z;
+    s->n_kept = s->p.top_p < 1 ? nucleus(s, k) : k;
+    return;
+  }
   double z = 0;
-  for (int j = 0; j < n; j++) {
-    const int t = s->order[j];
-    s->probs[t] = exp(((double)logits[t] - mx) * invT);
-    z += s->probs[t];
-  }
-  for (int j = 0; j < n; j++) s->probs[s->order[j]] /= z;
+  for (int v = 0; v < V; v++) z += s->probs[v] = exp(((double)logits[v] - mx) * invT);
   if (s->p.top_p < 1) {
-    /* the smallest prefix (by decreasing probability) whose mass reaches top_p */
-    double c = 0;
-    int keep = 0;
-    while (keep < n) {
-      c += s->probs[s->order[keep++]];
-      if (c >= s->p.top_p) break;
+    /* the nucleus lies within the m top-ranked tokens once their mass reaches top_p: rank 64,
+     * then 8x more until it does, not the whole vocabulary */
+    int m = V < 64 ? V : 64;
+    for (;;) {
+      top_ranked(logits, V, m, s->order);
+      double mass = 0;
+      for (int j = 0; j < m; j++) mass += s->probs[s->order[j]] / z;
+      if (mass >= s->p.top_p || m == V) break;
+      m = m > V / 8 ? V : m * 8;
     }
-    for (int j = keep; j < n; j++) s->probs[s->order[j]] = 0;
-    for (int j = 0; j < keep; j++) s->probs[s->order[j]] /= c;
-    n = keep;
+    /* only the m ranked tokens can be kept: the others to 0, the nucleus of those */
+    for (int v = 0; v < V; v++) s->probs[v] = 0;
+    for (int j = 0; j < m; j++) s->probs[s->order[j]] = exp(((double)logits[s->order[j]] - mx) * invT) / z;
+    s->n_kept = nucleus(s, m);
+    return;
   }
-  s->n_kept = n;
+  /* nothing masked: every token, in id order (the draw needs no ranking) */
+  for (int v = 0; v < V; v++) s->probs[v] /= z, s->order[v] = v;
+  s->n_kept = V;
 }
 
 int32_t xd_sampler_next(xd_sampler *s, const float *logits) {
@@ -93,4 +136,45 @@ int32_t xd_sampler_next(xd_sampler *s, const float *logits) {
     if (u < c) return s->order[j];
   }
   return s->order[s->n_kept - 1]; /* u within rounding of 1 */
+}
+
+int32_t xd_sampler_next_candidates(xd_sampler *s, const int32_t *ids, const double *d, int m, double z) {
+  if (m < 1) return -1;
+  if (s->p.temperature == 0) return ids[0];
+  const int V = s->vocab;
+  const double invT = 1.0 / s->p.temperature;
+  double *q = s->probs; /* scratch here: q[j] for candidate j */
+  int n;
+  if (s->p.top_k > 0 && s->p.top_k < V) {
+    if (s->p.top_k > m) return -1;
+    n = s->p.top_k;
+    double zk = 0;
+    for (int j = 0; j < n; j++) zk += q[j] = exp(d[j] * invT);
+    for (int j = 0; j < n; j++) q[j] /= zk;
+  } else {
+    if (s->p.top_p >= 1) return -1; /* nothing masked: the draw needs the whole row */
+    double mass = 0;
+    for (int j = 0; j < m; j++) mass += q[j] = exp(d[j] * invT) / z;
+    if (mass < s->p.top_p && m < V) return -1;
+    n = m;
+  }
+  if (s->p.top_p < 1) { /* nucleus(), over candidate positions */
+    double c = 0;
+    int keep = 0;
+    while (keep < n) {
+      c += q[keep++];
+      if (c >= s->p.top_p) break;
+    }
+    for (int j = 0; j < keep; j++) q[j] /= c;
+    n = keep;
+  }
+  s->n_kept = n;
+  if (n == 1) return ids[0];
+  const double u = xd_rng_uniform(&s->rng);
+  double c = 0;
+  for (int j = 0; j < n; j++) {
+    c += q[j];
+    if (u < c) return ids[j];
+  }
+  return ids[n - 1];
 }

@@ -409,8 +409,16 @@ struct xd_batch_decoder {
   uint8_t *started;  /* [n] started by the caller */
   int32_t *last;     /* [n] the last token fed */
   xd_decoder *dec;   /* CPU: [n] */
-  float *logits;     /* CPU: [n, V] each slot's latest */
+  float *logits;     /* CPU: [n, V] each slot's latest; GPU: [V] one row (a sampling fallback) */
   int32_t *ids;      /* GPU: [n] one step's ids */
+#ifdef XD_HAVE_CUDA
+  /* GPU sampling, allocated at the first: requests, their z and tokens, the rows' top-ranked */
+  xd_cuda_sample_req *req, *req_d;
+  double *z, *z_d;
+  int32_t *tok, *tok_d, *tk_ids, *tk_ids_d;
+  float *tk_logp, *tk_logp_d;
+  int *m_of;         /* [n] candidates a request needs (0: nothing masked; -1: the whole row) */
+#endif
 };
 
 #ifdef XD_HAVE_CUDA
@@ -471,6 +479,12 @@ int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, i
 
 void xd_batch_decoder_free(xd_batch_decoder *b) {
   if (!b) return;
+#ifdef XD_HAVE_CUDA
+  if (b->req_d) {
+    xd_cuda_free(b->req_d), xd_cuda_free(b->z_d), xd_cuda_free(b->tok_d), xd_cuda_free(b->tk_ids_d), xd_cuda_free(b->tk_logp_d);
+    free(b->req), free(b->z), free(b->tok), free(b->tk_ids), free(b->tk_logp), free(b->m_of);
+  }
+#endif
   if (b->dec)
     for (int k = 0; k < b->n; k++) xd_decoder_free(&b->dec[k]);
   free(b->dec), free(b->logits), free(b->ids), free(b->len), free(b->started), free(b->last);
@@ -556,6 +570,82 @@ int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err
 #endif
   }
   memcpy(logits, b->logits + (size_t)slot * b->V, (size_t)b->V * sizeof *logits);
+  return 0;
+}
+
+#ifdef XD_HAVE_CUDA
+enum { SAMPLE_TOPP_M = 256 }; /* candidates ranked for a top-p draw (more: the whole row) */
+
+static int gpu_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next, xd_err *e) {
+  struct xd_runner_gpu *g = b->r->gpu;
+  const int n = b->n, V = b->V;
+  if (!b->req_d) {
+    b->req = xd_calloc((size_t)n, sizeof *b->req), b->z = xd_calloc((size_t)n, sizeof *b->z);
+    b->tok = xd_calloc((size_t)n, sizeof *b->tok), b->m_of = xd_calloc((size_t)n, sizeof *b->m_of);
+    b->tk_ids = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_ids);
+    b->tk_logp = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_logp);
+    if (!b->logits) b->logits = xd_malloc((size_t)V * sizeof *b->logits);
+    if (xd_cuda_malloc((void **)&b->req_d, (size_t)n * sizeof *b->req, e) ||
+        xd_cuda_malloc((void **)&b->z_d, (size_t)n * sizeof *b->z, e) ||
+        xd_cuda_malloc((void **)&b->tok_d, (size_t)n * sizeof *b->tok, e) ||
+        xd_cuda_malloc((void **)&b->tk_ids_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_ids, e) ||
+        xd_cuda_malloc((void **)&b->tk_logp_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_logp, e))
+      return -1;
+  }
+  const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
+  int nreq = 0, kmax = 0;
+  for (int s = 0; s < n; s++) {
+    if (!smp[s] || smp[s]->p.temperature == 0) continue;
+    const xd_sample_params *p = &smp[s]->p;
+    const int topk = p->top_k > 0 && p->top_k < V;
+    const int m = topk ? p->top_k : p->top_p < 1 ? (SAMPLE_TOPP_M < V ? SAMPLE_TOPP_M : V) : 0;
+    /* a temperature too small for fp32's 1/T, or a top-k beyond the ranking kernel: the whole row */
+    b->m_of[nreq] = m > XD_CUDA_TOPK_MAX || 1.0 / p->temperature > 1e30 ? -1 : m;
+    if (m > 0 && m <= XD_CUDA_TOPK_MAX && m > kmax) kmax = m;
+    /* nothing masked: the device draws, with the sampler's next uniform (xd_sampler_next takes
+     * one for every draw from more than one token) */
+    b->req[nreq] = (xd_cuda_sample_req){s, b->m_of[nreq] < 0 ? 1.0f : (float)(1.0 / p->temperature),
+                                        b->m_of[nreq] == 0 ? xd_rng_uniform(&smp[s]->rng) : 0.0};
+    nreq++;
+  }
+  if (nreq == 0) return 0;
+  if (xd_cuda_upload(g->ctx, b->req_d, b->req, (size_t)nreq * sizeof *b->req, e) ||
+      xd_cuda_sample_rows(g->ctx, logits, V, b->req_d, nreq, b->z_d, b->tok_d, e) ||
+      (kmax > 0 && xd_cuda_topk_logprobs(g->ctx, logits, XD_CUDA_F32, n, V, kmax, b->tk_ids_d, b->tk_logp_d, NULL, e)) ||
+      xd_cuda_download(g->ctx, b->z, b->z_d, (size_t)nreq * sizeof *b->z, e) ||
+      xd_cuda_download(g->ctx, b->tok, b->tok_d, (size_t)nreq * sizeof *b->tok, e) ||
+      (kmax > 0 && (xd_cuda_download(g->ctx, b->tk_ids, b->tk_ids_d, (size_t)n * kmax * sizeof *b->tk_ids, e) ||
+                    xd_cuda_download(g->ctx, b->tk_logp, b->tk_logp_d, (size_t)n * kmax * sizeof *b->tk_logp, e))))
+    return -1;
+  double d[XD_CUDA_TOPK_MAX];
+  for (int r = 0; r < nreq; r++) {
+    const int s = b->req[r].row, m = b->m_of[r];
+    int32_t tok = m == 0 ? b->tok[r] : -1;
+    if (m > 0) { /* logit - max from the log-probs: the same lse on both sides */
+      const float *lp = b->tk_logp + (size_t)s * kmax;
+      for (int j = 0; j < m; j++) d[j] = (double)lp[j] - (double)lp[0];
+      tok = xd_sampler_next_candidates(smp[s], b->tk_ids + (size_t)s * kmax, d, m, b->z[r]);
+    }
+    if (tok < 0) { /* the candidates cannot decide: the whole row */
+      if (xd_batch_decoder_logits(b, s, b->logits, e)) return -1;
+      tok = xd_sampler_next(smp[s], b->logits);
+    }
+    next[s] = tok;
+  }
+  return 0;
+}
+#endif
+
+int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next, xd_err *e) {
+  if (b->r->gpu) {
+#ifdef XD_HAVE_CUDA
+    return gpu_sample(b, smp, next, e);
+#endif
+  }
+  const int n = b->n;
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+  for (int s = 0; s < n; s++)
+    if (smp[s] && smp[s]->p.temperature > 0 && b->started[s]) next[s] = xd_sampler_next(smp[s], b->logits + (size_t)s * b->V);
   return 0;
 }
 

@@ -99,6 +99,13 @@ int xd_batch_decoder_step(xd_batch_decoder *b, const int32_t *ids, const uint8_t
 int xd_batch_decoder_argmax(xd_batch_decoder *b, int32_t *next, xd_err *e);
 /* logits [V] (host) = slot's latest logits (those of its start or of its last step). */
 int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err *e);
+/* next[s] = a draw of smp[s] (temperature > 0) from slot s's latest logits, for every slot with
+ * a sampler (smp[s] NULL: next[s] untouched). CPU: xd_sampler_next on each slot (slots in
+ * parallel). GPU: the logits stay on the device: with nothing masked, xd_cuda_sample_rows draws
+ * (u from the sampler's rng); with top-k <= 1024 or top-p, the rows' top-ranked tokens
+ * (xd_cuda_topk_logprobs) go through xd_sampler_next_candidates; a row they cannot decide is
+ * downloaded whole. Same distributions as the CPU; each sampler's rng advances as there. */
+int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next, xd_err *e);
 
 typedef struct {
   int max_new;                /* tokens to generate at most */

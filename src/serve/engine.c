@@ -48,7 +48,7 @@ struct xd_engine {
   xd_serve_job **slot_job;       /* [n_slots] */
   int32_t *next, *toks;          /* [n_slots] */
   uint8_t *active, *cancelled;   /* [n_slots] */
-  float *logits;                 /* [V] */
+  xd_sampler **smp;              /* [n_slots] the sampling jobs' samplers (NULL: greedy or free) */
 };
 
 int xd_engine_create(xd_engine **out, xd_runner *r, const xd_engine_options *o, xd_err *e) {
@@ -72,7 +72,7 @@ int xd_engine_create(xd_engine **out, xd_runner *r, const xd_engine_options *o, 
   eng->toks = xd_calloc(n, sizeof *eng->toks);
   eng->active = xd_calloc(n, 1);
   eng->cancelled = xd_calloc(n, 1);
-  eng->logits = xd_malloc((size_t)r->cfg.vocab * sizeof *eng->logits);
+  eng->smp = xd_calloc(n, sizeof *eng->smp);
   eng->st.slots = o->n_slots;
   *out = eng;
   return 0;
@@ -83,7 +83,7 @@ void xd_engine_free(xd_engine *eng) {
   xd_batch_decoder_free(eng->bd);
   pthread_mutex_destroy(&eng->mu);
   pthread_cond_destroy(&eng->work);
-  free(eng->slot_job), free(eng->next), free(eng->toks), free(eng->active), free(eng->cancelled), free(eng->logits);
+  free(eng->slot_job), free(eng->next), free(eng->toks), free(eng->active), free(eng->cancelled), free(eng->smp);
   free(eng);
 }
 
@@ -261,16 +261,10 @@ static int job_start(xd_engine *eng, int s, xd_serve_job *j, xd_err *e) {
   return xd_batch_decoder_start(eng->bd, s, j->prompt, (int)j->n_prompt, e);
 }
 
-/* The next token of the job in slot s (before the step, which overwrites the logits): toks[s],
- * and whether the slot is fed it (not after EOS or the job's last token). -1 on a device error. */
-static int job_pick(xd_engine *eng, int s, xd_serve_job *j, xd_err *e) {
-  int32_t tok;
-  if (j->sp.temperature == 0) {
-    tok = eng->next[s];
-  } else {
-    if (xd_batch_decoder_logits(eng->bd, s, eng->logits, e)) return -1;
-    tok = xd_sampler_next(&j->smp, eng->logits);
-  }
+/* The next token of the job in slot s (next[s]: the argmax, or the job's sampler's draw): toks[s],
+ * and whether the slot is fed it (not after EOS or the job's last token). */
+static int job_pick(xd_engine *eng, int s, xd_serve_job *j) {
+  const int32_t tok = eng->next[s];
   if (j->t_first == 0) j->t_first = xd_now();
   eng->toks[s] = tok;
   const int eos = j->stop_at_eos && xd_runner_is_eos(eng->r, tok);
@@ -363,9 +357,10 @@ int xd_engine_run(xd_engine *eng, int (*should_stop)(void *), void *user, xd_err
     pthread_mutex_unlock(&eng->mu);
 
     const double t0 = xd_now();
-    int greedy = 0;
+    int greedy = 0, sampled = 0;
     for (int s = 0; s < S; s++) {
       xd_serve_job *j = eng->slot_job[s];
+      eng->smp[s] = NULL;
       if (!j) continue;
       if (eng->cancelled[s]) {
         job_end(eng, j, "cancelled", NULL);
@@ -381,20 +376,21 @@ int xd_engine_run(xd_engine *eng, int (*should_stop)(void *), void *user, xd_err
         }
       }
       greedy |= j->sp.temperature == 0;
+      if (j->sp.temperature > 0) eng->smp[s] = &j->smp, sampled = 1;
     }
+    /* the round's tokens: greedy slots' argmax, sampling slots' draws, all on the device */
     if (greedy && xd_batch_decoder_argmax(eng->bd, eng->next, e)) { rc = -1; break; }
+    if (sampled && xd_batch_decoder_sample(eng->bd, eng->smp, eng->next, e)) { rc = -1; break; }
     /* pick every running slot's token, launch the step for those that go on, then hand out
      * the text while the device computes */
     int any = 0;
     for (int s = 0; s < S; s++) {
       eng->active[s] = 0;
       if (!eng->slot_job[s]) continue;
-      const int go = job_pick(eng, s, eng->slot_job[s], e);
-      if (go < 0) { rc = -1; break; }
+      const int go = job_pick(eng, s, eng->slot_job[s]);
       eng->active[s] = (uint8_t)go;
       any |= go;
     }
-    if (rc) break;
     if (any && xd_batch_decoder_step(eng->bd, eng->toks, eng->active, e)) { rc = -1; break; }
     for (int s = 0; s < S; s++)
       if (eng->slot_job[s] && !job_emit(eng, s, eng->slot_job[s])) free_slot(eng, s);

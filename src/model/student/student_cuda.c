@@ -685,6 +685,8 @@ int xd_student_cuda_argmax(xd_student_cuda *m, xd_student_cuda_state *st, int32_
   return xd_cuda_download(m->c, next, st->next_d, (size_t)st->B * sizeof *next, e);
 }
 
+const float *xd_student_cuda_state_logits(const xd_student_cuda_state *st) { return st->dec.logits; }
+
 int xd_student_cuda_slot_logits(xd_student_cuda *m, xd_student_cuda_state *st, int slot, float *logits, xd_err *e) {
   if (slot < 0 || slot >= st->B) return xd_errf(e, "student decode: slot %d of a state of %d", slot, st->B);
   const size_t V = (size_t)m->cfg.vocab;

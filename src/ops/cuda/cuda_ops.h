@@ -412,6 +412,19 @@ int xd_cuda_attention_decode(xd_cuda_ctx *c, uint16_t *out, const uint16_t *q, c
                              const xd_cuda_decode_dims *a, void *ws, size_t ws_bytes, xd_err *e);
 /* out[b] = argmax_v logits[b*V + v] (first index among equal maxima, as the CPU's greedy loop). */
 int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *logits, int B, int V, xd_err *e);
+/* Temperature sampling of rows of logits [*, V] (fp32), one request per row (serve, batched
+ * generation): request r reads row req[r].row with 1/T = req[r].inv_t and a uniform u = req[r].u
+ * in [0, 1), and gives z[r] = sum_v exp((l_v - max) / T) (fp32 terms, fp64 sum) and tok[r] = the
+ * first id, in id order, whose cumulative sum of those terms exceeds u z[r] (the last id of
+ * nonzero weight when rounding leaves none): xd_sampler_next's draw when nothing is masked (its
+ * CPU twin, eval/sample.c, reads the same terms in double). req, z, tok in device memory. */
+typedef struct {
+  int32_t row;
+  float inv_t;
+  double u;
+} xd_cuda_sample_req;
+int xd_cuda_sample_rows(xd_cuda_ctx *c, const float *logits, int V, const xd_cuda_sample_req *req, int n, double *z,
+                        int32_t *tok, xd_err *e);
 /* ==== end of GPU teacher model support ==== */
 
 /* ==== stage II KD loss (kd_loss.cu; branch cudakd) =======================================

@@ -1,6 +1,7 @@
 /* Kernels for the GPU teacher model (model/teacher/teacher_cuda.c): fp32-residual norms, QK-norm
  * on slices of the fused q|k|v rows, KV-cache append, attention of a few queries over a KV cache
- * (split over the keys, then merged), greedy argmax. */
+ * (split over the keys, then merged), greedy argmax, temperature sampling. */
+#include <limits.h>
 #include <math.h>
 #include "cuda_common.cuh"
 
@@ -517,5 +518,83 @@ extern "C" int xd_cuda_argmax_f32(xd_cuda_ctx *c, int32_t *out, const float *log
   XD_ARG(B > 0 && V > 0);
   k_argmax<<<B, 1024, 0, c->stream>>>(out, logits, V);
   XD_CU_LAUNCH("argmax");
+  return 0;
+}
+
+/* ---- temperature sampling --------------------------------------------------------------- */
+/* One 1024-thread block per request. Thread t owns the ids [t C, (t+1) C), C = ceil(V / 1024), so
+ * that an exclusive scan of the threads' sums orders the weights by id; the thread whose span
+ * holds u z walks its ids again (the same fp32 terms, the same fp64 order) to the token. */
+__global__ void __launch_bounds__(1024) k_sample_rows(const float *logits, int V, const xd_cuda_sample_req *req,
+                                                      double *z_out, int32_t *tok_out) {
+  const xd_cuda_sample_req q = req[blockIdx.x];
+  const float *r = logits + (size_t)q.row * V;
+  const int t = threadIdx.x, nt = blockDim.x, lane = t & 31, w = t >> 5;
+  __shared__ float smx[32];
+  __shared__ double ssum[32];
+  __shared__ int sfound, slast[32];
+  float mx = -INFINITY;
+  for (int i = t; i < V; i += nt) mx = fmaxf(mx, r[i]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) smx[w] = mx;
+  if (t == 0) sfound = INT_MAX;
+  __syncthreads();
+  mx = smx[0];
+  for (int i = 1; i < (nt >> 5); i++) mx = fmaxf(mx, smx[i]);
+  const int C = (V + nt - 1) / nt, lo = min(V, t * C), hi = min(V, lo + C);
+  double s = 0;
+  int last = -1;
+  for (int i = lo; i < hi; i++) {
+    const float x = expf((r[i] - mx) * q.inv_t);
+    s += x;
+    if (x > 0.f) last = i;
+  }
+  /* exclusive scan over the block: within each warp, then over the warps' totals */
+  double incl = s;
+  for (int o = 1; o < 32; o <<= 1) {
+    const double y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  int wl = last; /* the warp's last id of nonzero weight */
+  for (int o = 16; o > 0; o >>= 1) wl = max(wl, __shfl_xor_sync(0xffffffffu, wl, o));
+  if (lane == 31) ssum[w] = incl;
+  if (lane == 0) slast[w] = wl;
+  __syncthreads();
+  double before = 0, z = 0;
+  int lastall = -1;
+  for (int i = 0; i < (nt >> 5); i++) {
+    if (i < w) before += ssum[i];
+    z += ssum[i];
+    lastall = max(lastall, slast[i]);
+  }
+  const double pre = before + incl - s, target = q.u * z;
+  if (s > 0 && target >= pre && target < pre + s) {
+    double acc = pre;
+    int tok = last;
+    for (int i = lo; i < hi; i++) {
+      acc += expf((r[i] - mx) * q.inv_t);
+      if (acc > target) { tok = i; break; }
+    }
+    atomicMin(&sfound, tok);
+  }
+  __syncthreads();
+  if (sfound == INT_MAX && s > 0 && pre > target) { /* rounding left a gap: the next span's first token */
+    int first = lo;
+    while (first < hi && expf((r[first] - mx) * q.inv_t) == 0.f) first++;
+    atomicMin(&sfound, first);
+  }
+  __syncthreads();
+  if (t == 0) {
+    z_out[blockIdx.x] = z;
+    tok_out[blockIdx.x] = sfound != INT_MAX ? sfound : (lastall >= 0 ? lastall : 0);
+  }
+}
+
+extern "C" int xd_cuda_sample_rows(xd_cuda_ctx *c, const float *logits, int V, const xd_cuda_sample_req *req, int n,
+                                   double *z, int32_t *tok, xd_err *e) {
+  XD_ARG(n >= 0 && V > 0);
+  if (n == 0) return 0;
+  k_sample_rows<<<n, 1024, 0, c->stream>>>(logits, V, req, z, tok);
+  XD_CU_LAUNCH("sample_rows");
   return 0;
 }

@@ -159,8 +159,13 @@ static int parse_messages(const cJSON *o, xd_serve_request *rq, xd_err *e) {
     if (!cJSON_IsString(role)) return xd_errf(e, "messages[%d].role must be a string", i);
     const char *r = role->valuestring;
     if (!strcmp(r, "developer")) r = "system"; /* OpenAI's newer name for the system message */
-    if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
-      return xd_errf(e, "messages[%d].role must be system, user or assistant, got '%.40s'", i, r);
+    if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant")) {
+      char shown[41]; /* the client's text in a one-line error: control characters as '?' */
+      size_t k = 0;
+      for (; r[k] && k < 40; k++) shown[k] = (unsigned char)r[k] < 0x20 || r[k] == 0x7f ? '?' : r[k];
+      shown[k] = 0;
+      return xd_errf(e, "messages[%d].role must be system, user or assistant, got '%s'", i, shown);
+    }
     if (!content) return xd_errf(e, "messages[%d].content is required", i);
     char *text = NULL;
     if (message_content(content, i, &text, e)) return -1;

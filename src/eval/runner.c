@@ -313,7 +313,10 @@ void xd_runner_free(xd_runner *r) {
 size_t xd_runner_decode_state_bytes(const xd_runner *r, size_t n) {
   const size_t kv = (size_t)2 * r->cfg.n_layers * n * r->cfg.n_kv_heads * r->cfg.head_dim; /* K and V elements */
 #ifdef XD_HAVE_CUDA
-  if (r->gpu) return r->is_student ? (r->gpu->st ? xd_student_cuda_state_bytes(r->gpu->st) : 0) : kv * 2;
+  if (r->gpu) { /* the student's one-sequence state, or the batched one of the last generation */
+    const xd_student_cuda_state *st = r->gpu->st ? r->gpu->st : r->gpu->stb;
+    return r->is_student ? (st ? xd_student_cuda_state_bytes(st) / (size_t)xd_student_cuda_state_batch(st) : 0) : kv * 2;
+  }
 #endif
   if (!r->is_student) return kv * sizeof(float);
   xd_student_state st; /* its size, from the shapes */
@@ -676,20 +679,37 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
   const int V = r->cfg.vocab;
   int max_new = o->max_new;
   if (o->max_total && n_prompt + (size_t)max_new > o->max_total) max_new = o->max_total > n_prompt ? (int)(o->max_total - n_prompt) : 0;
+  /* on the GPU a one-slot batched decoder: the argmax or the draw on the device, 4 bytes a token
+   * to the host instead of the logits row (and the host's pass over it); a dynamic-NTK teacher,
+   * whose rows follow one length, keeps the decoder and the host sampler; so does
+   * XD_GEN_HOST_SAMPLE=1 (the path before, kept for comparisons: docs/perf.md) */
+  const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+  const char *hs = getenv("XD_GEN_HOST_SAMPLE");
+  xd_batch_decoder *bd = NULL;
+  if (r->gpu && (r->is_student || !dyn) && max_new > 0 && !(hs && !strcmp(hs, "1")) &&
+      xd_batch_decoder_create(&bd, r, 1, (int)n_prompt + max_new + 1, e))
+    return -1;
   xd_decoder d;
   xd_decoder_init(&d, r, (int)n_prompt + max_new, (int)n_prompt);
   xd_sampler smp;
   xd_sampler_init(&smp, V, &o->sp, o->seed);
-  float *logits = xd_malloc((size_t)V * sizeof *logits);
+  xd_sampler *smpp = &smp;
+  float *logits = bd ? NULL : xd_malloc((size_t)V * sizeof *logits);
   int32_t *gen = xd_malloc(((size_t)max_new + 1) * sizeof *gen);
   size_t ng = 0;
   xd_detok dt;
   if (want_text) xd_detok_init(&dt, r->tok, o->stops, o->n_stops);
   const char *reason = "length", *piece;
   size_t n_piece;
-  int rc = max_new > 0 ? xd_decoder_feed(&d, prompt, (int)n_prompt, logits, e) : 0;
+  int rc = max_new <= 0 ? 0 : bd ? xd_batch_decoder_start(bd, 0, prompt, (int)n_prompt, e)
+                                 : xd_decoder_feed(&d, prompt, (int)n_prompt, logits, e);
   for (int step = 0; !rc && step < max_new; step++) {
-    const int32_t tok = xd_sampler_next(&smp, logits);
+    int32_t tok;
+    if (!bd) tok = xd_sampler_next(&smp, logits);
+    else if ((o->sp.temperature == 0 ? xd_batch_decoder_argmax(bd, &tok, e) : xd_batch_decoder_sample(bd, &smpp, &tok, e))) {
+      rc = -1;
+      break;
+    }
     if (o->stop_at_eos && xd_runner_is_eos(r, tok)) { reason = "eos"; break; }
     gen[ng++] = tok;
     if (want_text) {
@@ -698,7 +718,7 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
       if (o->on_text && n_piece) o->on_text(piece, n_piece, o->user);
       if (st == 1) { reason = "stop"; break; }
     }
-    if (step + 1 < max_new && xd_decoder_feed(&d, &tok, 1, logits, e)) rc = -1;
+    if (step + 1 < max_new && (bd ? xd_batch_decoder_step(bd, &tok, NULL, e) : xd_decoder_feed(&d, &tok, 1, logits, e))) rc = -1;
   }
   char *text = NULL;
   if (want_text) {
@@ -713,6 +733,7 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
   free(logits);
   xd_sampler_free(&smp);
   xd_decoder_free(&d);
+  xd_batch_decoder_free(bd);
   if (rc) { free(gen); free(text); return -1; }
   if (out_ids) *out_ids = gen;
   else free(gen);

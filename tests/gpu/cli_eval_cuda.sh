@@ -200,6 +200,10 @@ if [ "$GPU" = cuda ]; then
       || bad "$m: generate --prompt --device cuda: $(tail -1 "$TMP/tg.err")"
     "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 >"$TMP/tc.out" 2>/dev/null
     cmp -s "$TMP/tg.out" "$TMP/tc.out" && echo "  $m: greedy text equal to the CPU's" || echo "  $m: greedy text differs from the CPU's"
+    # the one-slot batched decoder (argmax on the device) against the decoder + host argmax
+    XD_GEN_HOST_SAMPLE=1 "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 --device cuda >"$TMP/th.out" 2>/dev/null
+    cmp -s "$TMP/tg.out" "$TMP/th.out" && ok "$m: greedy text with the argmax on the device == on the host" \
+      || bad "$m: device argmax text '$(cat "$TMP/tg.out")' vs host '$(cat "$TMP/th.out")'"
     for i in 1 2; do
       "$BIN" generate --model "$TMP/$m" --prompt "The king" --max-new 16 --temperature 0.8 --top-k 20 --seed 3 --device cuda \
         >"$TMP/ts$i.out" 2>/dev/null

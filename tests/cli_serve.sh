@@ -36,28 +36,13 @@ mkdir -p "$TMP/teacher"
 cp "$FIX"/* "$TMP/teacher/" && cp "$TOKF" "$TMP/teacher/"
 "$BIN" init --teacher "$TMP/teacher" --out "$TMP/student" --window 4 --sinks 2 --chunk 5 >/dev/null 2>&1 || bad "init student"
 
-# start NAME ARGS...: a server on a free port; sets PORT (the one it printed)
-start() {
-  local name=$1; shift
-  "$BIN" serve --port 0 "$@" 2>"$TMP/$name.log" &
-  PIDS+=($!)
-  LAST_PID=$!
-  PORT=
-  for _ in $(seq 1 200); do
-    PORT=$(grep -o 'at http://127.0.0.1:[0-9]*' "$TMP/$name.log" 2>/dev/null | sed 's/.*://')
-    [ -n "$PORT" ] && return 0
-    kill -0 $LAST_PID 2>/dev/null || break
-    sleep 0.05
-  done
-  bad "$name: server did not start: $(cat "$TMP/$name.log")"
-  return 1
-}
+source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 
 # text of a completion (JSON body $2) from server port $1, NUL bytes dropped (a random model may emit byte 0)
 complete() { curl -s "http://127.0.0.1:$1/v1/completions" -d "$2" | jq -j '.choices[0].text' | tr -d '\000'; }
 gen() { "$BIN" generate "$@" 2>/dev/null | tr -d '\000' | head -c -1; } # generate ends with a newline
 
-start student --model "$TMP/student" --slots 3 && SP=$PORT
+serve_start student --model "$TMP/student" --slots 3 && SP=$PORT
 curl -s "http://127.0.0.1:$SP/health" | jq -e '.status == "ok"' >/dev/null && ok "/health" || bad "/health"
 curl -s "http://127.0.0.1:$SP/v1/models" | jq -e --arg m "$TMP/student" '.data[0].id == $m and .data[0].max_model_len == 64' >/dev/null \
   && ok "/v1/models" || bad "/v1/models: $(curl -s "http://127.0.0.1:$SP/v1/models")"
@@ -140,7 +125,7 @@ wait $LAST_PID; rc=$?
 
 # the teacher with a chat format (chatml's markup in bytes: a context beyond the fixture's 64), an API
 # key and a small body limit
-start teacher --model "$TMP/teacher" --ctx 256 --chat-format chatml --api-key sekret --max-body 1024 --name tiny && TP=$PORT
+serve_start teacher --model "$TMP/teacher" --ctx 256 --chat-format chatml --api-key sekret --max-body 1024 --name tiny && TP=$PORT
 H=(-H "Authorization: Bearer sekret")
 [ "$(code "http://127.0.0.1:$TP/v1/models")" == 401 ] && [ "$(code "http://127.0.0.1:$TP/health")" == 200 ] \
   && [ "$(code "${H[@]}" "http://127.0.0.1:$TP/v1/models")" == 200 ] && jq -e '.data[0].id == "tiny"' "$TMP/body" >/dev/null \

@@ -24,21 +24,7 @@ mkdir -p "$TMP/teacher"
 cp "$FIX"/* "$TMP/teacher/" && cp "$TOKF" "$TMP/teacher/"
 "$BIN" init --teacher "$TMP/teacher" --out "$TMP/student" --window 4 --sinks 2 --chunk 5 >/dev/null 2>&1 || bad "init student"
 
-start() { # start NAME ARGS...: sets PORT and LAST_PID
-  local name=$1; shift
-  "$BIN" serve --port 0 "$@" 2>"$TMP/$name.log" &
-  LAST_PID=$!
-  PIDS+=($LAST_PID)
-  PORT=
-  for _ in $(seq 1 600); do
-    PORT=$(grep -o 'at http://127.0.0.1:[0-9]*' "$TMP/$name.log" 2>/dev/null | sed 's/.*://')
-    [ -n "$PORT" ] && return 0
-    kill -0 $LAST_PID 2>/dev/null || break
-    sleep 0.05
-  done
-  bad "$name: server did not start: $(cat "$TMP/$name.log")"
-  return 1
-}
+source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 
 # client PORT MODE OUT: the twelve requests, MODE "together" (threads) or "alone" (one by one);
 # writes one JSON line per request: text, finish, tokens
@@ -82,7 +68,7 @@ PY
 }
 
 for m in student teacher; do
-  start "$m" --model "$TMP/$m" --device cuda --slots 4 --ctx 128 || continue
+  serve_start "$m" --model "$TMP/$m" --device cuda --slots 4 --ctx 128 || continue
   P=$PORT
   client $P together "$TMP/$m.together" && client $P alone "$TMP/$m.alone" || bad "$m: client failed"
   if cmp -s "$TMP/$m.together" "$TMP/$m.alone"; then ok "$m (cuda): 12 requests at once on 4 slots == one by one"
@@ -98,7 +84,7 @@ PY
     && ok "$m (cuda): /metrics" || bad "$m (cuda): /metrics"
   kill -TERM $LAST_PID; wait $LAST_PID && ok "$m (cuda): SIGTERM exit 0" || bad "$m (cuda): SIGTERM"
   # the CPU server's greedy answers (requests 0, 3, 6, 9: temperature 0)
-  start "$m-cpu" --model "$TMP/$m" --slots 4 --ctx 128 || continue
+  serve_start "$m-cpu" --model "$TMP/$m" --slots 4 --ctx 128 || continue
   client $PORT alone "$TMP/$m.cpu"
   kill -TERM $LAST_PID; wait $LAST_PID
   python3 - "$TMP/$m.alone" "$TMP/$m.cpu" <<'PY' && ok "$m: greedy GPU answers == CPU" || bad "$m: greedy GPU answers differ from the CPU's"

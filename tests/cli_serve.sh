@@ -42,7 +42,7 @@ source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 complete() { curl -s "http://127.0.0.1:$1/v1/completions" -d "$2" | jq -j '.choices[0].text' | tr -d '\000'; }
 gen() { "$BIN" generate "$@" 2>/dev/null | tr -d '\000' | head -c -1; } # generate ends with a newline
 
-serve_start student --model "$TMP/student" --slots 3 && SP=$PORT
+serve_start student --model "$TMP/student" --slots 3 --metrics "$TMP/requests.jsonl" && SP=$PORT
 curl -s "http://127.0.0.1:$SP/health" | jq -e '.status == "ok"' >/dev/null && ok "/health" || bad "/health"
 curl -s "http://127.0.0.1:$SP/v1/models" | jq -e --arg m "$TMP/student" '.data[0].id == $m and .data[0].max_model_len == 64' >/dev/null \
   && ok "/v1/models" || bad "/v1/models: $(curl -s "http://127.0.0.1:$SP/v1/models")"
@@ -122,6 +122,12 @@ for _ in $(seq 1 100); do kill -0 $LAST_PID 2>/dev/null || break; sleep 0.05; do
 wait $LAST_PID; rc=$?
 [ $rc -eq 0 ] && grep -Eq "serve: stopped \(SIGTERM\): [0-9]+ requests" "$TMP/student.log" && ok "SIGTERM: exit 0" \
   || bad "SIGTERM: rc $rc, $(tail -2 "$TMP/student.log")"
+# --metrics: one JSON line per finished request, as many as the server counted
+n=$(grep -o 'stopped (SIGTERM): [0-9]*' "$TMP/student.log" | grep -o '[0-9]*$')
+[ -n "$n" ] && [ "$(wc -l <"$TMP/requests.jsonl")" -eq "$n" ] \
+  && jq -e -s 'all(.[]; (.request | type) == "number" and .completion_tokens >= 0 and .seconds >= .first_token_s and (.finish == "stop" or .finish == "length"))' "$TMP/requests.jsonl" >/dev/null \
+  && jq -e -s 'map(select(.completion_tokens == 24 and .finish == "length")) | length >= 2' "$TMP/requests.jsonl" >/dev/null \
+  && ok "--metrics: $n JSON lines" || bad "--metrics: $(head -3 "$TMP/requests.jsonl")"
 
 # the teacher with a chat format (chatml's markup in bytes: a context beyond the fixture's 64), an API
 # key and a small body limit
@@ -150,4 +156,5 @@ expect_error "no tokenizer" "no tokenizer.json" "$BIN" serve --model "$FIX"
 expect_error "bad host" "not an IPv4 address" "$BIN" serve --model "$TMP/teacher" --host nowhere
 expect_error "bad port" "--port" "$BIN" serve --model "$TMP/teacher" --port 70000
 expect_error "bad chat format" "" "$BIN" serve --model "$TMP/teacher" --chat-format nope
+expect_error "bad --metrics" "cannot open" "$BIN" serve --model "$TMP/teacher" --metrics /nonexistent/dir/m.jsonl
 exit $fail

@@ -225,7 +225,7 @@ static void check_engine(const char *model, const char *name) {
     {"Once upon a time", 20, 0, {0, 0, 1}, 1, NULL}, /* the first again, in another slot */
   };
   const int n = (int)(sizeof cases / sizeof *cases);
-  const xd_engine_options o = {3, ctx, 64, NULL};
+  const xd_engine_options o = {3, ctx, 64, NULL, NULL};
   xd_engine *eng;
   if (xd_engine_create(&eng, &r, &o, &e)) { CHECKF(0, "%s", e.msg); xd_runner_free(&r); return; }
   run_arg a = {eng, 0, 0, {{0}}};
@@ -307,7 +307,7 @@ static void test_engine_limits(void) {
   xd_err e = {0};
   xd_runner r;
   if (xd_runner_load(&r, TEACHER, TOKENIZER, XD_TOK_REQUIRED, &e)) { CHECKF(0, "%s", e.msg); return; }
-  const xd_engine_options o = {2, 32, 2, NULL};
+  const xd_engine_options o = {2, 32, 2, NULL, NULL};
   xd_engine *eng;
   if (xd_engine_create(&eng, &r, &o, &e)) { CHECKF(0, "%s", e.msg); xd_runner_free(&r); return; }
   const int32_t prompt[3] = {72, 105, 33};

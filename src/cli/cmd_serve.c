@@ -12,7 +12,7 @@
 static const char usage[] =
   "usage: xdistill serve --model DIR [--device cpu|cuda] [--host ADDR] [--port N] [--slots N] [--ctx N]\n"
   "                      [--queue N] [--name NAME] [--api-key KEY] [--chat-format NAME] [--tokenizer PATH]\n"
-  "                      [--max-body BYTES] [--threads N]\n\n"
+  "                      [--max-body BYTES] [--metrics FILE] [--threads N]\n\n"
   "Serves the model over HTTP with the OpenAI API: POST /v1/completions and /v1/chat/completions\n"
   "(prompt or messages, max_tokens, temperature, top_p, top_k, seed, stop, stream, ignore_eos),\n"
   "GET /v1/models, /health, /metrics (Prometheus). Requests are decoded together: each takes one\n"
@@ -33,6 +33,8 @@ static const char usage[] =
   "                     qwen3, olmo2)\n"
   "  --tokenizer PATH   tokenizer.json file or directory (default: the model directory)\n"
   "  --max-body BYTES   largest request body (default 16777216)\n"
+  "  --metrics FILE     append one JSON line per finished request (tokens, seconds, time to\n"
+  "                     first token, finish reason or error)\n"
   "  --threads N        CPU threads\n";
 
 static int stop_requested(void *user) {
@@ -43,7 +45,7 @@ static int stop_requested(void *user) {
 int cmd_serve(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) { fputs(usage, stdout); return 0; }
   const char *model = NULL, *host = "127.0.0.1", *name = NULL, *api_key = getenv("XD_API_KEY"), *chat_format = NULL,
-             *tokenizer = NULL;
+             *tokenizer = NULL, *metrics = NULL;
   int cuda = 0, port = 8000, slots = 0, ctx = 0, queue = 1024, threads = 0, max_body = 16 << 20;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -55,6 +57,7 @@ int cmd_serve(int argc, char **argv) {
     else if (!strcmp(a, "--api-key")) api_key = argv[++i];
     else if (!strcmp(a, "--chat-format")) chat_format = argv[++i];
     else if (!strcmp(a, "--tokenizer")) tokenizer = argv[++i];
+    else if (!strcmp(a, "--metrics")) metrics = argv[++i];
     else if (!strcmp(a, "--port")) { if (cli_parse_int("serve", "--port", argv[++i], 0, 65535, &port)) return 1; }
     else if (!strcmp(a, "--slots")) { if (cli_parse_int("serve", "--slots", argv[++i], 1, 65535, &slots)) return 1; }
     else if (!strcmp(a, "--ctx")) { if (cli_parse_int("serve", "--ctx", argv[++i], 2, 1 << 24, &ctx)) return 1; }
@@ -65,20 +68,27 @@ int cmd_serve(int argc, char **argv) {
   }
   if (!model) return cli_failf("serve: --model is required (see --help)");
   if (api_key && !api_key[0]) api_key = NULL;
+  FILE *jsonl = NULL;
+  if (metrics && !(jsonl = fopen(metrics, "a"))) return cli_failf("serve: %s: cannot open for appending", metrics);
   xd_set_threads(threads);
   xd_err e = {0};
   xd_runner r;
-  if (xd_runner_load_on(&r, model, tokenizer, XD_TOK_REQUIRED, cuda, &e)) return cli_fail(&e);
+  if (xd_runner_load_on(&r, model, tokenizer, XD_TOK_REQUIRED, cuda, &e)) {
+    if (jsonl) fclose(jsonl);
+    return cli_fail(&e);
+  }
   if (chat_format && xd_tokenizer_set_chat_format(r.tok, chat_format, &e)) {
     xd_runner_free(&r);
+    if (jsonl) fclose(jsonl);
     return cli_fail(&e);
   }
   if (!slots) slots = cuda ? 32 : 4;
   if (!ctx) ctx = r.cfg.max_pos > 1 && r.cfg.max_pos < 8192 ? r.cfg.max_pos : 8192;
-  const xd_engine_options eo = {slots, ctx, queue, stderr};
+  const xd_engine_options eo = {slots, ctx, queue, stderr, jsonl};
   xd_engine *eng = NULL;
   if (xd_engine_create(&eng, &r, &eo, &e)) {
     xd_runner_free(&r);
+    if (jsonl) fclose(jsonl);
     return cli_fail(&e);
   }
   const xd_http_options ho = {host, port, 4 * slots + 64, (size_t)max_body, name, api_key, ctx};
@@ -88,6 +98,7 @@ int cmd_serve(int argc, char **argv) {
   if (xd_http_start(&h, eng, &r, &ho, &e)) {
     xd_engine_free(eng);
     xd_runner_free(&r);
+    if (jsonl) fclose(jsonl);
     return cli_fail(&e);
   }
   fprintf(stderr, "serve: %s (%s on %s) at http://%s:%d: %d slots, context %d tokens%s\n", model,
@@ -100,6 +111,7 @@ int cmd_serve(int argc, char **argv) {
   xd_engine_get_stats(eng, &st);
   xd_engine_free(eng);
   xd_runner_free(&r);
+  if (jsonl) fclose(jsonl);
   if (rc) return cli_fail(&e);
   const int sig = xd_train_stop_signal();
   fprintf(stderr, "serve: stopped (%s): %llu requests, %llu tokens generated\n",

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include "eval/detok.h"
+#include "serve/request.h"
 
 struct xd_serve_job {
   xd_engine *eng;
@@ -242,6 +243,23 @@ static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const c
     else
       fprintf(eng->o.log, "serve: request %llu failed: %s\n", (unsigned long long)j->id, error);
     fflush(eng->o.log);
+  }
+  if (eng->o.jsonl) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    xd_sbuf b = {0};
+    xd_sbuf_printf(&b, "{\"request\":%llu,\"time\":%.3f,\"prompt_tokens\":%zu,\"completion_tokens\":%d,\"seconds\":%.4f,"
+                   "\"first_token_s\":%.4f,", (unsigned long long)j->id, (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, j->n_prompt, j->n_gen, dt,
+                   j->t_first > 0 ? j->t_first - j->t_submit : dt);
+    if (finish) xd_sbuf_printf(&b, "\"finish\":\"%s\"}\n", finish);
+    else {
+      xd_sbuf_puts(&b, "\"error\":");
+      xd_serve_json_string(&b, error, strlen(error));
+      xd_sbuf_puts(&b, "}\n");
+    }
+    fputs(b.s, eng->o.jsonl);
+    fflush(eng->o.jsonl);
+    free(xd_sbuf_take(&b));
   }
   xd_job_release(j);
 }

@@ -22,6 +22,8 @@ typedef struct {
   int ctx;        /* tokens a sequence may reach (prompt + generated) */
   int max_queue;  /* jobs waiting for a slot, at most (more: submit refuses, HTTP 503) */
   FILE *log;      /* one line per finished job (NULL: none) */
+  FILE *jsonl;    /* one JSON object per finished job (NULL: none): request, time, prompt_tokens,
+                   * completion_tokens, seconds, first_token_s, finish or error */
 } xd_engine_options;
 
 typedef struct xd_engine xd_engine;

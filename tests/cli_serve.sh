@@ -150,6 +150,18 @@ big=$(printf 'z%.0s' $(seq 1 2000))
 expect_error "port in use" "cannot listen" "$BIN" serve --model "$TMP/teacher" --port "$TP"
 kill -INT $LAST_PID; wait $LAST_PID && ok "SIGINT: exit 0" || bad "SIGINT"
 
+# a streaming client that hangs up: its job is cancelled and its slot freed; the server goes on
+serve_start long --model "$TMP/student" --slots 1 --ctx 10000000 && LP=$PORT && {
+  curl -s -N --max-time 0.5 "http://127.0.0.1:$LP/v1/completions" \
+    -d '{"prompt":"x","max_tokens":9000000,"ignore_eos":true,"stream":true}' >"$TMP/cut" 2>/dev/null
+  for _ in $(seq 1 100); do grep -q "cancelled" "$TMP/long.log" && break; sleep 0.05; done
+  curl -s "http://127.0.0.1:$LP/metrics" | grep -q '^xdistill_requests_running 0$' && grep -q "request 1: .* cancelled" "$TMP/long.log" \
+    && [ -s "$TMP/cut" ] && [ "$(complete $LP '{"prompt":"x","max_tokens":3,"temperature":0}' | wc -c)" -gt 0 ] \
+    && ok "a client that hangs up mid-stream: its job cancelled, the slot serves the next" \
+    || bad "hang-up: $(tail -2 "$TMP/long.log")"
+  kill -TERM $LAST_PID; wait $LAST_PID
+}
+
 if "$BIN" serve --help | grep -q "usage: xdistill serve"; then ok "serve --help"; else bad "serve --help"; fi
 expect_error "no --model" "--model is required" "$BIN" serve
 expect_error "no tokenizer" "no tokenizer.json" "$BIN" serve --model "$FIX"

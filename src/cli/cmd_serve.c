@@ -101,9 +101,11 @@ int cmd_serve(int argc, char **argv) {
     if (jsonl) fclose(jsonl);
     return cli_fail(&e);
   }
-  fprintf(stderr, "serve: %s (%s on %s) at http://%s:%d: %d slots, context %d tokens%s\n", model,
-          r.is_student ? "student" : "teacher", cuda ? "cuda" : "cpu", host, xd_http_port(h), slots, ctx,
-          api_key ? ", API key required" : "");
+  /* a student's slot is its recurrent state at any length; a teacher's a KV cache of ctx */
+  const double slot_mib = (double)xd_runner_decode_state_bytes(&r, (size_t)ctx) / 1048576.0;
+  fprintf(stderr, "serve: %s (%s on %s) at http://%s:%d: %d slots, context %d tokens, decode state %.1f MiB (%.2f a slot)%s\n",
+          model, r.is_student ? "student" : "teacher", cuda ? "cuda" : "cpu", host, xd_http_port(h), slots, ctx,
+          slot_mib * slots, slot_mib, api_key ? ", API key required" : "");
   fflush(stderr);
   const int rc = xd_engine_run(eng, stop_requested, NULL, &e);
   xd_http_stop(h); /* after the engine ended every job: no connection waits on one */

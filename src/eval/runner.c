@@ -494,8 +494,6 @@ void xd_batch_decoder_free(xd_batch_decoder *b) {
   free(b);
 }
 
-int xd_batch_decoder_slots(const xd_batch_decoder *b) { return b->n; }
-
 int xd_batch_decoder_start(xd_batch_decoder *b, int slot, const int32_t *ids, int n, xd_err *e) {
   xd_runner *r = b->r;
   if (slot < 0 || slot >= b->n) return xd_errf(e, "%s: slot %d of %d", r->name, slot, b->n);

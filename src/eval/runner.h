@@ -88,7 +88,6 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
 typedef struct xd_batch_decoder xd_batch_decoder;
 int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, int cap, xd_err *e);
 void xd_batch_decoder_free(xd_batch_decoder *b);
-int xd_batch_decoder_slots(const xd_batch_decoder *b);
 /* Start `slot` anew with ids[n] (1 <= n <= cap - 1: room for one more token). */
 int xd_batch_decoder_start(xd_batch_decoder *b, int slot, const int32_t *ids, int n, xd_err *e);
 /* One token ids[s] for every slot s with active[s] (active NULL: every started slot); each

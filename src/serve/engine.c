@@ -1,7 +1,6 @@
 /* `serve`'s generation engine: continuous batching over a runner's batched decoder (engine.h). */
 #include "serve/engine.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

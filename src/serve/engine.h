@@ -2,11 +2,11 @@
  *
  * Requests (jobs) arrive from any thread (xd_engine_submit) and wait in a FIFO queue; one
  * thread runs xd_engine_run, which owns the model: each round it starts queued jobs in free
- * slots (a prefill each), picks every running slot's next token (greedy: the argmax, on the
- * device on the GPU; sampled: the slot's logits through the job's own seeded sampler), hands the
- * text to the job's waiters, and advances all running slots by one batched step. A slot is
- * freed the moment its job ends (EOS, a stop string, max_new, the context, a cancel), so new
- * jobs join a running batch without waiting for it to drain.
+ * slots (a prefill each), picks every running slot's next token (the argmax, or a draw by the
+ * job's own seeded sampler; both on the device on the GPU, xd_batch_decoder_sample), launches
+ * the batched step of the slots that go on, then hands the text to the jobs' waiters while the
+ * device computes. A slot is freed the moment its job ends (EOS, a stop string, max_new, the
+ * context, a cancel), so new jobs join a running batch without waiting for it to drain.
  *
  * A job's tokens do not depend on what else runs: on the CPU each slot is a lone decoder, so a
  * job's output equals xd_runner_generate's with the same options bit for bit; on the GPU the

@@ -41,6 +41,7 @@ source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 # text of a completion (JSON body $2) from server port $1, NUL bytes dropped (a random model may emit byte 0)
 complete() { curl -s "http://127.0.0.1:$1/v1/completions" -d "$2" | jq -j '.choices[0].text' | tr -d '\000'; }
 gen() { "$BIN" generate "$@" 2>/dev/null | tr -d '\000' | head -c -1; } # generate ends with a newline
+code() { curl -s -o "$TMP/body" -w '%{http_code}' "$@"; } # the HTTP status; the body in $TMP/body
 
 serve_start student --model "$TMP/student" --slots 3 --metrics "$TMP/requests.jsonl" && SP=$PORT
 curl -s "http://127.0.0.1:$SP/health" | jq -e '.status == "ok"' >/dev/null && ok "/health" || bad "/health"
@@ -58,6 +59,15 @@ curl -s "http://127.0.0.1:$SP/v1/completions" -d '{"prompt":"Once upon a time","
 a=$(complete $SP '{"prompt":[72,105],"max_tokens":10,"temperature":0,"ignore_eos":true}')
 b=$(complete $SP '{"prompt":"Hi","max_tokens":10,"temperature":0,"ignore_eos":true}')
 [ -n "$a" ] && [ "$a" == "$b" ] && ok "prompt as token ids" || bad "prompt as ids: '$a' vs '$b'"
+
+# log-probabilities: one per generated token with its top alternatives; greedy picks the best
+# (byte tokens >= 0x80 all read "\ufffd": their keys collide in top_logprobs, so >= what is shown)
+curl -s "http://127.0.0.1:$SP/v1/completions" -d '{"prompt":"Once upon a time","max_tokens":12,"temperature":0,"ignore_eos":true,"logprobs":3}' >"$TMP/lp"
+jq -e '.choices[0].logprobs as $l | .usage.completion_tokens as $n | ($l.token_logprobs | length) == $n and ($l.tokens | length) == $n
+  and ($l.text_offset | length) == $n and all($l.top_logprobs[]; length >= 1 and length <= 3)
+  and ([range($n)] | all(. as $i | $l.token_logprobs[$i] <= 0 and $l.token_logprobs[$i] >= ($l.top_logprobs[$i] | [.[]] | max)))' "$TMP/lp" >/dev/null \
+  && ok "completion logprobs (greedy = the top alternative)" || bad "completion logprobs: $(head -c 400 "$TMP/lp")"
+[ "$(code "http://127.0.0.1:$SP/v1/completions" -d '{"prompt":"x","logprobs":2,"stream":true}')" == 400 ] && ok "400 logprobs with stream" || bad "logprobs with stream"
 
 # eight requests at once on three slots: greedy, seeded sampling, stop strings, each == generate
 declare -a ARGS BODIES
@@ -102,7 +112,6 @@ grep -q '^xdistill_slots 3$' "$TMP/metrics" && grep -q '^xdistill_requests_finis
   && ok "/metrics" || bad "/metrics: $(cat "$TMP/metrics")"
 
 # errors: JSON bodies with the right status
-code() { curl -s -o "$TMP/body" -w '%{http_code}' "$@"; }
 [ "$(code "http://127.0.0.1:$SP/v1/completions" -d '{"prompt":')" == 400 ] && jq -e '.error.message | test("not a JSON object")' "$TMP/body" >/dev/null \
   && ok "400 bad JSON" || bad "400 bad JSON: $(cat "$TMP/body")"
 [ "$(code "http://127.0.0.1:$SP/v1/completions" -d '{"prompt":"x","n":3}')" == 400 ] && jq -e '.error.message | test("n. must be 1")' "$TMP/body" >/dev/null \
@@ -141,6 +150,10 @@ a=$(curl -s "${H[@]}" "http://127.0.0.1:$TP/v1/chat/completions" -d "$chat" | te
 b=$(gen --model "$TMP/teacher" --prompt hi --chat --chat-format chatml --system "Be brief" --max-new 8 --ignore-eos)
 [ -n "$a" ] && [ "$a" == "$b" ] && jq -e '.object == "chat.completion" and .model == "tiny" and .choices[0].message.role == "assistant"' "$TMP/chat" >/dev/null \
   && ok "chat completion == generate --chat" || bad "chat: '$a' vs '$b'"
+curl -s "${H[@]}" "http://127.0.0.1:$TP/v1/chat/completions" -d "${chat%\}},\"logprobs\":true,\"top_logprobs\":2}" >"$TMP/clp"
+jq -e '.choices[0].logprobs.content as $c | ($c | length) == .usage.completion_tokens
+  and all($c[]; (.top_logprobs | length) == 2 and (.bytes | type) == "array" and .logprob <= 0)' "$TMP/clp" >/dev/null \
+  && ok "chat logprobs" || bad "chat logprobs: $(head -c 300 "$TMP/clp")"
 curl -s -N "${H[@]}" "http://127.0.0.1:$TP/v1/chat/completions" -d "${chat%\}},\"stream\":true}" >"$TMP/sse"
 s=$(sed -n 's/^data: //p' "$TMP/sse" | grep -v '^\[DONE\]$' | jq -j '.choices[0].delta.content // ""' | tr -d '\000')
 sed -n 's/^data: //p' "$TMP/sse" | head -1 | jq -e '.choices[0].delta.role == "assistant"' >/dev/null && [ "$s" == "$a" ] \

@@ -39,8 +39,23 @@ static void test_request_completion(void) {
   CHECK(rq.n_stops == 2 && !strcmp(rq.stops[0], "a") && !strcmp(rq.stops[1], "bc"));
   xd_serve_request_free(&rq);
   CHECK(parse(XD_SERVE_COMPLETION, "{\"prompt\":[\"one\"],\"stop\":\"x\",\"top_k\":-1}", &rq, &e) == 0);
-  CHECK(rq.prompt && !strcmp(rq.prompt, "one") && rq.n_stops == 1 && rq.sp.top_k == 0);
+  CHECK(rq.prompt && !strcmp(rq.prompt, "one") && rq.n_stops == 1 && rq.sp.top_k == 0 && rq.logprobs == -1);
   xd_serve_request_free(&rq);
+  /* log-probabilities: a count in completions, a flag and a count in chat; off when false or null */
+  static const struct { xd_serve_kind k; const char *body; int want; } lps[] = {
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":3}", 3},
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":0}", 0},
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":null}", -1},
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":false,\"stream\":true}", -1},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"logprobs\":true,\"top_logprobs\":4}", 4},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"logprobs\":true}", 0},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"logprobs\":false}", -1},
+  };
+  for (size_t i = 0; i < sizeof lps / sizeof *lps; i++) {
+    CHECKF(parse(lps[i].k, lps[i].body, &rq, &e) == 0 && rq.logprobs == lps[i].want, "logprobs case %zu: %s (%d)", i, e.msg,
+           rq.logprobs);
+    xd_serve_request_free(&rq);
+  }
 }
 
 static void test_request_chat(void) {
@@ -85,7 +100,11 @@ static void test_request_errors(void) {
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\",\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}", "more than 16"},
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"n\":2}", "'n' must be 1"},
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", "'echo' is not supported"},
-    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":3}", "'logprobs' is not supported"},
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":21}", "'logprobs' must be in [0, 20]"},
+    {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":2,\"stream\":true}", "'logprobs' with 'stream' is not supported"},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"top_logprobs\":2}", "'top_logprobs' needs 'logprobs': true"},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"logprobs\":3}", "'logprobs' must be true or false"},
+    {XD_SERVE_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"logprobs\":true,\"top_logprobs\":21}", "'top_logprobs' must be in"},
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"presence_penalty\":0.5}", "'presence_penalty' is not supported"},
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"best_of\":2}", "'best_of' is not supported"},
     {XD_SERVE_COMPLETION, "{\"prompt\":\"x\",\"suffix\":\"y\"}", "'suffix' is not supported"},
@@ -126,7 +145,7 @@ static void test_response_json(void) {
   free(s);
 
   const xd_serve_meta mc = {XD_SERVE_COMPLETION, "cmpl-7", "m\"odel", 1700000000};
-  s = xd_serve_response_json(&mc, "he\nllo", 6, "length", 3, 4);
+  s = xd_serve_response_json(&mc, "he\nllo", 6, "length", 3, 4, NULL);
   o = cJSON_Parse(s);
   CHECKF(o != NULL, "%s", s);
   if (o) {
@@ -207,7 +226,49 @@ typedef struct {
   xd_sample_params sp;
   uint64_t seed;
   const char *stop;
+  int logprobs; /* -1: none */
 } job_case;
+
+/* A job's recorded log-probabilities against log-softmax (double) of a full forward over prompt
+ * + generated tokens: each token's own (1e-4: the decoder's and the forward's float sums) and its
+ * top k (descending, each at its forward value, the forward's best and k-th best). */
+static void check_logprobs(xd_runner *r, xd_serve_job *j, const int32_t *prompt, size_t np, const char *name, int i) {
+  size_t n;
+  const int32_t *ids, *top_ids;
+  const float *lp, *top_lp;
+  int k;
+  xd_job_logprobs(j, &n, &ids, &lp, &k, &top_ids, &top_lp);
+  const int V = r->cfg.vocab, T = (int)(np + n);
+  if (n == 0) { CHECKF(0, "%s job %d: no log-probabilities recorded", name, i); return; }
+  int32_t *seq = malloc((size_t)T * sizeof *seq);
+  memcpy(seq, prompt, np * sizeof *seq);
+  memcpy(seq + np, ids, n * sizeof *seq);
+  float *lg = malloc((size_t)T * V * sizeof *lg);
+  xd_err e = {0};
+  CHECKF(xd_runner_forward(r, seq, 1, T, lg, &e) == 0, "%s", e.msg);
+  double *ref = malloc((size_t)V * sizeof *ref), worst = 0;
+  int bad_order = 0;
+  for (size_t t = 0; t < n; t++) {
+    const float *row = lg + (np - 1 + t) * (size_t)V;
+    double mx = row[0], z = 0;
+    for (int v = 1; v < V; v++) mx = fmax(mx, row[v]);
+    for (int v = 0; v < V; v++) z += exp(row[v] - mx);
+    for (int v = 0; v < V; v++) ref[v] = row[v] - mx - log(z);
+    worst = fmax(worst, fabs(lp[t] - ref[ids[t]]));
+    double best = -INFINITY;
+    for (int v = 0; v < V; v++) best = fmax(best, ref[v]);
+    for (int q = 0; q < k; q++) {
+      worst = fmax(worst, fabs(top_lp[t * k + q] - ref[top_ids[t * k + q]]));
+      bad_order += q > 0 && top_lp[t * k + q] > top_lp[t * k + q - 1];
+      int above = 0; /* tokens the forward ranks clearly above this one: fewer than q + 1 */
+      for (int v = 0; v < V; v++) above += ref[v] > ref[top_ids[t * k + q]] + 1e-4;
+      bad_order += above > q;
+    }
+    if (k > 0) worst = fmax(worst, fabs(top_lp[t * k] - best));
+  }
+  CHECKF(worst < 1e-4 && bad_order == 0, "%s job %d: log-probabilities off by %.3g, %d out of rank", name, i, worst, bad_order);
+  free(seq), free(lg), free(ref);
+}
 
 static void check_engine(const char *model, const char *name) {
   xd_err e = {0};
@@ -215,14 +276,14 @@ static void check_engine(const char *model, const char *name) {
   if (xd_runner_load(&r, model, TOKENIZER, XD_TOK_REQUIRED, &e)) { CHECKF(0, "%s", e.msg); return; }
   const int ctx = 48;
   const job_case cases[] = {
-    {"Once upon a time", 20, 0, {0, 0, 1}, 1, NULL},
-    {"The quick brown fox", 24, 1, {1.3, 50, 0.9}, 7, NULL},
-    {"ab", 30, 0, {0.8, 0, 1}, 8, NULL},
-    {"In the beginning", 200, 0, {0, 0, 1}, 1, NULL}, /* cut at the context */
-    {"Hello", 25, 1, {1.0, 0, 1}, 9, "e"},
-    {"x", 12, 0, {0, 0, 1}, 1, NULL},
-    {"Zebras and lions", 18, 0, {1.5, 100, 0.95}, 10, NULL},
-    {"Once upon a time", 20, 0, {0, 0, 1}, 1, NULL}, /* the first again, in another slot */
+    {"Once upon a time", 20, 0, {0, 0, 1}, 1, NULL, 5},
+    {"The quick brown fox", 24, 1, {1.3, 50, 0.9}, 7, NULL, -1},
+    {"ab", 30, 0, {0.8, 0, 1}, 8, NULL, 0},
+    {"In the beginning", 200, 0, {0, 0, 1}, 1, NULL, -1}, /* cut at the context */
+    {"Hello", 25, 1, {1.0, 0, 1}, 9, "e", 20},
+    {"x", 12, 0, {0, 0, 1}, 1, NULL, -1},
+    {"Zebras and lions", 18, 0, {1.5, 100, 0.95}, 10, NULL, 3},
+    {"Once upon a time", 20, 0, {0, 0, 1}, 1, NULL, -1}, /* the first again, in another slot */
   };
   const int n = (int)(sizeof cases / sizeof *cases);
   const xd_engine_options o = {3, ctx, 64, NULL, NULL};
@@ -237,7 +298,8 @@ static void check_engine(const char *model, const char *name) {
     size_t np;
     CHECK(xd_tokenizer_encode(r.tok, cases[i].prompt, strlen(cases[i].prompt), 1, &ids, &np, &e) == 0);
     const char *stops[1] = {cases[i].stop};
-    const xd_job_params p = {cases[i].max_new, cases[i].stop_at_eos, stops, cases[i].stop ? 1 : 0, cases[i].sp, cases[i].seed, i & 1};
+    const xd_job_params p = {cases[i].max_new, cases[i].stop_at_eos, stops, cases[i].stop ? 1 : 0, cases[i].sp, cases[i].seed, i & 1,
+                             cases[i].logprobs};
     int status;
     jobs[i] = xd_engine_submit(eng, ids, np, &p, &status, &e);
     CHECKF(jobs[i] != NULL, "%s: submit %d: %s", name, i, e.msg);
@@ -282,7 +344,7 @@ static void check_engine(const char *model, const char *name) {
            len, want.n);
     if (i == 3) CHECKF(np + nc == (size_t)ctx, "%s: the long job ends at the context (%zu + %zu)", name, np, nc);
     free(text), free(want.s), free(ids);
-    xd_job_release(jobs[i]);
+    if (cases[i].logprobs < 0) xd_job_release(jobs[i]), jobs[i] = NULL; /* the others: checked below */
   }
   xd_engine_stats st;
   xd_engine_get_stats(eng, &st);
@@ -290,6 +352,16 @@ static void check_engine(const char *model, const char *name) {
   __atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
   pthread_join(th, NULL);
   CHECKF(a.rc == 0, "%s", a.e.msg);
+  /* the log-probabilities, once the engine no longer runs the model (a full forward here) */
+  for (int i = 0; i < n; i++) {
+    if (!jobs[i]) continue;
+    int32_t *ids;
+    size_t n_ids;
+    CHECK(xd_tokenizer_encode(r.tok, cases[i].prompt, strlen(cases[i].prompt), 1, &ids, &n_ids, &e) == 0);
+    check_logprobs(&r, jobs[i], ids, n_ids, name, i);
+    free(ids);
+    xd_job_release(jobs[i]);
+  }
   xd_engine_free(eng);
   xd_runner_free(&r);
 }
@@ -311,7 +383,7 @@ static void test_engine_limits(void) {
   xd_engine *eng;
   if (xd_engine_create(&eng, &r, &o, &e)) { CHECKF(0, "%s", e.msg); xd_runner_free(&r); return; }
   const int32_t prompt[3] = {72, 105, 33};
-  const xd_job_params p = {10, 0, NULL, 0, {0, 0, 1}, 1, 0};
+  const xd_job_params p = {10, 0, NULL, 0, {0, 0, 1}, 1, 0, -1};
   int status = 0;
   /* bad requests: 400 */
   CHECK(!xd_engine_submit(eng, prompt, 0, &p, &status, &e) && status == 400 && strstr(e.msg, "empty"));

@@ -3,6 +3,7 @@
 
 #include "eval/detok.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -483,10 +484,8 @@ int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, i
 void xd_batch_decoder_free(xd_batch_decoder *b) {
   if (!b) return;
 #ifdef XD_HAVE_CUDA
-  if (b->req_d) {
-    xd_cuda_free(b->req_d), xd_cuda_free(b->z_d), xd_cuda_free(b->tok_d), xd_cuda_free(b->tk_ids_d), xd_cuda_free(b->tk_logp_d);
-    free(b->req), free(b->z), free(b->tok), free(b->tk_ids), free(b->tk_logp), free(b->m_of);
-  }
+  xd_cuda_free(b->req_d), xd_cuda_free(b->z_d), xd_cuda_free(b->tok_d), xd_cuda_free(b->tk_ids_d), xd_cuda_free(b->tk_logp_d);
+  free(b->req), free(b->z), free(b->tok), free(b->tk_ids), free(b->tk_logp), free(b->m_of);
 #endif
   if (b->dec)
     for (int k = 0; k < b->n; k++) xd_decoder_free(&b->dec[k]);
@@ -577,22 +576,28 @@ int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err
 #ifdef XD_HAVE_CUDA
 enum { SAMPLE_TOPP_M = 256 }; /* candidates ranked for a top-p draw (more: the whole row) */
 
+/* The GPU sampling buffers, at the first use. */
+static int gpu_sample_alloc(xd_batch_decoder *b, xd_err *e) {
+  if (b->tk_logp_d) return 0; /* the last one allocated */
+  const int n = b->n, V = b->V;
+  b->req = xd_calloc((size_t)n, sizeof *b->req), b->z = xd_calloc((size_t)n, sizeof *b->z);
+  b->tok = xd_calloc((size_t)n, sizeof *b->tok), b->m_of = xd_calloc((size_t)n, sizeof *b->m_of);
+  b->tk_ids = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_ids);
+  b->tk_logp = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_logp);
+  if (!b->logits) b->logits = xd_malloc((size_t)V * sizeof *b->logits);
+  if (xd_cuda_malloc((void **)&b->req_d, (size_t)n * sizeof *b->req, e) ||
+      xd_cuda_malloc((void **)&b->z_d, (size_t)n * sizeof *b->z, e) ||
+      xd_cuda_malloc((void **)&b->tok_d, (size_t)n * sizeof *b->tok, e) ||
+      xd_cuda_malloc((void **)&b->tk_ids_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_ids, e) ||
+      xd_cuda_malloc((void **)&b->tk_logp_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_logp, e))
+    return -1;
+  return 0;
+}
+
 static int gpu_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next, xd_err *e) {
   struct xd_runner_gpu *g = b->r->gpu;
   const int n = b->n, V = b->V;
-  if (!b->req_d) {
-    b->req = xd_calloc((size_t)n, sizeof *b->req), b->z = xd_calloc((size_t)n, sizeof *b->z);
-    b->tok = xd_calloc((size_t)n, sizeof *b->tok), b->m_of = xd_calloc((size_t)n, sizeof *b->m_of);
-    b->tk_ids = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_ids);
-    b->tk_logp = xd_calloc((size_t)n * XD_CUDA_TOPK_MAX, sizeof *b->tk_logp);
-    if (!b->logits) b->logits = xd_malloc((size_t)V * sizeof *b->logits);
-    if (xd_cuda_malloc((void **)&b->req_d, (size_t)n * sizeof *b->req, e) ||
-        xd_cuda_malloc((void **)&b->z_d, (size_t)n * sizeof *b->z, e) ||
-        xd_cuda_malloc((void **)&b->tok_d, (size_t)n * sizeof *b->tok, e) ||
-        xd_cuda_malloc((void **)&b->tk_ids_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_ids, e) ||
-        xd_cuda_malloc((void **)&b->tk_logp_d, (size_t)n * XD_CUDA_TOPK_MAX * sizeof *b->tk_logp, e))
-      return -1;
-  }
+  if (gpu_sample_alloc(b, e)) return -1;
   const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
   int nreq = 0, kmax = 0;
   for (int s = 0; s < n; s++) {
@@ -648,6 +653,64 @@ int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t
   for (int s = 0; s < n; s++)
     if (smp[s] && smp[s]->p.temperature > 0 && b->started[s]) next[s] = xd_sampler_next(smp[s], b->logits + (size_t)s * b->V);
   return 0;
+}
+
+/* lp / top of one host row (CPU logits, or a GPU row downloaded): log-softmax in double. */
+static void row_logprobs(const float *row, int V, int k, int32_t tok, float *lp, int32_t *top_ids, float *top_lp,
+                         int *scratch) {
+  const double mx = row[xd_argmax(row, V)];
+  double z = 0;
+  for (int v = 0; v < V; v++) z += exp((double)row[v] - mx);
+  const double lse = mx + log(z);
+  *lp = (float)((double)row[tok] - lse);
+  if (k > 0) {
+    xd_logits_top(row, V, k, scratch);
+    for (int j = 0; j < k; j++) top_ids[j] = scratch[j], top_lp[j] = (float)((double)row[scratch[j]] - lse);
+  }
+}
+
+int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const int32_t *tok, float *lp,
+                              int32_t *top_ids, float *top_lp, xd_err *e) {
+  const int n = b->n, V = b->V;
+  if (kmax < 0 || kmax > 1024 || kmax > V) return xd_errf(e, "%s: %d log-probabilities a token (0 to 1024)", b->r->name, kmax);
+  int any = 0;
+  for (int s = 0; s < n; s++) any |= k[s] >= 0;
+  if (!any) return 0;
+  int *scratch = xd_malloc(((size_t)kmax + 1) * sizeof *scratch);
+  int rc = 0;
+  if (b->r->gpu) {
+#ifdef XD_HAVE_CUDA
+    struct xd_runner_gpu *g = b->r->gpu;
+    const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
+    const int K = kmax > 64 ? kmax : V < 64 ? V : 64;
+    rc = gpu_sample_alloc(b, e);
+    if (!rc) rc = xd_cuda_topk_logprobs(g->ctx, logits, XD_CUDA_F32, n, V, K, b->tk_ids_d, b->tk_logp_d, NULL, e);
+    if (!rc) rc = xd_cuda_download(g->ctx, b->tk_ids, b->tk_ids_d, (size_t)n * K * sizeof *b->tk_ids, e);
+    if (!rc) rc = xd_cuda_download(g->ctx, b->tk_logp, b->tk_logp_d, (size_t)n * K * sizeof *b->tk_logp, e);
+    for (int s = 0; s < n && !rc; s++) {
+      if (k[s] < 0) continue;
+      const int32_t *ids = b->tk_ids + (size_t)s * K;
+      const float *lps = b->tk_logp + (size_t)s * K;
+      int at = -1;
+      for (int j = 0; j < K && at < 0; j++)
+        if (ids[j] == tok[s]) at = j;
+      if (at < 0) { /* ranked below the K: the whole row */
+        if ((rc = xd_batch_decoder_logits(b, s, b->logits, e)) != 0) break;
+        row_logprobs(b->logits, V, k[s], tok[s], &lp[s], top_ids + (size_t)s * kmax, top_lp + (size_t)s * kmax, scratch);
+        continue;
+      }
+      lp[s] = lps[at];
+      for (int j = 0; j < k[s]; j++) top_ids[(size_t)s * kmax + j] = ids[j], top_lp[(size_t)s * kmax + j] = lps[j];
+    }
+#endif
+  } else {
+    for (int s = 0; s < n; s++)
+      if (k[s] >= 0 && b->started[s])
+        row_logprobs(b->logits + (size_t)s * V, V, k[s], tok[s], &lp[s], top_ids + (size_t)s * kmax,
+                     top_lp + (size_t)s * kmax, scratch);
+  }
+  free(scratch);
+  return rc;
 }
 
 /* ---- generation -------------------------------------------------------------------------- */

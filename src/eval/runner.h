@@ -105,6 +105,13 @@ int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err
  * (xd_cuda_topk_logprobs) go through xd_sampler_next_candidates; a row they cannot decide is
  * downloaded whole. Same distributions as the CPU; each sampler's rng advances as there. */
 int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next, xd_err *e);
+/* Log-probabilities (natural log; the softmax of the raw logits, temperature 1) from each slot s
+ * with k[s] >= 0 (k[s] <= kmax <= 1024): lp[s] that of token tok[s], and top_ids / top_lp
+ * [s * kmax + j], j < k[s], its k[s] most likely tokens (ranked as the sampler ranks). Other slots
+ * untouched. Before the step, which replaces the logits. GPU: the rows' top-ranked tokens on the
+ * device (xd_cuda_topk_logprobs, 64 at least); a token ranked below them: its row downloaded. */
+int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const int32_t *tok, float *lp,
+                              int32_t *top_ids, float *top_lp, xd_err *e);
 
 typedef struct {
   int max_new;                /* tokens to generate at most */

@@ -52,7 +52,7 @@ static void sift_down(const float *l, int *h, int n, int i) { /* h: a heap whose
 
 /* out[0..m) = the m top-ranked ids of logits[V], best first: a heap of m (O(V log m)) instead of
  * sorting the vocabulary (a 150k sort is ~10 ms a token). */
-static void top_ranked(const float *l, int V, int m, int *out) {
+void xd_logits_top(const float *l, int V, int m, int *out) {
   for (int v = 0; v < m; v++) out[v] = v;
   for (int i = m / 2 - 1; i >= 0; i--) sift_down(l, out, m, i);
   for (int v = m; v < V; v++)
@@ -95,7 +95,7 @@ void xd_sampler_probs(xd_sampler *s, const float *logits) {
   const double mx = logits[xd_argmax(logits, V)], invT = 1.0 / s->p.temperature;
   if (s->p.top_k > 0 && s->p.top_k < V) { /* over the top k only */
     const int k = s->p.top_k;
-    top_ranked(logits, V, k, s->order);
+    xd_logits_top(logits, V, k, s->order);
     double z = 0;
     for (int j = 0; j < k; j++) z += s->probs[s->order[j]] = exp(((double)logits[s->order[j]] - mx) * invT);
     for (int j = 0; j < k; j++) s->probs[s->order[j]] /= z;
@@ -109,7 +109,7 @@ void xd_sampler_probs(xd_sampler *s, const float *logits) {
      * then 8x more until it does, not the whole vocabulary */
     int m = V < 64 ? V : 64;
     for (;;) {
-      top_ranked(logits, V, m, s->order);
+      xd_logits_top(logits, V, m, s->order);
       double mass = 0;
       for (int j = 0; j < m; j++) mass += s->probs[s->order[j]] / z;
       if (mass >= s->p.top_p || m == V) break;

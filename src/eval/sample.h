@@ -38,6 +38,9 @@ int32_t xd_sampler_next(xd_sampler *s, const float *logits);
  * The token, or -1 when the m tokens cannot decide: top_k > m; no top-k and their mass < top_p;
  * nothing masked. Then sample the whole row (the rng is untouched). Greedy: ids[0]. */
 int32_t xd_sampler_next_candidates(xd_sampler *s, const int32_t *ids, const double *d, int m, double z);
+/* out[0..m) = the m top-ranked ids of logits[V] (higher logit first, ties by lower id), best
+ * first; a heap of m, O(V log m). 1 <= m <= V. */
+void xd_logits_top(const float *logits, int V, int m, int *out);
 /* First index of the maximum of logits[vocab]. */
 int32_t xd_argmax(const float *logits, int vocab);
 #endif

@@ -18,8 +18,11 @@ struct xd_serve_job {
   size_t n_stops;
   xd_sample_params sp;
   uint64_t seed;
-  int stream;
-  /* the engine thread's */
+  int stream, logprobs;
+  /* the engine thread's; the log-probability records are read by others once the job ended */
+  int32_t *lp_ids, *lp_top_ids;
+  float *lp, *lp_top;
+  size_t lp_cap;
   int n_gen, started;
   xd_sampler smp;
   xd_detok dt;
@@ -49,6 +52,9 @@ struct xd_engine {
   int32_t *next, *toks;          /* [n_slots] */
   uint8_t *active, *cancelled;   /* [n_slots] */
   xd_sampler **smp;              /* [n_slots] the sampling jobs' samplers (NULL: greedy or free) */
+  int *lp_k;                     /* [n_slots] logprobs wanted (-1: none) */
+  float *lp, *lp_top;            /* [n_slots], [n_slots * XD_ENGINE_MAX_TOP] this round's */
+  int32_t *lp_top_ids;           /* [n_slots * XD_ENGINE_MAX_TOP] */
 };
 
 int xd_engine_create(xd_engine **out, xd_runner *r, const xd_engine_options *o, xd_err *e) {
@@ -73,6 +79,10 @@ int xd_engine_create(xd_engine **out, xd_runner *r, const xd_engine_options *o, 
   eng->active = xd_calloc(n, 1);
   eng->cancelled = xd_calloc(n, 1);
   eng->smp = xd_calloc(n, sizeof *eng->smp);
+  eng->lp_k = xd_calloc(n, sizeof *eng->lp_k);
+  eng->lp = xd_calloc(n, sizeof *eng->lp);
+  eng->lp_top = xd_calloc(n * XD_ENGINE_MAX_TOP, sizeof *eng->lp_top);
+  eng->lp_top_ids = xd_calloc(n * XD_ENGINE_MAX_TOP, sizeof *eng->lp_top_ids);
   eng->st.slots = o->n_slots;
   *out = eng;
   return 0;
@@ -84,12 +94,14 @@ void xd_engine_free(xd_engine *eng) {
   pthread_mutex_destroy(&eng->mu);
   pthread_cond_destroy(&eng->work);
   free(eng->slot_job), free(eng->next), free(eng->toks), free(eng->active), free(eng->cancelled), free(eng->smp);
+  free(eng->lp_k), free(eng->lp), free(eng->lp_top), free(eng->lp_top_ids);
   free(eng);
 }
 
 static void job_free(xd_serve_job *j) {
   for (size_t i = 0; i < j->n_stops; i++) free(j->stops[i]);
   free(j->stops), free(j->prompt), free(j->text), free(j->error);
+  free(j->lp_ids), free(j->lp_top_ids), free(j->lp), free(j->lp_top);
   pthread_cond_destroy(&j->cv);
   free(j);
 }
@@ -115,6 +127,8 @@ xd_serve_job *xd_engine_submit(xd_engine *eng, const int32_t *prompt, size_t n, 
   if (xd_check_token_ids(prompt, n, r->cfg.vocab, e)) return NULL;
   if (p->max_new < 1) return xd_errf(e, "max_tokens must be at least 1"), NULL;
   if (xd_sample_params_check(&p->sp, e)) return NULL;
+  if (p->logprobs > XD_ENGINE_MAX_TOP || p->logprobs > r->cfg.vocab)
+    return xd_errf(e, "at most %d log-probabilities a token", XD_ENGINE_MAX_TOP), NULL;
   xd_serve_job *j = xd_calloc(1, sizeof *j);
   j->eng = eng;
   j->prompt = xd_malloc(n * sizeof *j->prompt);
@@ -129,6 +143,7 @@ xd_serve_job *xd_engine_submit(xd_engine *eng, const int32_t *prompt, size_t n, 
   j->sp = p->sp;
   j->seed = p->seed;
   j->stream = p->stream;
+  j->logprobs = p->logprobs < 0 ? -1 : p->logprobs;
   j->t_submit = xd_now();
   j->refs = 2;
   pthread_cond_init(&j->cv, NULL);
@@ -179,6 +194,17 @@ void xd_job_result(xd_serve_job *j, const char **finish, const char **error, siz
   *prompt_tokens = j->n_prompt;
   *completion_tokens = (size_t)j->n_gen;
   pthread_mutex_unlock(&eng->mu);
+}
+
+void xd_job_logprobs(xd_serve_job *j, size_t *n, const int32_t **ids, const float **lp, int *k,
+                     const int32_t **top_ids, const float **top_lp) {
+  xd_engine *eng = j->eng;
+  pthread_mutex_lock(&eng->mu); /* the job ended under it: its records are complete */
+  const int ok = j->ended && j->logprobs >= 0;
+  pthread_mutex_unlock(&eng->mu);
+  *n = ok ? (size_t)j->n_gen : 0;
+  *ids = j->lp_ids, *lp = j->lp, *k = ok ? j->logprobs : 0;
+  *top_ids = j->lp_top_ids, *top_lp = j->lp_top;
 }
 
 void xd_job_cancel(xd_serve_job *j) {
@@ -297,6 +323,20 @@ static int job_emit(xd_engine *eng, int s, xd_serve_job *j) {
     job_end(eng, j, "stop", NULL);
     return 0;
   }
+  if (j->logprobs >= 0) { /* this round's record of slot s */
+    const size_t i = (size_t)j->n_gen, k = (size_t)j->logprobs;
+    if (i == j->lp_cap) {
+      j->lp_cap = j->lp_cap ? 2 * j->lp_cap : 64;
+      j->lp_ids = xd_realloc(j->lp_ids, j->lp_cap * sizeof *j->lp_ids);
+      j->lp = xd_realloc(j->lp, j->lp_cap * sizeof *j->lp);
+      j->lp_top_ids = xd_realloc(j->lp_top_ids, j->lp_cap * (k ? k : 1) * sizeof *j->lp_top_ids);
+      j->lp_top = xd_realloc(j->lp_top, j->lp_cap * (k ? k : 1) * sizeof *j->lp_top);
+    }
+    j->lp_ids[i] = tok;
+    j->lp[i] = eng->lp[s];
+    memcpy(j->lp_top_ids + i * k, eng->lp_top_ids + (size_t)s * XD_ENGINE_MAX_TOP, k * sizeof *j->lp_top_ids);
+    memcpy(j->lp_top + i * k, eng->lp_top + (size_t)s * XD_ENGINE_MAX_TOP, k * sizeof *j->lp_top);
+  }
   j->n_gen++;
   const char *piece;
   size_t n_piece;
@@ -398,6 +438,14 @@ int xd_engine_run(xd_engine *eng, int (*should_stop)(void *), void *user, xd_err
     /* the round's tokens: greedy slots' argmax, sampling slots' draws, all on the device */
     if (greedy && xd_batch_decoder_argmax(eng->bd, eng->next, e)) { rc = -1; break; }
     if (sampled && xd_batch_decoder_sample(eng->bd, eng->smp, eng->next, e)) { rc = -1; break; }
+    /* the log-probabilities asked for, from these logits (the step replaces them) */
+    int want_lp = 0;
+    for (int s = 0; s < S; s++) {
+      eng->lp_k[s] = eng->slot_job[s] ? eng->slot_job[s]->logprobs : -1;
+      want_lp |= eng->lp_k[s] >= 0;
+    }
+    if (want_lp && xd_batch_decoder_logprobs(eng->bd, eng->lp_k, XD_ENGINE_MAX_TOP, eng->next, eng->lp, eng->lp_top_ids,
+                                             eng->lp_top, e)) { rc = -1; break; }
     /* pick every running slot's token, launch the step for those that go on, then hand out
      * the text while the device computes */
     int any = 0;

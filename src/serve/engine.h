@@ -37,7 +37,11 @@ typedef struct {
   xd_sample_params sp;
   uint64_t seed;
   int stream;                  /* 1: waiters wake at each piece of text; 0: at the end only */
+  int logprobs;                /* -1: none; else record each generated token's log-probability
+                                * and its logprobs (<= XD_ENGINE_MAX_TOP) most likely tokens */
 } xd_job_params;
+
+enum { XD_ENGINE_MAX_TOP = 20 };
 
 int xd_engine_create(xd_engine **out, xd_runner *r, const xd_engine_options *o, xd_err *e);
 /* After xd_engine_run has returned and every job was released. */
@@ -57,6 +61,11 @@ int xd_job_wait(xd_serve_job *j, size_t *off, char **text, size_t *n);
  * *error then holds the message), tokens of the prompt and generated. */
 void xd_job_result(xd_serve_job *j, const char **finish, const char **error, size_t *prompt_tokens,
                    size_t *completion_tokens);
+/* After the end (xd_job_wait returned 0), with logprobs >= 0: the n generated tokens, their
+ * log-probabilities (natural log, the raw distribution at temperature 1), and per token its k
+ * most likely tokens top_ids / top_lp [n * k]. Owned by the job. */
+void xd_job_logprobs(xd_serve_job *j, size_t *n, const int32_t **ids, const float **lp, int *k,
+                     const int32_t **top_ids, const float **top_lp);
 /* Ask the engine to end the job early (the client went away); it frees its slot at the next round. */
 void xd_job_cancel(xd_serve_job *j);
 void xd_job_release(xd_serve_job *j);

@@ -155,6 +155,15 @@ static int prompt_ids(const xd_http *h, const xd_serve_request *rq, int32_t **id
   return 0;
 }
 
+/* One token's text for the log-probabilities (special tokens shown; "" if it cannot decode). */
+static char *token_text(void *user, int32_t id) {
+  char *t = NULL;
+  size_t n;
+  xd_err e;
+  if (xd_tokenizer_decode((const xd_tokenizer *)user, &id, 1, 0, &t, &n, &e)) return xd_strdup("");
+  return t;
+}
+
 static enum MHD_Result generate(xd_http *h, struct MHD_Connection *c, const conn_body *b, xd_serve_kind kind) {
   if (b->too_big) {
     char msg[96];
@@ -180,6 +189,8 @@ static enum MHD_Result generate(xd_http *h, struct MHD_Connection *c, const conn
   p.seed = rq.has_seed ? rq.seed
                        : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ __atomic_add_fetch(&h->seed_counter, 1, __ATOMIC_RELAXED);
   p.stream = rq.stream;
+  p.logprobs = rq.logprobs;
+  const int want_lp = rq.logprobs >= 0;
   int status = 400;
   xd_serve_job *j = xd_engine_submit(h->eng, ids, n, &p, &status, &e);
   free(ids);
@@ -218,9 +229,18 @@ static enum MHD_Result generate(xd_http *h, struct MHD_Connection *c, const conn
   xd_job_result(j, &finish, &error, &np, &nc);
   enum MHD_Result ok;
   meta.id = id;
-  if (finish) ok = answer_json(c, MHD_HTTP_OK, xd_serve_response_json(&meta, text ? text : "", len, finish, np, nc));
+  char *lp_json = NULL;
+  if (finish && want_lp) {
+    size_t n_lp;
+    const int32_t *lp_ids, *top_ids;
+    const float *lp, *top_lp;
+    int k;
+    xd_job_logprobs(j, &n_lp, &lp_ids, &lp, &k, &top_ids, &top_lp);
+    lp_json = xd_serve_logprobs_json(kind, n_lp, lp_ids, lp, k, top_ids, top_lp, token_text, (void *)h->r->tok);
+  }
+  if (finish) ok = answer_json(c, MHD_HTTP_OK, xd_serve_response_json(&meta, text ? text : "", len, finish, np, nc, lp_json));
   else ok = answer_error(c, error && strstr(error, "shutting down") ? 503 : 500, error ? error : "generation failed");
-  free(text);
+  free(text), free(lp_json);
   xd_job_release(j);
   return ok;
 }

@@ -46,10 +46,10 @@ static int get_bool(const cJSON *o, const char *key, int *out, xd_err *e) {
 /* Fields of the OpenAI API that would change the result and are not implemented: refused when
  * set to anything but their neutral value. */
 static int refuse_unsupported(const cJSON *o, xd_err *e) {
-  static const char *const off_when_false[] = {"echo", "logprobs", "parallel_tool_calls"};
+  static const char *const off_when_false[] = {"echo", "parallel_tool_calls"};
   static const char *const off_when_zero[] = {"presence_penalty", "frequency_penalty"};
   static const char *const off_when_absent[] = {"suffix", "logit_bias", "tools", "tool_choice", "functions",
-                                                "function_call", "response_format", "top_logprobs", "best_of"};
+                                                "function_call", "response_format", "best_of"};
   for (size_t i = 0; i < sizeof off_when_false / sizeof *off_when_false; i++) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, off_when_false[i]);
     if (v && !cJSON_IsNull(v) && !cJSON_IsFalse(v) && !(cJSON_IsNumber(v) && v->valuedouble == 0))
@@ -176,12 +176,33 @@ static int parse_messages(const cJSON *o, xd_serve_request *rq, xd_err *e) {
   return 0;
 }
 
+/* Completions: "logprobs": N (0-20; null / false: none). Chat: "logprobs": true / false and
+ * "top_logprobs": N (which needs logprobs true). Not with stream. */
+static int parse_logprobs(const cJSON *o, xd_serve_request *rq, xd_err *e) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "logprobs");
+  long long k = 0;
+  int on = 0, got;
+  if (rq->kind == XD_SERVE_CHAT) {
+    if (get_bool(o, "logprobs", &on, e) < 0) return -1;
+    if ((got = get_int(o, "top_logprobs", 0, XD_SERVE_MAX_TOP_LOGPROBS, &k, e)) < 0) return -1;
+    if (got == 0 && !on) return xd_errf(e, "'top_logprobs' needs 'logprobs': true");
+  } else if (v && !cJSON_IsNull(v) && !cJSON_IsFalse(v)) {
+    if (get_int(o, "logprobs", 0, XD_SERVE_MAX_TOP_LOGPROBS, &k, e)) return -1;
+    on = 1;
+  }
+  if (!on) return 0;
+  if (rq->stream) return xd_errf(e, "'logprobs' with 'stream' is not supported");
+  rq->logprobs = (int)k;
+  return 0;
+}
+
 int xd_serve_request_parse(const char *body, size_t len, xd_serve_kind kind, xd_serve_request *rq, xd_err *e) {
   memset(rq, 0, sizeof *rq);
   rq->kind = kind;
   rq->max_tokens = -1;
   rq->sp.temperature = 1.0;
   rq->sp.top_p = 1.0;
+  rq->logprobs = -1;
   cJSON *o = cJSON_ParseWithLength(body, len);
   if (!o || !cJSON_IsObject(o)) {
     cJSON_Delete(o);
@@ -212,6 +233,7 @@ int xd_serve_request_parse(const char *body, size_t len, xd_serve_kind kind, xd_
   if (!rc && get_bool(o, "stream", &rq->stream, e) < 0) rc = -1;
   if (!rc && get_bool(o, "ignore_eos", &rq->ignore_eos, e) < 0) rc = -1;
   if (!rc) rc = parse_stops(o, rq, e);
+  if (!rc) rc = parse_logprobs(o, rq, e);
   cJSON_Delete(o);
   if (rc) xd_serve_request_free(rq);
   return rc ? -1 : 0;
@@ -259,7 +281,7 @@ static void put_tail(xd_sbuf *b, const char *finish, long long prompt, long long
 }
 
 char *xd_serve_response_json(const xd_serve_meta *m, const char *text, size_t n_text, const char *finish,
-                             size_t prompt_tokens, size_t completion_tokens) {
+                             size_t prompt_tokens, size_t completion_tokens, const char *logprobs_json) {
   xd_sbuf b = {0};
   put_head(&b, m, 0);
   if (m->kind == XD_SERVE_CHAT) {
@@ -269,8 +291,8 @@ char *xd_serve_response_json(const xd_serve_meta *m, const char *text, size_t n_
   } else {
     xd_sbuf_puts(&b, "\"text\":");
     xd_serve_json_string(&b, text, n_text);
-    xd_sbuf_puts(&b, ",\"logprobs\":null");
   }
+  xd_sbuf_printf(&b, ",\"logprobs\":%s", logprobs_json ? logprobs_json : "null");
   put_tail(&b, finish, (long long)prompt_tokens, (long long)completion_tokens);
   return xd_sbuf_take(&b);
 }
@@ -298,5 +320,109 @@ char *xd_serve_error_json(const char *msg, const char *type, int status) {
   xd_sbuf_puts(&b, "{\"error\":{\"message\":");
   xd_serve_json_string(&b, msg, strlen(msg));
   xd_sbuf_printf(&b, ",\"type\":\"%s\",\"code\":%d}}", type, status);
+  return xd_sbuf_take(&b);
+}
+
+/* 1 if s[n] is valid UTF-8 (complete characters only). */
+static int utf8_ok(const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    const unsigned c = s[i];
+    const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!len || i + len > n) return 0;
+    for (size_t j = 1; j < len; j++)
+      if ((s[i + j] & 0xC0) != 0x80) return 0;
+    i += len;
+  }
+  return 1;
+}
+
+/* A token's text as a JSON string: itself, or "bytes:\xNN..." when it is not whole UTF-8. */
+static void put_token(xd_sbuf *b, const char *t) {
+  const size_t n = strlen(t);
+  if (utf8_ok((const unsigned char *)t, n)) {
+    xd_serve_json_string(b, t, n);
+    return;
+  }
+  xd_sbuf_puts(b, "\"bytes:");
+  for (size_t i = 0; i < n; i++) xd_sbuf_printf(b, "\\\\x%02x", (unsigned char)t[i]);
+  xd_sbuf_puts(b, "\"");
+}
+
+static void put_bytes(xd_sbuf *b, const char *t) {
+  xd_sbuf_puts(b, "[");
+  for (size_t i = 0; t[i]; i++) xd_sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)t[i]);
+  xd_sbuf_puts(b, "]");
+}
+
+/* A log-probability as JSON (-inf, for a token of zero probability, has no JSON number). */
+static void put_lp(xd_sbuf *b, float lp) {
+  if (isfinite(lp)) xd_sbuf_printf(b, "%.6g", (double)lp);
+  else xd_sbuf_puts(b, "-9999.0");
+}
+
+char *xd_serve_logprobs_json(xd_serve_kind kind, size_t n, const int32_t *ids, const float *lp, int k,
+                             const int32_t *top_ids, const float *top_lp, xd_serve_piece_fn piece, void *user) {
+  xd_sbuf b = {0};
+  char **txt = xd_calloc(n ? n : 1, sizeof *txt);
+  for (size_t i = 0; i < n; i++) txt[i] = piece(user, ids[i]);
+  if (kind == XD_SERVE_CHAT) {
+    xd_sbuf_puts(&b, "{\"content\":[");
+    for (size_t i = 0; i < n; i++) {
+      xd_sbuf_puts(&b, i ? ",{\"token\":" : "{\"token\":");
+      put_token(&b, txt[i]);
+      xd_sbuf_puts(&b, ",\"logprob\":");
+      put_lp(&b, lp[i]);
+      xd_sbuf_puts(&b, ",\"bytes\":");
+      put_bytes(&b, txt[i]);
+      xd_sbuf_puts(&b, ",\"top_logprobs\":[");
+      for (int j = 0; j < k; j++) {
+        char *t = piece(user, top_ids[i * (size_t)k + j]);
+        xd_sbuf_puts(&b, j ? ",{\"token\":" : "{\"token\":");
+        put_token(&b, t);
+        xd_sbuf_puts(&b, ",\"logprob\":");
+        put_lp(&b, top_lp[i * (size_t)k + j]);
+        xd_sbuf_puts(&b, ",\"bytes\":");
+        put_bytes(&b, t);
+        xd_sbuf_puts(&b, "}");
+        free(t);
+      }
+      xd_sbuf_puts(&b, "]}");
+    }
+    xd_sbuf_puts(&b, "]}");
+  } else {
+    xd_sbuf_puts(&b, "{\"tokens\":[");
+    for (size_t i = 0; i < n; i++) {
+      if (i) xd_sbuf_puts(&b, ",");
+      put_token(&b, txt[i]);
+    }
+    xd_sbuf_puts(&b, "],\"token_logprobs\":[");
+    for (size_t i = 0; i < n; i++) {
+      if (i) xd_sbuf_puts(&b, ",");
+      put_lp(&b, lp[i]);
+    }
+    xd_sbuf_puts(&b, "],\"top_logprobs\":[");
+    for (size_t i = 0; i < n; i++) {
+      xd_sbuf_puts(&b, i ? ",{" : "{");
+      for (int j = 0; j < k; j++) {
+        char *t = piece(user, top_ids[i * (size_t)k + j]);
+        if (j) xd_sbuf_puts(&b, ",");
+        put_token(&b, t);
+        xd_sbuf_puts(&b, ":");
+        put_lp(&b, top_lp[i * (size_t)k + j]);
+        free(t);
+      }
+      xd_sbuf_puts(&b, "}");
+    }
+    /* text_offset: where each token's text starts in the generated text (bytes) */
+    xd_sbuf_puts(&b, "],\"text_offset\":[");
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+      xd_sbuf_printf(&b, "%s%zu", i ? "," : "", off);
+      off += strlen(txt[i]);
+    }
+    xd_sbuf_puts(&b, "]}");
+  }
+  for (size_t i = 0; i < n; i++) free(txt[i]);
+  free(txt);
   return xd_sbuf_take(&b);
 }

@@ -4,8 +4,8 @@
  *
  * The parser takes untrusted bytes: every field is type- and range-checked and an error is one
  * line naming the field (the HTTP layer answers 400 with it). Fields of the OpenAI API that
- * change the result and are not implemented (n > 1, logprobs, echo, best_of, suffix, penalties,
- * logit_bias, tools) are refused, not ignored; fields that do not change it (user, model,
+ * change the result and are not implemented (n > 1, echo, best_of, suffix, penalties,
+ * logit_bias, tools, logprobs with stream) are refused, not ignored; fields that do not change it (user, model,
  * stream_options, ...) are ignored. vLLM's extensions top_k and ignore_eos are accepted. */
 #ifndef XD_SERVE_REQUEST_H
 #define XD_SERVE_REQUEST_H
@@ -35,7 +35,12 @@ typedef struct {
   size_t n_stops;
   int stream;
   int ignore_eos;
+  /* log-probabilities of the generated tokens: -1 none, else how many most likely alternatives
+   * per token (0-20). Completions: "logprobs": N; chat: "logprobs": true, "top_logprobs": N. */
+  int logprobs;
 } xd_serve_request;
+
+enum { XD_SERVE_MAX_TOP_LOGPROBS = 20 };
 
 /* Parse body[len] (a JSON object) as a request of `kind`. 0, or -1 with e filled and *rq left
  * empty (nothing to free). */
@@ -43,7 +48,7 @@ int xd_serve_request_parse(const char *body, size_t len, xd_serve_kind kind, xd_
 void xd_serve_request_free(xd_serve_request *rq);
 
 /* Responses (heap JSON text, one line). id: "cmpl-..." / "chatcmpl-..."; finish: "stop" or
- * "length". */
+ * "length"; logprobs_json: the choice's "logprobs" value (NULL: null). */
 typedef struct {
   xd_serve_kind kind;
   const char *id;
@@ -51,7 +56,7 @@ typedef struct {
   long long created;   /* Unix seconds */
 } xd_serve_meta;
 char *xd_serve_response_json(const xd_serve_meta *m, const char *text, size_t n_text, const char *finish,
-                             size_t prompt_tokens, size_t completion_tokens);
+                             size_t prompt_tokens, size_t completion_tokens, const char *logprobs_json);
 /* One streamed chunk: delta text (n_text may be 0), finish NULL until the last chunk; role_first:
  * a chat stream's first chunk, which carries the assistant role. usage_tokens >= 0: add a
  * usage object (prompt_tokens, completion_tokens) to this chunk. */
@@ -61,4 +66,14 @@ char *xd_serve_chunk_json(const xd_serve_meta *m, const char *text, size_t n_tex
 char *xd_serve_error_json(const char *msg, const char *type, int status);
 /* s[n] as a JSON string (quotes, escapes; \u0000 for NUL; UTF-8 bytes as they are). */
 void xd_serve_json_string(xd_sbuf *b, const char *s, size_t n);
+
+/* The "logprobs" value of a choice for n generated tokens: ids[n], their log-probabilities lp[n]
+ * (natural log, the model's distribution at temperature 1), and per token its k most likely
+ * tokens top_ids[n * k] / top_lp[n * k]; piece(ids) gives a token's text (heap; may be part of a
+ * UTF-8 character, then shown as "bytes:\xNN..." in completions' strings, and always as a
+ * "bytes" array in chat's). Completions: {tokens, token_logprobs, top_logprobs, text_offset};
+ * chat: {content: [{token, logprob, bytes, top_logprobs: [...]}]}. */
+typedef char *(*xd_serve_piece_fn)(void *user, int32_t id);
+char *xd_serve_logprobs_json(xd_serve_kind kind, size_t n, const int32_t *ids, const float *lp, int k,
+                             const int32_t *top_ids, const float *top_lp, xd_serve_piece_fn piece, void *user);
 #endif

@@ -67,6 +67,11 @@ with open(out, "w") as f:
 PY
 }
 
+# lp_fetch PORT OUT: a greedy completion with logprobs 3 (the response JSON)
+lp_fetch() {
+  python3 -c "import urllib.request,sys; open(sys.argv[2],'wb').write(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:'+sys.argv[1]+'/v1/completions', data=b'{\"prompt\":\"Once upon a time\",\"max_tokens\":16,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":3}')).read())" "$1" "$2"
+}
+
 for m in student teacher; do
   serve_start "$m" --model "$TMP/$m" --device cuda --slots 4 --ctx 128 || continue
   P=$PORT
@@ -82,11 +87,22 @@ sys.exit(0 if ok else 1)
 PY
   python3 -c "import urllib.request,sys; t=urllib.request.urlopen('http://127.0.0.1:$P/metrics').read().decode(); sys.exit(0 if 'xdistill_requests_finished_total 24' in t else 1)" \
     && ok "$m (cuda): /metrics" || bad "$m (cuda): /metrics"
+  lp_fetch $P "$TMP/$m.lp" || bad "$m (cuda): logprobs request"
   kill -TERM $LAST_PID; wait $LAST_PID && ok "$m (cuda): SIGTERM exit 0" || bad "$m (cuda): SIGTERM"
   # the CPU server's greedy answers (requests 0, 3, 6, 9: temperature 0)
   serve_start "$m-cpu" --model "$TMP/$m" --slots 4 --ctx 128 || continue
   client $PORT alone "$TMP/$m.cpu"
+  lp_fetch $PORT "$TMP/$m.cpu.lp"
   kill -TERM $LAST_PID; wait $LAST_PID
+  # log-probabilities on the device (top-k kernel) against the CPU's (double log-softmax):
+  # the same tokens, values within bf16's reach (5e-2)
+  python3 - "$TMP/$m.lp" "$TMP/$m.cpu.lp" <<'PY' && ok "$m: GPU logprobs == CPU's (within 5e-2)" || bad "$m: GPU logprobs differ from the CPU's"
+import json, sys
+g, c = (json.load(open(p))["choices"][0]["logprobs"] for p in sys.argv[1:3])
+d = max(abs(a - b) for a, b in zip(g["token_logprobs"], c["token_logprobs"]))
+print(f"  max |GPU - CPU| token logprob {d:.2e} over {len(g['tokens'])} tokens")
+sys.exit(0 if g["tokens"] == c["tokens"] and len(g["tokens"]) == 16 and d < 5e-2 else 1)
+PY
   python3 - "$TMP/$m.alone" "$TMP/$m.cpu" <<'PY' && ok "$m: greedy GPU answers == CPU" || bad "$m: greedy GPU answers differ from the CPU's"
 import json, sys
 g, c = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])

@@ -3,7 +3,7 @@ clients, each streaming (time to first token) or not; prints requests/s, generat
 time to first token and request latency (median, p90, max) as one JSON line.
 
 Usage: python3 bench/gpu/bench_serve.py URL --requests N --concurrency C --max-tokens M
-       [--prompt-words W] [--temperature T] [--top-p P] [--top-k K] [--stream]
+       [--prompt-words W] [--temperature T] [--top-p P] [--top-k K] [--logprobs N] [--stream]
 Standard library only. bench/gpu/bench_serve.sh runs it against a 1B-shaped student on the GPU
 with the batched decoder's own throughput (bench_gpu_throughput) as the baseline."""
 import argparse
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--logprobs", type=int, default=-1, help="ask for N alternatives per token (-1: none)")
     ap.add_argument("--stream", action="store_true")
     a = ap.parse_args()
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly juggle boxes".split()
@@ -70,6 +71,8 @@ def main():
             prompt = " ".join(words[(i + k) % len(words)] for k in range(a.prompt_words))
             body = {"prompt": prompt, "max_tokens": a.max_tokens, "temperature": a.temperature, "top_p": a.top_p,
                     "top_k": a.top_k, "seed": i, "ignore_eos": True, "stream": a.stream}
+            if a.logprobs >= 0:
+                body["logprobs"] = a.logprobs
             r = one(a.url, body, a.stream)
             with lock:
                 results.append(r)
@@ -86,7 +89,7 @@ def main():
     toks = sum(r[2] for r in results)
     print(json.dumps({
         "requests": len(results), "concurrency": a.concurrency, "max_tokens": a.max_tokens, "stream": a.stream,
-        "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
+        "temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "logprobs": a.logprobs,
         "wall_s": round(wall, 3), "requests_per_s": round(len(results) / wall, 2),
         "generated_tokens": toks, "tokens_per_s": round(toks / wall, 1),
         "ttft_s": {"p50": round(statistics.median(ttft), 4), "p90": round(pct(ttft, 0.9), 4), "max": round(max(ttft), 4)},

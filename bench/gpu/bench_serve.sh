@@ -8,7 +8,8 @@
 #   bench/gpu/bench_serve.sh BIN_DIR STUDENT_DIR [TEACHER_DIR] [SLOTS] [REQUESTS] [MAX_TOKENS]
 # BIN_DIR holds xdistill and bench_gpu_throughput. Environment: PROMPT_WORDS (default 32; ~1
 # token a word), CTX (the servers' --ctx, default 2048), NO_BASELINE=1 (skip the decoder run),
-# LOAD_ARGS (more bench_serve.py options, e.g. "--temperature 0.8").
+# LOAD_ARGS (more bench_serve.py options, e.g. "--temperature 0.8"), NO_STREAM=1 (whole answers
+# only: logprobs are not streamed).
 # Prints RESULT lines.
 set -u
 BIN=${1:?usage: bench_serve.sh BIN_DIR STUDENT_DIR [TEACHER_DIR] [SLOTS] [REQUESTS] [MAX_TOKENS]}
@@ -48,7 +49,9 @@ serve_run() { # serve_run NAME DIR BASELINE_TOKENS_PER_S EXTRA_LOAD_ARGS...
   [ -n "$port" ] || { echo "$name: server did not start: $(tail -3 "$TMP/$name.log")"; return 1; }
   # warm (graphs, cuBLASLt algorithms), then whole answers, then streaming (time to first token)
   python3 "$HERE/bench_serve.py" "http://127.0.0.1:$port" --requests "$SLOTS" --concurrency "$SLOTS" --max-tokens 16 >/dev/null
-  for mode in "" --stream; do
+  local modes=("" --stream)
+  [ -n "${NO_STREAM:-}" ] && modes=("")
+  for mode in "${modes[@]}"; do
     r=$(python3 "$HERE/bench_serve.py" "http://127.0.0.1:$port" --requests "$REQ" --concurrency "$SLOTS" --max-tokens "$MAXT" \
         --prompt-words "$PW" $mode ${LOAD_ARGS:-} "$@")
     echo "$name ${mode:-whole}: $r"

@@ -682,25 +682,29 @@ int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const
 #ifdef XD_HAVE_CUDA
     struct xd_runner_gpu *g = b->r->gpu;
     const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
-    const int K = kmax > 64 ? kmax : V < 64 ? V : 64;
+    /* the chosen tokens' on the device (a log-sum-exp per row); the alternatives, if any, from
+     * the rows' ranking: k[s] values and ids a row to the host, never the row itself */
     rc = gpu_sample_alloc(b, e);
-    if (!rc) rc = xd_cuda_topk_logprobs(g->ctx, logits, XD_CUDA_F32, n, V, K, b->tk_ids_d, b->tk_logp_d, NULL, e);
-    if (!rc) rc = xd_cuda_download(g->ctx, b->tk_ids, b->tk_ids_d, (size_t)n * K * sizeof *b->tk_ids, e);
-    if (!rc) rc = xd_cuda_download(g->ctx, b->tk_logp, b->tk_logp_d, (size_t)n * K * sizeof *b->tk_logp, e);
-    for (int s = 0; s < n && !rc; s++) {
-      if (k[s] < 0) continue;
-      const int32_t *ids = b->tk_ids + (size_t)s * K;
-      const float *lps = b->tk_logp + (size_t)s * K;
-      int at = -1;
-      for (int j = 0; j < K && at < 0; j++)
-        if (ids[j] == tok[s]) at = j;
-      if (at < 0) { /* ranked below the K: the whole row */
-        if ((rc = xd_batch_decoder_logits(b, s, b->logits, e)) != 0) break;
-        row_logprobs(b->logits, V, k[s], tok[s], &lp[s], top_ids + (size_t)s * kmax, top_lp + (size_t)s * kmax, scratch);
-        continue;
-      }
-      lp[s] = lps[at];
-      for (int j = 0; j < k[s]; j++) top_ids[(size_t)s * kmax + j] = ids[j], top_lp[(size_t)s * kmax + j] = lps[j];
+    int nr = 0;
+    for (int s = 0; s < n && !rc; s++)
+      if (k[s] >= 0) b->req[nr].row = s, b->tok[nr] = tok[s], nr++;
+    int32_t *rows = b->tk_ids, *rows_d = b->tk_ids_d; /* scratch: [nr] rows, then [nr] tokens */
+    for (int r = 0; r < nr; r++) rows[r] = b->req[r].row, rows[nr + r] = b->tok[r];
+    if (!rc) rc = xd_cuda_upload(g->ctx, rows_d, rows, (size_t)2 * nr * sizeof *rows, e);
+    /* eval's scoring kernel: log softmax(row)[tok] in double (and a greedy flag, unused here) */
+    if (!rc) rc = xd_cuda_token_logprobs(g->ctx, b->z_d, b->tok_d, logits, V, rows_d, rows_d + nr, nr, e);
+    if (!rc) rc = xd_cuda_download(g->ctx, b->z, b->z_d, (size_t)nr * sizeof *b->z, e);
+    for (int r = 0; r < nr && !rc; r++) lp[b->req[r].row] = (float)b->z[r];
+    int ku = 0; /* the most alternatives a slot asks for: the ranking's k and the rows' stride */
+    for (int s = 0; s < n; s++) ku = k[s] > ku ? k[s] : ku;
+    if (!rc && ku > 0) {
+      rc = xd_cuda_topk_logprobs(g->ctx, logits, XD_CUDA_F32, n, V, ku, b->tk_ids_d, b->tk_logp_d, NULL, e);
+      if (!rc) rc = xd_cuda_download(g->ctx, b->tk_ids, b->tk_ids_d, (size_t)n * ku * sizeof *b->tk_ids, e);
+      if (!rc) rc = xd_cuda_download(g->ctx, b->tk_logp, b->tk_logp_d, (size_t)n * ku * sizeof *b->tk_logp, e);
+      for (int s = 0; s < n && !rc; s++)
+        for (int j = 0; j < k[s]; j++)
+          top_ids[(size_t)s * kmax + j] = b->tk_ids[(size_t)s * ku + j],
+          top_lp[(size_t)s * kmax + j] = b->tk_logp[(size_t)s * ku + j];
     }
 #endif
   } else {

@@ -108,8 +108,8 @@ int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t
 /* Log-probabilities (natural log; the softmax of the raw logits, temperature 1) from each slot s
  * with k[s] >= 0 (k[s] <= kmax <= 1024): lp[s] that of token tok[s], and top_ids / top_lp
  * [s * kmax + j], j < k[s], its k[s] most likely tokens (ranked as the sampler ranks). Other slots
- * untouched. Before the step, which replaces the logits. GPU: the rows' top-ranked tokens on the
- * device (xd_cuda_topk_logprobs, 64 at least); a token ranked below them: its row downloaded. */
+ * untouched. Before the step, which replaces the logits. GPU: the chosen tokens' by
+ * xd_cuda_token_logprobs, the alternatives by xd_cuda_topk_logprobs (no row leaves the device). */
 int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const int32_t *tok, float *lp,
                               int32_t *top_ids, float *top_lp, xd_err *e);
 

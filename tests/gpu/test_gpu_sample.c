@@ -9,7 +9,9 @@
  *     slots) against xd_sampler_next on the slots' downloaded logits, seed for seed: plain
  *     temperature (the device draws), top-k, top-p and both (the device's top-ranked tokens
  *     through xd_sampler_next_candidates), a top-p the 256 candidates cannot decide and a
- *     temperature below fp32's 1/T (the whole row on the host); the prose teacher (V 1024).
+ *     temperature below fp32's 1/T (the whole row on the host); the prose teacher (V 1024);
+ *     xd_batch_decoder_logprobs on the device against a double log-softmax of the downloaded
+ *     rows (1e-5; the alternatives in the host's rank).
  * Exits 77 (skip) without a CUDA device. */
 #include <math.h>
 #include <stdint.h>
@@ -113,6 +115,32 @@ static void check_decoder_sample(const char *model, const char *name) {
     for (int s = 0; s < n; s++) xd_sampler_free(&gpu[s]), xd_sampler_free(&cpu[s]);
   }
   fprintf(stderr, "  %s: %d of %d GPU draws differ from the CPU sampler (V %d)\n", name, differ, draws, V);
+  { /* log-probabilities on the device against a double log-softmax of the downloaded rows */
+    const int kk[4] = {3, -1, 0, 5}, KM = 5;
+    const int32_t tok[4] = {1, 2, 7 % V, (V / 2)};
+    float lp[4] = {0}, top_lp[4 * 5] = {0};
+    int32_t top_ids[4 * 5] = {0};
+    double worst = 0;
+    int bad_ids = 0;
+    if (xd_batch_decoder_logprobs(bd, kk, KM, tok, lp, top_ids, top_lp, &err)) gpu_fail();
+    for (int s = 0; s < n; s++) {
+      if (kk[s] < 0) continue;
+      if (xd_batch_decoder_logits(bd, s, row, &err)) gpu_fail();
+      double mx = row[0], z = 0;
+      for (int v = 1; v < V; v++) mx = fmax(mx, row[v]);
+      for (int v = 0; v < V; v++) z += exp((double)row[v] - mx);
+      const double lse = mx + log(z);
+      worst = fmax(worst, fabs(lp[s] - ((double)row[tok[s]] - lse)));
+      int best[5];
+      xd_logits_top(row, V, kk[s] > 0 ? kk[s] : 1, best);
+      for (int j = 0; j < kk[s]; j++) {
+        bad_ids += top_ids[s * KM + j] != best[j];
+        worst = fmax(worst, fabs(top_lp[s * KM + j] - ((double)row[best[j]] - lse)));
+      }
+    }
+    fprintf(stderr, "  %s: logprobs within %.2e of the host's, %d alternatives out of rank\n", name, worst, bad_ids);
+    CHECKF(worst < 1e-5 && bad_ids == 0, "%s: logprobs off by %.3g, %d ids differ", name, worst, bad_ids);
+  }
   /* the candidates' log-prob differences carry fp32 rounding (~1e-6): a flip needs u within that
    * of a cumulative boundary */
   CHECKF(differ * 200 <= draws, "%s: %d of %d draws differ", name, differ, draws);

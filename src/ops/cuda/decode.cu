@@ -598,4 +598,3 @@ extern "C" int xd_cuda_sample_rows(xd_cuda_ctx *c, const float *logits, int V, c
   XD_CU_LAUNCH("sample_rows");
   return 0;
 }
-

@@ -409,7 +409,7 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
 struct xd_batch_decoder {
   xd_runner *r;
   int n, cap, V;
-  int *len;          /* [n] tokens in the slot's state (GPU: including an idle slot's filler) */
+  int *len;          /* [n] tokens in the slot's state (GPU: including an idle slot's filler; 0: none) */
   uint8_t *started;  /* [n] started by the caller */
   int32_t *last;     /* [n] the last token fed */
   xd_decoder *dec;   /* CPU: [n] */
@@ -465,10 +465,7 @@ int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, i
   if (r->gpu) {
 #ifdef XD_HAVE_CUDA
     b->ids = xd_calloc((size_t)n_slots, sizeof *b->ids);
-    int rc = gpu_batch_ready(r, n_slots, cap, e);
-    /* every slot needs a state before the first step: a one-token filler */
-    for (int k = 0; k < n_slots && !rc; k++) rc = gpu_batch_start(r, k, &b->last[k], 1, e), b->len[k] = 1;
-    if (rc) {
+    if (gpu_batch_ready(r, n_slots, cap, e)) {
       xd_batch_decoder_free(b);
       return xd_err_prefix(e, "--device cuda"), -1;
     }
@@ -499,6 +496,7 @@ int xd_batch_decoder_start(xd_batch_decoder *b, int slot, const int32_t *ids, in
   if (n < 1 || n > b->cap - 1) return xd_errf(e, "%s: a prompt of %d tokens (1 to %d here)", r->name, n, b->cap - 1);
   if (xd_check_token_ids(ids, (size_t)n, r->cfg.vocab, e)) return xd_err_prefix(e, "%s", r->name), -1;
   b->started[slot] = 0;
+  b->len[slot] = 0; /* until the prefill has run (a failed one leaves no state) */
   if (r->gpu) {
 #ifdef XD_HAVE_CUDA
     if (gpu_batch_start(r, slot, ids, n, e)) return -1;
@@ -525,7 +523,9 @@ int xd_batch_decoder_step(xd_batch_decoder *b, const int32_t *ids, const uint8_t
 #ifdef XD_HAVE_CUDA
     for (int k = 0; k < b->n; k++) {
       const int on = b->started[k] && (!active || active[k]);
-      if (!on && !r->is_student && b->len[k] + 1 > b->cap) { /* an idle row about to fill: restart it */
+      /* every slot steps: one with no state yet, or an idle teacher row about to fill, first gets
+       * a one-token filler (its last token) */
+      if (b->len[k] == 0 || (!on && !r->is_student && b->len[k] + 1 > b->cap)) {
         if (gpu_batch_start(r, k, &b->last[k], 1, e)) return -1;
         b->len[k] = 1;
       }

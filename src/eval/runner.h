@@ -80,8 +80,9 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
  *    logits are exactly those of a lone xd_decoder).
  *  - GPU: the student's batched state (one step advances every slot: GEMMs over the slots'
  *    rows, bf16 inputs, so logits differ from the one-sequence decoder's by ~1e-3 relative),
- *    the teacher's rows at different lengths. An idle slot steps too, on its last token, unread;
- *    an idle teacher row is restarted on that token before its cache fills.
+ *    the teacher's rows at different lengths. An idle slot steps too, on its last token, unread
+ *    (a slot never started, on a one-token filler); an idle teacher row is restarted on that
+ *    token before its cache fills.
  * cap: the longest sequence (prompt + generated) a slot may reach (the teacher's cache per slot;
  * the student's state does not depend on it). A GPU runner has one batched state: one
  * xd_batch_decoder at a time, and not alongside an xd_decoder. */

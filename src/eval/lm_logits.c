@@ -5,16 +5,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* log p(tok) under logits row [vocab] (double accumulation); *argmax = first max index. */
-static double row_logprob(const float *row, int vocab, int32_t tok, int *argmax) {
+double xd_logits_log_z(const float *row, int vocab, float *max, int *argmax) {
   float mx = row[0];
   int am = 0;
   for (int v = 1; v < vocab; v++)
     if (row[v] > mx) { mx = row[v]; am = v; }
   double z = 0;
   for (int v = 0; v < vocab; v++) z += exp((double)row[v] - (double)mx);
-  *argmax = am;
-  return (double)row[tok] - (double)mx - log(z);
+  if (max) *max = mx;
+  if (argmax) *argmax = am;
+  return log(z);
+}
+
+/* log p(tok) under logits row [vocab] (double accumulation); *argmax = first max index. */
+static double row_logprob(const float *row, int vocab, int32_t tok, int *argmax) {
+  float mx;
+  const double lz = xd_logits_log_z(row, vocab, &mx, argmax);
+  return (double)row[tok] - (double)mx - lz;
 }
 
 /* Request q as the model's input (context cut from the left to fit max_length) into seq (room

@@ -37,6 +37,11 @@ typedef struct {
   int (*score)(void *ctx, const xd_ll_seq *seqs, size_t n, xd_ll_result *out, xd_err *e);
 } xd_logits_model;
 
+/* The log-softmax's normaliser of a logits row [vocab]: log sum_v exp(row[v] - max) in double,
+ * with *max the row's maximum (fp32) and *argmax its first index (either may be NULL); then
+ * log p(v) = row[v] - max - the result. The host twin of xd_cuda_token_logprobs; eval's scoring
+ * and serve's logprobs use it. */
+double xd_logits_log_z(const float *row, int vocab, float *max, int *argmax);
 /* Fill *lm with callbacks over m (m must outlive lm). */
 void xd_lm_from_logits(xd_lm *lm, xd_logits_model *m);
 #endif

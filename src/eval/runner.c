@@ -3,7 +3,6 @@
 
 #include "eval/detok.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -655,17 +654,15 @@ int xd_batch_decoder_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t
   return 0;
 }
 
-/* lp / top of one host row (CPU logits, or a GPU row downloaded): log-softmax in double. */
+/* lp / top of one host row: eval's log-softmax (xd_logits_log_z), the sampler's ranking. */
 static void row_logprobs(const float *row, int V, int k, int32_t tok, float *lp, int32_t *top_ids, float *top_lp,
                          int *scratch) {
-  const double mx = row[xd_argmax(row, V)];
-  double z = 0;
-  for (int v = 0; v < V; v++) z += exp((double)row[v] - mx);
-  const double lse = mx + log(z);
-  *lp = (float)((double)row[tok] - lse);
+  float mx;
+  const double lz = xd_logits_log_z(row, V, &mx, NULL);
+  *lp = (float)((double)row[tok] - (double)mx - lz);
   if (k > 0) {
     xd_logits_top(row, V, k, scratch);
-    for (int j = 0; j < k; j++) top_ids[j] = scratch[j], top_lp[j] = (float)((double)row[scratch[j]] - lse);
+    for (int j = 0; j < k; j++) top_ids[j] = scratch[j], top_lp[j] = (float)((double)row[scratch[j]] - (double)mx - lz);
   }
 }
 
@@ -676,7 +673,6 @@ int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const
   int any = 0;
   for (int s = 0; s < n; s++) any |= k[s] >= 0;
   if (!any) return 0;
-  int *scratch = xd_malloc(((size_t)kmax + 1) * sizeof *scratch);
   int rc = 0;
   if (b->r->gpu) {
 #ifdef XD_HAVE_CUDA
@@ -708,12 +704,13 @@ int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const
     }
 #endif
   } else {
+    int *scratch = xd_malloc(((size_t)kmax + 1) * sizeof *scratch);
     for (int s = 0; s < n; s++)
       if (k[s] >= 0 && b->started[s])
         row_logprobs(b->logits + (size_t)s * V, V, k[s], tok[s], &lp[s], top_ids + (size_t)s * kmax,
                      top_lp + (size_t)s * kmax, scratch);
+    free(scratch);
   }
-  free(scratch);
   return rc;
 }
 

@@ -405,6 +405,13 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
 }
 
 /* ---- batched decoding -------------------------------------------------------------------- */
+/* Whether the model decodes rows at their own lengths in one batch: not a GPU teacher with
+ * dynamic NTK RoPE (its RoPE tables follow one length for all rows). */
+static int rows_batch(const xd_runner *r) {
+  const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
+  return !r->gpu || r->is_student || !dyn;
+}
+
 struct xd_batch_decoder {
   xd_runner *r;
   int n, cap, V;
@@ -456,6 +463,8 @@ int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, i
   *out = NULL;
   if (n_slots < 1 || n_slots > 65535) return xd_errf(e, "%s: %d decoding slots (1 to 65535)", r->name, n_slots);
   if (cap < 2 || cap > (1 << 24)) return xd_errf(e, "%s: decoding length %d out of range [2, 2^24]", r->name, cap);
+  if (!rows_batch(r))
+    return xd_errf(e, "--device cuda: %s: a teacher with dynamic NTK RoPE decodes one length for all rows: no batched decoding", r->name);
   xd_batch_decoder *b = xd_calloc(1, sizeof *b);
   b->r = r, b->n = n_slots, b->cap = cap, b->V = r->cfg.vocab;
   b->len = xd_calloc((size_t)n_slots, sizeof *b->len);
@@ -745,10 +754,9 @@ int xd_runner_generate(xd_runner *r, const int32_t *prompt, size_t n_prompt, con
    * to the host instead of the logits row (and the host's pass over it); a dynamic-NTK teacher,
    * whose rows follow one length, keeps the decoder and the host sampler; so does
    * XD_GEN_HOST_SAMPLE=1 (the path before, kept for comparisons: docs/perf.md) */
-  const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
   const char *hs = getenv("XD_GEN_HOST_SAMPLE");
   xd_batch_decoder *bd = NULL;
-  if (r->gpu && (r->is_student || !dyn) && max_new > 0 && !(hs && !strcmp(hs, "1")) &&
+  if (r->gpu && rows_batch(r) && max_new > 0 && !(hs && !strcmp(hs, "1")) &&
       xd_batch_decoder_create(&bd, r, 1, (int)n_prompt + max_new + 1, e))
     return -1;
   xd_decoder d;
@@ -961,8 +969,7 @@ int xd_runner_lm(xd_runner *r, xd_lm *lm, size_t batch, xd_err *e) {
    * at a time (a batch would give the same results, no sooner). XD_EVAL_GEN_BATCH=0: one at a
    * time (comparisons); =1: batched on the CPU too (tests: the batched path, exact there). */
   const char *gb = getenv("XD_EVAL_GEN_BATCH");
-  const int dyn = r->cfg.rope[0].kind == XD_ROPE_DYNAMIC || r->cfg.rope[1].kind == XD_ROPE_DYNAMIC;
   const int batched = gb && *gb ? strcmp(gb, "0") != 0 : r->gpu != NULL;
-  if (batched && (!r->gpu || r->is_student || !dyn)) lm->generate_until_batch = lm_generate_batch;
+  if (batched && rows_batch(r)) lm->generate_until_batch = lm_generate_batch;
   return 0;
 }

@@ -85,7 +85,8 @@ int xd_decoder_feed(xd_decoder *d, const int32_t *ids, int n, float *logits, xd_
  *    token before its cache fills.
  * cap: the longest sequence (prompt + generated) a slot may reach (the teacher's cache per slot;
  * the student's state does not depend on it). A GPU runner has one batched state: one
- * xd_batch_decoder at a time, and not alongside an xd_decoder. */
+ * xd_batch_decoder at a time, and not alongside an xd_decoder. A GPU teacher with dynamic NTK
+ * RoPE has none (create fails). */
 typedef struct xd_batch_decoder xd_batch_decoder;
 int xd_batch_decoder_create(xd_batch_decoder **out, xd_runner *r, int n_slots, int cap, xd_err *e);
 void xd_batch_decoder_free(xd_batch_decoder *b);

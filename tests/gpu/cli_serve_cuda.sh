@@ -111,4 +111,9 @@ for i in bad: print(f"  request {i}: gpu {g[i]!r} cpu {c[i]!r}")
 sys.exit(1 if bad else 0)
 PY
 done
+# a dynamic-NTK teacher cannot decode rows at different lengths: refused at start, one line
+mkdir -p "$TMP/dyn" && cp tests/fixtures/teachers/llama-dynamic/fp32/* "$TOKF" "$TMP/dyn/"
+"$BIN" serve --model "$TMP/dyn" --device cuda --port 0 >/dev/null 2>"$TMP/dyn.err"; rc=$?
+[ $rc -eq 1 ] && grep -q "^xdistill: error: .*dynamic NTK" "$TMP/dyn.err" && [ "$(grep -c "error" "$TMP/dyn.err")" -eq 1 ] \
+  && ok "dynamic-NTK teacher refused at start" || bad "dynamic-NTK teacher: rc $rc, $(cat "$TMP/dyn.err")"
 exit $fail

@@ -83,7 +83,8 @@ static int nucleus(xd_sampler *s, int n) {
 
 void xd_sampler_probs(xd_sampler *s, const float *logits) {
   const int V = s->vocab;
-  for (int v = 0; v < V; v++) s->probs[v] = 0;
+  if (s->p.temperature == 0 || (s->p.top_k > 0 && s->p.top_k < V)) /* the others write every entry */
+    for (int v = 0; v < V; v++) s->probs[v] = 0;
   if (s->p.temperature == 0) {
     const int am = xd_argmax(logits, V);
     s->probs[am] = 1;

@@ -14,9 +14,8 @@ if [ ! -d "$FIX" ] || [ ! -f "$TOKF" ]; then echo "[skip] $FIX or $TOKF absent";
 for t in curl jq; do
   command -v $t >/dev/null || { echo "[skip] $t not installed (scripts/install-deps.sh installs it)"; exit 0; }
 done
-TMP=$(mktemp -d /tmp/xdistill-cli-serve.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$TMP"' EXIT
+source tests/serve_start.sh # serve_setup, serve_start NAME ARGS...: sets PORT, LAST_PID
+serve_setup cli-serve
 fail=0
 ok() { echo "[ ok ] $1"; }
 bad() { echo "[FAIL] $1"; fail=1; }
@@ -36,7 +35,6 @@ mkdir -p "$TMP/teacher"
 cp "$FIX"/* "$TMP/teacher/" && cp "$TOKF" "$TMP/teacher/"
 "$BIN" init --teacher "$TMP/teacher" --out "$TMP/student" --window 4 --sinks 2 --chunk 5 >/dev/null 2>&1 || bad "init student"
 
-source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 
 # text of a completion (JSON body $2) from server port $1, NUL bytes dropped (a random model may emit byte 0)
 complete() { curl -s "http://127.0.0.1:$1/v1/completions" -d "$2" | jq -j '.choices[0].text' | tr -d '\000'; }

@@ -13,9 +13,8 @@ export LC_ALL=C OMP_NUM_THREADS=1
 BIN=${XD_BIN:-build/xdistill}
 FIX=tests/fixtures/teachers/llama-gqa/fp32
 TOKF=tests/fixtures/tokenizer_bytes/tokenizer.json
-TMP=$(mktemp -d /tmp/xdistill-serve-cuda.XXXXXX)
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$TMP"' EXIT
+source tests/serve_start.sh # serve_setup, serve_start NAME ARGS...: sets PORT, LAST_PID
+serve_setup serve-cuda
 fail=0
 ok() { echo "[ ok ] $1"; }
 bad() { echo "[FAIL] $1"; fail=1; }
@@ -24,7 +23,6 @@ mkdir -p "$TMP/teacher"
 cp "$FIX"/* "$TMP/teacher/" && cp "$TOKF" "$TMP/teacher/"
 "$BIN" init --teacher "$TMP/teacher" --out "$TMP/student" --window 4 --sinks 2 --chunk 5 >/dev/null 2>&1 || bad "init student"
 
-source tests/serve_start.sh # serve_start NAME ARGS...: sets PORT, LAST_PID
 
 # client PORT MODE OUT: the twelve requests, MODE "together" (threads) or "alone" (one by one);
 # writes one JSON line per request: text, finish, tokens

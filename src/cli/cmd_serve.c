@@ -73,46 +73,33 @@ int cmd_serve(int argc, char **argv) {
   xd_set_threads(threads);
   xd_err e = {0};
   xd_runner r;
-  if (xd_runner_load_on(&r, model, tokenizer, XD_TOK_REQUIRED, cuda, &e)) {
-    if (jsonl) fclose(jsonl);
-    return cli_fail(&e);
-  }
-  if (chat_format && xd_tokenizer_set_chat_format(r.tok, chat_format, &e)) {
-    xd_runner_free(&r);
-    if (jsonl) fclose(jsonl);
-    return cli_fail(&e);
-  }
+  xd_engine *eng = NULL;
+  xd_http *h = NULL;
+  xd_engine_stats st = {0};
+  int rc = -1, loaded = 0;
+  if (xd_runner_load_on(&r, model, tokenizer, XD_TOK_REQUIRED, cuda, &e)) goto done;
+  loaded = 1;
+  if (chat_format && xd_tokenizer_set_chat_format(r.tok, chat_format, &e)) goto done;
   if (!slots) slots = cuda ? 32 : 4;
   if (!ctx) ctx = r.cfg.max_pos > 1 && r.cfg.max_pos < 8192 ? r.cfg.max_pos : 8192;
   const xd_engine_options eo = {slots, ctx, queue, stderr, jsonl};
-  xd_engine *eng = NULL;
-  if (xd_engine_create(&eng, &r, &eo, &e)) {
-    xd_runner_free(&r);
-    if (jsonl) fclose(jsonl);
-    return cli_fail(&e);
-  }
+  if (xd_engine_create(&eng, &r, &eo, &e)) goto done;
   const xd_http_options ho = {host, port, 4 * slots + 64, (size_t)max_body, name, api_key, ctx};
-  xd_http *h = NULL;
   signal(SIGPIPE, SIG_IGN); /* a client that hangs up is the connection's error, not the server's end */
   xd_train_install_signal_handlers();
-  if (xd_http_start(&h, eng, &r, &ho, &e)) {
-    xd_engine_free(eng);
-    xd_runner_free(&r);
-    if (jsonl) fclose(jsonl);
-    return cli_fail(&e);
-  }
+  if (xd_http_start(&h, eng, &r, &ho, &e)) goto done;
   /* a student's slot is its recurrent state at any length; a teacher's a KV cache of ctx */
   const double slot_mib = (double)xd_runner_decode_state_bytes(&r, (size_t)ctx) / 1048576.0;
   fprintf(stderr, "serve: %s (%s on %s) at http://%s:%d: %d slots, context %d tokens, decode state %.1f MiB (%.2f a slot)%s\n",
           model, r.is_student ? "student" : "teacher", cuda ? "cuda" : "cpu", host, xd_http_port(h), slots, ctx,
           slot_mib * slots, slot_mib, api_key ? ", API key required" : "");
   fflush(stderr);
-  const int rc = xd_engine_run(eng, stop_requested, NULL, &e);
+  rc = xd_engine_run(eng, stop_requested, NULL, &e);
   xd_http_stop(h); /* after the engine ended every job: no connection waits on one */
-  xd_engine_stats st;
   xd_engine_get_stats(eng, &st);
+done:
   xd_engine_free(eng);
-  xd_runner_free(&r);
+  if (loaded) xd_runner_free(&r);
   if (jsonl) fclose(jsonl);
   if (rc) return cli_fail(&e);
   const int sig = xd_train_stop_signal();

@@ -261,10 +261,11 @@ static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const c
   eng->st.generated_tokens += (uint64_t)j->n_gen;
   pthread_cond_broadcast(&j->cv);
   pthread_mutex_unlock(&eng->mu);
+  const double first = j->t_first > 0 ? j->t_first - j->t_submit : dt;
   if (eng->o.log) {
     if (finish)
       fprintf(eng->o.log, "serve: request %llu: prompt %zu tokens, %d generated in %.3f s (first token after %.3f s), %s\n",
-              (unsigned long long)j->id, j->n_prompt, j->n_gen, dt, j->t_first > 0 ? j->t_first - j->t_submit : dt, finish);
+              (unsigned long long)j->id, j->n_prompt, j->n_gen, dt, first, finish);
     else
       fprintf(eng->o.log, "serve: request %llu failed: %s\n", (unsigned long long)j->id, error);
     fflush(eng->o.log);
@@ -273,18 +274,19 @@ static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const c
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     xd_sbuf b = {0};
-    xd_sbuf_printf(&b, "{\"request\":%llu,\"time\":%.3f,\"prompt_tokens\":%zu,\"completion_tokens\":%d,\"seconds\":%.4f,"
-                   "\"first_token_s\":%.4f,", (unsigned long long)j->id, (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, j->n_prompt, j->n_gen, dt,
-                   j->t_first > 0 ? j->t_first - j->t_submit : dt);
+    xd_sbuf_printf(&b, "{\"request\":%llu,\"time\":%.3f,\"prompt_tokens\":%zu,\"completion_tokens\":%d,",
+                   (unsigned long long)j->id, (double)now.tv_sec + 1e-9 * (double)now.tv_nsec, j->n_prompt, j->n_gen);
+    xd_sbuf_printf(&b, "\"seconds\":%.4f,\"first_token_s\":%.4f,", dt, first);
     if (finish) xd_sbuf_printf(&b, "\"finish\":\"%s\"}\n", finish);
     else {
       xd_sbuf_puts(&b, "\"error\":");
       xd_serve_json_string(&b, error, strlen(error));
       xd_sbuf_puts(&b, "}\n");
     }
-    fputs(b.s, eng->o.jsonl);
+    char *line = xd_sbuf_take(&b);
+    fputs(line, eng->o.jsonl);
     fflush(eng->o.jsonl);
-    free(xd_sbuf_take(&b));
+    free(line);
   }
   xd_job_release(j);
 }

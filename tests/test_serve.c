@@ -315,7 +315,9 @@ static void check_engine(const char *model, const char *name) {
     char *text = job_text(jobs[i], &len);
     const char *finish, *err;
     size_t np, nc;
-    xd_job_result(jobs[i], &finish, &err, &np, &nc);
+    int status;
+    xd_job_result(jobs[i], &finish, &err, &status, &np, &nc);
+    CHECK(status == 200);
     /* the same request alone through xd_runner_generate */
     int32_t *ids;
     size_t n_ids;
@@ -407,13 +409,13 @@ static void test_engine_limits(void) {
   const char *finish, *err;
   if (b) {
     free(job_text(b, &len));
-    xd_job_result(b, &finish, &err, &np, &nc);
+    xd_job_result(b, &finish, &err, &status, &np, &nc);
     CHECK(finish && !strcmp(finish, "length") && nc == 10);
     xd_job_release(b);
   }
   if (a) {
     free(job_text(a, &len));
-    xd_job_result(a, &finish, &err, &np, &nc);
+    xd_job_result(a, &finish, &err, &status, &np, &nc);
     CHECKF(finish && !strcmp(finish, "cancelled") && nc == 0, "cancelled job: %s, %zu tokens", finish ? finish : err, nc);
     xd_job_release(a);
   }
@@ -430,8 +432,8 @@ static void test_engine_limits(void) {
   CHECK(xd_engine_run(eng, should_stop, &rb, &e) == 0);
   if (q) {
     free(job_text(q, &len));
-    xd_job_result(q, &finish, &err, &np, &nc);
-    CHECK(!finish && err && strstr(err, "shutting down"));
+    xd_job_result(q, &finish, &err, &status, &np, &nc);
+    CHECK(!finish && err && strstr(err, "shutting down") && status == 503);
     xd_job_release(q);
   }
   xd_engine_free(eng);

@@ -31,8 +31,9 @@ struct xd_serve_job {
   char *text;
   size_t len, cap;
   int ended, cancelled, refs;
-  const char *finish; /* "stop", "length", "cancelled"; NULL: failed (error) */
+  const char *finish; /* "stop", "length", "cancelled"; NULL: failed (error, status) */
   char *error;
+  int status;         /* a failure's HTTP status: 503 (shutting down), 500 (the model failed) */
   pthread_cond_t cv;
   xd_serve_job *next; /* the queue */
 };
@@ -185,12 +186,13 @@ int xd_job_wait(xd_serve_job *j, size_t *off, char **text, size_t *n) {
   return more;
 }
 
-void xd_job_result(xd_serve_job *j, const char **finish, const char **error, size_t *prompt_tokens,
+void xd_job_result(xd_serve_job *j, const char **finish, const char **error, int *status, size_t *prompt_tokens,
                    size_t *completion_tokens) {
   xd_engine *eng = j->eng;
   pthread_mutex_lock(&eng->mu);
   *finish = j->finish;
   *error = j->error;
+  *status = j->finish ? 200 : j->status;
   *prompt_tokens = j->n_prompt;
   *completion_tokens = (size_t)j->n_gen;
   pthread_mutex_unlock(&eng->mu);
@@ -238,8 +240,8 @@ static void append_text(xd_engine *eng, xd_serve_job *j, const char *s, size_t n
 }
 
 /* End a job: its held-back text out (unless it failed), its slot freed, waiters woken, the
- * engine's reference dropped. finish NULL: failed with error. */
-static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const char *error) {
+ * engine's reference dropped. finish NULL: failed with error and its HTTP status. */
+static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const char *error, int status) {
   if (j->started) {
     if (finish && strcmp(finish, "cancelled")) {
       const char *piece;
@@ -256,6 +258,7 @@ static void job_end(xd_engine *eng, xd_serve_job *j, const char *finish, const c
   j->ended = 1;
   j->finish = finish;
   if (error) j->error = xd_strdup(error);
+  j->status = status;
   eng->st.jobs_done++;
   eng->st.prompt_tokens += j->n_prompt;
   eng->st.generated_tokens += (uint64_t)j->n_gen;
@@ -322,7 +325,7 @@ static int job_pick(xd_engine *eng, int s, xd_serve_job *j) {
 static int job_emit(xd_engine *eng, int s, xd_serve_job *j) {
   const int32_t tok = eng->toks[s];
   if (j->stop_at_eos && xd_runner_is_eos(eng->r, tok)) {
-    job_end(eng, j, "stop", NULL);
+    job_end(eng, j, "stop", NULL, 0);
     return 0;
   }
   if (j->logprobs >= 0) { /* this round's record of slot s */
@@ -345,23 +348,23 @@ static int job_emit(xd_engine *eng, int s, xd_serve_job *j) {
   xd_err de = {0};
   const int st = xd_detok_push(&j->dt, tok, &piece, &n_piece, &de);
   if (st < 0) { /* this job's text failed to decode: it ends, the others go on */
-    job_end(eng, j, NULL, de.msg);
+    job_end(eng, j, NULL, de.msg, 500);
     return 0;
   }
   append_text(eng, j, piece, n_piece);
   if (st == 1) {
-    job_end(eng, j, "stop", NULL);
+    job_end(eng, j, "stop", NULL, 0);
     return 0;
   }
   if (j->n_gen >= j->max_new) {
-    job_end(eng, j, "length", NULL);
+    job_end(eng, j, "length", NULL, 0);
     return 0;
   }
   return 1;
 }
 
-/* Every queued job, then every running one, ended with error. */
-static void end_all(xd_engine *eng, const char *error) {
+/* Every queued job, then every running one, ended with error and status. */
+static void end_all(xd_engine *eng, const char *error, int status) {
   pthread_mutex_lock(&eng->mu);
   xd_serve_job *q = eng->q_head;
   eng->q_head = eng->q_tail = NULL;
@@ -369,12 +372,12 @@ static void end_all(xd_engine *eng, const char *error) {
   pthread_mutex_unlock(&eng->mu);
   while (q) {
     xd_serve_job *nx = q->next;
-    job_end(eng, q, NULL, error);
+    job_end(eng, q, NULL, error, status);
     q = nx;
   }
   for (int s = 0; s < eng->o.n_slots; s++)
     if (eng->slot_job[s]) {
-      job_end(eng, eng->slot_job[s], NULL, error);
+      job_end(eng, eng->slot_job[s], NULL, error, status);
       free_slot(eng, s);
     }
 }
@@ -422,14 +425,14 @@ int xd_engine_run(xd_engine *eng, int (*should_stop)(void *), void *user, xd_err
       eng->smp[s] = NULL;
       if (!j) continue;
       if (eng->cancelled[s]) {
-        job_end(eng, j, "cancelled", NULL);
+        job_end(eng, j, "cancelled", NULL, 0);
         free_slot(eng, s);
         continue;
       }
       if (eng->active[s]) {
         xd_err je = {0};
         if (job_start(eng, s, j, &je)) { /* the prompt was checked at submit: a model failure */
-          job_end(eng, j, NULL, je.msg);
+          job_end(eng, j, NULL, je.msg, 500);
           free_slot(eng, s);
           continue;
         }
@@ -472,9 +475,9 @@ int xd_engine_run(xd_engine *eng, int (*should_stop)(void *), void *user, xd_err
     pthread_mutex_unlock(&eng->mu);
     char msg[sizeof e->msg + 32];
     snprintf(msg, sizeof msg, "the model failed: %s", e->msg);
-    end_all(eng, msg);
+    end_all(eng, msg, 500);
     return -1;
   }
-  end_all(eng, "the server is shutting down");
+  end_all(eng, "the server is shutting down", 503);
   return 0;
 }

@@ -57,9 +57,10 @@ xd_serve_job *xd_engine_submit(xd_engine *eng, const int32_t *prompt, size_t n, 
  * (heap, *n bytes; NULL when none) and advance *off. Returns 1 while there was text, 0 once the
  * job ended and everything was handed out. */
 int xd_job_wait(xd_serve_job *j, size_t *off, char **text, size_t *n);
-/* The end of a job (after xd_job_wait returned 0): finish "stop" / "length" (NULL when it failed:
- * *error then holds the message), tokens of the prompt and generated. */
-void xd_job_result(xd_serve_job *j, const char **finish, const char **error, size_t *prompt_tokens,
+/* The end of a job (after xd_job_wait returned 0): finish "stop" / "length" / "cancelled" (NULL
+ * when it failed: *error holds the message, *status 503 when the server was shutting down, 500
+ * when the model failed; 200 otherwise), tokens of the prompt and generated. */
+void xd_job_result(xd_serve_job *j, const char **finish, const char **error, int *status, size_t *prompt_tokens,
                    size_t *completion_tokens);
 /* After the end (xd_job_wait returned 0), with logprobs >= 0: the n generated tokens, their
  * log-probabilities (natural log, the raw distribution at temperature 1), and per token its k

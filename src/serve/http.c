@@ -57,10 +57,14 @@ static enum MHD_Result answer_json(struct MHD_Connection *c, unsigned status, ch
   return answer(c, status, "application/json", json);
 }
 
+/* OpenAI's error type for an HTTP status. */
+static const char *error_type(unsigned status) {
+  return status == 401 ? "authentication_error" : status == 404 ? "not_found_error"
+       : status == 503 ? "server_busy" : status >= 500 ? "server_error" : "invalid_request_error";
+}
+
 static enum MHD_Result answer_error(struct MHD_Connection *c, unsigned status, const char *msg) {
-  const char *type = status == 401 ? "authentication_error" : status == 404 ? "not_found_error"
-                   : status == 503 ? "server_busy" : status >= 500 ? "server_error" : "invalid_request_error";
-  return answer_json(c, status, xd_serve_error_json(msg, type, (int)status));
+  return answer_json(c, status, xd_serve_error_json(msg, error_type(status), (int)status));
 }
 
 /* ---- streaming ----------------------------------------------------------------------------- */
@@ -103,9 +107,10 @@ static ssize_t stream_read(void *cls, uint64_t at, char *buf, size_t max) {
     }
     const char *finish, *error;
     size_t np, nc;
-    xd_job_result(s->job, &finish, &error, &np, &nc);
+    int status;
+    xd_job_result(s->job, &finish, &error, &status, &np, &nc);
     if (finish) sse_add(s, xd_serve_chunk_json(&s->meta, "", 0, finish, 0, (long long)np, (long long)nc));
-    else sse_add(s, xd_serve_error_json(error ? error : "generation failed", "server_error", 500));
+    else sse_add(s, xd_serve_error_json(error ? error : "generation failed", error_type((unsigned)status), status));
     const char *end = "data: [DONE]\n\n";
     if (s->len + strlen(end) + 1 > s->cap) s->cap = s->len + strlen(end) + 1, s->out = xd_realloc(s->out, s->cap);
     memcpy(s->out + s->len, end, strlen(end));
@@ -226,7 +231,8 @@ static enum MHD_Result generate(xd_http *h, struct MHD_Connection *c, const conn
   }
   const char *finish, *error;
   size_t np, nc;
-  xd_job_result(j, &finish, &error, &np, &nc);
+  int status_end;
+  xd_job_result(j, &finish, &error, &status_end, &np, &nc);
   enum MHD_Result ok;
   meta.id = id;
   char *lp_json = NULL;
@@ -239,7 +245,7 @@ static enum MHD_Result generate(xd_http *h, struct MHD_Connection *c, const conn
     lp_json = xd_serve_logprobs_json(kind, n_lp, lp_ids, lp, k, top_ids, top_lp, token_text, (void *)h->r->tok);
   }
   if (finish) ok = answer_json(c, MHD_HTTP_OK, xd_serve_response_json(&meta, text ? text : "", len, finish, np, nc, lp_json));
-  else ok = answer_error(c, error && strstr(error, "shutting down") ? 503 : 500, error ? error : "generation failed");
+  else ok = answer_error(c, (unsigned)status_end, error ? error : "generation failed");
   free(text), free(lp_json);
   xd_job_release(j);
   return ok;

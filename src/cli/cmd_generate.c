@@ -179,14 +179,7 @@ int cmd_generate(int argc, char **argv) {
       if (!rc) rc = xd_chat_encode(r.tok, msgs, nm, 1, &ids, &mask, &n, &e);
       free(mask);
     } else {
-      rc = xd_tokenizer_encode(r.tok, prompt, strlen(prompt), 1, &ids, &n, &e);
-      if (!rc && n == 0) {
-        /* an empty prompt without BOS: start from BOS (or EOS) as the evaluator does */
-        free(ids);
-        ids = xd_malloc(sizeof *ids);
-        ids[0] = r.cfg.bos_token_id >= 0 ? r.cfg.bos_token_id : r.cfg.n_eos ? r.cfg.eos_token_ids[0] : 0;
-        n = 1;
-      }
+      rc = xd_runner_encode_prompt(&r, prompt, &ids, &n, &e); /* an empty one: BOS (or EOS) */
     }
     if (!rc) {
       o.max_new = max_new > 0 ? max_new : 256;

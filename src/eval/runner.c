@@ -326,6 +326,18 @@ size_t xd_runner_decode_state_bytes(const xd_runner *r, size_t n) {
   return b;
 }
 
+int xd_runner_encode_prompt(const xd_runner *r, const char *text, int32_t **ids, size_t *n, xd_err *e) {
+  if (!r->tok) return xd_errf(e, "%s: text needs a tokenizer", r->name);
+  if (xd_tokenizer_encode(r->tok, text, strlen(text), 1, ids, n, e)) return -1;
+  if (*n == 0) {
+    free(*ids);
+    *ids = xd_malloc(sizeof **ids);
+    (*ids)[0] = r->cfg.bos_token_id >= 0 ? r->cfg.bos_token_id : r->cfg.n_eos ? r->cfg.eos_token_ids[0] : 0;
+    *n = 1;
+  }
+  return 0;
+}
+
 int xd_runner_is_eos(const xd_runner *r, int32_t id) {
   for (int i = 0; i < r->cfg.n_eos; i++)
     if (r->cfg.eos_token_ids[i] == id) return 1;

@@ -52,6 +52,10 @@ void xd_runner_free(xd_runner *r);
  * (the same at any n; on the GPU the decoder's state, which exists once a decoder has run), the
  * teacher's K and V cache of n positions (fp32 on the CPU, bf16 on the GPU). */
 size_t xd_runner_decode_state_bytes(const xd_runner *r, size_t n);
+/* A text prompt as ids (heap): encoded with the tokenizer's special tokens (BOS); a text that
+ * gives no ids starts from BOS, else EOS, else id 0 (as the evaluator's prefix token). Needs the
+ * tokenizer. `generate --prompt` and `serve` take their prompts through it. */
+int xd_runner_encode_prompt(const xd_runner *r, const char *text, int32_t **ids, size_t *n, xd_err *e);
 /* 1 if id is one of the config's eos_token_id(s) or the tokenizer's EOS. */
 int xd_runner_is_eos(const xd_runner *r, int32_t id);
 /* ids [B,T] -> logits [B,T,V]. */

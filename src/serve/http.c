@@ -132,8 +132,8 @@ static void stream_free(void *cls) {
 }
 
 /* ---- generation ---------------------------------------------------------------------------- */
-/* The request's prompt as ids (heap): text with the tokenizer's BOS (an empty text: BOS, or EOS,
- * as `generate`), ids as given, messages through the chat template with the assistant header. */
+/* The request's prompt as ids (heap): text as `generate` takes it (xd_runner_encode_prompt), ids
+ * as given, messages through the chat template with the assistant header. */
 static int prompt_ids(const xd_http *h, const xd_serve_request *rq, int32_t **ids, size_t *n, xd_err *e) {
   const xd_runner *r = h->r;
   if (rq->kind == XD_SERVE_CHAT) {
@@ -150,14 +150,7 @@ static int prompt_ids(const xd_http *h, const xd_serve_request *rq, int32_t **id
     *n = rq->n_prompt_ids;
     return 0;
   }
-  if (xd_tokenizer_encode(r->tok, rq->prompt, strlen(rq->prompt), 1, ids, n, e)) return -1;
-  if (*n == 0) {
-    free(*ids);
-    *ids = xd_malloc(sizeof **ids);
-    (*ids)[0] = r->cfg.bos_token_id >= 0 ? r->cfg.bos_token_id : r->cfg.n_eos ? r->cfg.eos_token_ids[0] : 0;
-    *n = 1;
-  }
-  return 0;
+  return xd_runner_encode_prompt(r, rq->prompt, ids, n, e);
 }
 
 /* One token's text for the log-probabilities (special tokens shown; "" if it cannot decode). */

@@ -177,6 +177,40 @@ static void test_response_json(void) {
   free(s);
 }
 
+/* logprobs JSON: a token that is not whole UTF-8 (an overlong or cut character) reads
+ * "bytes:\xNN" in completions and carries its bytes in chat; both parse back. */
+static char *piece_of(void *user, int32_t id) {
+  (void)user;
+  return xd_strdup(id == 0 ? "ok" : id == 1 ? "\xe2\x82" : "\xc0\xaf");
+}
+static void test_logprobs_json(void) {
+  const int32_t ids[3] = {0, 1, 2}, top[3] = {1, 0, 2};
+  const float lp[3] = {-0.25f, -1.5f, -INFINITY};
+  char *c = xd_serve_logprobs_json(XD_SERVE_COMPLETION, 3, ids, lp, 1, top, lp, piece_of, NULL);
+  cJSON *o = cJSON_Parse(c);
+  CHECKF(o != NULL, "%s", c);
+  if (o) {
+    const cJSON *t = cJSON_GetObjectItem(o, "tokens");
+    CHECK(!strcmp(cJSON_GetArrayItem(t, 0)->valuestring, "ok"));
+    CHECK(!strcmp(cJSON_GetArrayItem(t, 1)->valuestring, "bytes:\\xe2\\x82"));
+    CHECK(!strcmp(cJSON_GetArrayItem(t, 2)->valuestring, "bytes:\\xc0\\xaf"));
+    CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "token_logprobs"), 0)->valuedouble == -0.25);
+    CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "text_offset"), 2)->valuedouble == 4);
+  }
+  cJSON_Delete(o);
+  free(c);
+  c = xd_serve_logprobs_json(XD_SERVE_CHAT, 2, ids, lp, 1, top, lp, piece_of, NULL);
+  o = cJSON_Parse(c);
+  CHECKF(o != NULL, "%s", c);
+  if (o) {
+    const cJSON *e1 = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "content"), 1), *b = cJSON_GetObjectItem(e1, "bytes");
+    CHECK(cJSON_GetArraySize(b) == 2 && cJSON_GetArrayItem(b, 0)->valuedouble == 226 && cJSON_GetArrayItem(b, 1)->valuedouble == 130);
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(e1, "top_logprobs")) == 1);
+  }
+  cJSON_Delete(o);
+  free(c);
+}
+
 /* ---- engine -------------------------------------------------------------------------------- */
 typedef struct {
   xd_engine *eng;
@@ -454,6 +488,7 @@ int main(void) {
   RUN(test_request_chat);
   RUN(test_request_errors);
   RUN(test_response_json);
+  RUN(test_logprobs_json);
   RUN(test_engine_teacher);
   RUN(test_engine_student);
   RUN(test_engine_limits);

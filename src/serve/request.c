@@ -323,23 +323,10 @@ char *xd_serve_error_json(const char *msg, const char *type, int status) {
   return xd_sbuf_take(&b);
 }
 
-/* 1 if s[n] is valid UTF-8 (complete characters only). */
-static int utf8_ok(const unsigned char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    const unsigned c = s[i];
-    const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!len || i + len > n) return 0;
-    for (size_t j = 1; j < len; j++)
-      if ((s[i + j] & 0xC0) != 0x80) return 0;
-    i += len;
-  }
-  return 1;
-}
-
 /* A token's text as a JSON string: itself, or "bytes:\xNN..." when it is not whole UTF-8. */
 static void put_token(xd_sbuf *b, const char *t) {
   const size_t n = strlen(t);
-  if (utf8_ok((const unsigned char *)t, n)) {
+  if (xd_utf8_valid(t, n)) {
     xd_serve_json_string(b, t, n);
     return;
   }

@@ -725,6 +725,8 @@ static int load_config(xd_tokenizer *t, const char *cfg_path, xd_err *e) {
   return 0;
 }
 
+int xd_utf8_valid(const char *s, size_t len) { return tok_utf8_valid(s, len); }
+
 int xd_tokenizer_vocab_size(const xd_tokenizer *t) { return t->n_ids; }
 int32_t xd_tokenizer_token_to_id(const xd_tokenizer *t, const char *token) {
   size_t len = strlen(token);

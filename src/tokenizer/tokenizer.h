@@ -24,6 +24,8 @@ int xd_tokenizer_decode(const xd_tokenizer *t, const int32_t *ids, size_t n, int
                         char **text, size_t *len, xd_err *e);
 
 int xd_tokenizer_vocab_size(const xd_tokenizer *t); /* including added tokens */
+/* 1 if s[len] is well-formed UTF-8 (no overlong forms, surrogates or truncated characters). */
+int xd_utf8_valid(const char *s, size_t len);
 int32_t xd_tokenizer_token_to_id(const xd_tokenizer *t, const char *token); /* -1 if absent */
 int32_t xd_tokenizer_bos_id(const xd_tokenizer *t); /* -1 if none */
 int32_t xd_tokenizer_eos_id(const xd_tokenizer *t); /* -1 if none */

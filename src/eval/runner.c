@@ -464,6 +464,11 @@ static int gpu_batch_ready(xd_runner *r, int n, int cap, xd_err *e) {
   g->tb_B = n, g->tb_tn = tn, g->tb_cap = cap;
   return 0;
 }
+/* The slots' latest logits on the device, [n, V]. */
+static const float *gpu_logits(const xd_batch_decoder *b) {
+  const struct xd_runner_gpu *g = b->r->gpu;
+  return b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
+}
 static int gpu_batch_start(xd_runner *r, int k, const int32_t *p, int np, xd_err *e) {
   struct xd_runner_gpu *g = r->gpu;
   return r->is_student ? xd_student_cuda_prefill(g->s, g->stb, k, p, np, NULL, e)
@@ -584,9 +589,7 @@ int xd_batch_decoder_logits(xd_batch_decoder *b, int slot, float *logits, xd_err
   if (slot < 0 || slot >= b->n) return xd_errf(e, "%s: slot %d of %d", b->r->name, slot, b->n);
   if (b->r->gpu) {
 #ifdef XD_HAVE_CUDA
-    struct xd_runner_gpu *g = b->r->gpu;
-    if (b->r->is_student) return xd_student_cuda_slot_logits(g->s, g->stb, slot, logits, e);
-    return xd_cuda_download(g->ctx, logits, g->tb.logits + (size_t)slot * b->V, (size_t)b->V * sizeof *logits, e);
+    return xd_cuda_download(b->r->gpu->ctx, logits, gpu_logits(b) + (size_t)slot * b->V, (size_t)b->V * sizeof *logits, e);
 #endif
   }
   memcpy(logits, b->logits + (size_t)slot * b->V, (size_t)b->V * sizeof *logits);
@@ -618,7 +621,7 @@ static int gpu_sample(xd_batch_decoder *b, xd_sampler *const *smp, int32_t *next
   struct xd_runner_gpu *g = b->r->gpu;
   const int n = b->n, V = b->V;
   if (gpu_sample_alloc(b, e)) return -1;
-  const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
+  const float *logits = gpu_logits(b);
   int nreq = 0, kmax = 0;
   for (int s = 0; s < n; s++) {
     if (!smp[s] || smp[s]->p.temperature == 0) continue;
@@ -698,7 +701,7 @@ int xd_batch_decoder_logprobs(xd_batch_decoder *b, const int *k, int kmax, const
   if (b->r->gpu) {
 #ifdef XD_HAVE_CUDA
     struct xd_runner_gpu *g = b->r->gpu;
-    const float *logits = b->r->is_student ? xd_student_cuda_state_logits(g->stb) : g->tb.logits;
+    const float *logits = gpu_logits(b);
     /* the chosen tokens' on the device (a log-sum-exp per row); the alternatives, if any, from
      * the rows' ranking: k[s] values and ids a row to the host, never the row itself */
     rc = gpu_sample_alloc(b, e);

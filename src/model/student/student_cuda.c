@@ -687,12 +687,6 @@ int xd_student_cuda_argmax(xd_student_cuda *m, xd_student_cuda_state *st, int32_
 
 const float *xd_student_cuda_state_logits(const xd_student_cuda_state *st) { return st->dec.logits; }
 
-int xd_student_cuda_slot_logits(xd_student_cuda *m, xd_student_cuda_state *st, int slot, float *logits, xd_err *e) {
-  if (slot < 0 || slot >= st->B) return xd_errf(e, "student decode: slot %d of a state of %d", slot, st->B);
-  const size_t V = (size_t)m->cfg.vocab;
-  return xd_cuda_download(m->c, logits, st->dec.logits + (size_t)slot * V, V * sizeof *logits, e);
-}
-
 /* ---- CLI helpers ---------------------------------------------------------------------------- */
 static int open_dir(const char *dir, xd_cuda_ctx **ctx, xd_student_cuda **m, xd_model_config *cfg, xd_err *e) {
   if (xd_cuda_ctx_create(ctx, 0, e)) { /* no device: fail before reading the checkpoint */

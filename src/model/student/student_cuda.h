@@ -123,7 +123,5 @@ int xd_student_cuda_step_batch(xd_student_cuda *m, xd_student_cuda_state *st, co
 int xd_student_cuda_argmax(xd_student_cuda *m, xd_student_cuda_state *st, int32_t *next, xd_err *e);
 /* The slots' latest logits on the device, [B, V] fp32 (of each prefill or step; sampling). */
 const float *xd_student_cuda_state_logits(const xd_student_cuda_state *st);
-/* logits (host [V]) = slot `slot`'s latest logits (of its prefill or last step; sampling). */
-int xd_student_cuda_slot_logits(xd_student_cuda *m, xd_student_cuda_state *st, int slot, float *logits, xd_err *e);
 #endif
 #endif
